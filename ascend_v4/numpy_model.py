@@ -1,0 +1,132 @@
+"""The whole DeepSeek-V4 forward in float64 NumPy, built only from the op references (no MindSpore).
+
+This is the golden the graph-mode model is checked against, position by position, in tests and in
+`ascend-v4 dump --backend numpy`. It follows DeepSeek's reference control flow (prefill from position 0).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from .config import ModelConfig
+from .ops.attention import reference as attn_ref
+from .ops.attention.rope import apply_rope, rope_table
+from .ops.mhc import reference as mhc_ref
+from .ops.moe import reference as moe_ref
+
+
+def _rms(x, w, eps):
+    y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)
+    return y if w is None else y * w
+
+
+class NumpyV4:
+    def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray]):
+        self.cfg = cfg
+        self.w = {k: (v if np.issubdtype(np.asarray(v).dtype, np.integer) else np.asarray(v, np.float64))
+                  for k, v in weights.items()}
+
+    def _lin(self, x, name):
+        return x @ self.w[name].T
+
+    def _tables(self, ratio, S):
+        c = self.cfg
+        if ratio:
+            return rope_table(S, c.rope_head_dim, c.compress_rope_theta, c.original_seq_len, c.rope_factor,
+                              c.beta_fast, c.beta_slow)
+        return rope_table(S, c.rope_head_dim, c.rope_theta)
+
+    def _compressor(self, p, x, ratio, cos, sin):
+        c = self.cfg
+        e = attn_ref.compress_kv(x, self.w[p + "wkv.weight"], self.w[p + "wgate.weight"], self.w[p + "ape"],
+                                 self.w[p + "norm.weight"], ratio, ratio == 4, c.norm_eps)
+        n = e.shape[1]
+        return apply_rope(e, cos[:n * ratio:ratio][None], sin[:n * ratio:ratio][None])
+
+    def attention(self, p, x, layer_id):
+        c = self.cfg
+        B, S, _ = x.shape
+        ratio = c.ratio(layer_id)
+        cos, sin = self._tables(ratio, S)
+        qr = _rms(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps)
+        q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
+        q = apply_rope(_rms(q, None, c.norm_eps), cos[None, :, None], sin[None, :, None])
+        kv = _rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps)
+        kv = apply_rope(kv, cos[None], sin[None])
+        win = np.broadcast_to(attn_ref.window_indices(S, c.window_size), (B, S, min(S, c.window_size)))
+        cmp = None
+        if ratio and S >= ratio:
+            entries = self._compressor(p + "compressor.", x, ratio, cos, sin)
+            if ratio == 4:
+                ip = p + "indexer."
+                qi = self._lin(qr, ip + "wq_b.weight").reshape(B, S, c.index_n_heads, c.index_head_dim)
+                qi = apply_rope(qi, cos[None, :, None], sin[None, :, None])
+                ki = self._compressor(ip + "compressor.", x, ratio, cos, sin)
+                wi = self._lin(x, ip + "weights_proj.weight") * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5)
+                cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk)
+            else:
+                cmp = np.broadcast_to(attn_ref.compressed_indices(S, ratio), (B, S, S // ratio))
+            cmp = np.where(cmp >= 0, cmp + S, -1)
+            kv = np.concatenate([kv, entries], axis=1)
+        o = attn_ref.sparse_attention(q, kv, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
+        o = apply_rope(o, cos[None, :, None], sin[None, :, None], inverse=True)
+        o = o.reshape(B, S, c.o_groups, -1)
+        wo_a = self.w[p + "wo_a.weight"].reshape(c.o_groups, c.o_lora_rank, -1)
+        o = np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(B, S, -1)
+        return self._lin(o, p + "wo_b.weight")
+
+    def moe(self, p, x, ids, layer_id):
+        c = self.cfg
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        hash_layer = c.is_hash_layer(layer_id)
+        weights, eids = moe_ref.moe_route(
+            x, self.w[p + "gate.weight"], None if hash_layer else self.w[p + "gate.bias"], c.n_activated_experts,
+            c.route_scale, c.score_func, input_ids=ids.reshape(-1) if hash_layer else None,
+            tid2eid=self.w[p + "gate.tid2eid"] if hash_layer else None)
+        E = c.n_routed_experts
+        w1 = [self.w[f"{p}experts.{e}.w1.weight"] for e in range(E)]
+        w2 = [self.w[f"{p}experts.{e}.w2.weight"] for e in range(E)]
+        w3 = [self.w[f"{p}experts.{e}.w3.weight"] for e in range(E)]
+        y = moe_ref.moe_forward(x, weights, eids, w1, w2, w3, c.swiglu_limit)
+        if c.n_shared_experts:
+            sp = p + "shared_experts."
+            y = y + moe_ref.expert_ffn(x, self.w[sp + "w1.weight"], self.w[sp + "w2.weight"], self.w[sp + "w3.weight"],
+                                       c.swiglu_limit)
+        return y.reshape(shape)
+
+    def block(self, p, h, ids, layer_id):
+        c = self.cfg
+        for sub, norm in (("attn", "attn_norm"), ("ffn", "ffn_norm")):
+            x, post, comb = mhc_ref.hc_pre(h, self.w[f"{p}hc_{sub}_fn"], self.w[f"{p}hc_{sub}_scale"],
+                                           self.w[f"{p}hc_{sub}_base"], c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps)
+            x = _rms(x, self.w[p + norm + ".weight"], c.norm_eps)
+            f = self.attention(p + "attn.", x, layer_id) if sub == "attn" else self.moe(p + "ffn.", x, ids, layer_id)
+            h = mhc_ref.hc_post(f, h, post, comb)
+        return h
+
+    def head(self, h, prefix=""):
+        c = self.cfg
+        y = mhc_ref.hc_head(h, self.w[prefix + "hc_head_fn"], self.w[prefix + "hc_head_scale"],
+                            self.w[prefix + "hc_head_base"], c.hc_eps, c.norm_eps)
+        return _rms(y, self.w[prefix + "norm.weight"], c.norm_eps) @ self.w["head.weight"].T
+
+    def forward(self, ids: np.ndarray, with_mtp: bool = False) -> Dict[str, np.ndarray]:
+        c = self.cfg
+        e = self.w["embed.weight"][ids]
+        h = np.repeat(e[:, :, None], c.hc_mult, axis=2)
+        out = {"embed": e}
+        for i in range(c.n_layers):
+            h = self.block(f"layers.{i}.", h, ids, i)
+            out[f"hidden_block{i}"] = h
+        out["logits"] = self.head(h)
+        if with_mtp and c.n_mtp_layers:
+            p = "mtp.0."
+            nxt = ids[:, 1:]
+            en = _rms(self.w["embed.weight"][nxt], self.w[p + "enorm.weight"], c.norm_eps)
+            hm = _rms(h[:, :-1], self.w[p + "hnorm.weight"], c.norm_eps)
+            x = (en @ self.w[p + "e_proj.weight"].T)[:, :, None] + hm @ self.w[p + "h_proj.weight"].T
+            x = self.block(p, x, nxt, c.n_layers)
+            out["mtp_logits"] = self.head(x, p)
+        return out

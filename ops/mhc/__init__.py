@@ -1,0 +1,16 @@
+"""mHC operator family: hc_pre (inverse-RMS mixes + Sinkhorn), hc_post (transposed residual mix), hc_head."""
+from ..registry import register
+from . import reference
+
+register("hc_pre", "reference", ("numpy",), priority=-10, tolerance=(0, 0))(reference.hc_pre)
+register("hc_post", "reference", ("numpy",), priority=-10, tolerance=(0, 0))(reference.hc_post)
+register("hc_head", "reference", ("numpy",), priority=-10, tolerance=(0, 0))(reference.hc_head)
+
+
+try:
+    from . import composite as _c  # noqa: F401  (mindspore present)
+    register("hc_pre", "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-5, 2e-4))(_c.hc_pre)
+    register("hc_post", "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-5, 2e-4))(_c.hc_post)
+    register("hc_head", "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-5, 2e-4))(_c.hc_head)
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,42 @@
+"""ascend-v4: DeepSeek-V4 on Huawei Ascend (MindSpore graph mode + CANN custom operators).
+
+Import layout (one-way): ascend_v4.ops (ops/) <- ascend_v4 (model, checkpoint, runtime) <- ascend_v4.graph (graph/)
+<- ascend_v4.cli; ascend_v4.tools (tools/) is the CUDA->Ascend migration toolkit and depends on nothing else.
+"""
+from setuptools import setup
+
+setup(
+    name="ascend-v4",
+    version="0.1.0",
+    description="DeepSeek-V4 (Flash/Pro) for Huawei Ascend 910B/910C on MindSpore, with a CPU reference backend",
+    python_requires=">=3.9,<3.12",
+    packages=[
+        "ascend_v4", "ascend_v4.checkpoint",
+        "ascend_v4.ops", "ascend_v4.ops.mhc", "ascend_v4.ops.moe", "ascend_v4.ops.attention",
+        "ascend_v4.graph",
+        "ascend_v4.tools", "ascend_v4.tools.migrate",
+    ],
+    package_dir={
+        "ascend_v4": "ascend_v4",
+        "ascend_v4.ops": "ops",
+        "ascend_v4.graph": "graph",
+        "ascend_v4.tools": "tools",
+    },
+    package_data={"ascend_v4.tools.migrate": ["*.yaml", "*.md"]},
+    install_requires=[
+        "mindspore==2.10.0",
+        "numpy>=1.25,<2",        # mindspore 2.10's C extensions break under numpy 2.x
+        "safetensors>=0.4",
+        "click>=8.0",
+        "pyyaml>=6.0",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.15",
+        "onnx>=1.15",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0"],
+        "bench": ["torch==2.13.0", "transformers==5.24.0", "psutil"],
+    },
+    entry_points={"console_scripts": ["ascend-v4=ascend_v4.cli:main"]},
+)
