@@ -32,8 +32,11 @@ def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
     sc = linear(xf, ops.cast(wgate, ms.float32)).reshape(B, n, ratio, -1) + ape
     if overlap:
         # block i's "b" slots are block i-1's first-half channels; block 0 has none (weight 0)
-        prev_kv = ops.concat([ops.zeros((B, 1, ratio, c), kv.dtype), kv[:, :n - 1, :, :c]], 1)
-        prev_sc = ops.concat([ops.full((B, 1, ratio, c), NEG_INF, dtype=sc.dtype), sc[:, :n - 1, :, :c]], 1)
+        prev_kv = ops.zeros((B, 1, ratio, c), kv.dtype)
+        prev_sc = ops.full((B, 1, ratio, c), NEG_INF, dtype=sc.dtype)
+        if n > 1:   # (an empty slice has no gradient kernel on CPU)
+            prev_kv = ops.concat([prev_kv, kv[:, :n - 1, :, :c]], 1)
+            prev_sc = ops.concat([prev_sc, sc[:, :n - 1, :, :c]], 1)
         kv = ops.concat([prev_kv, kv[..., c:]], 2)
         sc = ops.concat([prev_sc, sc[..., c:]], 2)
     p = ops.softmax(sc, 2)
@@ -68,10 +71,21 @@ def lightning_indexer(q, k, w, ratio, topk, start_pos=0):
     score = ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2)
     vis = visible_count(S, ratio, start_pos).reshape(1, S, 1)
     ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
-    score = ops.where(ent < vis, score, ops.full_like(score, NEG_INF))
-    _, idx = ops.topk(ops.stop_gradient(score), min(topk, N))
+    score = ops.stop_gradient(ops.where(ent < vis, score, ops.full_like(score, NEG_INF)))
+    k = min(topk, N)
+    # Exact set selection with ties to the lower id: everything above the k-th value, then the first
+    # (by id) of the entries equal to it until k are taken.
+    kth = ops.topk(score, k)[0][..., k - 1:k]
+    above = score > kth
+    tied = score == kth
+    room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
+    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
+    take = ops.logical_and(take, ent < vis)
+    # unique keys: taken entries sort first, by id; the rest after them
+    key = ops.cast(ops.where(take, ent, ent + N), ms.float32)
+    _, idx = ops.topk(-key, k)
     idx = ops.cast(idx, ms.int32)
-    return ops.where(idx < vis, idx, -ops.ones_like(idx))
+    return ops.where(ops.gather_elements(take, -1, idx), idx, -ops.ones_like(idx))
 
 
 def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):

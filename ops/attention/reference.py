@@ -59,9 +59,10 @@ def indexer_scores(q, k, w):
 
 
 def lightning_indexer(q, k, w, ratio, topk, start_pos=0):
-    """-> [B, S, min(topk, N)] int32 entry ids, best first; -1 where fewer entries are visible.
+    """-> [B, S, min(topk, N)] int32: the ids of the top-k visible entries in ascending id order, -1 padded.
 
-    Ties go to the lower entry id (stable sort), the tie rule all backends follow.
+    The selected *set* is what attention uses, so the output lists it in id order (cheap for every backend,
+    and deterministic); ties in the score — common, since ReLU zeroes whole heads — go to the lower id.
     """
     B, S = q.shape[:2]
     N = k.shape[1]
@@ -69,8 +70,10 @@ def lightning_indexer(q, k, w, ratio, topk, start_pos=0):
     vis = visible_count(S, ratio, start_pos)
     I = np.where(np.arange(N)[None, None, :] < vis[None, :, None], I, NEG)
     kk = min(topk, N)
-    idx = np.argsort(-I, axis=-1, kind="stable")[..., :kk]
-    return np.where(idx < vis[None, :, None], idx, -1).astype(np.int32)
+    idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
+    idx = np.where(idx < vis[None, :, None], idx, N + idx)        # invisible picks move to the end ...
+    idx = np.sort(idx, axis=-1)
+    return np.where(idx < N, idx, -1).astype(np.int32)            # ... and become -1
 
 
 def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):

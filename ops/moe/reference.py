@@ -32,14 +32,18 @@ def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", inp
 
 
 def expert_ffn(x, w1, w2, w3, swiglu_limit):
-    """SwiGLU with V4's clamp: gate ≤ limit, up ∈ [-limit, limit] (limit 0 disables)."""
-    g = x @ w1.astype(np.float64).T
-    u = x @ w3.astype(np.float64).T
+    """SwiGLU with V4's clamp: gate ≤ limit, up ∈ [-limit, limit] (limit 0 disables).
+
+    One expert (x [n, D], w1/w3 [I, D], w2 [D, I]) or stacked experts (x [E, C, D], w1/w3 [E, I, D], w2 [E, D, I]).
+    """
+    x = np.asarray(x, np.float64)
+    g = x @ np.swapaxes(w1, -1, -2).astype(np.float64)
+    u = x @ np.swapaxes(w3, -1, -2).astype(np.float64)
     if swiglu_limit > 0:
         u = np.clip(u, -swiglu_limit, swiglu_limit)
         g = np.minimum(g, swiglu_limit)
     h = g / (1.0 + np.exp(-g)) * u
-    return h @ w2.astype(np.float64).T
+    return h @ np.swapaxes(w2, -1, -2).astype(np.float64)
 
 
 def moe_forward(x, weights, ids, w1, w2, w3, swiglu_limit):
