@@ -1,0 +1,275 @@
+"""`ascend-v4` command line: demo, info, dump, compare, make-checkpoint, ops, migrate.
+
+Every known failure (bad config, corrupt checkpoint, wrong token file, unavailable backend) ends with one
+line `error: …` naming the problem and the fix, and exit code 2; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("GLOG_v", "3")
+
+import click  # noqa: E402
+
+from .config import ConfigError, load_config  # noqa: E402
+
+
+def _known_errors():
+    errs = [ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError]
+    from .checkpoint import CheckpointError
+    from .dump import DumpError
+    from .weights import WeightError
+    errs += [CheckpointError, DumpError, WeightError]
+    try:
+        from .ops.registry import BackendError
+        errs.append(BackendError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def friendly(fn):
+    """Turn our own exceptions into one `error:` line and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except _known_errors() as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if e.errno == 28:   # ENOSPC
+                click.echo(f"error: disk full while writing ({e.filename or 'output'}); free space and rerun", err=True)
+                sys.exit(2)
+            raise
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ascend-v4")
+def main():
+    """DeepSeek-V4 on Huawei Ascend (MindSpore graph mode) with a CPU reference backend."""
+
+
+def _load_any(path: str):
+    """(cfg, float weights) from an official-format checkpoint directory."""
+    from .checkpoint import load_official_weights
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    cfg = load_config(path)
+    return cfg, load_official_weights(path, cfg)
+
+
+# ------------------------------------------------------------------------------------------------ info
+@main.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@friendly
+def info(target, as_json):
+    """Config, layer schedule, parameter counts and KV-cache bytes of a CHECKPOINT dir, config.json or preset."""
+    from .info import describe, format_describe
+    d = describe(load_config(target))
+    click.echo(json.dumps(d, indent=2) if as_json else format_describe(d))
+
+
+# ------------------------------------------------------------------------------------- make-checkpoint
+@main.command("make-checkpoint")
+@click.argument("out_dir")
+@click.option("--config", "config", default="tiny", show_default=True, help="preset name or config.json")
+@click.option("--seed", default=0, show_default=True)
+@friendly
+def make_checkpoint(out_dir, config, seed):
+    """Write a random official-format checkpoint (FP8/MXFP4/BF16/FP32, sharded safetensors) for a config."""
+    from .checkpoint import random_weights, write_official_checkpoint
+    cfg = load_config(config)
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
+    write_official_checkpoint(cfg, random_weights(cfg, seed), out_dir)
+    click.echo(f"wrote {cfg.name} official-format checkpoint to {out_dir}")
+
+
+# ------------------------------------------------------------------------------------------------ dump
+@main.command()
+@click.argument("checkpoint")
+@click.option("--tokens", "tokens_path", required=True, help="int [batch, seq] .npy token array")
+@click.option("--out", "out_path", required=True, help="output .npz")
+@click.option("--backend", type=click.Choice(["graph", "numpy"]), default="graph", show_default=True,
+              help="graph: MindSpore graph mode (this port); numpy: the float64 golden model")
+@click.option("--mtp", is_flag=True, help="also dump the MTP block's logits (position t predicts t+2)")
+@click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
+@friendly
+def dump(checkpoint, tokens_path, out_path, backend, mtp, threads):
+    """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
+    from .dump import load_tokens, save_npz
+    ids = load_tokens(tokens_path)
+    cfg, weights = _load_any(checkpoint)
+    if ids.max() >= cfg.vocab_size or ids.min() < 0:
+        raise ConfigError(f"{tokens_path}: token ids span [{ids.min()}, {ids.max()}] but the vocabulary has "
+                          f"{cfg.vocab_size} entries")
+    t0 = time.perf_counter()
+    if backend == "numpy":
+        from .numpy_model import NumpyV4
+        res = NumpyV4(cfg, weights).forward(ids, with_mtp=mtp)
+    else:
+        from .runtime import setup
+        setup("CPU", "graph", threads)
+        from ascend_v4.graph.forward import build_forward
+        fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
+        res = fwd(ids)
+    save_npz(out_path, res)
+    click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
+               f"({backend}, {time.perf_counter() - t0:.1f} s)")
+
+
+# --------------------------------------------------------------------------------------------- compare
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--max-median-rel", type=float, default=None,
+              help="exit 1 if any key's per-position median relative L2 error exceeds this")
+@friendly
+def compare(a, b, as_json, max_median_rel):
+    """Compare two dumps key by key: max abs, per-position median/p90 rel L2, cosine, logits top-1."""
+    from .dump import compare_files, format_compare
+    rep = compare_files(a, b)
+    bad = []
+    if max_median_rel is not None:
+        bad = [r["key"] for r in rep["rows"] if "error" in r or r["median_rel"] > max_median_rel]
+    rep["threshold"] = max_median_rel
+    rep["failed_keys"] = bad
+    click.echo(json.dumps(rep, indent=2) if as_json else format_compare(rep["rows"], rep["only_a"], rep["only_b"]))
+    if bad:
+        if not as_json:
+            click.echo(f"FAIL: median relative error above {max_median_rel} in {', '.join(bad)}", err=True)
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------------ demo
+@main.command()
+@click.option("--config", "config", default="tiny", show_default=True)
+@click.option("--batch", default=2, show_default=True)
+@click.option("--seq", default=64, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--keep", "keep_dir", default=None, help="keep the generated checkpoint in this directory")
+@friendly
+def demo(config, batch, seq, seed, keep_dir):
+    """Make a tiny official-format checkpoint, load it, run the graph-mode forward, check it against the
+    float64 NumPy golden model. No download, no arguments needed."""
+    import tempfile
+    import numpy as np
+    from .checkpoint import load_official_weights, random_weights, write_official_checkpoint
+    from .dump import compare_arrays
+    from .info import describe, format_describe
+    from .numpy_model import NumpyV4
+    from .runtime import setup
+    from . import ops as v4ops
+
+    cfg = load_config(config)
+    if batch < 1 or seq < 1:
+        raise ConfigError("--batch and --seq must be >= 1")
+    click.echo(format_describe(describe(cfg)))
+    tmp = None
+    root = keep_dir or tempfile.mkdtemp(prefix="ascend_v4_demo_")
+    tmp = None if keep_dir else root
+    try:
+        ck = os.path.join(root, "checkpoint")
+        t0 = time.perf_counter()
+        write_official_checkpoint(cfg, random_weights(cfg, seed), ck)
+        t1 = time.perf_counter()
+        weights = load_official_weights(ck, load_config(ck))
+        t2 = time.perf_counter()
+        click.echo(f"checkpoint: wrote official format (FP8 E4M3 + E8M0 128x128, MXFP4 experts) in {t1 - t0:.2f} s, "
+                   f"read + dequantised {len(weights)} tensors in {t2 - t1:.2f} s")
+        setup("CPU", "graph")
+        from ascend_v4.graph.forward import build_forward
+        fwd = build_forward(cfg, weights, max_seq_len=max(seq, 16))
+        ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
+        t3 = time.perf_counter()
+        out = fwd(ids)
+        t4 = time.perf_counter()
+        out = fwd(ids)
+        t5 = time.perf_counter()
+        click.echo(f"graph-mode forward [{batch}x{seq}]: compile+first run {t4 - t3:.2f} s, steady {1e3 * (t5 - t4):.1f} ms "
+                   f"({batch * seq / (t5 - t4):.0f} tokens/s)")
+        click.echo("backends: " + ", ".join(f"{k}={v}" for k, v in sorted(v4ops.selected().items())))
+        ref = NumpyV4(cfg, weights).forward(ids)
+        rows = {r["key"]: r for r in compare_arrays(out, ref)}
+        lg = rows["logits"]
+        worst_block = max((r for k, r in rows.items() if k.startswith("hidden_block")), key=lambda r: r["median_rel"])
+        ok = lg["median_rel"] < 1e-4 and lg["top1_agree"] >= 0.95
+        click.echo(f"parity vs float64 NumPy golden: logits median rel L2 {lg['median_rel']:.2e}, "
+                   f"p90 {lg['p90_rel']:.2e}, top-1 agreement {lg['top1_agree']:.3f}, worst block "
+                   f"{worst_block['key']} median {worst_block['median_rel']:.2e} -> {'PASS' if ok else 'FAIL'}")
+        if not ok:
+            sys.exit(1)
+    finally:
+        if tmp:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------- ops
+@main.group("ops")
+def ops_group():
+    """Our operators: list backends, run the parity harness."""
+
+
+@ops_group.command("list")
+@friendly
+def ops_list():
+    """Every op with its backends, platforms and availability."""
+    from .ops import registry
+    for op in registry.ops():
+        for b in registry.backends(op):
+            click.echo(f"{op:<20}{b.name:<11}{','.join(b.platforms):<18}{'available' if b.available() else 'unavailable'}"
+                       f"  priority {b.priority}" + (f"  ({b.note})" if b.note else ""))
+
+
+@ops_group.command("parity")
+@click.option("--op", default=None, help="only this op")
+@click.option("--backend", default=None, help="only this backend")
+@click.option("--csv", "csv_path", default=None, help="also write the rows as CSV")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-grad", is_flag=True, help="forward only")
+@friendly
+def ops_parity(op, backend, csv_path, as_json, no_grad):
+    """Every backend of every op vs the float64 NumPy reference, forward and backward; exit 1 on any failure."""
+    from .runtime import setup
+    setup("CPU", "pynative")
+    from .ops import parity, registry
+    if op:
+        registry.backends(op)            # unknown op -> clear error
+    rows = parity.run(op=op, backend=backend, check_grad=not no_grad)
+    if not rows:
+        raise ConfigError(f"no parity rows for op={op} backend={backend}; see `ascend-v4 ops list`")
+    if csv_path:
+        import csv
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0].as_dict()))
+            w.writeheader()
+            for r in rows:
+                w.writerow(r.as_dict())
+    click.echo(json.dumps([r.as_dict() for r in rows], indent=2) if as_json else parity.format_table(rows))
+    if any(not r.ok for r in rows):
+        sys.exit(1)
+
+
+def _attach_migrate():
+    try:
+        from .tools.migrate.cli import migrate
+    except ImportError:
+        return
+    main.add_command(migrate)
+
+
+_attach_migrate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""What a config amounts to: layer schedule, parameter counts (total / active per token), KV bytes per token."""
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+from .config import ModelConfig
+
+
+def layer_schedule(cfg: ModelConfig) -> list:
+    rows = []
+    for i in range(cfg.n_total_blocks):
+        kind = cfg.layer_kind(i)
+        name = f"layer {i}" if i < cfg.n_layers else f"mtp {i - cfg.n_layers}"
+        router = "hash" if i < cfg.n_layers and cfg.is_hash_layer(i) else "topk"
+        rows.append({"block": name, "kind": kind, "ratio": cfg.ratio(i), "router": router})
+    return rows
+
+
+def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
+    """Logical (dequantised) element counts from the official inventory."""
+    from .checkpoint.inventory import official_inventory
+    inv = official_inventory(cfg)
+    total = mtp = routed = 0
+    per_expert = 0
+    for name, spec in inv.items():
+        n = math.prod(spec.shape)
+        if name.startswith("mtp."):
+            mtp += n
+        else:
+            total += n
+            if ".ffn.experts." in name:
+                routed += n
+        if name.startswith("layers.0.ffn.experts.0."):
+            per_expert += n
+    unused = cfg.n_layers * (cfg.n_routed_experts - cfg.n_activated_experts) * per_expert
+    # embedding rows are a lookup, not compute: the "active" figure DeepSeek quotes counts the head, not the table
+    embed = cfg.vocab_size * cfg.dim
+    return {"total": total, "total_with_mtp": total + mtp, "mtp": mtp, "routed_experts": routed,
+            "active_per_token": total - unused, "active_per_token_excl_embed": total - unused - embed}
+
+
+def kv_bytes_per_token(cfg: ModelConfig) -> Dict[str, float]:
+    """Steady-state cache bytes per token of context (compressed entries + indexer keys; window is fixed).
+
+    cuda_fp8: the release's layout (448 FP8 + 64 BF16 + scales per entry, FP4 indexer keys), spec §11.
+    ascend_bf16: what a BF16 port stores; ascend_int8: int8 non-RoPE dims + one fp32 scale per entry.
+    """
+    nope, rope, idx = cfg.nope_head_dim, cfg.rope_head_dim, cfg.index_head_dim
+    fp8_entry = nope + 2 * rope + 8 * math.ceil(math.ceil(nope / 64) / 8)
+    fp4_key = idx // 2 + idx // 32
+    layouts = {
+        "cuda_fp8": (fp8_entry, fp4_key),
+        "ascend_bf16": (2 * cfg.head_dim, 2 * idx),
+        "ascend_int8": (nope + 2 * rope + 4, idx + 4),
+    }
+    out = {}
+    for name, (entry, key) in layouts.items():
+        b = 0.0
+        for i in range(cfg.n_layers):
+            r = cfg.ratio(i)
+            if r:
+                b += entry / r + (key / r if r == 4 else 0.0)
+        out[name] = b
+    out["window_bytes_bf16"] = float(cfg.n_total_blocks * cfg.window_size * cfg.head_dim * 2)
+    return out
+
+
+def describe(cfg: ModelConfig) -> Dict:
+    return {"config": cfg.to_dict(), "schedule": layer_schedule(cfg), "params": parameter_counts(cfg),
+            "kv_bytes_per_token": kv_bytes_per_token(cfg)}
+
+
+def format_describe(d: Dict) -> str:
+    cfg = d["config"]
+    lines = [f"config '{cfg['name']}': dim {cfg['dim']}, {cfg['n_layers']} layers + {cfg['n_mtp_layers']} MTP, "
+             f"{cfg['n_heads']} heads x {cfg['head_dim']}, vocab {cfg['vocab_size']}, "
+             f"{cfg['n_routed_experts']} routed experts (top-{cfg['n_activated_experts']}) + {cfg['n_shared_experts']} shared"]
+    kinds = {}
+    for r in d["schedule"]:
+        kinds.setdefault(r["kind"], []).append(r["block"].replace("layer ", ""))
+    lines.append("layer schedule: " + "; ".join(f"{k} x{len(v)} [{', '.join(v)}]" for k, v in kinds.items()))
+    lines.append("  " + " ".join({"SWA": "S", "CSA": "C", "HCA": "H"}[r["kind"]] for r in d["schedule"]) +
+                 "   (S=sliding window, C=CSA ratio 4 + indexer, H=HCA)")
+    hashed = [r["block"] for r in d["schedule"] if r["router"] == "hash"]
+    lines.append(f"hash-routed layers: {', '.join(hashed) if hashed else 'none'}")
+    p = d["params"]
+
+    def human(n):
+        return f"{n / 1e9:.2f}B" if n >= 1e9 else (f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K")
+    lines.append(f"parameters: total {human(p['total'])} (+{human(p['mtp'])} MTP), active per token "
+                 f"{human(p['active_per_token'])} ({human(p['active_per_token_excl_embed'])} without the embedding table)")
+    kv = d["kv_bytes_per_token"]
+    lines.append(f"KV cache per token: {kv['cuda_fp8']:.0f} B (CUDA FP8 layout), {kv['ascend_int8']:.0f} B (Ascend INT8), "
+                 f"{kv['ascend_bf16']:.0f} B (Ascend BF16); + fixed window state {kv['window_bytes_bf16'] / 2**20:.2f} MiB/sequence")
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Compiled forward graphs of the model: one compile per (batch, length) shape, reused afterwards.
+
+Shapes are static (the layer schedule, compressed-entry counts and index widths are Python ints derived from
+the sequence length), so each new (B, S) compiles once — the "bucketed" strategy; pad prompts to a few bucket
+lengths when serving many lengths.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import mindspore as ms
+
+from ascend_v4.config import ModelConfig
+from ascend_v4.model import Transformer
+from ascend_v4.weights import load_into
+
+
+class CompiledForward:
+    """Wraps a Transformer built with return_hidden=True; __call__(ids) -> dict of float32 arrays."""
+
+    def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], max_seq_len: int = 4096,
+                 with_mtp: bool = False):
+        self.cfg = cfg
+        self.with_mtp = with_mtp
+        self.model = Transformer(cfg, max_seq_len=max_seq_len, return_hidden=True,
+                                 with_mtp=with_mtp and cfg.n_mtp_layers > 0)
+        self.model.set_train(False)
+        load_into(self.model, weights)
+        self.compile_seconds: Dict[tuple, float] = {}
+
+    def __call__(self, ids: np.ndarray) -> Dict[str, np.ndarray]:
+        ids = np.asarray(ids)
+        if ids.ndim != 2:
+            raise ValueError(f"token array must be [batch, seq], got shape {ids.shape}")
+        if ids.shape[1] > self.model.max_seq_len:
+            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_seq_len {self.model.max_seq_len}; "
+                             f"rebuild with a larger max_seq_len")
+        if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{ids.min()}, {ids.max()}]")
+        t0 = time.perf_counter()
+        out = self.model(ms.Tensor(ids.astype(np.int32)))
+        dt = time.perf_counter() - t0
+        self.compile_seconds.setdefault(ids.shape, dt)
+        res = {"logits": out[0].asnumpy(), "embed": out[1].asnumpy()}
+        hidden = out[2].asnumpy()
+        for i in range(hidden.shape[0]):
+            res[f"hidden_block{i}"] = hidden[i]
+        if len(out) > 3:
+            res["mtp_logits"] = out[3].asnumpy()
+        return res
+
+
+def build_forward(cfg: ModelConfig, weights: Dict[str, np.ndarray], max_seq_len: Optional[int] = None,
+                  with_mtp: bool = False) -> CompiledForward:
+    return CompiledForward(cfg, weights, max_seq_len or 4096, with_mtp)
