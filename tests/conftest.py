@@ -1,0 +1,48 @@
+"""Shared fixtures. MindSpore runs on CPU in graph mode for the whole session (float32: the CPU reference)."""
+import os
+
+os.environ.setdefault("GLOG_v", "3")
+
+import numpy as np
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running; excluded from the default run (-m 'not slow')")
+
+
+@pytest.fixture(scope="session")
+def ms_graph():
+    from ascend_v4.runtime import setup
+    setup("CPU", "graph")
+    import mindspore as ms
+    return ms
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from ascend_v4 import load_config
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_cfg, tmp_path_factory):
+    """(directory, weights as stored) of a tiny official-format checkpoint: FP8/MXFP4/BF16/FP32/I64 entries."""
+    from ascend_v4.checkpoint import random_weights, write_official_checkpoint
+    d = str(tmp_path_factory.mktemp("ckpt") / "tiny")
+    return d, write_official_checkpoint(tiny_cfg, random_weights(tiny_cfg, seed=1), d)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tiny_ckpt):
+    return tiny_ckpt[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt_dir(tiny_ckpt):
+    return tiny_ckpt[0]
+
+
+@pytest.fixture(scope="session")
+def rng():
+    return np.random.default_rng(1234)
