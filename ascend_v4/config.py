@@ -198,9 +198,10 @@ class ModelConfig:
             "rope_scaling": {"type": "yarn", "factor": self.rope_factor,
                              "original_max_position_embeddings": self.original_seq_len,
                              "beta_fast": self.beta_fast, "beta_slow": self.beta_slow},
-            "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": self.scale_fmt,
-                                    "activation_scheme": "dynamic", "weight_block_size": [128, 128]},
         })
+        if self.dtype == "fp8":     # a bf16 release has no quantization_config at all
+            d["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "scale_fmt": self.scale_fmt,
+                                        "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
         return d
 
     @classmethod

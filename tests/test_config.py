@@ -66,3 +66,9 @@ def test_unknown_preset_and_bad_json(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(str(tmp_path))
+
+
+def test_bf16_release_config_roundtrips():
+    cfg = load_config("tiny").replace(dtype="bf16")
+    assert "quantization_config" not in cfg.to_hf_json()
+    assert ModelConfig.from_dict(cfg.to_hf_json(), name="tiny") == cfg
