@@ -74,6 +74,17 @@ class RopeTables:
 
 
 # --------------------------------------------------------------------------------------------- attention
+def _same_doc(idx, seg, key_seg_first, key_seg_last):
+    """-1 out the candidates idx [B,S,K] whose key (rows of key_seg_* [B,N]) is not wholly in the query's doc."""
+    B, S, K = idx.shape
+    safe = ops.where(idx >= 0, idx, ops.zeros_like(idx)).reshape(B, S * K)
+    f = ops.gather_elements(key_seg_first, 1, safe).reshape(B, S, K)
+    l = ops.gather_elements(key_seg_last, 1, safe).reshape(B, S, K)
+    q = ops.expand_dims(seg, -1)
+    ok = ops.logical_and(idx >= 0, ops.logical_and(f == q, l == q))
+    return ops.where(ok, idx, -ops.ones_like(idx))
+
+
 class Compressor(nn.Cell):
     """Gated softmax pooling of `ratio` tokens into one entry (overlapping windows when ratio == 4), RMSNorm,
     RoPE at the block's first position (spec §4.2)."""
@@ -147,7 +158,8 @@ class Attention(nn.Cell):
             self.indexer = Indexer(cfg, self.ratio, dtype)
         self._attend = v4ops.resolve("sparse_attention").fn
 
-    def construct(self, x, cos, sin):
+    def construct(self, x, cos, sin, seg=None):
+        """seg: optional [B, S] document ids of a packed row; queries then see only their own document."""
         B, S = x.shape[0], x.shape[1]
         cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
         qr = self.q_norm(self.wq_a(x))
@@ -156,6 +168,8 @@ class Attention(nn.Cell):
         q = apply_rope(q, cs, sn)
         kv = apply_rope(self.kv_norm(self.wkv(x)), cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1))
         win_idx = ops.broadcast_to(ops.expand_dims(window_indices(S, self.window), 0), (B, S, min(S, self.window)))
+        if seg is not None:
+            win_idx = _same_doc(win_idx, seg, seg, seg)
         cmp_idx = None
         if self.ratio and S >= self.ratio:
             entries = self.compressor(x, cos, sin)
@@ -164,6 +178,14 @@ class Attention(nn.Cell):
             else:
                 n = S // self.ratio
                 cmp_idx = ops.broadcast_to(ops.expand_dims(compressed_indices(S, self.ratio), 0), (B, S, n))
+            if seg is not None:
+                # an entry is usable only if every token it pooled is in the query's document
+                n = S // self.ratio
+                first = [max(i * self.ratio - (self.ratio if self.ratio == 4 else 0), 0) for i in range(n)]
+                last = [i * self.ratio + self.ratio - 1 for i in range(n)]
+                seg_first = ops.gather(seg, Tensor(np.array(first, np.int32)), 1)
+                seg_last = ops.gather(seg, Tensor(np.array(last, np.int32)), 1)
+                cmp_idx = _same_doc(cmp_idx, seg, seg_first, seg_last)
             cmp_idx = ops.where(cmp_idx >= 0, cmp_idx + S, cmp_idx)       # entries follow the S raw rows
             kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
         o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
@@ -188,6 +210,14 @@ class Gate(nn.Cell):
             # aux-loss-free balancing: moved by the load statistics outside the gradient
             self.bias = _param((cfg.n_routed_experts,), requires_grad=False)
         self._route = v4ops.resolve("moe_route").fn
+
+    def affinity(self, x):
+        logits = linear(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32))
+        if self.score_func == "softmax":
+            return ops.softmax(logits, -1)
+        if self.score_func == "sigmoid":
+            return ops.sigmoid(logits)
+        return ops.sqrt(ops.softplus(logits))
 
     def construct(self, x, input_ids):
         if self.hash:
@@ -230,6 +260,11 @@ class MoE(nn.Cell):
         return ops.stack(w1), ops.stack(w2), ops.stack(w3)
 
     def construct(self, x, input_ids):
+        return self.forward_stats(x, input_ids)[0]
+
+    def forward_stats(self, x, input_ids):
+        """-> (y, affinities s [T, E] before bias, selected expert ids [T, k]): what the balance loss and the
+        aux-loss-free bias update need. Graph mode prunes the extras when the caller drops them."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         T = x.shape[0]
@@ -244,7 +279,7 @@ class MoE(nn.Cell):
             y = y + self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
                               ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
                               ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.limit)[0]
-        return ops.cast(y, x.dtype).reshape(shape)
+        return ops.cast(y, x.dtype).reshape(shape), self.gate.affinity(x), ids
 
 
 # ----------------------------------------------------------------------------------------- blocks & model
@@ -266,13 +301,18 @@ class Block(nn.Cell):
         self._hc_pre = v4ops.resolve("hc_pre").fn
         self._hc_post = v4ops.resolve("hc_post").fn
 
-    def construct(self, h, input_ids, cos, sin):
+    def construct(self, h, input_ids, cos, sin, seg=None):
+        return self.forward_stats(h, input_ids, cos, sin, seg)[0]
+
+    def forward_stats(self, h, input_ids, cos, sin, seg=None):
+        """-> (streams, router affinities [T, E], expert ids [T, k])."""
         x, post, comb = self._hc_pre(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
-        h = self._hc_post(self.attn(self.attn_norm(x), cos, sin), h, post, comb)
+        h = self._hc_post(self.attn(self.attn_norm(x), cos, sin, seg), h, post, comb)
         x, post, comb = self._hc_pre(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
-        return self._hc_post(self.ffn(self.ffn_norm(x), input_ids), h, post, comb)
+        f, aff, ids = self.ffn.forward_stats(self.ffn_norm(x), input_ids)
+        return self._hc_post(f, h, post, comb), aff, ids
 
 
 class HcHead(nn.Cell):
@@ -303,9 +343,9 @@ class MTPBlock(Block):
         self.hc_head_base = _param((cfg.hc_mult,))
         self.hc_head_scale = _param((1,))
 
-    def mtp_streams(self, h_main, e_next, input_ids, cos, sin):
+    def mtp_streams(self, h_main, e_next, input_ids, cos, sin, seg=None):
         x = ops.expand_dims(self.e_proj(self.enorm(e_next)), 2) + self.h_proj(self.hnorm(h_main))
-        return Block.construct(self, x, input_ids, cos, sin)
+        return Block.forward_stats(self, x, input_ids, cos, sin, seg)
 
 
 class Transformer(nn.Cell):
@@ -336,31 +376,39 @@ class Transformer(nn.Cell):
         self.rope_cos = tuple(ropes.for_ratio(cfg.ratio(i))[0] for i in range(cfg.n_total_blocks))
         self.rope_sin = tuple(ropes.for_ratio(cfg.ratio(i))[1] for i in range(cfg.n_total_blocks))
 
-    def streams(self, input_ids):
+    def streams(self, input_ids, seg=None):
+        """-> (embedding, final streams, per-block streams, per-block (affinity, expert ids))."""
         e = self.embed(input_ids)
         h = ops.broadcast_to(ops.expand_dims(e, 2), e.shape[:2] + (self.hc_mult, e.shape[-1]))
         hidden = ()
+        routes = ()
         i = 0
         for layer in self.layers:
-            h = layer(h, input_ids, self.rope_cos[i], self.rope_sin[i])
+            h, aff, ids = layer.forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
             hidden = hidden + (h,)
+            routes = routes + ((aff, ids),)
             i += 1
-        return e, h, hidden
+        return e, h, hidden, routes
 
     def logits(self, h):
         return self.hc_head(h, self.hc_head_fn, self.hc_head_scale, self.hc_head_base, self.norm, self.head.weight)
 
-    def mtp_logits(self, h, input_ids):
+    def mtp_logits(self, h, input_ids, seg=None):
         """Depth-1 MTP: position t of the result predicts token t+2 from h_t and embed(ids[t+1])."""
+        return self.mtp_forward(h, input_ids, seg)[0]
+
+    def mtp_forward(self, h, input_ids, seg=None):
         S = input_ids.shape[1]
         blk = self.mtp[0]
         nxt = input_ids[:, 1:]
-        x = blk.mtp_streams(h[:, :S - 1], self.embed(nxt), nxt, self.rope_cos[self.cfg.n_layers],
-                            self.rope_sin[self.cfg.n_layers])
-        return self.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base, blk.norm, self.head.weight)
+        mseg = None if seg is None else seg[:, :S - 1]
+        x, aff, ids = blk.mtp_streams(h[:, :S - 1], self.embed(nxt), nxt, self.rope_cos[self.cfg.n_layers],
+                                      self.rope_sin[self.cfg.n_layers], mseg)
+        return self.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base, blk.norm,
+                            self.head.weight), aff, ids
 
     def construct(self, input_ids):
-        e, h, hidden = self.streams(input_ids)
+        e, h, hidden, _ = self.streams(input_ids)
         logits = self.logits(h)
         if self.return_hidden:
             if self.with_mtp and input_ids.shape[1] > 1:

@@ -1,0 +1,79 @@
+"""Training objective of DeepSeek-V4 (spec §10): next-token CE + MTP CE (depth 1) + sequence-wise balance loss.
+
+    loss = lm + mtp_weight · mtp + balance_alpha · Σ_layers balance
+
+The balance loss is V3's sequence-wise form, per sequence b and routed layer:
+    f_i = E / (K·S) · #{t : i ∈ topk(t)}        (no gradient: top-k is discrete)
+    P_i = 1/S · Σ_t s_{t,i} / Σ_j s_{t,j}       (normalised affinities, differentiable)
+    L_b = Σ_i f_i · P_i                          averaged over the batch.
+Hash-routed layers take no balance loss (their routing is a fixed table).
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+
+def masked_ce(logits, targets, mask):
+    """Mean cross entropy over positions with mask 1. logits [B,S,V] float32, targets/mask [B,S]."""
+    V = logits.shape[-1]
+    lf = ops.cast(logits, ms.float32).reshape(-1, V)
+    lse = ops.logsumexp(lf, 1, False)
+    tgt = ops.gather_elements(lf, 1, targets.reshape(-1, 1)).reshape(-1)
+    m = ops.cast(mask, ms.float32).reshape(-1)
+    return ops.sum((lse - tgt) * m) / ops.maximum(ops.sum(m), 1.0)
+
+
+def seq_balance(aff, ids, n_experts, topk, batch, mask):
+    """V3 sequence-wise balance loss of one layer. aff [B*S, E], ids [B*S, k], mask [B, S] (1 = real token)."""
+    S = aff.shape[0] // batch
+    m = ops.cast(mask, ms.float32).reshape(batch, S, 1)
+    n_tok = ops.maximum(ops.sum(m, 1), 1.0)                                     # [B, 1]
+    p = aff / ops.sum(aff, -1, True)
+    P = ops.sum(p.reshape(batch, S, n_experts) * m, 1) / n_tok                  # [B, E]
+    onehot = ops.one_hot(ids.reshape(-1), n_experts, ops.ones((), ms.float32), ops.zeros((), ms.float32))
+    counts = ops.sum(onehot.reshape(batch, S, topk, n_experts) * ops.expand_dims(m, 2), (1, 2))
+    f = ops.stop_gradient(counts * (n_experts / topk) / n_tok)
+    return ops.mean(ops.sum(f * P, -1))
+
+
+def expert_load(ids, n_experts, mask):
+    """Tokens routed to each expert [E] (masked positions excluded): the aux-loss-free balancer's signal."""
+    onehot = ops.one_hot(ids.reshape(-1), n_experts, ops.ones((), ms.float32), ops.zeros((), ms.float32))
+    k = ids.shape[-1]
+    m = ops.cast(mask, ms.float32).reshape(-1, 1, 1)
+    return ops.stop_gradient(ops.sum(onehot.reshape(-1, k, n_experts) * m, (0, 1)))
+
+
+class V4Loss(nn.Cell):
+    """Wraps a Transformer: construct(input_ids, targets, segment_ids, loss_mask, mtp_weight) ->
+    (loss, lm_loss, mtp_loss, balance_loss, loads [n_routed_layers, E])."""
+
+    def __init__(self, model, balance_alpha: float = 1e-4):
+        super().__init__()
+        self.model = model
+        cfg = model.cfg
+        self.E, self.K = cfg.n_routed_experts, cfg.n_activated_experts
+        self.alpha = balance_alpha
+        self.routed = tuple(i for i in range(cfg.n_layers) if not cfg.is_hash_layer(i))
+        self.with_mtp = model.with_mtp
+
+    def construct(self, input_ids, targets, segment_ids, loss_mask, mtp_weight):
+        B = input_ids.shape[0]
+        _, h, _, routes = self.model.streams(input_ids, segment_ids)
+        lm = masked_ce(self.model.logits(h), targets, loss_mask)
+        balance = ops.zeros((), ms.float32)
+        loads = ()
+        for i in self.routed:
+            aff, ids = routes[i]
+            balance = balance + seq_balance(aff, ids, self.E, self.K, B, loss_mask)
+            loads = loads + (expert_load(ids, self.E, loss_mask),)
+        mtp = ops.zeros((), ms.float32)
+        if self.with_mtp:
+            mlogits, aff, ids = self.model.mtp_forward(h, input_ids, segment_ids)
+            # position t predicts targets[t+1] (= token t+2) from h_t and token t+1: same document only
+            same = ops.cast(segment_ids[:, :-1] == segment_ids[:, 1:], loss_mask.dtype)
+            mmask = loss_mask[:, 1:] * same
+            mtp = masked_ce(mlogits, targets[:, 1:], mmask)
+            balance = balance + seq_balance(aff, ids, self.E, self.K, B, mmask)
+            loads = loads + (expert_load(ids, self.E, mmask),)
+        loss = lm + mtp_weight * mtp + self.alpha * balance
+        return loss, lm, mtp, balance, ops.stack(loads)

@@ -1,0 +1,459 @@
+"""Python AST scanner: resolves import aliases and matches ``import``/``name``/``attr``/``string`` rules.
+
+Why an AST and not regexes: ``import torch as th; th.cuda.synchronize()``, ``from torch import cuda``
+and ``import triton.language as tl`` all need alias resolution, docstrings/comments must not produce
+findings, and ``--apply`` needs exact token positions. One pass over the tree, no type inference:
+names are resolved only through imports, which is what makes this fast enough for 100k-line trees.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from typing import Dict, List, Optional, Set, Tuple
+
+from .files import split_lines
+from .findings import Edit, Finding
+from .router import find_router_hazards
+from .rules import Rule, RuleSet
+
+_SNIPPET_LEN = 160
+
+
+class PyFileScan:
+    """Scan one parsed Python module. Use :func:`scan_python` rather than this class directly.
+
+    There is one flat alias table per module (a function-local `import torch as th` is visible after
+    it everywhere): scoping would cost a symbol table per function for a case that practically never
+    changes the answer.
+    """
+
+    def __init__(self, rules: RuleSet, rel: str, lines: List[str]):
+        self.rules = rules
+        self.rel = rel
+        self.lines = lines
+        self.aliases: Dict[str, str] = {}
+        # names bound by a `from M import n` that --apply rewrites (e.g. torch.cuda.amp -> torch.npu.amp):
+        # their uses are fixed by the import rewrite, so reporting each use would be noise
+        self.fixed_by_import: Set[str] = set()
+        self.findings: List[Finding] = []
+        self.uses_torch_cuda = False
+        self.ensure_import_edit: Optional[Edit] = None
+        self._resolved_cache: Dict[str, List[Tuple[Rule, str]]] = {}
+        self._router_rules = rules.by_kind["router_gate"]
+        self._dispatch = {
+            ast.Import: self._visit_import,
+            ast.ImportFrom: self._visit_import_from,
+            ast.Attribute: self._visit_attribute,
+            ast.Name: self._visit_name,
+            ast.Call: self._visit_call,
+            ast.FunctionDef: self._visit_function,
+            ast.AsyncFunctionDef: self._visit_function,
+            ast.ClassDef: self._visit_class,
+            ast.Constant: self._visit_constant,
+            ast.JoinedStr: self._visit_joined_str,
+            ast.Expr: self._visit_expr,
+        }
+
+    # ------------------------------------------------------------------------------------------ driver
+    def run(self, tree: ast.Module) -> None:
+        # Module-level imports first, so a function defined above a late `import torch as th` still
+        # resolves `th`; function-local imports are picked up when the traversal reaches them.
+        for stmt in _top_level_statements(tree):
+            if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                self._record_aliases(stmt)
+        self._plan_ensure_import(tree)
+        for stmt in tree.body:
+            self.visit(stmt)
+
+    def visit(self, node: ast.AST) -> None:
+        handler = self._dispatch.get(type(node))
+        if handler is not None:
+            handler(node)
+        else:
+            for child in ast.iter_child_nodes(node):
+                self.visit(child)
+
+    def _visit_children(self, node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            self.visit(child)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _line(self, lineno: int) -> str:
+        return self.lines[lineno - 1] if 0 < lineno <= len(self.lines) else ""
+
+    def _char_col(self, lineno: int, byte_col: int) -> int:
+        """ast columns are UTF-8 byte offsets; edits and reports need character offsets."""
+        line = self._line(lineno)
+        if line.isascii():
+            return byte_col
+        return len(line.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+
+    def _snippet(self, lineno: int) -> str:
+        s = self._line(lineno).strip()
+        return s if len(s) <= _SNIPPET_LEN else s[: _SNIPPET_LEN - 3] + "..."
+
+    def _add(self, rule: Rule, node: ast.AST, symbol: str, edits: Tuple[Edit, ...] = (),
+             replacement: Optional[Dict[str, str]] = None, lineno: Optional[int] = None) -> None:
+        lineno = lineno or getattr(node, "lineno", 1)
+        col = self._char_col(lineno, getattr(node, "col_offset", 0)) if lineno == getattr(node, "lineno", 0) else 0
+        self.findings.append(Finding(
+            rule_id=rule.id, severity=rule.severity, category=rule.category, file=self.rel,
+            line=lineno, col=col + 1, symbol=symbol, message=rule.format_message(symbol),
+            replacement=replacement or rule.replacement, effort=rule.effort,
+            snippet=self._snippet(lineno), edits=edits, fix_preview=self._preview(edits),
+        ))
+        if rule.category in ("device", "amp", "graph") and symbol.startswith("torch.cuda"):
+            self.uses_torch_cuda = True
+
+    def _preview(self, edits: Tuple[Edit, ...]) -> str:
+        """The edited line, for reports (change_list.csv 'Change to')."""
+        if not edits:
+            return ""
+        line = self._line(edits[0].line)
+        for e in sorted(edits, key=lambda e: -e.start):
+            if e.line == edits[0].line and not e.insert_line:
+                line = line[: e.start] + e.text + line[e.end:]
+        return line.strip()
+
+    def resolve(self, node: ast.AST) -> Optional[str]:
+        """Dotted name of a Name/Attribute chain rooted in an import alias, else None."""
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Name):
+            base = self.aliases.get(node.id)
+            if base is None:
+                return None
+            parts.append(base)
+            return ".".join(reversed(parts))
+        return None
+
+    def _name_matches(self, qual: str) -> List[Tuple[Rule, str]]:
+        """Rules for a resolved chain and for its prefixes, best first, as (rule, matched symbol).
+
+        ``torch.cuda.Stream.wait_stream`` should hit the specific ``torch.cuda.Stream`` rule rather than
+        the generic ``torch.cuda.*`` one, so every prefix competes on specificity.
+        """
+        hit = self._resolved_cache.get(qual)
+        if hit is not None:
+            return hit
+        scored = []
+        parts = qual.split(".")
+        for n in range(len(parts), 0, -1):
+            prefix = ".".join(parts[:n])
+            for rule in self.rules.name_candidates(prefix):
+                if rule.when and prefix != qual:
+                    continue  # call conditions only make sense for the called name itself
+                scored.append((1 if rule.when else 0, rule.specificity(prefix), n, -rule.order, rule, prefix))
+        scored.sort(key=lambda t: t[:4], reverse=True)
+        seen, hit = set(), []
+        for t in scored:
+            if t[4].id not in seen:
+                seen.add(t[4].id)
+                hit.append((t[4], t[5]))
+        self._resolved_cache[qual] = hit
+        return hit
+
+    # ------------------------------------------------------------------------------------------ imports
+    def _record_aliases(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    self.aliases[a.asname] = a.name
+                    rule = self.rules.import_rule(a.name)
+                    ren = rule.apply.get("rename_module") if rule else None
+                    if ren and a.name == ren[0]:
+                        self.fixed_by_import.add(a.asname)
+                    else:
+                        self.fixed_by_import.discard(a.asname)
+                else:
+                    top = a.name.split(".")[0]
+                    self.aliases[top] = top
+        elif isinstance(node, ast.ImportFrom):
+            # Relative imports keep their module path without the dots: `from .kernel import act_quant`
+            # must still resolve to `kernel.act_quant` for the V4-reference rules.
+            base = node.module or ""
+            rule = self.rules.import_rule(base) if base and not node.level else None
+            renamed = bool(rule and rule.apply.get("rename_module"))
+            for a in node.names:
+                if a.name == "*":
+                    continue
+                local = a.asname or a.name
+                self.aliases[local] = f"{base}.{a.name}" if base else a.name
+                if renamed:
+                    self.fixed_by_import.add(local)
+                else:
+                    self.fixed_by_import.discard(local)
+
+    def _visit_import(self, node: ast.Import) -> None:
+        self._record_aliases(node)
+        for a in node.names:
+            rule = self.rules.import_rule(a.name)
+            if rule is None:
+                continue
+            edits = ()
+            ren = rule.apply.get("rename_module")
+            if ren and a.asname and a.name == ren[0]:
+                edits = self._edit_module_token(node.lineno, ren[0], ren[1], r"import\s+")
+            self._add(rule, node, a.name, edits)
+
+    def _visit_import_from(self, node: ast.ImportFrom) -> None:
+        self._record_aliases(node)
+        if node.level or not node.module:
+            return  # relative imports are the project's own modules, never third-party CUDA libraries
+        cands = [node.module] + [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]
+        done = set()
+        for cand in cands:
+            rule = self.rules.import_rule(cand)
+            if rule is None or rule.id in done:
+                continue
+            done.add(rule.id)
+            edits = ()
+            ren = rule.apply.get("rename_module")
+            if ren and (node.module == ren[0] or node.module.startswith(ren[0] + ".")):
+                edits = self._edit_module_token(node.lineno, ren[0], ren[1], r"from\s+")
+            self._add(rule, node, cand, edits)
+
+    def _edit_module_token(self, lineno: int, old: str, new: str, lead: str) -> Tuple[Edit, ...]:
+        m = re.search(lead + r"(" + re.escape(old) + r")\b", self._line(lineno))
+        if not m:
+            return ()  # e.g. a backslash-continued statement: report, don't rewrite
+        return (Edit(lineno, m.start(1), m.end(1), new),)
+
+    def _plan_ensure_import(self, tree: ast.Module) -> None:
+        cfg = self.rules.ensure_import
+        if not cfg:
+            return
+        after, module = cfg.get("after_module"), cfg.get("module")
+        anchor = None
+        for stmt in _top_level_statements(tree):
+            if isinstance(stmt, ast.Import):
+                names = [a.name for a in stmt.names]
+            elif isinstance(stmt, ast.ImportFrom) and not stmt.level:
+                names = [stmt.module or ""]
+            else:
+                continue
+            if any(n == module or n.startswith(module + ".") for n in names):
+                return  # already imported: nothing to add
+            if anchor is None and stmt.col_offset == 0 and any(n == after or n.startswith(after + ".") for n in names):
+                anchor = stmt  # unconditional module-level import only (not inside try/if)
+        if anchor is not None:
+            self.ensure_import_edit = Edit(anchor.end_lineno, text=cfg["line"], insert_line=True)
+
+    # ------------------------------------------------------------------------------------------ names
+    def _visit_name(self, node: ast.Name) -> None:
+        qual = self.aliases.get(node.id)
+        if qual is not None:
+            self._match_name(node, qual, None)
+
+    def _visit_attribute(self, node: ast.Attribute) -> None:
+        qual = self.resolve(node)
+        if qual is not None:
+            self._match_name(node, qual, None)
+            return  # outermost chain only: `torch.cuda.x` must not also report `torch.cuda`
+        for rule in self.rules.attr_rules.get(node.attr, ()):
+            if not rule.call and not rule.when:
+                self._add(rule, node, "." + node.attr, self._attr_rename(rule, node), lineno=node.end_lineno)
+                break
+        self.visit(node.value)
+
+    def _match_name(self, node: ast.AST, qual: str, call: Optional[ast.Call]) -> Optional[Rule]:
+        root = node
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if isinstance(root, ast.Name) and root.id in self.fixed_by_import:
+            return None
+        for rule, symbol in self._name_matches(qual):
+            shown = symbol
+            if rule.when:
+                if call is None:
+                    continue
+                hit = _check_when(rule, call)
+                if hit is None:
+                    continue
+                if isinstance(hit, str):
+                    shown = hit
+            self._add(rule, node, shown, self._segment_rename(rule, node))
+            return rule
+        return None
+
+    def _segment_rename(self, rule: Rule, node: ast.AST) -> Tuple[Edit, ...]:
+        """`th.cuda.synchronize` -> `th.npu.synchronize`: rename the spelled-out `cuda` attribute."""
+        ren = rule.apply.get("rename_segment")
+        if not ren:
+            return ()
+        old, new = ren
+        cur = node
+        while isinstance(cur, ast.Attribute):
+            if cur.attr == old and self.resolve(cur.value) is not None:
+                return self._token_edit(cur, old, new)
+            cur = cur.value
+        return ()  # written through an alias (`from torch import cuda`): not mechanical
+
+    def _attr_rename(self, rule: Rule, node: ast.Attribute) -> Tuple[Edit, ...]:
+        new = rule.apply.get("rename")
+        return self._token_edit(node, node.attr, new) if new else ()
+
+    def _token_edit(self, node: ast.Attribute, old: str, new: str) -> Tuple[Edit, ...]:
+        """Edit replacing the attribute token, which ends exactly at the node's end position."""
+        lineno = node.end_lineno
+        end = self._char_col(lineno, node.end_col_offset)
+        start = end - len(old)
+        if start < 0 or self._line(lineno)[start:end] != old:
+            return ()
+        return (Edit(lineno, start, end, new),)
+
+    # ------------------------------------------------------------------------------------------ calls
+    def _visit_call(self, node: ast.Call) -> None:
+        func = node.func
+        qual = self.resolve(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
+        if qual is not None:
+            self._match_name(func, qual, node)
+        elif isinstance(func, ast.Attribute):
+            for rule in self.rules.attr_rules.get(func.attr, ()):
+                if rule.call and (not rule.when or _check_when(rule, node) is not None):
+                    self._add(rule, func, f".{func.attr}()", self._attr_rename(rule, func),
+                              lineno=func.end_lineno)
+                    break
+            self.visit(func.value)
+        else:
+            self.visit(func)
+        for a in node.args:
+            self.visit(a)
+        for kw in node.keywords:
+            self.visit(kw.value)
+
+    # ------------------------------------------------------------------------------------------ defs
+    def _visit_function(self, node) -> None:
+        for dec in node.decorator_list:
+            target = dec.func if isinstance(dec, ast.Call) else dec
+            qual = self.resolve(target)
+            if qual is None:
+                continue
+            for rule, _sym in self._name_matches(qual):
+                if rule.kernel:
+                    hint = self.rules.hint_for(node.name)
+                    repl = {**rule.replacement, **hint.replacement} if hint else None
+                    self._add(rule, dec, node.name, replacement=repl)
+                    # The whole kernel is one finding: its body (tl.*/T.* calls, FP8 dtype strings,
+                    # autotune configs) would otherwise produce dozens of redundant ones.
+                    return
+        for dec in node.decorator_list:
+            self.visit(dec)
+        self.visit(node.args)
+        if node.returns is not None:
+            self.visit(node.returns)
+        for stmt in node.body:
+            self.visit(stmt)
+
+    def _visit_class(self, node: ast.ClassDef) -> None:
+        for rule in self._router_rules:
+            for gemm, symbol in find_router_hazards(node, rule.params, self.resolve):
+                self._add(rule, gemm, symbol)
+        self._visit_children(node)
+
+    # ------------------------------------------------------------------------------------------ strings
+    def _visit_expr(self, node: ast.Expr) -> None:
+        v = node.value
+        if isinstance(v, ast.JoinedStr) or (isinstance(v, ast.Constant) and isinstance(v.value, str)):
+            return  # docstring / bare string statement: prose, not code
+        self.visit(v)
+
+    def _visit_constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and node.value and len(node.value) < 300:
+            self._match_string(node, node.value)
+
+    def _visit_joined_str(self, node: ast.JoinedStr) -> None:
+        skeleton = []
+        for part in node.values:
+            if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                skeleton.append(part.value)
+            else:
+                skeleton.append("{}")
+                self.visit(part)
+        self._match_string(node, "".join(skeleton))
+
+    def _match_string(self, node: ast.AST, value: str) -> None:
+        for rule in self.rules.string_rules(value):
+            self._add(rule, node, value, self._string_edit(rule, node))
+
+    def _string_edit(self, rule: Rule, node: ast.AST) -> Tuple[Edit, ...]:
+        subs = rule.apply.get("sub")
+        if not subs or node.lineno != node.end_lineno:
+            return ()
+        line = self._line(node.lineno)
+        start = self._char_col(node.lineno, node.col_offset)
+        end = self._char_col(node.lineno, node.end_col_offset)
+        seg = new = line[start:end]
+        for rx, repl in subs:
+            new = rx.sub(repl, new)
+        return (Edit(node.lineno, start, end, new),) if new != seg else ()
+
+
+def _top_level_statements(tree: ast.Module):
+    """Module body plus statements nested in top-level if/try blocks (guarded optional imports)."""
+    stack = list(reversed(tree.body))
+    while stack:
+        stmt = stack.pop()
+        yield stmt
+        if isinstance(stmt, (ast.If, ast.Try)) or type(stmt).__name__ == "TryStar":
+            children = list(stmt.body) + list(getattr(stmt, "orelse", []))
+            for h in getattr(stmt, "handlers", []):
+                children.extend(h.body)
+            children.extend(getattr(stmt, "finalbody", []))
+            stack.extend(reversed(children))
+
+
+def _strings_in(node: ast.AST):
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+            yield sub.value
+
+
+def _check_when(rule: Rule, call: ast.Call):
+    """None if the call does not satisfy ``rule.when``; else the matched string (or True)."""
+    w = rule.when
+    shown = True
+    if "kwarg" in w:
+        for name, rx in w["kwarg"].items():
+            kw = next((k for k in call.keywords if k.arg == name), None)
+            if kw is None:
+                return None
+            if rx is not None:
+                hit = next((s for s in _strings_in(kw.value) if rx.search(s)), None)
+                if hit is None:
+                    return None
+                shown = hit
+    if "any_arg" in w:
+        values = [a for a in call.args] + [k.value for k in call.keywords]
+        hit = next((s for v in values for s in _strings_in(v) if w["any_arg"].search(s)), None)
+        if hit is None:
+            return None
+        shown = hit
+    if w.get("arg0_int"):
+        a0 = call.args[0] if call.args else None
+        if not (isinstance(a0, ast.Constant) and type(a0.value) is int):
+            return None
+    return shown
+
+
+def scan_python(rules: RuleSet, rel: str, text: str) -> Tuple[PyFileScan, Optional[SyntaxError]]:
+    """Parse and scan; on a syntax error return the exception so the caller can fall back to text rules."""
+    lines = split_lines(text)
+    scanner = PyFileScan(rules, rel, lines)
+    try:
+        tree = ast.parse(text, filename=rel)
+    except SyntaxError as e:
+        return scanner, e
+    except (ValueError, RecursionError, MemoryError) as e:  # NUL bytes / absurd nesting
+        err = SyntaxError(f"cannot parse: {type(e).__name__}: {e}")
+        err.lineno = 0
+        return scanner, err
+    try:
+        scanner.run(tree)
+    except RecursionError:
+        err = SyntaxError("expression nesting too deep for the analyser; findings may be incomplete")
+        err.lineno = 0
+        return scanner, err
+    return scanner, None

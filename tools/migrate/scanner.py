@@ -1,0 +1,85 @@
+"""Scan orchestration: walk the tree, route each file to the Python and/or text scanner, collect results."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, Optional, Sequence
+
+from .files import iter_files, read_source
+from .findings import Edit, ScanResult, ScanWarning
+from .pyscan import scan_python
+from .rules import RuleSet, load_rules
+from .textscan import scan_text
+
+
+class ScanPathError(ValueError):
+    """The path to scan does not exist or is not a file/directory we can read."""
+
+
+def scan_path(path: str, rules: Optional[RuleSet] = None, exclude: Sequence[str] = (),
+              keep_sources: bool = False) -> ScanResult:
+    """Scan a file or directory tree.
+
+    ``keep_sources`` keeps the decoded text of files with rewritable findings (plus the planned
+    ``import torch_npu`` insertions) so ``--apply`` works from exactly what was analysed.
+    """
+    if not os.path.exists(path):
+        raise ScanPathError(f"path does not exist: {path}")
+    if not (os.path.isdir(path) or os.path.isfile(path)):
+        raise ScanPathError(f"not a regular file or directory: {path}")
+    if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+        raise ScanPathError(f"directory is not readable: {path}")
+    rules = rules or load_rules()
+    t0 = time.perf_counter()
+    result = ScanResult(root=os.path.abspath(path))
+    sources: Dict[str, str] = {}
+    extra_edits: Dict[str, Edit] = {}
+    fallback_rules = rules.text_rules_for(["python_fallback"])
+
+    if os.path.isfile(path) and not rules.file_tags(os.path.basename(path)):
+        result.warnings.append(ScanWarning(
+            os.path.basename(path), 0, "skipped", "not a file type the analyser knows (see file_types)"))
+
+    for sf in iter_files(path, rules, exclude):
+        text, warns, encoding = read_source(sf)
+        result.warnings.extend(warns)
+        if text is None:
+            continue
+        result.files_scanned += 1
+        result.lines_scanned += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+        file_findings = []
+        if "python" in sf.tags:
+            py, err = scan_python(rules, sf.rel, text)
+            if err is not None:
+                lineno = err.lineno or 0
+                result.warnings.append(ScanWarning(
+                    sf.rel, lineno, "syntax",
+                    f"Python does not parse ({err.msg}); fell back to text rules, findings may be incomplete"))
+                if not py.findings:
+                    file_findings.extend(scan_text(rules, sf.rel, text, ["python_fallback"], fallback_rules))
+            file_findings.extend(py.findings)
+            if keep_sources and py.ensure_import_edit is not None and (
+                    py.uses_torch_cuda or any(f.edits for f in py.findings)):
+                extra_edits[sf.rel] = py.ensure_import_edit
+        other_tags = [t for t in sf.tags if t != "python"]
+        if other_tags:
+            file_findings.extend(scan_text(rules, sf.rel, text, other_tags))
+        if any(w.kind == "decode" for w in warns) and any(f.edits for f in file_findings):
+            # Text decoded with replacement characters cannot be written back faithfully: report the
+            # findings, but don't promise (or perform) a rewrite.
+            extra_edits.pop(sf.rel, None)
+            for f in file_findings:
+                f.edits, f.fix_preview = (), ""
+            result.warnings.append(ScanWarning(sf.rel, 0, "decode", "not rewritten by --apply (encoding)"))
+        if keep_sources and (sf.rel in extra_edits or any(f.edits for f in file_findings)):
+            sources[sf.rel] = text
+            result.encodings[sf.rel] = encoding
+        result.findings.extend(file_findings)
+
+    result.findings.sort(key=lambda f: f.sort_key())
+    result.warnings.sort(key=lambda w: (w.file, w.line))
+    result.seconds = time.perf_counter() - t0
+    if keep_sources:
+        result.sources = sources
+        result.extra_edits = extra_edits
+    return result
