@@ -100,10 +100,15 @@ def make_checkpoint(out_dir, config, seed):
 @click.option("--out", "out_path", required=True, help="output .npz")
 @click.option("--backend", type=click.Choice(["graph", "numpy"]), default="graph", show_default=True,
               help="graph: MindSpore graph mode (this port); numpy: the float64 golden model")
+@click.option("--mode", type=click.Choice(["exact", "official"]), default="exact", show_default=True,
+              help="exact: weights dequantised, no activation quantisation (what a BF16 Ascend port computes); "
+                   "official: emulate the CUDA kernels' numerics (FP8/FP4 GEMMs, indexer FP4) on the NumPy backend")
+@click.option("--kv-fp8", type=click.Choice(["gpu", "spec"]), default="gpu", show_default=True,
+              help="official mode: KV FP8 fake-quant as the released GPU kernels run it (a no-op) or as the code intends")
 @click.option("--mtp", is_flag=True, help="also dump the MTP block's logits (position t predicts t+2)")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
-def dump(checkpoint, tokens_path, out_path, backend, mtp, threads):
+def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
     from .dump import load_tokens, save_npz
     ids = load_tokens(tokens_path)
@@ -112,9 +117,11 @@ def dump(checkpoint, tokens_path, out_path, backend, mtp, threads):
         raise ConfigError(f"{tokens_path}: token ids span [{ids.min()}, {ids.max()}] but the vocabulary has "
                           f"{cfg.vocab_size} entries")
     t0 = time.perf_counter()
+    if mode == "official":
+        backend = "numpy"          # the emulation is float64 NumPy by design: bit-exact quantisers
     if backend == "numpy":
         from .numpy_model import NumpyV4
-        res = NumpyV4(cfg, weights).forward(ids, with_mtp=mtp)
+        res = NumpyV4(cfg, weights, numerics=mode, kv_fp8=kv_fp8).forward(ids, with_mtp=mtp)
     else:
         from .runtime import setup
         setup("CPU", "graph", threads)
@@ -123,7 +130,7 @@ def dump(checkpoint, tokens_path, out_path, backend, mtp, threads):
         res = fwd(ids)
     save_npz(out_path, res)
     click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
-               f"({backend}, {time.perf_counter() - t0:.1f} s)")
+               f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")
 
 
 # --------------------------------------------------------------------------------------------- compare

@@ -2,6 +2,8 @@
 
 This is the golden the graph-mode model is checked against, position by position, in tests and in
 `ascend-v4 dump --backend numpy`. It follows DeepSeek's reference control flow (prefill from position 0).
+numerics="official" emulates the released CUDA kernels instead (FP8/FP4 GEMMs with activation quantisation,
+indexer FP4, optional KV FP8): see ascend_v4/numerics.py and `ascend-v4 dump --mode official`.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from .ops.attention import reference as attn_ref
 from .ops.attention.rope import apply_rope, rope_table
 from .ops.mhc import reference as mhc_ref
 from .ops.moe import reference as moe_ref
+from . import numerics as num
 
 
 def _rms(x, w, eps):
@@ -22,13 +25,42 @@ def _rms(x, w, eps):
 
 
 class NumpyV4:
-    def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray]):
+    def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], numerics: str = "exact",
+                 kv_fp8: str = "gpu"):
+        if numerics not in ("exact", "official"):
+            raise ValueError(f"numerics must be 'exact' or 'official', got {numerics!r}")
+        if kv_fp8 not in num.KV_FP8_MODES:
+            raise ValueError(f"kv_fp8 must be one of {num.KV_FP8_MODES}, got {kv_fp8!r}")
         self.cfg = cfg
+        self.official = numerics == "official"
+        self.kv_fp8 = self.official and kv_fp8 == "spec"
         self.w = {k: (v if np.issubdtype(np.asarray(v).dtype, np.integer) else np.asarray(v, np.float64))
                   for k, v in weights.items()}
+        self.fmt = {}
+        if self.official:
+            from .checkpoint.inventory import official_inventory
+            self.fmt = {k: spec.fmt for k, spec in official_inventory(cfg).items()}
 
     def _lin(self, x, name):
+        fmt = self.fmt.get(name)
+        if fmt == "fp8" and not name.endswith("wo_a.weight"):    # wo_a ships FP8 but runs as a BF16 einsum
+            return num.fp8_linear(x, self.w[name])
+        if fmt == "fp4":
+            return num.fp4_linear(x, self.w[name])
         return x @ self.w[name].T
+
+    def _kv_quant(self, kv):
+        """KV FP8 fake-quant of the non-RoPE dims (block 64), only with kv_fp8='spec'."""
+        if not self.kv_fp8:
+            return kv
+        nope = self.cfg.nope_head_dim
+        kv = kv.copy()
+        kv[..., :nope] = num.qdq_fp8(kv[..., :nope], 64)
+        return kv
+
+    def _index_quant(self, t):
+        """Indexer q/k on the CUDA path: Hadamard rotation then FP4 QDQ (block 32)."""
+        return num.qdq_fp4(num.hadamard(t), 32).astype(np.float64) if self.official else t
 
     def _tables(self, ratio, S):
         c = self.cfg
@@ -53,16 +85,16 @@ class NumpyV4:
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
         q = apply_rope(_rms(q, None, c.norm_eps), cos[None, :, None], sin[None, :, None])
         kv = _rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps)
-        kv = apply_rope(kv, cos[None], sin[None])
+        kv = self._kv_quant(apply_rope(kv, cos[None], sin[None]))
         win = np.broadcast_to(attn_ref.window_indices(S, c.window_size), (B, S, min(S, c.window_size)))
         cmp = None
         if ratio and S >= ratio:
-            entries = self._compressor(p + "compressor.", x, ratio, cos, sin)
+            entries = self._kv_quant(self._compressor(p + "compressor.", x, ratio, cos, sin))
             if ratio == 4:
                 ip = p + "indexer."
                 qi = self._lin(qr, ip + "wq_b.weight").reshape(B, S, c.index_n_heads, c.index_head_dim)
-                qi = apply_rope(qi, cos[None, :, None], sin[None, :, None])
-                ki = self._compressor(ip + "compressor.", x, ratio, cos, sin)
+                qi = self._index_quant(apply_rope(qi, cos[None, :, None], sin[None, :, None]))
+                ki = self._index_quant(self._compressor(ip + "compressor.", x, ratio, cos, sin))
                 wi = self._lin(x, ip + "weights_proj.weight") * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5)
                 cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk)
             else:
@@ -85,16 +117,23 @@ class NumpyV4:
             x, self.w[p + "gate.weight"], None if hash_layer else self.w[p + "gate.bias"], c.n_activated_experts,
             c.route_scale, c.score_func, input_ids=ids.reshape(-1) if hash_layer else None,
             tid2eid=self.w[p + "gate.tid2eid"] if hash_layer else None)
-        E = c.n_routed_experts
-        w1 = [self.w[f"{p}experts.{e}.w1.weight"] for e in range(E)]
-        w2 = [self.w[f"{p}experts.{e}.w2.weight"] for e in range(E)]
-        w3 = [self.w[f"{p}experts.{e}.w3.weight"] for e in range(E)]
-        y = moe_ref.moe_forward(x, weights, eids, w1, w2, w3, c.swiglu_limit)
+        y = np.zeros_like(x)
+        for e in np.unique(eids):
+            t, k = np.nonzero(eids == e)
+            # the reference applies the routing weight before w2
+            h = self._swiglu(x[t], f"{p}experts.{e}.") * weights[t, k, None]
+            y[t] += self._lin(h, f"{p}experts.{e}.w2.weight")
         if c.n_shared_experts:
             sp = p + "shared_experts."
-            y = y + moe_ref.expert_ffn(x, self.w[sp + "w1.weight"], self.w[sp + "w2.weight"], self.w[sp + "w3.weight"],
-                                       c.swiglu_limit)
+            y = y + self._lin(self._swiglu(x, sp), sp + "w2.weight")
         return y.reshape(shape)
+
+    def _swiglu(self, x, p):
+        lim = self.cfg.swiglu_limit
+        g, u = self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight")
+        if lim > 0:
+            g, u = np.minimum(g, lim), np.clip(u, -lim, lim)
+        return g / (1.0 + np.exp(-g)) * u
 
     def block(self, p, h, ids, layer_id):
         c = self.cfg

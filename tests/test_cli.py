@@ -44,6 +44,9 @@ def test_dump_graph_vs_numpy_and_compare(tmp_path, tiny_ckpt_dir, tiny_cfg):
     with np.load(a) as z:
         assert sorted(z.files) == sorted(["embed", "logits"] + [f"hidden_block{i}" for i in range(4)])
         assert z["logits"].dtype == np.float32 and z["hidden_block0"].shape == (2, 40, 4, tiny_cfg.dim)
+    rc, out, err = run("dump", tiny_ckpt_dir, "--tokens", str(tmp_path / "t.npy"), "--out", str(tmp_path / "off.npz"),
+                       "--mode", "official")
+    assert rc == 0 and "official numerics" in out, err
     rc, out, err = run("compare", a, b, "--max-median-rel", "1e-4")
     assert rc == 0, err
     assert "logits" in out and "top1" in out

@@ -1,0 +1,73 @@
+"""The compiled train step: loss + grads (value_and_grad), clipping, optimiser, router-bias balancing.
+
+Everything runs inside one `ms.jit` graph per batch shape. The aux-loss-free balancer moves `gate.bias`
+outside the gradient from the step's expert loads: bias_i += speed · sign(mean(load) − load_i) (spec §10).
+Under data parallelism the gradients are averaged by DistributedGradReducer and the loads are all-reduced,
+so every rank applies the same bias update.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import nn, ops, ParameterTuple
+
+
+class BiasBalancer(nn.Cell):
+    def __init__(self, model, speed: float = 1e-3):
+        super().__init__()
+        cfg = model.cfg
+        biases = [model.layers[i].ffn.gate.bias for i in range(cfg.n_layers) if not cfg.is_hash_layer(i)]
+        if model.with_mtp:
+            biases += [blk.ffn.gate.bias for blk in model.mtp]
+        self.biases = ParameterTuple(biases)
+        self.speed = speed
+
+    def construct(self, loads):
+        for i in range(len(self.biases)):
+            b = self.biases[i]
+            load = loads[i]
+            ops.assign(b, b + self.speed * ops.sign(ops.mean(load) - load))
+        return loads
+
+
+def imbalance(loads):
+    """max/mean expert load per routed layer (1.0 = perfectly balanced), averaged over layers."""
+    return ops.mean(ops.max(loads, -1)[0] / ops.maximum(ops.mean(loads, -1), 1e-9))
+
+
+class TrainStep:
+    """step(batch arrays as Tensors, mtp_weight) -> (loss, lm, mtp, balance, grad_norm, imbalance)."""
+
+    def __init__(self, loss_net, optimizer, max_grad_norm: float = 1.0, bias_speed: float = 1e-3,
+                 data_parallel: int = 1):
+        from .optim import clip_by_global_norm
+        self.loss_net = loss_net
+        self.optimizer = optimizer
+        self.params = optimizer.parameters
+        self.balancer = BiasBalancer(loss_net.model, bias_speed)
+        self.max_norm = max_grad_norm
+        self.grad_fn = ms.value_and_grad(loss_net, None, self.params, has_aux=True)
+        self.reducer = None
+        self.allreduce = None
+        if data_parallel > 1:
+            self.reducer = nn.DistributedGradReducer(self.params, mean=True, degree=data_parallel)
+            self.allreduce = ops.AllReduce()
+        clip = clip_by_global_norm
+
+        def step(input_ids, targets, segment_ids, loss_mask, mtp_weight):
+            (loss, lm, mtp, bal, loads), grads = self.grad_fn(input_ids, targets, segment_ids, loss_mask, mtp_weight)
+            if self.reducer is not None:
+                grads = self.reducer(grads)
+                loads = self.allreduce(loads)
+            grads, gnorm = clip(grads, self.max_norm)
+            self.optimizer(grads)
+            self.balancer(loads)
+            return loss, lm, mtp, bal, gnorm, imbalance(loads)
+
+        self._step = ms.jit(step)
+
+    def __call__(self, batch, mtp_weight: float):
+        import numpy as np
+        t = ms.Tensor
+        return self._step(t(batch["input_ids"].astype(np.int32)), t(batch["targets"].astype(np.int32)),
+                          t(batch["segment_ids"].astype(np.int32)), t(batch["loss_mask"].astype(np.float32)),
+                          t(np.float32(mtp_weight)))
