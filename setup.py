@@ -28,7 +28,8 @@ setup(
     description="DeepSeek-V4 (Flash/Pro) for Huawei Ascend 910B/910C on MindSpore, with a CPU reference backend",
     python_requires=">=3.9,<3.12",
     packages=[
-        "ascend_v4", "ascend_v4.checkpoint",
+        "ascend_v4", "ascend_v4.checkpoint", "ascend_v4.convert", "ascend_v4.serve", "ascend_v4.train",
+        "ascend_v4.train.corpus",
         "ascend_v4.ops", "ascend_v4.ops.mhc", "ascend_v4.ops.moe", "ascend_v4.ops.attention",
         "ascend_v4.graph",
         "ascend_v4.tools", "ascend_v4.tools.migrate",
@@ -39,7 +40,8 @@ setup(
         "ascend_v4.graph": "graph",
         "ascend_v4.tools": "tools",
     },
-    package_data={"ascend_v4.tools.migrate": ["*.yaml", "*.md"], "ascend_v4.ops": ["*/cpu/*.so", "common_cpu/*.h"]},
+    package_data={"ascend_v4.tools.migrate": ["*.yaml", "*.md"], "ascend_v4.ops": ["*/cpu/*.so", "common_cpu/*.h"],
+                  "ascend_v4.train.corpus": ["*.jsonl", "*.txt"]},
     cmdclass={"build_py": BuildWithKernels},
     install_requires=[
         "mindspore==2.10.0",

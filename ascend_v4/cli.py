@@ -25,6 +25,13 @@ def _known_errors():
     from .weights import WeightError
     errs += [CheckpointError, DumpError, WeightError]
     try:
+        from .train.loop import TrainConfigError
+        from .train.state import TrainStateError
+        from .train.data import DataError
+        errs += [TrainConfigError, TrainStateError, DataError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from .ops.registry import BackendError
         errs.append(BackendError)
     except ImportError:  # pragma: no cover
@@ -265,6 +272,61 @@ def ops_parity(op, backend, csv_path, as_json, no_grad):
     click.echo(json.dumps([r.as_dict() for r in rows], indent=2) if as_json else parity.format_table(rows))
     if any(not r.ok for r in rows):
         sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------------- train
+@main.command()
+@click.option("--config", "config_path", default=None, help="train YAML (see ascend_v4/train/loop.py); default: "
+              "tiny model on the embedded corpus")
+@click.option("--steps", type=int, default=None, help="override the config's total steps")
+@click.option("--out", "out_dir", default="runs/default", show_default=True, help="run directory (resumes if it "
+              "holds a checkpoint)")
+@click.option("--list-param-groups", is_flag=True, help="print which optimiser moves each parameter and exit")
+@click.option("--dry-run", is_flag=True, help="validate the config (and cluster layout) and exit")
+@click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
+@friendly
+def train(config_path, steps, out_dir, list_param_groups, dry_run, threads):
+    """Train DeepSeek-V4 in graph mode: next-token + MTP + balance losses, Muon + AdamW, resumable."""
+    from .train.loop import TrainConfig
+    tc = TrainConfig.from_yaml(config_path) if config_path else TrainConfig()
+    if steps is not None:
+        tc.steps = steps
+        tc.warmup_steps = min(tc.warmup_steps, steps)
+        tc.validate("--steps")
+    if list_param_groups:
+        from .model import Transformer
+        from .train.param_groups import describe
+        cfg = load_config(tc.model)
+        for row in describe(Transformer(cfg, max_seq_len=16, with_mtp=tc.mtp)):
+            click.echo("  ".join(str(v) for v in row))
+        return
+    if dry_run:
+        from .info import describe as info_describe, format_describe
+        click.echo(format_describe(info_describe(load_config(tc.model))))
+        click.echo(f"train config OK: {tc.steps} steps of {tc.batch_size} x {tc.seq_len} tokens per rank, "
+                   f"parallel {tc.parallel}")
+        return
+    from .runtime import setup
+    setup("CPU", "graph", threads)
+    from .train.loop import Trainer
+    rank, world = _distributed(tc)
+    tr = Trainer(tc, out_dir, rank, world)
+    if tr.maybe_resume():
+        click.echo(f"resumed from {out_dir} at step {tr.step}")
+    tr.run()
+    if rank == 0:
+        click.echo(f"done: {tr.step} steps, checkpoints and metrics.jsonl in {out_dir}")
+
+
+def _distributed(tc):
+    """(rank, world) — initialises MindSpore communication when launched by msrun."""
+    if tc.parallel.dp == 1 and "MS_WORKER_NUM" not in os.environ:
+        return 0, 1
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
 
 
 def _attach_migrate():

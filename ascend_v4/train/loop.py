@@ -1,0 +1,270 @@
+"""`ascend-v4 train`: the training run — config, data, model, compiled step, eval, metrics, checkpoints, resume.
+
+A run is one YAML file (all keys optional; the defaults train the tiny preset on the embedded corpus):
+
+    model: tiny               # preset name or config.json path
+    seed: 0
+    seq_len: 64
+    batch_size: 4             # sequences per data-parallel rank per step
+    steps: 200
+    lr: 3.0e-3                # peak; linear warm-up then cosine to min_lr (default lr/10) from decay_start
+    warmup_steps: 20
+    min_lr: null
+    decay_start: null
+    max_grad_norm: 1.0
+    mtp: true                 # MTP loss, weight 0.3 -> 0.1 once LR decay starts
+    balance_alpha: 1.0e-4     # sequence-wise balance loss weight
+    bias_update_speed: 1.0e-3 # aux-loss-free router-bias update
+    eval_every: 50
+    eval_batches: 2
+    save_every: 100
+    data: {files: [], tokenizer: null, eval_fraction: 0.05}   # empty files = the embedded corpus
+    parallel: {dp: 1, tp: 1, ep: 1, pp: 1, micro_batches: 1}
+
+OUT/metrics.jsonl gets one JSON object per step (step, loss, lm_loss, mtp_loss, balance_loss, tokens_per_s,
+grad_norm, lr, expert_imbalance) and one per evaluation (eval_loss). Rerunning the same command resumes from
+OUT/latest exactly (model, optimiser, schedule position, data position).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+class TrainConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ParallelConfig:
+    dp: int = 1
+    tp: int = 1
+    ep: int = 1
+    pp: int = 1
+    micro_batches: int = 1
+
+
+@dataclass
+class DataConfig:
+    files: List[str] = field(default_factory=list)
+    tokenizer: Optional[str] = None
+    eval_fraction: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    model: str = "tiny"
+    seed: int = 0
+    seq_len: int = 64
+    batch_size: int = 4
+    steps: int = 200
+    lr: float = 3.0e-3
+    warmup_steps: int = 20
+    min_lr: Optional[float] = None
+    decay_start: Optional[int] = None
+    max_grad_norm: float = 1.0
+    mtp: bool = True
+    balance_alpha: float = 1.0e-4
+    bias_update_speed: float = 1.0e-3
+    eval_every: int = 50
+    eval_batches: int = 2
+    save_every: int = 100
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    @classmethod
+    def from_dict(cls, raw: Dict, source: str = "config") -> "TrainConfig":
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise TrainConfigError(f"{source}: the top level must be a mapping of keys")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise TrainConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        kw = dict(raw)
+        try:
+            kw["data"] = DataConfig(**(raw.get("data") or {}))
+            kw["parallel"] = ParallelConfig(**(raw.get("parallel") or {}))
+            cfg = cls(**kw)
+        except TypeError as e:
+            raise TrainConfigError(f"{source}: {e}") from None
+        return cfg.validate(source)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "TrainConfig":
+        import yaml
+        try:
+            with open(path) as fh:
+                raw = yaml.safe_load(fh)
+        except FileNotFoundError:
+            raise TrainConfigError(f"train config {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        return cls.from_dict(raw, path)
+
+    def validate(self, source: str = "config") -> "TrainConfig":
+        def need(ok, msg):
+            if not ok:
+                raise TrainConfigError(f"{source}: {msg}")
+        for k in ("seq_len", "batch_size", "steps", "eval_batches", "save_every", "eval_every"):
+            v = getattr(self, k)
+            need(isinstance(v, int) and v >= 1, f"{k} must be a positive integer, got {v!r}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.warmup_steps <= self.steps, f"warmup_steps ({self.warmup_steps}) must lie in [0, steps]")
+        need(self.max_grad_norm > 0, "max_grad_norm must be > 0")
+        need(0 <= self.data.eval_fraction < 1, "data.eval_fraction must lie in [0, 1)")
+        p = self.parallel
+        for k in ("dp", "tp", "ep", "pp", "micro_batches"):
+            need(isinstance(getattr(p, k), int) and getattr(p, k) >= 1, f"parallel.{k} must be a positive integer")
+        return self
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class Trainer:
+    def __init__(self, tc: TrainConfig, out_dir: str, rank: int = 0, world: int = 1):
+        from ascend_v4 import load_config
+        from ascend_v4.checkpoint import random_weights
+        from ascend_v4.model import Transformer
+        from ascend_v4.weights import load_into
+        from .data import PackedLoader
+        from .losses import V4Loss
+        from .optim import MuonAdamW
+        from .schedule import Schedule
+        from .step import TrainStep
+        from .tokenizer import check_vocab, load_tokenizer
+
+        self.tc, self.out_dir, self.rank, self.world = tc, out_dir, rank, world
+        self.cfg = load_config(tc.model)
+        if tc.parallel.dp != world:
+            raise TrainConfigError(f"parallel.dp = {tc.parallel.dp} but {world} process(es) run; launch with "
+                                   f"`msrun --worker_num {tc.parallel.dp}` or set dp: {world}")
+        if tc.parallel.tp > 1 or tc.parallel.pp > 1 or tc.parallel.ep > 1:
+            raise TrainConfigError("tp/ep/pp > 1 need the Ascend launcher (`ascend-v4 train --dry-run` validates the "
+                                   "layout); on CPU only data parallelism runs")
+        if tc.seq_len > self.cfg.max_position_embeddings:
+            raise TrainConfigError(f"seq_len {tc.seq_len} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
+        os.makedirs(out_dir, exist_ok=True)
+        if tc.data.tokenizer:
+            tok = load_tokenizer(tc.data.tokenizer)
+        else:
+            from .corpus import default_tokenizer
+            tok = default_tokenizer(self.cfg.vocab_size, os.path.join(out_dir, "tokenizer"))
+        check_vocab(tok, self.cfg)
+        files = tc.data.files
+        if not files:
+            from .corpus import default_corpus_files
+            files = default_corpus_files()
+        # Every rank reads the same global batch and trains on its slice: dp=N equals one process with N x batch.
+        gb = tc.batch_size * world
+        self.loader = PackedLoader(files, tok, tc.seq_len, gb, seed=tc.seed, split="train",
+                                   eval_fraction=tc.data.eval_fraction, cache_dir=os.path.join(out_dir, "cache"))
+        self.eval_loader = None
+        if tc.data.eval_fraction > 0:
+            self.eval_loader = PackedLoader(files, tok, tc.seq_len, gb, seed=tc.seed, shuffle=False, split="eval",
+                                            eval_fraction=tc.data.eval_fraction, corpus=self.loader.corpus)
+        self.model = Transformer(self.cfg, max_seq_len=tc.seq_len, with_mtp=tc.mtp)
+        self.model.set_train(True)
+        init = random_weights(self.cfg, seed=tc.seed)
+        for name in init:
+            if name.endswith("ffn.gate.bias"):
+                init[name] = np.zeros_like(init[name])     # the balancer starts from an unbiased router
+        load_into(self.model, init, strict=False)
+        self.schedule = Schedule(peak_lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
+                                 min_lr=tc.min_lr, decay_start=tc.decay_start)
+        self.loss_net = V4Loss(self.model, tc.balance_alpha)
+        self.opt = MuonAdamW(self.model.get_parameters(), self.schedule)
+        self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, tc.bias_update_speed, world)
+        import mindspore as ms
+        self._eval = ms.jit(self.loss_net)
+        self.step = 0
+        self.tokens_per_step = tc.batch_size * world * tc.seq_len
+
+    # ------------------------------------------------------------------ state
+    def _slice(self, batch):
+        b = self.tc.batch_size
+        return {k: v[self.rank * b:(self.rank + 1) * b] for k, v in batch.items()}
+
+    def trainer_state(self) -> Dict:
+        import ascend_v4
+        import mindspore
+        return {"data": self.loader.state_dict(), "train_config": self.tc.to_dict(), "model_config": self.cfg.to_dict(),
+                "versions": {"ascend_v4": ascend_v4.__version__, "mindspore": mindspore.__version__,
+                             "numpy": np.__version__}}
+
+    def save(self) -> str:
+        from . import state
+        return state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state())
+
+    def maybe_resume(self) -> bool:
+        from . import state
+        ck = state.latest(self.out_dir)
+        if ck is None:
+            return False
+        st = state.load(ck, self.model, self.opt)
+        if st.get("model_config") != self.cfg.to_dict():
+            raise TrainConfigError(f"{ck} was trained with a different model config; use a new --out directory")
+        self.loader.load_state_dict(st["data"])
+        self.step = int(st["step"])
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def evaluate(self) -> float:
+        import mindspore as ms
+        if self.eval_loader is None:
+            return float("nan")
+        self.eval_loader.load_state_dict(self._eval_start)
+        losses = []
+        for _ in range(self.tc.eval_batches):
+            b = self._slice(next(self.eval_loader))
+            out = self._eval(ms.Tensor(b["input_ids"].astype(np.int32)), ms.Tensor(b["targets"].astype(np.int32)),
+                             ms.Tensor(b["segment_ids"].astype(np.int32)), ms.Tensor(b["loss_mask"].astype(np.float32)),
+                             ms.Tensor(np.float32(0.0)))
+            losses.append(float(out[1].asnumpy()))
+        return float(np.mean(losses))
+
+    def run(self, steps: Optional[int] = None) -> List[Dict]:
+        """Train until `steps` (default: the config's total), logging and checkpointing as configured."""
+        end = min(steps if steps is not None else self.tc.steps, self.tc.steps)
+        if self.eval_loader is not None:
+            self._eval_start = self.eval_loader.state_dict()
+        metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
+        rows = []
+        while self.step < end:
+            batch = self._slice(next(self.loader))
+            mtp_w = float(self.schedule.mtp_weight_at(self.step)) if self.tc.mtp else 0.0
+            lr = float(self.schedule.lr_at(self.step))
+            t0 = time.perf_counter()
+            loss, lm, mtp, bal, gnorm, imb = (float(o.asnumpy()) for o in self.step_fn(batch, mtp_w))
+            dt = time.perf_counter() - t0
+            self.step += 1
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {self.step}; lower lr or check the data "
+                                         f"(last good checkpoint: {os.path.join(self.out_dir, 'latest')})")
+            row = {"step": self.step, "loss": loss, "lm_loss": lm, "mtp_loss": mtp, "balance_loss": bal,
+                   "tokens_per_s": self.tokens_per_step / dt, "grad_norm": gnorm, "lr": lr, "expert_imbalance": imb}
+            if self.step % self.tc.eval_every == 0 or self.step == end:
+                row["eval_loss"] = self.evaluate()
+            rows.append(row)
+            if self.rank == 0:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                ev = f"  eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
+                _log(f"step {self.step:>5}/{self.tc.steps}  loss {loss:.4f} (lm {lm:.4f} mtp {mtp:.4f} bal {bal:.3f})  "
+                     f"lr {lr:.2e}  |g| {gnorm:.2f}  {row['tokens_per_s']:.0f} tok/s  imbalance {imb:.2f}{ev}")
+            if self.rank == 0 and (self.step % self.tc.save_every == 0 or self.step == end):
+                self.save()
+        return rows
