@@ -241,7 +241,7 @@ def ops_list():
     from .ops import registry
     for op in registry.ops():
         for b in registry.backends(op):
-            click.echo(f"{op:<20}{b.name:<11}{','.join(b.platforms):<18}{'available' if b.available() else 'unavailable'}"
+            click.echo(f"{op:<22}{b.name:<10}{','.join(b.platforms):<18}{'available' if b.available() else 'unavailable'}"
                        f"  priority {b.priority}" + (f"  ({b.note})" if b.note else ""))
 
 

@@ -7,7 +7,7 @@ A run is one YAML file (all keys optional; the defaults train the tiny preset on
     seq_len: 64
     batch_size: 4             # sequences per data-parallel rank per step
     steps: 200
-    lr: 3.0e-3                # peak; linear warm-up then cosine to min_lr (default lr/10) from decay_start
+    lr: 1.0e-2                # peak; linear warm-up then cosine to min_lr (default lr/10) from decay_start
     warmup_steps: 20
     min_lr: null
     decay_start: null
@@ -65,7 +65,7 @@ class TrainConfig:
     seq_len: int = 64
     batch_size: int = 4
     steps: int = 200
-    lr: float = 3.0e-3
+    lr: float = 1.0e-2
     warmup_steps: int = 20
     min_lr: Optional[float] = None
     decay_start: Optional[int] = None
