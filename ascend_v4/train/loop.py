@@ -245,8 +245,9 @@ class Trainer:
         rows = []
         while self.step < end:
             batch = self._slice(next(self.loader))
-            mtp_w = float(self.schedule.mtp_weight_at(self.step)) if self.tc.mtp else 0.0
-            lr = float(self.schedule.lr_at(self.step))
+            # the optimiser counts the update it is about to make (step + 1): log and weigh with the same index
+            mtp_w = float(self.schedule.mtp_weight_at(self.step + 1)) if self.tc.mtp else 0.0
+            lr = float(self.schedule.lr_at(self.step + 1))
             t0 = time.perf_counter()
             loss, lm, mtp, bal, gnorm, imb = (float(o.asnumpy()) for o in self.step_fn(batch, mtp_w))
             dt = time.perf_counter() - t0

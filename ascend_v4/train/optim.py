@@ -1,0 +1,403 @@
+"""Muon + AdamW as one MindSpore Cell, usable inside a GRAPH_MODE / `ms.jit` train step (spec §10).
+
+    opt = MuonAdamW(net.trainable_params(), Schedule(...))           # groups from param_groups.classify
+    grad_fn = ms.value_and_grad(net, None, opt.parameters)
+    @ms.jit
+    def train_step(*batch):
+        loss, grads = grad_fn(*batch)
+        grads, gnorm = clip_by_global_norm(grads, 1.0)
+        lr = opt(grads)
+        return loss, gnorm, lr
+
+`opt(grads)` takes the gradients in the order of `opt.parameters` (= the params given, minus the frozen ones), or in
+the order of the full `params` list given (frozen entries' gradients are ignored). It returns the LR it used.
+
+Update t = 1, 2, ... (`step` is incremented first, lr = schedule.lr_at(t)):
+
+Muon (every 2-D weight matrix; a 3-D [E, out, in] parameter is E independent matrices), fp32:
+    M ← μ·M + G                                              μ = 0.95
+    G' = G + μ·M   (Nesterov; plain momentum uses G' = M)
+    X = G'ᵀ if rows > cols (so the Gram matrix X·Xᵀ is the small side), X ← X / (‖X‖_F + 1e-7)
+    10 × X ← a·X + (b·A + c·A²)·X,  A = X·Xᵀ: 8 × (3.4445, −4.7750, 2.0315) then 2 × (2, −1.5, 0.5)
+    O = X (transposed back);  update = O · sqrt(max(rows, cols)) · 0.18        (update RMS ≈ 0.18)
+    W ← W·(1 − lr·wd) − lr·update                           wd = 0.1
+AdamW (embedding, head, RMSNorm gains, mHC biases/gates, sinks, ape, vectors), fp32:
+    m ← β1·m + (1−β1)·G,  v ← β2·v + (1−β2)·G²,  m̂ = m/(1−β1ᵗ),  v̂ = v/(1−β2ᵗ)
+    W ← W·(1 − lr·wd) − lr·m̂/(sqrt(v̂) + ε)                  β = (0.9, 0.95), ε = 1e-20, wd = 0.1
+
+Newton–Schulz is batched: Muon matrices of the same shape are stacked and iterated with `ops.bmm`, each
+normalised by its own Frobenius norm, so every expert matrix is still orthogonalised on its own; this keeps the
+compiled graph small (one 10-step NS chain per shape bucket instead of one per matrix). Per-parameter work is
+mapped with `ops.HyperMap` (as nn.Optimizer does): a Python `for` over ~200 parameters inside `construct` exceeds
+MindSpore's graph call-depth limit.
+`bucket_numel` caps a bucket's size (memory); `ns_bf16=True` runs the NS matmuls in bf16 on Ascend (the report:
+"BF16 matmuls are stable"); the default float32 is what the CPU backend supports.
+
+State (all Parameters with fixed names, so `state_parameters()` can be saved/loaded by name):
+    step (int32 scalar) · muon_m.<name> · adam_m.<name> · adam_v.<name> · master.<name>
+Mixed precision: a parameter that is not float32 (bf16 on Ascend) gets an fp32 master copy `master.<name>`; the
+update is applied to the master and the parameter receives cast(master, its dtype). On CPU every parameter is
+float32, there are no masters and the parameter itself is the master. Masters are copied from the parameters
+when the optimiser is built: build it after loading weights, or call `reset_masters()`, or load its state.
+(CPU check: the CPU Assign kernel has no bf16, so the CPU tests run this path with float16 parameters.)
+
+Naming: the Cell is built with auto_prefix=False (like nn.Optimizer), so neither the model's parameter names nor
+the state names change when it becomes an attribute of a train-step Cell — provided that Cell is also built
+with auto_prefix=False (a default Cell renames every parameter below it to '<attr>.<name>').
+
+MindSpore 2.10 CPU notes followed here: only `ops.*` (no `mint.*`), `ops.assign` for every state write, no
+`ops.index_add`, no Python-side numbers that change per step (the LR is gathered from a constant table by the
+step Parameter, so nothing recompiles).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
+from mindspore.ops import composite as C, functional as F
+
+from . import param_groups as pg
+from .schedule import as_table, lookup
+
+# Hybrid Newton–Schulz (spec §10): 8 fast-converging quintic steps, then 2 steps that settle singular values at 1.
+NS_COEFFS: Tuple[Tuple[float, float, float], ...] = ((3.4445, -4.7750, 2.0315),) * 8 + ((2.0, -1.5, 0.5),) * 2
+NS_EPS = 1e-7
+
+
+# ------------------------------------------------------------------------------------------------ functions
+def newton_schulz(x, coeffs=NS_COEFFS, eps: float = NS_EPS, bf16: bool = False):
+    """Orthogonalise each matrix of x [k, n, m] with n <= m (wide; transpose tall matrices first).
+    Each matrix is divided by its own Frobenius norm (+eps), then X ← aX + (bA + cA²)X, A = XXᵀ, per (a, b, c).
+    bf16=True runs the matmuls in bfloat16 (Ascend); the result is float32."""
+    x = ops.cast(x, ms.float32)
+    norm = ops.sqrt(ops.sum(x * x, (1, 2), True))
+    x = x / (norm + eps)
+    if bf16:
+        x = ops.cast(x, ms.bfloat16)
+    for abc in coeffs:
+        gram = ops.bmm(x, ops.swapaxes(x, 1, 2))
+        poly = gram * abc[1] + ops.bmm(gram, gram) * abc[2]
+        x = x * abc[0] + ops.bmm(poly, x)
+    return ops.cast(x, ms.float32)
+
+
+_sq_sum = C.MultitypeFuncGraph("sq_sum")
+
+
+@_sq_sum.register("Tensor")
+def _sq_sum_fn(g):
+    g = ops.cast(g, ms.float32)
+    return ops.sum(g * g)
+
+
+_scale = C.MultitypeFuncGraph("scale")
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_fn(s, g):
+    return g * ops.cast(s, g.dtype)
+
+
+_hyper_map = C.HyperMap()
+
+
+def global_norm(grads):
+    """sqrt(Σ‖g‖²) over a tuple of gradients, accumulated in float32."""
+    return ops.sqrt(ops.addn(_hyper_map(_sq_sum, grads)))
+
+
+def clip_by_global_norm(grads, max_norm: float, eps: float = 1e-6):
+    """(grads · min(1, max_norm / (norm + eps)), norm), norm being the global L2 norm before clipping (as in
+    torch.nn.utils.clip_grad_norm_). Graph-mode friendly; a non-finite norm makes every gradient non-finite, so
+    the caller can test `ops.isfinite(norm)` and skip the step."""
+    norm = global_norm(grads)
+    scale = ops.minimum(max_norm / (norm + eps), ops.ones((), ms.float32))
+    return _hyper_map(F.partial(_scale, scale), grads), norm
+
+
+# ---- per-parameter pieces mapped with HyperMap (registered signatures: "Tensor" also matches Parameters)
+_pick = C.MultitypeFuncGraph("pick")
+
+
+@_pick.register("Tuple", "Number")
+def _pick_fn(tup, i):
+    return tup[i]
+
+
+_pick2 = C.MultitypeFuncGraph("pick2")
+
+
+@_pick2.register("Tuple", "Number", "Number")
+def _pick2_fn(tup, i, j):
+    return tup[i][j]
+
+
+_muon_momentum = C.MultitypeFuncGraph("muon_momentum")
+
+
+@_muon_momentum.register("Number", "Bool", "Tensor", "Tensor")
+def _muon_momentum_fn(mu, nesterov, m, g):
+    """M ← μM + G (written), returns the NS input: G + μM (Nesterov) or M."""
+    g = ops.cast(g, ms.float32)
+    m_new = m * mu + g
+    ops.assign(m, m_new)
+    if nesterov:
+        return g + m_new * mu
+    return m_new
+
+
+_bucket_ns = C.MultitypeFuncGraph("bucket_ns")
+
+
+@_bucket_ns.register("Tuple", "Tuple", "Number", "Bool", "Number", "Number", "Number", "Number", "Bool")
+def _bucket_ns_fn(us, coeffs, eps, bf16, start, end, rows, cols, tall):
+    """NS of us[start:end] (all the same shape [..., rows, cols]) as one bmm batch; returns a tuple of O's."""
+    x = ops.stack(us[start:end])
+    shape = x.shape
+    x = ops.reshape(x, (-1, rows, cols))
+    if tall:
+        x = ops.swapaxes(x, 1, 2)
+    x = newton_schulz(x, coeffs, eps, bf16)
+    if tall:
+        x = ops.swapaxes(x, 1, 2)
+    return ops.unstack(ops.reshape(x, shape), 0)
+
+
+_write = C.MultitypeFuncGraph("write")
+
+
+@_write.register("Tensor", "Tensor", "Bool", "Tensor")
+def _write_fn(param, work, has_master, new):
+    """new (fp32) -> the master (if any) and the parameter in its own dtype."""
+    if has_master:
+        ops.assign(work, new)
+    return ops.assign(param, ops.cast(new, param.dtype))
+
+
+_muon_apply = C.MultitypeFuncGraph("muon_apply")
+
+
+@_muon_apply.register("Tensor", "Tensor", "Tensor", "Tensor", "Bool", "Tensor", "Number")
+def _muon_apply_fn(lr, decay, param, work, has_master, o, scale):
+    """W ← W·(1 − lr·wd) − lr·O·scale."""
+    new = ops.cast(work, ms.float32) * decay - o * (lr * scale)
+    return _write_fn(param, work, has_master, new)
+
+
+_adamw = C.MultitypeFuncGraph("adamw")
+
+
+@_adamw.register("Tensor", "Tensor", "Tensor", "Tensor", "Number", "Number", "Number",
+                 "Tensor", "Tensor", "Bool", "Tensor", "Tensor", "Tensor")
+def _adamw_fn(lr, decay, bc1, bc2, b1, b2, eps, param, work, has_master, m, v, g):
+    """m, v moments; W ← W·(1 − lr·wd) − lr·m̂/(sqrt(v̂) + ε)."""
+    g = ops.cast(g, ms.float32)
+    m_new = m * b1 + g * (1.0 - b1)
+    v_new = v * b2 + g * g * (1.0 - b2)
+    ops.assign(m, m_new)
+    ops.assign(v, v_new)
+    upd = (m_new / bc1) / (ops.sqrt(v_new / bc2) + eps)
+    new = ops.cast(work, ms.float32) * decay - upd * lr
+    return _write_fn(param, work, has_master, new)
+
+
+# ------------------------------------------------------------------------------------------------ optimiser
+class MuonAdamW(nn.Cell):
+    """Muon for matrices, AdamW for the rest, frozen parameters left alone (see the module docstring).
+
+    params        iterable of Parameters (or a Cell: its get_parameters()); frozen ones (per `classify`) are
+                  dropped from `self.parameters` and never written.
+    lr_schedule   schedule.Schedule, a number (constant LR), or a 1-D array lr[step] (last value held).
+    classify      (Parameter) -> (group, reason); default param_groups.classify_param.
+    master_weights  give every non-float32 parameter an fp32 master copy (True) or update it in place via fp32
+                  arithmetic and a cast (False; loses small updates in bf16).
+    bucket_numel  max elements of one stacked Newton–Schulz batch.
+    ns_bf16       run the NS matmuls in bfloat16 (Ascend only; CPU has no bf16 matmul).
+    """
+
+    def __init__(self, params, lr_schedule, *, momentum: float = 0.95, nesterov: bool = True,
+                 muon_weight_decay: float = 0.1, update_rms: float = 0.18,
+                 ns_coeffs: Sequence[Tuple[float, float, float]] = NS_COEFFS, ns_eps: float = NS_EPS,
+                 ns_bf16: bool = False, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-20,
+                 adam_weight_decay: float = 0.1, master_weights: bool = True, bucket_numel: int = 1 << 24,
+                 classify=None):
+        super().__init__(auto_prefix=False)
+        if hasattr(params, "get_parameters"):
+            params = params.get_parameters()
+        params = list(params)
+        classify = classify or pg.classify_param
+        self.all_names = tuple(p.name for p in params)
+        if len(set(self.all_names)) != len(self.all_names):
+            raise ValueError("duplicate parameter names")
+        groups = [classify(p)[0] for p in params]
+        for p, g in zip(params, groups):
+            if g not in pg.GROUPS:
+                raise ValueError(f"{p.name}: unknown group {g!r}")
+            if g == pg.MUON and len(p.shape) not in (2, 3):
+                raise ValueError(f"{p.name}: Muon needs a 2-D (or stacked 3-D) matrix, got shape {tuple(p.shape)}")
+            if g != pg.FROZEN and p.dtype not in (ms.float32, ms.float16, ms.bfloat16):
+                raise ValueError(f"{p.name}: cannot optimise dtype {p.dtype}")
+        train = [i for i, g in enumerate(groups) if g != pg.FROZEN]
+        ps = [params[i] for i in train]
+        self.parameters = ParameterTuple(ps)          # what value_and_grad should differentiate, in input order
+        self.groups = tuple(groups[i] for i in train)
+        self.frozen = tuple((params[i].name, tuple(params[i].shape)) for i, g in enumerate(groups) if g == pg.FROZEN)
+
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.muon_wd, self.update_rms = float(muon_weight_decay), float(update_rms)
+        self.ns_coeffs = tuple(tuple(float(v) for v in abc) for abc in ns_coeffs)
+        self.ns_eps, self.ns_bf16 = float(ns_eps), bool(ns_bf16)
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps, self.adam_wd = float(eps), float(adam_weight_decay)
+        self.lr_table = Tensor(as_table(lr_schedule), ms.float32)
+        self.hyper_map = C.HyperMap()
+
+        self.step = Parameter(Tensor(0, ms.int32), name="step", requires_grad=False)
+
+        # fp32 masters of non-fp32 params; "work" = what an update reads (the master, else the param itself)
+        has_master = [bool(master_weights) and p.dtype != ms.float32 for p in ps]
+        masters = {i: Parameter(Tensor(p.asnumpy().astype(np.float32)), name=f"master.{p.name}",
+                                requires_grad=False) for i, (p, h) in enumerate(zip(ps, has_master)) if h}
+        self.masters = ParameterTuple(list(masters.values()))
+        self._master_of = tuple(sorted(masters))   # index in self.parameters of each master (for reset_masters)
+
+        def zeros_like(p, prefix):
+            return Parameter(Tensor(np.zeros(tuple(p.shape), np.float32)), name=f"{prefix}.{p.name}",
+                             requires_grad=False)
+
+        # Muon, internal order = bucket by bucket
+        muon = [i for i, g in enumerate(self.groups) if g == pg.MUON]
+        buckets = _buckets([tuple(ps[i].shape) for i in muon], int(bucket_numel))
+        order = [muon[j] for b in buckets for j in b]
+        self.muon_src = tuple(order)                # index in self.parameters, internal order
+        self.muon_params = ParameterTuple([ps[i] for i in order])
+        self.muon_work = ParameterTuple([masters.get(i, ps[i]) for i in order])
+        self.muon_has_master = tuple(has_master[i] for i in order)
+        self.muon_scale = tuple(math.sqrt(max(ps[i].shape[-2:])) * self.update_rms for i in order)
+        self.muon_m = ParameterTuple([zeros_like(ps[i], "muon_m") for i in order])
+        starts, ends, rows, cols, tall, flat_b, flat_j = [], [], [], [], [], [], []
+        k = 0
+        for b, members in enumerate(buckets):
+            r, c = (int(d) for d in ps[muon[members[0]]].shape[-2:])
+            starts.append(k)
+            ends.append(k + len(members))
+            rows.append(r)
+            cols.append(c)
+            tall.append(r > c)
+            flat_b += [b] * len(members)
+            flat_j += list(range(len(members)))
+            k += len(members)
+        self.b_start, self.b_end, self.b_rows, self.b_cols, self.b_tall = (
+            tuple(starts), tuple(ends), tuple(rows), tuple(cols), tuple(tall))
+        self.flat_b, self.flat_j = tuple(flat_b), tuple(flat_j)
+        self.n_buckets = len(buckets)
+
+        # AdamW, input order
+        adam = [i for i, g in enumerate(self.groups) if g == pg.ADAMW]
+        self.adam_src = tuple(adam)
+        self.adam_params = ParameterTuple([ps[i] for i in adam])
+        self.adam_work = ParameterTuple([masters.get(i, ps[i]) for i in adam])
+        self.adam_has_master = tuple(has_master[i] for i in adam)
+        self.adam_m = ParameterTuple([zeros_like(ps[i], "adam_m") for i in adam])
+        self.adam_v = ParameterTuple([zeros_like(ps[i], "adam_v") for i in adam])
+
+        # gradients may also come in the order of the full `params` list (frozen entries then ignored)
+        self.n_all, self.n_train = len(params), len(ps)
+        self.muon_src_all = tuple(train[i] for i in self.muon_src)
+        self.adam_src_all = tuple(train[i] for i in self.adam_src)
+
+    # ------------------------------------------------------------------ graph
+    def construct(self, grads):
+        hm = self.hyper_map
+        if len(grads) != self.n_train and len(grads) != self.n_all:
+            raise ValueError("MuonAdamW: grads must match opt.parameters or the full params list given")
+        if len(grads) == self.n_train:
+            g_muon = hm(F.partial(_pick, grads), self.muon_src)
+            g_adam = hm(F.partial(_pick, grads), self.adam_src)
+        else:
+            g_muon = hm(F.partial(_pick, grads), self.muon_src_all)
+            g_adam = hm(F.partial(_pick, grads), self.adam_src_all)
+        step = self.step + 1
+        ops.assign(self.step, step)
+        lr = lookup(self.lr_table, step)
+        t = ops.cast(step, ms.float32)
+
+        if self.muon_src:
+            us = hm(F.partial(_muon_momentum, self.momentum, self.nesterov), self.muon_m, g_muon)
+            outs = hm(F.partial(_bucket_ns, us, self.ns_coeffs, self.ns_eps, self.ns_bf16),
+                      self.b_start, self.b_end, self.b_rows, self.b_cols, self.b_tall)
+            o = hm(F.partial(_pick2, outs), self.flat_b, self.flat_j)
+            hm(F.partial(_muon_apply, lr, 1.0 - lr * self.muon_wd), self.muon_params, self.muon_work,
+               self.muon_has_master, o, self.muon_scale)
+        if self.adam_src:
+            bc1 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta1, ms.float32), t)
+            bc2 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta2, ms.float32), t)
+            hm(F.partial(_adamw, lr, 1.0 - lr * self.adam_wd, bc1, bc2, self.beta1, self.beta2, self.eps),
+               self.adam_params, self.adam_work, self.adam_has_master, self.adam_m, self.adam_v, g_adam)
+        return lr
+
+    # ------------------------------------------------------------------ host side
+    def state_parameters(self) -> Dict[str, Parameter]:
+        """{name: Parameter} of the whole optimiser state (step, muon_m.*, adam_m.*, adam_v.*, master.*)."""
+        out = {"step": self.step}
+        for tup in (self.muon_m, self.adam_m, self.adam_v, self.masters):
+            for p in tup:
+                out[p.name] = p
+        return out
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """{name: numpy copy} of state_parameters()."""
+        return {k: p.asnumpy() for k, p in self.state_parameters().items()}
+
+    def load_state_dict(self, state, strict: bool = True) -> List[str]:
+        """Copy arrays/Tensors/Parameters by name into the state; returns the state names not found in `state`.
+        strict=True raises KeyError on missing or unexpected names; a shape mismatch always raises ValueError."""
+        own = self.state_parameters()
+        missing = [k for k in own if k not in state]
+        unknown = [k for k in state if k not in own]
+        if strict and (missing or unknown):
+            raise KeyError(f"optimiser state mismatch: missing {missing[:5]}, unexpected {unknown[:5]}")
+        for k, p in own.items():
+            if k not in state:
+                continue
+            v = state[k]
+            v = v.asnumpy() if hasattr(v, "asnumpy") else np.asarray(v)
+            if tuple(v.shape) != tuple(p.shape):
+                raise ValueError(f"{k}: shape {tuple(v.shape)} != {tuple(p.shape)}")
+            p.set_data(Tensor(v.astype(ms.dtype_to_nptype(p.dtype))))
+        return missing
+
+    def reset_masters(self) -> None:
+        """Re-copy every non-fp32 parameter into its fp32 master (after loading model weights)."""
+        for m, i in zip(self.masters, self._master_of):
+            m.set_data(Tensor(self.parameters[i].asnumpy().astype(np.float32)))
+
+    def describe(self) -> List[Tuple[str, str, Tuple[int, ...]]]:
+        """(name, group, shape) of every parameter given: the moved ones in input order, then the frozen ones."""
+        rows = [(p.name, g, tuple(p.shape)) for p, g in zip(self.parameters, self.groups)]
+        return rows + [(n, pg.FROZEN, shape) for n, shape in self.frozen]
+
+
+def _buckets(shapes: Sequence[Tuple[int, ...]], bucket_numel: int) -> Tuple[Tuple[int, ...], ...]:
+    """Indices of `shapes` grouped by identical shape, in first-seen order, each group cut into NS batches of at
+    most `bucket_numel` elements (a matrix larger than that gets a batch of its own)."""
+    by_shape: Dict[Tuple[int, ...], List[int]] = {}
+    for j, shp in enumerate(shapes):
+        by_shape.setdefault(tuple(int(d) for d in shp), []).append(j)
+    out = []
+    for shp, idx in by_shape.items():
+        n = int(np.prod(shp))
+        cur: List[int] = []
+        for j in idx:
+            if cur and (len(cur) + 1) * n > bucket_numel:
+                out.append(tuple(cur))
+                cur = []
+            cur.append(j)
+        out.append(tuple(cur))
+    return tuple(out)
+
+
+__all__ = ["MuonAdamW", "newton_schulz", "clip_by_global_norm", "global_norm", "NS_COEFFS", "NS_EPS"]
