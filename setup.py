@@ -41,7 +41,7 @@ setup(
         "ascend_v4.tools": "tools",
     },
     package_data={"ascend_v4.tools.migrate": ["*.yaml", "*.md"], "ascend_v4.ops": ["*/cpu/*.so", "common_cpu/*.h"],
-                  "ascend_v4.train.corpus": ["*.jsonl", "*.txt"]},
+                  "ascend_v4.train.corpus": ["*.jsonl", "*.txt"], "ascend_v4.train": ["*.sh"]},
     cmdclass={"build_py": BuildWithKernels},
     install_requires=[
         "mindspore==2.10.0",

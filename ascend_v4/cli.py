@@ -282,10 +282,15 @@ def ops_parity(op, backend, csv_path, as_json, no_grad):
 @click.option("--out", "out_dir", default="runs/default", show_default=True, help="run directory (resumes if it "
               "holds a checkpoint)")
 @click.option("--list-param-groups", is_flag=True, help="print which optimiser moves each parameter and exit")
-@click.option("--dry-run", is_flag=True, help="validate the config (and cluster layout) and exit")
+@click.option("--dry-run", is_flag=True, help="validate the config and the cluster layout (divisibility, vendor-op "
+              "limits, HCCL_BUFFSIZE, per-device memory) and exit")
+@click.option("--soc", type=click.Choice(["910b", "910b4", "910c"]), default="910b", show_default=True,
+              help="target chip for --dry-run")
+@click.option("--comm-alg", type=click.Choice(["fullmesh", "hierarchy"]), default="fullmesh", show_default=True,
+              help="MoE dispatch/combine algorithm for --dry-run")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
-def train(config_path, steps, out_dir, list_param_groups, dry_run, threads):
+def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg, threads):
     """Train DeepSeek-V4 in graph mode: next-token + MTP + balance losses, Muon + AdamW, resumable."""
     from .train.loop import TrainConfig
     tc = TrainConfig.from_yaml(config_path) if config_path else TrainConfig()
@@ -302,9 +307,16 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, threads):
         return
     if dry_run:
         from .info import describe as info_describe, format_describe
-        click.echo(format_describe(info_describe(load_config(tc.model))))
-        click.echo(f"train config OK: {tc.steps} steps of {tc.batch_size} x {tc.seq_len} tokens per rank, "
-                   f"parallel {tc.parallel}")
+        from .train.cluster import dry_run as check_layout
+        cfg = load_config(tc.model)
+        click.echo(format_describe(info_describe(cfg)))
+        click.echo(f"train: {tc.steps} steps of {tc.batch_size} x {tc.seq_len} tokens per data-parallel rank, "
+                   f"parallel dp={tc.parallel.dp} tp={tc.parallel.tp} ep={tc.parallel.ep} pp={tc.parallel.pp} "
+                   f"micro_batches={tc.parallel.micro_batches} on {soc}")
+        rep = check_layout(cfg, tc, soc, comm_alg=comm_alg)
+        click.echo(rep.format())
+        if rep.errors:
+            sys.exit(1)
         return
     from .runtime import setup
     setup("CPU", "graph", threads)

@@ -19,7 +19,7 @@ A run is one YAML file (all keys optional; the defaults train the tiny preset on
     eval_batches: 2
     save_every: 100
     data: {files: [], tokenizer: null, eval_fraction: 0.05}   # empty files = the embedded corpus
-    parallel: {dp: 1, tp: 1, ep: 1, pp: 1, micro_batches: 1}
+    parallel: {dp: 1, tp: 1, ep: 1, pp: 1, micro_batches: 1, optimizer_shard: true}
 
 OUT/metrics.jsonl gets one JSON object per step (step, loss, lm_loss, mtp_loss, balance_loss, tokens_per_s,
 grad_norm, lr, expert_imbalance) and one per evaluation (eval_loss). Rerunning the same command resumes from
@@ -49,6 +49,7 @@ class ParallelConfig:
     ep: int = 1
     pp: int = 1
     micro_batches: int = 1
+    optimizer_shard: bool = True    # ZeRO-1 style: master weights + optimiser state split over the replica group
 
 
 @dataclass
@@ -124,6 +125,7 @@ class TrainConfig:
         p = self.parallel
         for k in ("dp", "tp", "ep", "pp", "micro_batches"):
             need(isinstance(getattr(p, k), int) and getattr(p, k) >= 1, f"parallel.{k} must be a positive integer")
+        need(isinstance(p.optimizer_shard, bool), "parallel.optimizer_shard must be true or false")
         return self
 
     def to_dict(self) -> Dict:

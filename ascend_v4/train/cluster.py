@@ -1,0 +1,204 @@
+"""`ascend-v4 train --dry-run`: validate a cluster layout before anyone burns hours on 910B/910C.
+
+Checks, each a readable sentence instead of an aclnn error code later:
+- divisibility: heads / o_groups / index heads by tp, routed experts by ep, layers by pp, world = dp·tp·pp,
+  dp·tp divisible by ep (experts live inside the data×tensor group, as in mindformers), batch by micro-batches;
+- vendor-op limits (shared/spec/ascend-ecosystem.md §3.6, §4.1) of MoeDistributeDispatch/Combine (MC2 EP sizes,
+  experts per rank, hidden size multiple of 32 and <= 7168, tokens per rank), LightningIndexer (top-k <= 2048,
+  index heads per rank <= 64, head dim 128), and the HCCL_BUFFSIZE the dispatch/combine pair needs;
+- a per-device memory estimate (weights, gradients, optimiser state, activations, KV) against the HBM size.
+The formulas are estimates; every number is printed so a user can see which term dominates.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..config import ModelConfig
+
+SOCS = {
+    # name: (HBM GiB per device, AIV cores, max tokens per rank for dispatch/combine, MC2 EP sizes)
+    "910b": {"hbm_gib": 64, "aiv": 48, "max_bs": 256, "ep_sizes": (16, 32, 64, 128, 256),
+             "ep_sizes_hierarchy": (16, 32, 64), "label": "Ascend 910B (Atlas A2)"},
+    "910b4": {"hbm_gib": 32, "aiv": 40, "max_bs": 256, "ep_sizes": (16, 32, 64, 128, 256),
+              "ep_sizes_hierarchy": (16, 32, 64), "label": "Ascend 910B4 (Atlas A2, 32 GB)"},
+    "910c": {"hbm_gib": 64, "aiv": 48, "max_bs": 512, "ep_sizes": None, "ep_sizes_hierarchy": None,
+             "label": "Ascend 910C (Atlas A3, per die)"},
+}
+
+
+def _align(x: int, a: int) -> int:
+    return (x + a - 1) // a * a
+
+
+def hccl_buffsize_mb(soc: str, hidden: int, topk: int, n_experts: int, ep: int, max_bs: int,
+                     shared_experts: int = 0, hierarchy: bool = False) -> int:
+    """Minimum HCCL_BUFFSIZE (MB) for MoeDistributeDispatchV2/CombineV2, from the aclnn documentation."""
+    local = max(n_experts // ep, 1)
+    if soc.startswith("910b"):
+        if hierarchy:
+            b = (n_experts + ep // 4) * _align(max_bs * (hidden * 2 + 16 * _align(topk, 8)), 512) + 8 * 2 ** 20
+        else:
+            b = 2 * (max_bs * ep * min(local, topk) * hidden * 2 + 2 * 2 ** 20)
+    else:
+        b = 2 * (local * max_bs * ep * _align(_align(2 * hidden, 32) + 64, 512)
+                 + (topk + shared_experts) * max_bs * _align(2 * hidden, 512))
+    return max(2, math.ceil(b / 2 ** 20))
+
+
+@dataclass
+class Report:
+    errors: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    memory: Dict[str, float] = field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = []
+        if self.memory:
+            lines.append("per-device memory estimate (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in self.memory.items()))
+        for k, v in self.env.items():
+            lines.append(f"set {k}={v}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"error: {e}" for e in self.errors]
+        lines.append("layout OK" if not self.errors else f"{len(self.errors)} problem(s): fix them before launching")
+        return "\n".join(lines)
+
+
+def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None,
+            hbm_gib: Optional[float] = None, comm_alg: str = "fullmesh") -> Report:
+    soc = soc.lower()
+    if soc not in SOCS:
+        raise ValueError(f"unknown soc '{soc}'; choose one of {', '.join(SOCS)}")
+    info = SOCS[soc]
+    p = tc.parallel
+    r = Report()
+    err, warn = r.errors.append, r.warnings.append
+    world = world or p.dp * p.tp * p.pp
+    if p.dp * p.tp * p.pp != world:
+        err(f"dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {p.dp * p.tp * p.pp} but the job has {world} devices")
+    # --- divisibility
+    if cfg.n_heads % p.tp:
+        err(f"n_heads {cfg.n_heads} is not divisible by tp {p.tp}")
+    if cfg.o_groups % p.tp:
+        err(f"o_groups {cfg.o_groups} is not divisible by tp {p.tp} (wo_a is split by output group)")
+    if cfg.index_n_heads % p.tp:
+        err(f"index_n_heads {cfg.index_n_heads} is not divisible by tp {p.tp}")
+    if cfg.moe_inter_dim % p.tp:
+        err(f"moe_inter_dim {cfg.moe_inter_dim} is not divisible by tp {p.tp}")
+    if cfg.n_routed_experts % p.ep:
+        err(f"n_routed_experts {cfg.n_routed_experts} is not divisible by ep {p.ep}")
+    if (p.dp * p.tp) % p.ep:
+        err(f"dp·tp = {p.dp * p.tp} must be divisible by ep {p.ep}: experts are sharded inside the data×tensor group")
+    if cfg.n_layers % p.pp:
+        warn(f"n_layers {cfg.n_layers} is not divisible by pp {p.pp}: stages get {cfg.n_layers // p.pp} or "
+             f"{cfg.n_layers // p.pp + 1} layers (give the last stage fewer: it also holds the head and MTP)")
+    if p.pp > 1 and p.micro_batches < p.pp:
+        warn(f"micro_batches {p.micro_batches} < pp {p.pp}: the pipeline bubble exceeds 50%")
+    if tc.batch_size % p.micro_batches:
+        err(f"batch_size {tc.batch_size} is not divisible by micro_batches {p.micro_batches}")
+    if tc.seq_len % 128 and any(cfg.ratio(i) == 128 for i in range(cfg.n_layers)):
+        warn(f"seq_len {tc.seq_len} is not a multiple of 128: the last HCA block of every sequence is never used")
+    # --- vendor-op limits
+    tokens_per_rank = tc.batch_size // max(p.micro_batches, 1) * tc.seq_len
+    if p.ep > 1:
+        sizes = info["ep_sizes_hierarchy"] if comm_alg == "hierarchy" else info["ep_sizes"]
+        if sizes is not None and p.ep not in sizes:
+            err(f"MoeDistributeDispatch on {info['label']} supports ep in {sizes} ({comm_alg}), not {p.ep}; "
+                f"use one of those or the AllGather dispatch (slower)")
+        if cfg.n_routed_experts > 512:
+            err(f"MoeDistributeDispatch supports at most 512 experts, the model has {cfg.n_routed_experts}")
+        if soc.startswith("910b") and cfg.n_routed_experts // p.ep > 24:
+            err(f"{cfg.n_routed_experts // p.ep} experts per rank exceeds the 24 MoeDistributeDispatch allows on A2; "
+                f"raise ep to at least {math.ceil(cfg.n_routed_experts / 24)}")
+        hmax = 10240 if comm_alg == "hierarchy" else 7168
+        if cfg.dim % 32 or cfg.dim > hmax:
+            err(f"hidden size {cfg.dim} must be a multiple of 32 and <= {hmax} for MoeDistributeDispatch")
+        mb_per_rank = tokens_per_rank
+        if mb_per_rank > info["max_bs"]:
+            warn(f"{mb_per_rank} tokens per rank per micro-batch exceed the dispatch limit {info['max_bs']} on "
+                 f"{info['label']}: the step must chunk the MoE into {math.ceil(mb_per_rank / info['max_bs'])} calls")
+        bs = min(mb_per_rank, info["max_bs"])
+        r.env["HCCL_BUFFSIZE"] = str(hccl_buffsize_mb(soc, cfg.dim, cfg.n_activated_experts, cfg.n_routed_experts,
+                                                      p.ep, bs, cfg.n_shared_experts, comm_alg == "hierarchy"))
+        have = os.environ.get("HCCL_BUFFSIZE")
+        if have is not None and int(have) < int(r.env["HCCL_BUFFSIZE"]):
+            err(f"HCCL_BUFFSIZE={have} MB is below the {r.env['HCCL_BUFFSIZE']} MB dispatch/combine need "
+                f"(too small shows up as 'DDR address of the MTE instruction is out of range')")
+    if any(cfg.ratio(i) == 4 for i in range(cfg.n_layers)):
+        if cfg.index_topk > 2048:
+            err(f"index_topk {cfg.index_topk} exceeds LightningIndexer's 2048")
+        if cfg.index_n_heads // p.tp > 64:
+            err(f"{cfg.index_n_heads // p.tp} indexer heads per rank exceed LightningIndexer's 64")
+        if cfg.index_head_dim != 128:
+            warn(f"index_head_dim {cfg.index_head_dim}: the vendor LightningIndexer needs 128 (ours runs any)")
+    if cfg.dim % 32:
+        err(f"hidden size {cfg.dim} must be a multiple of 32 (32-byte DataCopy alignment of bf16 rows)")
+    # --- memory
+    r.memory = memory_estimate(cfg, tc)
+    hbm = hbm_gib or info["hbm_gib"]
+    total = r.memory["total"]
+    if total > 0.92 * hbm:
+        err(f"estimated {total:.1f} GiB per device exceeds {hbm} GiB HBM of {info['label']} (keep ~8% for the runtime); "
+            f"raise ep/tp/pp, lower batch_size or seq_len, or enable recompute")
+    elif total > 0.8 * hbm:
+        warn(f"estimated {total:.1f} GiB of {hbm} GiB: little headroom for fragmentation")
+    return r
+
+
+def memory_estimate(cfg: ModelConfig, tc) -> Dict[str, float]:
+    """GiB per device. bf16 params and grads, fp32 master + optimiser state (Muon: 1 buffer, AdamW: 2), the state
+    split over each parameter's replica group when parallel.optimizer_shard (Muon then needs the full matrix back
+    for Newton-Schulz: one all-gather per matrix per step, not counted here).
+
+    Activations: per token per layer, the 4 mHC streams and sublayer inputs (bf16) plus the attention query and the
+    k routed experts' intermediate — saved for backward without recompute; divided by tp (and by pp for layers).
+    """
+    from .param_groups import classify
+    from ..checkpoint.inventory import official_inventory
+    p = tc.parallel
+    inv = official_inventory(cfg)
+    dense = experts = adam = muon = 0
+    for name, spec in inv.items():
+        n = math.prod(spec.shape)
+        if name.startswith("mtp.") and not tc.mtp:
+            continue
+        group = classify(name, spec.shape, requires_grad=spec.fmt != "i64")[0]
+        if ".ffn.experts." in name:
+            experts += n
+        else:
+            dense += n
+        if group == "adamw":
+            adam += n
+        elif group == "muon":
+            muon += n
+    frac_experts = 1.0 / (p.ep * p.pp)
+    frac_dense = 1.0 / (p.tp * p.pp)
+    share = experts * frac_experts + dense * frac_dense
+    # optimizer_shard: state split over the replicas of each parameter (dense: dp; experts: dp·tp/ep)
+    rep_dense = p.dp if p.optimizer_shard else 1
+    rep_experts = max(p.dp * p.tp // p.ep, 1) if p.optimizer_shard else 1
+    state_share = experts * frac_experts / rep_experts + dense * frac_dense / rep_dense
+    shard_adam = adam * frac_dense / rep_dense
+    shard_muon = state_share - shard_adam
+    gib = 2 ** 30
+    tokens = tc.batch_size // max(p.micro_batches, 1) * tc.seq_len
+    layers = math.ceil((cfg.n_layers + (cfg.n_mtp_layers if tc.mtp else 0)) / p.pp)
+    per_tok_layer = 2 * (3 * cfg.hc_mult * cfg.dim + cfg.n_heads * cfg.head_dim // p.tp + cfg.q_lora_rank
+                         + 3 * cfg.n_activated_experts * cfg.moe_inter_dim // p.tp + 2 * cfg.head_dim)
+    in_flight = min(p.micro_batches, p.pp) if p.pp > 1 else 1
+    act = per_tok_layer * tokens * layers * in_flight
+    logits = 4 * tokens * cfg.vocab_size / p.tp * (2 if tc.mtp else 1)
+    out = {
+        "weights_bf16": 2 * share / gib,
+        "grads_bf16": 2 * share / gib,
+        "master_fp32": 4 * state_share / gib,
+        "adam_state": 8 * shard_adam / gib,
+        "muon_momentum": 4 * shard_muon / gib,
+        "activations": act / gib,
+        "logits": logits / gib,
+    }
+    out["total"] = sum(out.values())
+    return out
