@@ -25,6 +25,11 @@ def _known_errors():
     from .weights import WeightError
     errs += [CheckpointError, DumpError, WeightError]
     try:
+        from ascend_v4.graph.export import ExportError
+        errs.append(ExportError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from .train.loop import TrainConfigError
         from .train.state import TrainStateError
         from .train.data import DataError
@@ -162,6 +167,24 @@ def compare(a, b, as_json, max_median_rel):
         if not as_json:
             click.echo(f"FAIL: median relative error above {max_median_rel} in {', '.join(bad)}", err=True)
         sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- export
+@main.command("export")
+@click.argument("checkpoint")
+@click.option("--out", "out_path", required=True, help="output file (.mindir or .onnx)")
+@click.option("--batch", default=1, show_default=True)
+@click.option("--seq", default=128, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True)
+@friendly
+def export_cmd(checkpoint, out_path, batch, seq, fmt):
+    """Export the forward graph (ids [batch, seq] -> logits) for deployment."""
+    from .runtime import setup
+    setup("CPU", "graph")
+    from ascend_v4.graph.export import export
+    cfg, weights = _load_any(checkpoint)
+    export(cfg, weights, batch, seq, out_path, fmt)
+    click.echo(f"exported {fmt.upper()} [{batch}x{seq}] to {out_path}")
 
 
 # ------------------------------------------------------------------------------------------------ demo
