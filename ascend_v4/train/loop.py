@@ -246,12 +246,19 @@ class Trainer:
         metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
         rows = []
         while self.step < end:
-            batch = self._slice(next(self.loader))
+            full = next(self.loader)
+            batch = self._slice(full)
+            # normalise by the global batch's real targets so dp ranks average to the single-process loss
+            m = full["loss_mask"].astype(np.float64)
+            same = full["segment_ids"][:, :-1] == full["segment_ids"][:, 1:]
+            lm_denom = max(m.sum(), 1.0) / self.world
+            mtp_denom = max((m[:, 1:] * same).sum(), 1.0) / self.world
             # the optimiser counts the update it is about to make (step + 1): log and weigh with the same index
             mtp_w = float(self.schedule.mtp_weight_at(self.step + 1)) if self.tc.mtp else 0.0
             lr = float(self.schedule.lr_at(self.step + 1))
             t0 = time.perf_counter()
-            loss, lm, mtp, bal, gnorm, imb = (float(o.asnumpy()) for o in self.step_fn(batch, mtp_w))
+            loss, lm, mtp, bal, gnorm, imb = (float(o.asnumpy())
+                                              for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom))
             dt = time.perf_counter() - t0
             self.step += 1
             if not np.isfinite(loss):

@@ -12,14 +12,26 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
-def masked_ce(logits, targets, mask):
-    """Mean cross entropy over positions with mask 1. logits [B,S,V] float32, targets/mask [B,S]."""
+def masked_ce(logits, targets, mask, denom=None):
+    """Cross entropy summed over positions with mask 1, divided by `denom` (default: the mask count).
+
+    Data parallelism passes denom = (tokens of the global batch) / dp, so that the mean of the ranks' losses is
+    exactly the single-process loss of the whole batch even when ranks hold different numbers of real tokens.
+    """
     V = logits.shape[-1]
     lf = ops.cast(logits, ms.float32).reshape(-1, V)
     lse = ops.logsumexp(lf, 1, False)
     tgt = ops.gather_elements(lf, 1, targets.reshape(-1, 1)).reshape(-1)
     m = ops.cast(mask, ms.float32).reshape(-1)
-    return ops.sum((lse - tgt) * m) / ops.maximum(ops.sum(m), 1.0)
+    if denom is None:
+        denom = ops.sum(m)
+    return ops.sum((lse - tgt) * m) / ops.maximum(denom, 1.0)
+
+
+def mtp_mask(loss_mask, segment_ids):
+    """MTP position t predicts targets[t+1] (token t+2) from h_t and token t+1: both must be in one document."""
+    same = ops.cast(segment_ids[:, :-1] == segment_ids[:, 1:], loss_mask.dtype)
+    return loss_mask[:, 1:] * same
 
 
 def seq_balance(aff, ids, n_experts, topk, batch, mask):
@@ -44,11 +56,12 @@ def expert_load(ids, n_experts, mask):
 
 
 class V4Loss(nn.Cell):
-    """Wraps a Transformer: construct(input_ids, targets, segment_ids, loss_mask, mtp_weight) ->
-    (loss, lm_loss, mtp_loss, balance_loss, loads [n_routed_layers, E])."""
+    """Wraps a Transformer: construct(input_ids, targets, segment_ids, loss_mask, mtp_weight[, lm_denom, mtp_denom])
+    -> (loss, lm_loss, mtp_loss, balance_loss, loads [n_routed_layers, E]). auto_prefix=False keeps the official
+    parameter names (no `model.` prefix) in gradients, optimiser state and checkpoints."""
 
     def __init__(self, model, balance_alpha: float = 1e-4):
-        super().__init__()
+        super().__init__(auto_prefix=False)
         self.model = model
         cfg = model.cfg
         self.E, self.K = cfg.n_routed_experts, cfg.n_activated_experts
@@ -56,10 +69,10 @@ class V4Loss(nn.Cell):
         self.routed = tuple(i for i in range(cfg.n_layers) if not cfg.is_hash_layer(i))
         self.with_mtp = model.with_mtp
 
-    def construct(self, input_ids, targets, segment_ids, loss_mask, mtp_weight):
+    def construct(self, input_ids, targets, segment_ids, loss_mask, mtp_weight, lm_denom=None, mtp_denom=None):
         B = input_ids.shape[0]
         _, h, _, routes = self.model.streams(input_ids, segment_ids)
-        lm = masked_ce(self.model.logits(h), targets, loss_mask)
+        lm = masked_ce(self.model.logits(h), targets, loss_mask, lm_denom)
         balance = ops.zeros((), ms.float32)
         loads = ()
         for i in self.routed:
@@ -69,10 +82,8 @@ class V4Loss(nn.Cell):
         mtp = ops.zeros((), ms.float32)
         if self.with_mtp:
             mlogits, aff, ids = self.model.mtp_forward(h, input_ids, segment_ids)
-            # position t predicts targets[t+1] (= token t+2) from h_t and token t+1: same document only
-            same = ops.cast(segment_ids[:, :-1] == segment_ids[:, 1:], loss_mask.dtype)
-            mmask = loss_mask[:, 1:] * same
-            mtp = masked_ce(mlogits, targets[:, 1:], mmask)
+            mmask = mtp_mask(loss_mask, segment_ids)
+            mtp = masked_ce(mlogits, targets[:, 1:], mmask, mtp_denom)
             balance = balance + seq_balance(aff, ids, self.E, self.K, B, mmask)
             loads = loads + (expert_load(ids, self.E, mmask),)
         loss = lm + mtp_weight * mtp + self.alpha * balance

@@ -53,8 +53,9 @@ class TrainStep:
             self.allreduce = ops.AllReduce()
         clip = clip_by_global_norm
 
-        def step(input_ids, targets, segment_ids, loss_mask, mtp_weight):
-            (loss, lm, mtp, bal, loads), grads = self.grad_fn(input_ids, targets, segment_ids, loss_mask, mtp_weight)
+        def step(input_ids, targets, segment_ids, loss_mask, mtp_weight, lm_denom, mtp_denom):
+            (loss, lm, mtp, bal, loads), grads = self.grad_fn(input_ids, targets, segment_ids, loss_mask, mtp_weight,
+                                                              lm_denom, mtp_denom)
             if self.reducer is not None:
                 grads = self.reducer(grads)
                 loads = self.allreduce(loads)
@@ -65,9 +66,10 @@ class TrainStep:
 
         self._step = ms.jit(step)
 
-    def __call__(self, batch, mtp_weight: float):
+    def __call__(self, batch, mtp_weight: float, lm_denom: float, mtp_denom: float):
+        """lm_denom / mtp_denom: real target tokens of the *global* batch divided by dp (see losses.masked_ce)."""
         import numpy as np
         t = ms.Tensor
         return self._step(t(batch["input_ids"].astype(np.int32)), t(batch["targets"].astype(np.int32)),
                           t(batch["segment_ids"].astype(np.int32)), t(batch["loss_mask"].astype(np.float32)),
-                          t(np.float32(mtp_weight)))
+                          t(np.float32(mtp_weight)), t(np.float32(lm_denom)), t(np.float32(mtp_denom)))
