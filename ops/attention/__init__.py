@@ -1,8 +1,19 @@
-"""Attention operator family: compress_kv, lightning_indexer, sparse_attention (shared-KV MQA with sink)."""
+"""Attention operator family: compress_kv, lightning_indexer, sparse_attention (shared-KV MQA with sink).
+
+Ops and backends (float64 NumPy `reference`, MindSpore `composite`, CPU C++ `cpp` = ops.Custom aot + bprop):
+    compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps)            prefill form, all complete blocks
+    compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_pos, ratio, overlap, norm_eps)
+        -> (entries, kv_state, score_state)                                      decode-state form (spec §9.1/9.3)
+    lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False)               ascending ids, -1 padded
+    sparse_attention(q, kv, sink, window_idx, compressed_idx | None, scale)       CSA / SWA
+    hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0)
+        HCA without an index list: window + every visible compressed entry (kv rows cmp_offset..)
+The AscendC kernels (ascendc/) are built by their own script on a CANN machine; see ascendc/README.md.
+"""
 from ..registry import register
 from . import reference
 
-_OPS = ("compress_kv", "lightning_indexer", "sparse_attention")
+_OPS = ("compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention")
 for _name in _OPS:
     register(_name, "reference", ("numpy",), priority=-10, tolerance=(0, 0))(getattr(reference, _name))
 
@@ -12,3 +23,17 @@ try:
         register(_name, "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-5, 2e-4))(getattr(_c, _name))
 except ImportError:  # pragma: no cover
     pass
+
+try:
+    from . import cpp as _cpp
+    for _name in _OPS:
+        register(_name, "cpp", ("CPU",), priority=10, available=_cpp.available, tolerance=(2e-5, 2e-4),
+                 note="build with `python ops/build.py attention`")(getattr(_cpp, _name))
+except ImportError:  # pragma: no cover
+    pass
+
+from . import ascendc as _asc   # noqa: E402  (no MindSpore import at module level; available() checks the device)
+for _name in ("compress_kv", "lightning_indexer", "sparse_attention", "hca_attention"):
+    register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=(1e-2, 1e-2),
+             note="install the CANN custom-op package: ops/attention/ascendc/build.sh; call ascendc.prepare_*() "
+                  "before graph compile")(getattr(_asc, _name))

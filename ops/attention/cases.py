@@ -1,4 +1,6 @@
-"""Parity cases of the attention family: short sequences, block boundaries, topk > visible, first tokens."""
+"""Parity cases of the attention family: short sequences, block boundaries, topk > visible, first tokens,
+FP4 indexer, decode positions, HCA without index lists. The decode-state compressor is checked in
+tests/ops/test_attention_state.py (its score state holds -inf, which the harness metrics do not compare)."""
 import numpy as np
 
 from ..parity import Case
@@ -16,11 +18,38 @@ def _compress(B, S, D, c, ratio):
     return make
 
 
-def _indexer(B, S, H, d, ratio, topk):
+def _indexer(B, S, H, d, ratio, topk, start_pos=0, fp4=False, scale_spread=False):
     def make(rng):
-        N = S // ratio
-        return (rng.standard_normal((B, S, H, d)), rng.standard_normal((B, N, d)), rng.standard_normal((B, S, H))), \
-            {"ratio": ratio, "topk": topk}
+        N = (start_pos + S) // ratio
+        q = rng.standard_normal((B, S, H, d))
+        k = rng.standard_normal((B, max(N, 1), d))
+        if scale_spread:   # per-row magnitudes over many binades: exercises the E8M0 scale choice
+            q = q * np.exp2(rng.integers(-6, 7, (B, S, H, 1)))
+            k = k * np.exp2(rng.integers(-6, 7, (B, k.shape[1], 1)))
+        kw = {"ratio": ratio, "topk": topk}
+        if start_pos:
+            kw["start_pos"] = start_pos
+        if fp4:
+            kw["fp4"] = True
+        return (q, k, rng.standard_normal((B, S, H))), kw
+    return make
+
+
+def _hca(B, S, H, D, window, ratio, start_pos=0):
+    """Prefill layout [S raw rows ‖ entries] (start_pos 0) or decode layout [window ring ‖ entries]."""
+    def make(rng):
+        n = (start_pos + S) // ratio
+        if start_pos == 0:
+            win = np.broadcast_to(window_indices(S, window), (B, S, min(S, window))).astype(np.int32)
+            raw = S
+        else:   # decode: the ring holds min(window, start_pos + S) rows, every query sees all of them
+            raw = min(window, start_pos + S)
+            win = np.broadcast_to(np.arange(raw, dtype=np.int32), (B, S, raw)).copy()
+        kv = rng.standard_normal((B, raw + n, D))
+        kw = {"ratio": ratio, "scale": D ** -0.5}
+        if start_pos:
+            kw.update(cmp_offset=raw, start_pos=start_pos)
+        return (rng.standard_normal((B, S, H, D)), kv, rng.standard_normal(H), win), kw
     return make
 
 
@@ -52,11 +81,25 @@ CASES = [
     Case("compress_kv", "csa_ragged_S18", _compress(1, 18, 32, 8, 4), grad_args=(0, 1, 2, 3)),
     Case("compress_kv", "hca_S32_r16", _compress(1, 32, 32, 8, 16), grad_args=(0, 1, 2, 3, 4)),
     Case("compress_kv", "one_block", _compress(1, 4, 16, 8, 4), grad_args=(0, 1)),
+    Case("compress_kv", "shorter_than_block", _compress(1, 3, 16, 8, 4), grad_args=(0, 1)),
+    Case("compress_kv", "csa_two_blocks_plus1", _compress(2, 9, 16, 8, 4), grad_args=(0, 1, 2, 3, 4)),
+    Case("compress_kv", "hca_exact_block_r16", _compress(1, 16, 32, 8, 16), grad_args=(0, 2, 3)),
     Case("lightning_indexer", "S32_topk4", _indexer(2, 32, 4, 16, 4, 4)),
     Case("lightning_indexer", "topk_gt_visible", _indexer(1, 20, 2, 16, 4, 64)),
     Case("lightning_indexer", "S64_topk8", _indexer(1, 64, 4, 32, 4, 8)),
+    Case("lightning_indexer", "first_tokens_S3", _indexer(1, 3, 2, 16, 4, 4)),
+    Case("lightning_indexer", "block_boundary_S16", _indexer(2, 16, 2, 16, 4, 3)),
+    Case("lightning_indexer", "decode_start_pos", _indexer(1, 1, 4, 32, 4, 5, start_pos=41)),
+    Case("lightning_indexer", "chunk_start_pos", _indexer(1, 6, 4, 32, 4, 5, start_pos=18)),
+    Case("lightning_indexer", "fp4_S32_topk4", _indexer(2, 32, 4, 64, 4, 4, fp4=True)),
+    Case("lightning_indexer", "fp4_spread_S40", _indexer(1, 40, 2, 128, 4, 6, fp4=True, scale_spread=True)),
     Case("sparse_attention", "window_only", _attend(2, 12, 3, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "first_tokens", _attend(1, 3, 2, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "hca_dense", _attend(1, 40, 2, 16, 8, ratio=8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "csa_topk", _attend(2, 24, 2, 16, 8, ratio=4, topk=3), grad_args=(0, 1, 2)),
+    Case("sparse_attention", "csa_topk_gt_visible", _attend(1, 14, 3, 16, 4, ratio=4, topk=8), grad_args=(0, 1, 2)),
+    Case("hca_attention", "hca_S40_r8", _hca(1, 40, 2, 16, 8, 8), grad_args=(0, 1, 2)),
+    Case("hca_attention", "hca_block_boundary", _hca(2, 32, 3, 16, 8, 8), grad_args=(0, 1, 2)),
+    Case("hca_attention", "hca_shorter_than_block", _hca(1, 6, 2, 16, 4, 8), grad_args=(0, 1, 2)),
+    Case("hca_attention", "hca_decode", _hca(1, 1, 4, 32, 8, 4, start_pos=37), grad_args=(0, 1, 2)),
 ]

@@ -4,6 +4,7 @@ Static shapes throughout: index lists have fixed widths with -1 padding, as the 
 The composite materialises [S, K] gathers and the [S, N] indexer score matrix; it is the portable
 fallback, not the long-context path (the fused kernels stream instead).
 """
+import numpy as np
 import mindspore as ms
 from mindspore import ops
 
@@ -27,6 +28,8 @@ def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
     B, S, _ = x.shape
     n = S // ratio
     c = norm_w.shape[0]
+    if n == 0:   # shorter than one block: no entries (x still flows, so autodiff gives zero gradients)
+        return ops.zeros((B, 0, c), x.dtype) + 0 * ops.sum(x) * ops.sum(wkv)
     xf = ops.cast(x[:, :n * ratio], ms.float32)
     kv = linear(xf, ops.cast(wkv, ms.float32)).reshape(B, n, ratio, -1)
     sc = linear(xf, ops.cast(wgate, ms.float32)).reshape(B, n, ratio, -1) + ape
@@ -61,11 +64,44 @@ def compressed_indices(S, ratio, start_pos=0):
     return ops.where(idx < vis, idx, -ops.ones_like(idx))
 
 
-def lightning_indexer(q, k, w, ratio, topk, start_pos=0):
+def _hadamard(d):
+    h = np.ones((1, 1), np.float32)
+    while h.shape[0] < d:
+        h = np.block([[h, h], [h, -h]])
+    return ms.Tensor((h / np.sqrt(d)).astype(np.float32))
+
+
+def fp4_quant(x, block=32):
+    """fp4_act_quant(inplace=True): blocks of 32 along the last dim, scale 2^ceil(log2(amax/6)) (amax floored
+    at 6*2^-126), round-to-nearest-even onto the E2M1 grid; float32 throughout, exact like the reference."""
+    shape = x.shape
+    xb = x.reshape(shape[:-1] + (shape[-1] // block, block))
+    amax = ops.maximum(ops.amax(ops.abs(xb), -1, True), ops.full((1,), 6.0 * 2.0 ** -126, dtype=ms.float32))
+    y = amax / 6.0
+    e = ops.ceil(ops.log2(y))                      # then make it exact: 2^(e-1) < y <= 2^e
+    e = ops.where(ops.pow(2.0, e - 1) >= y, e - 1, e)
+    e = ops.where(ops.pow(2.0, e) < y, e + 1, e)
+    scale = ops.pow(2.0, e)
+    v = ops.clamp(xb / scale, -6.0, 6.0)
+    a = ops.abs(v)
+    step = ops.where(a < 2.0, ops.full_like(a, 0.5), ops.where(a < 4.0, ops.ones_like(a), ops.full_like(a, 2.0)))
+    qv = ops.round(a / step) * step
+    return (ops.where(v < 0, -qv, qv) * scale).reshape(shape)
+
+
+def fp4_rotate(x):
+    """Hadamard rotation (normalised) of the last dim, then FP4 fake-quant; the indexer's q/k under fp4=True."""
+    return fp4_quant(ops.matmul(ops.cast(x, ms.float32), _hadamard(x.shape[-1])))
+
+
+def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
     B, S = q.shape[0], q.shape[1]
     N = k.shape[1]
     qf = ops.cast(q, ms.float32)
     kf = ops.cast(k, ms.float32)
+    if fp4:
+        qf = fp4_rotate(qf)
+        kf = fp4_rotate(kf)
     # [B, S, H, N] -> weighted head sum -> [B, S, N]
     s = ops.relu(ops.matmul(qf, ops.expand_dims(kf, 1).swapaxes(-1, -2)))
     score = ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2)
@@ -105,3 +141,70 @@ def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):
     e = ops.exp(z - m)
     p = e / (ops.sum(e, -1, True) + ops.exp(sk - m))                                   # sink: denominator only
     return ops.cast(ops.matmul(p, gf), q.dtype)
+
+
+def hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0):
+    """HCA: window + every visible compressed entry (rows cmp_offset.. of kv, default S). The composite
+    builds the [B, S, N] index list; the C++ kernel never does."""
+    B, S = q.shape[0], q.shape[1]
+    off = S if cmp_offset is None else cmp_offset
+    n = kv.shape[1] - off
+    ids = ops.arange(n, dtype=ms.int32).reshape(1, n)
+    vis = ops.minimum(visible_count(S, ratio, start_pos), n).reshape(S, 1)
+    cmp = ops.where(ids < vis, ids + off, -ops.ones_like(ids + off))
+    return sparse_attention(q, kv, sink, window_idx, ops.broadcast_to(ops.expand_dims(cmp, 0), (B, S, n)), scale)
+
+
+def compressor_state(B, ratio, c, overlap):
+    """Fresh decode state (kv 0, score -inf), [B, coff·ratio, coff·c] float32 each."""
+    coff = 2 if overlap else 1
+    shape = (B, coff * ratio, coff * c)
+    return ops.zeros(shape, ms.float32), ops.full(shape, float("-inf"), dtype=ms.float32)
+
+
+def compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_pos, ratio, overlap,
+                     norm_eps=1e-6):
+    """Chunk/decode form of compress_kv (same contract as reference.compress_kv_step; start_pos static)."""
+    B, T = x.shape[0], x.shape[1]
+    c = norm_w.shape[0]
+    m = ratio
+    coff = 2 if overlap else 1
+    off = m if overlap else 0
+    r0 = start_pos % m
+    n_new = (r0 + T) // m
+    rem = (r0 + T) % m
+    xf = ops.cast(x, ms.float32)
+    pos = ms.Tensor((np.arange(start_pos, start_pos + T) % m).astype(np.int32))
+    kv = linear(xf, ops.cast(wkv, ms.float32))
+    sc = linear(xf, ops.cast(wgate, ms.float32)) + ops.gather(ops.cast(ape, ms.float32), pos, 0)
+    if r0 > 0:
+        kv = ops.concat([kv_state[:, off:off + r0], kv], 1)
+        sc = ops.concat([score_state[:, off:off + r0], sc], 1)
+    width = coff * c
+    if n_new > 0:
+        bkv = kv[:, :n_new * m].reshape(B, n_new, m, width)
+        bsc = sc[:, :n_new * m].reshape(B, n_new, m, width)
+        if overlap:
+            pkv = ops.expand_dims(kv_state[:, :m], 1)
+            psc = ops.expand_dims(score_state[:, :m], 1)
+            if n_new > 1:
+                pkv = ops.concat([pkv, bkv[:, :n_new - 1]], 1)
+                psc = ops.concat([psc, bsc[:, :n_new - 1]], 1)
+            pool_kv = ops.concat([pkv[..., :c], bkv[..., c:]], 2)
+            pool_sc = ops.concat([psc[..., :c], bsc[..., c:]], 2)
+        else:
+            pool_kv, pool_sc = bkv, bsc
+        ent = rms_norm(ops.sum(pool_kv * ops.softmax(pool_sc, 2), 2), ops.cast(norm_w, ms.float32), norm_eps)
+    else:
+        ent = ops.zeros((B, 0, c), ms.float32)
+    cur_kv = ops.zeros((B, m - rem, width), ms.float32)
+    cur_sc = ops.full((B, m - rem, width), float("-inf"), dtype=ms.float32)
+    if rem > 0:
+        cur_kv = ops.concat([kv[:, n_new * m:], cur_kv], 1) if rem < m else kv[:, n_new * m:]
+        cur_sc = ops.concat([sc[:, n_new * m:], cur_sc], 1) if rem < m else sc[:, n_new * m:]
+    if overlap:
+        prev_kv = bkv[:, n_new - 1] if n_new > 0 else kv_state[:, :m]
+        prev_sc = bsc[:, n_new - 1] if n_new > 0 else score_state[:, :m]
+        cur_kv = ops.concat([prev_kv, cur_kv], 1)
+        cur_sc = ops.concat([prev_sc, cur_sc], 1)
+    return ent, cur_kv, cur_sc

@@ -18,8 +18,8 @@ def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
     B, S, _ = x.shape
     n = S // ratio
     c = norm_w.shape[0]
-    kv = (x[:, :n * ratio] @ wkv.astype(np.float64).T).reshape(B, n, ratio, -1)
-    sc = (x[:, :n * ratio] @ wgate.astype(np.float64).T).reshape(B, n, ratio, -1) + ape
+    kv = (x[:, :n * ratio] @ wkv.astype(np.float64).T).reshape(B, n, ratio, wkv.shape[0])
+    sc = (x[:, :n * ratio] @ wgate.astype(np.float64).T).reshape(B, n, ratio, wgate.shape[0]) + ape
     if overlap:
         prev_kv = np.zeros((B, n, ratio, c))
         prev_sc = np.full((B, n, ratio, c), NEG)
@@ -58,22 +58,15 @@ def indexer_scores(q, k, w):
                      np.maximum(np.einsum("bthd,bsd->bths", q.astype(np.float64), k.astype(np.float64)), 0.0))
 
 
-def lightning_indexer(q, k, w, ratio, topk, start_pos=0):
+def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
     """-> [B, S, min(topk, N)] int32: the ids of the top-k visible entries in ascending id order, -1 padded.
 
     The selected *set* is what attention uses, so the output lists it in id order (cheap for every backend,
     and deterministic); ties in the score — common, since ReLU zeroes whole heads — go to the lower id.
+    fp4=True simulates the CUDA path's FP4 q/k: Hadamard rotation (d^-1/2) then E2M1 block-32 fake-quant
+    (see fp4_rotate). Computed in query chunks (lightning_indexer_stream), never the full [S, N] matrix.
     """
-    B, S = q.shape[:2]
-    N = k.shape[1]
-    I = indexer_scores(q, k, w)
-    vis = visible_count(S, ratio, start_pos)
-    I = np.where(np.arange(N)[None, None, :] < vis[None, :, None], I, NEG)
-    kk = min(topk, N)
-    idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
-    idx = np.where(idx < vis[None, :, None], idx, N + idx)        # invisible picks move to the end ...
-    idx = np.sort(idx, axis=-1)
-    return np.where(idx < N, idx, -1).astype(np.int32)            # ... and become -1
+    return lightning_indexer_stream(q, k, w, ratio, topk, start_pos, fp4)
 
 
 def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):
@@ -93,3 +86,144 @@ def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):
             denom = e.sum(-1) + np.exp(sink - m)
             out[b, t] = (e / denom[:, None]) @ g
     return out
+
+
+# ------------------------------------------------------------------------------ HCA: every visible entry
+def hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0):
+    """HCA without an index list: query t attends to its window plus every visible compressed entry.
+
+    kv rows [cmp_offset, kv.shape[1]) are compressed entries 0, 1, ... (default cmp_offset = S, the prefill
+    layout [S raw rows ‖ entries]); entry i is visible to query t iff i < floor((start_pos + t + 1) / ratio).
+    Same numbers as sparse_attention(q, kv, sink, window_idx, <all visible, shifted>, scale).
+    """
+    B, S = q.shape[:2]
+    off = S if cmp_offset is None else int(cmp_offset)
+    n = kv.shape[1] - off
+    vis = np.minimum(visible_count(S, ratio, start_pos), n)
+    ids = np.arange(n)[None, :]
+    cmp = np.where(ids < vis[:, None], ids + off, -1).astype(np.int32)
+    return sparse_attention(q, kv, sink, window_idx, np.broadcast_to(cmp, (B, S, n)), scale)
+
+
+# ------------------------------------------------------------------ FP4 simulation of indexer q / k
+def hadamard_matrix(d):
+    """Sylvester Walsh-Hadamard matrix normalised by d^-1/2 (fast_hadamard_transform's scale); d = 2^k."""
+    if d & (d - 1):
+        raise ValueError(f"Hadamard rotation needs a power-of-two dim, got {d}")
+    h = np.ones((1, 1))
+    while h.shape[0] < d:
+        h = np.block([[h, h], [h, -h]])
+    return h / np.sqrt(d)
+
+
+def _fp4_fallback(x, block=32):
+    # DeepSeek's fp4_act_quant(inplace=True) in float32: power-of-two scale 2^ceil(log2(amax/6)),
+    # amax floored at 6*2^-126, round-to-nearest-even onto the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}.
+    x = np.asarray(x, np.float32)
+    xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block)).astype(np.float64)
+    amax = np.maximum(np.abs(xb).max(-1, keepdims=True), 6.0 * 2.0 ** -126)
+    mant, ex = np.frexp(amax / 6.0)
+    scale = np.exp2((ex - (mant == 0.5)).astype(np.float64))
+    v = np.clip(xb / scale, -6.0, 6.0)
+    a = np.abs(v)
+    step = np.where(a < 2, 0.5, np.where(a < 4, 1.0, 2.0))
+    q = np.sign(v) * np.rint(a / step) * step
+    return (q * scale).astype(np.float32).reshape(x.shape)
+
+
+try:  # the checkpoint codecs own the bit-exact format; fall back to the small copy above without them
+    from ...checkpoint.formats import act_quant_fp4 as _act_quant_fp4
+except Exception:  # pragma: no cover - package layout without the checkpoint module
+    _act_quant_fp4 = _fp4_fallback
+
+
+def fp4_rotate(x):
+    """Hadamard-rotate the last dim, then FP4 (E2M1, block 32, E8M0 scales) quantise-dequantise, as the
+    CUDA indexer does before scoring. float32 in, float32 out (the kernels' precision)."""
+    x = np.asarray(x, np.float32)
+    r = (x.astype(np.float64) @ hadamard_matrix(x.shape[-1])).astype(np.float32)
+    return _act_quant_fp4(r, 32).astype(np.float32)
+
+
+def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=False, chunk=256):
+    """Same result as lightning_indexer, computed `chunk` queries at a time: memory O(chunk · N), never the
+    whole [S, N] score matrix (the CPU kernel streams the same way, per query row)."""
+    if fp4:
+        q, k = fp4_rotate(q), fp4_rotate(k)
+    q = np.asarray(q, np.float64)
+    k = np.asarray(k, np.float64)
+    w = np.asarray(w, np.float64)
+    B, S = q.shape[:2]
+    N = k.shape[1]
+    kk = min(topk, N)
+    out = np.full((B, S, kk), -1, np.int32)
+    ids = np.arange(N)
+    for s0 in range(0, S, chunk):
+        s1 = min(S, s0 + chunk)
+        I = np.einsum("bth,bths->bts", w[:, s0:s1],
+                      np.maximum(np.einsum("bthd,bsd->bths", q[:, s0:s1], k), 0.0))
+        vis = (start_pos + np.arange(s0, s1) + 1) // ratio
+        I = np.where(ids[None, None, :] < vis[None, :, None], I, NEG)
+        idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
+        idx = np.sort(np.where(idx < vis[None, :, None], idx, N + idx), axis=-1)
+        out[:, s0:s1] = np.where(idx < N, idx, -1)
+    return out
+
+
+# --------------------------------------------------------------- compressor with decode state (§9.1/9.3)
+def compressor_state(B, ratio, c, overlap, dtype=np.float64):
+    """Fresh (reset) decode state: kv_state zeros, score_state -inf, both [B, coff·ratio, coff·c].
+
+    Overlap mode: slots 0..ratio-1 hold the previous complete block, ratio..2·ratio-1 the current partial one.
+    Reset between sequences by taking a fresh state (the DeepSeek reference never resets; spec §9.3).
+    """
+    coff = 2 if overlap else 1
+    return (np.zeros((B, coff * ratio, coff * c), dtype), np.full((B, coff * ratio, coff * c), NEG, dtype))
+
+
+def _pool(kv_state, score_state, ratio, c, overlap, norm_w, norm_eps):
+    if overlap:
+        kv = np.concatenate([kv_state[:, :ratio, :c], kv_state[:, ratio:, c:]], axis=1)
+        sc = np.concatenate([score_state[:, :ratio, :c], score_state[:, ratio:, c:]], axis=1)
+    else:
+        kv, sc = kv_state, score_state
+    p = np.exp(sc - sc.max(axis=1, keepdims=True))
+    p = p / p.sum(axis=1, keepdims=True)
+    return _rms((kv * p).sum(axis=1), norm_w, norm_eps)
+
+
+def compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_pos, ratio, overlap,
+                     norm_eps=1e-6):
+    """Chunked / decode form of compress_kv: feed tokens start_pos .. start_pos+T-1 of one sequence.
+
+    x [B, T, D]; state as from compressor_state(). Returns (entries [B, n_new, c], kv_state, score_state) with
+    n_new = (start_pos + T)//ratio - start_pos//ratio: the blocks this chunk completes, in order (entry index
+    start_pos//ratio + j). Token by token as spec §9.3: the score gets ape[p mod ratio] and goes to slot
+    (ratio if overlap else 0) + p mod ratio; when a block completes it is pooled (overlap: previous block's
+    first-half channels + current block's second-half channels, softmax over the 2·ratio slots per channel),
+    RMS-normed, and the current slots move to the previous slots and are cleared (a canonical state: unused
+    slots are always kv 0 / score -inf). Prefill of S tokens from a fresh state gives compress_kv's entries.
+    """
+    x = np.asarray(x, np.float64)
+    kv_state = np.array(kv_state, np.float64)
+    score_state = np.array(score_state, np.float64)
+    c = norm_w.shape[0]
+    B, T, _ = x.shape
+    off = ratio if overlap else 0
+    kvp = x @ np.asarray(wkv, np.float64).T
+    scp = x @ np.asarray(wgate, np.float64).T
+    out = []
+    for j in range(T):
+        p = start_pos + j
+        s = off + p % ratio
+        kv_state[:, s] = kvp[:, j]
+        score_state[:, s] = scp[:, j] + ape[p % ratio]
+        if (p + 1) % ratio == 0:
+            out.append(_pool(kv_state, score_state, ratio, c, overlap, np.asarray(norm_w, np.float64), norm_eps))
+            if overlap:
+                kv_state[:, :ratio] = kv_state[:, ratio:]
+                score_state[:, :ratio] = score_state[:, ratio:]
+            kv_state[:, off:] = 0.0
+            score_state[:, off:] = NEG
+    ent = np.stack(out, 1) if out else np.zeros((B, 0, c))
+    return ent, kv_state, score_state
