@@ -157,6 +157,7 @@ class Attention(nn.Cell):
         if self.has_indexer:
             self.indexer = Indexer(cfg, self.ratio, dtype)
         self._attend = v4ops.resolve("sparse_attention").fn
+        self._attend_hca = v4ops.resolve("hca_attention").fn
 
     def construct(self, x, cos, sin, seg=None):
         """seg: optional [B, S] document ids of a packed row; queries then see only their own document."""
@@ -171,6 +172,12 @@ class Attention(nn.Cell):
         if seg is not None:
             win_idx = _same_doc(win_idx, seg, seg, seg)
         cmp_idx = None
+        if self.ratio and S >= self.ratio and not self.has_indexer and seg is None:
+            # HCA: every visible entry, without materialising an [S, S/ratio] index list
+            entries = self.compressor(x, cos, sin)
+            kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
+            o = self._attend_hca(q, kv, self.attn_sink, win_idx, self.ratio, self.scale)
+            return self._output(o, cs, sn, B, S)
         if self.ratio and S >= self.ratio:
             entries = self.compressor(x, cos, sin)
             if self.has_indexer:
@@ -189,6 +196,9 @@ class Attention(nn.Cell):
             cmp_idx = ops.where(cmp_idx >= 0, cmp_idx + S, cmp_idx)       # entries follow the S raw rows
             kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
         o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
+        return self._output(o, cs, sn, B, S)
+
+    def _output(self, o, cs, sn, B, S):
         o = apply_rope(o, cs, sn, True)                                    # back to relative position
         # grouped low-rank output: per group g, [B*S, heads/g*hd] x wo_a[g]ᵀ -> [B*S, r]
         o = o.reshape(B * S, self.n_groups, -1).swapaxes(0, 1)

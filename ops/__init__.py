@@ -11,7 +11,7 @@ from . import registry
 from .registry import resolve, backends, selected, BackendError
 
 _PUBLIC = ("hc_pre", "hc_post", "hc_head", "moe_route", "moe_dispatch", "expert_ffn", "moe_combine",
-           "compress_kv", "lightning_indexer", "sparse_attention")
+           "compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention")
 
 
 def _make(op):

@@ -63,19 +63,28 @@ def _tuple(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def _diff(out, ref):
+    """|out - ref| with equal values (including equal infinities, e.g. -inf score slots) counted as 0."""
+    with np.errstate(invalid="ignore"):
+        return np.where(out == ref, 0.0, np.abs(out - ref))
+
+
 def _metrics(out: np.ndarray, ref: np.ndarray):
     out = np.asarray(out, np.float64)
     ref = np.asarray(ref, np.float64)
-    diff = np.abs(out - ref)
+    diff = _diff(out, ref)
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = float((diff / (np.abs(ref) + 1e-6)).max()) if diff.size else 0.0
-    den = np.linalg.norm(out) * np.linalg.norm(ref)
-    cos = float(np.sum(out * ref) / den) if den > 0 else (1.0 if max_abs == 0 else 0.0)
+    fin = np.isfinite(out) & np.isfinite(ref)
+    den = np.linalg.norm(out[fin]) * np.linalg.norm(ref[fin])
+    cos = float(np.sum(out[fin] * ref[fin]) / den) if den > 0 else (1.0 if max_abs == 0 else 0.0)
     return max_abs, max_rel, cos
 
 
 def _close(out, ref, atol, rtol) -> bool:
-    return bool(np.all(np.abs(np.asarray(out, np.float64) - ref) <= atol + rtol * np.abs(ref)))
+    out = np.asarray(out, np.float64)
+    with np.errstate(invalid="ignore"):
+        return bool(np.all(_diff(out, ref) <= atol + rtol * np.where(np.isfinite(ref), np.abs(ref), 0.0)))
 
 
 def _to_ms(args, case: Case):

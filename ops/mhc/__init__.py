@@ -14,3 +14,15 @@ try:
     register("hc_head", "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-5, 2e-4))(_c.hc_head)
 except ImportError:  # pragma: no cover
     pass
+
+try:
+    from . import cpp as _cpp  # noqa: F401  registers backend "cpp" (CPU, available when the .so is built)
+except ImportError:  # pragma: no cover - mindspore missing
+    pass
+
+try:
+    from .ascendc import register_backends as _register_ascendc
+except ImportError:  # pragma: no cover - a non-editable install without the ascendc sub-package
+    _register_ascendc = None
+if _register_ascendc is not None:
+    _register_ascendc()  # backend "ascendc": Ascend only, available once the CANN custom op package is installed

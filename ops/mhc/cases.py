@@ -42,4 +42,17 @@ CASES = [
     Case("hc_post", "T33_D4096", _hc_post_inputs(33, 4096), tol_scale=4),
     Case("hc_head", "T7_D64", _hc_head_inputs(7, 64), grad_args=(0, 1, 2, 3)),
     Case("hc_head", "T5_D4096", _hc_head_inputs(5, 4096), tol_scale=4),
+    # Edge shapes for the compiled backends: one token, ragged D (SIMD tails), many tokens (thread split and the
+    # token-reduction of the fn gradient), V4-Pro width, bf16-representable inputs everywhere.
+    Case("hc_pre", "T2_D4096_grad", _hc_pre_inputs(2, 4096), grad_args=(0, 1, 2, 3), tol_scale=4),
+    Case("hc_pre", "T11_D45_ragged", _hc_pre_inputs(11, 45), grad_args=(0, 1, 2, 3)),
+    Case("hc_pre", "T4096_D16_large_T", _hc_pre_inputs(4096, 16), grad_args=(0, 1, 2, 3), tol_scale=4),
+    Case("hc_post", "T1_D64", _hc_post_inputs(1, 64), grad_args=(0, 1, 2, 3)),
+    Case("hc_post", "T11_D45_ragged", _hc_post_inputs(11, 45), grad_args=(0, 1, 2, 3)),
+    Case("hc_post", "T4096_D16_large_T", _hc_post_inputs(4096, 16), grad_args=(0, 1, 2, 3)),
+    Case("hc_post", "T3_D7168", _hc_post_inputs(3, 7168), tol_scale=4),
+    Case("hc_post", "bf16_inputs", _hc_post_inputs(9, 128), grad_args=(0, 1, 2, 3), bf16_inputs=True),
+    Case("hc_head", "T1_D64", _hc_head_inputs(1, 64), grad_args=(0, 1, 2, 3)),
+    Case("hc_head", "T11_D45_ragged", _hc_head_inputs(11, 45), grad_args=(0, 1, 2, 3)),
+    Case("hc_head", "bf16_inputs", _hc_head_inputs(9, 128), grad_args=(0, 1, 2, 3), bf16_inputs=True),
 ]

@@ -1,0 +1,139 @@
+// OpDef of the mHC custom ops (vendor "ascend_v4"): HcPreAv4, HcHeadAv4, HcPostAv4 for ascend910b and
+// ascend910_93, with shape/dtype inference. Inputs are those of ops/mhc/cpp.py's kernels, so the MindSpore
+// wrappers (ops/mhc/ascendc/__init__.py) share one calling convention on CPU and Ascend: x is [T, hc, D]
+// (leading dims flattened by the wrapper); cfg is a float32 tensor [iters, hc_eps, norm_eps] ([hc_eps, norm_eps]
+// for the head) rather than attributes, read by the kernel's scalar unit.
+#include <cstdint>
+
+#include "mhc_av4_tiling.h"
+#include "register/op_def_registry.h"
+
+namespace ge {
+namespace {
+
+// y [T, D], post [T, hc], comb [T, hc, hc], mix [T, M], rstd [T]  (head: y, mix, rstd)
+graphStatus InferShapePreImpl(gert::InferShapeContext* context, bool head) {
+  const gert::Shape* x = context->GetInputShape(0);
+  const gert::Shape* fn = context->GetInputShape(1);
+  if (x == nullptr || fn == nullptr || x->GetDimNum() != 3 || fn->GetDimNum() != 2) return GRAPH_FAILED;
+  const int64_t T = x->GetDim(0), hc = x->GetDim(1), D = x->GetDim(2), M = fn->GetDim(0);
+  size_t o = 0;
+  gert::Shape* y = context->GetOutputShape(o++);
+  y->SetDimNum(2);
+  y->SetDim(0, T);
+  y->SetDim(1, D);
+  if (!head) {
+    gert::Shape* post = context->GetOutputShape(o++);
+    post->SetDimNum(2);
+    post->SetDim(0, T);
+    post->SetDim(1, hc);
+    gert::Shape* comb = context->GetOutputShape(o++);
+    comb->SetDimNum(3);
+    comb->SetDim(0, T);
+    comb->SetDim(1, hc);
+    comb->SetDim(2, hc);
+  }
+  gert::Shape* mix = context->GetOutputShape(o++);
+  mix->SetDimNum(2);
+  mix->SetDim(0, T);
+  mix->SetDim(1, M);
+  gert::Shape* rstd = context->GetOutputShape(o++);
+  rstd->SetDimNum(1);
+  rstd->SetDim(0, T);
+  return GRAPH_SUCCESS;
+}
+
+graphStatus InferShapePre(gert::InferShapeContext* context) { return InferShapePreImpl(context, false); }
+graphStatus InferShapeHead(gert::InferShapeContext* context) { return InferShapePreImpl(context, true); }
+
+graphStatus InferDataTypePre(gert::InferDataTypeContext* context) {
+  context->SetOutputDataType(0, context->GetInputDataType(0));
+  for (size_t i = 1; i < 5; ++i) context->SetOutputDataType(i, DT_FLOAT);
+  return GRAPH_SUCCESS;
+}
+
+graphStatus InferDataTypeHead(gert::InferDataTypeContext* context) {
+  context->SetOutputDataType(0, context->GetInputDataType(0));
+  context->SetOutputDataType(1, DT_FLOAT);
+  context->SetOutputDataType(2, DT_FLOAT);
+  return GRAPH_SUCCESS;
+}
+
+graphStatus InferShapePost(gert::InferShapeContext* context) {
+  const gert::Shape* residual = context->GetInputShape(1);
+  if (residual == nullptr || residual->GetDimNum() != 3) return GRAPH_FAILED;
+  *context->GetOutputShape(0) = *residual;
+  return GRAPH_SUCCESS;
+}
+
+graphStatus InferDataTypePost(gert::InferDataTypeContext* context) {
+  context->SetOutputDataType(0, context->GetInputDataType(0));
+  return GRAPH_SUCCESS;
+}
+
+}  // namespace
+}  // namespace ge
+
+namespace ops {
+
+// Streams in float32 or bfloat16 (two kernel variants), everything else float32.
+static const std::vector<ge::DataType> kStream = {ge::DT_FLOAT, ge::DT_BF16};
+static const std::vector<ge::DataType> kF32 = {ge::DT_FLOAT, ge::DT_FLOAT};
+static const std::vector<ge::Format> kND = {ge::FORMAT_ND, ge::FORMAT_ND};
+
+static void Tensor(OpParamDef& p, const std::vector<ge::DataType>& types) {
+  p.ParamType(REQUIRED).DataType(types).Format(kND).UnknownShapeFormat(kND);
+}
+
+class HcPreAv4 : public OpDef {
+ public:
+  explicit HcPreAv4(const char* name) : OpDef(name) {
+    Tensor(this->Input("x"), kStream);
+    Tensor(this->Input("fn"), kF32);
+    Tensor(this->Input("scale"), kF32);
+    Tensor(this->Input("base"), kF32);
+    Tensor(this->Input("cfg"), kF32);
+    Tensor(this->Output("y"), kStream);
+    Tensor(this->Output("post"), kF32);
+    Tensor(this->Output("comb"), kF32);
+    Tensor(this->Output("mix"), kF32);
+    Tensor(this->Output("rstd"), kF32);
+    this->SetInferShape(ge::InferShapePre).SetInferDataType(ge::InferDataTypePre);
+    this->AICore().SetTiling(optiling::HcPreAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");
+  }
+};
+
+class HcHeadAv4 : public OpDef {
+ public:
+  explicit HcHeadAv4(const char* name) : OpDef(name) {
+    Tensor(this->Input("x"), kStream);
+    Tensor(this->Input("fn"), kF32);
+    Tensor(this->Input("scale"), kF32);
+    Tensor(this->Input("base"), kF32);
+    Tensor(this->Input("cfg"), kF32);
+    Tensor(this->Output("y"), kStream);
+    Tensor(this->Output("mix"), kF32);
+    Tensor(this->Output("rstd"), kF32);
+    this->SetInferShape(ge::InferShapeHead).SetInferDataType(ge::InferDataTypeHead);
+    this->AICore().SetTiling(optiling::HcHeadAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");
+  }
+};
+
+class HcPostAv4 : public OpDef {
+ public:
+  explicit HcPostAv4(const char* name) : OpDef(name) {
+    Tensor(this->Input("f"), kStream);
+    Tensor(this->Input("residual"), kStream);
+    Tensor(this->Input("post"), kF32);
+    Tensor(this->Input("comb"), kF32);
+    Tensor(this->Output("out"), kStream);
+    this->SetInferShape(ge::InferShapePost).SetInferDataType(ge::InferDataTypePost);
+    this->AICore().SetTiling(optiling::HcPostAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");
+  }
+};
+
+OP_ADD(HcPreAv4);
+OP_ADD(HcHeadAv4);
+OP_ADD(HcPostAv4);
+
+}  // namespace ops

@@ -1,0 +1,345 @@
+// hc_pre / hc_head on the AI Vector cores of 910B / 910C (vector-only: the 24 x hc*D projection runs as
+// multiply + WholeReduceSum, see README "what needs hardware" for the cube variant).
+//
+// Per core: its token range (HcTokenRange), walked in tiles of tileT tokens.
+//   phase 1  for each K chunk: CopyIn tileT rows of x and the M rows of fn (double-buffered TQue, DataCopyPad with
+//            32-byte aligned UB rows), multiply each fn row (and x itself, for the rms) by each token row,
+//            WholeReduceSum per 64 lanes, accumulate the partial sums;
+//   phase 2  per tile: final sums -> rsqrt, mixes, logits; pre/post sigmoids and the 20 Sinkhorn iterations run
+//            vectorised across the tile's tokens (one 32-byte "lane row" per coefficient); mix, rstd, post and
+//            comb are staged token-major and written with DataCopyPad;
+//   phase 3  per token, D chunk by D chunk: CopyIn hc rows of x, y = sum_i pre_i x_i (Muls + Axpy), cast, CopyOut.
+// bf16 inputs are cast to float32 in UB; all arithmetic is float32.
+#pragma once
+#include "kernel_operator.h"
+#include "mhc_tiling_data.h"
+
+namespace mhc_av4 {
+using namespace AscendC;
+
+template <typename T, bool HEAD>
+class HcPreKernel {
+ public:
+  __aicore__ inline HcPreKernel() {}
+
+  __aicore__ inline void Init(GM_ADDR x, GM_ADDR fn, GM_ADDR scale, GM_ADDR base, GM_ADDR cfg, GM_ADDR y,
+                              GM_ADDR post, GM_ADDR comb, GM_ADDR mix, GM_ADDR rstd, const HcPreTilingData* td,
+                              TPipe* pipe) {
+    td_ = td;
+    pipe_ = pipe;
+    HcTokenRange(GetBlockIdx(), td->frontCores, td->baseTokens, &start_, &count_);
+    rows_ = td->M + 1;
+    xGm_.SetGlobalBuffer((__gm__ T*)x, static_cast<uint64_t>(td->T * td->K));
+    fnGm_.SetGlobalBuffer((__gm__ float*)fn, static_cast<uint64_t>(td->M * td->K));
+    yGm_.SetGlobalBuffer((__gm__ T*)y, static_cast<uint64_t>(td->T * td->D));
+    mixGm_.SetGlobalBuffer((__gm__ float*)mix, static_cast<uint64_t>(td->T * td->M));
+    rstdGm_.SetGlobalBuffer((__gm__ float*)rstd, static_cast<uint64_t>(td->T));
+    if constexpr (!HEAD) {
+      postGm_.SetGlobalBuffer((__gm__ float*)post, static_cast<uint64_t>(td->T * td->hc));
+      combGm_.SetGlobalBuffer((__gm__ float*)comb, static_cast<uint64_t>(td->T * td->hc * td->hc));
+    }
+    // Small parameters once per launch through the scalar unit: scale (3 or 1), base (M), cfg.
+    GlobalTensor<float> g;
+    g.SetGlobalBuffer((__gm__ float*)scale);
+    for (int32_t i = 0; i < (HEAD ? 1 : 3); ++i) scale_[i] = g.GetValue(i);
+    g.SetGlobalBuffer((__gm__ float*)base);
+    for (int32_t m = 0; m < td->M; ++m) base_[m] = g.GetValue(m);
+    g.SetGlobalBuffer((__gm__ float*)cfg);  // [iters, hc_eps, norm_eps], or [hc_eps, norm_eps] for the head
+    iters_ = HEAD ? 0 : static_cast<int32_t>(g.GetValue(0) + 0.5f);
+    hcEps_ = g.GetValue(HEAD ? 0 : 1);
+    normEps_ = g.GetValue(HEAD ? 1 : 2);
+
+    pipe_->InitBuffer(xQue_, 2, td->xInBytes);
+    pipe_->InitBuffer(fnQue_, 2, td->fnInBytes);
+    if (td->xCastBytes > 0) pipe_->InitBuffer(xCastBuf_, td->xCastBytes);
+    pipe_->InitBuffer(prodBuf_, td->prodBytes);
+    pipe_->InitBuffer(partBuf_, td->partBytes);
+    pipe_->InitBuffer(accBuf_, td->accBytes);
+    pipe_->InitBuffer(coefBuf_, td->coefBytes);
+    pipe_->InitBuffer(stageQue_, 1, td->stageBytes);
+    pipe_->InitBuffer(yInQue_, 2, td->yInBytes);
+    pipe_->InitBuffer(yCastBuf_, td->yCastBytes);
+    pipe_->InitBuffer(yOutQue_, 2, td->yOutBytes);
+  }
+
+  __aicore__ inline void Process() {
+    const int64_t end = start_ + count_;
+    for (int64_t tok0 = start_; tok0 < end; tok0 += td_->tileT) {
+      const int32_t nt = static_cast<int32_t>(end - tok0 < td_->tileT ? end - tok0 : td_->tileT);
+      LocalTensor<float> acc = accBuf_.Get<float>();
+      Duplicate(acc, 0.0f, nt * rows_ * td_->rp);
+      PipeBarrier<PIPE_V>();
+      for (int32_t c = 0; c < td_->kChunks; ++c) {
+        const int32_t kLen = c == td_->kChunks - 1 ? td_->kTail : td_->kChunk;
+        CopyInChunk(tok0, nt, static_cast<int64_t>(c) * td_->kChunk, kLen);
+        ComputeChunk(nt, kLen);
+      }
+      Coefficients(tok0, nt);
+      for (int32_t t = 0; t < nt; ++t) Collapse(tok0 + t, t);
+    }
+  }
+
+ private:
+  // ------------------------------------------------------------------------------------------ phase 1
+  __aicore__ inline void CopyInChunk(int64_t tok0, int32_t nt, int64_t k0, int32_t kLen) {
+    const uint32_t gap = static_cast<uint32_t>(td_->kChunk - kLen);  // keep a fixed UB row pitch of kChunk
+    LocalTensor<T> xIn = xQue_.AllocTensor<T>();
+    DataCopyExtParams xp(static_cast<uint16_t>(nt), static_cast<uint32_t>(kLen * sizeof(T)),
+                         static_cast<uint32_t>((td_->K - kLen) * sizeof(T)),
+                         static_cast<uint32_t>(gap * sizeof(T) / kUbAlign), 0);
+    DataCopyPad(xIn, xGm_[tok0 * td_->K + k0], xp, DataCopyPadExtParams<T>(false, 0, 0, 0));
+    xQue_.EnQue(xIn);
+    LocalTensor<float> fnIn = fnQue_.AllocTensor<float>();
+    DataCopyExtParams fp(static_cast<uint16_t>(td_->M), static_cast<uint32_t>(kLen * sizeof(float)),
+                         static_cast<uint32_t>((td_->K - kLen) * sizeof(float)),
+                         static_cast<uint32_t>(gap * sizeof(float) / kUbAlign), 0);
+    DataCopyPad(fnIn, fnGm_[k0], fp, DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+    fnQue_.EnQue(fnIn);
+  }
+
+  __aicore__ inline void ComputeChunk(int32_t nt, int32_t kLen) {
+    LocalTensor<T> xIn = xQue_.DeQue<T>();
+    LocalTensor<float> fnIn = fnQue_.DeQue<float>();
+    LocalTensor<float> xf;
+    if constexpr (sizeof(T) == sizeof(float)) {
+      xf = xIn.template ReinterpretCast<float>();
+    } else {
+      xf = xCastBuf_.Get<float>();
+      Cast(xf, xIn, RoundMode::CAST_NONE, static_cast<uint32_t>(nt * td_->kChunk));
+      PipeBarrier<PIPE_V>();
+    }
+    LocalTensor<float> prod = prodBuf_.Get<float>();
+    LocalTensor<float> part = partBuf_.Get<float>();
+    LocalTensor<float> acc = accBuf_.Get<float>();
+    const int32_t repeats = kLen / kReduceLanes;
+    for (int32_t t = 0; t < nt; ++t) {
+      LocalTensor<float> xrow = xf[t * td_->kChunk];
+      for (int32_t m = 0; m < td_->M; ++m) Mul(prod[m * td_->kChunk], fnIn[m * td_->kChunk], xrow, kLen);
+      Mul(prod[td_->M * td_->kChunk], xrow, xrow, kLen);  // row M: x^2 -> sum of squares
+      Duplicate(part, 0.0f, rows_ * td_->rp);              // a short tail chunk leaves part of each row unused
+      PipeBarrier<PIPE_V>();
+      for (int32_t m = 0; m < rows_; ++m)
+        WholeReduceSum(part[m * td_->rp], prod[m * td_->kChunk], kReduceLanes, repeats, 1, 1, 8);
+      PipeBarrier<PIPE_V>();
+      LocalTensor<float> accT = acc[t * rows_ * td_->rp];
+      Add(accT, accT, part, rows_ * td_->rp);
+      PipeBarrier<PIPE_V>();
+    }
+    xQue_.FreeTensor(xIn);
+    fnQue_.FreeTensor(fnIn);
+  }
+
+  // ------------------------------------------------------------------------------------------ phase 2
+  // Coefficient rows (lanes floats each, one lane per token of the tile): raw/mix [0, M), ss -> r at row M,
+  // logits [M+1, 2M+1), then scratch rows s0..s3.
+  __aicore__ inline LocalTensor<float> Row(int32_t r) { return coefBuf_.Get<float>()[r * td_->lanes]; }
+  __aicore__ inline LocalTensor<float> Z(int32_t m) { return Row(rows_ + m); }
+
+  __aicore__ inline void Coefficients(int64_t tok0, int32_t nt) {
+    const int32_t M = td_->M, hc = td_->hc;
+    LocalTensor<float> acc = accBuf_.Get<float>();
+    LocalTensor<float> sums = coefBuf_.Get<float>()[(2 * rows_ + 4) * td_->lanes];
+    for (int32_t t = 0; t < nt; ++t)  // per token: (M + 1) repeats of rp partial sums -> M mix sums + sum x^2
+      WholeReduceSum(sums[t * rows_], acc[t * rows_ * td_->rp], td_->rp, rows_, 1, 1, td_->rp / 8);
+    TEventID vs = pipe_->FetchEventID(HardEvent::V_S);
+    SetFlag<HardEvent::V_S>(vs);
+    WaitFlag<HardEvent::V_S>(vs);
+    for (int32_t t = 0; t < nt; ++t)  // token-major -> lane rows (the Sinkhorn runs across tokens)
+      for (int32_t m = 0; m < rows_; ++m) Row(m).SetValue(t, sums.GetValue(t * rows_ + m));
+    TEventID sv = pipe_->FetchEventID(HardEvent::S_V);
+    SetFlag<HardEvent::S_V>(sv);
+    WaitFlag<HardEvent::S_V>(sv);
+
+    LocalTensor<float> r = Row(M);  // r = 1 / sqrt(ss / K + norm_eps)
+    Muls(r, r, 1.0f / static_cast<float>(td_->K), nt);
+    PipeBarrier<PIPE_V>();
+    Adds(r, r, normEps_, nt);
+    PipeBarrier<PIPE_V>();
+    Sqrt(r, r, nt);
+    PipeBarrier<PIPE_V>();
+    Reciprocal(r, r, nt);
+    PipeBarrier<PIPE_V>();
+    for (int32_t m = 0; m < M; ++m) Mul(Row(m), Row(m), r, nt);  // mix = raw * r
+    PipeBarrier<PIPE_V>();
+    for (int32_t m = 0; m < M; ++m) Muls(Z(m), Row(m), scale_[HEAD ? 0 : (m < hc ? 0 : (m < 2 * hc ? 1 : 2))], nt);
+    PipeBarrier<PIPE_V>();
+    for (int32_t m = 0; m < M; ++m) Adds(Z(m), Z(m), base_[m], nt);
+    PipeBarrier<PIPE_V>();
+    for (int32_t i = 0; i < hc; ++i) {
+      Sigmoid(Z(i), nt);
+      PipeBarrier<PIPE_V>();
+      Adds(Z(i), Z(i), hcEps_, nt);  // pre = sigmoid + eps
+    }
+    if constexpr (!HEAD) {
+      for (int32_t i = 0; i < hc; ++i) {
+        Sigmoid(Z(hc + i), nt);
+        PipeBarrier<PIPE_V>();
+        Muls(Z(hc + i), Z(hc + i), 2.0f, nt);  // post = 2 sigmoid
+      }
+      PipeBarrier<PIPE_V>();
+      Sinkhorn(nt);
+    }
+    PipeBarrier<PIPE_V>();
+    StageOut(tok0, nt);
+  }
+
+  __aicore__ inline void Sigmoid(LocalTensor<float> z, int32_t n) {  // 1 / (1 + exp(-z))
+    Muls(z, z, -1.0f, n);
+    PipeBarrier<PIPE_V>();
+    Exp(z, z, n);
+    PipeBarrier<PIPE_V>();
+    Adds(z, z, 1.0f, n);
+    PipeBarrier<PIPE_V>();
+    Reciprocal(z, z, n);
+  }
+
+  // Sinkhorn as the reference: row softmax + eps, column norm, then (iters - 1) x (row norm, column norm).
+  __aicore__ inline LocalTensor<float> C(int32_t j, int32_t k) { return Z(2 * td_->hc + j * td_->hc + k); }
+
+  __aicore__ inline void Normalize(bool columns, int32_t n) {
+    const int32_t hc = td_->hc;
+    LocalTensor<float> s = Row(2 * rows_);
+    for (int32_t a = 0; a < hc; ++a) {
+      Duplicate(s, hcEps_, n);
+      PipeBarrier<PIPE_V>();
+      for (int32_t b = 0; b < hc; ++b) {
+        Add(s, s, columns ? C(b, a) : C(a, b), n);
+        PipeBarrier<PIPE_V>();
+      }
+      for (int32_t b = 0; b < hc; ++b) Div(columns ? C(b, a) : C(a, b), columns ? C(b, a) : C(a, b), s, n);
+      PipeBarrier<PIPE_V>();
+    }
+  }
+
+  __aicore__ inline void Sinkhorn(int32_t n) {
+    const int32_t hc = td_->hc;
+    LocalTensor<float> mx = Row(2 * rows_ + 1), s = Row(2 * rows_);
+    for (int32_t j = 0; j < hc; ++j) {
+      Adds(mx, C(j, 0), 0.0f, n);
+      PipeBarrier<PIPE_V>();
+      for (int32_t k = 1; k < hc; ++k) {
+        Max(mx, mx, C(j, k), n);
+        PipeBarrier<PIPE_V>();
+      }
+      for (int32_t k = 0; k < hc; ++k) Sub(C(j, k), C(j, k), mx, n);
+      PipeBarrier<PIPE_V>();
+      for (int32_t k = 0; k < hc; ++k) Exp(C(j, k), C(j, k), n);
+      PipeBarrier<PIPE_V>();
+      Duplicate(s, 0.0f, n);
+      PipeBarrier<PIPE_V>();
+      for (int32_t k = 0; k < hc; ++k) {
+        Add(s, s, C(j, k), n);
+        PipeBarrier<PIPE_V>();
+      }
+      for (int32_t k = 0; k < hc; ++k) Div(C(j, k), C(j, k), s, n);
+      PipeBarrier<PIPE_V>();
+      for (int32_t k = 0; k < hc; ++k) Adds(C(j, k), C(j, k), hcEps_, n);
+      PipeBarrier<PIPE_V>();
+    }
+    Normalize(true, n);
+    for (int32_t it = 1; it < iters_; ++it) {
+      Normalize(false, n);
+      Normalize(true, n);
+    }
+  }
+
+  // mix, rstd (and post, comb) of the tile, token-major, to GM; pre kept in scalars for phase 3.
+  __aicore__ inline void StageOut(int64_t tok0, int32_t nt) {
+    const int32_t M = td_->M, hc = td_->hc;
+    TEventID vs = pipe_->FetchEventID(HardEvent::V_S);
+    SetFlag<HardEvent::V_S>(vs);
+    WaitFlag<HardEvent::V_S>(vs);
+    LocalTensor<float> st = stageQue_.AllocTensor<float>();
+    const int32_t oMix = 0;
+    const int32_t oR = static_cast<int32_t>(HcAlignUp(nt * M, 8));
+    const int32_t oPost = oR + 8 * ((nt + 7) / 8);
+    const int32_t oComb = oPost + static_cast<int32_t>(HcAlignUp(nt * hc, 8));
+    for (int32_t t = 0; t < nt; ++t) {
+      for (int32_t m = 0; m < M; ++m) st.SetValue(oMix + t * M + m, Row(m).GetValue(t));
+      st.SetValue(oR + t, Row(M).GetValue(t));
+      for (int32_t i = 0; i < hc; ++i) pre_[t][i] = Z(i).GetValue(t);
+      if constexpr (!HEAD) {
+        for (int32_t i = 0; i < hc; ++i) st.SetValue(oPost + t * hc + i, Z(hc + i).GetValue(t));
+        for (int32_t i = 0; i < hc * hc; ++i) st.SetValue(oComb + t * hc * hc + i, Z(2 * hc + i).GetValue(t));
+      }
+    }
+    TEventID s3 = pipe_->FetchEventID(HardEvent::S_MTE3);
+    SetFlag<HardEvent::S_MTE3>(s3);
+    WaitFlag<HardEvent::S_MTE3>(s3);
+    DataCopyPad(mixGm_[tok0 * M], st[oMix], DataCopyExtParams(1, static_cast<uint32_t>(nt * M * 4), 0, 0, 0));
+    DataCopyPad(rstdGm_[tok0], st[oR], DataCopyExtParams(1, static_cast<uint32_t>(nt * 4), 0, 0, 0));
+    if constexpr (!HEAD) {
+      DataCopyPad(postGm_[tok0 * hc], st[oPost], DataCopyExtParams(1, static_cast<uint32_t>(nt * hc * 4), 0, 0, 0));
+      DataCopyPad(combGm_[tok0 * hc * hc], st[oComb],
+                  DataCopyExtParams(1, static_cast<uint32_t>(nt * hc * hc * 4), 0, 0, 0));
+    }
+    TEventID m3 = pipe_->FetchEventID(HardEvent::MTE3_S);  // the staging buffer is rewritten by the next tile
+    SetFlag<HardEvent::MTE3_S>(m3);
+    WaitFlag<HardEvent::MTE3_S>(m3);
+    stageQue_.FreeTensor(st);
+  }
+
+  // ------------------------------------------------------------------------------------------ phase 3
+  __aicore__ inline void Collapse(int64_t tok, int32_t t) {
+    for (int32_t c = 0; c < td_->dChunks; ++c) {
+      const int32_t dLen = c == td_->dChunks - 1 ? td_->dTail : td_->dChunk;
+      const int64_t d0 = static_cast<int64_t>(c) * td_->dChunk;
+      LocalTensor<T> xIn = yInQue_.AllocTensor<T>();
+      DataCopyExtParams p(static_cast<uint16_t>(td_->hc), static_cast<uint32_t>(dLen * sizeof(T)),
+                          static_cast<uint32_t>((td_->D - dLen) * sizeof(T)),
+                          static_cast<uint32_t>((td_->dChunk - dLen) * sizeof(T) / kUbAlign), 0);
+      DataCopyPad(xIn, xGm_[tok * td_->K + d0], p, DataCopyPadExtParams<T>(false, 0, 0, 0));
+      yInQue_.EnQue(xIn);
+
+      xIn = yInQue_.DeQue<T>();
+      LocalTensor<float> cast = yCastBuf_.Get<float>();
+      LocalTensor<float> xf;
+      LocalTensor<float> sum;
+      if constexpr (sizeof(T) == sizeof(float)) {
+        xf = xIn.template ReinterpretCast<float>();
+        sum = cast;
+      } else {
+        xf = cast;
+        sum = cast[td_->hc * td_->dChunk];
+        Cast(xf, xIn, RoundMode::CAST_NONE, static_cast<uint32_t>(td_->hc * td_->dChunk));
+        PipeBarrier<PIPE_V>();
+      }
+      Muls(sum, xf, pre_[t][0], dLen);
+      PipeBarrier<PIPE_V>();
+      for (int32_t i = 1; i < td_->hc; ++i) {
+        Axpy(sum, xf[i * td_->dChunk], pre_[t][i], dLen);
+        PipeBarrier<PIPE_V>();
+      }
+      LocalTensor<T> yOut = yOutQue_.AllocTensor<T>();
+      if constexpr (sizeof(T) == sizeof(float)) {
+        Adds(yOut.template ReinterpretCast<float>(), sum, 0.0f, dLen);
+      } else {
+        Cast(yOut, sum, RoundMode::CAST_RINT, static_cast<uint32_t>(dLen));
+      }
+      yOutQue_.EnQue(yOut);
+      yInQue_.FreeTensor(xIn);
+
+      yOut = yOutQue_.DeQue<T>();
+      DataCopyPad(yGm_[tok * td_->D + d0], yOut,
+                  DataCopyExtParams(1, static_cast<uint32_t>(dLen * sizeof(T)), 0, 0, 0));
+      yOutQue_.FreeTensor(yOut);
+    }
+  }
+
+  const HcPreTilingData* td_ = nullptr;
+  TPipe* pipe_ = nullptr;
+  int64_t start_ = 0, count_ = 0;
+  int32_t rows_ = 0, iters_ = 0;
+  float hcEps_ = 0.0f, normEps_ = 0.0f;
+  float scale_[3] = {0.0f, 0.0f, 0.0f};
+  float base_[kMaxM] = {};
+  float pre_[kMaxTileT][kMaxHc] = {};
+
+  GlobalTensor<T> xGm_, yGm_;
+  GlobalTensor<float> fnGm_, mixGm_, rstdGm_, postGm_, combGm_;
+  TQue<QuePosition::VECIN, 1> xQue_, fnQue_, yInQue_;
+  TQue<QuePosition::VECOUT, 1> stageQue_, yOutQue_;
+  TBuf<QuePosition::VECCALC> xCastBuf_, prodBuf_, partBuf_, accBuf_, coefBuf_, yCastBuf_;
+};
+
+}  // namespace mhc_av4

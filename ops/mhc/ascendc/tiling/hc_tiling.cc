@@ -1,0 +1,136 @@
+// Host tiling of the mHC AscendC kernels (see hc_tiling.h). Strategy:
+//  * tokens are split over the AIV cores as evenly as possible (counts differ by at most one);
+//  * hc_pre/hc_head: a core walks its tokens in tiles of tileT; for each K chunk it loads tileT rows of x and the
+//    M rows of fn once, so fn traffic is divided by tileT (fn itself, 1.5 MB at D=4096, stays in L2);
+//  * the largest (tileT, kChunk, dChunk) - in that priority - whose buffers fit in UB minus a reserve wins.
+#include "hc_tiling.h"
+
+namespace mhc_av4 {
+namespace {
+
+constexpr uint64_t kUbReserve = 2048;   // left to the AscendC runtime / API scratch
+constexpr int32_t kKChunks[] = {1024, 512, 256, 128, 64};
+constexpr int32_t kDChunks[] = {8192, 4096, 2048, 1024, 512, 256, 128, 64};
+
+uint32_t A32(int64_t bytes) { return static_cast<uint32_t>(HcAlignUp(bytes, kUbAlign)); }
+
+void Split(int64_t T, uint32_t cores, int32_t* used, int32_t* front, int64_t* base) {
+  const int64_t c = T < static_cast<int64_t>(cores) ? T : static_cast<int64_t>(cores);
+  *used = static_cast<int32_t>(c);
+  *base = T / c;
+  *front = static_cast<int32_t>(T % c);
+}
+
+void PreBuffers(HcPreTilingData* td) {
+  const int64_t rows = td->M + 1, t = td->tileT, kc = td->kChunk, dc = td->dChunk;
+  td->rp = static_cast<int32_t>(HcAlignUp(kc / kReduceLanes, 8));
+  td->lanes = static_cast<int32_t>(HcAlignUp(t, 8));
+  td->xInBytes = static_cast<uint32_t>(t * A32(kc * td->xBytes));
+  td->fnInBytes = A32(td->M * kc * 4);
+  td->xCastBytes = td->xBytes == 4 ? 0 : A32(t * kc * 4);
+  td->prodBytes = A32(rows * kc * 4);
+  td->partBytes = A32(rows * td->rp * 4);
+  td->accBytes = A32(t * rows * td->rp * 4);
+  td->coefBytes = A32((2 * rows + 4) * td->lanes * 4) + A32(t * rows * 4);
+  td->stageBytes = A32(t * td->M * 4) + A32(t * 4) +
+                   (td->head ? 0 : A32(t * td->hc * 4) + A32(t * td->hc * td->hc * 4));
+  td->yInBytes = static_cast<uint32_t>(td->hc * A32(dc * td->xBytes));
+  td->yCastBytes = A32((td->xBytes == 4 ? 1 : td->hc + 1) * dc * 4);
+  td->yOutBytes = A32(dc * td->xBytes);
+  td->ubBytes = static_cast<uint32_t>(HcPreUbBytes(*td));
+}
+
+}  // namespace
+
+uint64_t HcPreUbBytes(const HcPreTilingData& td) {
+  return 2ull * td.xInBytes + 2ull * td.fnInBytes + td.xCastBytes + td.prodBytes + td.partBytes + td.accBytes +
+         td.coefBytes + td.stageBytes + 2ull * td.yInBytes + td.yCastBytes + 2ull * td.yOutBytes;
+}
+
+uint64_t HcPostUbBytes(const HcPostTilingData& td) {
+  return 2ull * td.fInBytes + 2ull * td.resInBytes + td.castBytes + 2ull * td.outBytes;
+}
+
+bool HcPreTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, bool head, const HcPlatform& p,
+                 HcPreTilingData* td, const char** why) {
+  *why = "";
+  if (T < 1 || D < 1 || hc < 1 || hc > kMaxHc || (xBytes != 2 && xBytes != 4) || p.aivCores == 0) {
+    *why = "unsupported shape, dtype or platform";
+    return false;
+  }
+  if ((hc * D) % kReduceLanes != 0 || D % 16 != 0) {
+    *why = "needs D % 16 == 0 and hc*D % 64 == 0 (whole 256-byte reduce repeats, 32-byte aligned rows)";
+    return false;
+  }
+  *td = HcPreTilingData{};
+  td->T = T;
+  td->D = D;
+  td->K = hc * D;
+  td->hc = hc;
+  td->M = head ? hc : (2 + hc) * hc;
+  td->head = head ? 1 : 0;
+  td->xBytes = xBytes;
+  Split(T, p.aivCores, &td->usedCores, &td->frontCores, &td->baseTokens);
+  const int64_t maxPerCore = td->baseTokens + (td->frontCores > 0 ? 1 : 0);
+  const uint64_t budget = p.ubBytes > kUbReserve ? p.ubBytes - kUbReserve : 0;
+  for (int32_t t = kMaxTileT; t >= 1; t /= 2) {
+    if (t > maxPerCore && t > 1) continue;
+    for (int32_t kc : kKChunks) {
+      if (kc > HcAlignUp(td->K, kReduceLanes) && kc > kReduceLanes) continue;
+      for (int32_t dc : kDChunks) {
+        if (dc > HcAlignUp(D, 64) && dc > 64) continue;
+        td->tileT = t;
+        td->kChunk = kc;
+        td->dChunk = dc;
+        PreBuffers(td);
+        if (td->ubBytes <= budget) {
+          td->kChunks = static_cast<int32_t>((td->K + kc - 1) / kc);
+          td->kTail = static_cast<int32_t>(td->K - static_cast<int64_t>(td->kChunks - 1) * kc);
+          td->dChunks = static_cast<int32_t>((D + dc - 1) / dc);
+          td->dTail = static_cast<int32_t>(D - static_cast<int64_t>(td->dChunks - 1) * dc);
+          return true;
+        }
+      }
+    }
+  }
+  *why = "no tiling fits in UB";
+  return false;
+}
+
+bool HcPostTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, const HcPlatform& p, HcPostTilingData* td,
+                  const char** why) {
+  *why = "";
+  if (T < 1 || D < 1 || hc < 1 || hc > kMaxHc || (xBytes != 2 && xBytes != 4) || p.aivCores == 0) {
+    *why = "unsupported shape, dtype or platform";
+    return false;
+  }
+  if (D % 16 != 0) {
+    *why = "needs D % 16 == 0 (32-byte aligned rows)";
+    return false;
+  }
+  *td = HcPostTilingData{};
+  td->T = T;
+  td->D = D;
+  td->hc = hc;
+  td->xBytes = xBytes;
+  Split(T, p.aivCores, &td->usedCores, &td->frontCores, &td->baseTokens);
+  const uint64_t budget = p.ubBytes > kUbReserve ? p.ubBytes - kUbReserve : 0;
+  for (int32_t dc : kDChunks) {
+    if (dc > HcAlignUp(D, 64) && dc > 64) continue;
+    td->dChunk = dc;
+    td->fInBytes = A32(static_cast<int64_t>(dc) * xBytes);
+    td->resInBytes = static_cast<uint32_t>(hc * A32(static_cast<int64_t>(dc) * xBytes));
+    td->castBytes = A32(static_cast<int64_t>(hc + 2) * dc * 4);
+    td->outBytes = static_cast<uint32_t>(hc * A32(static_cast<int64_t>(dc) * xBytes));
+    td->ubBytes = static_cast<uint32_t>(HcPostUbBytes(*td));
+    if (td->ubBytes <= budget) {
+      td->dChunks = static_cast<int32_t>((D + dc - 1) / dc);
+      td->dTail = static_cast<int32_t>(D - static_cast<int64_t>(td->dChunks - 1) * dc);
+      return true;
+    }
+  }
+  *why = "no tiling fits in UB";
+  return false;
+}
+
+}  // namespace mhc_av4
