@@ -12,6 +12,7 @@ A run is one YAML file (all keys optional; the defaults train the tiny preset on
     min_lr: null
     decay_start: null
     max_grad_norm: 1.0
+    adam_eps: 1.0e-20
     mtp: true                 # MTP loss, weight 0.3 -> 0.1 once LR decay starts
     balance_alpha: 1.0e-4     # sequence-wise balance loss weight
     bias_update_speed: 1.0e-3 # aux-loss-free router-bias update
@@ -71,6 +72,7 @@ class TrainConfig:
     min_lr: Optional[float] = None
     decay_start: Optional[int] = None
     max_grad_norm: float = 1.0
+    adam_eps: float = 1.0e-20       # spec §10; a larger eps makes AdamW smooth for near-zero gradients
     mtp: bool = True
     balance_alpha: float = 1.0e-4
     bias_update_speed: float = 1.0e-3
@@ -188,7 +190,7 @@ class Trainer:
         self.schedule = Schedule(peak_lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
         self.loss_net = V4Loss(self.model, tc.balance_alpha)
-        self.opt = MuonAdamW(self.model.get_parameters(), self.schedule)
+        self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps)
         self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, tc.bias_update_speed, world)
         import mindspore as ms
         self._eval = ms.jit(self.loss_net)

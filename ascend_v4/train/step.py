@@ -59,6 +59,11 @@ class TrainStep:
             if self.reducer is not None:
                 grads = self.reducer(grads)
                 loads = self.allreduce(loads)
+                # report the global batch's losses, not this rank's share
+                lm = self.allreduce(lm) / data_parallel
+                mtp = self.allreduce(mtp) / data_parallel
+                bal = self.allreduce(bal) / data_parallel
+                loss = self.allreduce(loss) / data_parallel
             grads, gnorm = clip(grads, self.max_norm)
             self.optimizer(grads)
             self.balancer(loads)
