@@ -25,6 +25,11 @@ def _known_errors():
     from .weights import WeightError
     errs += [CheckpointError, DumpError, WeightError]
     try:
+        from .convert.errors import ConvertError
+        errs.append(ConvertError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
         from ascend_v4.graph.export import ExportError
         errs.append(ExportError)
     except ImportError:  # pragma: no cover
@@ -69,12 +74,11 @@ def main():
 
 
 def _load_any(path: str):
-    """(cfg, float weights) from an official-format checkpoint directory."""
-    from .checkpoint import load_official_weights
+    """(cfg, float weights) from a release-format or converted (`ascend-v4 convert`) checkpoint directory."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    cfg = load_config(path)
-    return cfg, load_official_weights(path, cfg)
+    from .convert import load_any_checkpoint
+    return load_any_checkpoint(path)
 
 
 # ------------------------------------------------------------------------------------------------ info
@@ -364,15 +368,24 @@ def _distributed(tc):
     return get_rank(), get_group_size()
 
 
-def _attach_migrate():
+def _attach_subcommands():
+    """Commands that live with their packages: migrate (tools/), convert/verify, generate."""
     try:
         from .tools.migrate.cli import migrate
-    except ImportError:
-        return
-    main.add_command(migrate)
+        main.add_command(migrate)
+    except ImportError:  # pragma: no cover
+        pass
+    from .convert.cli import convert, verify
+    main.add_command(convert)
+    main.add_command(verify)
+    try:
+        from .serve.cli import generate
+        main.add_command(generate)
+    except ImportError:  # pragma: no cover
+        pass
 
 
-_attach_migrate()
+_attach_subcommands()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""Release checkpoint -> Ascend conversion (bf16 / w8a8 / w4a8, TP/EP rank shards) and back.
+
+Modules, one per concept:
+    plan       what goes where: destination name / dtype / shape / rank per tensor, output files
+    sharding   §7.4 split rules, TP/EP rank layout, which experts a rank holds
+    quantize   int8 / int4 per-channel symmetric quantisers (int4 nibble order), exact BF16 decoders
+    source     release-format validation and chunked memory-mapped reads
+    transform  per-tensor producers (chunked dequantise / quantise / split)
+    writer     tmp + fsync + hash + rename, journal, worker pool, progress bar
+    run        `convert` orchestration and the converted directory's metadata files
+    manifest   manifest.json and `verify`
+    reverse    `--to-official` (byte-exact for bf16 conversions of any release)
+    loader     load_converted / load_any_checkpoint for the model and `dump`
+    cli        click commands `convert`, `verify`
+"""
+from .errors import ConvertError
+from .loader import converted_plan, is_converted, load_any_checkpoint, load_converted
+from .manifest import verify_dir
+from .plan import PRECISIONS, build_plan
+from .quantize import (INT4_NIBBLE_ORDER, INT4_QMAX, INT8_QMAX, dequant_int4, dequant_int8, pack_int4, quant_int4,
+                       quant_int8, unpack_int4)
+from .reverse import to_official
+from .run import convert_checkpoint
+from .sharding import Layout, split_dim
+
+__all__ = [
+    "ConvertError", "converted_plan", "is_converted", "load_any_checkpoint", "load_converted", "verify_dir",
+    "PRECISIONS", "build_plan", "INT4_NIBBLE_ORDER", "INT4_QMAX", "INT8_QMAX", "dequant_int4", "dequant_int8",
+    "pack_int4", "quant_int4", "quant_int8", "unpack_int4", "to_official", "convert_checkpoint", "Layout", "split_dim",
+]

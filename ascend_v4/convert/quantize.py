@@ -1,0 +1,287 @@
+"""Number formats of the converted checkpoints, and fast exact decoders of the release's formats.
+
+int8 (w8a8, "A8dynW8" on 910B): symmetric, per output channel (row of an [out, in] weight).
+    scale[r] = max|w[r, :]| / 127 (float32); q = clip(rint(w / scale[r]), -127, 127) as int8.
+    w ~= q * scale[r]. The code -128 is never used, so the grid is symmetric. Activations are
+    quantised per token at run time (DynamicQuant); nothing about them is stored.
+int4 (w4a8, routed experts): symmetric, per output channel, range -7..7 (the code -8 is never
+    written): scale[r] = max|w[r, :]| / 7; q = clip(rint(w / scale[r]), -7, 7).
+    Packed two per byte, stored as int8 [out, in/2]: the LOW nibble holds the EVEN column (2j), the
+    HIGH nibble the ODD column (2j+1), each as a 4-bit two's-complement value - the same nibble
+    order as the release's MXFP4 experts (spec §7.1). Unpack: lo = ((b & 0xF) ^ 8) - 8, hi = (b >> 4
+    as signed), i.e. arithmetic shift of the int8 byte.
+All-zero rows get scale 1.0 and q = 0 (nothing downstream divides by zero).
+Max error per element: |w - q * scale| <= scale / 2 (+ float32 rounding of w / scale, < 1e-5 scale).
+
+BF16 decoders: FP8 E4M3 x E8M0 (128x128 blocks) and MXFP4 E2M1 x E8M0 (1x32 blocks) values are
+exactly representable in BF16 whenever the block scale keeps them in BF16's normal range (every
+realistic scale: E8M0 codes 10..246 for FP8, 2..252 for FP4). For those blocks the decoders use one
+65536-entry table lookup per element (or per FP4 byte pair) instead of float arithmetic; any chunk
+touching another scale goes through an exact float64 path that counts NaN, Inf and values BF16
+cannot hold exactly, so the caller can refuse them with numbers.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from ascend_v4.checkpoint import formats as F
+
+INT8_QMAX = 127
+INT4_QMAX = 7
+INT4_NIBBLE_ORDER = "low nibble = even column (2j), high nibble = odd column (2j+1); 4-bit two's complement"
+
+
+# -------------------------------------------------------------------------- int8 / int4 ----------
+def _row_scale(w: np.ndarray, qmax: int) -> np.ndarray:
+    amax = np.max(np.abs(w), axis=-1) if w.shape[-1] else np.zeros(w.shape[:-1], np.float32)
+    return _scale_of_amax(amax, qmax)
+
+
+def _scale_of_amax(amax: np.ndarray, qmax: int) -> np.ndarray:
+    s = (np.asarray(amax, np.float32) / np.float32(qmax)).astype(np.float32)
+    s[amax == 0] = 1.0
+    tiny = np.finfo(np.float32).tiny
+    s[(amax > 0) & (s < tiny)] = tiny
+    return s
+
+
+def _quant(w: np.ndarray, qmax: int, scale=None) -> Tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"per-channel quantisation wants a 2-D [out, in] weight, got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError(f"per-channel quantisation: {int((~np.isfinite(w)).sum())} non-finite values")
+    s = _row_scale(w, qmax) if scale is None else np.asarray(scale, np.float32)
+    q = np.rint(w / s[:, None])
+    np.clip(q, -qmax, qmax, out=q)
+    return q.astype(np.int8), s
+
+
+def quant_int8(w, scale=None) -> Tuple[np.ndarray, np.ndarray]:
+    """float [out, in] -> (int8 [out, in], float32 scale [out]); symmetric per output channel."""
+    return _quant(w, INT8_QMAX, scale)
+
+
+def dequant_int8(q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return (np.asarray(q, np.float32) * np.asarray(s, np.float32)[:, None]).astype(np.float32)
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """int values in [-8, 7], [..., 2n] -> int8 [..., n]: low nibble = even column, high = odd."""
+    q = np.asarray(q)
+    if q.shape[-1] % 2:
+        raise ValueError(f"pack_int4 needs an even last dimension, got shape {q.shape}")
+    u = q.astype(np.int8).view(np.uint8) & np.uint8(0xF)
+    return (u[..., 0::2] | (u[..., 1::2] << np.uint8(4))).view(np.int8)
+
+
+def unpack_int4(packed: np.ndarray) -> np.ndarray:
+    """int8 [..., n] -> int8 [..., 2n] with values in [-8, 7] (inverse of pack_int4)."""
+    p = np.asarray(packed)
+    if p.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"unpack_int4 wants int8 bytes, got {p.dtype}")
+    p = p.view(np.int8)
+    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), np.int8)
+    lo = (p.view(np.uint8) & np.uint8(0xF)).view(np.int8)
+    out[..., 0::2] = (lo ^ np.int8(8)) - np.int8(8)
+    out[..., 1::2] = p >> np.int8(4)              # arithmetic shift keeps the sign
+    return out
+
+
+def quant_int4(w, scale=None) -> Tuple[np.ndarray, np.ndarray]:
+    """float [out, in] -> (packed int8 [out, in/2], float32 scale [out]); values -7..7 per channel."""
+    q, s = _quant(w, INT4_QMAX, scale)
+    return pack_int4(q), s
+
+
+def quant_bf16_rows(bits: np.ndarray, qmax: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The converter's fast path: finite BF16 bit patterns [rows, in] -> (int8 [rows, in], float32
+    scale [rows]), the same values as quant_int8 / the unpacked quant_int4 of the decoded floats."""
+    bits = np.asarray(bits).view(np.uint16)
+    if bits.shape[1]:
+        amax = bf16_to_f32((bits & np.uint16(0x7FFF)).max(axis=1))    # |bf16| orders like its bits
+    else:
+        amax = np.zeros(bits.shape[0], np.float32)
+    s = _scale_of_amax(amax, qmax)
+    w = bits.astype(np.uint32)
+    np.left_shift(w, np.uint32(16), out=w)
+    w = w.view(np.float32)
+    np.divide(w, s[:, None], out=w)
+    np.rint(w, out=w)              # |w / s| <= qmax (1 + 2^-23): rint never goes past qmax
+    return w.astype(np.int8), s
+
+
+def dequant_int4(packed: np.ndarray, s: np.ndarray) -> np.ndarray:
+    return (unpack_int4(packed).astype(np.float32) * np.asarray(s, np.float32)[:, None]).astype(np.float32)
+
+
+# -------------------------------------------------------------------------- BF16 tables ----------
+_TABLES = {}
+
+
+def _bf16_exact_bits(v64: np.ndarray):
+    """float64 values -> (bf16 bits uint16, exact bool): exact iff finite in f32, f32 == f64 and the
+    f32's low 16 bits are zero."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        f32 = v64.astype(np.float32)
+    bits = f32.view(np.uint32)
+    exact = np.isfinite(f32) & (f32.astype(np.float64) == v64) & ((bits & np.uint32(0xFFFF)) == 0)
+    return (bits >> np.uint32(16)).astype(np.uint16), exact
+
+
+def _fp8_tables():
+    if "fp8" not in _TABLES:
+        code_vals = F.e4m3_decode(np.arange(256, dtype=np.uint8)).astype(np.float64)
+        s_vals = np.ldexp(1.0, np.arange(256) - 127).astype(np.float64)
+        v = s_vals[:, None] * code_vals[None, :]                       # [scale, code]
+        bits, exact = _bf16_exact_bits(v)
+        nan_code = np.isnan(code_vals)                                  # 0x7F and 0xFF
+        bits[:, 0x7F], bits[:, 0xFF] = 0x7FC0, 0xFFC0
+        ok = (exact | nan_code[None, :]).all(axis=1)
+        ok[255] = False                                                # E8M0 NaN scale
+        _TABLES["fp8"] = (np.ascontiguousarray(bits.reshape(-1)), ok)
+    return _TABLES["fp8"]
+
+
+def _fp4_tables():
+    if "fp4" not in _TABLES:
+        byte = np.arange(256)
+        lo, hi = F.E2M1_VALUES[byte & 0xF].astype(np.float64), F.E2M1_VALUES[byte >> 4].astype(np.float64)
+        s_vals = np.ldexp(1.0, np.arange(256) - 127).astype(np.float64)
+        blo, elo = _bf16_exact_bits(s_vals[:, None] * lo[None, :])
+        bhi, ehi = _bf16_exact_bits(s_vals[:, None] * hi[None, :])
+        pair = blo.astype(np.uint32) | (bhi.astype(np.uint32) << np.uint32(16))
+        ok = (elo & ehi).all(axis=1)
+        ok[255] = False
+        _TABLES["fp4"] = (np.ascontiguousarray(pair.reshape(-1).astype("<u4")), ok)
+    return _TABLES["fp4"]
+
+
+_SWAR = {  # per lane: exponent mask, the carry that overflows into the lane's top bit iff all ones, top bit
+    2: (np.uint64(0x7F807F807F807F80), np.uint64(0x0080008000800080), np.uint64(0x8000800080008000)),
+    1: (np.uint64(0x7F7F7F7F7F7F7F7F), np.uint64(0x0101010101010101), np.uint64(0x8080808080808080)),
+}
+
+
+def _any_special(a: np.ndarray, lane: int) -> bool:
+    """Any bf16 lane with an all-ones exponent (lane=2), or any E4M3 byte with low 7 bits all ones
+    (lane=1, the NaN codes)? Checks 8 bytes per operation; conservative fallback for odd sizes."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    if flat.nbytes % 8:
+        return True
+    m, c, top = _SWAR[lane]
+    w = flat.view(np.uint64)
+    return bool(np.any(((w & m) + c) & top))
+
+
+_SCRATCH = {}
+
+
+def _scratch(shape) -> np.ndarray:
+    """A reusable uint16 index buffer (decoding runs on one thread per process): writing the
+    (scale << 8 | code) indices into warm memory is what keeps the lookups fast."""
+    buf = _SCRATCH.get(shape)
+    if buf is None:
+        if len(_SCRATCH) > 16:
+            _SCRATCH.clear()
+        buf = _SCRATCH[shape] = np.empty(shape, np.uint16)
+    return buf
+
+
+class Counts:
+    """Non-finite and inexact values seen while decoding one tensor (summed over its chunks)."""
+    __slots__ = ("nan", "inf", "inexact")
+
+    def __init__(self):
+        self.nan = self.inf = self.inexact = 0
+
+    def add_bits(self, bits: np.ndarray) -> None:
+        """Count NaN / Inf among bf16 bit patterns (a 4-lanes-per-word pre-check skips clean chunks)."""
+        if not _any_special(bits, 2):
+            return
+        special = (bits & np.uint16(0x7F80)) == np.uint16(0x7F80)
+        n = int(np.count_nonzero(special))
+        if n:
+            inf = int(np.count_nonzero(special & ((bits & np.uint16(0x7F)) == 0)))
+            self.inf += inf
+            self.nan += n - inf
+
+    def add_f32(self, x: np.ndarray) -> None:
+        self.nan += int(np.count_nonzero(np.isnan(x)))
+        self.inf += int(np.count_nonzero(np.isinf(x)))
+
+    def message(self) -> str:
+        parts = []
+        if self.nan or self.inf:
+            parts.append(f"{self.nan} NaN and {self.inf} Inf values after dequantisation")
+        if self.inexact:
+            parts.append(f"{self.inexact} values that BF16 cannot hold exactly (block scale outside BF16's range)")
+        return "; ".join(parts)
+
+    def bad(self) -> bool:
+        return bool(self.nan or self.inf or self.inexact)
+
+
+def _generic_to_bf16(v64: np.ndarray, counts: Counts) -> np.ndarray:
+    nan = np.isnan(v64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        f32 = v64.astype(np.float32)
+    counts.nan += int(np.count_nonzero(nan))
+    counts.inf += int(np.count_nonzero(np.isinf(f32)))
+    bits, exact = _bf16_exact_bits(v64)
+    counts.inexact += int(np.count_nonzero(~exact & np.isfinite(f32)))
+    return bits
+
+
+def fp8_block_to_bf16(q: np.ndarray, scale: np.ndarray, row0: int, counts: Counts, block: int = 128) -> np.ndarray:
+    """Rows [row0, row0 + len(q)) of an FP8 weight (E4M3 codes, full width) with its whole E8M0 block
+    scale tensor -> BF16 bits uint16, exact. Non-finite / inexact values are counted into `counts`."""
+    q = np.asarray(q).view(np.uint8)
+    rows, cols = q.shape
+    s = np.asarray(scale).view(np.uint8)
+    srow = s[(np.arange(row0, row0 + rows) // block)]                  # [rows, ncb]
+    table, ok = _fp8_tables()
+    if ok[srow].all():
+        s16 = srow.astype(np.uint16) << np.uint16(8)
+        if cols % block == 0 and srow.shape[1] * block == cols:
+            idx = _scratch((rows, cols // block, block))
+            np.bitwise_or(s16[:, :, None], q.reshape(rows, cols // block, block), out=idx)
+        else:
+            idx = _scratch((rows, cols))
+            np.bitwise_or(s16[:, np.arange(cols) // block], q, out=idx)
+        out = table.take(idx, mode="clip").reshape(rows, cols)
+        if _any_special(q, 1):
+            counts.nan += int(np.count_nonzero((q & np.uint8(0x7F)) == np.uint8(0x7F)))
+        return out
+    S = srow[:, np.arange(cols) // block]
+    v = F.e4m3_decode(q).astype(np.float64) * np.ldexp(1.0, S.astype(np.int64) - 127)
+    v[S == 255] = np.nan
+    return _generic_to_bf16(v, counts)
+
+
+def mxfp4_to_bf16(packed: np.ndarray, scale: np.ndarray, counts: Counts, block: int = 32) -> np.ndarray:
+    """MXFP4 rows (packed int8 [rows, in/2], E8M0 [rows, in/32]) -> BF16 bits uint16 [rows, in], exact."""
+    p = np.asarray(packed).view(np.uint8)
+    s = np.asarray(scale).view(np.uint8)
+    rows, half = p.shape
+    cols = 2 * half
+    if cols % block or s.shape != (rows, cols // block):
+        raise ValueError(f"mxfp4_to_bf16: weight [{rows}, {cols}] needs scale [{rows}, {cols // block}], "
+                         f"got {list(s.shape)}")
+    table, ok = _fp4_tables()
+    if ok[s].all():
+        idx = _scratch((rows, cols // block, block // 2))
+        np.bitwise_or((s.astype(np.uint16) << np.uint16(8))[:, :, None], p.reshape(rows, cols // block, block // 2),
+                      out=idx)
+        return table.take(idx, mode="clip").view("<u2").reshape(rows, cols)
+    codes = F.fp4_unpack(p)
+    v = (F.e2m1_decode(codes).astype(np.float64).reshape(rows, cols // block, block)
+         * np.ldexp(1.0, s.astype(np.int64) - 127)[..., None])
+    v[np.broadcast_to((s == 255)[..., None], v.shape)] = np.nan
+    return _generic_to_bf16(v.reshape(rows, cols), counts)
+
+
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits).view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)

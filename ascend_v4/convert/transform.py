@@ -1,0 +1,190 @@
+"""Producers: the bytes of each planned group, computed chunk by chunk from the memory-mapped source.
+
+A producer yields (entry index within the group, byte offset within the entry, array); the writer
+puts the array's bytes there. Chunks are a few hundred thousand elements (row blocks), so a
+worker's memory does not grow with the tensor: a 1 GB embedding or a 400 MB Pro wq_b is streamed
+the same way as a 4 KB norm.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional, Tuple
+
+import numpy as np
+
+from ascend_v4.checkpoint.inventory import scale_name
+from ascend_v4.checkpoint.safetensors_io import STORAGE_DTYPES
+
+from . import quantize as Q
+from .errors import ConvertError
+from .plan import Group
+from .source import MappedReader, SourceLayout
+
+DECODE_CHUNK_ELEMS = 1 << 17        # keeps the 64K-entry lookup tables and indices in cache
+COPY_CHUNK_BYTES = 4 << 20
+
+Chunk = Tuple[int, int, np.ndarray]
+
+
+class SourceData:
+    """Worker-side access to the release's tensor data."""
+
+    def __init__(self, layout: SourceLayout):
+        self.layout = layout
+        self.reader = MappedReader()
+        self._paths = {}
+
+    def rows(self, entry: str, r0: int, r1: int) -> np.ndarray:
+        e = self.layout.entries[entry]
+        path = self._paths.get(e.shard)
+        if path is None:
+            path = self._paths[e.shard] = self.layout.path(e.shard)
+        return self.reader.rows(path, e.offset, e.dtype, e.shape, r0, r1)
+
+    def whole(self, entry: str) -> np.ndarray:
+        e = self.layout.entries[entry]
+        return self.rows(entry, 0, e.shape[0] if e.shape else 1)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _rows_per_chunk(shape, target_elems: int) -> int:
+    row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+    return max(1, target_elems // max(1, row))
+
+
+def _row_range(shape, split) -> Tuple[int, int]:
+    n = shape[0] if shape else 1
+    if split is not None and split[0] == 0:
+        _, part, parts = split
+        return part * n // parts, (part + 1) * n // parts
+    return 0, n
+
+
+def _col_range(shape, split) -> Optional[Tuple[int, int]]:
+    if split is not None and split[0] == 1:
+        _, part, parts = split
+        n = shape[1]
+        return part * n // parts, (part + 1) * n // parts
+    return None
+
+
+def _fail(src: SourceData, name: str, counts: Q.Counts) -> None:
+    raise ConvertError(f"{src.layout.where(name)}: tensor '{name}' has {counts.message()}; the shard is corrupt "
+                       f"or not this model's release - re-download it")
+
+
+def produce(group: Group, src: SourceData, progress: Callable[[int], None]) -> Iterator[Chunk]:
+    if group.kind in ("copy", "src_scale"):
+        yield from _copy(group, src, progress)
+    elif group.kind == "bf16":
+        yield from _to_bf16(group, src, progress)
+    elif group.kind in ("int8", "int4"):
+        yield from _to_int(group, src, progress)
+    else:  # pragma: no cover
+        raise ConvertError(f"internal: unknown group kind {group.kind!r}")
+
+
+def _copy(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
+    name = group.source
+    e = src.layout.entries[name]
+    shape, dt = e.shape, e.dtype
+    item = STORAGE_DTYPES[dt].itemsize
+    r0, r1 = _row_range(shape, group.split)
+    cols = _col_range(shape, group.split)
+    step = _rows_per_chunk(shape, max(1, COPY_CHUNK_BYTES // item))
+    counts = Q.Counts()
+    out_row = group.entries[0].nbytes // max(1, r1 - r0) if shape else 0
+    for a in range(r0, r1, step):
+        b = min(r1, a + step)
+        arr = src.rows(name, a, b)
+        progress(arr.nbytes)
+        if cols is not None:
+            arr = np.ascontiguousarray(arr[:, cols[0]:cols[1]])
+        if dt == "BF16":
+            counts.add_bits(arr)
+        elif dt in ("F32", "F16", "F64"):
+            counts.add_f32(arr)
+        yield 0, (a - r0) * out_row, arr
+    if counts.bad():
+        _fail(src, name, counts)
+
+
+def _decoder(group: Group, src: SourceData):
+    """rows(a, b, counts) -> BF16 bits of source rows [a, b), full width; plus source bytes per row."""
+    name = group.source
+    spec = src.layout.inventory[name]
+    e = src.layout.entries[name]
+    if spec.fmt == "fp8":
+        scale = np.array(src.whole(scale_name(name)))
+        per_row = (e.nbytes + scale.nbytes) // e.shape[0]
+
+        def dec(a, b, counts):
+            return Q.fp8_block_to_bf16(src.rows(name, a, b), scale, a, counts)
+        return dec, per_row
+    if spec.fmt == "fp4":
+        sname = scale_name(name)
+        per_row = (e.nbytes + src.layout.entries[sname].nbytes) // e.shape[0]
+
+        def dec(a, b, counts):
+            return Q.mxfp4_to_bf16(src.rows(name, a, b), src.rows(sname, a, b), counts)
+        return dec, per_row
+    if spec.fmt == "bf16":
+        per_row = e.nbytes // e.shape[0]
+
+        def dec(a, b, counts):
+            bits = src.rows(name, a, b)
+            counts.add_bits(bits)
+            return bits
+        return dec, per_row
+    raise ConvertError(f"internal: cannot decode {name} of format {spec.fmt}")
+
+
+def _to_bf16(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
+    name = group.source
+    shape = src.layout.inventory[name].shape
+    dec, per_row = _decoder(group, src)
+    r0, r1 = _row_range(shape, group.split)
+    cols = _col_range(shape, group.split)
+    step = _rows_per_chunk(shape, DECODE_CHUNK_ELEMS)
+    out_row = (cols[1] - cols[0] if cols else shape[1]) * 2
+    counts = Q.Counts()
+    for a in range(r0, r1, step):
+        b = min(r1, a + step)
+        bits = dec(a, b, counts)
+        progress((b - a) * per_row)
+        if cols is not None:
+            bits = np.ascontiguousarray(bits[:, cols[0]:cols[1]])
+        yield 0, (a - r0) * out_row, bits
+    if counts.bad():
+        _fail(src, name, counts)
+
+
+def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
+    name = group.source
+    shape = src.layout.inventory[name].shape
+    dec, per_row = _decoder(group, src)
+    r0, r1 = _row_range(shape, group.split)
+    cols = _col_range(shape, group.split)
+    step = _rows_per_chunk(shape, DECODE_CHUNK_ELEMS)
+    qmax = Q.INT4_QMAX if group.kind == "int4" else Q.INT8_QMAX
+    out_row = group.entries[0].nbytes // max(1, r1 - r0)
+    counts = Q.Counts()
+    scales = np.empty(r1 - r0, np.float32)
+    for a in range(r0, r1, step):
+        b = min(r1, a + step)
+        bits = dec(a, b, counts)
+        progress((b - a) * per_row)
+        if counts.bad():
+            continue                       # keep counting, fail once the whole tensor is seen
+        q, s = Q.quant_bf16_rows(bits, qmax)
+        if group.kind == "int4":
+            q = Q.pack_int4(q)
+        scales[a - r0: b - r0] = s
+        if cols is not None:
+            c0, c1 = (cols[0] // 2, cols[1] // 2) if group.kind == "int4" else cols
+            q = np.ascontiguousarray(q[:, c0:c1])
+        yield 0, (a - r0) * out_row, q
+    if counts.bad():
+        _fail(src, name, counts)
+    yield 1, 0, scales
