@@ -44,6 +44,8 @@ def _load_tensors(path: str, params, what: str) -> None:
                               f"{extra[:3]}); resume with the same config or start a new --out directory")
     for n, p in params.items():
         a = data[n]
+        if tuple(p.shape) == () and a.size == 1:
+            a = a.reshape(())                 # safetensors stores 0-d scalars (the step counter) as [1]
         if tuple(a.shape) != tuple(p.shape):
             raise TrainStateError(f"{path}: '{n}' has shape {a.shape}, this run has {tuple(p.shape)}")
         p.set_data(ms.Tensor(a).astype(p.dtype))
