@@ -45,7 +45,7 @@ def _make_prims():
                                  out_shape=lambda q, kv, s, w, c, cfg, o, l, do: (q, kv, s),
                                  out_dtype=lambda q, kv, s, w, c, cfg, o, l, do: (q, kv, ms.float32),
                                  func_type="aot")
-    P["attn_bwd_w"] = ops.Custom(fn("SparseAttnBwd"),
+    P["attn_bwd_w"] = ops.Custom(fn("SparseAttnBwdW"),
                                  out_shape=lambda q, kv, s, w, cfg, o, l, do: (q, kv, s),
                                  out_dtype=lambda q, kv, s, w, cfg, o, l, do: (q, kv, ms.float32),
                                  func_type="aot")
@@ -60,7 +60,7 @@ def _make_prims():
 
     P["attn_c"] = ops.Custom(fn("SparseAttnFwd"), out_shape=lambda q, kv, s, w, c, cfg: (q, q[:3]),
                              out_dtype=lambda q, kv, s, w, c, cfg: (q, ms.float32), func_type="aot", bprop=bprop_c)
-    P["attn_w"] = ops.Custom(fn("SparseAttnFwd"), out_shape=lambda q, kv, s, w, cfg: (q, q[:3]),
+    P["attn_w"] = ops.Custom(fn("SparseAttnFwdW"), out_shape=lambda q, kv, s, w, cfg: (q, q[:3]),
                              out_dtype=lambda q, kv, s, w, cfg: (q, ms.float32), func_type="aot", bprop=bprop_w)
     P["dense"] = ops.Custom(fn("DenseCausalFwd"), out_shape=lambda q, kv, s, w, cfg: (q, q[:3]),
                             out_dtype=lambda q, kv, s, w, cfg: (q, ms.float32), func_type="aot")

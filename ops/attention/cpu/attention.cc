@@ -426,6 +426,16 @@ int SparseAttnBwd(int nparam, void** params, int* ndims, int64_t** shapes, const
   return 0;
 }
 
+
+// Same kernels under a second name for the 5-input (window-only / HCA) Custom primitive: MindSpore keys a Custom
+// op's bprop by its kernel symbol, so two arities sharing one symbol would get each other's backward.
+int SparseAttnFwdW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* s, void* e) {
+  return SparseAttnFwd(nparam, params, ndims, shapes, dtypes, s, e);
+}
+int SparseAttnBwdW(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void* s, void* e) {
+  return SparseAttnBwd(nparam, params, ndims, shapes, dtypes, s, e);
+}
+
 }  // extern "C"
 
 // ------------------------------------------------------------------------------------ lightning indexer
