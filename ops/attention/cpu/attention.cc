@@ -357,7 +357,8 @@ int DenseCausalFwd(int nparam, void** params, int* ndims, int64_t** shapes, cons
 // Backward: inputs q, kv, sink, widx, [cidx], cfg, out, lse, dout -> dq[B,S,H,D], dkv[B,N,D], dsink[H].
 // p_j = exp(z_j - lse), delta = dO·out, dz_j = p_j (dO·v_j - delta), dq = scale Σ dz_j v_j,
 // dkv_j += scale Σ_h dz_hj q_h + Σ_h p_hj dO_h (key = value), dsink = -exp(sink - lse)·delta.
-// dkv is accumulated in one private buffer per thread, then reduced (O(threads·N·D) extra memory).
+// dkv is accumulated in one private buffer per thread (static row split, so the result is bitwise reproducible
+// for a given thread count), then reduced in thread order (O(threads·N·D) extra memory).
 int SparseAttnBwd(int nparam, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
   int ci;
   AttnArgs a = parse_attn(nparam, params, ndims, shapes, ci);
@@ -380,7 +381,7 @@ int SparseAttnBwd(int nparam, void** params, int* ndims, int64_t** shapes, const
     dkv.assign(B * N * D, 0.f);
     std::vector<float> dq(H * D), delta(H), p(JB), dp(JB);
     std::vector<int32_t> ids(std::max(1, a.cand.capacity()));
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(static)  // static: a fixed row->thread split keeps the dkv reduction deterministic
     for (int64_t r = 0; r < B * S; ++r) {
       const int64_t b = r / S, t = r % S;
       const int n = a.cand.collect(b, t, ids.data());
