@@ -30,7 +30,7 @@ setup(
     packages=[
         "ascend_v4", "ascend_v4.checkpoint", "ascend_v4.convert", "ascend_v4.serve", "ascend_v4.train",
         "ascend_v4.train.corpus",
-        "ascend_v4.ops", "ascend_v4.ops.mhc", "ascend_v4.ops.mhc.ascendc", "ascend_v4.ops.moe",
+        "ascend_v4.ops", "ascend_v4.ops.mhc", "ascend_v4.ops.mhc.ascendc", "ascend_v4.ops.moe", "ascend_v4.ops.moe.ascendc",
         "ascend_v4.ops.attention",
         "ascend_v4.graph",
         "ascend_v4.tools", "ascend_v4.tools.migrate",

@@ -11,6 +11,7 @@ from . import registry
 from .registry import resolve, backends, selected, BackendError
 
 _PUBLIC = ("hc_pre", "hc_post", "hc_head", "moe_route", "moe_dispatch", "expert_ffn", "moe_combine",
+           "moe_gating_topk", "moe_init_routing", "grouped_matmul", "moe_finalize_routing", "grouped_expert_ffn",
            "compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention")
 
 

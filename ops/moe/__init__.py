@@ -1,13 +1,47 @@
-"""MoE operator family: moe_route (sqrt-softplus / hash routing), moe_dispatch, expert_ffn, moe_combine."""
+"""MoE operator family.
+
+Model-facing ops (what ascend_v4/model.py calls): moe_route (sqrt-softplus / hash routing), moe_dispatch
+(drop/pad), expert_ffn ([E, C, D] SwiGLU with clamp), moe_combine.
+Vendor-named ops mapping one-to-one onto aclnn: moe_gating_topk (MoeGatingTopK + hash), moe_init_routing
+(MoeInitRoutingV2, dropless and drop/pad), grouped_matmul (GroupedMatmul), moe_finalize_routing
+(MoeFinalizeRoutingV2); plus grouped_expert_ffn (GMM(w1|w3) + clamped SwiGLU + GMM(w2) on dropless rows).
+Backends: reference (float64 NumPy), composite (MindSpore ops), cpp (C++ aot kernels with bprop, CPU),
+ascendc (our AscendC kernels, Ascend, when the "ascend_v4_moe" package is installed), aclnn (MindSpore's built-in
+vendor ops on Ascend, for the ops they cover). Expert parallelism: ops/moe/parallel.py. Layer: ops/moe/layer.py.
+"""
 from ..registry import register
 from . import reference
 
-for _name in ("moe_route", "moe_dispatch", "expert_ffn", "moe_combine"):
+MODEL_OPS = ("moe_route", "moe_dispatch", "expert_ffn", "moe_combine")
+VENDOR_OPS = ("moe_gating_topk", "moe_init_routing", "grouped_matmul", "moe_finalize_routing", "grouped_expert_ffn")
+ALL_OPS = MODEL_OPS + VENDOR_OPS
+
+for _name in ALL_OPS:
     register(_name, "reference", ("numpy",), priority=-10, tolerance=(0, 0))(getattr(reference, _name))
 
 try:
     from . import composite as _c
-    for _name in ("moe_route", "moe_dispatch", "expert_ffn", "moe_combine"):
+    for _name in ALL_OPS:
         register(_name, "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-5, 2e-4))(getattr(_c, _name))
+except ImportError:  # pragma: no cover
+    pass
+
+try:
+    from . import cpp as _cpp
+    for _name in ALL_OPS:
+        register(_name, "cpp", ("CPU",), priority=10, available=_cpp.available, tolerance=(2e-5, 2e-4),
+                 note="build with `python ops/build.py moe`")(getattr(_cpp, _name))
+except ImportError:  # pragma: no cover
+    pass
+
+try:  # Ascend backends: registered everywhere, available only on an Ascend device (never picked on CPU)
+    from . import ascendc as _asc
+    for _name in ALL_OPS:
+        register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=_asc.TOLERANCE,
+                 note="install the ascend_v4_moe package: bash ops/moe/ascendc/build.sh --install")(getattr(_asc, _name))
+    from . import aclnn as _aclnn
+    for _name in ("moe_init_routing", "moe_finalize_routing", "grouped_matmul", "grouped_expert_ffn"):
+        register(_name, "aclnn", ("Ascend",), priority=30, available=_aclnn.available, tolerance=(1e-4, 1e-3),
+                 note="MindSpore's built-in Ascend vendor ops")(getattr(_aclnn, _name))
 except ImportError:  # pragma: no cover
     pass

@@ -1,0 +1,146 @@
+// Runs the op_host code of the MoE ops (OpDefs, InferShape, InferDataType, tiling functions) through the CPU
+// stand-in of the CANN host API (ops/ascendc_common/host, -DAV4_ASCENDC_STANDIN): every op is registered for
+// ascend910b and ascend910_93, shapes and dtypes infer as documented, and each tiling function writes a tiling
+// whose block dim fits the platform's cores, whose UB use fits its UB, and whose workspace covers the kernel's.
+// Prints "ok" on success.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../op_host/moe_host_shim.h"
+#include "../op_kernel/grouped_matmul_tiling.h"
+
+#define REQUIRE(cond)                                                   \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      std::printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);       \
+      std::exit(1);                                                     \
+    }                                                                   \
+  } while (0)
+
+static gert::StorageShape S(std::vector<int64_t> dims) {
+  gert::StorageShape s;
+  s.shape_.dims_ = dims;
+  return s;
+}
+static gert::Shape Sh(std::vector<int64_t> dims) {
+  gert::Shape s;
+  s.dims_ = dims;
+  return s;
+}
+
+static ops::OpDef* Op(const char* name) {
+  auto it = ops::Registry().find(name);
+  REQUIRE(it != ops::Registry().end());
+  const auto& socs = it->second->AICore().socs_;
+  REQUIRE(socs.size() == 2 && socs[0] == "ascend910b" && socs[1] == "ascend910_93");
+  REQUIRE(it->second->inferShape_ != nullptr && it->second->inferDataType_ != nullptr);
+  return it->second;
+}
+
+static gert::TilingContext Ctx(std::vector<gert::StorageShape> in, std::vector<ge::DataType> dt, fe::PlatFormInfos* p) {
+  gert::TilingContext c;
+  c.inputs_ = in;
+  for (ge::DataType d : dt) {
+    gert::CompileTimeTensorDesc desc;
+    desc.dtype_ = d;
+    c.descs_.push_back(desc);
+  }
+  c.platform_ = p;
+  return c;
+}
+
+int main() {
+  fe::PlatFormInfos plat;  // 910B1: 48 AIV, 192 KB UB
+  // ------------------------------------------------------------------ MoeGatingTopKAv4
+  {
+    ops::OpDef* op = Op("MoeGatingTopKAv4");
+    gert::InferShapeContext is;
+    is.inputs_ = {Sh({2048, 256}), Sh({256}), Sh({}), Sh({})};
+    is.outputs_.resize(3);
+    moe_av4_host::SetAttrs(&is, {6, 1, 1, 0, 0, 2, 1, 1.5, 1e-20});
+    REQUIRE(op->inferShape_(&is) == ge::GRAPH_SUCCESS);
+    REQUIRE(is.outputs_[0].dims_ == std::vector<int64_t>({2048, 6}) && is.outputs_[2].dims_[1] == 256);
+    gert::InferDataTypeContext dc;
+    dc.inputs_ = {ge::DT_FLOAT};
+    REQUIRE(op->inferDataType_(&dc) == ge::GRAPH_SUCCESS && dc.outputs_[1] == ge::DT_INT32);
+    gert::TilingContext tc = Ctx({S({2048, 256}), S({256}), S({}), S({})}, {ge::DT_FLOAT}, &plat);
+    moe_av4_host::SetAttrs(&tc, {6, 1, 1, 0, 0, 2, 1, 1.5, 1e-20});
+    REQUIRE(op->AICore().tiling_(&tc) == ge::GRAPH_SUCCESS);
+    const auto* td = tc.GetTilingData<moe_av4::MoeGatingTopKTilingData>();
+    REQUIRE(tc.blockDim_ >= 1 && tc.blockDim_ <= plat.aivCores && td->k == 6 && td->hasBias == 1);
+    REQUIRE(td->ubBytes <= plat.ubBytes && td->normType == 2 && td->routedScalingFactor == 1.5f);
+    // hash layer: ids + table given, bias ignored
+    gert::TilingContext th = Ctx({S({64, 256}), S({}), S({64}), S({1000, 6})}, {ge::DT_FLOAT}, &plat);
+    moe_av4_host::SetAttrs(&th, {6, 1, 1, 0, 0, 2, 1, 1.5, 1e-20});
+    REQUIRE(op->AICore().tiling_(&th) == ge::GRAPH_SUCCESS);
+    REQUIRE(th.GetTilingData<moe_av4::MoeGatingTopKTilingData>()->hashed == 1);
+    // renorm 1 and k > E are refused
+    moe_av4_host::SetAttrs(&th, {6, 1, 1, 0, 1, 2, 1, 1.5, 1e-20});
+    REQUIRE(op->AICore().tiling_(&th) != ge::GRAPH_SUCCESS);
+    moe_av4_host::SetAttrs(&is, {300, 1, 1, 0, 0, 2, 1, 1.5, 1e-20});
+    REQUIRE(op->inferShape_(&is) != ge::GRAPH_SUCCESS);
+  }
+  // ------------------------------------------------------------------ MoeInitRoutingAv4
+  for (int mode = 0; mode < 2; ++mode) {
+    ops::OpDef* op = Op("MoeInitRoutingAv4");
+    const std::vector<double> attrs = {0, 60, 256, double(mode), 1, 1};
+    gert::InferShapeContext is;
+    is.inputs_ = {Sh({2048, 4096}), Sh({2048, 6})};
+    is.outputs_.resize(4);
+    moe_av4_host::SetAttrs(&is, attrs);
+    REQUIRE(op->inferShape_(&is) == ge::GRAPH_SUCCESS);
+    if (mode == 1) REQUIRE(is.outputs_[0].dims_ == std::vector<int64_t>({256, 60, 4096}));
+    else REQUIRE(is.outputs_[0].dims_ == std::vector<int64_t>({2048 * 6, 4096}));
+    REQUIRE(is.outputs_[1].dims_ == std::vector<int64_t>({2048 * 6}) && is.outputs_[2].dims_[0] == 256);
+    gert::InferDataTypeContext dc;
+    dc.inputs_ = {ge::DT_BF16, ge::DT_INT32};
+    REQUIRE(op->inferDataType_(&dc) == ge::GRAPH_SUCCESS && dc.outputs_[0] == ge::DT_BF16);
+    gert::TilingContext tc = Ctx({S({2048, 4096}), S({2048, 6})}, {ge::DT_BF16, ge::DT_INT32}, &plat);
+    moe_av4_host::SetAttrs(&tc, attrs);
+    REQUIRE(op->AICore().tiling_(&tc) == ge::GRAPH_SUCCESS);
+    const auto* td = tc.GetTilingData<moe_av4::MoeInitRoutingTilingData>();
+    REQUIRE(tc.tilingKey_ == moe_av4::MOE_KEY_BF16 && td->elemBytes == 2 && td->dropPad == mode);
+    REQUIRE(tc.blockDim_ == td->split.usedCores && tc.blockDim_ <= plat.aivCores);
+    REQUIRE(tc.workspaces_.size() == 1 && tc.workspaces_[0] >= td->workspaceBytes + (16u << 20));
+    REQUIRE(td->ubBytes <= plat.ubBytes);
+  }
+  // ------------------------------------------------------------------ MoeFinalizeRoutingAv4
+  {
+    ops::OpDef* op = Op("MoeFinalizeRoutingAv4");
+    gert::InferShapeContext is;
+    is.inputs_ = {Sh({12288, 4096}), Sh({12288}), Sh({2048, 4096}), Sh({}), Sh({}), Sh({2048, 6}), Sh({})};
+    is.outputs_.resize(1);
+    moe_av4_host::SetAttrs(&is, {2});
+    REQUIRE(op->inferShape_(&is) == ge::GRAPH_SUCCESS && is.outputs_[0].dims_ == std::vector<int64_t>({2048, 4096}));
+    gert::TilingContext tc = Ctx({S({256, 60, 4096}), S({12288}), S({2048, 4096}), S({}), S({}), S({2048, 6}), S({})},
+                                 {ge::DT_FLOAT}, &plat);
+    moe_av4_host::SetAttrs(&tc, {3});
+    REQUIRE(op->AICore().tiling_(&tc) == ge::GRAPH_SUCCESS);
+    const auto* td = tc.GetTilingData<moe_av4::MoeFinalizeRoutingTilingData>();
+    REQUIRE(td->expandedRows == 256 * 60 && td->hasX1 == 1 && td->hasX2 == 0 && td->dropPadMode == 3);
+    REQUIRE(td->ubBytes <= plat.ubBytes && tc.blockDim_ <= plat.aivCores);
+  }
+  // ------------------------------------------------------------------ GroupedMatmulAv4
+  for (int tw = 0; tw < 2; ++tw) {
+    ops::OpDef* op = Op("GroupedMatmulAv4");
+    gert::InferShapeContext is;
+    is.inputs_ = {Sh({12288, 4096}), tw ? Sh({64, 2048, 4096}) : Sh({64, 4096, 2048}), Sh({64})};
+    is.outputs_.resize(1);
+    moe_av4_host::SetAttrs(&is, {0, double(tw)});
+    REQUIRE(op->inferShape_(&is) == ge::GRAPH_SUCCESS && is.outputs_[0].dims_ == std::vector<int64_t>({12288, 2048}));
+    gert::TilingContext tc = Ctx({S({12288, 4096}), tw ? S({64, 2048, 4096}) : S({64, 4096, 2048}), S({64})},
+                                 {ge::DT_BF16}, &plat);
+    moe_av4_host::SetAttrs(&tc, {0, double(tw)});
+    REQUIRE(op->AICore().tiling_(&tc) == ge::GRAPH_SUCCESS);
+    const auto* td = tc.GetTilingData<moe_av4::GroupedMatmulKernelTiling>();
+    REQUIRE(td->gmm.n == 2048 && td->gmm.k == 4096 && td->gmm.transposeW == tw && td->cube.baseM == td->gmm.baseM);
+    REQUIRE(tc.blockDim_ == plat.aivCores / 2);
+    moe_av4_host::SetAttrs(&is, {0, double(1 - tw)});   // K mismatch once transposed the other way
+    REQUIRE(op->inferShape_(&is) != ge::GRAPH_SUCCESS);
+  }
+  std::printf("ok\n");
+  return 0;
+}
