@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 
@@ -27,14 +27,11 @@ setup(
     version="0.1.0",
     description="DeepSeek-V4 (Flash/Pro) for Huawei Ascend 910B/910C on MindSpore, with a CPU reference backend",
     python_requires=">=3.9,<3.12",
-    packages=[
-        "ascend_v4", "ascend_v4.checkpoint", "ascend_v4.convert", "ascend_v4.serve", "ascend_v4.train",
-        "ascend_v4.train.corpus",
-        "ascend_v4.ops", "ascend_v4.ops.mhc", "ascend_v4.ops.mhc.ascendc", "ascend_v4.ops.moe", "ascend_v4.ops.moe.ascendc",
-        "ascend_v4.ops.attention",
-        "ascend_v4.graph",
-        "ascend_v4.tools", "ascend_v4.tools.migrate",
-    ],
+    # ascend_v4.* from ascend_v4/, plus the three top-level folders mapped into the package
+    packages=(find_packages(include=["ascend_v4", "ascend_v4.*"])
+              + ["ascend_v4.ops." + p for p in find_packages("ops")] + ["ascend_v4.ops"]
+              + ["ascend_v4.graph"]
+              + ["ascend_v4.tools." + p for p in find_packages("tools")] + ["ascend_v4.tools"]),
     package_dir={
         "ascend_v4": "ascend_v4",
         "ascend_v4.ops": "ops",
