@@ -16,6 +16,7 @@ import sys
 import time
 
 os.environ.setdefault("GLOG_v", "3")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch or mindspore loads libgomp
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))    # the transformers harness lives with the tests
 

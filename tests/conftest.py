@@ -2,6 +2,7 @@
 import os
 
 os.environ.setdefault("GLOG_v", "3")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # see ascend_v4/__init__.py
 
 import numpy as np
 import pytest
