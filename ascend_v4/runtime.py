@@ -16,11 +16,12 @@ def setup(device: str = "CPU", mode: str = "graph", threads: int = 0, determinis
     """
     import mindspore as ms
 
-    key = (device, mode, threads)
+    # the mode is cheap to set and other code may have changed it: always apply; the device only once
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    key = (device, threads)
     if _DONE.get("key") == key:
         return device
     ms.set_device(device)
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
     if threads:
         try:
             ms.device_context.cpu.op_tuning.threads_num(threads)

@@ -12,6 +12,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running; excluded from the default run (-m 'not slow')")
 
 
+@pytest.fixture(autouse=True)
+def _graph_mode_between_tests():
+    """Some tests switch MindSpore to PyNative; every test starts in GRAPH mode (the mode CI exercises)."""
+    import sys
+    if "mindspore" in sys.modules:
+        import mindspore as ms
+        ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+
+
 @pytest.fixture(scope="session")
 def ms_graph():
     from ascend_v4.runtime import setup
