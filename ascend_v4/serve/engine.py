@@ -1,0 +1,384 @@
+"""Engine: prefill (one-shot or chunked), single-token decode, batched generation, MTP speculative decoding.
+
+    eng = Engine(cfg, weights, max_batch=2, max_len=1024)
+    gen = eng.generate([prompt_a, prompt_b], max_new_tokens=32, sampling=SamplingParams(greedy=True))
+    gen.tokens [n, N] (-1 padded), gen.logits [n, N, V] float32 (the distribution each token was drawn from)
+
+Which graphs compile when (each is compiled once per Engine, on first use; all shapes static):
+  prefill   StepGraph(T = bucket, ctx)       T = next power of two >= the longest remaining prompt part, at least
+                                             16 and at most `prefill_chunk`; positions are tensors, so a chunk
+                                             at any start position reuses the same graph
+  decode    StepGraph(T = 1, ctx)            every decode step of every sequence
+  verify    StepGraph(T = 2, ctx, shadow)    speculative decoding only
+  draft     MTPStepGraph(T = 2) + MTPStepGraph(T = prefill bucket)   speculative decoding only
+`ctx` is the context bucket (power of two >= the longest row's end position, at least `ctx_min`, at most
+max_len): a step reads ctx // ratio compressed entries, so short contexts do not pay for the cache's capacity.
+Crossing a bucket compiles that graph once more (a 1K -> 32K run sees 6 decode compiles).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..config import ModelConfig
+from .sampling import Sampler, SamplingParams
+
+
+class ServeError(ValueError):
+    """A request the engine cannot serve (bad tokens, too long for the cache, ...)."""
+
+
+@dataclass
+class Generation:
+    tokens: np.ndarray                  # [n, N] int64, -1 after a row stopped
+    logits: Optional[np.ndarray]        # [n, N, V] float32, 0 after a row stopped
+    lengths: np.ndarray                 # [n] generated tokens per row
+    stop: List[str]                     # "eos" | "length" per row
+    prompt_lengths: np.ndarray
+    stats: Dict[str, float] = field(default_factory=dict)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.tokens[i, :self.lengths[i]]
+
+
+def _pow2(n: int) -> int:
+    b = 1
+    while b < n:
+        b *= 2
+    return b
+
+
+class Engine:
+    def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], *, max_batch: int = 1, max_len: int = 1024,
+                 kv_int8: bool = False, mtp: bool = False, prefill_chunk: int = 256, ctx_min: int = 256,
+                 threads: int = 0, model=None, stacked_experts: bool = True):
+        from ..runtime import setup
+        setup("CPU", "graph", threads)
+        from ..model import Transformer
+        from ..weights import load_into
+        from .cache import KVCache
+
+        if mtp and cfg.n_mtp_layers == 0:
+            raise ServeError(f"config '{cfg.name}' has no MTP block; run without speculative decoding")
+        if prefill_chunk < 1:
+            raise ServeError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        self.cfg = cfg
+        self.max_batch, self.max_len = int(max_batch), int(max_len)
+        self.prefill_chunk, self.ctx_min = int(prefill_chunk), int(ctx_min)
+        self.mtp = bool(mtp)
+        if model is None:
+            model = Transformer(cfg, max_seq_len=self.max_len, with_mtp=self.mtp)
+            model.set_train(False)
+            load_into(model, weights)
+        elif model.max_seq_len < self.max_len or (self.mtp and not model.with_mtp):
+            raise ServeError("the given model was built with a smaller max_seq_len or without MTP")
+        self.model = model
+        from ascend_v4.graph.decode import stack_experts
+        self.experts = stack_experts(model) if stacked_experts else None
+        self.cache = KVCache(cfg, self.max_batch, self.max_len, kv_int8=kv_int8, mtp=self.mtp)
+        self.kv_int8 = kv_int8
+        self.pos = np.zeros(self.max_batch, np.int64)      # tokens held in the cache per row
+        self._graphs: Dict[tuple, object] = {}
+        self.compile_seconds: Dict[tuple, float] = {}
+        self._restore = None
+        # MTP: the main model's last hidden streams per row (input of the first draft after a prefill)
+        self._h_last = np.zeros((self.max_batch, cfg.hc_mult, cfg.dim), np.float32)
+
+    # ------------------------------------------------------------------------------------------- graphs
+    def _ctx(self, end: int) -> int:
+        from ascend_v4.graph.decode import ctx_bucket
+        return ctx_bucket(max(int(end), 1), self.max_len, self.ctx_min)
+
+    def _graph(self, key):
+        g = self._graphs.get(key)
+        if g is None:
+            from ascend_v4.graph.decode import MTPStepGraph, StepGraph
+            if key[0] == "main":
+                _, T, ctx, logits, streams, shadow = key
+                g = StepGraph(self.model, self.cache.layout, self.cache.params, T, ctx, logits=logits,
+                              return_streams=streams, shadow=shadow, experts=self.experts)
+            else:
+                _, T = key
+                g = MTPStepGraph(self.model, self.cache.layout, self.cache.params, T, experts=self.experts)
+            g.set_train(False)
+            self._graphs[key] = g
+        return g
+
+    def _call(self, key, *args):
+        import mindspore as ms
+        g = self._graph(key)
+        targs = [a if isinstance(a, ms.Tensor) else ms.Tensor(np.ascontiguousarray(a)) for a in args]
+        t0 = time.perf_counter()
+        out = g(*targs)
+        if key not in self.compile_seconds:
+            (out[0] if isinstance(out, tuple) else out).asnumpy()
+            self.compile_seconds[key] = time.perf_counter() - t0
+        return out
+
+    def run_main(self, ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray, logits: str = "last",
+                 streams: bool = False, shadow: bool = False):
+        """One StepGraph call on the whole batch: ids [B, T]; returns the graph outputs (MindSpore tensors)."""
+        ids = np.asarray(ids)
+        T = ids.shape[1]
+        end = int(np.max(np.where(nvalid > 0, pos0 + nvalid, 0)))
+        if end > self.max_len:
+            raise ServeError(f"position {end} exceeds the cache capacity max_len={self.max_len}")
+        key = ("main", T, self._ctx(end), logits, streams, shadow)
+        return self._call(key, ids.astype(np.int32), np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
+
+    def run_mtp(self, h, next_ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray):
+        return self._call(("mtp", int(next_ids.shape[1])), h, np.asarray(next_ids, np.int32),
+                          np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
+
+    # ------------------------------------------------------------------------------------------- state
+    def reset(self, rows: Optional[Sequence[int]] = None) -> None:
+        """Start new sequences in `rows` (default all): compressor state back to its initial value, length 0."""
+        rows = list(range(self.max_batch)) if rows is None else list(rows)
+        self.cache.reset(rows)
+        self.pos[rows] = 0
+
+    def _check_tokens(self, seqs: List[np.ndarray]) -> None:
+        for i, s in enumerate(seqs):
+            if s.ndim != 1 or not np.issubdtype(s.dtype, np.integer):
+                raise ServeError(f"prompt {i} must be a 1-D integer token array, got {s.dtype} {s.shape}")
+            if s.size == 0:
+                raise ServeError(f"prompt {i} is empty; give at least one token")
+            if s.min() < 0 or s.max() >= self.cfg.vocab_size:
+                raise ServeError(f"prompt {i}: token ids span [{s.min()}, {s.max()}] but the vocabulary has "
+                                 f"{self.cfg.vocab_size} entries")
+
+    def _rows(self, n: int, rows) -> List[int]:
+        rows = list(range(n)) if rows is None else [int(r) for r in rows]
+        if len(rows) != n or len(set(rows)) != n or any(not 0 <= r < self.max_batch for r in rows):
+            raise ServeError(f"need {n} distinct cache rows in [0, {self.max_batch}), got {rows}")
+        return rows
+
+    # ------------------------------------------------------------------------------------------ prefill
+    def prefill(self, prompts: Sequence[np.ndarray], rows: Optional[Sequence[int]] = None,
+                chunk: Optional[int] = None, return_all: bool = False, reset: bool = True):
+        """Start one new sequence per prompt in `rows` (reset=False: append to the sequences already there) and
+        run the prompts through the model, `chunk` tokens per graph call (default prefill_chunk; any chunk size
+        gives the same result as one shot). All rows advance together, each with its own length. Returns the
+        last-token logits [n, V] (float32), or with return_all=True a list of [L_i, V] logits for every prompt
+        position. With MTP enabled, also feeds the draft block the (hidden, next token) pairs of the prompt and
+        keeps the last hidden state per row."""
+        seqs = [np.asarray(p).reshape(-1) if np.ndim(p) else np.asarray([p]) for p in prompts]
+        seqs = [s.astype(np.int64) if np.issubdtype(s.dtype, np.integer) else s for s in seqs]
+        self._check_tokens(seqs)
+        rows = self._rows(len(seqs), rows)
+        chunk = self.prefill_chunk if chunk is None else int(chunk)
+        if chunk < 1:
+            raise ServeError(f"chunk must be >= 1, got {chunk}")
+        lens = np.array([s.size for s in seqs])
+        start = np.zeros(len(rows), np.int64) if reset else self.pos[rows]
+        if (start + lens).max() > self.max_len:
+            raise ServeError(f"prompt of {lens.max()} tokens (after {start.max()} cached) exceeds the cache "
+                             f"capacity max_len={self.max_len}")
+        if reset:
+            self.reset(rows)
+        elif self.mtp:
+            self._mtp_catchup(rows, [s[0] for s in seqs])
+        B = self.max_batch
+        done = np.zeros(B, np.int64)
+        total = np.zeros(B, np.int64)
+        total[rows] = lens
+        last = [None] * len(rows)
+        alls = [[] for _ in rows]
+        while np.any(done < total):
+            rem = int(np.max(total - done))
+            T = min(chunk, max(16, _pow2(rem))) if chunk >= 16 else chunk
+            ids = np.zeros((B, T), np.int64)
+            nvalid = np.minimum(np.maximum(total - done, 0), T)
+            for k, r in enumerate(rows):
+                n = int(nvalid[r])
+                ids[r, :n] = seqs[k][done[r]:done[r] + n]
+            pos0 = self.pos.copy()
+            out = self.run_main(ids, pos0, nvalid, logits="all" if return_all else "last", streams=self.mtp)
+            lg = (out[0] if self.mtp else out).asnumpy()
+            if self.mtp:
+                self._prefill_mtp(out[1], ids, seqs, rows, pos0, nvalid, done, total)
+            for k, r in enumerate(rows):
+                n = int(nvalid[r])
+                if n == 0:
+                    continue
+                if return_all:
+                    alls[k].append(lg[r, :n])
+                    last[k] = lg[r, n - 1]
+                else:
+                    last[k] = lg[r]
+            self.pos += nvalid
+            done += nvalid
+        if return_all:
+            return [np.concatenate(a, 0) for a in alls]
+        return np.stack(last)
+
+    def _prefill_mtp(self, h, ids, seqs, rows, pos0, nvalid, done, total):
+        """Draft-block pairs (h_t, token t+1) for the prompt positions whose next token is known."""
+        B, T = ids.shape
+        nxt = np.zeros((B, T), np.int64)
+        nv = np.zeros(B, np.int64)
+        for k, r in enumerate(rows):
+            s0, n = int(done[r]), int(nvalid[r])          # offsets inside this prompt
+            m = max(0, min(n, int(total[r]) - 1 - s0))
+            nv[r] = m
+            nxt[r, :m] = seqs[k][s0 + 1:s0 + 1 + m]
+        self.run_mtp(h, nxt, pos0, nv)
+        hn = h.asnumpy()
+        for r in rows:
+            n = int(nvalid[r])
+            if n and done[r] + n == total[r]:
+                self._h_last[r] = hn[r, n - 1]
+
+    def _mtp_catchup(self, rows, first_tokens):
+        """Before appending to cached sequences: the draft pair (h_last, first new token) at position pos-1."""
+        import mindspore as ms
+        B = self.max_batch
+        h = np.zeros((B, 2, self.cfg.hc_mult, self.cfg.dim), np.float32)
+        nxt = np.zeros((B, 2), np.int64)
+        p0 = np.zeros(B, np.int64)
+        nv = np.zeros(B, np.int64)
+        for r, t in zip(rows, first_tokens):
+            if self.pos[r] > 0:
+                h[r, 0], nxt[r, 0], p0[r], nv[r] = self._h_last[r], t, self.pos[r] - 1, 1
+        if nv.any():
+            self.run_mtp(ms.Tensor(h), nxt, p0, nv)
+
+    # ------------------------------------------------------------------------------------------- decode
+    def decode_step(self, tokens: np.ndarray, active: Optional[np.ndarray] = None) -> np.ndarray:
+        """Feed one token per row (tokens [B]) at each row's next position; rows with active=False are left
+        untouched. Returns logits [B, V] float32 (garbage for inactive rows)."""
+        tokens = np.asarray(tokens, np.int64).reshape(-1)
+        if tokens.size != self.max_batch:
+            raise ServeError(f"decode_step needs {self.max_batch} tokens (one per cache row), got {tokens.size}")
+        act = np.ones(self.max_batch, bool) if active is None else np.asarray(active, bool)
+        if np.any(act & ((tokens < 0) | (tokens >= self.cfg.vocab_size))):
+            raise ServeError(f"token ids must lie in [0, {self.cfg.vocab_size})")
+        nvalid = act.astype(np.int64)
+        out = self.run_main(np.where(act, tokens, 0)[:, None], self.pos.copy(), nvalid)
+        self.pos += nvalid
+        return out.asnumpy()
+
+    # ---------------------------------------------------------------------------------------- generation
+    def generate(self, prompts: Sequence[np.ndarray], max_new_tokens: int = 16,
+                 sampling: Optional[SamplingParams] = None, eos_id: Optional[int] = -1,
+                 speculative: bool = False, chunk: Optional[int] = None, keep_logits: bool = True,
+                 on_token: Optional[Callable[[int, int], None]] = None) -> Generation:
+        """Generate up to max_new_tokens per prompt (rows 0..n-1 of the cache), stopping a row at EOS
+        (eos_id: -1 = the config's eos_token_id, None = never). speculative=True drafts one token per step
+        with the MTP block and verifies it with the main model (greedy or exact speculative sampling)."""
+        if max_new_tokens < 1:
+            raise ServeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if speculative and not self.mtp:
+            raise ServeError("speculative decoding needs an Engine built with mtp=True")
+        sampling = (sampling or SamplingParams(greedy=True)).validate()
+        eos = self.cfg.eos_token_id if eos_id == -1 else eos_id
+        n = len(prompts)
+        plens = np.array([np.asarray(p).size for p in prompts])
+        if n and plens.max() + max_new_tokens > self.max_len:
+            raise ServeError(f"prompt ({plens.max()}) + max_new_tokens ({max_new_tokens}) exceeds the cache "
+                             f"capacity max_len={self.max_len}; build the Engine with a larger max_len")
+        sampler = Sampler(sampling, n)
+        V = self.cfg.vocab_size
+        toks = np.full((n, max_new_tokens), -1, np.int64)
+        lg_out = np.zeros((n, max_new_tokens, V), np.float32) if keep_logits else None
+        count = np.zeros(n, np.int64)
+        stop = ["length"] * n
+        live = np.ones(n, bool)
+
+        def emit(r, t, z):
+            toks[r, count[r]] = t
+            if keep_logits:
+                lg_out[r, count[r]] = z
+            count[r] += 1
+            if on_token is not None:
+                on_token(r, t)
+            if eos is not None and t == eos:
+                stop[r] = "eos"
+                live[r] = False
+            elif count[r] >= max_new_tokens:
+                live[r] = False
+
+        t0 = time.perf_counter()
+        last = self.prefill(prompts, chunk=chunk)
+        t1 = time.perf_counter()
+        pend = np.zeros(self.max_batch, np.int64)
+        for r in range(n):
+            pend[r] = sampler.sample(r, last[r])
+            emit(r, int(pend[r]), last[r])
+        stats = {"prefill_s": t1 - t0, "prompt_tokens": int(plens.sum()), "steps": 0, "drafts": 0, "accepted": 0}
+        if speculative:
+            self._speculate(n, pend, sampler, emit, live, stats)
+        else:
+            while live.any():
+                act = np.zeros(self.max_batch, bool)
+                act[:n] = live
+                lg = self.decode_step(pend, act)
+                stats["steps"] += 1
+                for r in np.nonzero(live)[0]:
+                    pend[r] = sampler.sample(r, lg[r])
+                    emit(r, int(pend[r]), lg[r])
+        t2 = time.perf_counter()
+        stats.update(decode_s=t2 - t1, generated_tokens=int(count.sum()))
+        stats["decode_tokens_per_s"] = (stats["generated_tokens"] - n) / stats["decode_s"] if stats["decode_s"] > 0 else 0.0
+        stats["prefill_tokens_per_s"] = stats["prompt_tokens"] / stats["prefill_s"] if stats["prefill_s"] > 0 else 0.0
+        if speculative:
+            stats["acceptance_rate"] = stats["accepted"] / stats["drafts"] if stats["drafts"] else 0.0
+        return Generation(toks, lg_out, count, stop, plens, stats)
+
+    def _speculate(self, n, pend, sampler, emit, live, stats):
+        """MTP draft -> main verify of [pending, draft] -> accept (2 tokens) or reject (1 token, roll back)."""
+        import mindspore as ms
+        from ascend_v4.graph.decode import RestoreShadow
+        B, hc, D = self.max_batch, self.cfg.hc_mult, self.cfg.dim
+        # pending draft-block pairs per row: (position t, h_t, token t+1); after prefill: (L-1, h_{L-1}, x_L)
+        pairs = {r: [(int(self.pos[r]) - 1, self._h_last[r].copy(), int(pend[r]))] for r in range(n)}
+        if self._restore is None:
+            self._restore = RestoreShadow(self.cache.layout, self.cache.params)
+            self._restore.set_train(False)
+        while live.any():
+            h = np.zeros((B, 2, hc, D), np.float32)
+            nxt = np.zeros((B, 2), np.int64)
+            p0 = np.zeros(B, np.int64)
+            nv = np.zeros(B, np.int64)
+            for r in np.nonzero(live)[0]:
+                ps = pairs[r]
+                p0[r] = ps[0][0]
+                nv[r] = len(ps)
+                for j, (_, hh, t) in enumerate(ps):
+                    h[r, j], nxt[r, j] = hh, t
+            draft = np.argmax(self.run_mtp(ms.Tensor(h), nxt, p0, nv).asnumpy(), -1)
+            ids = np.zeros((B, 2), np.int64)
+            ids[:, 0], ids[:, 1] = pend, draft
+            act = np.zeros(B, bool)
+            act[:n] = live
+            pos0 = self.pos.copy()
+            lg, hs = self.run_main(ids * act[:, None], pos0, 2 * act, logits="all", streams=True, shadow=True)
+            lg, hs = lg.asnumpy(), hs.asnumpy()
+            stats["steps"] += 1
+            reject = np.zeros(B, bool)
+            for r in np.nonzero(live)[0]:
+                stats["drafts"] += 1
+                d = int(draft[r])
+                repl = sampler.accept_draft(r, lg[r, 0], d)
+                p = int(pos0[r])
+                if repl is None:
+                    stats["accepted"] += 1
+                    emit(r, d, lg[r, 0])
+                    if not live[r]:
+                        continue
+                    t1 = sampler.sample(r, lg[r, 1])
+                    emit(r, t1, lg[r, 1])
+                    self.pos[r] = p + 2
+                    pend[r] = t1
+                    pairs[r] = [(p, hs[r, 0], d), (p + 1, hs[r, 1], t1)]
+                else:
+                    emit(r, repl, lg[r, 0])
+                    reject[r] = True
+                    self.pos[r] = p + 1
+                    pend[r] = repl
+                    pairs[r] = [(p, hs[r, 0], repl)]
+            if reject.any():
+                self._restore(ms.Tensor(reject))
