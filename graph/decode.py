@@ -1,34 +1,37 @@
-"""Compiled serving graphs: one step over T tokens per batch row, reading and writing the per-layer caches.
+"""Compiled serving graphs: one step over T tokens per batch row, reading and writing the per-layer caches in place.
 
-    StepGraph(model, layout, cache, T, ...)(ids [B,T] i32, pos0 [B] i32, nvalid [B] i32) -> logits, (streams)
-    MTPStepGraph(model, layout, cache, T)(h_main [B,T,hc,D], next_ids [B,T], pos0, nvalid) -> draft logits
+    StepGraph(model, layout, cache, T, ctx_cap, ...)(ids [B,T] i32, pos0 [B] i32, nvalid [B] i32) -> logits (, streams)
+    MTPStepGraph(model, layout, cache, T)(h_main [B,T,hc,D], next_ids [B,T] i32, pos0, nvalid) -> draft logits [B, V]
+    RestoreShadow(layout, cache)(mask [B] bool)        speculative rejection: compressor state <- shadow
 
-Row b processes its tokens ids[b, :nvalid[b]] at absolute positions pos0[b] .. pos0[b]+nvalid[b]-1 (the rest
-of the row is padding: computed, never written). Positions are TENSORS, so one compile serves every step of
-every sequence; the static shape is (B, T) plus the context bucket `ctx_cap` (how many compressed entries a
-step reads: ctx_cap // ratio). T = 1 is the decode step, T = 2 the speculative verify step, T = C a prefill
-chunk; a one-shot prefill is a chunk with pos0 = 0. The cache is a flat tuple of Parameters (layout order) held
-by the graph and updated in place (ScatterNdUpdate / Assign), so a step copies no cache; holding them as
-attributes rather than passing ~30 Parameters per call saves ~0.5 ms per step on CPU.
+Row b processes ids[b, :nvalid[b]] at absolute positions pos0[b] .. pos0[b]+nvalid[b]-1; the rest of the row is
+padding (computed, never written), and nvalid = 0 leaves a row untouched. Positions are TENSORS, so one compile
+serves every step of every sequence: the static shape is (B, T) plus the context bucket `ctx_cap` (a step reads
+ctx_cap // ratio compressed entries). T = 1 is the decode step, T = 2 the speculative verify step, T = C a
+prefill chunk (one-shot prefill = one chunk at pos0 = 0). The graph composes the model's own Cells and op
+functions (block._hc_pre/_hc_post, attn._attend, the Gate, the MoE ops, Linear/RMSNorm weights); the cache is
+a tuple of Parameters (CacheLayout order) held by the graph — not passed per call, which costs ~0.5 ms per step
+on CPU — and updated with ScatterNdUpdate / Assign, so no step copies a cache.
 
-Per layer (spec §9, written for tensor positions and any T):
-  window ring   [B, W, hd]: slot = position mod W. Queries read [ring before this step | this step's kv], the
-                ring keeps, per slot, the latest valid position <= the row's last valid position.
-  compressor    state [B, coff·r, coff·c] (overlap: slots 0..r-1 previous block, r..2r-1 current block; kv 0,
-                score -1e30 at sequence start). Every block whose last token falls inside this step is pooled
-                (its tokens come from the state or the step, by position), normed, RoPE'd at its first
-                position and written to entries[b, block]; blocks that do not end inside the valid tokens go to a
-                scratch row (index Nmax) that nothing reads. The new state is a pure function of positions.
+Per layer (spec §9, generalised to tensor positions, any T, per-row lengths):
+  window ring   [B, W+1, hd]: slot = position mod W, row W = scratch for inactive rows. Queries attend over
+                [ring before this step | this step's kv]; afterwards each slot holds its latest valid position.
+  compressor    state [B, coff·r + 1, coff·c]: position a in slot a mod coff·r (overlap: previous + current
+                block), kv 0 / score -1e30 at sequence start, nothing ever shifts; last row scratch. Each block
+                whose last token falls inside the step is pooled (its tokens found by position in the state or
+                the step), RMS-normed, RoPE'd at its first position (gotcha 10) and written to entries[b, block];
+                candidates that do not end a block go to the entries' scratch row Nmax, which nothing reads.
   entries       [B, Nmax + 1, c] (main KV c = head_dim; CSA indexer keys c = index_head_dim).
-  attention     sparse_attention over kv = [ring | step kv | entries] with window / compressed index lists;
-                CSA picks its compressed list with the lightning indexer over the visible entries (exact top-k,
-                ties to the lower id, like the op), HCA lists every visible entry.
-With kv_int8 the 448 non-RoPE dims of every KV row (ring and entries) are stored int8 with one float32 scale per
-row (amax/127), the RoPE dims in float32; the step's own kv and new entries are fake-quantised the same way
-before use, so chunked == one-shot == decode holds in INT8 mode too.
-`shadow=True` (speculative verify) also writes the compressor state as of the row's second-to-last valid token
-into shadow buffers: rejecting the last (draft) token is then `restore_shadow(rows)`; the ring slot and entry
-row it wrote are never read before the corrected token overwrites them.
+  attention     the op sparse_attention over kv = [ring | step kv | entries] with window / compressed index
+                lists (-1 = skipped). CSA: the lightning-indexer score over the visible entries, exact top-k with
+                ties to the lower id (the op's rule); short decode contexts pass the picked set as a masked list
+                over all entries, long ones gather just the k picked rows. HCA: every visible entry.
+INT8 KV (kv_int8): the head_dim - rope_head_dim non-RoPE dims of every KV row (ring and entries) are stored int8
+with one float32 scale per row (amax / 127), RoPE dims float32; the step's own kv and new entries are
+fake-quantised the same way before use, so chunked == one-shot == decode also holds in INT8 mode.
+Shadow (T = 2 verify, shadow=True): the compressor state as of each row's second-to-last valid token is also
+written to shadow buffers; rejecting the draft is RestoreShadow(rows). The ring slot and entry row the draft wrote
+are never read before the corrected token overwrites them.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ascend_v4.config import ModelConfig
-from ascend_v4.ops.common import NEG_INF, linear, rms_norm
+from ascend_v4.ops.common import NEG_INF, rms_norm
 
 INT8_MAX = 127.0
 
@@ -55,6 +58,12 @@ class CacheEntry:
     kind: str             # SWA / CSA / HCA / MTP
     role: str             # ring / entries / index_keys / state / shadow
     per_row_tokens: int   # how many token positions a row of this buffer covers (bytes-per-token accounting)
+
+    @property
+    def param_shape(self) -> Tuple[int, int]:
+        """Stored 2-D as [B·R, width]: ScatterUpdate writes rows in place in O(rows written), while MindSpore's
+        CPU ScatterNdUpdate on a [B, R, width] buffer copies the whole buffer per call (2.7 ms at 32 MB)."""
+        return (self.shape[0] * self.shape[1], self.shape[2])
 
 
 class CacheLayout:
@@ -298,6 +307,7 @@ class _StepBase(nn.Cell):
         # CSA decode: attend through a mask over all `ncap` entries (no gather) while ncap is at most this
         self.mask_path_max = 512
         self.mm_t = ops.MatMul(transpose_b=True)
+        self.scatter_rows = ops.ScatterUpdate()
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
         # compression ratios in use, and each block's index into them (-1: SWA) — per-ratio step constants
         self.ratios = tuple(sorted(set(r for r in cfg.compress_ratios if r)))
@@ -312,40 +322,57 @@ class _StepBase(nn.Cell):
                              for n in names)
 
     # ---- KV buffer access (float32 or int8 split) ----
-    def _kv_read(self, cache, ids):
-        if self.int8:
-            return kv_dequant(cache[ids[0]], cache[ids[1]], cache[ids[2]])
-        return cache[ids[0]]
+    # ---- cache buffers: 2-D [B·R, width]; rows addressed as b·R + row ----
+    def _flat(self, idx, R):
+        """idx [B, K] rows of each sequence -> [B·K] flat rows."""
+        return (idx + ops.arange(self.B, dtype=ms.int32).reshape(self.B, 1) * R).reshape(-1)
 
-    # (bufs = the tuple returned by _kv_scatter: reading through it orders the read after the write)
-    def _kv_read_prefix(self, bufs, n):
-        if n < bufs[0].shape[1]:
-            bufs = tuple(b[:, :n] for b in bufs)
-        if self.int8:
-            return kv_dequant(bufs[0], bufs[1], bufs[2])
-        return bufs[0]
+    def _gather(self, buf, R, idx):
+        """buf [B·R, w], idx [B, K] -> [B, K, w]."""
+        return ops.gather(buf, self._flat(idx, R), 0).reshape(self.B, idx.shape[1], -1)
 
-    def _kv_rows(self, bufs, idx):
+    def _prefix(self, buf, R, n):
+        """The first n rows of each sequence -> [B, n, w] (a copy of just those rows)."""
+        if n == R:
+            return buf.reshape(self.B, R, -1)
+        return self._gather(buf, R, ops.broadcast_to(ops.arange(n, dtype=ms.int32).reshape(1, n), (self.B, n)))
+
+    def _kv_read(self, cache, ids, R):
         if self.int8:
-            return kv_dequant(_rows(bufs[0], idx), _rows(bufs[1], idx), _rows(bufs[2], idx))
-        return _rows(bufs[0], idx)
+            return kv_dequant(cache[ids[0]].reshape(self.B, R, -1), cache[ids[1]].reshape(self.B, R, -1),
+                              cache[ids[2]].reshape(self.B, R, -1))
+        return cache[ids[0]].reshape(self.B, R, -1)
+
+    # (bufs = the tuple returned by a scatter: reading through it orders the read after the write)
+    def _kv_read_prefix(self, bufs, R, n):
+        if self.int8:
+            return kv_dequant(self._prefix(bufs[0], R, n), self._prefix(bufs[1], R, n), self._prefix(bufs[2], R, n))
+        return self._prefix(bufs[0], R, n)
+
+    def _kv_rows(self, bufs, R, idx):
+        if self.int8:
+            return kv_dequant(self._gather(bufs[0], R, idx), self._gather(bufs[1], R, idx),
+                              self._gather(bufs[2], R, idx))
+        return self._gather(bufs[0], R, idx)
 
     def _kv_assign(self, cache, ids, value):
+        """value [B, R, hd] -> the whole buffer."""
+        rows = value.shape[0] * value.shape[1]
         if self.int8:
             q, r, s = kv_quant(value, self.nope)
-            ops.assign(cache[ids[0]], q)
-            ops.assign(cache[ids[1]], r)
-            ops.assign(cache[ids[2]], s)
+            ops.assign(cache[ids[0]], q.reshape(rows, -1))
+            ops.assign(cache[ids[1]], r.reshape(rows, -1))
+            ops.assign(cache[ids[2]], s.reshape(rows, -1))
         else:
-            ops.assign(cache[ids[0]], value)
+            ops.assign(cache[ids[0]], value.reshape(rows, -1))
 
-    def _kv_scatter(self, cache, ids, index, value):
-        """index [K, 2] (row, entry), value [K, hd] -> the updated buffers."""
+    def _kv_scatter(self, cache, ids, flat, value):
+        """flat [K] buffer rows, value [K, hd] -> the updated buffers (in place, O(K))."""
         if self.int8:
             q, r, s = kv_quant(value, self.nope)
-            return (ops.scatter_nd_update(cache[ids[0]], index, q), ops.scatter_nd_update(cache[ids[1]], index, r),
-                    ops.scatter_nd_update(cache[ids[2]], index, s))
-        return (ops.scatter_nd_update(cache[ids[0]], index, value),)
+            return (self.scatter_rows(cache[ids[0]], flat, q), self.scatter_rows(cache[ids[1]], flat, r),
+                    self.scatter_rows(cache[ids[2]], flat, s))
+        return (self.scatter_rows(cache[ids[0]], flat, value),)
 
     def _fq(self, x):
         return kv_fake_quant(x, self.nope) if self.int8 else x
@@ -384,7 +411,7 @@ class _StepBase(nn.Cell):
         active = (last >= pos0).reshape(-1, 1)
         if T == 1:              # one row per sequence: slot pos0 mod W, or the scratch row W when inactive
             slot = ops.where(active, (pos0 % W).reshape(-1, 1), ops.full_like(active, W, dtype=ms.int32))
-            ring = (ops.concat([ops.arange(B, dtype=ms.int32).reshape(B, 1), slot], 1), s)
+            ring = (self._flat(slot, W + 1), s)
         else:
             L = last.reshape(-1, 1)
             al = L - ((L - s) % W)
@@ -398,7 +425,7 @@ class _StepBase(nn.Cell):
                 emit = ops.logical_and(p1 % r == 0, active)                                     # [B, 1]
                 row = ops.where(emit, pos0.reshape(-1, 1) // r, ops.full_like(p1, self.max_len // r))
                 bcol = ops.arange(B, dtype=ms.int32).reshape(B, 1)
-                index = ops.concat([bcol, row], 1)                                               # [B, 2]
+                index = self._flat(row, self.max_len // r + 1)                                   # [B]
                 ce, se = _table(self.c2[1], p1 - r, self.max_pos), _table(self.s2[1], p1 - r, self.max_pos)
                 rt = rope_full(ce.reshape(B, -1), se.reshape(B, -1), self.hd) + \
                     rope_full(ce.reshape(B, -1), se.reshape(B, -1), self.di)
@@ -407,7 +434,7 @@ class _StepBase(nn.Cell):
                 for n_s in (2 * r, r):                 # overlap layout (2r slots) / plain (r slots)
                     slot = ops.where(active, (pos0 % n_s).reshape(-1, 1), ops.full_like(p1, n_s))
                     flat = bcol * (n_s + 1)
-                    plans = plans + ((ops.concat([bcol, slot], 1), (flat + blk0 % n_s).reshape(-1),
+                    plans = plans + (((flat + slot).reshape(-1), (flat + blk0 % n_s).reshape(-1),
                                       (flat + (blk0 - r) % n_s).reshape(-1), index, rt),)
                 plan = plans
             per_ratio = per_ratio + ((vis, plan),)
@@ -429,13 +456,12 @@ class _StepBase(nn.Cell):
         B, M, c = ent.shape
         nmax = self.max_len // r
         row = ops.where(emit, blk, ops.full_like(blk, nmax))
-        index = ops.stack([ops.broadcast_to(ops.arange(B, dtype=ms.int32).reshape(B, 1), (B, M)), row], -1)
-        return self._scatter(cache, i_ent, ent_is_kv, index.reshape(B * M, 2), ent.reshape(B * M, c))
+        return self._scatter(cache, i_ent, ent_is_kv, self._flat(row, nmax + 1), ent.reshape(B * M, c))
 
-    def _scatter(self, cache, i_ent, ent_is_kv, index, value):
+    def _scatter(self, cache, i_ent, ent_is_kv, flat, value):
         if ent_is_kv:
-            return self._kv_scatter(cache, i_ent, index, value)
-        return (ops.scatter_nd_update(cache[i_ent], index, value),)
+            return self._kv_scatter(cache, i_ent, flat, value)
+        return (self.scatter_rows(cache[i_ent], flat, value),)
 
     def _pool(self, comp, pool_kv, pool_sc, axis, kind, pos_e):
         """Softmax pooling over the slot axis, RMSNorm, RoPE at the block's first position pos_e."""
@@ -458,13 +484,14 @@ class _StepBase(nn.Cell):
         coff = 2 if overlap else 1
         n_s = coff * r
         c = comp.norm.weight.shape[0]
-        kv_state, sc_state = cache[st[0]], cache[st[1]]
         xf = ops.cast(xn, ms.float32)
         kvp = self._lin(xf, ops.cast(comp.wkv.weight, ms.float32))
         scp = self._lin(xf, ops.cast(comp.wgate.weight, ms.float32)) + ops.gather(
             ops.cast(comp.ape, ms.float32), (P % r).reshape(-1), 0).reshape(B, T, coff * c)
         if T == 1 and not self.use_shadow:
             return self._compress1(comp, cache, st, i_ent, ent_is_kv, kvp, scp, plan)
+        kv_state = cache[st[0]].reshape(B, n_s + 1, -1)
+        sc_state = cache[st[1]].reshape(B, n_s + 1, -1)
         E_kv = ops.concat([kv_state, kvp], 1)                     # [B, n_s + 1 + T, coff·c]
         E_sc = ops.concat([sc_state, scp], 1)
         n_e = n_s + 1 + T
@@ -495,11 +522,14 @@ class _StepBase(nn.Cell):
         bufs = self._write_entries(cache, i_ent, ent_is_kv, blk, emit, ent, r)
 
         # --- the new state: slot s keeps the latest position <= last congruent to s ---
-        ops.assign(kv_state, self._state_after(kv_state, kvp, last, p0, n_s))
-        ops.assign(sc_state, self._state_after(sc_state, scp, last, p0, n_s))
+        rows = B * (n_s + 1)
+        new_kv = self._state_after(kv_state, kvp, last, p0, n_s).reshape(rows, -1)
+        new_sc = self._state_after(sc_state, scp, last, p0, n_s).reshape(rows, -1)
         if self.use_shadow:
-            ops.assign(cache[st[2]], self._state_after(kv_state, kvp, last - 1, p0, n_s))
-            ops.assign(cache[st[3]], self._state_after(sc_state, scp, last - 1, p0, n_s))
+            ops.assign(cache[st[2]], self._state_after(kv_state, kvp, last - 1, p0, n_s).reshape(rows, -1))
+            ops.assign(cache[st[3]], self._state_after(sc_state, scp, last - 1, p0, n_s).reshape(rows, -1))
+        ops.assign(cache[st[0]], new_kv)
+        ops.assign(cache[st[1]], new_sc)
         return bufs
 
     def _state_after(self, state, new, last, p0, n_s):
@@ -520,11 +550,8 @@ class _StepBase(nn.Cell):
         c = comp.norm.weight.shape[0]
         slot_idx, cur_rows, prev_rows, index, tabs = plan[0] if overlap else plan[1]
         C, S = (tabs[0], tabs[1]) if c == self.hd else (tabs[2], tabs[3])
-        skv = ops.scatter_nd_update(cache[st[0]], slot_idx, kvp.reshape(B, -1))
-        ssc = ops.scatter_nd_update(cache[st[1]], slot_idx, scp.reshape(B, -1))
-        n1 = skv.shape[1]
-        fkv = skv.reshape(B * n1, -1)
-        fsc = ssc.reshape(B * n1, -1)
+        fkv = self.scatter_rows(cache[st[0]], slot_idx, kvp.reshape(B, -1))       # [B·(n_s+1), coff·c]
+        fsc = self.scatter_rows(cache[st[1]], slot_idx, scp.reshape(B, -1))
         if overlap:
             pool_kv = ops.concat([ops.gather(fkv, prev_rows, 0).reshape(B, r, -1)[..., :c],
                                   ops.gather(fkv, cur_rows, 0).reshape(B, r, -1)[..., c:]], 1)
@@ -556,7 +583,7 @@ class _StepBase(nn.Cell):
         q = self._rope(q, C4, S4, self.perm_hd)
         kv = self._fq(self._rope(self._norm(attn.kv_norm, self._lin(x, attn.wkv.weight)), C, S, self.perm_hd))
         win_ids = self.c_win[li]
-        ring = self._kv_read(cache, win_ids)
+        ring = self._kv_read(cache, win_ids, W + 1)
         ratio = attn.ratio
         cmp_idx = None
         kv_all = ops.concat([ring, kv], 1)
@@ -579,8 +606,7 @@ class _StepBase(nn.Cell):
                     qi = self._lin(qr, idx.wq_b.weight).reshape(B, T, idx.n_heads, idx.head_dim)
                     qi = self._rope(qi, Ci4, Si4, self.perm_di)
                     wi = self._lin(x, idx.weights_proj.weight) * idx.weight_scale
-                    if ncap < keys.shape[1]:
-                        keys = keys[:, :ncap]
+                    keys = self._prefix(keys, nmax + 1, ncap)
                     # [B, T·H, d] x [B, d, ncap]: one batched matmul over rows
                     s = ops.relu(self.bmm_t(ops.cast(qi, ms.float32).reshape(B, T * idx.n_heads, idx.head_dim),
                                             keys)).reshape(B, T, idx.n_heads, ncap)
@@ -589,22 +615,22 @@ class _StepBase(nn.Cell):
                     take = select_mask(ops.stop_gradient(score), vis, k)                       # [B, T, ncap]
                     if T <= 2 and ncap <= self.mask_path_max:
                         # short-context decode: the picked set as a -1-masked list over all entries (no gather)
-                        kv_all = ops.concat([kv_all, self._kv_read_prefix(ent, ncap)], 1)
+                        kv_all = ops.concat([kv_all, self._kv_read_prefix(ent, nmax + 1, ncap)], 1)
                         e = ops.arange(ncap, dtype=ms.int32).reshape(1, 1, ncap)
                         cmp_idx = ops.where(take, e + base, -ops.ones((B, T, ncap), ms.int32))
                     elif T * k <= ncap:
                         # long-context decode: gather only the picked rows
                         sel = mask_to_ids(take, k)
-                        picked = self._kv_rows(ent, ops.clip(sel, 0, ncap - 1).reshape(B, T * k))
+                        picked = self._kv_rows(ent, nmax + 1, ops.clip(sel, 0, ncap - 1).reshape(B, T * k))
                         kv_all = ops.concat([kv_all, picked], 1)
                         slot = base + ops.arange(T * k, dtype=ms.int32).reshape(1, T, k)
                         cmp_idx = ops.where(sel >= 0, ops.broadcast_to(slot, (B, T, k)), -ops.ones_like(sel))
                     else:
-                        kv_all = ops.concat([kv_all, self._kv_read_prefix(ent, ncap)], 1)
+                        kv_all = ops.concat([kv_all, self._kv_read_prefix(ent, nmax + 1, ncap)], 1)
                         sel = mask_to_ids(take, k)
                         cmp_idx = ops.where(sel >= 0, sel + base, -ops.ones_like(sel))
                 else:
-                    kv_all = ops.concat([kv_all, self._kv_read_prefix(ent, ncap)], 1)
+                    kv_all = ops.concat([kv_all, self._kv_read_prefix(ent, nmax + 1, ncap)], 1)
                     e = ops.arange(ncap, dtype=ms.int32).reshape(1, 1, ncap)
                     cmp_idx = ops.where(e < ops.expand_dims(vis, -1), e + base,
                                         -ops.ones((B, T, ncap), ms.int32))
@@ -731,13 +757,13 @@ class RestoreShadow(nn.Cell):
         pairs = []
         for e in layout.entries:
             if e.role == "shadow":
-                pairs.append((layout.index[e.name[:-3]], layout.index[e.name]))
+                pairs.append((layout.index[e.name[:-3]], layout.index[e.name], e.shape[1]))
         self.pairs = tuple(pairs)
 
     def construct(self, mask):
         cache = self.cache
-        m = mask.reshape(-1, 1, 1)
-        for live, sh in self.pairs:
+        for live, sh, R in self.pairs:
+            m = ops.broadcast_to(mask.reshape(-1, 1), (mask.shape[0], R)).reshape(-1, 1)
             ops.assign(cache[live], ops.where(m, cache[sh], cache[live]))
         return mask
 

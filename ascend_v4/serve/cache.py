@@ -29,7 +29,7 @@ class KVCache:
         self.batch, self.max_len, self.kv_int8, self.mtp = batch, max_len, kv_int8, self.layout.mtp
         uid = next(_UID)
         self.params = tuple(
-            Parameter(Tensor(np.full(e.shape, e.fill, dtype=e.dtype)), name=f"kvcache{uid}.{e.name}",
+            Parameter(Tensor(np.full(e.param_shape, e.fill, dtype=e.dtype)), name=f"kvcache{uid}.{e.name}",
                       requires_grad=False)
             for e in self.layout.entries)
         self._ms = ms
@@ -48,13 +48,13 @@ class KVCache:
             return
         for e, p in zip(self.layout.entries, self.params):
             if e.role in ("state", "shadow") or full:
-                a = p.asnumpy().copy()
+                a = p.asnumpy().reshape(e.shape).copy()
                 a[rows] = e.fill
-                p.set_data(Tensor(a))
+                p.set_data(Tensor(a.reshape(e.param_shape)))
 
     def arrays(self) -> Dict[str, np.ndarray]:
-        """Host copies of every buffer, by layout name (tests, debugging)."""
-        return {e.name: p.asnumpy() for e, p in zip(self.layout.entries, self.params)}
+        """Host copies of every buffer, by layout name, in the logical [batch, rows, width] shape."""
+        return {e.name: p.asnumpy().reshape(e.shape) for e, p in zip(self.layout.entries, self.params)}
 
     # ------------------------------------------------------------------------------------------ sizes
     def entry_bytes(self) -> int:
