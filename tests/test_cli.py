@@ -19,7 +19,10 @@ def run(*args, cwd=None):
 def test_demo_runs_with_no_arguments(tmp_path):
     rc, out, err = run("demo", cwd=tmp_path)
     assert rc == 0, err
-    assert "layer schedule" in out and "-> PASS" in out and "graph-mode forward" in out
+    assert "layer schedule" in out and "graph-mode forward" in out
+    assert "FAIL" not in out and out.count("-> PASS") == 2        # forward parity, then generation vs recompute
+    gen = [l for l in out.splitlines() if l.startswith("generate (greedy, KV cache)")]
+    assert len(gen) == 1 and len(gen[0].split("new ids [")[1].split("]")[0].split(",")) == 8
     assert not (tmp_path / "rank_0").exists()
 
 

@@ -23,10 +23,10 @@ def test_nonexistent_path_api(tmp_path, rules):
 
 def test_nonexistent_path_cli_one_line_error(tmp_path):
     res = CliRunner().invoke(migrate, ["scan", str(tmp_path / "nope")])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert res.stdout == ""
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: path does not exist:")
+    assert len(lines) == 1 and lines[0].startswith("error: path does not exist:")
 
 
 def test_nonexistent_path_subprocess_exit_code(tmp_path):
@@ -34,7 +34,7 @@ def test_nonexistent_path_subprocess_exit_code(tmp_path):
     code = "from ascend_v4.tools.migrate.cli import migrate; migrate(prog_name='ascend-v4 migrate')"
     p = subprocess.run([sys.executable, "-c", code, "scan", str(tmp_path / "missing")],
                        capture_output=True, text=True, env=os.environ.copy())
-    assert p.returncode == 1
+    assert p.returncode == 2
     assert p.stdout == ""
     assert p.stderr.strip().count("\n") == 0 and "path does not exist" in p.stderr
 
@@ -120,5 +120,5 @@ def test_bad_rules_file_is_one_line_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - id: x-y\n    kind: name\n    name: foo.*\n    severity: fatal\n")
     res = CliRunner().invoke(migrate, ["scan", str(tmp_path), "--rules", str(bad)])
-    assert res.exit_code == 1
-    assert res.stderr.strip().splitlines() == ["Error: rule 'x-y': missing 'category'"]
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == ["error: rule 'x-y': missing 'category'"]

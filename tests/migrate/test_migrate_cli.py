@@ -105,7 +105,7 @@ def test_apply_writes_copy_and_diff(tmp_path):
     assert "rewrote 3 file(s)" in res.stderr
     # non-empty target without --force: one-line error, exit 1
     res2 = CliRunner().invoke(migrate, ["scan", MOE, "--apply", "--apply-dir", str(copy)])
-    assert res2.exit_code == 1 and res2.stderr.count("\n") == 1 and "not empty" in res2.stderr
+    assert res2.exit_code == 2 and res2.stderr.count("\n") == 1 and "not empty" in res2.stderr
 
 
 def test_fail_on_and_min_severity():
@@ -150,7 +150,7 @@ def test_unwritable_out_is_one_line_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     res = CliRunner().invoke(migrate, ["scan", MOE, "--out", str(blocker / "sub" / "r.txt")])
-    assert res.exit_code == 1 and res.stderr.startswith("Error: cannot write") and res.stderr.count("\n") == 1
+    assert res.exit_code == 2 and res.stderr.startswith("error: cannot write") and res.stderr.count("\n") == 1
 
 
 def test_exclude(tmp_path):

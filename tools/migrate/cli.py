@@ -1,8 +1,8 @@
 """``ascend-v4 migrate``: click command group (attached to the main CLI as ``ascend-v4 migrate ...``).
 
-Exit codes: 0 scan done (findings or not), 1 bad input (missing path, unreadable rules file, output not
-writable, --apply target not usable) with a one-line ``Error: ...``, 2 usage error (click),
-3 ``--fail-on`` threshold reached.
+Exit codes (the same contract as every ``ascend-v4`` command): 0 scan done (findings or not), 2 bad input
+(missing path, unreadable rules file, output not writable, --apply target not usable) with one ``error: ...``
+line, or a usage error (click), 3 ``--fail-on`` threshold reached.
 """
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from .report import FORMATS, MSFT_FILES, render, summary_line, write_msft_set
 from .rules import RuleError, load_rules
 from .scanner import ScanPathError, scan_path
 
-EXIT_BAD_INPUT = 1
+EXIT_BAD_INPUT = 2
 EXIT_FAIL_ON = 3
 
 
 class BadInput(click.ClickException):
     exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def _write(path: str, text: str) -> None:
