@@ -5,7 +5,6 @@ line `error: …` naming the problem and the fix, and exit code 2; nothing half-
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -18,53 +17,7 @@ import click  # noqa: E402
 from .config import ConfigError, load_config  # noqa: E402
 
 
-def _known_errors():
-    errs = [ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError, PermissionError]
-    from .checkpoint import CheckpointError
-    from .dump import DumpError
-    from .weights import WeightError
-    errs += [CheckpointError, DumpError, WeightError]
-    try:
-        from .convert.errors import ConvertError
-        errs.append(ConvertError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from ascend_v4.graph.export import ExportError
-        errs.append(ExportError)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .train.loop import TrainConfigError
-        from .train.state import TrainStateError
-        from .train.data import DataError
-        errs += [TrainConfigError, TrainStateError, DataError]
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from .ops.registry import BackendError
-        errs.append(BackendError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
-
-
-def friendly(fn):
-    """Turn our own exceptions into one `error:` line and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except _known_errors() as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(2)
-        except OSError as e:
-            if e.errno == 28:   # ENOSPC
-                click.echo(f"error: disk full while writing ({e.filename or 'output'}); free space and rerun", err=True)
-                sys.exit(2)
-            raise
-    return wrapper
+from .errors import friendly  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,6 @@ problem when the directory does not check out.
 """
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
@@ -19,31 +18,11 @@ os.environ.setdefault("GLOG_v", "3")
 
 import click  # noqa: E402
 
-from .errors import ConvertError  # noqa: E402
+from ..errors import friendly  # noqa: E402
 
 
-def _known():
-    from ascend_v4.checkpoint.safetensors_io import CheckpointError
-    from ascend_v4.config import ConfigError
-    return (ConvertError, CheckpointError, ConfigError, FileNotFoundError, FileExistsError, PermissionError)
-
-
-def _friendly(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except _known() as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(2)
-        except OSError as e:
-            if e.errno == 28:
-                click.echo(f"error: disk full while writing ({e.filename or 'output'}); free space and rerun the same "
-                           f"command to resume", err=True)
-                sys.exit(2)
-            raise
-    return wrapper
+# resumable: a rerun skips the files already written and hashed
+_friendly = friendly(disk_full_hint="free space and rerun the same command to resume")
 
 
 def _default_workers() -> int:

@@ -12,9 +12,7 @@ after a row stopped), lengths [B], prompt_lengths [B], prompt [B, S] (-1 padded)
 """
 from __future__ import annotations
 
-import functools
 import os
-import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
@@ -29,33 +27,7 @@ class GenerateError(ValueError):
     """A bad generate request (inputs, options, output path)."""
 
 
-def _known_errors():
-    from ..config import ConfigError
-    from ..checkpoint import CheckpointError
-    from ..weights import WeightError
-    from .engine import ServeError
-    from .sampling import SamplingError
-    from .tokenizer import TokenizerError
-    errs = [GenerateError, ConfigError, CheckpointError, WeightError, ServeError, SamplingError, TokenizerError,
-            FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError]
-    try:
-        from ..ops.registry import BackendError
-        errs.append(BackendError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
-
-
-def _friendly(fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except _known_errors() as e:
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(2)
-    return wrapper
+from ..errors import friendly as _friendly  # noqa: E402  (the one `error:` + exit 2 contract)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
