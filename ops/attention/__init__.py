@@ -8,7 +8,8 @@ Ops and backends (float64 NumPy `reference`, MindSpore `composite`, CPU C++ `cpp
     sparse_attention(q, kv, sink, window_idx, compressed_idx | None, scale)       CSA / SWA
     hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0)
         HCA without an index list: window + every visible compressed entry (kv rows cmp_offset..)
-The AscendC kernels (ascendc/) are built by their own script on a CANN machine; see ascendc/README.md.
+The AscendC kernels (ascendc/, package "ascend_v4_attention") are built with ascendc/build.sh on a CANN machine;
+see ascendc/README.md.
 """
 from ..registry import register
 from . import reference
@@ -35,5 +36,4 @@ except ImportError:  # pragma: no cover
 from . import ascendc as _asc   # noqa: E402  (no MindSpore import at module level; available() checks the device)
 for _name in ("compress_kv", "lightning_indexer", "sparse_attention", "hca_attention"):
     register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=(1e-2, 1e-2),
-             note="install the CANN custom-op package: ops/attention/ascendc/build.sh; call ascendc.prepare_*() "
-                  "before graph compile")(getattr(_asc, _name))
+             note=_asc.NOTE + "; call ascendc.prepare_*() before graph compile")(getattr(_asc, _name))

@@ -1,6 +1,8 @@
 """Ascend backends of the attention family: the AscendC kernels in ascendc/ (AV4SparseAttnSharedKV,
-AV4LightningIndexer, AV4CompressKV), installed as a CANN custom-op package by ascendc/build.sh, called through
-ops.Custom(func_type="aot") with CustomRegOp attributes.
+AV4LightningIndexer, AV4CompressKV), installed as the CANN custom-op package "ascend_v4_attention" by
+`bash ops/attention/ascendc/build.sh --install`, called through ops.Custom(func_type="aot") with CustomRegOp attributes.
+available() (ops/ascendc_package.py, the same rule for every family) needs an Ascend device and an installed package
+declaring all three op types.
 
 NOT RUN YET: no Ascend device or CANN toolkit was available when this was written. What is verified on CPU is the
 kernels' logic (ascendc/tests/kernel_emu.cc runs them through an AscendC emulator against the NumPy reference), the
@@ -14,24 +16,24 @@ are not written for Ascend yet (training on Ascend uses the composite's autodiff
 """
 from __future__ import annotations
 
-import glob
-import os
+from .. import ascendc_package as _pkg
 
-VENDOR = "av4_attention"
+FAMILY = "attention"
+VENDOR = _pkg.vendor_name(FAMILY)          # "ascend_v4_attention"
+OP_TYPES = {"sparse_attention": "AV4SparseAttnSharedKV", "lightning_indexer": "AV4LightningIndexer",
+            "compress_kv": "AV4CompressKV"}
+NOTE = _pkg.install_note(FAMILY, OP_TYPES.values())
 _PRIMS = {}
 
 
-def _package_installed() -> bool:
-    opp = os.environ.get("ASCEND_OPP_PATH", "")
-    return bool(opp) and bool(glob.glob(os.path.join(opp, "vendors", VENDOR, "op_impl", "ai_core", "tbe", "*")))
+def package_installed() -> bool:
+    """True when a package CANN would find declares all three op types (any SoC's ops-info json)."""
+    return _pkg.package_installed(VENDOR, OP_TYPES.values())
 
 
 def available() -> bool:
-    try:
-        import mindspore as ms
-        return ms.get_context("device_target") == "Ascend" and _package_installed()
-    except Exception:  # pragma: no cover
-        return False
+    """Ascend device AND the package with every op type (ops/ascendc_package.py: one rule for all families)."""
+    return _pkg.available(VENDOR, OP_TYPES.values())
 
 
 def _reg(op_name, inputs, outputs, attrs):
@@ -54,10 +56,10 @@ def prepare_sparse_attention(scale, ratio=0, cmp_offset=-1, start_pos=0, with_li
     key = ("attn", float(scale), int(ratio), int(cmp_offset), int(start_pos), bool(with_list))
     if key not in _PRIMS:
         ins = ["query", "kv", "sinks", "window_idx"] + (["cmp_idx"] if with_list else [])
-        info = _reg("AV4SparseAttnSharedKV", ins, ["attn_out", "softmax_lse"],
+        info = _reg(OP_TYPES["sparse_attention"], ins, ["attn_out", "softmax_lse"],
                     [("scale_value", "float", float(scale)), ("cmp_ratio", "int", int(ratio)),
                      ("cmp_offset", "int", int(cmp_offset)), ("start_pos", "int", int(start_pos))])
-        _PRIMS[key] = ops.Custom("AV4SparseAttnSharedKV", out_shape=lambda q, *a: (q, q[:3]),
+        _PRIMS[key] = ops.Custom(OP_TYPES["sparse_attention"], out_shape=lambda q, *a: (q, q[:3]),
                                  out_dtype=lambda q, *a: (q, ms.float32), func_type="aot", reg_info=info)
     return key
 
@@ -67,10 +69,10 @@ def prepare_indexer(topk, ratio, start_pos=0):
     from mindspore import ops
     key = ("indexer", int(topk), int(ratio), int(start_pos))
     if key not in _PRIMS:
-        info = _reg("AV4LightningIndexer", ["query", "key", "weights"], ["sparse_indices"],
+        info = _reg(OP_TYPES["lightning_indexer"], ["query", "key", "weights"], ["sparse_indices"],
                     [("sparse_count", "int", int(topk)), ("cmp_ratio", "int", int(ratio)),
                      ("start_pos", "int", int(start_pos))])
-        _PRIMS[key] = ops.Custom("AV4LightningIndexer",
+        _PRIMS[key] = ops.Custom(OP_TYPES["lightning_indexer"],
                                  out_shape=lambda q, k, w: (q[0], q[1], min(int(topk), k[1])),
                                  out_dtype=lambda q, k, w: ms.int32, func_type="aot", reg_info=info)
     return key
@@ -80,9 +82,10 @@ def prepare_compress(norm_eps):
     from mindspore import ops
     key = ("compress", float(norm_eps))
     if key not in _PRIMS:
-        info = _reg("AV4CompressKV", ["kv_proj", "score_proj", "ape", "norm_weight"], ["entries"],
+        info = _reg(OP_TYPES["compress_kv"], ["kv_proj", "score_proj", "ape", "norm_weight"], ["entries"],
                     [("norm_eps", "float", float(norm_eps))])
-        _PRIMS[key] = ops.Custom("AV4CompressKV", out_shape=lambda kv, sc, ape, nw: (kv[0], kv[1] // ape[0], nw[0]),
+        _PRIMS[key] = ops.Custom(OP_TYPES["compress_kv"],
+                                 out_shape=lambda kv, sc, ape, nw: (kv[0], kv[1] // ape[0], nw[0]),
                                  out_dtype=lambda kv, sc, ape, nw: kv, func_type="aot", reg_info=info)
     return key
 

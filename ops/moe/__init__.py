@@ -38,7 +38,7 @@ try:  # Ascend backends: registered everywhere, available only on an Ascend devi
     from . import ascendc as _asc
     for _name in ALL_OPS:
         register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=_asc.TOLERANCE,
-                 note="install the ascend_v4_moe package: bash ops/moe/ascendc/build.sh --install")(getattr(_asc, _name))
+                 note=_asc.NOTE)(getattr(_asc, _name))
     from . import aclnn as _aclnn
     for _name in ("moe_init_routing", "moe_finalize_routing", "grouped_matmul", "grouped_expert_ffn"):
         register(_name, "aclnn", ("Ascend",), priority=30, available=_aclnn.available, tolerance=(1e-4, 1e-3),

@@ -7,7 +7,7 @@ import pytest
 
 ms = pytest.importorskip("mindspore")
 
-from ascend_v4.ops import registry  # noqa: E402
+from ascend_v4.ops import ascendc_package, registry  # noqa: E402
 from ascend_v4.ops.mhc import ascendc, cpp  # noqa: E402
 from ascend_v4.ops.mhc.ascendc import vjp  # noqa: E402
 
@@ -18,12 +18,15 @@ def test_registry_picks_ascendc_only_on_ascend_with_package(tmp_path, monkeypatc
     monkeypatch.setenv("ASCEND_CUSTOM_OPP_PATH", str(tmp_path / "missing"))
     assert not ascendc.available()
     assert registry.resolve("hc_pre", device="Ascend").name == "composite"
-    with pytest.raises(registry.BackendError, match="not installed"):
+    want = "needs an Ascend device and the installed CANN package 'ascend_v4_mhc'"
+    with pytest.raises(registry.BackendError, match=want):
         registry.resolve("hc_pre", backend="ascendc")
     cfg = tmp_path / "vendor" / "op_impl" / "ai_core" / "tbe" / "config" / "ascend910b"
     cfg.mkdir(parents=True)
     (cfg / "aic-ascend910b-ops-info.json").write_text(json.dumps({t: {} for t in ascendc.OP_TYPES.values()}))
     monkeypatch.setenv("ASCEND_CUSTOM_OPP_PATH", str(tmp_path / "vendor"))
+    assert ascendc.package_installed() and not ascendc.available()       # a package on a CPU machine: not picked
+    monkeypatch.setattr(ascendc_package, "on_ascend", lambda: True)      # same rule as moe / attention: device too
     assert ascendc.available()
     for op in ("hc_pre", "hc_post", "hc_head"):
         assert registry.resolve(op, device="Ascend").name == "ascendc"

@@ -1,51 +1,36 @@
 """mHC backend "ascendc": the AscendC kernels of this folder (HcPreAv4, HcHeadAv4, HcPostAv4) on 910B / 910C.
 
-The kernels are installed as a CANN custom-op package (vendor "ascend_v4", `bash build.sh --install`, see
-README). MindSpore calls them through ops.Custom(func="<OpType>", func_type="aot") - graph mode and PyNative -
+The kernels are installed as the CANN custom-op package "ascend_v4_mhc" (`bash ops/mhc/ascendc/build.sh --install`,
+see README). MindSpore calls them through ops.Custom(func="<OpType>", func_type="aot") - graph mode and PyNative -
 with the same inputs as the C++ CPU backend (x flattened to [T, hc, D], cfg tensor for iters/eps), and the
 backward is the hand-written MindSpore-op VJP of vjp.py attached with bprop.
 
-Registered for platform "Ascend" only and available only when the package is installed, so on CPU the registry
-never picks it. Nothing here has run on an NPU yet (see README "verified here / needs hardware").
+Registered for platform "Ascend" only; available() (ops/ascendc_package.py, the same rule for every family) needs
+an Ascend device and an installed package declaring all three op types, so on CPU the registry never picks it.
+Nothing here has run on an NPU yet (see README "verified here / needs hardware").
 """
 from __future__ import annotations
 
-import glob
-import os
+from ... import ascendc_package as _pkg
 
-VENDOR = "ascend_v4"
+FAMILY = "mhc"
+VENDOR = _pkg.vendor_name(FAMILY)          # "ascend_v4_mhc"
 OP_TYPES = {"hc_pre": "HcPreAv4", "hc_head": "HcHeadAv4", "hc_post": "HcPostAv4"}
+NOTE = _pkg.install_note(FAMILY, OP_TYPES.values())
 TOLERANCE = (1e-4, 1e-3)
 # The backward unrolls the Sinkhorn at trace time, so its iteration count is fixed per primitive: V4's
 # hc_sinkhorn_iters. The forward kernel reads iters from cfg, so only the gradient depends on this constant.
 SINKHORN_ITERS = 20   # float32 math on the vector unit (hardware Exp/Reciprocal), bf16 streams in, f32 out
 
 
-def _vendor_dirs():
-    """Where CANN looks for custom op packages: ASCEND_CUSTOM_OPP_PATH entries, then $ASCEND_OPP_PATH/vendors."""
-    dirs = [d for d in os.environ.get("ASCEND_CUSTOM_OPP_PATH", "").split(":") if d]
-    opp = os.environ.get("ASCEND_OPP_PATH")
-    if opp:
-        dirs.append(os.path.join(opp, "vendors", VENDOR))
-    return dirs
-
-
 def package_installed() -> bool:
-    """True when an installed package declares all three op types for ascend910b or ascend910_93."""
-    for d in _vendor_dirs():
-        for info in glob.glob(os.path.join(d, "op_impl", "ai_core", "tbe", "config", "*", "aic-*-ops-info*.json")):
-            try:
-                with open(info) as f:
-                    text = f.read()
-            except OSError:
-                continue
-            if all(f'"{t}"' in text for t in OP_TYPES.values()):
-                return True
-    return False
+    """True when a package CANN would find declares all three op types (any SoC's ops-info json)."""
+    return _pkg.package_installed(VENDOR, OP_TYPES.values())
 
 
 def available() -> bool:
-    return package_installed()
+    """Ascend device AND the package with every op type (ops/ascendc_package.py: one rule for all families)."""
+    return _pkg.available(VENDOR, OP_TYPES.values())
 
 
 def _build():
@@ -135,7 +120,5 @@ def hc_head(x, fn, scale, base, hc_eps=1e-6, norm_eps=1e-6):
 
 def register_backends():
     from ...registry import register
-    note = (f"CANN custom op package '{VENDOR}' not installed (bash ops/mhc/ascendc/build.sh --install on a "
-            f"machine with the CANN toolkit); Ascend devices only")
     for op, fn in (("hc_pre", hc_pre), ("hc_post", hc_post), ("hc_head", hc_head)):
-        register(op, "ascendc", ("Ascend",), priority=20, available=available, tolerance=TOLERANCE, note=note)(fn)
+        register(op, "ascendc", ("Ascend",), priority=20, available=available, tolerance=TOLERANCE, note=NOTE)(fn)

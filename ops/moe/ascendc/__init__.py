@@ -1,4 +1,4 @@
-"""MoE backend "ascendc": the AscendC kernels of this folder on 910B / 910C (vendor package "ascend_v4_moe").
+"""MoE backend "ascendc": the AscendC kernels of this folder on 910B / 910C (CANN custom-op package "ascend_v4_moe").
 
     MoeGatingTopKAv4, MoeInitRoutingAv4, MoeFinalizeRoutingAv4 (AI Vector cores), GroupedMatmulAv4 (AI Cube cores)
 
@@ -8,9 +8,10 @@ Backward: hand-written MindSpore-op VJPs (the same math as the C++ CPU gradient 
 The grouped expert FFN is GroupedMatmulAv4(w1), GroupedMatmulAv4(w3), clamped SwiGLU (MindSpore ops),
 GroupedMatmulAv4(w2); on hardware the vendor's fused GroupedMatmul(+Swiglu) path (backend "aclnn") is preferred.
 
-Registered for platform "Ascend" only and available only when the package is installed, so on CPU the registry
-never picks it. NOT RUN: no NPU/CANN was available; what is verified on CPU is the host tiling over many shapes,
-the kernels' UB allocations against the tiling, the multi-core routing algorithm and the top-k tie rule
+Registered for platform "Ascend" only; available() (ops/ascendc_package.py, the same rule for every family) needs
+an Ascend device and an installed package declaring all four op types, so on CPU the registry never picks it.
+NOT RUN: no NPU/CANN was available; what is verified on CPU is the host tiling over many shapes, the kernels' UB
+allocations against the tiling, the multi-core routing algorithm and the top-k tie rule
 (tiling/tiling_check.cc, tiling/ub_probe.cc), the op_host code against the stand-in CANN host API
 (tiling/host_check.cc), and that every kernel source type-checks against the AscendC declarations
 (tests/ops/test_moe_ascendc.py).
@@ -18,42 +19,24 @@ the kernels' UB allocations against the tiling, the multi-core routing algorithm
 from __future__ import annotations
 
 import functools
-import glob
-import os
 
-VENDOR = "ascend_v4_moe"
+from ... import ascendc_package as _pkg
+
+FAMILY = "moe"
+VENDOR = _pkg.vendor_name(FAMILY)          # "ascend_v4_moe"
 OP_TYPES = ("MoeGatingTopKAv4", "MoeInitRoutingAv4", "MoeFinalizeRoutingAv4", "GroupedMatmulAv4")
+NOTE = _pkg.install_note(FAMILY, OP_TYPES)
 TOLERANCE = (1e-4, 1e-3)
 
 
-def _vendor_dirs():
-    dirs = [d for d in os.environ.get("ASCEND_CUSTOM_OPP_PATH", "").split(":") if d]
-    opp = os.environ.get("ASCEND_OPP_PATH")
-    if opp:
-        dirs.append(os.path.join(opp, "vendors", VENDOR))
-    return dirs
-
-
 def package_installed() -> bool:
-    """True when an installed package declares all four op types."""
-    for d in _vendor_dirs():
-        for info in glob.glob(os.path.join(d, "op_impl", "ai_core", "tbe", "config", "*", "aic-*-ops-info*.json")):
-            try:
-                with open(info) as f:
-                    text = f.read()
-            except OSError:
-                continue
-            if all(op in text for op in OP_TYPES):
-                return True
-    return False
+    """True when a package CANN would find declares all four op types (any SoC's ops-info json)."""
+    return _pkg.package_installed(VENDOR, OP_TYPES)
 
 
 def available() -> bool:
-    try:
-        import mindspore as ms
-        return ms.get_context("device_target") == "Ascend" and package_installed()
-    except Exception:  # pragma: no cover
-        return False
+    """Ascend device AND the package with every op type (ops/ascendc_package.py: one rule for all families)."""
+    return _pkg.available(VENDOR, OP_TYPES)
 
 
 def _reg(op_type, inputs, outputs, attrs):

@@ -1,4 +1,4 @@
-// OpDef of the mHC custom ops (vendor "ascend_v4"): HcPreAv4, HcHeadAv4, HcPostAv4 for ascend910b and
+// OpDef of the mHC custom ops (vendor "ascend_v4_mhc"): HcPreAv4, HcHeadAv4, HcPostAv4 for ascend910b and
 // ascend910_93, with shape/dtype inference. Inputs are those of ops/mhc/cpp.py's kernels, so the MindSpore
 // wrappers (ops/mhc/ascendc/__init__.py) share one calling convention on CPU and Ascend: x is [T, hc, D]
 // (leading dims flattened by the wrapper); cfg is a float32 tensor [iters, hc_eps, norm_eps] ([hc_eps, norm_eps]

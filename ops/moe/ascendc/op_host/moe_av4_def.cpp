@@ -1,4 +1,4 @@
-// OpDefs of the MoE custom ops (vendor "ascend_v4") for ascend910b and ascend910_93, with shape and dtype
+// OpDefs of the MoE custom ops (vendor "ascend_v4_moe") for ascend910b and ascend910_93, with shape and dtype
 // inference. Inputs, outputs and attributes follow the aclnn ops they mirror, so a graph written against ours maps
 // one-to-one onto aclnnMoeGatingTopK (+ hash), aclnnMoeInitRoutingV2, aclnnMoeFinalizeRoutingV2 and
 // aclnnGroupedMatmul (split_item 3, group_type 0):

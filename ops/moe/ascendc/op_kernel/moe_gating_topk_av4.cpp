@@ -249,9 +249,11 @@ class GatingTopKKernel {
 }  // namespace moe_av4
 
 #ifndef AV4_KERNEL_CLASSES_ONLY  // host-side probes (tiling/ub_probe.cc) compile the classes only
-extern "C" __global__ __aicore__ void moe_gating_topk_av4(GM_ADDR x, GM_ADDR bias, GM_ADDR inputIds, GM_ADDR tid2eid,
-                                                          GM_ADDR y, GM_ADDR expertIdx, GM_ADDR score,
-                                                          GM_ADDR workspace, GM_ADDR tiling) {
+// The entry name is the op type in CANN's snake case (MoeGatingTopKAv4 -> moe_gating_top_k_av4, as the vendor's
+// MoeGatingTopK -> moe_gating_top_k); the file name is free because op_kernel/CMakeLists.txt names it (KERNEL_FILE).
+extern "C" __global__ __aicore__ void moe_gating_top_k_av4(GM_ADDR x, GM_ADDR bias, GM_ADDR inputIds, GM_ADDR tid2eid,
+                                                           GM_ADDR y, GM_ADDR expertIdx, GM_ADDR score,
+                                                           GM_ADDR workspace, GM_ADDR tiling) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   (void)workspace;
   REGISTER_TILING_DEFAULT(moe_av4::MoeGatingTopKTilingData);
