@@ -4,6 +4,7 @@ cache bytes per token (measured vs formula), INT8 KV error, MTP draft acceptance
     python bench/decode.py                       # tiny + small, batch 1 and 4, contexts 1K..32K
     python bench/decode.py --quick               # tiny only, short context sweep
     python bench/decode.py --configs small --contexts 1024,4096 --batches 1
+    python bench/decode.py --only mtp            # MTP acceptance: demo checkpoint, and tiny trained 300 steps
 
 Both engines run in this one process on the same random official-format weights, float32, with the same thread
 count (--threads sets MindSpore's pool, OMP_NUM_THREADS for the C++ kernels, and torch.set_num_threads), and
@@ -40,11 +41,17 @@ def parse():
     ap.add_argument("--hf-context-max", type=int, default=4096,
                     help="also time transformers' decode at sweep contexts up to this (its prefill is dense)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mtp-train-steps", type=int, default=300,
+                    help="also measure MTP acceptance after training tiny this many steps (0: skip)")
+    ap.add_argument("--only", choices=["mtp"], default=None, help="run one section only (writes its own JSON)")
     ap.add_argument("--quick", action="store_true", help="tiny only, batch 1, contexts 1K-4K, 2 reps")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "decode.json"))
     a = ap.parse_args()
     if a.quick:
         a.configs, a.batches, a.contexts, a.reps, a.sweep_config = "tiny", "1", "1024,2048,4096", 2, "tiny"
+        a.mtp_train_steps = min(a.mtp_train_steps, 20)
+    if a.only and a.out == os.path.join(HERE, "results", "decode.json"):
+        a.out = os.path.join(HERE, "results", f"decode_{a.only}.json")
     return a
 
 
@@ -328,6 +335,41 @@ def mtp_acceptance(cfg, weights, n_prompts=4, new=24):
     return r
 
 
+def mtp_acceptance_trained(steps, n_prompts=4, prompt_len=32, new=24):
+    """The same measurement after training the tiny preset for `steps` steps on the embedded corpus (ascend-v4
+    train defaults: next-token + MTP loss), with held-out corpus text as prompts: what a trained MTP block buys."""
+    import tempfile
+    from ascend_v4.serve import Engine, SamplingParams
+    from ascend_v4.train.loop import TrainConfig, Trainer
+    with tempfile.TemporaryDirectory(prefix="mtp_bench_") as d:
+        tc = TrainConfig.from_dict({"model": "tiny", "steps": steps, "seq_len": 64, "batch_size": 8,
+                                    "warmup_steps": min(20, steps), "eval_every": steps, "save_every": steps})
+        t0 = time.perf_counter()
+        tr = Trainer(tc, d)
+        rows = tr.run()
+        train_s = time.perf_counter() - t0
+        weights = {p.name: p.asnumpy() for p in tr.model.get_parameters()}
+        b = next(tr.eval_loader)
+        prompts = [b["input_ids"][i, :prompt_len].astype(np.int64) for i in range(n_prompts)]
+        cfg = tr.cfg
+    eng = Engine(cfg, weights, max_batch=n_prompts, max_len=128, mtp=True, prefill_chunk=64, threads=ARGS.threads)
+    plain = eng.generate(prompts, max_new_tokens=new, sampling=SamplingParams(greedy=True), eos_id=None)
+    spec = eng.generate(prompts, max_new_tokens=new, sampling=SamplingParams(greedy=True), eos_id=None,
+                        speculative=True)
+    same = bool(np.array_equal(plain.tokens, spec.tokens))
+    r = {"train_steps": steps, "train_s": train_s, "final_lm_loss": rows[-1]["lm_loss"],
+         "final_mtp_loss": rows[-1]["mtp_loss"], "eval_loss": rows[-1].get("eval_loss"), "prompts": n_prompts,
+         "prompt_len": prompt_len, "new_tokens": new, "acceptance_rate": spec.stats["acceptance_rate"],
+         "drafts": spec.stats["drafts"], "accepted": spec.stats["accepted"],
+         "greedy_tokens_identical_to_plain": same,
+         "plain_decode_tok_s": plain.stats["decode_tokens_per_s"], "spec_decode_tok_s": spec.stats["decode_tokens_per_s"]}
+    print(f"  tiny trained {steps} steps on the embedded corpus (lm loss {r['final_lm_loss']:.3f}, mtp loss "
+          f"{r['final_mtp_loss']:.3f}): MTP draft acceptance {r['acceptance_rate']:.1%} ({r['accepted']}/{r['drafts']}) "
+          f"on held-out prompts; speculative greedy output identical to plain: {same}; decode "
+          f"{r['spec_decode_tok_s']:.0f} vs {r['plain_decode_tok_s']:.0f} tok/s", flush=True)
+    return r
+
+
 def main():
     from ascend_v4 import load_config
     from ascend_v4.checkpoint import random_weights
@@ -336,6 +378,14 @@ def main():
     report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "threads": ARGS.threads,
                           "load_avg_start": os.getloadavg()},
               "args": vars(ARGS), "throughput": [], "context_sweep": {}, "cache_bytes": {}, "int8": {}, "mtp": {}}
+    if ARGS.only == "mtp":
+        configs = []
+        print("== MTP speculative decoding on the demo checkpoint (tiny, seed 0) ==", flush=True)
+        report["mtp"]["tiny"] = mtp_acceptance(load_config("tiny"), random_weights(load_config("tiny"), seed=0))
+        if ARGS.mtp_train_steps > 0:
+            print(f"== MTP speculative decoding after training (tiny, {ARGS.mtp_train_steps} steps) ==", flush=True)
+            report["mtp"]["tiny_trained"] = mtp_acceptance_trained(ARGS.mtp_train_steps)
+        return _write(report)
     configs = [c for c in ARGS.configs.split(",") if c]
     batches = [int(b) for b in ARGS.batches.split(",") if b]
     weights = {}
@@ -360,6 +410,9 @@ def main():
 
     print("== MTP speculative decoding on the demo checkpoint (tiny, seed 0) ==", flush=True)
     report["mtp"]["tiny"] = mtp_acceptance(load_config("tiny"), weights["tiny"])
+    if ARGS.mtp_train_steps > 0:
+        print(f"== MTP speculative decoding after training (tiny, {ARGS.mtp_train_steps} steps) ==", flush=True)
+        report["mtp"]["tiny_trained"] = mtp_acceptance_trained(ARGS.mtp_train_steps)
 
     contexts = [int(c) for c in ARGS.contexts.split(",") if c]
     if contexts:
@@ -372,6 +425,10 @@ def main():
             g = sw[-1]["decode_ms_per_token"] / sw[0]["decode_ms_per_token"]
             print(f"  decode time grows {g:.2f}x from {sw[0]['context']} to {sw[-1]['context']} tokens of context "
                   f"({sw[-1]['context'] / sw[0]['context']:.0f}x)", flush=True)
+    _write(report)
+
+
+def _write(report):
     report["machine"]["load_avg_end"] = os.getloadavg()
     os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
     tmp = ARGS.out + ".tmp"
