@@ -22,6 +22,7 @@ from .config import ModelConfig
 from .ops.attention.composite import apply_rope, compressed_indices, window_indices
 from .ops.attention.rope import rope_table
 from .ops.common import linear, rms_norm
+from .ops.moe.layer import MoeExperts
 
 
 def _param(shape, dtype=ms.float32, init="zeros", requires_grad=True):
@@ -133,24 +134,36 @@ class Indexer(nn.Cell):
 
 class Attention(nn.Cell):
     """Shared-KV MQA over a 128-token window plus compressed entries (CSA: indexer top-k, HCA: all visible),
-    attention sink, inverse RoPE on the output and the grouped low-rank output projection (spec §4)."""
+    attention sink, inverse RoPE on the output and the grouped low-rank output projection (spec §4).
 
-    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32):
+    Tensor parallel (`parallel.tp` > 1): this rank holds n_heads/tp query heads (wq_b rows, attn_sink) and
+    o_groups/tp output groups (wo_a rows, wo_b columns); the shared KV head, compressor and indexer are replicated.
+    The query latent and the KV rows enter the head-split region through CopyToTensorParallel, and wo_b's partial
+    sums leave it through ReduceFromTensorParallel."""
+
+    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32, parallel=None):
         super().__init__()
-        self.n_heads, self.head_dim, self.rope_dim = cfg.n_heads, cfg.head_dim, cfg.rope_head_dim
+        tp = parallel.tp if parallel is not None else 1
+        self.tp = tp
+        self.n_heads, self.head_dim, self.rope_dim = cfg.n_heads // tp, cfg.head_dim, cfg.rope_head_dim
         self.window = cfg.window_size
         self.ratio = cfg.ratio(layer_id)
-        self.n_groups, self.o_lora_rank = cfg.o_groups, cfg.o_lora_rank
+        self.n_groups, self.o_lora_rank = cfg.o_groups // tp, cfg.o_lora_rank
         self.eps = cfg.norm_eps
         self.scale = float(cfg.head_dim ** -0.5)
-        self.attn_sink = _param((cfg.n_heads,))
+        self.attn_sink = _param((self.n_heads,))
         self.wq_a = Linear(cfg.dim, cfg.q_lora_rank, dtype)
         self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps, dtype)
-        self.wq_b = Linear(cfg.q_lora_rank, cfg.n_heads * cfg.head_dim, dtype)
+        self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * cfg.head_dim, dtype)
         self.wkv = Linear(cfg.dim, cfg.head_dim, dtype)
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dtype)
-        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, cfg.o_groups * cfg.o_lora_rank, dtype)
-        self.wo_b = Linear(cfg.o_groups * cfg.o_lora_rank, cfg.dim, dtype)
+        self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.n_groups * cfg.o_lora_rank, dtype)
+        self.wo_b = Linear(self.n_groups * cfg.o_lora_rank, cfg.dim, dtype)
+        if tp > 1:
+            from .parallel import CopyToTensorParallel, ReduceFromTensorParallel
+            self.tp_in_q = CopyToTensorParallel(parallel)
+            self.tp_in_kv = CopyToTensorParallel(parallel)
+            self.tp_out = ReduceFromTensorParallel(parallel)
         self.has_indexer = self.ratio == 4
         if self.ratio:
             self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
@@ -164,7 +177,7 @@ class Attention(nn.Cell):
         B, S = x.shape[0], x.shape[1]
         cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
         qr = self.q_norm(self.wq_a(x))
-        q = self.wq_b(qr).reshape(B, S, self.n_heads, self.head_dim)
+        q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
         q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
         q = apply_rope(q, cs, sn)
         kv = apply_rope(self.kv_norm(self.wkv(x)), cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1))
@@ -176,6 +189,8 @@ class Attention(nn.Cell):
             # HCA: every visible entry, without materialising an [S, S/ratio] index list
             entries = self.compressor(x, cos, sin)
             kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
+            if self.tp > 1:
+                kv = self.tp_in_kv(kv)
             o = self._attend_hca(q, kv, self.attn_sink, win_idx, self.ratio, self.scale)
             return self._output(o, cs, sn, B, S)
         if self.ratio and S >= self.ratio:
@@ -195,6 +210,8 @@ class Attention(nn.Cell):
                 cmp_idx = _same_doc(cmp_idx, seg, seg_first, seg_last)
             cmp_idx = ops.where(cmp_idx >= 0, cmp_idx + S, cmp_idx)       # entries follow the S raw rows
             kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
+        if self.tp > 1:
+            kv = self.tp_in_kv(kv)
         o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
         return self._output(o, cs, sn, B, S)
 
@@ -204,6 +221,8 @@ class Attention(nn.Cell):
         o = o.reshape(B * S, self.n_groups, -1).swapaxes(0, 1)
         wo_a = ops.cast(self.wo_a.weight, o.dtype).reshape(self.n_groups, self.o_lora_rank, -1)
         o = ops.bmm(o, wo_a.swapaxes(1, 2)).swapaxes(0, 1).reshape(B, S, -1)
+        if self.tp > 1:
+            return self.tp_out(self.wo_b(o))
         return self.wo_b(o)
 
 
@@ -246,63 +265,119 @@ class Expert(nn.Cell):
         self.w3 = Linear(dim, inter_dim, dtype)
 
 
-class MoE(nn.Cell):
-    """1 shared + n_routed experts, top-k routed (spec §5). `capacity` None = dropless (C = tokens)."""
+class ExpertList(nn.CellList):
+    """The routed experts an expert-parallel rank holds, keyed by their global index (parameter names
+    `experts.{e}.w1.weight` as in the release); iterated in index order like a CellList."""
 
-    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32, capacity: Optional[int] = None):
+    def __init__(self, experts):
         super().__init__()
-        self.n_experts, self.limit, self.capacity = cfg.n_routed_experts, float(cfg.swiglu_limit), capacity
+        for e in sorted(experts):
+            self.insert_child_to_cell(str(e), experts[e])
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return list(self._cells.values())[index]
+        return super().__getitem__(index)
+
+
+class MoE(nn.Cell):
+    """1 shared + n_routed experts, top-k routed (spec §5), through ops/moe/layer.py's MoeExperts:
+    moe_init_routing -> grouped expert FFN -> moe_finalize_routing (+ the shared expert's output).
+
+    capacity_factor None = dropless: rows sorted by expert, no [E, T, D] padding (inference, and training by
+    default). A float = fixed capacity C = ceil(cf·T·k/E) per expert with static [E, C, D] shapes; assignments
+    beyond C are dropped (their weight is lost, the shared expert and the residual still carry the token) and
+    counted in forward_stats' `dropped`.
+
+    Tensor parallel: every expert (routed and shared) holds moe_inter_dim/tp of its inter dimension (w1/w3 rows,
+    w2 columns); the router is replicated, the tokens and routing weights enter through CopyToTensorParallel and
+    the partial expert sums leave through ReduceFromTensorParallel. Expert parallel: this rank holds routed experts
+    [ep_rank·E/ep, (ep_rank+1)·E/ep) under their global names and dispatches through ExpertParallelMoeExperts
+    (AllGather tokens, local experts, reduce-scatter back; AlltoAll with a fixed capacity on Ascend).
+    """
+
+    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32, capacity_factor: Optional[float] = None,
+                 parallel=None):
+        super().__init__()
+        tp = parallel.tp if parallel is not None else 1
+        ep = parallel.ep if parallel is not None else 1
+        self.tp, self.ep = tp, ep
+        self.n_experts, self.limit = cfg.n_routed_experts, float(cfg.swiglu_limit)
+        self.capacity_factor = capacity_factor
         self.gate = Gate(layer_id, cfg, dtype)
-        self.experts = nn.CellList([Expert(cfg.dim, cfg.moe_inter_dim, dtype) for _ in range(cfg.n_routed_experts)])
+        inter = cfg.moe_inter_dim // tp
+        if ep > 1:
+            self.experts = ExpertList({e: Expert(cfg.dim, inter, dtype)
+                                       for e in parallel.local_experts(cfg.n_routed_experts)})
+        else:
+            self.experts = nn.CellList([Expert(cfg.dim, inter, dtype) for _ in range(cfg.n_routed_experts)])
         self.has_shared = cfg.n_shared_experts > 0
         if self.has_shared:
-            self.shared_experts = Expert(cfg.dim, cfg.moe_inter_dim, dtype)
-        self._dispatch = v4ops.resolve("moe_dispatch").fn
-        self._ffn = v4ops.resolve("expert_ffn").fn
-        self._combine = v4ops.resolve("moe_combine").fn
+            self.shared_experts = Expert(cfg.dim, inter, dtype)
+        if ep > 1 and parallel.simulated:
+            from .parallel import SimulatedExpertParallel
+            self.routed = SimulatedExpertParallel(cfg.n_routed_experts, cfg.swiglu_limit, ep, parallel.ep_rank,
+                                                  capacity_factor)
+        elif ep > 1:
+            from .ops.moe.parallel import ExpertParallelMoeExperts
+            self.routed = ExpertParallelMoeExperts(cfg.n_routed_experts, cfg.swiglu_limit, ep, parallel.ep_rank,
+                                                   group=parallel.group("ep"), capacity_factor=capacity_factor)
+        else:
+            self.routed = MoeExperts(cfg.n_routed_experts, cfg.swiglu_limit, capacity_factor=capacity_factor)
+        if tp > 1:
+            from .parallel import CopyToTensorParallel, ReduceFromTensorParallel
+            self.tp_in_x = CopyToTensorParallel(parallel)
+            self.tp_in_w = CopyToTensorParallel(parallel)
+            self.tp_out = ReduceFromTensorParallel(parallel)
+        self._ffn = v4ops.resolve("expert_ffn").fn          # the shared expert: one group of all T tokens
 
-    def _stacked(self):
+    def _stacked(self, dtype):
         w1, w2, w3 = (), (), ()
         for e in self.experts:
             w1 = w1 + (e.w1.weight,)
             w2 = w2 + (e.w2.weight,)
             w3 = w3 + (e.w3.weight,)
-        return ops.stack(w1), ops.stack(w2), ops.stack(w3)
+        return ops.cast(ops.stack(w1), dtype), ops.cast(ops.stack(w2), dtype), ops.cast(ops.stack(w3), dtype)
+
+    def _shared(self, x):
+        s = self.shared_experts
+        return self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
+                         ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
+                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.limit)[0]
 
     def construct(self, x, input_ids):
         return self.forward_stats(x, input_ids)[0]
 
     def forward_stats(self, x, input_ids):
-        """-> (y, affinities s [T, E] before bias, selected expert ids [T, k]): what the balance loss and the
-        aux-loss-free bias update need. Graph mode prunes the extras when the caller drops them."""
+        """-> (y, affinities s [T, E] before bias, selected expert ids [T, k], dropped assignments (int32)): what
+        the balance loss, the aux-loss-free bias update and the overflow report need. Graph mode prunes the
+        extras when the caller drops them."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
-        T = x.shape[0]
         weights, ids = self.gate(x, input_ids)
-        cap = T if self.capacity is None else self.capacity
-        expanded, slot = self._dispatch(x, ids, self.n_experts, cap)
-        w1, w2, w3 = self._stacked()
-        out = self._ffn(expanded, ops.cast(w1, x.dtype), ops.cast(w2, x.dtype), ops.cast(w3, x.dtype), self.limit)
-        y = self._combine(out, weights, slot)
-        if self.has_shared:
-            s = self.shared_experts
-            y = y + self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
-                              ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
-                              ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.limit)[0]
-        return ops.cast(y, x.dtype).reshape(shape), self.gate.affinity(x), ids
+        w1, w2, w3 = self._stacked(x.dtype)
+        xe, we = x, weights
+        if self.tp > 1:
+            xe, we = self.tp_in_x(x), self.tp_in_w(weights)
+        shared = self._shared(xe) if self.has_shared else None
+        y, dropped = self.routed(xe, we, ids, w1, w2, w3, shared)
+        if self.tp > 1:
+            y = self.tp_out(y)
+        return ops.cast(y, x.dtype).reshape(shape), self.gate.affinity(x), ids, dropped
 
 
 # ----------------------------------------------------------------------------------------- blocks & model
 class Block(nn.Cell):
     """Two mHC-wrapped sublayers: attention then MoE. The residual path is entirely comb (spec §2-3)."""
 
-    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32):
+    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32, moe_capacity_factor: Optional[float] = None,
+                 parallel=None):
         super().__init__()
         self.layer_id = layer_id
         self.iters, self.hc_eps, self.norm_eps = cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.norm_eps
         mix, width = cfg.hc_mix_dim, cfg.hc_mult * cfg.dim
-        self.attn = Attention(layer_id, cfg, dtype)
-        self.ffn = MoE(layer_id, cfg, dtype)
+        self.attn = Attention(layer_id, cfg, dtype, parallel)
+        self.ffn = MoE(layer_id, cfg, dtype, moe_capacity_factor, parallel)
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
         self.hc_attn_fn, self.hc_ffn_fn = _param((mix, width)), _param((mix, width))
@@ -315,14 +390,14 @@ class Block(nn.Cell):
         return self.forward_stats(h, input_ids, cos, sin, seg)[0]
 
     def forward_stats(self, h, input_ids, cos, sin, seg=None):
-        """-> (streams, router affinities [T, E], expert ids [T, k])."""
+        """-> (streams, router affinities [T, E], expert ids [T, k], dropped expert assignments)."""
         x, post, comb = self._hc_pre(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
         h = self._hc_post(self.attn(self.attn_norm(x), cos, sin, seg), h, post, comb)
         x, post, comb = self._hc_pre(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
-        f, aff, ids = self.ffn.forward_stats(self.ffn_norm(x), input_ids)
-        return self._hc_post(f, h, post, comb), aff, ids
+        f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(x), input_ids)
+        return self._hc_post(f, h, post, comb), aff, ids, dropped
 
 
 class HcHead(nn.Cell):
@@ -342,8 +417,9 @@ class MTPBlock(Block):
     """Multi-token prediction: a full (SWA-only, non-hash) block fed with enorm(embed(next ids)) and
     hnorm(main streams); shares the main model's embedding and head (spec §6)."""
 
-    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32):
-        super().__init__(layer_id, cfg, dtype)
+    def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32, moe_capacity_factor: Optional[float] = None,
+                 parallel=None):
+        super().__init__(layer_id, cfg, dtype, moe_capacity_factor, parallel)
         self.e_proj = Linear(cfg.dim, cfg.dim, dtype)
         self.h_proj = Linear(cfg.dim, cfg.dim, dtype)
         self.enorm = RMSNorm(cfg.dim, cfg.norm_eps, dtype)
@@ -360,18 +436,26 @@ class MTPBlock(Block):
 
 class Transformer(nn.Cell):
     """The whole DeepSeek-V4 model. construct(ids [B,S]) -> logits [B,S,V] for every position; with
-    `return_hidden=True` also the embedding and each block's 4-stream output (the dump/compare points)."""
+    `return_hidden=True` also the embedding and each block's 4-stream output (the dump/compare points).
+
+    parallel: an ascend_v4.parallel.ParallelContext (tensor / expert parallel training) or None (everything on
+    this process). Parameters keep their official names and hold this rank's slice (see ascend_v4/parallel.py)."""
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096, param_dtype=ms.float32,
-                 return_hidden: bool = False, with_mtp: bool = True):
+                 return_hidden: bool = False, with_mtp: bool = True, moe_capacity_factor: Optional[float] = None,
+                 parallel=None):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.parallel = parallel
+        if parallel is not None:
+            parallel.check(cfg, parallel.dp, parallel.tp, parallel.ep)
         self.max_seq_len = max_seq_len
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
         self.embed = Embedding(cfg.vocab_size, cfg.dim, param_dtype)
-        self.layers = nn.CellList([Block(i, cfg, param_dtype) for i in range(cfg.n_layers)])
+        self.layers = nn.CellList([Block(i, cfg, param_dtype, moe_capacity_factor, parallel)
+                                   for i in range(cfg.n_layers)])
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype)
         self.head = Linear(cfg.dim, cfg.vocab_size, param_dtype)
         self.hc_head_fn = _param((cfg.hc_mult, cfg.hc_mult * cfg.dim))
@@ -380,23 +464,24 @@ class Transformer(nn.Cell):
         self.hc_head = HcHead(cfg)
         self.with_mtp = with_mtp and cfg.n_mtp_layers > 0
         if self.with_mtp:
-            self.mtp = nn.CellList([MTPBlock(cfg.n_layers + j, cfg, param_dtype) for j in range(cfg.n_mtp_layers)])
+            self.mtp = nn.CellList([MTPBlock(cfg.n_layers + j, cfg, param_dtype, moe_capacity_factor, parallel)
+                                     for j in range(cfg.n_mtp_layers)])
         ropes = RopeTables(cfg, max_seq_len)
         # one (cos, sin) pair per block, chosen by its ratio
         self.rope_cos = tuple(ropes.for_ratio(cfg.ratio(i))[0] for i in range(cfg.n_total_blocks))
         self.rope_sin = tuple(ropes.for_ratio(cfg.ratio(i))[1] for i in range(cfg.n_total_blocks))
 
     def streams(self, input_ids, seg=None):
-        """-> (embedding, final streams, per-block streams, per-block (affinity, expert ids))."""
+        """-> (embedding, final streams, per-block streams, per-block (affinity, expert ids, dropped))."""
         e = self.embed(input_ids)
         h = ops.broadcast_to(ops.expand_dims(e, 2), e.shape[:2] + (self.hc_mult, e.shape[-1]))
         hidden = ()
         routes = ()
         i = 0
         for layer in self.layers:
-            h, aff, ids = layer.forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
+            h, aff, ids, dropped = layer.forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
             hidden = hidden + (h,)
-            routes = routes + ((aff, ids),)
+            routes = routes + ((aff, ids, dropped),)
             i += 1
         return e, h, hidden, routes
 
@@ -408,14 +493,15 @@ class Transformer(nn.Cell):
         return self.mtp_forward(h, input_ids, seg)[0]
 
     def mtp_forward(self, h, input_ids, seg=None):
+        """-> (MTP logits [B, S-1, V], affinities, expert ids, dropped) of the depth-1 MTP block."""
         S = input_ids.shape[1]
         blk = self.mtp[0]
         nxt = input_ids[:, 1:]
         mseg = None if seg is None else seg[:, :S - 1]
-        x, aff, ids = blk.mtp_streams(h[:, :S - 1], self.embed(nxt), nxt, self.rope_cos[self.cfg.n_layers],
+        x, aff, ids, dropped = blk.mtp_streams(h[:, :S - 1], self.embed(nxt), nxt, self.rope_cos[self.cfg.n_layers],
                                       self.rope_sin[self.cfg.n_layers], mseg)
         return self.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base, blk.norm,
-                            self.head.weight), aff, ids
+                            self.head.weight), aff, ids, dropped
 
     def construct(self, input_ids):
         e, h, hidden, _ = self.streams(input_ids)

@@ -92,6 +92,13 @@ def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None
         err(f"n_routed_experts {cfg.n_routed_experts} is not divisible by ep {p.ep}")
     if (p.dp * p.tp) % p.ep:
         err(f"dp·tp = {p.dp * p.tp} must be divisible by ep {p.ep}: experts are sharded inside the data×tensor group")
+    # what `ascend-v4 train` itself runs (ascend_v4/parallel.py): experts split across dp ranks, no pipeline stages
+    if p.ep > 1 and p.dp % p.ep and (p.dp * p.tp) % p.ep == 0:
+        warn(f"ep {p.ep} does not divide dp {p.dp}: `ascend-v4 train` splits experts across data-parallel ranks only "
+             f"and refuses this layout (experts spanning tensor-parallel ranks need another runtime)")
+    if p.pp > 1:
+        warn(f"pp {p.pp}: pipeline stages are not implemented by `ascend-v4 train` (it refuses pp > 1); this check "
+             f"only validates the layout")
     if cfg.n_layers % p.pp:
         warn(f"n_layers {cfg.n_layers} is not divisible by pp {p.pp}: stages get {cfg.n_layers // p.pp} or "
              f"{cfg.n_layers // p.pp + 1} layers (give the last stage fewer: it also holds the head and MTP)")

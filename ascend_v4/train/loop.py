@@ -16,14 +16,20 @@ A run is one YAML file (all keys optional; the defaults train the tiny preset on
     mtp: true                 # MTP loss, weight 0.3 -> 0.1 once LR decay starts
     balance_alpha: 1.0e-4     # sequence-wise balance loss weight
     bias_update_speed: 1.0e-3 # aux-loss-free router-bias update
+    moe_capacity_factor: null # null = dropless MoE; e.g. 1.25 = fixed expert capacity ceil(1.25·T·k/E), overflow dropped
     eval_every: 50
     eval_batches: 2
     save_every: 100
     data: {files: [], tokenizer: null, eval_fraction: 0.05}   # empty files = the embedded corpus
     parallel: {dp: 1, tp: 1, ep: 1, pp: 1, micro_batches: 1, optimizer_shard: true}
 
+Parallel runs are launched with msrun (world = dp·tp processes; see README "Training"): dp splits the global batch
+(batch_size sequences per dp rank), tp splits attention heads and expert FFN inter dims, ep (dividing dp) splits
+the routed experts; pp > 1 is refused (pipeline stages are not implemented). A parallel run's losses, updates and
+checkpoints equal one process training the same global batch (up to float32 summation order).
+
 OUT/metrics.jsonl gets one JSON object per step (step, loss, lm_loss, mtp_loss, balance_loss, tokens_per_s,
-grad_norm, lr, expert_imbalance) and one per evaluation (eval_loss). Rerunning the same command resumes from
+grad_norm, lr, expert_imbalance, dropped_tokens, dropped_frac) and one per evaluation (eval_loss). Rerunning the same command resumes from
 OUT/latest exactly (model, optimiser, schedule position, data position).
 """
 from __future__ import annotations
@@ -76,6 +82,7 @@ class TrainConfig:
     mtp: bool = True
     balance_alpha: float = 1.0e-4
     bias_update_speed: float = 1.0e-3
+    moe_capacity_factor: Optional[float] = None
     eval_every: int = 50
     eval_batches: int = 2
     save_every: int = 100
@@ -123,6 +130,9 @@ class TrainConfig:
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(0 <= self.warmup_steps <= self.steps, f"warmup_steps ({self.warmup_steps}) must lie in [0, steps]")
         need(self.max_grad_norm > 0, "max_grad_norm must be > 0")
+        need(self.moe_capacity_factor is None or (isinstance(self.moe_capacity_factor, (int, float))
+                                                  and self.moe_capacity_factor > 0),
+             f"moe_capacity_factor must be null (dropless) or > 0, got {self.moe_capacity_factor!r}")
         need(0 <= self.data.eval_fraction < 1, "data.eval_fraction must lie in [0, 1)")
         p = self.parallel
         for k in ("dp", "tp", "ep", "pp", "micro_batches"):
@@ -151,14 +161,23 @@ class Trainer:
         from .step import TrainStep
         from .tokenizer import check_vocab, load_tokenizer
 
+        from ascend_v4.parallel import MuonTensorParallel, ParallelConfigError, ParallelContext
+
         self.tc, self.out_dir, self.rank, self.world = tc, out_dir, rank, world
         self.cfg = load_config(tc.model)
-        if tc.parallel.dp != world:
-            raise TrainConfigError(f"parallel.dp = {tc.parallel.dp} but {world} process(es) run; launch with "
-                                   f"`msrun --worker_num {tc.parallel.dp}` or set dp: {world}")
-        if tc.parallel.tp > 1 or tc.parallel.pp > 1 or tc.parallel.ep > 1:
-            raise TrainConfigError("tp/ep/pp > 1 need the Ascend launcher (`ascend-v4 train --dry-run` validates the "
-                                   "layout); on CPU only data parallelism runs")
+        p = tc.parallel
+        if p.pp > 1:
+            raise TrainConfigError(f"parallel.pp = {p.pp}: pipeline stages are not implemented by the trainer "
+                                   f"(`ascend-v4 train --dry-run` only validates pp layouts); set pp: 1")
+        if p.dp * p.tp != world:
+            raise TrainConfigError(f"parallel dp·tp = {p.dp}·{p.tp} = {p.dp * p.tp} but {world} process(es) run; "
+                                   f"launch with `msrun --worker_num {p.dp * p.tp}` or set dp·tp = {world}")
+        try:
+            ParallelContext.check(self.cfg, p.dp, p.tp, p.ep, p.pp, world)
+            self.parallel = ParallelContext.create(self.cfg, p.dp, p.tp, p.ep, p.pp, rank, world) if world > 1 else None
+        except ParallelConfigError as e:
+            raise TrainConfigError(f"parallel: {e}") from None
+        self.dp, self.dp_rank = p.dp, (self.parallel.dp_rank if self.parallel is not None else 0)
         if tc.seq_len > self.cfg.max_position_embeddings:
             raise TrainConfigError(f"seq_len {tc.seq_len} exceeds max_position_embeddings {self.cfg.max_position_embeddings}")
         os.makedirs(out_dir, exist_ok=True)
@@ -172,35 +191,43 @@ class Trainer:
         if not files:
             from .corpus import default_corpus_files
             files = default_corpus_files()
-        # Every rank reads the same global batch and trains on its slice: dp=N equals one process with N x batch.
-        gb = tc.batch_size * world
+        # Every rank reads the same global batch and trains on its dp slice: dp=N equals one process with N x batch.
+        gb = tc.batch_size * self.dp
         self.loader = PackedLoader(files, tok, tc.seq_len, gb, seed=tc.seed, split="train",
                                    eval_fraction=tc.data.eval_fraction, cache_dir=os.path.join(out_dir, "cache"))
         self.eval_loader = None
         if tc.data.eval_fraction > 0:
             self.eval_loader = PackedLoader(files, tok, tc.seq_len, gb, seed=tc.seed, shuffle=False, split="eval",
                                             eval_fraction=tc.data.eval_fraction, corpus=self.loader.corpus)
-        self.model = Transformer(self.cfg, max_seq_len=tc.seq_len, with_mtp=tc.mtp)
+        self.model = Transformer(self.cfg, max_seq_len=tc.seq_len, with_mtp=tc.mtp,
+                                 moe_capacity_factor=tc.moe_capacity_factor, parallel=self.parallel)
         self.model.set_train(True)
         init = random_weights(self.cfg, seed=tc.seed)
         for name in init:
             if name.endswith("ffn.gate.bias"):
                 init[name] = np.zeros_like(init[name])     # the balancer starts from an unbiased router
+        if self.parallel is not None and self.parallel.sharded:   # this rank's slices of the full weights
+            init = self.parallel.shard_weights(init, [q.name for q in self.model.get_parameters()])
         load_into(self.model, init, strict=False)
         self.schedule = Schedule(peak_lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
         self.loss_net = V4Loss(self.model, tc.balance_alpha)
-        self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps)
-        self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, tc.bias_update_speed, world)
+        muon_tp = MuonTensorParallel(self.parallel) if self.parallel is not None and self.parallel.tp > 1 else None
+        self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps, tensor_parallel=muon_tp)
+        self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, tc.bias_update_speed, self.dp,
+                                 parallel=self.parallel)
         import mindspore as ms
         self._eval = ms.jit(self.loss_net)
         self.step = 0
-        self.tokens_per_step = tc.batch_size * world * tc.seq_len
+        self.tokens_per_step = tc.batch_size * self.dp * tc.seq_len
+        # token->expert assignments per step over every MoE layer (the denominator of dropped_frac)
+        self.assignments_per_step = self.tokens_per_step * self.cfg.n_activated_experts * (
+            self.cfg.n_layers + (1 if self.model.with_mtp else 0))
 
     # ------------------------------------------------------------------ state
     def _slice(self, batch):
         b = self.tc.batch_size
-        return {k: v[self.rank * b:(self.rank + 1) * b] for k, v in batch.items()}
+        return {k: v[self.dp_rank * b:(self.dp_rank + 1) * b] for k, v in batch.items()}
 
     def trainer_state(self) -> Dict:
         import ascend_v4
@@ -211,14 +238,14 @@ class Trainer:
 
     def save(self) -> str:
         from . import state
-        return state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state())
+        return state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state(), self.parallel)
 
     def maybe_resume(self) -> bool:
         from . import state
         ck = state.latest(self.out_dir)
         if ck is None:
             return False
-        st = state.load(ck, self.model, self.opt)
+        st = state.load(ck, self.model, self.opt, self.parallel)
         if st.get("model_config") != self.cfg.to_dict():
             raise TrainConfigError(f"{ck} was trained with a different model config; use a new --out directory")
         self.loader.load_state_dict(st["data"])
@@ -253,21 +280,22 @@ class Trainer:
             # normalise by the global batch's real targets so dp ranks average to the single-process loss
             m = full["loss_mask"].astype(np.float64)
             same = full["segment_ids"][:, :-1] == full["segment_ids"][:, 1:]
-            lm_denom = max(m.sum(), 1.0) / self.world
-            mtp_denom = max((m[:, 1:] * same).sum(), 1.0) / self.world
+            lm_denom = max(m.sum(), 1.0) / self.dp
+            mtp_denom = max((m[:, 1:] * same).sum(), 1.0) / self.dp
             # the optimiser counts the update it is about to make (step + 1): log and weigh with the same index
             mtp_w = float(self.schedule.mtp_weight_at(self.step + 1)) if self.tc.mtp else 0.0
             lr = float(self.schedule.lr_at(self.step + 1))
             t0 = time.perf_counter()
-            loss, lm, mtp, bal, gnorm, imb = (float(o.asnumpy())
-                                              for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom))
+            loss, lm, mtp, bal, gnorm, imb, dropped = (float(o.asnumpy())
+                                                       for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom))
             dt = time.perf_counter() - t0
             self.step += 1
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {self.step}; lower lr or check the data "
                                          f"(last good checkpoint: {os.path.join(self.out_dir, 'latest')})")
             row = {"step": self.step, "loss": loss, "lm_loss": lm, "mtp_loss": mtp, "balance_loss": bal,
-                   "tokens_per_s": self.tokens_per_step / dt, "grad_norm": gnorm, "lr": lr, "expert_imbalance": imb}
+                   "tokens_per_s": self.tokens_per_step / dt, "grad_norm": gnorm, "lr": lr, "expert_imbalance": imb,
+                   "dropped_tokens": int(round(dropped)), "dropped_frac": dropped / self.assignments_per_step}
             if self.step % self.tc.eval_every == 0 or self.step == end:
                 row["eval_loss"] = self.evaluate()
             rows.append(row)
@@ -275,8 +303,9 @@ class Trainer:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(row) + "\n")
                 ev = f"  eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
+                drop = f"  dropped {row['dropped_frac']:.1%}" if self.tc.moe_capacity_factor is not None else ""
                 _log(f"step {self.step:>5}/{self.tc.steps}  loss {loss:.4f} (lm {lm:.4f} mtp {mtp:.4f} bal {bal:.3f})  "
-                     f"lr {lr:.2e}  |g| {gnorm:.2f}  {row['tokens_per_s']:.0f} tok/s  imbalance {imb:.2f}{ev}")
-            if self.rank == 0 and (self.step % self.tc.save_every == 0 or self.step == end):
-                self.save()
+                     f"lr {lr:.2e}  |g| {gnorm:.2f}  {row['tokens_per_s']:.0f} tok/s  imbalance {imb:.2f}{drop}{ev}")
+            if self.step % self.tc.save_every == 0 or self.step == end:
+                self.save()            # every rank: tp/ep slices are gathered collectively, rank 0 writes
         return rows

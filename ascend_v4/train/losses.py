@@ -57,7 +57,8 @@ def expert_load(ids, n_experts, mask):
 
 class V4Loss(nn.Cell):
     """Wraps a Transformer: construct(input_ids, targets, segment_ids, loss_mask, mtp_weight[, lm_denom, mtp_denom])
-    -> (loss, lm_loss, mtp_loss, balance_loss, loads [n_routed_layers, E]). auto_prefix=False keeps the official
+    -> (loss, lm_loss, mtp_loss, balance_loss, loads [n_routed_layers, E], dropped): `dropped` counts the
+    token->expert assignments that overflowed a fixed expert capacity, over all MoE layers (0 when dropless). auto_prefix=False keeps the official
     parameter names (no `model.` prefix) in gradients, optimiser state and checkpoints."""
 
     def __init__(self, model, balance_alpha: float = 1e-4):
@@ -75,16 +76,20 @@ class V4Loss(nn.Cell):
         lm = masked_ce(self.model.logits(h), targets, loss_mask, lm_denom)
         balance = ops.zeros((), ms.float32)
         loads = ()
+        dropped = ops.zeros((), ms.int32)
+        for r in routes:
+            dropped = dropped + r[2]
         for i in self.routed:
-            aff, ids = routes[i]
+            aff, ids, _ = routes[i]
             balance = balance + seq_balance(aff, ids, self.E, self.K, B, loss_mask)
             loads = loads + (expert_load(ids, self.E, loss_mask),)
         mtp = ops.zeros((), ms.float32)
         if self.with_mtp:
-            mlogits, aff, ids = self.model.mtp_forward(h, input_ids, segment_ids)
+            mlogits, aff, ids, mdrop = self.model.mtp_forward(h, input_ids, segment_ids)
+            dropped = dropped + mdrop
             mmask = mtp_mask(loss_mask, segment_ids)
             mtp = masked_ce(mlogits, targets[:, 1:], mmask, mtp_denom)
             balance = balance + seq_balance(aff, ids, self.E, self.K, B, mmask)
             loads = loads + (expert_load(ids, self.E, mmask),)
         loss = lm + mtp_weight * mtp + self.alpha * balance
-        return loss, lm, mtp, balance, ops.stack(loads)
+        return loss, lm, mtp, balance, ops.stack(loads), dropped

@@ -166,6 +166,48 @@ def _bucket_ns_fn(us, coeffs, eps, bf16, start, end, rows, cols, tall):
     return ops.unstack(ops.reshape(x, shape), 0)
 
 
+_tp_full = C.MultitypeFuncGraph("tp_full")
+
+
+@_tp_full.register("Function", "Bool", "Number", "Number", "Tensor", "Number")
+def _tp_full_fn(op, native, size, me, u, split):
+    """Tensor parallel: the full matrix behind this rank's slice u (split dim 0 or 1; -1 = u is whole).
+    native: op is AllGather; else op is an AllReduce(sum) of a zero buffer holding u in block `me`."""
+    if split < 0:
+        return u
+    if split == 1:
+        u = ops.swapaxes(u, 0, 1)
+    if native:
+        g = op(u)
+    else:
+        z = ops.zeros_like(u)
+        blocks = ()
+        for r in range(size):
+            if r == me:
+                blocks = blocks + (u,)
+            else:
+                blocks = blocks + (z,)
+        g = op(ops.concat(blocks, 0))
+    if split == 1:
+        g = ops.swapaxes(g, 0, 1)
+    return g
+
+
+_tp_own = C.MultitypeFuncGraph("tp_own")
+
+
+@_tp_own.register("Number", "Number", "Tensor", "Number")
+def _tp_own_fn(size, me, o, split):
+    """This rank's block of the full NS output o along `split` (-1: o is whole)."""
+    if split < 0:
+        return o
+    if split == 0:
+        n = o.shape[0] // size
+        return o[me * n:(me + 1) * n]
+    n = o.shape[1] // size
+    return o[:, me * n:(me + 1) * n]
+
+
 _write = C.MultitypeFuncGraph("write")
 
 
@@ -216,6 +258,10 @@ class MuonAdamW(nn.Cell):
                   arithmetic and a cast (False; loses small updates in bf16).
     bucket_numel  max elements of one stacked Newton–Schulz batch.
     ns_bf16       run the NS matmuls in bfloat16 (Ascend only; CPU has no bf16 matmul).
+    tensor_parallel  ascend_v4.parallel.MuonTensorParallel or None: parameters hold tensor-parallel slices; the
+                  Muon input of each sliced matrix is gathered to the full matrix before Newton–Schulz (bucketed
+                  and scaled by its full shape) and the rank keeps its own slice of the result, so the update
+                  equals the single-process one. Momentum and AdamW state stay sliced (elementwise).
     """
 
     def __init__(self, params, lr_schedule, *, momentum: float = 0.95, nesterov: bool = True,
@@ -223,7 +269,7 @@ class MuonAdamW(nn.Cell):
                  ns_coeffs: Sequence[Tuple[float, float, float]] = NS_COEFFS, ns_eps: float = NS_EPS,
                  ns_bf16: bool = False, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-20,
                  adam_weight_decay: float = 0.1, master_weights: bool = True, bucket_numel: int = 1 << 24,
-                 classify=None):
+                 classify=None, tensor_parallel=None):
         super().__init__(auto_prefix=False)
         if hasattr(params, "get_parameters"):
             params = params.get_parameters()
@@ -270,18 +316,28 @@ class MuonAdamW(nn.Cell):
 
         # Muon, internal order = bucket by bucket
         muon = [i for i, g in enumerate(self.groups) if g == pg.MUON]
-        buckets = _buckets([tuple(ps[i].shape) for i in muon], int(bucket_numel))
+        tpar = tensor_parallel
+        full = [tpar.full_shape(p.name, p.shape) if tpar is not None else tuple(p.shape) for p in ps]
+        buckets = _buckets([full[i] for i in muon], int(bucket_numel))
         order = [muon[j] for b in buckets for j in b]
         self.muon_src = tuple(order)                # index in self.parameters, internal order
         self.muon_params = ParameterTuple([ps[i] for i in order])
         self.muon_work = ParameterTuple([masters.get(i, ps[i]) for i in order])
         self.muon_has_master = tuple(has_master[i] for i in order)
-        self.muon_scale = tuple(math.sqrt(max(ps[i].shape[-2:])) * self.update_rms for i in order)
+        self.muon_scale = tuple(math.sqrt(max(full[i][-2:])) * self.update_rms for i in order)
+        # tensor parallel: split dim of each Muon matrix (-1 = whole on this rank), internal order
+        self.muon_split = tuple(tpar.split_dim(ps[i].name) if tpar is not None else -1 for i in order)
+        self.tp_sliced = any(d >= 0 for d in self.muon_split)
+        if self.tp_sliced:
+            if any(len(ps[i].shape) != 2 for i, d in zip(order, self.muon_split) if d >= 0):
+                raise ValueError("tensor-parallel Muon supports 2-D matrices only")
+            self.tp_op, self.tp_native = tpar.coll.op, tpar.coll.native
+            self.tp_size, self.tp_me = tpar.coll.size, tpar.coll.me
         self.muon_m = ParameterTuple([zeros_like(ps[i], "muon_m") for i in order])
         starts, ends, rows, cols, tall, flat_b, flat_j = [], [], [], [], [], [], []
         k = 0
         for b, members in enumerate(buckets):
-            r, c = (int(d) for d in ps[muon[members[0]]].shape[-2:])
+            r, c = (int(d) for d in full[muon[members[0]]][-2:])
             starts.append(k)
             ends.append(k + len(members))
             rows.append(r)
@@ -327,9 +383,14 @@ class MuonAdamW(nn.Cell):
 
         if self.muon_src:
             us = hm(F.partial(_muon_momentum, self.momentum, self.nesterov), self.muon_m, g_muon)
+            if self.tp_sliced:
+                us = hm(F.partial(_tp_full, self.tp_op, self.tp_native, self.tp_size, self.tp_me), us,
+                        self.muon_split)
             outs = hm(F.partial(_bucket_ns, us, self.ns_coeffs, self.ns_eps, self.ns_bf16),
                       self.b_start, self.b_end, self.b_rows, self.b_cols, self.b_tall)
             o = hm(F.partial(_pick2, outs), self.flat_b, self.flat_j)
+            if self.tp_sliced:
+                o = hm(F.partial(_tp_own, self.tp_size, self.tp_me), o, self.muon_split)
             hm(F.partial(_muon_apply, lr, 1.0 - lr * self.muon_wd), self.muon_params, self.muon_work,
                self.muon_has_master, o, self.muon_scale)
         if self.adam_src:

@@ -4,6 +4,12 @@ Layout of OUT/ckpt-{step:08d}/: model.safetensors (official parameter names, fp3
 optimiser's state Parameters by name), trainer_state.json (step, loader state, RNG, run config, versions).
 A checkpoint directory is written under a temporary name and renamed when complete; `latest` names the newest.
 Resume restores every byte of state, so N steps + save + resume M steps equals N+M uninterrupted steps.
+
+Tensor / expert parallel runs (a ParallelContext whose ranks hold slices): every rank calls `save`, the slices of
+the model AND of the optimiser state (Muon momentum, Adam moments: elementwise, sliced like their parameter) are
+gathered to the full official tensors, and rank 0 writes the same single-file layout as a one-process run. So a
+tp/ep checkpoint loads anywhere (one process, another layout), and `load` slices the full tensors for this rank:
+resume is exact for the same layout.
 """
 from __future__ import annotations
 
@@ -25,23 +31,28 @@ def _params(cell) -> Dict[str, "object"]:
     return {p.name: p for p in cell.get_parameters()}
 
 
-def _save_tensors(path: str, params) -> None:
+def _save_tensors(path: str, arrays: Dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save_file
-    save_file({n: np.ascontiguousarray(p.asnumpy()) for n, p in sorted(params.items())}, path)
+    save_file({n: np.ascontiguousarray(a) for n, a in sorted(arrays.items())}, path)
 
 
-def _load_tensors(path: str, params, what: str) -> None:
+def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0) -> None:
     import mindspore as ms
     from safetensors.numpy import load_file
     try:
         data = load_file(path)
     except Exception as e:
         raise TrainStateError(f"{path}: unreadable {what} state ({e}); the checkpoint is damaged") from None
-    missing = sorted(set(params) - set(data))
-    extra = sorted(set(data) - set(params))
+    expected = set(params)
+    if parallel is not None and parallel.sharded:
+        expected = set(parallel.full_names(params, n_experts))
+    missing = sorted(expected - set(data))
+    extra = sorted(set(data) - expected)
     if missing or extra:
         raise TrainStateError(f"{path}: {what} state does not fit this run (missing {missing[:3]}, unexpected "
                               f"{extra[:3]}); resume with the same config or start a new --out directory")
+    if parallel is not None and parallel.sharded:
+        data = parallel.shard_weights(data, params)
     for n, p in params.items():
         a = data[n]
         if tuple(p.shape) == () and a.size == 1:
@@ -51,14 +62,21 @@ def _load_tensors(path: str, params, what: str) -> None:
         p.set_data(ms.Tensor(a).astype(p.dtype))
 
 
-def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict) -> str:
+def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, parallel=None) -> str:
+    """Write OUT/ckpt-{step}. With a ParallelContext every rank must call it (the full tensors are gathered
+    collectively); only rank 0 writes."""
     final = os.path.join(out_dir, f"ckpt-{step:08d}")
+    model_t = {n: p.asnumpy() for n, p in _params(model).items()}
+    opt_t = {n: p.asnumpy() for n, p in _params(optimizer).items() if n not in model_t}
+    if parallel is not None and parallel.sharded:
+        model_t, opt_t = parallel.gather_full(model_t), parallel.gather_full(opt_t)
+    if parallel is not None and parallel.rank != 0:
+        return final
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    _save_tensors(os.path.join(tmp, "model.safetensors"), _params(model))
-    opt_params = {n: p for n, p in _params(optimizer).items() if n not in _params(model)}
-    _save_tensors(os.path.join(tmp, "optimizer.safetensors"), opt_params)
+    _save_tensors(os.path.join(tmp, "model.safetensors"), model_t)
+    _save_tensors(os.path.join(tmp, "optimizer.safetensors"), opt_t)
     with open(os.path.join(tmp, "trainer_state.json"), "w") as fh:
         json.dump(dict(trainer_state, step=step, version=STATE_VERSION), fh, indent=1, sort_keys=True)
     shutil.rmtree(final, ignore_errors=True)
@@ -81,7 +99,9 @@ def latest(out_dir: str) -> Optional[str]:
     return d
 
 
-def load(ckpt_dir: str, model, optimizer) -> Dict:
+def load(ckpt_dir: str, model, optimizer, parallel=None) -> Dict:
+    """Restore a checkpoint into model and optimizer; with a ParallelContext each rank takes its slices of the
+    full tensors."""
     for f in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
         if not os.path.exists(os.path.join(ckpt_dir, f)):
             raise TrainStateError(f"{ckpt_dir} lacks {f}: an incomplete or foreign checkpoint")
@@ -92,7 +112,8 @@ def load(ckpt_dir: str, model, optimizer) -> Dict:
         raise TrainStateError(f"{ckpt_dir}/trainer_state.json is not valid JSON ({e})") from None
     if st.get("version") != STATE_VERSION:
         raise TrainStateError(f"{ckpt_dir}: state version {st.get('version')} != {STATE_VERSION}")
-    _load_tensors(os.path.join(ckpt_dir, "model.safetensors"), _params(model), "model")
+    n_experts = model.cfg.n_routed_experts if hasattr(model, "cfg") else 0
+    _load_tensors(os.path.join(ckpt_dir, "model.safetensors"), _params(model), "model", parallel, n_experts)
     opt_params = {n: p for n, p in _params(optimizer).items() if n not in _params(model)}
-    _load_tensors(os.path.join(ckpt_dir, "optimizer.safetensors"), opt_params, "optimizer")
+    _load_tensors(os.path.join(ckpt_dir, "optimizer.safetensors"), opt_params, "optimizer", parallel, n_experts)
     return st

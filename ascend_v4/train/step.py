@@ -2,8 +2,11 @@
 
 Everything runs inside one `ms.jit` graph per batch shape. The aux-loss-free balancer moves `gate.bias`
 outside the gradient from the step's expert loads: bias_i += speed · sign(mean(load) − load_i) (spec §10).
-Under data parallelism the gradients are averaged by DistributedGradReducer and the loads are all-reduced,
-so every rank applies the same bias update.
+Under data parallelism the gradients are averaged over dp and the loads are all-reduced over dp, so every rank
+applies the same bias update. With a ParallelContext (ascend_v4/parallel.py): gradients go through its
+GradReducer (dp mean; expert-parallel experts summed over their replicas and divided by dp), losses / loads /
+dropped counts are all-reduced over the dp group only (tensor-parallel ranks already hold identical values: summing
+over tp would count them tp times), and the clipping norm counts every shard once (ShardedClip).
 """
 from __future__ import annotations
 
@@ -35,10 +38,11 @@ def imbalance(loads):
 
 
 class TrainStep:
-    """step(batch arrays as Tensors, mtp_weight) -> (loss, lm, mtp, balance, grad_norm, imbalance)."""
+    """step(batch arrays as Tensors, mtp_weight) -> (loss, lm, mtp, balance, grad_norm, imbalance, dropped)
+    where dropped = expert assignments lost to a full expert (fixed capacity), summed over layers and ranks."""
 
     def __init__(self, loss_net, optimizer, max_grad_norm: float = 1.0, bias_speed: float = 1e-3,
-                 data_parallel: int = 1):
+                 data_parallel: int = 1, parallel=None):
         from .optim import clip_by_global_norm
         self.loss_net = loss_net
         self.optimizer = optimizer
@@ -48,26 +52,39 @@ class TrainStep:
         self.grad_fn = ms.value_and_grad(loss_net, None, self.params, has_aux=True)
         self.reducer = None
         self.allreduce = None
-        if data_parallel > 1:
+        clip = clip_by_global_norm
+        sharded = parallel is not None and parallel.world > 1
+        if sharded:
+            from ascend_v4.parallel import GradReducer, ShardedClip
+            data_parallel = parallel.dp
+            self.reducer = GradReducer(parallel, self.params)
+            if parallel.group("dp") is not None:
+                self.allreduce = ops.AllReduce(ops.ReduceOp.SUM, parallel.group("dp"))
+            clip = ShardedClip(parallel, self.params, max_grad_norm)
+        elif data_parallel > 1:
             self.reducer = nn.DistributedGradReducer(self.params, mean=True, degree=data_parallel)
             self.allreduce = ops.AllReduce()
-        clip = clip_by_global_norm
 
         def step(input_ids, targets, segment_ids, loss_mask, mtp_weight, lm_denom, mtp_denom):
-            (loss, lm, mtp, bal, loads), grads = self.grad_fn(input_ids, targets, segment_ids, loss_mask, mtp_weight,
+            (loss, lm, mtp, bal, loads, dropped), grads = self.grad_fn(input_ids, targets, segment_ids, loss_mask, mtp_weight,
                                                               lm_denom, mtp_denom)
             if self.reducer is not None:
                 grads = self.reducer(grads)
+            if self.allreduce is not None:
                 loads = self.allreduce(loads)
+                dropped = self.allreduce(ops.cast(dropped, ms.float32))
                 # report the global batch's losses, not this rank's share
                 lm = self.allreduce(lm) / data_parallel
                 mtp = self.allreduce(mtp) / data_parallel
                 bal = self.allreduce(bal) / data_parallel
                 loss = self.allreduce(loss) / data_parallel
-            grads, gnorm = clip(grads, self.max_norm)
+            if sharded:
+                grads, gnorm = clip(grads)
+            else:
+                grads, gnorm = clip(grads, self.max_norm)
             self.optimizer(grads)
             self.balancer(loads)
-            return loss, lm, mtp, bal, gnorm, imbalance(loads)
+            return loss, lm, mtp, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32)
 
         self._step = ms.jit(step)
 

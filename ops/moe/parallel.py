@@ -15,6 +15,11 @@ Two exchange schemes, selected by platform (mode="auto"):
   `exchange` can be injected: the CPU tests run this variant with an AllGather-based AlltoAll emulation.
 
 The shared expert is data-parallel (computed on the rank's own tokens) and added after the exchange.
+MindSpore-CPU's AllGather only runs on the world group; over a sub-group (created with create_group) the CPU
+gather is an AllReduce(sum) of a zero buffer holding this rank's block (exact; ep times the traffic).
+`capacity_factor` (instead of a fixed capacity): C = ceil(cf·T·k/E) from the token count at compile time — in
+allgather mode T = all gathered tokens, so ep = dp ranks keep exactly the assignments one process with the whole
+batch keeps; in alltoall mode T = this rank's tokens (capacity per source rank).
 Backward: AllGather <-> ReduceScatter and AlltoAll <-> AlltoAll are each other's adjoints (MindSpore bprops).
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ..registry import resolve
-from .layer import MoeExperts
+from .layer import MoeExperts, default_capacity
 
 
 def _world_group():
@@ -41,21 +46,53 @@ def select_mode(mode: str, capacity: Optional[int], device: Optional[str] = None
 
 
 class GatherWithAllReduceGrad(nn.Cell):
-    """AllGather along dim 0 whose backward is AllReduce(sum) + this rank's slice (= ReduceScatter), for CPU."""
+    """AllGather along dim 0 whose backward is AllReduce(sum) + this rank's slice (= ReduceScatter), for CPU.
+    On a sub-group (not the world group) the forward is an AllReduce of a zero buffer holding x at this rank's
+    block, since MindSpore-CPU's AllGather only accepts the world group."""
 
     def __init__(self, ep: int, rank: int, group=None):
         super().__init__()
         group = group or _world_group()
         self.ep, self.rank = ep, rank
-        self.gather = ops.AllGather(group)
+        self.native = group == _world_group()
+        if self.native:
+            self.gather = ops.AllGather(group)
         self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
 
     def construct(self, x):
-        return self.gather(x)
+        if self.native:
+            return self.gather(x)
+        return self.all_reduce(_placed(x, self.ep, self.rank))
 
     def bprop(self, x, out, dout):
         n = x.shape[0]
         return (self.all_reduce(dout)[self.rank * n:(self.rank + 1) * n],)
+
+
+def _placed(x, n, me):
+    """[n·len(x), ...] zeros with x at block `me` (the AllReduce form of AllGather). Written as tile x mask:
+    a concat with zeros_like blocks trips a MindSpore 2.10 autodiff bug ("The func graph is empty ... zeros_like")
+    inside the expert-parallel layer's gradient graph."""
+    shape = x.shape
+    tiled = ops.tile(x, (n,) + (1,) * (len(shape) - 1)).reshape((n, shape[0]) + shape[1:])
+    mask = ops.cast(ops.arange(n) == me, x.dtype).reshape((n,) + (1,) * len(shape))
+    return (tiled * mask).reshape((n * shape[0],) + shape[1:])
+
+
+class IndexGatherCPU(nn.Cell):
+    """AllGather of an int32 index tensor over a CPU sub-group: float32 AllReduce of the placed blocks (exact
+    for |ids| < 2^24), no gradient."""
+
+    def __init__(self, ep: int, rank: int, group):
+        super().__init__()
+        self.ep, self.rank = ep, rank
+        self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
+
+    def construct(self, x):
+        return ops.cast(self.all_reduce(_placed(ops.cast(x, ms.float32), self.ep, self.rank)), x.dtype)
+
+    def bprop(self, x, out, dout):
+        return (ops.zeros_like(x),)
 
 
 class AllReduceSlice(nn.Cell):
@@ -76,7 +113,8 @@ def collectives(ep: int, rank: int, group=None, device: Optional[str] = None):
     group = group or _world_group()
     device = device or ms.get_context("device_target")
     if device == "CPU":
-        return GatherWithAllReduceGrad(ep, rank, group), ops.AllGather(group), AllReduceSlice(ep, rank, group)
+        ids = ops.AllGather(group) if group == _world_group() else IndexGatherCPU(ep, rank, group)
+        return GatherWithAllReduceGrad(ep, rank, group), ids, AllReduceSlice(ep, rank, group)
     return ops.AllGather(group), ops.AllGather(group), ops.ReduceScatter(ops.ReduceOp.SUM, group)
 
 
@@ -104,21 +142,30 @@ class ExpertParallelMoeExperts(nn.Cell):
     """
 
     def __init__(self, num_experts: int, swiglu_limit: float, ep: int, rank: int, capacity: Optional[int] = None,
-                 mode: str = "auto", group=None, exchange: Optional[Callable] = None, backend: Optional[str] = None):
+                 mode: str = "auto", group=None, exchange: Optional[Callable] = None, backend: Optional[str] = None,
+                 capacity_factor: Optional[float] = None):
         super().__init__()
         if num_experts % ep:
             raise ValueError(f"num_experts {num_experts} is not divisible by ep {ep}")
+        if capacity is not None and capacity_factor is not None:
+            raise ValueError("give either a fixed capacity or a capacity_factor, not both")
         self.ep, self.rank, self.capacity = ep, rank, capacity
+        self.capacity_factor = capacity_factor
         self.num_experts, self.local = num_experts, num_experts // ep
         self.offset = rank * self.local
         self.limit = float(swiglu_limit)
-        self.mode = select_mode(mode, capacity)
+        fixed = capacity if capacity_factor is None else -1          # -1: a capacity decided at compile time
+        self.mode = select_mode(mode, fixed)
         group = group or _world_group()
         if self.mode == "allgather":
             self.gather, self.gather_ids, self.reduce_scatter = collectives(ep, rank, group)
             self.experts = MoeExperts(self.local, swiglu_limit, capacity, backend)
+            if capacity_factor is not None:
+                self._init_routing = resolve("moe_init_routing", backend).fn
+                self._finalize = resolve("moe_finalize_routing", backend).fn
+                self._ffn = resolve("expert_ffn", backend).fn
         elif self.mode == "alltoall":
-            if capacity is None:
+            if fixed is None:
                 raise ValueError("the AlltoAll EP path needs a fixed capacity (static shapes)")
             self.exchange = exchange if exchange is not None else ops.AlltoAll(ep, 0, 0, group)
             self._init_routing = resolve("moe_init_routing", backend).fn
@@ -132,10 +179,19 @@ class ExpertParallelMoeExperts(nn.Cell):
             xg = self.gather(x)
             wg = self.gather(weights)
             ig = self.gather_ids(ids) - self.offset                      # other ranks' experts -> outside [0, local)
-            partial, dropped = self.experts(xg, wg, ig, w1, w2, w3)
+            if self.capacity_factor is None:
+                partial, dropped = self.experts(xg, wg, ig, w1, w2, w3)
+            else:       # C from all gathered tokens and all E experts: what one process with the whole batch uses
+                C = default_capacity(xg.shape[0], ig.shape[1], self.num_experts, self.capacity_factor)
+                expanded, row, kept, before = self._init_routing(xg, ig, 0, C, self.local, 1, 2)
+                out = self._ffn(expanded, w1, w2, w3, self.limit)
+                partial = self._finalize(out, wg, row, None, None, None, None, 3)
+                dropped = ops.cast(ops.sum(ops.cast(before - kept, ms.float32)), ms.int32)
             y = self.reduce_scatter(partial)
         else:
-            E, C, L, ep = self.num_experts, self.capacity, self.local, self.ep
+            E, L, ep = self.num_experts, self.local, self.ep
+            C = self.capacity if self.capacity_factor is None else default_capacity(x.shape[0], ids.shape[1], E,
+                                                                                      self.capacity_factor)
             expanded, row, kept, before = self._init_routing(x, ids, 0, C, E, 1, 2)      # [E, C, D], own tokens
             D = expanded.shape[-1]
             recv = self.exchange(expanded)                           # [ep_src * L, C, D]: my experts' rows

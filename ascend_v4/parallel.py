@@ -1,0 +1,492 @@
+"""Hand-written tensor (tp) and expert (ep) parallelism next to data parallelism (dp), for the training runtime.
+
+MindSpore's semi-auto parallel and `.shard()` are refused on CPU, so the model is sharded by hand and the
+communication is explicit collectives (shared notes §5). Layout of the dp·tp ranks (pp = 1):
+
+    rank = dp_rank · tp + tp_rank                      tensor-parallel ranks are neighbours
+    ep divides dp: ep_rank = dp_rank mod ep            experts are split across data-parallel ranks
+
+The groups of a rank: tp (same dp_rank), dp (same tp_rank), ep (same tp_rank, same block of ep dp-ranks),
+edp (the replicas of one expert shard: same tp_rank and ep_rank, dp/ep ranks) and etp (all distinct expert shards:
+the tp·ep ranks of one ep block). A group of one rank has no collective (None); a group spanning all ranks is
+the world group; other groups come from `mindspore.communication.create_group`. On CPU, MindSpore's AllGather only
+runs on the world group (AllReduce runs on sub-groups), so sub-group gathers are an AllReduce of a zero buffer
+holding this rank's block (exact: the other ranks contribute zeros). Verified on CPU with 2 and 4 msrun workers:
+tp=2, dp=2·ep=2, dp=2·tp=2·ep=2 and dp=4·ep=2 (tests/train/test_msrun_parallel.py).
+
+Tensor parallel (Megatron style): attention heads (wq_b rows, attn_sink, wo_a output groups) and the expert
+FFNs' inter dimension (w1/w3 rows, w2 columns; routed and shared) are split over tp; everything else (wq_a, q_norm,
+the single KV head, compressor, indexer, router, mHC, embedding, head) is replicated. The conjugate collectives
+`CopyToTensorParallel` (forward identity, backward AllReduce) and `ReduceFromTensorParallel` (forward AllReduce,
+backward identity) bracket each split region. Expert parallel: rank ep_rank holds experts
+[ep_rank·E/ep, (ep_rank+1)·E/ep) under their global names and dispatches through ExpertParallelMoeExperts.
+
+Parameters keep their official names and hold this rank's slice: `shard_weights` slices full tensors,
+`gather_full` (a collective: every rank calls it) rebuilds the full official tensors for checkpoints.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops, Tensor
+from mindspore.ops import composite as C, functional as F
+
+
+class ParallelConfigError(ValueError):
+    """A parallel layout that cannot run (one line, says what to change)."""
+
+
+# ------------------------------------------------------------------------------------------------ layout rules
+_P = r"(?:^|\.)"
+_TP_RULES: Tuple[Tuple[re.Pattern, int], ...] = tuple((re.compile(p), d) for p, d in (
+    (_P + r"attn\.wq_b\.weight$", 0),            # [H·hd, q_lora]: rows by head
+    (_P + r"attn\.attn_sink$", 0),               # [H]
+    (_P + r"attn\.wo_a\.weight$", 0),            # [G·r, H/G·hd]: rows by output group (group-major)
+    (_P + r"attn\.wo_b\.weight$", 1),            # [D, G·r]: input columns by output group
+    (_P + r"ffn\.(?:experts\.\d+|shared_experts)\.w[13]\.weight$", 0),   # [I, D]
+    (_P + r"ffn\.(?:experts\.\d+|shared_experts)\.w2\.weight$", 1),      # [D, I]
+))
+_EXPERT = re.compile(r"^(.*" + _P + r"ffn\.experts\.)(\d+)(\.w[123]\.weight)$")
+
+
+def tp_dim(name: str) -> Optional[int]:
+    """The dimension a tensor-parallel run splits `name` along (None = replicated). Optimiser state names
+    (muon_m.X, adam_m.X, ...) follow their parameter X."""
+    for pat, d in _TP_RULES:
+        if pat.search(name):
+            return d
+    return None
+
+
+def expert_index(name: str) -> Optional[int]:
+    """Global routed-expert index of an expert matrix name (or of its optimiser state), else None."""
+    m = _EXPERT.match(name)
+    return int(m.group(2)) if m else None
+
+
+def _expert_name(name: str, e: int) -> str:
+    m = _EXPERT.match(name)
+    return f"{m.group(1)}{e}{m.group(3)}"
+
+
+# ------------------------------------------------------------------------------------------------ context
+@dataclass
+class ParallelContext:
+    """dp/tp/ep sizes, this rank's coordinates and communication groups. Build with `create` (a launched job)
+    or `simulated` (one process playing one rank, collectives replaced by identities: unit tests of the math)."""
+    dp: int = 1
+    tp: int = 1
+    ep: int = 1
+    rank: int = 0
+    world: int = 1
+    simulated: bool = False
+    device: str = "CPU"
+    groups: Dict[str, Optional[str]] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- coordinates
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp
+
+    @property
+    def ep_rank(self) -> int:
+        return self.dp_rank % self.ep
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters differ between ranks (tp or ep > 1)."""
+        return self.tp > 1 or self.ep > 1
+
+    def group_ranks(self, kind: str) -> Tuple[int, ...]:
+        tp, ep, t, d = self.tp, self.ep, self.tp_rank, self.dp_rank
+        if kind == "tp":
+            return tuple(d * tp + i for i in range(tp))
+        if kind == "dp":
+            return tuple(j * tp + t for j in range(self.dp))
+        block = d // ep
+        if kind == "ep":
+            return tuple((block * ep + j) * tp + t for j in range(ep))
+        if kind == "edp":
+            return tuple(j * tp + t for j in range(self.dp) if j % ep == self.ep_rank)
+        if kind == "etp":
+            return tuple((block * ep + j) * tp + i for j in range(ep) for i in range(tp))
+        raise KeyError(kind)
+
+    def size(self, kind: str) -> int:
+        return len(self.group_ranks(kind))
+
+    def group(self, kind: str) -> Optional[str]:
+        """Communication group name of `kind` (None: a single rank, no collective needed)."""
+        if self.size(kind) == 1:
+            return None
+        if self.simulated:
+            return None
+        return self.groups[kind]
+
+    def world_group_name(self) -> str:
+        from mindspore.communication import GlobalComm
+        return GlobalComm.WORLD_COMM_GROUP
+
+    def is_world(self, kind: str) -> bool:
+        return self.size(kind) == self.world
+
+    # ---------------------------------------------------------------- construction
+    @staticmethod
+    def check(cfg, dp: int, tp: int, ep: int, pp: int = 1, world: Optional[int] = None) -> None:
+        """Raise ParallelConfigError (one line) for a layout the runtime cannot run."""
+        if pp > 1:
+            raise ParallelConfigError(f"parallel.pp = {pp}: pipeline stages are not implemented by the trainer "
+                                      f"(`ascend-v4 train --dry-run` only validates pp layouts); set pp: 1")
+        if world is not None and dp * tp != world:
+            raise ParallelConfigError(f"dp·tp = {dp}·{tp} = {dp * tp} but {world} process(es) run; launch "
+                                      f"`msrun --worker_num {dp * tp}` or change parallel.dp / parallel.tp")
+        if cfg.n_heads % tp:
+            raise ParallelConfigError(f"n_heads {cfg.n_heads} is not divisible by tp {tp}")
+        if cfg.o_groups % tp:
+            raise ParallelConfigError(f"o_groups {cfg.o_groups} is not divisible by tp {tp} "
+                                      f"(wo_a is split by output group)")
+        if cfg.moe_inter_dim % tp:
+            raise ParallelConfigError(f"moe_inter_dim {cfg.moe_inter_dim} is not divisible by tp {tp}")
+        if cfg.n_routed_experts % ep:
+            raise ParallelConfigError(f"n_routed_experts {cfg.n_routed_experts} is not divisible by ep {ep}")
+        if dp % ep:
+            raise ParallelConfigError(f"ep {ep} must divide dp {dp}: the trainer splits experts across data-parallel "
+                                      f"ranks (ep over tensor-parallel ranks is not implemented)")
+
+    @classmethod
+    def simulated_rank(cls, cfg, dp: int = 1, tp: int = 1, ep: int = 1, rank: int = 0) -> "ParallelContext":
+        """One rank of a layout inside a single process, without communication (tests of slicing and math)."""
+        cls.check(cfg, dp, tp, ep)
+        return cls(dp=dp, tp=tp, ep=ep, rank=rank, world=dp * tp, simulated=True)
+
+    @classmethod
+    def create(cls, cfg, dp: int, tp: int, ep: int, pp: int, rank: int, world: int,
+               device: Optional[str] = None) -> "ParallelContext":
+        """The context of a launched job (communication initialised): validates, then creates the groups."""
+        cls.check(cfg, dp, tp, ep, pp, world)
+        if device is None:
+            device = ms.get_context("device_target") or "CPU"
+        ctx = cls(dp=dp, tp=tp, ep=ep, rank=rank, world=world, device=device)
+        ctx._init_groups()
+        return ctx
+
+    def _init_groups(self) -> None:
+        from mindspore.communication import create_group
+        for kind in ("tp", "dp", "ep", "edp", "etp"):
+            ranks = self.group_ranks(kind)
+            if len(ranks) == 1:
+                self.groups[kind] = None
+            elif len(ranks) == self.world:
+                self.groups[kind] = self.world_group_name()
+            else:
+                name = "v4_" + "_".join(str(r) for r in ranks)
+                if name not in self.groups.values():
+                    try:
+                        create_group(name, list(ranks))
+                    except Exception as e:
+                        raise ParallelConfigError(f"cannot create the {kind} communication group {list(ranks)} "
+                                                  f"({str(e).splitlines()[0]}); use a layout whose groups span all "
+                                                  f"ranks (only one of dp/tp > 1, or ep = dp)") from None
+                self.groups[kind] = name
+
+    # ---------------------------------------------------------------- experts
+    def local_experts(self, n_experts: int) -> Tuple[int, ...]:
+        n = n_experts // self.ep
+        return tuple(range(self.ep_rank * n, (self.ep_rank + 1) * n))
+
+    # ---------------------------------------------------------------- weights
+    def owns(self, name: str, n_experts: int) -> bool:
+        """Whether this rank holds (a slice of) the full tensor `name`."""
+        e = expert_index(name)
+        return e is None or self.ep == 1 or e in self.local_experts(n_experts)
+
+    def shard(self, name: str, full: np.ndarray) -> np.ndarray:
+        """This rank's tensor-parallel slice of the full tensor `name` (the tensor itself when replicated)."""
+        d = tp_dim(name)
+        if d is None or self.tp == 1:
+            return full
+        n = full.shape[d]
+        if n % self.tp:
+            raise ParallelConfigError(f"'{name}' has {n} entries along dim {d}, not divisible by tp {self.tp}")
+        k = n // self.tp
+        sl = [slice(None)] * full.ndim
+        sl[d] = slice(self.tp_rank * k, (self.tp_rank + 1) * k)
+        return np.ascontiguousarray(full[tuple(sl)])
+
+    def shard_weights(self, full: Dict[str, np.ndarray], names: Iterable[str]) -> Dict[str, np.ndarray]:
+        """{name: this rank's slice} for the local parameter `names`; a name missing from `full` is skipped
+        (the caller's strict loader reports it)."""
+        return {n: self.shard(n, full[n]) for n in names if n in full}
+
+    def full_names(self, local_names: Iterable[str], n_experts: int) -> List[str]:
+        """The full (all ranks') names behind this rank's `local_names`: local experts expand to every expert."""
+        out = set()
+        for n in local_names:
+            if expert_index(n) is not None and self.ep > 1:
+                out.update(_expert_name(n, e) for e in range(n_experts))
+            else:
+                out.add(n)
+        return sorted(out)
+
+    def gather_full(self, local: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Collective (every rank calls it with its own slices of the same tensors): the full tensors, under
+        their full names, on every rank. Tensor-parallel slices are gathered over tp, then the expert blocks
+        over ep; replicated tensors are returned as they are. float32 only."""
+        out = dict(local)
+        if self.tp > 1:
+            names = sorted(n for n in out if tp_dim(n) is not None)
+            gathered = self._host_gather([np.moveaxis(out[n], tp_dim(n), 0) for n in names], "tp")
+            for i, n in enumerate(names):
+                full0 = np.concatenate([gathered[r][i] for r in range(self.tp)], 0)
+                out[n] = np.ascontiguousarray(np.moveaxis(full0, 0, tp_dim(n)))
+        if self.ep > 1:
+            mine = [n for n in out if expert_index(n) is not None]
+            experts = sorted({expert_index(n) for n in mine})
+            first, per_rank = (experts[0], len(experts)) if experts else (0, 0)
+            # the same order on every ep rank: by name with the expert's local position
+            local = {n: _expert_name(n, expert_index(n) - first) for n in mine}
+            names = sorted(mine, key=lambda n: local[n])
+            gathered = self._host_gather([out.pop(n) for n in names], "ep")
+            for r in range(self.ep):
+                for i, n in enumerate(names):
+                    out[_expert_name(n, r * per_rank + expert_index(local[n]))] = gathered[r][i]
+        return out
+
+    def _host_gather(self, arrays: List[np.ndarray], kind: str) -> List[List[np.ndarray]]:
+        """Eager gather over group `kind` of float32 arrays (the same shapes on every member) -> [member][i]."""
+        size = self.size(kind)
+        if self.simulated or size == 1 or not arrays:
+            return [list(arrays)] * size
+        for a in arrays:
+            if a.dtype != np.float32:
+                raise TypeError(f"parallel gather supports float32 tensors only, got {a.dtype}")
+        flat = np.concatenate([a.reshape(-1) for a in arrays])
+        group = self.group(kind)
+        if self.device != "CPU" or self.is_world(kind):
+            g = ops.AllGather(group)(Tensor(flat)).asnumpy().reshape(size, -1)
+        else:
+            buf = np.zeros((size, flat.size), np.float32)
+            buf[self.group_ranks(kind).index(self.rank)] = flat
+            g = ops.AllReduce(ops.ReduceOp.SUM, group)(Tensor(buf)).asnumpy()
+        out = []
+        for r in range(size):
+            k, parts = 0, []
+            for a in arrays:
+                parts.append(g[r, k:k + a.size].reshape(a.shape).copy())
+                k += a.size
+            out.append(parts)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ graph Cells
+class CopyToTensorParallel(nn.Cell):
+    """Enter a tensor-parallel region: forward identity, backward AllReduce(sum) over tp of the partial input
+    gradients (each rank's heads / inter-dim slice contribute one part). MindSpore's AllReduce bprop is not the
+    conjugate: it would AllReduce the already identical output gradient and multiply it by tp."""
+
+    def __init__(self, ctx: ParallelContext):
+        super().__init__()
+        group = ctx.group("tp")
+        self.enabled = group is not None
+        if self.enabled:
+            self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
+
+    def construct(self, x):
+        return x
+
+    def bprop(self, x, out, dout):
+        if self.enabled:
+            return (self.all_reduce(dout),)
+        return (dout,)
+
+
+class ReduceFromTensorParallel(nn.Cell):
+    """Leave a tensor-parallel region: forward AllReduce(sum) over tp of the partial outputs, backward identity
+    (the output gradient is the same on every tp rank)."""
+
+    def __init__(self, ctx: ParallelContext):
+        super().__init__()
+        group = ctx.group("tp")
+        self.enabled = group is not None
+        if self.enabled:
+            self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
+
+    def construct(self, x):
+        if self.enabled:
+            return self.all_reduce(x)
+        return x
+
+    def bprop(self, x, out, dout):
+        return (dout,)
+
+
+class SimulatedExpertParallel(nn.Cell):
+    """A simulated ep rank (single process, no communication): this rank's experts applied to the tokens it is
+    given (other experts' assignments inactive), plus shared_out. Summed over the ep ranks of one token set, the
+    routed parts add up to the whole layer (the shared expert then counts ep times)."""
+
+    def __init__(self, num_experts: int, swiglu_limit: float, ep: int, rank: int, capacity_factor=None):
+        super().__init__()
+        from .ops.moe.layer import MoeExperts
+        self.offset = rank * (num_experts // ep)
+        self.inner = MoeExperts(num_experts // ep, swiglu_limit, capacity_factor=capacity_factor)
+
+    def construct(self, x, weights, ids, w1, w2, w3, shared_out=None):
+        return self.inner(x, weights, ids - self.offset, w1, w2, w3, shared_out)
+
+
+class GroupCollectives:
+    """What a graph needs to gather along dim 0 over group `kind`: `op` (AllGather when native, else an AllReduce
+    of a zero buffer holding this rank's block — MindSpore-CPU gathers only over the world group), `native`,
+    `size`, `me` (this rank's position); MuonAdamW's tensor-parallel gather uses them."""
+
+    def __init__(self, ctx: ParallelContext, kind: str):
+        self.size = ctx.size(kind)
+        self.me = ctx.group_ranks(kind).index(ctx.rank)
+        group = ctx.group(kind)
+        self.enabled = group is not None
+        self.native = ctx.device != "CPU" or ctx.is_world(kind)
+        self.op = None
+        if self.enabled:
+            self.op = ops.AllGather(group) if self.native else ops.AllReduce(ops.ReduceOp.SUM, group)
+
+
+# ---- gradient reduction and clipping (HyperMap over the gradient tuple, as nn.DistributedGradReducer does)
+_reduce_grad = C.MultitypeFuncGraph("v4_reduce_grad")
+
+
+@_reduce_grad.register("Function", "Function", "Number", "Tensor", "Number")
+def _reduce_grad_fn(ar_dp, ar_edp, scale, g, kind):
+    """kind 0: no collective; 1: AllReduce over dp; 2: AllReduce over the expert replicas (edp). Then x scale."""
+    if kind == 1:
+        g = ar_dp(g)
+    elif kind == 2:
+        g = ar_edp(g)
+    return g * ops.cast(scale, g.dtype)
+
+
+_sq = C.MultitypeFuncGraph("v4_sq")
+
+
+@_sq.register("Tensor")
+def _sq_fn(g):
+    g = ops.cast(g, ms.float32)
+    return ops.sum(g * g)
+
+
+_pick = C.MultitypeFuncGraph("v4_pick")
+
+
+@_pick.register("Tuple", "Number")
+def _pick_fn(tup, i):
+    return tup[i]
+
+
+_mul = C.MultitypeFuncGraph("v4_mul")
+
+
+@_mul.register("Tensor", "Tensor")
+def _mul_fn(s, g):
+    return g * ops.cast(s, g.dtype)
+
+
+class GradReducer(nn.Cell):
+    """Gradients of the rank's loss share -> gradients of the global-batch loss, identical on every replica.
+
+    Non-expert parameters (replicated or tp-sliced) are averaged over dp. A local expert's gradient under ep
+    already sums the tokens of its whole ep group (the dispatch gathers them), so it is summed over the other
+    replicas of the same expert shard (edp, dp/ep ranks; none when ep = dp) and divided by dp — never averaged
+    over dp, which would mix different experts. Every rank must hold the same parameter order."""
+
+    def __init__(self, ctx: ParallelContext, params):
+        super().__init__(auto_prefix=False)
+        kinds = []
+        for p in params:
+            if ctx.ep > 1 and expert_index(p.name) is not None:
+                kinds.append(2 if ctx.group("edp") is not None else 0)
+            else:
+                kinds.append(1 if ctx.group("dp") is not None else 0)
+        self.kinds = tuple(kinds)
+        world = ops.AllReduce(ops.ReduceOp.SUM)
+        self.ar_dp = ops.AllReduce(ops.ReduceOp.SUM, ctx.group("dp")) if ctx.group("dp") is not None else world
+        self.ar_edp = ops.AllReduce(ops.ReduceOp.SUM, ctx.group("edp")) if ctx.group("edp") is not None else world
+        self.scale = 1.0 / ctx.dp
+        self.hyper_map = C.HyperMap()
+
+    def construct(self, grads):
+        return self.hyper_map(F.partial(_reduce_grad, self.ar_dp, self.ar_edp, self.scale), grads, self.kinds)
+
+
+class ShardedClip(nn.Cell):
+    """(grads · min(1, max_norm/(‖g‖ + eps)), ‖g‖) with the global norm counting every shard once: replicated
+    parameters locally, tp-sliced ones summed over tp, expert shards summed over the tp·ep ranks holding the
+    distinct shards (etp). Same clipping rule as optim.clip_by_global_norm."""
+
+    def __init__(self, ctx: ParallelContext, params, max_norm: float, eps: float = 1e-6):
+        super().__init__(auto_prefix=False)
+        loc, tp, ex = [], [], []
+        for i, p in enumerate(params):
+            if ctx.ep > 1 and expert_index(p.name) is not None:
+                ex.append(i)
+            elif ctx.tp > 1 and tp_dim(p.name) is not None:
+                tp.append(i)
+            else:
+                loc.append(i)
+        if ctx.group("etp") is None:
+            loc += ex
+            ex = []
+        if ctx.group("tp") is None:
+            loc += tp
+            tp = []
+        self.loc, self.tp, self.ex = tuple(sorted(loc)), tuple(tp), tuple(ex)
+        self.ar_tp = ops.AllReduce(ops.ReduceOp.SUM, ctx.group("tp")) if self.tp else None
+        self.ar_etp = ops.AllReduce(ops.ReduceOp.SUM, ctx.group("etp")) if self.ex else None
+        self.max_norm, self.eps = float(max_norm), float(eps)
+        self.hyper_map = C.HyperMap()
+
+    def _sum(self, grads, idx):
+        return ops.addn(self.hyper_map(_sq, self.hyper_map(F.partial(_pick, grads), idx)))
+
+    def construct(self, grads):
+        total = ops.zeros((), ms.float32)
+        if self.loc:
+            total = total + self._sum(grads, self.loc)
+        if self.tp:
+            total = total + self.ar_tp(self._sum(grads, self.tp))
+        if self.ex:
+            total = total + self.ar_etp(self._sum(grads, self.ex))
+        norm = ops.sqrt(total)
+        scale = ops.minimum(self.max_norm / (norm + self.eps), ops.ones((), ms.float32))
+        return self.hyper_map(F.partial(_mul, scale), grads), norm
+
+
+class MuonTensorParallel:
+    """What MuonAdamW needs to orthogonalise tensor-parallel slices exactly (Newton–Schulz of a slice is not the
+    slice of NS(full)): each tp-sliced matrix's Muon input is gathered along its split dim to the full matrix,
+    NS runs on it (bucketed by full shape, scaled by the full shape), and the rank keeps its own slice."""
+
+    def __init__(self, ctx: ParallelContext):
+        self.tp = ctx.tp
+        self.coll = GroupCollectives(ctx, "tp")
+
+    def split_dim(self, name: str) -> int:
+        """-1 = not sliced, else the dim (0 rows, 1 columns)."""
+        if self.tp == 1:
+            return -1
+        d = tp_dim(name)
+        return -1 if d is None else d
+
+    def full_shape(self, name: str, shape) -> Tuple[int, ...]:
+        shape = list(int(s) for s in shape)
+        d = self.split_dim(name)
+        if d >= 0:
+            shape[d] *= self.tp
+        return tuple(shape)
