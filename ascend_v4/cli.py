@@ -1,4 +1,4 @@
-"""`ascend-v4` command line: demo, info, dump, compare, make-checkpoint, ops, migrate.
+"""`ascend-v4` command line: demo, info, dump, compare, make-checkpoint, ops, train, export-official, migrate.
 
 Every known failure (bad config, corrupt checkpoint, wrong token file, unavailable backend) ends with one
 line `error: …` naming the problem and the fix, and exit code 2; nothing half-written is left behind.
@@ -342,6 +342,27 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
     tr.run()
     if rank == 0:
         click.echo(f"done: {tr.step} steps, checkpoints and metrics.jsonl in {out_dir}")
+
+
+@main.command("export-official")
+@click.argument("ckpt")
+@click.argument("out_dir")
+@click.option("--dtype", type=click.Choice(["fp8", "bf16"]), default="fp8", show_default=True,
+              help="fp8: the release's FP8 E4M3 linears (E8M0 128x128 scales) and MXFP4 routed experts; "
+                   "bf16: every linear in BF16 (unquantised release)")
+@friendly
+def export_official_cmd(ckpt, out_dir, dtype):
+    """Export trained weights (a `train --out` dir -> its latest checkpoint, or a ckpt-* dir) as an official
+    DeepSeek-V4 release directory: config.json, model-*.safetensors (official names and dtypes, MTP included),
+    the run's tokenizer."""
+    from .train.export import export_official
+    r = export_official(ckpt, out_dir, dtype)
+    if r["warning"]:
+        click.echo(f"warning: {r['warning']}", err=True)
+    errs = ", ".join(f"{k} {v:.2e}" for k, v in sorted(r["max_rel_error"].items()))
+    click.echo(f"exported step {r['step']} of {r['checkpoint']} -> {r['out']}: {r['tensors']} tensors, "
+               f"{r['bytes'] / 1e6:.1f} MB, {dtype}, {r['mtp_layers']} MTP layer(s), tokenizer "
+               f"{'+'.join(r['tokenizer']) or 'none'}; worst relative weight error by format: {errs}")
 
 
 def _distributed(tc):

@@ -4,7 +4,7 @@
     y, post, comb = ops.hc_pre(x, fn, scale, base)            # runs the backend resolved for this device
     ops.registry.resolve("hc_pre").name                         # -> "composite" / "cpp" / "ascendc"
 
-Families live in sub-packages (mhc/, moe/, attention/), each with a float64 NumPy `reference` and a
+Families live in sub-packages (mhc/, moe/, attention/, muon/), each with a float64 NumPy `reference` and a
 MindSpore `composite`; compiled backends register themselves next to them.
 """
 from . import registry
@@ -12,7 +12,8 @@ from .registry import resolve, backends, selected, BackendError
 
 _PUBLIC = ("hc_pre", "hc_post", "hc_head", "moe_route", "moe_dispatch", "expert_ffn", "moe_combine",
            "moe_gating_topk", "moe_init_routing", "grouped_matmul", "moe_finalize_routing", "grouped_expert_ffn",
-           "compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention")
+           "compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention",
+           "newton_schulz")
 
 
 def _make(op):

@@ -50,7 +50,8 @@ def all_cases() -> List[Case]:
     from .mhc.cases import CASES as mhc
     from .moe.cases import CASES as moe
     from .attention.cases import CASES as attention
-    return list(mhc) + list(moe) + list(attention)
+    from .muon.cases import CASES as muon
+    return list(mhc) + list(moe) + list(attention) + list(muon)
 
 
 def _bf16_round(a: np.ndarray) -> np.ndarray:

@@ -25,9 +25,12 @@ AdamW (embedding, head, RMSNorm gains, mHC biases/gates, sinks, ape, vectors), f
     m ← β1·m + (1−β1)·G,  v ← β2·v + (1−β2)·G²,  m̂ = m/(1−β1ᵗ),  v̂ = v/(1−β2ᵗ)
     W ← W·(1 − lr·wd) − lr·m̂/(sqrt(v̂) + ε)                  β = (0.9, 0.95), ε = 1e-20, wd = 0.1
 
-Newton–Schulz is batched: Muon matrices of the same shape are stacked and iterated with `ops.bmm`, each
-normalised by its own Frobenius norm, so every expert matrix is still orthogonalised on its own; this keeps the
-compiled graph small (one 10-step NS chain per shape bucket instead of one per matrix). Per-parameter work is
+Newton–Schulz is batched: Muon matrices of the same shape are stacked into one [k, rows, cols] call of the op
+`newton_schulz` (ascend_v4.ops, family ops/muon/), each normalised by its own Frobenius norm, so every expert
+matrix is still orthogonalised on its own. The registry picks the backend: on CPU one C++ kernel per bucket
+(all 10 steps; the graph-op composite issued 30 small BatchMatMul kernels per bucket, 240 per step for the tiny
+preset, which dominated the step time on a loaded 2-core host), elsewhere the composite (`ops.bmm`);
+`ns_backend="composite"` pins it. Per-parameter work is
 mapped with `ops.HyperMap` (as nn.Optimizer does): a Python `for` over ~200 parameters inside `construct` exceeds
 MindSpore's graph call-depth limit.
 `bucket_numel` caps a bucket's size (memory); `ns_bf16=True` runs the NS matmuls in bf16 on Ascend (the report:
@@ -59,29 +62,25 @@ import mindspore as ms
 from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 from mindspore.ops import composite as C, functional as F
 
+from ascend_v4.ops import resolve as _resolve_op
+from ascend_v4.ops.muon.composite import newton_schulz as _ns_composite
+from ascend_v4.ops.muon.reference import NS_COEFFS as _NS_COEFFS, NS_EPS as _NS_EPS
+
 from . import param_groups as pg
 from .schedule import as_table, lookup
 
 # Hybrid Newton–Schulz (spec §10): 8 fast-converging quintic steps, then 2 steps that settle singular values at 1.
-NS_COEFFS: Tuple[Tuple[float, float, float], ...] = ((3.4445, -4.7750, 2.0315),) * 8 + ((2.0, -1.5, 0.5),) * 2
-NS_EPS = 1e-7
+NS_COEFFS: Tuple[Tuple[float, float, float], ...] = _NS_COEFFS
+NS_EPS = _NS_EPS
 
 
 # ------------------------------------------------------------------------------------------------ functions
 def newton_schulz(x, coeffs=NS_COEFFS, eps: float = NS_EPS, bf16: bool = False):
-    """Orthogonalise each matrix of x [k, n, m] with n <= m (wide; transpose tall matrices first).
-    Each matrix is divided by its own Frobenius norm (+eps), then X ← aX + (bA + cA²)X, A = XXᵀ, per (a, b, c).
-    bf16=True runs the matmuls in bfloat16 (Ascend); the result is float32."""
-    x = ops.cast(x, ms.float32)
-    norm = ops.sqrt(ops.sum(x * x, (1, 2), True))
-    x = x / (norm + eps)
-    if bf16:
-        x = ops.cast(x, ms.bfloat16)
-    for abc in coeffs:
-        gram = ops.bmm(x, ops.swapaxes(x, 1, 2))
-        poly = gram * abc[1] + ops.bmm(gram, gram) * abc[2]
-        x = x * abc[0] + ops.bmm(poly, x)
-    return ops.cast(x, ms.float32)
+    """Orthogonalise each matrix of x [k, n, m] (graph ops, any device; tall matrices are handled through their
+    transpose). Each matrix is divided by its own Frobenius norm (+eps), then X ← aX + (bA + cA²)X, A = XXᵀ, per
+    (a, b, c). bf16=True runs the matmuls in bfloat16 (Ascend); the result is float32. This is the op
+    `newton_schulz`'s composite backend; MuonAdamW runs whichever backend the registry picks (C++ on CPU)."""
+    return _ns_composite(x, coeffs, eps, bf16)
 
 
 _sq_sum = C.MultitypeFuncGraph("sq_sum")
@@ -147,23 +146,6 @@ def _muon_momentum_fn(mu, nesterov, m, g):
     if nesterov:
         return g + m_new * mu
     return m_new
-
-
-_bucket_ns = C.MultitypeFuncGraph("bucket_ns")
-
-
-@_bucket_ns.register("Tuple", "Tuple", "Number", "Bool", "Number", "Number", "Number", "Number", "Bool")
-def _bucket_ns_fn(us, coeffs, eps, bf16, start, end, rows, cols, tall):
-    """NS of us[start:end] (all the same shape [..., rows, cols]) as one bmm batch; returns a tuple of O's."""
-    x = ops.stack(us[start:end])
-    shape = x.shape
-    x = ops.reshape(x, (-1, rows, cols))
-    if tall:
-        x = ops.swapaxes(x, 1, 2)
-    x = newton_schulz(x, coeffs, eps, bf16)
-    if tall:
-        x = ops.swapaxes(x, 1, 2)
-    return ops.unstack(ops.reshape(x, shape), 0)
 
 
 _tp_full = C.MultitypeFuncGraph("tp_full")
@@ -257,7 +239,8 @@ class MuonAdamW(nn.Cell):
     master_weights  give every non-float32 parameter an fp32 master copy (True) or update it in place via fp32
                   arithmetic and a cast (False; loses small updates in bf16).
     bucket_numel  max elements of one stacked Newton–Schulz batch.
-    ns_bf16       run the NS matmuls in bfloat16 (Ascend only; CPU has no bf16 matmul).
+    ns_bf16       run the NS matmuls in bfloat16 (Ascend only; CPU has no bf16 matmul; implies the composite).
+    ns_backend    backend of the op `newton_schulz` (None: the registry's choice for the device, `cpp` on CPU).
     tensor_parallel  ascend_v4.parallel.MuonTensorParallel or None: parameters hold tensor-parallel slices; the
                   Muon input of each sliced matrix is gathered to the full matrix before Newton–Schulz (bucketed
                   and scaled by its full shape) and the rank keeps its own slice of the result, so the update
@@ -269,7 +252,7 @@ class MuonAdamW(nn.Cell):
                  ns_coeffs: Sequence[Tuple[float, float, float]] = NS_COEFFS, ns_eps: float = NS_EPS,
                  ns_bf16: bool = False, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-20,
                  adam_weight_decay: float = 0.1, master_weights: bool = True, bucket_numel: int = 1 << 24,
-                 classify=None, tensor_parallel=None):
+                 classify=None, tensor_parallel=None, ns_backend=None):
         super().__init__(auto_prefix=False)
         if hasattr(params, "get_parameters"):
             params = params.get_parameters()
@@ -296,6 +279,9 @@ class MuonAdamW(nn.Cell):
         self.muon_wd, self.update_rms = float(muon_weight_decay), float(update_rms)
         self.ns_coeffs = tuple(tuple(float(v) for v in abc) for abc in ns_coeffs)
         self.ns_eps, self.ns_bf16 = float(ns_eps), bool(ns_bf16)
+        # the op `newton_schulz`: the registry's choice for this device (C++ kernel on CPU), composite for bf16
+        self.ns_backend = _resolve_op("newton_schulz", "composite" if self.ns_bf16 else ns_backend)
+        self._ns = self.ns_backend.fn
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps, self.adam_wd = float(eps), float(adam_weight_decay)
         self.lr_table = Tensor(as_table(lr_schedule), ms.float32)
@@ -386,8 +372,9 @@ class MuonAdamW(nn.Cell):
             if self.tp_sliced:
                 us = hm(F.partial(_tp_full, self.tp_op, self.tp_native, self.tp_size, self.tp_me), us,
                         self.muon_split)
-            outs = hm(F.partial(_bucket_ns, us, self.ns_coeffs, self.ns_eps, self.ns_bf16),
-                      self.b_start, self.b_end, self.b_rows, self.b_cols, self.b_tall)
+            outs = ()
+            for b in range(self.n_buckets):       # a handful of shape buckets: unrolled at compile time
+                outs = outs + (self._bucket_ns(us, b),)
             o = hm(F.partial(_pick2, outs), self.flat_b, self.flat_j)
             if self.tp_sliced:
                 o = hm(F.partial(_tp_own, self.tp_size, self.tp_me), o, self.muon_split)
@@ -399,6 +386,14 @@ class MuonAdamW(nn.Cell):
             hm(F.partial(_adamw, lr, 1.0 - lr * self.adam_wd, bc1, bc2, self.beta1, self.beta2, self.eps),
                self.adam_params, self.adam_work, self.adam_has_master, self.adam_m, self.adam_v, g_adam)
         return lr
+
+    def _bucket_ns(self, us, b):
+        """NS of us[start:end] (all shaped [..., rows, cols]) as one batch; returns a tuple of O's."""
+        x = ops.stack(us[self.b_start[b]:self.b_end[b]])
+        shape = x.shape
+        x = ops.reshape(x, (-1, self.b_rows[b], self.b_cols[b]))
+        x = self._ns(x, self.ns_coeffs, self.ns_eps, self.ns_bf16)
+        return ops.unstack(ops.reshape(x, shape), 0)
 
     # ------------------------------------------------------------------ host side
     def state_parameters(self) -> Dict[str, Parameter]:

@@ -424,7 +424,9 @@ struct Job {
 // Persistent workers that BLOCK when idle. Not OpenMP: `import mindspore` already loads libgomp with its default
 // spin-wait policy, and spinning OpenMP workers next to MindSpore's own pool turned a 50 us dispatch into tens of
 // milliseconds on a loaded 2-core host. Threads: MOE_CPU_THREADS, else OMP_NUM_THREADS, else all cores. A second
-// concurrent caller (another MindSpore thread) runs its loop serially instead of waiting.
+// concurrent caller (another MindSpore thread) runs its loop serially instead of waiting. The caller works through
+// the tasks itself and waits only for workers that actually joined (see run()). Tasks must not depend on which
+// thread runs them (none here do), so results are the same whoever runs what.
 class Pool {
  public:
   static Pool& get() {
@@ -445,14 +447,16 @@ class Pool {
       job_ = &f;
       n_ = n;
       next_.store(0);
-      pending_ = int(workers_.size());
       ++generation_;
     }
     cv_.notify_all();
     for (int64_t i; (i = next_.fetch_add(1)) < n;) f(i);
+    // Every task is claimed. Close the job so that a worker which has not woken up yet never joins it, then wait
+    // only for the workers that did join (they finish the tasks they claimed). The caller never waits for a
+    // sleeping thread to be scheduled: on a loaded host that wait is a whole scheduler tick (~4 ms).
     std::unique_lock<std::mutex> lk(m_);
-    done_.wait(lk, [&] { return pending_ == 0; });
     job_ = nullptr;
+    done_.wait(lk, [&] { return active_ == 0; });
   }
 
   ~Pool() {
@@ -486,11 +490,13 @@ class Pool {
         seen = generation_;
         if (stop_) return;
         f = job_;
+        if (f == nullptr) continue;          // woke after the caller finished the job alone
         n = n_;
+        ++active_;
       }
       for (int64_t i; (i = next_.fetch_add(1)) < n;) (*f)(i);
       std::lock_guard<std::mutex> lk(m_);
-      if (--pending_ == 0) done_.notify_one();
+      if (--active_ == 0) done_.notify_one();
     }
   }
 
@@ -500,7 +506,7 @@ class Pool {
   const std::function<void(int64_t)>* job_ = nullptr;
   int64_t n_ = 0;
   std::atomic<int64_t> next_{0};
-  int pending_ = 0;
+  int active_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
 };
