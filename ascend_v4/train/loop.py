@@ -148,6 +148,21 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+class _AllReduceSum:
+    def __init__(self, group):
+        import mindspore as ms
+        from mindspore import ops
+        op = ops.AllReduce(ops.ReduceOp.SUM, group) if group else ops.AllReduce()
+
+        def reduce(x):
+            return op(x)
+
+        self._fn = ms.jit(reduce)
+
+    def __call__(self, x):
+        return self._fn(x)
+
+
 class Trainer:
     def __init__(self, tc: TrainConfig, out_dir: str, rank: int = 0, world: int = 1):
         from ascend_v4 import load_config
@@ -218,6 +233,8 @@ class Trainer:
                                  parallel=self.parallel)
         import mindspore as ms
         self._eval = ms.jit(self.loss_net)
+        if self.dp > 1:      # eval loss of the whole global batch, not this rank's share
+            self._eval_reduce = _AllReduceSum(self.parallel.group("dp"))
         self.step = 0
         self.tokens_per_step = tc.batch_size * self.dp * tc.seq_len
         # token->expert assignments per step over every MoE layer (the denominator of dropped_frac)
@@ -260,11 +277,17 @@ class Trainer:
         self.eval_loader.load_state_dict(self._eval_start)
         losses = []
         for _ in range(self.tc.eval_batches):
-            b = self._slice(next(self.eval_loader))
+            full = next(self.eval_loader)
+            b = self._slice(full)
+            # as in training: normalise by the global batch's real targets / dp, so the dp mean is the global loss
+            denom = np.float32(max(full["loss_mask"].astype(np.float64).sum(), 1.0) / self.dp)
             out = self._eval(ms.Tensor(b["input_ids"].astype(np.int32)), ms.Tensor(b["targets"].astype(np.int32)),
                              ms.Tensor(b["segment_ids"].astype(np.int32)), ms.Tensor(b["loss_mask"].astype(np.float32)),
-                             ms.Tensor(np.float32(0.0)))
-            losses.append(float(out[1].asnumpy()))
+                             ms.Tensor(np.float32(0.0)), ms.Tensor(denom), ms.Tensor(denom))
+            lm = out[1]
+            if self.dp > 1:
+                lm = self._eval_reduce(lm) / self.dp
+            losses.append(float(lm.asnumpy()))
         return float(np.mean(losses))
 
     def run(self, steps: Optional[int] = None) -> List[Dict]:

@@ -15,8 +15,8 @@ def _yaml(path, dp, batch):
     # on near-zero gradients flips whole updates; a smooth eps makes "same weights" a float32-tolerance statement.
     # (1e-8 is not smooth enough: 3 of 32768 embedding entries whose gradient is a cancellation at the 1e-7 level
     # moved by 1.2e-3 between the dp=2 and the one-process run.)
-    path.write_text(f"model: tiny\nseq_len: 32\nbatch_size: {batch}\nsteps: 3\nwarmup_steps: 1\neval_every: 1000\n"
-                    f"save_every: 1000\nadam_eps: 1.0e-4\ndata: {{eval_fraction: 0.0}}\nparallel: {{dp: {dp}}}\n")
+    path.write_text(f"model: tiny\nseq_len: 32\nbatch_size: {batch}\nsteps: 3\nwarmup_steps: 1\neval_every: 3\n"
+                    f"save_every: 1000\nadam_eps: 1.0e-4\ndata: {{eval_fraction: 0.05}}\nparallel: {{dp: {dp}}}\n")
 
 
 def _final(out):
@@ -48,6 +48,10 @@ def test_dp2_equals_single_process_with_double_batch(tmp_path):
     la = [json.loads(x)["loss"] for x in open(tmp_path / "one" / "metrics.jsonl")]
     lb = [json.loads(x)["loss"] for x in open(tmp_path / "two" / "metrics.jsonl")]
     np.testing.assert_allclose(lb, la, rtol=1e-4)          # global-batch loss, step by step
+    ea = [json.loads(x)["eval_loss"] for x in open(tmp_path / "one" / "metrics.jsonl") if "eval_loss" in x]
+    eb = [json.loads(x)["eval_loss"] for x in open(tmp_path / "two" / "metrics.jsonl") if "eval_loss" in x]
+    assert len(ea) == len(eb) == 1
+    np.testing.assert_allclose(eb, ea, rtol=1e-4)          # eval loss of the global eval batch, not rank 0's half
     a, b = _final(str(tmp_path / "one")), _final(str(tmp_path / "two"))
     assert a.keys() == b.keys()
     for k in a:
