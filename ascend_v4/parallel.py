@@ -35,6 +35,8 @@ import mindspore as ms
 from mindspore import nn, ops, Tensor
 from mindspore.ops import composite as C, functional as F
 
+from .train.optim import sq_sum
+
 
 class ParallelConfigError(ValueError):
     """A parallel layout that cannot run (one line, says what to change)."""
@@ -287,10 +289,8 @@ class ParallelContext:
 
 
 # ------------------------------------------------------------------------------------------------ graph Cells
-class CopyToTensorParallel(nn.Cell):
-    """Enter a tensor-parallel region: forward identity, backward AllReduce(sum) over tp of the partial input
-    gradients (each rank's heads / inter-dim slice contribute one part). MindSpore's AllReduce bprop is not the
-    conjugate: it would AllReduce the already identical output gradient and multiply it by tp."""
+class _TensorParallelEdge(nn.Cell):
+    """An AllReduce(sum) over the tp group, or nothing when this rank is its own tp group."""
 
     def __init__(self, ctx: ParallelContext):
         super().__init__()
@@ -298,6 +298,12 @@ class CopyToTensorParallel(nn.Cell):
         self.enabled = group is not None
         if self.enabled:
             self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
+
+
+class CopyToTensorParallel(_TensorParallelEdge):
+    """Enter a tensor-parallel region: forward identity, backward AllReduce(sum) over tp of the partial input
+    gradients (each rank's heads / inter-dim slice contribute one part). MindSpore's AllReduce bprop is not the
+    conjugate: it would AllReduce the already identical output gradient and multiply it by tp."""
 
     def construct(self, x):
         return x
@@ -308,16 +314,9 @@ class CopyToTensorParallel(nn.Cell):
         return (dout,)
 
 
-class ReduceFromTensorParallel(nn.Cell):
+class ReduceFromTensorParallel(_TensorParallelEdge):
     """Leave a tensor-parallel region: forward AllReduce(sum) over tp of the partial outputs, backward identity
     (the output gradient is the same on every tp rank)."""
-
-    def __init__(self, ctx: ParallelContext):
-        super().__init__()
-        group = ctx.group("tp")
-        self.enabled = group is not None
-        if self.enabled:
-            self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM, group)
 
     def construct(self, x):
         if self.enabled:
@@ -371,15 +370,6 @@ def _reduce_grad_fn(ar_dp, ar_edp, scale, g, kind):
     elif kind == 2:
         g = ar_edp(g)
     return g * ops.cast(scale, g.dtype)
-
-
-_sq = C.MultitypeFuncGraph("v4_sq")
-
-
-@_sq.register("Tensor")
-def _sq_fn(g):
-    g = ops.cast(g, ms.float32)
-    return ops.sum(g * g)
 
 
 _pick = C.MultitypeFuncGraph("v4_pick")
@@ -453,7 +443,7 @@ class ShardedClip(nn.Cell):
         self.hyper_map = C.HyperMap()
 
     def _sum(self, grads, idx):
-        return ops.addn(self.hyper_map(_sq, self.hyper_map(F.partial(_pick, grads), idx)))
+        return ops.addn(self.hyper_map(sq_sum, self.hyper_map(F.partial(_pick, grads), idx)))
 
     def construct(self, grads):
         total = ops.zeros((), ms.float32)

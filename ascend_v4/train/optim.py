@@ -83,10 +83,11 @@ def newton_schulz(x, coeffs=NS_COEFFS, eps: float = NS_EPS, bf16: bool = False):
     return _ns_composite(x, coeffs, eps, bf16)
 
 
-_sq_sum = C.MultitypeFuncGraph("sq_sum")
+# sum of squares of one gradient in float32 (global-norm clipping; ascend_v4.parallel uses it too)
+sq_sum = C.MultitypeFuncGraph("sq_sum")
 
 
-@_sq_sum.register("Tensor")
+@sq_sum.register("Tensor")
 def _sq_sum_fn(g):
     g = ops.cast(g, ms.float32)
     return ops.sum(g * g)
@@ -105,7 +106,7 @@ _hyper_map = C.HyperMap()
 
 def global_norm(grads):
     """sqrt(Σ‖g‖²) over a tuple of gradients, accumulated in float32."""
-    return ops.sqrt(ops.addn(_hyper_map(_sq_sum, grads)))
+    return ops.sqrt(ops.addn(_hyper_map(sq_sum, grads)))
 
 
 def clip_by_global_norm(grads, max_norm: float, eps: float = 1e-6):
