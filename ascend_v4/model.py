@@ -453,16 +453,28 @@ class Transformer(nn.Cell):
         self.max_seq_len = max_seq_len
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
-        self.embed = Embedding(cfg.vocab_size, cfg.dim, param_dtype)
-        self.layers = nn.CellList([Block(i, cfg, param_dtype, moe_capacity_factor, parallel)
-                                   for i in range(cfg.n_layers)])
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype)
-        self.head = Linear(cfg.dim, cfg.vocab_size, param_dtype)
-        self.hc_head_fn = _param((cfg.hc_mult, cfg.hc_mult * cfg.dim))
-        self.hc_head_base = _param((cfg.hc_mult,))
-        self.hc_head_scale = _param((1,))
-        self.hc_head = HcHead(cfg)
+        # a pipeline stage (parallel.pp > 1) builds only its layers; the others stay empty Cells so every layer keeps
+        # its official name. The first stage embeds, the last holds the head and MTP (and an embedding copy for it).
+        pp = parallel.pp if parallel is not None else 1
+        stage = parallel.stage_layers(cfg.n_layers) if pp > 1 else range(cfg.n_layers)
+        self.first_stage = pp == 1 or parallel.first_stage
+        self.last_stage = pp == 1 or parallel.last_stage
+        self.local_layers = tuple(stage)
         self.with_mtp = with_mtp and cfg.n_mtp_layers > 0
+        # whether the first and the last stage both hold the embedding (their gradients must be summed)
+        self.shared_embed = pp > 1 and self.with_mtp
+        if self.first_stage or (self.last_stage and self.with_mtp):
+            self.embed = Embedding(cfg.vocab_size, cfg.dim, param_dtype)
+        self.layers = nn.CellList([Block(i, cfg, param_dtype, moe_capacity_factor, parallel) if i in stage
+                                   else nn.Cell() for i in range(cfg.n_layers)])
+        if self.last_stage:
+            self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype)
+            self.head = Linear(cfg.dim, cfg.vocab_size, param_dtype)
+            self.hc_head_fn = _param((cfg.hc_mult, cfg.hc_mult * cfg.dim))
+            self.hc_head_base = _param((cfg.hc_mult,))
+            self.hc_head_scale = _param((1,))
+            self.hc_head = HcHead(cfg)
+        self.with_mtp = self.with_mtp and self.last_stage
         if self.with_mtp:
             self.mtp = nn.CellList([MTPBlock(cfg.n_layers + j, cfg, param_dtype, moe_capacity_factor, parallel)
                                      for j in range(cfg.n_mtp_layers)])
@@ -473,17 +485,24 @@ class Transformer(nn.Cell):
 
     def streams(self, input_ids, seg=None):
         """-> (embedding, final streams, per-block streams, per-block (affinity, expert ids, dropped))."""
+        e, h = self.embed_streams(input_ids)
+        h, hidden, routes = self.run_layers(h, input_ids, seg)
+        return e, h, hidden, routes
+
+    def embed_streams(self, input_ids):
+        """-> (embedding [B, S, D], its hc_mult copies: the initial residual streams [B, S, hc, D])."""
         e = self.embed(input_ids)
-        h = ops.broadcast_to(ops.expand_dims(e, 2), e.shape[:2] + (self.hc_mult, e.shape[-1]))
+        return e, ops.broadcast_to(ops.expand_dims(e, 2), e.shape[:2] + (self.hc_mult, e.shape[-1]))
+
+    def run_layers(self, h, input_ids, seg=None):
+        """This process's layers (all of them unless a pipeline stage) -> (streams, per-layer streams, routes)."""
         hidden = ()
         routes = ()
-        i = 0
-        for layer in self.layers:
-            h, aff, ids, dropped = layer.forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
+        for i in self.local_layers:
+            h, aff, ids, dropped = self.layers[i].forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
             hidden = hidden + (h,)
             routes = routes + ((aff, ids, dropped),)
-            i += 1
-        return e, h, hidden, routes
+        return h, hidden, routes
 
     def logits(self, h):
         return self.hc_head(h, self.hc_head_fn, self.hc_head_scale, self.hc_head_base, self.norm, self.head.weight)

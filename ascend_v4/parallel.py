@@ -1,10 +1,14 @@
 """Hand-written tensor (tp) and expert (ep) parallelism next to data parallelism (dp), for the training runtime.
 
 MindSpore's semi-auto parallel and `.shard()` are refused on CPU, so the model is sharded by hand and the
-communication is explicit collectives (shared notes §5). Layout of the dp·tp ranks (pp = 1):
+communication is explicit collectives (shared notes §5). Layout of the dp·tp·pp ranks:
 
-    rank = dp_rank · tp + tp_rank                      tensor-parallel ranks are neighbours
+    rank = pp_rank · dp·tp + dp_rank · tp + tp_rank    tensor-parallel ranks are neighbours, stages outermost
     ep divides dp: ep_rank = dp_rank mod ep            experts are split across data-parallel ranks
+
+Inside a pipeline stage the groups below are those of a dp·tp job offset by the stage's first rank; pp (the same
+dp/tp coordinates in every stage) and emb (first and last stage: the embedding and its MTP copy) cross stages.
+Stage split, schedule and checkpoint merge: `stage_layers`, train/pipeline.py, `gather_stages`.
 
 The groups of a rank: tp (same dp_rank), dp (same tp_rank), ep (same tp_rank, same block of ep dp-ranks),
 edp (the replicas of one expert shard: same tp_rank and ep_rank, dp/ep ranks) and etp (all distinct expert shards:
@@ -53,6 +57,35 @@ _TP_RULES: Tuple[Tuple[re.Pattern, int], ...] = tuple((re.compile(p), d) for p, 
     (_P + r"ffn\.(?:experts\.\d+|shared_experts)\.w2\.weight$", 1),      # [D, I]
 ))
 _EXPERT = re.compile(r"^(.*" + _P + r"ffn\.experts\.)(\d+)(\.w[123]\.weight)$")
+_OPT_PREFIX = re.compile(r"^(?:muon_m|adam_m|adam_v|master)\.")
+_LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def stage_layers(n_layers: int, pp: int, stage: int) -> range:
+    """Main-model layers of pipeline stage `stage`: contiguous, the first n_layers mod pp stages one larger (the
+    last stage also holds the final norm, head and MTP, so it gets the smaller share)."""
+    base, extra = divmod(n_layers, pp)
+    start = stage * base + min(stage, extra)
+    return range(start, start + base + (1 if stage < extra else 0))
+
+
+def stages_holding(name: str, n_layers: int, pp: int, with_mtp: bool) -> Tuple[int, ...]:
+    """The pipeline stages holding parameter (or optimiser-state) `name`. The embedding lives on the first stage
+    and, when MTP is trained, a copy on the last (MTP embeds the next tokens; the copies' gradients are summed so
+    they stay equal). Names outside the model (the optimiser's step counter) are on every stage."""
+    n = _OPT_PREFIX.sub("", name)
+    last = pp - 1
+    m = _LAYER.match(n)
+    if m:
+        i = int(m.group(1))
+        return tuple(s for s in range(pp) if i in stage_layers(n_layers, pp, s))
+    if n.startswith("mtp."):
+        return (last,)
+    if n.startswith("embed."):
+        return (0, last) if with_mtp and last > 0 else (0,)
+    if n.startswith(("norm.", "head.", "hc_head_")):
+        return (last,)
+    return tuple(range(pp))
 
 
 def tp_dim(name: str) -> Optional[int]:
@@ -83,6 +116,7 @@ class ParallelContext:
     dp: int = 1
     tp: int = 1
     ep: int = 1
+    pp: int = 1
     rank: int = 0
     world: int = 1
     simulated: bool = False
@@ -91,12 +125,21 @@ class ParallelContext:
 
     # ---------------------------------------------------------------- coordinates
     @property
+    def stage_size(self) -> int:
+        """Ranks per pipeline stage (dp·tp)."""
+        return self.dp * self.tp
+
+    @property
+    def pp_rank(self) -> int:
+        return self.rank // self.stage_size
+
+    @property
     def tp_rank(self) -> int:
         return self.rank % self.tp
 
     @property
     def dp_rank(self) -> int:
-        return self.rank // self.tp
+        return (self.rank % self.stage_size) // self.tp
 
     @property
     def ep_rank(self) -> int:
@@ -109,18 +152,27 @@ class ParallelContext:
 
     def group_ranks(self, kind: str) -> Tuple[int, ...]:
         tp, ep, t, d = self.tp, self.ep, self.tp_rank, self.dp_rank
-        if kind == "tp":
-            return tuple(d * tp + i for i in range(tp))
-        if kind == "dp":
-            return tuple(j * tp + t for j in range(self.dp))
+        if kind == "pp":        # the same (dp_rank, tp_rank) in every stage
+            return tuple(s * self.stage_size + self.rank % self.stage_size for s in range(self.pp))
+        if kind == "emb":       # the embedding's two holders (first stage, last stage when MTP needs a copy)
+            if self.pp > 1 and (self.first_stage or self.last_stage):
+                return tuple(s * self.stage_size + self.rank % self.stage_size for s in (0, self.pp - 1))
+            return (self.rank,)
+        base = self.pp_rank * self.stage_size
         block = d // ep
-        if kind == "ep":
-            return tuple((block * ep + j) * tp + t for j in range(ep))
-        if kind == "edp":
-            return tuple(j * tp + t for j in range(self.dp) if j % ep == self.ep_rank)
-        if kind == "etp":
-            return tuple((block * ep + j) * tp + i for j in range(ep) for i in range(tp))
-        raise KeyError(kind)
+        if kind == "tp":
+            local = (d * tp + i for i in range(tp))
+        elif kind == "dp":
+            local = (j * tp + t for j in range(self.dp))
+        elif kind == "ep":
+            local = ((block * ep + j) * tp + t for j in range(ep))
+        elif kind == "edp":
+            local = (j * tp + t for j in range(self.dp) if j % ep == self.ep_rank)
+        elif kind == "etp":
+            local = ((block * ep + j) * tp + i for j in range(ep) for i in range(tp))
+        else:
+            raise KeyError(kind)
+        return tuple(base + r for r in local)
 
     def size(self, kind: str) -> int:
         return len(self.group_ranks(kind))
@@ -144,12 +196,11 @@ class ParallelContext:
     @staticmethod
     def check(cfg, dp: int, tp: int, ep: int, pp: int = 1, world: Optional[int] = None) -> None:
         """Raise ParallelConfigError (one line) for a layout the runtime cannot run."""
-        if pp > 1:
-            raise ParallelConfigError(f"parallel.pp = {pp}: pipeline stages are not implemented by the trainer "
-                                      f"(`ascend-v4 train --dry-run` only validates pp layouts); set pp: 1")
-        if world is not None and dp * tp != world:
-            raise ParallelConfigError(f"dp·tp = {dp}·{tp} = {dp * tp} but {world} process(es) run; launch "
-                                      f"`msrun --worker_num {dp * tp}` or change parallel.dp / parallel.tp")
+        if world is not None and dp * tp * pp != world:
+            raise ParallelConfigError(f"dp·tp·pp = {dp}·{tp}·{pp} = {dp * tp * pp} but {world} process(es) run; "
+                                      f"launch `msrun --worker_num {dp * tp * pp}` or change parallel.dp/tp/pp")
+        if pp > cfg.n_layers:
+            raise ParallelConfigError(f"pp {pp} exceeds n_layers {cfg.n_layers}: every pipeline stage needs a layer")
         if cfg.n_heads % tp:
             raise ParallelConfigError(f"n_heads {cfg.n_heads} is not divisible by tp {tp}")
         if cfg.o_groups % tp:
@@ -170,19 +221,25 @@ class ParallelContext:
         return cls(dp=dp, tp=tp, ep=ep, rank=rank, world=dp * tp, simulated=True)
 
     @classmethod
+    def pipeline_stage(cls, cfg, pp: int, pp_rank: int) -> "ParallelContext":
+        """One pipeline stage (dp = tp = 1) inside a single process, without communication (tests)."""
+        cls.check(cfg, 1, 1, 1, pp)
+        return cls(pp=pp, rank=pp_rank, world=pp, simulated=True)
+
+    @classmethod
     def create(cls, cfg, dp: int, tp: int, ep: int, pp: int, rank: int, world: int,
                device: Optional[str] = None) -> "ParallelContext":
         """The context of a launched job (communication initialised): validates, then creates the groups."""
         cls.check(cfg, dp, tp, ep, pp, world)
         if device is None:
             device = ms.get_context("device_target") or "CPU"
-        ctx = cls(dp=dp, tp=tp, ep=ep, rank=rank, world=world, device=device)
+        ctx = cls(dp=dp, tp=tp, ep=ep, pp=pp, rank=rank, world=world, device=device)
         ctx._init_groups()
         return ctx
 
     def _init_groups(self) -> None:
         from mindspore.communication import create_group
-        for kind in ("tp", "dp", "ep", "edp", "etp"):
+        for kind in ("tp", "dp", "ep", "edp", "etp", "pp", "emb"):
             ranks = self.group_ranks(kind)
             if len(ranks) == 1:
                 self.groups[kind] = None
@@ -198,6 +255,62 @@ class ParallelContext:
                                                   f"({str(e).splitlines()[0]}); use a layout whose groups span all "
                                                   f"ranks (only one of dp/tp > 1, or ep = dp)") from None
                 self.groups[kind] = name
+
+    # ---------------------------------------------------------------- pipeline stages
+    @property
+    def first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+    def stage_layers(self, n_layers: int) -> range:
+        return stage_layers(n_layers, self.pp, self.pp_rank)
+
+    def gather_stages(self, local: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Collective over the pp group (every member calls it with its stage's tensors, float32, or int32 below 2^24): the
+        union of all stages' tensors on every member; a name held by several stages (the embedding copy, the step
+        counter) is taken from the lowest stage. Names and shapes travel as a JSON manifest encoded in float32
+        (exact: byte values), so the stages need not know each other's parameters."""
+        if self.pp == 1 or self.simulated:
+            return dict(local)
+        names = sorted(local)
+        for n in names:
+            if local[n].dtype not in (np.float32, np.int32):
+                raise TypeError(f"gather_stages supports float32/int32 tensors only, '{n}' is {local[n].dtype}")
+            if local[n].dtype == np.int32 and local[n].size and np.abs(local[n]).max() >= 1 << 24:
+                raise ValueError(f"gather_stages: int32 '{n}' exceeds 2^24 (it travels as float32)")
+        import json
+        manifest = json.dumps([[n, list(local[n].shape), local[n].dtype.str] for n in names]).encode()
+        data = np.concatenate([local[n].reshape(-1).astype(np.float32) for n in names]) if names else \
+            np.zeros(0, np.float32)
+        sizes = self._pp_sum(np.array([[len(manifest), data.size]], np.float32), 2)
+        mlen, dlen = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+        mbuf = np.zeros(mlen, np.float32)
+        mbuf[:len(manifest)] = np.frombuffer(manifest, np.uint8)
+        dbuf = np.zeros(dlen, np.float32)
+        dbuf[:data.size] = data
+        manifests = self._pp_sum(mbuf[None], mlen)
+        datas = self._pp_sum(dbuf[None], dlen)
+        out: Dict[str, np.ndarray] = {}
+        for s in range(self.pp):
+            entries = json.loads(manifests[s][:int(sizes[s, 0])].astype(np.uint8).tobytes())
+            k = 0
+            for n, shape, dt in entries:
+                size = int(np.prod(shape, dtype=np.int64))
+                if n not in out:
+                    out[n] = datas[s][k:k + size].astype(np.dtype(dt)).reshape(shape)
+                k += size
+        return out
+
+    def _pp_sum(self, row: np.ndarray, width: int) -> np.ndarray:
+        """[pp, width] with this stage's `row` in its slot and the other stages' rows (AllReduce of a zero
+        buffer: the only collective MindSpore-CPU runs on sub-groups). Values are moved bit-exactly: each slot
+        has one non-zero contributor."""
+        buf = np.zeros((self.pp, width), np.float32)
+        buf[self.pp_rank] = row.reshape(-1)
+        return ops.AllReduce(ops.ReduceOp.SUM, self.group("pp"))(Tensor(buf)).asnumpy()
 
     # ---------------------------------------------------------------- experts
     def local_experts(self, n_experts: int) -> Tuple[int, ...]:
@@ -418,7 +531,8 @@ class GradReducer(nn.Cell):
 class ShardedClip(nn.Cell):
     """(grads · min(1, max_norm/(‖g‖ + eps)), ‖g‖) with the global norm counting every shard once: replicated
     parameters locally, tp-sliced ones summed over tp, expert shards summed over the tp·ep ranks holding the
-    distinct shards (etp). Same clipping rule as optim.clip_by_global_norm."""
+    distinct shards (etp), then over the pipeline stages (pp; the last stage's embedding copy left out). Same
+    clipping rule as optim.clip_by_global_norm."""
 
     def __init__(self, ctx: ParallelContext, params, max_norm: float, eps: float = 1e-6):
         super().__init__(auto_prefix=False)
@@ -436,7 +550,10 @@ class ShardedClip(nn.Cell):
         if ctx.group("tp") is None:
             loc += tp
             tp = []
+        if ctx.pp > 1 and ctx.last_stage and not ctx.first_stage:     # the embedding copy counts on stage 0 only
+            loc = [i for i in loc if not params[i].name.startswith("embed.")]
         self.loc, self.tp, self.ex = tuple(sorted(loc)), tuple(tp), tuple(ex)
+        self.ar_pp = ops.AllReduce(ops.ReduceOp.SUM, ctx.group("pp")) if ctx.group("pp") is not None else None
         self.ar_tp = ops.AllReduce(ops.ReduceOp.SUM, ctx.group("tp")) if self.tp else None
         self.ar_etp = ops.AllReduce(ops.ReduceOp.SUM, ctx.group("etp")) if self.ex else None
         self.max_norm, self.eps = float(max_norm), float(eps)
@@ -453,6 +570,10 @@ class ShardedClip(nn.Cell):
             total = total + self.ar_tp(self._sum(grads, self.tp))
         if self.ex:
             total = total + self.ar_etp(self._sum(grads, self.ex))
+        if self.ar_pp is not None:       # every pipeline stage's parameters
+            # the stages run different graphs: pin this collective after every gradient (incl. the embedding
+            # sync) so all pp ranks issue their cross-stage collectives in one order
+            total = self.ar_pp(ops.depend(total, grads))
         norm = ops.sqrt(total)
         scale = ops.minimum(self.max_norm / (norm + self.eps), ops.ones((), ms.float32))
         return self.hyper_map(F.partial(_mul, scale), grads), norm

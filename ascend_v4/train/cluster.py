@@ -92,13 +92,12 @@ def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None
         err(f"n_routed_experts {cfg.n_routed_experts} is not divisible by ep {p.ep}")
     if (p.dp * p.tp) % p.ep:
         err(f"dp·tp = {p.dp * p.tp} must be divisible by ep {p.ep}: experts are sharded inside the data×tensor group")
-    # what `ascend-v4 train` itself runs (ascend_v4/parallel.py): experts split across dp ranks, no pipeline stages
+    # what `ascend-v4 train` itself runs (ascend_v4/parallel.py): experts split across dp ranks
     if p.ep > 1 and p.dp % p.ep and (p.dp * p.tp) % p.ep == 0:
         warn(f"ep {p.ep} does not divide dp {p.dp}: `ascend-v4 train` splits experts across data-parallel ranks only "
              f"and refuses this layout (experts spanning tensor-parallel ranks need another runtime)")
-    if p.pp > 1:
-        warn(f"pp {p.pp}: pipeline stages are not implemented by `ascend-v4 train` (it refuses pp > 1); this check "
-             f"only validates the layout")
+    if p.pp > cfg.n_layers:
+        err(f"pp {p.pp} exceeds n_layers {cfg.n_layers}: every pipeline stage needs a layer")
     if cfg.n_layers % p.pp:
         warn(f"n_layers {cfg.n_layers} is not divisible by pp {p.pp}: stages get {cfg.n_layers // p.pp} or "
              f"{cfg.n_layers // p.pp + 1} layers (give the last stage fewer: it also holds the head and MTP)")
@@ -162,6 +161,8 @@ def memory_estimate(cfg: ModelConfig, tc) -> Dict[str, float]:
 
     Activations: per token per layer, the 4 mHC streams and sublayer inputs (bf16) plus the attention query and the
     k routed experts' intermediate — saved for backward without recompute; divided by tp (and by pp for layers).
+    With pp > 1 the trainer's schedule (train/pipeline.py) holds one micro-batch's stage activations (the backward
+    recomputes the stage) plus the input streams of all micro-batches.
     """
     from .param_groups import classify
     from ..checkpoint.inventory import official_inventory
@@ -195,8 +196,9 @@ def memory_estimate(cfg: ModelConfig, tc) -> Dict[str, float]:
     layers = math.ceil((cfg.n_layers + (cfg.n_mtp_layers if tc.mtp else 0)) / p.pp)
     per_tok_layer = 2 * (3 * cfg.hc_mult * cfg.dim + cfg.n_heads * cfg.head_dim // p.tp + cfg.q_lora_rank
                          + 3 * cfg.n_activated_experts * cfg.moe_inter_dim // p.tp + 2 * cfg.head_dim)
-    in_flight = min(p.micro_batches, p.pp) if p.pp > 1 else 1
-    act = per_tok_layer * tokens * layers * in_flight
+    act = per_tok_layer * tokens * layers
+    if p.pp > 1:      # train/pipeline.py: GPipe + full stage recompute keeps every micro-batch's stage input
+        act += p.micro_batches * tokens * cfg.hc_mult * cfg.dim * 2
     logits = 4 * tokens * cfg.vocab_size / p.tp * (2 if tc.mtp else 1)
     out = {
         "weights_bf16": 2 * share / gib,

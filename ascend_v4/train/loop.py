@@ -23,10 +23,12 @@ A run is one YAML file (all keys optional; the defaults train the tiny preset on
     data: {files: [], tokenizer: null, eval_fraction: 0.05}   # empty files = the embedded corpus
     parallel: {dp: 1, tp: 1, ep: 1, pp: 1, micro_batches: 1, optimizer_shard: true}
 
-Parallel runs are launched with msrun (world = dp·tp processes; see README "Training"): dp splits the global batch
+Parallel runs are launched with msrun (world = dp·tp·pp processes; see README "Training"): dp splits the global batch
 (batch_size sequences per dp rank), tp splits attention heads and expert FFN inter dims, ep (dividing dp) splits
-the routed experts; pp > 1 is refused (pipeline stages are not implemented). A parallel run's losses, updates and
-checkpoints equal one process training the same global batch (up to float32 summation order).
+the routed experts, pp splits the layers into pipeline stages (world = dp·tp·pp; see train/pipeline.py) and
+micro_batches cuts each rank's batch for the pipeline schedule (with pp = 1: gradient accumulation). A parallel
+run's losses, updates and checkpoints equal one process training the same global batch (up to float32 summation
+order).
 
 OUT/metrics.jsonl gets one JSON object per step (step, loss, lm_loss, mtp_loss, balance_loss, tokens_per_s,
 grad_norm, lr, expert_imbalance, dropped_tokens, dropped_frac) and one per evaluation (eval_loss). Rerunning the same command resumes from
@@ -37,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -181,12 +182,13 @@ class Trainer:
         self.tc, self.out_dir, self.rank, self.world = tc, out_dir, rank, world
         self.cfg = load_config(tc.model)
         p = tc.parallel
-        if p.pp > 1:
-            raise TrainConfigError(f"parallel.pp = {p.pp}: pipeline stages are not implemented by the trainer "
-                                   f"(`ascend-v4 train --dry-run` only validates pp layouts); set pp: 1")
-        if p.dp * p.tp != world:
-            raise TrainConfigError(f"parallel dp·tp = {p.dp}·{p.tp} = {p.dp * p.tp} but {world} process(es) run; "
-                                   f"launch with `msrun --worker_num {p.dp * p.tp}` or set dp·tp = {world}")
+        if p.dp * p.tp * p.pp != world:
+            raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {p.dp * p.tp * p.pp} but {world} "
+                                   f"process(es) run; launch with `msrun --worker_num {p.dp * p.tp * p.pp}` or set "
+                                   f"dp·tp·pp = {world}")
+        if tc.batch_size % p.micro_batches:
+            raise TrainConfigError(f"batch_size {tc.batch_size} (per data-parallel rank) is not divisible by "
+                                   f"parallel.micro_batches {p.micro_batches}; make it a multiple")
         try:
             ParallelContext.check(self.cfg, p.dp, p.tp, p.ep, p.pp, world)
             self.parallel = ParallelContext.create(self.cfg, p.dp, p.tp, p.ep, p.pp, rank, world) if world > 1 else None
@@ -226,20 +228,26 @@ class Trainer:
         load_into(self.model, init, strict=False)
         self.schedule = Schedule(peak_lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
-        self.loss_net = V4Loss(self.model, tc.balance_alpha)
         muon_tp = MuonTensorParallel(self.parallel) if self.parallel is not None and self.parallel.tp > 1 else None
         self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps, tensor_parallel=muon_tp)
-        self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, tc.bias_update_speed, self.dp,
-                                 parallel=self.parallel)
         import mindspore as ms
-        self._eval = ms.jit(self.loss_net)
+        self.pipelined = p.pp > 1 or p.micro_batches > 1
+        if self.pipelined:
+            from .pipeline import PipelineTrainStep
+            self.step_fn = PipelineTrainStep(self.model, self.opt, p.micro_batches, tc.balance_alpha,
+                                             tc.max_grad_norm, tc.bias_update_speed, parallel=self.parallel)
+        else:
+            self.loss_net = V4Loss(self.model, tc.balance_alpha)
+            self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, tc.bias_update_speed, self.dp,
+                                     parallel=self.parallel)
+            self._eval = ms.jit(self.loss_net)
         if self.dp > 1:      # eval loss of the whole global batch, not this rank's share
             self._eval_reduce = _AllReduceSum(self.parallel.group("dp"))
         self.step = 0
         self.tokens_per_step = tc.batch_size * self.dp * tc.seq_len
         # token->expert assignments per step over every MoE layer (the denominator of dropped_frac)
         self.assignments_per_step = self.tokens_per_step * self.cfg.n_activated_experts * (
-            self.cfg.n_layers + (1 if self.model.with_mtp else 0))
+            self.cfg.n_layers + (1 if tc.mtp and self.cfg.n_mtp_layers > 0 else 0))
 
     # ------------------------------------------------------------------ state
     def _slice(self, batch):
@@ -281,6 +289,12 @@ class Trainer:
             b = self._slice(full)
             # as in training: normalise by the global batch's real targets / dp, so the dp mean is the global loss
             denom = np.float32(max(full["loss_mask"].astype(np.float64).sum(), 1.0) / self.dp)
+            if self.pipelined:
+                lm = self.step_fn.eval_lm(b, float(denom))
+                if self.dp > 1:
+                    lm = float(self._eval_reduce(ms.Tensor(np.float32(lm))).asnumpy()) / self.dp
+                losses.append(lm)
+                continue
             out = self._eval(ms.Tensor(b["input_ids"].astype(np.int32)), ms.Tensor(b["targets"].astype(np.int32)),
                              ms.Tensor(b["segment_ids"].astype(np.int32)), ms.Tensor(b["loss_mask"].astype(np.float32)),
                              ms.Tensor(np.float32(0.0)), ms.Tensor(denom), ms.Tensor(denom))
@@ -309,7 +323,7 @@ class Trainer:
             mtp_w = float(self.schedule.mtp_weight_at(self.step + 1)) if self.tc.mtp else 0.0
             lr = float(self.schedule.lr_at(self.step + 1))
             t0 = time.perf_counter()
-            loss, lm, mtp, bal, gnorm, imb, dropped = (float(o.asnumpy())
+            loss, lm, mtp, bal, gnorm, imb, dropped = (float(o.asnumpy() if hasattr(o, "asnumpy") else o)
                                                        for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom))
             dt = time.perf_counter() - t0
             self.step += 1

@@ -67,7 +67,8 @@ class V4Loss(nn.Cell):
         cfg = model.cfg
         self.E, self.K = cfg.n_routed_experts, cfg.n_activated_experts
         self.alpha = balance_alpha
-        self.routed = tuple(i for i in range(cfg.n_layers) if not cfg.is_hash_layer(i))
+        # positions (in model.run_layers' routes) of the routed, non-hash layers this process holds
+        self.routed = tuple(k for k, i in enumerate(model.local_layers) if not cfg.is_hash_layer(i))
         self.with_mtp = model.with_mtp
 
     def construct(self, input_ids, targets, segment_ids, loss_mask, mtp_weight, lm_denom=None, mtp_denom=None):

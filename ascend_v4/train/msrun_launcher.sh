@@ -2,7 +2,7 @@
 # Multi-node launcher for `ascend-v4 train` on 910B/910C clusters (one invocation per node).
 #   bash msrun_launcher.sh CONFIG.yaml OUT_DIR WORKERS_TOTAL WORKERS_PER_NODE MASTER_ADDR MASTER_PORT NODE_RANK [LOG_DIR]
 # Validates the layout first (`ascend-v4 train --dry-run`), then starts msrun with core binding and a join timeout.
-# WORKERS_TOTAL = dp·tp of the config's `parallel` (ep divides dp; the trainer refuses pp > 1). Every rank reads
+# WORKERS_TOTAL = dp·tp·pp of the config's `parallel` (ep divides dp). Every rank reads
 # and writes OUT (checkpoints are gathered to full tensors and written by rank 0): put it on a shared filesystem.
 set -euo pipefail
 if [ "$#" -lt 7 ]; then

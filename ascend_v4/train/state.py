@@ -9,7 +9,8 @@ Tensor / expert parallel runs (a ParallelContext whose ranks hold slices): every
 the model AND of the optimiser state (Muon momentum, Adam moments: elementwise, sliced like their parameter) are
 gathered to the full official tensors, and rank 0 writes the same single-file layout as a one-process run. So a
 tp/ep checkpoint loads anywhere (one process, another layout), and `load` slices the full tensors for this rank:
-resume is exact for the same layout.
+resume is exact for the same layout. Pipeline stages (pp > 1) are merged the same way (ParallelContext.
+gather_stages), and each stage loads only its own layers' tensors.
 """
 from __future__ import annotations
 
@@ -36,13 +37,15 @@ def _save_tensors(path: str, arrays: Dict[str, np.ndarray]) -> None:
     save_file({n: np.ascontiguousarray(a) for n, a in sorted(arrays.items())}, path)
 
 
-def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0) -> None:
+def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None) -> None:
     import mindspore as ms
     from safetensors.numpy import load_file
     try:
         data = load_file(path)
     except Exception as e:
         raise TrainStateError(f"{path}: unreadable {what} state ({e}); the checkpoint is damaged") from None
+    if stage_keep is not None:          # a pipeline stage takes its own layers' tensors
+        data = {n: a for n, a in data.items() if stage_keep(n)}
     expected = set(params)
     if parallel is not None and parallel.sharded:
         expected = set(parallel.full_names(params, n_experts))
@@ -70,6 +73,8 @@ def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, paralle
     opt_t = {n: p.asnumpy() for n, p in _params(optimizer).items() if n not in model_t}
     if parallel is not None and parallel.sharded:
         model_t, opt_t = parallel.gather_full(model_t), parallel.gather_full(opt_t)
+    if parallel is not None and parallel.pp > 1:
+        model_t, opt_t = parallel.gather_stages(model_t), parallel.gather_stages(opt_t)
     if parallel is not None and parallel.rank != 0:
         return final
     tmp = final + ".tmp"
@@ -113,7 +118,13 @@ def load(ckpt_dir: str, model, optimizer, parallel=None) -> Dict:
     if st.get("version") != STATE_VERSION:
         raise TrainStateError(f"{ckpt_dir}: state version {st.get('version')} != {STATE_VERSION}")
     n_experts = model.cfg.n_routed_experts if hasattr(model, "cfg") else 0
-    _load_tensors(os.path.join(ckpt_dir, "model.safetensors"), _params(model), "model", parallel, n_experts)
+    keep = None
+    if parallel is not None and parallel.pp > 1:
+        from ascend_v4.parallel import stages_holding
+        n_layers, pp, me, mtp = model.cfg.n_layers, parallel.pp, parallel.pp_rank, model.with_mtp
+        keep = lambda name: me in stages_holding(name, n_layers, pp, mtp)     # noqa: E731
+    _load_tensors(os.path.join(ckpt_dir, "model.safetensors"), _params(model), "model", parallel, n_experts, keep)
     opt_params = {n: p for n, p in _params(optimizer).items() if n not in _params(model)}
-    _load_tensors(os.path.join(ckpt_dir, "optimizer.safetensors"), opt_params, "optimizer", parallel, n_experts)
+    _load_tensors(os.path.join(ckpt_dir, "optimizer.safetensors"), opt_params, "optimizer", parallel, n_experts,
+                  keep)
     return st

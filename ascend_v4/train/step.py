@@ -18,7 +18,7 @@ class BiasBalancer(nn.Cell):
     def __init__(self, model, speed: float = 1e-3):
         super().__init__()
         cfg = model.cfg
-        biases = [model.layers[i].ffn.gate.bias for i in range(cfg.n_layers) if not cfg.is_hash_layer(i)]
+        biases = [model.layers[i].ffn.gate.bias for i in model.local_layers if not cfg.is_hash_layer(i)]
         if model.with_mtp:
             biases += [blk.ffn.gate.bias for blk in model.mtp]
         self.biases = ParameterTuple(biases)

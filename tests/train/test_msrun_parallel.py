@@ -10,12 +10,13 @@ Fast, single process:
   conjugate collectives complete); the expert-parallel rank's local experts likewise;
 * clear one-line errors for layouts that cannot run.
 
-Slow (`-m slow`), msrun on CPU: tp=2 (dp=1) and ep=2 (dp=2) with 2 workers, and with 4 workers dp=2·tp=2·ep=2 and
-dp=4·ep=2 (communication sub-groups: create_group + AllReduce-based gathers), train the tiny preset 4 steps; the
-per-step loss / lm / mtp / balance / grad-norm / expert-imbalance trajectory and the final model.safetensors (full
-official tensors, gathered on save) equal the single-process run with the same global batch (4 x 32 tokens). A
-single process also resumes from the tp run's step-2 checkpoint (model AND optimiser state gathered to full
-tensors) and reaches the same step-4 weights.
+Slow (`-m slow`), msrun on CPU: tp=2 (dp=1), ep=2 (dp=2) and pp=2 (with and without MTP) with 2 workers, pp=3 with
+3 workers, and with 4 workers dp=2·tp=2·ep=2, dp=4·ep=2 and dp=2·pp=2 (communication sub-groups: create_group +
+AllReduce-based gathers), train the tiny preset 4 steps; the per-step loss / lm / mtp / balance / grad-norm /
+expert-imbalance trajectory, the last step's eval loss and the final model.safetensors (full official tensors,
+gathered on save) equal the single-process run with the same global batch (4 x 32 tokens). A single process also
+resumes from the tp run's step-2 checkpoint (model AND optimiser state gathered to full tensors) and reaches the
+same step-4 weights.
 
 Tolerances (float32; partial sums over tp / ep ranks change the summation order): losses 2e-5 relative (observed
 <= 1.2e-6), grad norm 1e-4 relative (observed <= 1.2e-5), weights 3e-4 absolute + 1e-4 relative (observed <= 9.7e-5,
@@ -326,7 +327,6 @@ def test_muon_uses_full_shapes_under_tp(tiny_cfg):
     ({"tp": 4}, 4, "o_groups 2 is not divisible by tp 4"),
     ({"dp": 3, "ep": 3}, 3, "n_routed_experts 8 is not divisible by ep 3"),
     ({"tp": 2, "ep": 2}, 2, "ep 2 must divide dp 1"),
-    ({"pp": 2}, 1, "pipeline stages are not implemented"),
     ({"tp": 2}, 1, "launch with `msrun --worker_num 2`"),
     ({"dp": 2}, 4, "launch with `msrun --worker_num 2`"),
 ])
@@ -341,7 +341,7 @@ def test_layouts_that_cannot_run_are_refused(tmp_path, par, world, msg):
 # ------------------------------------------------------------------------------------------------ msrun runs
 def _yaml(path, batch, parallel, save_every=1000, steps=4):
     path.write_text(f"model: tiny\nseq_len: 32\nbatch_size: {batch}\nsteps: {steps}\nwarmup_steps: 1\n"
-                    f"eval_every: 1000\nsave_every: {save_every}\nadam_eps: 1.0e-4\ndata: {{eval_fraction: 0.0}}\n"
+                    f"eval_every: 1000\nsave_every: {save_every}\nadam_eps: 1.0e-4\ndata: {{eval_fraction: 0.05}}\n"
                     f"parallel: {parallel}\n")
 
 
@@ -403,6 +403,8 @@ def _compare_runs(ref, par, step=4):
             np.testing.assert_allclose(rb[k], ra[k], rtol=2e-5, err_msg=f"step {ra['step']} {k}")
         np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-4, err_msg=f"step {ra['step']}")
         np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
+    assert "eval_loss" in a[-1] and "eval_loss" in b[-1]          # evaluated at the last step, over every rank
+    np.testing.assert_allclose(b[-1]["eval_loss"], a[-1]["eval_loss"], rtol=2e-5)
     wa, wb = _weights(ref, step), _weights(par, step)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -450,3 +452,59 @@ def test_four_workers_with_subgroups_train_like_one_process(single_run, tmp_path
     out = tmp_path / "w4"
     _msrun(tmp_path, tmp_path / "w4.yaml", out, workers=4)
     print(layout, "max |dw|", _compare_runs(single_run, str(out)))
+
+
+@pytest.mark.slow
+def test_pipeline_pp2_trains_and_resumes_like_one_process(single_run, tmp_path):
+    """pp=2 (layers 0-1 | 2-3 + head + MTP), 2 micro-batches: the same trajectory and step-4 weights as one
+    process; the optimiser state merged from both stages equals the single run's at step 2; deleting step 4 and
+    relaunching resumes each stage from the merged step-2 checkpoint to the same step-4 weights."""
+    _yaml(tmp_path / "pp2.yaml", 4, "{pp: 2, micro_batches: 2}", save_every=2)
+    out = tmp_path / "pp2"
+    _msrun(tmp_path, tmp_path / "pp2.yaml", out)
+    print("pp2 max |dw|", _compare_runs(single_run, str(out)))
+    oa, ob = _weights(single_run, 2, "optimizer"), _weights(str(out), 2, "optimizer")
+    assert oa.keys() == ob.keys()
+    for k in oa:
+        np.testing.assert_allclose(ob[k], oa[k], rtol=1e-4, atol=3e-4, err_msg=k)
+    shutil.rmtree(out / "ckpt-00000004")
+    (out / "latest").write_text("ckpt-00000002\n")
+    _msrun(tmp_path, tmp_path / "pp2.yaml", out)
+    wa, wb = _weights(single_run, 4), _weights(str(out), 4)
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=3e-4, err_msg=k)
+
+
+@pytest.mark.slow
+def test_four_workers_dp2_pp2_train_like_one_process(single_run, tmp_path):
+    """dp=2 x pp=2: dp sub-groups {0,1}/{2,3} inside each stage, pp / embedding groups {0,2}/{1,3}."""
+    _yaml(tmp_path / "dppp.yaml", 2, "{dp: 2, pp: 2, micro_batches: 2}")
+    out = tmp_path / "dppp"
+    _msrun(tmp_path, tmp_path / "dppp.yaml", out, workers=4)
+    print("dp2 pp2 max |dw|", _compare_runs(single_run, str(out)))
+
+
+@pytest.mark.slow
+def test_three_stages_train_like_one_process(single_run, tmp_path):
+    """pp=3 (layers 0-1 | 2 | 3 + head + MTP): a middle stage without embedding, the emb group {0, 2} a sub-group."""
+    _yaml(tmp_path / "pp3.yaml", 4, "{pp: 3, micro_batches: 2}")
+    out = tmp_path / "pp3"
+    _msrun(tmp_path, tmp_path / "pp3.yaml", out, workers=3)
+    print("pp3 max |dw|", _compare_runs(single_run, str(out)))
+
+
+@pytest.mark.slow
+def test_pipeline_without_mtp_trains_like_one_process(tmp_path):
+    """mtp: false — the last stage holds no embedding copy (no emb collective), 4 micro-batches."""
+    for name, par in (("one", "{dp: 1}"), ("pp2", "{pp: 2, micro_batches: 4}")):
+        _yaml(tmp_path / f"{name}.yaml", 4, par)
+        with open(tmp_path / f"{name}.yaml", "a") as fh:
+            fh.write("mtp: false\n")
+    ref = tmp_path / "one"
+    p = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "train", "--config", str(tmp_path / "one.yaml"),
+                        "--out", str(ref)], env=_env(), capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = tmp_path / "pp2"
+    _msrun(tmp_path, tmp_path / "pp2.yaml", out)
+    assert "embed.weight" in _weights(str(out), 4) and not any(k.startswith("mtp.") for k in _weights(str(out), 4))
+    print("pp2 no-MTP max |dw|", _compare_runs(str(ref), str(out)))
