@@ -20,6 +20,8 @@ What each side computes per step (identical forward geometry and weights, float3
                 balance loss by default (output_router_logits=False) and has no bias balancer; AdamW does no
                 Newton-Schulz. So ours does strictly more work per token (one extra block + head for MTP).
                 --no-mtp turns our MTP off for a like-for-like model.
+Also (unless --no-phases) where a step goes: forward, forward+backward and the optimiser update in ms — ours from
+each part compiled separately after the measured steps, transformers timed inside its steps (clip + AdamW).
 Reported: compile time (first step, includes graph compilation for ours / first-call warm-up for transformers)
 separately from the steady-state step time (median over the measured steps of all repetitions, after --warmup
 steps), tokens/s = B*S / median step, tokens per CPU-second (process CPU time of all threads; far less
@@ -58,6 +60,8 @@ def parse(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--no-mtp", action="store_true", help="train ours without the MTP block (like transformers)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds allowed per child process")
+    ap.add_argument("--no-phases", dest="phases", action="store_false",
+                    help="skip the per-part timing (forward / forward+backward / optimiser) after the measured steps")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny only, B=2 x S=64, 1 rep, 1+3 steps")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "train.json"))
     # internal: one side in a child process
@@ -122,11 +126,59 @@ def worker_ours(a) -> dict:
             losses.append({"loss": out[0], "lm": out[1], "mtp": out[2], "balance": out[3], "grad_norm": out[4]})
             if not np.isfinite(out[0]):
                 raise FloatingPointError(f"ours: loss {out[0]} at step {i + 1}")
+        peak_train = _rss_mb()          # before the phase graphs, which add their own compiled memory
+        phases = _phases_ours(tr, {k: v[-1] for k, v in batches.items()}, tc.mtp) if a.phases else None
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     from ascend_v4 import ops as v4ops
     return {"times": times, "cpu_times": cpu, "losses": losses, "rss_after_import_mb": rss_import,
-            "rss_after_build_mb": rss_built, "backends": v4ops.selected(), "mtp": not a.no_mtp}
+            "rss_after_build_mb": rss_built, "backends": v4ops.selected(), "mtp": not a.no_mtp, "phases": phases,
+            "peak_rss_train_mb": peak_train}
+
+
+def _phases_ours(tr, b, mtp, calls=3) -> dict:
+    """Median ms of the train step's parts, each compiled on its own after the measured steps (the fused step
+    overlaps nothing on CPU, so the parts add up to roughly one step): the loss forward, forward + backward
+    (value_and_grad), and the optimiser update (clip excluded) applied to fixed gradients."""
+    import numpy as np
+    import mindspore as ms
+    T = ms.Tensor
+    m = b["loss_mask"].astype(np.float64)
+    same = b["segment_ids"][:, :-1] == b["segment_ids"][:, 1:]
+    args = (T(b["input_ids"].astype(np.int32)), T(b["targets"].astype(np.int32)),
+            T(b["segment_ids"].astype(np.int32)), T(b["loss_mask"].astype(np.float32)),
+            T(np.float32(0.3 if mtp else 0.0)), T(np.float32(max(m.sum(), 1.0))),
+            T(np.float32(max((m[:, 1:] * same).sum(), 1.0))))
+    fwd = ms.jit(tr.loss_net)
+    grad = ms.jit(ms.value_and_grad(tr.loss_net, None, tr.opt.parameters, has_aux=True))
+    grads = ms.mutable(tuple(grad(*args)[1]))
+
+    def update(g):
+        return tr.opt(g)
+
+    upd = ms.jit(update)
+    probe = tr.opt.parameters[0]
+
+    def run_fwd():
+        fwd(*args)[0].asnumpy()
+
+    def run_grad():
+        grad(*args)[0][0].asnumpy()
+
+    def run_upd():
+        upd(grads)
+        probe.asnumpy()          # waits for the update
+
+    out = {}
+    for name, fn in (("forward", run_fwd), ("forward_backward", run_grad), ("optimizer", run_upd)):
+        fn()                     # compile
+        ts = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(1e3 * (time.perf_counter() - t0))
+        out[name] = statistics.median(ts)
+    return out
 
 
 def worker_hf(a) -> dict:
@@ -149,26 +201,32 @@ def worker_hf(a) -> dict:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     rss_built = _rss_mb()
-    times, cpu, losses = [], [], []
+    times, cpu, losses, parts = [], [], [], []
     for i in range(n_steps):
         ids = torch.from_numpy(batches["input_ids"][i].astype(np.int64))
         tgt = torch.from_numpy(batches["targets"][i].astype(np.int64))
         t0, c0 = time.perf_counter(), time.process_time()
         logits = model(input_ids=ids, use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1))
+        t1 = time.perf_counter()
         loss.backward()
+        t2 = time.perf_counter()
         gn = torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         lv = float(loss.detach())
         times.append(time.perf_counter() - t0)
+        parts.append((t1 - t0, t2 - t0, times[-1] - (t2 - t0)))
         cpu.append(time.process_time() - c0)
         losses.append({"loss": lv, "lm": lv, "grad_norm": float(gn)})
         if not np.isfinite(lv):
             raise FloatingPointError(f"transformers: loss {lv} at step {i + 1}")
     import transformers
+    steady = parts[1 + a.warmup:] or parts
+    phases = {k: 1e3 * statistics.median(p[j] for p in steady)
+              for j, k in enumerate(("forward", "forward_backward", "optimizer"))}
     return {"times": times, "cpu_times": cpu, "losses": losses, "rss_after_import_mb": rss_import,
-            "rss_after_build_mb": rss_built,
+            "rss_after_build_mb": rss_built, "phases": phases,
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 
@@ -196,7 +254,8 @@ def run_child(a, side, config, data):
     """One side in a fresh process; returns its result dict with the child's peak RSS (os.wait4)."""
     env = dict(os.environ, GLOG_v="3", OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(a.threads))
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", side, "--config", config, "--data", data,
-           "--threads", str(a.threads), "--lr", str(a.lr)] + (["--no-mtp"] if a.no_mtp else [])
+           "--threads", str(a.threads), "--lr", str(a.lr)] + (["--no-mtp"] if a.no_mtp else []) + \
+        ([] if a.phases else ["--no-phases"])
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=tempfile.gettempdir())
         timer = threading.Timer(a.timeout, p.kill)
@@ -213,7 +272,9 @@ def run_child(a, side, config, data):
             tail = "\n".join(err.read().splitlines()[-15:])
             raise RuntimeError(f"{side} worker for {config} failed (exit {p.returncode}):\n{tail}")
     res = json.loads(lines[-1][len("RESULT "):])
-    res["peak_rss_mb"] = ru.ru_maxrss / 1024.0
+    res["peak_rss_process_mb"] = ru.ru_maxrss / 1024.0
+    # the training part's peak (ours measures its phases afterwards, in extra graphs)
+    res["peak_rss_mb"] = res.get("peak_rss_train_mb") or res["peak_rss_process_mb"]
     return res
 
 
@@ -238,6 +299,9 @@ def summarize(a, config, runs):
             "first_lm_loss": rs[0]["losses"][0]["lm"], "last_loss": rs[0]["losses"][-1]["loss"],
             "losses_rep0": rs[0]["losses"],
         }
+        ph = [r["phases"] for r in rs if r.get("phases")]
+        if ph:
+            row[side]["phase_ms"] = {k: statistics.median(p[k] for p in ph) for k in ph[0]}
         for k in ("backends", "versions", "mtp"):
             if k in rs[0]:
                 row[side][k] = rs[0][k]
@@ -302,6 +366,16 @@ def print_table(a, rows):
         print(f"{'':<7}{'':>8}{'ours/hf':>14}{'':>15}{'':>10}{r['tokens_per_s_ratio_ours_over_hf']:>8.2f}x"
               f"{r['tokens_per_cpu_s_ratio_ours_over_hf']:>10.2f}x{r['peak_rss_ratio_ours_over_hf']:>12.2f}x{'':>12}"
               f"{'|diff| %.1e' % r['first_lm_loss_abs_diff']:>13}")
+    rows = [r for r in rows if "phase_ms" in r["ours"] and "phase_ms" in r["hf"]]
+    if rows:
+        print("\nwhere a step goes, ms (ours: each part compiled on its own; transformers: timed inside its steps)")
+        head = f"{'config':<7}{'part':>18}{'ours':>10}{'transformers':>14}{'ours/hf':>9}"
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            for k in ("forward", "forward_backward", "optimizer"):
+                o, h = r["ours"]["phase_ms"][k], r["hf"]["phase_ms"][k]
+                print(f"{r['config']:<7}{k:>18}{o:>10.1f}{h:>14.1f}{o / h:>8.2f}x")
 
 
 if __name__ == "__main__":

@@ -31,12 +31,15 @@ def test_summary_arithmetic():
     b = _load_bench()
     a = b.parse(["--batch", "2", "--seq", "8", "--warmup", "1", "--steps", "3", "--reps", "2"])
 
-    def run(times, rss):
+    def run(times, rss, fwd=1.0):
         return {"times": times, "cpu_times": [t / 2 for t in times], "peak_rss_mb": rss, "rss_after_import_mb": 100,
-                "rss_after_build_mb": 150, "losses": [{"loss": 5.0, "lm": 4.0}] * len(times)}
-    runs = {"ours": [run([9.0, 1.0, 0.2, 0.4, 0.3], 500), run([8.0, 1.0, 0.5, 0.1, 0.6], 700)],
+                "rss_after_build_mb": 150, "losses": [{"loss": 5.0, "lm": 4.0}] * len(times),
+                "phases": {"forward": fwd, "forward_backward": 3 * fwd, "optimizer": 2.0}}
+    runs = {"ours": [run([9.0, 1.0, 0.2, 0.4, 0.3], 500, 10.0), run([8.0, 1.0, 0.5, 0.1, 0.6], 700, 20.0)],
             "hf": [run([0.5, 0.5, 0.8, 0.8, 0.8], 350), run([0.5, 0.5, 0.8, 0.8, 0.8], 340)]}
     r = b.summarize(a, "tiny", runs)
+    assert r["ours"]["phase_ms"] == {"forward": 15.0, "forward_backward": 45.0, "optimizer": 2.0}
+    assert r["hf"]["phase_ms"]["forward_backward"] == 3.0
     assert r["ours"]["step_s_median"] == pytest.approx(0.35)          # median of 0.2 0.4 0.3 0.5 0.1 0.6
     assert r["ours"]["compile_or_first_step_s"] == pytest.approx(8.5)
     assert r["ours"]["tokens_per_s"] == pytest.approx(16 / 0.35)
@@ -58,6 +61,8 @@ def test_quick_run_end_to_end(tmp_path):
     for side in ("ours", "hf"):
         s = row[side]
         assert s["tokens_per_s"] > 0 and s["tokens_per_cpu_s"] > 0
+        ph = s["phase_ms"]
+        assert 0 < ph["forward"] < ph["forward_backward"] and ph["optimizer"] > 0
         assert s["peak_rss_mb"] >= s["rss_after_import_mb"] > 50
         assert len(s["losses_rep0"]) == 1 + 1 + 3
     # same weights, same tokens: the two implementations' first LM loss agrees (float32 forward parity)
