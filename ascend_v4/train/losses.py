@@ -58,8 +58,9 @@ def expert_load(ids, n_experts, mask):
 class V4Loss(nn.Cell):
     """Wraps a Transformer: construct(input_ids, targets, segment_ids, loss_mask, mtp_weight[, lm_denom, mtp_denom])
     -> (loss, lm_loss, mtp_loss, balance_loss, loads [n_routed_layers, E], dropped): `dropped` counts the
-    token->expert assignments that overflowed a fixed expert capacity, over all MoE layers (0 when dropless). auto_prefix=False keeps the official
-    parameter names (no `model.` prefix) in gradients, optimiser state and checkpoints."""
+    token->expert assignments that overflowed a fixed expert capacity, over all MoE layers (0 when dropless).
+    auto_prefix=False keeps the official parameter names (no `model.` prefix) in gradients, optimiser state and
+    checkpoints. train/pipeline.py's StageLoss reuses routed_terms / mtp_terms per pipeline stage."""
 
     def __init__(self, model, balance_alpha: float = 1e-4):
         super().__init__(auto_prefix=False)
@@ -75,6 +76,18 @@ class V4Loss(nn.Cell):
         B = input_ids.shape[0]
         _, h, _, routes = self.model.streams(input_ids, segment_ids)
         lm = masked_ce(self.model.logits(h), targets, loss_mask, lm_denom)
+        balance, loads, dropped = self.routed_terms(routes, B, loss_mask)
+        mtp = ops.zeros((), ms.float32)
+        if self.with_mtp:
+            mtp, mbal, mload, mdrop = self.mtp_terms(h, input_ids, targets, segment_ids, loss_mask, mtp_denom, B)
+            balance = balance + mbal
+            loads = loads + (mload,)
+            dropped = dropped + mdrop
+        loss = lm + mtp_weight * mtp + self.alpha * balance
+        return loss, lm, mtp, balance, ops.stack(loads), dropped
+
+    def routed_terms(self, routes, B, loss_mask):
+        """(balance summed over the routed layers, their expert loads (tuple), dropped assignments of all layers)."""
         balance = ops.zeros((), ms.float32)
         loads = ()
         dropped = ops.zeros((), ms.int32)
@@ -84,13 +97,11 @@ class V4Loss(nn.Cell):
             aff, ids, _ = routes[i]
             balance = balance + seq_balance(aff, ids, self.E, self.K, B, loss_mask)
             loads = loads + (expert_load(ids, self.E, loss_mask),)
-        mtp = ops.zeros((), ms.float32)
-        if self.with_mtp:
-            mlogits, aff, ids, mdrop = self.model.mtp_forward(h, input_ids, segment_ids)
-            dropped = dropped + mdrop
-            mmask = mtp_mask(loss_mask, segment_ids)
-            mtp = masked_ce(mlogits, targets[:, 1:], mmask, mtp_denom)
-            balance = balance + seq_balance(aff, ids, self.E, self.K, B, mmask)
-            loads = loads + (expert_load(ids, self.E, mmask),)
-        loss = lm + mtp_weight * mtp + self.alpha * balance
-        return loss, lm, mtp, balance, ops.stack(loads), dropped
+        return balance, loads, dropped
+
+    def mtp_terms(self, h, input_ids, targets, segment_ids, loss_mask, mtp_denom, B):
+        """Depth-1 MTP: (CE, balance, expert load, dropped) of the MTP block on the main streams h."""
+        mlogits, aff, ids, mdrop = self.model.mtp_forward(h, input_ids, segment_ids)
+        mmask = mtp_mask(loss_mask, segment_ids)
+        mtp = masked_ce(mlogits, targets[:, 1:], mmask, mtp_denom)
+        return mtp, seq_balance(aff, ids, self.E, self.K, B, mmask), expert_load(ids, self.E, mmask), mdrop

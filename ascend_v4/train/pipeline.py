@@ -31,15 +31,15 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops, Tensor
+from mindspore import ops, Tensor
 from mindspore.ops import composite as C, functional as F
 
-from .losses import expert_load, masked_ce, mtp_mask, seq_balance
+from .losses import V4Loss, masked_ce
 from .step import BiasBalancer
 
 
-class StageLoss(nn.Cell):
-    """One pipeline stage's share of the V4 objective for one micro-batch.
+class StageLoss(V4Loss):
+    """One pipeline stage's share of the V4 objective for one micro-batch (V4Loss's terms, split by stage).
 
     construct(h_in, dy, input_ids, targets, segment_ids, loss_mask, mtp_weight, lm_denom, mtp_denom, bal_scale)
       -> (objective, (loss_part, lm, mtp, balance, loads [n_loads, E], dropped, h_out))
@@ -49,14 +49,8 @@ class StageLoss(nn.Cell):
     ones)."""
 
     def __init__(self, model, balance_alpha: float = 1e-4):
-        super().__init__(auto_prefix=False)
-        self.model = model
-        cfg = model.cfg
-        self.E, self.K = cfg.n_routed_experts, cfg.n_activated_experts
-        self.alpha = balance_alpha
-        self.routed = tuple(k for k, i in enumerate(model.local_layers) if not cfg.is_hash_layer(i))
+        super().__init__(model, balance_alpha)
         self.first, self.last = model.first_stage, model.last_stage
-        self.with_mtp = model.with_mtp
         self.n_loads = len(self.routed) + (1 if self.with_mtp else 0)
 
     def stage_forward(self, h_in, input_ids, segment_ids):
@@ -71,26 +65,16 @@ class StageLoss(nn.Cell):
                   bal_scale):
         B = input_ids.shape[0]
         h, routes = self.stage_forward(h_in, input_ids, segment_ids)
-        balance = ops.zeros((), ms.float32)
-        dropped = ops.zeros((), ms.int32)
-        loads = ()
-        for r in routes:
-            dropped = dropped + r[2]
-        for k in self.routed:
-            aff, ids, _ = routes[k]
-            balance = balance + seq_balance(aff, ids, self.E, self.K, B, loss_mask)
-            loads = loads + (expert_load(ids, self.E, loss_mask),)
+        balance, loads, dropped = self.routed_terms(routes, B, loss_mask)
         lm = ops.zeros((), ms.float32)
         mtp = ops.zeros((), ms.float32)
         if self.last:
             lm = masked_ce(self.model.logits(h), targets, loss_mask, lm_denom)
             if self.with_mtp:
-                mlogits, aff, ids, mdrop = self.model.mtp_forward(h, input_ids, segment_ids)
+                mtp, mbal, mload, mdrop = self.mtp_terms(h, input_ids, targets, segment_ids, loss_mask, mtp_denom, B)
+                balance = balance + mbal
+                loads = loads + (mload,)
                 dropped = dropped + mdrop
-                mmask = mtp_mask(loss_mask, segment_ids)
-                mtp = masked_ce(mlogits, targets[:, 1:], mmask, mtp_denom)
-                balance = balance + seq_balance(aff, ids, self.E, self.K, B, mmask)
-                loads = loads + (expert_load(ids, self.E, mmask),)
         if self.n_loads == 0:
             loads = (ops.zeros((self.E,), ms.float32),)
         balance = balance * bal_scale

@@ -8,7 +8,7 @@
   holding it, the embedding's as the sum of its two copies' (what the `emb` AllReduce forms);
 * `gather_stages` merges the stages' tensors exactly (ranks as threads, the AllReduce replaced by an exchange);
 * micro_batches = 2 trains like micro_batches = 1 (losses, grad norm, weights; the pipelined eval loss is checked
-  in the msrun runs);
+  in the msrun runs), and in both the router bias moves by the balancer's sign steps;
 * clear errors for layouts that cannot run.
 The schedule with real communication (msrun, pp = 2 and dp = 2 · pp = 2) is in test_msrun_parallel.py (-m slow).
 
@@ -198,7 +198,13 @@ def test_micro_batches_train_like_one_batch(ms_graph, tmp_path):
                                     "data": {"eval_fraction": 0.0}, "parallel": {"micro_batches": M}})
         tr = Trainer(tc, str(tmp_path / f"m{M}"))
         assert tr.pipelined == (M > 1)
+        bias = next(p for p in tr.model.get_parameters() if p.name == "layers.1.ffn.gate.bias")
+        before = bias.asnumpy().copy()
         rows = tr.run()
+        # the aux-loss-free balancer: two sign steps of speed 1e-3 against the step's load (zero for an expert
+        # exactly at the mean), from the loads summed over micro-batches
+        moved = np.abs(bias.asnumpy() - before)
+        assert np.all(np.isclose(moved, 0) | np.isclose(moved, 1e-3) | np.isclose(moved, 2e-3)) and moved.max() > 0
         runs[M] = rows, {p.name: p.asnumpy() for p in tr.model.get_parameters()}
     (a, wa), (b, wb) = runs[1], runs[2]
     for ra, rb in zip(a, b):
