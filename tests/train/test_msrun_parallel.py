@@ -329,6 +329,9 @@ def test_muon_uses_full_shapes_under_tp(tiny_cfg):
     ({"tp": 2, "ep": 2}, 2, "ep 2 must divide dp 1"),
     ({"tp": 2}, 1, "launch with `msrun --worker_num 2`"),
     ({"dp": 2}, 4, "launch with `msrun --worker_num 2`"),
+    ({"pp": 2}, 1, "launch with `msrun --worker_num 2`"),
+    ({"pp": 5}, 5, "every pipeline stage needs a layer"),
+    ({"micro_batches": 3}, 1, "not divisible by parallel.micro_batches 3"),
 ])
 def test_layouts_that_cannot_run_are_refused(tmp_path, par, world, msg):
     from ascend_v4.train.loop import TrainConfig, TrainConfigError, Trainer
@@ -445,12 +448,17 @@ def test_ep2_trains_like_one_process(single_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("batch,layout", [(2, "{dp: 2, tp: 2, ep: 2}"), (1, "{dp: 4, ep: 2}")])
-def test_four_workers_with_subgroups_train_like_one_process(single_run, tmp_path, batch, layout):
-    """tp and dp (and ep inside dp) as MindSpore sub-groups: tp {0,1}/{2,3}, dp {0,2}/{1,3}, expert replicas."""
-    _yaml(tmp_path / "w4.yaml", batch, layout)
-    out = tmp_path / "w4"
-    _msrun(tmp_path, tmp_path / "w4.yaml", out, workers=4)
+@pytest.mark.parametrize("workers,batch,layout", [
+    (4, 2, "{dp: 2, tp: 2, ep: 2}"),               # tp {0,1}/{2,3}, dp {0,2}/{1,3}, expert replicas
+    (4, 1, "{dp: 4, ep: 2}"),
+    (4, 2, "{dp: 2, pp: 2, micro_batches: 2}"),    # dp {0,1}/{2,3} inside each stage, pp / emb {0,2}/{1,3}
+    (3, 4, "{pp: 3, micro_batches: 2}"),           # a middle stage without embedding, emb = sub-group {0, 2}
+])
+def test_more_workers_with_subgroups_train_like_one_process(single_run, tmp_path, workers, batch, layout):
+    """Communication sub-groups (create_group + AllReduce-based gathers) and pipeline stages with 3-4 workers."""
+    _yaml(tmp_path / "w.yaml", batch, layout)
+    out = tmp_path / "w"
+    _msrun(tmp_path, tmp_path / "w.yaml", out, workers=workers)
     print(layout, "max |dw|", _compare_runs(single_run, str(out)))
 
 
@@ -473,24 +481,6 @@ def test_pipeline_pp2_trains_and_resumes_like_one_process(single_run, tmp_path):
     wa, wb = _weights(single_run, 4), _weights(str(out), 4)
     for k in wa:
         np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=3e-4, err_msg=k)
-
-
-@pytest.mark.slow
-def test_four_workers_dp2_pp2_train_like_one_process(single_run, tmp_path):
-    """dp=2 x pp=2: dp sub-groups {0,1}/{2,3} inside each stage, pp / embedding groups {0,2}/{1,3}."""
-    _yaml(tmp_path / "dppp.yaml", 2, "{dp: 2, pp: 2, micro_batches: 2}")
-    out = tmp_path / "dppp"
-    _msrun(tmp_path, tmp_path / "dppp.yaml", out, workers=4)
-    print("dp2 pp2 max |dw|", _compare_runs(single_run, str(out)))
-
-
-@pytest.mark.slow
-def test_three_stages_train_like_one_process(single_run, tmp_path):
-    """pp=3 (layers 0-1 | 2 | 3 + head + MTP): a middle stage without embedding, the emb group {0, 2} a sub-group."""
-    _yaml(tmp_path / "pp3.yaml", 4, "{pp: 3, micro_batches: 2}")
-    out = tmp_path / "pp3"
-    _msrun(tmp_path, tmp_path / "pp3.yaml", out, workers=3)
-    print("pp3 max |dw|", _compare_runs(single_run, str(out)))
 
 
 @pytest.mark.slow
