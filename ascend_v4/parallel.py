@@ -269,8 +269,8 @@ class ParallelContext:
         return stage_layers(n_layers, self.pp, self.pp_rank)
 
     def gather_stages(self, local: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Collective over the pp group (every member calls it with its stage's tensors, float32, or int32 below 2^24): the
-        union of all stages' tensors on every member; a name held by several stages (the embedding copy, the step
+        """Collective over the pp group (every member calls it with its stage's tensors: float32, or int32 below
+        2^24): the union of all stages' tensors on every member; a name held by several stages (the embedding copy, the step
         counter) is taken from the lowest stage. Names and shapes travel as a JSON manifest encoded in float32
         (exact: byte values), so the stages need not know each other's parameters."""
         if self.pp == 1 or self.simulated:
@@ -306,8 +306,8 @@ class ParallelContext:
 
     def _pp_sum(self, row: np.ndarray, width: int) -> np.ndarray:
         """[pp, width] with this stage's `row` in its slot and the other stages' rows (AllReduce of a zero
-        buffer: the only collective MindSpore-CPU runs on sub-groups). Values are moved bit-exactly: each slot
-        has one non-zero contributor."""
+        buffer: the only collective MindSpore-CPU runs on sub-groups). Values are moved exactly (each slot has one
+        contributor; adding zeros only turns -0.0 into +0.0)."""
         buf = np.zeros((self.pp, width), np.float32)
         buf[self.pp_rank] = row.reshape(-1)
         return ops.AllReduce(ops.ReduceOp.SUM, self.group("pp"))(Tensor(buf)).asnumpy()

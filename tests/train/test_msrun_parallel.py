@@ -11,12 +11,12 @@ Fast, single process:
 * clear one-line errors for layouts that cannot run.
 
 Slow (`-m slow`), msrun on CPU: tp=2 (dp=1), ep=2 (dp=2) and pp=2 (with and without MTP) with 2 workers, pp=3 with
-3 workers, and with 4 workers dp=2·tp=2·ep=2, dp=4·ep=2 and dp=2·pp=2 (communication sub-groups: create_group +
-AllReduce-based gathers), train the tiny preset 4 steps; the per-step loss / lm / mtp / balance / grad-norm /
-expert-imbalance trajectory, the last step's eval loss and the final model.safetensors (full official tensors,
-gathered on save) equal the single-process run with the same global batch (4 x 32 tokens). A single process also
-resumes from the tp run's step-2 checkpoint (model AND optimiser state gathered to full tensors) and reaches the
-same step-4 weights.
+3 workers, and with 4 workers dp=2·tp=2·ep=2, dp=4·ep=2, dp=2·pp=2 and tp=2·pp=2 (communication sub-groups:
+create_group + AllReduce-based gathers), train the tiny preset 4 steps; the per-step loss / lm / mtp / balance /
+grad-norm / expert-imbalance trajectory, the last step's eval loss and the final model.safetensors (full official
+tensors, gathered on save) equal the single-process run with the same global batch (4 x 32 tokens). A single
+process also resumes from the tp run's step-2 checkpoint (model AND optimiser state gathered to full tensors) and
+reaches the same step-4 weights.
 
 Tolerances (float32; partial sums over tp / ep ranks change the summation order): losses 2e-5 relative (observed
 <= 1.2e-6), grad norm 1e-4 relative (observed <= 1.2e-5), weights 3e-4 absolute + 1e-4 relative (observed <= 9.7e-5,
@@ -453,6 +453,7 @@ def test_ep2_trains_like_one_process(single_run, tmp_path):
     (4, 1, "{dp: 4, ep: 2}"),
     (4, 2, "{dp: 2, pp: 2, micro_batches: 2}"),    # dp {0,1}/{2,3} inside each stage, pp / emb {0,2}/{1,3}
     (3, 4, "{pp: 3, micro_batches: 2}"),           # a middle stage without embedding, emb = sub-group {0, 2}
+    (4, 4, "{tp: 2, pp: 2, micro_batches: 2}"),    # tp {0,1}/{2,3} inside each stage, pp / emb {0,2}/{1,3}
 ])
 def test_more_workers_with_subgroups_train_like_one_process(single_run, tmp_path, workers, batch, layout):
     """Communication sub-groups (create_group + AllReduce-based gathers) and pipeline stages with 3-4 workers."""
