@@ -128,7 +128,13 @@ def test_train_reports_dropped_tokens(tmp_path, ms_graph):
     from ascend_v4.train.loop import TrainConfig, Trainer
     tc = TrainConfig.from_dict({"steps": 2, "seq_len": 32, "batch_size": 2, "eval_every": 100, "save_every": 100,
                                 "warmup_steps": 1, "moe_capacity_factor": 0.5})
-    rows = Trainer(tc, str(tmp_path)).run()
+    tr = Trainer(tc, str(tmp_path))
+    bias = next(p for p in tr.model.get_parameters() if p.name == "layers.1.ffn.gate.bias")
+    before = bias.asnumpy().copy()
+    rows = tr.run()
+    # the aux-loss-free balancer: two sign steps of speed 1e-3 against each step's expert load (0 at the mean)
+    moved = np.abs(bias.asnumpy() - before)
+    assert np.all(np.isclose(moved, 0) | np.isclose(moved, 1e-3) | np.isclose(moved, 2e-3)) and moved.max() > 0
     per_step = 2 * 32 * 2 * 5          # tokens · top-2 · (4 layers + MTP) of the tiny preset
     for row in rows:
         assert 0 < row["dropped_tokens"] < per_step          # cf 0.5 must overflow some experts, never all

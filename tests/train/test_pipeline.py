@@ -7,8 +7,9 @@
   1's input gradient) give the whole model's loss terms and gradients: each parameter's gradient on the stage
   holding it, the embedding's as the sum of its two copies' (what the `emb` AllReduce forms);
 * `gather_stages` merges the stages' tensors exactly (ranks as threads, the AllReduce replaced by an exchange);
-* micro_batches = 2 trains like micro_batches = 1 (losses, grad norm, weights; the pipelined eval loss is checked
-  in the msrun runs), and in both the router bias moves by the balancer's sign steps;
+* (slow: two tiny training runs, ~1.5 min) micro_batches = 2 trains like micro_batches = 1 (losses, grad norm,
+  weights; the pipelined eval loss is checked in the msrun runs), and in both the router bias moves by the
+  balancer's sign steps;
 The schedule with real communication (msrun: pp = 2, pp = 3, dp = 2 · pp = 2) and the refused layouts are in
 test_msrun_parallel.py.
 
@@ -18,6 +19,7 @@ the largest entry, weights after 2 Muon/AdamW steps 1e-4 (observed 5e-5 after 3 
 import threading
 
 import numpy as np
+import pytest
 
 from ascend_v4.parallel import ParallelContext, stage_layers, stages_holding
 
@@ -188,6 +190,7 @@ def test_gather_stages_merges_exactly():
         np.testing.assert_array_equal(out["head.weight"], local[2]["head.weight"])
 
 
+@pytest.mark.slow
 def test_micro_batches_train_like_one_batch(ms_graph, tmp_path):
     from ascend_v4.train.loop import TrainConfig, Trainer
     runs = {}
