@@ -57,3 +57,46 @@ def tiny_ckpt_dir(tiny_ckpt):
 @pytest.fixture(scope="session")
 def rng():
     return np.random.default_rng(1234)
+
+
+class ThreadRanks:
+    """Ranks of a collective played by threads: `exchange` returns what every member of a group put in (the result
+    of a real gather), `run(fn)` runs fn(rank) on every rank and returns the results; an error on any rank aborts the
+    others and fails the test with every rank's error."""
+
+    def __init__(self, world: int):
+        import threading
+        self.world = world
+        self.barrier = threading.Barrier(world)
+        self.slots = [None] * world
+
+    def exchange(self, rank, value, members):
+        self.slots[rank] = value
+        self.barrier.wait()
+        out = [self.slots[m] for m in members]
+        self.barrier.wait()
+        return out
+
+    def run(self, fn):
+        import threading
+        results, errors = [None] * self.world, []
+
+        def one(r):
+            try:
+                results[r] = fn(r)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append((r, repr(e)))
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        return results
+
+
+@pytest.fixture
+def thread_ranks():
+    return ThreadRanks

@@ -32,7 +32,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -85,23 +84,8 @@ def test_groups_partition_the_world(tiny_cfg):
 
 
 # ------------------------------------------------------------------------------------------------ shard/gather
-class _ThreadComm:
-    """Ranks as threads; _host_gather replaced by an exchange through shared slots (a real collective's result)."""
-
-    def __init__(self, world):
-        self.barrier = threading.Barrier(world)
-        self.slots = [None] * world
-
-    def gather(self, ctx, arrays, kind):
-        self.slots[ctx.rank] = list(arrays)
-        self.barrier.wait()
-        out = [self.slots[r] for r in ctx.group_ranks(kind)]
-        self.barrier.wait()
-        return out
-
-
 @pytest.mark.parametrize("dp,tp,ep", [(1, 2, 1), (2, 1, 2), (2, 2, 2), (4, 1, 2), (1, 4, 1)])
-def test_shard_then_gather_is_identity(dp, tp, ep):
+def test_shard_then_gather_is_identity(dp, tp, ep, thread_ranks):
     import dataclasses
     from ascend_v4 import load_config
     from ascend_v4.checkpoint import random_weights
@@ -113,31 +97,21 @@ def test_shard_then_gather_is_identity(dp, tp, ep):
     for n in [k for k in full if k.endswith(".weight") or k.endswith("attn_sink")]:
         full["muon_m." + n] = full[n] * 2
     world = dp * tp
-    comm = _ThreadComm(world)
-    results, errors = [None] * world, []
+    comm = thread_ranks(world)
 
     def run(r):
-        try:
-            ctx = ParallelContext.simulated_rank(cfg, dp=dp, tp=tp, ep=ep, rank=r)
-            ctx._host_gather = lambda arrays, kind, ctx=ctx: comm.gather(ctx, arrays, kind)
-            names = [n for n in full if ctx.owns(n, cfg.n_routed_experts)]
-            local = ctx.shard_weights(full, names)
-            for n in local:
-                d = tp_dim(n)
-                if d is not None:
-                    assert local[n].shape[d] * tp == full[n].shape[d]
-            assert set(ctx.full_names(local, cfg.n_routed_experts)) == set(full)
-            results[r] = ctx.gather_full(local)
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append((r, repr(e)))
-            comm.barrier.abort()
+        ctx = ParallelContext.simulated_rank(cfg, dp=dp, tp=tp, ep=ep, rank=r)
+        ctx._host_gather = lambda arrays, kind: comm.exchange(r, list(arrays), ctx.group_ranks(kind))
+        names = [n for n in full if ctx.owns(n, cfg.n_routed_experts)]
+        local = ctx.shard_weights(full, names)
+        for n in local:
+            d = tp_dim(n)
+            if d is not None:
+                assert local[n].shape[d] * tp == full[n].shape[d]
+        assert set(ctx.full_names(local, cfg.n_routed_experts)) == set(full)
+        return ctx.gather_full(local)
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    results = comm.run(run)
     for r in range(world):
         assert results[r].keys() == full.keys()
         for n in full:

@@ -16,7 +16,6 @@ test_msrun_parallel.py.
 Tolerances: float32 against float32 with a different summation order — losses 2e-6 relative, gradients 2e-5 of
 the largest entry, weights after 2 Muon/AdamW steps 1e-4 (observed 5e-5 after 3 steps).
 """
-import threading
 
 import numpy as np
 import pytest
@@ -146,40 +145,23 @@ def test_two_stages_compose_to_the_whole_model(ms_graph, tiny_cfg):
     assert np.abs(g1[i].asnumpy()).max() > 0
 
 
-def test_gather_stages_merges_exactly():
+def test_gather_stages_merges_exactly(thread_ranks):
     pp = 3
-    barrier = threading.Barrier(pp)
-    slots = [None] * pp
     local = [{"layers.0.w": np.arange(6, dtype=np.float32).reshape(2, 3), "embed.weight": np.full((2,), 1.5, np.float32),
               "step": np.array(7, np.int32)},
              {"layers.1.w": np.array([[-0.0, 1e-30]], np.float32), "step": np.array(7, np.int32)},
              {"head.weight": np.linspace(-1, 1, 5, dtype=np.float32), "embed.weight": np.full((2,), 9.0, np.float32),
               "tid": np.array([[3, 16777215]], np.int32), "step": np.array(7, np.int32)}]
-    results, errors = [None] * pp, []
+    comm = thread_ranks(pp)
 
     def run(r):
-        try:
-            ctx = ParallelContext(pp=pp, rank=r, world=pp)
+        ctx = ParallelContext(pp=pp, rank=r, world=pp)
+        # the AllReduce of per-stage slots: stage s's row lands in row s
+        ctx._pp_sum = lambda row, width: np.stack(comm.exchange(r, np.asarray(row, np.float32).reshape(-1),
+                                                               range(pp)))
+        return ctx.gather_stages(local[r])
 
-            def pp_sum(row, width, ctx=ctx):
-                slots[ctx.pp_rank] = np.asarray(row, np.float32).reshape(-1)
-                barrier.wait()
-                out = np.stack([slots[s] for s in range(pp)]).astype(np.float32)
-                barrier.wait()
-                return out
-
-            ctx._pp_sum = pp_sum
-            results[r] = ctx.gather_stages(local[r])
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append((r, repr(e)))
-            barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(pp)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    results = comm.run(run)
     for r in range(pp):
         out = results[r]
         assert set(out) == {"layers.0.w", "layers.1.w", "embed.weight", "step", "head.weight", "tid"}
