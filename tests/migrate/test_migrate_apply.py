@@ -145,11 +145,11 @@ def test_refuses_apply_dir_inside_source(tmp_path):
 def test_symlinked_file_in_copy_is_not_written_through(tmp_path):
     proj = tmp_path / "p"
     proj.mkdir()
-    (proj / "real.py").write_text("d = 'cuda'\n")
+    (proj / "real.py").write_text("device = 'cuda'\n")
     os.symlink("real.py", proj / "link.py")
     _apply(str(proj), str(tmp_path / "out"))
-    assert (proj / "real.py").read_text() == "d = 'cuda'\n"
-    assert (tmp_path / "out" / "link.py").read_text() == "d = 'npu'\n"
+    assert (proj / "real.py").read_text() == "device = 'cuda'\n"
+    assert (tmp_path / "out" / "link.py").read_text() == "device = 'npu'\n"
 
 
 def test_single_file_and_default_dir(tmp_path):
@@ -165,10 +165,10 @@ def test_single_file_and_default_dir(tmp_path):
 
 def test_existing_torch_npu_import_not_duplicated_and_crlf_kept(tmp_path):
     f = tmp_path / "w.py"
-    f.write_bytes(b"import torch\r\nimport torch_npu\r\nx = 'cuda:0'\r\n")
+    f.write_bytes(b"import torch\r\nimport torch_npu\r\ndevice = 'cuda:0'\r\n")
     out = tmp_path / "o"
     _apply(str(f), str(out))
-    assert (out / "w.py").read_bytes() == b"import torch\r\nimport torch_npu\r\nx = 'npu:0'\r\n"
+    assert (out / "w.py").read_bytes() == b"import torch\r\nimport torch_npu\r\ndevice = 'npu:0'\r\n"
 
 
 def test_rewrite_text_overlapping_edits_keep_first():
@@ -176,3 +176,43 @@ def test_rewrite_text_overlapping_edits_keep_first():
 
     new, n = rewrite_text("abcdef\n", [Edit(1, 1, 3, "X"), Edit(1, 2, 4, "Y"), Edit(1, 4, 5, "Z")])
     assert n == 2 and new in ("aXdZf\n", "abYZf\n")
+
+
+def _apply_text(tmp_path, src):
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "m.py").write_text(src)
+    result, _ = _apply(str(proj), str(tmp_path / "o"))
+    return (tmp_path / "o" / "m.py").read_text(), result
+
+
+def test_and_chain_fully_migrated_or_left_whole(tmp_path):
+    # the issue's case: both calls exist in torch_npu -> both rewritten
+    out, result = _apply_text(tmp_path, "import torch\n"
+                              "ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()\n"
+                              "bad = (torch.cuda.is_available()\n"
+                              "       and torch.cuda.get_arch_list())\n")
+    assert "ok = torch.npu.is_available() and torch.npu.is_bf16_supported()\n" in out
+    # get_arch_list is not in torch_npu: the whole multi-line statement is left as CUDA, and listed
+    assert "bad = (torch.cuda.is_available()\n       and torch.cuda.get_arch_list())\n" in out
+    assert [(x.start, x.end, x.blocking) for x in result.left] == [(3, 4, "torch.cuda.get_arch_list")]
+    assert result.left[0].dropped == "torch.cuda.is_available"
+
+
+def test_gradscaler_and_fstring_and_non_device_strings(tmp_path):
+    src = ("import torch\n"
+           "scaler = torch.cuda.amp.GradScaler()\n"
+           "device = f'cuda:{torch.cuda.current_device()}'\n"
+           "setattr(torch.version, 'cuda', '12.1')\n"
+           "TRANSPORTS = {'cuda': 'ipc', 'cpu': 'shm'}\n"
+           "mode = pick('cuda')\n"
+           "x = torch.ones(1).cuda(); y = mode == 'cuda'\n")
+    out, result = _apply_text(tmp_path, src)
+    assert "scaler = torch.npu.amp.GradScaler()\n" in out
+    assert "device = f'npu:{torch.npu.current_device()}'\n" in out  # both parts, not one
+    assert "setattr(torch.version, 'cuda', '12.1')\n" in out
+    assert "TRANSPORTS = {'cuda': 'ipc', 'cpu': 'shm'}\n" in out
+    assert "mode = pick('cuda')\n" in out
+    # a line never mixes: `.cuda()` is withheld because 'cuda' beside it is not certainly a device
+    assert "x = torch.ones(1).cuda(); y = mode == 'cuda'\n" in out
+    assert [(x.start, x.blocking, x.dropped) for x in result.left] == [(7, "cuda", ".cuda()")]

@@ -60,7 +60,7 @@ def test_undecodable_file_scanned_with_warning(tmp_path, rules):
 
 
 def test_pep263_coding_cookie_respected(tmp_path, rules):
-    (tmp_path / "l1.py").write_bytes(b"# -*- coding: latin-1 -*-\ns = '\xe9'\nd = 'cuda'\n")
+    (tmp_path / "l1.py").write_bytes(b"# -*- coding: latin-1 -*-\ns = '\xe9'\ndevice = 'cuda'\n")
     r = scan_path(str(tmp_path), rules)
     assert r.warnings == []
     assert [(f.line, f.rule_id) for f in r.findings] == [(3, "device-string-cuda")]

@@ -69,21 +69,30 @@ def test_msft_set(tmp_path):
     res = run("scan", os.path.join(FIXTURES, "deepseek_fp8"), "--msft-dir", str(d), "--format", "json",
               "--out", str(tmp_path / "r.json"))
     assert res.exit_code == 0
-    assert sorted(os.listdir(d)) == sorted(["cuda_op_list.csv", "unsupported_api.csv", "change_list.csv",
-                                            "api_precision_advice.csv", "scan_log.txt"])
+    # msFmkTransplt's file names, its log name, plus our triage view
+    assert sorted(os.listdir(d)) == sorted(["cuda_op_list.csv", "unsupported_api.csv", "unknown_api.csv",
+                                            "change_list.csv", "api_precision_advice.csv",
+                                            "api_performance_advice.csv", "triage.csv", "msFmkTranspltlog.txt"])
+    # msFmkTransplt's columns first, in its order and spelling; ours after
+    header = lambda name: next(csv.reader(open(d / name)))
+    for name in ("unsupported_api.csv", "unknown_api.csv", "api_precision_advice.csv", "api_performance_advice.csv"):
+        assert header(name)[:5] == ["File", "Start Line", "End Line", "OP", "Tips"], name
+    assert header("change_list.csv")[:5] == ["File", "Start Line", "End Line", "Operation Type", "Message"]
+    assert header("cuda_op_list.csv")[:2] == ["File", "Api"]
     ops = list(csv.DictReader(open(d / "cuda_op_list.csv")))
-    assert "act_quant_kernel" in {r["CUDA op / kernel"] for r in ops}
-    assert any(r["CUDA op / kernel"] == "deep_ep.Buffer" for r in ops)
+    assert "act_quant_kernel" in {r["Api"] for r in ops}
+    assert any(r["Api"] == "deep_ep.Buffer" for r in ops)
     unsupported = list(csv.DictReader(open(d / "unsupported_api.csv")))
-    assert unsupported and all(r["Category"] for r in unsupported)
+    assert unsupported and all(r["Category"] and r["Tips"] for r in unsupported)
     changes = list(csv.DictReader(open(d / "change_list.csv")))
-    auto = {r["Original"]: r["Change to"] for r in changes if r["Mode (--apply)"] == "auto"}
+    auto = {r["Original"]: r["Changed to"] for r in changes if r["Operation Type"] == "replace (--apply)"}
     assert auto['dist.init_process_group("nccl")  # expect: nccl-backend-string'] == \
         'dist.init_process_group("hccl")  # expect: nccl-backend-string'
-    manual = [r for r in changes if r["Mode (--apply)"] == "manual"]
-    assert manual and all(r["Change to"] for r in manual)
+    manual = [r for r in changes if r["Operation Type"] == "manual"]
+    assert manual and all(r["Message"] for r in manual)
     precision = list(csv.DictReader(open(d / "api_precision_advice.csv")))
-    assert any(r["API"] == "linear(x, self.weight)" for r in precision)
+    assert any(r["OP"] == "linear(x, self.weight)" for r in precision)
+    assert "findings" in (d / "msFmkTranspltlog.txt").read_text()
 
 
 def test_msft_change_list_shows_rewritten_line_with_apply(tmp_path):
@@ -93,7 +102,7 @@ def test_msft_change_list_shows_rewritten_line_with_apply(tmp_path):
     assert res.exit_code == 0, res.stderr
     changes = list(csv.DictReader(open(d / "change_list.csv")))
     row = [r for r in changes if r["Original"].startswith("model = model.cuda()")][0]
-    assert row["Mode (--apply)"] == "auto" and row["Change to"].startswith("model = model.npu()")
+    assert row["Operation Type"] == "replace (--apply)" and row["Changed to"].startswith("model = model.npu()")
 
 
 def test_apply_writes_copy_and_diff(tmp_path):

@@ -76,13 +76,80 @@ def test_device_strings_and_fstrings(rules):
     src = """
         import torch
         a = torch.device("cuda")
-        b = "cuda:1"
-        c = f"cuda:{rank}"
+        device = "cuda:1"
+        c = x.to(f"cuda:{rank}")
         d = "cpu"
         e = "npu:0"
         g = "cudnn"
+        b = "cuda:1"
     """
-    assert rule_ids(rules, src) == ["device-string-cuda"] * 3
+    assert rule_ids(rules, src) == ["device-string-cuda"] * 3 + ["device-string-cuda-uncertain"]
+
+
+def _edits(rules, src):
+    scanner, err = scan_python(rules, "m.py", textwrap.dedent(src))
+    assert err is None, err
+    return {(f.line, f.rule_id): bool(f.edits) for f in scanner.findings}
+
+
+@pytest.mark.parametrize("line, certain", [
+    ('y = torch.zeros(2, device="cuda")', True),
+    ('y = torch.device("cuda:0")', True),
+    ('y = x.to("cuda")', True),
+    ('y = torch.autocast("cuda", dtype=torch.bfloat16)', True),
+    ('y = torch.autocast(device_type="cuda")', True),
+    ('y = torch.amp.GradScaler("cuda")', True),
+    ('y = x.device.type == "cuda"', True),
+    ('y = x.device.type in ("cuda", "cpu")', True),
+    ('device = "cuda" if torch.cuda.is_available() else "cpu"', True),
+    ('self.device = "cuda"', True),
+    ('def f(device="cuda"): pass', True),
+    ('parser.add_argument("--device", default="cuda")', True),
+    ('cfg = {"device": "cuda"}', True),
+    ('y = torch.load(p, map_location="cuda")', True),
+    ('y = transport == "cuda"', False),
+    ('y = describe("cuda")', False),
+])
+def test_device_contexts_decide_rewrite(rules, line, certain):
+    out = _edits(rules, "import torch\n" + line + "\n")
+    rid = "device-string-cuda" if certain else "device-string-cuda-uncertain"
+    assert out.get((2, rid)) is certain, out
+
+
+@pytest.mark.parametrize("line", [
+    'setattr(torch.version, "cuda", "12.1")',
+    'v = getattr(torch.version, "cuda")',
+    'table = {"cuda": 1, "cpu": 2}',
+    'n = counts["cuda"]',
+])
+def test_non_device_cuda_strings_not_reported(rules, line):
+    assert [r for r in rule_ids(rules, "import torch\n" + line + "\n") if r.startswith("device-string")] == []
+
+
+def test_nccl_only_rewritten_as_backend(rules):
+    out = _edits(rules, """
+        import torch.distributed as dist
+        dist.init_process_group("nccl")
+        backend = "nccl"
+        kind = lookup("nccl")
+        ok = dist.get_backend() == "nccl"
+    """)
+    assert out == {(3, "nccl-backend-string"): True, (4, "nccl-backend-string"): True,
+                   (5, "nccl-string-uncertain"): False, (6, "nccl-backend-string"): True}
+
+
+def test_surface_names_rename_and_others_do_not(rules):
+    out = _edits(rules, """
+        import torch
+        a = torch.cuda.is_bf16_supported()
+        b = torch.cuda.memory_stats()
+        c = torch.cuda.get_rng_state_all()
+        d = torch.cuda.amp.GradScaler()
+        e = torch.cuda.get_arch_list()
+    """)
+    assert out == {(3, "torch-cuda-device-api"): True, (4, "torch-cuda-device-api"): True,
+                   (5, "torch-cuda-device-api"): True, (6, "torch-cuda-amp-api"): True,
+                   (7, "torch-cuda-other"): False}
 
 
 def test_nccl_backend_variants(rules):
@@ -159,7 +226,7 @@ def test_amp_uses_fixed_by_import_rewrite_are_not_repeated(rules):
             pass
     """
     assert scan(rules, src) == [(3, "torch-cuda-amp-import", "torch.cuda.amp"),
-                                (6, "torch-cuda-amp", "torch.cuda.amp.autocast")]
+                                (6, "torch-cuda-amp-api", "torch.cuda.amp.autocast")]
 
 
 def test_fp8_dtypes(rules):

@@ -60,8 +60,8 @@ def test_severity_policy():
 
 def test_only_mechanical_rules_rewrite():
     applying = {r.id for r in load_rules().rules if r.apply}
-    assert applying == {"torch-cuda-device-api", "torch-cuda-amp-import", "tensor-cuda-method", "tensor-is-cuda",
-                        "device-string-cuda", "nccl-backend-string"}
+    assert applying == {"torch-cuda-device-api", "torch-cuda-amp-api", "torch-cuda-amp-import", "tensor-cuda-method",
+                        "tensor-is-cuda", "device-string-cuda", "nccl-backend-string"}
 
 
 def test_expand_braces():

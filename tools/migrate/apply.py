@@ -9,17 +9,50 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import shutil
 from typing import Dict, List, Tuple
 
 from .files import split_lines_keepends
-from .findings import Edit, ScanResult
+from .findings import Edit, Finding, LeftStatement, ScanResult
 
 _VCS_AND_CACHES = shutil.ignore_patterns(".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache")
 
 
 class ApplyError(ValueError):
     pass
+
+
+_CUDA_WORD = re.compile(r"(?i)cuda|nccl")
+_NOT_MIXING = {"kernel", "v4_kernel"}  # a kernel finding is named after the function, not a CUDA reference
+
+
+def settle_statements(findings: List[Finding]) -> List[LeftStatement]:
+    """Withhold every rewrite of a statement that also holds a CUDA reference we cannot rewrite with
+    certainty; return those statements (what --apply leaves, for the user to finish by hand).
+
+    Rewriting half of `torch.cuda.is_available() and torch.cuda.<name torch_npu lacks>()` yields a
+    statement that is silently False on an NPU host; leaving all of it CUDA fails loudly instead.
+    """
+    groups: Dict[Tuple[str, Tuple[int, int]], List[Finding]] = {}
+    for f in findings:
+        if f.stmt != (0, 0):
+            groups.setdefault((f.file, f.stmt), []).append(f)
+    left: List[LeftStatement] = []
+    for (rel, (start, end)), fs in groups.items():
+        if not any(f.edits for f in fs):
+            continue
+        blocking = [f for f in fs if not f.edits and f.category not in _NOT_MIXING and _CUDA_WORD.search(f.symbol)]
+        if not blocking:
+            continue
+        dropped = [f for f in fs if f.edits]
+        for f in dropped:
+            f.edits, f.fix_preview = (), ""
+        left.append(LeftStatement(
+            rel, start, end, ", ".join(sorted({f.symbol for f in blocking})),
+            ", ".join(sorted({f.symbol for f in dropped}))))
+    left.sort(key=lambda x: (x.file, x.start))
+    return left
 
 
 def default_apply_dir(path: str) -> str:

@@ -13,7 +13,7 @@ import click
 
 from .apply import ApplyError, apply_rewrites, default_apply_dir
 from .findings import SEVERITIES, SEVERITY_RANK
-from .report import FORMATS, MSFT_FILES, render, summary_line, write_msft_set
+from .report import FORMATS, MSFT_FILES, render, render_left, summary_line, write_atomic, write_msft_set
 from .rules import RuleError, load_rules
 from .scanner import ScanPathError, scan_path
 
@@ -30,10 +30,7 @@ class BadInput(click.ClickException):
 
 def _write(path: str, text: str) -> None:
     try:
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        with open(path, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        write_atomic(path, text)
     except OSError as e:
         raise BadInput(f"cannot write {path}: {e.strerror or e}")
 
@@ -88,6 +85,11 @@ def scan(path, fmt, out_path, msft_dir, min_severity, extra_rules, exclude, do_a
             raise BadInput(f"--apply: {e}")
         _write(diff_path, diff)
         diff_note = f"--apply: rewrote {len(changed)} file(s) in {apply_dir}; diff: {diff_path}"
+        if result.left:
+            left_path = apply_dir.rstrip("/\\") + ".left.csv"
+            _write(left_path, render_left(result))
+            diff_note += (f"\n--apply: left {len(result.left)} statement(s) unrewritten (CUDA references without a "
+                          f"certain NPU equivalent; rewriting the rest would mix cuda and npu): {left_path}")
 
     threshold = SEVERITY_RANK[min_severity]
     result.findings = [f for f in result.findings if SEVERITY_RANK[f.severity] <= threshold]

@@ -42,7 +42,9 @@ class Finding:
     effort: str
     snippet: str = ""  # the source line, stripped and shortened
     edits: Tuple[Edit, ...] = ()  # non-empty => `--apply` rewrites this finding
-    fix_preview: str = ""  # the source line as --apply will write it (stripped), when edits exist
+    fix_preview: str = ""  # the source line as --apply will write it (stripped, capped), when edits exist
+    # Python: lines of the enclosing statement (header); --apply rewrites or leaves a statement as a whole
+    stmt: Tuple[int, int] = (0, 0)
 
     @property
     def autofix(self) -> bool:
@@ -94,6 +96,23 @@ class ScanWarning:
 
 
 @dataclass
+class LeftStatement:
+    """A statement --apply did not rewrite because part of it has no certain NPU equivalent: rewriting the
+    rest would leave CUDA and NPU mixed in one statement (`torch.npu.is_available() and
+    torch.cuda.<not in torch_npu>()`), which changes behaviour silently."""
+
+    file: str
+    start: int
+    end: int
+    blocking: str  # the CUDA references without a certain rewrite
+    dropped: str  # the rewrites that were withheld
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "start_line": self.start, "end_line": self.end, "blocking": self.blocking,
+                "withheld": self.dropped}
+
+
+@dataclass
 class ScanResult:
     root: str
     findings: List[Finding] = field(default_factory=list)
@@ -106,6 +125,7 @@ class ScanResult:
     encodings: Dict[str, str] = field(default_factory=dict)  # file -> codec to write it back with
     # file -> the `import torch_npu` insertion planned for it (see pyscan._plan_ensure_import)
     extra_edits: Dict[str, Edit] = field(default_factory=dict)
+    left: List[LeftStatement] = field(default_factory=list)  # statements --apply leaves as they are
 
     def by_severity(self) -> Dict[str, int]:
         counts = {s: 0 for s in SEVERITIES}

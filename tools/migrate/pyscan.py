@@ -11,6 +11,7 @@ import ast
 import re
 from typing import Dict, List, Optional, Set, Tuple
 
+from .contexts import classify_strings
 from .files import split_lines
 from .findings import Edit, Finding
 from .router import find_router_hazards
@@ -40,6 +41,8 @@ class PyFileScan:
         self.ensure_import_edit: Optional[Edit] = None
         self._resolved_cache: Dict[str, List[Tuple[Rule, str]]] = {}
         self._router_rules = rules.by_kind["router_gate"]
+        self._string_ctx: Dict[int, str] = {}
+        self._stmt: Tuple[int, int] = (0, 0)  # span of the statement (header) being visited
         self._dispatch = {
             ast.Import: self._visit_import,
             ast.ImportFrom: self._visit_import_from,
@@ -62,16 +65,22 @@ class PyFileScan:
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 self._record_aliases(stmt)
         self._plan_ensure_import(tree)
+        self._string_ctx = classify_strings(tree, self.resolve)
         for stmt in tree.body:
             self.visit(stmt)
 
     def visit(self, node: ast.AST) -> None:
+        outer = None
+        if isinstance(node, ast.stmt):
+            outer, self._stmt = self._stmt, _statement_span(node)
         handler = self._dispatch.get(type(node))
         if handler is not None:
             handler(node)
         else:
             for child in ast.iter_child_nodes(node):
                 self.visit(child)
+        if outer is not None:
+            self._stmt = outer
 
     def _visit_children(self, node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
@@ -89,8 +98,7 @@ class PyFileScan:
         return len(line.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
 
     def _snippet(self, lineno: int) -> str:
-        s = self._line(lineno).strip()
-        return s if len(s) <= _SNIPPET_LEN else s[: _SNIPPET_LEN - 3] + "..."
+        return _cap(self._line(lineno))
 
     def _add(self, rule: Rule, node: ast.AST, symbol: str, edits: Tuple[Edit, ...] = (),
              replacement: Optional[Dict[str, str]] = None, lineno: Optional[int] = None) -> None:
@@ -101,6 +109,7 @@ class PyFileScan:
             line=lineno, col=col + 1, symbol=symbol, message=rule.format_message(symbol),
             replacement=replacement or rule.replacement, effort=rule.effort,
             snippet=self._snippet(lineno), edits=edits, fix_preview=self._preview(edits),
+            stmt=self._stmt,
         ))
         if rule.category in ("device", "amp", "graph") and symbol.startswith("torch.cuda"):
             self.uses_torch_cuda = True
@@ -113,7 +122,7 @@ class PyFileScan:
         for e in sorted(edits, key=lambda e: -e.start):
             if e.line == edits[0].line and not e.insert_line:
                 line = line[: e.start] + e.text + line[e.end:]
-        return line.strip()
+        return _cap(line)
 
     def resolve(self, node: ast.AST) -> Optional[str]:
         """Dotted name of a Name/Attribute chain rooted in an import alias, else None."""
@@ -372,23 +381,65 @@ class PyFileScan:
             else:
                 skeleton.append("{}")
                 self.visit(part)
-        self._match_string(node, "".join(skeleton))
+        value = "".join(skeleton)
+        if len(value) < 300:
+            self._match_string(node, value)
 
     def _match_string(self, node: ast.AST, value: str) -> None:
-        for rule in self.rules.string_rules(value):
-            self._add(rule, node, value, self._string_edit(rule, node))
+        """A literal with a context rule (device/backend) is rewritten only in that context; elsewhere its
+        uncertain sibling (same regex, no context) reports it without a rewrite, and in a known non-device
+        place (dict key, subscript, getattr name) nothing is reported."""
+        rules = self.rules.string_rules(value)
+        if not rules:
+            return
+        ctx = self._string_ctx.get(id(node))
+        ctx_patterns = {r.regex.pattern: r.context for r in rules if r.context}
+        for rule in rules:
+            if rule.context:
+                if ctx == rule.context:
+                    self._add(rule, node, value, self._string_edit(rule, node))
+            elif rule.regex.pattern in ctx_patterns:
+                if ctx is None:
+                    self._add(rule, node, value)
+            else:
+                self._add(rule, node, value, self._string_edit(rule, node))
 
     def _string_edit(self, rule: Rule, node: ast.AST) -> Tuple[Edit, ...]:
+        """One edit per regex match, each spanning only the matched characters, so a rewrite inside an
+        f-string (`f'cuda:{torch.cuda.current_device()}'`) never overlaps the edit of a call inside it."""
         subs = rule.apply.get("sub")
         if not subs or node.lineno != node.end_lineno:
             return ()
         line = self._line(node.lineno)
         start = self._char_col(node.lineno, node.col_offset)
         end = self._char_col(node.lineno, node.end_col_offset)
-        seg = new = line[start:end]
+        seg = line[start:end]
+        edits = []
         for rx, repl in subs:
-            new = rx.sub(repl, new)
-        return (Edit(node.lineno, start, end, new),) if new != seg else ()
+            for m in rx.finditer(seg):
+                new = m.expand(repl)
+                if new != m.group(0):
+                    edits.append(Edit(node.lineno, start + m.start(), start + m.end(), new))
+        return tuple(edits)
+
+
+def _cap(line: str) -> str:
+    """Report text for a source line, bounded: a finding never holds more than _SNIPPET_LEN characters of
+    its line, so memory does not grow with line length x findings (minified / generated code)."""
+    if len(line) > 4 * _SNIPPET_LEN:
+        line = line[: 4 * _SNIPPET_LEN]
+    s = line.strip()
+    return s if len(s) <= _SNIPPET_LEN else s[: _SNIPPET_LEN - 3] + "..."
+
+
+def _statement_span(stmt: ast.stmt) -> Tuple[int, int]:
+    """Lines of a simple statement, or of a compound statement's header (`if a and\n b:`), which is what
+    --apply rewrites or leaves as a whole."""
+    body = getattr(stmt, "body", None)
+    if isinstance(body, list) and body and isinstance(body[0], ast.stmt):
+        first = body[0].lineno
+        return stmt.lineno, max(stmt.lineno, first - 1)
+    return stmt.lineno, getattr(stmt, "end_lineno", stmt.lineno) or stmt.lineno
 
 
 def _top_level_statements(tree: ast.Module):

@@ -10,17 +10,46 @@ import csv
 import io
 import json
 import os
-from typing import List, Sequence
+import re
+import tempfile
+from typing import Dict, List, Sequence, Tuple
 
 from .findings import EFFORTS, REPLACEMENT_KEYS, SEVERITIES, SEVERITY_RANK, Finding, ScanResult
 
-FORMATS = ("table", "csv", "json", "md")
+FORMATS = ("table", "triage", "csv", "json", "md")
 TOOL = "ascend-v4 migrate scan"
 SCHEMA_VERSION = 1
 
 
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name in the same directory and a rename, so a full
+    disk or a crash never leaves a truncated report under the final name."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def render_left(result: ScanResult) -> str:
+    """Statements --apply left unrewritten (see apply.settle_statements)."""
+    return _csv([[x.file, x.start, x.end, x.blocking, x.dropped] for x in result.left],
+                ["File", "Start Line", "End Line", "Blocking (no certain NPU equivalent)", "Rewrites withheld"])
+
+
 def render(result: ScanResult, fmt: str) -> str:
-    return {"table": render_table, "csv": render_csv, "json": render_json, "md": render_md}[fmt](result)
+    return {"table": render_table, "triage": render_triage, "csv": render_csv, "json": render_json,
+            "md": render_md}[fmt](result)
 
 
 def _worst_first(findings: Sequence[Finding]) -> List[Finding]:
@@ -105,6 +134,7 @@ def render_json(result: ScanResult) -> str:
             "by_rule": {rid: n for rid, _s, _c, n, _f in result.by_rule()},
         },
         "findings": [f.to_dict() for f in result.findings],
+        "left": [x.to_dict() for x in result.left],
         "warnings": [w.to_dict() for w in result.warnings],
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
@@ -145,49 +175,143 @@ def render_md(result: ScanResult) -> str:
     return "\n".join(out)
 
 
-# ------------------------------------------------------------------------------------------------ msFmkTransplt-style set
-# msFmkTransplt (CANN `pytorch_gpu2npu.sh` / `pytorch_analyse.sh`) leaves these files in
-# transplant_result_file/; porting engineers know where to look, so we keep the names and roles:
-#   cuda_op_list.csv        custom CUDA ops/kernels and CUDA libraries the project relies on
-#   unsupported_api.csv     everything without a drop-in (our 'blocker' findings)
-#   change_list.csv         changes to make; 'auto' marks what --apply rewrites, with the new line
-#   api_precision_advice.csv  dtype/precision hazards (FP8/FP4, bf16 routers, TF32)
-#   scan_log.txt            summary and the files that could not be analysed (msFmkTranspltlog.txt role)
-MSFT_FILES = ("cuda_op_list.csv", "unsupported_api.csv", "change_list.csv", "api_precision_advice.csv", "scan_log.txt")
+# ------------------------------------------------------------------------------------------------ msFmkTransplt set
+# CANN's msFmkTransplt (`pytorch_gpu2npu.sh` / `pytorch_analyse.sh`) writes these files; porting engineers
+# and their scripts read them by name and column, so the names and the leading columns are exactly
+# msFmkTransplt's (File, Start Line, End Line, OP, Tips / ... Operation Type, Message / File, Api) and our
+# columns follow. See docs in tools/migrate/README.md ("msFmkTransplt files").
+MSFT_LOG = "msFmkTranspltlog.txt"
+MSFT_FILES = ("unsupported_api.csv", "unknown_api.csv", "change_list.csv", "cuda_op_list.csv",
+              "api_precision_advice.csv", "api_performance_advice.csv", "triage.csv", MSFT_LOG)
+MSFT_API_COLUMNS = ["File", "Start Line", "End Line", "OP", "Tips"]
+MSFT_CHANGE_COLUMNS = ["File", "Start Line", "End Line", "Operation Type", "Message"]
+MSFT_CUDA_OP_COLUMNS = ["File", "Api"]
+OUR_COLUMNS = ["Severity", "Rule", "Category", "Effort", "Ascend replacement"]
 _OP_CATEGORIES = {"kernel", "extension", "library", "v4_kernel"}
 _PRECISION_CATEGORIES = {"precision", "dtype"}
+_PERFORMANCE_CATEGORIES = {"compile", "graph", "profiling", "performance"}
+_UNKNOWN_RULES = {"torch-cuda-other", "py-fallback-cuda"}
+
+
+def is_unknown(f: Finding) -> bool:
+    """Support on Ascend is doubtful rather than known (msFmkTransplt's 'unknown' API list)."""
+    return f.rule_id in _UNKNOWN_RULES or f.rule_id.endswith("-uncertain")
+
+
+def _end_line(f: Finding) -> int:
+    return max(f.line, f.stmt[1]) if f.stmt != (0, 0) else f.line
+
+
+def _api_row(f: Finding) -> list:
+    return [f.file, f.line, _end_line(f), f.symbol, f.message, f.severity, f.rule_id, f.category, f.effort,
+            f.replacement_text()]
+
+
+def _operation(f: Finding) -> str:
+    return "replace (--apply)" if f.autofix else "manual"
 
 
 def write_msft_set(result: ScanResult, out_dir: str) -> List[str]:
+    """Write the msFmkTransplt file set plus triage.csv into ``out_dir`` (each file atomically)."""
     os.makedirs(out_dir, exist_ok=True)
     written = []
 
     def put(name: str, text: str) -> None:
         p = os.path.join(out_dir, name)
-        with open(p, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        write_atomic(p, text)
         written.append(p)
 
     fs = result.findings
+    api_cols = MSFT_API_COLUMNS + OUR_COLUMNS
+    put("unsupported_api.csv", _csv([_api_row(f) for f in fs if f.severity == "blocker"], api_cols))
+    put("unknown_api.csv", _csv([_api_row(f) for f in fs if f.severity != "blocker" and is_unknown(f)], api_cols))
+    changes = [[f.file, f.line, _end_line(f), _operation(f), f"{f.message} -> {f.replacement_text()}",
+                f.rule_id, f.snippet, f.fix_preview] for f in fs if f.severity == "change" and not is_unknown(f)]
+    changes += [[x.file, x.start, x.end, "left (--apply)", f"not rewritten: {x.blocking} has no certain NPU "
+                 f"equivalent, so {x.dropped} stays CUDA too", "", "", ""] for x in result.left]
+    changes.sort(key=lambda r: (r[0], r[1]))
+    put("change_list.csv", _csv(changes, MSFT_CHANGE_COLUMNS + ["Rule", "Original", "Changed to"]))
     put("cuda_op_list.csv", _csv(
-        [[i, f.file, f.line, f.symbol, f.rule_id, f.severity, f.replacement_text(), f.effort]
-         for i, f in enumerate((f for f in fs if f.category in _OP_CATEGORIES), 1)],
-        ["No.", "File", "Line", "CUDA op / kernel", "Rule", "Severity", "Ascend replacement", "Effort"]))
-    put("unsupported_api.csv", _csv(
-        [[i, f.file, f.line, f.symbol, f.category, f.message, f.replacement_text(), f.effort]
-         for i, f in enumerate((f for f in fs if f.severity == "blocker"), 1)],
-        ["No.", "File", "Line", "API", "Category", "Reason", "Ascend replacement", "Effort"]))
-    put("change_list.csv", _csv(
-        [[i, f.file, f.line, f.snippet, f.fix_preview or f.replacement_text(),
-          "auto" if f.autofix else "manual", f.rule_id]
-         for i, f in enumerate((f for f in fs if f.severity == "change"), 1)],
-        ["No.", "File", "Line", "Original", "Change to", "Mode (--apply)", "Rule"]))
-    put("api_precision_advice.csv", _csv(
-        [[i, f.file, f.line, f.symbol, f.message, f.replacement_text()]
-         for i, f in enumerate((f for f in fs if f.category in _PRECISION_CATEGORIES), 1)],
-        ["No.", "File", "Line", "API", "Advice", "Ascend replacement"]))
+        [[f.file, f.symbol, f.line, f.rule_id, f.replacement_text(), f.effort]
+         for f in fs if f.category in _OP_CATEGORIES],
+        MSFT_CUDA_OP_COLUMNS + ["Line", "Rule", "Ascend replacement", "Effort"]))
+    put("api_precision_advice.csv", _csv([_api_row(f) for f in fs if f.category in _PRECISION_CATEGORIES], api_cols))
+    put("api_performance_advice.csv",
+        _csv([_api_row(f) for f in fs if f.category in _PERFORMANCE_CATEGORIES], api_cols))
+    put("triage.csv", render_triage_csv(result))
     log = [f"{TOOL} {result.root}", summary_line(result), effort_line(result), ""]
     log += [f"{rid}: {n} ({sev})" for rid, sev, _c, n, _f in result.by_rule()]
+    log += ["", f"left by --apply: {len(result.left)}"] + [f"{x.file}:{x.start}-{x.end}: {x.blocking}" for x in result.left]
     log += ["", f"warnings: {len(result.warnings)}"] + [str(w) for w in result.warnings]
-    put("scan_log.txt", "\n".join(log) + "\n")
+    put(MSFT_LOG, "\n".join(log) + "\n")
     return written
+
+
+# ------------------------------------------------------------------------------------------------ triage
+_TEST_PART = re.compile(r"(^|/)(tests?|testing|unittests?)(/|$)|(^|/)test_[^/]*$|_test\.py$|(^|/)conftest\.py$")
+_BENCH_PART = re.compile(r"(^|/)(bench|benchmarks?|perf)(/|$)|(^|/)bench[^/]*\.py$")
+_EFFORT_RANK = {e: i for i, e in enumerate(EFFORTS)}
+
+
+def area_of(path: str) -> str:
+    """'tests', 'benchmarks' or 'code': findings in tests and benchmarks are triaged apart."""
+    if _TEST_PART.search(path):
+        return "tests"
+    if _BENCH_PART.search(path):
+        return "benchmarks"
+    return "code"
+
+
+def triage_key(f: Finding) -> Tuple[str, str]:
+    """What one triage row stands for: a library (top-level module), a kernel, an extension, or a rule."""
+    if f.category in ("kernel", "v4_kernel") and f.rule_id.endswith(("-kernel", "kernel")) or f.rule_id == "cuda-global-kernel":
+        return "kernel", f.symbol
+    if f.category in ("library", "extension", "dependency") and f.symbol:
+        head = re.split(r"[.\s(]", f.symbol.strip("'\""), 1)[0]
+        return f.category, head or f.rule_id
+    return "rule", f.rule_id
+
+
+def triage_rows(result: ScanResult) -> List[dict]:
+    rows: Dict[Tuple[str, str], dict] = {}
+    for f in result.findings:
+        key = triage_key(f)
+        r = rows.get(key)
+        if r is None:
+            r = rows[key] = {"item": key[1], "kind": key[0], "severity": f.severity, "effort": f.effort,
+                             "code": 0, "tests": 0, "benchmarks": 0, "files": set(), "first": f.location,
+                             "replacement": f.replacement_text()}
+        r[area_of(f.file)] += 1
+        r["files"].add(f.file)
+        if SEVERITY_RANK[f.severity] < SEVERITY_RANK[r["severity"]]:
+            r["severity"] = f.severity
+        if _EFFORT_RANK[f.effort] > _EFFORT_RANK[r["effort"]]:
+            r["effort"] = f.effort
+    out = sorted(rows.values(), key=lambda r: (SEVERITY_RANK[r["severity"]], -_EFFORT_RANK[r["effort"]],
+                                                -(r["code"] + r["tests"] + r["benchmarks"]), r["item"]))
+    for r in out:
+        r["files"] = len(r["files"])
+    return out
+
+
+TRIAGE_COLUMNS = ["Item", "Kind", "Severity", "Effort", "Sites (code)", "Sites (tests)", "Sites (benchmarks)",
+                  "Files", "First", "Ascend replacement"]
+
+
+def render_triage_csv(result: ScanResult) -> str:
+    return _csv([[r["item"], r["kind"], r["severity"], r["effort"], r["code"], r["tests"], r["benchmarks"],
+                  r["files"], r["first"], r["replacement"]] for r in triage_rows(result)], TRIAGE_COLUMNS)
+
+
+def render_triage(result: ScanResult) -> str:
+    """One line per library / kernel / rule: what a porting lead plans with (effort is per item)."""
+    rows = triage_rows(result)
+    out = [f"{TOOL}: {result.root}", summary_line(result), f"{len(rows)} items (one per library, kernel, "
+           f"extension or rule); sites split into code / tests / benchmarks", ""]
+    if rows:
+        w = min(40, max(len(r["item"]) for r in rows))
+        out.append(f"{'SEVERITY':<8}  {'EFFORT':<7}  {'ITEM':<{w}}  {'KIND':<10}  {'CODE':>5} {'TESTS':>5} {'BENCH':>5}  FIRST")
+        for r in rows:
+            out.append(f"{r['severity']:<8}  {r['effort']:<7}  {_clip(r['item'], w):<{w}}  {r['kind']:<10}  "
+                       f"{r['code']:>5} {r['tests']:>5} {r['benchmarks']:>5}  {r['first']}")
+    return "\n".join(out) + "\n"

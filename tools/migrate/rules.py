@@ -23,6 +23,7 @@ _ID_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _RULE_KEYS = {
     "id", "kind", "severity", "category", "effort", "message", "replacement", "note",
     "module", "name", "attr", "call", "regex", "files", "unless_file", "kernel", "when", "apply", "params",
+    "surface", "context",
 }
 _KIND_REQUIRED = {
     "import": ("module",),
@@ -73,6 +74,7 @@ class Rule:
     when: Dict = field(default_factory=dict)
     apply: Dict = field(default_factory=dict)
     params: Dict = field(default_factory=dict)
+    context: str = ""  # string rules: "device"/"backend" -> rewrite (and report) only in that code context
     order: int = 0  # position in the table: ties in specificity go to the earlier rule
 
     # compiled fnmatch regexes for `name` rules, parallel to `patterns`
@@ -105,6 +107,7 @@ class RuleSet:
     apply_settings: Dict
     hints: List[Hint]
     sources: Tuple[str, ...] = ()
+    surface: Dict[str, List[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         by_kind: Dict[str, List[Rule]] = {k: [] for k in KINDS}
@@ -214,7 +217,21 @@ def _check_replacement(rule_id: str, repl, our_ops: Sequence[str]) -> Dict[str, 
     return {k: str(v) for k, v in repl.items()}
 
 
-def _build_rule(raw: dict, order: int, our_ops: Sequence[str], file_types: Dict) -> Rule:
+def _surface_patterns(rid: str, spec, surface: Dict[str, List[str]]) -> Tuple[str, ...]:
+    """``surface: {namespace: torch.npu, prefix: torch.cuda, exclude: [...]}`` -> ``torch.cuda.<name>``
+    for every name torch_npu exports under ``namespace`` (see torch_npu_api.yaml)."""
+    if not isinstance(spec, dict) or set(spec) - {"namespace", "prefix", "exclude"} or "namespace" not in spec:
+        _fail(rid, "surface must be {namespace: ..., prefix: ..., exclude: [...]}")
+    names = surface.get(spec["namespace"])
+    if not names:
+        _fail(rid, f"surface namespace {spec['namespace']!r} is not in the torch_npu surface file")
+    exclude = set(spec.get("exclude") or ())
+    prefix = spec.get("prefix") or spec["namespace"]
+    return tuple(f"{prefix}.{n}" for n in names if n not in exclude)
+
+
+def _build_rule(raw: dict, order: int, our_ops: Sequence[str], file_types: Dict,
+                surface: Optional[Dict[str, List[str]]] = None) -> Rule:
     if not isinstance(raw, dict):
         raise RuleError(f"rule #{order}: must be a mapping, got {type(raw).__name__}")
     rid = raw.get("id")
@@ -226,7 +243,10 @@ def _build_rule(raw: dict, order: int, our_ops: Sequence[str], file_types: Dict)
     kind = raw.get("kind")
     if kind not in KINDS:
         _fail(rid, f"kind {kind!r} not one of {KINDS}")
-    for req in ("severity", "category", "effort", "message", "replacement") + _KIND_REQUIRED[kind]:
+    required = _KIND_REQUIRED[kind]
+    if kind == "name" and "surface" in raw:
+        required = ()  # the names come from the torch_npu surface file
+    for req in ("severity", "category", "effort", "message", "replacement") + required:
         if raw.get(req) in (None, "", [], {}):
             _fail(rid, f"missing {req!r}")
     if raw["severity"] not in SEVERITIES:
@@ -238,7 +258,10 @@ def _build_rule(raw: dict, order: int, our_ops: Sequence[str], file_types: Dict)
         message=str(raw["message"]).strip(), replacement=_check_replacement(rid, raw["replacement"], our_ops),
         order=order,
     )
-    if kind in ("name", "import"):
+    if kind == "name" and "surface" in raw:
+        rule.patterns = _surface_patterns(rid, raw["surface"], surface or {})
+        rule._name_res = tuple(_compile_name_pattern(p) for p in rule.patterns)
+    elif kind in ("name", "import"):
         key = "name" if kind == "name" else "module"
         rule.patterns = tuple(expand_braces(str(raw[key])))
         if kind == "name":
@@ -256,6 +279,10 @@ def _build_rule(raw: dict, order: int, our_ops: Sequence[str], file_types: Dict)
             if t not in file_types:
                 _fail(rid, f"files names unknown file type {t!r}")
         rule.files = tuple(files)
+    if "context" in raw:
+        if kind != "string" or raw["context"] not in ("device", "backend"):
+            _fail(rid, "context applies to string rules and is one of device, backend")
+        rule.context = raw["context"]
     if "unless_file" in raw:
         rule.unless_file = _compile_regex(rid, "unless_file", raw["unless_file"])
     if raw.get("kernel"):
@@ -362,7 +389,11 @@ def load_rules(extra_paths: Sequence[str] = (), base_path: str = DEFAULT_RULES_P
         hints_raw = list(extra.get("hints") or []) + hints_raw  # user hints take precedence
         add_rules(extra.get("rules") or [], p)
 
-    rules = [_build_rule(raw_rules[rid], i, our_ops, file_types) for i, rid in enumerate(order_ids)]
+    surface: Dict[str, List[str]] = {}
+    if base.get("torch_npu_surface"):
+        sdata = _read_yaml(os.path.join(os.path.dirname(os.path.abspath(base_path)), base["torch_npu_surface"]))
+        surface = {k: list(v) for k, v in sdata.items() if isinstance(v, list)}
+    rules = [_build_rule(raw_rules[rid], i, our_ops, file_types, surface) for i, rid in enumerate(order_ids)]
     hints = []
     for i, h in enumerate(hints_raw):
         hid = f"hint #{i}"
@@ -373,5 +404,5 @@ def load_rules(extra_paths: Sequence[str] = (), base_path: str = DEFAULT_RULES_P
     return RuleSet(
         rules=rules, our_ops=our_ops, file_types=file_types,
         skip_dirs=tuple(base.get("skip_dirs") or ()), apply_settings=base.get("apply") or {}, hints=hints,
-        sources=(base_path,) + tuple(extra_paths),
+        sources=(base_path,) + tuple(extra_paths), surface=surface,
     )

@@ -5,6 +5,7 @@ import os
 import time
 from typing import Dict, Optional, Sequence
 
+from .apply import settle_statements
 from .files import iter_files, read_source
 from .findings import Edit, ScanResult, ScanWarning
 from .pyscan import scan_python
@@ -61,6 +62,7 @@ def scan_path(path: str, rules: Optional[RuleSet] = None, exclude: Sequence[str]
             if keep_sources and py.ensure_import_edit is not None and (
                     py.uses_torch_cuda or any(f.edits for f in py.findings)):
                 extra_edits[sf.rel] = py.ensure_import_edit
+        result.left.extend(settle_statements(file_findings))
         other_tags = [t for t in sf.tags if t != "python"]
         if other_tags:
             file_findings.extend(scan_text(rules, sf.rel, text, other_tags))
