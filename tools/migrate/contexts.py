@@ -34,6 +34,14 @@ _ARGPARSE_DEVICE = re.compile(r"^--?(\w+[-_])?(device|dev)$")
 _ARGPARSE_BACKEND = re.compile(r"^--?(\w+[-_])?backend$")
 
 
+_INDEXED_DEVICE = re.compile(r"^cuda:(\d+|\{\})$")
+
+
+def context_of_value(value: str) -> Optional[str]:
+    """``"cuda:0"`` / ``f"cuda:{rank}"``: the ``type:index`` form is device syntax wherever it appears."""
+    return "device" if _INDEXED_DEVICE.match(value) else None
+
+
 def _name_of(node: ast.AST) -> str:
     if isinstance(node, ast.Name):
         return node.id

@@ -11,7 +11,7 @@ import ast
 import re
 from typing import Dict, List, Optional, Set, Tuple
 
-from .contexts import classify_strings
+from .contexts import classify_strings, context_of_value
 from .files import split_lines
 from .findings import Edit, Finding
 from .router import find_router_hazards
@@ -392,7 +392,7 @@ class PyFileScan:
         rules = self.rules.string_rules(value)
         if not rules:
             return
-        ctx = self._string_ctx.get(id(node))
+        ctx = self._string_ctx.get(id(node)) or context_of_value(value)
         ctx_patterns = {r.regex.pattern: r.context for r in rules if r.context}
         for rule in rules:
             if rule.context:
