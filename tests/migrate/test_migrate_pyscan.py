@@ -82,8 +82,10 @@ def test_device_strings_and_fstrings(rules):
         e = "npu:0"
         g = "cudnn"
         b = "cuda:1"
+        h = "cuda"
     """
-    assert rule_ids(rules, src) == ["device-string-cuda"] * 3 + ["device-string-cuda-uncertain"]
+    # 'cuda:N' is device syntax anywhere; a bare 'cuda' only in a device context
+    assert rule_ids(rules, src) == ["device-string-cuda"] * 4 + ["device-string-cuda-uncertain"]
 
 
 def _edits(rules, src):
