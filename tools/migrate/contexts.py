@@ -146,7 +146,7 @@ def classify_strings(tree: ast.AST, resolve: Callable[[ast.AST], Optional[str]])
                 kind = kind_of_target(ast.Name(id=a.arg))
                 if kind:
                     mark(d, kind)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ("dev" in node.name or "backend" in node.name):
             kind = kind_of_target(ast.Name(id=node.name.removeprefix("get_")))
             if kind:
                 for sub in ast.walk(node):

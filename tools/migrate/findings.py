@@ -126,6 +126,7 @@ class ScanResult:
     # file -> the `import torch_npu` insertion planned for it (see pyscan._plan_ensure_import)
     extra_edits: Dict[str, Edit] = field(default_factory=dict)
     left: List[LeftStatement] = field(default_factory=list)  # statements --apply leaves as they are
+    cuda_extensions: List[str] = field(default_factory=list)  # CUDAExtension names from the build scripts
 
     def by_severity(self) -> Dict[str, int]:
         counts = {s: 0 for s in SEVERITIES}

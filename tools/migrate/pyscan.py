@@ -15,7 +15,7 @@ from .contexts import classify_strings, context_of_value
 from .files import split_lines
 from .findings import Edit, Finding
 from .router import find_router_hazards
-from .rules import Rule, RuleSet
+from .rules import MOE_CODE, Rule, RuleSet
 
 _SNIPPET_LEN = 160
 
@@ -28,8 +28,12 @@ class PyFileScan:
     changes the answer.
     """
 
-    def __init__(self, rules: RuleSet, rel: str, lines: List[str]):
+    def __init__(self, rules: RuleSet, rel: str, lines: List[str], project: Optional["ProjectInfo"] = None):
         self.rules = rules
+        self.project = project or ProjectInfo()
+        # imported module path -> import rule, for modules recognised by project facts rather than by the
+        # static table (this project's CUDAExtension names, `*_cuda` compiled modules)
+        self.dynamic_modules: Dict[str, Rule] = {}
         self.rel = rel
         self.lines = lines
         self.aliases: Dict[str, str] = {}
@@ -41,7 +45,9 @@ class PyFileScan:
         self.ensure_import_edit: Optional[Edit] = None
         self._resolved_cache: Dict[str, List[Tuple[Rule, str]]] = {}
         self._router_rules = rules.by_kind["router_gate"]
-        self._string_ctx: Dict[int, str] = {}
+        self._string_ctx: Optional[Dict[int, str]] = None
+        self._tree: Optional[ast.AST] = None
+        self.moe_code = False  # set by scan_python: the file is MoE code (MoE kernel hints apply)
         self._stmt: Tuple[int, int] = (0, 0)  # span of the statement (header) being visited
         self._dispatch = {
             ast.Import: self._visit_import,
@@ -65,7 +71,7 @@ class PyFileScan:
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 self._record_aliases(stmt)
         self._plan_ensure_import(tree)
-        self._string_ctx = classify_strings(tree, self.resolve)
+        self._tree = tree  # classify_strings runs lazily: most files have no ambiguous literal
         for stmt in tree.body:
             self.visit(stmt)
 
@@ -168,6 +174,8 @@ class PyFileScan:
     def _record_aliases(self, node: ast.AST) -> None:
         if isinstance(node, ast.Import):
             for a in node.names:
+                if self.rules.import_rule(a.name) is None:
+                    self._dynamic_rule(a.name)
                 if a.asname:
                     self.aliases[a.asname] = a.name
                     rule = self.rules.import_rule(a.name)
@@ -183,6 +191,11 @@ class PyFileScan:
             # Relative imports keep their module path without the dots: `from .kernel import act_quant`
             # must still resolve to `kernel.act_quant` for the V4-reference rules.
             base = node.module or ""
+            if base and not node.level:
+                for a in node.names:
+                    full = f"{base}.{a.name}"
+                    if self.rules.import_rule(full) is None:
+                        self._dynamic_rule(full)
             rule = self.rules.import_rule(base) if base and not node.level else None
             renamed = bool(rule and rule.apply.get("rename_module"))
             for a in node.names:
@@ -195,10 +208,28 @@ class PyFileScan:
                 else:
                     self.fixed_by_import.discard(local)
 
+    def _dynamic_rule(self, module: str) -> Optional[Rule]:
+        """Import rule for a compiled CUDA extension: built by this project's setup.py, or named `*_cuda`
+        (cuda_libraries.yaml `module_regex`) and not a module of the scanned project itself."""
+        last = module.rsplit(".", 1)[-1]
+        exts = self.project.cuda_extensions
+        if module in exts or last in exts or any(module.startswith(e + ".") for e in exts if "." in e):
+            rule = self.rules.by_id.get("cuda-extension-import")
+        elif last in self.project.local_modules or module.split(".")[0] in self.project.local_modules:
+            return None
+        else:
+            rule = self.rules.module_regex_rule(module)
+        if rule is not None:
+            self.dynamic_modules[module] = rule
+        return rule
+
+    def _import_rule(self, module: str) -> Optional[Rule]:
+        return self.rules.import_rule(module) or self._dynamic_rule(module)
+
     def _visit_import(self, node: ast.Import) -> None:
         self._record_aliases(node)
         for a in node.names:
-            rule = self.rules.import_rule(a.name)
+            rule = self._import_rule(a.name)
             if rule is None:
                 continue
             edits = ()
@@ -214,7 +245,7 @@ class PyFileScan:
         cands = [node.module] + [f"{node.module}.{a.name}" for a in node.names if a.name != "*"]
         done = set()
         for cand in cands:
-            rule = self.rules.import_rule(cand)
+            rule = self._import_rule(cand)
             if rule is None or rule.id in done:
                 continue
             done.add(rule.id)
@@ -252,6 +283,8 @@ class PyFileScan:
 
     # ------------------------------------------------------------------------------------------ names
     def _visit_name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Store):
+            return  # `mod = None` in an ImportError fallback is not a use
         qual = self.aliases.get(node.id)
         if qual is not None:
             self._match_name(node, qual, None)
@@ -285,6 +318,16 @@ class PyFileScan:
                     shown = hit
             self._add(rule, node, shown, self._segment_rename(rule, node))
             return rule
+        if self.dynamic_modules:
+            parts = qual.split(".")
+            for n in range(len(parts) - 1, 0, -1):
+                rule = self.dynamic_modules.get(".".join(parts[:n]))
+                if rule is not None:
+                    call_rule = self.rules.by_id.get(rule.id + "-call")
+                    if call_rule is not None:
+                        self._add(call_rule, node, qual)
+                        return call_rule
+                    break
         return None
 
     def _segment_rename(self, rule: Rule, node: ast.AST) -> Tuple[Edit, ...]:
@@ -342,7 +385,7 @@ class PyFileScan:
                 continue
             for rule, _sym in self._name_matches(qual):
                 if rule.kernel:
-                    hint = self.rules.hint_for(node.name)
+                    hint = self.rules.hint_for(node.name, self.moe_code)
                     repl = {**rule.replacement, **hint.replacement} if hint else None
                     self._add(rule, dec, node.name, replacement=repl)
                     # The whole kernel is one finding: its body (tl.*/T.* calls, FP8 dtype strings,
@@ -392,8 +435,12 @@ class PyFileScan:
         rules = self.rules.string_rules(value)
         if not rules:
             return
-        ctx = self._string_ctx.get(id(node)) or context_of_value(value)
         ctx_patterns = {r.regex.pattern: r.context for r in rules if r.context}
+        ctx = context_of_value(value) if ctx_patterns else None
+        if ctx_patterns and ctx is None:
+            if self._string_ctx is None:
+                self._string_ctx = classify_strings(self._tree, self.resolve) if self._tree is not None else {}
+            ctx = self._string_ctx.get(id(node))
         for rule in rules:
             if rule.context:
                 if ctx == rule.context:
@@ -489,10 +536,20 @@ def _check_when(rule: Rule, call: ast.Call):
     return shown
 
 
-def scan_python(rules: RuleSet, rel: str, text: str) -> Tuple[PyFileScan, Optional[SyntaxError]]:
+class ProjectInfo:
+    """Facts about the whole scanned tree that change how one file is read (see scanner.project_info)."""
+
+    def __init__(self, cuda_extensions=(), local_modules=()):
+        self.cuda_extensions: Set[str] = set(cuda_extensions)  # CUDAExtension(name=...) names and last parts
+        self.local_modules: Set[str] = set(local_modules)  # module/package names the project defines
+
+
+def scan_python(rules: RuleSet, rel: str, text: str,
+                project: Optional[ProjectInfo] = None) -> Tuple[PyFileScan, Optional[SyntaxError]]:
     """Parse and scan; on a syntax error return the exception so the caller can fall back to text rules."""
     lines = split_lines(text)
-    scanner = PyFileScan(rules, rel, lines)
+    scanner = PyFileScan(rules, rel, lines, project)
+    scanner.moe_code = bool(MOE_CODE.search(rel) or MOE_CODE.search(text))
     try:
         tree = ast.parse(text, filename=rel)
     except SyntaxError as e:

@@ -23,7 +23,7 @@ _ID_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _RULE_KEYS = {
     "id", "kind", "severity", "category", "effort", "message", "replacement", "note",
     "module", "name", "attr", "call", "regex", "files", "unless_file", "kernel", "when", "apply", "params",
-    "surface", "context",
+    "surface", "context", "only_file",
 }
 _KIND_REQUIRED = {
     "import": ("module",),
@@ -70,6 +70,7 @@ class Rule:
     regex: Optional[re.Pattern] = None
     files: Tuple[str, ...] = ()
     unless_file: Optional[re.Pattern] = None
+    only_file: Optional[re.Pattern] = None  # text rules: the file must match this to be searched at all
     kernel: bool = False
     when: Dict = field(default_factory=dict)
     apply: Dict = field(default_factory=dict)
@@ -92,10 +93,17 @@ class Rule:
         return self.message.replace("{symbol}", symbol)
 
 
+BACKWARD_NAME = re.compile(r"(?i)(^|_)(bwd|backward|grad|dgrad|wgrad|dq|dkv|dqkv)(_|$)|_bwd|bwd_")
+# what makes a file "MoE code" for `requires: moe` hints
+MOE_CODE = re.compile(r"(?i)\bmoe|moe_|_moe|\bexperts?\b|\brouter\b|topk_ids|topk_weights|num_experts")
+
+
 @dataclass
 class Hint:
     name_regex: re.Pattern
     replacement: Dict[str, str]
+    phase: str = ""  # "", "forward" or "backward"
+    requires: str = ""  # "" or "moe"
 
 
 @dataclass
@@ -108,8 +116,11 @@ class RuleSet:
     hints: List[Hint]
     sources: Tuple[str, ...] = ()
     surface: Dict[str, List[str]] = field(default_factory=dict)
+    # (regex over an imported module's last component, import rule id) from cuda_libraries.yaml
+    module_regex: List[Tuple[re.Pattern, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.by_id = {r.id: r for r in self.rules}
         by_kind: Dict[str, List[Rule]] = {k: [] for k in KINDS}
         for r in self.rules:
             by_kind[r.kind].append(r)
@@ -164,8 +175,21 @@ class RuleSet:
                 self._string_cache[value] = hit
         return hit
 
-    def hint_for(self, kernel_name: str) -> Optional[Hint]:
+    def module_regex_rule(self, module: str) -> Optional[Rule]:
+        last = module.rsplit(".", 1)[-1]
+        for rx, rid in self.module_regex:
+            if rx.search(last):
+                return self.by_id.get(rid)
+        return None
+
+    def hint_for(self, kernel_name: str, moe_code: bool = False) -> Optional[Hint]:
+        """First hint for a kernel name, honouring `phase` (bwd kernels) and `requires: moe`."""
+        backward = bool(BACKWARD_NAME.search(kernel_name))
         for h in self.hints:
+            if h.phase == "backward" and not backward or h.phase == "forward" and backward:
+                continue
+            if h.requires == "moe" and not moe_code:
+                continue
             if h.name_regex.search(kernel_name):
                 return h
         return None
@@ -285,6 +309,8 @@ def _build_rule(raw: dict, order: int, our_ops: Sequence[str], file_types: Dict,
         rule.context = raw["context"]
     if "unless_file" in raw:
         rule.unless_file = _compile_regex(rid, "unless_file", raw["unless_file"])
+    if "only_file" in raw:
+        rule.only_file = _compile_regex(rid, "only_file", raw["only_file"])
     if raw.get("kernel"):
         if kind not in ("name", "text"):
             _fail(rid, "kernel: true only applies to name and text rules")
@@ -389,6 +415,19 @@ def load_rules(extra_paths: Sequence[str] = (), base_path: str = DEFAULT_RULES_P
         hints_raw = list(extra.get("hints") or []) + hints_raw  # user hints take precedence
         add_rules(extra.get("rules") or [], p)
 
+    here = os.path.dirname(os.path.abspath(base_path))
+    module_regex: List[Tuple[re.Pattern, str]] = []
+    if base.get("libraries"):
+        lib_rules, module_regex = _library_rules(os.path.join(here, base["libraries"]))
+        for raw in lib_rules:
+            if raw["id"] in raw_rules:
+                raise RuleError(f"rule {raw['id']!r}: defined in rules.yaml and in {base['libraries']}")
+        # library rules go first so an extra --rules file can still replace them by id
+        merged = {raw["id"]: raw for raw in lib_rules}
+        merged.update(raw_rules)
+        raw_rules.clear()
+        raw_rules.update(merged)
+        order_ids[:0] = [raw["id"] for raw in lib_rules]
     surface: Dict[str, List[str]] = {}
     if base.get("torch_npu_surface"):
         sdata = _read_yaml(os.path.join(os.path.dirname(os.path.abspath(base_path)), base["torch_npu_surface"]))
@@ -399,10 +438,50 @@ def load_rules(extra_paths: Sequence[str] = (), base_path: str = DEFAULT_RULES_P
         hid = f"hint #{i}"
         if not isinstance(h, dict) or "name_regex" not in h or "replacement" not in h:
             raise RuleError(f"{hid}: needs name_regex and replacement")
+        if h.get("phase", "") not in ("", "forward", "backward") or h.get("requires", "") not in ("", "moe"):
+            raise RuleError(f"{hid}: phase must be forward|backward and requires must be moe")
         hints.append(Hint(_compile_regex(hid, "name_regex", h["name_regex"]),
-                          _check_replacement(hid, h["replacement"], our_ops)))
+                          _check_replacement(hid, h["replacement"], our_ops), h.get("phase", ""),
+                          h.get("requires", "")))
     return RuleSet(
         rules=rules, our_ops=our_ops, file_types=file_types,
         skip_dirs=tuple(base.get("skip_dirs") or ()), apply_settings=base.get("apply") or {}, hints=hints,
-        sources=(base_path,) + tuple(extra_paths), surface=surface,
+        sources=(base_path,) + tuple(extra_paths), surface=surface, module_regex=module_regex,
     )
+
+
+_LIB_KEYS = {"id", "modules", "module_regex", "severity", "category", "effort", "what", "replacement", "calls", "note"}
+# modules that can never be imported: keeps an entry's import rule valid when it matches only dynamically
+_DYNAMIC_MODULE = "__dynamic__"
+
+
+def _library_rules(path: str) -> Tuple[List[dict], List[Tuple[re.Pattern, str]]]:
+    """cuda_libraries.yaml -> raw `import` rules (+ `<id>-call` name rules) in rules.yaml's schema."""
+    data = _read_yaml(path)
+    entries = data.get("libraries")
+    if not isinstance(entries, list):
+        raise RuleError(f"{path}: libraries must be a list")
+    out: List[dict] = []
+    regexes: List[Tuple[re.Pattern, str]] = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("id"), str):
+            raise RuleError(f"{path}: library #{i} needs an id")
+        rid = e["id"]
+        unknown = set(e) - _LIB_KEYS
+        if unknown:
+            _fail(rid, f"unknown field(s) {sorted(unknown)} in {os.path.basename(path)}")
+        mods = e.get("modules")
+        if mods is None and "module_regex" not in e:
+            _fail(rid, "needs modules or module_regex")
+        if mods is not None and not (isinstance(mods, list) and all(isinstance(m, str) for m in mods)):
+            _fail(rid, "modules must be a list of dotted module names")
+        if "module_regex" in e:
+            regexes.append((_compile_regex(rid, "module_regex", e["module_regex"]), rid))
+        pattern = "{" + ",".join(mods) + "}" if mods else _DYNAMIC_MODULE
+        common = {k: e.get(k) for k in ("severity", "category", "effort", "replacement")}
+        what = str(e.get("what") or "").strip()
+        out.append({"id": rid, "kind": "import", "module": pattern, "message": f"import of {{symbol}}: {what}", **common})
+        if e.get("calls"):
+            out.append({"id": f"{rid}-call", "kind": "name", "name": pattern + ".*", "message": f"{{symbol}}: {what}",
+                        **common})
+    return out, regexes

@@ -1,20 +1,69 @@
 """Scan orchestration: walk the tree, route each file to the Python and/or text scanner, collect results."""
 from __future__ import annotations
 
+import ast
 import os
+import re
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 from .apply import settle_statements
-from .files import iter_files, read_source
+from .files import SourceFile, iter_files, read_source
 from .findings import Edit, ScanResult, ScanWarning
-from .pyscan import scan_python
+from .pyscan import ProjectInfo, scan_python
 from .rules import RuleSet, load_rules
 from .textscan import scan_text
 
 
 class ScanPathError(ValueError):
     """The path to scan does not exist or is not a file/directory we can read."""
+
+
+_CUDA_EXTENSION_CALL = re.compile(r"CUDAExtension\s*\(")
+
+
+def cuda_extension_names(text: str) -> List[str]:
+    """Module names of ``CUDAExtension(name=...)`` / ``CUDAExtension("name", ...)`` in a build script."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    names = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        if not fname.endswith("CUDAExtension"):
+            continue
+        arg = next((k.value for k in node.keywords if k.arg == "name"), node.args[0] if node.args else None)
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value:
+            names.append(arg.value)
+    return names
+
+
+def project_info(files: List[SourceFile]) -> ProjectInfo:
+    """Project-wide facts: the CUDA extensions its build scripts define (so `import <ext>` and every
+    `<ext>.op(...)` are found) and the module names it defines (never mistaken for compiled `*_cuda` ones)."""
+    exts: Set[str] = set()
+    local: Set[str] = set()
+    for sf in files:
+        if "python" not in sf.tags:
+            continue
+        parts = sf.rel.split("/")
+        stem = parts[-1][:-3]
+        local.add(stem)
+        local.update(parts[:-1])
+        if not (stem.startswith("setup") or "setup" in sf.tags):
+            continue
+        text, _w, _e = read_source(sf)
+        if text and _CUDA_EXTENSION_CALL.search(text):
+            for name in cuda_extension_names(text):
+                exts.add(name)
+                last = name.rsplit(".", 1)[-1]
+                if len(last) >= 4 and not last.startswith("_"):  # `pkg._C`: only the full name is specific
+                    exts.add(last)
+    return ProjectInfo(exts, local - {"__init__"})
 
 
 def scan_path(path: str, rules: Optional[RuleSet] = None, exclude: Sequence[str] = (),
@@ -41,7 +90,10 @@ def scan_path(path: str, rules: Optional[RuleSet] = None, exclude: Sequence[str]
         result.warnings.append(ScanWarning(
             os.path.basename(path), 0, "skipped", "not a file type the analyser knows (see file_types)"))
 
-    for sf in iter_files(path, rules, exclude):
+    files = list(iter_files(path, rules, exclude))
+    project = project_info(files)
+    result.cuda_extensions = sorted(project.cuda_extensions)
+    for sf in files:
         text, warns, encoding = read_source(sf)
         result.warnings.extend(warns)
         if text is None:
@@ -50,7 +102,7 @@ def scan_path(path: str, rules: Optional[RuleSet] = None, exclude: Sequence[str]
         result.lines_scanned += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
         file_findings = []
         if "python" in sf.tags:
-            py, err = scan_python(rules, sf.rel, text)
+            py, err = scan_python(rules, sf.rel, text, project)
             if err is not None:
                 lineno = err.lineno or 0
                 result.warnings.append(ScanWarning(

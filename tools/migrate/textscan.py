@@ -12,7 +12,7 @@ from typing import List, Sequence
 
 from .files import split_lines
 from .findings import Finding
-from .rules import Rule, RuleSet
+from .rules import MOE_CODE, Rule, RuleSet
 
 _C_TOKENS = re.compile(
     r'"(?:\\.|[^"\\\n])*"'  # string literal (kept: includes and PTX asm live in strings)
@@ -23,11 +23,12 @@ _C_TOKENS = re.compile(
 )
 _HASH_COMMENT = re.compile(r"(?m)(^|\s)#(?!\s*include)[^\n]*")
 _C_TAGS = {"cuda", "cpp"}
-_HASH_TAGS = {"cmake", "requirements", "shell", "setup"}
+_HASH_TAGS = {"cmake", "requirements", "shell", "setup", "config_text", "docker"}
 _SNIPPET_LEN = 160
 _LINE_END = re.compile(r"\r\n|\r|\n")
 _NOT_NEWLINE = re.compile(r"[^\r\n]")
-_INCLUDE_OR_ASM = re.compile(r"#\s*include\s*$|\basm\b|__asm__")
+# string literals kept: #include paths, inline asm, and the operator name of a pybind/TORCH_LIBRARY `.def("op"`
+_INCLUDE_OR_ASM = re.compile(r"#\s*include\s*$|\basm\b|__asm__|\.\s*def\s*\(\s*$")
 
 
 def strip_c_comments(text: str) -> str:
@@ -69,6 +70,7 @@ def scan_text(rules: RuleSet, rel: str, text: str, tags: Sequence[str],
     # offsets of line ends, counted like split_lines (\r\n, \r, \n) so line numbers agree with the AST
     newlines = [m.end() - 1 for m in _LINE_END.finditer(text)]
     findings: List[Finding] = []
+    moe_code = bool(MOE_CODE.search(rel) or MOE_CODE.search(text))
 
     def add(rule: Rule, offset: int, symbol: str, kernel_name: str = "") -> None:
         lineno = bisect.bisect_right(newlines, offset - 1) + 1 if offset else 1
@@ -77,7 +79,7 @@ def scan_text(rules: RuleSet, rel: str, text: str, tags: Sequence[str],
         snippet = raw.strip()
         repl = rule.replacement
         if kernel_name:
-            hint = rules.hint_for(kernel_name)
+            hint = rules.hint_for(kernel_name, moe_code)
             if hint:
                 repl = {**repl, **hint.replacement}
         findings.append(Finding(
@@ -89,6 +91,8 @@ def scan_text(rules: RuleSet, rel: str, text: str, tags: Sequence[str],
 
     for rule in rule_list:
         if rule.unless_file is not None and rule.unless_file.search(body):
+            continue
+        if rule.only_file is not None and not rule.only_file.search(body):
             continue
         if rule.kind == "file":
             add(rule, 0, rel)
