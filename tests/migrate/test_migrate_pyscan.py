@@ -262,6 +262,15 @@ ROUTER_BAD = [
             return torch.topk(self.gate(h), 2)
     """,
 ]
+ROUTER_BAD.append("""
+    import torch
+    from torch import nn
+    class MixtralSparseMoeBlock(nn.Module):   # input cast to a bf16 layer's dtype: still a bf16 GEMM
+        def __init__(self):
+            self.gate = nn.Linear(16, 8, bias=False)
+        def forward(self, h):
+            return torch.topk(self.gate(h.to(self.gate.weight.dtype)), 2)
+    """)
 ROUTER_OK = [
     """
     import torch
@@ -294,6 +303,25 @@ ROUTER_OK = [
     class TopKRouter(nn.Module):
         def forward(self, h):
             return torch.mm(h, self.weight.t(), out_dtype=torch.float32).topk(2)
+    """,
+    """
+    import torch
+    from torch import nn
+    class MixtralSparseMoeBlock(nn.Module):   # fp32 gate layer, input cast to its dtype
+        def __init__(self):
+            self.gate = nn.Linear(16, 8, bias=False, dtype=torch.float32)
+        def forward(self, h):
+            return torch.topk(self.gate(h.to(self.gate.weight.dtype)), 2)
+    """,
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    class MoEGate(nn.Module):                 # fp32 parameter, input cast with type_as
+        def __init__(self):
+            self.weight = nn.Parameter(torch.empty(8, 16, dtype=torch.float32))
+        def forward(self, x):
+            return F.linear(x.type_as(self.weight), self.weight).topk(2)
     """,
     """
     from torch import nn

@@ -14,7 +14,7 @@ import shutil
 from typing import Dict, List, Tuple
 
 from .files import split_lines_keepends
-from .findings import Edit, Finding, LeftStatement, ScanResult
+from .findings import Edit, Finding, LeftStatement, ScanResult, apply_line_edits
 
 _VCS_AND_CACHES = shutil.ignore_patterns(".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache")
 
@@ -80,15 +80,10 @@ def rewrite_text(text: str, edits: List[Edit]) -> Tuple[str, int]:
         body = raw.rstrip("\r\n")
         ending = raw[len(body):]
         inserts = [e for e in by_line[lineno] if e.insert_line]
-        spans = sorted({(e.start, e.end, e.text) for e in by_line[lineno] if not e.insert_line},
-                       key=lambda s: (-s[0], -s[1]))
-        last_start = None
-        for start, end, new in spans:
-            if last_start is not None and end > last_start:
-                continue  # overlaps an edit already applied to the right of it
-            body = body[:start] + new + body[end:]
-            last_start = start
-            applied += 1
+        spans = [e for e in by_line[lineno] if not e.insert_line]
+        if spans:
+            body, n = apply_line_edits(body, spans)
+            applied += n
         extra = ""
         for e in inserts[:1]:  # at most one inserted line per anchor
             extra = e.text + (ending or "\n")

@@ -50,106 +50,113 @@ def _name_of(node: ast.AST) -> str:
     return ""
 
 
+CONTEXT_NODE_TYPES = (ast.Call, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Compare, ast.Dict, ast.Subscript,
+                      ast.arguments, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
 def classify_strings(tree: ast.AST, resolve: Callable[[ast.AST], Optional[str]]) -> Dict[int, str]:
     """``id(node) -> "device" | "backend" | "none"`` for str literals and f-strings in known contexts."""
     out: Dict[int, str] = {}
-
-    def mark(node: Optional[ast.AST], kind: str) -> None:
-        """Mark a value expression: literals directly; both arms of `a if c else b`; tuple/list items."""
-        if node is None:
-            return
-        if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
-            out.setdefault(id(node), kind)
-        elif isinstance(node, ast.IfExp):
-            mark(node.body, kind)
-            mark(node.orelse, kind)
-        elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-            for e in node.elts:
-                mark(e, kind)
-        elif isinstance(node, ast.BoolOp):  # `os.environ.get(...) or "cuda"`
-            for v in node.values:
-                mark(v, kind)
-
-    def kind_of_target(t: ast.AST) -> Optional[str]:
-        name = _name_of(t)
-        if DEVICE_NAME.search(name):
-            return "device"
-        if BACKEND_NAME.search(name):
-            return "backend"
-        return None
-
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            func = node.func
-            qual = resolve(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
-            fname = _name_of(func)
-            for kw in node.keywords:
-                if kw.arg in _DEVICE_KWARGS:
-                    mark(kw.value, "device")
-                elif kw.arg in _BACKEND_KWARGS:
-                    mark(kw.value, "backend")
-            if node.args:
-                if qual in _DEVICE_ARG0 or (isinstance(func, ast.Attribute) and func.attr == "to" and qual is None):
-                    mark(node.args[0], "device")
-                elif qual in _BACKEND_ARG0:
-                    mark(node.args[0], "backend")
-                elif isinstance(func, ast.Name) and func.id in _NAME_ARG1 and len(node.args) >= 2:
-                    mark(node.args[1], "none")
-                elif fname == "add_argument" and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                    flag = node.args[0].value
-                    kind = "device" if _ARGPARSE_DEVICE.match(flag) else "backend" if _ARGPARSE_BACKEND.match(flag) else None
-                    if kind:
-                        for kw in node.keywords:
-                            if kw.arg in ("default", "choices", "const"):
-                                mark(kw.value, kind)
-        elif isinstance(node, ast.Assign):
-            for t in node.targets:
-                targets = t.elts if isinstance(t, (ast.Tuple, ast.List)) else [t]
-                kinds = {kind_of_target(x) for x in targets} - {None}
-                if len(kinds) == 1 and len(targets) == 1:
-                    mark(node.value, kinds.pop())
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and node.value is not None:
-            kind = kind_of_target(node.target)
-            if kind:
-                mark(node.value, kind)
-        elif isinstance(node, ast.keyword):
-            pass
-        elif isinstance(node, ast.Compare):
-            sides = [node.left] + list(node.comparators)
-            kind = None
-            for s in sides:
-                if isinstance(s, ast.Attribute) and s.attr in ("type", "device_type"):
-                    kind = "device"
-                elif isinstance(s, ast.Name) and DEVICE_NAME.search(s.id):
-                    kind = "device"
-                elif isinstance(s, ast.Call) and resolve(s.func) in ("torch.distributed.get_backend",):
-                    kind = "backend"
-            if kind:
-                for s in sides:
-                    mark(s, kind)
-        elif isinstance(node, ast.Dict):
-            for k, v in zip(node.keys, node.values):
-                if isinstance(k, ast.Constant) and isinstance(k.value, str):
-                    if DEVICE_NAME.search(k.value):
-                        mark(v, "device")
-                    elif BACKEND_NAME.search(k.value):
-                        mark(v, "backend")
-                    else:
-                        mark(k, "none")
-        elif isinstance(node, ast.Subscript):
-            mark(node.slice, "none")
-        elif isinstance(node, ast.arguments):  # def f(device="cuda", *, backend="nccl")
-            pos = node.posonlyargs + node.args
-            pairs = list(zip(pos[len(pos) - len(node.defaults):], node.defaults))
-            pairs += [(a, d) for a, d in zip(node.kwonlyargs, node.kw_defaults) if d is not None]
-            for a, d in pairs:
-                kind = kind_of_target(ast.Name(id=a.arg))
-                if kind:
-                    mark(d, kind)
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ("dev" in node.name or "backend" in node.name):
-            kind = kind_of_target(ast.Name(id=node.name.removeprefix("get_")))
-            if kind:
-                for sub in ast.walk(node):
-                    if isinstance(sub, ast.Return):
-                        mark(sub.value, kind)
+        if isinstance(node, CONTEXT_NODE_TYPES):
+            classify_node(node, resolve, out)
     return out
+
+
+def _mark(node: Optional[ast.AST], kind: str, out: Dict[int, str]) -> None:
+    """Mark a value expression: literals directly; both arms of `a if c else b`; tuple/list items."""
+    if node is None:
+        return
+    if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        out.setdefault(id(node), kind)
+    elif isinstance(node, ast.IfExp):
+        _mark(node.body, kind, out)
+        _mark(node.orelse, kind, out)
+    elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        for e in node.elts:
+            _mark(e, kind, out)
+    elif isinstance(node, ast.BoolOp):  # `os.environ.get(...) or "cuda"`
+        for v in node.values:
+            _mark(v, kind, out)
+
+
+def _kind_of_name(name: str) -> Optional[str]:
+    if DEVICE_NAME.search(name):
+        return "device"
+    if BACKEND_NAME.search(name):
+        return "backend"
+    return None
+
+
+def classify_node(node: ast.AST, resolve: Callable[[ast.AST], Optional[str]], out: Dict[int, str]) -> None:
+    """Mark the literals ``node`` puts in a known context. The scanner calls this for every node of
+    CONTEXT_NODE_TYPES during its one traversal, parents before children."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        for kw in node.keywords:
+            if kw.arg in _DEVICE_KWARGS:
+                _mark(kw.value, "device", out)
+            elif kw.arg in _BACKEND_KWARGS:
+                _mark(kw.value, "backend", out)
+        if node.args:
+            qual = resolve(func) if isinstance(func, (ast.Name, ast.Attribute)) else None
+            if qual in _DEVICE_ARG0 or (isinstance(func, ast.Attribute) and func.attr == "to" and qual is None):
+                _mark(node.args[0], "device", out)
+            elif qual in _BACKEND_ARG0:
+                _mark(node.args[0], "backend", out)
+            elif isinstance(func, ast.Name) and func.id in _NAME_ARG1 and len(node.args) >= 2:
+                _mark(node.args[1], "none", out)
+            elif (_name_of(func) == "add_argument" and isinstance(node.args[0], ast.Constant)
+                  and isinstance(node.args[0].value, str)):
+                flag = node.args[0].value
+                kind = "device" if _ARGPARSE_DEVICE.match(flag) else "backend" if _ARGPARSE_BACKEND.match(flag) else None
+                if kind:
+                    for kw in node.keywords:
+                        if kw.arg in ("default", "choices", "const"):
+                            _mark(kw.value, kind, out)
+    elif isinstance(node, ast.Assign):
+        if len(node.targets) == 1 and not isinstance(node.targets[0], (ast.Tuple, ast.List)):
+            kind = _kind_of_name(_name_of(node.targets[0]))
+            if kind:
+                _mark(node.value, kind, out)
+    elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        kind = _kind_of_name(_name_of(node.target))
+        if kind and node.value is not None:
+            _mark(node.value, kind, out)
+    elif isinstance(node, ast.Compare):
+        sides = [node.left] + list(node.comparators)
+        kind = None
+        for side in sides:
+            if isinstance(side, ast.Attribute) and side.attr in ("type", "device_type"):
+                kind = "device"
+            elif isinstance(side, ast.Name) and DEVICE_NAME.search(side.id):
+                kind = "device"
+            elif isinstance(side, ast.Call) and resolve(side.func) == "torch.distributed.get_backend":
+                kind = "backend"
+        if kind:
+            for side in sides:
+                _mark(side, kind, out)
+    elif isinstance(node, ast.Dict):
+        for k, v in zip(node.keys, node.values):
+            if isinstance(k, ast.Constant) and isinstance(k.value, str):
+                kind = _kind_of_name(k.value)
+                if kind:
+                    _mark(v, kind, out)
+                else:
+                    _mark(k, "none", out)
+    elif isinstance(node, ast.Subscript):
+        _mark(node.slice, "none", out)
+    elif isinstance(node, ast.arguments):  # def f(device="cuda", *, backend="nccl")
+        pos = node.posonlyargs + node.args
+        pairs = list(zip(pos[len(pos) - len(node.defaults):], node.defaults))
+        pairs += [(a, d) for a, d in zip(node.kwonlyargs, node.kw_defaults) if d is not None]
+        for a, d in pairs:
+            kind = _kind_of_name(a.arg)
+            if kind:
+                _mark(d, kind, out)
+    elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and ("dev" in node.name or "backend" in node.name):
+        kind = _kind_of_name(node.name.removeprefix("get_"))
+        if kind:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Return):
+                    _mark(sub.value, kind, out)

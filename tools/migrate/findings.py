@@ -28,6 +28,22 @@ class Edit:
     insert_line: bool = False
 
 
+def apply_line_edits(line: str, edits) -> Tuple[str, int]:
+    """Apply single-line edits in one pass (linear in the line length, however many edits); returns
+    (new line, edits applied). Overlapping edits keep the leftmost and drop the rest instead of producing
+    garbage."""
+    out, pos, applied = [], 0, 0
+    for start, end, text in sorted({(e.start, e.end, e.text) for e in edits}):
+        if start < pos:
+            continue
+        out.append(line[pos:start])
+        out.append(text)
+        pos = end
+        applied += 1
+    out.append(line[pos:])
+    return "".join(out), applied
+
+
 @dataclass
 class Finding:
     rule_id: str
@@ -45,6 +61,7 @@ class Finding:
     fix_preview: str = ""  # the source line as --apply will write it (stripped, capped), when edits exist
     # Python: lines of the enclosing statement (header); --apply rewrites or leaves a statement as a whole
     stmt: Tuple[int, int] = (0, 0)
+    count: int = 1  # sites of this (line, rule, symbol): identical repeats on one line are one finding
 
     @property
     def autofix(self) -> bool:
@@ -74,6 +91,7 @@ class Finding:
             "effort": self.effort,
             "autofix": self.autofix,
             "snippet": self.snippet,
+            **({"count": self.count} if self.count > 1 else {}),
             **({"fix": self.fix_preview} if self.fix_preview else {}),
         }
 

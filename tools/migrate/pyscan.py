@@ -11,9 +11,9 @@ import ast
 import re
 from typing import Dict, List, Optional, Set, Tuple
 
-from .contexts import classify_strings, context_of_value
+from .contexts import CONTEXT_NODE_TYPES, classify_node, context_of_value
 from .files import split_lines
-from .findings import Edit, Finding
+from .findings import Edit, Finding, apply_line_edits
 from .router import find_router_hazards
 from .rules import MOE_CODE, Rule, RuleSet
 
@@ -45,9 +45,14 @@ class PyFileScan:
         self.ensure_import_edit: Optional[Edit] = None
         self._resolved_cache: Dict[str, List[Tuple[Rule, str]]] = {}
         self._router_rules = rules.by_kind["router_gate"]
-        self._string_ctx: Optional[Dict[int, str]] = None
-        self._tree: Optional[ast.AST] = None
-        self.moe_code = False  # set by scan_python: the file is MoE code (MoE kernel hints apply)
+        # literal id -> "device"/"backend"/"none", filled during the traversal (contexts.classify_node)
+        self._string_ctx: Dict[int, str] = {}
+        self._text = ""
+        self._moe_code: Optional[bool] = None
+        self._by_key: Dict[Tuple, Finding] = {}
+        self._more_edits: Dict[int, List[Edit]] = {}
+        self._snippets: Dict[int, str] = {}
+        self._encoded: Dict[int, bytes] = {}
         self._stmt: Tuple[int, int] = (0, 0)  # span of the statement (header) being visited
         self._dispatch = {
             ast.Import: self._visit_import,
@@ -63,6 +68,13 @@ class PyFileScan:
             ast.Expr: self._visit_expr,
         }
 
+    @property
+    def moe_code(self) -> bool:
+        """The file is MoE code (MoE kernel hints apply); searched once, only if a kernel needs a hint."""
+        if self._moe_code is None:
+            self._moe_code = bool(MOE_CODE.search(self.rel) or MOE_CODE.search(self._text))
+        return self._moe_code
+
     # ------------------------------------------------------------------------------------------ driver
     def run(self, tree: ast.Module) -> None:
         # Module-level imports first, so a function defined above a late `import torch as th` still
@@ -71,14 +83,21 @@ class PyFileScan:
             if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 self._record_aliases(stmt)
         self._plan_ensure_import(tree)
-        self._tree = tree  # classify_strings runs lazily: most files have no ambiguous literal
-        for stmt in tree.body:
-            self.visit(stmt)
+        try:
+            for stmt in tree.body:
+                self.visit(stmt)
+        finally:
+            # drop the tree and the per-node map now: a live AST makes the next file's parse pay for GC
+            self._string_ctx = {}
+            self._by_key, self._encoded = {}, {}
+            self._finish_previews()
 
     def visit(self, node: ast.AST) -> None:
         outer = None
         if isinstance(node, ast.stmt):
             outer, self._stmt = self._stmt, _statement_span(node)
+        if isinstance(node, CONTEXT_NODE_TYPES):
+            classify_node(node, self.resolve, self._string_ctx)
         handler = self._dispatch.get(type(node))
         if handler is not None:
             handler(node)
@@ -101,34 +120,58 @@ class PyFileScan:
         line = self._line(lineno)
         if line.isascii():
             return byte_col
-        return len(line.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+        enc = self._encoded.get(lineno)
+        if enc is None:
+            enc = self._encoded[lineno] = line.encode("utf-8")
+        return len(enc[:byte_col].decode("utf-8", errors="ignore"))
 
     def _snippet(self, lineno: int) -> str:
-        return _cap(self._line(lineno))
+        s = self._snippets.get(lineno)
+        if s is None:
+            s = self._snippets[lineno] = _cap(self._line(lineno))
+        return s
 
     def _add(self, rule: Rule, node: ast.AST, symbol: str, edits: Tuple[Edit, ...] = (),
              replacement: Optional[Dict[str, str]] = None, lineno: Optional[int] = None) -> None:
         lineno = lineno or getattr(node, "lineno", 1)
-        col = self._char_col(lineno, getattr(node, "col_offset", 0)) if lineno == getattr(node, "lineno", 0) else 0
-        self.findings.append(Finding(
-            rule_id=rule.id, severity=rule.severity, category=rule.category, file=self.rel,
-            line=lineno, col=col + 1, symbol=symbol, message=rule.format_message(symbol),
-            replacement=replacement or rule.replacement, effort=rule.effort,
-            snippet=self._snippet(lineno), edits=edits, fix_preview=self._preview(edits),
-            stmt=self._stmt,
-        ))
         if rule.category in ("device", "amp", "graph") and symbol.startswith("torch.cuda"):
             self.uses_torch_cuda = True
+        # One finding per (line, rule, symbol): a generated line with 20,000 identical literals is one
+        # finding counting 20,000 sites (its edits all kept for --apply), so memory stays bounded.
+        key = (lineno, rule.id, symbol, self._stmt)
+        same = self._by_key.get(key)
+        if same is not None:
+            same.count += 1
+            if edits:
+                self._more_edits.setdefault(id(same), []).extend(edits)
+            return
+        col = self._char_col(lineno, getattr(node, "col_offset", 0)) if lineno == getattr(node, "lineno", 0) else 0
+        f = Finding(
+            rule_id=rule.id, severity=rule.severity, category=rule.category, file=self.rel,
+            line=lineno, col=col + 1, symbol=symbol if len(symbol) <= _SNIPPET_LEN else _cap(symbol),
+            message=rule.format_message(symbol if len(symbol) <= 80 else _cap(symbol)[:80]),
+            replacement=replacement or rule.replacement, effort=rule.effort,
+            snippet=self._snippet(lineno), edits=edits, stmt=self._stmt,
+        )
+        self._by_key[key] = f
+        self.findings.append(f)
 
-    def _preview(self, edits: Tuple[Edit, ...]) -> str:
-        """The edited line, for reports (change_list.csv 'Change to')."""
-        if not edits:
-            return ""
-        line = self._line(edits[0].line)
-        for e in sorted(edits, key=lambda e: -e.start):
-            if e.line == edits[0].line and not e.insert_line:
-                line = line[: e.start] + e.text + line[e.end:]
-        return _cap(line)
+    def _finish_previews(self) -> None:
+        """`fix_preview`: each rewritten line as --apply will write it, computed once per line."""
+        for f in self.findings:
+            more = self._more_edits.get(id(f))
+            if more:
+                f.edits = f.edits + tuple(more)
+        self._more_edits = {}
+        by_line: Dict[int, List[Edit]] = {}
+        for f in self.findings:
+            for e in f.edits:
+                if not e.insert_line:
+                    by_line.setdefault(e.line, []).append(e)
+        previews = {lineno: _cap(apply_line_edits(self._line(lineno), edits)[0]) for lineno, edits in by_line.items()}
+        for f in self.findings:
+            if f.edits:
+                f.fix_preview = previews.get(f.edits[0].line, "")
 
     def resolve(self, node: ast.AST) -> Optional[str]:
         """Dotted name of a Name/Attribute chain rooted in an import alias, else None."""
@@ -436,11 +479,7 @@ class PyFileScan:
         if not rules:
             return
         ctx_patterns = {r.regex.pattern: r.context for r in rules if r.context}
-        ctx = context_of_value(value) if ctx_patterns else None
-        if ctx_patterns and ctx is None:
-            if self._string_ctx is None:
-                self._string_ctx = classify_strings(self._tree, self.resolve) if self._tree is not None else {}
-            ctx = self._string_ctx.get(id(node))
+        ctx = (context_of_value(value) or self._string_ctx.get(id(node))) if ctx_patterns else None
         for rule in rules:
             if rule.context:
                 if ctx == rule.context:
@@ -549,7 +588,7 @@ def scan_python(rules: RuleSet, rel: str, text: str,
     """Parse and scan; on a syntax error return the exception so the caller can fall back to text rules."""
     lines = split_lines(text)
     scanner = PyFileScan(rules, rel, lines, project)
-    scanner.moe_code = bool(MOE_CODE.search(rel) or MOE_CODE.search(text))
+    scanner._text = text
     try:
         tree = ast.parse(text, filename=rel)
     except SyntaxError as e:

@@ -26,16 +26,20 @@ Resolver = Callable[[ast.AST], Optional[str]]
 def find_router_hazards(cls: ast.ClassDef, params: Dict, resolve: Resolver) -> List[Tuple[ast.AST, str]]:
     """(gemm node, short text) for every router GEMM in ``cls`` that is not visibly fp32."""
     out: List[Tuple[ast.AST, str]] = []
+    is_gate, is_moe = params["gate_class_re"].search(cls.name), params["moe_class_re"].search(cls.name)
+    if not (is_gate or is_moe):
+        return out
     methods = [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    if params["gate_class_re"].search(cls.name):
+    attrs = _fp32_attrs(methods, resolve)
+    if is_gate:
         for fn in methods:
             fp32_names = _fp32_locals(fn, resolve)
             for gemm, operands in _gemms(fn, params, resolve):
                 if _fp32_output(gemm, resolve):
                     continue  # torch.mm(..., out_dtype=torch.float32): fp32 logits from a bf16 GEMM
-                if not any(_is_fp32(op, fp32_names, resolve) for op in operands):
+                if not any(_is_fp32(op, fp32_names, resolve, attrs) for op in operands):
                     out.append((gemm, _short(gemm)))
-    if params["moe_class_re"].search(cls.name):
+    if is_moe:
         gate_attrs = _linear_gate_attrs(methods, params, resolve)
         if gate_attrs:
             for fn in methods:
@@ -43,7 +47,7 @@ def find_router_hazards(cls: ast.ClassDef, params: Dict, resolve: Resolver) -> L
                 for call in _walk_calls(fn):
                     f = call.func
                     if (isinstance(f, ast.Attribute) and f.attr in gate_attrs and _is_self(f.value)
-                            and not any(_is_fp32(a, fp32_names, resolve) for a in call.args)):
+                            and not any(_is_fp32(a, fp32_names, resolve, attrs) for a in call.args)):
                         out.append((call, _short(call)))
     return out
 
@@ -105,7 +109,34 @@ def _fp32_locals(fn: ast.AST, resolve: Resolver) -> Set[str]:
     return names
 
 
-def _is_fp32(expr: ast.AST, fp32_names: Set[str], resolve: Resolver) -> bool:
+def _fp32_attrs(methods, resolve: Resolver) -> Set[str]:
+    """`self.X` the class keeps in fp32: `self.X = nn.Parameter(torch.empty(..., dtype=torch.float32))`,
+    `self.X = nn.Linear(..., dtype=torch.float32)`, `self.X = <...>.float()`, or `self.X.float()`."""
+    attrs: Set[str] = set()
+    for fn in methods:
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Assign):
+                fp32 = any(k.arg == "dtype" and _names_fp32(k.value, resolve)
+                           for c in ast.walk(node.value) if isinstance(c, ast.Call) for k in c.keywords)
+                if fp32 or _is_fp32(node.value, set(), resolve):
+                    attrs.update(t.attr for t in node.targets if isinstance(t, ast.Attribute) and _is_self(t.value))
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and _is_fp32(node.value, set(), resolve):
+                f = node.value.func
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) and _is_self(f.value.value):
+                    attrs.add(f.value.attr)
+    return attrs
+
+
+def _self_attr_root(node: ast.AST) -> Optional[str]:
+    """`self.gate.weight.dtype` -> 'gate'."""
+    while isinstance(node, ast.Attribute):
+        if _is_self(node.value):
+            return node.attr
+        node = node.value
+    return None
+
+
+def _is_fp32(expr: ast.AST, fp32_names: Set[str], resolve: Resolver, fp32_attrs: Set[str] = frozenset()) -> bool:
     for node in ast.walk(expr):
         if isinstance(node, ast.Name) and node.id in fp32_names:
             return True
@@ -113,10 +144,10 @@ def _is_fp32(expr: ast.AST, fp32_names: Set[str], resolve: Resolver) -> bool:
             continue
         if node.func.attr == "float" and not node.args:
             return True
-        if node.func.attr in _CAST_METHODS:
+        if node.func.attr in _CAST_METHODS or node.func.attr == "type_as":
             for a in list(node.args) + [k.value for k in node.keywords if k.arg in (None, "dtype")]:
-                if _names_fp32(a, resolve):
-                    return True
+                if _names_fp32(a, resolve) or (fp32_attrs and _self_attr_root(a) in fp32_attrs):
+                    return True  # .to(torch.float32) / .to(self.gate.weight.dtype) of an fp32 gate
     return False
 
 

@@ -19,6 +19,16 @@ class ScanPathError(ValueError):
     """The path to scan does not exist or is not a file/directory we can read."""
 
 
+# Python beyond these sizes is generated code: scanned by the text fallback, which keeps memory linear
+PY_AST_MAX_BYTES = 2 * 1024 * 1024
+PY_AST_MAX_LINE = 64 * 1024
+_LONG_LINE = re.compile(r"[^\r\n]{%d}" % PY_AST_MAX_LINE)
+
+
+def _generated(text: str) -> bool:
+    return len(text) > PY_AST_MAX_BYTES or bool(_LONG_LINE.search(text))
+
+
 _CUDA_EXTENSION_CALL = re.compile(r"CUDAExtension\s*\(")
 
 
@@ -101,7 +111,14 @@ def scan_path(path: str, rules: Optional[RuleSet] = None, exclude: Sequence[str]
         result.files_scanned += 1
         result.lines_scanned += text.count("\n") + (0 if text.endswith("\n") or not text else 1)
         file_findings = []
-        if "python" in sf.tags:
+        if "python" in sf.tags and _generated(text):
+            # Generated code (a data table or minified module): its AST alone would take hundreds of MB
+            # (ast.parse peaks near 200x the source size), and nothing in it is safe to rewrite anyway.
+            result.warnings.append(ScanWarning(
+                sf.rel, 0, "generated", f"line longer than {PY_AST_MAX_LINE:,} characters or file over "
+                f"{PY_AST_MAX_BYTES:,}: scanned by text rules (py-fallback-cuda), not rewritten by --apply"))
+            file_findings.extend(scan_text(rules, sf.rel, text, ["python_fallback"], fallback_rules))
+        elif "python" in sf.tags:
             py, err = scan_python(rules, sf.rel, text, project)
             if err is not None:
                 lineno = err.lineno or 0

@@ -70,24 +70,36 @@ def scan_text(rules: RuleSet, rel: str, text: str, tags: Sequence[str],
     # offsets of line ends, counted like split_lines (\r\n, \r, \n) so line numbers agree with the AST
     newlines = [m.end() - 1 for m in _LINE_END.finditer(text)]
     findings: List[Finding] = []
-    moe_code = bool(MOE_CODE.search(rel) or MOE_CODE.search(text))
+    moe: List[bool] = []  # searched once, only when a kernel needs a hint
+
+    snippets = {}
+    seen = {}
 
     def add(rule: Rule, offset: int, symbol: str, kernel_name: str = "") -> None:
         lineno = bisect.bisect_right(newlines, offset - 1) + 1 if offset else 1
+        key = (lineno, rule.id, symbol)
+        if key in seen:  # identical repeats on one line: one finding, counted (bounded memory)
+            seen[key].count += 1
+            return
         line_start = newlines[lineno - 2] + 1 if lineno > 1 else 0
-        raw = lines[lineno - 1] if lineno <= len(lines) else ""
-        snippet = raw.strip()
+        snippet = snippets.get(lineno)
+        if snippet is None:
+            raw = lines[lineno - 1][: 4 * _SNIPPET_LEN] if lineno <= len(lines) else ""
+            snippet = raw.strip()
+            snippet = snippets[lineno] = snippet if len(snippet) <= _SNIPPET_LEN else snippet[: _SNIPPET_LEN - 3] + "..."
         repl = rule.replacement
         if kernel_name:
-            hint = rules.hint_for(kernel_name, moe_code)
+            if not moe:
+                moe.append(bool(MOE_CODE.search(rel) or MOE_CODE.search(text)))
+            hint = rules.hint_for(kernel_name, moe[0])
             if hint:
                 repl = {**repl, **hint.replacement}
-        findings.append(Finding(
+        f = seen[key] = Finding(
             rule_id=rule.id, severity=rule.severity, category=rule.category, file=rel, line=lineno,
             col=offset - line_start + 1, symbol=symbol, message=rule.format_message(symbol),
-            replacement=repl, effort=rule.effort,
-            snippet=snippet if len(snippet) <= _SNIPPET_LEN else snippet[: _SNIPPET_LEN - 3] + "...",
-        ))
+            replacement=repl, effort=rule.effort, snippet=snippet,
+        )
+        findings.append(f)
 
     for rule in rule_list:
         if rule.unless_file is not None and rule.unless_file.search(body):
