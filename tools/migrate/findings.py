@@ -62,6 +62,7 @@ class Finding:
     # Python: lines of the enclosing statement (header); --apply rewrites or leaves a statement as a whole
     stmt: Tuple[int, int] = (0, 0)
     count: int = 1  # sites of this (line, rule, symbol): identical repeats on one line are one finding
+    group: str = ""  # triage item: a library's top-level module, a kernel or exported op name; "" = the rule
 
     @property
     def autofix(self) -> bool:

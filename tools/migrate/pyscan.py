@@ -152,6 +152,7 @@ class PyFileScan:
             message=rule.format_message(symbol if len(symbol) <= 80 else _cap(symbol)[:80]),
             replacement=replacement or rule.replacement, effort=rule.effort,
             snippet=self._snippet(lineno), edits=edits, stmt=self._stmt,
+            group=_group_of(rule, symbol, self.rules),
         )
         self._by_key[key] = f
         self.findings.append(f)
@@ -267,7 +268,19 @@ class PyFileScan:
         return rule
 
     def _import_rule(self, module: str) -> Optional[Rule]:
-        return self.rules.import_rule(module) or self._dynamic_rule(module)
+        rule = self.rules.import_rule(module)
+        if rule is not None and rule.id in self.rules.library_ids and self._is_local(module):
+            # the scanned project *is* this library: its own imports are not a dependency, except the
+            # compiled CUDA extensions its setup.py builds
+            return self._dynamic_rule(module) if self._is_extension(module) else None
+        return rule or self._dynamic_rule(module)
+
+    def _is_extension(self, module: str) -> bool:
+        exts = self.project.cuda_extensions
+        return module in exts or any(module.startswith(e + ".") for e in exts)
+
+    def _is_local(self, module: str) -> bool:
+        return module.split(".")[0] in self.project.local_packages
 
     def _visit_import(self, node: ast.Import) -> None:
         self._record_aliases(node)
@@ -349,7 +362,12 @@ class PyFileScan:
             root = root.value
         if isinstance(root, ast.Name) and root.id in self.fixed_by_import:
             return None
+        local = None
         for rule, symbol in self._name_matches(qual):
+            if rule.id in self.rules.library_ids:
+                local = self._is_local(qual) if local is None else local
+                if local:
+                    continue
             shown = symbol
             if rule.when:
                 if call is None:
@@ -509,6 +527,15 @@ class PyFileScan:
         return tuple(edits)
 
 
+def _group_of(rule: Rule, symbol: str, rules: RuleSet) -> str:
+    """Triage item of a finding: kernels by name, libraries/extensions by top-level module."""
+    if rule.kernel:
+        return symbol
+    if rule.kind == "import" or rule.id in rules.library_ids or rule.id == "cuda-extension-import-call":
+        return symbol.split(".")[0]
+    return ""
+
+
 def _cap(line: str) -> str:
     """Report text for a source line, bounded: a finding never holds more than _SNIPPET_LEN characters of
     its line, so memory does not grow with line length x findings (minified / generated code)."""
@@ -578,9 +605,10 @@ def _check_when(rule: Rule, call: ast.Call):
 class ProjectInfo:
     """Facts about the whole scanned tree that change how one file is read (see scanner.project_info)."""
 
-    def __init__(self, cuda_extensions=(), local_modules=()):
+    def __init__(self, cuda_extensions=(), local_modules=(), local_packages=()):
         self.cuda_extensions: Set[str] = set(cuda_extensions)  # CUDAExtension(name=...) names and last parts
         self.local_modules: Set[str] = set(local_modules)  # module/package names the project defines
+        self.local_packages: Set[str] = set(local_packages)  # top-level packages (dirs with __init__.py)
 
 
 def scan_python(rules: RuleSet, rel: str, text: str,

@@ -263,12 +263,10 @@ def area_of(path: str) -> str:
 
 
 def triage_key(f: Finding) -> Tuple[str, str]:
-    """What one triage row stands for: a library (top-level module), a kernel, an extension, or a rule."""
-    if f.category in ("kernel", "v4_kernel") and f.rule_id.endswith(("-kernel", "kernel")) or f.rule_id == "cuda-global-kernel":
-        return "kernel", f.symbol
-    if f.category in ("library", "extension", "dependency") and f.symbol:
-        head = re.split(r"[.\s(]", f.symbol.strip("'\""), 1)[0]
-        return f.category, head or f.rule_id
+    """What one triage row stands for: a library (top-level module), a kernel or exported op, or a rule."""
+    if f.group:
+        kind = "kernel" if f.category in ("kernel", "v4_kernel") else f.category
+        return kind, f.group
     return "rule", f.rule_id
 
 

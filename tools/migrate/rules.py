@@ -119,6 +119,9 @@ class RuleSet:
     # (regex over an imported module's last component, import rule id) from cuda_libraries.yaml
     module_regex: List[Tuple[re.Pattern, str]] = field(default_factory=list)
 
+    # ids of the rules generated from cuda_libraries.yaml (import rules and their -call rules)
+    library_ids: frozenset = frozenset()
+
     def __post_init__(self) -> None:
         self.by_id = {r.id: r for r in self.rules}
         by_kind: Dict[str, List[Rule]] = {k: [] for k in KINDS}
@@ -417,6 +420,7 @@ def load_rules(extra_paths: Sequence[str] = (), base_path: str = DEFAULT_RULES_P
 
     here = os.path.dirname(os.path.abspath(base_path))
     module_regex: List[Tuple[re.Pattern, str]] = []
+    library_ids: List[str] = []
     if base.get("libraries"):
         lib_rules, module_regex = _library_rules(os.path.join(here, base["libraries"]))
         for raw in lib_rules:
@@ -428,6 +432,7 @@ def load_rules(extra_paths: Sequence[str] = (), base_path: str = DEFAULT_RULES_P
         raw_rules.clear()
         raw_rules.update(merged)
         order_ids[:0] = [raw["id"] for raw in lib_rules]
+        library_ids = [raw["id"] for raw in lib_rules]
     surface: Dict[str, List[str]] = {}
     if base.get("torch_npu_surface"):
         sdata = _read_yaml(os.path.join(os.path.dirname(os.path.abspath(base_path)), base["torch_npu_surface"]))
@@ -447,6 +452,7 @@ def load_rules(extra_paths: Sequence[str] = (), base_path: str = DEFAULT_RULES_P
         rules=rules, our_ops=our_ops, file_types=file_types,
         skip_dirs=tuple(base.get("skip_dirs") or ()), apply_settings=base.get("apply") or {}, hints=hints,
         sources=(base_path,) + tuple(extra_paths), surface=surface, module_regex=module_regex,
+        library_ids=frozenset(library_ids),
     )
 
 

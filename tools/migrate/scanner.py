@@ -38,6 +38,10 @@ def cuda_extension_names(text: str) -> List[str]:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return []
+    # module-level string constants, so `name=f"{PACKAGE_NAME}._C"` resolves
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+              and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+              for t in n.targets if isinstance(t, ast.Name)}
     names = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -49,6 +53,17 @@ def cuda_extension_names(text: str) -> List[str]:
         arg = next((k.value for k in node.keywords if k.arg == "name"), node.args[0] if node.args else None)
         if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value:
             names.append(arg.value)
+        elif isinstance(arg, ast.JoinedStr):
+            parts = []
+            for v in arg.values:
+                if isinstance(v, ast.Constant):
+                    parts.append(str(v.value))
+                elif isinstance(v.value, ast.Name) and v.value.id in consts and not v.format_spec:
+                    parts.append(consts[v.value.id])
+                else:
+                    break
+            else:
+                names.append("".join(parts))
     return names
 
 
@@ -57,6 +72,11 @@ def project_info(files: List[SourceFile]) -> ProjectInfo:
     `<ext>.op(...)` are found) and the module names it defines (never mistaken for compiled `*_cuda` ones)."""
     exts: Set[str] = set()
     local: Set[str] = set()
+    packages: Set[str] = set()
+    dir_of = lambda rel: rel.rsplit("/", 1)[0] if "/" in rel else ""  # noqa: E731
+    dirs_with_init = {dir_of(sf.rel) for sf in files if sf.rel.split("/")[-1] == "__init__.py"}
+    # a directory with its own setup.py / pyproject.toml installs the modules beside it as top-level ones
+    install_roots = {dir_of(sf.rel) for sf in files if sf.rel.split("/")[-1] in ("setup.py", "pyproject.toml")}
     for sf in files:
         if "python" not in sf.tags:
             continue
@@ -64,6 +84,10 @@ def project_info(files: List[SourceFile]) -> ProjectInfo:
         stem = parts[-1][:-3]
         local.add(stem)
         local.update(parts[:-1])
+        if parts[-1] == "__init__.py" and len(parts) >= 2:
+            packages.add(parts[-2])  # a package of the project (at any depth: src/ layouts, monorepos)
+        elif "/".join(parts[:-1]) not in dirs_with_init or "/".join(parts[:-1]) in install_roots:
+            packages.add(stem)  # a top-level module (its directory is a script/sys.path root, not a package)
         if not (stem.startswith("setup") or "setup" in sf.tags):
             continue
         text, _w, _e = read_source(sf)
@@ -73,7 +97,7 @@ def project_info(files: List[SourceFile]) -> ProjectInfo:
                 last = name.rsplit(".", 1)[-1]
                 if len(last) >= 4 and not last.startswith("_"):  # `pkg._C`: only the full name is specific
                     exts.add(last)
-    return ProjectInfo(exts, local - {"__init__"})
+    return ProjectInfo(exts, local - {"__init__"}, packages)
 
 
 def scan_path(path: str, rules: Optional[RuleSet] = None, exclude: Sequence[str] = (),

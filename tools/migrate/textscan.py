@@ -97,7 +97,7 @@ def scan_text(rules: RuleSet, rel: str, text: str, tags: Sequence[str],
         f = seen[key] = Finding(
             rule_id=rule.id, severity=rule.severity, category=rule.category, file=rel, line=lineno,
             col=offset - line_start + 1, symbol=symbol, message=rule.format_message(symbol),
-            replacement=repl, effort=rule.effort, snippet=snippet,
+            replacement=repl, effort=rule.effort, snippet=snippet, group=symbol if rule.kernel else "",
         )
         findings.append(f)
 
