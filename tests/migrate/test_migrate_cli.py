@@ -165,3 +165,39 @@ def test_unwritable_out_is_one_line_error(tmp_path):
 def test_exclude(tmp_path):
     doc = json.loads(run("scan", MOE, "--exclude", "moe/*", "--format", "json").stdout)
     assert doc["findings"] and not any(f["file"].startswith("moe/") for f in doc["findings"])
+
+
+def test_apply_lists_left_statements_and_triage(tmp_path):
+    proj = tmp_path / "p"
+    (proj / "tests").mkdir(parents=True)
+    (proj / "train.py").write_text("import torch\nimport selective_scan_cuda\n"
+                                   "ok = torch.cuda.is_available() and torch.cuda.get_arch_list()\n"
+                                   "x = torch.zeros(1, device='cuda')\n")
+    (proj / "tests" / "test_a.py").write_text("import selective_scan_cuda\nselective_scan_cuda.fwd(1)\n")
+    copy = tmp_path / "p_npu"
+    res = run("scan", str(proj), "--apply", "--apply-dir", str(copy), "--format", "json", "--out", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.stderr
+    assert "left 1 statement(s)" in res.stderr
+    left = list(csv.DictReader(open(str(copy) + ".left.csv")))
+    assert [(r["File"], r["Start Line"], r["Blocking (no certain NPU equivalent)"]) for r in left] == \
+        [("train.py", "3", "torch.cuda.get_arch_list")]
+    doc = json.load(open(tmp_path / "r.json"))
+    assert doc["left"][0]["withheld"] == "torch.cuda.is_available"
+    assert (copy / "train.py").read_text().splitlines()[3:5] == [
+        "ok = torch.cuda.is_available() and torch.cuda.get_arch_list()", "x = torch.zeros(1, device='npu')"]
+    res = run("scan", str(proj), "--format", "triage")
+    row = next(l for l in res.stdout.splitlines() if "selective_scan_cuda" in l)
+    # one row for the library: 1 site in code, 2 in tests
+    assert row.split()[4:7] == ["1", "2", "0"], row
+
+
+def test_reports_are_written_atomically(tmp_path, monkeypatch):
+    from ascend_v4.tools.migrate import report
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report.os, "replace", full_disk)
+    res = run("scan", MOE, "--out", str(tmp_path / "r.txt"))
+    assert res.exit_code == 2 and "error: cannot write" in res.stderr
+    assert os.listdir(tmp_path) == []  # neither a truncated report nor a temporary file
