@@ -216,3 +216,9 @@ def test_gradscaler_and_fstring_and_non_device_strings(tmp_path):
     # a line never mixes: `.cuda()` is withheld because 'cuda' beside it is not certainly a device
     assert "x = torch.ones(1).cuda(); y = mode == 'cuda'\n" in out
     assert [(x.start, x.blocking, x.dropped) for x in result.left] == [(7, "cuda", ".cuda()")]
+
+
+def test_statement_checking_cuda_build_is_left_whole(tmp_path):
+    out, result = _apply_text(tmp_path, "import torch\nuse = torch.cuda.is_available() and torch.version.cuda\n")
+    assert "use = torch.cuda.is_available() and torch.version.cuda\n" in out
+    assert [x.blocking for x in result.left] == ["torch.version.cuda"]

@@ -348,3 +348,12 @@ def test_non_ascii_columns(rules):
     f = [f for f in scanner.findings if f.rule_id == "tensor-cuda-method"][0]
     e = f.edits[0]
     assert src.splitlines()[1][e.start:e.end] == "cuda"
+
+
+def test_capability_queries_are_reported_not_renamed(rules):
+    out = _edits(rules, """
+        import torch
+        hopper = torch.cuda.get_device_capability()[0] >= 9
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+    """)
+    assert out == {(3, "torch-cuda-capability"): False, (4, "torch-cuda-capability"): False}
