@@ -109,6 +109,10 @@ def _edits(rules, src):
     ('parser.add_argument("--device", default="cuda")', True),
     ('cfg = {"device": "cuda"}', True),
     ('y = torch.load(p, map_location="cuda")', True),
+    ('device, dtype = "cuda", torch.bfloat16', True),
+    ('kwargs["device_type"] = "cuda"', True),
+    ('name, kind = "cuda", "gpu"', False),
+    ('if BUILD_TARGET == "cuda": pass', False),
     ('y = transport == "cuda"', False),
     ('y = describe("cuda")', False),
 ])

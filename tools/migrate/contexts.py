@@ -80,6 +80,13 @@ def _mark(node: Optional[ast.AST], kind: str, out: Dict[int, str]) -> None:
             _mark(v, kind, out)
 
 
+def _target_name(node: ast.AST) -> str:
+    """Name an assignment stores to: `device`, `self.device`, `kwargs["device_type"]`."""
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str):
+        return node.slice.value
+    return _name_of(node)
+
+
 def _kind_of_name(name: str) -> Optional[str]:
     if DEVICE_NAME.search(name):
         return "device"
@@ -115,12 +122,20 @@ def classify_node(node: ast.AST, resolve: Callable[[ast.AST], Optional[str]], ou
                         if kw.arg in ("default", "choices", "const"):
                             _mark(kw.value, kind, out)
     elif isinstance(node, ast.Assign):
-        if len(node.targets) == 1 and not isinstance(node.targets[0], (ast.Tuple, ast.List)):
-            kind = _kind_of_name(_name_of(node.targets[0]))
-            if kind:
-                _mark(node.value, kind, out)
+        for target in node.targets:
+            if isinstance(target, (ast.Tuple, ast.List)):
+                # `device, dtype = "cuda", torch.bfloat16`: pair the elements
+                if isinstance(node.value, (ast.Tuple, ast.List)) and len(node.value.elts) == len(target.elts):
+                    for t, v in zip(target.elts, node.value.elts):
+                        kind = _kind_of_name(_target_name(t))
+                        if kind:
+                            _mark(v, kind, out)
+            else:
+                kind = _kind_of_name(_target_name(target))
+                if kind:
+                    _mark(node.value, kind, out)
     elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
-        kind = _kind_of_name(_name_of(node.target))
+        kind = _kind_of_name(_target_name(node.target))
         if kind and node.value is not None:
             _mark(node.value, kind, out)
     elif isinstance(node, ast.Compare):
