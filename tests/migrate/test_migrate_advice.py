@@ -37,7 +37,8 @@ def advice(rules, kernel, moe=False):
     ("_layer_norm_fwd_1pass_kernel", False, "layer_norm", "moe_combine"),
     ("_layer_norm_fwd_combine", True, "layer_norm", "moe_combine"),  # a norm stays a norm in MoE code
     ("_layer_norm_bwd_kernel", False, "LayerNormGrad", "npu_layer_norm_eval"),
-    ("_chunk_scan_fwd_kernel", False, "chunked scan", "npu_quant_matmul"),
+    ("_chunk_scan_fwd_kernel", False, "chunked scan", "npu_chunk_gated_delta_rule"),
+    ("chunk_gated_delta_rule_fwd_kernel", False, "npu_chunk_gated_delta_rule", "moe"),
     ("_bmm_chunk_fwd_kernel", False, "chunked scan", "Matmul"),
     ("_causal_conv1d_fwd_kernel", False, "npu_fused_causal_conv1d", "moe"),
     ("combine_kernel", False, "", "moe_combine"),
