@@ -185,14 +185,14 @@ def propose(root, cuda_modules):
                     return ""
                 return ".".join([alias.get(d.id, d.id)] + parts[::-1])
 
-            def walk(node, inside):
+            def walk(node, inside, cls):
                 for child in ast.iter_child_nodes(node):
                     is_kernel = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
                         _KERNEL_DECORATORS.match(dotted(d)) for d in child.decorator_list)
                     if is_kernel and not inside:
-                        kernels.append(f"{rel} {child.name}")
-                    walk(child, inside or is_kernel)
-            walk(tree, False)
+                        kernels.append(f"{rel} {cls + '.' if cls else ''}{child.name}")
+                    walk(child, inside or is_kernel, child.name if isinstance(child, ast.ClassDef) else cls)
+            walk(tree, False, "")
     return {"imports": sorted(set(imports)), "kernels": sorted(set(kernels))}
 
 

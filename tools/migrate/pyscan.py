@@ -54,6 +54,7 @@ class PyFileScan:
         self._snippets: Dict[int, str] = {}
         self._encoded: Dict[int, bytes] = {}
         self._stmt: Tuple[int, int] = (0, 0)  # span of the statement (header) being visited
+        self._class = ""  # innermost enclosing class (kernel methods are reported as Class.method)
         self._dispatch = {
             ast.Import: self._visit_import,
             ast.ImportFrom: self._visit_import_from,
@@ -446,9 +447,12 @@ class PyFileScan:
                 continue
             for rule, _sym in self._name_matches(qual):
                 if rule.kernel:
-                    hint = self.rules.hint_for(node.name, self.moe_code)
+                    # a kernel method is named with its class (`FlashAttentionBackwardSm90.__call__`): the
+                    # class name is what says forward/backward, attention/norm for the hint
+                    name = f"{self._class}.{node.name}" if self._class else node.name
+                    hint = self.rules.hint_for(name, self.moe_code)
                     repl = {**rule.replacement, **hint.replacement} if hint else None
-                    self._add(rule, dec, node.name, replacement=repl)
+                    self._add(rule, dec, name, replacement=repl)
                     # The whole kernel is one finding: its body (tl.*/T.* calls, FP8 dtype strings,
                     # autotune configs) would otherwise produce dozens of redundant ones.
                     return
@@ -464,7 +468,11 @@ class PyFileScan:
         for rule in self._router_rules:
             for gemm, symbol in find_router_hazards(node, rule.params, self.resolve):
                 self._add(rule, gemm, symbol)
-        self._visit_children(node)
+        outer, self._class = self._class, node.name
+        try:
+            self._visit_children(node)
+        finally:
+            self._class = outer
 
     # ------------------------------------------------------------------------------------------ strings
     def _visit_expr(self, node: ast.Expr) -> None:

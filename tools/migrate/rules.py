@@ -93,7 +93,7 @@ class Rule:
         return self.message.replace("{symbol}", symbol)
 
 
-BACKWARD_NAME = re.compile(r"(?i)(^|_)(bwd|backward|grad|dgrad|wgrad|dq|dkv|dqkv)(_|$)|_bwd|bwd_")
+BACKWARD_NAME = re.compile(r"(?i)(^|_|\.)(bwd|backward|grad|dgrad|wgrad|dq|dkv|dqkv)(_|$|\.)|_bwd|bwd_|backward(sm\d+)?\.|Backward")
 # what makes a file "MoE code" for `requires: moe` hints
 MOE_CODE = re.compile(r"(?i)\bmoe|moe_|_moe|\bexperts?\b|\brouter\b|topk_ids|topk_weights|num_experts")
 
