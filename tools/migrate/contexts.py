@@ -4,7 +4,8 @@ A ``"cuda"`` literal is a device only in some places: ``device=...``, ``torch.de
 ``x.to(...)``, ``torch.autocast(...)``, ``torch.amp.GradScaler(...)``, ``x.device.type == ...``, a
 variable or function named ``*device``, argparse ``--device`` defaults. The same text is something else
 as a dict key, an attribute name (``setattr(torch.version, "cuda", ...)``), or a transport name; rewriting
-those changes behaviour. This module classifies literal nodes once per file:
+those changes behaviour. The scanner calls ``classify_node`` for each node of CONTEXT_NODE_TYPES during
+its single traversal (parents before children), filling a map for the literals:
 
   "device"   certainly a device (rewrite 'cuda' -> 'npu')
   "backend"  certainly a torch.distributed backend (rewrite 'nccl' -> 'hccl')
@@ -52,15 +53,6 @@ def _name_of(node: ast.AST) -> str:
 
 CONTEXT_NODE_TYPES = (ast.Call, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Compare, ast.Dict, ast.Subscript,
                       ast.arguments, ast.FunctionDef, ast.AsyncFunctionDef)
-
-
-def classify_strings(tree: ast.AST, resolve: Callable[[ast.AST], Optional[str]]) -> Dict[int, str]:
-    """``id(node) -> "device" | "backend" | "none"`` for str literals and f-strings in known contexts."""
-    out: Dict[int, str] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, CONTEXT_NODE_TYPES):
-            classify_node(node, resolve, out)
-    return out
 
 
 def _mark(node: Optional[ast.AST], kind: str, out: Dict[int, str]) -> None:
