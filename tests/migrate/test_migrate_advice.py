@@ -140,3 +140,21 @@ def test_every_torch_npu_name_in_the_advice_exists(rules):
     for r in rules.rules:
         if r.id == "torch-cuda-device-api":
             assert {p.split(".", 2)[2] for p in r.patterns} <= npu_ns
+
+
+def test_quack_ops_and_helpers_apart(rules):
+    found = {f.symbol: f for f in _scan(rules, """
+        from quack.rmsnorm import rmsnorm
+        from quack.cross_entropy import cross_entropy
+        from quack.compile_utils import make_fake_tensor
+        from quack import copy_utils
+        y = rmsnorm(x, w)
+        l = cross_entropy(logits, target)
+        t = make_fake_tensor(dtype, shape)
+        c = copy_utils.tiled_copy_2d(a, b)
+    """)}
+    assert found["quack.rmsnorm.rmsnorm"].rule_id == "quack-norm"
+    assert "npu_rms_norm" in found["quack.rmsnorm.rmsnorm"].replacement_text()
+    assert "npu_cross_entropy_loss" in found["quack.cross_entropy.cross_entropy"].replacement_text()
+    for helper in ("quack.compile_utils.make_fake_tensor", "quack.copy_utils.tiled_copy_2d"):
+        assert (found[helper].rule_id, found[helper].severity) == ("quack-helper", "fine")
