@@ -61,7 +61,9 @@ def summary_line(result: ScanResult) -> str:
     auto = sum(1 for f in result.findings if f.autofix)
     return (f"{result.files_scanned} files, {result.lines_scanned:,} lines in {result.seconds:.2f} s: "
             f"{len(result.findings)} findings ({sev['blocker']} blocker, {sev['change']} change, "
-            f"{sev['fine']} fine); {auto} rewritable by --apply; {len(result.warnings)} warnings")
+            f"{sev['fine']} fine); {auto} rewritable by --apply"
+            + (f" ({len(result.left)} statements left whole: they would mix cuda and npu)" if result.left else "")
+            + f"; {len(result.warnings)} warnings")
 
 
 def effort_line(result: ScanResult) -> str:
