@@ -16,6 +16,9 @@ class DumpError(ValueError):
     pass
 
 
+from .compare import compare_arrays, compare_files, format_compare, load_dump  # noqa: E402,F401  (moved)
+
+
 def load_tokens(path: str) -> np.ndarray:
     try:
         ids = np.load(path, allow_pickle=False)
@@ -44,77 +47,6 @@ def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def _per_position_rel(a: np.ndarray, b: np.ndarray, pos_dims: int = 2) -> np.ndarray:
-    """Relative L2 error of each position's vector (the first `pos_dims` dims index positions)."""
-    a = a.reshape(int(np.prod(a.shape[:pos_dims])), -1).astype(np.float64)
-    b = b.reshape(a.shape).astype(np.float64)
-    den = np.linalg.norm(b, axis=1)
-    return np.linalg.norm(a - b, axis=1) / np.maximum(den, 1e-30)
-
-
-def compare_arrays(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> List[Dict]:
-    """One row per common key: max abs, per-position median/p90 relative L2, cosine, top-1 agreement."""
-    rows = []
-    for k in sorted(set(a) & set(b), key=_key_order):
-        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
-        if x.shape != y.shape:
-            rows.append({"key": k, "error": f"shape {x.shape} vs {y.shape}"})
-            continue
-        rel = _per_position_rel(x, y)
-        den = np.linalg.norm(x) * np.linalg.norm(y)
-        row = {"key": k, "shape": list(x.shape), "max_abs": float(np.max(np.abs(x - y))),
-               "median_rel": float(np.median(rel)), "p90_rel": float(np.percentile(rel, 90)),
-               "cosine": float(np.sum(x * y) / den) if den > 0 else float(np.array_equal(x, y))}
-        if k.endswith("logits"):
-            row["top1_agree"] = float(np.mean(x.argmax(-1) == y.argmax(-1)))
-        rows.append(row)
-    return rows
-
-
-def _key_order(k: str):
-    if k == "embed":
-        return (0, 0)
-    if k.startswith("hidden_block"):
-        return (1, int(k[len("hidden_block"):]))
-    return (2, k)
-
-
-def format_compare(rows: List[Dict], only_a: List[str], only_b: List[str]) -> str:
-    head = f"{'key':<18}{'max_abs':>11}{'median_rel':>12}{'p90_rel':>11}{'cosine':>12}{'top1':>8}"
-    out = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            out.append(f"{r['key']:<18}  {r['error']}")
-            continue
-        top1 = f"{r['top1_agree']:.4f}" if "top1_agree" in r else ""
-        out.append(f"{r['key']:<18}{r['max_abs']:>11.3e}{r['median_rel']:>12.3e}{r['p90_rel']:>11.3e}"
-                   f"{r['cosine']:>12.8f}{top1:>8}")
-    if only_a:
-        out.append(f"only in A: {', '.join(only_a)}")
-    if only_b:
-        out.append(f"only in B: {', '.join(only_b)}")
-    return "\n".join(out)
-
-
-def load_dump(path: str) -> Dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DumpError(f"dump {path} does not exist") from None
-    except Exception as e:
-        raise DumpError(f"{path} is not a readable .npz dump ({type(e).__name__}: {e}); rerun `ascend-v4 dump`") from None
-
-
-def compare_files(path_a: str, path_b: str) -> Dict:
-    a, b = load_dump(path_a), load_dump(path_b)
-    rows = compare_arrays(a, b)
-    if not rows:
-        raise DumpError(f"{path_a} and {path_b} have no key in common; both should come from `ascend-v4 dump`")
-    return {"a": path_a, "b": path_b, "rows": rows,
-            "only_a": sorted(set(a) - set(b)), "only_b": sorted(set(b) - set(a))}
 
 
 def json_dumps(obj) -> str:

@@ -17,6 +17,7 @@ _OURS = (
     (".config", ("ConfigError",)),
     (".checkpoint", ("CheckpointError",)),
     (".dump", ("DumpError",)),
+    (".compare", ("CompareError",)),
     (".weights", ("WeightError",)),
     (".convert.errors", ("ConvertError",)),
     (".graph.export", ("ExportError",)),
@@ -69,3 +70,21 @@ def friendly(fn=None, *, disk_full_hint: str = "free space and rerun"):
                 fail(f"disk full while writing ({e.filename or 'output'}); {disk_full_hint}")
             raise
     return wrapper
+
+
+def show_warnings_as_lines() -> None:
+    """Our warnings (ConfigWarning: an ignored config key) print as one `warning: …` line, not Python's
+    two-line `file:line: Category: …` form; other warnings keep the default format."""
+    import warnings
+    from .config import ConfigWarning
+    default = warnings.showwarning
+    if getattr(default, "_ascend_v4", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+    show._ascend_v4 = True
+    warnings.showwarning = show

@@ -43,7 +43,7 @@ def test_official_root_config_keys_are_read():
     ({"compress_ratios": (0, 4)}, "compress_ratios has 2 entries"),
     ({"n_activated_experts": 9}, "exceeds n_routed_experts"),
     ({"rope_head_dim": 33}, "rope_head_dim"),
-    ({"dim": 0}, "dim must be a positive integer"),
+    ({"dim": 0}, r"dim must be an integer in \[1, "),
     ({"moe_inter_dim": 40}, "divisible by 32"),
     ({"score_func": "relu"}, "score_func"),
     ({"index_head_dim": 48}, "power of two"),
