@@ -80,12 +80,10 @@ def make_checkpoint(out_dir, config, seed):
 @friendly
 def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
-    from .dump import load_tokens, save_npz
+    from .dump import check_tokens, load_tokens, save_npz
     ids = load_tokens(tokens_path)
     cfg, weights = _load_any(checkpoint)
-    if ids.max() >= cfg.vocab_size or ids.min() < 0:
-        raise ConfigError(f"{tokens_path}: token ids span [{ids.min()}, {ids.max()}] but the vocabulary has "
-                          f"{cfg.vocab_size} entries")
+    check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
     if mode == "official":
         backend = "numpy"          # the emulation is float64 NumPy by design: bit-exact quantisers

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from typing import Dict, List, Optional
+from typing import Dict
 
 import numpy as np
+
+from .atomic import write_npz
+from .compare import compare_arrays, compare_files, format_compare, load_dump  # noqa: F401  (compare lives there)
 
 DUMP_KEYS_DOC = ("embed [B,S,D]; hidden_block{i} [B,S,hc,D] (the streams after block i); logits [B,S,V]; "
                  "mtp_logits [B,S-1,V] with --mtp")
@@ -16,37 +17,49 @@ class DumpError(ValueError):
     pass
 
 
-from .compare import compare_arrays, compare_files, format_compare, load_dump  # noqa: E402,F401  (moved)
+def read_token_file(path: str, error=DumpError) -> np.ndarray:
+    """int64 [batch, seq] from an integer .npy file ([seq] is one row); `error` is the caller's error class.
+    Never unpickles; an .npz archive, a non-integer or an empty array is refused with one line."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise error(f"token file {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"token file {path} is a directory; pass an .npy file") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{path} is not a readable .npy array ({(str(e).splitlines() or [''])[0][:120]}); save tokens "
+                    f"with numpy.save") from None
+    if not isinstance(a, np.ndarray):          # np.load returns an NpzFile for a zip archive, whatever its name
+        a.close()
+        raise error(f"{path} is an .npz archive, not an .npy array; save the token array with numpy.save(path, ids)")
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.dtype.kind not in "iu":
+        raise error(f"{path}: tokens must be an integer [seq] or [batch, seq] array, got {a.dtype} {a.shape}")
+    if a.size == 0:
+        raise error(f"{path}: the token array is empty")
+    if a.dtype.kind == "u" and int(a.max()) > np.iinfo(np.int64).max:
+        raise error(f"{path}: token id {int(a.max())} does not fit int64")
+    return a.astype(np.int64)
 
 
 def load_tokens(path: str) -> np.ndarray:
-    try:
-        ids = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DumpError(f"token file {path} does not exist") from None
-    except (ValueError, OSError) as e:
-        raise DumpError(f"{path} is not a readable .npy array ({e}); save tokens with numpy.save") from None
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise DumpError(f"{path}: tokens must be an integer [batch, seq] array, got {ids.dtype} {ids.shape}")
-    if ids.size == 0:
-        raise DumpError(f"{path}: the token array is empty")
-    return ids.astype(np.int64)
+    return read_token_file(path, DumpError)
+
+
+def check_tokens(ids: np.ndarray, cfg, path: str, error=DumpError) -> None:
+    """Token ids inside the vocabulary and sequences no longer than the model's positions."""
+    if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+        raise error(f"{path}: token ids span [{ids.min()}, {ids.max()}] but the vocabulary has {cfg.vocab_size} "
+                    f"entries")
+    if ids.shape[-1] > cfg.max_position_embeddings:
+        raise error(f"{path}: sequences of {ids.shape[-1]} tokens exceed max_position_embeddings "
+                    f"({cfg.max_position_embeddings}) of '{cfg.name}'; shorten them")
 
 
 def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    """Atomic: a killed run never leaves a complete-looking dump."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=d)
-    os.close(fd)
-    try:
-        np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Atomic float32 dump: a killed run or a full disk never leaves a complete-looking file."""
+    write_npz(path, {k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 
 def json_dumps(obj) -> str:
