@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from typing import Any, Dict, Iterator, Optional
 
@@ -37,7 +37,8 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
     """`with atomic_write(p) as fh: fh.write(...)` — `p` holds the new content only if the block completes."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)   # umask applies
     fh = None
     try:
         fh = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))

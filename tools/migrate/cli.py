@@ -29,12 +29,20 @@ class BadInput(click.ClickException):
 
 
 def _write(path: str, text: str) -> None:
+    """Atomic: written to a temporary name beside `path` and renamed, so a full disk leaves no partial report."""
+    tmp = None
     try:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        with open(path, "w", encoding="utf-8", newline="") as fh:
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
     except OSError as e:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
         raise BadInput(f"cannot write {path}: {e.strerror or e}")
 
 
