@@ -20,12 +20,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
+from .errors import Notice
+
 
 class ConfigError(ValueError):
     """A config value that cannot describe a DeepSeek-V4 model."""
 
 
-class ConfigWarning(UserWarning):
+class ConfigWarning(Notice):
     """A config key that is ignored (unknown, or a runtime setting of another program)."""
 
 

@@ -72,17 +72,21 @@ def friendly(fn=None, *, disk_full_hint: str = "free space and rerun"):
     return wrapper
 
 
+class Notice(UserWarning):
+    """Something ignored or left out that the user should know about (an unknown config key, a file not copied).
+    The CLI prints it as one `warning: …` line."""
+
+
 def show_warnings_as_lines() -> None:
-    """Our warnings (ConfigWarning: an ignored config key) print as one `warning: …` line, not Python's
-    two-line `file:line: Category: …` form; other warnings keep the default format."""
+    """Our warnings (Notice and its subclasses) print as one `warning: …` line, not Python's two-line
+    `file:line: Category: …` form; other warnings keep the default format."""
     import warnings
-    from .config import ConfigWarning
     default = warnings.showwarning
     if getattr(default, "_ascend_v4", False):
         return
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, ConfigWarning):
+        if issubclass(category, Notice):
             click.echo(f"warning: {message}", err=True)
         else:
             default(message, category, filename, lineno, file, line)

@@ -18,7 +18,8 @@ import os
 import platform
 from typing import Dict, List, Optional, Tuple
 
-from ascend_v4.checkpoint.safetensors_io import CheckpointError, SafeTensorFile
+from ascend_v4.checkpoint.safetensors_io import CheckpointError, SafeTensorFile, ShardedCheckpoint
+from ascend_v4.checkpoint.values import has_contract, value_problem
 
 from .errors import ConvertError
 from .plan import Plan
@@ -170,6 +171,10 @@ def verify_dir(root: str, workers: int = 1, progress: Optional[bool] = None) -> 
                                     f"{dt}{list(shape)}")
                 else:
                     n_tensors += 1
+                    if has_contract(name, dt):
+                        bad = value_problem(name, dt, st.raw(name), plan.source.cfg.n_routed_experts)
+                        if bad:
+                            problems.append(f"{f.path}: {bad}")
             for name in st.keys():
                 if name not in want:
                     problems.append(f"{f.path}: unexpected tensor '{name}'")
@@ -227,6 +232,15 @@ def _hash_one(item):
 
 def _verify_official(root: str) -> Tuple[List[str], dict]:
     from .source import open_source
+    from .writer import STATE_DIR
+    state = os.path.join(root, STATE_DIR)
+    if os.path.isdir(state):                 # a conversion killed before it wrote config.json / manifest.json
+        try:
+            with open(os.path.join(state, "command"), encoding="utf-8") as f:
+                cmd = f" (`{f.read().strip()}`)"
+        except OSError:
+            cmd = ""
+        return [f"{root}: unfinished conversion: rerun the same convert command{cmd}"], {}
     try:
         layout = open_source(root)
     except (ConvertError, CheckpointError) as e:
@@ -234,4 +248,14 @@ def _verify_official(root: str) -> Tuple[List[str], dict]:
         if "already a converted checkpoint" in msg:
             return [f"{root}: no {MANIFEST}; the conversion did not finish - rerun the same convert command"], {}
         return [msg], {"kind": "official"}
-    return [], {"files": len(layout.shards), "tensors": len(layout.entries), "kind": "official"}
+    problems = []
+    ck = ShardedCheckpoint(root)
+    try:
+        for name, e in layout.entries.items():
+            if has_contract(name, e.dtype):
+                bad = value_problem(name, e.dtype, ck.raw(name), layout.cfg.n_routed_experts)
+                if bad:
+                    problems.append(f"{ck.file_of(name)}: {bad}")
+    finally:
+        ck.close()
+    return problems, {"files": len(layout.shards), "tensors": len(layout.entries), "kind": "official"}
