@@ -18,6 +18,9 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 
 
+_fdopen = os.fdopen          # the one place atomic output opens its file (tests inject a full disk here)
+
+
 def fsync_dir(path: str) -> None:
     """Make a rename durable (best effort: some filesystems refuse fsync on a directory)."""
     try:
@@ -36,12 +39,18 @@ def fsync_dir(path: str) -> None:
 def atomic_write(path: str, mode: str = "wb") -> Iterator:
     """`with atomic_write(p) as fh: fh.write(...)` — `p` holds the new content only if the block completes."""
     path = os.fspath(path)
+    with _name_failures(path), _atomic(path, mode) as fh:
+        yield fh
+
+
+@contextlib.contextmanager
+def _atomic(path: str, mode: str) -> Iterator:
     d = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)   # umask applies
     fh = None
     try:
-        fh = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+        fh = _fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
@@ -59,6 +68,17 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator:
             os.unlink(tmp)
         raise
     fsync_dir(d)
+
+
+@contextlib.contextmanager
+def _name_failures(path: str) -> Iterator[None]:
+    """A write error carries no file name; give it the final one so the error line says what was being written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno:
+            raise type(e)(e.errno, e.strerror or os.strerror(e.errno), path) from None
+        raise
 
 
 def write_bytes(path: str, data: bytes) -> None:
