@@ -94,3 +94,11 @@ def small_fs(tmp_path):
     yield make
     for d in mounted:
         subprocess.run(["umount", "-l", d])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _error_classes_loaded():
+    """The CLI imports every error class (some pull in MindSpore, which raises the recursion limit) on the first
+    failure; do it once up front so no property's first example pays for it or trips hypothesis' warnings."""
+    from ascend_v4.errors import known_errors
+    known_errors()
