@@ -28,6 +28,11 @@ settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True
 settings.register_profile("explore", max_examples=500, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+SCALE = 20 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 1
+
+
+def examples(n):
+    return settings(max_examples=n * SCALE)
 
 # The HF root config keys, by what a value must be (independent of the schema under test).
 POSITIVE_INTS = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim",
@@ -197,7 +202,7 @@ def bad_token_file(draw):
 
 
 @given(bad_token_file())
-@settings(max_examples=30)
+@examples(30)
 def test_bad_token_files_give_one_error_line(tiny_ckpt_dir, kind_spec):
     kind, (how, payload) = kind_spec
     with tempfile.TemporaryDirectory() as t:
@@ -295,7 +300,7 @@ def _tokens(t):
 
 
 @given(header_mutation())
-@settings(max_examples=20)
+@examples(20)
 def test_corrupt_safetensors_headers_are_refused_cleanly(tiny_ckpt_dir, mutation):
     what, rnd, k = mutation
     with tempfile.TemporaryDirectory() as t:
@@ -308,7 +313,7 @@ def test_corrupt_safetensors_headers_are_refused_cleanly(tiny_ckpt_dir, mutation
 
 @given(st.sampled_from(["traversal", "absolute", "missing_file", "not_string", "drop_entry", "not_dict", "junk",
                         "extra_entry"]), st.integers(0, 2 ** 16))
-@settings(max_examples=16)
+@examples(16)
 def test_corrupt_index_files_are_refused_cleanly(tiny_ckpt_dir, what, k):
     with tempfile.TemporaryDirectory() as t:
         ck = _p(t, "ck")
