@@ -36,21 +36,22 @@ def fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb") -> Iterator:
-    """`with atomic_write(p) as fh: fh.write(...)` — `p` holds the new content only if the block completes."""
+def atomic_write(path: str, mode: str = "wb", **open_kw) -> Iterator:
+    """`with atomic_write(p) as fh: fh.write(...)` — `p` holds the new content only if the block completes.
+    Text modes default to UTF-8; `open_kw` (e.g. newline="") goes to the file object."""
     path = os.fspath(path)
-    with _name_failures(path), _atomic(path, mode) as fh:
+    with _name_failures(path), _atomic(path, mode, open_kw) as fh:
         yield fh
 
 
 @contextlib.contextmanager
-def _atomic(path: str, mode: str) -> Iterator:
+def _atomic(path: str, mode: str, open_kw: Dict[str, Any]) -> Iterator:
     d = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)   # umask applies
     fh = None
     try:
-        fh = _fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+        fh = _fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", **open_kw}))
         yield fh
         fh.flush()
         os.fsync(fh.fileno())

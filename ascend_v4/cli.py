@@ -276,7 +276,8 @@ def ops_parity(op, backend, csv_path, as_json, no_grad):
         raise ConfigError(f"no parity rows for op={op} backend={backend}; see `ascend-v4 ops list`")
     if csv_path:
         import csv
-        with open(csv_path, "w", newline="") as fh:
+        from .atomic import atomic_write
+        with atomic_write(csv_path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0].as_dict()))
             w.writeheader()
             for r in rows:
