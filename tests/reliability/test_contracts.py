@@ -276,3 +276,32 @@ def test_convert_refuses_impossible_shard_sizes(tmp_path, tiny_ckpt_dir, size):
     out = tmp_path / "out"
     assert_contract(cli("convert", tiny_ckpt_dir, out, "--shard-size", size), 2, "--shard-size")
     assert not out.exists() or final_names(out) == []
+
+
+def test_verify_names_the_tensor_a_flipped_byte_belongs_to(tmp_path, tiny_ckpt_dir):
+    out = tmp_path / "w8"
+    assert cli("convert", tiny_ckpt_dir, out, "--dtype", "w8a8", "--tp", "2", "--workers", "1",
+               "--no-progress").exit_code == 0
+    rel = "rank001/model-00001-of-00001.safetensors"
+    f = out / rel
+    b = bytearray(f.read_bytes())
+    n = struct.unpack("<Q", b[:8])[0]
+    head = json.loads(b[8:8 + n])
+    name = sorted(k for k in head if k != "__metadata__")[3]           # chosen from the header, by hand
+    s, t = head[name]["data_offsets"]
+    b[8 + n + (s + t) // 2] ^= 0x10
+    f.write_bytes(bytes(b))
+    r = cli("verify", out, "--workers", "1")
+    assert r.exit_code == 1 and f"{rel}: sha256" in r.output and "rerun with --source RELEASE_DIR" in r.output
+    r = cli("verify", out, "--workers", "1", "--source", tiny_ckpt_dir)
+    named = [ln for ln in r.output.splitlines() if "differs from a fresh conversion" in ln]
+    assert r.exit_code == 1 and named == [f"FAIL {rel}: tensor '{name}' differs from a fresh conversion of "
+                                          f"{tiny_ckpt_dir}"], r.output
+    b[20] ^= 0x01                                                      # inside the JSON header
+    f.write_bytes(bytes(b))
+    r = cli("verify", out, "--workers", "1", "--source", tiny_ckpt_dir)
+    assert f"FAIL {rel}: the safetensors header differs from a fresh conversion" in r.output
+    other = tmp_path / "other"
+    assert cli("make-checkpoint", other, "--config", "tiny", "--seed", "7").exit_code == 0
+    r = cli("verify", out, "--workers", "1", "--source", other)
+    assert r.exit_code == 1 and f"--source {other} is not the release {out} was converted from" in r.output
