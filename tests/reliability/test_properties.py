@@ -341,3 +341,38 @@ def test_corrupt_index_files_are_refused_cleanly(tiny_ckpt_dir, what, k):
         else:
             ip.write_text(json.dumps(idx))
         _check_damaged_dir(ck, t)
+
+
+# ----------------------------------------------------------------------------- compare ------------------------
+dump_keys = st.sampled_from(["embed", "hidden_block0", "hidden_block1", "logits", "mtp_logits"])
+arrays = st.one_of(
+    st.tuples(st.integers(0, 3), st.integers(0, 4)).map(lambda s: np.random.default_rng(sum(s)).normal(size=s)
+                                                        .astype(np.float32)),
+    st.sampled_from([np.array(["ab", "c"]), np.zeros((0, 3), np.float32), np.array(3.0), np.ones((2, 2), np.int8)]))
+
+
+@given(st.dictionaries(dump_keys, arrays, min_size=1, max_size=4), st.dictionaries(dump_keys, arrays, max_size=4),
+       st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)), st.booleans())
+@examples(40)
+def test_compare_gate_never_passes_what_it_cannot_measure(a, b_extra, threshold, poison):
+    b = {k: v.copy() for k, v in a.items()}
+    b.update(b_extra)
+    if poison:                                 # a NaN in B in a key both sides share with the same shape
+        k = next((k for k in sorted(b) if b[k].dtype.kind == "f" and b[k].size and k in a
+                  and a[k].shape == b[k].shape), None)
+        if k is not None:
+            b[k].reshape(-1)[0] = np.nan
+    with tempfile.TemporaryDirectory() as t:
+        pa, pb = _p(t, "a.npz"), _p(t, "b.npz")
+        np.savez(pa, **a)
+        np.savez(pb, **b)
+        args = ["compare", pa, pb] + ([] if threshold is None else ["--max-median-rel", repr(threshold)])
+        r = cli(*args)
+        if r.exit_code == 2:
+            assert_contract(r, 2)
+            return
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+        nan_in_b = any(v.dtype.kind == "f" and np.isnan(v).any() for v in b.values())
+        if set(a) != set(b) or nan_in_b:
+            assert r.exit_code == 1, r.output          # never a pass
+        assert r.exit_code in (0, 1)
