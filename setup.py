@@ -53,7 +53,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0"],
+        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0"],
         "bench": ["torch==2.13.0", "transformers==5.24.0", "psutil"],
     },
     entry_points={"console_scripts": ["ascend-v4=ascend_v4.cli:main"]},

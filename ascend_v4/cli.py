@@ -17,13 +17,14 @@ import click  # noqa: E402
 from .config import ConfigError, load_config  # noqa: E402
 
 
-from .errors import friendly  # noqa: E402
+from .errors import friendly, show_warnings_as_lines  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ascend-v4")
 def main():
     """DeepSeek-V4 on Huawei Ascend (MindSpore graph mode) with a CPU reference backend."""
+    show_warnings_as_lines()
 
 
 def _load_any(path: str):
@@ -79,12 +80,10 @@ def make_checkpoint(out_dir, config, seed):
 @friendly
 def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
-    from .dump import load_tokens, save_npz
+    from .dump import check_tokens, load_tokens, save_npz
     ids = load_tokens(tokens_path)
     cfg, weights = _load_any(checkpoint)
-    if ids.max() >= cfg.vocab_size or ids.min() < 0:
-        raise ConfigError(f"{tokens_path}: token ids span [{ids.min()}, {ids.max()}] but the vocabulary has "
-                          f"{cfg.vocab_size} entries")
+    check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
     if mode == "official":
         backend = "numpy"          # the emulation is float64 NumPy by design: bit-exact quantisers
@@ -111,18 +110,17 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads)
               help="exit 1 if any key's per-position median relative L2 error exceeds this")
 @friendly
 def compare(a, b, as_json, max_median_rel):
-    """Compare two dumps key by key: max abs, per-position median/p90 rel L2, cosine, logits top-1."""
-    from .dump import compare_files, format_compare
+    """Compare two dumps key by key: max abs, per-position median/p90 rel L2, cosine, logits top-1. Exit 1 on a
+    missing key, a shape mismatch, a NaN/Inf value, or (with --max-median-rel) an error above the threshold."""
+    from .compare import compare_files, format_compare, gate, json_safe
     rep = compare_files(a, b)
-    bad = []
-    if max_median_rel is not None:
-        bad = [r["key"] for r in rep["rows"] if "error" in r or r["median_rel"] > max_median_rel]
-    rep["threshold"] = max_median_rel
-    rep["failed_keys"] = bad
-    click.echo(json.dumps(rep, indent=2) if as_json else format_compare(rep["rows"], rep["only_a"], rep["only_b"]))
-    if bad:
-        if not as_json:
-            click.echo(f"FAIL: median relative error above {max_median_rel} in {', '.join(bad)}", err=True)
+    fails = gate(rep, max_median_rel)
+    rep.update(threshold=max_median_rel, failed_keys=[f["key"] for f in fails], failures=fails)
+    click.echo(json.dumps(json_safe(rep), indent=2) if as_json else format_compare(rep["rows"], rep["only_a"],
+                                                                                   rep["only_b"]))
+    if fails:
+        more = f"; {len(fails) - 1} more: {', '.join(f['key'] for f in fails[1:])}" if len(fails) > 1 else ""
+        click.echo(f"FAIL: first failing key {fails[0]['key']}: {fails[0]['reason']}{more}", err=True)
         sys.exit(1)
 
 
@@ -278,7 +276,8 @@ def ops_parity(op, backend, csv_path, as_json, no_grad):
         raise ConfigError(f"no parity rows for op={op} backend={backend}; see `ascend-v4 ops list`")
     if csv_path:
         import csv
-        with open(csv_path, "w", newline="") as fh:
+        from .atomic import atomic_write
+        with atomic_write(csv_path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0].as_dict()))
             w.writeheader()
             for r in rows:

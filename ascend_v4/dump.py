@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from typing import Dict, List, Optional
+from typing import Dict
 
 import numpy as np
+
+from .atomic import write_npz
+from .compare import compare_arrays, compare_files, format_compare, load_dump  # noqa: F401  (compare lives there)
 
 DUMP_KEYS_DOC = ("embed [B,S,D]; hidden_block{i} [B,S,hc,D] (the streams after block i); logits [B,S,V]; "
                  "mtp_logits [B,S-1,V] with --mtp")
@@ -16,105 +17,49 @@ class DumpError(ValueError):
     pass
 
 
-def load_tokens(path: str) -> np.ndarray:
+def read_token_file(path: str, error=DumpError) -> np.ndarray:
+    """int64 [batch, seq] from an integer .npy file ([seq] is one row); `error` is the caller's error class.
+    Never unpickles; an .npz archive, a non-integer or an empty array is refused with one line."""
     try:
-        ids = np.load(path, allow_pickle=False)
+        a = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise DumpError(f"token file {path} does not exist") from None
-    except (ValueError, OSError) as e:
-        raise DumpError(f"{path} is not a readable .npy array ({e}); save tokens with numpy.save") from None
-    if ids.ndim == 1:
-        ids = ids[None]
-    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-        raise DumpError(f"{path}: tokens must be an integer [batch, seq] array, got {ids.dtype} {ids.shape}")
-    if ids.size == 0:
-        raise DumpError(f"{path}: the token array is empty")
-    return ids.astype(np.int64)
+        raise error(f"token file {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"token file {path} is a directory; pass an .npy file") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{path} is not a readable .npy array ({(str(e).splitlines() or [''])[0][:120]}); save tokens "
+                    f"with numpy.save") from None
+    if not isinstance(a, np.ndarray):          # np.load returns an NpzFile for a zip archive, whatever its name
+        a.close()
+        raise error(f"{path} is an .npz archive, not an .npy array; save the token array with numpy.save(path, ids)")
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.dtype.kind not in "iu":
+        raise error(f"{path}: tokens must be an integer [seq] or [batch, seq] array, got {a.dtype} {a.shape}")
+    if a.size == 0:
+        raise error(f"{path}: the token array is empty")
+    if a.dtype.kind == "u" and int(a.max()) > np.iinfo(np.int64).max:
+        raise error(f"{path}: token id {int(a.max())} does not fit int64")
+    return a.astype(np.int64)
+
+
+def load_tokens(path: str) -> np.ndarray:
+    return read_token_file(path, DumpError)
+
+
+def check_tokens(ids: np.ndarray, cfg, path: str, error=DumpError) -> None:
+    """Token ids inside the vocabulary and sequences no longer than the model's positions."""
+    if ids.min() < 0 or ids.max() >= cfg.vocab_size:
+        raise error(f"{path}: token ids span [{ids.min()}, {ids.max()}] but the vocabulary has {cfg.vocab_size} "
+                    f"entries")
+    if ids.shape[-1] > cfg.max_position_embeddings:
+        raise error(f"{path}: sequences of {ids.shape[-1]} tokens exceed max_position_embeddings "
+                    f"({cfg.max_position_embeddings}) of '{cfg.name}'; shorten them")
 
 
 def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    """Atomic: a killed run never leaves a complete-looking dump."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=d)
-    os.close(fd)
-    try:
-        np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _per_position_rel(a: np.ndarray, b: np.ndarray, pos_dims: int = 2) -> np.ndarray:
-    """Relative L2 error of each position's vector (the first `pos_dims` dims index positions)."""
-    a = a.reshape(int(np.prod(a.shape[:pos_dims])), -1).astype(np.float64)
-    b = b.reshape(a.shape).astype(np.float64)
-    den = np.linalg.norm(b, axis=1)
-    return np.linalg.norm(a - b, axis=1) / np.maximum(den, 1e-30)
-
-
-def compare_arrays(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> List[Dict]:
-    """One row per common key: max abs, per-position median/p90 relative L2, cosine, top-1 agreement."""
-    rows = []
-    for k in sorted(set(a) & set(b), key=_key_order):
-        x, y = np.asarray(a[k], np.float64), np.asarray(b[k], np.float64)
-        if x.shape != y.shape:
-            rows.append({"key": k, "error": f"shape {x.shape} vs {y.shape}"})
-            continue
-        rel = _per_position_rel(x, y)
-        den = np.linalg.norm(x) * np.linalg.norm(y)
-        row = {"key": k, "shape": list(x.shape), "max_abs": float(np.max(np.abs(x - y))),
-               "median_rel": float(np.median(rel)), "p90_rel": float(np.percentile(rel, 90)),
-               "cosine": float(np.sum(x * y) / den) if den > 0 else float(np.array_equal(x, y))}
-        if k.endswith("logits"):
-            row["top1_agree"] = float(np.mean(x.argmax(-1) == y.argmax(-1)))
-        rows.append(row)
-    return rows
-
-
-def _key_order(k: str):
-    if k == "embed":
-        return (0, 0)
-    if k.startswith("hidden_block"):
-        return (1, int(k[len("hidden_block"):]))
-    return (2, k)
-
-
-def format_compare(rows: List[Dict], only_a: List[str], only_b: List[str]) -> str:
-    head = f"{'key':<18}{'max_abs':>11}{'median_rel':>12}{'p90_rel':>11}{'cosine':>12}{'top1':>8}"
-    out = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            out.append(f"{r['key']:<18}  {r['error']}")
-            continue
-        top1 = f"{r['top1_agree']:.4f}" if "top1_agree" in r else ""
-        out.append(f"{r['key']:<18}{r['max_abs']:>11.3e}{r['median_rel']:>12.3e}{r['p90_rel']:>11.3e}"
-                   f"{r['cosine']:>12.8f}{top1:>8}")
-    if only_a:
-        out.append(f"only in A: {', '.join(only_a)}")
-    if only_b:
-        out.append(f"only in B: {', '.join(only_b)}")
-    return "\n".join(out)
-
-
-def load_dump(path: str) -> Dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DumpError(f"dump {path} does not exist") from None
-    except Exception as e:
-        raise DumpError(f"{path} is not a readable .npz dump ({type(e).__name__}: {e}); rerun `ascend-v4 dump`") from None
-
-
-def compare_files(path_a: str, path_b: str) -> Dict:
-    a, b = load_dump(path_a), load_dump(path_b)
-    rows = compare_arrays(a, b)
-    if not rows:
-        raise DumpError(f"{path_a} and {path_b} have no key in common; both should come from `ascend-v4 dump`")
-    return {"a": path_a, "b": path_b, "rows": rows,
-            "only_a": sorted(set(a) - set(b)), "only_b": sorted(set(b) - set(a))}
+    """Atomic float32 dump: a killed run or a full disk never leaves a complete-looking file."""
+    write_npz(path, {k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 
 def json_dumps(obj) -> str:

@@ -17,6 +17,7 @@ _OURS = (
     (".config", ("ConfigError",)),
     (".checkpoint", ("CheckpointError",)),
     (".dump", ("DumpError",)),
+    (".compare", ("CompareError",)),
     (".weights", ("WeightError",)),
     (".convert.errors", ("ConvertError",)),
     (".graph.export", ("ExportError",)),
@@ -69,3 +70,25 @@ def friendly(fn=None, *, disk_full_hint: str = "free space and rerun"):
                 fail(f"disk full while writing ({e.filename or 'output'}); {disk_full_hint}")
             raise
     return wrapper
+
+
+class Notice(UserWarning):
+    """Something ignored or left out that the user should know about (an unknown config key, a file not copied).
+    The CLI prints it as one `warning: …` line."""
+
+
+def show_warnings_as_lines() -> None:
+    """Our warnings (Notice and its subclasses) print as one `warning: …` line, not Python's two-line
+    `file:line: Category: …` form; other warnings keep the default format."""
+    import warnings
+    default = warnings.showwarning
+    if getattr(default, "_ascend_v4", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, Notice):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+    show._ascend_v4 = True
+    warnings.showwarning = show

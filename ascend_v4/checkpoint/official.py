@@ -19,6 +19,7 @@ import numpy as np
 from ascend_v4.config import ModelConfig
 from . import formats as F
 from .inventory import FP4_BLOCK, FP8_BLOCK, StoredEntry, TensorSpec, official_inventory, scale_name, stored_entries
+from .values import value_problem
 from .safetensors_io import (INDEX_NAME, STORAGE_DTYPES, CheckpointError, ShardedCheckpoint, _fsync_dir,
                              write_safetensors)
 
@@ -233,6 +234,10 @@ def load_official_weights(ckpt_dir: str, cfg: Optional[ModelConfig] = None, name
         for n in wanted:
             spec = inv[n]
             raw = {e.name: ck.raw(e.name) for e in stored_entries(n, spec)}
+            for e in stored_entries(n, spec):
+                bad = value_problem(e.name, e.dtype, raw[e.name], cfg.n_routed_experts)
+                if bad:
+                    raise CheckpointError(f"{ck.file_of(e.name)}: {bad}")
             w = decode_tensor(n, spec, raw)
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise CheckpointError(f"{ck.file_of(n)}: tensor '{n}' has {int((~np.isfinite(w)).sum())} "

@@ -78,13 +78,16 @@ def convert(src, dst, precision, tp, ep, workers, shard_size, to_official, progr
 @click.argument("directory")
 @click.option("--workers", default=None, type=int, help="hashing processes [default: CPU count, at most 8]")
 @click.option("--progress/--no-progress", default=None)
+@click.option("--source", default=None, help="the release DIRECTORY was converted from: name the damaged tensors "
+                                             "of a file whose hash does not match")
 @_friendly
-def verify(directory, workers, progress):
+def verify(directory, workers, progress, source):
     """Re-hash every file of a converted DIRECTORY against manifest.json and check every tensor's
     presence, dtype and shape against the config (a release-format directory: against its inventory).
     Exits 1 with one line per problem."""
     from .manifest import verify_dir
-    problems, summary = verify_dir(directory, workers=workers or _default_workers(), progress=progress)
+    problems, summary = verify_dir(directory, workers=workers or _default_workers(), progress=progress,
+                                   source=source)
     if problems:
         for p in problems:
             click.echo(f"FAIL {p}")

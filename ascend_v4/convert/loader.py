@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 
 from ascend_v4.checkpoint.safetensors_io import INDEX_NAME, SafeTensorFile
+from ascend_v4.checkpoint.values import value_problem
 from ascend_v4.config import ConfigError, ModelConfig
 
 from . import quantize as Q
@@ -184,6 +185,9 @@ def load_converted(root: str, names: Optional[Iterable[str]] = None) -> Tuple[Mo
             rows = spec.shape[0] if spec.shape else 1
             if spec.fmt == "i64":
                 out[n] = np.array(data.rows(n, 0, rows), np.int64).reshape(spec.shape)
+                bad = value_problem(n, "I64", out[n], cfg.n_routed_experts)
+                if bad:
+                    raise ConvertError(f"{root}: {bad} - `ascend-v4 verify` it")
                 continue
             w = np.array(data.rows_f32(n, 0, rows), np.float32).reshape(spec.shape)
             if not np.isfinite(w).all():

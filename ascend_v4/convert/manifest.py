@@ -18,7 +18,8 @@ import os
 import platform
 from typing import Dict, List, Optional, Tuple
 
-from ascend_v4.checkpoint.safetensors_io import CheckpointError, SafeTensorFile
+from ascend_v4.checkpoint.safetensors_io import CheckpointError, SafeTensorFile, ShardedCheckpoint
+from ascend_v4.checkpoint.values import has_contract, value_problem
 
 from .errors import ConvertError
 from .plan import Plan
@@ -102,10 +103,13 @@ def _safe_rel(root: str, rel: str) -> Optional[str]:
     return os.path.join(root, norm)
 
 
-def verify_dir(root: str, workers: int = 1, progress: Optional[bool] = None) -> Tuple[List[str], dict]:
+def verify_dir(root: str, workers: int = 1, progress: Optional[bool] = None,
+               source: Optional[str] = None) -> Tuple[List[str], dict]:
     """(problems, summary). Converted directory: re-hash every file against manifest.json and check
     every tensor against the plan rebuilt from config.json + the source record; official directory
-    (no manifest, release config.json): check every tensor against the config's inventory."""
+    (no manifest, release config.json): check every tensor against the config's inventory. With `source`
+    (the release the directory was converted from), a file whose hash does not match is regenerated from it
+    and compared tensor by tensor, so the problem names the damaged tensors."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ConvertError(f"{root}: not a directory")
@@ -129,9 +133,13 @@ def verify_dir(root: str, workers: int = 1, progress: Optional[bool] = None) -> 
             continue
         paths.append((rel, p, info))
     hashes = _hash_all([p for _, p, _ in paths], [i.get("size", 0) for _, _, i in paths], workers, progress)
+    damaged = []
     for (rel, p, info), got in zip(paths, hashes):
         if got != info.get("sha256"):
-            problems.append(f"{rel}: sha256 {got[:16]}... does not match the manifest ({str(info.get('sha256'))[:16]}...)")
+            problems.append(f"{rel}: sha256 {got[:16]}... does not match the manifest ({str(info.get('sha256'))[:16]}...)"
+                            + ("" if source or not rel.endswith(".safetensors") else
+                               "; rerun with --source RELEASE_DIR to name the damaged tensors"))
+            damaged.append(rel)
     # 2. extra safetensors files
     for dirpath, _, fns in os.walk(root):
         for fn in fns:
@@ -170,10 +178,16 @@ def verify_dir(root: str, workers: int = 1, progress: Optional[bool] = None) -> 
                                     f"{dt}{list(shape)}")
                 else:
                     n_tensors += 1
+                    if has_contract(name, dt):
+                        bad = value_problem(name, dt, st.raw(name), plan.source.cfg.n_routed_experts)
+                        if bad:
+                            problems.append(f"{f.path}: {bad}")
             for name in st.keys():
                 if name not in want:
                     problems.append(f"{f.path}: unexpected tensor '{name}'")
         problems += _check_indexes(root, plan)
+        if source and damaged:
+            problems += locate_damage(root, plan, man, [r for r in damaged if r.endswith(".safetensors")], source)
     return problems, {"files": len(files), "tensors": n_tensors, "kind": "converted",
                       "precision": man.get("precision"), "world_size": man.get("world_size")}
 
@@ -227,6 +241,15 @@ def _hash_one(item):
 
 def _verify_official(root: str) -> Tuple[List[str], dict]:
     from .source import open_source
+    from .writer import STATE_DIR
+    state = os.path.join(root, STATE_DIR)
+    if os.path.isdir(state):                 # a conversion killed before it wrote config.json / manifest.json
+        try:
+            with open(os.path.join(state, "command"), encoding="utf-8") as f:
+                cmd = f" (`{f.read().strip()}`)"
+        except OSError:
+            cmd = ""
+        return [f"{root}: unfinished conversion: rerun the same convert command{cmd}"], {}
     try:
         layout = open_source(root)
     except (ConvertError, CheckpointError) as e:
@@ -234,4 +257,66 @@ def _verify_official(root: str) -> Tuple[List[str], dict]:
         if "already a converted checkpoint" in msg:
             return [f"{root}: no {MANIFEST}; the conversion did not finish - rerun the same convert command"], {}
         return [msg], {"kind": "official"}
-    return [], {"files": len(layout.shards), "tensors": len(layout.entries), "kind": "official"}
+    problems = []
+    ck = ShardedCheckpoint(root)
+    try:
+        for name, e in layout.entries.items():
+            if has_contract(name, e.dtype):
+                bad = value_problem(name, e.dtype, ck.raw(name), layout.cfg.n_routed_experts)
+                if bad:
+                    problems.append(f"{ck.file_of(name)}: {bad}")
+    finally:
+        ck.close()
+    return problems, {"files": len(layout.shards), "tensors": len(layout.entries), "kind": "official"}
+
+
+def locate_damage(root: str, plan: Plan, man: dict, rels: List[str], source: str) -> List[str]:
+    """Name the tensors (or the header) whose bytes differ from a fresh, deterministic conversion of `source`."""
+    import tempfile
+    from .source import open_source
+    from .transform import SourceData, produce
+    from .writer import write_file
+    try:
+        layout = open_source(source)
+    except (ConvertError, CheckpointError) as e:
+        return [f"--source {source}: {e}"]
+    rec = man.get("source") or {}
+    if (hashlib.sha256(layout.config_bytes).hexdigest() != rec.get("config_sha256")
+            or [[s.file, s.size] for s in layout.shards] != rec.get("shards")):
+        return [f"--source {source} is not the release {root} was converted from (config or shard sizes differ)"]
+    out, data = [], SourceData(layout)
+    files = man.get("files", {})
+    intact = sorted((f for f in plan.files if f.path not in rels and f.path in files), key=lambda f: f.size)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ascend_v4_verify_") as tmp:
+            if intact:      # same config and shard sizes is not enough: one intact file must come out identical
+                sha, _ = write_file(tmp, 0, intact[0], lambda g: produce(g, data, lambda n: None))
+                os.remove(os.path.join(tmp, intact[0].path))
+                if sha != files[intact[0].path].get("sha256"):
+                    return [f"--source {source} is not the release {root} was converted from (its weights differ)"]
+            for rel in rels:
+                f = next((f for f in plan.files if f.path == rel), None)
+                if f is None:
+                    continue
+                write_file(tmp, 0, f, lambda g: produce(g, data, lambda n: None))
+                header, placed, _ = f.layout()
+                spans = [("the safetensors header", 0, len(header))]
+                spans += [(f"tensor '{e.name}'", off, off + e.nbytes) for e, _, off in placed]
+                bad = [what for what, a, b in spans if _differs(os.path.join(root, rel), os.path.join(tmp, rel), a, b)]
+                out += [f"{rel}: {what} differs from a fresh conversion of {source}" for what in bad]
+                os.remove(os.path.join(tmp, rel))
+    finally:
+        data.close()
+    return out
+
+
+def _differs(p: str, q: str, a: int, b: int, chunk: int = 64 << 20) -> bool:
+    with open(p, "rb") as f, open(q, "rb") as g:
+        f.seek(a)
+        g.seek(a)
+        while a < b:
+            n = min(chunk, b - a)
+            if f.read(n) != g.read(n):
+                return True
+            a += n
+    return False

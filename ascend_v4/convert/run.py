@@ -187,8 +187,8 @@ def parse_size(text) -> int:
     else:
         u, num = "B", s
     try:
-        v = int(float(num) * units[u])
-    except ValueError:
+        v = int(float(num) * units[u])      # inf/nan -> OverflowError/ValueError
+    except (ValueError, OverflowError):
         raise ConvertError(f"--shard-size {text!r} is not a size like 2GB, 500MB or 1073741824") from None
     if v < 1:
         raise ConvertError(f"--shard-size {text!r} must be positive")

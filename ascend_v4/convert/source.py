@@ -102,15 +102,37 @@ _AUX_MAX_BYTES = 64 * 1024 * 1024
 _AUX_SKIP = {"config.json", INDEX_NAME}
 
 
+# Files that travel with the weights: text and JSON (tokenizer, generation config, chat template, model card,
+# licence, remote code) and sentencepiece models. Anything else - a pickle (.bin/.pt/.pth/.pkl/.ckpt), an archive,
+# an unknown binary - is left behind and named, never copied into a checkpoint users will load.
+_AUX_SUFFIXES = (".json", ".txt", ".md", ".model", ".jinja", ".tiktoken", ".py", ".yaml", ".yml")
+_AUX_NAMES = ("LICENSE", "NOTICE", "README", "COPYING")
+
+
+def _is_pickle_or_zip(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
+
+
 def _aux_files(src: str) -> List[str]:
     """Small top-level files that travel with the weights (tokenizer, generation config, ...)."""
-    out = []
+    out, dropped = [], []
     for fn in sorted(os.listdir(src)):
         p = os.path.join(src, fn)
         if (fn in _AUX_SKIP or fn.startswith(".") or fn.endswith(".safetensors") or not os.path.isfile(p)
-                or os.path.islink(p) or os.path.getsize(p) > _AUX_MAX_BYTES):
+                or os.path.islink(p)):
+            continue
+        if (os.path.getsize(p) > _AUX_MAX_BYTES or not (fn.endswith(_AUX_SUFFIXES) or fn.startswith(_AUX_NAMES))
+                or _is_pickle_or_zip(p)):
+            dropped.append(fn)
             continue
         out.append(fn)
+    if dropped:
+        import warnings
+        from ascend_v4.errors import Notice
+        warnings.warn(f"{src}: not copied (not a tokenizer/config/text file; pickles are never carried over): "
+                      f"{', '.join(dropped)}", Notice, stacklevel=2)
     return out
 
 

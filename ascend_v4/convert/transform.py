@@ -13,6 +13,7 @@ import numpy as np
 
 from ascend_v4.checkpoint.inventory import scale_name
 from ascend_v4.checkpoint.safetensors_io import STORAGE_DTYPES
+from ascend_v4.checkpoint.values import value_problem
 
 from . import quantize as Q
 from .errors import ConvertError
@@ -105,6 +106,10 @@ def _copy(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
             counts.add_bits(arr)
         elif dt in ("F32", "F16", "F64"):
             counts.add_f32(arr)
+        # tid2eid range; a NaN E8M0 scale is reported by its weight's decoder, with the count of values it spoils
+        bad = value_problem(name, dt, arr, src.layout.cfg.n_routed_experts) if dt != "F8_E8M0" else None
+        if bad:
+            raise ConvertError(f"{src.layout.where(name)}: {bad}")
         yield 0, (a - r0) * out_row, arr
     if counts.bad():
         _fail(src, name, counts)

@@ -268,7 +268,10 @@ class _SequentialSink:
                 pass
             self.fd = -1
         if self._stage is not None:
-            self._stage.close()
+            try:
+                self._stage.close()
+            except BufferError:       # a failed write's traceback still holds a view; the mapping dies with it
+                pass
             self._stage = None
 
 

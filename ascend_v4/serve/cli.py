@@ -13,7 +13,6 @@ after a row stopped), lengths [B], prompt_lengths [B], prompt [B, S] (-1 padded)
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -33,19 +32,8 @@ from ..errors import friendly as _friendly  # noqa: E402  (the one `error:` + ex
 # ------------------------------------------------------------------------------------------------ inputs
 def load_token_rows(path: str, vocab_size: int) -> List[np.ndarray]:
     """[S] or [B, S] integer .npy; -1 right-padding marks shorter rows."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise GenerateError(f"token file {path} does not exist") from None
-    except IsADirectoryError:
-        raise GenerateError(f"token file {path} is a directory") from None
-    except (ValueError, OSError, EOFError) as e:
-        raise GenerateError(f"{path} is not a readable .npy array ({str(e).splitlines()[0]}); "
-                            f"save tokens with numpy.save") from None
-    if a.ndim == 1:
-        a = a[None]
-    if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
-        raise GenerateError(f"{path}: tokens must be an integer [seq] or [batch, seq] array, got {a.dtype} {a.shape}")
+    from ..dump import read_token_file
+    a = read_token_file(path, GenerateError)
     rows = []
     for i, r in enumerate(a.astype(np.int64)):
         n = int(np.sum(r >= 0))
@@ -63,17 +51,9 @@ def load_token_rows(path: str, vocab_size: int) -> List[np.ndarray]:
 
 
 def save_generation(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    """Atomic npz write: a failed or killed run never leaves a complete-looking file."""
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=d)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Atomic npz write: a failed or killed run (or a full disk) never leaves a complete-looking file."""
+    from ..atomic import write_npz
+    write_npz(path, arrays)
 
 
 def _check_out(out_path: Optional[str]) -> None:
@@ -171,6 +151,10 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         except ValueError:
             tok = None                       # ids in, ids out
     need = max(r.size for r in rows) + max_new_tokens
+    if need > cfg.max_position_embeddings:
+        raise GenerateError(f"a prompt of {max(r.size for r in rows)} tokens + --max-new-tokens {max_new_tokens} "
+                            f"exceeds max_position_embeddings ({cfg.max_position_embeddings}); shorten the prompt "
+                            f"or generate fewer tokens")
     max_len = 64
     while max_len < need:
         max_len *= 2

@@ -33,8 +33,11 @@ def _params(cell) -> Dict[str, "object"]:
 
 
 def _save_tensors(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save_file
-    save_file({n: np.ascontiguousarray(a) for n, a in sorted(arrays.items())}, path)
+    # Serialised in memory and written with Python file I/O: a full disk is an OSError (ENOSPC) the CLI reports,
+    # not a SafetensorError traceback.
+    from safetensors.numpy import save
+    from ascend_v4.atomic import write_bytes
+    write_bytes(path, save({n: np.ascontiguousarray(a) for n, a in sorted(arrays.items())}))
 
 
 def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None) -> None:
@@ -77,19 +80,22 @@ def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, paralle
         model_t, opt_t = parallel.gather_stages(model_t), parallel.gather_stages(opt_t)
     if parallel is not None and parallel.rank != 0:
         return final
+    from ascend_v4.atomic import write_bytes
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    _save_tensors(os.path.join(tmp, "model.safetensors"), model_t)
-    _save_tensors(os.path.join(tmp, "optimizer.safetensors"), opt_t)
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as fh:
-        json.dump(dict(trainer_state, step=step, version=STATE_VERSION), fh, indent=1, sort_keys=True)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    latest_tmp = os.path.join(out_dir, "latest.tmp")
-    with open(latest_tmp, "w") as fh:
-        fh.write(os.path.basename(final) + "\n")
-    os.replace(latest_tmp, os.path.join(out_dir, "latest"))
+    try:
+        os.makedirs(tmp)
+        _save_tensors(os.path.join(tmp, "model.safetensors"), model_t)
+        _save_tensors(os.path.join(tmp, "optimizer.safetensors"), opt_t)
+        write_bytes(os.path.join(tmp, "trainer_state.json"),
+                    json.dumps(dict(trainer_state, step=step, version=STATE_VERSION), indent=1,
+                               sort_keys=True).encode("utf-8"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)     # a failed save (full disk, kill) leaves no ckpt-N.tmp behind
+        raise
+    write_bytes(os.path.join(out_dir, "latest"), (os.path.basename(final) + "\n").encode("utf-8"))
     return final
 
 

@@ -29,6 +29,7 @@ class BadInput(click.ClickException):
 
 
 def _write(path: str, text: str) -> None:
+    """Atomic (report.write_atomic: temporary name + fsync + rename), so a full disk leaves no partial report."""
     try:
         write_atomic(path, text)
     except OSError as e:
