@@ -1,6 +1,7 @@
 """Performance: a 100k-line tree must scan in under 10 s (issue requirement).
 
-Takes ~2 s here (scan ~1.6 s), so it is not marked slow and runs with the rest of the suite.
+Takes ~2 s here (scan ~1.6 s), so it is not marked slow and runs with the rest of the suite. The budget is on the
+scan's CPU time (single-threaded), so a loaded shared machine does not make it flaky.
 """
 import os
 import time
@@ -89,11 +90,11 @@ def test_100k_lines_under_10s(tmp_path):
     total = make_tree(str(tmp_path))
     assert total >= TARGET_LINES
     rules = load_rules()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     result = scan_path(str(tmp_path), rules)
-    elapsed = time.perf_counter() - t0
+    elapsed = time.process_time() - t0
     print(f"\nscanned {result.files_scanned} files, {result.lines_scanned} lines, "
-          f"{len(result.findings)} findings in {elapsed:.2f} s")
+          f"{len(result.findings)} findings in {elapsed:.2f} s CPU")
     assert result.lines_scanned >= TARGET_LINES
     assert result.warnings == []
     assert len(result.findings) > 1000  # the tree is full of CUDA usage: make sure rules actually ran

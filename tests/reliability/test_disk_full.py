@@ -125,12 +125,12 @@ def test_train_checkpoint_on_a_full_disk(tmp_path, full_after, budget):
 
 
 def test_migrate_report_on_a_full_disk(tmp_path, monkeypatch):
-    import builtins
-    import ascend_v4.tools.migrate.cli as mcli
     src = tmp_path / "proj"
     src.mkdir()
     (src / "a.py").write_text("import torch\nx = torch.zeros(3).cuda()\n")
-    monkeypatch.setattr(mcli, "open", lambda *a, **k: _Limited(builtins.open(*a, **k), 10), raising=False)
+    # reports are written through tools/migrate/report.write_atomic (mkstemp + os.fdopen + rename)
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _Limited(real_fdopen(fd, *a, **k), 10))
     out = tmp_path / "report.md"
     r = cli("migrate", "scan", src, "--format", "md", "--out", out)
     assert_contract(r, 2, "No space left on device")
