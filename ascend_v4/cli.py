@@ -27,11 +27,9 @@ def main():
 
 
 def _load_any(path: str):
-    """(cfg, float weights) from a release-format or converted (`ascend-v4 convert`) checkpoint directory."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    from .convert import load_any_checkpoint
-    return load_any_checkpoint(path)
+    """(cfg, float weights) from any checkpoint directory (ascend_v4.weights.load_checkpoint)."""
+    from .weights import load_checkpoint
+    return load_checkpoint(path)
 
 
 # ------------------------------------------------------------------------------------------------ info
@@ -55,11 +53,26 @@ def info(target, as_json):
 def make_checkpoint(out_dir, config, seed):
     """Write a random official-format checkpoint (FP8/MXFP4/BF16/FP32, sharded safetensors) for a config."""
     from .checkpoint import random_weights, write_official_checkpoint
+    from .info import check_fits_in_memory
     cfg = load_config(config)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
+    # float32 weights + their encoded copy are in memory at once
+    check_fits_in_memory(cfg, "make-checkpoint", 5.5, f"use a smaller preset (tiny, small), `ascend-v4 info "
+                         f"{config}` for its sizes, or bench/convert.py for release-shaped layers streamed to disk")
     write_official_checkpoint(cfg, random_weights(cfg, seed), out_dir)
-    click.echo(f"wrote {cfg.name} official-format checkpoint to {out_dir}")
+    tok = _write_demo_tokenizer(cfg, out_dir)
+    click.echo(f"wrote {cfg.name} official-format checkpoint to {out_dir}" + (f" (+ {tok})" if tok else ""))
+
+
+def _write_demo_tokenizer(cfg, out_dir: str):
+    """A byte-level BPE tokenizer.json with exactly the config's vocabulary, so `generate --prompt` works on a
+    random checkpoint (vocabularies under 260 ids cannot hold the byte alphabet: ids only)."""
+    if cfg.vocab_size < 260:
+        return None
+    from .serve.tokenizer import train_demo_tokenizer
+    train_demo_tokenizer(cfg.vocab_size, os.path.join(out_dir, "tokenizer.json"))
+    return "tokenizer.json"
 
 
 # ------------------------------------------------------------------------------------------------ dump
@@ -313,9 +326,13 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
         tc.warmup_steps = min(tc.warmup_steps, steps)
         tc.validate("--steps")
     if list_param_groups:
+        from .info import check_fits_in_memory
         from .model import Transformer
         from .train.param_groups import describe
         cfg = load_config(tc.model)
+        check_fits_in_memory(cfg, "train --list-param-groups (builds the model in float32)", 4.0,
+                             "list the groups on a smaller model of the same layer kinds (model: small or tiny); "
+                             "the grouping rules do not depend on the size")
         for row in describe(Transformer(cfg, max_seq_len=16, with_mtp=tc.mtp)):
             click.echo("  ".join(str(v) for v in row))
         return

@@ -94,3 +94,42 @@ def format_describe(d: Dict) -> str:
     lines.append(f"KV cache per token: {kv['cuda_fp8']:.0f} B (CUDA FP8 layout), {kv['ascend_int8']:.0f} B (Ascend INT8), "
                  f"{kv['ascend_bf16']:.0f} B (Ascend BF16); + fixed window state {kv['window_bytes_bf16'] / 2**20:.2f} MiB/sequence")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ memory guard ----------
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else physical memory; ASCEND_V4_MEMORY_BYTES overrides."""
+    import os
+    env = os.environ.get("ASCEND_V4_MEMORY_BYTES")
+    if env:
+        return int(float(env))
+    try:
+        with open("/proc/meminfo", "r") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 1 << 62
+
+
+def _human_bytes(n: float) -> str:
+    for unit, k in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def check_fits_in_memory(cfg: ModelConfig, what: str, bytes_per_param: float, alternative: str) -> int:
+    """Refuse (ConfigError, one line) before materialising `cfg` in host memory when the estimate - every
+    parameter incl. MTP times `bytes_per_param` - exceeds the available memory. Returns the estimate."""
+    from .config import ConfigError
+    need = int(parameter_counts(cfg)["total_with_mtp"] * bytes_per_param)
+    have = available_memory_bytes()
+    if need > have:
+        raise ConfigError(f"{what} would hold about {_human_bytes(need)} in memory for config '{cfg.name}' "
+                          f"({_human_bytes(have)} available); {alternative}")
+    return need

@@ -218,13 +218,6 @@ def is_converted(path: str) -> bool:
 
 
 def load_any_checkpoint(path: str) -> Tuple[ModelConfig, Dict[str, np.ndarray]]:
-    """(config, float32 weights) from a release-format or a converted directory."""
-    from ascend_v4.checkpoint import load_official_weights
-    from ascend_v4.config import load_config
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    if is_converted(path):
-        return load_converted(path)
-    cfg = load_config(path)
-    return cfg, load_official_weights(path, cfg)
+    """(config, float32 weights) from any checkpoint directory: ascend_v4.weights.load_checkpoint."""
+    from ascend_v4.weights import load_checkpoint
+    return load_checkpoint(path)
