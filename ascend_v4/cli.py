@@ -40,8 +40,19 @@ def _load_any(path: str):
 def info(target, as_json):
     """Config, layer schedule, parameter counts and KV-cache bytes of a CHECKPOINT dir, config.json or preset."""
     from .info import describe, format_describe
+    from .weights import checkpoint_kind
     d = describe(load_config(target))
-    click.echo(json.dumps(d, indent=2) if as_json else format_describe(d))
+    conv = None
+    if os.path.isdir(target) and checkpoint_kind(target) == "converted":
+        from .info import describe_converted, format_converted
+        conv = describe_converted(target)
+        d["converted"] = conv
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(format_describe(d))
+    if conv:
+        click.echo(format_converted(conv))
 
 
 # ------------------------------------------------------------------------------------- make-checkpoint

@@ -82,3 +82,19 @@ def test_full_size_models_are_refused_before_they_are_built(tmp_path, argv, monk
     per = 5.5 if argv[0] == "make-checkpoint" else 4.0
     assert f"{n * per / 1e12:.1f} TB" in line                  # the estimate: parameters x bytes each
     assert not (tmp_path / "out").exists()
+
+
+def test_info_describes_a_converted_directory(release, tmp_path):
+    from ascend_v4.cli import main
+    d = str(tmp_path / "w4")
+    convert_checkpoint(release, d, "w4a8", progress=False)
+    r = CliRunner().invoke(main, ["info", d])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    assert "w4a8, serving layout, int4 group 32, tp 1 ep 1" in out
+    man = json.load(open(os.path.join(d, "manifest.json")))
+    assert man["source"]["config_sha256"] in out
+    experts = next(line for line in out.splitlines() if line.strip().startswith("routed experts"))
+    n_exp = TINY.n_layers * TINY.n_routed_experts * 3
+    assert f"I8 x{n_exp}" in experts and "rel. error mean" in experts
+    assert next(line for line in out.splitlines() if line.strip().startswith("embed")).split()[-1] == "x1"
