@@ -98,10 +98,13 @@ def _write_demo_tokenizer(cfg, out_dir: str):
                    "official: emulate the CUDA kernels' numerics (FP8/FP4 GEMMs, indexer FP4) on the NumPy backend")
 @click.option("--kv-fp8", type=click.Choice(["gpu", "spec"]), default="gpu", show_default=True,
               help="official mode: KV FP8 fake-quant as the released GPU kernels run it (a no-op) or as the code intends")
+@click.option("--quant-emulation", is_flag=True,
+              help="w8a8 / w4a8 directory: quantise activations per token to int8 (the NPU's DynamicQuant) before "
+                   "every int8 / int4 matmul, BF16 outputs - what the format computes on 910B (NumPy backend)")
 @click.option("--mtp", is_flag=True, help="also dump the MTP block's logits (position t predicts t+2)")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
-def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads):
+def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulation, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
     from .dump import load_tokens, save_npz
     ids = load_tokens(tokens_path)
@@ -110,17 +113,25 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads)
         raise ConfigError(f"{tokens_path}: token ids span [{ids.min()}, {ids.max()}] but the vocabulary has "
                           f"{cfg.vocab_size} entries")
     t0 = time.perf_counter()
-    if mode == "official":
-        backend = "numpy"          # the emulation is float64 NumPy by design: bit-exact quantisers
-    if backend == "numpy":
-        from .numpy_model import NumpyV4
-        res = NumpyV4(cfg, weights, numerics=mode, kv_fp8=kv_fp8).forward(ids, with_mtp=mtp)
+    if quant_emulation:
+        if mode == "official":
+            raise ConfigError("--quant-emulation (the Ascend int8 numerics) and --mode official (the CUDA FP8 "
+                              "numerics) exclude each other; pick one")
+        from .dump import quant_emulation_model
+        backend, mode = "numpy", "w8a8/w4a8 dynamic int8 activations"
+        res = quant_emulation_model(checkpoint, cfg, weights).forward(ids, with_mtp=mtp)
     else:
-        from .runtime import setup
-        setup("CPU", "graph", threads)
-        from ascend_v4.graph.forward import build_forward
-        fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
-        res = fwd(ids)
+        if mode == "official":
+            backend = "numpy"          # the emulation is float64 NumPy by design: bit-exact quantisers
+        if backend == "numpy":
+            from .numpy_model import NumpyV4
+            res = NumpyV4(cfg, weights, numerics=mode, kv_fp8=kv_fp8).forward(ids, with_mtp=mtp)
+        else:
+            from .runtime import setup
+            setup("CPU", "graph", threads)
+            from ascend_v4.graph.forward import build_forward
+            fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
+            res = fwd(ids)
     save_npz(out_path, res)
     click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
                f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")

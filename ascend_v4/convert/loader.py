@@ -213,6 +213,20 @@ def load_converted(root: str, names: Optional[Iterable[str]] = None) -> Tuple[Mo
     return cfg, out
 
 
+def quantized_linears(root: str) -> Dict[str, str]:
+    """{logical weight name: "int8" | "int4"} of the linears a converted directory stores as integers (the
+    matmuls an NPU runs as W8A8 / W4A8 with per-token dynamic int8 activations)."""
+    plan = converted_plan(os.fspath(root))
+    out = {}
+    for f in plan.rank_files:
+        for g in f.groups:
+            if g.kind in ("int8", "int8s", "int8x"):
+                out[g.source] = "int8"
+            elif g.kind in ("int4", "int4s"):
+                out[g.source] = "int4"
+    return out
+
+
 def is_converted(path: str) -> bool:
     return read_conversion(path) is not None
 

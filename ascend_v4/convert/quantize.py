@@ -425,3 +425,16 @@ def int8_group32_exact(packed: np.ndarray, e8m0: np.ndarray) -> Tuple[np.ndarray
     q = (2 * F.e2m1_decode(codes)).astype(np.int8)
     s = np.ldexp(np.float32(1), np.asarray(e8m0).view(np.uint8).astype(np.int32) - 128).astype(np.float32)
     return q, s
+
+
+# ------------------------------------------------------------------ activations (run time) --------------
+def dynamic_quant_int8(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The vendor's DynamicQuant (npu_dynamic_quant, symmetric): per token (last dim) scale = max|x| / 127,
+    q = rint(x / scale) (round half to even) in -127..127; all-zero tokens get scale 1. Returns (q as
+    float64, scale float64 [..., 1]); x ~= q * scale."""
+    x = np.asarray(x, np.float64)
+    amax = np.max(np.abs(x), axis=-1, keepdims=True) if x.shape[-1] else np.zeros(x.shape[:-1] + (1,))
+    s = (amax / INT8_QMAX).astype(np.float32).astype(np.float64)     # the kernel's scale is float32
+    s[amax == 0] = 1.0
+    q = np.clip(np.rint(x / s), -INT8_QMAX, INT8_QMAX)
+    return q, s
