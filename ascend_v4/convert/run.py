@@ -5,7 +5,9 @@ or already complete) and the free disk space -> write the planned files on K wor
 write the small metadata files -> manifest.json last -> drop the `.convert-state` directory.
 
 Converted directory:
-    config.json                      our config (inference field names) + "conversion": {...}
+    config.json                      ranks layout: our config (inference field names) + "conversion": {...};
+                                     serving layout: the release's HF config with the ascend quantization section
+    quant_model_description.json     serving layout, w8a8 / w4a8: tensor name -> W8A8_DYNAMIC | W4A8_DYNAMIC | FLOAT
     model.safetensors.index.json     world 1: HF index; world > 1: {"rank_indexes", "weight_map": name -> [files]}
     model-XXXXX-of-YYYYY.safetensors          (world size 1), or
     rankRRR/model-XXXXX-of-YYYYY.safetensors  + rankRRR/model.safetensors.index.json (world size > 1)
