@@ -222,7 +222,12 @@ def _add_qstats(state: str, rel: str, stats: dict) -> None:
 def quant_errors(qstats: dict) -> Dict[str, float]:
     """{tensor: ||w - w_q|| / ||w||} (w: the release's weight as BF16 holds it exactly)."""
     import math
-    return {n: (math.sqrt(e / r) if r > 0 else 0.0) for n, (e, r) in sorted(qstats.items())}
+    sums: Dict[str, List[float]] = {}
+    for k, (e, r) in qstats.items():                 # "name#p": the rows of TP part p (dim-0 split)
+        acc = sums.setdefault(k.split("#", 1)[0], [0.0, 0.0])
+        acc[0] += e
+        acc[1] += r
+    return {n: (math.sqrt(e / r) if r > 0 else 0.0) for n, (e, r) in sorted(sums.items())}
 
 
 def tensor_class(name: str) -> str:

@@ -85,7 +85,7 @@ def produce(group: Group, src: SourceData, progress: Callable[[int], None], stat
     elif group.kind == "bf16":
         yield from _to_bf16(group, src, progress)
     elif group.kind in ("int8", "int4"):
-        yield from _to_int(group, src, progress)
+        yield from _to_int(group, src, progress, stats if stats is not None else {})
     else:  # pragma: no cover
         raise ConvertError(f"internal: unknown group kind {group.kind!r}")
 
@@ -165,7 +165,7 @@ def _to_bf16(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
         _fail(src, name, counts)
 
 
-def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
+def _to_int(group: Group, src: SourceData, progress, stats: dict) -> Iterator[Chunk]:
     name = group.source
     shape = src.layout.inventory[name].shape
     dec, per_row = _decoder(group, src)
@@ -176,6 +176,12 @@ def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
     out_row = group.entries[0].nbytes // max(1, r1 - r0)
     counts = Q.Counts()
     scales = np.empty(r1 - r0, np.float32)
+    err2 = ref2 = 0.0
+    # error sums: a dim-0 TP part covers its rows (key name#part, summed by run.quant_errors); a dim-1 part
+    # quantises full rows, so part 0 stands for the tensor; replicas on other ranks write the same key
+    split = group.split
+    keep = split is None or split[0] == 0 or split[1] == 0
+    key = name if split is None or split[0] == 1 else f"{name}#{split[1]}"
     for a in range(r0, r1, step):
         b = min(r1, a + step)
         bits = dec(a, b, counts)
@@ -183,6 +189,11 @@ def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
         if counts.bad():
             continue                       # keep counting, fail once the whole tensor is seen
         q, s = Q.quant_bf16_rows(bits, qmax)
+        if keep:
+            w = Q.bf16_to_f32(bits).astype(np.float64)
+            d = w - q.astype(np.float64) * s.astype(np.float64)[:, None]
+            err2 += float(np.einsum("ij,ij->", d, d))
+            ref2 += float(np.einsum("ij,ij->", w, w))
         if group.kind == "int4":
             q = Q.pack_int4(q)
         scales[a - r0: b - r0] = s
@@ -192,6 +203,8 @@ def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
         yield 0, (a - r0) * out_row, q
     if counts.bad():
         _fail(src, name, counts)
+    if keep:
+        stats[key] = [err2, ref2]
     yield 1, 0, scales
 
 

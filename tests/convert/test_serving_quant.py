@@ -74,3 +74,23 @@ def test_serving_output_does_not_depend_on_worker_count(converted):
     assert fa == sorted(f for f in os.listdir(b) if f.endswith(".safetensors"))
     for f in fa:
         assert open(os.path.join(a, f), "rb").read() == open(os.path.join(b, f), "rb").read()
+
+
+@pytest.mark.parametrize("tp,ep", [(1, 1), (2, 4), (4, 2)])
+def test_rank_layout_reports_the_same_errors_for_any_split(release, converted, tp, ep):
+    """The manifest's per-tensor error of a ranks-layout w8a8 conversion is the error of the whole tensor, summed
+    over TP parts and not double-counted over replicas: the error of the reassembled weights vs the release."""
+    import os
+    from ascend_v4.checkpoint import load_official_weights
+    from ascend_v4.config import load_config
+    from ascend_v4.convert import load_converted
+    from cvt_helpers import read_json
+    d = converted("w8a8", tp, ep, workers=2)
+    errs = read_json(os.path.join(d, "manifest.json"))["quant_relative_error"]
+    names = sorted(errs)
+    assert any("wq_b" in n for n in names) and any("wo_b" in n for n in names)     # dim-0 and dim-1 splits
+    ref = load_official_weights(release[0], load_config(release[0]), names=names)
+    _, got = load_converted(d, names)
+    for n in names:
+        want = np.linalg.norm(got[n].astype(np.float64) - ref[n]) / np.linalg.norm(ref[n])
+        assert abs(errs[n] - want) <= 1e-4 * want, n
