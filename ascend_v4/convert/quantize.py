@@ -338,54 +338,70 @@ def int4_group_search(w, group: int, ratios=CLIP_RATIOS) -> Tuple[np.ndarray, np
     return int4_codes(w, best, group), best
 
 
-def _fp4_error_tables(ratios) -> np.ndarray:
-    """[8 (max |code| of the group), len(ratios), 16 (code)] squared error, in units of the block scale²,
-    of one FP4 value under scale = ratio * max / 7 (the same FP16 rounding as int4_group_search)."""
+def _int4_fp4_tables(ratios):
+    """For a group whose largest |code| is mags[m], under scale = fp16(mags[m] * ratio_k / 7) in block units:
+    squared error [8, K, 16] (float64, block-scale² units) and int4 code [8, K, 16] of each of the 16 FP4 codes -
+    computed with the same float32 division / rint / clip as int4_codes."""
     vals = F.E2M1_VALUES.astype(np.float32)                          # 16 code values
     mags = np.abs(vals[:8])
-    t = np.zeros((8, len(ratios), 16), np.float64)
+    rat = np.asarray(ratios, np.float32)
+    err = np.zeros((8, len(rat), 16), np.float64)
+    code = np.zeros((8, len(rat), 16), np.int8)
     for m in range(8):
-        for k, r in enumerate(np.asarray(ratios, np.float32)):
-            s = fp16_scale(np.float32(mags[m]) * r / np.float32(INT4_QMAX)) if mags[m] > 0 else np.float32(1)
-            q = np.clip(np.rint(vals / s), INT4_QMIN, INT4_QMAX)
-            t[m, k] = (vals.astype(np.float64) - q * np.float64(s)) ** 2
-    return t
+        for k, r in enumerate(rat):
+            c = fp16_scale(np.float32(mags[m]) * r / np.float32(INT4_QMAX)) if mags[m] > 0 else np.float32(1)
+            q = np.clip(np.rint(vals / c), INT4_QMIN, INT4_QMAX)
+            err[m, k] = (vals.astype(np.float64) - q * np.float64(c)) ** 2
+            code[m, k] = q.astype(np.int8)
+    return err, code
 
 
-_FP4_TABLE = {}
+_INT4_FP4_TABLE = {}
 
 
 def int4_group32_from_fp4(packed: np.ndarray, e8m0: np.ndarray, ratios=CLIP_RATIOS) -> Tuple[np.ndarray, np.ndarray]:
-    """The same search as int4_group_search(w, 32) for MXFP4 rows, without touching floats per candidate:
-    a group of 32 is one FP4 block, w = 2^e * value(code), so its error under scale 2^e * c depends only on
-    the histogram of its 16 codes - one bincount, then [groups, 16] @ [16, ratios] per max-code class.
-    Returns (codes -8..7 int8 [o, i], float32 scales [o, i/32]); codes come from int4_codes on the
-    decoded weights, so both paths share the rounding."""
+    """The same result as int4_group_search(decoded weights, 32) for MXFP4 rows, without floats per element:
+    a group of 32 is one FP4 block, w = 2^e * value(code), and scale = 2^e * c with c = fp16(max|value| *
+    ratio / 7), so w / scale = value / c exactly (powers of two cancel) and both the error of every candidate
+    and the int4 code depend only on the codes: one bincount of the 16 codes per group, a [groups, 16] x [16, K]
+    product per max-code class, then a table lookup per element. Groups where a candidate scale would leave
+    FP16's normal range (the identity fails there) are searched on their decoded floats instead.
+    Returns (codes -8..7 int8 [o, i], float32 scales [o, i/32])."""
     key = tuple(np.asarray(ratios, np.float32).tolist())
-    if key not in _FP4_TABLE:
-        _FP4_TABLE.clear()
-        _FP4_TABLE[key] = _fp4_error_tables(ratios)
-    table = _FP4_TABLE[key]
+    if key not in _INT4_FP4_TABLE:
+        _INT4_FP4_TABLE.clear()
+        _INT4_FP4_TABLE[key] = _int4_fp4_tables(ratios)
+    err_t, code_t = _INT4_FP4_TABLE[key]
+    K = err_t.shape[1]
     codes = F.fp4_unpack(np.asarray(packed).view(np.uint8))            # [o, i] uint8 0..15
     o, i = codes.shape
     ng = o * (i // 32)
     s8 = np.asarray(e8m0).view(np.uint8).reshape(ng)
     cg = codes.reshape(ng, 32)
-    counts = np.bincount((np.arange(ng, dtype=np.int64)[:, None] * 16 + cg).ravel(), minlength=ng * 16)
-    counts = counts.reshape(ng, 16).astype(np.float64)
+    gidx = np.arange(ng, dtype=np.int32)[:, None] * np.int32(16)
+    counts = np.bincount((gidx + cg).ravel(), minlength=ng * 16).reshape(ng, 16).astype(np.float32)
     mmax = (cg & 7).max(axis=1)
     pick = np.zeros(ng, np.int64)
     for m in np.unique(mmax):
         sel = mmax == m
-        pick[sel] = np.argmin(counts[sel] @ table[m].T, axis=1)      # first minimum = same tie rule
+        pick[sel] = np.argmin(counts[sel] @ err_t[m].T.astype(np.float32), axis=1)   # counts <= 32: exact sums
     mags = np.abs(F.E2M1_VALUES[:8]).astype(np.float32)
     rat = np.asarray(ratios, np.float32)[pick]
     block = np.ldexp(np.float32(1), s8.astype(np.int32) - 127).astype(np.float32)
     s = fp16_scale(block * mags[mmax] * rat / np.float32(INT4_QMAX))
     s[mmax == 0] = 1.0
-    s = s.reshape(o, i // 32)
-    w = F.e2m1_decode(codes).astype(np.float32).reshape(o, i // 32, 32) * block.reshape(o, i // 32, 1)
-    return int4_codes(w.reshape(o, i), s, 32), s
+    base = ((mmax.astype(np.int64) * K + pick) * 16).astype(np.int32)
+    q = code_t.reshape(-1)[base[:, None] + cg]                                      # [ng, 32] int8
+    # groups where some candidate scale leaves FP16's normal range (clamped / overflowing): the tables'
+    # identity fails there, so those groups are searched on their decoded floats
+    top = block * mags[mmax]
+    odd = (mmax > 0) & ((top * np.float32(np.min(ratios) / INT4_QMAX) < np.float32(2.0 ** -14) * 2)
+                        | (top * np.float32(np.max(ratios) / INT4_QMAX) > np.float32(60000)))
+    if odd.any():
+        w = F.e2m1_decode(cg[odd]).astype(np.float32) * block[odd, None]
+        q[odd], s_odd = int4_group_search(w, 32, ratios)
+        s[odd] = s_odd[:, 0]
+    return q.reshape(o, i), s.reshape(o, i // 32)
 
 
 def pack_int4_out(q: np.ndarray) -> np.ndarray:

@@ -60,6 +60,20 @@ def test_fp4_fast_path_matches_the_float_search():
     assert np.mean(s1 == s2) > 0.99                          # differs only where two candidates tie
 
 
+def test_fp4_fast_path_outside_fp16_range():
+    """Block scales so small that the int4 scale hits FP16's smallest normal: the code lookup's identity
+    w / scale = value / c fails there, and those groups take the float path."""
+    rng = np.random.default_rng(3)
+    p = rng.integers(-128, 128, (4, 32), dtype=np.int16).astype(np.int8)   # random E2M1 pairs: [4, 64] values
+    e = np.array([[127 - 20, 127], [127 - 14, 127 - 3], [127 - 16, 127 + 5], [127, 127 - 30]], np.uint8)
+    from ascend_v4.checkpoint.formats import dequant_mxfp4
+    w = dequant_mxfp4(p, e).astype(np.float32)
+    q1, s1 = Q.int4_group_search(w, 32)
+    q2, s2 = Q.int4_group32_from_fp4(p, e)
+    assert np.array_equal(s1, s2) and np.array_equal(q1, q2)
+    assert (s1 == np.float32(2.0 ** -14)).any()             # the clamp was exercised
+
+
 def test_exact_int8_path_holds_every_fp4_value():
     p, s8, w = _fp4_weight(np.random.default_rng(2))
     q, s = Q.int8_group32_exact(p, s8)
