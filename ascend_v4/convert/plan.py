@@ -238,7 +238,12 @@ def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int, dir_
         else:  # int4
             if local[1] % 2:
                 raise ConvertError(f"tensor '{name}' has an odd input dim {local[1]}; int4 packs pairs of columns")
-            ents = [DestEntry(name, "I8", (local[0], local[1] // 2)), DestEntry(scale_entry_name(name), "F32", (local[0],))]
+            g4 = int(int4_group or 0) or local[1]
+            if local[1] % g4:
+                raise ConvertError(f"tensor '{name}': input dim {local[1]} is not a multiple of the int4 group size "
+                                   f"{g4}; choose another --int4-group")
+            ents = [DestEntry(name, "I8", (local[0], local[1] // 2)),
+                    DestEntry(scale_entry_name(name), "F32", (local[0], local[1] // g4))]
         src_bytes = sum(src.entries[x].nbytes for x in _stored_names(name, spec))
         read = src_bytes if (split is None or split[0] == 1) else src_bytes // lay.tp
         groups.append(Group(name, kind, rank, split, ents, read))
@@ -317,7 +322,10 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
     if dir_layout == "serving" and lay.world > 1:
         raise ConvertError(f"--tp {lay.tp} --ep {lay.ep}: the serving layout is one unsharded set (vllm-ascend and "
                            f"MindIE shard it when they load it); add --layout ranks for our per-rank shards")
-    int4_group = check_int4_group(int4_group) if (dir_layout == "serving" and precision == "w4a8") else 0
+    int4_group = check_int4_group(int4_group) if precision == "w4a8" else 0
+    if int4_group == "exact" and dir_layout != "serving":
+        raise ConvertError("--int4-group exact writes the serving layout's int8 experts; drop --layout ranks / "
+                           "--tp / --ep, or choose a group size")
     lay.check_experts(src.cfg.n_routed_experts)
     files: List[OutFile] = []
     for r in range(lay.world):
@@ -364,6 +372,7 @@ def fingerprint(plan: Plan) -> str:
         "ep": plan.layout.ep,
         "shard_bytes": plan.shard_bytes,
         **({"layout": plan.dir_layout, "int4_group": plan.int4_group} if plan.dir_layout != "ranks" else {}),
+        **({"int4_group": plan.int4_group} if plan.dir_layout == "ranks" and plan.precision == "w4a8" else {}),
         "config": hashlib.sha256(src.config_bytes).hexdigest(),
         "shards": [[s.file, s.size, hashlib.sha256(s.header).hexdigest()] for s in src.shards],
     }
@@ -372,7 +381,8 @@ def fingerprint(plan: Plan) -> str:
 
 # ------------------------------------------------------------------------------ name map ----------
 _ENCODING = {"copy": "unchanged", "bf16": "bf16 (exact dequantisation)", "int8": "int8 symmetric per output channel",
-             "int4": "int4 pairs in int8 (low nibble = even column), symmetric per output channel, -7..7",
+             "int4": "int4 -8..7 pairs in int8 (low nibble = even column), scale per group of input columns "
+                     "(searched clip ratio)",
              "int8s": "W8A8_DYNAMIC: int8 [out, in], symmetric per output channel (weight_scale [out, 1])",
              "int4s": "W4A8_DYNAMIC: int4 -8..7, two output channels per byte (low nibble = even row), "
                       "searched clip ratio per group",

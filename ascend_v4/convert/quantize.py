@@ -114,7 +114,13 @@ def quant_bf16_rows(bits: np.ndarray, qmax: int) -> Tuple[np.ndarray, np.ndarray
 
 
 def dequant_int4(packed: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return (unpack_int4(packed).astype(np.float32) * np.asarray(s, np.float32)[:, None]).astype(np.float32)
+    """Packed int4 [o, i/2] with one scale per row ([o]) or per group of input columns ([o, i/G])."""
+    q = unpack_int4(packed).astype(np.float32)
+    s = np.asarray(s, np.float32)
+    if s.ndim == 1:
+        return (q * s[:, None]).astype(np.float32)
+    o, i = q.shape
+    return (q.reshape(o, s.shape[1], i // s.shape[1]) * s[..., None]).reshape(o, i)
 
 
 # -------------------------------------------------------------------------- BF16 tables ----------

@@ -101,8 +101,10 @@ def conversion_block(plan: Plan) -> dict:
         "shard_bytes": plan.shard_bytes,
         "int8": ("symmetric per output channel: `<name>` I8 [out, in], `<name>_scale` F32 [out], w = q * scale; "
                  "activations: dynamic per-token int8" if plan.precision != "bf16" else None),
-        "int4": (f"routed experts, symmetric per output channel, values -{Q.INT4_QMAX}..{Q.INT4_QMAX}: `<name>` I8 "
-                 f"[out, in/2] ({Q.INT4_NIBBLE_ORDER}), `<name>_scale` F32 [out]" if plan.precision == "w4a8" else None),
+        "int4": (f"routed experts, values {Q.INT4_QMIN}..{Q.INT4_QMAX}, one scale per group of "
+                 f"{plan.int4_group or 'all'} input columns (clip ratio searched per group): `<name>` I8 [out, in/2] "
+                 f"({Q.INT4_NIBBLE_ORDER}), `<name>_scale` F32 [out, in/group]" if plan.precision == "w4a8" else None),
+        "int4_group": plan.int4_group if plan.precision == "w4a8" else None,
         "source_dtype": plan.source.cfg.dtype,
         "source_expert_dtype": plan.source.cfg.expert_dtype,
         "fingerprint": plan.fingerprint,

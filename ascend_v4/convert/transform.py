@@ -85,7 +85,7 @@ def produce(group: Group, src: SourceData, progress: Callable[[int], None], stat
     elif group.kind == "bf16":
         yield from _to_bf16(group, src, progress)
     elif group.kind in ("int8", "int4"):
-        yield from _to_int(group, src, progress, stats if stats is not None else {})
+        yield from _to_int(group, src, progress, stats if stats is not None else {}, int4_group)
     else:  # pragma: no cover
         raise ConvertError(f"internal: unknown group kind {group.kind!r}")
 
@@ -165,7 +165,15 @@ def _to_bf16(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
         _fail(src, name, counts)
 
 
-def _to_int(group: Group, src: SourceData, progress, stats: dict) -> Iterator[Chunk]:
+def _int4_groups(name: str, src: SourceData, a: int, b: int, w: np.ndarray, group: int):
+    """int4 codes (-8..7) and per-group scales of rows [a, b) of a routed expert (one implementation for both
+    layouts): the code-histogram search for MXFP4 sources at group 32, the float search otherwise."""
+    if src.layout.inventory[name].fmt == "fp4" and group == 32:
+        return Q.int4_group32_from_fp4(src.rows(name, a, b), src.rows(scale_name(name), a, b))
+    return Q.int4_group_search(w, group)
+
+
+def _to_int(group: Group, src: SourceData, progress, stats: dict, int4_group=0) -> Iterator[Chunk]:
     name = group.source
     shape = src.layout.inventory[name].shape
     dec, per_row = _decoder(group, src)
@@ -175,7 +183,8 @@ def _to_int(group: Group, src: SourceData, progress, stats: dict) -> Iterator[Ch
     qmax = Q.INT4_QMAX if group.kind == "int4" else Q.INT8_QMAX
     out_row = group.entries[0].nbytes // max(1, r1 - r0)
     counts = Q.Counts()
-    scales = np.empty(r1 - r0, np.float32)
+    g4 = int(int4_group or 0) or shape[1]                   # int4: group size along the input dim (0: per row)
+    scales = np.empty((r1 - r0, shape[1] // g4) if group.kind == "int4" else r1 - r0, np.float32)
     err2 = ref2 = 0.0
     # error sums: a dim-0 TP part covers its rows (key name#part, summed by run.quant_errors); a dim-1 part
     # quantises full rows, so part 0 stands for the tensor; replicas on other ranks write the same key
@@ -188,10 +197,15 @@ def _to_int(group: Group, src: SourceData, progress, stats: dict) -> Iterator[Ch
         progress((b - a) * per_row)
         if counts.bad():
             continue                       # keep counting, fail once the whole tensor is seen
-        q, s = Q.quant_bf16_rows(bits, qmax)
+        if group.kind == "int4":
+            q, s = _int4_groups(name, src, a, b, Q.bf16_to_f32(bits), g4)
+            wq = Q.dequant_int4(Q.pack_int4(q), s).astype(np.float64)
+        else:
+            q, s = Q.quant_bf16_rows(bits, qmax)
+            wq = q.astype(np.float64) * s.astype(np.float64)[:, None]
         if keep:
             w = Q.bf16_to_f32(bits).astype(np.float64)
-            d = w - q.astype(np.float64) * s.astype(np.float64)[:, None]
+            d = w - wq
             err2 += float(np.einsum("ij,ij->", d, d))
             ref2 += float(np.einsum("ij,ij->", w, w))
         if group.kind == "int4":
@@ -241,10 +255,8 @@ def _to_serving(group: Group, src: SourceData, progress, stats: dict, int4_group
         else:
             if group.kind == "int8x":
                 q, s = Q.int8_group32_exact(src.rows(name, a, b), src.rows(scale_name(name), a, b))
-            elif fp4 and g == 32:
-                q, s = Q.int4_group32_from_fp4(src.rows(name, a, b), src.rows(scale_name(name), a, b))
             else:
-                q, s = Q.int4_group_search(w, g or i)
+                q, s = _int4_groups(name, src, a, b, w, g or i)
             gs = i // s.shape[1]
             wq = (q.astype(np.float32).reshape(b - a, -1, gs) * s[..., None]).reshape(b - a, i)
             if g:
