@@ -73,6 +73,11 @@ def load_checkpoint(path: str, names: Optional[Iterable[str]] = None
     names: only these tensors (all when None)."""
     kind = checkpoint_kind(path)
     _refuse_training(path, kind)
+    if names is None:                    # every weight as float32: refuse up front what cannot fit
+        from .info import check_fits_in_memory
+        check_fits_in_memory(checkpoint_config(path), f"loading {path} (float32 weights)", 4.0,
+                             f"`ascend-v4 info {path}` and `ascend-v4 verify {path}` inspect it without loading; "
+                             f"running it needs a host with that much memory")
     if kind == "converted":
         from .convert import load_converted
         return load_converted(path, names)

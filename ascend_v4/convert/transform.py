@@ -233,7 +233,6 @@ def _to_serving(group: Group, src: SourceData, progress, stats: dict, int4_group
     step = _rows_per_chunk(spec.shape, DECODE_CHUNK_ELEMS)
     step += step % 2                                     # int4 packs pairs of output rows
     g = 32 if int4_group == "exact" else int(int4_group or 0)
-    fp4 = spec.fmt == "fp4"
     counts = Q.Counts()
     err2 = ref2 = 0.0
     row_scale = np.ones((o, 1), np.float32)

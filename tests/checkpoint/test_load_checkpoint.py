@@ -123,3 +123,16 @@ def test_generate_runs_on_converted_directories(release, tmp_path, precision, la
         nxt = int(NumpyV4(cfg, w).forward(seq[None])["logits"][0, -1].argmax())
         seq = np.append(seq, nxt)
     assert got.tolist() == seq[prompt.size:].tolist()
+
+
+def test_loading_refuses_a_checkpoint_that_cannot_fit(release, monkeypatch):
+    """A full-size checkpoint would be a MemoryError half-way; the estimate refuses it first (here: a tiny one
+    against a pretend 1 MB host)."""
+    from ascend_v4.config import ConfigError
+    from ascend_v4.info import parameter_counts
+    monkeypatch.setenv("ASCEND_V4_MEMORY_BYTES", "1000000")
+    need = parameter_counts(TINY)["total_with_mtp"] * 4
+    want = rf"about {need / 1e6:.1f} MB in memory.*\(1\.0 MB available\).*ascend-v4 info"
+    with pytest.raises(ConfigError, match=want):
+        load_checkpoint(release)
+    load_checkpoint(release, names=["embed.weight"])        # a subset is not guarded
