@@ -28,11 +28,9 @@ def main():
 
 
 def _load_any(path: str):
-    """(cfg, float weights) from a release-format or converted (`ascend-v4 convert`) checkpoint directory."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    from .convert import load_any_checkpoint
-    return load_any_checkpoint(path)
+    """(cfg, float weights) from any checkpoint directory (ascend_v4.weights.load_checkpoint)."""
+    from .weights import load_checkpoint
+    return load_checkpoint(path)
 
 
 # ------------------------------------------------------------------------------------------------ info
@@ -43,8 +41,19 @@ def _load_any(path: str):
 def info(target, as_json):
     """Config, layer schedule, parameter counts and KV-cache bytes of a CHECKPOINT dir, config.json or preset."""
     from .info import describe, format_describe
+    from .weights import checkpoint_kind
     d = describe(load_config(target))
-    click.echo(json.dumps(d, indent=2) if as_json else format_describe(d))
+    conv = None
+    if os.path.isdir(target) and checkpoint_kind(target) == "converted":
+        from .info import describe_converted, format_converted
+        conv = describe_converted(target)
+        d["converted"] = conv
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(format_describe(d))
+    if conv:
+        click.echo(format_converted(conv))
 
 
 # ------------------------------------------------------------------------------------- make-checkpoint
@@ -56,11 +65,26 @@ def info(target, as_json):
 def make_checkpoint(out_dir, config, seed):
     """Write a random official-format checkpoint (FP8/MXFP4/BF16/FP32, sharded safetensors) for a config."""
     from .checkpoint import random_weights, write_official_checkpoint
+    from .info import check_fits_in_memory
     cfg = load_config(config)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
+    # float32 weights + their encoded copy are in memory at once
+    check_fits_in_memory(cfg, "make-checkpoint", 5.5, f"use a smaller preset (tiny, small), `ascend-v4 info "
+                         f"{config}` for its sizes, or bench/convert.py for release-shaped layers streamed to disk")
     write_official_checkpoint(cfg, random_weights(cfg, seed), out_dir)
-    click.echo(f"wrote {cfg.name} official-format checkpoint to {out_dir}")
+    tok = _write_demo_tokenizer(cfg, out_dir)
+    click.echo(f"wrote {cfg.name} official-format checkpoint to {out_dir}" + (f" (+ {tok})" if tok else ""))
+
+
+def _write_demo_tokenizer(cfg, out_dir: str):
+    """A byte-level BPE tokenizer.json with exactly the config's vocabulary, so `generate --prompt` works on a
+    random checkpoint (vocabularies under 260 ids cannot hold the byte alphabet: ids only)."""
+    if cfg.vocab_size < 260:
+        return None
+    from .serve.tokenizer import train_demo_tokenizer
+    train_demo_tokenizer(cfg.vocab_size, os.path.join(out_dir, "tokenizer.json"))
+    return "tokenizer.json"
 
 
 # ------------------------------------------------------------------------------------------------ dump
@@ -75,27 +99,38 @@ def make_checkpoint(out_dir, config, seed):
                    "official: emulate the CUDA kernels' numerics (FP8/FP4 GEMMs, indexer FP4) on the NumPy backend")
 @click.option("--kv-fp8", type=click.Choice(["gpu", "spec"]), default="gpu", show_default=True,
               help="official mode: KV FP8 fake-quant as the released GPU kernels run it (a no-op) or as the code intends")
+@click.option("--quant-emulation", is_flag=True,
+              help="w8a8 / w4a8 directory: quantise activations per token to int8 (the NPU's DynamicQuant) before "
+                   "every int8 / int4 matmul, BF16 outputs - what the format computes on 910B (NumPy backend)")
 @click.option("--mtp", is_flag=True, help="also dump the MTP block's logits (position t predicts t+2)")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
-def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads):
+def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulation, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
     from .dump import check_tokens, load_tokens, save_npz
     ids = load_tokens(tokens_path)
     cfg, weights = _load_any(checkpoint)
     check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
-    if mode == "official":
-        backend = "numpy"          # the emulation is float64 NumPy by design: bit-exact quantisers
-    if backend == "numpy":
-        from .numpy_model import NumpyV4
-        res = NumpyV4(cfg, weights, numerics=mode, kv_fp8=kv_fp8).forward(ids, with_mtp=mtp)
+    if quant_emulation:
+        if mode == "official":
+            raise ConfigError("--quant-emulation (the Ascend int8 numerics) and --mode official (the CUDA FP8 "
+                              "numerics) exclude each other; pick one")
+        from .dump import quant_emulation_model
+        backend, mode = "numpy", "w8a8/w4a8 dynamic int8 activations"
+        res = quant_emulation_model(checkpoint, cfg, weights).forward(ids, with_mtp=mtp)
     else:
-        from .runtime import setup
-        setup("CPU", "graph", threads)
-        from ascend_v4.graph.forward import build_forward
-        fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
-        res = fwd(ids)
+        if mode == "official":
+            backend = "numpy"          # the emulation is float64 NumPy by design: bit-exact quantisers
+        if backend == "numpy":
+            from .numpy_model import NumpyV4
+            res = NumpyV4(cfg, weights, numerics=mode, kv_fp8=kv_fp8).forward(ids, with_mtp=mtp)
+        else:
+            from .runtime import setup
+            setup("CPU", "graph", threads)
+            from ascend_v4.graph.forward import build_forward
+            fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
+            res = fwd(ids)
     save_npz(out_path, res)
     click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
                f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")
@@ -127,19 +162,22 @@ def compare(a, b, as_json, max_median_rel):
 # ---------------------------------------------------------------------------------------------- export
 @main.command("export")
 @click.argument("checkpoint")
-@click.option("--out", "out_path", required=True, help="output file (.mindir or .onnx)")
+@click.option("--out", "out_path", required=True, help="output file (.mindir)")
 @click.option("--batch", default=1, show_default=True)
 @click.option("--seq", default=128, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True)
+@click.option("--backends", type=click.Choice(["composite", "auto"]), default="composite", show_default=True,
+              help="composite: standard MindSpore primitives only (portable); auto: this machine's best backends "
+                   "(CPU C++ kernels as Custom ops that point at local libraries)")
 @friendly
-def export_cmd(checkpoint, out_path, batch, seq, fmt):
-    """Export the forward graph (ids [batch, seq] -> logits) for deployment."""
+def export_cmd(checkpoint, out_path, batch, seq, backends):
+    """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving.
+    (ONNX is not offered: MindSpore 2.10's ONNX exporter has no converter for Rsqrt, used by every RMSNorm.)"""
     from .runtime import setup
     setup("CPU", "graph")
     from ascend_v4.graph.export import export
     cfg, weights = _load_any(checkpoint)
-    export(cfg, weights, batch, seq, out_path, fmt)
-    click.echo(f"exported {fmt.upper()} [{batch}x{seq}] to {out_path}")
+    export(cfg, weights, batch, seq, out_path, "MINDIR", backends=backends)
+    click.echo(f"exported MINDIR [{batch}x{seq}] ({backends} backends) to {out_path}")
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -312,9 +350,13 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
         tc.warmup_steps = min(tc.warmup_steps, steps)
         tc.validate("--steps")
     if list_param_groups:
+        from .info import check_fits_in_memory
         from .model import Transformer
         from .train.param_groups import describe
         cfg = load_config(tc.model)
+        check_fits_in_memory(cfg, "train --list-param-groups (builds the model in float32)", 4.0,
+                             "list the groups on a smaller model of the same layer kinds (model: small or tiny); "
+                             "the grouping rules do not depend on the size")
         for row in describe(Transformer(cfg, max_seq_len=16, with_mtp=tc.mtp)):
             click.echo("  ".join(str(v) for v in row))
         return

@@ -64,3 +64,40 @@ def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
 
 def json_dumps(obj) -> str:
     return json.dumps(obj, indent=2, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------ --quant-emulation --------
+def dynamic_int8_linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """What a W8A8 / W4A8 matmul computes on the NPU: DynamicQuant of x per token (int8), the integer GEMM
+    against the int weight (exact here: float64 sums of int8 x int products scaled by the weight's
+    scales, i.e. x_q @ (q * s_w)^T), times the per-token scale, output rounded to BF16 (the kernels'
+    output dtype)."""
+    from .checkpoint.formats import bf16_round
+    from .convert.quantize import dynamic_quant_int8
+    q, s = dynamic_quant_int8(x)
+    y = (q @ np.asarray(w, np.float64).T) * s
+    return bf16_round(y.astype(np.float32)).astype(np.float64)
+
+
+def quant_emulation_model(checkpoint: str, cfg, weights):
+    """NumpyV4 whose quantised linears (those the converted directory stores as int8 / int4) run with per-token
+    dynamic int8 activations; every other op as the float64 golden model."""
+    from .convert.loader import is_converted, quantized_linears
+    from .numpy_model import NumpyV4
+    if not is_converted(checkpoint):
+        raise DumpError(f"--quant-emulation needs a w8a8 / w4a8 directory from `ascend-v4 convert`; {checkpoint} "
+                        f"is a release directory (its FP8 numerics: --mode official)")
+    quantized = quantized_linears(checkpoint)
+    if not quantized:
+        raise DumpError(f"{checkpoint} stores no int8 / int4 weights (a bf16 conversion); --quant-emulation applies "
+                        f"to w8a8 / w4a8 directories")
+
+    class _QuantEmulation(NumpyV4):
+        def _lin(self, x, name):
+            if name in quantized:
+                return dynamic_int8_linear(x, self.w[name])
+            return super()._lin(x, name)
+
+    m = _QuantEmulation(cfg, weights)
+    m.quantized = quantized
+    return m

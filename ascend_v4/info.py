@@ -94,3 +94,110 @@ def format_describe(d: Dict) -> str:
     lines.append(f"KV cache per token: {kv['cuda_fp8']:.0f} B (CUDA FP8 layout), {kv['ascend_int8']:.0f} B (Ascend INT8), "
                  f"{kv['ascend_bf16']:.0f} B (Ascend BF16); + fixed window state {kv['window_bytes_bf16'] / 2**20:.2f} MiB/sequence")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ memory guard ----------
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else physical memory; ASCEND_V4_MEMORY_BYTES overrides."""
+    import os
+    env = os.environ.get("ASCEND_V4_MEMORY_BYTES")
+    if env:
+        return int(float(env))
+    try:
+        with open("/proc/meminfo", "r") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 1 << 62
+
+
+def _human_bytes(n: float) -> str:
+    for unit, k in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def check_fits_in_memory(cfg: ModelConfig, what: str, bytes_per_param: float, alternative: str) -> int:
+    """Refuse (ConfigError, one line) before materialising `cfg` in host memory when the estimate - every
+    parameter incl. MTP times `bytes_per_param` - exceeds the available memory. Returns the estimate."""
+    from .config import ConfigError
+    need = int(parameter_counts(cfg)["total_with_mtp"] * bytes_per_param)
+    have = available_memory_bytes()
+    if need > have:
+        raise ConfigError(f"{what} would hold about {_human_bytes(need)} in memory for config '{cfg.name}' "
+                          f"({_human_bytes(have)} available); {alternative}")
+    return need
+
+
+# ------------------------------------------------------------------------------ converted directories ----
+def _tensor_class(name: str) -> str:
+    import re
+    n = re.sub(r"\.\d+\.", ".N.", "." + name)[1:]
+    if ".ffn.experts." in "." + name:
+        return "routed experts"
+    if ".shared_experts." in name:
+        return "shared experts"
+    if name.startswith(("embed.", "head.")):
+        return name.split(".")[0]
+    leaf = n.rsplit(".", 1)
+    mod = leaf[0].split(".")[-1] if leaf[-1] in ("weight", "weight_scale", "weight_offset", "scale_bias",
+                                                 "weight_scale_second", "weight_offset_second", "bias") else leaf[-1]
+    if ".attn." in n:
+        return "attention " + ("indexer " if ".indexer." in n else "compressor " if ".compressor." in n else "") + mod
+    return "other " + mod if not mod.startswith("hc_") else "mHC"
+
+
+def describe_converted(path: str) -> Dict:
+    """Precision, layout, bytes, source hash and stored dtypes per tensor class of an `ascend-v4 convert` output."""
+    import json
+    import os
+    with open(os.path.join(path, "config.json"), "r", encoding="utf-8") as f:
+        conv = json.load(f)["conversion"]
+    man_path = os.path.join(path, "manifest.json")
+    man = None
+    if os.path.isfile(man_path):
+        with open(man_path, "r", encoding="utf-8") as f:
+            man = json.load(f)
+    classes: Dict[str, Dict[str, int]] = {}
+    total = 0
+    if man:
+        for rel, rec in man["files"].items():
+            total += int(rec.get("size", 0))
+            if rel.startswith("source/"):
+                continue
+            for name, (dtype, shape) in rec.get("tensors", {}).items():
+                c = classes.setdefault(_tensor_class(name), {})
+                c[dtype] = c.get(dtype, 0) + 1
+    errs = (man or {}).get("quant_relative_error", {})
+    by: Dict[str, list] = {}
+    for n, e in errs.items():
+        by.setdefault(_tensor_class(n), []).append(e)
+    return {"path": path, "precision": conv.get("precision"), "layout": conv.get("layout", "ranks"),
+            "tp": conv.get("tp"), "ep": conv.get("ep"), "world_size": conv.get("world_size"),
+            "int4_group": conv.get("int4_group"), "complete": man is not None, "bytes": total,
+            "source_config_sha256": (man or {}).get("source", {}).get("config_sha256"),
+            "source_bytes": (man or {}).get("source", {}).get("total_bytes"),
+            "fingerprint": conv.get("fingerprint"), "dtypes_by_class": dict(sorted(classes.items())),
+            "relative_error_by_class": {k: {"mean": sum(v) / len(v), "max": max(v), "tensors": len(v)}
+                                        for k, v in sorted(by.items())}}
+
+
+def format_converted(d: Dict) -> str:
+    lines = [f"converted checkpoint {d['path']}: {d['precision']}, {d['layout']} layout"
+             + (f", int4 group {d['int4_group']}" if d["precision"] == "w4a8" and d["layout"] == "serving" else "")
+             + f", tp {d['tp']} ep {d['ep']} ({d['world_size']} rank{'s' if (d['world_size'] or 1) > 1 else ''})"
+             + ("" if d["complete"] else "  [UNFINISHED: no manifest.json; rerun the convert command]"),
+             f"size {_human_bytes(d['bytes'])} on disk (source {_human_bytes(d['source_bytes'] or 0)}); "
+             f"source config sha256 {d['source_config_sha256']}"]
+    lines.append("stored dtypes per tensor class:")
+    for c, dt in d["dtypes_by_class"].items():
+        err = d["relative_error_by_class"].get(c)
+        e = f"   rel. error mean {err['mean']:.4f} max {err['max']:.4f}" if err else ""
+        lines.append(f"  {c:<32} " + ", ".join(f"{k} x{v}" for k, v in sorted(dt.items())) + e)
+    return "\n".join(lines)

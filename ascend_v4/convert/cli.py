@@ -41,13 +41,20 @@ def _log(msg: str) -> None:
                    "w4a8: routed experts int4, rest as w8a8")
 @click.option("--tp", default=1, show_default=True, help="target tensor-parallel size (one shard set per rank)")
 @click.option("--ep", default=1, show_default=True, help="target expert-parallel size (routed experts by index range)")
+@click.option("--layout", "dir_layout", type=click.Choice(["serving", "ranks"]), default=None,
+              help="serving: what vllm-ascend / MindIE load (msModelSlim names, quant_model_description.json, HF "
+                   "config.json; unsharded) - default for w8a8/w4a8; ranks: our tp/ep rank shards - default for bf16 "
+                   "and with --tp/--ep")
+@click.option("--int4-group", default="32", show_default=True,
+              help="serving w4a8 routed experts: int4 group size along the input dim (32, 64, 128, 256), "
+                   "'channel' (per output channel: what vllm-ascend main loads), or 'exact' (int8 = 2 x FP4, lossless)")
 @click.option("--workers", default=None, type=int, help="worker processes [default: CPU count, at most 8]")
 @click.option("--shard-size", default="2GB", show_default=True, help="maximum output shard size (e.g. 5GB, 500MB)")
 @click.option("--to-official", is_flag=True, help="SRC is a converted directory: write it back in the release format "
                                                   "to DST (byte-identical to the release for a bf16 conversion)")
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: when stderr is a terminal]")
 @_friendly
-def convert(src, dst, precision, tp, ep, workers, shard_size, to_official, progress):
+def convert(src, dst, precision, tp, ep, dir_layout, int4_group, workers, shard_size, to_official, progress):
     """Convert a DeepSeek-V4 release checkpoint SRC into what 910B/910C run (DST), or back with --to-official.
 
     Streams tensors from memory-mapped shards through K worker processes; every output file is
@@ -64,12 +71,18 @@ def convert(src, dst, precision, tp, ep, workers, shard_size, to_official, progr
         return
     shard_bytes = parse_size(shard_size)
     cmd = default_command(src, dst, precision, tp, ep, k, shard_bytes)
+    if dir_layout:
+        cmd += f" --layout {dir_layout}"
+    if precision == "w4a8" and int4_group != "32":
+        cmd += f" --int4-group {int4_group}"
     s = convert_checkpoint(src, dst, precision=precision, tp=tp, ep=ep, workers=k, shard_bytes=shard_bytes,
-                           progress=progress, command=cmd, log=_log)
+                           progress=progress, command=cmd, log=_log, layout=dir_layout, int4_group=int4_group)
     if s.already_complete:
         return
     dt = time.perf_counter() - t0
-    click.echo(f"converted {src} -> {dst} ({precision}, tp {tp}, ep {ep}): {s.files_written} files written, "
+    shown = dir_layout or ("ranks" if precision == "bf16" or max(tp, ep) > 1 else "serving")
+    click.echo(f"converted {src} -> {dst} ({precision}, {shown}"
+               f" layout, tp {tp}, ep {ep}): {s.files_written} files written, "
                f"{s.files_skipped} resumed, {s.bytes_in / 1e9:.2f} GB in, {s.bytes_out / 1e9:.2f} GB out, "
                f"{dt:.1f} s ({s.bytes_in / 1e9 / max(dt, 1e-9):.2f} GB/s in)")
 

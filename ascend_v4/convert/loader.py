@@ -67,7 +67,8 @@ def converted_plan(root: str) -> Plan:
                            f"({type(e).__name__}: {e}); reconvert") from None
     layout = layout_from_record(rec, cfg_bytes, idx, os.path.join(root, SOURCE_RECORD))
     try:
-        plan = build_plan(layout, conv["precision"], Layout(int(conv["tp"]), int(conv["ep"])), int(conv["shard_bytes"]))
+        plan = build_plan(layout, conv["precision"], Layout(int(conv["tp"]), int(conv["ep"])), int(conv["shard_bytes"]),
+                          dir_layout=conv.get("layout", "ranks"), int4_group=conv.get("int4_group") or 0)
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, ConvertError):
             raise
@@ -149,15 +150,35 @@ class ConvertedData:
         w = g.entries[0]
         if g.kind in ("copy", "bf16", "src_scale"):
             return self.entry_rows(f, w.name, w.dtype, w.shape, a, b)
+        if g.kind in ("int8s", "int4s", "int8x"):
+            return self._serving_rows(f, g, a, b)
         sc = g.entries[1]
         q = self.entry_rows(f, w.name, w.dtype, w.shape, a, b)
         s = self.entry_rows(f, sc.name, sc.dtype, sc.shape, a, b)   # a dim-1 split carries the full row scale
         return Q.dequant_int4(q, s) if g.kind == "int4" else Q.dequant_int8(q, s)
 
+    def _serving_rows(self, f: OutFile, g: Group, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of a serving-layout linear, dequantised: q * weight_scale * weight_scale_second."""
+        ents = {e.name.rsplit(".", 1)[-1]: e for e in g.entries}
+
+        def get(k, r0, r1):
+            e = ents[k]
+            return self.entry_rows(f, e.name, e.dtype, e.shape, r0, r1)
+        if g.kind == "int4s":
+            a0, b1 = a - a % 2, b + b % 2
+            q = Q.unpack_int4_out(get("weight", a0 // 2, b1 // 2))[a - a0: a - a0 + (b - a)]
+        else:
+            q = get("weight", a, b)
+        s = np.array(get("weight_scale", a, b), np.float32)
+        if "weight_scale_second" in ents:
+            s = s * get("weight_scale_second", a, b)
+        o, i = q.shape
+        return (q.astype(np.float32).reshape(o, s.shape[1], i // s.shape[1]) * s[..., None]).reshape(o, i)
+
     def rows_f32(self, name: str, a: int, b: int) -> np.ndarray:
         arr = self.rows(name, a, b)
         k = self.kind(name)
-        if k in ("int8", "int4"):
+        if k in ("int8", "int4", "int8s", "int4s", "int8x"):
             return arr
         if arr.dtype == np.uint16:                                       # BF16 bits
             return Q.bf16_to_f32(arr)
@@ -168,10 +189,7 @@ def load_converted(root: str, names: Optional[Iterable[str]] = None) -> Tuple[Mo
     """(config, {logical name: float32 array}) from a converted directory (all ranks reassembled)."""
     root = os.fspath(root)
     plan = converted_plan(root)
-    try:
-        cfg = ModelConfig.from_json(root)
-    except ConfigError as e:
-        raise ConvertError(str(e)) from None
+    cfg = plan.source.cfg                     # the top config.json may be the HF one (serving layout)
     inv = plan.source.inventory
     wanted = list(inv) if names is None else list(names)
     unknown = [n for n in wanted if n not in inv]
@@ -199,18 +217,25 @@ def load_converted(root: str, names: Optional[Iterable[str]] = None) -> Tuple[Mo
     return cfg, out
 
 
+def quantized_linears(root: str) -> Dict[str, str]:
+    """{logical weight name: "int8" | "int4"} of the linears a converted directory stores as integers (the
+    matmuls an NPU runs as W8A8 / W4A8 with per-token dynamic int8 activations)."""
+    plan = converted_plan(os.fspath(root))
+    out = {}
+    for f in plan.rank_files:
+        for g in f.groups:
+            if g.kind in ("int8", "int8s", "int8x"):
+                out[g.source] = "int8"
+            elif g.kind in ("int4", "int4s"):
+                out[g.source] = "int4"
+    return out
+
+
 def is_converted(path: str) -> bool:
     return read_conversion(path) is not None
 
 
 def load_any_checkpoint(path: str) -> Tuple[ModelConfig, Dict[str, np.ndarray]]:
-    """(config, float32 weights) from a release-format or a converted directory."""
-    from ascend_v4.checkpoint import load_official_weights
-    from ascend_v4.config import load_config
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    if is_converted(path):
-        return load_converted(path)
-    cfg = load_config(path)
-    return cfg, load_official_weights(path, cfg)
+    """(config, float32 weights) from any checkpoint directory: ascend_v4.weights.load_checkpoint."""
+    from ascend_v4.weights import load_checkpoint
+    return load_checkpoint(path)

@@ -37,6 +37,7 @@ from .sharding import Layout, check_split, module_of, routed_expert_index, split
 from .source import SourceLayout
 
 PRECISIONS = ("bf16", "w8a8", "w4a8")
+LAYOUTS = ("serving", "ranks")
 PLAN_VERSION = 1
 DEFAULT_SHARD_BYTES = 2 * 1000 ** 3
 SIDECAR_DIR = "source"
@@ -51,26 +52,53 @@ def scale_entry_name(weight: str) -> str:
     return weight + "_scale"
 
 
-def is_int8_linear(name: str) -> bool:
+# The serving layout quantises the int8 layer set of the published V4-Flash W8A8 checkpoints: also the
+# main attention's wq_a and wkv (not the compressor's wkv); the MTP block stays BF16 (vllm-ascend loads
+# DeepSeek MTP layers unquantised).
+_INT8_ATTN_SERVING = frozenset({"wq_a", "wkv"})
+
+
+def is_int8_linear(name: str, layout: str = "ranks") -> bool:
     if not name.endswith(".weight"):
+        return False
+    if layout == "serving" and name.startswith("mtp."):
         return False
     mod = module_of(name)
     if mod in _INT8_ATTN and ".attn." in "." + name:
         return True                                      # attn.wq_b, attn.wo_b, attn.indexer.wq_b
+    if layout == "serving" and mod in _INT8_ATTN_SERVING and name.endswith(f".attn.{mod}.weight"):
+        return True                                      # attn.wq_a, attn.wkv
     if mod in ("w1", "w2", "w3") and (".ffn.shared_experts." in "." + name or routed_expert_index(name) is not None):
         return True
     return False
 
 
-def dest_kind(name: str, spec: TensorSpec, precision: str) -> str:
-    """copy | bf16 | int8 | int4 for one logical source tensor."""
+def dest_kind(name: str, spec: TensorSpec, precision: str, layout: str = "ranks", int4_group=0) -> str:
+    """copy | bf16 | int8 | int4 (ranks layout) | int8s | int4s | int8x (serving layout) for one tensor."""
     if spec.fmt in ("f32", "i64"):
         return "copy"
-    if precision != "bf16" and is_int8_linear(name) and len(spec.shape) == 2:
-        if precision == "w4a8" and routed_expert_index(name) is not None:
+    if precision != "bf16" and is_int8_linear(name, layout) and len(spec.shape) == 2:
+        expert = routed_expert_index(name) is not None
+        if layout == "serving":
+            if precision == "w4a8" and expert:
+                return "int8x" if spec.fmt == "fp4" and int4_group == "exact" else "int4s"
+            return "int8s"
+        if precision == "w4a8" and expert:
             return "int4"
         return "int8"
     return "copy" if spec.fmt == "bf16" else "bf16"
+
+
+def serving_names(weight: str) -> Dict[str, str]:
+    """msModelSlim tensor names of one quantised linear `<prefix>.weight`."""
+    base = weight[: -len(".weight")]
+    return {k: f"{base}.{k}" for k in ("weight", "weight_scale", "weight_offset", "weight_scale_second",
+                                        "weight_offset_second", "scale_bias")}
+
+
+def int4_bias_parts(name: str) -> int:
+    """scale_bias columns: 16 for the row-parallel down projection (w2), 1 for gate/up."""
+    return 16 if module_of(name) == "w2" else 1
 
 
 _TAG = {"bf16": "BF16", "f32": "F32", "i64": "I64"}
@@ -147,6 +175,8 @@ class Plan:
     files: List[OutFile]
     source: SourceLayout
     fingerprint: str = ""
+    dir_layout: str = "ranks"            # serving | ranks
+    int4_group: object = 0               # serving w4a8: 0 (per channel), 32..256, or "exact"
 
     @property
     def rank_files(self) -> List[OutFile]:
@@ -177,7 +207,8 @@ def rank_dir(layout: Layout, rank: int) -> str:
     return "" if layout.world == 1 else f"rank{rank:03d}"
 
 
-def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int) -> List[Group]:
+def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int, dir_layout: str = "ranks",
+                 int4_group=0) -> List[Group]:
     cfg = src.cfg
     E = cfg.n_routed_experts
     experts = lay.local_experts(rank, E)
@@ -187,7 +218,7 @@ def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int) -> L
         e = routed_expert_index(name)
         if e is not None and e not in experts:
             continue
-        kind = dest_kind(name, spec, precision)
+        kind = dest_kind(name, spec, precision, dir_layout, int4_group)
         shape = tuple(spec.shape)
         dim = None if e is not None else split_dim(name)
         split = None
@@ -200,16 +231,50 @@ def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int) -> L
             ents = [DestEntry(name, src.entries[name].dtype, local)]
         elif kind == "bf16":
             ents = [DestEntry(name, "BF16", local)]
+        elif kind in ("int8s", "int4s", "int8x"):
+            ents = _serving_entries(name, kind, local, int4_group)
         elif kind == "int8":
             ents = [DestEntry(name, "I8", local), DestEntry(scale_entry_name(name), "F32", (local[0],))]
         else:  # int4
             if local[1] % 2:
                 raise ConvertError(f"tensor '{name}' has an odd input dim {local[1]}; int4 packs pairs of columns")
-            ents = [DestEntry(name, "I8", (local[0], local[1] // 2)), DestEntry(scale_entry_name(name), "F32", (local[0],))]
+            g4 = int(int4_group or 0) or local[1]
+            if local[1] % g4:
+                raise ConvertError(f"tensor '{name}': input dim {local[1]} is not a multiple of the int4 group size "
+                                   f"{g4}; choose another --int4-group")
+            ents = [DestEntry(name, "I8", (local[0], local[1] // 2)),
+                    DestEntry(scale_entry_name(name), "F32", (local[0], local[1] // g4))]
         src_bytes = sum(src.entries[x].nbytes for x in _stored_names(name, spec))
         read = src_bytes if (split is None or split[0] == 1) else src_bytes // lay.tp
         groups.append(Group(name, kind, rank, split, ents, read))
     return groups
+
+
+def _serving_entries(name: str, kind: str, shape, int4_group) -> List[DestEntry]:
+    """Entries of one quantised linear in the serving (msModelSlim) layout, in file order."""
+    o, i = shape
+    n = serving_names(name)
+    one = (o, 1)
+    if kind == "int8s":
+        return [DestEntry(n["weight"], "I8", (o, i)), DestEntry(n["weight_scale"], "F32", one),
+                DestEntry(n["weight_offset"], "F32", one)]
+    if kind == "int8x":                                  # exact: int8 codes per group of 32, scale 2^(e-1)
+        return [DestEntry(n["weight"], "I8", (o, i)), DestEntry(n["weight_scale"], "F32", one),
+                DestEntry(n["weight_offset"], "F32", one), DestEntry(n["weight_scale_second"], "F32", (o, i // 32)),
+                DestEntry(n["weight_offset_second"], "F32", (o, i // 32))]
+    if o % 2:
+        raise ConvertError(f"tensor '{name}' has an odd output dim {o}; W4A8 packs pairs of output channels")
+    g = 32 if int4_group == "exact" else int(int4_group)      # exact only applies to FP4 sources
+    parts = int4_bias_parts(name)
+    if (g and i % g) or i % parts:
+        raise ConvertError(f"tensor '{name}': input dim {i} is not a multiple of the int4 group size {g or i} "
+                           f"and of {parts}; choose another --int4-group")
+    ents = [DestEntry(n["weight"], "I8", (o // 2, i)), DestEntry(n["weight_scale"], "F32", one),
+            DestEntry(n["weight_offset"], "F32", one)]
+    if g:
+        ents += [DestEntry(n["weight_scale_second"], "F32", (o, i // g)),
+                 DestEntry(n["weight_offset_second"], "F32", (o, i // g))]
+    return ents + [DestEntry(n["scale_bias"], "F32", (o, parts))]
 
 
 def _stored_names(name: str, spec: TensorSpec) -> List[str]:
@@ -228,15 +293,43 @@ def _pack(groups: List[Group], shard_bytes: int) -> List[List[Group]]:
     return [f for f in files if f] or [[]]
 
 
-def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int = DEFAULT_SHARD_BYTES) -> Plan:
+def default_dir_layout(precision: str, lay: Layout) -> str:
+    """serving for w8a8 / w4a8; ranks for bf16 and whenever --tp / --ep ask for rank shards."""
+    return "ranks" if precision == "bf16" or lay.world > 1 else "serving"
+
+
+def check_int4_group(value) -> object:
+    """--int4-group: 'channel' / 0, 32, 64, 128, 256, or 'exact' (int8 per group of 32, FP4 sources)."""
+    v = str(value).strip().lower()
+    if v in ("channel", "0"):
+        return 0
+    if v == "exact":
+        return "exact"
+    if v.isdigit() and int(v) in (32, 64, 128, 256):
+        return int(v)
+    raise ConvertError(f"--int4-group {value!r}: use channel, 32, 64, 128, 256 or exact")
+
+
+def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int = DEFAULT_SHARD_BYTES,
+               dir_layout: Optional[str] = None, int4_group=32) -> Plan:
     if precision not in PRECISIONS:
         raise ConvertError(f"--dtype {precision!r} is not one of {', '.join(PRECISIONS)}")
     if shard_bytes < 1:
         raise ConvertError(f"--shard-size must be positive, got {shard_bytes}")
+    dir_layout = dir_layout or default_dir_layout(precision, lay)
+    if dir_layout not in LAYOUTS:
+        raise ConvertError(f"--layout {dir_layout!r} is not one of {', '.join(LAYOUTS)}")
+    if dir_layout == "serving" and lay.world > 1:
+        raise ConvertError(f"--tp {lay.tp} --ep {lay.ep}: the serving layout is one unsharded set (vllm-ascend and "
+                           f"MindIE shard it when they load it); add --layout ranks for our per-rank shards")
+    int4_group = check_int4_group(int4_group) if precision == "w4a8" else 0
+    if int4_group == "exact" and dir_layout != "serving":
+        raise ConvertError("--int4-group exact writes the serving layout's int8 experts; drop --layout ranks / "
+                           "--tp / --ep, or choose a group size")
     lay.check_experts(src.cfg.n_routed_experts)
     files: List[OutFile] = []
     for r in range(lay.world):
-        packs = _pack(_rank_groups(src, precision, lay, r), shard_bytes)
+        packs = _pack(_rank_groups(src, precision, lay, r, dir_layout, int4_group), shard_bytes)
         d = rank_dir(lay, r)
         for i, gs in enumerate(packs):
             fn = f"model-{i + 1:05d}-of-{len(packs):05d}.safetensors"
@@ -256,7 +349,7 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
         gs = [Group(n, "src_scale", None, None, [DestEntry(n, src.entries[n].dtype, src.entries[n].shape)],
                     src.entries[n].nbytes) for n in names]
         files.append(OutFile(fn, None, gs))
-    plan = Plan(precision, lay, shard_bytes, files, src)
+    plan = Plan(precision, lay, shard_bytes, files, src, dir_layout=dir_layout, int4_group=int4_group)
     plan.fingerprint = fingerprint(plan)
     return plan
 
@@ -278,6 +371,8 @@ def fingerprint(plan: Plan) -> str:
         "tp": plan.layout.tp,
         "ep": plan.layout.ep,
         "shard_bytes": plan.shard_bytes,
+        **({"layout": plan.dir_layout, "int4_group": plan.int4_group} if plan.dir_layout != "ranks" else {}),
+        **({"int4_group": plan.int4_group} if plan.dir_layout == "ranks" and plan.precision == "w4a8" else {}),
         "config": hashlib.sha256(src.config_bytes).hexdigest(),
         "shards": [[s.file, s.size, hashlib.sha256(s.header).hexdigest()] for s in src.shards],
     }
@@ -286,7 +381,12 @@ def fingerprint(plan: Plan) -> str:
 
 # ------------------------------------------------------------------------------ name map ----------
 _ENCODING = {"copy": "unchanged", "bf16": "bf16 (exact dequantisation)", "int8": "int8 symmetric per output channel",
-             "int4": "int4 pairs in int8 (low nibble = even column), symmetric per output channel, -7..7"}
+             "int4": "int4 -8..7 pairs in int8 (low nibble = even column), scale per group of input columns "
+                     "(searched clip ratio)",
+             "int8s": "W8A8_DYNAMIC: int8 [out, in], symmetric per output channel (weight_scale [out, 1])",
+             "int4s": "W4A8_DYNAMIC: int4 -8..7, two output channels per byte (low nibble = even row), "
+                      "searched clip ratio per group",
+             "int8x": "exact: int8 = 2 x FP4 value per group of 32, scale 2^(e-1)"}
 
 def name_map(plan: Plan) -> dict:
     """param_name_map.json: release entry name -> where its converted data lives."""
@@ -299,7 +399,7 @@ def name_map(plan: Plan) -> dict:
         for f, g in plan.groups_of(name):
             for i, e in enumerate(g.entries):
                 rec = {"name": e.name, "dtype": e.dtype, "shape": list(e.shape), "rank": g.rank, "file": f.path,
-                       "encoding": _ENCODING[g.kind] if i == 0 else "float32 per output channel"}
+                       "encoding": _ENCODING[g.kind] if i == 0 else f"float32 {e.name.rsplit('.', 1)[-1]}"}
                 if g.split is not None:
                     dim, part, parts = g.split
                     n = spec.shape[dim]

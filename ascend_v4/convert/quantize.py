@@ -114,7 +114,13 @@ def quant_bf16_rows(bits: np.ndarray, qmax: int) -> Tuple[np.ndarray, np.ndarray
 
 
 def dequant_int4(packed: np.ndarray, s: np.ndarray) -> np.ndarray:
-    return (unpack_int4(packed).astype(np.float32) * np.asarray(s, np.float32)[:, None]).astype(np.float32)
+    """Packed int4 [o, i/2] with one scale per row ([o]) or per group of input columns ([o, i/G])."""
+    q = unpack_int4(packed).astype(np.float32)
+    s = np.asarray(s, np.float32)
+    if s.ndim == 1:
+        return (q * s[:, None]).astype(np.float32)
+    o, i = q.shape
+    return (q.reshape(o, s.shape[1], i // s.shape[1]) * s[..., None]).reshape(o, i)
 
 
 # -------------------------------------------------------------------------- BF16 tables ----------
@@ -285,3 +291,172 @@ def mxfp4_to_bf16(packed: np.ndarray, scale: np.ndarray, counts: Counts, block: 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits).view(np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+# ------------------------------------------------------------------ serving (msModelSlim) int4 ----------
+# W4A8 in the serving layout: int4 per group of `group` input columns (group = in: per channel), the
+# full signed int4 range -8..7, scale = ratio * amax(group) / 7 with the ratio that minimises the
+# group's squared error searched over CLIP_RATIOS (a clip-ratio search per group; 1.0 = absmax).
+# The vendor's per-group antiquant path multiplies weight_scale * weight_scale_second and rounds the
+# product to FP16 before the kernel uses it, so every group scale we write is an FP16 value.
+INT4_QMIN = -8
+CLIP_RATIOS = np.round(np.linspace(0.5, 1.3, 33), 6).astype(np.float32)
+SERVING_GROUPS = (0, 32, 64, 128, 256)        # 0 = per output channel
+
+
+def fp16_scale(s: np.ndarray) -> np.ndarray:
+    """Scales as the kernel sees them: rounded to FP16 (kept >= the smallest FP16 normal), back in float32."""
+    s = np.asarray(s, np.float32)
+    return np.maximum(s, np.float32(2.0 ** -14)).astype(np.float16).astype(np.float32)
+
+
+def int4_codes(w: np.ndarray, s: np.ndarray, group: int) -> np.ndarray:
+    """q = clip(rint(w / s), -8, 7) with one scale per `group` input columns: w [o, i], s [o, i/group]."""
+    o, i = w.shape
+    wg = np.asarray(w, np.float32).reshape(o, i // group, group)
+    q = np.rint(wg / np.asarray(s, np.float32)[..., None])
+    np.clip(q, INT4_QMIN, INT4_QMAX, out=q)
+    return q.astype(np.int8).reshape(o, i)
+
+
+def int4_group_search(w, group: int, ratios=CLIP_RATIOS) -> Tuple[np.ndarray, np.ndarray]:
+    """float [o, i] -> (int8 codes [o, i] in -8..7, float32 FP16-exact scales [o, i/group]).
+
+    Per group: the scale ratio * amax / 7 (ratio from `ratios`) with the least squared error of
+    w - q * scale; all-zero groups get scale 1. group = i quantises per output channel."""
+    w = np.asarray(w, np.float32)
+    o, i = w.shape
+    if group <= 0 or i % group:
+        raise ValueError(f"int4 group size {group} does not divide the input dimension {i}")
+    wg = w.reshape(o, i // group, group)
+    amax = np.abs(wg).max(axis=-1)
+    best_err = np.full(amax.shape, np.inf, np.float64)
+    best = np.ones(amax.shape, np.float32)
+    for r in np.asarray(ratios, np.float32):
+        s = fp16_scale(amax * r / np.float32(INT4_QMAX))
+        q = np.clip(np.rint(wg / s[..., None]), INT4_QMIN, INT4_QMAX)
+        d = wg - q * s[..., None]
+        err = np.einsum("ogk,ogk->og", d, d, dtype=np.float64)
+        better = err < best_err
+        best_err[better] = err[better]
+        best[better] = s[better]
+    best[amax == 0] = 1.0
+    return int4_codes(w, best, group), best
+
+
+def _int4_fp4_tables(ratios):
+    """For a group whose largest |code| is mags[m], under scale = fp16(mags[m] * ratio_k / 7) in block units:
+    squared error [8, K, 16] (float64, block-scale² units) and int4 code [8, K, 16] of each of the 16 FP4 codes -
+    computed with the same float32 division / rint / clip as int4_codes."""
+    vals = F.E2M1_VALUES.astype(np.float32)                          # 16 code values
+    mags = np.abs(vals[:8])
+    rat = np.asarray(ratios, np.float32)
+    err = np.zeros((8, len(rat), 16), np.float64)
+    code = np.zeros((8, len(rat), 16), np.int8)
+    for m in range(8):
+        for k, r in enumerate(rat):
+            c = fp16_scale(np.float32(mags[m]) * r / np.float32(INT4_QMAX)) if mags[m] > 0 else np.float32(1)
+            q = np.clip(np.rint(vals / c), INT4_QMIN, INT4_QMAX)
+            err[m, k] = (vals.astype(np.float64) - q * np.float64(c)) ** 2
+            code[m, k] = q.astype(np.int8)
+    return err, code
+
+
+_INT4_FP4_TABLE = {}
+
+
+def int4_group32_from_fp4(packed: np.ndarray, e8m0: np.ndarray, ratios=CLIP_RATIOS) -> Tuple[np.ndarray, np.ndarray]:
+    """The same result as int4_group_search(decoded weights, 32) for MXFP4 rows, without floats per element:
+    a group of 32 is one FP4 block, w = 2^e * value(code), and scale = 2^e * c with c = fp16(max|value| *
+    ratio / 7), so w / scale = value / c exactly (powers of two cancel) and both the error of every candidate
+    and the int4 code depend only on the codes: one bincount of the 16 codes per group, a [groups, 16] x [16, K]
+    product per max-code class, then a table lookup per element. Groups where a candidate scale would leave
+    FP16's normal range (the identity fails there) are searched on their decoded floats instead.
+    Returns (codes -8..7 int8 [o, i], float32 scales [o, i/32])."""
+    key = tuple(np.asarray(ratios, np.float32).tolist())
+    if key not in _INT4_FP4_TABLE:
+        _INT4_FP4_TABLE.clear()
+        _INT4_FP4_TABLE[key] = _int4_fp4_tables(ratios)
+    err_t, code_t = _INT4_FP4_TABLE[key]
+    K = err_t.shape[1]
+    codes = F.fp4_unpack(np.asarray(packed).view(np.uint8))            # [o, i] uint8 0..15
+    o, i = codes.shape
+    ng = o * (i // 32)
+    s8 = np.asarray(e8m0).view(np.uint8).reshape(ng)
+    cg = codes.reshape(ng, 32)
+    gidx = np.arange(ng, dtype=np.int32)[:, None] * np.int32(16)
+    counts = np.bincount((gidx + cg).ravel(), minlength=ng * 16).reshape(ng, 16).astype(np.float32)
+    mmax = (cg & 7).max(axis=1)
+    pick = np.zeros(ng, np.int64)
+    for m in np.unique(mmax):
+        sel = mmax == m
+        pick[sel] = np.argmin(counts[sel] @ err_t[m].T.astype(np.float32), axis=1)   # counts <= 32: exact sums
+    mags = np.abs(F.E2M1_VALUES[:8]).astype(np.float32)
+    rat = np.asarray(ratios, np.float32)[pick]
+    block = np.ldexp(np.float32(1), s8.astype(np.int32) - 127).astype(np.float32)
+    s = fp16_scale(block * mags[mmax] * rat / np.float32(INT4_QMAX))
+    s[mmax == 0] = 1.0
+    base = ((mmax.astype(np.int64) * K + pick) * 16).astype(np.int32)
+    q = code_t.reshape(-1)[base[:, None] + cg]                                      # [ng, 32] int8
+    # groups where some candidate scale leaves FP16's normal range (clamped / overflowing): the tables'
+    # identity fails there, so those groups are searched on their decoded floats
+    top = block * mags[mmax]
+    odd = (mmax > 0) & ((top * np.float32(np.min(ratios) / INT4_QMAX) < np.float32(2.0 ** -14) * 2)
+                        | (top * np.float32(np.max(ratios) / INT4_QMAX) > np.float32(60000)))
+    if odd.any():
+        w = F.e2m1_decode(cg[odd]).astype(np.float32) * block[odd, None]
+        q[odd], s_odd = int4_group_search(w, 32, ratios)
+        s[odd] = s_odd[:, 0]
+    return q.reshape(o, i), s.reshape(o, i // 32)
+
+
+def pack_int4_out(q: np.ndarray) -> np.ndarray:
+    """msModelSlim W4A8 packing: int4 codes [o, i] -> int8 [o/2, i]; byte [j, k] holds row 2j in the low
+    nibble and row 2j+1 in the high nibble (two output channels per byte)."""
+    q = np.asarray(q)
+    if q.shape[0] % 2:
+        raise ValueError(f"pack_int4_out needs an even number of output rows, got shape {q.shape}")
+    u = q.astype(np.int8).view(np.uint8) & np.uint8(0xF)
+    return (u[0::2] | (u[1::2] << np.uint8(4))).view(np.int8)
+
+
+def unpack_int4_out(packed: np.ndarray) -> np.ndarray:
+    """int8 [o/2, i] -> int4 codes int8 [o, i] (inverse of pack_int4_out)."""
+    p = np.asarray(packed).view(np.int8)
+    out = np.empty((2 * p.shape[0],) + p.shape[1:], np.int8)
+    lo = (p.view(np.uint8) & np.uint8(0xF)).view(np.int8)
+    out[0::2] = (lo ^ np.int8(8)) - np.int8(8)
+    out[1::2] = p >> np.int8(4)
+    return out
+
+
+def int4_scale_bias(q: np.ndarray, s: np.ndarray, parts: int) -> np.ndarray:
+    """The W4A8 grouped matmul's assistance bias: 8 * sum_k q[n, k] * scale[n, k], float32 [o, parts], the
+    input dim split into `parts` equal chunks (1 for gate/up; 16 for down, so a TP split of the input
+    dim can take its share)."""
+    o, i = q.shape
+    g = i // s.shape[1]
+    v = q.astype(np.float64).reshape(o, s.shape[1], g) * s.astype(np.float64)[..., None]
+    return (8.0 * v.reshape(o, parts, i // parts).sum(axis=-1)).astype(np.float32)
+
+
+def int8_group32_exact(packed: np.ndarray, e8m0: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The exact path: MXFP4 [o, i/2] + E8M0 [o, i/32] -> (int8 [o, i], float32 [o, i/32]). Every FP4 value
+    times 2 is an integer in -12..12, so q = 2 * value and scale = 2^(e-1) reproduce the weights exactly."""
+    codes = F.fp4_unpack(np.asarray(packed).view(np.uint8))
+    q = (2 * F.e2m1_decode(codes)).astype(np.int8)
+    s = np.ldexp(np.float32(1), np.asarray(e8m0).view(np.uint8).astype(np.int32) - 128).astype(np.float32)
+    return q, s
+
+
+# ------------------------------------------------------------------ activations (run time) --------------
+def dynamic_quant_int8(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The vendor's DynamicQuant (npu_dynamic_quant, symmetric): per token (last dim) scale = max|x| / 127,
+    q = rint(x / scale) (round half to even) in -127..127; all-zero tokens get scale 1. Returns (q as
+    float64, scale float64 [..., 1]); x ~= q * scale."""
+    x = np.asarray(x, np.float64)
+    amax = np.max(np.abs(x), axis=-1, keepdims=True) if x.shape[-1] else np.zeros(x.shape[:-1] + (1,))
+    s = (amax / INT8_QMAX).astype(np.float32).astype(np.float64)     # the kernel's scale is float32
+    s[amax == 0] = 1.0
+    q = np.clip(np.rint(x / s), -INT8_QMAX, INT8_QMAX)
+    return q, s

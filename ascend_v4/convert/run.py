@@ -5,7 +5,9 @@ or already complete) and the free disk space -> write the planned files on K wor
 write the small metadata files -> manifest.json last -> drop the `.convert-state` directory.
 
 Converted directory:
-    config.json                      our config (inference field names) + "conversion": {...}
+    config.json                      ranks layout: our config (inference field names) + "conversion": {...};
+                                     serving layout: the release's HF config with the ascend quantization section
+    quant_model_description.json     serving layout, w8a8 / w4a8: tensor name -> W8A8_DYNAMIC | W4A8_DYNAMIC | FLOAT
     model.safetensors.index.json     world 1: HF index; world > 1: {"rank_indexes", "weight_map": name -> [files]}
     model-XXXXX-of-YYYYY.safetensors          (world size 1), or
     rankRRR/model-XXXXX-of-YYYYY.safetensors  + rankRRR/model.safetensors.index.json (world size > 1)
@@ -40,7 +42,8 @@ SOURCE_RECORD = f"{SIDECAR_DIR}/source.json"
 SOURCE_CONFIG = f"{SIDECAR_DIR}/config.json"
 SOURCE_INDEX = f"{SIDECAR_DIR}/{INDEX_NAME}"
 AUX_DIR = f"{SIDECAR_DIR}/files"
-OUR_FILES = {"config.json", INDEX_NAME, MANIFEST, NAME_MAP}
+OUR_FILES = {"config.json", INDEX_NAME, MANIFEST, NAME_MAP, "quant_model_description.json"}
+QSTATS = "quant_stats.jsonl"
 META_SLACK_BYTES = 64 << 20
 
 
@@ -66,11 +69,13 @@ class _ConvertJob:
         d["_src"] = None
         return d
 
-    def write(self, i: int, progress) -> Tuple[str, int]:
+    def write(self, i: int, progress) -> Tuple[str, int, dict]:
         if self._src is None:
             self._src = SourceData(self.plan.source)
         f = self.plan.files[i]
-        return write_file(self.dst, i, f, lambda g: produce(g, self._src, progress))
+        stats: dict = {}
+        sha, size = write_file(self.dst, i, f, lambda g: produce(g, self._src, progress, stats, self.plan.int4_group))
+        return sha, size, stats
 
     def close(self) -> None:
         if self._src is not None:
@@ -81,6 +86,8 @@ class _ConvertJob:
 def conversion_block(plan: Plan) -> dict:
     lay = plan.layout
     E = plan.source.cfg.n_routed_experts
+    if plan.dir_layout == "serving":
+        return serving_block(plan)
     return {
         "format": "ascend-v4 converted checkpoint",
         "version": 1,
@@ -94,12 +101,22 @@ def conversion_block(plan: Plan) -> dict:
         "shard_bytes": plan.shard_bytes,
         "int8": ("symmetric per output channel: `<name>` I8 [out, in], `<name>_scale` F32 [out], w = q * scale; "
                  "activations: dynamic per-token int8" if plan.precision != "bf16" else None),
-        "int4": (f"routed experts, symmetric per output channel, values -{Q.INT4_QMAX}..{Q.INT4_QMAX}: `<name>` I8 "
-                 f"[out, in/2] ({Q.INT4_NIBBLE_ORDER}), `<name>_scale` F32 [out]" if plan.precision == "w4a8" else None),
+        "int4": (f"routed experts, values {Q.INT4_QMIN}..{Q.INT4_QMAX}, one scale per group of "
+                 f"{plan.int4_group or 'all'} input columns (clip ratio searched per group): `<name>` I8 [out, in/2] "
+                 f"({Q.INT4_NIBBLE_ORDER}), `<name>_scale` F32 [out, in/group]" if plan.precision == "w4a8" else None),
+        "int4_group": plan.int4_group if plan.precision == "w4a8" else None,
         "source_dtype": plan.source.cfg.dtype,
         "source_expert_dtype": plan.source.cfg.expert_dtype,
         "fingerprint": plan.fingerprint,
     }
+
+
+def serving_block(plan: Plan) -> dict:
+    from .serving import describe_formats
+    return {"format": "ascend-v4 converted checkpoint", "version": 1, "layout": "serving", "precision": plan.precision,
+            "tp": 1, "ep": 1, "world_size": 1, "shard_bytes": plan.shard_bytes, "int4_group": plan.int4_group,
+            **describe_formats(plan), "source_dtype": plan.source.cfg.dtype,
+            "source_expert_dtype": plan.source.cfg.expert_dtype, "fingerprint": plan.fingerprint}
 
 
 def expected_indexes(plan: Plan) -> Dict[str, Dict[str, object]]:
@@ -135,9 +152,17 @@ def _write_metadata(plan: Plan, dst: str) -> List[str]:
         write_json_atomic(os.path.join(dst, rel), obj, indent)
         written.append(rel)
 
-    cfg = src.cfg.to_inference_json()
-    cfg[CONVERSION_KEY] = conversion_block(plan)
-    put_json("config.json", cfg, indent=2)
+    if plan.dir_layout == "serving":
+        from .serving import DESCRIPTION, quant_description, serving_config
+        cfg = serving_config(plan)
+        cfg[CONVERSION_KEY] = conversion_block(plan)
+        put_json("config.json", cfg, indent=2)
+        if plan.precision != "bf16":
+            put_json(DESCRIPTION, quant_description(plan), indent=1)
+    else:
+        cfg = src.cfg.to_inference_json()
+        cfg[CONVERSION_KEY] = conversion_block(plan)
+        put_json("config.json", cfg, indent=2)
     sizes = {f.path: sum(e.nbytes for g in f.groups for e in g.entries) for f in plan.rank_files}
     for rel, wm in expected_indexes(plan).items():
         if lay.world == 1:
@@ -170,6 +195,58 @@ def _write_metadata(plan: Plan, dst: str) -> List[str]:
         write_bytes_atomic(os.path.join(dst, SOURCE_INDEX), src.index_bytes)
         written.append(SOURCE_INDEX)
     return written
+
+
+def _load_qstats(state: str) -> dict:
+    """Per-tensor error sums of the files a killed run finished (lines written with the journal)."""
+    import json
+    out = {}
+    try:
+        with open(os.path.join(state, QSTATS), "r", encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.update(json.loads(line)["stats"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except OSError:
+        pass
+    return out
+
+
+def _add_qstats(state: str, rel: str, stats: dict) -> None:
+    import json
+    with open(os.path.join(state, QSTATS), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"file": rel, "stats": stats}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def quant_errors(qstats: dict) -> Dict[str, float]:
+    """{tensor: ||w - w_q|| / ||w||} (w: the release's weight as BF16 holds it exactly)."""
+    import math
+    sums: Dict[str, List[float]] = {}
+    for k, (e, r) in qstats.items():                 # "name#p": the rows of TP part p (dim-0 split)
+        acc = sums.setdefault(k.split("#", 1)[0], [0.0, 0.0])
+        acc[0] += e
+        acc[1] += r
+    return {n: (math.sqrt(e / r) if r > 0 else 0.0) for n, (e, r) in sorted(sums.items())}
+
+
+def tensor_class(name: str) -> str:
+    from .sharding import module_of, routed_expert_index
+    if routed_expert_index(name) is not None:
+        return "routed experts"
+    if ".shared_experts." in name:
+        return "shared experts"
+    return "attention " + module_of(name)
+
+
+def format_quant_errors(errs: Dict[str, float]) -> str:
+    by: Dict[str, List[float]] = {}
+    for n, e in errs.items():
+        by.setdefault(tensor_class(n), []).append(e)
+    rows = [f"  {k:<24} {len(v):>6} tensors  mean {sum(v) / len(v):.4f}  max {max(v):.4f}" for k, v in sorted(by.items())]
+    return "relative weight error ||w - w_q|| / ||w|| per tensor (all in manifest.json):\n" + "\n".join(rows)
 
 
 def parse_size(text) -> int:
@@ -241,16 +318,21 @@ def _prepare_destination(dst: str, plan: Plan) -> Optional[str]:
 
 def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1, ep: int = 1, workers: int = 1,
                        shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Optional[bool] = None,
-                       command: Optional[str] = None, log=None) -> Summary:
-    """Convert a release-format checkpoint directory. Resumable: rerun the same call after a crash."""
+                       command: Optional[str] = None, log=None, layout: Optional[str] = None,
+                       int4_group="32") -> Summary:
+    """Convert a release-format checkpoint directory. Resumable: rerun the same call after a crash.
+
+    layout: "serving" (default for w8a8 / w4a8: what vllm-ascend and MindIE load, unsharded) or "ranks"
+    (default for bf16: our tp/ep rank shards). int4_group: serving w4a8 expert group size (docs in FORMAT.md)."""
     src, dst = os.fspath(src), os.fspath(dst)
     if precision not in PRECISIONS:
         raise ConvertError(f"--dtype {precision!r} is not one of {', '.join(PRECISIONS)}")
     if workers < 1:
         raise ConvertError(f"--workers must be >= 1, got {workers}")
     lay = Layout(tp, ep)
+    dir_layout = layout
     layout: SourceLayout = open_source(src)
-    plan = build_plan(layout, precision, lay, shard_bytes)
+    plan = build_plan(layout, precision, lay, shard_bytes, dir_layout=dir_layout, int4_group=int4_group)
     if os.path.abspath(dst) == os.path.abspath(src) or os.path.abspath(dst).startswith(os.path.abspath(src) + os.sep):
         raise ConvertError(f"{dst}: the destination must not be the source directory or inside it")
     if command is None:
@@ -266,6 +348,7 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     dirs = sorted({os.path.dirname(f.path) for f in plan.files} | {"", SIDECAR_DIR})
     journal = Journal(state)
     done: Dict[str, Tuple[str, int]] = {}
+    qstats = _load_qstats(state) if mode == "resume" else {}
     if mode == "resume":
         remove_tmp_files(dst, dirs)
         for rel, (sha, size) in journal.load().items():
@@ -286,7 +369,7 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
         write_bytes_atomic(os.path.join(state, "command"), (command + "\n").encode())
     fsync_dir(dst)
     if log:
-        log(f"{'resuming' if mode == 'resume' else 'converting'} {src} -> {dst}: {precision}, tp {lay.tp}, ep {lay.ep}"
+        log(f"{'resuming' if mode == 'resume' else 'converting'} {src} -> {dst}: {precision}, {plan.dir_layout} layout, tp {lay.tp}, ep {lay.ep}"
             f" ({lay.world} rank{'s' if lay.world > 1 else ''}), {len(plan.files)} files, {_fmt(plan.total_size())}"
             + (f"; {len(done)} already done" if done else ""))
 
@@ -294,7 +377,10 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     job = _ConvertJob(plan, dst)
 
     def on_done(i, res):
-        sha, size = res
+        sha, size, stats = res
+        if stats:
+            _add_qstats(state, plan.files[i].path, stats)
+            qstats.update(stats)
         journal.add(plan.files[i].path, sha, size)
         done[plan.files[i].path] = (sha, size)
 
@@ -304,7 +390,13 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     finally:
         job.close()
     meta = _write_metadata(plan, dst)
-    write_json_atomic(os.path.join(dst, MANIFEST), build_manifest(plan, dst, done, meta, command))
+    man = build_manifest(plan, dst, done, meta, command)
+    errs = quant_errors(qstats)
+    if errs:
+        man["quant_relative_error"] = errs
+        if log:
+            log(format_quant_errors(errs))
+    write_json_atomic(os.path.join(dst, MANIFEST), man)
     shutil.rmtree(state, ignore_errors=True)
     fsync_dir(dst)
     return Summary(dst, len(todo), len(plan.files) - len(todo), layout.total_bytes(),

@@ -75,13 +75,18 @@ def _fail(src: SourceData, name: str, counts: Q.Counts) -> None:
                        f"or not this model's release - re-download it")
 
 
-def produce(group: Group, src: SourceData, progress: Callable[[int], None]) -> Iterator[Chunk]:
+def produce(group: Group, src: SourceData, progress: Callable[[int], None], stats: Optional[dict] = None,
+            int4_group=0) -> Iterator[Chunk]:
+    """stats (optional): filled with {logical name: [sum (w - w_q)^2, sum w^2]} for quantised tensors."""
+    if group.kind in ("int8s", "int4s", "int8x"):
+        yield from _to_serving(group, src, progress, {} if stats is None else stats, int4_group)
+        return
     if group.kind in ("copy", "src_scale"):
         yield from _copy(group, src, progress)
     elif group.kind == "bf16":
         yield from _to_bf16(group, src, progress)
     elif group.kind in ("int8", "int4"):
-        yield from _to_int(group, src, progress)
+        yield from _to_int(group, src, progress, stats if stats is not None else {}, int4_group)
     else:  # pragma: no cover
         raise ConvertError(f"internal: unknown group kind {group.kind!r}")
 
@@ -165,7 +170,15 @@ def _to_bf16(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
         _fail(src, name, counts)
 
 
-def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
+def _int4_groups(name: str, src: SourceData, a: int, b: int, w: np.ndarray, group: int):
+    """int4 codes (-8..7) and per-group scales of rows [a, b) of a routed expert (one implementation for both
+    layouts): the code-histogram search for MXFP4 sources at group 32, the float search otherwise."""
+    if src.layout.inventory[name].fmt == "fp4" and group == 32:
+        return Q.int4_group32_from_fp4(src.rows(name, a, b), src.rows(scale_name(name), a, b))
+    return Q.int4_group_search(w, group)
+
+
+def _to_int(group: Group, src: SourceData, progress, stats: dict, int4_group=0) -> Iterator[Chunk]:
     name = group.source
     shape = src.layout.inventory[name].shape
     dec, per_row = _decoder(group, src)
@@ -175,14 +188,31 @@ def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
     qmax = Q.INT4_QMAX if group.kind == "int4" else Q.INT8_QMAX
     out_row = group.entries[0].nbytes // max(1, r1 - r0)
     counts = Q.Counts()
-    scales = np.empty(r1 - r0, np.float32)
+    g4 = int(int4_group or 0) or shape[1]                   # int4: group size along the input dim (0: per row)
+    scales = np.empty((r1 - r0, shape[1] // g4) if group.kind == "int4" else r1 - r0, np.float32)
+    err2 = ref2 = 0.0
+    # error sums: a dim-0 TP part covers its rows (key name#part, summed by run.quant_errors); a dim-1 part
+    # quantises full rows, so part 0 stands for the tensor; replicas on other ranks write the same key
+    split = group.split
+    keep = split is None or split[0] == 0 or split[1] == 0
+    key = name if split is None or split[0] == 1 else f"{name}#{split[1]}"
     for a in range(r0, r1, step):
         b = min(r1, a + step)
         bits = dec(a, b, counts)
         progress((b - a) * per_row)
         if counts.bad():
             continue                       # keep counting, fail once the whole tensor is seen
-        q, s = Q.quant_bf16_rows(bits, qmax)
+        if group.kind == "int4":
+            q, s = _int4_groups(name, src, a, b, Q.bf16_to_f32(bits), g4)
+            wq = Q.dequant_int4(Q.pack_int4(q), s).astype(np.float64)
+        else:
+            q, s = Q.quant_bf16_rows(bits, qmax)
+            wq = q.astype(np.float64) * s.astype(np.float64)[:, None]
+        if keep:
+            w = Q.bf16_to_f32(bits).astype(np.float64)
+            d = w - wq
+            err2 += float(np.einsum("ij,ij->", d, d))
+            ref2 += float(np.einsum("ij,ij->", w, w))
         if group.kind == "int4":
             q = Q.pack_int4(q)
         scales[a - r0: b - r0] = s
@@ -192,4 +222,69 @@ def _to_int(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
         yield 0, (a - r0) * out_row, q
     if counts.bad():
         _fail(src, name, counts)
+    if keep:
+        stats[key] = [err2, ref2]
     yield 1, 0, scales
+
+
+def _to_serving(group: Group, src: SourceData, progress, stats: dict, int4_group) -> Iterator[Chunk]:
+    """int8s / int4s / int8x groups (serving layout, never split): the weight streamed in row blocks,
+    then weight_scale, weight_offset (zeros: symmetric), [weight_scale_second, weight_offset_second],
+    [scale_bias]; see plan._serving_entries. The relative error of each tensor goes to `stats`."""
+    name = group.source
+    spec = src.layout.inventory[name]
+    o, i = spec.shape
+    dec, per_row = _decoder(group, src)
+    step = _rows_per_chunk(spec.shape, DECODE_CHUNK_ELEMS)
+    step += step % 2                                     # int4 packs pairs of output rows
+    g = 32 if int4_group == "exact" else int(int4_group or 0)
+    counts = Q.Counts()
+    err2 = ref2 = 0.0
+    row_scale = np.ones((o, 1), np.float32)
+    second = np.ones((o, i // (g or i)), np.float32) if group.kind != "int8s" else None
+    bias = []
+    ents = group.entries
+    for a in range(0, o, step):
+        b = min(o, a + step)
+        bits = dec(a, b, counts)
+        progress((b - a) * per_row)
+        if counts.bad():
+            continue                                     # keep counting, fail once the whole tensor is seen
+        w = Q.bf16_to_f32(bits)
+        if group.kind == "int8s":
+            q, s = Q.quant_bf16_rows(bits, Q.INT8_QMAX)
+            row_scale[a:b, 0] = s
+            wq = q.astype(np.float32) * s[:, None]
+            out = q
+        else:
+            if group.kind == "int8x":
+                q, s = Q.int8_group32_exact(src.rows(name, a, b), src.rows(scale_name(name), a, b))
+            else:
+                q, s = _int4_groups(name, src, a, b, w, g or i)
+            gs = i // s.shape[1]
+            wq = (q.astype(np.float32).reshape(b - a, -1, gs) * s[..., None]).reshape(b - a, i)
+            if g:
+                second[a:b] = s
+            else:
+                row_scale[a:b] = s
+            if group.kind == "int4s":
+                bias.append(Q.int4_scale_bias(q, s, ents[-1].shape[1]))
+                out = Q.pack_int4_out(q)
+            else:
+                out = q
+        d = (w - wq).astype(np.float64)
+        err2 += float(np.einsum("ij,ij->", d, d))
+        ref2 += float(np.einsum("ij,ij->", w, w, dtype=np.float64))
+        yield 0, a * ents[0].nbytes // o, out
+    if counts.bad():
+        _fail(src, name, counts)
+    stats[name] = [err2, ref2]
+    yield 1, 0, row_scale
+    yield 2, 0, np.zeros((o, 1), np.float32)
+    k = 3
+    if second is not None and len(ents) >= 5 and ents[3].name.endswith("weight_scale_second"):
+        yield 3, 0, second
+        yield 4, 0, np.zeros_like(second)
+        k = 5
+    if group.kind == "int4s":
+        yield k, 0, np.concatenate(bias, axis=0)

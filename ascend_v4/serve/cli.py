@@ -113,14 +113,14 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
              speculative, int8_kv, no_eos, chunk, tokenizer_path, out_path, threads, quiet):
     """Generate from CHECKPOINT: prefill the prompt(s), decode token by token over the window ring, the
     compressed entries and the indexer keys; greedy or temperature/top-k/top-p sampling with a seed."""
-    from ..config import load_config
     from .sampling import SamplingParams
     from .tokenizer import load_tokenizer
 
     # ---- everything cheap is checked before the model is loaded ----
     if not os.path.isdir(checkpoint):
         raise GenerateError(f"checkpoint directory {checkpoint} does not exist")
-    cfg = load_config(checkpoint)
+    from ..weights import checkpoint_config, load_checkpoint
+    cfg = checkpoint_config(checkpoint)        # release, any converted dir; a training run -> export-official
     if bool(prompts) == bool(tokens_path):
         raise GenerateError("give either --prompt TEXT or --tokens FILE.npy (exactly one)")
     if max_new_tokens < 1:
@@ -160,9 +160,8 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         max_len *= 2
 
     # ---- model ----
-    from ..checkpoint import load_official_weights
     from .engine import Engine
-    weights = load_official_weights(checkpoint, cfg)
+    cfg, weights = load_checkpoint(checkpoint)
     t0 = time.perf_counter()
     eng = Engine(cfg, weights, max_batch=len(rows), max_len=max_len, kv_int8=int8_kv, mtp=speculative,
                  prefill_chunk=chunk, threads=threads)

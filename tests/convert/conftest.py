@@ -19,11 +19,12 @@ def converted(release, tmp_path_factory):
     cache = {}
     root = tmp_path_factory.mktemp("converted")
 
-    def get(precision, tp=1, ep=1, workers=1):
-        key = (precision, tp, ep, workers)
+    def get(precision, tp=1, ep=1, workers=1, layout="ranks", int4_group="32"):
+        key = (precision, tp, ep, workers, layout, int4_group)
         if key not in cache:
-            d = str(root / f"{precision}_tp{tp}_ep{ep}_k{workers}")
-            convert_checkpoint(release[0], d, precision, tp, ep, workers=workers, progress=False)
+            d = str(root / f"{precision}_tp{tp}_ep{ep}_k{workers}_{layout}_{int4_group}")
+            convert_checkpoint(release[0], d, precision, tp, ep, workers=workers, progress=False, layout=layout,
+                               int4_group=int4_group)
             cache[key] = d
         return cache[key]
     return get

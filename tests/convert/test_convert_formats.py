@@ -97,17 +97,21 @@ def test_int_formats_within_half_a_step(release, converted, precision):
             assert dt in ("BF16", "F32", "I64"), name
             continue
         (wdt, q), (sdt, s) = raw[name], raw[name + "_scale"]
-        assert wdt == "I8" and sdt == "F32" and s.shape == (spec.shape[0],)
         w = ref_dequant(spec.fmt, src.raw(name), np.array(src.raw(scale_name(name))))
         int4 = precision == "w4a8" and routed_expert_index(name) is not None
-        if int4:
+        if int4:                   # per group of 32 inputs, -8..7, clip ratio searched: the error of the group
+            assert wdt == "I8" and sdt == "F32" and s.shape == (spec.shape[0], spec.shape[1] // 32)
             assert q.shape == (spec.shape[0], spec.shape[1] // 2)
-            vals, qmax = Q.unpack_int4(q).astype(np.float64), 7
+            vals = Q.unpack_int4(q).astype(np.float64)
+            assert vals.min() >= -8 and vals.max() <= 7
+            deq = (vals.reshape(spec.shape[0], -1, 32) * s.astype(np.float64)[..., None]).reshape(spec.shape)
+            assert np.linalg.norm(deq - w) / np.linalg.norm(w) < 0.09, name
             n_int["int4"] += 1
-        else:
-            assert q.shape == spec.shape
-            vals, qmax = q.astype(np.float64), 127
-            n_int["I8"] += 1
+            continue
+        assert wdt == "I8" and sdt == "F32" and s.shape == (spec.shape[0],)
+        assert q.shape == spec.shape
+        vals, qmax = q.astype(np.float64), 127
+        n_int["I8"] += 1
         assert np.abs(vals).max() <= qmax
         np.testing.assert_allclose(s, np.abs(w).max(axis=1) / qmax, rtol=1e-6)
         err = np.abs(vals * s.astype(np.float64)[:, None] - w)
@@ -186,11 +190,11 @@ def test_layout_manifest_and_name_map(release, converted):
     rec = nm["params"]["layers.1.ffn.experts.3.w2.weight"]
     assert [(r["name"], r["dtype"], r["shape"], r["rank"]) for r in rec] == [
         ("layers.1.ffn.experts.3.w2.weight", "I8", [TINY.dim, TINY.moe_inter_dim // 2], 0),
-        ("layers.1.ffn.experts.3.w2.weight_scale", "F32", [TINY.dim], 0)]
+        ("layers.1.ffn.experts.3.w2.weight_scale", "F32", [TINY.dim, TINY.moe_inter_dim // 32], 0)]
     assert "low nibble = even column" in rec[0]["encoding"]
     assert nm["params"]["layers.1.ffn.experts.3.w2.scale"][0]["file"].startswith("source/scales-")
     conf = read_json(os.path.join(d, "config.json"))
-    assert conf["conversion"]["precision"] == "w4a8" and "-7..7" in conf["conversion"]["int4"]
+    assert conf["conversion"]["precision"] == "w4a8" and "-8..7" in conf["conversion"]["int4"]
 
 
 def test_load_any_checkpoint_official_and_converted(release, converted):

@@ -33,11 +33,12 @@ def kill_when_paused(p, marker, timeout=120):
     assert p.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("workers,pause", [(2, 3), (1, 0)])
-def test_killed_conversion_resumes_to_identical_output(release, tmp_path, workers, pause):
+@pytest.mark.parametrize("workers,pause,layout", [(2, 3, ["--dtype", "w8a8", "--tp", "2", "--ep", "2"]),
+                                                  (1, 0, ["--dtype", "w8a8", "--tp", "2", "--ep", "2"]),
+                                                  (2, 2, ["--dtype", "w4a8"])])       # serving layout
+def test_killed_conversion_resumes_to_identical_output(release, tmp_path, workers, pause, layout):
     dst = str(tmp_path / "out")
-    args = ["convert", release[0], dst, "--dtype", "w8a8", "--tp", "2", "--ep", "2", "--workers", str(workers),
-            "--shard-size", "60KB", "--no-progress"]
+    args = ["convert", release[0], dst, *layout, "--workers", str(workers), "--shard-size", "60KB", "--no-progress"]
     rc, _, err = cli(*args)                          # the uninterrupted reference, same command, same path
     assert rc == 0, err
     ref = str(tmp_path / "ref")

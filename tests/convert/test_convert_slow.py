@@ -34,8 +34,11 @@ def test_flash_shapes_round_trip_and_bounds(tmp_path):
     for n, ref in stored.items():
         if ref.dtype != np.float32 or ref.ndim != 2:
             continue
-        step = np.abs(ref).max(axis=1, keepdims=True) / (7 if ".experts." in n else 127)
-        kind_int = ".experts." in n or n.endswith(("wq_b.weight", "wo_b.weight")) or ".shared_experts." in n
+        if ".ffn.experts." in n:          # int4 per group of 32, searched clip: the relative error of the tensor
+            assert np.linalg.norm(w[n] - ref) / np.linalg.norm(ref) < 0.09, n
+            continue
+        step = np.abs(ref).max(axis=1, keepdims=True) / 127
+        kind_int = n.endswith(("wq_b.weight", "wo_b.weight")) or ".shared_experts." in n
         if kind_int:
             assert (np.abs(w[n] - ref) <= step * (0.5 + 1e-5) + 1e-30).all(), n
         else:
