@@ -16,7 +16,7 @@ import numpy as np
 
 from ascend_v4.checkpoint.safetensors_io import INDEX_NAME, SafeTensorFile
 from ascend_v4.checkpoint.values import value_problem
-from ascend_v4.config import ConfigError, ModelConfig
+from ascend_v4.config import ModelConfig
 
 from . import quantize as Q
 from .errors import ConvertError
