@@ -415,6 +415,10 @@ def _read_quantization(qc: Any, where: str, names: Dict[str, str]) -> Dict[str, 
     if qc is None:
         return {"dtype": "bf16"}
     _check_nested(qc, "quantization_config", where)
+    if qc.get("quant_method") == "ascend":
+        # `convert --layout serving` output (msModelSlim/vllm-ascend convention): the precision of each tensor is in
+        # quant_model_description.json and the converter's manifest; the geometry here is the release's.
+        return {"dtype": "bf16"}
     fixed = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
     for k, want in fixed.items():
         if k in qc and qc[k] != want:
