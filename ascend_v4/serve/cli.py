@@ -210,51 +210,5 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         click.echo(f"wrote {out_path}", err=True)
 
 
-# ------------------------------------------------------------------------------------------------ demo
-DEMO_PROMPT = "The quick brown fox"
-
-
-def demo_generate(cfg, weights, prompt: str = DEMO_PROMPT, max_new_tokens: int = 8, ckpt_dir: Optional[str] = None,
-                  seed: int = 0, speculative: bool = False) -> str:
-    """Greedy-generate a few tokens on a (demo) checkpoint and check every decode step against a full recompute
-    with the float64 NumPy golden model. Trains the demo tokenizer (written to ckpt_dir/tokenizer.json if given).
-    Returns the lines to print."""
-    from ..numpy_model import NumpyV4
-    from .engine import Engine
-    from .sampling import SamplingParams
-    from .tokenizer import train_demo_tokenizer
-
-    tok = None
-    if cfg.vocab_size >= 260:
-        tok = train_demo_tokenizer(cfg.vocab_size, os.path.join(ckpt_dir, "tokenizer.json") if ckpt_dir else None)
-        ids = np.asarray(tok.encode(prompt), np.int64)
-    else:
-        ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, 8)
-    max_len = 64
-    while max_len < ids.size + max_new_tokens:
-        max_len *= 2
-    eng = Engine(cfg, weights, max_batch=1, max_len=max_len, mtp=speculative)
-    gen = eng.generate([ids], max_new_tokens=max_new_tokens, sampling=SamplingParams(greedy=True, seed=seed),
-                       eos_id=None, speculative=speculative)
-    out = gen.row(0)
-    full = np.concatenate([ids, out[:-1]])[None]
-    ref = NumpyV4(cfg, weights).forward(full)["logits"][0, ids.size - 1:]
-    got = gen.logits[0, :out.size].astype(np.float64)
-    err = float(np.abs(got - ref).max())
-    rel = float(np.max(np.linalg.norm(got - ref, axis=-1) / np.linalg.norm(ref, axis=-1)))
-    agree = float(np.mean(np.argmax(ref, -1) == out))
-    st = gen.stats
-    text = tok.decode(out) if tok is not None else ""
-    lines = [f"generate: prompt {prompt!r} ({ids.size} tokens) -> {text!r} ids {out.tolist()}",
-             f"generate: prefill {st['prefill_tokens_per_s']:.0f} tok/s, decode {st['decode_tokens_per_s']:.1f} tok/s "
-             f"(graphs compiled in {sum(eng.compile_seconds.values()):.1f} s)",
-             f"decode vs full recompute (float64 golden) over {out.size} steps: max |dlogit| {err:.2e}, max rel L2 "
-             f"{rel:.2e}, argmax agreement {agree:.3f} -> {'PASS' if rel < 1e-4 and agree == 1.0 else 'FAIL'}"]
-    if speculative:
-        lines.append(f"MTP speculative decoding: draft acceptance {st['acceptance_rate']:.1%} "
-                     f"({st['accepted']}/{st['drafts']})")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":  # pragma: no cover
     generate()
