@@ -10,9 +10,9 @@ same Cells run in bf16, with mHC, router, compressor pooling and softmax kept in
 
 Incremental decoding runs through the same Cells (docs/design.md, "one code path"). Like the reference's
 `forward(x, start_pos)`, every Cell that reads context takes an optional cache: `cache=None` is the full forward
-over a whole sequence from position 0 (training, dumps); with a cache (`StepArgs`) the Cell processes T tokens per
-batch row at tensor positions pos0 .. pos0+nvalid-1, reading and writing the per-layer buffers in place — T = 1
-is a decode step, T = 2 a speculative verify step, T = C a prefill chunk. Projections, norms, RoPE, the
+over a whole sequence from position 0 (training, dumps); with a cache (`cache`, `ctx`, `step`: see "cached step"
+below) the Cell processes T tokens per batch row at tensor positions pos0 .. pos0+nvalid-1, reading and writing the
+per-layer buffers in place — T = 1 is a decode step, T = 2 a speculative verify step, T = C a prefill chunk. Projections, norms, RoPE, the
 attention op, the output projection, the MoE and the head are one code for both; only what the context is
 made of differs (a whole sequence vs. cache rows + this step's rows).
 """
@@ -141,7 +141,7 @@ _scatter_rows = ops.ScatterUpdate()
 _bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 
-# A cached step hands every Cell `cache` (the tuple of Parameters), `ctx` (per-step tensors from
+# Cached step: every Cell gets `cache` (the tuple of Parameters), `ctx` (per-step tensors from
 # Transformer.step_context: positions, RoPE multipliers, index lists, write plans) and `step`, a plain tuple of
 # constants (graph mode takes tuples, nested at most 6 deep):
 #   step = (max_len, ctx_cap, shadow, slots, experts)
@@ -411,7 +411,6 @@ class Indexer(nn.Cell):
         S = x.shape[1]
         q, w = self.queries(x, qr, cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1))
         k = self.compressor(x, cos, sin)
-        # Hadamard rotation of q and k is orthogonal, so without FP4 simulation it leaves q·k unchanged.
         return self._indexer(q, k, w, self.ratio, self.topk)
 
     def select(self, q, w, keys, vis, k):

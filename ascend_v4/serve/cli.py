@@ -28,6 +28,7 @@ class GenerateError(ValueError):
 
 
 from ..errors import friendly as _friendly  # noqa: E402  (the one `error:` + exit 2 contract)
+from .tokenizer import text_of  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -101,7 +102,7 @@ class _Streamer:
         if self.tok is None:
             click.echo(f"{token} ", nl=False)
             return
-        text = self.tok.decode(self.ids)
+        text = text_of(self.tok, self.ids)
         if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait for the next byte
             return
         if text.startswith(self.shown):
@@ -135,7 +136,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     compressed entries and the indexer keys; greedy or temperature/top-k/top-p sampling with a seed."""
     from ..config import load_config
     from .sampling import SamplingParams
-    from .tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer, prompt_ids
 
     # ---- everything cheap is checked before the model is loaded ----
     if not os.path.isdir(checkpoint):
@@ -157,7 +158,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         tok = load_tokenizer(checkpoint, tokenizer_path)
         rows = []
         for p in prompts:
-            ids = np.asarray(tok.encode(p), np.int64)
+            ids = np.asarray(prompt_ids(tok, p), np.int64)
             if ids.size == 0:
                 raise GenerateError(f"prompt {p!r} encodes to no tokens")
             if ids.max() >= cfg.vocab_size:
@@ -191,7 +192,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     elif not quiet:
         for i in range(len(rows)):
             ids = gen.row(i)
-            body = tok.decode(ids) if tok is not None else " ".join(str(int(t)) for t in ids)
+            body = text_of(tok, ids) if tok is not None else " ".join(str(int(t)) for t in ids)
             click.echo(f"[{i}] {body}")
     st = gen.stats
     msg = (f"generated {int(gen.lengths.sum())} tokens for {len(rows)} sequence(s) ({', '.join(sorted(set(gen.stop)))}); "
