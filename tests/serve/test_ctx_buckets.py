@@ -2,12 +2,13 @@
 full recompute's logits at every position.
 
 A step with context bucket ctx reads ctx // ratio compressed entries; while that is 0 the step reads no entry of a
-layer, yet its compressor must still take every token into its state (a bucket crossing later pools those tokens).
-The sequence (prompt 2, then decode to 24 tokens) completes the tiny config's first HCA block (ratio 16) and six
-CSA blocks (ratio 4) while the buckets grow 2, 4, 8, 16, 32. On the code before the fix the state of a compressor whose layer read no entry in a step was never
-written (0.02-0.09 relative logit error from position 16 on). One Engine serves every ctx_min: buckets are powers
-of two, so the graphs of the smaller ctx_min values serve the larger ones too, and the prompt goes through the
-same T = 1 graphs (prefill_chunk=1): six compiles in all.
+layer, yet its compressors must still take every token into their state (a bucket crossing later pools those
+tokens). The sequence (prompt 2, then decode to 24 tokens) completes the tiny config's first HCA block (ratio 16)
+and six CSA blocks (ratio 4) while the buckets grow 1, 2, 4, 8, 16, 32. On the code before the fix a compressor
+whose layer read no entry in a step never took that step's token (ctx_min=1: 0.16 relative logit error from
+position 3, the end of the first CSA block, up to 0.53). One Engine serves every ctx_min: buckets are powers of two,
+so the graphs of the smaller ctx_min values serve the larger ones too, and the prompt goes through the same T = 1
+graphs (prefill_chunk=1): six compiles in all.
 """
 import numpy as np
 import pytest
