@@ -254,10 +254,10 @@ def _demo_generate(cfg, weights, fallback_prompt, new_tokens: int) -> bool:
     import numpy as np
     from .numpy_model import NumpyV4
     from .serve import Engine, SamplingParams
-    from .serve.tokenizer import TokenizerError, train_demo_tokenizer
+    from .serve.tokenizer import TokenizerError, prompt_ids, train_demo_tokenizer
     try:
         tok = train_demo_tokenizer(cfg.vocab_size)
-        prompt = np.array(tok.encode("DeepSeek-V4 runs on Ascend"), np.int64)
+        prompt = np.array(prompt_ids(tok, "DeepSeek-V4 runs on Ascend"), np.int64)
     except TokenizerError:
         tok, prompt = None, np.asarray(fallback_prompt, np.int64)
     eng = Engine(cfg, weights, max_batch=1, max_len=max(64, 2 * (prompt.size + new_tokens)))

@@ -1,4 +1,4 @@
-"""DeepSeek-V4 as MindSpore Cells: one module per concept of the spec, parameters named as in the release.
+"""DeepSeek-V4 as MindSpore Cells: one module per concept, parameters named as in the release.
 
     embed -> 4 identical streams -> n_layers x Block(mHC[attn], mHC[MoE]) -> hc_head -> norm -> head
 
@@ -7,6 +7,14 @@ expert_ffn/moe_combine, compress_kv/lightning_indexer/sparse_attention); each Ce
 once at construction, so graph mode compiles whichever backend the registry chose for the device.
 On CPU the parameters are float32 (the reference backend); on Ascend pass param_dtype=ms.bfloat16 and the
 same Cells run in bf16, with mHC, router, compressor pooling and softmax kept in float32 like the reference.
+
+Incremental decoding runs through the same Cells (docs/design.md, "one code path"). Like the reference's
+`forward(x, start_pos)`, every Cell that reads context takes an optional cache: `cache=None` is the full forward
+over a whole sequence from position 0 (training, dumps); with a cache (`cache`, `ctx`, `step`: see "cached step"
+below) the Cell processes T tokens per batch row at tensor positions pos0 .. pos0+nvalid-1, reading and writing the
+per-layer buffers in place — T = 1 is a decode step, T = 2 a speculative verify step, T = C a prefill chunk. Projections, norms, RoPE, the
+attention op, the output projection, the MoE and the head are one code for both; only what the context is
+made of differs (a whole sequence vs. cache rows + this step's rows).
 """
 from __future__ import annotations
 
@@ -19,10 +27,14 @@ from mindspore.common.initializer import initializer
 
 from . import ops as v4ops
 from .config import ModelConfig
-from .ops.attention.composite import apply_rope, compressed_indices, window_indices
+from .ops.attention.composite import compressed_indices, window_indices
 from .ops.attention.rope import rope_table
-from .ops.common import linear, rms_norm
+from .ops.common import NEG_INF, linear, rms_norm
 from .ops.moe.layer import MoeExperts
+
+INT8_MAX = 127.0
+# CSA decode: attend through a -1-masked list over every readable entry (no gather) up to this many entries
+MASK_PATH_MAX = 512
 
 
 def _param(shape, dtype=ms.float32, init="zeros", requires_grad=True):
@@ -59,19 +71,181 @@ class Embedding(nn.Cell):
         return ops.gather(self.weight, ids, 0)
 
 
+# -------------------------------------------------------------------------------------------------- RoPE
+def pair_perm(width: int) -> np.ndarray:
+    """int32 [width]: each dim's pair partner (2i <-> 2i+1)."""
+    return np.arange(width).reshape(-1, 2)[:, ::-1].reshape(-1).astype(np.int32)
+
+
 class RopeTables:
-    """cos/sin constants [max_seq_len, rope_dim/2]: base 10000 without YaRN for SWA layers and MTP,
-    compress_rope_theta with YaRN for compressed layers (spec §4.1)."""
+    """Per position p, the RoPE multipliers of the interleaved pairs, doubled to the rope width:
+    cos2[p] = (c0, c0, c1, c1, ...), sin2[p] = (-s0, +s0, -s1, +s1, ...) [max_seq_len, rope_dim] float32.
+    `plain`: base rope_theta without YaRN (SWA layers, MTP); `yarn`: compress_rope_theta with YaRN (compressed
+    layers) — the reference's precompute_freqs_cis, one table per kind."""
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int):
-        plain = rope_table(max_seq_len, cfg.rope_head_dim, cfg.rope_theta)
-        yarn = rope_table(max_seq_len, cfg.rope_head_dim, cfg.compress_rope_theta, cfg.original_seq_len,
-                          cfg.rope_factor, cfg.beta_fast, cfg.beta_slow)
-        self.plain = tuple(Tensor(t.astype(np.float32)) for t in plain)
-        self.yarn = tuple(Tensor(t.astype(np.float32)) for t in yarn)
+        self.plain = self._doubled(rope_table(max_seq_len, cfg.rope_head_dim, cfg.rope_theta))
+        self.yarn = self._doubled(rope_table(max_seq_len, cfg.rope_head_dim, cfg.compress_rope_theta,
+                                             cfg.original_seq_len, cfg.rope_factor, cfg.beta_fast, cfg.beta_slow))
+
+    @staticmethod
+    def _doubled(cs):
+        c2 = np.repeat(np.asarray(cs[0], np.float32), 2, -1)
+        s2 = np.repeat(np.asarray(cs[1], np.float32), 2, -1)
+        s2[..., 0::2] *= -1.0
+        return Tensor(c2), Tensor(s2)
 
     def for_ratio(self, ratio: int):
         return self.yarn if ratio else self.plain
+
+
+class Rope(nn.Cell):
+    """The reference's apply_rotary_emb on the last rope_dim dims of x [..., dim]:
+    rot = x·cos2 + pairswap(x)·sin2, i.e. (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ.
+    cos/sin are rope_dim wide (RoPE slice rotated and concatenated back) or dim wide with ones / zeros on the
+    non-RoPE dims (from `full_width`: the whole row in 4 kernels, what a decode step of many tiny kernels wants)."""
+
+    def __init__(self, dim: int, rope_dim: int):
+        super().__init__()
+        self.perm_rd = Tensor(pair_perm(rope_dim))
+        self.perm_full = Tensor(pair_perm(dim))
+
+    def construct(self, x, cos, sin, inverse=False):
+        d, w = x.shape[-1], cos.shape[-1]
+        if w == d:
+            sw = ops.gather(x, self.perm_full, x.ndim - 1)
+            return x * cos - sw * sin if inverse else x * cos + sw * sin
+        r = x[..., d - w:]
+        sw = ops.gather(r, self.perm_rd, r.ndim - 1)
+        rot = r * cos - sw * sin if inverse else r * cos + sw * sin
+        return ops.concat([x[..., :d - w], rot], -1)
+
+
+def full_width(cos, sin, width):
+    """rope_dim-wide multipliers -> width-wide ones for Rope (1 / 0 on the width - rope_dim non-RoPE dims)."""
+    lead = cos.shape[:-1] + (width - cos.shape[-1],)
+    return (ops.concat([ops.ones(lead, ms.float32), cos], -1), ops.concat([ops.zeros(lead, ms.float32), sin], -1))
+
+
+def table_at(tab, P):
+    """Table rows at positions P (any int32 shape) -> P.shape + [width]."""
+    flat = ops.clip(P.reshape(-1), 0, tab.shape[0] - 1)
+    return ops.gather(tab, flat, 0).reshape(P.shape + (tab.shape[-1],))
+
+
+# -------------------------------------------------------------------------------------------- cache rows
+# The serving cache (ascend_v4/serve/cache.py, CacheLayout) is a tuple of Parameters, each stored 2-D
+# [B·R, width] (row r of sequence b at b·R + r): ScatterUpdate writes rows in place in O(rows written).
+# A KV buffer is one float32 buffer, or in INT8 mode three: int8 non-RoPE dims, float32 RoPE dims, float32 scale.
+_scatter_rows = ops.ScatterUpdate()
+_bmm_nt = ops.BatchMatMul(transpose_b=True)
+
+
+# Cached step: every Cell gets `cache` (the tuple of Parameters), `ctx` (per-step tensors from
+# Transformer.step_context: positions, RoPE multipliers, index lists, write plans) and `step`, a plain tuple of
+# constants (graph mode takes tuples, nested at most 6 deep):
+#   step = (max_len, ctx_cap, shadow, slots, experts)
+#   max_len  cache capacity in tokens; ctx_cap the context bucket (a step reads ctx_cap // ratio entries)
+#   shadow   also write the compressor state as of each row's second-to-last token (speculative verify)
+#   slots    per block (main layers, then MTP): (window KV ids, entries KV ids, (ckv, csc, ckv_sh, csc_sh),
+#            (ikey, ikv, isc, ikv_sh, isc_sh), index of the block's ratio in ctx) — flat cache ids, () / -1 absent
+#   experts  per block the pre-stacked routed experts (w1, w2, w3), or None
+
+
+def flat_rows(idx, R):
+    """idx [B, K] rows of each sequence -> [B·K] rows of a [B·R, w] buffer."""
+    B = idx.shape[0]
+    return (idx + ops.arange(B, dtype=ms.int32).reshape(B, 1) * R).reshape(-1)
+
+
+def gather_rows(buf, R, idx):
+    """buf [B·R, w], idx [B, K] -> [B, K, w]."""
+    return ops.gather(buf, flat_rows(idx, R), 0).reshape(idx.shape[0], idx.shape[1], -1)
+
+
+def take_rows(x, idx):
+    """x [B, N, ...], idx [B, K] int32 in [0, N) -> x[b, idx[b, k]] as [B, K, ...]."""
+    B, N = x.shape[0], x.shape[1]
+    tail = x.shape[2:]
+    flat = (idx + ops.arange(B, dtype=ms.int32).reshape(B, 1) * N).reshape(-1)
+    return ops.gather(x.reshape((B * N,) + tail), flat, 0).reshape((B, idx.shape[1]) + tail)
+
+
+def prefix_rows(buf, B, R, n):
+    """The first n rows of each sequence -> [B, n, w] (the whole buffer as a view when n == R)."""
+    if n == R:
+        return buf.reshape(B, R, -1)
+    return gather_rows(buf, R, ops.broadcast_to(ops.arange(n, dtype=ms.int32).reshape(1, n), (B, n)))
+
+
+def kv_quant(x, nope):
+    """[..., hd] float32 -> (int8 [..., nope], rope float32 [..., hd-nope], scale float32 [..., 1] = amax / 127)."""
+    head = x[..., :nope]
+    amax = ops.amax(ops.abs(head), -1, True)
+    scale = ops.maximum(amax, ops.full_like(amax, 1e-12)) / INT8_MAX
+    q = ops.clamp(ops.round(head / scale), -INT8_MAX, INT8_MAX)
+    return ops.cast(q, ms.int8), x[..., nope:], scale
+
+
+def kv_dequant(q, rope, scale):
+    return ops.concat([ops.cast(q, ms.float32) * scale, rope], -1)
+
+
+def kv_fake_quant(x, ids, nope):
+    """What a KV row reads back as from buffers `ids` (identity for a float32 cache)."""
+    if len(ids) == 3:
+        q, r, s = kv_quant(x, nope)
+        return kv_dequant(q, r, s)
+    return x
+
+
+def kv_buffers(cache, ids):
+    """The Parameters of a KV buffer (one, or three in INT8 mode)."""
+    if len(ids) == 3:
+        return (cache[ids[0]], cache[ids[1]], cache[ids[2]])
+    return (cache[ids[0]],)
+
+
+def kv_read(bufs, B, R, n):
+    """First n rows per sequence of a KV buffer (cache entries or a scatter's result) -> [B, n, hd] float32."""
+    if len(bufs) == 3:
+        return kv_dequant(prefix_rows(bufs[0], B, R, n), prefix_rows(bufs[1], B, R, n), prefix_rows(bufs[2], B, R, n))
+    return prefix_rows(bufs[0], B, R, n)
+
+
+def kv_gather(bufs, R, idx):
+    if len(bufs) == 3:
+        return kv_dequant(gather_rows(bufs[0], R, idx), gather_rows(bufs[1], R, idx), gather_rows(bufs[2], R, idx))
+    return gather_rows(bufs[0], R, idx)
+
+
+def kv_assign(cache, ids, value, nope):
+    """value [B, R, hd] -> the whole buffer."""
+    rows = value.shape[0] * value.shape[1]
+    if len(ids) == 3:
+        q, r, s = kv_quant(value, nope)
+        ops.assign(cache[ids[0]], q.reshape(rows, -1))
+        ops.assign(cache[ids[1]], r.reshape(rows, -1))
+        ops.assign(cache[ids[2]], s.reshape(rows, -1))
+    else:
+        ops.assign(cache[ids[0]], value.reshape(rows, -1))
+
+
+def kv_scatter(cache, ids, flat, value, nope):
+    """flat [K] buffer rows, value [K, hd] -> the updated buffers (in place, O(K)). Reads through the returned
+    tuple are ordered after the write (a read of the raw Parameter is not)."""
+    if len(ids) == 3:
+        q, r, s = kv_quant(value, nope)
+        return (_scatter_rows(cache[ids[0]], flat, q), _scatter_rows(cache[ids[1]], flat, r),
+                _scatter_rows(cache[ids[2]], flat, s))
+    return (_scatter_rows(cache[ids[0]], flat, value),)
+
+
+def after(x, bufs):
+    """x, ordered after every write in bufs (a write nobody reads would otherwise be pruned from the graph)."""
+    for b in bufs:
+        x = ops.depend(x, b)
+    return x
 
 
 # --------------------------------------------------------------------------------------------- attention
@@ -88,7 +262,12 @@ def _same_doc(idx, seg, key_seg_first, key_seg_last):
 
 class Compressor(nn.Cell):
     """Gated softmax pooling of `ratio` tokens into one entry (overlapping windows when ratio == 4), RMSNorm,
-    RoPE at the block's first position (spec §4.2)."""
+    RoPE at the block's first position (the reference's Compressor; docs/design.md, "compressor").
+
+    Full forward: every complete block of the sequence through the compress_kv op. Cached step (`step`): the
+    reference's decode form with tensor positions — the state holds position a in slot a mod coff·r (overlap: the
+    previous and the current block), kv 0 / score -1e30 at sequence start, nothing ever shifts; each block whose
+    last token falls inside the step is pooled and written to its entry row."""
 
     def __init__(self, cfg: ModelConfig, ratio: int, head_dim: int, dtype=ms.float32):
         super().__init__()
@@ -96,18 +275,117 @@ class Compressor(nn.Cell):
         self.overlap = ratio == 4
         coff = 2 if self.overlap else 1
         self.eps = cfg.norm_eps
+        self.head_dim, self.nope = head_dim, head_dim - cfg.rope_head_dim
+        self.tab = 0 if head_dim == cfg.head_dim else 1        # which width of a decode step's RoPE multipliers
         self.wkv = Linear(cfg.dim, coff * head_dim, dtype)
         self.wgate = Linear(cfg.dim, coff * head_dim, dtype)
         self.ape = _param((ratio, coff * head_dim))
         self.norm = RMSNorm(head_dim, cfg.norm_eps, dtype)
+        self.rope = Rope(head_dim, cfg.rope_head_dim)
         self._compress = v4ops.resolve("compress_kv").fn
 
     def construct(self, x, cos, sin):
         n = x.shape[1] // self.ratio
         c = self._compress(x, self.wkv.weight, self.wgate.weight, self.ape, self.norm.weight, self.ratio,
                            self.overlap, self.eps)
-        return apply_rope(c, cos[:n * self.ratio:self.ratio].reshape(1, n, -1),
-                          sin[:n * self.ratio:self.ratio].reshape(1, n, -1))
+        return self.rope(c, cos[:n * self.ratio:self.ratio].reshape(1, n, -1),
+                         sin[:n * self.ratio:self.ratio].reshape(1, n, -1))
+
+    def pool(self, kv, score, axis):
+        """Softmax over the block's slots per channel, weighted sum, RMSNorm (compress_kv's pooling, on state)."""
+        return rms_norm(ops.sum(kv * ops.softmax(score, axis), axis), ops.cast(self.norm.weight, ms.float32),
+                        self.eps)
+
+    def step(self, x, cache, ctx, step, st, ent_ids, plan):
+        """Feed this step's tokens: write the entries of every block completed inside the valid tokens and the new
+        state, in place. st = cache ids (kv state, score state, kv shadow, score shadow); ent_ids = the entry
+        buffer's ids; plan = this ratio's decode plan from step_context. -> the updated entry buffers."""
+        max_len, shadow = step[0], step[2]
+        P, last = ctx[0], ctx[1]
+        pos0 = P[:, 0]
+        r, B, T, c = self.ratio, x.shape[0], x.shape[1], self.head_dim
+        coff = 2 if self.overlap else 1
+        n_s = coff * r
+        xf = ops.cast(x, ms.float32)
+        kvp = linear(xf, ops.cast(self.wkv.weight, ms.float32))
+        scp = linear(xf, ops.cast(self.wgate.weight, ms.float32)) + ops.gather(
+            ops.cast(self.ape, ms.float32), (P % r).reshape(-1), 0).reshape(B, T, coff * c)
+        if T == 1 and not shadow:
+            return self._step1(cache, st, ent_ids, kvp, scp, plan)
+        kv_state = cache[st[0]].reshape(B, n_s + 1, -1)
+        sc_state = cache[st[1]].reshape(B, n_s + 1, -1)
+        E_kv = ops.concat([kv_state, kvp], 1)                     # [B, n_s + 1 + T, coff·c]
+        E_sc = ops.concat([sc_state, scp], 1)
+        n_e = n_s + 1 + T
+        p0 = pos0.reshape(-1, 1)
+
+        def row_of(a):
+            """positions a [B, K] -> rows of E: this step's rows for a >= pos0, else the state slot (which still
+            holds a: every position read is among the n_s before pos0; a < 0 finds a never-written slot)."""
+            return ops.clip(ops.where(a >= p0, n_s + 1 + (a - p0), a % n_s), 0, n_e - 1)
+
+        # blocks ending inside this step
+        M = (T + r - 1) // r
+        blk = p0 // r + ops.arange(M, dtype=ms.int32).reshape(1, M)                            # [B, M]
+        emit = blk * r + (r - 1) <= last.reshape(-1, 1)
+        u = ops.arange(r, dtype=ms.int32).reshape(1, 1, r)
+        a_cur = (ops.expand_dims(blk, -1) * r + u).reshape(B, M * r)
+        cur_kv = take_rows(E_kv, row_of(a_cur)).reshape(B, M, r, coff * c)
+        cur_sc = take_rows(E_sc, row_of(a_cur)).reshape(B, M, r, coff * c)
+        if self.overlap:
+            a_prev = a_cur - r
+            prev_kv = take_rows(E_kv, row_of(a_prev)).reshape(B, M, r, coff * c)
+            prev_sc = take_rows(E_sc, row_of(a_prev)).reshape(B, M, r, coff * c)
+            pool_kv = ops.concat([prev_kv[..., :c], cur_kv[..., c:]], 2)
+            pool_sc = ops.concat([prev_sc[..., :c], cur_sc[..., c:]], 2)
+        else:
+            pool_kv, pool_sc = cur_kv, cur_sc
+        yc, ys = ctx[6]
+        pos_e = blk * r                                                                      # block's first token
+        ent = self.pool(pool_kv, pool_sc, 2)                                                 # [B, M, c]
+        ent = self.rope(ent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), c))
+        nmax = max_len // r
+        row = ops.where(emit, blk, ops.full_like(blk, nmax))                  # non-ending blocks -> scratch row
+        bufs = kv_scatter(cache, ent_ids, flat_rows(row, nmax + 1), ent.reshape(B * M, c), self.nope)
+        # the new state: slot s keeps the latest position <= last congruent to s
+        rows = B * (n_s + 1)
+        if shadow:
+            ops.assign(cache[st[2]], self._state_after(kv_state, kvp, last - 1, p0, n_s).reshape(rows, -1))
+            ops.assign(cache[st[3]], self._state_after(sc_state, scp, last - 1, p0, n_s).reshape(rows, -1))
+        ops.assign(cache[st[0]], self._state_after(kv_state, kvp, last, p0, n_s).reshape(rows, -1))
+        ops.assign(cache[st[1]], self._state_after(sc_state, scp, last, p0, n_s).reshape(rows, -1))
+        return bufs
+
+    @staticmethod
+    def _state_after(state, new, last, p0, n_s):
+        """state [B, n_s + 1, w], new [B, T, w] -> the state holding, per slot, the latest position <= last."""
+        T = new.shape[1]
+        L = last.reshape(-1, 1)
+        s = ops.arange(n_s, dtype=ms.int32).reshape(1, n_s)
+        a = L - ((L - s) % n_s)
+        use = ops.expand_dims(a >= p0, -1)
+        j = ops.clip(a - p0, 0, T - 1)
+        return ops.concat([ops.where(use, take_rows(new, j), state[:, :n_s]), state[:, n_s:]], 1)
+
+    def _step1(self, cache, st, ent_ids, kvp, scp, plan):
+        """T == 1 (decode): the token into slot p mod n_s in place; pool the block that p would end (its entry goes
+        to the scratch row unless p ends it: pooling every step measured cheaper than graph control flow on "any
+        row emits"). Same state and entries as the general path."""
+        r, B, c = self.ratio, kvp.shape[0], self.head_dim
+        slot_idx, cur_rows, prev_rows, index, c_hd, s_hd, c_di, s_di = plan[0] if self.overlap else plan[1]
+        fkv = _scatter_rows(cache[st[0]], slot_idx, kvp.reshape(B, -1))        # [B·(n_s+1), coff·c]
+        fsc = _scatter_rows(cache[st[1]], slot_idx, scp.reshape(B, -1))
+        if self.overlap:
+            pool_kv = ops.concat([ops.gather(fkv, prev_rows, 0).reshape(B, r, -1)[..., :c],
+                                  ops.gather(fkv, cur_rows, 0).reshape(B, r, -1)[..., c:]], 1)
+            pool_sc = ops.concat([ops.gather(fsc, prev_rows, 0).reshape(B, r, -1)[..., :c],
+                                  ops.gather(fsc, cur_rows, 0).reshape(B, r, -1)[..., c:]], 1)
+        else:
+            pool_kv = ops.gather(fkv, cur_rows, 0).reshape(B, r, c)
+            pool_sc = ops.gather(fsc, cur_rows, 0).reshape(B, r, c)
+        ent = self.pool(pool_kv, pool_sc, 1)                                                 # [B, c]
+        ent = self.rope(ent, c_hd, s_hd) if self.tab == 0 else self.rope(ent, c_di, s_di)
+        return kv_scatter(cache, ent_ids, index, ent, self.nope)
 
 
 class Indexer(nn.Cell):
@@ -119,22 +397,64 @@ class Indexer(nn.Cell):
         self.wq_b = Linear(cfg.q_lora_rank, cfg.index_n_heads * cfg.index_head_dim, dtype)
         self.weights_proj = Linear(cfg.dim, cfg.index_n_heads, dtype)
         self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
+        self.rope = Rope(cfg.index_head_dim, cfg.rope_head_dim)
         self.weight_scale = float(cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5)
         self._indexer = v4ops.resolve("lightning_indexer").fn
 
-    def construct(self, x, qr, cos, sin):
+    def queries(self, x, qr, cos, sin):
+        """-> (index queries [B, S, H, d] RoPE'd, head weights [B, S, H])."""
         B, S = x.shape[0], x.shape[1]
-        q = self.wq_b(qr).reshape(B, S, self.n_heads, self.head_dim)
-        q = apply_rope(q, cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1))
+        q = self.rope(self.wq_b(qr).reshape(B, S, self.n_heads, self.head_dim), cos, sin)
+        return q, self.weights_proj(x) * self.weight_scale
+
+    def construct(self, x, qr, cos, sin):
+        S = x.shape[1]
+        q, w = self.queries(x, qr, cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1))
         k = self.compressor(x, cos, sin)
-        # Hadamard rotation of q and k is orthogonal, so without FP4 simulation it leaves q·k unchanged.
-        w = self.weights_proj(x) * self.weight_scale
         return self._indexer(q, k, w, self.ratio, self.topk)
+
+    def select(self, q, w, keys, vis, k):
+        """Cached step: the same score and selection with tensor visibility (entries < vis [B, T] are visible)
+        over keys [B, N, d] -> bool [B, T, N], True on the top-k visible entries (ties to the lower id)."""
+        B, T = q.shape[0], q.shape[1]
+        s = ops.relu(_bmm_nt(ops.cast(q, ms.float32).reshape(B, T * self.n_heads, self.head_dim),
+                             keys)).reshape(B, T, self.n_heads, -1)
+        score = ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2)                 # [B, T, N]
+        return select_mask(ops.stop_gradient(score), vis, k)
+
+
+def select_mask(score, vis, k):
+    """score [B,T,N], vis [B,T] (entries < vis are visible) -> bool [B,T,N]: the top-k visible entries, exactly the
+    lightning_indexer op's set (everything above the k-th value, then the lowest ids among those equal to it)."""
+    N = score.shape[-1]
+    ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
+    visible = ent < ops.expand_dims(vis, -1)
+    score = ops.where(visible, score, ops.full_like(score, NEG_INF))
+    kth = ops.topk(score, k)[0][..., k - 1:k]
+    above = score > kth
+    tied = score == kth
+    room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
+    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
+    return ops.logical_and(take, visible)
+
+
+def mask_to_ids(take, k):
+    """bool [B,T,N] with <= k True -> [B,T,k] their ids (ascending), -1 padded."""
+    N = take.shape[-1]
+    ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
+    key = ops.cast(ops.where(take, ent, ent + N), ms.float32)
+    _, idx = ops.topk(-key, k)
+    idx = ops.cast(idx, ms.int32)
+    return ops.where(ops.gather_elements(take, -1, idx), idx, -ops.ones_like(idx))
 
 
 class Attention(nn.Cell):
     """Shared-KV MQA over a 128-token window plus compressed entries (CSA: indexer top-k, HCA: all visible),
-    attention sink, inverse RoPE on the output and the grouped low-rank output projection (spec §4).
+    attention sink, inverse RoPE on the output and the grouped low-rank output projection (the reference's
+    Attention; docs/design.md).
+
+    construct(x, cos, sin, seg) is the full forward; step(x, cache, step, slots) the cached step (same projections,
+    same op, same output; the context is [window ring | this step's kv | entries] read from the cache).
 
     Tensor parallel (`parallel.tp` > 1): this rank holds n_heads/tp query heads (wq_b rows, attn_sink) and
     o_groups/tp output groups (wo_a rows, wo_b columns); the shared KV head, compressor and indexer are replicated.
@@ -146,6 +466,7 @@ class Attention(nn.Cell):
         tp = parallel.tp if parallel is not None else 1
         self.tp = tp
         self.n_heads, self.head_dim, self.rope_dim = cfg.n_heads // tp, cfg.head_dim, cfg.rope_head_dim
+        self.nope = cfg.head_dim - cfg.rope_head_dim
         self.window = cfg.window_size
         self.ratio = cfg.ratio(layer_id)
         self.n_groups, self.o_lora_rank = cfg.o_groups // tp, cfg.o_lora_rank
@@ -159,6 +480,7 @@ class Attention(nn.Cell):
         self.kv_norm = RMSNorm(cfg.head_dim, cfg.norm_eps, dtype)
         self.wo_a = Linear(cfg.n_heads * cfg.head_dim // cfg.o_groups, self.n_groups * cfg.o_lora_rank, dtype)
         self.wo_b = Linear(self.n_groups * cfg.o_lora_rank, cfg.dim, dtype)
+        self.rope = Rope(cfg.head_dim, cfg.rope_head_dim)
         if tp > 1:
             from .parallel import CopyToTensorParallel, ReduceFromTensorParallel
             self.tp_in_q = CopyToTensorParallel(parallel)
@@ -171,16 +493,21 @@ class Attention(nn.Cell):
             self.indexer = Indexer(cfg, self.ratio, dtype)
         self._attend = v4ops.resolve("sparse_attention").fn
         self._attend_hca = v4ops.resolve("hca_attention").fn
+        self._eye = Tensor(np.eye(self.n_groups, dtype=np.float32).reshape(1, self.n_groups, self.n_groups, 1))
+
+    def _qkv(self, x, cos, sin, cos_h, sin_h):
+        """-> (query latent qr, queries [B, S, H, hd] with the weightless per-head norm, kv [B, S, hd]), RoPE'd."""
+        B, S = x.shape[0], x.shape[1]
+        qr = self.q_norm(self.wq_a(x))
+        q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
+        q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
+        return qr, self.rope(q, cos_h, sin_h), self.rope(self.kv_norm(self.wkv(x)), cos, sin)
 
     def construct(self, x, cos, sin, seg=None):
         """seg: optional [B, S] document ids of a packed row; queries then see only their own document."""
         B, S = x.shape[0], x.shape[1]
         cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
-        qr = self.q_norm(self.wq_a(x))
-        q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
-        q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
-        q = apply_rope(q, cs, sn)
-        kv = apply_rope(self.kv_norm(self.wkv(x)), cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1))
+        qr, q, kv = self._qkv(x, cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1), cs, sn)
         win_idx = ops.broadcast_to(ops.expand_dims(window_indices(S, self.window), 0), (B, S, min(S, self.window)))
         if seg is not None:
             win_idx = _same_doc(win_idx, seg, seg, seg)
@@ -192,7 +519,7 @@ class Attention(nn.Cell):
             if self.tp > 1:
                 kv = self.tp_in_kv(kv)
             o = self._attend_hca(q, kv, self.attn_sink, win_idx, self.ratio, self.scale)
-            return self._output(o, cs, sn, B, S)
+            return self._output(o, cs, sn)
         if self.ratio and S >= self.ratio:
             entries = self.compressor(x, cos, sin)
             if self.has_indexer:
@@ -213,17 +540,91 @@ class Attention(nn.Cell):
         if self.tp > 1:
             kv = self.tp_in_kv(kv)
         o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
-        return self._output(o, cs, sn, B, S)
+        return self._output(o, cs, sn)
 
-    def _output(self, o, cs, sn, B, S):
-        o = apply_rope(o, cs, sn, True)                                    # back to relative position
-        # grouped low-rank output: per group g, [B*S, heads/g*hd] x wo_a[g]ᵀ -> [B*S, r]
-        o = o.reshape(B * S, self.n_groups, -1).swapaxes(0, 1)
-        wo_a = ops.cast(self.wo_a.weight, o.dtype).reshape(self.n_groups, self.o_lora_rank, -1)
-        o = ops.bmm(o, wo_a.swapaxes(1, 2)).swapaxes(0, 1).reshape(B, S, -1)
+    def _output(self, o, cos_h, sin_h):
+        B, S = o.shape[0], o.shape[1]
+        G, R = self.n_groups, self.o_lora_rank
+        o = self.rope(o, cos_h, sin_h, True)                               # back to relative position
+        if S <= 2 and G <= 4:
+            # decode: one MatMul against the unreshaped [G·R, in] weight, keep each group's own block (G x the MACs
+            # of a few rows, but no per-step copy of the reshaped weight, which a CPU reshape of a Parameter makes)
+            full = linear(o.reshape(B * S * G, -1), ops.cast(self.wo_a.weight, o.dtype)).reshape(B * S, G, G, R)
+            o = ops.sum(full * self._eye, 2).reshape(B, S, G * R)
+        else:
+            # grouped low-rank output: per group g, [B*S, heads/g*hd] x wo_a[g]ᵀ -> [B*S, r]
+            o = o.reshape(B * S, G, -1).swapaxes(0, 1)
+            wo_a = ops.cast(self.wo_a.weight, o.dtype).reshape(G, R, -1)
+            o = ops.bmm(o, wo_a.swapaxes(1, 2)).swapaxes(0, 1).reshape(B, S, -1)
         if self.tp > 1:
             return self.tp_out(self.wo_b(o))
         return self.wo_b(o)
+
+    def step(self, x, cache, ctx, step, slots):
+        """Cached step over T tokens per row (positions from step_context): attend over [window ring | this
+        step's kv | entries], then write this step's kv into the ring and new entries / state in place."""
+        max_len, ctx_cap = step[0], step[1]
+        tabs, win_idx, ring_plan, per_ratio = ctx[2], ctx[3], ctx[4], ctx[5]
+        B, T, W = x.shape[0], x.shape[1], self.window
+        win_ids, ent_ids, st, ist, r_i = slots
+        C, S, Ci, Si, C4, S4, Ci4, Si4 = tabs[1 if self.ratio else 0]    # (kv, index width) x (rows, heads)
+        qr, q, kv = self._qkv(x, C, S, C4, S4)
+        kv = kv_fake_quant(kv, win_ids, self.nope)                        # what the ring will read back
+        ring = kv_read(kv_buffers(cache, win_ids), B, W + 1, W + 1)
+        kv_all = ops.concat([ring, kv], 1)
+        cmp_idx = None
+        writes = ()
+        if self.ratio:
+            vis, plan = per_ratio[r_i]                                     # vis [B, T]: visible entries per query
+            ent = self.compressor.step(x, cache, ctx, step, st, ent_ids, plan)
+            writes = ent
+            nmax = max_len // self.ratio
+            kcap = min(ctx_cap, max_len) // self.ratio                     # entries the context bucket can hold
+            # rows read: the whole buffer when the bucket covers it (the scratch row is never visible): no copy
+            ncap = nmax + 1 if kcap == nmax else kcap
+            base = W + 1 + T
+            e = ops.arange(ncap, dtype=ms.int32).reshape(1, 1, ncap)
+            if self.has_indexer:
+                idx = self.indexer
+                keys = idx.compressor.step(x, cache, ctx, step, ist[1:], (ist[0],), plan)
+                writes = writes + keys
+                if kcap > 0:
+                    qi, wi = idx.queries(x, qr, Ci4, Si4)
+                    k = min(idx.topk, kcap)
+                    take = idx.select(qi, wi, prefix_rows(keys[0], B, nmax + 1, ncap), vis, k)   # [B, T, ncap]
+                    if T <= 2 and ncap <= MASK_PATH_MAX:
+                        # short-context decode: the picked set as a -1-masked list over all entries (no gather)
+                        kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
+                        cmp_idx = ops.where(take, e + base, -ops.ones((B, T, ncap), ms.int32))
+                    elif T * k <= ncap:
+                        # long-context decode: gather only the picked rows
+                        sel = mask_to_ids(take, k)
+                        picked = kv_gather(ent, nmax + 1, ops.clip(sel, 0, ncap - 1).reshape(B, T * k))
+                        kv_all = ops.concat([kv_all, picked], 1)
+                        slot = base + ops.arange(T * k, dtype=ms.int32).reshape(1, T, k)
+                        cmp_idx = ops.where(sel >= 0, ops.broadcast_to(slot, (B, T, k)), -ops.ones_like(sel))
+                    else:
+                        kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
+                        sel = mask_to_ids(take, k)
+                        cmp_idx = ops.where(sel >= 0, sel + base, -ops.ones_like(sel))
+            elif kcap > 0:
+                kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
+                cmp_idx = ops.where(e < ops.expand_dims(vis, -1), e + base, -ops.ones((B, T, ncap), ms.int32))
+        o = self._attend(q, kv_all, self.attn_sink, win_idx, cmp_idx, self.scale)
+        # a bucket with no readable entry still feeds every token to the compressors (their state must advance)
+        o = after(o, writes)
+        self._ring_update(cache, win_ids, ring, kv, ring_plan, o)
+        return self._output(o, C4, S4)
+
+    def _ring_update(self, cache, ids, ring, kv, plan, done):
+        """Each ring slot keeps its latest valid position. The write waits for `done` (the attention output), so no
+        read of the old ring can see the new one."""
+        B, T, W = kv.shape[0], kv.shape[1], self.window
+        if T == 1:              # in place: one row per sequence
+            kv_scatter(cache, ids, plan[0], ops.depend(kv.reshape(B, -1), done), self.nope)
+        else:
+            new = ops.where(plan[0], take_rows(kv, plan[1]), ring[:, :W])
+            kv_assign(cache, ids, ops.depend(ops.concat([new, ring[:, W:]], 1), done), self.nope)
 
 
 # --------------------------------------------------------------------------------------------------- MoE
@@ -281,7 +682,7 @@ class ExpertList(nn.CellList):
 
 
 class MoE(nn.Cell):
-    """1 shared + n_routed experts, top-k routed (spec §5), through ops/moe/layer.py's MoeExperts:
+    """1 shared + n_routed experts, top-k routed (the reference's MoE / Gate), through ops/moe/layer.py's MoeExperts:
     moe_init_routing -> grouped expert FFN -> moe_finalize_routing (+ the shared expert's output).
 
     capacity_factor None = dropless: rows sorted by expert, no [E, T, D] padding (inference, and training by
@@ -348,14 +749,15 @@ class MoE(nn.Cell):
     def construct(self, x, input_ids):
         return self.forward_stats(x, input_ids)[0]
 
-    def forward_stats(self, x, input_ids):
+    def forward_stats(self, x, input_ids, experts=None):
         """-> (y, affinities s [T, E] before bias, selected expert ids [T, k], dropped assignments (int32)): what
         the balance loss, the aux-loss-free bias update and the overflow report need. Graph mode prunes the
-        extras when the caller drops them."""
+        extras when the caller drops them. experts: the routed experts pre-stacked (w1, w2, w3) — serving keeps
+        one stacked copy instead of stacking every expert weight on every call."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         weights, ids = self.gate(x, input_ids)
-        w1, w2, w3 = self._stacked(x.dtype)
+        w1, w2, w3 = self._stacked(x.dtype) if experts is None else experts
         xe, we = x, weights
         if self.tp > 1:
             xe, we = self.tp_in_x(x), self.tp_in_w(weights)
@@ -368,7 +770,8 @@ class MoE(nn.Cell):
 
 # ----------------------------------------------------------------------------------------- blocks & model
 class Block(nn.Cell):
-    """Two mHC-wrapped sublayers: attention then MoE. The residual path is entirely comb (spec §2-3)."""
+    """Two mHC-wrapped sublayers: attention then MoE. The residual path is entirely comb (the reference's
+    Block.hc_pre / hc_post; docs/design.md, "mHC")."""
 
     def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32, moe_capacity_factor: Optional[float] = None,
                  parallel=None):
@@ -389,14 +792,21 @@ class Block(nn.Cell):
     def construct(self, h, input_ids, cos, sin, seg=None):
         return self.forward_stats(h, input_ids, cos, sin, seg)[0]
 
-    def forward_stats(self, h, input_ids, cos, sin, seg=None):
-        """-> (streams, router affinities [T, E], expert ids [T, k], dropped expert assignments)."""
+    def forward_stats(self, h, input_ids, cos, sin, seg=None, cache=None, ctx=None, step=None):
+        """-> (streams, router affinities [T, E], expert ids [T, k], dropped expert assignments).
+        Full forward (cache None, cos/sin the block's RoPE tables) or a cached step (cache, ctx, step; see above)."""
         x, post, comb = self._hc_pre(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
-        h = self._hc_post(self.attn(self.attn_norm(x), cos, sin, seg), h, post, comb)
+        if cache is None:
+            a = self.attn(self.attn_norm(x), cos, sin, seg)
+            experts = None
+        else:
+            a = self.attn.step(self.attn_norm(x), cache, ctx, step, step[3][self.layer_id])
+            experts = None if step[4] is None else step[4][self.layer_id]
+        h = self._hc_post(a, h, post, comb)
         x, post, comb = self._hc_pre(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
-        f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(x), input_ids)
+        f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(x), input_ids, experts)
         return self._hc_post(f, h, post, comb), aff, ids, dropped
 
 
@@ -415,7 +825,7 @@ class HcHead(nn.Cell):
 
 class MTPBlock(Block):
     """Multi-token prediction: a full (SWA-only, non-hash) block fed with enorm(embed(next ids)) and
-    hnorm(main streams); shares the main model's embedding and head (spec §6)."""
+    hnorm(main streams); shares the main model's embedding and head (the reference's MTPBlock)."""
 
     def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32, moe_capacity_factor: Optional[float] = None,
                  parallel=None):
@@ -429,9 +839,9 @@ class MTPBlock(Block):
         self.hc_head_base = _param((cfg.hc_mult,))
         self.hc_head_scale = _param((1,))
 
-    def mtp_streams(self, h_main, e_next, input_ids, cos, sin, seg=None):
+    def mtp_streams(self, h_main, e_next, input_ids, cos, sin, seg=None, cache=None, ctx=None, step=None):
         x = ops.expand_dims(self.e_proj(self.enorm(e_next)), 2) + self.h_proj(self.hnorm(h_main))
-        return Block.forward_stats(self, x, input_ids, cos, sin, seg)
+        return Block.forward_stats(self, x, input_ids, cos, sin, seg, cache, ctx, step)
 
 
 class Transformer(nn.Cell):
@@ -479,9 +889,12 @@ class Transformer(nn.Cell):
             self.mtp = nn.CellList([MTPBlock(cfg.n_layers + j, cfg, param_dtype, moe_capacity_factor, parallel)
                                      for j in range(cfg.n_mtp_layers)])
         ropes = RopeTables(cfg, max_seq_len)
+        self.rope_plain, self.rope_yarn = ropes.plain, ropes.yarn
         # one (cos, sin) pair per block, chosen by its ratio
         self.rope_cos = tuple(ropes.for_ratio(cfg.ratio(i))[0] for i in range(cfg.n_total_blocks))
         self.rope_sin = tuple(ropes.for_ratio(cfg.ratio(i))[1] for i in range(cfg.n_total_blocks))
+        # the compression ratios in use (a cached step's per-ratio constants are in this order)
+        self.ratios = tuple(sorted(set(r for r in cfg.compress_ratios if r)))
 
     def streams(self, input_ids, seg=None):
         """-> (embedding, final streams, per-block streams, per-block (affinity, expert ids, dropped))."""
@@ -518,9 +931,84 @@ class Transformer(nn.Cell):
         nxt = input_ids[:, 1:]
         mseg = None if seg is None else seg[:, :S - 1]
         x, aff, ids, dropped = blk.mtp_streams(h[:, :S - 1], self.embed(nxt), nxt, self.rope_cos[self.cfg.n_layers],
-                                      self.rope_sin[self.cfg.n_layers], mseg)
-        return self.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base, blk.norm,
-                            self.head.weight), aff, ids, dropped
+                                               self.rope_sin[self.cfg.n_layers], mseg)
+        return self.mtp_head(x), aff, ids, dropped
+
+    def mtp_head(self, x):
+        blk = self.mtp[0]
+        return self.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base, blk.norm, self.head.weight)
+
+    # ---------------------------------------------------------------------------------------- cached steps
+    def step_context(self, pos0, nvalid, T: int, max_len: int, shadow: bool):
+        """Per-step constants every layer shares, computed once per step. Row b processes T tokens at positions
+        P[b] = pos0[b] + 0..T-1, of which the first nvalid[b] are real (the rest: padding, computed, never written).
+        -> ctx = (P [B,T], last valid position [B], RoPE multipliers per table kind (plain, yarn) as (kv width,
+        index width) x (rows, head-broadcast), window index lists [B,T,W], ring update plan, per compression ratio
+        (visible entries [B,T], decode write plan), yarn tables for entry RoPE)."""
+        cfg = self.cfg
+        B, W, hd, di = pos0.shape[0], cfg.window_size, cfg.head_dim, cfg.index_head_dim
+        P = pos0.reshape(-1, 1) + ops.arange(T, dtype=ms.int32).reshape(1, T)
+        last = pos0 + nvalid - 1
+        (pc, ps), (yc, ys) = self.rope_plain, self.rope_yarn
+        c0, s0 = table_at(pc, P), table_at(ps, P)
+        c1, s1 = table_at(yc, P), table_at(ys, P)
+        if T <= 2:              # decode: full-width multipliers (4 kernels per rotation)
+            tabs = (full_width(c0, s0, hd) + full_width(c0, s0, di), full_width(c1, s1, hd) + full_width(c1, s1, di))
+        else:                   # prefill chunks: RoPE-slice multipliers (fewer bytes per rotation)
+            tabs = ((c0, s0, c0, s0), (c1, s1, c1, s1))
+        e2 = ops.expand_dims                                                        # + head-broadcast versions
+        tabs = ((tabs[0] + (e2(tabs[0][0], 2), e2(tabs[0][1], 2), e2(tabs[0][2], 2), e2(tabs[0][3], 2))),
+                (tabs[1] + (e2(tabs[1][0], 2), e2(tabs[1][1], 2), e2(tabs[1][2], 2), e2(tabs[1][3], 2))))
+        # window: indices into [ring (W slots + scratch) | step kv (T rows)] per query; -1 before position 0
+        a = ops.expand_dims(P, -1) - (W - 1) + ops.arange(W, dtype=ms.int32).reshape(1, 1, W)
+        local = a - pos0.reshape(-1, 1, 1)
+        win = ops.where(a >= 0, ops.where(local >= 0, W + 1 + local, a % W), -ops.ones_like(a))
+        # ring update: each slot keeps its latest valid position <= last
+        s = ops.arange(W, dtype=ms.int32).reshape(1, W)
+        active = (last >= pos0).reshape(-1, 1)
+        if T == 1:              # one row per sequence: slot pos0 mod W, or the scratch row W when inactive
+            slot = ops.where(active, (pos0 % W).reshape(-1, 1), ops.full_like(active, W, dtype=ms.int32))
+            ring = (flat_rows(slot, W + 1), s)
+        else:
+            L = last.reshape(-1, 1)
+            al = L - ((L - s) % W)
+            ring = (ops.expand_dims(al >= pos0.reshape(-1, 1), -1), ops.clip(al - pos0.reshape(-1, 1), 0, T - 1))
+        per_ratio = ()
+        for r in self.ratios:
+            vis = (P + 1) // r
+            plan = ()
+            if T == 1 and not shadow:
+                # decode: the state slot of this token, the rows of the block it would end (and, overlap, the
+                # block before), the entry row (scratch unless the token ends its block), the entry's RoPE
+                p1 = (pos0 + 1).reshape(-1, 1)
+                emit = ops.logical_and(p1 % r == 0, active)                                     # [B, 1]
+                row = ops.where(emit, pos0.reshape(-1, 1) // r, ops.full_like(p1, max_len // r))
+                bcol = ops.arange(B, dtype=ms.int32).reshape(B, 1)
+                index = flat_rows(row, max_len // r + 1)                                         # [B]
+                ce, se = table_at(yc, p1 - r).reshape(B, -1), table_at(ys, p1 - r).reshape(B, -1)
+                rt = full_width(ce, se, hd) + full_width(ce, se, di)          # entry RoPE, both widths
+                blk0 = (pos0 // r * r).reshape(-1, 1) + ops.arange(r, dtype=ms.int32).reshape(1, r)   # block tokens
+                plans = ()
+                for n_s in (2 * r, r):                 # overlap layout (2r slots) / plain (r slots)
+                    slot = ops.where(active, (pos0 % n_s).reshape(-1, 1), ops.full_like(p1, n_s))
+                    flat = bcol * (n_s + 1)
+                    plans = plans + (((flat + slot).reshape(-1), (flat + blk0 % n_s).reshape(-1),
+                                      (flat + (blk0 - r) % n_s).reshape(-1), index) + rt,)
+                plan = plans
+            per_ratio = per_ratio + ((vis, plan),)
+        return P, last, tabs, win, ring, per_ratio, (yc, ys)
+
+    def step_streams(self, input_ids, cache, ctx, step):
+        """Cached step of the main layers: ids [B, T] -> final streams [B, T, hc, D]."""
+        h = self.embed_streams(input_ids)[1]
+        for i in self.local_layers:
+            h = self.layers[i].forward_stats(h, input_ids, None, None, None, cache, ctx, step)[0]
+        return h
+
+    def mtp_step_streams(self, h_main, next_ids, cache, ctx, step):
+        """Cached step of the depth-1 MTP block: (main streams h_t, token t+1) pairs -> its streams."""
+        return self.mtp[0].mtp_streams(h_main, self.embed(next_ids), next_ids, None, None, None, cache, ctx,
+                                       step)[0]
 
     def construct(self, input_ids):
         e, h, hidden, _ = self.streams(input_ids)

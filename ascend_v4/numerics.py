@@ -1,4 +1,5 @@
-"""CUDA-numerics emulation ("official" mode): what DeepSeek's released kernels compute, on CPU (spec §9.4-9.5).
+"""CUDA-numerics emulation ("official" mode): what DeepSeek's released kernels compute, on CPU
+(the reference's act_quant / fp8_gemm / fp4_gemm / rotate_activation; docs/design.md, "numerics modes").
 
 - every linear whose weight ships as FP8 (128x128 E8M0 blocks): activations quantised to FP8 E4M3 in 1x128 blocks
   with power-of-two scales (act_quant, ue8m0), then fp8_gemm: per 128-wide K block the exact FP8xFP8 partial

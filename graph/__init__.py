@@ -1,1 +1,1 @@
-"""ascend_v4.graph: turns Cells into compiled graphs (forward, decode step, train step) and exports them."""
+"""ascend_v4.graph: whole-model compiled graphs (the forward of graph/forward.py) and their MINDIR export."""

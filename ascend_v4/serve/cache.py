@@ -1,28 +1,150 @@
 """KVCache: the per-batch serving cache (window rings, compressed entries, indexer keys, compressor state).
 
-The buffers are MindSpore Parameters that the compiled step graphs update in place; their layout (names, shapes,
-dtypes, which layer reads which buffer) is `ascend_v4.graph.decode.CacheLayout`. One cache serves `batch`
-sequences of up to `max_len` tokens; `reset(rows)` starts new sequences in those rows (the compressor state goes
-back to kv 0 / score -1e30 — the reference never resets it; we must, or a second sequence pools the first
-one's tail into its first entry).
+The buffers are MindSpore Parameters that the compiled step graphs update in place; CacheLayout names them and
+gives their shapes, dtypes and which block reads which buffer. One cache serves `batch` sequences of up to
+`max_len` tokens; `reset(rows)` starts new sequences in those rows (the compressor state goes back to kv 0 /
+score -1e30 — the reference never resets it; we must, or a second sequence pools the first one's tail into its
+first entry; docs/design.md, "conventions").
+
+Per main layer i (ratio r; W = window, hd = head_dim, c_I = index_head_dim, Nmax = max_len // r,
+coff = 2 if r == 4 else 1), stored 2-D as [B·rows, width]:
+  L{i}.win                       [B, W+1, hd]          window ring, slot = position mod W; row W is scratch
+                                                       (int8: .win_q [.., hd-rope] i8, .win_r [.., rope], .win_s [.., 1])
+  L{i}.ent            (r > 0)    [B, Nmax+1, hd]       compressed entries (int8 split likewise; row Nmax is scratch)
+  L{i}.ckv / L{i}.csc (r > 0)    [B, coff·r+1, coff·hd] compressor state (kv 0 / score -1e30 at sequence start),
+                                                       position a in slot a mod coff·r; last row scratch
+  L{i}.ikey           (r == 4)   [B, Nmax+1, c_I]      indexer keys
+  L{i}.ikv / L{i}.isc (r == 4)   [B, 2r+1, 2c_I]       indexer compressor state
+  *_sh                (mtp)      shadow copies of the four state buffers (speculative verify)
+MTP block j: M{j}.win (SWA ring of the draft block).
+INT8 KV: the head_dim - rope_head_dim non-RoPE dims of every KV row (ring and entries) are stored int8 with one
+float32 scale per row (amax / 127), RoPE dims float32; a step's own kv and new entries are read back the same
+way, so chunked == one-shot == decode also holds in INT8 mode.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Dict, Iterable, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
 from ..config import ModelConfig
+from ..ops.common import NEG_INF
 
 _UID = itertools.count()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str            # numpy dtype name
+    fill: float           # value at sequence start
+    kind: str             # SWA / CSA / HCA / MTP
+    role: str             # ring / entries / index_keys / state / shadow
+    per_row_tokens: int   # how many token positions a row of this buffer covers (bytes-per-token accounting)
+
+    @property
+    def param_shape(self) -> Tuple[int, int]:
+        """Stored 2-D as [B·R, width]: ScatterUpdate writes rows in place in O(rows written), while MindSpore's
+        CPU ScatterNdUpdate on a [B, R, width] buffer copies the whole buffer per call (2.7 ms at 32 MB)."""
+        return (self.shape[0] * self.shape[1], self.shape[2])
+
+
+class CacheLayout:
+    """Names, shapes and dtypes of every cache buffer (the module docstring lists them), and where each block
+    finds its buffers in the flat tuple."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, kv_int8: bool = False, mtp: bool = False,
+                 shadow: bool = False):
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.cfg, self.batch, self.max_len = cfg, batch, max_len
+        self.kv_int8, self.mtp, self.shadow = kv_int8, bool(mtp and cfg.n_mtp_layers > 0), shadow
+        self.entries: List[CacheEntry] = []
+        self.index: Dict[str, int] = {}
+        B, W, hd, rd = batch, cfg.window_size, cfg.head_dim, cfg.rope_head_dim
+        for i in range(cfg.n_layers):
+            r = cfg.ratio(i)
+            kind = cfg.layer_kind(i)
+            self._kv(f"L{i}.win", (B, W + 1), kind, "ring", 0)
+            if r:
+                nmax = max_len // r
+                coff = 2 if r == 4 else 1
+                self._kv(f"L{i}.ent", (B, nmax + 1), kind, "entries", r)
+                self._add(f"L{i}.ckv", (B, coff * r + 1, coff * hd), "float32", 0.0, kind, "state", 0)
+                self._add(f"L{i}.csc", (B, coff * r + 1, coff * hd), "float32", NEG_INF, kind, "state", 0)
+                if shadow:
+                    self._add(f"L{i}.ckv_sh", (B, coff * r + 1, coff * hd), "float32", 0.0, kind, "shadow", 0)
+                    self._add(f"L{i}.csc_sh", (B, coff * r + 1, coff * hd), "float32", NEG_INF, kind, "shadow", 0)
+                if r == 4:
+                    ci = cfg.index_head_dim
+                    self._add(f"L{i}.ikey", (B, nmax + 1, ci), "float32", 0.0, kind, "index_keys", r)
+                    self._add(f"L{i}.ikv", (B, 2 * r + 1, 2 * ci), "float32", 0.0, kind, "state", 0)
+                    self._add(f"L{i}.isc", (B, 2 * r + 1, 2 * ci), "float32", NEG_INF, kind, "state", 0)
+                    if shadow:
+                        self._add(f"L{i}.ikv_sh", (B, 2 * r + 1, 2 * ci), "float32", 0.0, kind, "shadow", 0)
+                        self._add(f"L{i}.isc_sh", (B, 2 * r + 1, 2 * ci), "float32", NEG_INF, kind, "shadow", 0)
+        if self.mtp:
+            for j in range(cfg.n_mtp_layers):
+                self._kv(f"M{j}.win", (B, W + 1), "MTP", "ring", 0)
+        del hd, rd
+
+    def _add(self, name, shape, dtype, fill, kind, role, ratio):
+        self.index[name] = len(self.entries)
+        self.entries.append(CacheEntry(name, tuple(int(s) for s in shape), dtype, float(fill), kind, role, ratio))
+
+    def _kv(self, name, lead, kind, role, ratio):
+        hd, rd = self.cfg.head_dim, self.cfg.rope_head_dim
+        if self.kv_int8:
+            self._add(name + "_q", lead + (hd - rd,), "int8", 0.0, kind, role, ratio)
+            self._add(name + "_r", lead + (rd,), "float32", 0.0, kind, role, ratio)
+            self._add(name + "_s", lead + (1,), "float32", 0.0, kind, role, ratio)
+        else:
+            self._add(name, lead + (hd,), "float32", 0.0, kind, role, ratio)
+
+    def kv_ids(self, name: str) -> Tuple[int, ...]:
+        """Flat indices of a KV buffer: (i,) float32, or (q, rope, scale) in INT8 mode; () if absent."""
+        if self.kv_int8:
+            if name + "_q" not in self.index:
+                return ()
+            return (self.index[name + "_q"], self.index[name + "_r"], self.index[name + "_s"])
+        return (self.index[name],) if name in self.index else ()
+
+    def ids(self, name: str) -> int:
+        return self.index.get(name, -1)
+
+    def block_slots(self, model) -> tuple:
+        """Per block (main layers, then MTP blocks) the flat cache indices the model's cached step reads and writes:
+        (window KV ids, entries KV ids, (ckv, csc, ckv_sh, csc_sh), (ikey, ikv, isc, ikv_sh, isc_sh), index of the
+        block's ratio in model.ratios) — () / -1 when absent (see ascend_v4/model.py, "cached step")."""
+        cfg = self.cfg
+        out = []
+        for i in range(cfg.n_total_blocks):
+            n = "L%d" % i if i < cfg.n_layers else "M%d" % (i - cfg.n_layers)
+            r = cfg.ratio(i)
+            out.append((self.kv_ids(n + ".win"), self.kv_ids(n + ".ent"),
+                        tuple(self.ids(n + s) for s in (".ckv", ".csc", ".ckv_sh", ".csc_sh")),
+                        tuple(self.ids(n + s) for s in (".ikey", ".ikv", ".isc", ".ikv_sh", ".isc_sh")),
+                        model.ratios.index(r) if r else -1))
+        return tuple(out)
+
+
+def ctx_bucket(n: int, max_len: int, minimum: int = 256) -> int:
+    """Context capacity a step reads: the next power of two >= max(n, minimum), capped at max_len."""
+    b = 1
+    while b < max(n, minimum):
+        b *= 2
+    return min(b, max_len)
 
 
 class KVCache:
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, kv_int8: bool = False, mtp: bool = False):
         import mindspore as ms
         from mindspore import Parameter, Tensor
-        from ascend_v4.graph.decode import CacheLayout
 
         self.cfg = cfg
         self.layout = CacheLayout(cfg, batch, max_len, kv_int8=kv_int8, mtp=mtp, shadow=mtp)

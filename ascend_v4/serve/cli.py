@@ -27,6 +27,7 @@ class GenerateError(ValueError):
 
 
 from ..errors import friendly as _friendly  # noqa: E402  (the one `error:` + exit 2 contract)
+from .tokenizer import text_of  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -81,7 +82,7 @@ class _Streamer:
         if self.tok is None:
             click.echo(f"{token} ", nl=False)
             return
-        text = self.tok.decode(self.ids)
+        text = text_of(self.tok, self.ids)
         if text.endswith("\ufffd"):          # an incomplete UTF-8 sequence: wait for the next byte
             return
         if text.startswith(self.shown):
@@ -114,7 +115,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     """Generate from CHECKPOINT: prefill the prompt(s), decode token by token over the window ring, the
     compressed entries and the indexer keys; greedy or temperature/top-k/top-p sampling with a seed."""
     from .sampling import SamplingParams
-    from .tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer, prompt_ids
 
     # ---- everything cheap is checked before the model is loaded ----
     if not os.path.isdir(checkpoint):
@@ -137,7 +138,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         tok = load_tokenizer(checkpoint, tokenizer_path)
         rows = []
         for p in prompts:
-            ids = np.asarray(tok.encode(p), np.int64)
+            ids = np.asarray(prompt_ids(tok, p), np.int64)
             if ids.size == 0:
                 raise GenerateError(f"prompt {p!r} encodes to no tokens")
             if ids.max() >= cfg.vocab_size:
@@ -174,7 +175,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     elif not quiet:
         for i in range(len(rows)):
             ids = gen.row(i)
-            body = tok.decode(ids) if tok is not None else " ".join(str(int(t)) for t in ids)
+            body = text_of(tok, ids) if tok is not None else " ".join(str(int(t)) for t in ids)
             click.echo(f"[{i}] {body}")
     st = gen.stats
     msg = (f"generated {int(gen.lengths.sum())} tokens for {len(rows)} sequence(s) ({', '.join(sorted(set(gen.stop)))}); "
@@ -191,52 +192,6 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         save_generation(out_path, {"tokens": gen.tokens, "logits": gen.logits.astype(np.float32),
                                    "lengths": gen.lengths, "prompt_lengths": gen.prompt_lengths, "prompt": prompt})
         click.echo(f"wrote {out_path}", err=True)
-
-
-# ------------------------------------------------------------------------------------------------ demo
-DEMO_PROMPT = "The quick brown fox"
-
-
-def demo_generate(cfg, weights, prompt: str = DEMO_PROMPT, max_new_tokens: int = 8, ckpt_dir: Optional[str] = None,
-                  seed: int = 0, speculative: bool = False) -> str:
-    """Greedy-generate a few tokens on a (demo) checkpoint and check every decode step against a full recompute
-    with the float64 NumPy golden model. Trains the demo tokenizer (written to ckpt_dir/tokenizer.json if given).
-    Returns the lines to print."""
-    from ..numpy_model import NumpyV4
-    from .engine import Engine
-    from .sampling import SamplingParams
-    from .tokenizer import train_demo_tokenizer
-
-    tok = None
-    if cfg.vocab_size >= 260:
-        tok = train_demo_tokenizer(cfg.vocab_size, os.path.join(ckpt_dir, "tokenizer.json") if ckpt_dir else None)
-        ids = np.asarray(tok.encode(prompt), np.int64)
-    else:
-        ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, 8)
-    max_len = 64
-    while max_len < ids.size + max_new_tokens:
-        max_len *= 2
-    eng = Engine(cfg, weights, max_batch=1, max_len=max_len, mtp=speculative)
-    gen = eng.generate([ids], max_new_tokens=max_new_tokens, sampling=SamplingParams(greedy=True, seed=seed),
-                       eos_id=None, speculative=speculative)
-    out = gen.row(0)
-    full = np.concatenate([ids, out[:-1]])[None]
-    ref = NumpyV4(cfg, weights).forward(full)["logits"][0, ids.size - 1:]
-    got = gen.logits[0, :out.size].astype(np.float64)
-    err = float(np.abs(got - ref).max())
-    rel = float(np.max(np.linalg.norm(got - ref, axis=-1) / np.linalg.norm(ref, axis=-1)))
-    agree = float(np.mean(np.argmax(ref, -1) == out))
-    st = gen.stats
-    text = tok.decode(out) if tok is not None else ""
-    lines = [f"generate: prompt {prompt!r} ({ids.size} tokens) -> {text!r} ids {out.tolist()}",
-             f"generate: prefill {st['prefill_tokens_per_s']:.0f} tok/s, decode {st['decode_tokens_per_s']:.1f} tok/s "
-             f"(graphs compiled in {sum(eng.compile_seconds.values()):.1f} s)",
-             f"decode vs full recompute (float64 golden) over {out.size} steps: max |dlogit| {err:.2e}, max rel L2 "
-             f"{rel:.2e}, argmax agreement {agree:.3f} -> {'PASS' if rel < 1e-4 and agree == 1.0 else 'FAIL'}"]
-    if speculative:
-        lines.append(f"MTP speculative decoding: draft acceptance {st['acceptance_rate']:.1%} "
-                     f"({st['accepted']}/{st['drafts']})")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

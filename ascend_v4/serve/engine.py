@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..config import ModelConfig
+from .cache import ctx_bucket
 from .sampling import Sampler, SamplingParams
 
 
@@ -76,7 +77,7 @@ class Engine:
         elif model.max_seq_len < self.max_len or (self.mtp and not model.with_mtp):
             raise ServeError("the given model was built with a smaller max_seq_len or without MTP")
         self.model = model
-        from ascend_v4.graph.decode import stack_experts
+        from .graphs import stack_experts
         self.experts = stack_experts(model) if stacked_experts else None
         self.cache = KVCache(cfg, self.max_batch, self.max_len, kv_int8=kv_int8, mtp=self.mtp)
         self.kv_int8 = kv_int8
@@ -89,13 +90,12 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- graphs
     def _ctx(self, end: int) -> int:
-        from ascend_v4.graph.decode import ctx_bucket
         return ctx_bucket(max(int(end), 1), self.max_len, self.ctx_min)
 
     def _graph(self, key):
         g = self._graphs.get(key)
         if g is None:
-            from ascend_v4.graph.decode import MTPStepGraph, StepGraph
+            from .graphs import MTPStepGraph, StepGraph
             if key[0] == "main":
                 _, T, ctx, logits, streams, shadow = key
                 g = StepGraph(self.model, self.cache.layout, self.cache.params, T, ctx, logits=logits,
@@ -337,7 +337,7 @@ class Engine:
     def _speculate(self, n, pend, sampler, emit, live, stats):
         """MTP draft -> main verify of [pending, draft] -> accept (2 tokens) or reject (1 token, roll back)."""
         import mindspore as ms
-        from ascend_v4.graph.decode import RestoreShadow
+        from .graphs import RestoreShadow
         B, hc, D = self.max_batch, self.cfg.hc_mult, self.cfg.dim
         # pending draft-block pairs per row: (position t, h_t, token t+1); after prefill: (L-1, h_{L-1}, x_L)
         pairs = {r: [(int(self.pos[r]) - 1, self._h_last[r].copy(), int(pend[r]))] for r in range(n)}

@@ -1,82 +1,43 @@
-"""Text <-> token ids for `generate`: a checkpoint's tokenizer.json (HF tokenizers) or a sentencepiece .model.
+"""Text <-> token ids for `generate`: the project's one tokenizer module is ascend_v4/train/tokenizer.py (a
+checkpoint's tokenizer.json or a sentencepiece .model); this adds what serving needs on top of it.
 
 The demo checkpoint (random weights, vocab 512) ships no tokenizer, so `train_demo_tokenizer` trains a byte-level
 BPE of exactly the model's vocabulary size on a text embedded below (well under a second, no download) and can
 write it as the checkpoint's tokenizer.json. Ids 0 and 1 are <bos> and <eos>, matching the config's bos/eos ids.
+`encode` never adds special tokens (the training convention); `prompt_ids` puts <bos> in front of a prompt.
 """
 from __future__ import annotations
 
-import glob
 import os
+import tempfile
 from typing import List, Optional
+
+from ..train.data import DataError
+from ..train.tokenizer import HFTokenizer, load_tokenizer as _load_tokenizer
 
 
 class TokenizerError(ValueError):
     """No usable tokenizer, or text that does not tokenize."""
 
 
-class TextTokenizer:
-    """encode(text) -> ids, decode(ids) -> text, over either backend."""
-
-    def __init__(self, backend, kind: str, source: str):
-        self._tok, self.kind, self.source = backend, kind, source
-
-    @property
-    def vocab_size(self) -> int:
-        if self.kind == "tokenizers":
-            return self._tok.get_vocab_size(with_added_tokens=True)
-        return self._tok.get_piece_size()
-
-    def encode(self, text: str) -> List[int]:
-        if self.kind == "tokenizers":
-            return list(self._tok.encode(text).ids)
-        return list(self._tok.encode(text))
-
-    def decode(self, ids) -> str:
-        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
-        if self.kind == "tokenizers":
-            return self._tok.decode(ids, skip_special_tokens=True)
-        return self._tok.decode(ids)
-
-    def save(self, path: str) -> None:
-        if self.kind != "tokenizers":
-            raise TokenizerError("only a tokenizers (tokenizer.json) tokenizer can be saved")
-        tmp = path + ".tmp"
-        self._tok.save(tmp)
-        os.replace(tmp, path)
-
-
-def _from_file(path: str) -> TextTokenizer:
-    if path.endswith(".json"):
-        try:
-            from tokenizers import Tokenizer
-            return TextTokenizer(Tokenizer.from_file(path), "tokenizers", path)
-        except Exception as e:  # the library raises plain Exception subclasses with long messages
-            raise TokenizerError(f"{path} is not a readable tokenizers file: {str(e).splitlines()[0]}") from None
+def load_tokenizer(checkpoint: Optional[str] = None, path: Optional[str] = None):
+    """An explicit tokenizer file, else the tokenizer in CHECKPOINT (tokenizer.json, then a sentencepiece .model)."""
+    hint = "pass --tokenizer FILE or give token ids with --tokens FILE.npy"
+    if path and not os.path.isfile(path):
+        raise TokenizerError(f"tokenizer file {path} does not exist; {hint}")
+    if not path and not (checkpoint and any(n == "tokenizer.json" or n.endswith(".model")
+                                            for n in os.listdir(checkpoint))):
+        raise TokenizerError(f"no tokenizer: {checkpoint or '.'} has no tokenizer.json or sentencepiece *.model; {hint}")
     try:
-        import sentencepiece as spm
-        sp = spm.SentencePieceProcessor()
-        sp.Load(path)
-        return TextTokenizer(sp, "sentencepiece", path)
-    except Exception as e:
-        raise TokenizerError(f"{path} is not a readable sentencepiece model: {str(e).splitlines()[0]}") from None
+        return _load_tokenizer(path or checkpoint)
+    except DataError as e:
+        raise TokenizerError(str(e)) from None
 
 
-def load_tokenizer(checkpoint: Optional[str] = None, path: Optional[str] = None) -> TextTokenizer:
-    """An explicit tokenizer file, else CHECKPOINT/tokenizer.json, else a sentencepiece *.model in CHECKPOINT."""
-    if path:
-        if not os.path.isfile(path):
-            raise TokenizerError(f"tokenizer file {path} does not exist")
-        return _from_file(path)
-    if checkpoint:
-        tj = os.path.join(checkpoint, "tokenizer.json")
-        if os.path.isfile(tj):
-            return _from_file(tj)
-        models = sorted(glob.glob(os.path.join(checkpoint, "*.model")))
-        if models:
-            return _from_file(models[0])
-    raise TokenizerError(f"no tokenizer: {checkpoint or '.'} has no tokenizer.json or sentencepiece *.model; pass "
-                         f"--tokenizer FILE or give token ids with --tokens FILE.npy")
+def prompt_ids(tok, text: str) -> List[int]:
+    """<bos> (when the tokenizer has one) followed by the text's ids."""
+    ids = tok.encode(text)
+    return ([tok.bos_id] if tok.bos_id >= 0 else []) + ids
 
 
 DEMO_TEXT = """\
@@ -100,9 +61,10 @@ strange, but it could still count its tokens, keep its cache in order, and stop 
 """
 
 
-def train_demo_tokenizer(vocab_size: int, out_path: Optional[str] = None) -> TextTokenizer:
-    """Byte-level BPE with exactly `vocab_size` ids (<bos> = 0, <eos> = 1), trained on DEMO_TEXT."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+def train_demo_tokenizer(vocab_size: int, out_path: Optional[str] = None) -> HFTokenizer:
+    """Byte-level BPE with exactly `vocab_size` ids (<bos> = 0, <eos> = 1), trained on DEMO_TEXT; written to
+    out_path as tokenizer.json when given."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     if vocab_size < 258 + 2:
         raise TokenizerError(f"a byte-level demo tokenizer needs a vocabulary of at least 260, got {vocab_size}")
     tok = Tokenizer(models.BPE())
@@ -111,8 +73,16 @@ def train_demo_tokenizer(vocab_size: int, out_path: Optional[str] = None) -> Tex
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([DEMO_TEXT] * 4, trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
-    t = TextTokenizer(tok, "tokenizers", out_path or "<demo>")
     if out_path:
-        t.save(out_path)
-    return t
+        tmp = out_path + ".tmp"
+        tok.save(tmp)
+        os.replace(tmp, out_path)
+        return HFTokenizer(out_path)
+    with tempfile.TemporaryDirectory() as d:
+        tok.save(os.path.join(d, "tokenizer.json"))
+        return HFTokenizer(os.path.join(d, "tokenizer.json"))
+
+
+def text_of(tok, ids) -> str:
+    """Decode, skipping ids the tokenizer does not have (a model vocabulary can be larger than its tokenizer's)."""
+    return tok.decode([int(i) for i in ids if 0 <= int(i) < tok.vocab_size])

@@ -28,7 +28,7 @@ BAD = [
     ("neither", lambda d, t: [d], "exactly one"),
     ("empty prompt", lambda d, t: [d, "--prompt", "   "], "empty"),
     ("no tokenizer", lambda d, t: [d, "--prompt", "hello"], "no tokenizer"),
-    ("bad tokenizer file", lambda d, t: [d, "--prompt", "hello", "--tokenizer", t / "bad.json"], "not a readable"),
+    ("bad tokenizer file", lambda d, t: [d, "--prompt", "hello", "--tokenizer", t / "bad.json"], "not a valid tokenizer.json"),
     ("tokens missing", lambda d, t: [d, "--tokens", t / "missing.npy"], "does not exist"),
     ("tokens not npy", lambda d, t: [d, "--tokens", t / "garbage.npy"], "not a readable .npy"),
     ("tokens float", lambda d, t: [d, "--tokens", t / "float.npy"], "integer"),
@@ -90,21 +90,24 @@ def test_generate_tokens_batch_writes_ids_and_logits(ckpt_no_tok, tmp_path, tiny
 
 
 def test_demo_tokenizer_round_trip(tmp_path, tiny_cfg):
-    from ascend_v4.serve.tokenizer import load_tokenizer, train_demo_tokenizer
+    from ascend_v4.serve.tokenizer import load_tokenizer, prompt_ids, text_of, train_demo_tokenizer
+    from ascend_v4.train.tokenizer import check_vocab
     train_demo_tokenizer(tiny_cfg.vocab_size, str(tmp_path / "tokenizer.json"))
     tok = load_tokenizer(str(tmp_path))
-    ids = tok.encode("The quick brown fox jumps over 128 lazy dogs.")
+    check_vocab(tok, tiny_cfg)                                            # <bos>/<eos> are the config's ids
+    ids = prompt_ids(tok, "The quick brown fox jumps over 128 lazy dogs.")
     assert tok.vocab_size == tiny_cfg.vocab_size and ids[0] == tiny_cfg.bos_token_id and max(ids) < 512
-    assert tok.decode(ids) == "The quick brown fox jumps over 128 lazy dogs."
-    assert tok.decode([tiny_cfg.vocab_size + 5]) == ""                    # ids beyond the tokenizer are skipped
+    assert tiny_cfg.bos_token_id not in ids[1:]
+    assert text_of(tok, ids) == "The quick brown fox jumps over 128 lazy dogs."
+    assert text_of(tok, [tiny_cfg.vocab_size + 5]) == ""                  # ids beyond the tokenizer are skipped
 
 
 @pytest.mark.slow
 def test_generate_prompt_streams_text_through_the_tokenizer(ckpt_no_tok, tmp_path, tiny_cfg):
-    from ascend_v4.serve.tokenizer import load_tokenizer, train_demo_tokenizer
+    from ascend_v4.serve.tokenizer import load_tokenizer, prompt_ids, train_demo_tokenizer
     train_demo_tokenizer(tiny_cfg.vocab_size, str(ckpt_no_tok / "tokenizer.json"))
     tok = load_tokenizer(str(ckpt_no_tok))
-    assert tok.vocab_size == tiny_cfg.vocab_size and tok.encode("hi")[0] == tiny_cfg.bos_token_id
+    assert tok.vocab_size == tiny_cfg.vocab_size and prompt_ids(tok, "hi")[0] == tiny_cfg.bos_token_id
     code, stdout, err = invoke(ckpt_no_tok, "--prompt", "The quick brown fox", "--max-new-tokens", 5,
                                "--seed", 3, "--top-k", 20, "--temperature", 0.8)
     assert code == 0, err

@@ -1,0 +1,121 @@
+"""The compiled serving graphs: thin Cells around the model's cached step (ascend_v4/model.py).
+
+    StepGraph(model, layout, cache, T, ctx_cap, ...)(ids [B,T] i32, pos0 [B] i32, nvalid [B] i32) -> logits (, streams)
+    MTPStepGraph(model, layout, cache, T)(h_main [B,T,hc,D], next_ids [B,T] i32, pos0, nvalid) -> draft logits [B, V]
+    RestoreShadow(layout, cache)(mask [B] bool)        speculative rejection: compressor state <- shadow
+
+Row b processes ids[b, :nvalid[b]] at absolute positions pos0[b] .. pos0[b]+nvalid[b]-1; the rest of the row is
+padding (computed, never written), and nvalid = 0 leaves a row untouched. Positions are TENSORS, so one compile
+serves every step of every sequence: the static shape is (B, T) plus the context bucket `ctx_cap` (a step reads
+ctx_cap // ratio compressed entries). T = 1 is the decode step, T = 2 the speculative verify step, T = C a
+prefill chunk (one-shot prefill = one chunk at pos0 = 0). Every formula is the model's: these Cells only hold the
+cache (a tuple of Parameters — held, not passed per call, which costs ~0.5 ms per step on CPU), pick each row's
+last valid position and apply the head.
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+from ..model import take_rows
+from .cache import CacheLayout
+
+
+class _Step(nn.Cell):
+    def __init__(self, model, layout: CacheLayout, cache, T: int, ctx_cap: int, shadow: bool, experts):
+        super().__init__()
+        if len(cache) != len(layout.entries):
+            raise ValueError(f"cache has {len(cache)} buffers, the layout {len(layout.entries)}")
+        self.model = model
+        self.cache = ms.ParameterTuple(cache)
+        self.T, self.B = int(T), layout.batch
+        self.max_len = layout.max_len
+        self.ctx_cap = int(min(ctx_cap, layout.max_len))
+        self.shadow = bool(shadow)
+        self.slots = layout.block_slots(model)
+        self.experts = experts
+
+    def _ctx(self, pos0, nvalid):
+        return self.model.step_context(pos0, nvalid, self.T, self.max_len, self.shadow)
+
+    def _static(self):
+        return (self.max_len, self.ctx_cap, self.shadow, self.slots, self.experts)
+
+    def _last(self, h, nvalid):
+        """Each row's last valid position -> [B, 1, ...]."""
+        if self.T == 1:
+            return h
+        return take_rows(h, ops.clip(nvalid - 1, 0, self.T - 1).reshape(-1, 1))
+
+
+class StepGraph(_Step):
+    """The main model over T tokens per row. logits: 'last' -> [B, V] at each row's last valid token,
+    'all' -> [B, T, V]. return_streams adds the final 4-stream hidden state [B, T, hc, D] (the MTP input).
+    shadow: also keep the compressor state as of each row's second-to-last token (speculative verify)."""
+
+    def __init__(self, model, layout: CacheLayout, cache, T: int, ctx_cap: int, logits: str = "last",
+                 return_streams: bool = False, shadow: bool = False, experts=None):
+        if logits not in ("last", "all"):
+            raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
+        if shadow and not layout.shadow:
+            raise ValueError("shadow=True needs a cache layout built with shadow buffers")
+        super().__init__(model, layout, cache, T, ctx_cap, shadow, experts)
+        self.all_logits = logits == "all"
+        self.return_streams = return_streams
+
+    def construct(self, ids, pos0, nvalid):
+        h = self.model.step_streams(ids, self.cache, self._ctx(pos0, nvalid), self._static())
+        logits = self.model.logits(h if self.all_logits else self._last(h, nvalid))
+        if not self.all_logits:
+            logits = logits.reshape(self.B, -1)
+        if self.return_streams:
+            return logits, h
+        return logits
+
+
+class MTPStepGraph(_Step):
+    """The MTP block as a draft model: position t takes (main streams h_t, token t+1) and predicts token t+2.
+    Reads/writes its own SWA ring (M0.win). -> draft logits [B, V] at each row's last valid pair."""
+
+    def __init__(self, model, layout: CacheLayout, cache, T: int, experts=None):
+        if not layout.mtp:
+            raise ValueError("the cache layout has no MTP ring; build it with mtp=True")
+        super().__init__(model, layout, cache, T, layout.max_len, False, experts)
+
+    def construct(self, h_main, next_ids, pos0, nvalid):
+        x = self.model.mtp_step_streams(h_main, next_ids, self.cache, self._ctx(pos0, nvalid), self._static())
+        return self.model.mtp_head(self._last(x, nvalid)).reshape(self.B, -1)
+
+
+class RestoreShadow(nn.Cell):
+    """state[b] <- shadow[b] for rows where mask[b] (speculative rejection)."""
+
+    def __init__(self, layout: CacheLayout, cache):
+        super().__init__()
+        self.cache = ms.ParameterTuple(cache)
+        self.pairs = tuple((layout.index[e.name[:-3]], layout.index[e.name], e.shape[1])
+                           for e in layout.entries if e.role == "shadow")
+
+    def construct(self, mask):
+        cache = self.cache
+        for live, sh, R in self.pairs:
+            m = ops.broadcast_to(mask.reshape(-1, 1), (mask.shape[0], R)).reshape(-1, 1)
+            ops.assign(cache[live], ops.where(m, cache[sh], cache[live]))
+        return mask
+
+
+def stack_experts(model):
+    """Per block (main layers, then MTP blocks): (w1 [E,I,D], w2 [E,D,I], w3 [E,I,D]) Parameters holding a stacked
+    copy of the routed experts, shared by every step graph of an engine. The MoE Cell re-stacks its experts on
+    each call (a copy of every routed weight per layer per step: ~20% of a small-config decode step); serving
+    keeps this copy instead, at the cost of the routed experts' memory once more."""
+    out = []
+    blocks = list(model.layers) + (list(model.mtp) if model.with_mtp else [])
+    for i, blk in enumerate(blocks):
+        ws = []
+        for name in ("w1", "w2", "w3"):
+            a = np.stack([getattr(e, name).weight.asnumpy() for e in blk.ffn.experts])
+            ws.append(ms.Parameter(ms.Tensor(a), name=f"serve_experts.{i}.{name}", requires_grad=False))
+        out.append(tuple(ws))
+    return tuple(out)
