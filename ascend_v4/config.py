@@ -17,6 +17,9 @@ class ConfigError(ValueError):
     """A config value that cannot describe a DeepSeek-V4 model."""
 
 
+REVISIONS = ("current", "launch")
+
+
 # HF root config.json key -> inference-style field.
 _HF_KEYS = {
     "vocab_size": "vocab_size",
@@ -99,6 +102,11 @@ class ModelConfig:
     scale_fmt: str = "ue8m0"
     bos_token_id: int = 0
     eos_token_id: int = 1
+    # Numerics of the trained model (docs/numerics.md). indexer_fp4: the lightning indexer scores Hadamard-rotated,
+    # FP4-quantised q/k as DeepSeek's indexer does (False: exact scores). revision: "current" clamps the shared
+    # expert's SwiGLU like the routed ones; "launch" (the first V4-Flash release) leaves the shared expert unclamped.
+    indexer_fp4: bool = True
+    revision: str = "current"
     name: str = "custom"
 
     # ----- derived geometry -------------------------------------------------------------
@@ -169,7 +177,14 @@ class ModelConfig:
         need(self.swiglu_limit >= 0, f"swiglu_limit must be >= 0 (0 disables), got {self.swiglu_limit}")
         need(self.norm_eps > 0 and self.hc_eps >= 0, "norm_eps must be > 0 and hc_eps >= 0")
         need(self.rope_factor >= 1 and self.original_seq_len > 0, "rope_factor must be >= 1, original_seq_len > 0")
+        need(isinstance(self.indexer_fp4, bool), f"indexer_fp4 must be true or false, got {self.indexer_fp4!r}")
+        need(self.revision in REVISIONS, f"revision '{self.revision}' must be one of {', '.join(REVISIONS)}")
         return self
+
+    @property
+    def shared_expert_clamp(self) -> bool:
+        """Whether the shared expert's SwiGLU is clamped at swiglu_limit (current revision) or not (launch)."""
+        return self.revision != "launch"
 
     # ----- I/O -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -187,6 +202,8 @@ class ModelConfig:
         d = {hf: getattr(self, ours) for hf, ours in _HF_KEYS.items()}
         d["compress_ratios"] = list(self.compress_ratios)
         d.update(_HF_FIXED)
+        if self.revision != "current":      # the current revision is what a config with expert_dtype means
+            d["revision"] = self.revision
         d.update({
             "architectures": ["DeepseekV4ForCausalLM"],
             "model_type": "deepseek_v4",
@@ -229,6 +246,11 @@ class ModelConfig:
                 kw["scale_fmt"] = qc["scale_fmt"]
             if "expert_dtype" not in kw:
                 kw["expert_dtype"] = "fp4"
+            # our keys (the release's config.json does not say which model.py revision it was trained with:
+            # a launch-revision checkpoint gets "revision": "launch" added; docs/numerics.md)
+            for k in ("revision", "indexer_fp4"):
+                if k in raw:
+                    kw[k] = raw[k]
         else:                                                            # inference/config.json flavour
             for k, v in raw.items():
                 if k in known:

@@ -1,11 +1,12 @@
-"""CUDA-numerics emulation ("official" mode): what DeepSeek's released kernels compute, on CPU (spec §9.4-9.5).
+"""CUDA-numerics emulation ("official" mode): what DeepSeek's released kernels compute, on CPU (docs/numerics.md).
 
 - every linear whose weight ships as FP8 (128x128 E8M0 blocks): activations quantised to FP8 E4M3 in 1x128 blocks
   with power-of-two scales (act_quant, ue8m0), then fp8_gemm: per 128-wide K block the exact FP8xFP8 partial
   product, scaled by sA[row]·sB[block], accumulated in FP32; output rounded to BF16;
 - routed experts (MXFP4 weights, 1x32 E8M0): activations FP8 1x128 as above, fp4_gemm with per-32 K steps,
   FP32 accumulation, BF16 output;
-- the indexer's q and compressed k: normalised Walsh-Hadamard rotation, then FP4 E2M1 QDQ in 1x32 blocks;
+- the indexer's q and compressed k: normalised Walsh-Hadamard rotation, then FP4 E2M1 QDQ in 1x32 blocks — the
+  lightning_indexer op's fp4=True (ops/attention/reference.py: hadamard, fp4_act_quant), the default on every backend;
 - KV FP8 fake-quant of the non-RoPE dims (block 64): in the released GPU kernels the pinned TileLang compiles the
   cast away, so it is a no-op there. `kv_fp8="gpu"` (default) reproduces that; `kv_fp8="spec"` applies the QDQ the
   code intends.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint.formats import act_quant_fp4, act_quant_fp8, bf16_round
+from .checkpoint.formats import act_quant_fp8, bf16_round
 
 KV_FP8_MODES = ("gpu", "spec")
 
@@ -31,26 +32,6 @@ def qdq_fp8(x, block=128):
     xp, pad = _pad_last(np.asarray(x, np.float32), block)
     y = act_quant_fp8(xp, block, ue8m0=True)
     return y[..., :y.shape[-1] - pad] if pad else y
-
-
-def qdq_fp4(x, block=32):
-    xp, pad = _pad_last(np.asarray(x, np.float32), block)
-    y = act_quant_fp4(xp, block)
-    return y[..., :y.shape[-1] - pad] if pad else y
-
-
-def hadamard(x):
-    """Normalised Walsh-Hadamard transform over the last dim (a power of two), like fast_hadamard_transform."""
-    x = np.asarray(x, np.float64).copy()
-    n = x.shape[-1]
-    h = 1
-    while h < n:
-        y = x.reshape(x.shape[:-1] + (n // (2 * h), 2, h))
-        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
-        y[..., 0, :], y[..., 1, :] = a + b, a - b
-        x = y.reshape(x.shape)
-        h *= 2
-    return x / np.sqrt(n)
 
 
 def blocked_gemm(xq, w, k_block):

@@ -34,6 +34,7 @@ class NumpyV4:
         self.cfg = cfg
         self.official = numerics == "official"
         self.kv_fp8 = self.official and kv_fp8 == "spec"
+        self.index_fp4 = self.official or cfg.indexer_fp4     # the CUDA kernels always simulate FP4
         self.w = {k: (v if np.issubdtype(np.asarray(v).dtype, np.integer) else np.asarray(v, np.float64))
                   for k, v in weights.items()}
         self.fmt = {}
@@ -57,10 +58,6 @@ class NumpyV4:
         kv = kv.copy()
         kv[..., :nope] = num.qdq_fp8(kv[..., :nope], 64)
         return kv
-
-    def _index_quant(self, t):
-        """Indexer q/k on the CUDA path: Hadamard rotation then FP4 QDQ (block 32)."""
-        return num.qdq_fp4(num.hadamard(t), 32).astype(np.float64) if self.official else t
 
     def _tables(self, ratio, S):
         c = self.cfg
@@ -93,10 +90,11 @@ class NumpyV4:
             if ratio == 4:
                 ip = p + "indexer."
                 qi = self._lin(qr, ip + "wq_b.weight").reshape(B, S, c.index_n_heads, c.index_head_dim)
-                qi = self._index_quant(apply_rope(qi, cos[None, :, None], sin[None, :, None]))
-                ki = self._index_quant(self._compressor(ip + "compressor.", x, ratio, cos, sin))
+                qi = apply_rope(qi, cos[None, :, None], sin[None, :, None])
+                ki = self._compressor(ip + "compressor.", x, ratio, cos, sin)
                 wi = self._lin(x, ip + "weights_proj.weight") * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5)
-                cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk)
+                # the op owns the indexer numerics (Hadamard + FP4 q/k unless cfg.indexer_fp4 is off)
+                cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk, fp4=self.index_fp4)
             else:
                 cmp = np.broadcast_to(attn_ref.compressed_indices(S, ratio), (B, S, S // ratio))
             cmp = np.where(cmp >= 0, cmp + S, -1)
@@ -125,11 +123,11 @@ class NumpyV4:
             y[t] += self._lin(h, f"{p}experts.{e}.w2.weight")
         if c.n_shared_experts:
             sp = p + "shared_experts."
-            y = y + self._lin(self._swiglu(x, sp), sp + "w2.weight")
+            y = y + self._lin(self._swiglu(x, sp, clamp=c.shared_expert_clamp), sp + "w2.weight")
         return y.reshape(shape)
 
-    def _swiglu(self, x, p):
-        lim = self.cfg.swiglu_limit
+    def _swiglu(self, x, p, clamp=True):
+        lim = self.cfg.swiglu_limit if clamp else 0.0     # launch revision: shared expert unclamped
         g, u = self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight")
         if lim > 0:
             g, u = np.minimum(g, lim), np.clip(u, -lim, lim)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from ascend_v4 import numerics as N
+from ascend_v4.ops.attention import reference as R
 from ascend_v4.numpy_model import NumpyV4
 
 
@@ -11,8 +12,9 @@ def test_hadamard_is_the_normalised_sylvester_matrix(rng):
     for _ in range(5):
         H = np.block([[H, H], [H, -H]])
     x = rng.standard_normal((3, 32))
-    np.testing.assert_allclose(N.hadamard(x), x @ H.T / np.sqrt(32), atol=1e-12)
-    np.testing.assert_allclose(N.hadamard(N.hadamard(x)), x, atol=1e-12)      # orthonormal and symmetric
+    np.testing.assert_allclose(R.hadamard(x), x @ H.T / np.sqrt(32), atol=1e-12)
+    np.testing.assert_allclose(R.hadamard(R.hadamard(x)), x, atol=1e-12)      # orthonormal and symmetric
+    np.testing.assert_array_equal(R.hadamard_matrix(32), R.hadamard(np.eye(32)))
 
 
 def test_fp8_activation_ties_round_to_even():
@@ -28,7 +30,7 @@ def test_fp8_activation_ties_round_to_even():
 
 def test_fp4_activation_ties_round_to_even():
     x = np.array([[6.0, 2.5, 5.0, 0.25, 0.75, -3.5, 1.25, 1.75] + [0.0] * 24])
-    y = N.qdq_fp4(x)[0, :8]
+    y = R.fp4_act_quant(x)[0, :8]
     # E2M1 grid 0,.5,1,1.5,2,3,4,6: 2.5 -> 2 (even code), 5 -> 4, .25 -> 0, .75 -> 1, -3.5 -> -4, 1.25 -> 1, 1.75 -> 2
     np.testing.assert_array_equal(y, [6.0, 2.0, 4.0, 0.0, 1.0, -4.0, 1.0, 2.0])
 

@@ -186,9 +186,9 @@ def test_indexer_scores_topk_ties_and_padding():
     q = np.zeros((1, 24, 1, 2))
     q[..., 0] = 1.0
     w = np.ones((1, 24, 1))
-    idx = A.lightning_indexer(q, k, w, ratio=4, topk=3)
+    idx = A.lightning_indexer(q, k, w, ratio=4, topk=3, fp4=False)
     assert idx[0, 23].tolist() == [1, 3, 4]            # the set {1, 3, 4}, ascending ids
-    idx = A.lightning_indexer(q, k, w, ratio=4, topk=4)
+    idx = A.lightning_indexer(q, k, w, ratio=4, topk=4, fp4=False)
     assert idx[0, 23].tolist() == [0, 1, 3, 4]          # a zero-score tie: the lowest id (0) wins
     assert idx[0, 2].tolist() == [-1, -1, -1, -1]       # t=2 sees no entry yet
     assert idx[0, 7].tolist() == [0, 1, -1, -1]         # t=7 sees entries 0, 1

@@ -58,13 +58,14 @@ def indexer_scores(q, k, w):
                      np.maximum(np.einsum("bthd,bsd->bths", q.astype(np.float64), k.astype(np.float64)), 0.0))
 
 
-def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
+def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
     """-> [B, S, min(topk, N)] int32: the ids of the top-k visible entries in ascending id order, -1 padded.
 
     The selected *set* is what attention uses, so the output lists it in id order (cheap for every backend,
     and deterministic); ties in the score — common, since ReLU zeroes whole heads — go to the lower id.
-    fp4=True simulates the CUDA path's FP4 q/k: Hadamard rotation (d^-1/2) then E2M1 block-32 fake-quant
-    (see fp4_rotate). Computed in query chunks (lightning_indexer_stream), never the full [S, N] matrix.
+    fp4=True (default, what DeepSeek's indexer computes and the checkpoint was trained with): q and k go through
+    fp4_rotate (Hadamard rotation, then FP4 quantise-dequantise) before scoring; fp4=False scores the exact
+    values (docs/numerics.md). Computed in query chunks (lightning_indexer_stream), never the full [S, N] matrix.
     """
     return lightning_indexer_stream(q, k, w, ratio, topk, start_pos, fp4)
 
@@ -106,46 +107,60 @@ def hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_
 
 
 # ------------------------------------------------------------------ FP4 simulation of indexer q / k
+def hadamard(x):
+    """Normalised Walsh-Hadamard transform over the last dim (Sylvester order, scale d^-1/2), in float64: the
+    rotation DeepSeek's rotate_activation takes from fast_hadamard_transform. d must be a power of two.
+    The project's one definition: the composite takes its matrix from hadamard_matrix, the NumPy CUDA-numerics
+    emulation (ascend_v4/numerics.py) calls this; only the C++ kernel has its own butterfly (fwht)."""
+    x = np.array(x, np.float64)
+    d = x.shape[-1]
+    if d < 1 or d & (d - 1):
+        raise ValueError(f"Hadamard rotation needs a power-of-two last dim, got {d}")
+    h = 1
+    while h < d:                       # butterflies: (a, b) -> (a + b, a - b) at stride h
+        y = x.reshape(x.shape[:-1] + (d // (2 * h), 2, h))
+        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
+        y[..., 0, :], y[..., 1, :] = a + b, a - b
+        x = y.reshape(x.shape)
+        h *= 2
+    return x / np.sqrt(d)
+
+
 def hadamard_matrix(d):
-    """Sylvester Walsh-Hadamard matrix normalised by d^-1/2 (fast_hadamard_transform's scale); d = 2^k."""
-    if d & (d - 1):
-        raise ValueError(f"Hadamard rotation needs a power-of-two dim, got {d}")
-    h = np.ones((1, 1))
-    while h.shape[0] < d:
-        h = np.block([[h, h], [h, -h]])
-    return h / np.sqrt(d)
+    """[d, d] matrix H with x @ H == hadamard(x) (symmetric; for the matmul backends)."""
+    return hadamard(np.eye(d))
 
 
-def _fp4_fallback(x, block=32):
-    # DeepSeek's fp4_act_quant(inplace=True) in float32: power-of-two scale 2^ceil(log2(amax/6)),
-    # amax floored at 6*2^-126, round-to-nearest-even onto the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}.
+FP4_BLOCK = 32
+E2M1_MAX = 6.0
+
+
+def fp4_act_quant(x, block=FP4_BLOCK):
+    """DeepSeek's fp4_act_quant(x, 32, inplace=True) in float32: per block of 32 along the last dim the scale is
+    the power of two 2^ceil(log2(amax/6)) (amax floored at 6·2^-126, an E8M0 value), and x/scale, clamped to
+    ±6, rounds to nearest-even on the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}. float32 in, float32 out."""
     x = np.asarray(x, np.float32)
+    if x.shape[-1] % block:
+        raise ValueError(f"FP4 quantisation works on blocks of {block}: last dim {x.shape[-1]} is not a multiple")
     xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block)).astype(np.float64)
-    amax = np.maximum(np.abs(xb).max(-1, keepdims=True), 6.0 * 2.0 ** -126)
-    mant, ex = np.frexp(amax / 6.0)
+    amax = np.maximum(np.abs(xb).max(-1, keepdims=True), E2M1_MAX * 2.0 ** -126)
+    mant, ex = np.frexp(amax / E2M1_MAX)                  # amax/6 = mant·2^ex, mant in [0.5, 1)
     scale = np.exp2((ex - (mant == 0.5)).astype(np.float64))
-    v = np.clip(xb / scale, -6.0, 6.0)
+    v = np.clip(xb / scale, -E2M1_MAX, E2M1_MAX)
     a = np.abs(v)
-    step = np.where(a < 2, 0.5, np.where(a < 4, 1.0, 2.0))
-    q = np.sign(v) * np.rint(a / step) * step
+    step = np.where(a < 2, 0.5, np.where(a < 4, 1.0, 2.0))   # E2M1 spacing per binade
+    q = np.sign(v) * np.rint(a / step) * step                 # rint: ties to even
     return (q * scale).astype(np.float32).reshape(x.shape)
 
 
-try:  # the checkpoint codecs own the bit-exact format; fall back to the small copy above without them
-    from ...checkpoint.formats import act_quant_fp4 as _act_quant_fp4
-except Exception:  # pragma: no cover - package layout without the checkpoint module
-    _act_quant_fp4 = _fp4_fallback
-
-
 def fp4_rotate(x):
-    """Hadamard-rotate the last dim, then FP4 (E2M1, block 32, E8M0 scales) quantise-dequantise, as the
-    CUDA indexer does before scoring. float32 in, float32 out (the kernels' precision)."""
-    x = np.asarray(x, np.float32)
-    r = (x.astype(np.float64) @ hadamard_matrix(x.shape[-1])).astype(np.float32)
-    return _act_quant_fp4(r, 32).astype(np.float32)
+    """What the official indexer does to its queries and keys before scoring: rotate_activation (Hadamard) then
+    fp4_act_quant (block 32). float32 in, float32 out; the rotation is rounded to float32 once, as the
+    float32 CPU path holds it."""
+    return fp4_act_quant(hadamard(np.asarray(x, np.float32)).astype(np.float32))
 
 
-def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=False, chunk=256):
+def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=True, chunk=256):
     """Same result as lightning_indexer, computed `chunk` queries at a time: memory O(chunk · N), never the
     whole [S, N] score matrix (the CPU kernel streams the same way, per query row)."""
     if fp4:
