@@ -34,7 +34,6 @@ class NumpyV4:
         self.cfg = cfg
         self.official = numerics == "official"
         self.kv_fp8 = self.official and kv_fp8 == "spec"
-        self.index_fp4 = self.official or cfg.indexer_fp4     # the CUDA kernels always simulate FP4
         self.w = {k: (v if np.issubdtype(np.asarray(v).dtype, np.integer) else np.asarray(v, np.float64))
                   for k, v in weights.items()}
         self.fmt = {}
@@ -93,13 +92,19 @@ class NumpyV4:
                 qi = apply_rope(qi, cos[None, :, None], sin[None, :, None])
                 ki = self._compressor(ip + "compressor.", x, ratio, cos, sin)
                 wi = self._lin(x, ip + "weights_proj.weight") * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5)
-                # the op owns the indexer numerics (Hadamard + FP4 q/k unless cfg.indexer_fp4 is off)
-                cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk, fp4=self.index_fp4)
+                if self.official:   # BF16 index scores, as the CUDA kernels
+                    cmp = num.index_select(qi, ki, wi, ratio, c.index_topk)
+                else:               # the op owns the indexer numerics (Hadamard + FP4 q/k unless indexer_fp4 off)
+                    cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk, fp4=c.indexer_fp4)
             else:
                 cmp = np.broadcast_to(attn_ref.compressed_indices(S, ratio), (B, S, S // ratio))
             cmp = np.where(cmp >= 0, cmp + S, -1)
             kv = np.concatenate([kv, entries], axis=1)
-        o = attn_ref.sparse_attention(q, kv, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
+        if self.official:   # the sparse_attn kernel: BF16 q/kv, BF16 probabilities before P·V
+            idx = win if cmp is None else np.concatenate([win, cmp], axis=-1)
+            o = num.sparse_attn(num.bf16(q), num.bf16(kv), self.w[p + "attn_sink"], idx, c.head_dim ** -0.5)
+        else:
+            o = attn_ref.sparse_attention(q, kv, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
         o = apply_rope(o, cos[None, :, None], sin[None, :, None], inverse=True)
         o = o.reshape(B, S, c.o_groups, -1)
         wo_a = self.w[p + "wo_a.weight"].reshape(c.o_groups, c.o_lora_rank, -1)

@@ -172,17 +172,21 @@ def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=True, chunk=
     N = k.shape[1]
     kk = min(topk, N)
     out = np.full((B, S, kk), -1, np.int32)
-    ids = np.arange(N)
     for s0 in range(0, S, chunk):
         s1 = min(S, s0 + chunk)
-        I = np.einsum("bth,bths->bts", w[:, s0:s1],
-                      np.maximum(np.einsum("bthd,bsd->bths", q[:, s0:s1], k), 0.0))
-        vis = (start_pos + np.arange(s0, s1) + 1) // ratio
-        I = np.where(ids[None, None, :] < vis[None, :, None], I, NEG)
-        idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
-        idx = np.sort(np.where(idx < vis[None, :, None], idx, N + idx), axis=-1)
-        out[:, s0:s1] = np.where(idx < N, idx, -1)
+        I = indexer_scores(q[:, s0:s1], k, w[:, s0:s1])
+        out[:, s0:s1] = select_topk(I, (start_pos + np.arange(s0, s1) + 1) // ratio, kk)
     return out
+
+
+def select_topk(I, vis, kk):
+    """I [B, S, N] scores, vis [S] visible entries per query -> [B, S, kk] int32: the kk best visible entries in
+    ascending id order, -1 padded; equal scores go to the lower id (stable sort)."""
+    N = I.shape[-1]
+    I = np.where(np.arange(N)[None, None, :] < vis[None, :, None], I, NEG)
+    idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
+    idx = np.sort(np.where(idx < vis[None, :, None], idx, N + idx), axis=-1)
+    return np.where(idx < N, idx, -1).astype(np.int32)
 
 
 # --------------------------------------------------------------- compressor with decode state (§9.1/9.3)
