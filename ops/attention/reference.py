@@ -1,4 +1,4 @@
-"""KV compressor, lightning indexer and sparse attention with sink in float64 NumPy (spec §4, §9)."""
+"""KV compressor, lightning indexer and sparse attention with sink in float64 NumPy (docs/numerics.md)."""
 import numpy as np
 
 NEG = -np.inf
@@ -194,7 +194,7 @@ def compressor_state(B, ratio, c, overlap, dtype=np.float64):
     """Fresh (reset) decode state: kv_state zeros, score_state -inf, both [B, coff·ratio, coff·c].
 
     Overlap mode: slots 0..ratio-1 hold the previous complete block, ratio..2·ratio-1 the current partial one.
-    Reset between sequences by taking a fresh state (the DeepSeek reference never resets; spec §9.3).
+    Reset between sequences by taking a fresh state (the DeepSeek reference never resets; docs/numerics.md).
     """
     coff = 2 if overlap else 1
     return (np.zeros((B, coff * ratio, coff * c), dtype), np.full((B, coff * ratio, coff * c), NEG, dtype))
@@ -217,7 +217,7 @@ def compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_po
 
     x [B, T, D]; state as from compressor_state(). Returns (entries [B, n_new, c], kv_state, score_state) with
     n_new = (start_pos + T)//ratio - start_pos//ratio: the blocks this chunk completes, in order (entry index
-    start_pos//ratio + j). Token by token as spec §9.3: the score gets ape[p mod ratio] and goes to slot
+    start_pos//ratio + j). Token by token as the reference Compressor decodes: the score gets ape[p mod ratio] and goes to slot
     (ratio if overlap else 0) + p mod ratio; when a block completes it is pooled (overlap: previous block's
     first-half channels + current block's second-half channels, softmax over the 2·ratio slots per channel),
     RMS-normed, and the current slots move to the previous slots and are cleared (a canonical state: unused
