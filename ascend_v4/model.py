@@ -120,6 +120,7 @@ class Indexer(nn.Cell):
         self.weights_proj = Linear(cfg.dim, cfg.index_n_heads, dtype)
         self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
         self.weight_scale = float(cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5)
+        self.fp4 = bool(cfg.indexer_fp4)      # Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md)
         self._indexer = v4ops.resolve("lightning_indexer").fn
 
     def construct(self, x, qr, cos, sin):
@@ -127,9 +128,8 @@ class Indexer(nn.Cell):
         q = self.wq_b(qr).reshape(B, S, self.n_heads, self.head_dim)
         q = apply_rope(q, cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1))
         k = self.compressor(x, cos, sin)
-        # Hadamard rotation of q and k is orthogonal, so without FP4 simulation it leaves q·k unchanged.
         w = self.weights_proj(x) * self.weight_scale
-        return self._indexer(q, k, w, self.ratio, self.topk)
+        return self._indexer(q, k, w, self.ratio, self.topk, fp4=self.fp4)
 
 
 class Attention(nn.Cell):
@@ -303,6 +303,7 @@ class MoE(nn.Cell):
         ep = parallel.ep if parallel is not None else 1
         self.tp, self.ep = tp, ep
         self.n_experts, self.limit = cfg.n_routed_experts, float(cfg.swiglu_limit)
+        self.shared_limit = self.limit if cfg.shared_expert_clamp else 0.0   # launch revision: unclamped
         self.capacity_factor = capacity_factor
         self.gate = Gate(layer_id, cfg, dtype)
         inter = cfg.moe_inter_dim // tp
@@ -343,7 +344,7 @@ class MoE(nn.Cell):
         s = self.shared_experts
         return self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
                          ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
-                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.limit)[0]
+                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit)[0]
 
     def construct(self, x, input_ids):
         return self.forward_stats(x, input_ids)[0]

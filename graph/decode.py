@@ -43,6 +43,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from ascend_v4.config import ModelConfig
+from ascend_v4.ops.attention.composite import fp4_rotate
 from ascend_v4.ops.common import NEG_INF, rms_norm
 
 INT8_MAX = 127.0
@@ -607,6 +608,8 @@ class _StepBase(nn.Cell):
                     qi = self._rope(qi, Ci4, Si4, self.perm_di)
                     wi = self._lin(x, idx.weights_proj.weight) * idx.weight_scale
                     keys = self._prefix(keys, nmax + 1, ncap)
+                    if idx.fp4:   # DeepSeek's indexer numerics: Hadamard + FP4 q/k (docs/numerics.md)
+                        qi, keys = fp4_rotate(qi), fp4_rotate(keys)
                     # [B, T·H, d] x [B, d, ncap]: one batched matmul over rows
                     s = ops.relu(self.bmm_t(ops.cast(qi, ms.float32).reshape(B, T * idx.n_heads, idx.head_dim),
                                             keys)).reshape(B, T, idx.n_heads, ncap)
@@ -664,7 +667,7 @@ class _StepBase(nn.Cell):
         if ffn.has_shared:
             sh = ffn.shared_experts
             shared = ffn._ffn(ops.expand_dims(x, 0), ops.expand_dims(sh.w1.weight, 0), ops.expand_dims(sh.w2.weight, 0),
-                              ops.expand_dims(sh.w3.weight, 0), ffn.limit)[0]
+                              ops.expand_dims(sh.w3.weight, 0), ffn.shared_limit)[0]
             y = self._finalize(routed, weights, row_idx, shared)
         else:
             y = self._finalize(routed, weights, row_idx)
