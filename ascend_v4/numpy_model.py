@@ -1,9 +1,11 @@
 """The whole DeepSeek-V4 forward in float64 NumPy, built only from the op references (no MindSpore).
 
 This is the golden the graph-mode model is checked against, position by position, in tests and in
-`ascend-v4 dump --backend numpy`. It follows DeepSeek's reference control flow (prefill from position 0).
-numerics="official" emulates the released CUDA kernels instead (FP8/FP4 GEMMs with activation quantisation,
-indexer FP4, optional KV FP8): see ascend_v4/numerics.py and `ascend-v4 dump --mode official`.
+`ascend-v4 dump --backend numpy`. It follows DeepSeek's reference control flow (prefill from position 0). The
+indexer's Hadamard + FP4 q/k and the shared-expert clamp follow the config (`indexer_fp4`, `revision`) in every mode.
+numerics="official" emulates the released CUDA kernels instead (BF16 activations, FP8/FP4 GEMMs with activation
+quantisation, the sparse_attn kernel's BF16 probabilities, BF16 index scores, optional KV FP8): see
+ascend_v4/numerics.py, docs/numerics.md and `ascend-v4 dump --mode official`.
 """
 from __future__ import annotations
 
