@@ -34,7 +34,8 @@ def test_mtp_copies_of_embedding_and_head_are_skipped_with_a_warning(tiny_ckpt_d
     assert set(got) == set(want) and all(np.array_equal(got[k], want[k]) for k in want)
     # anything else unexpected is still refused
     _add_tensors(d, {"mtp.0.surprise.weight": ("BF16", np.zeros((2, 2), np.uint16))}, "model-extra2.safetensors")
-    with pytest.raises(CheckpointError, match="unexpected mtp.0.surprise.weight"):
+    with pytest.warns(UserWarning, match="skipping 2"), \
+            pytest.raises(CheckpointError, match="unexpected mtp.0.surprise.weight"):
         load_official_weights(d, tiny_cfg)
 
 
