@@ -31,6 +31,9 @@ class ConfigWarning(Notice):
     """A config key that is ignored (unknown, or a runtime setting of another program)."""
 
 
+REVISIONS = ("current", "launch")
+
+
 # HF root config.json key -> inference-style field.
 _HF_KEYS = {
     "vocab_size": "vocab_size",
@@ -76,7 +79,10 @@ _HF_NESTED = {"rope_scaling": {"type", "rope_type", "factor", "original_max_posi
               "quantization_config": {"quant_method", "fmt", "scale_fmt", "activation_scheme", "weight_block_size",
                                       "expert_dtype"}}
 _HF_METADATA = {"architectures", "attention_dropout", "initializer_range", "torch_dtype", "dtype",
-                "transformers_version", "use_cache", "pad_token_id", "auto_map", "_name_or_path", "mlp_bias"}
+                "transformers_version", "use_cache", "pad_token_id", "auto_map", "_name_or_path", "mlp_bias",
+                "quantize"}                    # MindIE's precision tag in a `convert --layout serving` config
+# Keys of ours an HF root config may carry (docs/numerics.md): the model.py revision and the indexer's numerics.
+_HF_OURS = {"revision", "indexer_fp4"}
 # Keys DeepSeek's ModelArgs reads that size the runtime, not the model; "conversion" is written by `convert`.
 _INFERENCE_RUNTIME = {"max_batch_size", "max_seq_len", "scale_dtype", "conversion"}
 
@@ -183,6 +189,11 @@ class ModelConfig:
     scale_fmt: str = "ue8m0"
     bos_token_id: int = 0
     eos_token_id: int = 1
+    # Numerics of the trained model (docs/numerics.md). indexer_fp4: the lightning indexer scores Hadamard-rotated,
+    # FP4-quantised q/k as DeepSeek's indexer does (False: exact scores). revision: "current" clamps the shared
+    # expert's SwiGLU like the routed ones; "launch" (the first V4-Flash release) leaves the shared expert unclamped.
+    indexer_fp4: bool = True
+    revision: str = "current"
     name: str = "custom"
 
     # ----- derived geometry -------------------------------------------------------------
@@ -267,7 +278,14 @@ class ModelConfig:
         for f in ("bos_token_id", "eos_token_id"):
             need(getattr(self, f) < self.vocab_size,
                  f"{n(f)} ({getattr(self, f)}) must be below {n('vocab_size')} ({self.vocab_size})")
+        need(isinstance(self.indexer_fp4, bool), f"{n('indexer_fp4')} must be true or false, got {_describe(self.indexer_fp4)}")
+        need(self.revision in REVISIONS, f"{n('revision')} must be one of {', '.join(REVISIONS)}, got {_describe(self.revision)}")
         return self
+
+    @property
+    def shared_expert_clamp(self) -> bool:
+        """Whether the shared expert's SwiGLU is clamped at swiglu_limit (current revision) or not (launch)."""
+        return self.revision != "launch"
 
     # ----- I/O -------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -285,6 +303,8 @@ class ModelConfig:
         d = {hf: getattr(self, ours) for hf, ours in _HF_KEYS.items()}
         d["compress_ratios"] = list(self.compress_ratios)
         d.update(_HF_FIXED)
+        if self.revision != "current":      # the current revision is what a config with expert_dtype means
+            d["revision"] = self.revision
         d.update({
             "architectures": ["DeepseekV4ForCausalLM"],
             "attention_dropout": 0.0,
@@ -303,7 +323,7 @@ class ModelConfig:
     def known_keys(cls, hf: bool) -> set:
         """Every top-level key the reader of that flavour understands."""
         if hf:
-            return set(_HF_KEYS) | set(_HF_FIXED) | set(_HF_NESTED) | _HF_METADATA
+            return set(_HF_KEYS) | set(_HF_FIXED) | set(_HF_NESTED) | _HF_METADATA | _HF_OURS
         return {f.name for f in dataclasses.fields(cls)} | _INFERENCE_RUNTIME
 
     @classmethod
@@ -330,6 +350,11 @@ class ModelConfig:
             if "expert_dtype" in raw and raw["expert_dtype"] is not None:
                 kw["expert_dtype"] = raw["expert_dtype"]
             kw.setdefault("expert_dtype", "fp4")       # the release's routed experts are MXFP4 in every revision
+            # our keys: the release's config.json does not say which model.py revision it was trained with (a
+            # launch-revision checkpoint gets "revision": "launch" added; docs/numerics.md)
+            for k in ("revision", "indexer_fp4"):
+                if k in raw:
+                    kw[k] = raw[k]
         else:                                          # inference/config.json flavour: DeepSeek's ModelArgs
             kw.update(MODEL_ARGS_DEFAULTS)
             for k, v in raw.items():

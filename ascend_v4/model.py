@@ -27,7 +27,7 @@ from mindspore.common.initializer import initializer
 
 from . import ops as v4ops
 from .config import ModelConfig
-from .ops.attention.composite import compressed_indices, window_indices
+from .ops.attention.composite import compressed_indices, fp4_rotate, window_indices
 from .ops.attention.rope import rope_table
 from .ops.common import NEG_INF, linear, rms_norm
 from .ops.moe.layer import MoeExperts
@@ -399,6 +399,7 @@ class Indexer(nn.Cell):
         self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
         self.rope = Rope(cfg.index_head_dim, cfg.rope_head_dim)
         self.weight_scale = float(cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5)
+        self.fp4 = bool(cfg.indexer_fp4)      # Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md)
         self._indexer = v4ops.resolve("lightning_indexer").fn
 
     def queries(self, x, qr, cos, sin):
@@ -411,12 +412,14 @@ class Indexer(nn.Cell):
         S = x.shape[1]
         q, w = self.queries(x, qr, cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1))
         k = self.compressor(x, cos, sin)
-        return self._indexer(q, k, w, self.ratio, self.topk)
+        return self._indexer(q, k, w, self.ratio, self.topk, fp4=self.fp4)
 
     def select(self, q, w, keys, vis, k):
         """Cached step: the same score and selection with tensor visibility (entries < vis [B, T] are visible)
         over keys [B, N, d] -> bool [B, T, N], True on the top-k visible entries (ties to the lower id)."""
         B, T = q.shape[0], q.shape[1]
+        if self.fp4:            # the lightning_indexer op's Hadamard + FP4 fake-quant of q and k (docs/numerics.md)
+            q, keys = fp4_rotate(q), fp4_rotate(keys)
         s = ops.relu(_bmm_nt(ops.cast(q, ms.float32).reshape(B, T * self.n_heads, self.head_dim),
                              keys)).reshape(B, T, self.n_heads, -1)
         score = ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2)                 # [B, T, N]
@@ -704,6 +707,7 @@ class MoE(nn.Cell):
         ep = parallel.ep if parallel is not None else 1
         self.tp, self.ep = tp, ep
         self.n_experts, self.limit = cfg.n_routed_experts, float(cfg.swiglu_limit)
+        self.shared_limit = self.limit if cfg.shared_expert_clamp else 0.0   # launch revision: unclamped
         self.capacity_factor = capacity_factor
         self.gate = Gate(layer_id, cfg, dtype)
         inter = cfg.moe_inter_dim // tp
@@ -744,7 +748,7 @@ class MoE(nn.Cell):
         s = self.shared_experts
         return self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
                          ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
-                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.limit)[0]
+                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit)[0]
 
     def construct(self, x, input_ids):
         return self.forward_stats(x, input_ids)[0]

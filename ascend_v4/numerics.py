@@ -1,12 +1,16 @@
 """CUDA-numerics emulation ("official" mode): what DeepSeek's released kernels compute, on CPU
-(the reference's act_quant / fp8_gemm / fp4_gemm / rotate_activation; docs/design.md, "numerics modes").
+(the reference's act_quant / fp8_gemm / fp4_gemm / rotate_activation; docs/numerics.md).
 
 - every linear whose weight ships as FP8 (128x128 E8M0 blocks): activations quantised to FP8 E4M3 in 1x128 blocks
   with power-of-two scales (act_quant, ue8m0), then fp8_gemm: per 128-wide K block the exact FP8xFP8 partial
   product, scaled by sA[row]·sB[block], accumulated in FP32; output rounded to BF16;
 - routed experts (MXFP4 weights, 1x32 E8M0): activations FP8 1x128 as above, fp4_gemm with per-32 K steps,
   FP32 accumulation, BF16 output;
-- the indexer's q and compressed k: normalised Walsh-Hadamard rotation, then FP4 E2M1 QDQ in 1x32 blocks;
+- the indexer's q and compressed k: normalised Walsh-Hadamard rotation, then FP4 E2M1 QDQ in 1x32 blocks — the
+  lightning_indexer op's fp4=True (ops/attention/reference.py: hadamard, fp4_act_quant), the default on every backend;
+- activations entering a quantised GEMM are BF16 (the official model runs in BF16): rounded before act_quant;
+- sparse attention as the sparse_attn kernel: BF16 q/kv, FP32 online softmax in blocks of 64, probabilities rounded
+  to BF16 before P·V (sparse_attn); index scores rounded to BF16 before the top-k (index_select);
 - KV FP8 fake-quant of the non-RoPE dims (block 64): in the released GPU kernels the pinned TileLang compiles the
   cast away, so it is a no-op there. `kv_fp8="gpu"` (default) reproduces that; `kv_fp8="spec"` applies the QDQ the
   code intends.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint.formats import act_quant_fp4, act_quant_fp8, bf16_round
+from .checkpoint.formats import act_quant_fp8, bf16_round
 
 KV_FP8_MODES = ("gpu", "spec")
 
@@ -34,26 +38,6 @@ def qdq_fp8(x, block=128):
     return y[..., :y.shape[-1] - pad] if pad else y
 
 
-def qdq_fp4(x, block=32):
-    xp, pad = _pad_last(np.asarray(x, np.float32), block)
-    y = act_quant_fp4(xp, block)
-    return y[..., :y.shape[-1] - pad] if pad else y
-
-
-def hadamard(x):
-    """Normalised Walsh-Hadamard transform over the last dim (a power of two), like fast_hadamard_transform."""
-    x = np.asarray(x, np.float64).copy()
-    n = x.shape[-1]
-    h = 1
-    while h < n:
-        y = x.reshape(x.shape[:-1] + (n // (2 * h), 2, h))
-        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
-        y[..., 0, :], y[..., 1, :] = a + b, a - b
-        x = y.reshape(x.shape)
-        h *= 2
-    return x / np.sqrt(n)
-
-
 def blocked_gemm(xq, w, k_block):
     """C = xq·wᵀ with an FP32 accumulator across K blocks; each block's partial product is exact (FP8/FP4
     products of few-bit mantissas summed in float64 stand in for the tensor core's wide internal sum)."""
@@ -66,10 +50,62 @@ def blocked_gemm(xq, w, k_block):
 
 
 def fp8_linear(x, w):
-    """act_quant(x, 128, ue8m0) then fp8_gemm with 128-wide K blocks; BF16 output."""
-    return bf16_round(blocked_gemm(qdq_fp8(x, 128), w, 128)).astype(np.float64)
+    """act_quant(x, 128, ue8m0) then fp8_gemm with 128-wide K blocks; BF16 output. x is first rounded to BF16: the
+    official model's activations are BF16 tensors (GEMM outputs, norms, SwiGLU products) before act_quant sees them."""
+    return bf16_round(blocked_gemm(qdq_fp8(bf16(x), 128), w, 128)).astype(np.float64)
 
 
 def fp4_linear(x, w):
-    """act_quant(x, 128, ue8m0) then fp4_gemm with 32-wide K steps; BF16 output."""
-    return bf16_round(blocked_gemm(qdq_fp8(x, 128), w, 32)).astype(np.float64)
+    """act_quant(bf16(x), 128, ue8m0) then fp4_gemm with 32-wide K steps; BF16 output."""
+    return bf16_round(blocked_gemm(qdq_fp8(bf16(x), 128), w, 32)).astype(np.float64)
+
+
+def bf16(x):
+    """Round to BF16 (RNE) and return float64: what a BF16 tensor of the official model holds."""
+    return bf16_round(np.asarray(x, np.float32)).astype(np.float64)
+
+
+def sparse_attn(q, kv, sink, idx, scale, block=64):
+    """The sparse_attn kernel's numerics (docs/numerics.md): per (b, t) the listed kv rows (-1 skipped) in blocks of
+    `block`; logits z = f32(q·kv)·scale; online softmax with the running max m (initialised -1e30): per block
+    alpha = exp(m_old - m), p = exp(z - m) in FP32, the denominator l = l·alpha + Σp from the FP32 p, the output
+    acc = acc·alpha + bf16(p)·kv (P rounded to BF16 before P·V); at the end o = acc / (l + exp(sink - m)) (the sink
+    is not scaled), rounded to BF16. q [B,S,H,D], kv [B,N,D], sink [H], idx [B,S,K]."""
+    q = np.asarray(q, np.float64)
+    kv = np.asarray(kv, np.float64)
+    sink = np.asarray(sink, np.float32)
+    B, S, H, D = q.shape
+    out = np.zeros((B, S, H, D))
+    f32 = np.float32
+    for b in range(B):
+        for t in range(S):
+            ids = np.asarray(idx[b, t])
+            m = np.full(H, -1e30, f32)
+            l = np.zeros(H, f32)
+            acc = np.zeros((H, D), f32)
+            for j0 in range(0, len(ids), block):
+                sel = ids[j0:j0 + block]
+                sel = sel[sel >= 0]
+                if not len(sel):
+                    continue
+                g = kv[b, sel]                                               # [k, D]
+                z = ((q[b, t] @ g.T).astype(f32) * f32(scale)).astype(f32)   # [H, k]
+                m_new = np.maximum(m, z.max(-1))
+                alpha = np.exp(m - m_new).astype(f32)
+                p = np.exp(z - m_new[:, None]).astype(f32)
+                l = (l * alpha + p.sum(-1, dtype=f32)).astype(f32)
+                acc = (acc * alpha[:, None] + (bf16(p) @ g).astype(f32)).astype(f32)
+                m = m_new
+            o = acc / (l + np.exp(sink - m).astype(f32))[:, None]
+            out[b, t] = bf16(o)
+    return out
+
+
+def index_select(q, k, w, ratio, topk):
+    """The official indexer's selection (prefill, start_pos 0): Hadamard + FP4 q/k (the op's fp4_rotate), scores
+    Σ_h w·ReLU(q·k) accumulated in FP32 then rounded to BF16 (index scores are BF16 in the official kernels, many
+    exact ties), causal mask, top-k. Ties among equal BF16 scores go to the lower entry id (torch.topk's CUDA order is
+    implementation-defined; docs/numerics.md). -> [B, S, min(topk, N)] ascending ids, -1 padded."""
+    from .ops.attention.reference import fp4_rotate, indexer_scores, select_topk
+    I = bf16(indexer_scores(fp4_rotate(q), fp4_rotate(k), np.asarray(w, np.float32)).astype(np.float32))
+    return select_topk(I, (np.arange(I.shape[1]) + 1) // ratio, min(topk, I.shape[2]))

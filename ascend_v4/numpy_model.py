@@ -1,9 +1,11 @@
 """The whole DeepSeek-V4 forward in float64 NumPy, built only from the op references (no MindSpore).
 
 This is the golden the graph-mode model is checked against, position by position, in tests and in
-`ascend-v4 dump --backend numpy`. It follows DeepSeek's reference control flow (prefill from position 0).
-numerics="official" emulates the released CUDA kernels instead (FP8/FP4 GEMMs with activation quantisation,
-indexer FP4, optional KV FP8): see ascend_v4/numerics.py and `ascend-v4 dump --mode official`.
+`ascend-v4 dump --backend numpy`. It follows DeepSeek's reference control flow (prefill from position 0). The
+indexer's Hadamard + FP4 q/k and the shared-expert clamp follow the config (`indexer_fp4`, `revision`) in every mode.
+numerics="official" emulates the released CUDA kernels instead (BF16 activations, FP8/FP4 GEMMs with activation
+quantisation, the sparse_attn kernel's BF16 probabilities, BF16 index scores, optional KV FP8): see
+ascend_v4/numerics.py, docs/numerics.md and `ascend-v4 dump --mode official`.
 """
 from __future__ import annotations
 
@@ -58,10 +60,6 @@ class NumpyV4:
         kv[..., :nope] = num.qdq_fp8(kv[..., :nope], 64)
         return kv
 
-    def _index_quant(self, t):
-        """Indexer q/k on the CUDA path: Hadamard rotation then FP4 QDQ (block 32)."""
-        return num.qdq_fp4(num.hadamard(t), 32).astype(np.float64) if self.official else t
-
     def _tables(self, ratio, S):
         c = self.cfg
         if ratio:
@@ -93,15 +91,22 @@ class NumpyV4:
             if ratio == 4:
                 ip = p + "indexer."
                 qi = self._lin(qr, ip + "wq_b.weight").reshape(B, S, c.index_n_heads, c.index_head_dim)
-                qi = self._index_quant(apply_rope(qi, cos[None, :, None], sin[None, :, None]))
-                ki = self._index_quant(self._compressor(ip + "compressor.", x, ratio, cos, sin))
+                qi = apply_rope(qi, cos[None, :, None], sin[None, :, None])
+                ki = self._compressor(ip + "compressor.", x, ratio, cos, sin)
                 wi = self._lin(x, ip + "weights_proj.weight") * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5)
-                cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk)
+                if self.official:   # BF16 index scores, as the CUDA kernels
+                    cmp = num.index_select(qi, ki, wi, ratio, c.index_topk)
+                else:               # the op owns the indexer numerics (Hadamard + FP4 q/k unless indexer_fp4 off)
+                    cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk, fp4=c.indexer_fp4)
             else:
                 cmp = np.broadcast_to(attn_ref.compressed_indices(S, ratio), (B, S, S // ratio))
             cmp = np.where(cmp >= 0, cmp + S, -1)
             kv = np.concatenate([kv, entries], axis=1)
-        o = attn_ref.sparse_attention(q, kv, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
+        if self.official:   # the sparse_attn kernel: BF16 q/kv, BF16 probabilities before P·V
+            idx = win if cmp is None else np.concatenate([win, cmp], axis=-1)
+            o = num.sparse_attn(num.bf16(q), num.bf16(kv), self.w[p + "attn_sink"], idx, c.head_dim ** -0.5)
+        else:
+            o = attn_ref.sparse_attention(q, kv, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
         o = apply_rope(o, cos[None, :, None], sin[None, :, None], inverse=True)
         o = o.reshape(B, S, c.o_groups, -1)
         wo_a = self.w[p + "wo_a.weight"].reshape(c.o_groups, c.o_lora_rank, -1)
@@ -125,11 +130,11 @@ class NumpyV4:
             y[t] += self._lin(h, f"{p}experts.{e}.w2.weight")
         if c.n_shared_experts:
             sp = p + "shared_experts."
-            y = y + self._lin(self._swiglu(x, sp), sp + "w2.weight")
+            y = y + self._lin(self._swiglu(x, sp, clamp=c.shared_expert_clamp), sp + "w2.weight")
         return y.reshape(shape)
 
-    def _swiglu(self, x, p):
-        lim = self.cfg.swiglu_limit
+    def _swiglu(self, x, p, clamp=True):
+        lim = self.cfg.swiglu_limit if clamp else 0.0     # launch revision: shared expert unclamped
         g, u = self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight")
         if lim > 0:
             g, u = np.minimum(g, lim), np.clip(u, -lim, lim)

@@ -140,7 +140,11 @@ def _ref_loss(ref_fn, args, kw, cots):
 
 
 def run(op: Optional[str] = None, backend: Optional[str] = None, cases: Optional[List[Case]] = None,
-        check_grad: bool = True) -> List[Row]:
+        check_grad: bool = True, grad_mutations: Optional[Dict[str, Callable]] = None) -> List[Row]:
+    """Rows for every (case, available backend): "fwd", and "bwd" for cases with grad_args.
+
+    grad_mutations {name: f(grad) -> grad} adds a "bwd[name]" row per mutation, graded on f(backend gradient)
+    with the same reference derivatives: the check that the backward tolerance can fail (tests/ops)."""
     rows: List[Row] = []
     for case in cases if cases is not None else all_cases():
         if op and case.op != op:
@@ -166,8 +170,13 @@ def run(op: Optional[str] = None, backend: Optional[str] = None, cases: Optional
                 rows.append(Row(case.op, b.name, case.name, "fwd", shapes, math.inf, math.inf, 0.0, (atol, rtol),
                                 False, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
                 continue
-            ok, worst = True, (0.0, 0.0, 1.0)
+            # the outputs' count and shapes first: an empty result (S < ratio, no tokens routed) must still be the
+            # right empty shape
+            ok, worst = len(outs) == len(ref), (0.0, 0.0, 1.0)
             for o, r in zip(outs, ref):
+                if tuple(o.shape) != tuple(r.shape):
+                    ok, worst = False, (math.inf, math.inf, 0.0)
+                    continue
                 if np.issubdtype(r.dtype, np.integer):
                     same = np.array_equal(o.astype(np.int64), r.astype(np.int64))
                     ok &= same
@@ -179,36 +188,66 @@ def run(op: Optional[str] = None, backend: Optional[str] = None, cases: Optional
             rows.append(Row(case.op, b.name, case.name, "fwd", shapes, *worst, (atol, rtol), bool(ok)))
             if not (check_grad and case.grad_args):
                 continue
-            rows.append(_grad_row(case, b, ref_b, args, kw, ref, shapes, atol, rtol, rng))
+            rows.extend(_grad_row(case, b, ref_b, args, kw, ref, shapes, atol, rtol, rng, grad_mutations))
     return rows
 
 
-def _grad_row(case, b, ref_b, args, kw, ref, shapes, atol, rtol, rng) -> Row:
-    cots = [None if np.issubdtype(r.dtype, np.integer) else rng.standard_normal(r.shape) for r in ref]
-    try:
-        grads = _backend_grads(b, args, kw, case, cots)
-    except Exception as e:
-        return Row(case.op, b.name, case.name, "bwd", shapes, math.inf, math.inf, 0.0, (atol, rtol), False,
-                   f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
-    ok, worst_abs, worst_rel, worst_cos = True, 0.0, 0.0, 1.0
+def _unit(v):
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def _grad_check(case, ref_b, args, kw, cots, grads, atol, rtol, rng):
+    """(ok, worst_abs, worst_rel, worst_cos, note) of backend gradients `grads` against the reference.
+
+    Per differentiable input, two unit directions v: the backend's own gradient direction g/|g| (a random one when
+    g = 0) and a random one. The backend's directional derivative g·v is compared with a central difference of the
+    reference loss along v (fd):
+      along g/|g|:  |g·v - fd| <= 10·rtol·max(|g·v|, |fd|) + 10·atol — g·v = |g|, so any error in the gradient's
+                    magnitude (a 10% scale, a dropped factor) fails, whatever the input size;
+      random v:     |g·v - fd| <= 10·rtol·|g| + 10·atol — errors orthogonal to g (wrong elements, swapped rows).
+    A gradient of the wrong shape fails. Where the true gradient is exactly zero (fd = 0, e.g. an empty output)
+    the row passes only if the backend's gradient is below 10·atol too."""
+    ok, worst_abs, worst_rel, worst_cos, note = True, 0.0, 0.0, 1.0, ""
     for p, g in zip(case.grad_args, grads):
-        for _ in range(2):
-            v = rng.standard_normal(args[p].shape)
+        if tuple(g.shape) != tuple(np.shape(args[p])):
+            return False, math.inf, math.inf, 0.0, f"grad of input {p} has shape {tuple(g.shape)}, " \
+                                                   f"expected {tuple(np.shape(args[p]))}"
+        g = g.astype(np.float64)
+        gn = float(np.linalg.norm(g))
+        rand = _unit(rng.standard_normal(args[p].shape))
+        for along_g, v in ((True, _unit(g) if gn > 0 else rand), (False, rand)):
             eps = 1e-6 * max(1.0, float(np.abs(args[p]).max()))
             plus = list(args)
             minus = list(args)
             plus[p] = args[p] + eps * v
             minus[p] = args[p] - eps * v
             fd = (_ref_loss(ref_b.fn, plus, kw, cots) - _ref_loss(ref_b.fn, minus, kw, cots)) / (2 * eps)
-            got = float(np.sum(g.astype(np.float64) * v))
+            got = float(np.sum(g * v))
             err = abs(got - fd)
-            scale = float(np.sqrt(np.sum(g.astype(np.float64) ** 2) * np.sum(v * v))) + 1e-12
-            ok &= err <= 10 * atol * math.sqrt(v.size) + 10 * rtol * scale
+            bound = 10 * rtol * (max(abs(got), abs(fd)) if along_g else gn) + 10 * atol
+            ok &= bool(err <= bound)
             worst_abs = max(worst_abs, err)
             worst_rel = max(worst_rel, err / (abs(fd) + 1e-6))
-            worst_cos = min(worst_cos, 1.0 - err / scale)
-    return Row(case.op, b.name, case.name, "bwd", shapes, worst_abs, worst_rel, worst_cos, (atol, rtol), bool(ok),
-               "directional derivative vs central differences of the reference")
+            worst_cos = min(worst_cos, 1.0 - err / (max(gn, abs(fd)) + 1e-12))
+    return ok, worst_abs, worst_rel, worst_cos, note
+
+
+def _grad_row(case, b, ref_b, args, kw, ref, shapes, atol, rtol, rng, mutations=None) -> List[Row]:
+    cots = [None if np.issubdtype(r.dtype, np.integer) else rng.standard_normal(r.shape) for r in ref]
+    try:
+        grads = _backend_grads(b, args, kw, case, cots)
+    except Exception as e:
+        return [Row(case.op, b.name, case.name, "bwd", shapes, math.inf, math.inf, 0.0, (atol, rtol), False,
+                    f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")]
+    rows = []
+    for name, fn in [("", None)] + list((mutations or {}).items()):
+        g = grads if fn is None else [fn(x) for x in grads]
+        ok, wa, wr, wc, note = _grad_check(case, ref_b, args, kw, cots, g, atol, rtol,
+                                           np.random.default_rng(case.seed + 1))
+        rows.append(Row(case.op, b.name, case.name, "bwd" + (f"[{name}]" if name else ""), shapes, wa, wr, wc,
+                        (atol, rtol), ok, note or "directional derivatives vs central differences of the reference"))
+    return rows
 
 
 def format_table(rows: List[Row]) -> str:

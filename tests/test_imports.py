@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TREES = {"ascend_v4": "ascend_v4", "ops": "ascend_v4.ops", "graph": "ascend_v4.graph", "tools": "ascend_v4.tools"}
 ORDER = {"ops": 0, "core": 1, "graph": 2, "cli": 3}
 # known upward imports being removed elsewhere (file -> why it is tolerated for now); delete an entry once fixed
-KNOWN = {"ops/attention/reference.py": "FP4 helpers imported from the checkpoint codecs; moves into ops with #19"}
+KNOWN: dict = {}   # path -> reason, for an upward import being moved (none today)
 
 
 def _layer(mod):

@@ -98,13 +98,52 @@ def test_yarn_band_for_v4_flash_by_hand():
     high = math.ceil(64 * math.log(65536 / (1 * 2 * math.pi)) / (2 * math.log(160000)))
     assert (low, high) == (15, 25)
     f = rope_freqs(64, 160000.0, 65536, 16.0, 32, 1)
-    for i in range(32):
-        base = 160000.0 ** (-2 * i / 64)
-        t = min(max((i - 15) / 10, 0.0), 1.0)
-        assert f[i] == pytest.approx(base / 16 * t + base * (1 - t), rel=1e-12)
-    assert f[0] == 1.0 and f[31] == pytest.approx(160000.0 ** (-62 / 64) / 16, rel=1e-12)
+    assert f.dtype == np.float32
+    f32 = np.float32
+    for i in range(32):   # one scalar at a time, every step rounded to float32 in precompute_freqs_cis' order
+        base = f32(1) / f32(160000.0 ** float(f32(2 * i) / f32(64)))
+        ramp = min(max((f32(i) - f32(15)) / f32(10), f32(0)), f32(1))
+        smooth = f32(1) - ramp
+        assert f[i] == base / f32(16) * (f32(1) - smooth) + base * smooth, i
+    assert f[0] == 1.0 and f[31] == pytest.approx(160000.0 ** (-62 / 64) / 16, rel=1e-7)
     # SWA layers: plain base 10000, no YaRN
-    np.testing.assert_allclose(rope_freqs(64, 10000.0), 10000.0 ** (-np.arange(0, 64, 2) / 64), rtol=1e-14)
+    np.testing.assert_array_equal(rope_freqs(64, 10000.0),
+                                  [f32(1) / f32(10000.0 ** float(f32(2 * i) / f32(64))) for i in range(32)])
+
+
+@pytest.mark.parametrize("args", [(64, 160000.0, 65536, 16.0, 32, 1), (64, 10000.0), (16, 160000.0, 64, 16.0, 32, 1)],
+                         ids=["flash_yarn", "plain", "tiny_yarn"])
+def test_rope_tables_are_the_reference_float32_computation(args):
+    """precompute_freqs_cis in torch float32 (an independent implementation of the reference's order of operations):
+    the frequencies agree to the 2 ulp by which powf implementations differ; given the frequencies, the table is
+    polar(1, f32(p)·freq) to cos/sin rounding (<= 3e-7) at every position up to 64K and around 1M. A float64 table
+    (this module before) is 1.5e-4 off at 4K and percent-level at 1M, and fails."""
+    import torch
+    dim, base = args[0], args[1]
+    ours = rope_freqs(*args)
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    if len(args) > 2:
+        osl, factor, bf, bs = args[2:]
+        corr = [dim * math.log(osl / (r * 2 * math.pi)) / (2 * math.log(base)) for r in (bf, bs)]
+        low, high = max(math.floor(corr[0]), 0), min(math.ceil(corr[1]), dim - 1)
+        smooth = 1 - torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        freqs = freqs / factor * (1 - smooth) + freqs * smooth
+    ulps = np.abs(ours.view(np.int32).astype(np.int64) - freqs.numpy().view(np.int32).astype(np.int64))
+    assert ulps.max() <= 2, ulps
+    from ascend_v4.ops.attention.rope import rope_table
+    n = 1 << 16
+    cos, sin = rope_table(n, *args)
+    ref = torch.polar(torch.ones(n, dim // 2), torch.outer(torch.arange(n), torch.from_numpy(ours)))
+    err = max(np.abs(cos - ref.real.numpy()).max(), np.abs(sin - ref.imag.numpy()).max())
+    assert err <= 3e-7, err
+    far = torch.arange((1 << 20) - 512, 1 << 20)        # 1M context: the float32 angle is what the model saw
+    cos_far, sin_far = rope_table(512, *args, start=(1 << 20) - 512)
+    ref_far = torch.polar(torch.ones(512, dim // 2), torch.outer(far, torch.from_numpy(ours)))
+    assert np.abs(cos_far - ref_far.real.numpy()).max() <= 3e-7
+    assert np.abs(sin_far - ref_far.imag.numpy()).max() <= 3e-7
+    # the float64 table this replaced is far outside that bound
+    ang64 = np.arange(n, dtype=np.float64)[:, None] * ours.astype(np.float64)[None]
+    assert np.abs(np.cos(ang64) - ref.real.numpy()).max() > 30 * 3e-7
 
 
 def test_rope_rotates_interleaved_pairs_of_the_last_dims_and_inverts():
@@ -186,9 +225,9 @@ def test_indexer_scores_topk_ties_and_padding():
     q = np.zeros((1, 24, 1, 2))
     q[..., 0] = 1.0
     w = np.ones((1, 24, 1))
-    idx = A.lightning_indexer(q, k, w, ratio=4, topk=3)
+    idx = A.lightning_indexer(q, k, w, ratio=4, topk=3, fp4=False)
     assert idx[0, 23].tolist() == [1, 3, 4]            # the set {1, 3, 4}, ascending ids
-    idx = A.lightning_indexer(q, k, w, ratio=4, topk=4)
+    idx = A.lightning_indexer(q, k, w, ratio=4, topk=4, fp4=False)
     assert idx[0, 23].tolist() == [0, 1, 3, 4]          # a zero-score tie: the lowest id (0) wins
     assert idx[0, 2].tolist() == [-1, -1, -1, -1]       # t=2 sees no entry yet
     assert idx[0, 7].tolist() == [0, 1, -1, -1]         # t=7 sees entries 0, 1

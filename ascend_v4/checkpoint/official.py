@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 import zlib
 from typing import Dict, Iterable, List, Mapping, Optional
 
@@ -198,6 +199,12 @@ def _write_json(path: str, obj) -> None:
 
 
 # ------------------------------------------------------------------------------ loader ------------
+def is_mtp_shared_copy(name: str) -> bool:
+    """A release tensor the official converter drops: an `mtp.*` copy of the embedding (name contains `emb`) or of
+    the LM head (ends with `head.weight`); the MTP block uses the main model's."""
+    return name.startswith("mtp.") and ("emb" in name or name.endswith("head.weight"))
+
+
 def load_official_weights(ckpt_dir: str, cfg: Optional[ModelConfig] = None, names: Optional[Iterable[str]] = None,
                           allow_extra: bool = False) -> Dict[str, np.ndarray]:
     """Validate `ckpt_dir` against the inventory of `cfg` (default: its config.json) and dequantise.
@@ -219,8 +226,12 @@ def load_official_weights(ckpt_dir: str, cfg: Optional[ModelConfig] = None, name
         dt, shape = ck.meta(k)
         if (dt, shape) != (e.dtype, e.shape):
             problems.append(f"{k} is {dt}{list(shape)}, expected {e.dtype}{list(e.shape)}")
+    copies = [k for k in ck.keys() if k not in expected and is_mtp_shared_copy(k)]
+    if copies:   # the official converter drops these too; the MTP block shares the main embedding and head
+        warnings.warn(f"{ck.dir}: skipping {len(copies)} MTP copies of the shared embedding/head "
+                      f"({', '.join(copies[:3])}{', ...' if len(copies) > 3 else ''})", stacklevel=2)
     if not allow_extra:
-        problems += [f"unexpected {k}" for k in ck.keys() if k not in expected]
+        problems += [f"unexpected {k}" for k in ck.keys() if k not in expected and k not in copies]
     if problems:
         raise CheckpointError(f"{ck.dir}: does not match the '{cfg.name}' inventory ({len(problems)} problems): "
                               + "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")

@@ -3,8 +3,9 @@
 Ops and backends (float64 NumPy `reference`, MindSpore `composite`, CPU C++ `cpp` = ops.Custom aot + bprop):
     compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps)            prefill form, all complete blocks
     compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_pos, ratio, overlap, norm_eps)
-        -> (entries, kv_state, score_state)                                      decode-state form (spec §9.1/9.3)
-    lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False)               ascending ids, -1 padded
+        -> (entries, kv_state, score_state)                                      decode-state form (docs/numerics.md)
+    lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True)                ascending ids, -1 padded
+        fp4=True: Hadamard + FP4 q/k as DeepSeek's indexer (default); fp4=False: exact scores
     sparse_attention(q, kv, sink, window_idx, compressed_idx | None, scale)       CSA / SWA
     hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0)
         HCA without an index list: window + every visible compressed entry (kv rows cmp_offset..)

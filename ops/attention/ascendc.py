@@ -103,8 +103,8 @@ def hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_
     return _PRIMS[key](q, kv, sink, window_idx)[0]
 
 
-def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
-    if fp4:   # FP4 simulation is elementwise pre-processing; reuse the composite's
+def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
+    if fp4:   # Hadamard + FP4 QDQ is the kernel's input quantisation; the composite's fp4_rotate runs it on the cube
         from .composite import fp4_rotate
         q, k = fp4_rotate(q), fp4_rotate(k)
     return _PRIMS[("indexer", int(topk), int(ratio), int(start_pos))](q, k, w)

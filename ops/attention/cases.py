@@ -1,5 +1,5 @@
 """Parity cases of the attention family: short sequences, block boundaries, topk > visible, first tokens,
-FP4 indexer, decode positions, HCA without index lists. The decode-state compressor is checked in
+indexer with FP4 simulation (default) and exact scoring, decode positions, HCA without index lists. The decode-state compressor is checked in
 tests/ops/test_attention_state.py (its score state holds -inf, which the harness metrics do not compare)."""
 import numpy as np
 
@@ -18,7 +18,7 @@ def _compress(B, S, D, c, ratio):
     return make
 
 
-def _indexer(B, S, H, d, ratio, topk, start_pos=0, fp4=False, scale_spread=False):
+def _indexer(B, S, H, d, ratio, topk, start_pos=0, fp4=True, scale_spread=False):
     def make(rng):
         N = (start_pos + S) // ratio
         q = rng.standard_normal((B, S, H, d))
@@ -29,8 +29,8 @@ def _indexer(B, S, H, d, ratio, topk, start_pos=0, fp4=False, scale_spread=False
         kw = {"ratio": ratio, "topk": topk}
         if start_pos:
             kw["start_pos"] = start_pos
-        if fp4:
-            kw["fp4"] = True
+        if not fp4:
+            kw["fp4"] = False      # exact scoring; without the key the op's default (FP4 simulation) runs
         return (q, k, rng.standard_normal((B, S, H))), kw
     return make
 
@@ -84,15 +84,22 @@ CASES = [
     Case("compress_kv", "shorter_than_block", _compress(1, 3, 16, 8, 4), grad_args=(0, 1)),
     Case("compress_kv", "csa_two_blocks_plus1", _compress(2, 9, 16, 8, 4), grad_args=(0, 1, 2, 3, 4)),
     Case("compress_kv", "hca_exact_block_r16", _compress(1, 16, 32, 8, 16), grad_args=(0, 2, 3)),
-    Case("lightning_indexer", "S32_topk4", _indexer(2, 32, 4, 16, 4, 4)),
-    Case("lightning_indexer", "topk_gt_visible", _indexer(1, 20, 2, 16, 4, 64)),
-    Case("lightning_indexer", "S64_topk8", _indexer(1, 64, 4, 32, 4, 8)),
-    Case("lightning_indexer", "first_tokens_S3", _indexer(1, 3, 2, 16, 4, 4)),
-    Case("lightning_indexer", "block_boundary_S16", _indexer(2, 16, 2, 16, 4, 3)),
-    Case("lightning_indexer", "decode_start_pos", _indexer(1, 1, 4, 32, 4, 5, start_pos=41)),
-    Case("lightning_indexer", "chunk_start_pos", _indexer(1, 6, 4, 32, 4, 5, start_pos=18)),
-    Case("lightning_indexer", "fp4_S32_topk4", _indexer(2, 32, 4, 64, 4, 4, fp4=True)),
-    Case("lightning_indexer", "fp4_spread_S40", _indexer(1, 40, 2, 128, 4, 6, fp4=True, scale_spread=True)),
+    # exact scoring (fp4=False): any head dim
+    Case("lightning_indexer", "exact_S32_topk4", _indexer(2, 32, 4, 16, 4, 4, fp4=False)),
+    Case("lightning_indexer", "exact_topk_gt_visible", _indexer(1, 20, 2, 16, 4, 64, fp4=False)),
+    Case("lightning_indexer", "exact_S64_topk8", _indexer(1, 64, 4, 32, 4, 8, fp4=False)),
+    Case("lightning_indexer", "exact_first_tokens_S3", _indexer(1, 3, 2, 16, 4, 4, fp4=False)),
+    Case("lightning_indexer", "exact_block_boundary_S16", _indexer(2, 16, 2, 16, 4, 3, fp4=False)),
+    Case("lightning_indexer", "exact_decode_start_pos", _indexer(1, 1, 4, 32, 4, 5, start_pos=41, fp4=False)),
+    Case("lightning_indexer", "exact_chunk_start_pos", _indexer(1, 6, 4, 32, 4, 5, start_pos=18, fp4=False)),
+    # the default: Hadamard + FP4 q/k as DeepSeek's indexer (head dim a power of two, >= 32)
+    Case("lightning_indexer", "fp4_S32_topk4", _indexer(2, 32, 4, 64, 4, 4)),
+    Case("lightning_indexer", "fp4_spread_S40", _indexer(1, 40, 2, 128, 4, 6, scale_spread=True)),
+    Case("lightning_indexer", "fp4_topk_gt_visible", _indexer(1, 20, 2, 32, 4, 64)),
+    Case("lightning_indexer", "fp4_S64_topk8", _indexer(1, 64, 4, 32, 4, 8)),
+    Case("lightning_indexer", "fp4_first_tokens_S3", _indexer(1, 3, 2, 32, 4, 4)),
+    Case("lightning_indexer", "fp4_decode_start_pos", _indexer(1, 1, 4, 128, 4, 5, start_pos=41)),
+    Case("lightning_indexer", "fp4_chunk_start_pos", _indexer(1, 6, 4, 128, 4, 5, start_pos=18)),
     Case("sparse_attention", "window_only", _attend(2, 12, 3, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "first_tokens", _attend(1, 3, 2, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "hca_dense", _attend(1, 40, 2, 16, 8, ratio=8), grad_args=(0, 1, 2)),

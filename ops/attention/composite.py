@@ -9,6 +9,7 @@ import mindspore as ms
 from mindspore import ops
 
 from ..common import NEG_INF, linear, rms_norm
+from .reference import FP4_BLOCK, hadamard_matrix
 
 
 def apply_rope(x, cos, sin, inverse=False):
@@ -65,16 +66,16 @@ def compressed_indices(S, ratio, start_pos=0):
 
 
 def _hadamard(d):
-    h = np.ones((1, 1), np.float32)
-    while h.shape[0] < d:
-        h = np.block([[h, h], [h, -h]])
-    return ms.Tensor((h / np.sqrt(d)).astype(np.float32))
+    """The normalised Hadamard matrix of ops/attention/reference.py (the project's one definition), float32."""
+    return ms.Tensor(hadamard_matrix(d).astype(np.float32))
 
 
-def fp4_quant(x, block=32):
+def fp4_quant(x, block=FP4_BLOCK):
     """fp4_act_quant(inplace=True): blocks of 32 along the last dim, scale 2^ceil(log2(amax/6)) (amax floored
     at 6*2^-126), round-to-nearest-even onto the E2M1 grid; float32 throughout, exact like the reference."""
     shape = x.shape
+    if shape[-1] % block:
+        raise ValueError(f"FP4 quantisation works on blocks of {block}: last dim {shape[-1]} is not a multiple")
     xb = x.reshape(shape[:-1] + (shape[-1] // block, block))
     amax = ops.maximum(ops.amax(ops.abs(xb), -1, True), ops.full((1,), 6.0 * 2.0 ** -126, dtype=ms.float32))
     y = amax / 6.0
@@ -90,11 +91,12 @@ def fp4_quant(x, block=32):
 
 
 def fp4_rotate(x):
-    """Hadamard rotation (normalised) of the last dim, then FP4 fake-quant; the indexer's q/k under fp4=True."""
+    """Hadamard rotation (normalised) of the last dim, then FP4 fake-quant: what the official indexer does to its
+    q and k before scoring (rotate_activation + fp4_act_quant). The Ascend backend calls this too."""
     return fp4_quant(ops.matmul(ops.cast(x, ms.float32), _hadamard(x.shape[-1])))
 
 
-def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
+def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
     B, S = q.shape[0], q.shape[1]
     N = k.shape[1]
     qf = ops.cast(q, ms.float32)

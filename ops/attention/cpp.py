@@ -118,7 +118,10 @@ def dense_causal_attention(q, kv, sink, scale, stride=1):
     return _PRIMS["dense"](q, kv, ops.cast(sink, ms.float32), dummy, cfg)[0]
 
 
-def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
+def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
+    d = q.shape[-1]
+    if fp4 and (d & (d - 1) or d % 32):   # the kernel's fwht / fp4_quant would read past the row
+        raise ValueError(f"fp4 indexer needs a power-of-two head dim >= 32 (Hadamard + FP4 blocks of 32), got {d}")
     kk = min(topk, k.shape[1])
     cfg = ms.Tensor([float(ratio), float(start_pos), 1.0 if fp4 else 0.0, 0.0], ms.float32)
     return _PRIMS["indexer"](q, k, w, cfg, ops.zeros((kk,), ms.int32))

@@ -1,4 +1,4 @@
-"""KV compressor, lightning indexer and sparse attention with sink in float64 NumPy (spec §4, §9)."""
+"""KV compressor, lightning indexer and sparse attention with sink in float64 NumPy (docs/numerics.md)."""
 import numpy as np
 
 NEG = -np.inf
@@ -58,13 +58,14 @@ def indexer_scores(q, k, w):
                      np.maximum(np.einsum("bthd,bsd->bths", q.astype(np.float64), k.astype(np.float64)), 0.0))
 
 
-def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
+def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
     """-> [B, S, min(topk, N)] int32: the ids of the top-k visible entries in ascending id order, -1 padded.
 
     The selected *set* is what attention uses, so the output lists it in id order (cheap for every backend,
     and deterministic); ties in the score — common, since ReLU zeroes whole heads — go to the lower id.
-    fp4=True simulates the CUDA path's FP4 q/k: Hadamard rotation (d^-1/2) then E2M1 block-32 fake-quant
-    (see fp4_rotate). Computed in query chunks (lightning_indexer_stream), never the full [S, N] matrix.
+    fp4=True (default, what DeepSeek's indexer computes and the checkpoint was trained with): q and k go through
+    fp4_rotate (Hadamard rotation, then FP4 quantise-dequantise) before scoring; fp4=False scores the exact
+    values (docs/numerics.md). Computed in query chunks (lightning_indexer_stream), never the full [S, N] matrix.
     """
     return lightning_indexer_stream(q, k, w, ratio, topk, start_pos, fp4)
 
@@ -106,46 +107,60 @@ def hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_
 
 
 # ------------------------------------------------------------------ FP4 simulation of indexer q / k
+def hadamard(x):
+    """Normalised Walsh-Hadamard transform over the last dim (Sylvester order, scale d^-1/2), in float64: the
+    rotation DeepSeek's rotate_activation takes from fast_hadamard_transform. d must be a power of two.
+    The project's one definition: the composite takes its matrix from hadamard_matrix, the NumPy CUDA-numerics
+    emulation (ascend_v4/numerics.py) calls this; only the C++ kernel has its own butterfly (fwht)."""
+    x = np.array(x, np.float64)
+    d = x.shape[-1]
+    if d < 1 or d & (d - 1):
+        raise ValueError(f"Hadamard rotation needs a power-of-two last dim, got {d}")
+    h = 1
+    while h < d:                       # butterflies: (a, b) -> (a + b, a - b) at stride h
+        y = x.reshape(x.shape[:-1] + (d // (2 * h), 2, h))
+        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
+        y[..., 0, :], y[..., 1, :] = a + b, a - b
+        x = y.reshape(x.shape)
+        h *= 2
+    return x / np.sqrt(d)
+
+
 def hadamard_matrix(d):
-    """Sylvester Walsh-Hadamard matrix normalised by d^-1/2 (fast_hadamard_transform's scale); d = 2^k."""
-    if d & (d - 1):
-        raise ValueError(f"Hadamard rotation needs a power-of-two dim, got {d}")
-    h = np.ones((1, 1))
-    while h.shape[0] < d:
-        h = np.block([[h, h], [h, -h]])
-    return h / np.sqrt(d)
+    """[d, d] matrix H with x @ H == hadamard(x) (symmetric; for the matmul backends)."""
+    return hadamard(np.eye(d))
 
 
-def _fp4_fallback(x, block=32):
-    # DeepSeek's fp4_act_quant(inplace=True) in float32: power-of-two scale 2^ceil(log2(amax/6)),
-    # amax floored at 6*2^-126, round-to-nearest-even onto the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}.
+FP4_BLOCK = 32
+E2M1_MAX = 6.0
+
+
+def fp4_act_quant(x, block=FP4_BLOCK):
+    """DeepSeek's fp4_act_quant(x, 32, inplace=True) in float32: per block of 32 along the last dim the scale is
+    the power of two 2^ceil(log2(amax/6)) (amax floored at 6·2^-126, an E8M0 value), and x/scale, clamped to
+    ±6, rounds to nearest-even on the E2M1 grid {0, .5, 1, 1.5, 2, 3, 4, 6}. float32 in, float32 out."""
     x = np.asarray(x, np.float32)
+    if x.shape[-1] % block:
+        raise ValueError(f"FP4 quantisation works on blocks of {block}: last dim {x.shape[-1]} is not a multiple")
     xb = x.reshape(x.shape[:-1] + (x.shape[-1] // block, block)).astype(np.float64)
-    amax = np.maximum(np.abs(xb).max(-1, keepdims=True), 6.0 * 2.0 ** -126)
-    mant, ex = np.frexp(amax / 6.0)
+    amax = np.maximum(np.abs(xb).max(-1, keepdims=True), E2M1_MAX * 2.0 ** -126)
+    mant, ex = np.frexp(amax / E2M1_MAX)                  # amax/6 = mant·2^ex, mant in [0.5, 1)
     scale = np.exp2((ex - (mant == 0.5)).astype(np.float64))
-    v = np.clip(xb / scale, -6.0, 6.0)
+    v = np.clip(xb / scale, -E2M1_MAX, E2M1_MAX)
     a = np.abs(v)
-    step = np.where(a < 2, 0.5, np.where(a < 4, 1.0, 2.0))
-    q = np.sign(v) * np.rint(a / step) * step
+    step = np.where(a < 2, 0.5, np.where(a < 4, 1.0, 2.0))   # E2M1 spacing per binade
+    q = np.sign(v) * np.rint(a / step) * step                 # rint: ties to even
     return (q * scale).astype(np.float32).reshape(x.shape)
 
 
-try:  # the checkpoint codecs own the bit-exact format; fall back to the small copy above without them
-    from ...checkpoint.formats import act_quant_fp4 as _act_quant_fp4
-except Exception:  # pragma: no cover - package layout without the checkpoint module
-    _act_quant_fp4 = _fp4_fallback
-
-
 def fp4_rotate(x):
-    """Hadamard-rotate the last dim, then FP4 (E2M1, block 32, E8M0 scales) quantise-dequantise, as the
-    CUDA indexer does before scoring. float32 in, float32 out (the kernels' precision)."""
-    x = np.asarray(x, np.float32)
-    r = (x.astype(np.float64) @ hadamard_matrix(x.shape[-1])).astype(np.float32)
-    return _act_quant_fp4(r, 32).astype(np.float32)
+    """What the official indexer does to its queries and keys before scoring: rotate_activation (Hadamard) then
+    fp4_act_quant (block 32). float32 in, float32 out; the rotation is rounded to float32 once, as the
+    float32 CPU path holds it."""
+    return fp4_act_quant(hadamard(np.asarray(x, np.float32)).astype(np.float32))
 
 
-def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=False, chunk=256):
+def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=True, chunk=256):
     """Same result as lightning_indexer, computed `chunk` queries at a time: memory O(chunk · N), never the
     whole [S, N] score matrix (the CPU kernel streams the same way, per query row)."""
     if fp4:
@@ -157,17 +172,21 @@ def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=False, chunk
     N = k.shape[1]
     kk = min(topk, N)
     out = np.full((B, S, kk), -1, np.int32)
-    ids = np.arange(N)
     for s0 in range(0, S, chunk):
         s1 = min(S, s0 + chunk)
-        I = np.einsum("bth,bths->bts", w[:, s0:s1],
-                      np.maximum(np.einsum("bthd,bsd->bths", q[:, s0:s1], k), 0.0))
-        vis = (start_pos + np.arange(s0, s1) + 1) // ratio
-        I = np.where(ids[None, None, :] < vis[None, :, None], I, NEG)
-        idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
-        idx = np.sort(np.where(idx < vis[None, :, None], idx, N + idx), axis=-1)
-        out[:, s0:s1] = np.where(idx < N, idx, -1)
+        I = indexer_scores(q[:, s0:s1], k, w[:, s0:s1])
+        out[:, s0:s1] = select_topk(I, (start_pos + np.arange(s0, s1) + 1) // ratio, kk)
     return out
+
+
+def select_topk(I, vis, kk):
+    """I [B, S, N] scores, vis [S] visible entries per query -> [B, S, kk] int32: the kk best visible entries in
+    ascending id order, -1 padded; equal scores go to the lower id (stable sort)."""
+    N = I.shape[-1]
+    I = np.where(np.arange(N)[None, None, :] < vis[None, :, None], I, NEG)
+    idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
+    idx = np.sort(np.where(idx < vis[None, :, None], idx, N + idx), axis=-1)
+    return np.where(idx < N, idx, -1).astype(np.int32)
 
 
 # --------------------------------------------------------------- compressor with decode state (§9.1/9.3)
@@ -175,7 +194,7 @@ def compressor_state(B, ratio, c, overlap, dtype=np.float64):
     """Fresh (reset) decode state: kv_state zeros, score_state -inf, both [B, coff·ratio, coff·c].
 
     Overlap mode: slots 0..ratio-1 hold the previous complete block, ratio..2·ratio-1 the current partial one.
-    Reset between sequences by taking a fresh state (the DeepSeek reference never resets; spec §9.3).
+    Reset between sequences by taking a fresh state (the DeepSeek reference never resets; docs/numerics.md).
     """
     coff = 2 if overlap else 1
     return (np.zeros((B, coff * ratio, coff * c), dtype), np.full((B, coff * ratio, coff * c), NEG, dtype))
@@ -198,7 +217,7 @@ def compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_po
 
     x [B, T, D]; state as from compressor_state(). Returns (entries [B, n_new, c], kv_state, score_state) with
     n_new = (start_pos + T)//ratio - start_pos//ratio: the blocks this chunk completes, in order (entry index
-    start_pos//ratio + j). Token by token as spec §9.3: the score gets ape[p mod ratio] and goes to slot
+    start_pos//ratio + j). Token by token as the reference Compressor decodes: the score gets ape[p mod ratio] and goes to slot
     (ratio if overlap else 0) + p mod ratio; when a block completes it is pooled (overlap: previous block's
     first-half channels + current block's second-half channels, softmax over the 2·ratio slots per channel),
     RMS-normed, and the current slots move to the previous slots and are cleared (a canonical state: unused

@@ -27,7 +27,7 @@ class _AttnCell(nn.Cell):
         self.ratio, self.topk, self.scale = ratio, topk, scale
 
     def construct(self, q, kv, sink, win, qi, ki, wi, x, wkv, wg, ape, nw):
-        idx = self.index(qi, ki, wi, self.ratio, self.topk)
+        idx = self.index(qi, ki, wi, self.ratio, self.topk, fp4=False)   # d=16: exact scoring
         S = q.shape[1]
         cmp = ops.where(idx >= 0, idx + S, idx)
         o1 = self.attend(q, kv, sink, win, cmp, self.scale)
@@ -57,7 +57,7 @@ def test_cpp_in_graph_mode_matches_reference():
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
     f = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in a.items()}
-    ridx = R.lightning_indexer(f["qi"], f["ki"], f["wi"], 4, 3)
+    ridx = R.lightning_indexer(f["qi"], f["ki"], f["wi"], 4, 3, fp4=False)
     np.testing.assert_array_equal(idx.asnumpy(), ridx)
     cmp = np.where(ridx >= 0, ridx + 24, -1)
     np.testing.assert_allclose(o1.asnumpy(), R.sparse_attention(f["q"], f["kv"], f["sink"], f["win"], cmp, 0.25),
@@ -108,8 +108,8 @@ def test_fp4_rotate_bit_exact_across_backends():
 def test_fp4_changes_selection_but_not_much():
     rng = np.random.default_rng(1)
     q, k, w = rng.standard_normal((1, 256, 4, 64)), rng.standard_normal((1, 64, 64)), rng.random((1, 256, 4))
-    a = R.lightning_indexer(q, k, w, 4, 16)
-    b = R.lightning_indexer(q, k, w, 4, 16, fp4=True)
+    a = R.lightning_indexer(q, k, w, 4, 16, fp4=False)
+    b = R.lightning_indexer(q, k, w, 4, 16)            # the default simulates FP4
     overlap = np.mean([len(set(x) & set(y)) / max(1, len(set(x) - {-1})) for x, y in zip(a[0], b[0]) if x[0] >= 0])
     assert 0.6 < overlap < 1.0
 
@@ -117,9 +117,9 @@ def test_fp4_changes_selection_but_not_much():
 def test_streaming_indexer_equals_one_shot():
     rng = np.random.default_rng(2)
     q, k, w = rng.standard_normal((2, 100, 3, 16)), rng.standard_normal((2, 25, 16)), rng.standard_normal((2, 100, 3))
-    want = R.lightning_indexer_stream(q, k, w, 4, 7, chunk=10 ** 6)
+    want = R.lightning_indexer_stream(q, k, w, 4, 7, fp4=False, chunk=10 ** 6)
     for chunk in (1, 7, 64):
-        np.testing.assert_array_equal(R.lightning_indexer_stream(q, k, w, 4, 7, chunk=chunk), want)
+        np.testing.assert_array_equal(R.lightning_indexer_stream(q, k, w, 4, 7, fp4=False, chunk=chunk), want)
 
 
 def _peak_rss_reset():
@@ -149,10 +149,10 @@ def test_cpp_indexer_and_hca_memory_is_not_quadratic():
     q = ms.Tensor(rng.standard_normal((1, S, 1, 16), dtype=np.float32))
     k = ms.Tensor(rng.standard_normal((1, S // ratio, 16), dtype=np.float32))
     w = ms.Tensor(rng.random((1, S, 1), dtype=np.float32))
-    cpp.lightning_indexer(q, k, w, ratio, 8).asnumpy()         # warm (kernel load)
+    cpp.lightning_indexer(q, k, w, ratio, 8, fp4=False).asnumpy()         # warm (kernel load)
     _peak_rss_reset()
     base = _vm_hwm()
-    idx = cpp.lightning_indexer(q, k, w, ratio, 8).asnumpy()
+    idx = cpp.lightning_indexer(q, k, w, ratio, 8, fp4=False).asnumpy()
     grown = _vm_hwm() - base
     assert grown < 48 << 20, f"indexer peak RSS grew {grown / 2**20:.0f} MiB"
     assert idx.shape == (1, S, 8) and (idx[:, -1] >= 0).all()
@@ -240,12 +240,12 @@ def test_dense_causal_baseline_equals_full_window_and_samples_exactly():
     np.testing.assert_array_equal(sub, full[:, 3::4])
 
 
-def test_fp4_fallback_matches_checkpoint_codec():
-    """reference.fp4_rotate uses ascend_v4.checkpoint.formats.act_quant_fp4; the small local copy (used only when
-    that module is absent) must agree with it bit for bit."""
-    formats = pytest.importorskip("ascend_v4.checkpoint.formats")
+def test_fp4_act_quant_matches_checkpoint_codec():
+    """The indexer's FP4 QDQ (ops/attention/reference.py, no checkpoint import: ops never import ascend_v4) agrees
+    bit for bit with the checkpoint codec's act_quant_fp4 (E2M1 encode/decode tables)."""
+    from ascend_v4.checkpoint import formats
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((40, 128)) * np.exp2(rng.integers(-30, 30, (40, 1)))).astype(np.float32)
     x[0, :32] = 0.0                                    # all-zero block: amax floor
     x[1, :32] = 3.0                                    # exact power-of-two boundary
-    np.testing.assert_array_equal(R._fp4_fallback(x), formats.act_quant_fp4(x, 32))
+    np.testing.assert_array_equal(R.fp4_act_quant(x), formats.act_quant_fp4(x, 32))

@@ -2,7 +2,7 @@
 forward, and backward as directional derivatives vs central differences of the reference (ops/parity.py)."""
 import pytest
 
-pytest.importorskip("mindspore")
+import mindspore  # noqa: F401,E402  (required: a missing one fails, tests/test_dependencies.py)
 
 from ascend_v4.ops import parity, registry
 from ascend_v4.ops.attention.cases import CASES

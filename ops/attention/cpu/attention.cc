@@ -625,7 +625,7 @@ PoolArgs pool_args(int64_t** shapes, const float* cfg) {
 extern "C" {
 
 // kvp[B,S,coff·c], scp[B,S,coff·c] (projections, ape not added), ape[m,coff·c], norm_w[c], cfg f32[1] = {eps}
-// -> out[B,S//m,c] = RMSNorm(Σ_slots softmax(scp + ape) ⊙ kvp) with the overlap slot map of spec §4.2.
+// -> out[B,S//m,c] = RMSNorm(Σ_slots softmax(scp + ape) ⊙ kvp) with the overlap slot map of the reference Compressor (docs/numerics.md).
 int CompressPoolFwd(int, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
   const PoolArgs a = pool_args(shapes, static_cast<const float*>(params[4]));
   F32View kvp(params[0], dtypes[0], a.B * a.S * a.W), scp(params[1], dtypes[1], a.B * a.S * a.W);
