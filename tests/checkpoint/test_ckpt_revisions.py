@@ -55,7 +55,7 @@ def test_revision_key_is_read_and_validated(tiny_cfg):
     assert launch.revision == "launch" and not launch.shared_expert_clamp
     assert ModelConfig.from_dict(launch.to_hf_json()).revision == "launch"           # round trip
     assert ModelConfig.from_dict(dict(tiny_cfg.to_inference_json(), revision="launch")).revision == "launch"
-    with pytest.raises(ConfigError, match="revision 'v2' must be one of current, launch"):
+    with pytest.raises(ConfigError, match="revision must be one of current, launch, got the string 'v2'"):
         ModelConfig.from_dict(dict(hf, revision="v2"))
 
 
