@@ -18,6 +18,7 @@ from .config import ConfigError, load_config  # noqa: E402
 
 
 from .errors import friendly  # noqa: E402
+from .runtime import device_option  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,6 +78,7 @@ def make_checkpoint(out_dir, config, seed):
 @click.option("--mtp", is_flag=True, help="also dump the MTP block's logits (position t predicts t+2)")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
+@device_option
 def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
     from .dump import load_tokens, save_npz
@@ -93,7 +95,7 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, mtp, threads)
         res = NumpyV4(cfg, weights, numerics=mode, kv_fp8=kv_fp8).forward(ids, with_mtp=mtp)
     else:
         from .runtime import setup
-        setup("CPU", "graph", threads)
+        setup(None, "graph", threads)
         from ascend_v4.graph.forward import build_forward
         fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
         res = fwd(ids)
@@ -134,10 +136,11 @@ def compare(a, b, as_json, max_median_rel):
 @click.option("--seq", default=128, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True)
 @friendly
+@device_option
 def export_cmd(checkpoint, out_path, batch, seq, fmt):
     """Export the forward graph (ids [batch, seq] -> logits) for deployment."""
     from .runtime import setup
-    setup("CPU", "graph")
+    setup(None, "graph")
     from ascend_v4.graph.export import export
     cfg, weights = _load_any(checkpoint)
     export(cfg, weights, batch, seq, out_path, fmt)
@@ -153,6 +156,7 @@ def export_cmd(checkpoint, out_path, batch, seq, fmt):
 @click.option("--keep", "keep_dir", default=None, help="keep the generated checkpoint in this directory")
 @click.option("--new-tokens", default=8, show_default=True, help="tokens to generate after the parity check (0: skip)")
 @friendly
+@device_option
 def demo(config, batch, seq, seed, keep_dir, new_tokens):
     """Make a tiny official-format checkpoint, load it, run the graph-mode forward, check it against the
     float64 NumPy golden model, then generate a few tokens with the KV-cache engine (prefill + decode steps)
@@ -182,7 +186,7 @@ def demo(config, batch, seq, seed, keep_dir, new_tokens):
         t2 = time.perf_counter()
         click.echo(f"checkpoint: wrote official format (FP8 E4M3 + E8M0 128x128, MXFP4 experts) in {t1 - t0:.2f} s, "
                    f"read + dequantised {len(weights)} tensors in {t2 - t1:.2f} s")
-        setup("CPU", "graph")
+        setup(None, "graph")
         from ascend_v4.graph.forward import build_forward
         fwd = build_forward(cfg, weights, max_seq_len=max(seq, 16))
         ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
@@ -250,12 +254,17 @@ def ops_group():
 
 @ops_group.command("list")
 @friendly
+@device_option
 def ops_list():
-    """Every op with its backends, platforms and availability."""
+    """Every op with its backends, platforms and availability; `*` marks the backend that runs on --device."""
     from .ops import registry
+    from .runtime import setup
+    setup(None, "graph")
     for op in registry.ops():
+        runs = {v.backend.name for v in registry.explain(op) if v.chosen}
         for b in registry.backends(op):
-            click.echo(f"{op:<22}{b.name:<10}{','.join(b.platforms):<18}{'available' if b.available() else 'unavailable'}"
+            click.echo(f"{'*' if b.name in runs else ' '} {op:<22}{b.name:<10}{','.join(b.platforms):<18}"
+                       f"{'available' if b.available() else 'unavailable'}"
                        f"  priority {b.priority}" + (f"  ({b.note})" if b.note else ""))
 
 
@@ -266,10 +275,11 @@ def ops_list():
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--no-grad", is_flag=True, help="forward only")
 @friendly
+@device_option
 def ops_parity(op, backend, csv_path, as_json, no_grad):
     """Every backend of every op vs the float64 NumPy reference, forward and backward; exit 1 on any failure."""
     from .runtime import setup
-    setup("CPU", "pynative")
+    setup(None, "pynative")
     from .ops import parity, registry
     if op:
         registry.backends(op)            # unknown op -> clear error
@@ -304,6 +314,7 @@ def ops_parity(op, backend, csv_path, as_json, no_grad):
               help="MoE dispatch/combine algorithm for --dry-run")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
+@device_option
 def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg, threads):
     """Train DeepSeek-V4 in graph mode: next-token + MTP + balance losses, Muon + AdamW, resumable."""
     from .train.loop import TrainConfig
@@ -333,7 +344,7 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
             sys.exit(1)
         return
     from .runtime import setup
-    setup("CPU", "graph", threads)
+    setup(None, "graph", threads, training=True)
     from .train.loop import Trainer
     rank, world = _distributed(tc)
     tr = Trainer(tc, out_dir, rank, world)

@@ -59,6 +59,7 @@ class Verdict:
 _REGISTRY: Dict[str, Dict[str, Backend]] = {}
 _SELECTED: Dict[str, str] = {}
 _TARGET: List[Optional[Target]] = [None]
+_LISTENERS: List[Callable[[], None]] = []
 
 
 def register(op: str, name: str, platforms: Tuple[str, ...], priority: int = 0,
@@ -97,7 +98,14 @@ def set_target(t: Optional[Target] = None, **changes) -> Target:
     if t is None and changes:
         t = replace(target(), **changes)
     _TARGET[0] = t
+    for cb in _LISTENERS:
+        cb()
     return target()
+
+
+def on_target_change(cb: Callable[[], None]) -> None:
+    """Call `cb` whenever the target changes (bindings drop primitives built for the previous one)."""
+    _LISTENERS.append(cb)
 
 
 def target() -> Target:

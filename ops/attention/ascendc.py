@@ -1,29 +1,88 @@
-"""Ascend backends of the attention family: the AscendC kernels in ascendc/ (AV4SparseAttnSharedKV,
-AV4LightningIndexer, AV4CompressKV), installed as the CANN custom-op package "ascend_v4_attention" by
-`bash ops/attention/ascendc/build.sh --install`, called through ops.Custom(func_type="aot") with CustomRegOp attributes.
-available() (ops/ascendc_package.py, the same rule for every family) needs an Ascend device and an installed package
-declaring all three op types.
+"""Attention backend "ascendc": the AscendC kernels in ascendc/ (AV4SparseAttnSharedKV, AV4LightningIndexer,
+AV4CompressKV), installed as the CANN custom-op package "ascend_v4_attention" by
+`bash ops/attention/ascendc/build.sh --install`.
 
-NOT RUN YET: no Ascend device or CANN toolkit was available when this was written. What is verified on CPU is the
-kernels' logic (ascendc/tests/kernel_emu.cc runs them through an AscendC emulator against the NumPy reference), the
-host tiling, and that every source type-checks; this binding itself needs a 910B / 910_93 to test.
-
-Graph mode cannot create primitives inside construct, and CANN attributes are fixed per primitive, so primitives are
-built ahead of time by prepare_*() (once per static configuration: scale, ratio, top-k, ...) and looked up by key
-from a module dict inside construct, which graph mode supports (checked on CPU with the aot backends).
-Backward: the sparse-attention op returns the float32 log-sum-exp so a grad kernel can reuse it; the grad kernels
-are not written for Ascend yet (training on Ascend uses the composite's autodiff meanwhile).
+Bound through ops/ascend_call.py like every family: one `Contract` per OpDef (ascendc/op_host/av4_*.cpp, checked
+against the source by tests/ops/test_bindings.py), ops.Custom(aot) with reg_info from the contract, one primitive
+per static attribute set (scale, ratio, top-k, ...) created on first use — at graph compile time, when the model
+is traced — and cached, every input in its OpDef position (HCA passes None for the absent `cmp_idx`), contract
+stand-ins when the Ascend resolution is emulated on CPU.
+No backward kernels yet: registered with grad=False, so training resolves the composite (MindSpore autodiff).
+NOT RUN on an NPU (docs/ascend.md); the kernels' logic is checked on CPU by ascendc/tests/kernel_emu.cc.
 """
 from __future__ import annotations
 
+import functools
+
+import mindspore as ms
+import numpy as np
+from mindspore import ops
+
 from .. import ascendc_package as _pkg
+from ..ascend_call import Attr, Contract, In, primitive
+from ..common import linear
+from ..registry import on_target_change
+from . import reference as R
+from .composite import fp4_rotate
 
 FAMILY = "attention"
 VENDOR = _pkg.vendor_name(FAMILY)          # "ascend_v4_attention"
 OP_TYPES = {"sparse_attention": "AV4SparseAttnSharedKV", "lightning_indexer": "AV4LightningIndexer",
             "compress_kv": "AV4CompressKV"}
 NOTE = _pkg.install_note(FAMILY, OP_TYPES.values())
-_PRIMS = {}
+TOLERANCE = (1e-2, 1e-2)
+_ACT = ("bfloat16", "float16", "float32")
+_F32 = ("float32",) * 3
+_I32 = ("int32",) * 3
+
+
+def _attn_limits(s, a):
+    q, kv, w = s["query"], s["kv"], s["window_idx"]
+    if len(q) != 4 or len(kv) != 3 or len(w) != 3 or q[-1] != kv[-1] or kv[0] != q[0] or w[:2] != q[:2]:
+        return f"query [B,S,H,D], kv [B,N,D], window_idx [B,S,W] expected, got {list(q)}, {list(kv)}, {list(w)}"
+    if s["sinks"] != (q[2],):
+        return f"sinks must be [H={q[2]}], got {s['sinks']}"
+    if s["cmp_idx"] is not None and (len(s["cmp_idx"]) != 3 or s["cmp_idx"][:2] != q[:2]):
+        return f"cmp_idx must be [B,S,K], got {s['cmp_idx']}"
+    if s["cmp_idx"] is None and a["cmp_ratio"] not in (0, 4, 128):
+        return f"cmp_ratio {a['cmp_ratio']} (V4 compresses by 4 or 128)"
+    return None
+
+
+def _indexer_limits(s, a):
+    q, k, w = s["query"], s["key"], s["weights"]
+    if len(q) != 4 or len(k) != 3 or len(w) != 3 or q[-1] != k[-1] or w != q[:3]:
+        return f"query [B,S,H,d], key [B,N,d], weights [B,S,H] expected, got {list(q)}, {list(k)}, {list(w)}"
+    if a["sparse_count"] < 1 or a["cmp_ratio"] < 1:
+        return "sparse_count and cmp_ratio must be >= 1"
+    return None
+
+
+def _compress_limits(s, a):
+    kv, sc, ape, nw = s["kv_proj"], s["score_proj"], s["ape"], s["norm_weight"]
+    if len(kv) != 3 or kv != sc or len(ape) != 2 or ape[1] != kv[2] or kv[2] not in (nw[0], 2 * nw[0]):
+        return (f"kv_proj = score_proj [B,S,c or 2c], ape [ratio, same], norm_weight [c] expected, got "
+                f"{list(kv)}, {list(sc)}, {list(ape)}, {list(nw)}")
+    return None
+
+
+CONTRACTS = {
+    "AV4SparseAttnSharedKV": Contract(
+        "AV4SparseAttnSharedKV", "ascendc",
+        (In("query", False, _ACT), In("kv", False, _ACT), In("sinks", False, _F32), In("window_idx", False, _I32),
+         In("cmp_idx", True, _I32)),
+        ("attn_out", "softmax_lse"),
+        (Attr("scale_value", "float", True), Attr("cmp_ratio", "int"), Attr("cmp_offset", "int"),
+         Attr("start_pos", "int")), _attn_limits),
+    "AV4LightningIndexer": Contract(
+        "AV4LightningIndexer", "ascendc", (In("query", False, _ACT), In("key", False, _ACT), In("weights", False, _ACT)),
+        ("sparse_indices",), (Attr("sparse_count", "int", True), Attr("cmp_ratio", "int", True),
+                              Attr("start_pos", "int")), _indexer_limits),
+    "AV4CompressKV": Contract(
+        "AV4CompressKV", "ascendc", (In("kv_proj", False, _ACT), In("score_proj", False, _ACT), In("ape", False, _F32),
+                                     In("norm_weight", False, _F32)),
+        ("entries",), (Attr("norm_eps", "float"),), _compress_limits),
+}
 
 
 def package_installed() -> bool:
@@ -36,82 +95,98 @@ def available() -> bool:
     return _pkg.available(VENDOR, OP_TYPES.values())
 
 
-def _reg(op_name, inputs, outputs, attrs):
-    from mindspore.ops import CustomRegOp, DataType
-    reg = CustomRegOp(op_name)
-    for i, name in enumerate(inputs):
-        reg = reg.input(i, name)
-    for i, name in enumerate(outputs):
-        reg = reg.output(i, name)
-    for name, vtype, value in attrs:
-        reg = reg.attr(name, "required", vtype, value=value)
-    reg = reg.dtype_format(*([DataType.None_None] * (len(inputs) + len(outputs))))
-    return reg.target("Ascend").get_op_info()
+# ------------------------------------------------------------------------------------ CPU emulation (reference)
+def _emulate_attention(query, kv, sinks, window_idx, cmp_idx, scale_value, cmp_ratio=0, cmp_offset=-1, start_pos=0):
+    B, S = query.shape[:2]
+    if cmp_idx is None and cmp_ratio:      # HCA: every visible compressed entry (rows cmp_offset.. of kv)
+        off = S if cmp_offset < 0 else cmp_offset
+        n = kv.shape[1] - off
+        ids = np.arange(n)[None, :]
+        vis = np.minimum(R.visible_count(S, cmp_ratio, start_pos), n)
+        cmp_idx = np.broadcast_to(np.where(ids < vis[:, None], ids + off, -1), (B, S, n)).astype(np.int32)
+    out = R.sparse_attention(query, kv, sinks, window_idx, cmp_idx, scale_value)
+    idx = window_idx if cmp_idx is None else np.concatenate([window_idx, cmp_idx], -1)
+    q, k = query.astype(np.float64), kv.astype(np.float64)
+    z = np.einsum("bshd,bskd->bshk", q, k[np.arange(B)[:, None, None], np.maximum(idx, 0)]) * scale_value
+    z = np.where((idx >= 0)[:, :, None, :], z, -np.inf)
+    m = np.maximum(z.max(-1), sinks.astype(np.float64))
+    lse = m + np.log(np.exp(z - m[..., None]).sum(-1) + np.exp(sinks - m))   # sink in the denominator only
+    return out, lse
 
 
-def prepare_sparse_attention(scale, ratio=0, cmp_offset=-1, start_pos=0, with_list=True):
-    """Build (once) the AV4SparseAttnSharedKV primitive for these attributes; returns its key."""
-    import mindspore as ms
-    from mindspore import ops
-    key = ("attn", float(scale), int(ratio), int(cmp_offset), int(start_pos), bool(with_list))
-    if key not in _PRIMS:
-        ins = ["query", "kv", "sinks", "window_idx"] + (["cmp_idx"] if with_list else [])
-        info = _reg(OP_TYPES["sparse_attention"], ins, ["attn_out", "softmax_lse"],
-                    [("scale_value", "float", float(scale)), ("cmp_ratio", "int", int(ratio)),
-                     ("cmp_offset", "int", int(cmp_offset)), ("start_pos", "int", int(start_pos))])
-        _PRIMS[key] = ops.Custom(OP_TYPES["sparse_attention"], out_shape=lambda q, *a: (q, q[:3]),
-                                 out_dtype=lambda q, *a: (q, ms.float32), func_type="aot", reg_info=info)
-    return key
+def _emulate_indexer(query, key, weights, sparse_count, cmp_ratio, start_pos=0):
+    return R.lightning_indexer(query, key, weights, cmp_ratio, sparse_count, start_pos)
 
 
-def prepare_indexer(topk, ratio, start_pos=0):
-    import mindspore as ms
-    from mindspore import ops
-    key = ("indexer", int(topk), int(ratio), int(start_pos))
-    if key not in _PRIMS:
-        info = _reg(OP_TYPES["lightning_indexer"], ["query", "key", "weights"], ["sparse_indices"],
-                    [("sparse_count", "int", int(topk)), ("cmp_ratio", "int", int(ratio)),
-                     ("start_pos", "int", int(start_pos))])
-        _PRIMS[key] = ops.Custom(OP_TYPES["lightning_indexer"],
-                                 out_shape=lambda q, k, w: (q[0], q[1], min(int(topk), k[1])),
-                                 out_dtype=lambda q, k, w: ms.int32, func_type="aot", reg_info=info)
-    return key
+def _emulate_compress(kv_proj, score_proj, ape, norm_weight, norm_eps=1e-6):
+    c = norm_weight.shape[0]
+    w = kv_proj.shape[-1]
+    eye = np.eye(w)
+    x = np.concatenate([kv_proj, score_proj], -1)           # the kernel's inputs are the two projections
+    return R.compress_kv(x, np.concatenate([eye, 0 * eye], 1), np.concatenate([0 * eye, eye], 1), ape, norm_weight,
+                         ape.shape[0], w == 2 * c, norm_eps)
 
 
-def prepare_compress(norm_eps):
-    from mindspore import ops
-    key = ("compress", float(norm_eps))
-    if key not in _PRIMS:
-        info = _reg(OP_TYPES["compress_kv"], ["kv_proj", "score_proj", "ape", "norm_weight"], ["entries"],
-                    [("norm_eps", "float", float(norm_eps))])
-        _PRIMS[key] = ops.Custom(OP_TYPES["compress_kv"],
-                                 out_shape=lambda kv, sc, ape, nw: (kv[0], kv[1] // ape[0], nw[0]),
-                                 out_dtype=lambda kv, sc, ape, nw: kv, func_type="aot", reg_info=info)
-    return key
+# ------------------------------------------------------------------------------------------------ primitives
+@functools.lru_cache(None)
+def _attention(scale, ratio, cmp_offset, start_pos):
+    def shape(q, kv, sinks, widx, cidx):
+        return q, q[:3]
+
+    def dtype(q, kv, sinks, widx, cidx):
+        return q, ms.float32
+
+    attrs = {"scale_value": scale, "cmp_ratio": ratio, "cmp_offset": cmp_offset, "start_pos": start_pos}
+    return primitive(CONTRACTS["AV4SparseAttnSharedKV"], attrs, shape, dtype, None, _emulate_attention)
 
 
-# ------------------------------------------------------------------------- backends (prepare_* first)
+@functools.lru_cache(None)
+def _indexer(topk, ratio, start_pos):
+    def shape(q, k, w):
+        return [q[0], q[1], min(topk, k[1])]
+
+    def dtype(q, k, w):
+        return ms.int32
+
+    attrs = {"sparse_count": topk, "cmp_ratio": ratio, "start_pos": start_pos}
+    return primitive(CONTRACTS["AV4LightningIndexer"], attrs, shape, dtype, None, _emulate_indexer)
+
+
+@functools.lru_cache(None)
+def _compress(norm_eps):
+    def shape(kv, sc, ape, nw):
+        return [kv[0], kv[1] // ape[0], nw[0]]
+
+    def dtype(kv, sc, ape, nw):
+        return kv
+
+    return primitive(CONTRACTS["AV4CompressKV"], {"norm_eps": norm_eps}, shape, dtype, None, _emulate_compress)
+
+
+# ------------------------------------------------------------------------- backends (the registry's functions)
 def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):
-    key = ("attn", float(scale), 0, -1, 0, compressed_idx is not None)
-    if compressed_idx is None:
-        return _PRIMS[key](q, kv, sink, window_idx)[0]
-    return _PRIMS[key](q, kv, sink, window_idx, compressed_idx)[0]
+    cidx = None if compressed_idx is None else ops.cast(compressed_idx, ms.int32)
+    return _attention(float(scale), 0, -1, 0)(q, kv, ops.cast(sink, ms.float32), ops.cast(window_idx, ms.int32),
+                                              cidx)[0]
 
 
 def hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0):
-    key = ("attn", float(scale), int(ratio), -1 if cmp_offset is None else int(cmp_offset), int(start_pos), False)
-    return _PRIMS[key](q, kv, sink, window_idx)[0]
+    off = -1 if cmp_offset is None else int(cmp_offset)
+    return _attention(float(scale), int(ratio), off, int(start_pos))(
+        q, kv, ops.cast(sink, ms.float32), ops.cast(window_idx, ms.int32), None)[0]
 
 
 def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=False):
     if fp4:   # FP4 simulation is elementwise pre-processing; reuse the composite's
-        from .composite import fp4_rotate
         q, k = fp4_rotate(q), fp4_rotate(k)
-    return _PRIMS[("indexer", int(topk), int(ratio), int(start_pos))](q, k, w)
+    return _indexer(int(topk), int(ratio), int(start_pos))(q, k, ops.cast(w, q.dtype))
 
 
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
-    from ..common import linear
     kvp = linear(x, wkv)       # cube matmuls; the kernel pools and normalises
     scp = linear(x, wgate)
-    return _PRIMS[("compress", float(norm_eps))](kvp, scp, ape, norm_w)
+    return _compress(float(norm_eps))(kvp, scp, ops.cast(ape, ms.float32), ops.cast(norm_w, ms.float32))
+
+
+for _cache in (_attention, _indexer, _compress):
+    on_target_change(_cache.cache_clear)
