@@ -79,7 +79,7 @@ class Contract:
 
 def _dtype_name(d) -> str:
     s = str(d).lower()
-    for n in ("bfloat16", "float16", "float32", "float64", "int64", "int32", "int8", "uint8", "bool"):
+    for n in ("bfloat16", "float16", "float32", "float64", "int64", "int32", "uint8", "int8", "bool"):
         if n in s:
             return n
     return s
@@ -120,7 +120,7 @@ def check_reg_info(contract: Contract, info) -> None:
     """reg_info (as produced for ops.Custom) names every OpDef input and output in order."""
     if not info:
         raise ContractError(f"{contract.op_type}: no reg_info (graph mode binds AscendC inputs by these names)")
-    ins = [(x["name"], x.get("param_type", "required")) for x in sorted(info["inputs"], key=lambda x: x["index"])]
+    ins = [(x["name"], x.get("paramType", "required")) for x in sorted(info["inputs"], key=lambda x: x["index"])]
     want = [(x.name, "optional" if x.optional else "required") for x in contract.inputs]
     if ins != want:
         raise ContractError(f"{contract.op_type}: reg_info inputs {ins} != OpDef {want}")
