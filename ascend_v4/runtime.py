@@ -176,6 +176,10 @@ def device_option(fn):
                   help="where to compute: cpu (reference backend) or ascend (910B/910C NPU; docs/ascend.md)")
     @functools.wraps(fn)
     def wrapper(*args, device=None, **kwargs):
-        select_device(device)
+        if select_device(device) == "ascend" and not emulating():
+            missing = ascend_missing()          # fail before any work, never fall back to CPU
+            if missing:
+                raise DeviceError(f"--device ascend: {missing}; run on a 910B/910C host with CANN sourced, or use "
+                                  f"--device cpu")
         return fn(*args, **kwargs)
     return wrapper
