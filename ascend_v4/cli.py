@@ -246,6 +246,34 @@ def _demo_generate(cfg, weights, fallback_prompt, new_tokens: int) -> bool:
     return ok
 
 
+# ------------------------------------------------------------------------------------------------ plan
+@main.command("plan")
+@click.option("--device", type=click.Choice(["ascend"]), default="ascend", show_default=True,
+              help="the device planned for (no device needed here)")
+@click.option("--soc", type=click.Choice(["910b", "910b4", "910c"]), default="910b", show_default=True)
+@click.option("--cann", default="8.5", show_default=True, help="CANN version of the target (vendor operators)")
+@click.option("--config", "config", default="v4-flash", show_default=True, help="preset, config.json or checkpoint")
+@click.option("--parallel", default="", help="dp=8,tp=1,ep=8,pp=1[,micro_batches=4] (train memory; tp/ep split "
+              "the weights for inference)")
+@click.option("--seq", default=4096, show_default=True, help="tokens per sequence (prefill / train) and context")
+@click.option("--batch", default=1, show_default=True, help="sequences per device")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def plan_cmd(device, soc, cann, config, parallel, seq, batch, as_json):
+    """For every operator call of prefill, decode and a train step on a 910B/910C: the backend that runs (CANN
+    vendor operator, our AscendC kernel or composite), why, dtypes and per-device memory. Config only: no weights."""
+    from .plan import format_plan, plan
+    from .train.loop import TrainConfig
+    cfg = load_config(config)
+    try:
+        par = {k: int(v) for k, v in (kv.split("=", 1) for kv in parallel.split(",") if kv)}
+    except ValueError:
+        raise ConfigError(f"--parallel {parallel!r}: expected dp=N,tp=N,ep=N,pp=N") from None
+    tc = TrainConfig.from_dict({"model": config, "seq_len": seq, "batch_size": batch, "parallel": par})
+    p = plan(cfg, soc, cann, tc, context=seq, batch=batch)
+    click.echo(json.dumps(p, indent=2) if as_json else format_plan(p))
+
+
 # ------------------------------------------------------------------------------------------------- ops
 @main.group("ops")
 def ops_group():

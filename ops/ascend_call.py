@@ -34,6 +34,10 @@ from . import registry
 # contract input is 7-D uint8, so infer functions can tell it from a real tensor.
 _ABSENT_SHAPE = (1,) * 7
 _ABSENT = []     # lazily created MindSpore tensor
+# Every callable handed to MindSpore stays referenced for the life of the process: the graph compiler caches parsed
+# functions by object identity, and a collected closure's id can be reused by a new one (a stale parse: seen as
+# "The parameters number of the function is 2, but the number of provided arguments is 7").
+_KEEP = []
 
 
 class ContractError(ValueError):
@@ -134,15 +138,19 @@ def primitive(contract: Contract, attrs: Dict[str, object], out_shape: Callable,
     """The callable of `contract` with these attributes for the current target (see the module docstring).
     Call it with every input in OpDef position, None for an absent optional one."""
     check_attrs(contract, attrs)
+    _KEEP.append((out_shape, out_dtype, bprop, emulate))
     if registry.target().emulated:
         if emulate is None:
             raise ContractError(f"{contract.op_type}: no CPU emulation registered")
         info = reg_info(contract, attrs) if contract.kind == "ascendc" else None
-        return _standin(contract, dict(attrs), out_shape, out_dtype, bprop, emulate, info)
-    if contract.kind == "aclnn":
-        return contract.device(attrs)
-    return ops.Custom(contract.op_type, out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
-                      reg_info=reg_info(contract, attrs), bprop=bprop)
+        prim = _standin(contract, dict(attrs), out_shape, out_dtype, bprop, emulate, info)
+    elif contract.kind == "aclnn":
+        prim = contract.device(attrs)
+    else:
+        prim = ops.Custom(contract.op_type, out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
+                          reg_info=reg_info(contract, attrs), bprop=bprop)
+    _KEEP.append(prim)
+    return prim
 
 
 # ------------------------------------------------------------------------------------------------ stand-in
@@ -223,6 +231,7 @@ def _standin(contract, attrs, out_shape, out_dtype, bprop, emulate, info):
         kb = _BPROP_BY_ARITY[n](positional_bprop)
     prim = ops.Custom(_KERNEL_BY_ARITY[n](kernel), out_shape=infer_shape, out_dtype=infer_dtype,
                       func_type="pyfunc", bprop=kb)
+    _KEEP.append((infer_shape, infer_dtype, kernel, kb, prim))
     absent = _absent()
 
     def standin(*args):

@@ -115,14 +115,18 @@ def target() -> Target:
     return Target(device=_mindspore_device())
 
 
-def use_model_shapes(cfg) -> None:
-    """Record the model sizes vendor-operator limits are checked against (a ModelConfig or anything with its
-    attribute names); called once when a model is built, and by `ascend-v4 plan` from the config alone."""
+def model_shapes(cfg) -> Dict[str, int]:
+    """The model sizes backend limits are checked against (a ModelConfig or anything with its attribute names)."""
     keys = ("dim", "n_heads", "head_dim", "rope_head_dim", "index_n_heads", "index_head_dim", "index_topk",
             "n_routed_experts", "n_activated_experts", "hc_mult", "window_size", "moe_inter_dim", "vocab_size")
-    shapes = {k: int(getattr(cfg, k)) for k in keys if isinstance(getattr(cfg, k, None), int)}
+    return {k: int(getattr(cfg, k)) for k in keys if isinstance(getattr(cfg, k, None), int)}
+
+
+def use_model_shapes(cfg) -> None:
+    """Record the model's sizes in the current target; called when a model is built (`ascend-v4 plan` passes
+    them in its Target from the config alone)."""
     t = target()
-    _TARGET[0] = replace(t, shapes={**t.shapes, **shapes})
+    _TARGET[0] = replace(t, shapes={**t.shapes, **model_shapes(cfg)})
 
 
 def _mindspore_device() -> str:
@@ -143,6 +147,14 @@ def explain(op: str, t: Optional[Target] = None) -> List[Verdict]:
     """Every backend of `op` with its verdict for target `t` (default: the current target), best first; exactly
     one is chosen when any can run. The one resolution rule: `resolve` and `ascend-v4 plan` both use it."""
     t = t or target()
+    saved, _TARGET[0] = _TARGET[0], t          # availability and limits are judged for `t`
+    try:
+        return _explain(op, t)
+    finally:
+        _TARGET[0] = saved
+
+
+def _explain(op: str, t: Target) -> List[Verdict]:
     chosen = False
     out = []
     for b in backends(op):

@@ -9,7 +9,7 @@ functions as every backend, bound through ops/ascend_call.py (contract checked; 
     moe_finalize_routing -> aclnnMoeFinalizeRouting (>= 8.0)  MindSpore 2.10 exposes V1 only: x1 required (zeros when
                           ops.moe_finalize_routing             absent), scales in expanded_x's dtype, row index in V1's
                                                                column layout (k*T + t): our V2 row layout is transposed;
-                                                               drop/pad modes 1/3 are V2-only -> not served here
+                                                               drop/pad modes 1/3 (V2-only) go to our AscendC kernel
     grouped_matmul     -> aclnnGroupedMatmulV4 (>= 8.0)       ops.grouped_matmul(split_item=3, group_type=0), int64
                           ops.grouped_matmul                   cumsum group list (counts are cumsummed first); rows past
                                                                the last group are zeroed after the call (reference)
@@ -34,6 +34,7 @@ from ..registry import on_target_change, target
 from . import composite as C
 from . import reference as R
 from .ascendc.binding import finalize_backward, swiglu
+from .ascendc.binding import moe_finalize_routing as ascendc_finalize
 
 CANN = "8.0"                                   # first CANN release with all four operators on 910B (A2) and 910C
 _FLOATS = ("float16", "bfloat16", "float32")
@@ -171,8 +172,8 @@ def _finalize():
 def moe_finalize_routing(expanded_x, scales, expanded_row_idx, x1=None, x2=None, bias=None, expert_idx=None,
                          drop_pad_mode=-1):
     mode = (2 if len(expanded_x.shape) == 2 else 3) if drop_pad_mode < 0 else drop_pad_mode
-    if mode in (1, 3):        # drop/pad layouts are V2-only: the registry's limits keep this from happening
-        return C.moe_finalize_routing(expanded_x, scales, expanded_row_idx, x1, x2, bias, expert_idx, mode)
+    if mode in (1, 3):        # drop/pad layouts: V1 has none -> our AscendC MoeFinalizeRoutingAv4 (modes 0-3)
+        return ascendc_finalize(expanded_x, scales, expanded_row_idx, x1, x2, bias, expert_idx, mode)
     T, K = scales.shape
     idx = ops.cast(expanded_row_idx.reshape(-1), ms.int32)
     if mode == 2:
@@ -222,6 +223,11 @@ def grouped_expert_ffn(x, w1, w2, w3, group_list, swiglu_limit, group_list_type=
     return grouped_matmul(swiglu(g, u, swiglu_limit), w2, group_list, group_list_type, True)
 
 
+def _cann_limit(t):
+    from ..vendor import cann_at_least
+    return None if cann_at_least(t.cann, CANN) else f"needs CANN >= {CANN}, the target has {t.cann}"
+
+
 def register_backends():
     from ..registry import register
     what = {"moe_init_routing": f"aclnnMoeInitRoutingV2 via ops.moe_init_routing_v2 (CANN >= {CANN})",
@@ -230,6 +236,6 @@ def register_backends():
             "grouped_expert_ffn": f"aclnnGroupedMatmulV4 x3 + clamped SwiGLU (CANN >= {CANN})"}
     for name, w in what.items():
         register(name, "aclnn", ("Ascend",), priority=30, available=available, tolerance=(1e-4, 1e-3),
-                 note="MindSpore's vendor MoE functions on an Ascend device", what=w)(globals()[name])
+                 note="MindSpore's vendor MoE functions on an Ascend device", what=w, limits=_cann_limit)(globals()[name])
     for cache in (_init, _finalize, _gmm):
         on_target_change(cache.cache_clear)

@@ -177,6 +177,9 @@ def _available_and_built() -> bool:
     inside construct; the registry calls this before handing out the backend)."""
     if not available():
         return False
+    from ...registry import target
+    if target().planning:          # `ascend-v4 plan`: nothing is built or run
+        return True
     global _PRE, _HEAD, _POST
     p = prims()
     _PRE, _HEAD, _POST = p["hc_pre"], p["hc_head"], p["hc_post"]
