@@ -143,7 +143,10 @@ def test_model_forward_and_train_step_through_the_emulated_ascend_resolution_mat
     assert {ran[k] for k in ("moe_init_routing", "moe_finalize_routing", "grouped_expert_ffn")} == {"aclnn"}
     for k in ref:
         scale = np.abs(ref[k]).max()
-        assert np.abs(got[k] - ref[k]).max() <= 2e-6 * max(scale, 1.0), k
+        assert np.abs(got[k] - ref[k]).max() <= 5e-6 * max(scale, 1.0), k      # measured 1.6e-6
+    from ascend_v4.plan import plan                 # the plan names the backends that ran
+    planned = {r["op"]: r["backend"] for r in plan(cfg, "910b", "")["phases"]["prefill"]["calls"]}
+    assert {op: ran[op] for op in planned} == planned
 
     S = 24
     toks = rng.integers(0, cfg.vocab_size, (2, S + 1)).astype(np.int32)
@@ -154,7 +157,7 @@ def test_model_forward_and_train_step_through_the_emulated_ascend_resolution_mat
     l_got, g_got = _loss_and_grads(cfg, w, batch)
     assert abs(l_got - l_ref) <= 1e-6 * abs(l_ref)
     assert sorted(g_got) == sorted(g_ref)
-    for k in g_ref:
+    for k in g_ref:          # measured: worst 3e-5 of the gradient's max (mHC scales, tiny gradients)
         scale = np.abs(g_ref[k]).max()
         assert np.abs(g_got[k] - g_ref[k]).max() <= 1e-4 * scale + 1e-7, (k, np.abs(g_got[k] - g_ref[k]).max(), scale)
 

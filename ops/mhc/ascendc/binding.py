@@ -5,10 +5,12 @@ see README). Bound through ops/ascend_call.py (the one binding style of every fa
 (op_host/mhc_av4_def.cpp; tests/ops/test_bindings.py checks them against the source), ops.Custom(aot) with reg_info
 built from it on Ascend, contract stand-ins when the Ascend resolution is emulated on CPU. Same inputs as the C++
 CPU backend (x flattened to [T, hc, D], a float32 cfg tensor for iters/eps); the backward is the hand-written
-MindSpore-op VJP of vjp.py attached as bprop. Primitives have no attributes, so they are created once, at
-registration (when the backend can run). NOT RUN on an NPU (docs/ascend.md).
+MindSpore-op VJP of vjp.py attached as bprop (one HcPreAv4 primitive per Sinkhorn count: the bprop unrolls it).
+NOT RUN on an NPU (docs/ascend.md).
 """
 from __future__ import annotations
+
+import functools
 
 import mindspore as ms
 import numpy as np
@@ -16,15 +18,14 @@ from mindspore import ops
 
 from ... import ascendc_package as _pkg
 from ...ascend_call import Contract, In, primitive
+from . import vjp
 
 FAMILY = "mhc"
 VENDOR = _pkg.vendor_name(FAMILY)          # "ascend_v4_mhc"
 OP_TYPES = {"hc_pre": "HcPreAv4", "hc_head": "HcHeadAv4", "hc_post": "HcPostAv4"}
 NOTE = _pkg.install_note(FAMILY, OP_TYPES.values())
 TOLERANCE = (1e-4, 1e-3)
-# The backward unrolls the Sinkhorn at trace time, so its iteration count is fixed per primitive: V4's
-# hc_sinkhorn_iters. The forward kernel reads iters from cfg, so only the gradient depends on this constant.
-SINKHORN_ITERS = 20   # float32 math on the vector unit (hardware Exp/Reciprocal), bf16 streams in, f32 out
+SINKHORN_ITERS = 20   # V4's hc_sinkhorn_iters; float32 math on the vector unit, bf16 streams in, f32 out
 
 _STREAM = ("float32", "bfloat16")          # kStream: two kernel variants
 _F32 = ("float32", "float32")              # kF32
@@ -86,76 +87,74 @@ def _emulate_post(f, residual, post, comb):
     return R.hc_post(f, residual, post, comb)
 
 
-def _build():
-    """The three primitives (no attributes: one each, created at registration)."""
-    from . import vjp
+def _pre_shape(x, fn, scale, base, cfg):
+    return [x[0], x[2]], [x[0], x[1]], [x[0], x[1], x[1]], [x[0], fn[0]], [x[0]]
 
-    def pre_shape(x, fn, scale, base, cfg):
-        return [x[0], x[2]], [x[0], x[1]], [x[0], x[1], x[1]], [x[0], fn[0]], [x[0]]
 
-    def pre_dtype(x, fn, scale, base, cfg):
-        return x, ms.float32, ms.float32, ms.float32, ms.float32
+def _pre_dtype(x, fn, scale, base, cfg):
+    return x, ms.float32, ms.float32, ms.float32, ms.float32
 
-    def head_shape(x, fn, scale, base, cfg):
-        return [x[0], x[2]], [x[0], fn[0]], [x[0]]
 
-    def head_dtype(x, fn, scale, base, cfg):
-        return x, ms.float32, ms.float32
+def _head_shape(x, fn, scale, base, cfg):
+    return [x[0], x[2]], [x[0], fn[0]], [x[0]]
 
-    def post_shape(f, residual, post, comb):
-        return residual
 
-    def post_dtype(f, residual, post, comb):
-        return f
+def _head_dtype(x, fn, scale, base, cfg):
+    return x, ms.float32, ms.float32
 
-    def pre_bprop(x, fn, scale, base, cfg, out, dout):
-        gx, gfn, gscale, gbase = vjp.hc_pre_backward(x, fn, scale, base, SINKHORN_ITERS, cfg[1], out[3], out[4],
+
+def _post_shape(f, residual, post, comb):
+    return residual
+
+
+def _post_dtype(f, residual, post, comb):
+    return f
+
+
+@functools.lru_cache(None)
+def _pre(iters):
+    """HcPreAv4 for `iters` Sinkhorn iterations: the forward kernel reads iters from cfg, but the bprop unrolls
+    them at trace time, so each count has its own primitive."""
+    def bprop(x, fn, scale, base, cfg, out, dout):
+        gx, gfn, gscale, gbase = vjp.hc_pre_backward(x, fn, scale, base, iters, cfg[1], out[3], out[4],
                                                      dout[0], dout[1], dout[2])
         return gx, gfn, gscale, gbase, ops.zeros_like(cfg)
 
-    def head_bprop(x, fn, scale, base, cfg, out, dout):
+    return primitive(CONTRACTS["HcPreAv4"], {}, _pre_shape, _pre_dtype, bprop, _emulate_pre)
+
+
+@functools.lru_cache(None)
+def _head():
+    def bprop(x, fn, scale, base, cfg, out, dout):
         gx, gfn, gscale, gbase = vjp.hc_head_backward(x, fn, scale, base, cfg[0], out[1], out[2], dout[0])
         return gx, gfn, gscale, gbase, ops.zeros_like(cfg)
 
-    def post_bprop(f, residual, post, comb, out, dout):
+    return primitive(CONTRACTS["HcHeadAv4"], {}, _head_shape, _head_dtype, bprop, _emulate_head)
+
+
+@functools.lru_cache(None)
+def _post():
+    def bprop(f, residual, post, comb, out, dout):
         return vjp.hc_post_backward(f, residual, post, comb, dout)
 
-    return {
-        "hc_pre": primitive(CONTRACTS["HcPreAv4"], {}, pre_shape, pre_dtype, pre_bprop, _emulate_pre),
-        "hc_head": primitive(CONTRACTS["HcHeadAv4"], {}, head_shape, head_dtype, head_bprop, _emulate_head),
-        "hc_post": primitive(CONTRACTS["HcPostAv4"], {}, post_shape, post_dtype, post_bprop, _emulate_post),
-    }
-
-
-_PRIMS = {}
-
-
-def prims():
-    """The primitives for the current target, created once per target kind (device / emulated)."""
-    from ...registry import target
-    key = "emulated" if target().emulated else "device"
-    if key not in _PRIMS:
-        _PRIMS[key] = _build()
-    return _PRIMS[key]
+    return primitive(CONTRACTS["HcPostAv4"], {}, _post_shape, _post_dtype, bprop, _emulate_post)
 
 
 def hc_pre(x, fn, scale, base, iters=20, hc_eps=1e-6, norm_eps=1e-6):
-    # the bprop unrolls SINKHORN_ITERS iterations; V4 fixes hc_sinkhorn_iters = 20 (checked at model build)
     shape = x.shape
     lead, hc, D = shape[:-2], shape[-2], shape[-1]
     cfg = ms.Tensor([float(iters), float(hc_eps), float(norm_eps)], ms.float32)
     f32 = ms.float32
-    y, post, comb, _, _ = _PRE(x.reshape((-1, hc, D)), ops.cast(fn, f32), ops.cast(scale, f32),
-                                               ops.cast(base, f32), cfg)
+    y, post, comb, _, _ = _pre(int(iters))(x.reshape((-1, hc, D)), ops.cast(fn, f32), ops.cast(scale, f32),
+                                           ops.cast(base, f32), cfg)
     return y.reshape(lead + (D,)), post.reshape(lead + (hc,)), comb.reshape(lead + (hc, hc))
 
 
 def hc_post(f, residual, post, comb):
     shape = residual.shape
     hc, D = shape[-2], shape[-1]
-    out = _POST(f.reshape((-1, D)), ops.cast(residual, f.dtype).reshape((-1, hc, D)),
-                                ops.cast(post, ms.float32).reshape((-1, hc)),
-                                ops.cast(comb, ms.float32).reshape((-1, hc, hc)))
+    out = _post()(f.reshape((-1, D)), ops.cast(residual, f.dtype).reshape((-1, hc, D)),
+                  ops.cast(post, ms.float32).reshape((-1, hc)), ops.cast(comb, ms.float32).reshape((-1, hc, hc)))
     return out.reshape(shape)
 
 
@@ -164,31 +163,15 @@ def hc_head(x, fn, scale, base, hc_eps=1e-6, norm_eps=1e-6):
     hc, D = shape[-2], shape[-1]
     cfg = ms.Tensor([float(hc_eps), float(norm_eps)], ms.float32)
     f32 = ms.float32
-    y, _, _ = _HEAD(x.reshape((-1, hc, D)), ops.cast(fn, f32), ops.cast(scale, f32),
-                                    ops.cast(base, f32), cfg)
+    y, _, _ = _head()(x.reshape((-1, hc, D)), ops.cast(fn, f32), ops.cast(scale, f32), ops.cast(base, f32), cfg)
     return y.reshape(shape[:-2] + (D,))
 
 
-_PRE = _HEAD = _POST = None       # the primitives in use (set when the backend is handed out)
-
-
-def _available_and_built() -> bool:
-    """available(), and the primitives exist for this target once it says yes (graph mode cannot create them
-    inside construct; the registry calls this before handing out the backend)."""
-    if not available():
-        return False
-    from ...registry import target
-    if target().planning:          # `ascend-v4 plan`: nothing is built or run
-        return True
-    global _PRE, _HEAD, _POST
-    p = prims()
-    _PRE, _HEAD, _POST = p["hc_pre"], p["hc_head"], p["hc_post"]
-    return True
-
-
 def register_backends():
-    from ...registry import register
+    from ...registry import on_target_change, register
+    for cache in (_pre, _head, _post):      # device primitives and CPU stand-ins differ
+        on_target_change(cache.cache_clear)
     for op, fn in (("hc_pre", hc_pre), ("hc_post", hc_post), ("hc_head", hc_head)):
-        register(op, "ascendc", ("Ascend",), priority=20, available=_available_and_built, tolerance=TOLERANCE,
+        register(op, "ascendc", ("Ascend",), priority=20, available=available, tolerance=TOLERANCE,
                  note=NOTE, what=f"AscendC {OP_TYPES[op]} (package {VENDOR})")(fn)
 
