@@ -46,8 +46,8 @@ def test_910b_plan_prefers_vendor_then_ascendc_and_says_why():
     assert any("sinks only on 950" in v for v in pre["sparse_attention"]["vendor"])
     assert any("sqrt-softplus" in v for v in pre["moe_route"]["vendor"])
     tr = _rows(p, "train")
-    assert tr["sparse_attention"]["backend"] == "composite" and "no backward" in tr["sparse_attention"]["why"]
-    assert tr["hc_pre"]["backend"] == "ascendc"       # the AscendC mHC kernels carry a bprop
+    assert tr["compress_kv"]["backend"] == "composite" and "no backward" in tr["compress_kv"]["why"]
+    assert tr["hc_pre"]["backend"] == tr["sparse_attention"]["backend"] == "ascendc"    # bprops attached
     assert not p["phases"]["train"]["fits"]            # 284B on one 64 GB device: the plan says it does not fit
 
 

@@ -7,7 +7,8 @@ against the source by tests/ops/test_bindings.py), ops.Custom(aot) with reg_info
 per static attribute set (scale, ratio, top-k, ...) created on first use — at graph compile time, when the model
 is traced — and cached, every input in its OpDef position (HCA passes None for the absent `cmp_idx`), contract
 stand-ins when the Ascend resolution is emulated on CPU.
-No backward kernels yet: registered with grad=False, so training resolves the composite (MindSpore autodiff).
+Backward: attention from the kernel's saved log-sum-exp in MindSpore ops (attention_backward), none for the
+indexer's integer ids; the compressor has none yet (grad=False: training resolves the composite for compress_kv).
 NOT RUN on an NPU (docs/ascend.md); the kernels' logic is checked on CPU by ascendc/tests/kernel_emu.cc.
 """
 from __future__ import annotations
@@ -127,6 +128,47 @@ def _emulate_compress(kv_proj, score_proj, ape, norm_weight, norm_eps=1e-6):
                          ape.shape[0], w == 2 * c, norm_eps)
 
 
+# ------------------------------------------------------------------------------------------------ backward
+def attention_backward(q, kv, sinks, idx, out, lse, dout, dlse, scale):
+    """VJP of the kernel's attention from its saved softmax statistics (lse, sink in the denominator):
+    p_j = exp(z_j - lse), z_j = scale·q·kv[idx_j]; dz_j = p_j·(dout·kv[idx_j] - Σ dout·out + dlse);
+    dq = scale·Σ_j dz_j kv[idx_j]; dkv[idx_j] += scale·Σ_h dz_j q + Σ_h p_j dout; dsink = Σ p_sink·(dlse - Σ dout·out).
+    MindSpore ops (cube matmuls + scatter-add): the backward of our AscendC attention on the NPU."""
+    B, S, H, D = q.shape
+    N, K = kv.shape[1], idx.shape[-1]
+    f32 = ms.float32
+    qf, kvf, do, of = ops.cast(q, f32), ops.cast(kv, f32), ops.cast(dout, f32), ops.cast(out, f32)
+    valid = idx >= 0
+    flat = ops.where(valid, idx, ops.zeros_like(idx)) + ops.arange(B, dtype=ms.int32).reshape(B, 1, 1) * N
+    g = ops.gather(kvf.reshape(B * N, D), flat.reshape(-1), 0).reshape(B, S, K, D)           # kv[idx]
+    z = ops.matmul(qf, g.swapaxes(-1, -2)) * scale                                          # [B, S, H, K]
+    p = ops.exp(z - ops.expand_dims(lse, -1)) * ops.cast(ops.expand_dims(valid, 2), f32)
+    dsum = ops.sum(do * of, -1)                                                             # [B, S, H]
+    dz = p * (ops.matmul(do, g.swapaxes(-1, -2)) - ops.expand_dims(dsum, -1) + ops.expand_dims(dlse, -1))
+    dq = ops.matmul(dz, g) * scale
+    dg = (ops.matmul(dz.swapaxes(2, 3), qf) * scale + ops.matmul(p.swapaxes(2, 3), do))     # [B, S, K, D]
+    seg = ops.where(valid, flat, ops.full_like(flat, B * N)).reshape(-1)
+    dkv = ops.unsorted_segment_sum(dg.reshape(-1, D), seg, B * N + 1)[:B * N].reshape(B, N, D)
+    psink = ops.exp(ops.cast(sinks, f32).reshape(1, 1, H) - lse)
+    dsink = ops.sum(psink * (dlse - dsum), (0, 1))
+    return ops.cast(dq, q.dtype), ops.cast(dkv, kv.dtype), dsink
+
+
+def _all_indices(window_idx, cmp_idx, S, N, ratio, cmp_offset, start_pos):
+    """The entry list the kernel attends: window + compressed ids (HCA: every visible one, rows cmp_offset..)."""
+    if cmp_idx is not None:
+        return ops.concat([window_idx, cmp_idx], -1)
+    if ratio == 0:
+        return window_idx
+    off = S if cmp_offset < 0 else cmp_offset
+    n = N - off
+    ids = ops.arange(n, dtype=ms.int32).reshape(1, n)
+    vis = ops.minimum((ops.arange(S, dtype=ms.int32) + start_pos + 1) // ratio, n).reshape(S, 1)
+    cmp = ops.where(ids < vis, ids + off, -ops.ones_like(ids))
+    B = window_idx.shape[0]
+    return ops.concat([window_idx, ops.broadcast_to(ops.expand_dims(cmp, 0), (B, S, n))], -1)
+
+
 # ------------------------------------------------------------------------------------------------ primitives
 @functools.lru_cache(None)
 def _attention(scale, ratio, cmp_offset, start_pos):
@@ -136,8 +178,13 @@ def _attention(scale, ratio, cmp_offset, start_pos):
     def dtype(q, kv, sinks, widx, cidx):
         return q, ms.float32
 
+    def bprop(q, kv, sinks, widx, cidx, out, dout):
+        idx = _all_indices(widx, cidx, q.shape[1], kv.shape[1], ratio, cmp_offset, start_pos)
+        dq, dkv, dsink = attention_backward(q, kv, sinks, idx, out[0], out[1], dout[0], dout[1], scale)
+        return dq, dkv, dsink, ops.zeros_like(widx), None if cidx is None else ops.zeros_like(cidx)
+
     attrs = {"scale_value": scale, "cmp_ratio": ratio, "cmp_offset": cmp_offset, "start_pos": start_pos}
-    return primitive(CONTRACTS["AV4SparseAttnSharedKV"], attrs, shape, dtype, None, _emulate_attention)
+    return primitive(CONTRACTS["AV4SparseAttnSharedKV"], attrs, shape, dtype, bprop, _emulate_attention)
 
 
 @functools.lru_cache(None)
@@ -148,8 +195,11 @@ def _indexer(topk, ratio, start_pos):
     def dtype(q, k, w):
         return ms.int32
 
+    def bprop(q, k, w, out, dout):       # integer ids: no gradient flows through the selection
+        return ops.zeros_like(q), ops.zeros_like(k), ops.zeros_like(w)
+
     attrs = {"sparse_count": topk, "cmp_ratio": ratio, "start_pos": start_pos}
-    return primitive(CONTRACTS["AV4LightningIndexer"], attrs, shape, dtype, None, _emulate_indexer)
+    return primitive(CONTRACTS["AV4LightningIndexer"], attrs, shape, dtype, bprop, _emulate_indexer)
 
 
 @functools.lru_cache(None)
