@@ -9,7 +9,7 @@ used: ops/vendor.py), the dtypes under the bf16 policy (ascend_v4/precision.py),
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict
 
 from .config import ModelConfig
 

@@ -22,7 +22,7 @@ Nothing here has run on an NPU; what the stand-ins prove is listed in docs/ascen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -326,23 +326,3 @@ def _b7(f):
 
 
 _BPROP_BY_ARITY = {1: _b1, 2: _b2, 3: _b3, 4: _b4, 5: _b5, 6: _b6, 7: _b7}
-
-
-def shapes_limit(*checks: Callable[[Dict[str, Optional[tuple]], Dict[str, object]], Optional[str]]):
-    """Combine limit checks: the first failing one's message."""
-    def run(shapes, attrs):
-        for c in checks:
-            why = c(shapes, attrs)
-            if why:
-                return why
-        return None
-    return run
-
-
-F = ("float32",)
-FLOATS = ("bfloat16", "float16", "float32")
-
-
-def same(dtypes: Sequence[str], n: int = 3) -> Tuple[str, ...]:
-    """An OpDef dtype list of `n` columns all equal to one dtype (e.g. fp32 side inputs of a bf16 op)."""
-    return tuple(dtypes) * n if len(dtypes) == 1 else tuple(dtypes)

@@ -86,6 +86,20 @@ def test_setup_sets_the_target_the_registry_resolves_for(ascend_emulated):
     assert registry.target().device == "CPU" and registry.resolve("hc_pre").name in ("cpp", "composite")
 
 
+def test_ops_parity_runs_the_ascend_backends_through_their_stand_ins(monkeypatch):
+    monkeypatch.setenv("ASCEND_V4_EMULATE_ASCEND", "1")
+    try:
+        r = _cli(["ops", "parity", "--device", "ascend", "--op", "hc_post", "--backend", "ascendc", "--json"])
+    finally:
+        monkeypatch.delenv("ASCEND_V4_EMULATE_ASCEND")
+        from ascend_v4.runtime import setup
+        setup("cpu", "graph")
+    import json
+    rows = json.loads(r.stdout)
+    assert r.exit_code == 0 and rows and all(x["backend"] == "ascendc" and x["ok"] for x in rows)
+    assert {x["kind"] for x in rows} == {"fwd", "bwd"}
+
+
 # ------------------------------------------------------------------------------------ the whole model, emulated
 @pytest.fixture(scope="module")
 def small():

@@ -1,12 +1,11 @@
 """`ascend-v4 plan`: every operator call of prefill, decode and a train step with its backend on 910B/910C, from
 the config alone; the backends are the ones the runtime resolves for the same target."""
+import dataclasses
 import json
 import os
 import subprocess
 import sys
-import dataclasses
 
-import pytest
 from click.testing import CliRunner
 
 
