@@ -126,7 +126,11 @@ def setup(device: Optional[str] = None, mode: str = "graph", threads: int = 0, d
         _ascend_context(ms)
         ms_target = "Ascend"
     else:
-        ms.set_device("CPU")
+        try:
+            ms.set_device("CPU")
+        except RuntimeError:   # kernels already ran in this process: fine when the device is already the CPU
+            if ms.get_context("device_target") != "CPU":
+                raise
         if threads:
             try:
                 ms.device_context.cpu.op_tuning.threads_num(threads)
