@@ -147,10 +147,25 @@ def primitive(contract: Contract, attrs: Dict[str, object], out_shape: Callable,
     elif contract.kind == "aclnn":
         prim = contract.device(attrs)
     else:
-        prim = ops.Custom(contract.op_type, out_shape=out_shape, out_dtype=out_dtype, func_type="aot",
-                          reg_info=reg_info(contract, attrs), bprop=bprop)
+        prim = ops.Custom(contract.op_type, out_shape=_limits_checked(contract, attrs, out_shape),
+                          out_dtype=out_dtype, func_type="aot", reg_info=reg_info(contract, attrs), bprop=bprop)
     _KEEP.append(prim)
     return prim
+
+
+def _limits_checked(contract: Contract, attrs, out_shape):
+    """out_shape that first checks the contract's shape limits (graph compile time, on the device too)."""
+    if contract.limits is None:
+        return out_shape
+
+    def infer(*shapes):
+        why = contract.limits({i.name: (tuple(s) if s is not None else None)
+                               for i, s in zip(contract.inputs, shapes)}, attrs)
+        if why:
+            raise ContractError(f"{contract.op_type}: {why}")
+        return out_shape(*shapes)
+    _KEEP.append(infer)
+    return infer
 
 
 # ------------------------------------------------------------------------------------------------ stand-in

@@ -174,3 +174,21 @@ def test_mhc_standins_in_graph_mode_with_the_bindings_bprop_match_the_composite(
     want = ms.grad(Net(C.hc_pre), (0, 1, 2, 3))(*args)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-4, atol=2e-6)
+
+
+def test_device_primitives_check_shape_limits_at_compile_time_too():
+    """On the NPU the aot primitive's shape inference runs the same limits (graph compile, before any launch)."""
+    from ascend_v4.ops import registry
+    from ascend_v4.ops.ascend_call import ContractError
+    from ascend_v4.ops.moe.ascendc import binding as moe
+    registry.set_target(registry.Target(device="Ascend"))       # a device target: real aot primitives
+    try:
+        prim = moe._gating(3, 1, 1, 0, 2, 1.0, 1e-20)
+        assert type(prim).__name__ == "Custom" and prim.func_type == "aot"
+        assert prim.out_shape([5, 8], None, None, None) == ([5, 3], [5, 3], [5, 8])
+        with pytest.raises(ContractError, match=r"k=3 must be in \[1, E=2\]"):
+            prim.out_shape([5, 2], None, None, None)
+        with pytest.raises(ContractError, match="renorm must be 0"):
+            moe._gating(3, 1, 1, 0, 2, 1.0, 1e-20, 1).out_shape([5, 8], None, None, None)
+    finally:
+        registry.set_target(None)

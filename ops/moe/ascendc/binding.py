@@ -136,7 +136,7 @@ def _emulate_gating(x, bias, input_ids, tid2eid, **a):
 
 
 @functools.lru_cache(None)
-def _gating(k, k_group, group_count, group_select_mode, norm_type, scale, eps):
+def _gating(k, k_group, group_count, group_select_mode, norm_type, scale, eps, renorm=0):
     def bprop(x, bias, input_ids, tid2eid, out, dout):
         ids = out[1]
         s = C._scores(x, norm_type)
@@ -161,7 +161,7 @@ def _gating(k, k_group, group_count, group_select_mode, norm_type, scale, eps):
         return ms.float32, ms.int32, ms.float32
 
     attrs = {"k": k, "k_group": k_group, "group_count": group_count, "group_select_mode": group_select_mode,
-             "renorm": 0, "norm_type": norm_type, "out_flag": True, "routed_scaling_factor": scale, "eps": eps}
+             "renorm": renorm, "norm_type": norm_type, "out_flag": True, "routed_scaling_factor": scale, "eps": eps}
     return primitive(CONTRACTS["MoeGatingTopKAv4"], attrs, shape, dtype, bprop, _emulate_gating)
 
 
@@ -169,7 +169,7 @@ def moe_gating_topk(x, bias=None, k=6, k_group=1, group_count=1, group_select_mo
                     out_flag=True, routed_scaling_factor=1.0, eps=1e-20, input_ids=None, tid2eid=None):
     hashed = tid2eid is not None
     prim = _gating(int(k), int(k_group), int(group_count), int(group_select_mode), R.norm_type_id(norm_type),
-                   float(routed_scaling_factor), float(eps))
+                   float(routed_scaling_factor), float(eps), int(renorm))   # renorm != 0: a contract error
     b = None if bias is None or hashed else ops.cast(bias, ms.float32)
     ids = ops.cast(input_ids.reshape(-1), ms.int32) if hashed else None
     table = ops.cast(tid2eid, ms.int32) if hashed else None
