@@ -36,6 +36,6 @@ except ImportError:  # pragma: no cover
 from . import ascendc as _asc   # noqa: E402  (bound through ops/ascend_call.py; available() checks the target)
 for _name in ("compress_kv", "lightning_indexer", "sparse_attention", "hca_attention"):
     register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=_asc.TOLERANCE,
-             note=_asc.NOTE, grad=_name != "compress_kv",      # compressor: no backward yet (composite trains)
+             note=_asc.NOTE,
              what=f"AscendC {_asc.OP_TYPES.get(_name, 'AV4SparseAttnSharedKV')} (package {_asc.VENDOR})")(
         getattr(_asc, _name))

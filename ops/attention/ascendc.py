@@ -7,8 +7,8 @@ against the source by tests/ops/test_bindings.py), ops.Custom(aot) with reg_info
 per static attribute set (scale, ratio, top-k, ...) created on first use — at graph compile time, when the model
 is traced — and cached, every input in its OpDef position (HCA passes None for the absent `cmp_idx`), contract
 stand-ins when the Ascend resolution is emulated on CPU.
-Backward: attention from the kernel's saved log-sum-exp in MindSpore ops (attention_backward), none for the
-indexer's integer ids; the compressor has none yet (grad=False: training resolves the composite for compress_kv).
+Backward in MindSpore ops: attention from the kernel's saved log-sum-exp (attention_backward), the compressor by
+recomputing its pooling (compress_backward), nothing for the indexer's integer ids.
 NOT RUN on an NPU (docs/ascend.md); the kernels' logic is checked on CPU by ascendc/tests/kernel_emu.cc.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mindspore import ops
 
 from .. import ascendc_package as _pkg
 from ..ascend_call import Attr, Contract, In, primitive
-from ..common import linear
+from ..common import NEG_INF, linear
 from ..registry import on_target_change
 from . import reference as R
 from .composite import fp4_rotate
@@ -169,6 +169,50 @@ def _all_indices(window_idx, cmp_idx, S, N, ratio, cmp_offset, start_pos):
     return ops.concat([window_idx, ops.broadcast_to(ops.expand_dims(cmp, 0), (B, S, n))], -1)
 
 
+def compress_backward(kvp, scp, ape, norm_w, dout, norm_eps):
+    """VJP of the kernel's compressor: entries = RMSNorm(Σ_slots softmax_slots(score + ape)·kv)·w, with V4's overlap
+    (ratio 4: block i pools its own second-half channels and block i-1's first-half ones) -> (dkv_proj, dscore_proj,
+    dape, dnorm_weight). Recomputes the pooling in MindSpore ops; tokens past the last complete block get zero."""
+    f32 = ms.float32
+    B, S, W = kvp.shape
+    R, c = ape.shape[0], norm_w.shape[0]
+    n = S // R
+    overlap = W == 2 * c
+    kv = ops.cast(kvp[:, :n * R], f32).reshape(B, n, R, W)
+    sc = ops.cast(scp[:, :n * R], f32).reshape(B, n, R, W) + ops.cast(ape, f32)
+    if overlap:
+        prev_kv = ops.zeros((B, 1, R, c), f32)
+        prev_sc = ops.full((B, 1, R, c), NEG_INF, dtype=f32)
+        if n > 1:
+            prev_kv = ops.concat([prev_kv, kv[:, :n - 1, :, :c]], 1)
+            prev_sc = ops.concat([prev_sc, sc[:, :n - 1, :, :c]], 1)
+        kv = ops.concat([prev_kv, kv[..., c:]], 2)
+        sc = ops.concat([prev_sc, sc[..., c:]], 2)
+    p = ops.softmax(sc, 2)
+    pooled = ops.sum(kv * p, 2)                                                     # [B, n, c]
+    r = ops.rsqrt(ops.mean(pooled * pooled, -1, True) + norm_eps)
+    do = ops.cast(dout, f32)
+    g = do * ops.cast(norm_w, f32)
+    dpooled = r * g - pooled * r * r * r * ops.mean(g * pooled, -1, True)
+    dnorm = ops.sum(do * pooled * r, (0, 1))
+    dp = ops.expand_dims(dpooled, 2)
+    dkv = p * dp
+    dsc = p * (kv - ops.expand_dims(pooled, 2)) * dp
+    if overlap:   # slots [0, R) of block i are block i-1's first-half channels; slots [R, 2R) its own second half
+        tail = ops.zeros((B, 1, R, c), f32)
+        dkv_first = ops.concat([dkv[:, 1:, :R], tail], 1) if n > 1 else tail
+        dsc_first = ops.concat([dsc[:, 1:, :R], tail], 1) if n > 1 else tail
+        dkv = ops.concat([dkv_first, dkv[:, :, R:]], -1)
+        dsc = ops.concat([dsc_first, dsc[:, :, R:]], -1)
+    dape = ops.sum(dsc, (0, 1))
+    dkv = dkv.reshape(B, n * R, W)
+    dsc = dsc.reshape(B, n * R, W)
+    if S > n * R:
+        pad = ops.zeros((B, S - n * R, W), f32)
+        dkv, dsc = ops.concat([dkv, pad], 1), ops.concat([dsc, pad], 1)
+    return ops.cast(dkv, kvp.dtype), ops.cast(dsc, scp.dtype), ops.cast(dape, ape.dtype), ops.cast(dnorm, norm_w.dtype)
+
+
 # ------------------------------------------------------------------------------------------------ primitives
 @functools.lru_cache(None)
 def _attention(scale, ratio, cmp_offset, start_pos):
@@ -210,7 +254,10 @@ def _compress(norm_eps):
     def dtype(kv, sc, ape, nw):
         return kv
 
-    return primitive(CONTRACTS["AV4CompressKV"], {"norm_eps": norm_eps}, shape, dtype, None, _emulate_compress)
+    def bprop(kv, sc, ape, nw, out, dout):
+        return compress_backward(kv, sc, ape, nw, dout, norm_eps)
+
+    return primitive(CONTRACTS["AV4CompressKV"], {"norm_eps": norm_eps}, shape, dtype, bprop, _emulate_compress)
 
 
 # ------------------------------------------------------------------------- backends (the registry's functions)
