@@ -18,6 +18,7 @@ from .config import ConfigError, load_config  # noqa: E402
 
 
 from .errors import friendly, show_warnings_as_lines  # noqa: E402
+from .runtime import device_option  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,6 +106,7 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @click.option("--mtp", is_flag=True, help="also dump the MTP block's logits (position t predicts t+2)")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
+@device_option
 def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulation, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
     from .dump import check_tokens, load_tokens, save_npz
@@ -127,7 +129,7 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulati
             res = NumpyV4(cfg, weights, numerics=mode, kv_fp8=kv_fp8).forward(ids, with_mtp=mtp)
         else:
             from .runtime import setup
-            setup("CPU", "graph", threads)
+            setup(None, "graph", threads)
             from ascend_v4.graph.forward import build_forward
             fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
             res = fwd(ids)
@@ -169,11 +171,12 @@ def compare(a, b, as_json, max_median_rel):
               help="composite: standard MindSpore primitives only (portable); auto: this machine's best backends "
                    "(CPU C++ kernels as Custom ops that point at local libraries)")
 @friendly
+@device_option
 def export_cmd(checkpoint, out_path, batch, seq, backends):
     """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving.
     (ONNX is not offered: MindSpore 2.10's ONNX exporter has no converter for Rsqrt, used by every RMSNorm.)"""
     from .runtime import setup
-    setup("CPU", "graph")
+    setup(None, "graph")
     from ascend_v4.graph.export import export
     cfg, weights = _load_any(checkpoint)
     export(cfg, weights, batch, seq, out_path, "MINDIR", backends=backends)
@@ -189,6 +192,7 @@ def export_cmd(checkpoint, out_path, batch, seq, backends):
 @click.option("--keep", "keep_dir", default=None, help="keep the generated checkpoint in this directory")
 @click.option("--new-tokens", default=8, show_default=True, help="tokens to generate after the parity check (0: skip)")
 @friendly
+@device_option
 def demo(config, batch, seq, seed, keep_dir, new_tokens):
     """Make a tiny official-format checkpoint, load it, run the graph-mode forward, check it against the
     float64 NumPy golden model, then generate a few tokens with the KV-cache engine (prefill + decode steps)
@@ -218,7 +222,7 @@ def demo(config, batch, seq, seed, keep_dir, new_tokens):
         t2 = time.perf_counter()
         click.echo(f"checkpoint: wrote official format (FP8 E4M3 + E8M0 128x128, MXFP4 experts) in {t1 - t0:.2f} s, "
                    f"read + dequantised {len(weights)} tensors in {t2 - t1:.2f} s")
-        setup("CPU", "graph")
+        setup(None, "graph")
         from ascend_v4.graph.forward import build_forward
         fwd = build_forward(cfg, weights, max_seq_len=max(seq, 16))
         ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
@@ -278,6 +282,34 @@ def _demo_generate(cfg, weights, fallback_prompt, new_tokens: int) -> bool:
     return ok
 
 
+# ------------------------------------------------------------------------------------------------ plan
+@main.command("plan")
+@click.option("--device", type=click.Choice(["ascend"]), default="ascend", show_default=True,
+              help="the device planned for (no device needed here)")
+@click.option("--soc", type=click.Choice(["910b", "910b4", "910c"]), default="910b", show_default=True)
+@click.option("--cann", default="8.5", show_default=True, help="CANN version of the target (vendor operators)")
+@click.option("--config", "config", default="v4-flash", show_default=True, help="preset, config.json or checkpoint")
+@click.option("--parallel", default="", help="dp=8,tp=1,ep=8,pp=1[,micro_batches=4] (train memory; tp/ep split "
+              "the weights for inference)")
+@click.option("--seq", default=4096, show_default=True, help="tokens per sequence (prefill / train) and context")
+@click.option("--batch", default=1, show_default=True, help="sequences per device")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def plan_cmd(device, soc, cann, config, parallel, seq, batch, as_json):
+    """For every operator call of prefill, decode and a train step on a 910B/910C: the backend that runs (CANN
+    vendor operator, our AscendC kernel or composite), why, dtypes and per-device memory. Config only: no weights."""
+    from .plan import format_plan, plan
+    from .train.loop import TrainConfig
+    cfg = load_config(config)
+    try:
+        par = {k: int(v) for k, v in (kv.split("=", 1) for kv in parallel.split(",") if kv)}
+    except ValueError:
+        raise ConfigError(f"--parallel {parallel!r}: expected dp=N,tp=N,ep=N,pp=N") from None
+    tc = TrainConfig.from_dict({"model": config, "seq_len": seq, "batch_size": batch, "parallel": par})
+    p = plan(cfg, soc, cann, tc, context=seq, batch=batch)
+    click.echo(json.dumps(p, indent=2) if as_json else format_plan(p))
+
+
 # ------------------------------------------------------------------------------------------------- ops
 @main.group("ops")
 def ops_group():
@@ -286,12 +318,17 @@ def ops_group():
 
 @ops_group.command("list")
 @friendly
+@device_option
 def ops_list():
-    """Every op with its backends, platforms and availability."""
+    """Every op with its backends, platforms and availability; `*` marks the backend that runs on --device."""
     from .ops import registry
+    from .runtime import setup
+    setup(None, "graph")
     for op in registry.ops():
+        runs = {v.backend.name for v in registry.explain(op) if v.chosen}
         for b in registry.backends(op):
-            click.echo(f"{op:<22}{b.name:<10}{','.join(b.platforms):<18}{'available' if b.available() else 'unavailable'}"
+            click.echo(f"{'*' if b.name in runs else ' '} {op:<22}{b.name:<10}{','.join(b.platforms):<18}"
+                       f"{'available' if b.available() else 'unavailable'}"
                        f"  priority {b.priority}" + (f"  ({b.note})" if b.note else ""))
 
 
@@ -302,10 +339,11 @@ def ops_list():
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--no-grad", is_flag=True, help="forward only")
 @friendly
+@device_option
 def ops_parity(op, backend, csv_path, as_json, no_grad):
     """Every backend of every op vs the float64 NumPy reference, forward and backward; exit 1 on any failure."""
     from .runtime import setup
-    setup("CPU", "pynative")
+    setup(None, "pynative")
     from .ops import parity, registry
     if op:
         registry.backends(op)            # unknown op -> clear error
@@ -341,6 +379,7 @@ def ops_parity(op, backend, csv_path, as_json, no_grad):
               help="MoE dispatch/combine algorithm for --dry-run")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
+@device_option
 def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg, threads):
     """Train DeepSeek-V4 in graph mode: next-token + MTP + balance losses, Muon + AdamW, resumable."""
     from .train.loop import TrainConfig
@@ -374,7 +413,7 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
             sys.exit(1)
         return
     from .runtime import setup
-    setup("CPU", "graph", threads)
+    setup(None, "graph", threads, training=True)
     from .train.loop import Trainer
     rank, world = _distributed(tc)
     tr = Trainer(tc, out_dir, rank, world)

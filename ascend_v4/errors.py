@@ -29,6 +29,8 @@ _OURS = (
     (".serve.tokenizer", ("TokenizerError",)),
     (".serve.cli", ("GenerateError",)),
     (".ops.registry", ("BackendError",)),
+    (".runtime", ("DeviceError",)),
+    (".ops.ascend_call", ("ContractError",)),
 )
 _OS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 

@@ -26,6 +26,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from . import ops as v4ops
+from . import precision
 from .config import ModelConfig
 from .ops.attention.composite import compressed_indices, fp4_rotate, window_indices
 from .ops.attention.rope import rope_table
@@ -855,11 +856,13 @@ class Transformer(nn.Cell):
     parallel: an ascend_v4.parallel.ParallelContext (tensor / expert parallel training) or None (everything on
     this process). Parameters keep their official names and hold this rank's slice (see ascend_v4/parallel.py)."""
 
-    def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096, param_dtype=ms.float32,
+    def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096, param_dtype=None,
                  return_hidden: bool = False, with_mtp: bool = True, moe_capacity_factor: Optional[float] = None,
                  parallel=None):
         super().__init__()
         cfg.validate()
+        param_dtype = precision.param_dtype() if param_dtype is None else param_dtype   # bf16 on Ascend
+        v4ops.registry.use_model_shapes(cfg)      # the sizes vendor-operator limits are checked against
         self.cfg = cfg
         self.parallel = parallel
         if parallel is not None:

@@ -28,6 +28,7 @@ class GenerateError(ValueError):
 
 from ..errors import friendly as _friendly  # noqa: E402  (the one `error:` + exit 2 contract)
 from .tokenizer import text_of  # noqa: E402
+from ..runtime import device_option  # noqa: E402  (--device cpu|ascend, like every computing command)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -110,6 +111,7 @@ class _Streamer:
 @click.option("--threads", default=0, type=int, help="CPU threads (0 = MindSpore default)")
 @click.option("--quiet", is_flag=True, help="do not stream tokens")
 @_friendly
+@device_option
 def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperature, top_k, top_p, seed,
              speculative, int8_kv, no_eos, chunk, tokenizer_path, out_path, threads, quiet):
     """Generate from CHECKPOINT: prefill the prompt(s), decode token by token over the window ring, the

@@ -57,7 +57,7 @@ class Engine:
                  kv_int8: bool = False, mtp: bool = False, prefill_chunk: int = 256, ctx_min: int = 256,
                  threads: int = 0, model=None, stacked_experts: bool = True):
         from ..runtime import setup
-        setup("CPU", "graph", threads)
+        setup(None, "graph", threads)
         from ..model import Transformer
         from ..weights import load_into
         from .cache import KVCache

@@ -34,7 +34,9 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-from . import ascendc as _asc   # noqa: E402  (no MindSpore import at module level; available() checks the device)
+from . import ascendc as _asc   # noqa: E402  (bound through ops/ascend_call.py; available() checks the target)
 for _name in ("compress_kv", "lightning_indexer", "sparse_attention", "hca_attention"):
-    register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=(1e-2, 1e-2),
-             note=_asc.NOTE + "; call ascendc.prepare_*() before graph compile")(getattr(_asc, _name))
+    register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=_asc.TOLERANCE,
+             note=_asc.NOTE,
+             what=f"AscendC {_asc.OP_TYPES.get(_name, 'AV4SparseAttnSharedKV')} (package {_asc.VENDOR})")(
+        getattr(_asc, _name))

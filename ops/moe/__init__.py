@@ -34,14 +34,9 @@ try:
 except ImportError:  # pragma: no cover
     pass
 
-try:  # Ascend backends: registered everywhere, available only on an Ascend device (never picked on CPU)
-    from . import ascendc as _asc
-    for _name in ALL_OPS:
-        register(_name, "ascendc", ("Ascend",), priority=20, available=_asc.available, tolerance=_asc.TOLERANCE,
-                 note=_asc.NOTE)(getattr(_asc, _name))
-    from . import aclnn as _aclnn
-    for _name in ("moe_init_routing", "moe_finalize_routing", "grouped_matmul", "grouped_expert_ffn"):
-        register(_name, "aclnn", ("Ascend",), priority=30, available=_aclnn.available, tolerance=(1e-4, 1e-3),
-                 note="MindSpore's built-in Ascend vendor ops")(getattr(_aclnn, _name))
-except ImportError:  # pragma: no cover
-    pass
+# Ascend backends: registered everywhere, available only for an Ascend target (never picked on CPU). Both bind
+# through ops/ascend_call.py; vendor operators (aclnn) outrank our AscendC kernels where they have V4's semantics.
+from . import ascendc as _asc  # noqa: E402
+from . import aclnn as _aclnn  # noqa: E402
+_asc.register_backends()
+_aclnn.register_backends()

@@ -33,7 +33,7 @@ DRIVER = os.path.join(ROOT, "ops", "ascendc_common", "build_opp.sh")
 CMAKE_MODULE = os.path.join(ROOT, "ops", "ascendc_common", "cmake", "av4_opp.cmake")
 DOCKERFILE = os.path.join(ROOT, "docker", "Dockerfile.ascend")
 FAMILIES = ("mhc", "moe", "attention")
-BINDINGS = {"mhc": "ops/mhc/ascendc/__init__.py", "moe": "ops/moe/ascendc/__init__.py",
+BINDINGS = {"mhc": "ops/mhc/ascendc/binding.py", "moe": "ops/moe/ascendc/binding.py",
             "attention": "ops/attention/ascendc.py"}
 SYSTEM_CANN = [p for p in ("/usr/local/Ascend/cann/set_env.sh", "/usr/local/Ascend/ascend-toolkit/set_env.sh")
                if os.path.exists(p)]
@@ -226,7 +226,7 @@ def test_op_types_agree_cmake_opdefs_binding(family):
     assert len(set(cmake_ops)) == len(cmake_ops)
     assert sorted(cmake_ops) == sorted(opdef_names(family)) == sorted(bind_ops)
     # every op type the binding hands to ops.Custom / CustomRegOp literally is one of OP_TYPES
-    literal = re.findall(r"(?:_custom|_reg|Custom|CustomRegOp)\(\s*\"(\w+)\"", src)
+    literal = re.findall(r"(?:_custom|_reg|Custom|CustomRegOp|Contract)\(\s*\"(\w+)\"", src)
     assert set(literal) <= set(bind_ops), literal
     for op in cmake_ops:   # each OpDef class exists under its op type
         assert any(re.search(rf"class {op}\b[^{{]*OpDef", _read(f))

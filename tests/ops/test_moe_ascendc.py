@@ -112,8 +112,8 @@ def test_python_binding_registers_for_ascend_only():
         names = {b.name: b for b in registry.backends(op)}
         assert names["ascendc"].platforms == ("Ascend",)
         assert registry.resolve(op, device="CPU").name in ("cpp", "composite")
-    info = ascendc._reg("MoeInitRoutingAv4", [("x", "required"), ("expert_idx", "required")], ["y"],
-                        [("expert_num", "int", 256)])
+    from ascend_v4.ops.ascend_call import reg_info
+    info = reg_info(ascendc.CONTRACTS["MoeInitRoutingAv4"], {"expert_num": 256})
     assert "MoeInitRoutingAv4" in str(info) and "expert_num" in str(info)
 
 
