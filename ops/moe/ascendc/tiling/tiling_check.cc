@@ -308,6 +308,9 @@ static void FinalizeShapes() {
   const char* why = nullptr;
   CHECK(!FinalizeRoutingTiling(4, 2, 8, 8, 4, false, false, false, 4, kPlatforms[0], &td, &why), "mode 4");
   CHECK(!FinalizeRoutingTiling(4, 2, 8, 8, 2, false, true, false, 4, kPlatforms[0], &td, &why), "x2 without x1");
+  GroupedMatmulTilingData gt;
+  CHECK(!GroupedMatmulTiling(64, 128, 104, 4, 0, false, 2, kPlatforms[0], &gt, &why), "N*2 bytes not 32-aligned");
+  CHECK(GroupedMatmulTiling(64, 128, 104, 4, 0, false, 4, kPlatforms[0], &gt, &why), "N*4 bytes 32-aligned");
 }
 
 // ------------------------------------------------------------------------------------------ grouped matmul
@@ -315,7 +318,7 @@ static void GroupedMatmulShapes() {
   std::mt19937 rng(9);
   for (const MoePlatform& p : kPlatforms)
     for (int64_t K : {1, 16, 100, 2048, 4096, 7168})
-      for (int64_t N : {1, 16, 100, 2048, 4096})
+      for (int64_t N : {16, 48, 112, 2048, 4096})
         for (int64_t E : {1, 8, 64, 256})
           for (int32_t eb : {2, 4})
             for (int tw = 0; tw < 2; ++tw) {
