@@ -117,7 +117,6 @@ class TPipe {
   __aicore__ TEventID FetchEventID();
   __aicore__ TEventID FetchEventID(HardEvent evt);
 };
-__aicore__ TPipe* GetTPipePtr();
 
 // ------------------------------------------------------------------------------------------ data movement
 struct DataCopyExtParams {  // blockLen and GM-side strides in bytes, UB-side strides in 32-byte blocks
@@ -207,3 +206,5 @@ __aicore__ void Cast(const LocalTensor<T>& dst, const LocalTensor<U>& src, const
                             const uint32_t count);
 
 }  // namespace AscendC
+
+__aicore__ AscendC::TPipe* GetTPipePtr();   // kernel_common.h: global, not in AscendC

@@ -10,7 +10,7 @@ namespace av4 {
 
 template <AscendC::HardEvent evt>
 __aicore__ inline void PipeSync() {
-  const AscendC::TEventID id = AscendC::GetTPipePtr()->FetchEventID(evt);
+  const AscendC::TEventID id = GetTPipePtr()->FetchEventID(evt);
   AscendC::SetFlag<evt>(id);
   AscendC::WaitFlag<evt>(id);
 }

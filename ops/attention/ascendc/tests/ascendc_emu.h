@@ -213,10 +213,6 @@ inline TPipe*& CurrentPipe() {
   static TPipe* p = nullptr;
   return p;
 }
-inline TPipe* GetTPipePtr() {
-  EMU_CHECK(CurrentPipe() != nullptr, "GetTPipePtr without a live TPipe");
-  return CurrentPipe();
-}
 class TPipe {
  public:
   TPipe() { CurrentPipe() = this; }
@@ -377,3 +373,8 @@ void Extract(const LocalTensor<T>& dv, const LocalTensor<uint32_t>& di, const Lo
 }
 
 }  // namespace AscendC
+
+inline AscendC::TPipe* GetTPipePtr() {   // global in kernel_common.h
+  EMU_CHECK(AscendC::CurrentPipe() != nullptr, "GetTPipePtr without a live TPipe");
+  return AscendC::CurrentPipe();
+}

@@ -8,7 +8,7 @@ namespace moe_av4 {
 
 template <AscendC::HardEvent evt>
 __aicore__ inline void PipeSync() {
-  const AscendC::TEventID id = AscendC::GetTPipePtr()->FetchEventID(evt);
+  const AscendC::TEventID id = GetTPipePtr()->FetchEventID(evt);
   AscendC::SetFlag<evt>(id);
   AscendC::WaitFlag<evt>(id);
 }

@@ -48,9 +48,9 @@ void SetFlag(int32_t) {}
 template <HardEvent event>
 void WaitFlag(int32_t) {}
 static TPipe* g_pipe = nullptr;
-TPipe* GetTPipePtr() { return g_pipe; }
 TEventID TPipe::FetchEventID(HardEvent) { return 0; }
 }  // namespace AscendC
+AscendC::TPipe* GetTPipePtr() { return AscendC::g_pipe; }
 
 using namespace moe_av4;
 
