@@ -211,28 +211,72 @@ class Workspace:
         os.symlink(os.path.join("..", "asc", "include", "adv_api"), os.path.join(tmp, "kinc", "lib"))
         os.rename(tmp, inst)
 
+    def emu_shim(self):
+        """stub_fun.h of the CPU emulator: the handle enums, the emulated intrinsics (emu/emu_intrinsics.h) and, for
+        every other intrinsic the headers name, a definition that stops the run naming it"""
+        emu_h = os.path.join(HERE, "emu", "emu_intrinsics.h")
+        text = open(emu_h).read()
+        done = set(re.findall(r"^inline\s+(?:void|int64_t)\s+(\w+)\s*\(", text, re.M))
+        done |= set(re.findall(r"^\s*inline\s+(?:void|int64_t)\s+(\w+)\s*\(", text, re.M))
+        done |= set(re.findall(r"^AV4_EMU_(?:BINARY|SCALAR|UNARY)\((\w+),", text, re.M))
+        for b in re.findall(r"^AV4_EMU_COPY_ALIGN\((\d+)\)", text, re.M):
+            done |= {f"copy_gm_to_ubuf_align_b{b}", f"copy_ubuf_to_gm_align_b{b}"}
+        shim = self.shim_text(skip=done, abort=True) + f'\n#include "{emu_h}"\n'
+        d = os.path.join(self.gen, "emu_shim")
+        os.makedirs(d, exist_ok=True)
+        # the CPU-debug library's API parameter checks (declared in asc-devkit, defined in closed code): the
+        # emulator checks what it executes instead, so each one accepts
+        checks = ["// GENERATED: accepting definitions of asc-devkit's CPU-debug API checks", "namespace AscendC {",
+                  "namespace check {"]
+        seen = set()
+        for hp in sorted(glob.glob(os.path.join(self.A, "impl", "basic_api", "utils", "kernel_check_*_util.h"))):
+            for ret, name, params in re.findall(r"^\s*(bool|void)\s+(Check\w+Impl)\s*\(([^;{]*?)\)\s*;",
+                                                open(hp).read(), re.M):
+                sig = (name, " ".join(params.split()))
+                if sig in seen:
+                    continue
+                seen.add(sig)
+                checks.append(f"{ret} {name}({sig[1]}) {{ {'return true; ' if ret == 'bool' else ''}}}")
+        checks += ["}  // namespace check", "}  // namespace AscendC", ""]
+        with open(os.path.join(d, "emu_checks.h"), "w") as f:
+            f.write("\n".join(checks))
+        path = os.path.join(d, "stub_fun.h")
+        if not os.path.exists(path) or open(path).read() != shim:
+            with open(path, "w") as f:
+                f.write(shim)
+        return d
+
     def names(self):
         return sorted({n.strip() for n in open(self.names_file) if n.strip()})
 
     def write_shim(self):
+        text = self.shim_text()
+        path = os.path.join(self.gen, "shim", "stub_fun.h")
+        if not os.path.exists(path) or open(path).read() != text:
+            with open(path, "w") as f:
+                f.write(text)
+
+    def shim_text(self, skip=(), abort=False):
         qm = set()
         for base in (os.path.join(self.A, "impl"), os.path.join(self.A, "include")):
             for p in glob.glob(os.path.join(base, "**", "*.h"), recursive=True):
                 qm |= set(re.findall(r"\bQuantMode_t::(\w+)", open(p, errors="replace").read()))
         qm.discard("NoQuant")
         lines = [CCE_ENUMS, "typedef enum { NoQuant = 0" + "".join(f", {q}" for q in sorted(qm)) + " } QuantMode_t;"]
+        if abort:
+            lines.append("[[noreturn]] void av4_emu_unemulated(const char* name);")
         for n in self.names():
+            if n in skip:
+                continue
+            # AscendC*/PingPong* are the CPU-debug framework's bookkeeping hooks, not hardware: no-ops
+            body = f'av4_emu_unemulated("{n}"); ' if abort and not re.match(r"AscendC|PingPong", n) else ""
             if SCALAR_INTRINSICS.match(n):
-                lines.append(f"template <class... A> inline int64_t {n}(A&&...) {{ return 0; }}")
+                lines.append(f"template <class... A> inline int64_t {n}(A&&...) {{ {body}return 0; }}")
             elif n.startswith("conv_"):
-                lines.append(f"template <class... A> inline __av4_any_t {n}(A&&...) {{ return {{}}; }}")
+                lines.append(f"template <class... A> inline __av4_any_t {n}(A&&...) {{ {body}return {{}}; }}")
             else:
-                lines.append(f"template <class... A> inline void {n}(A&&...) {{}}")
-        text = "\n".join(lines) + "\n"
-        path = os.path.join(self.gen, "shim", "stub_fun.h")
-        if not os.path.exists(path) or open(path).read() != text:
-            with open(path, "w") as f:
-                f.write(text)
+                lines.append(f"template <class... A> inline void {n}(A&&...) {{ {body}}}")
+        return "\n".join(lines) + "\n"
 
     def learn(self, log_text):
         """intrinsic names g++ reported undeclared inside asc-devkit; True if any was new"""
@@ -385,6 +429,37 @@ def run(files, dtypes, cxx="g++", use_cache=True, jobs=1, verbose=False, log=pri
             json.dump(passes, f, indent=0, sort_keys=True)
         os.replace(ws.results_file + ".tmp", ws.results_file)
     return results
+
+
+def build_emulator(driver, defines, exe, cxx="g++", core="AIV"):
+    """compile a kernel driver (includes op_kernel sources + emu/emu_runtime.h) into an executable that runs the
+    kernel bodies on the CPU through the intrinsic emulator; rebuilt only when a source it depends on changed"""
+    root = find_trees()
+    if root is None:
+        raise SetupError(f"the CANN source trees are not in {cache_dir()}: run "
+                         "`python ops/ascendc_common/real_headers_check.py --setup`")
+    ws = Workspace(root)
+    emu_dir = ws.emu_shim()
+    cmd = ws.kernel_cmd(cxx, driver, "float", core)
+    cmd = [c for c in cmd if c not in ("-fsyntax-only", "-w") and not c.startswith("-DDTYPE_")]
+    cmd = [c if c != f"-I{ws.gen}/shim" else f"-I{emu_dir}" for c in cmd]
+    cmd = cmd[:-1] + [f"-D{d}" for d in defines] + [f"-I{os.path.join(HERE, 'emu')}", "-O1", "-w", "-o", exe,
+                                                     driver]
+    h = hashlib.sha256((" ".join(cmd) + json.dumps(tree_commits(root))).encode())
+    for p in sorted(glob.glob(os.path.join(HERE, "emu", "*")) + [driver] +
+                    glob.glob(os.path.join(os.path.dirname(os.path.dirname(driver)), "*", "*.*")) +
+                    [os.path.join(emu_dir, "stub_fun.h")]):
+        if os.path.isfile(p):
+            h.update(open(p, "rb").read())
+    stamp = exe + ".sha256"
+    if os.path.exists(exe) and os.path.exists(stamp) and open(stamp).read() == h.hexdigest():
+        return exe
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
+    if r.returncode != 0:
+        raise RuntimeError("emulator build failed:\n" + "\n".join(r.stderr.splitlines()[:60]))
+    with open(stamp, "w") as f:
+        f.write(h.hexdigest())
+    return exe
 
 
 def main(argv=None):
