@@ -230,7 +230,7 @@ class Workspace:
                   "namespace check {"]
         seen = set()
         for hp in sorted(glob.glob(os.path.join(self.A, "impl", "basic_api", "utils", "kernel_check_*_util.h"))):
-            for ret, name, params in re.findall(r"^\s*(bool|void)\s+(Check\w+Impl)\s*\(([^;{]*?)\)\s*;",
+            for ret, name, params in re.findall(r"^\s*(bool|void)\s+(Check\w+)\s*\(([^;{]*?)\)\s*;",
                                                 open(hp).read(), re.M):
                 sig = (name, " ".join(params.split()))
                 if sig in seen:

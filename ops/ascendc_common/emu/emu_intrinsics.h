@@ -67,6 +67,7 @@ struct State {
   uint64_t padValue = 0;
   uint64_t ctrl = 0;
   uint64_t acc = 0;   // reduction accumulator (get_acc_val)
+  uint64_t maxMinCnt = 0;   // last vcmax / vcmin result (get_max_min_cnt)
   bool checkRaces = true;
   std::unordered_map<uintptr_t, Shadow> shadow;   // per 4-byte UB word
 };
@@ -480,3 +481,53 @@ inline void vcadd(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBl
   }
 }
 inline int64_t get_acc_val() { return static_cast<int64_t>(av4_emu::S().acc); }
+
+// vcmax / vcmin(dst, src, repeat, dstRepStride, srcBlkStride, srcRepStride, order): per repeat the largest
+// (smallest) active lane -> dst[r * dstRepStride * width], width 2 for VALUE_INDEX / INDEX_VALUE (value and the lane
+// index as raw bits), 1 for ONLY_VALUE / ONLY_INDEX. Equal values: the lowest lane (an assumption: the kernels that
+// need a tie rule re-scan below the reported index). The last result is also kept for get_max_min_cnt.
+namespace av4_emu {
+template <bool kMax, class D, class A>
+inline void ReduceExtreme(const char* what, D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBlk,
+                          uint64_t srcRep, int order) {
+  const uint64_t s = Issue(P_V);
+  float best[256];
+  uint32_t lane[256];
+  bool seen[256] = {};
+  uint64_t maxRep = 0;
+  ForLanes(repeat, sizeof(A), [&](uint64_t r, uint64_t l) {
+    if (r >= 256) Fail("%s: more than 255 repeats", what);
+    A* pa = At(a, r, l, {srcBlk, srcRep});
+    Access(pa, sizeof(A), P_V, s, false, what);
+    const float v = Load(pa);
+    if (!seen[r] || (kMax ? v > best[r] : v < best[r])) best[r] = v, lane[r] = static_cast<uint32_t>(l), seen[r] = true;
+    if (r + 1 > maxRep) maxRep = r + 1;
+  });
+  const uint64_t reps = S().counterMode ? maxRep : repeat;
+  const int width = (order == 0 || order == 1) ? 2 : 1;
+  for (uint64_t r = 0; r < reps; ++r) {
+    if (!seen[r]) continue;
+    D* pd = dst + r * dstRep * width;
+    Access(pd, sizeof(D) * width, P_V, s, true, what);
+    D vbits, ibits;
+    Store(&vbits, best[r]);
+    std::memset(&ibits, 0, sizeof(D));
+    std::memcpy(&ibits, &lane[r], sizeof(D) < 4 ? sizeof(D) : 4);
+    if (order == 0) pd[0] = vbits, pd[1] = ibits;
+    else if (order == 1) pd[0] = ibits, pd[1] = vbits;
+    else pd[0] = order == 2 ? vbits : ibits;
+    uint64_t v = 0;
+    std::memcpy(&v, &vbits, sizeof(D));
+    S().maxMinCnt = v | (static_cast<uint64_t>(lane[r]) << 32);
+  }
+}
+}  // namespace av4_emu
+template <class D, class A, class O, class... R>
+inline void vcmax(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBlk, uint64_t srcRep, O order, R...) {
+  av4_emu::ReduceExtreme<true>("vcmax", dst, a, repeat, dstRep, srcBlk, srcRep, static_cast<int>(order));
+}
+template <class D, class A, class O, class... R>
+inline void vcmin(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBlk, uint64_t srcRep, O order, R...) {
+  av4_emu::ReduceExtreme<false>("vcmin", dst, a, repeat, dstRep, srcBlk, srcRep, static_cast<int>(order));
+}
+inline int64_t get_max_min_cnt() { return static_cast<int64_t>(av4_emu::S().maxMinCnt); }
