@@ -108,3 +108,74 @@ def test_gating_matches_reference(emu, tmp_path, case):
     np.testing.assert_allclose(s, s_ref, rtol=1e-5, atol=3e-6)
     np.testing.assert_array_equal(idx, idx_ref)   # the selection, ties -> lowest expert id, exactly
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+
+
+INIT = [c for c in CASES if c.op == "moe_init_routing"]
+
+
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+@pytest.mark.parametrize("case", INIT, ids=lambda c: c.name)
+def test_init_routing_matches_reference(emu, tmp_path, case, dt):
+    """multi-core counting sort with SyncAll between the histogram and the scatter (forked cores, shared GM)"""
+    (x, ids), kw = case.make(np.random.default_rng(case.seed))
+    if dt == "bf16":
+        x = _bf16(x)
+    ex_ref, row_ref, cnt_ref, before_ref = R.moe_init_routing(np.asarray(x, np.float64), ids, **kw)
+    T, k = ids.shape
+    H = x.shape[1]
+    _save(tmp_path, x=x, expert_idx=ids)
+    r = _run(emu[dt], "init", tmp_path, T, k, H, kw["expert_num"], kw["expert_capacity"], kw["active_num"],
+             kw["drop_pad_mode"], kw["expert_tokens_count_or_cumsum_flag"], CORES, UB)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+    np.testing.assert_array_equal(np.fromfile(str(tmp_path / "row_idx.bin"), np.int32), row_ref)
+    np.testing.assert_array_equal(np.fromfile(str(tmp_path / "count.bin"), np.int32), cnt_ref)
+    np.testing.assert_array_equal(np.fromfile(str(tmp_path / "before.bin"), np.int32), before_ref)
+    ex = np.fromfile(str(tmp_path / "expanded_x.bin"), np.float32).reshape(ex_ref.reshape(-1, H).shape)
+    np.testing.assert_array_equal(ex, ex_ref.reshape(-1, H).astype(np.float32))   # a pure copy: exact
+
+
+# The defects of issue #15 that the pipe model sees, put back one at a time into a copy of the sources: each run
+# must fail with a race report naming the pipes (failing-before tests of the fixes).
+OLD_FORMS = {
+    "init_routing_vecin_tque": (
+        "moe_init_routing_av4.cpp",
+        "TQueBind<TPosition::VECIN, TPosition::VECOUT, 2> copyQue_;", "TQue<TPosition::VECIN, 2> copyQue_;",
+        ("init", 12, 2, 16, 4, 0, 0, 0, 1), "(pipe MTE3) reads UB"),
+    "gating_score_no_barrier": (
+        "moe_gating_topk_av4.cpp",
+        "      Abs(tmp_, l, E);\n      Maxs(s, l, 0.0f, E);\n      PipeBarrier<PIPE_V>();\n",
+        "      Abs(tmp_, l, E);\n      Maxs(s, l, 0.0f, E);\n",
+        ("gating", 8, 16, 4, 2, 1, 1, 0, 0, 0, 0, "1.0", "1e-20"), "with no PipeBarrier<PIPE_V>"),
+    "finalize_accumulate_no_barrier": (
+        "moe_finalize_routing_av4.cpp",
+        "    PipeBarrier<PIPE_V>();   // the previous Accumulate / Duplicate on acc_ (and its read of castBuf_) is done\n",
+        "", ("finalize", 3, 2, 16, 6, 2, 1, 0, 0), "with no PipeBarrier<PIPE_V>"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(OLD_FORMS))
+def test_old_form_is_reported_as_a_race(tmp_path, name):
+    from pathlib import Path
+    fname, new, old, args, message = OLD_FORMS[name]
+    src = os.path.join(ROOT, "ops", "moe", "ascendc")
+    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / f"moe_{name}"
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.copytree(src, base / "ascendc", ignore=shutil.ignore_patterns("__pycache__"))
+    k = base / "ascendc" / "op_kernel" / fname
+    text = k.read_text()
+    assert new in text, name
+    k.write_text(text.replace(new, old))
+    exe = rhc.build_emulator(str(base / "ascendc" / "emu" / "moe_emu.cc"), ["DTYPE_X=float"],
+                             str(base / "moe_emu"), cxx=GXX)
+    rng = np.random.default_rng(0)
+    op = args[0]
+    if op == "init":
+        _save(tmp_path, x=rng.standard_normal((12, 16)), expert_idx=rng.integers(0, 4, (12, 2)).astype(np.int32))
+    elif op == "gating":
+        _save(tmp_path, x=rng.standard_normal((8, 16)))
+    else:
+        _save(tmp_path, expanded_x=rng.standard_normal((6, 16)), scales=rng.random((3, 2)),
+              row_idx=rng.permutation(6).astype(np.int32), x1=rng.standard_normal((3, 16)))
+    r = _run(exe, op, tmp_path, *args[1:], CORES, UB)
+    assert r.returncode == 3 and "emu: race:" in r.stderr and message in r.stderr, r.stderr[-2000:]

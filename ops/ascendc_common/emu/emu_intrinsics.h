@@ -125,12 +125,12 @@ inline void SetFlag(int src, int dst, int e) {
 inline void WaitFlag(int src, int dst, int e) {
   State& st = S();
   const State::Flag& f = st.flags[src][dst][e & 15];
-  // dst now follows every src instruction up to the set, and (transitively) what src had waited for; a wait on
-  // the scalar pipe orders everything the scalar unit issues afterwards, i.e. every pipe
+  // dst now follows every src instruction up to the set, and (transitively) what src had waited for -- including
+  // dst's own earlier instructions (V -> MTE2 -> V orders two vector ops); a wait on the scalar pipe orders
+  // everything the scalar unit issues afterwards, i.e. every pipe
   for (int p = 0; p < P_N; ++p) {
     if (p != dst && dst != P_S) continue;
     for (int q = 0; q < P_N; ++q) {
-      if (q == p && p == P_V && q != src) continue;   // V-after-V still needs its own barrier
       if (st.synced[p][q] < f.synced[q]) st.synced[p][q] = f.synced[q];
     }
   }
@@ -531,3 +531,37 @@ inline void vcmin(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBl
   av4_emu::ReduceExtreme<false>("vcmin", dst, a, repeat, dstRep, srcBlk, srcRep, static_cast<int>(order));
 }
 inline int64_t get_max_min_cnt() { return static_cast<int64_t>(av4_emu::S().maxMinCnt); }
+
+// SyncAll across cores (ffts_cross_core_sync + wait_flag_dev): the forked cores share one arrival counter in GM;
+// the n-th SyncAll of a core returns once every core has arrived n times. A core that never arrives is reported.
+#include <sched.h>
+#include <time.h>
+namespace av4_emu {
+inline int64_t*& SyncCounter() {
+  static int64_t* p = nullptr;
+  return p;
+}
+inline int64_t& SyncRound() {
+  static int64_t n = 0;
+  return n;
+}
+inline int64_t& SyncCores() {
+  static int64_t n = 1;
+  return n;
+}
+}  // namespace av4_emu
+template <class P, class M>
+inline void ffts_cross_core_sync(P, M) {
+  if (!av4_emu::SyncCounter()) av4_emu::Fail("SyncAll outside a launch");
+  ++av4_emu::SyncRound();
+  __atomic_add_fetch(av4_emu::SyncCounter(), 1, __ATOMIC_SEQ_CST);
+}
+template <class F>
+inline void wait_flag_dev(F) {
+  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
+  const time_t t0 = time(nullptr);
+  while (__atomic_load_n(av4_emu::SyncCounter(), __ATOMIC_SEQ_CST) < want) {
+    if (time(nullptr) - t0 > 60) av4_emu::Fail("SyncAll: not every core arrived (round %lld)", (long long)av4_emu::SyncRound());
+    sched_yield();
+  }
+}

@@ -36,6 +36,8 @@ inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
   std::fflush(stdout);
   std::fflush(stderr);
   std::vector<pid_t> pids;
+  SyncCounter() = static_cast<int64_t*>(GmAlloc(sizeof(int64_t)));
+  SyncCores() = cores;
   for (int c = 0; c < cores; ++c) {
     const pid_t pid = fork();
     if (pid < 0) Fail("fork failed");

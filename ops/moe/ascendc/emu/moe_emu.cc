@@ -5,13 +5,18 @@
 //       writes DIR/out.bin [T, H]
 //   moe_emu gating DIR T E k norm groups kgroup gmode has_bias hashed table_cols scale eps cores ub
 //       reads DIR/{x,bias}.bin (float32), DIR/{ids,table}.bin (int32); writes DIR/{y,score}.bin, DIR/idx.bin (int32)
+//   moe_emu init DIR T k H E capacity active mode flag cores ub
+//       reads DIR/x.bin (float32), DIR/expert_idx.bin (int32); writes DIR/expanded_x.bin (float32),
+//       DIR/{row_idx,count,before}.bin (int32)
 // Data tensors are DTYPE_X of this build; exit 0 on success, 3 on an emulator error (race, tiling refusal).
 #include "../op_kernel/moe_finalize_routing_av4.cpp"
 #include "../op_kernel/moe_gating_topk_av4.cpp"
+#include "../op_kernel/moe_init_routing_av4.cpp"
 #include "../tiling/moe_tiling.cc"
 #include "emu_runtime.h"
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -144,6 +149,36 @@ int main(int argc, char** argv) {
     std::memcpy(iv.data(), idx, T * k * 4);
     Write(dir + "/idx.bin", iv);
     std::printf("ok cores=%lld rowsPerLoop=%lld\n", (long long)td.split.usedCores, (long long)td.rowsPerLoop);
+    return 0;
+  }
+  if (op == "init" && argc == 13) {
+    const int64_t T = std::atoll(argv[3]), k = std::atoll(argv[4]), H = std::atoll(argv[5]), E = std::atoll(argv[6]),
+                  C = std::atoll(argv[7]), active = std::atoll(argv[8]);
+    const int32_t mode = std::atoi(argv[9]), flag = std::atoi(argv[10]);
+    moe_av4::MoeInitRoutingTilingData td{};
+    if (!moe_av4::InitRoutingTiling(T, k, H, E, C, active, mode, flag, sizeof(X), Platform(argv[11], argv[12]), &td,
+                                    &why))
+      av4_emu::Fail("tiling: %s", why);
+    uint8_t* x = ToGm<X>(Read<float>(dir + "/x.bin", T * H));
+    uint8_t* ids = ToGmI32(Read<int32_t>(dir + "/expert_idx.bin", T * k));
+    uint8_t* ex = ToGm<X>(std::vector<float>(td.outRows * H, NAN));
+    uint8_t* row = ToGmI32(std::vector<int32_t>(T * k, -7));
+    uint8_t* cnt = ToGmI32(std::vector<int32_t>(E, -7));
+    uint8_t* before = ToGmI32(std::vector<int32_t>(E, -7));
+    uint8_t* ws = static_cast<uint8_t*>(av4_emu::GmAlloc(td.workspaceBytes));
+    uint8_t* tiling = TilingGm(td);
+    if (!av4_emu::Launch(static_cast<int>(td.split.usedCores), false, [&] {
+          moe_init_routing_av4(x, ids, ex, row, cnt, before, ws, tiling);
+        }))
+      return 3;
+    Write(dir + "/expanded_x.bin", FromGm<X>(ex, td.outRows * H));
+    for (auto [name, p, n] : {std::make_tuple("row_idx", row, T * k), std::make_tuple("count", cnt, E),
+                              std::make_tuple("before", before, E)}) {
+      std::vector<int32_t> v(n);
+      std::memcpy(v.data(), p, n * 4);
+      Write(dir + "/" + name + ".bin", v);
+    }
+    std::printf("ok cores=%lld outRows=%lld\n", (long long)td.split.usedCores, (long long)td.outRows);
     return 0;
   }
   std::fprintf(stderr, "unknown op or wrong argument count: %s\n", op.c_str());
