@@ -44,7 +44,9 @@ VEC_OPS = {
 }
 READS_DST = {"Axpy"}
 WRITES_TMP = {"ReduceMax", "ReduceMin", "ReduceSum"}
-V_SYNC = re.compile(r"PipeBarrier\s*<\s*PIPE_(V|ALL)\s*>|(SetFlag|WaitFlag|PipeSync)\s*<\s*HardEvent::(V_\w+|\w+_V)\s*>")
+# what orders a vector op after an earlier one: a V barrier, a wait of the scalar unit on V (it issues the next
+# vector op only afterwards), or a V-side wait on another pipe; a V -> MTE2/MTE3 flag only holds up the other pipe
+V_SYNC = re.compile(r"PipeBarrier\s*<\s*PIPE_(V|ALL)\s*>|(WaitFlag|PipeSync)\s*<\s*HardEvent::(V_S|\w+_V)\s*>")
 KEYWORDS = {"if", "for", "while", "switch", "return", "sizeof", "static_assert", "catch", "decltype", "defined"}
 ATTR_TYPES = {"Int": "int64_t", "Float": "float", "Bool": "bool", "String": "char", "ListInt": "list"}
 ATTR_HELPERS = {"AttrInt": "int64_t", "AttrFloat": "float", "AttrBool": "bool"}

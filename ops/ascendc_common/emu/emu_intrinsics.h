@@ -68,6 +68,8 @@ struct State {
   uint64_t ctrl = 0;
   uint64_t acc = 0;   // reduction accumulator (get_acc_val)
   uint64_t maxMinCnt = 0;   // last vcmax / vcmin result (get_max_min_cnt)
+  uint64_t vms4 = 0;        // pairs taken from each list by the last vmrgsort4 (get_vms4_sr)
+  uint64_t rsvd = 0;        // elements gathered by the last vreducev2 (get_rsvd_cnt)
   bool checkRaces = true;
   std::unordered_map<uintptr_t, Shadow> shadow;   // per 4-byte UB word
 };
@@ -565,3 +567,112 @@ inline void wait_flag_dev(F) {
     sched_yield();
   }
 }
+
+// UB -> UB DataCopy (copy_ubuf_to_ubuf, on the vector pipe): nBurst bursts of lenBurst 32-byte blocks, gaps in blocks
+template <class D, class Sp>
+inline void copy_ubuf_to_ubuf(D* dst, Sp* src, int, uint64_t n, uint64_t len, uint64_t sg, uint64_t dg) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  for (uint64_t r = 0; r < n; ++r) {
+    const uint8_t* u = reinterpret_cast<const uint8_t*>(src) + r * (len + sg) * 32;
+    uint8_t* d = reinterpret_cast<uint8_t*>(dst) + r * (len + dg) * 32;
+    av4_emu::Access(u, len * 32, av4_emu::P_V, s, false, "copy_ubuf_to_ubuf");
+    av4_emu::Access(d, len * 32, av4_emu::P_V, s, true, "copy_ubuf_to_ubuf");
+    std::memmove(d, u, len * 32);
+  }
+}
+
+// Sort32 (vbitsort): per repeat, 32 float scores + 32 uint32 indices -> 32 (score, index) pairs, scores descending;
+// equal scores keep their input order (lower position first -- an assumption, see docs/ascendc.md).
+// MrgSort (vmrgsort4): merges up to 4 descending lists of (score, index) pairs (validBit says which), equal scores
+// taken from the lower-numbered list first; repeat r shifts every list and dst by the lists' total length. With
+// "exhausted suspension" it stops when a list runs out; get_vms4_sr reports how many pairs each list gave.
+namespace av4_emu {
+struct Pair32 {
+  float v;
+  uint32_t i;
+};
+}  // namespace av4_emu
+template <class D, class A, class I, class... R>
+inline void vbitsort(D* dst, A* scores, I* idx, uint64_t repeat, R...) {
+  static_assert(sizeof(A) == 4, "Sort32 emulated for float scores");
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  for (uint64_t r = 0; r < repeat; ++r) {
+    av4_emu::Pair32 p[32];
+    av4_emu::Access(scores + r * 32, 128, av4_emu::P_V, s, false, "vbitsort");
+    av4_emu::Access(idx + r * 32, 128, av4_emu::P_V, s, false, "vbitsort");
+    for (int j = 0; j < 32; ++j) {
+      std::memcpy(&p[j].v, scores + r * 32 + j, 4);
+      std::memcpy(&p[j].i, idx + r * 32 + j, 4);
+    }
+    for (int a = 1; a < 32; ++a)   // stable insertion sort, descending
+      for (int b = a; b > 0 && p[b].v > p[b - 1].v; --b) std::swap(p[b], p[b - 1]);
+    uint8_t* d = reinterpret_cast<uint8_t*>(dst) + r * 256;
+    av4_emu::Access(d, 256, av4_emu::P_V, s, true, "vbitsort");
+    std::memcpy(d, p, 256);
+  }
+}
+template <class D, class L, class... R>
+inline void vmrgsort4(D* dst, L* lists, uint64_t lengths, uint64_t config, R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  const uint64_t repeat = config & 0xFF, valid = (config >> 8) & 0xF;
+  const bool suspend = (config >> 12) & 1;
+  uint64_t len[4], total = 0;
+  for (int l = 0; l < 4; ++l) {
+    len[l] = ((valid >> l) & 1) ? (lengths >> (16 * l)) & 0xFFFF : 0;
+    total += len[l];
+  }
+  uint64_t used[4] = {};
+  for (uint64_t r = 0; r < (repeat ? repeat : 1); ++r) {
+    const av4_emu::Pair32* src[4];
+    for (int l = 0; l < 4; ++l) {
+      src[l] = reinterpret_cast<const av4_emu::Pair32*>(lists[l]) + r * total;
+      used[l] = 0;
+      if (len[l]) av4_emu::Access(src[l], len[l] * 8, av4_emu::P_V, s, false, "vmrgsort4");
+    }
+    av4_emu::Pair32* out = reinterpret_cast<av4_emu::Pair32*>(dst) + r * total;
+    av4_emu::Pair32 tmp[4096];
+    uint64_t n = 0;
+    for (;;) {
+      int best = -1;
+      bool exhausted = false;
+      for (int l = 0; l < 4; ++l) {
+        if (!len[l]) continue;
+        if (used[l] == len[l]) {
+          exhausted = true;
+          continue;
+        }
+        if (best < 0 || src[l][used[l]].v > src[best][used[best]].v) best = l;
+      }
+      if (best < 0 || (suspend && exhausted)) break;
+      if (n >= 4096) av4_emu::Fail("vmrgsort4: more than 4096 pairs");
+      tmp[n++] = src[best][used[best]++];
+    }
+    av4_emu::Access(out, n * 8, av4_emu::P_V, s, true, "vmrgsort4");
+    std::memcpy(out, tmp, n * 8);
+  }
+  av4_emu::S().vms4 = used[0] | (used[1] << 16) | (used[2] << 32) | (used[3] << 48);
+}
+inline int64_t get_vms4_sr() { return static_cast<int64_t>(av4_emu::S().vms4); }
+
+// GatherMask (vreducev2) with the built-in patterns: 1 even lanes, 2 odd lanes, 7 all (32-bit or 16-bit lanes,
+// 256 bytes per repeat, results packed); the number gathered is read back with get_rsvd_cnt.
+template <class D, class A, class B, class... R>
+inline void vreducev2(D* dst, A* src, B*, uint64_t repeat, uint64_t blk, uint64_t mode, uint64_t rep, uint64_t,
+                      R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  const uint64_t lanes = 256 / sizeof(A);
+  uint64_t n = 0;
+  for (uint64_t r = 0; r < repeat; ++r)
+    for (uint64_t l = 0; l < lanes; ++l) {
+      const bool take = mode == 1 ? (l % 2 == 0) : mode == 2 ? (l % 2 == 1) : mode == 7 ? true : false;
+      if (mode != 1 && mode != 2 && mode != 7) av4_emu::Fail("vreducev2 pattern %llu not emulated", (unsigned long long)mode);
+      if (!take) continue;
+      A* pa = av4_emu::At(src, r, l, {blk, rep});
+      av4_emu::Access(pa, sizeof(A), av4_emu::P_V, s, false, "vreducev2");
+      av4_emu::Access(dst + n, sizeof(D), av4_emu::P_V, s, true, "vreducev2");
+      std::memcpy(dst + n, pa, sizeof(D));
+      ++n;
+    }
+  av4_emu::S().rsvd = n;
+}
+inline int64_t get_rsvd_cnt() { return static_cast<int64_t>(av4_emu::S().rsvd); }

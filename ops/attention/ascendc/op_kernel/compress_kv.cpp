@@ -182,6 +182,7 @@ class CompressKvKernel {
     Muls(row, row, rs, c);
     PipeBarrier<PIPE_V>();
     Mul(row, row, nw, c);
+    PipeBarrier<PIPE_V>();   // the bf16 Cast below reads row: a V -> MTE3 flag does not order V after V
     PipeSync<HardEvent::V_MTE3>();
     const uint64_t dst = static_cast<uint64_t>(item) * t_.c;
     if constexpr (sizeof(T) == 4) {
