@@ -50,14 +50,12 @@ def test_kernels_compile_half_and_bfloat16():
     assert len(_check(rhc.kernel_sources(), ["half", "bfloat16_t"])) == 20
 
 
-def test_check_has_teeth(tmp_path):
-    """API misuse in a kernel fails: a wrong argument list, an unknown member, a tensor type mismatch."""
+@pytest.mark.parametrize("name", ["args", pytest.param("member", marks=pytest.mark.slow)])
+def test_check_has_teeth(tmp_path, name):
+    """API misuse in a kernel fails: a wrong argument list, an unknown member."""
     src = os.path.join(ROOT, "ops", "mhc", "ascendc", "op_kernel")
     text = open(os.path.join(src, "hc_post_kernel.h")).read()
-    for name, (old, new) in {
-        "args": ("Muls(", "Muls(1, "),
-        "member": (".EnQue(", ".EnQueue("),
-    }.items():
+    for old, new in [{"args": ("Muls(", "Muls(1, "), "member": (".EnQue(", ".EnQueue(")}[name]]:
         assert old in text
         d = tmp_path / name / "op_kernel"
         shutil.copytree(src, d)
