@@ -30,6 +30,7 @@ and the tree commits, so unchanged sources are not recompiled.
 """
 import argparse
 import concurrent.futures
+import functools
 import glob
 import hashlib
 import json
@@ -257,11 +258,17 @@ class Workspace:
                 f.write(text)
 
     def shim_text(self, skip=(), abort=False):
-        qm = set()
-        for base in (os.path.join(self.A, "impl"), os.path.join(self.A, "include")):
-            for p in glob.glob(os.path.join(base, "**", "*.h"), recursive=True):
-                qm |= set(re.findall(r"\bQuantMode_t::(\w+)", open(p, errors="replace").read()))
-        qm.discard("NoQuant")
+        qm_file = os.path.join(self.gen, "quantmode.txt")   # enumerators the headers name (scanned once)
+        if not os.path.exists(qm_file):
+            qm = set()
+            for base in (os.path.join(self.A, "impl"), os.path.join(self.A, "include")):
+                for p in glob.glob(os.path.join(base, "**", "*.h"), recursive=True):
+                    qm |= set(re.findall(r"\bQuantMode_t::(\w+)", open(p, errors="replace").read()))
+            qm.discard("NoQuant")
+            with open(qm_file + ".tmp", "w") as f:
+                f.write("\n".join(sorted(qm)) + "\n")
+            os.replace(qm_file + ".tmp", qm_file)
+        qm = {q.strip() for q in open(qm_file) if q.strip()}
         lines = [CCE_ENUMS, "typedef enum { NoQuant = 0" + "".join(f", {q}" for q in sorted(qm)) + " } QuantMode_t;"]
         if abort:
             lines.append("[[noreturn]] void av4_emu_unemulated(const char* name);")
@@ -328,6 +335,7 @@ class Workspace:
         return [cxx, "-x", "c++", "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-fmax-errors=0", *inc, path]
 
 
+@functools.lru_cache(maxsize=1)
 def _securec_dir():
     for base in [sys.prefix] + sys.path:
         hits = glob.glob(os.path.join(base, "**", "mindspore", "include", "third_party", "include", "securec.h"),
@@ -445,7 +453,7 @@ def build_emulator(driver, defines, exe, cxx="g++", core="AIV"):
     cmd = [c if c != f"-I{ws.gen}/shim" else f"-I{emu_dir}" for c in cmd]
     cmd = cmd[:-1] + [f"-D{d}" for d in defines] + [f"-I{os.path.join(HERE, 'emu')}", "-O1", "-w", "-o", exe,
                                                      driver]
-    h = hashlib.sha256((" ".join(cmd) + json.dumps(tree_commits(root))).encode())
+    h = hashlib.sha256((" ".join([os.path.basename(cmd[0])] + cmd[1:]) + json.dumps(tree_commits(root))).encode())
     for p in sorted(glob.glob(os.path.join(HERE, "emu", "*")) + [driver] +
                     glob.glob(os.path.join(os.path.dirname(os.path.dirname(driver)), "*", "*.*")) +
                     [os.path.join(emu_dir, "stub_fun.h")]):
