@@ -24,8 +24,9 @@ FAMILY      mhc | moe | attention | all        (package "ascend_v4_<family>"; al
             on ASCEND_CUSTOM_OPP_PATH (the script prints the export line). Either way the installed ops-info json
             is checked to declare every op type of the family (what the Python bindings' available() requires).
 --jobs N    parallel build jobs (default: nproc)
---check     no CANN needed: run the family's CPU-side checks (pytest: host tiling, kernel/host sources against
-            the AscendC stand-ins, emulated kernels, packaging consistency) and nothing else
+--check     no CANN needed: run the family's CPU-side checks (pytest: host tiling, CANN rule checks, kernel/host
+            sources against the stand-ins and -- when the CANN source trees are cached -- the real headers, the
+            real kernel bodies on the CPU emulator, packaging consistency) and nothing else
 -h, --help  this text
 
 Building needs the CANN toolkit (>= 8.3, with the ASC CMake package): source <cann>/set_env.sh first, or the
@@ -118,11 +119,11 @@ if ((CHECK)); then
   fi
   "$PY" -c 'import pytest' >/dev/null 2>&1 ||
     die 3 "pytest is not importable by '$PY': set PYTHON=<a python with pytest>"
-  TESTS=(tests/ops/test_ascendc_packaging.py)
+  TESTS=(tests/ops/test_ascendc_packaging.py tests/ops/test_ascendc_rules.py tests/ops/test_ascendc_real_headers.py)
   for f in "${SELECTED[@]}"; do
     case "$f" in
-      mhc) TESTS+=(tests/ops/test_mhc_ascendc.py tests/ops/test_mhc_ascendc_ms.py) ;;
-      moe) TESTS+=(tests/ops/test_moe_ascendc.py) ;;
+      mhc) TESTS+=(tests/ops/test_mhc_ascendc.py tests/ops/test_mhc_ascendc_ms.py tests/ops/test_mhc_ascendc_emu.py) ;;
+      moe) TESTS+=(tests/ops/test_moe_ascendc.py tests/ops/test_moe_ascendc_emu.py) ;;
       attention) TESTS+=(tests/ops/test_attention_ascendc.py) ;;
     esac
   done

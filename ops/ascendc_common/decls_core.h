@@ -73,10 +73,10 @@ class GlobalTensor {
 };
 
 // ------------------------------------------------------------------------------------------ queues, pipe
-template <TPosition pos, int32_t depth, auto mask = 0>
-class TQue {
+template <TPosition src, TPosition dst, int32_t depth, auto mask = 0>
+class TQueBind {
  public:
-  __aicore__ TQue() = default;
+  __aicore__ TQueBind() = default;
   template <typename T>
   __aicore__ LocalTensor<T> AllocTensor();
   template <typename T>
@@ -85,6 +85,11 @@ class TQue {
   __aicore__ bool EnQue(const LocalTensor<T>& tensor);
   template <typename T>
   __aicore__ LocalTensor<T> DeQue();
+};
+template <TPosition pos, int32_t depth, auto mask = 0>
+class TQue : public TQueBind<pos, pos, depth, mask> {
+ public:
+  __aicore__ TQue() = default;
 };
 
 template <TPosition pos = TPosition::LCM>
@@ -138,6 +143,18 @@ struct DataCopyPadExtParams {
   T paddingValue = 0;
 };
 
+struct DataCopyParams {  // blockLen and strides in 32-byte blocks
+  __aicore__ DataCopyParams() {}
+  __aicore__ DataCopyParams(const uint16_t count, const uint16_t len, const uint16_t srcStrideIn,
+                            const uint16_t dstStrideIn)
+      : blockCount(count), blockLen(len), srcStride(srcStrideIn), dstStride(dstStrideIn) {}
+  uint16_t blockCount = 1;
+  uint16_t blockLen = 0;
+  uint16_t srcStride = 0;
+  uint16_t dstStride = 0;
+};
+template <typename T>
+__aicore__ void DataCopy(const GlobalTensor<T>& dst, const LocalTensor<T>& src, const DataCopyParams& params);
 template <typename T>
 __aicore__ void DataCopy(const LocalTensor<T>& dst, const GlobalTensor<T>& src, const uint32_t count);
 template <typename T>
@@ -189,3 +206,5 @@ __aicore__ void Cast(const LocalTensor<T>& dst, const LocalTensor<U>& src, const
                             const uint32_t count);
 
 }  // namespace AscendC
+
+__aicore__ AscendC::TPipe* GetTPipePtr();   // kernel_common.h: global, not in AscendC

@@ -55,6 +55,20 @@ struct TCubeTiling {  // kernel_tiling/kernel_tiling.h (the fields our host code
 };
 }  // namespace tiling
 
+template <typename T>
+struct InitConstValueParams {  // kernel_struct_mm.h
+  __aicore__ InitConstValueParams() {}
+  __aicore__ InitConstValueParams(const uint16_t repeatTimesIn, const uint16_t blockNumIn, const uint16_t dstGapIn,
+                                  const T initValueIn)
+      : repeatTimes(repeatTimesIn), blockNum(blockNumIn), dstGap(dstGapIn), initValue(initValueIn) {}
+  uint16_t repeatTimes = 0;
+  uint16_t blockNum = 0;
+  uint16_t dstGap = 0;
+  T initValue = 0;
+};
+template <typename T, typename U = T>
+__aicore__ void Fill(const LocalTensor<T>& dst, const InitConstValueParams<U>& initConstValueParams);
+
 template <TPosition POSITION, CubeFormat FORMAT, typename TYPE, bool ISTRANS = false>
 struct MatmulType {
   constexpr static TPosition pos = POSITION;

@@ -146,10 +146,11 @@ def _fake_python(tmp_path, import_ok=True):
 
 
 @pytest.mark.parametrize("family, tests", [
-    ("mhc", ["test_mhc_ascendc.py", "test_mhc_ascendc_ms.py"]),
-    ("moe", ["test_moe_ascendc.py"]),
+    ("mhc", ["test_mhc_ascendc.py", "test_mhc_ascendc_ms.py", "test_mhc_ascendc_emu.py"]),
+    ("moe", ["test_moe_ascendc.py", "test_moe_ascendc_emu.py"]),
     ("attention", ["test_attention_ascendc.py"]),
-    ("all", ["test_mhc_ascendc.py", "test_mhc_ascendc_ms.py", "test_moe_ascendc.py", "test_attention_ascendc.py"]),
+    ("all", ["test_mhc_ascendc.py", "test_mhc_ascendc_ms.py", "test_mhc_ascendc_emu.py", "test_moe_ascendc.py",
+             "test_moe_ascendc_emu.py", "test_attention_ascendc.py"]),
 ])
 def test_check_runs_the_family_pytest_files(tmp_path, family, tests):
     exe, log = _fake_python(tmp_path)
@@ -158,7 +159,8 @@ def test_check_runs_the_family_pytest_files(tmp_path, family, tests):
     cwd, *args = log.read_text().split()
     assert cwd == ROOT and args[:3] == ["-m", "pytest", "-q"]
     files = args[3:]
-    assert files == ["tests/ops/test_ascendc_packaging.py"] + [f"tests/ops/{t}" for t in tests]
+    common = ["test_ascendc_packaging.py", "test_ascendc_rules.py", "test_ascendc_real_headers.py"]
+    assert files == [f"tests/ops/{t}" for t in common + tests]
     assert all(os.path.isfile(os.path.join(ROOT, f)) for f in files)
     exe, _ = _fake_python(tmp_path, import_ok=False)
     res = _drive([family, "--check"], tmp_path, PYTHON=exe)

@@ -1,12 +1,15 @@
-"""AscendC side of the attention family, without hardware or CANN (everything skips cleanly without g++):
+"""AscendC side of the attention family, without hardware or a CANN toolkit (everything skips cleanly without g++):
 
 * host tiling (plain C++) over thousands of shapes and platforms: UB budget, 32-byte alignment, core split, tails;
 * op_kernel sources type-check (g++ -fsyntax-only) against the shared AscendC stand-in (ops/ascendc_common/
   kernel_operator.h) plus decls_attention.h, for float32, bfloat16 and float16 GM dtypes; op_host sources against
   the host section of decls_attention.h;
-* the kernels *run* on the CPU through a small AscendC emulator (ops/attention/ascendc/tests/ascendc_emu.h: UB arena
-  of the platform's size, alignment and queue-depth checks) and match the NumPy reference, float32 and bf16 GM.
+* the kernels *run* on the CPU and match the NumPy reference, float32 and bf16 GM: over the REAL asc-devkit headers
+  and the project's intrinsic emulator with its pipe/race model (ops/ascendc_common/emu, one forked process per
+  core) when the CANN source trees are cached (real_headers_check.py --setup), else over the API-level twin
+  ops/attention/ascendc/tests/ascendc_emu.h (UB arena of the platform's size, alignment and queue-depth checks).
 """
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -63,9 +66,25 @@ def test_host_sources_type_check(host):
     assert r.returncode == 0, r.stderr
 
 
+_spec = importlib.util.spec_from_file_location("real_headers_check",
+                                               os.path.join(ROOT, "ops", "ascendc_common", "real_headers_check.py"))
+rhc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rhc)
+REAL = rhc.find_trees() is not None      # the CANN source trees are cached: run on the real headers
+
+
 @pytest.fixture(scope="module")
 def emu(build_dir):
+    """the kernels over the real asc-devkit headers + the intrinsic emulator when the CANN trees are cached
+    (ops/attention/ascendc/emu/attention_emu.cc), else over the API-level twin tests/ascendc_emu.h"""
     exes = {}
+    if REAL:
+        out = os.path.join(rhc.cache_dir(), "_generated", "emu_bin")
+        os.makedirs(out, exist_ok=True)
+        for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
+            exes[name] = rhc.build_emulator(os.path.join(ASC, "emu", "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
+                                            os.path.join(out, f"attention_{dt}"), cxx=GXX)
+        return exes
     for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
         exe = str(build_dir / f"kernel_emu_{name}")
         r = _gxx(["-O1", "-Wall", "-Wextra", f"-DDTYPE_QUERY={dt}", "-I", os.path.join(ASC, "op_host"),
@@ -226,3 +245,31 @@ def _pool_reference(kvp, scp, ape, nw, ratio, overlap):
     x = np.concatenate([kvp, scp], -1).astype(np.float64)
     sel = np.eye(2 * W)
     return R.compress_kv(x, sel[:W], sel[W:], ape.astype(np.float64), nw.astype(np.float64), ratio, overlap)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL, reason="needs the CANN source trees (real headers + intrinsic emulator)")
+def test_compress_without_the_ape_reload_wait_is_a_race(tmp_path):
+    """The #15 compress_kv defect put back (apeBuf_ reloaded by MTE2 with no V -> MTE2 wait after the previous
+    block's Add read it): the emulator's pipe model reports the write-after-read race."""
+    import shutil as _sh
+    from pathlib import Path
+    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / "attention_ape_no_wait"
+    _sh.rmtree(base, ignore_errors=True)
+    _sh.copytree(ASC, base / "ascendc", ignore=_sh.ignore_patterns("__pycache__", "tests"))
+    k = base / "ascendc" / "op_kernel" / "compress_kv.cpp"
+    text = k.read_text()
+    old = "    PipeSync<HardEvent::V_MTE2>();   // apeBuf_ is a plain buffer: the previous Pool's Add must have read it\n"
+    assert old in text
+    k.write_text(text.replace(old, ""))
+    exe = rhc.build_emulator(str(base / "ascendc" / "emu" / "attention_emu.cc"), ["DTYPE_QUERY=float"],
+                             str(base / "attention_emu"), cxx=GXX)
+    rng = np.random.default_rng(0)
+    B, S, c, ratio = 1, 8, 512, 4
+    _save(tmp_path, kvp=rng.standard_normal((B, S, 2 * c)).astype(np.float32),
+          scp=rng.standard_normal((B, S, 2 * c)).astype(np.float32),
+          ape=rng.standard_normal((ratio, 2 * c)).astype(np.float32), nw=np.ones(c, np.float32))
+    # a 40 KB UB budget splits the 512 channels into groups: ape is reloaded between two Pools of one block
+    r = subprocess.run([exe, "compress", str(tmp_path), str(B), str(S), str(c), str(ratio), "1", "1e-6", "40000",
+                        "2"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3 and "race:" in r.stderr and "(pipe MTE2) overwrites UB" in r.stderr, r.stderr[-2000:]

@@ -2,13 +2,16 @@
 
 * the host tiling (plain C++, ops/moe/ascendc/tiling/moe_tiling.cc) over ~60k shape/platform combinations: UB / L1 /
   L0 budgets, 32-byte alignment, row splits covering every row once and balanced, H tiles and tails, the grouped
-  matmul block walk; plus CPU executions of the kernels' multi-core counting sort (init routing) and of their
-  top-k selection with a tie-reporting ReduceMax, against stable-sort references (tiling_check.cc);
+  matmul block walk; plus design models (not the kernel sources) of the counting-sort split and the tie-safe top-k
+  scheme against stable-sort references (tiling_check.cc) -- the kernel bodies themselves run in
+  test_moe_ascendc_emu.py;
 * the kernels' actual UB allocations (their Init() run on the host) equal the tiling's figures (ub_probe.cc);
-* the op_host code (OpDefs, InferShape/InferDataType, tiling functions) run through the stand-in CANN host API
-  (host_check.cc);
+* the op_host code (OpDefs, InferShape/InferDataType, tiling functions) run through the stand-in CANN host API,
+  which models typed attributes and IR-vs-instance input indices (host_check.cc: a Bool read as int64 aborts, the
+  moe_combine path with no x1/x2/bias finds `scales` by IR index, every tiling sets key 0);
 * every kernel source type-checks (g++ -fsyntax-only) against the AscendC declarations stand-in
-  (ops/ascendc_common/kernel_operator.h + decls_moe.h) for float, half and bfloat16_t;
+  (ops/ascendc_common/kernel_operator.h + decls_moe.h) for float, half and bfloat16_t (the real-header compile is
+  test_ascendc_real_headers.py);
 * the Python binding imports on CPU, registers for Ascend only, and is never selected here.
 Skips cleanly when g++ is missing."""
 import os

@@ -8,7 +8,7 @@
 #pragma once
 #include <cstdint>
 
-#include "attention_tiling_data.h"
+#include "../op_kernel/attention_tiling_data.h"
 
 namespace av4_tiling {
 

@@ -11,7 +11,8 @@
 #ifndef AV4_CPU_EMULATOR   // ascendc/tests/kernel_emu.cc supplies its own AscendC emulation
 #include "kernel_operator.h"
 #endif
-#include "../op_host/attention_tiling_data.h"
+#include "attention_pipe_sync.h"
+#include "attention_tiling_data.h"
 
 using namespace AscendC;
 using av4_tiling::CompressTiling;
@@ -60,8 +61,7 @@ class CompressKvKernel {
     if (core >= static_cast<int64_t>(t_.usedCores)) return;
     LocalTensor<float> nw = nwBuf_.Get<float>();
     DataCopyPad(nw, nwGm_, DataCopyExtParams(1, t_.c * 4, 0, 0, 0), DataCopyPadExtParams<float>(true, 0, 0, 0.0f));
-    SetFlag<HardEvent::MTE2_V>(0);
-    WaitFlag<HardEvent::MTE2_V>(0);
+    PipeSync<HardEvent::MTE2_V>();
     for (uint32_t item = t_.itemSplit[core]; item < t_.itemSplit[core + 1]; ++item) {
       const uint32_t b = item / t_.nBlocks, i = item % t_.nBlocks;
       for (uint32_t g = 0; g < t_.numChanGroups; ++g) {
@@ -95,6 +95,7 @@ class CompressKvKernel {
     LocalTensor<T> kv = kvQue_.template AllocTensor<T>();
     LocalTensor<T> sc = scQue_.template AllocTensor<T>();
     LocalTensor<float> ape = apeBuf_.Get<float>();
+    PipeSync<HardEvent::V_MTE2>();   // apeBuf_ is a plain buffer: the previous Pool's Add must have read it
     const uint64_t tok = static_cast<uint64_t>(b) * t_.S + static_cast<uint64_t>(i) * t_.ratio;
     const uint32_t m = t_.ratio;
     if (t_.overlap) {
@@ -118,8 +119,7 @@ class CompressKvKernel {
   __aicore__ inline void Pool(uint32_t i, uint32_t c0, uint32_t nc) {
     LocalTensor<T> kvT = kvQue_.template DeQue<T>();
     LocalTensor<T> scT = scQue_.template DeQue<T>();
-    SetFlag<HardEvent::MTE2_V>(0);
-    WaitFlag<HardEvent::MTE2_V>(0);   // ape arrived through a plain buffer
+    PipeSync<HardEvent::MTE2_V>();   // ape arrived through a plain buffer
     const uint32_t cg = t_.chanGroup, tile = t_.slots * cg;
     LocalTensor<float> kv, sc;
     if constexpr (sizeof(T) == 4) {
@@ -171,34 +171,29 @@ class CompressKvKernel {
       Mul(e, row[c0], row[c0], nc);
       PipeBarrier<PIPE_V>();
       ReduceSum(red, e, work, nc);
-      SetFlag<HardEvent::V_S>(0);
-      WaitFlag<HardEvent::V_S>(0);
+      PipeSync<HardEvent::V_S>();
       ss += red.GetValue(0);
     }
     tiny.SetValue(0, ss / static_cast<float>(t_.c) + t_.eps);
-    SetFlag<HardEvent::S_V>(0);
-    WaitFlag<HardEvent::S_V>(0);
+    PipeSync<HardEvent::S_V>();
     Sqrt(tiny, tiny, 8);
-    SetFlag<HardEvent::V_S>(0);
-    WaitFlag<HardEvent::V_S>(0);
+    PipeSync<HardEvent::V_S>();
     const float rs = 1.0f / tiny.GetValue(0);
     Muls(row, row, rs, c);
     PipeBarrier<PIPE_V>();
     Mul(row, row, nw, c);
-    SetFlag<HardEvent::V_MTE3>(0);
-    WaitFlag<HardEvent::V_MTE3>(0);
+    PipeBarrier<PIPE_V>();   // the bf16 Cast below reads row: a V -> MTE3 flag does not order V after V
+    PipeSync<HardEvent::V_MTE3>();
     const uint64_t dst = static_cast<uint64_t>(item) * t_.c;
     if constexpr (sizeof(T) == 4) {
       DataCopyPad(outGm_[dst], row, DataCopyExtParams(1, t_.c * 4, 0, 0, 0));
     } else {
       LocalTensor<T> st = outStageBuf_.Get<T>();
       Cast(st, row, RoundMode::CAST_RINT, t_.c);
-      SetFlag<HardEvent::V_MTE3>(0);
-      WaitFlag<HardEvent::V_MTE3>(0);
+      PipeSync<HardEvent::V_MTE3>();
       DataCopyPad(outGm_[dst], st, DataCopyExtParams(1, t_.c * sizeof(T), 0, 0, 0));
     }
-    SetFlag<HardEvent::MTE3_V>(0);
-    WaitFlag<HardEvent::MTE3_V>(0);
+    PipeSync<HardEvent::MTE3_V>();
   }
 
   CompressTiling t_;
@@ -220,6 +215,7 @@ extern "C" __global__ __aicore__ void av4_compress_kv(GM_ADDR kv_proj, GM_ADDR s
                                                       GM_ADDR entries, GM_ADDR workspace, GM_ADDR tiling) {
   (void)workspace;
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);   // vector cores only: blockDim counts AIV cores
+  REGISTER_TILING_DEFAULT(av4_tiling::CompressTiling);
   GET_TILING_DATA_WITH_STRUCT(av4_tiling::CompressTiling, td, tiling);
   av4::CompressKvKernel<DTYPE_KV_PROJ> op;
   op.Init(kv_proj, score_proj, ape, norm_w, entries, td);

@@ -14,7 +14,8 @@
 #ifndef AV4_CPU_EMULATOR   // ascendc/tests/kernel_emu.cc supplies its own AscendC emulation
 #include "kernel_operator.h"
 #endif
-#include "../op_host/attention_tiling_data.h"
+#include "attention_pipe_sync.h"
+#include "attention_tiling_data.h"
 
 using namespace AscendC;
 using av4_tiling::IndexerTiling;
@@ -82,6 +83,7 @@ class LightningIndexerKernel {
  private:
   __aicore__ inline void LoadQuery(uint32_t row) {
     LocalTensor<float> qf = qBuf_.Get<float>(), wf = wBuf_.Get<float>();
+    PipeSync<HardEvent::V_MTE2>();   // plain buffers: the previous row's vector ops must be done reading them
     const uint32_t padBlocks = (t_.dAlign - t_.d) * sizeof(T) / kIdxBlockBytes;
     const uint64_t qoff = static_cast<uint64_t>(row) * t_.H * t_.d;
     if constexpr (sizeof(T) == 4) {
@@ -89,22 +91,18 @@ class LightningIndexerKernel {
                   DataCopyPadExtParams<T>(true, 0, 0, 0.0f));
       DataCopyPad(wf, wGm_[static_cast<uint64_t>(row) * t_.H], DataCopyExtParams(1, t_.H * 4, 0, 0, 0),
                   DataCopyPadExtParams<T>(false, 0, 0, 0.0f));
-      SetFlag<HardEvent::MTE2_V>(0);
-      WaitFlag<HardEvent::MTE2_V>(0);
+      PipeSync<HardEvent::MTE2_V>();
     } else {
       LocalTensor<T> st = stageBuf_.Get<T>();
       DataCopyPad(st, qGm_[qoff], DataCopyExtParams(t_.H, t_.d * sizeof(T), 0, padBlocks, 0),
                   DataCopyPadExtParams<T>(true, 0, 0, T{}));
-      SetFlag<HardEvent::MTE2_V>(0);
-      WaitFlag<HardEvent::MTE2_V>(0);
+      PipeSync<HardEvent::MTE2_V>();
       Cast(qf, st, RoundMode::CAST_NONE, t_.H * t_.dAlign);
       PipeBarrier<PIPE_V>();
-      SetFlag<HardEvent::V_MTE2>(0);
-      WaitFlag<HardEvent::V_MTE2>(0);
+      PipeSync<HardEvent::V_MTE2>();
       DataCopyPad(st, wGm_[static_cast<uint64_t>(row) * t_.H], DataCopyExtParams(1, t_.H * sizeof(T), 0, 0, 0),
                   DataCopyPadExtParams<T>(false, 0, 0, T{}));
-      SetFlag<HardEvent::MTE2_V>(0);
-      WaitFlag<HardEvent::MTE2_V>(0);
+      PipeSync<HardEvent::MTE2_V>();
       Cast(wf, st, RoundMode::CAST_NONE, t_.H);
     }
     PipeBarrier<PIPE_V>();
@@ -147,25 +145,21 @@ class LightningIndexerKernel {
         Mul(prod, qf[h * t_.dAlign], kf[jj * t_.dAlign], static_cast<int32_t>(t_.d));
         PipeBarrier<PIPE_V>();
         ReduceSum(red, prod, work, static_cast<int32_t>(t_.d));
-        SetFlag<HardEvent::V_S>(0);
-        WaitFlag<HardEvent::V_S>(0);
+        PipeSync<HardEvent::V_S>();
         dots.SetValue(h, red.GetValue(0));
       }
-      SetFlag<HardEvent::S_V>(0);
-      WaitFlag<HardEvent::S_V>(0);
+      PipeSync<HardEvent::S_V>();
       Relu(dots, dots, static_cast<int32_t>(t_.H));
       PipeBarrier<PIPE_V>();
       Mul(dots, dots, wf, static_cast<int32_t>(t_.H));
       PipeBarrier<PIPE_V>();
       ReduceSum(red, dots, work, static_cast<int32_t>(t_.H));
-      SetFlag<HardEvent::V_S>(0);
-      WaitFlag<HardEvent::V_S>(0);
+      PipeSync<HardEvent::V_S>();
       val.SetValue(t_.topk + jj, red.GetValue(0));
       id.SetValue(t_.topk + jj, j0 + jj);
     }
     for (uint32_t jj = t_.topk + nj; jj < t_.candAlign; ++jj) val.SetValue(jj, kIdxNegInf), id.SetValue(jj, kEmptyId);
-    SetFlag<HardEvent::S_V>(0);
-    WaitFlag<HardEvent::S_V>(0);
+    PipeSync<HardEvent::S_V>();
     kQue_.FreeTensor(blk);
   }
 
@@ -188,15 +182,13 @@ class LightningIndexerKernel {
     LocalTensor<float> val = valBuf_.Get<float>(), concat = concatBuf_.Get<float>();
     LocalTensor<float> sorted = sortedBuf_.Get<float>(), tmp = tmpBuf_.Get<float>();
     LocalTensor<uint32_t> id = idBuf_.Get<uint32_t>();
-    SetFlag<HardEvent::V_S>(0);
-    WaitFlag<HardEvent::V_S>(0);
+    PipeSync<HardEvent::V_S>();
     for (uint32_t j = 0; j < t_.candAlign; ++j) {
       const uint32_t i = j < t_.topk ? id.GetValue(j) : kEmptyId;
       if (j >= t_.topk) id.SetValue(j, kEmptyId);
       concat.SetValue(j, i == kEmptyId ? kIdxNegInf : -static_cast<float>(i));
     }
-    SetFlag<HardEvent::S_V>(0);
-    WaitFlag<HardEvent::S_V>(0);
+    PipeSync<HardEvent::S_V>();
     const int32_t rep = static_cast<int32_t>(t_.candAlign / 32);
     Sort<float, true>(sorted, concat, id, tmp, rep);
     PipeBarrier<PIPE_V>();
@@ -204,11 +196,9 @@ class LightningIndexerKernel {
     PipeBarrier<PIPE_V>();
     LocalTensor<int32_t> out = outBuf_.Get<int32_t>();
     DataCopy(out, id.template ReinterpretCast<int32_t>(), t_.outAlign);
-    SetFlag<HardEvent::V_MTE3>(0);
-    WaitFlag<HardEvent::V_MTE3>(0);
+    PipeSync<HardEvent::V_MTE3>();
     DataCopyPad(idxGm_[static_cast<uint64_t>(row) * t_.topk], out, DataCopyExtParams(1, t_.topk * 4, 0, 0, 0));
-    SetFlag<HardEvent::MTE3_V>(0);
-    WaitFlag<HardEvent::MTE3_V>(0);
+    PipeSync<HardEvent::MTE3_V>();
   }
 
   IndexerTiling t_;
@@ -230,6 +220,7 @@ extern "C" __global__ __aicore__ void av4_lightning_indexer(GM_ADDR query, GM_AD
                                                             GM_ADDR sparse_indices, GM_ADDR workspace, GM_ADDR tiling) {
   (void)workspace;
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);   // vector cores only: blockDim counts AIV cores
+  REGISTER_TILING_DEFAULT(av4_tiling::IndexerTiling);
   GET_TILING_DATA_WITH_STRUCT(av4_tiling::IndexerTiling, td, tiling);
   av4::LightningIndexerKernel<DTYPE_QUERY> op;
   op.Init(query, key, weights, sparse_indices, td);

@@ -12,7 +12,8 @@
 #ifndef AV4_CPU_EMULATOR   // ascendc/tests/kernel_emu.cc supplies its own AscendC emulation
 #include "kernel_operator.h"
 #endif
-#include "../op_host/attention_tiling_data.h"
+#include "attention_pipe_sync.h"
+#include "attention_tiling_data.h"
 
 using namespace AscendC;
 using av4_tiling::SparseAttnTiling;
@@ -92,8 +93,7 @@ class SparseAttnKernel {
     if (hasList_)
       DataCopyPad(raw[wA], cidxGm_[static_cast<uint64_t>(row) * t_.K], DataCopyExtParams(1, t_.K * 4, 0, 0, 0),
                   DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-    SetFlag<HardEvent::MTE2_S>(0);
-    WaitFlag<HardEvent::MTE2_S>(0);
+    PipeSync<HardEvent::MTE2_S>();
     uint32_t n = 0;
     for (uint32_t j = 0; j < t_.W; ++j) {
       const int32_t id = raw.GetValue(j);
@@ -108,20 +108,19 @@ class SparseAttnKernel {
 
   __aicore__ inline void LoadGroup(uint32_t row, uint32_t h0, uint32_t nh) {
     LocalTensor<float> qf = qBuf_.Get<float>();
+    PipeSync<HardEvent::V_MTE2>();   // plain buffers: the previous group's vector ops must be done reading them
     const uint32_t dA = t_.dAlign;
     // nh rows of D elements, each padded to dAlign in UB (dst stride in 32-byte blocks)
     const uint32_t padBlocks = (dA - t_.D) * sizeof(T) / kBlockBytes;
     if constexpr (sizeof(T) == 4) {
       DataCopyPad(qf, qGm_[(static_cast<uint64_t>(row) * t_.H + h0) * t_.D],
                   DataCopyExtParams(nh, t_.D * 4, 0, padBlocks, 0), DataCopyPadExtParams<T>(true, 0, 0, 0.0f));
-      SetFlag<HardEvent::MTE2_V>(0);
-      WaitFlag<HardEvent::MTE2_V>(0);
+      PipeSync<HardEvent::MTE2_V>();
     } else {
       LocalTensor<T> qs = qStageBuf_.Get<T>();
       DataCopyPad(qs, qGm_[(static_cast<uint64_t>(row) * t_.H + h0) * t_.D],
                   DataCopyExtParams(nh, t_.D * sizeof(T), 0, padBlocks, 0), DataCopyPadExtParams<T>(true, 0, 0, T{}));
-      SetFlag<HardEvent::MTE2_V>(0);
-      WaitFlag<HardEvent::MTE2_V>(0);
+      PipeSync<HardEvent::MTE2_V>();
       Cast(qf, qs, RoundMode::CAST_NONE, nh * dA);
     }
     LocalTensor<float> acc = accBuf_.Get<float>();
@@ -131,8 +130,7 @@ class SparseAttnKernel {
     LocalTensor<float> m = mBuf_.Get<float>();
     LocalTensor<float> l = lBuf_.Get<float>();
     PipeBarrier<PIPE_V>();
-    SetFlag<HardEvent::V_S>(0);
-    WaitFlag<HardEvent::V_S>(0);
+    PipeSync<HardEvent::V_S>();
     for (uint32_t h = 0; h < nh; ++h) m.SetValue(h, kNegInf), l.SetValue(h, 0.0f);
   }
 
@@ -198,17 +196,14 @@ class SparseAttnKernel {
         Mul(prod, qf[h * dA], kvf[jj * dA], static_cast<int32_t>(t_.D));
         PipeBarrier<PIPE_V>();
         ReduceSum(red, prod, work, static_cast<int32_t>(t_.D));
-        SetFlag<HardEvent::V_S>(0);
-        WaitFlag<HardEvent::V_S>(0);
+        PipeSync<HardEvent::V_S>();
         sc.SetValue(h * eA + jj, red.GetValue(0) * t_.scale);
       }
       for (uint32_t jj = nj; jj < eA; ++jj) sc.SetValue(h * eA + jj, kNegInf);
-      SetFlag<HardEvent::S_V>(0);
-      WaitFlag<HardEvent::S_V>(0);
+      PipeSync<HardEvent::S_V>();
       LocalTensor<float> s = sc[h * eA];
       ReduceMax(red, s, work, static_cast<int32_t>(nj));
-      SetFlag<HardEvent::V_S>(0);
-      WaitFlag<HardEvent::V_S>(0);
+      PipeSync<HardEvent::V_S>();
       const float mOld = m.GetValue(h), bm = red.GetValue(0);
       const float mNew = mOld > bm ? mOld : bm;
       Adds(s, s, -mNew, static_cast<int32_t>(nj));
@@ -218,8 +213,7 @@ class SparseAttnKernel {
       PipeBarrier<PIPE_V>();
       Exp(tiny, tiny, 8);   // corr = exp(m_old - m_new) (0 on the first block: m_old is "minus infinity")
       ReduceSum(red, s, work, static_cast<int32_t>(nj));
-      SetFlag<HardEvent::V_S>(0);
-      WaitFlag<HardEvent::V_S>(0);
+      PipeSync<HardEvent::V_S>();
       const float corr = tiny.GetValue(0);
       l.SetValue(h, l.GetValue(h) * corr + red.GetValue(0));
       m.SetValue(h, mNew);
@@ -237,34 +231,27 @@ class SparseAttnKernel {
   __aicore__ inline void Finish(uint32_t row, uint32_t h0, uint32_t nh) {
     LocalTensor<float> acc = accBuf_.Get<float>(), tiny = tinyBuf_.Get<float>();
     LocalTensor<float> m = mBuf_.Get<float>(), l = lBuf_.Get<float>(), sk = sinkBuf_.Get<float>();
-    SetFlag<HardEvent::V_S>(0);
-    WaitFlag<HardEvent::V_S>(0);
+    PipeSync<HardEvent::V_S>();
     const uint32_t dA = t_.dAlign;
     for (uint32_t h = 0; h < nh; ++h) {
       const float mh = m.GetValue(h), s = sk.GetValue(h);
       const float mf = mh > s ? mh : s;
       tiny.SetValue(0, mh - mf);
       tiny.SetValue(1, s - mf);
-      SetFlag<HardEvent::S_V>(0);
-      WaitFlag<HardEvent::S_V>(0);
+      PipeSync<HardEvent::S_V>();
       Exp(tiny, tiny, 8);
-      SetFlag<HardEvent::V_S>(0);
-      WaitFlag<HardEvent::V_S>(0);
+      PipeSync<HardEvent::V_S>();
       const float a = tiny.GetValue(0), den = l.GetValue(h) * a + tiny.GetValue(1);
       tiny.SetValue(0, den);
-      SetFlag<HardEvent::S_V>(0);
-      WaitFlag<HardEvent::S_V>(0);
+      PipeSync<HardEvent::S_V>();
       Ln(tiny, tiny, 8);
       Muls(acc[h * dA], acc[h * dA], a / den, static_cast<int32_t>(t_.D));
-      SetFlag<HardEvent::V_S>(0);
-      WaitFlag<HardEvent::V_S>(0);
+      PipeSync<HardEvent::V_S>();
       l.SetValue(h, mf + tiny.GetValue(0));   // l now holds lse for the store below
     }
-    SetFlag<HardEvent::S_MTE3>(0);
-    WaitFlag<HardEvent::S_MTE3>(0);
+    PipeSync<HardEvent::S_MTE3>();
     DataCopyPad(lseGm_[static_cast<uint64_t>(row) * t_.H + h0], l, DataCopyExtParams(1, nh * 4, 0, 0, 0));
-    SetFlag<HardEvent::V_MTE3>(0);
-    WaitFlag<HardEvent::V_MTE3>(0);
+    PipeSync<HardEvent::V_MTE3>();
     const uint32_t padBlocks = (dA - t_.D) * sizeof(T) / kBlockBytes;
     const uint64_t dst = (static_cast<uint64_t>(row) * t_.H + h0) * t_.D;
     if constexpr (sizeof(T) == 4) {
@@ -273,15 +260,12 @@ class SparseAttnKernel {
       LocalTensor<T> st = outStageBuf_.Get<T>();
       for (uint32_t h = 0; h < nh; ++h) {
         Cast(st, acc[h * dA], RoundMode::CAST_RINT, t_.D);
-        SetFlag<HardEvent::V_MTE3>(0);
-        WaitFlag<HardEvent::V_MTE3>(0);
+        PipeSync<HardEvent::V_MTE3>();
         DataCopyPad(outGm_[dst + static_cast<uint64_t>(h) * t_.D], st, DataCopyExtParams(1, t_.D * sizeof(T), 0, 0, 0));
-        SetFlag<HardEvent::MTE3_V>(0);
-        WaitFlag<HardEvent::MTE3_V>(0);
+        PipeSync<HardEvent::MTE3_V>();
       }
     }
-    SetFlag<HardEvent::MTE3_V>(0);   // the next group overwrites acc / l
-    WaitFlag<HardEvent::MTE3_V>(0);
+    PipeSync<HardEvent::MTE3_V>();   // the next group overwrites acc / l
   }
 
   SparseAttnTiling t_;
@@ -309,6 +293,7 @@ extern "C" __global__ __aicore__ void av4_sparse_attn_shared_kv(GM_ADDR query, G
                                                                 GM_ADDR tiling) {
   (void)workspace;
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);   // vector cores only: blockDim counts AIV cores
+  REGISTER_TILING_DEFAULT(av4_tiling::SparseAttnTiling);
   GET_TILING_DATA_WITH_STRUCT(av4_tiling::SparseAttnTiling, td, tiling);
   av4::SparseAttnKernel<DTYPE_QUERY> op;
   op.Init(query, kv, sinks, window_idx, cmp_idx, attn_out, softmax_lse, td);

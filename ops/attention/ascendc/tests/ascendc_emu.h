@@ -24,6 +24,7 @@
 #define GM_ADDR uint8_t*
 #define KERNEL_TASK_TYPE_DEFAULT(type) (void)(type)
 #define KERNEL_TYPE_AIV_ONLY 1
+#define REGISTER_TILING_DEFAULT(Struct) static_assert(sizeof(Struct) > 0, "tiling struct")
 #define GET_TILING_DATA_WITH_STRUCT(Struct, var, tiling) \
   const Struct var = *reinterpret_cast<const Struct*>(tiling)
 
@@ -207,8 +208,18 @@ class TBuf {
   RawBuf b_;
 };
 
+class TPipe;
+inline TPipe*& CurrentPipe() {
+  static TPipe* p = nullptr;
+  return p;
+}
 class TPipe {
  public:
+  TPipe() { CurrentPipe() = this; }
+  ~TPipe() {
+    if (CurrentPipe() == this) CurrentPipe() = nullptr;
+  }
+  TEventID FetchEventID(HardEvent) { return 0; }   // pipes are not modelled here: any ID will do
   template <TPosition pos, int32_t depth>
   void InitBuffer(TQue<pos, depth>& que, uint8_t num, uint32_t len) {
     que.init(num, len);
@@ -362,3 +373,8 @@ void Extract(const LocalTensor<T>& dv, const LocalTensor<uint32_t>& di, const Lo
 }
 
 }  // namespace AscendC
+
+inline AscendC::TPipe* GetTPipePtr() {   // global in kernel_common.h
+  EMU_CHECK(AscendC::CurrentPipe() != nullptr, "GetTPipePtr without a live TPipe");
+  return AscendC::CurrentPipe();
+}

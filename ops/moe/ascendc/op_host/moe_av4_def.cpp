@@ -20,8 +20,10 @@
 namespace ge {
 namespace {
 
+using moe_av4_host::AttrBool;
 using moe_av4_host::AttrInt;
 using moe_av4_host::OptionalShape;
+using moe_av4_host::RequiredShape;
 
 void Set(gert::Shape* s, std::initializer_list<int64_t> dims) {
   s->SetDimNum(dims.size());
@@ -80,7 +82,7 @@ graphStatus InferDtypeInitRouting(gert::InferDataTypeContext* context) {
 // inputs: 0 expanded_x, 1 expanded_row_idx, 2 x1?, 3 x2?, 4 bias?, 5 scales, 6 expert_idx?
 graphStatus InferShapeFinalize(gert::InferShapeContext* context) {
   const gert::Shape* ex = context->GetInputShape(0);
-  const gert::Shape* scales = context->GetInputShape(5);
+  const gert::Shape* scales = RequiredShape(context, 5);   // IR index (x1/x2/bias are optional)
   if (ex == nullptr || scales == nullptr || ex->GetDimNum() < 2 || scales->GetDimNum() != 2) return GRAPH_FAILED;
   const gert::Shape* x1 = OptionalShape(context, 2);
   if (x1 != nullptr && (x1->GetDimNum() != 2 || x1->GetDim(0) != scales->GetDim(0))) return GRAPH_FAILED;
@@ -99,7 +101,7 @@ graphStatus InferShapeGmm(gert::InferShapeContext* context) {
   const gert::Shape* x = context->GetInputShape(0);
   const gert::Shape* w = context->GetInputShape(1);
   if (x == nullptr || w == nullptr || x->GetDimNum() != 2 || w->GetDimNum() != 3) return GRAPH_FAILED;
-  const bool tw = AttrInt(context, 1) != 0;
+  const bool tw = AttrBool(context, 1);
   if ((tw ? w->GetDim(2) : w->GetDim(1)) != x->GetDim(1)) return GRAPH_FAILED;
   Set(context->GetOutputShape(0), {x->GetDim(0), tw ? w->GetDim(1) : w->GetDim(2)});
   return GRAPH_SUCCESS;

@@ -1,6 +1,6 @@
 // Tiling functions of the MoE custom ops: read shapes, attributes and the platform (core counts, UB/L1/L0 sizes
 // from PlatformAscendC — never hard-coded), run the plain-C++ tiling of ../tiling/moe_tiling.cc, and write the
-// tiling struct, block dim, tiling key (input dtype) and workspace sizes.
+// tiling struct, block dim, tiling key (always 0: the dtype is DTYPE_X of the binary) and workspace sizes.
 #include <cstring>
 
 #include "moe_host_shim.h"
@@ -9,25 +9,22 @@
 namespace optiling {
 namespace {
 
+using moe_av4_host::AttrBool;
 using moe_av4_host::AttrFloat;
 using moe_av4_host::AttrInt;
 using moe_av4_host::OptionalShape;
+using moe_av4_host::RequiredShape;
 
 int32_t ElemBytes(ge::DataType dt) { return dt == ge::DT_FLOAT ? 4 : 2; }
 
-uint64_t DtypeKey(ge::DataType dt) {
-  return dt == ge::DT_FLOAT ? moe_av4::MOE_KEY_FP32 : dt == ge::DT_BF16 ? moe_av4::MOE_KEY_BF16 : moe_av4::MOE_KEY_FP16;
-}
-
 template <class TD>
-ge::graphStatus Store(gert::TilingContext* context, const TD& td, uint32_t blockDim, uint64_t key,
-                      uint64_t userWorkspace) {
+ge::graphStatus Store(gert::TilingContext* context, const TD& td, uint32_t blockDim, uint64_t userWorkspace) {
   gert::TilingData* raw = context->GetRawTilingData();
   if (raw == nullptr || raw->GetCapacity() < sizeof(TD)) return ge::GRAPH_FAILED;
   std::memcpy(raw->GetData(), &td, sizeof(TD));
   raw->SetDataSize(sizeof(TD));
   context->SetBlockDim(blockDim);
-  context->SetTilingKey(key);
+  context->SetTilingKey(moe_av4::MOE_TILING_KEY);
   size_t* ws = context->GetWorkspaceSizes(1);
   ws[0] = static_cast<size_t>(moe_av4_host::SysWorkspaceBytes(context) + userWorkspace);
   return ge::GRAPH_SUCCESS;
@@ -51,7 +48,7 @@ ge::graphStatus MoeGatingTopKAv4Tiling(gert::TilingContext* context) {
                                  ElemBytes(context->GetInputDesc(0)->GetDataType()),
                                  moe_av4_host::ReadPlatform(context), &td, &why))
     return ge::GRAPH_FAILED;
-  return Store(context, td, uint32_t(td.split.usedCores), moe_av4::MOE_KEY_FP32, 0);
+  return Store(context, td, uint32_t(td.split.usedCores), 0);
 }
 
 ge::graphStatus MoeInitRoutingAv4Tiling(gert::TilingContext* context) {
@@ -65,12 +62,14 @@ ge::graphStatus MoeInitRoutingAv4Tiling(gert::TilingContext* context) {
                                   AttrInt(context, 0), int32_t(AttrInt(context, 3)), int32_t(AttrInt(context, 4)),
                                   ElemBytes(dt), moe_av4_host::ReadPlatform(context), &td, &why))
     return ge::GRAPH_FAILED;
-  return Store(context, td, uint32_t(td.split.usedCores), DtypeKey(dt), td.workspaceBytes);
+  return Store(context, td, uint32_t(td.split.usedCores), td.workspaceBytes);
 }
 
 ge::graphStatus MoeFinalizeRoutingAv4Tiling(gert::TilingContext* context) {
   const gert::Shape& ex = context->GetInputShape(0)->GetStorageShape();
-  const gert::Shape& scales = context->GetInputShape(5)->GetStorageShape();
+  const gert::Shape* scalesIr = RequiredShape(context, 5);   // IR index: x1/x2/bias before it are optional
+  if (scalesIr == nullptr) return ge::GRAPH_FAILED;
+  const gert::Shape& scales = *scalesIr;
   if (ex.GetDimNum() < 2 || scales.GetDimNum() != 2) return ge::GRAPH_FAILED;
   const size_t nd = ex.GetDimNum();
   int64_t rows = 1;
@@ -83,14 +82,14 @@ ge::graphStatus MoeFinalizeRoutingAv4Tiling(gert::TilingContext* context) {
                                       OptionalShape(context, 3) != nullptr, OptionalShape(context, 4) != nullptr,
                                       ElemBytes(dt), moe_av4_host::ReadPlatform(context), &td, &why))
     return ge::GRAPH_FAILED;
-  return Store(context, td, uint32_t(td.split.usedCores), DtypeKey(dt), 0);
+  return Store(context, td, uint32_t(td.split.usedCores), 0);
 }
 
 ge::graphStatus GroupedMatmulAv4Tiling(gert::TilingContext* context) {
   const gert::Shape& x = context->GetInputShape(0)->GetStorageShape();
   const gert::Shape& w = context->GetInputShape(1)->GetStorageShape();
   if (x.GetDimNum() != 2 || w.GetDimNum() != 3) return ge::GRAPH_FAILED;
-  const bool tw = AttrInt(context, 1) != 0;
+  const bool tw = AttrBool(context, 1);
   const ge::DataType dt = context->GetInputDesc(0)->GetDataType();
   moe_av4::GroupedMatmulKernelTiling td;
   const char* why = nullptr;
@@ -99,7 +98,7 @@ ge::graphStatus GroupedMatmulAv4Tiling(gert::TilingContext* context) {
                                     moe_av4_host::ReadPlatform(context), &td.gmm, &why))
     return ge::GRAPH_FAILED;
   if (!moe_av4_host::BuildCubeTiling(context, td.gmm, &td.cube)) return ge::GRAPH_FAILED;
-  return Store(context, td, uint32_t(td.gmm.usedCores), DtypeKey(dt), 0);
+  return Store(context, td, uint32_t(td.gmm.usedCores), 0);
 }
 
 }  // namespace optiling

@@ -1,22 +1,19 @@
 // Host-side helpers of the MoE ops that differ between a real CANN build and the CPU stand-in build
-// (-DAV4_ASCENDC_STANDIN, ops/ascendc_common/host). The shared stand-in models no op attributes, no optional
-// inputs, no AIC core count, no L1/L0 sizes, no system-workspace size and no Matmul tiling API; with CANN these
-// wrappers are one-line calls of the real API:
-//   AttrInt/AttrFloat   ctx->GetAttrs()->GetAttrPointer<T>(i)
-//   OptionalShape       ctx->GetOptionalInputShape(i)
+// (-DAV4_ASCENDC_STANDIN, ops/ascendc_common/host). Attributes and inputs use the CANN API in both builds (the
+// stand-in models its typed attributes and IR-vs-instance input indices):
+//   AttrInt/AttrFloat/AttrBool   ctx->GetAttrs()->GetAttrPointer<int64_t / float / bool>(attr index): the type
+//                                must be the one the OpDef declares (Int / Float / Bool)
+//   RequiredShape/OptionalShape  ctx->GetRequiredInputShape / GetOptionalInputShape(IR input index): never
+//                                GetInputShape(i) past the first optional input (that index counts instances)
+// The stand-in has no AIC core count, no L1/L0 sizes, no system-workspace size and no Matmul tiling API; with CANN
 //   ReadPlatform        PlatformAscendC::GetCoreNumAiv/Aic, GetCoreMemSize(UB, L1, L0_A, L0_B, L0_C)
 //   SysWorkspaceBytes   PlatformAscendC::GetLibApiWorkSpaceSize
 //   BuildCubeTiling     matmul_tiling::MatmulApiTiling (SetAType/SetBType/SetCType/SetShape/SetOrgShape/
 //                       SetBias/SetBufferSpace/SetFixSplit/GetTiling)
-// In the stand-in build attributes live in a side table keyed by context (tests fill it with SetAttrs), and the
-// platform's L1/L0 sizes default to the 910B values of the spec (512 KB / 64 KB / 64 KB / 128 KB) when the
-// stand-in reports none.
+// and in the stand-in build the L1/L0 sizes are the 910B values (512 KB / 64 KB / 64 KB / 128 KB).
 #pragma once
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <string>
-#include <vector>
 
 #include "register/op_def_registry.h"
 #include "tiling/platform/platform_ascendc.h"
@@ -40,61 +37,39 @@ struct TCubeTiling {  // host view of kernel_tiling.h's TCubeTiling (fields our 
 
 namespace moe_av4_host {
 
-#ifdef AV4_ASCENDC_STANDIN
-constexpr ge::DataType kDtInt64 = static_cast<ge::DataType>(9);   // ge::DT_INT64 (absent from the stand-in enum)
-
-inline std::map<const void*, std::vector<double>>& AttrTable() {
-  static std::map<const void*, std::vector<double>> table;
-  return table;
-}
-inline void SetAttrs(const void* ctx, std::vector<double> values) { AttrTable()[ctx] = std::move(values); }
 template <class Ctx>
 inline int64_t AttrInt(const Ctx* ctx, size_t i) {
-  return static_cast<int64_t>(AttrTable().at(static_cast<const void*>(ctx)).at(i));
+  const int64_t* v = ctx->GetAttrs()->template GetAttrPointer<int64_t>(i);
+  return v ? *v : 0;
 }
 template <class Ctx>
 inline float AttrFloat(const Ctx* ctx, size_t i) {
-  return static_cast<float>(AttrTable().at(static_cast<const void*>(ctx)).at(i));
+  const float* v = ctx->GetAttrs()->template GetAttrPointer<float>(i);
+  return v ? *v : 0.0f;
 }
-
-// A stand-in input with no dims is "not given".
-inline const gert::Shape* OptionalShape(const gert::InferShapeContext* ctx, size_t i) {
-  if (i >= ctx->inputs_.size() || ctx->inputs_[i].GetDimNum() == 0) return nullptr;
-  return ctx->GetInputShape(i);
+template <class Ctx>
+inline bool AttrBool(const Ctx* ctx, size_t i) {
+  const bool* v = ctx->GetAttrs()->template GetAttrPointer<bool>(i);
+  return v ? *v : false;
 }
-inline const gert::Shape* OptionalShape(const gert::TilingContext* ctx, size_t i) {
-  if (i >= ctx->inputs_.size() || ctx->inputs_[i].GetStorageShape().GetDimNum() == 0) return nullptr;
-  return &ctx->GetInputShape(i)->GetStorageShape();
+inline const gert::Shape* OptionalShape(const gert::InferShapeContext* ctx, size_t ir) {
+  return ctx->GetOptionalInputShape(ir);
 }
+inline const gert::Shape* OptionalShape(const gert::TilingContext* ctx, size_t ir) {
+  const gert::StorageShape* s = ctx->GetOptionalInputShape(ir);
+  return s ? &s->GetStorageShape() : nullptr;
+}
+inline const gert::Shape* RequiredShape(const gert::InferShapeContext* ctx, size_t ir) {
+  return ctx->GetRequiredInputShape(ir);
+}
+inline const gert::Shape* RequiredShape(const gert::TilingContext* ctx, size_t ir) {
+  const gert::StorageShape* s = ctx->GetRequiredInputShape(ir);
+  return s ? &s->GetStorageShape() : nullptr;
+}
+using OpDefBase = ops::OpDef;
 
-class OpAttrDef {
- public:
-  OpAttrDef& AttrType(ops::Option) { return *this; }
-  OpAttrDef& Int(int64_t v) {
-    value_ = double(v);
-    return *this;
-  }
-  OpAttrDef& Float(float v) {
-    value_ = v;
-    return *this;
-  }
-  OpAttrDef& Bool(bool v) {
-    value_ = v ? 1.0 : 0.0;
-    return *this;
-  }
-  double value_ = 0;
-};
-
-class OpDefBase : public ops::OpDef {
- public:
-  explicit OpDefBase(const char* type) : ops::OpDef(type) {}
-  OpAttrDef& Attr(const char* name) {
-    order_.push_back(name);
-    return attrs_[name];
-  }
-  std::map<std::string, OpAttrDef> attrs_;
-  std::vector<std::string> order_;
-};
+#ifdef AV4_ASCENDC_STANDIN
+constexpr ge::DataType kDtInt64 = static_cast<ge::DataType>(9);   // ge::DT_INT64 (absent from the stand-in enum)
 
 inline moe_av4::MoePlatform ReadPlatform(gert::TilingContext* ctx) {
   platform_ascendc::PlatformAscendC plat(ctx->GetPlatformInfo());
@@ -131,25 +106,6 @@ inline bool BuildCubeTiling(gert::TilingContext*, const moe_av4::GroupedMatmulTi
 
 #else   // ---------------------------------------------------------------------------------- real CANN
 constexpr ge::DataType kDtInt64 = ge::DT_INT64;
-
-template <class Ctx>
-inline int64_t AttrInt(const Ctx* ctx, size_t i) {
-  const int64_t* v = ctx->GetAttrs()->template GetAttrPointer<int64_t>(i);
-  return v ? *v : 0;
-}
-template <class Ctx>
-inline float AttrFloat(const Ctx* ctx, size_t i) {
-  const float* v = ctx->GetAttrs()->template GetAttrPointer<float>(i);
-  return v ? *v : 0.0f;
-}
-inline const gert::Shape* OptionalShape(gert::InferShapeContext* ctx, size_t i) {
-  return ctx->GetOptionalInputShape(i);
-}
-inline const gert::Shape* OptionalShape(gert::TilingContext* ctx, size_t i) {
-  const gert::StorageShape* s = ctx->GetOptionalInputShape(i);
-  return s ? &s->GetStorageShape() : nullptr;
-}
-using OpDefBase = ops::OpDef;
 
 inline moe_av4::MoePlatform ReadPlatform(gert::TilingContext* ctx) {
   platform_ascendc::PlatformAscendC plat(ctx->GetPlatformInfo());

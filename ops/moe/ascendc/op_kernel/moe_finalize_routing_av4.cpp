@@ -71,12 +71,15 @@ class FinalizeKernel {
     return DataCopyExtParams(1, static_cast<uint32_t>(len * sizeof(T)), 0, 0, 0);
   }
 
-  // acc += src (src of type T: cast through castBuf_ for 2-byte types)
+  // acc += src (src of type T: cast through castBuf_ for 2-byte types). acc_ and castBuf_ are member buffers, not
+  // queue tensors: nothing orders one vector op on them after the previous one but PipeBarrier<PIPE_V>.
   __aicore__ inline void Accumulate(const LocalTensor<T>& src, float scale, int64_t len, bool first) {
     const int32_t n = static_cast<int32_t>(len);
+    PipeBarrier<PIPE_V>();   // the previous Accumulate / Duplicate on acc_ (and its read of castBuf_) is done
     if constexpr (sizeof(T) == 2) {
       LocalTensor<float> c = castBuf_.Get<float>();
       Cast(c, src, RoundMode::CAST_NONE, static_cast<uint32_t>(n));
+      PipeBarrier<PIPE_V>();
       if (first) {
         Muls(acc_, c, scale, n);
       } else {
@@ -134,6 +137,7 @@ class FinalizeKernel {
 
   __aicore__ inline void CopyOut(int64_t t, int64_t h0, int64_t len) {
     LocalTensor<T> o = outQue_.AllocTensor<T>();
+    PipeBarrier<PIPE_V>();   // the last Accumulate into acc_ is done
     if constexpr (sizeof(T) == 2) {
       Cast(o, acc_, RoundMode::CAST_RINT, static_cast<uint32_t>(len));
     } else {

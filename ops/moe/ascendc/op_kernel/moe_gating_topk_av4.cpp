@@ -10,6 +10,7 @@
 #ifdef AV4_ASCENDC_STANDIN
 #include "decls_moe.h"
 #endif
+#include "moe_pipe_sync.h"
 #include "moe_tiling_data.h"
 
 namespace moe_av4 {
@@ -64,8 +65,7 @@ class GatingTopKKernel {
       biasGm.SetGlobalBuffer((__gm__ float*)bias, static_cast<uint64_t>(E));
       DataCopyPad(bias_, biasGm, DataCopyExtParams(1, static_cast<uint32_t>(E * sizeof(float)), 0, 0, 0),
                   DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
-      SetFlag<HardEvent::MTE2_V>(0);
-      WaitFlag<HardEvent::MTE2_V>(0);
+      PipeSync<HardEvent::MTE2_V>();
     }
   }
 
@@ -89,41 +89,53 @@ class GatingTopKKernel {
   }
 
   __aicore__ inline void VToS() {
-    SetFlag<HardEvent::V_S>(0);
-    WaitFlag<HardEvent::V_S>(0);
+    PipeSync<HardEvent::V_S>();
   }
   __aicore__ inline void SToV() {
-    SetFlag<HardEvent::S_V>(0);
-    WaitFlag<HardEvent::S_V>(0);
+    PipeSync<HardEvent::S_V>();
   }
 
+  // Vector ops on the member scratch tensors are not synchronised by any queue: each one that reads the previous
+  // one's result waits for it with PipeBarrier<PIPE_V>.
   __aicore__ inline void Score(const LocalTensor<float>& s, const LocalTensor<float>& l) {
     const int32_t E = static_cast<int32_t>(td_->experts);
     if (td_->normType == 2) {  // sqrt(max(l, 0) + ln(1 + exp(-|l|))): softplus without overflow
       Abs(tmp_, l, E);
-      Muls(tmp_, tmp_, -1.0f, E);
-      Exp(tmp_, tmp_, E);
-      Adds(tmp_, tmp_, 1.0f, E);
-      Ln(tmp_, tmp_, E);
       Maxs(s, l, 0.0f, E);
+      PipeBarrier<PIPE_V>();
+      Muls(tmp_, tmp_, -1.0f, E);
+      PipeBarrier<PIPE_V>();
+      Exp(tmp_, tmp_, E);
+      PipeBarrier<PIPE_V>();
+      Adds(tmp_, tmp_, 1.0f, E);
+      PipeBarrier<PIPE_V>();
+      Ln(tmp_, tmp_, E);
+      PipeBarrier<PIPE_V>();
       Add(s, s, tmp_, E);
+      PipeBarrier<PIPE_V>();
       Sqrt(s, s, E);
     } else if (td_->normType == 1) {
       Muls(tmp_, l, -1.0f, E);
+      PipeBarrier<PIPE_V>();
       Exp(tmp_, tmp_, E);
+      PipeBarrier<PIPE_V>();
       Adds(tmp_, tmp_, 1.0f, E);
+      PipeBarrier<PIPE_V>();
       Reciprocal(s, tmp_, E);
     } else {
       ReduceMax(work_, l, tmp_, E, false);
       VToS();
       const float m = work_.GetValue(0);
       Adds(tmp_, l, -m, E);
+      PipeBarrier<PIPE_V>();
       Exp(s, tmp_, E);
+      PipeBarrier<PIPE_V>();
       ReduceSum(work_, s, tmp_, E);
       VToS();
       const float z = work_.GetValue(0);
       Muls(s, s, 1.0f / z, E);
     }
+    PipeBarrier<PIPE_V>();   // callers read s with the next vector op
   }
 
   // Largest entry of src[0, n): value and the lowest index holding it.
@@ -172,6 +184,7 @@ class GatingTopKKernel {
     }
     for (int32_t g = 0; g < G; ++g)
       if (!keep[g]) Duplicate(sel_[static_cast<uint32_t>(g * per)], kNegInf, per);
+    PipeBarrier<PIPE_V>();
   }
 
   __aicore__ inline void Compute(int64_t row0, int64_t n) {
@@ -194,6 +207,7 @@ class GatingTopKKernel {
         } else {
           Adds(sel_, s, 0.0f, E);
         }
+        PipeBarrier<PIPE_V>();
         if (td_->groupCount > 1) RestrictGroups();
         for (int64_t j = 0; j < k; ++j) {
           float v = 0.0f;
@@ -214,8 +228,7 @@ class GatingTopKKernel {
       }
     }
     inQue_.FreeTensor(in);
-    SetFlag<HardEvent::S_MTE3>(0);
-    WaitFlag<HardEvent::S_MTE3>(0);
+    PipeSync<HardEvent::S_MTE3>();
     scoreQue_.EnQue(sc);
     yQue_.EnQue(y);
     idxQue_.EnQue(idx);

@@ -7,7 +7,8 @@
 //   2. every core sums all rows (totals) and the rows of the cores before it (its prefix), so the destination of
 //      each of its rows is start[e] + prefix[e] + running count (dropless) or e*C + position (drop/pad, -1 past C);
 //      it writes its expanded_row_idx chunk and moves its rows GM -> UB -> GM in 32-byte aligned tiles of H
-//      through a double-buffered TQue (DataCopyPad handles the ragged tail);
+//      through a double-buffered TQueBind<VECIN, VECOUT> (its EnQue/DeQue hand the tile from MTE2 straight to
+//      MTE3; a plain VECIN queue only syncs MTE2 -> V) -- DataCopyPad handles the ragged tail;
 //   3. core 0 writes the per-expert counts; each core zero-fills its share of the rows nobody writes (padding
 //      slots in drop/pad, the inactive tail in dropless).
 // Ids outside [0, E) are inactive (key E): row idx -1, no row (expert-parallel local selection).
@@ -15,6 +16,7 @@
 #ifdef AV4_ASCENDC_STANDIN
 #include "decls_moe.h"
 #endif
+#include "moe_pipe_sync.h"
 #include "moe_tiling_data.h"
 
 namespace moe_av4 {
@@ -73,15 +75,13 @@ class InitRoutingKernel {
   __aicore__ inline void LoadIds(int64_t i0, int64_t n) {
     DataCopyPad(ids_, idsGm_[i0], DataCopyExtParams(1, static_cast<uint32_t>(n * sizeof(int32_t)), 0, 0, 0),
                 DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-    SetFlag<HardEvent::MTE2_S>(0);
-    WaitFlag<HardEvent::MTE2_S>(0);
+    PipeSync<HardEvent::MTE2_S>();
   }
 
   // 1. histogram of this core's chunk -> workspace row core_
   __aicore__ inline void Histogram() {
     Duplicate(hist_, 0, static_cast<int32_t>(td_->histStride));
-    SetFlag<HardEvent::V_S>(0);
-    WaitFlag<HardEvent::V_S>(0);
+    PipeSync<HardEvent::V_S>();
     for (int64_t i0 = 0; i0 < count_; i0 += td_->idsPerLoop) {
       const int64_t n = count_ - i0 < td_->idsPerLoop ? count_ - i0 : td_->idsPerLoop;
       LoadIds(begin_ + i0, n);
@@ -89,11 +89,9 @@ class InitRoutingKernel {
         const uint32_t key = static_cast<uint32_t>(Key(ids_.GetValue(static_cast<uint32_t>(i))));
         hist_.SetValue(key, hist_.GetValue(key) + 1);
       }
-      SetFlag<HardEvent::S_MTE2>(0);
-      WaitFlag<HardEvent::S_MTE2>(0);
+      PipeSync<HardEvent::S_MTE2>();
     }
-    SetFlag<HardEvent::S_MTE3>(0);
-    WaitFlag<HardEvent::S_MTE3>(0);
+    PipeSync<HardEvent::S_MTE3>();
     DataCopyPad(histGm_[core_ * td_->histStride], hist_,
                 DataCopyExtParams(1, static_cast<uint32_t>(td_->histStride * sizeof(int32_t)), 0, 0, 0));
   }
@@ -104,18 +102,15 @@ class InitRoutingKernel {
     Duplicate(total_, 0, len);
     Duplicate(hist_, 0, len);
     for (int64_t c = 0; c < td_->split.usedCores; ++c) {
-      SetFlag<HardEvent::V_MTE2>(0);
-      WaitFlag<HardEvent::V_MTE2>(0);
+      PipeSync<HardEvent::V_MTE2>();
       DataCopyPad(stage_, histGm_[c * td_->histStride],
                   DataCopyExtParams(1, static_cast<uint32_t>(len * sizeof(int32_t)), 0, 0, 0),
                   DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-      SetFlag<HardEvent::MTE2_V>(0);
-      WaitFlag<HardEvent::MTE2_V>(0);
+      PipeSync<HardEvent::MTE2_V>();
       Add(total_, total_, stage_, len);
       if (c < core_) Add(hist_, hist_, stage_, len);
     }
-    SetFlag<HardEvent::V_S>(0);
-    WaitFlag<HardEvent::V_S>(0);
+    PipeSync<HardEvent::V_S>();
     // dropless: stage_[e] = start of expert e = active rows of experts < e (exclusive cumsum of the totals)
     int64_t run = 0;
     for (int64_t e = 0; e < td_->experts; ++e) {
@@ -144,16 +139,14 @@ class InitRoutingKernel {
         }
         ids_.SetValue(static_cast<uint32_t>(i), dest);
       }
-      SetFlag<HardEvent::S_MTE3>(0);
-      WaitFlag<HardEvent::S_MTE3>(0);
+      PipeSync<HardEvent::S_MTE3>();
       DataCopyPad(rowGm_[begin_ + i0], ids_, DataCopyExtParams(1, static_cast<uint32_t>(n * sizeof(int32_t)), 0, 0, 0));
       for (int64_t i = 0; i < n; ++i) {
         const int64_t dest = ids_.GetValue(static_cast<uint32_t>(i));
         if (dest < 0 || dest >= td_->outRows) continue;
         CopyRow((begin_ + i0 + i) / td_->k, dest);
       }
-      SetFlag<HardEvent::MTE3_MTE2>(0);  // ids_ is reloaded next pass: the row-index copy out must be done
-      WaitFlag<HardEvent::MTE3_MTE2>(0);
+      PipeSync<HardEvent::MTE3_MTE2>();  // ids_ is reloaded next pass: the row-index copy out must be done
     }
   }
 
@@ -181,8 +174,7 @@ class InitRoutingKernel {
       run += kept;
       stage_.SetValue(static_cast<uint32_t>(e), td_->countFlag == 1 ? static_cast<int32_t>(run) : kept);
     }
-    SetFlag<HardEvent::S_MTE3>(0);
-    WaitFlag<HardEvent::S_MTE3>(0);
+    PipeSync<HardEvent::S_MTE3>();
     const DataCopyExtParams p(1, static_cast<uint32_t>(td_->experts * sizeof(int32_t)), 0, 0, 0);
     DataCopyPad(countGm_, stage_, p);
     DataCopyPad(beforeGm_, total_, p);
@@ -192,8 +184,7 @@ class InitRoutingKernel {
   __aicore__ inline void ZeroFill() {
     LocalTensor<T> zero = zeroBuf_.Get<T>();
     Duplicate(zero, T(0), static_cast<int32_t>(td_->hTile));
-    SetFlag<HardEvent::V_MTE3>(0);
-    WaitFlag<HardEvent::V_MTE3>(0);
+    PipeSync<HardEvent::V_MTE3>();
     const int64_t cores = td_->split.usedCores;
     if (td_->dropPad) {  // experts split over cores: rows e*C + kept_e .. (e+1)*C
       const int64_t per = td_->experts / cores, big = td_->experts % cores;
@@ -227,7 +218,7 @@ class InitRoutingKernel {
   GlobalTensor<T> xGm_, outGm_;
   GlobalTensor<int32_t> idsGm_, rowGm_, countGm_, beforeGm_, histGm_;
   TBuf<TPosition::VECCALC> idsBuf_, histBuf_, totalBuf_, stageBuf_, zeroBuf_;
-  TQue<TPosition::VECIN, 2> copyQue_;
+  TQueBind<TPosition::VECIN, TPosition::VECOUT, 2> copyQue_;   // GM -> UB -> GM, no vector stage
   LocalTensor<int32_t> ids_, hist_, total_, stage_;
 };
 

@@ -5,8 +5,10 @@
 
 namespace moe_av4 {
 
-// Tiling keys: input dtype of the data tensors (x / expanded_x / GEMM operands).
-enum MoeDtypeKey : uint64_t { MOE_KEY_FP32 = 0, MOE_KEY_BF16 = 1, MOE_KEY_FP16 = 2 };
+// One tiling key (0) per op: the data dtype is a compile-time parameter of the kernel binary (DTYPE_X from the
+// OpDef's dtype list), not a runtime key; a non-zero key would need a TILING_KEY_IS branch in the kernel, or the
+// launch finds no binary for it.
+constexpr uint64_t MOE_TILING_KEY = 0;
 
 // Rows [0, total) split over usedCores: the first bigCores cores take rowsSmall + 1 rows, the rest rowsSmall.
 struct MoeRowSplit {
@@ -75,6 +77,9 @@ struct MoeFinalizeRoutingTilingData {
   int32_t elemBytes;
   uint32_t ubBytes;
 };
+
+// L1 bytes of GroupedMatmulAv4's zero tile (rows past the last group are zero-filled from it, L1 -> GM).
+constexpr uint32_t kGmmZeroL1Bytes = 16384;
 
 // GroupedMatmulAv4 (split_item 3, group_type 0): x [M, K], w [E, K, N] (or [E, N, K]), group_list [E].
 // Work = blocks of (group, row block of singleM, column block of singleN) enumerated in order and dealt

@@ -191,7 +191,8 @@ void GroupedMatmulOnChipBytes(const GroupedMatmulTilingData& td, uint64_t* l1, u
   *l0a = 2 * uint64_t(td.baseM) * td.baseK * eb;                       // ping-pong
   *l0b = 2 * uint64_t(td.baseK) * td.baseN * eb;
   *l0c = uint64_t(td.baseM) * td.baseN * 4;                            // float32 accumulation
-  *l1 = uint64_t(td.depthA1) * td.baseM * td.baseK * eb + uint64_t(td.depthB1) * td.baseK * td.baseN * eb;
+  *l1 = uint64_t(td.depthA1) * td.baseM * td.baseK * eb + uint64_t(td.depthB1) * td.baseK * td.baseN * eb +
+        kGmmZeroL1Bytes;                                                 // + the zero tile of the tail fill
 }
 
 bool GroupedMatmulTiling(int64_t M, int64_t K, int64_t N, int64_t groups, int32_t groupListType, bool transposeW,
@@ -200,6 +201,9 @@ bool GroupedMatmulTiling(int64_t M, int64_t K, int64_t N, int64_t groups, int32_
   if (groupListType != 0 && groupListType != 1) return Fail(why, "group_list_type must be 0 (cumsum) or 1 (count)");
   if (elemBytes != 2 && elemBytes != 4) return Fail(why, "GEMM operands must be float32, float16 or bfloat16");
   if (p.aicCores == 0) return Fail(why, "platform reports no cube cores");
+  if ((N * elemBytes) % 32 != 0)
+    return Fail(why, "N * dtype bytes must be a multiple of 32 (rows past the last group are zero-filled in 32-byte "
+                     "blocks)");
   *td = GroupedMatmulTilingData{};
   td->m = M;
   td->k = K;

@@ -1,0 +1,678 @@
+// Intrinsic layer of the AscendC CPU emulator: the CCE intrinsics the real asc-devkit headers call in CPU-debug mode
+// (ASCENDC_CPU_DEBUG), given semantics on the host, plus a model of the pipes that reports races. Everything above
+// this layer -- TPipe, TQue, LocalTensor, DataCopyPad, Muls, ... -- is the real asc-devkit code. See docs/ascendc.md
+// ("Running kernel bodies on CPU") for what is modelled and what is not.
+//
+// Semantics follow the AscendC API documentation of the corresponding APIs (DataCopyPad, the level-0 vector APIs
+// with repeat / block-stride / repeat-stride parameters, counter vs normal mask mode, Cast rounding modes); they are
+// written from the documentation and the headers' call sites, not from the ISA manual.
+//
+// Pipe model. Every instruction is executed at once, in program order, and stamped with (pipe, sequence number).
+// Each UB byte remembers the last instruction that wrote it and the last one, per pipe, that read it. An access
+// from pipe P to a byte last written by (Q, q) is a race unless P has synchronised with Q's instruction q:
+//   P != Q:  set_flag(Q, P, e) after q, then wait_flag(Q, P, e)      (or Q's barrier seen through the scalar pipe)
+//   P == Q == V:  pipe_barrier(PIPE_V) after q (vector instructions overlap in the pipeline)
+// and a write from P over a byte some other pipe Q read at q (write-after-read) likewise needs P to have waited for
+// q. A wait on the scalar pipe S orders every later instruction (the scalar unit issues them). Scalar accesses
+// (LocalTensor GetValue/SetValue) are plain memory in CPU-debug mode and are not tracked. A race aborts the core
+// with "emu race: ..." naming both instructions.
+#pragma once
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <unordered_map>
+
+namespace av4_emu {
+
+enum Pipe { P_S = 0, P_V, P_M, P_MTE1, P_MTE2, P_MTE3, P_ALL, P_MTE4, P_MTE5, P_V2, P_FIX, P_N };
+inline const char* PipeName(int p) {
+  static const char* n[] = {"S", "V", "M", "MTE1", "MTE2", "MTE3", "ALL", "MTE4", "MTE5", "V2", "FIX"};
+  return p >= 0 && p < P_N ? n[p] : "?";
+}
+
+[[noreturn]] inline void Fail(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::fprintf(stderr, "emu: ");
+  std::vfprintf(stderr, fmt, ap);
+  std::fprintf(stderr, "\n");
+  va_end(ap);
+  std::fflush(stderr);
+  std::_Exit(3);
+}
+
+struct Stamp {
+  int pipe = -1;
+  uint64_t seq = 0;
+  const char* what = "";
+};
+struct Shadow {
+  Stamp write;
+  Stamp read[P_N];
+};
+
+struct State {
+  uint64_t seq[P_N] = {};
+  uint64_t synced[P_N][P_N] = {};      // synced[P][Q]: P may rely on every Q instruction with seq <= this
+  struct Flag {
+    uint64_t seq = 0;
+    uint64_t synced[P_N] = {};
+  } flags[P_N][P_N][16];                // set_flag(Q, P, e): Q's seq and what Q had synchronised with, at the set
+  bool counterMode = false;
+  uint64_t maskHi = ~0ull, maskLo = ~0ull;
+  uint64_t padValue = 0;
+  uint64_t ctrl = 0;
+  uint64_t acc = 0;   // reduction accumulator (get_acc_val)
+  uint64_t maxMinCnt = 0;   // last vcmax / vcmin result (get_max_min_cnt)
+  uint64_t vms4 = 0;        // pairs taken from each list by the last vmrgsort4 (get_vms4_sr)
+  uint64_t rsvd = 0;        // elements gathered by the last vreducev2 (get_rsvd_cnt)
+  bool checkRaces = true;
+  std::unordered_map<uintptr_t, Shadow> shadow;   // per 4-byte UB word
+};
+inline State& S() {
+  static State s;
+  return s;
+}
+
+inline uint64_t Issue(int pipe) { return ++S().seq[pipe]; }
+
+inline void Access(const void* p, size_t bytes, int pipe, uint64_t seq, bool write, const char* what) {
+  State& st = S();
+  if (!st.checkRaces) return;
+  const uintptr_t a0 = reinterpret_cast<uintptr_t>(p) >> 2, a1 = (reinterpret_cast<uintptr_t>(p) + bytes + 3) >> 2;
+  for (uintptr_t a = a0; a < a1; ++a) {
+    Shadow& sh = st.shadow[a];
+    const Stamp& w = sh.write;
+    if (w.pipe >= 0 && !(w.pipe == pipe && (w.seq == seq || write))) {   // same-pipe write-after-write is ordered
+      const bool sameV = w.pipe == pipe && pipe == P_V;
+      if ((w.pipe != pipe || sameV) && st.synced[pipe][w.pipe] < w.seq)
+        Fail("race: %s (pipe %s) %s UB %p written by %s (pipe %s #%llu) with no %s", what, PipeName(pipe),
+             write ? "overwrites" : "reads", reinterpret_cast<void*>(a << 2), w.what, PipeName(w.pipe),
+             (unsigned long long)w.seq, sameV ? "PipeBarrier<PIPE_V> between them" : "SetFlag/WaitFlag between them");
+    }
+    if (write) {
+      for (int q = 0; q < P_N; ++q) {
+        const Stamp& r = sh.read[q];
+        if (r.pipe >= 0 && q != pipe && st.synced[pipe][q] < r.seq)
+          Fail("race: %s (pipe %s) overwrites UB %p still read by %s (pipe %s #%llu) with no SetFlag/WaitFlag",
+               what, PipeName(pipe), reinterpret_cast<void*>(a << 2), r.what, PipeName(q),
+               (unsigned long long)r.seq);
+      }
+      sh.write = Stamp{pipe, seq, what};
+      for (auto& r : sh.read) r = Stamp{};
+    } else {
+      sh.read[pipe] = Stamp{pipe, seq, what};
+    }
+  }
+}
+
+inline void Barrier(int pipe) {
+  State& st = S();
+  if (pipe == P_ALL) {
+    for (int p = 0; p < P_N; ++p)
+      for (int q = 0; q < P_N; ++q) st.synced[p][q] = st.seq[q];
+  } else {
+    st.synced[pipe][pipe] = st.seq[pipe];
+  }
+}
+inline void SetFlag(int src, int dst, int e) {
+  State::Flag& f = S().flags[src][dst][e & 15];
+  f.seq = S().seq[src];
+  for (int q = 0; q < P_N; ++q) f.synced[q] = q == src ? S().seq[src] : S().synced[src][q];
+}
+inline void WaitFlag(int src, int dst, int e) {
+  State& st = S();
+  const State::Flag& f = st.flags[src][dst][e & 15];
+  // dst now follows every src instruction up to the set, and (transitively) what src had waited for -- including
+  // dst's own earlier instructions (V -> MTE2 -> V orders two vector ops); a wait on the scalar pipe orders
+  // everything the scalar unit issues afterwards, i.e. every pipe
+  for (int p = 0; p < P_N; ++p) {
+    if (p != dst && dst != P_S) continue;
+    for (int q = 0; q < P_N; ++q) {
+      if (st.synced[p][q] < f.synced[q]) st.synced[p][q] = f.synced[q];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------ number formats
+inline float F16ToF32(uint16_t h) {
+  const uint32_t s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023;
+  float v;
+  if (e == 0) v = std::ldexp(static_cast<float>(m), -24);
+  else if (e == 31) v = m ? NAN : INFINITY;
+  else v = std::ldexp(static_cast<float>(m | 1024), static_cast<int>(e) - 25);
+  return s ? -v : v;
+}
+inline uint16_t F32ToF16(float f) {   // round to nearest even
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000;
+  const uint32_t ax = x & 0x7fffffff;
+  if (ax >= 0x7f800000) return static_cast<uint16_t>(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
+  if (ax >= 0x477ff000) return static_cast<uint16_t>(sign | 0x7c00);       // overflow -> inf
+  if (ax < 0x38800000) {                                                    // subnormal half
+    const float a = std::fabs(f) * 16777216.0f;                             // units of 2^-24
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a)));
+  }
+  uint32_t m = ax + 0xfff + ((ax >> 13) & 1);
+  return static_cast<uint16_t>(sign | ((m - 0x38000000) >> 13));
+}
+inline float Bf16ToF32(uint16_t b) {
+  const uint32_t x = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
+}
+inline uint16_t F32ToBf16(float f, char mode) {   // r: nearest even, z: toward zero, f: floor, c: ceil, a: away
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((x >> 16) | 0x40);
+  const uint32_t low = x & 0xffff, neg = x >> 31;
+  uint32_t hi = x >> 16;
+  switch (mode) {
+    case 'r': hi = (x + 0x7fff + ((x >> 16) & 1)) >> 16; break;
+    case 'a': hi = (x + 0x8000) >> 16; break;
+    case 'z': break;
+    case 'f': if (low && neg) ++hi; break;
+    case 'c': if (low && !neg) ++hi; break;
+    default: Fail("bf16 rounding mode %c not emulated", mode);
+  }
+  return static_cast<uint16_t>(hi);
+}
+
+// element kinds the vector ops see (by pointer type): float, int32, half, bfloat16, int16
+template <class T>
+struct Kind {
+  static constexpr int bytes = sizeof(T);
+};
+template <class T>
+inline float Load(const T* p) {
+  if constexpr (std::is_same<T, float>::value) return *p;
+  else if constexpr (std::is_integral<T>::value) return static_cast<float>(*p);
+  else {
+    uint16_t b;
+    std::memcpy(&b, p, 2);
+    return std::is_same<T, bfloat16_t>::value ? Bf16ToF32(b) : F16ToF32(b);
+  }
+}
+template <class T>
+inline void Store(T* p, float v) {
+  if constexpr (std::is_same<T, float>::value) *p = v;
+  else if constexpr (std::is_integral<T>::value) *p = static_cast<T>(v);
+  else {
+    const uint16_t b = std::is_same<T, bfloat16_t>::value ? F32ToBf16(v, 'r') : F32ToF16(v);
+    std::memcpy(p, &b, 2);
+  }
+}
+template <class C>
+inline float Scalar(const C& c) {
+  if constexpr (std::is_arithmetic<C>::value) return static_cast<float>(c);
+  else {
+    uint16_t b;
+    std::memcpy(&b, &c, 2);
+    return std::is_same<C, bfloat16_t>::value ? Bf16ToF32(b) : F16ToF32(b);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ vector engine
+// Element e of a vector instruction (counter mode: e < count; normal mode: masked lanes of `repeat` repeats of
+// 256 bytes) sits in repeat e / perRep, lane e % perRep; an operand of element size b lays lane l at
+// block (l / (32 / b)) * blkStride + repeat * repStride blocks from its base.
+struct Geometry {
+  uint64_t blk, rep;
+};
+template <class T>
+inline T* At(T* base, uint64_t r, uint64_t lane, Geometry g) {
+  const uint64_t perBlk = 32 / sizeof(T);
+  return reinterpret_cast<T*>(reinterpret_cast<uint8_t*>(base) + (r * g.rep + (lane / perBlk) * g.blk) * 32) +
+         lane % perBlk;
+}
+template <class F>
+inline void ForLanes(uint64_t repeat, int laneBytes, F&& f) {
+  const State& st = S();
+  const uint64_t perRep = 256 / laneBytes;
+  if (st.counterMode) {
+    const uint64_t n = st.maskLo;
+    for (uint64_t e = 0; e < n; ++e) f(e / perRep, e % perRep);
+  } else {
+    for (uint64_t r = 0; r < repeat; ++r)
+      for (uint64_t l = 0; l < perRep; ++l) {
+        const bool on = l < 64 ? (st.maskLo >> l) & 1 : (st.maskHi >> (l - 64)) & 1;
+        if (on) f(r, l);
+      }
+  }
+}
+
+// dst[e] = op(src0[e], src1[e]) with recorded accesses; lanes sized by the widest operand
+template <class D, class A, class B, class Op>
+inline void Binary(const char* what, D* dst, A* a, B* b, uint64_t repeat, Geometry gd, Geometry ga, Geometry gb,
+                   Op op, bool readsDst = false) {
+  const uint64_t s = Issue(P_V);
+  const int lane = static_cast<int>(std::max(sizeof(D), std::max(sizeof(A), b ? sizeof(B) : sizeof(A))));
+  ForLanes(repeat, lane, [&](uint64_t r, uint64_t l) {
+    A* pa = At(a, r, l, ga);
+    Access(pa, sizeof(A), P_V, s, false, what);
+    float vb = 0;
+    if (b) {
+      B* pb = At(b, r, l, gb);
+      Access(pb, sizeof(B), P_V, s, false, what);
+      vb = Load(pb);
+    }
+    D* pd = At(dst, r, l, gd);
+    const float va = Load(pa);
+    const float dv = Load(pd);
+    if (readsDst) Access(pd, sizeof(D), P_V, s, false, what);
+    Access(pd, sizeof(D), P_V, s, true, what);
+    Store(pd, op(va, vb, dv));
+  });
+}
+
+}  // namespace av4_emu
+
+// ------------------------------------------------------------------------------------------------- intrinsics
+// pipes / flags / masks
+inline void pipe_barrier(pipe_t p) { av4_emu::Barrier(static_cast<int>(p)); }
+template <class E>
+inline void set_flag(pipe_t src, pipe_t dst, E e) { av4_emu::SetFlag(src, dst, static_cast<int>(e)); }
+template <class E>
+inline void wait_flag(pipe_t src, pipe_t dst, E e) { av4_emu::WaitFlag(src, dst, static_cast<int>(e)); }
+inline void set_mask_count() { av4_emu::S().counterMode = true; }
+inline void set_mask_norm() { av4_emu::S().counterMode = false; }
+template <class H, class L>
+inline void set_vector_mask(H hi, L lo) {
+  av4_emu::S().maskHi = static_cast<uint64_t>(hi);
+  av4_emu::S().maskLo = static_cast<uint64_t>(lo);
+}
+template <class V>
+inline void set_mov_pad_val(V v) { av4_emu::S().padValue = static_cast<uint64_t>(v); }
+template <class... A>
+inline void set_padding(A&&...) {}
+template <class... A>
+inline void set_atomic_none(A&&...) {}
+template <class... A>
+inline void set_l1_3d_size(A&&...) {}
+inline int64_t get_ctrl() { return static_cast<int64_t>(av4_emu::S().ctrl); }
+template <class V>
+inline void set_ctrl(V v) { av4_emu::S().ctrl = static_cast<uint64_t>(v); }
+inline int64_t sbitset0(uint64_t x, int64_t i) { return static_cast<int64_t>(x & ~(1ull << i)); }
+inline int64_t sbitset1(uint64_t x, int64_t i) { return static_cast<int64_t>(x | (1ull << i)); }
+inline int64_t sff0(uint64_t x) {   // position of the first 0 bit from the LSB
+  for (int i = 0; i < 64; ++i)
+    if (!((x >> i) & 1)) return i;
+  return 64;
+}
+inline int64_t sff1(uint64_t x) {
+  for (int i = 0; i < 64; ++i)
+    if ((x >> i) & 1) return i;
+  return 64;
+}
+
+// DataCopyPad GM -> UB: nBurst rows of lenBurst bytes; GM rows srcGap bytes apart, UB rows start 32-byte aligned
+// with dstGap 32-byte blocks between them; leftPad / rightPad elements of the pad value around each row.
+template <int B, class D, class Sp>
+inline void CopyGmToUbAlign(D* dst, Sp* src, uint64_t nBurst, uint64_t lenBurst, uint64_t leftPad, uint64_t rightPad,
+                            uint64_t srcGap, uint64_t dstGap, const char* what) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_MTE2);
+  uint8_t* d = reinterpret_cast<uint8_t*>(dst);
+  const uint8_t* g = reinterpret_cast<const uint8_t*>(src);
+  const uint64_t rowBytes = (leftPad + rightPad) * B + lenBurst, rowStride = (rowBytes + 31) / 32 * 32 + dstGap * 32;
+  for (uint64_t r = 0; r < nBurst; ++r) {
+    uint8_t* row = d + r * rowStride;
+    av4_emu::Access(row, (rowBytes + 31) / 32 * 32, av4_emu::P_MTE2, s, true, what);
+    for (uint64_t i = 0; i < leftPad; ++i) std::memcpy(row + i * B, &av4_emu::S().padValue, B);
+    std::memcpy(row + leftPad * B, g + r * (lenBurst + srcGap), lenBurst);
+    for (uint64_t i = 0; i < rightPad; ++i) std::memcpy(row + leftPad * B + lenBurst + i * B, &av4_emu::S().padValue, B);
+  }
+}
+template <int B, class D, class Sp>
+inline void CopyUbToGmAlign(D* dst, Sp* src, uint64_t nBurst, uint64_t lenBurst, uint64_t srcGap, uint64_t dstGap,
+                            const char* what) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_MTE3);
+  uint8_t* g = reinterpret_cast<uint8_t*>(dst);
+  const uint8_t* u = reinterpret_cast<const uint8_t*>(src);
+  const uint64_t rowStride = (lenBurst + 31) / 32 * 32 + srcGap * 32;
+  for (uint64_t r = 0; r < nBurst; ++r) {
+    av4_emu::Access(u + r * rowStride, lenBurst, av4_emu::P_MTE3, s, false, what);
+    std::memcpy(g + r * (lenBurst + dstGap), u + r * rowStride, lenBurst);
+  }
+}
+#define AV4_EMU_COPY_ALIGN(B)                                                                                       \
+  template <class D, class Sp, class... R>                                                                          \
+  inline void copy_gm_to_ubuf_align_b##B(D* dst, Sp* src, int, uint64_t n, uint64_t len, uint64_t lp, uint64_t rp, \
+                                         uint64_t sg, uint64_t dg) {                                                \
+    CopyGmToUbAlign<B / 8>(dst, src, n, len, lp, rp, sg, dg, "copy_gm_to_ubuf_align_b" #B);                         \
+  }                                                                                                                 \
+  template <class D, class Sp>                                                                                      \
+  inline void copy_ubuf_to_gm_align_b##B(D* dst, Sp* src, int, uint64_t n, uint64_t len, uint64_t, uint64_t,         \
+                                         uint64_t sg, uint64_t dg) {                                                \
+    CopyUbToGmAlign<B / 8>(dst, src, n, len, sg, dg, "copy_ubuf_to_gm_align_b" #B);                                 \
+  }
+AV4_EMU_COPY_ALIGN(8)
+AV4_EMU_COPY_ALIGN(16)
+AV4_EMU_COPY_ALIGN(32)
+#undef AV4_EMU_COPY_ALIGN
+
+// DataCopy GM <-> UB in 32-byte blocks: nBurst bursts of lenBurst blocks, gaps in blocks
+template <class D, class Sp>
+inline void copy_gm_to_ubuf(D* dst, Sp* src, int, uint64_t n, uint64_t len, uint64_t sg, uint64_t dg) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_MTE2);
+  for (uint64_t r = 0; r < n; ++r) {
+    uint8_t* d = reinterpret_cast<uint8_t*>(dst) + r * (len + dg) * 32;
+    av4_emu::Access(d, len * 32, av4_emu::P_MTE2, s, true, "copy_gm_to_ubuf");
+    std::memcpy(d, reinterpret_cast<const uint8_t*>(src) + r * (len + sg) * 32, len * 32);
+  }
+}
+template <class D, class Sp>
+inline void copy_ubuf_to_gm(D* dst, Sp* src, int, uint64_t n, uint64_t len, uint64_t sg, uint64_t dg) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_MTE3);
+  for (uint64_t r = 0; r < n; ++r) {
+    const uint8_t* u = reinterpret_cast<const uint8_t*>(src) + r * (len + sg) * 32;
+    av4_emu::Access(u, len * 32, av4_emu::P_MTE3, s, false, "copy_ubuf_to_gm");
+    std::memcpy(reinterpret_cast<uint8_t*>(dst) + r * (len + dg) * 32, u, len * 32);
+  }
+}
+
+// binary: v*(dst, src0, src1, repeat, dstBlk, src0Blk, src1Blk, dstRep, src0Rep, src1Rep)
+#define AV4_EMU_BINARY(name, expr)                                                                                  \
+  template <class D, class A, class B, class... R>                                                                  \
+  inline void name(D* dst, A* a, B* b, uint64_t repeat, uint64_t db, uint64_t ab, uint64_t bb, uint64_t dr,         \
+                   uint64_t ar, uint64_t br, R...) {                                                                \
+    av4_emu::Binary(#name, dst, a, b, repeat, {db, dr}, {ab, ar}, {bb, br},                                         \
+                    [](float x, float y, float d) { (void)d; return (expr); });                                    \
+  }
+AV4_EMU_BINARY(vadd, x + y)
+AV4_EMU_BINARY(vsub, x - y)
+AV4_EMU_BINARY(vmul, x * y)
+AV4_EMU_BINARY(vdiv, x / y)
+AV4_EMU_BINARY(vmax, x > y ? x : y)
+AV4_EMU_BINARY(vmin, x < y ? x : y)
+#undef AV4_EMU_BINARY
+
+// scalar forms: v*s(dst, src, scalar, repeat, dstBlk, srcBlk, dstRep, srcRep); vaxpy: dst += scalar * src
+#define AV4_EMU_SCALAR(name, expr, readsDst)                                                                        \
+  template <class D, class A, class C, class... R>                                                                  \
+  inline void name(D* dst, A* a, C c, uint64_t repeat, uint64_t db, uint64_t ab, uint64_t dr, uint64_t ar, R...) { \
+    const float s = av4_emu::Scalar(c);                                                                             \
+    av4_emu::Binary<D, A, A>(#name, dst, a, nullptr, repeat, {db, dr}, {ab, ar}, {0, 0},                            \
+                             [s](float x, float, float d) { (void)d; return (expr); }, readsDst);                  \
+  }
+AV4_EMU_SCALAR(vadds, x + s, false)
+AV4_EMU_SCALAR(vmuls, x * s, false)
+AV4_EMU_SCALAR(vmaxs, x > s ? x : s, false)
+AV4_EMU_SCALAR(vmins, x < s ? x : s, false)
+AV4_EMU_SCALAR(vaxpy, d + s * x, true)
+#undef AV4_EMU_SCALAR
+
+// unary: v*(dst, src, repeat, dstBlk, srcBlk, dstRep, srcRep)
+#define AV4_EMU_UNARY(name, expr)                                                                                   \
+  template <class D, class A, class... R>                                                                           \
+  inline void name(D* dst, A* a, uint64_t repeat, uint64_t db, uint64_t ab, uint64_t dr, uint64_t ar, R...) {      \
+    av4_emu::Binary<D, A, A>(#name, dst, a, nullptr, repeat, {db, dr}, {ab, ar}, {0, 0},                            \
+                             [](float x, float, float) { return (expr); });                                        \
+  }
+AV4_EMU_UNARY(vexp, std::exp(x))
+AV4_EMU_UNARY(vln, std::log(x))
+AV4_EMU_UNARY(vsqrt, std::sqrt(x))
+AV4_EMU_UNARY(vrec, 1.0f / x)
+AV4_EMU_UNARY(vabs, std::fabs(x))
+AV4_EMU_UNARY(vrelu, x > 0 ? x : 0.0f)
+AV4_EMU_UNARY(vconv_bf162f32, x)
+AV4_EMU_UNARY(vconv_f162f32, x)
+AV4_EMU_UNARY(vconv_f322f16, x)
+#undef AV4_EMU_UNARY
+
+template <class D, class A, class... R>
+inline void vconv_f322bf16r(D* dst, A* a, uint64_t repeat, uint64_t db, uint64_t ab, uint64_t dr, uint64_t ar, R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  av4_emu::ForLanes(repeat, 4, [&](uint64_t r, uint64_t l) {
+    A* pa = av4_emu::At(a, r, l, {ab, ar});
+    D* pd = av4_emu::At(dst, r, l, {db, dr});
+    av4_emu::Access(pa, 4, av4_emu::P_V, s, false, "vconv_f322bf16r");
+    av4_emu::Access(pd, 2, av4_emu::P_V, s, true, "vconv_f322bf16r");
+    const uint16_t b = av4_emu::F32ToBf16(*reinterpret_cast<const float*>(pa), 'r');
+    std::memcpy(pd, &b, 2);
+  });
+}
+
+// vector_dup(dst, scalar, repeat, dstBlk, srcBlk, dstRep, srcRep)
+template <class D, class C, class... R>
+inline void vector_dup(D* dst, C c, uint64_t repeat, uint64_t db, uint64_t, uint64_t dr, uint64_t, R...) {
+  const float v = av4_emu::Scalar(c);
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  av4_emu::ForLanes(repeat, sizeof(D), [&](uint64_t r, uint64_t l) {
+    D* pd = av4_emu::At(dst, r, l, {db, dr});
+    av4_emu::Access(pd, sizeof(D), av4_emu::P_V, s, true, "vector_dup");
+    if constexpr (std::is_integral<D>::value) *pd = static_cast<D>(c);
+    else av4_emu::Store(pd, v);
+  });
+}
+
+// vcadd(dst, src, repeat, dstRepStride, srcBlkStride, srcRepStride, mode): per repeat the sum of its active lanes
+// goes to dst[r * dstRepStride] (units of one element); mode 1 (ReduceSum, counter mode) sums every active lane
+// into the accumulator register read back with get_acc_val. Summation is float, in lane order.
+template <class D, class A, class... R>
+inline void vcadd(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBlk, uint64_t srcRep, int mode, R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  double total = 0;   // mode 1
+  float acc[256] = {};
+  uint64_t maxRep = 0;
+  av4_emu::ForLanes(repeat, sizeof(A), [&](uint64_t r, uint64_t l) {
+    A* pa = av4_emu::At(a, r, l, {srcBlk, srcRep});
+    av4_emu::Access(pa, sizeof(A), av4_emu::P_V, s, false, "vcadd");
+    if (r >= 256) av4_emu::Fail("vcadd: more than 255 repeats");
+    acc[r] += av4_emu::Load(pa);
+    total += av4_emu::Load(pa);
+    if (r + 1 > maxRep) maxRep = r + 1;
+  });
+  if (mode == 1) {
+    const float t = static_cast<float>(total);
+    uint64_t bits = 0;
+    std::memcpy(&bits, &t, 4);
+    av4_emu::S().acc = bits;
+    return;
+  }
+  const uint64_t reps = av4_emu::S().counterMode ? maxRep : repeat;
+  for (uint64_t r = 0; r < reps; ++r) {
+    D* pd = dst + r * dstRep;
+    av4_emu::Access(pd, sizeof(D), av4_emu::P_V, s, true, "vcadd");
+    av4_emu::Store(pd, acc[r]);
+  }
+}
+inline int64_t get_acc_val() { return static_cast<int64_t>(av4_emu::S().acc); }
+
+// vcmax / vcmin(dst, src, repeat, dstRepStride, srcBlkStride, srcRepStride, order): per repeat the largest
+// (smallest) active lane -> dst[r * dstRepStride * width], width 2 for VALUE_INDEX / INDEX_VALUE (value and the lane
+// index as raw bits), 1 for ONLY_VALUE / ONLY_INDEX. Equal values: the lowest lane (an assumption: the kernels that
+// need a tie rule re-scan below the reported index). The last result is also kept for get_max_min_cnt.
+namespace av4_emu {
+template <bool kMax, class D, class A>
+inline void ReduceExtreme(const char* what, D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBlk,
+                          uint64_t srcRep, int order) {
+  const uint64_t s = Issue(P_V);
+  float best[256];
+  uint32_t lane[256];
+  bool seen[256] = {};
+  uint64_t maxRep = 0;
+  ForLanes(repeat, sizeof(A), [&](uint64_t r, uint64_t l) {
+    if (r >= 256) Fail("%s: more than 255 repeats", what);
+    A* pa = At(a, r, l, {srcBlk, srcRep});
+    Access(pa, sizeof(A), P_V, s, false, what);
+    const float v = Load(pa);
+    if (!seen[r] || (kMax ? v > best[r] : v < best[r])) best[r] = v, lane[r] = static_cast<uint32_t>(l), seen[r] = true;
+    if (r + 1 > maxRep) maxRep = r + 1;
+  });
+  const uint64_t reps = S().counterMode ? maxRep : repeat;
+  const int width = (order == 0 || order == 1) ? 2 : 1;
+  for (uint64_t r = 0; r < reps; ++r) {
+    if (!seen[r]) continue;
+    D* pd = dst + r * dstRep * width;
+    Access(pd, sizeof(D) * width, P_V, s, true, what);
+    D vbits, ibits;
+    Store(&vbits, best[r]);
+    std::memset(&ibits, 0, sizeof(D));
+    std::memcpy(&ibits, &lane[r], sizeof(D) < 4 ? sizeof(D) : 4);
+    if (order == 0) pd[0] = vbits, pd[1] = ibits;
+    else if (order == 1) pd[0] = ibits, pd[1] = vbits;
+    else pd[0] = order == 2 ? vbits : ibits;
+    uint64_t v = 0;
+    std::memcpy(&v, &vbits, sizeof(D));
+    S().maxMinCnt = v | (static_cast<uint64_t>(lane[r]) << 32);
+  }
+}
+}  // namespace av4_emu
+template <class D, class A, class O, class... R>
+inline void vcmax(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBlk, uint64_t srcRep, O order, R...) {
+  av4_emu::ReduceExtreme<true>("vcmax", dst, a, repeat, dstRep, srcBlk, srcRep, static_cast<int>(order));
+}
+template <class D, class A, class O, class... R>
+inline void vcmin(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBlk, uint64_t srcRep, O order, R...) {
+  av4_emu::ReduceExtreme<false>("vcmin", dst, a, repeat, dstRep, srcBlk, srcRep, static_cast<int>(order));
+}
+inline int64_t get_max_min_cnt() { return static_cast<int64_t>(av4_emu::S().maxMinCnt); }
+
+// SyncAll across cores (ffts_cross_core_sync + wait_flag_dev): the forked cores share one arrival counter in GM;
+// the n-th SyncAll of a core returns once every core has arrived n times. A core that never arrives is reported.
+#include <sched.h>
+#include <time.h>
+namespace av4_emu {
+inline int64_t*& SyncCounter() {
+  static int64_t* p = nullptr;
+  return p;
+}
+inline int64_t& SyncRound() {
+  static int64_t n = 0;
+  return n;
+}
+inline int64_t& SyncCores() {
+  static int64_t n = 1;
+  return n;
+}
+}  // namespace av4_emu
+template <class P, class M>
+inline void ffts_cross_core_sync(P, M) {
+  if (!av4_emu::SyncCounter()) av4_emu::Fail("SyncAll outside a launch");
+  ++av4_emu::SyncRound();
+  __atomic_add_fetch(av4_emu::SyncCounter(), 1, __ATOMIC_SEQ_CST);
+}
+template <class F>
+inline void wait_flag_dev(F) {
+  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
+  const time_t t0 = time(nullptr);
+  while (__atomic_load_n(av4_emu::SyncCounter(), __ATOMIC_SEQ_CST) < want) {
+    if (time(nullptr) - t0 > 60) av4_emu::Fail("SyncAll: not every core arrived (round %lld)", (long long)av4_emu::SyncRound());
+    sched_yield();
+  }
+}
+
+// UB -> UB DataCopy (copy_ubuf_to_ubuf, on the vector pipe): nBurst bursts of lenBurst 32-byte blocks, gaps in blocks
+template <class D, class Sp>
+inline void copy_ubuf_to_ubuf(D* dst, Sp* src, int, uint64_t n, uint64_t len, uint64_t sg, uint64_t dg) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  for (uint64_t r = 0; r < n; ++r) {
+    const uint8_t* u = reinterpret_cast<const uint8_t*>(src) + r * (len + sg) * 32;
+    uint8_t* d = reinterpret_cast<uint8_t*>(dst) + r * (len + dg) * 32;
+    av4_emu::Access(u, len * 32, av4_emu::P_V, s, false, "copy_ubuf_to_ubuf");
+    av4_emu::Access(d, len * 32, av4_emu::P_V, s, true, "copy_ubuf_to_ubuf");
+    std::memmove(d, u, len * 32);
+  }
+}
+
+// Sort32 (vbitsort): per repeat, 32 float scores + 32 uint32 indices -> 32 (score, index) pairs, scores descending;
+// equal scores keep their input order (lower position first -- an assumption, see docs/ascendc.md).
+// MrgSort (vmrgsort4): merges up to 4 descending lists of (score, index) pairs (validBit says which), equal scores
+// taken from the lower-numbered list first; repeat r shifts every list and dst by the lists' total length. With
+// "exhausted suspension" it stops when a list runs out; get_vms4_sr reports how many pairs each list gave.
+namespace av4_emu {
+struct Pair32 {
+  float v;
+  uint32_t i;
+};
+}  // namespace av4_emu
+template <class D, class A, class I, class... R>
+inline void vbitsort(D* dst, A* scores, I* idx, uint64_t repeat, R...) {
+  static_assert(sizeof(A) == 4, "Sort32 emulated for float scores");
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  for (uint64_t r = 0; r < repeat; ++r) {
+    av4_emu::Pair32 p[32];
+    av4_emu::Access(scores + r * 32, 128, av4_emu::P_V, s, false, "vbitsort");
+    av4_emu::Access(idx + r * 32, 128, av4_emu::P_V, s, false, "vbitsort");
+    for (int j = 0; j < 32; ++j) {
+      std::memcpy(&p[j].v, scores + r * 32 + j, 4);
+      std::memcpy(&p[j].i, idx + r * 32 + j, 4);
+    }
+    for (int a = 1; a < 32; ++a)   // stable insertion sort, descending
+      for (int b = a; b > 0 && p[b].v > p[b - 1].v; --b) std::swap(p[b], p[b - 1]);
+    uint8_t* d = reinterpret_cast<uint8_t*>(dst) + r * 256;
+    av4_emu::Access(d, 256, av4_emu::P_V, s, true, "vbitsort");
+    std::memcpy(d, p, 256);
+  }
+}
+template <class D, class L, class... R>
+inline void vmrgsort4(D* dst, L* lists, uint64_t lengths, uint64_t config, R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  const uint64_t repeat = config & 0xFF, valid = (config >> 8) & 0xF;
+  const bool suspend = (config >> 12) & 1;
+  uint64_t len[4], total = 0;
+  for (int l = 0; l < 4; ++l) {
+    len[l] = ((valid >> l) & 1) ? (lengths >> (16 * l)) & 0xFFFF : 0;
+    total += len[l];
+  }
+  uint64_t used[4] = {};
+  for (uint64_t r = 0; r < (repeat ? repeat : 1); ++r) {
+    const av4_emu::Pair32* src[4];
+    for (int l = 0; l < 4; ++l) {
+      src[l] = reinterpret_cast<const av4_emu::Pair32*>(lists[l]) + r * total;
+      used[l] = 0;
+      if (len[l]) av4_emu::Access(src[l], len[l] * 8, av4_emu::P_V, s, false, "vmrgsort4");
+    }
+    av4_emu::Pair32* out = reinterpret_cast<av4_emu::Pair32*>(dst) + r * total;
+    av4_emu::Pair32 tmp[4096];
+    uint64_t n = 0;
+    for (;;) {
+      int best = -1;
+      bool exhausted = false;
+      for (int l = 0; l < 4; ++l) {
+        if (!len[l]) continue;
+        if (used[l] == len[l]) {
+          exhausted = true;
+          continue;
+        }
+        if (best < 0 || src[l][used[l]].v > src[best][used[best]].v) best = l;
+      }
+      if (best < 0 || (suspend && exhausted)) break;
+      if (n >= 4096) av4_emu::Fail("vmrgsort4: more than 4096 pairs");
+      tmp[n++] = src[best][used[best]++];
+    }
+    av4_emu::Access(out, n * 8, av4_emu::P_V, s, true, "vmrgsort4");
+    std::memcpy(out, tmp, n * 8);
+  }
+  av4_emu::S().vms4 = used[0] | (used[1] << 16) | (used[2] << 32) | (used[3] << 48);
+}
+inline int64_t get_vms4_sr() { return static_cast<int64_t>(av4_emu::S().vms4); }
+
+// GatherMask (vreducev2) with the built-in patterns: 1 even lanes, 2 odd lanes, 7 all (32-bit or 16-bit lanes,
+// 256 bytes per repeat, results packed); the number gathered is read back with get_rsvd_cnt.
+template <class D, class A, class B, class... R>
+inline void vreducev2(D* dst, A* src, B*, uint64_t repeat, uint64_t blk, uint64_t mode, uint64_t rep, uint64_t,
+                      R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  const uint64_t lanes = 256 / sizeof(A);
+  uint64_t n = 0;
+  for (uint64_t r = 0; r < repeat; ++r)
+    for (uint64_t l = 0; l < lanes; ++l) {
+      const bool take = mode == 1 ? (l % 2 == 0) : mode == 2 ? (l % 2 == 1) : mode == 7 ? true : false;
+      if (mode != 1 && mode != 2 && mode != 7) av4_emu::Fail("vreducev2 pattern %llu not emulated", (unsigned long long)mode);
+      if (!take) continue;
+      A* pa = av4_emu::At(src, r, l, {blk, rep});
+      av4_emu::Access(pa, sizeof(A), av4_emu::P_V, s, false, "vreducev2");
+      av4_emu::Access(dst + n, sizeof(D), av4_emu::P_V, s, true, "vreducev2");
+      std::memcpy(dst + n, pa, sizeof(D));
+      ++n;
+    }
+  av4_emu::S().rsvd = n;
+}
+inline int64_t get_rsvd_cnt() { return static_cast<int64_t>(av4_emu::S().rsvd); }

@@ -1,0 +1,83 @@
+// Runtime of the AscendC CPU emulator: the globals and API-check entry points the real headers reference in
+// CPU-debug mode (normally from CANN's closed cpudebug libraries), and a launcher that runs a kernel entry once per
+// core in forked processes over shared GM (as the CPU-debug framework does). Include once, after the kernel sources.
+#pragma once
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <vector>
+
+int64_t block_idx = 0;
+int64_t block_num = 1;
+int32_t g_coreType = 0;
+int32_t g_taskRation = 1;
+int32_t sub_block_idx = 0;
+namespace AscendC {
+const int AIV_TYPE = 2;
+const int AIC_TYPE = 1;
+}  // namespace AscendC
+#include "emu_checks.h"   // generated next to the emulator's stub_fun.h (real_headers_check.py)
+
+namespace av4_emu {
+
+// GM buffers shared by the forked cores
+inline void* GmAlloc(size_t bytes) {
+  void* p = mmap(nullptr, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) Fail("mmap of %zu GM bytes failed", bytes);
+  return p;
+}
+
+// run fn on `cores` cores (one forked process each); false (with the core's message on stderr) if any core fails
+inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::vector<pid_t> pids;
+  SyncCounter() = static_cast<int64_t*>(GmAlloc(sizeof(int64_t)));
+  SyncCores() = cores;
+  for (int c = 0; c < cores; ++c) {
+    const pid_t pid = fork();
+    if (pid < 0) Fail("fork failed");
+    if (pid == 0) {
+      block_idx = c;
+      block_num = cores;
+      g_coreType = aic ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
+      fn();
+      std::fflush(stdout);
+      std::_Exit(0);
+    }
+    pids.push_back(pid);
+  }
+  bool ok = true;
+  for (size_t c = 0; c < pids.size(); ++c) {
+    int status = 0;
+    waitpid(pids[c], &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      std::fprintf(stderr, "emu: core %zu failed (status %d)\n", c, status);
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+}  // namespace av4_emu
+
+[[noreturn]] void av4_emu_unemulated(const char* name) { av4_emu::Fail("intrinsic %s is not emulated", name); }
+
+// bfloat16_t (asc-tools kernel_bf16.h declares these; their definitions are in the closed cpudebug library)
+namespace bfloat16 {
+uint16_t Bf16T::FloatToBf16(const float& f) const { return av4_emu::F32ToBf16(f, 'r'); }
+Bf16T& Bf16T::operator=(const Bf16T& fp) {
+  val = fp.val;
+  return *this;
+}
+Bf16T& Bf16T::operator=(const float& f) {
+  val = av4_emu::F32ToBf16(f, 'r');
+  return *this;
+}
+Bf16T::operator float() const { return av4_emu::Bf16ToF32(val); }
+float Bf16T::ToFloat() const { return av4_emu::Bf16ToF32(val); }
+}  // namespace bfloat16

@@ -1,0 +1,64 @@
+"""Every AscendC kernel and host source compiles with g++ against the REAL open-source CANN headers (asc-devkit,
+asc-tools, metadef, ge) -- ops/ascendc_common/real_headers_check.py. Runs whenever the trees are in the cache
+(`python ops/ascendc_common/real_headers_check.py --setup`); otherwise every test here is skipped, saying so.
+
+Default run: float32 kernels (AIV / AIC as declared) + the op_host sources; passes are cached by source hash, so an
+unchanged tree costs nothing. The float16 / bfloat16 sweep is marked slow."""
+import importlib.util
+import os
+import shutil
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "ops", "ascendc_common", "real_headers_check.py")
+_spec = importlib.util.spec_from_file_location("real_headers_check", SCRIPT)
+rhc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rhc)
+
+GXX = shutil.which(os.environ.get("CXX", "g++"))
+pytestmark = [
+    pytest.mark.skipif(GXX is None, reason="g++ not installed"),
+    pytest.mark.skipif(rhc.find_trees() is None,
+                       reason=f"CANN source trees not in {rhc.cache_dir()}: run `python "
+                              "ops/ascendc_common/real_headers_check.py --setup [--clone]` to enable this check"),
+]
+
+
+def _check(files, dtypes):
+    lines = []
+    results = rhc.run(files, dtypes, cxx=GXX, log=lines.append)
+    bad = [r for r in results if not r[1]]
+    assert not bad, "\n".join(lines)
+    return results
+
+
+def test_every_source_is_checked():
+    kernels = [os.path.relpath(p, ROOT) for p in rhc.kernel_sources()]
+    hosts = [os.path.relpath(p, ROOT) for p in rhc.host_sources()]
+    assert len(kernels) == 10 and len(hosts) == 7, (kernels, hosts)
+    assert rhc.cores_of(os.path.join(ROOT, "ops/moe/ascendc/op_kernel/grouped_matmul_av4.cpp")) == ["AIC"]
+
+
+def test_kernels_and_host_compile_float():
+    results = _check(rhc.kernel_sources() + rhc.host_sources(), ["float"])
+    assert len(results) == 17
+
+
+@pytest.mark.slow
+def test_kernels_compile_half_and_bfloat16():
+    assert len(_check(rhc.kernel_sources(), ["half", "bfloat16_t"])) == 20
+
+
+@pytest.mark.parametrize("name", ["args", pytest.param("member", marks=pytest.mark.slow)])
+def test_check_has_teeth(tmp_path, name):
+    """API misuse in a kernel fails: a wrong argument list, an unknown member."""
+    src = os.path.join(ROOT, "ops", "mhc", "ascendc", "op_kernel")
+    text = open(os.path.join(src, "hc_post_kernel.h")).read()
+    for old, new in [{"args": ("Muls(", "Muls(1, "), "member": (".EnQue(", ".EnQueue(")}[name]]:
+        assert old in text
+        d = tmp_path / name / "op_kernel"
+        shutil.copytree(src, d)
+        (d / "hc_post_kernel.h").write_text(text.replace(old, new, 1))
+        results = rhc.run([str(d / "hc_post_av4.cpp")], ["float"], cxx=GXX, use_cache=False, log=lambda *_: None)
+        assert not results[0][1] and results[0][2] >= 1, name
