@@ -36,7 +36,9 @@ DTYPES = {
 
 
 def _calls(cfg: ModelConfig, phase: str) -> Dict[str, int]:
-    """op -> calls per step, in the order the model makes them (model.py Cells; decode: graph/decode.py)."""
+    """op -> calls per step, in the order the model makes them (model.py Cells). A cached step's compressor state update
+    and index selection run in model code today (Compressor.step, Indexer.select: composite ops, the same formulas as
+    compress_kv_step / lightning_indexer, which take only a static start_pos); they are listed under those ops."""
     calls: Dict[str, int] = {}
 
     def add(op, n=1):
@@ -46,7 +48,7 @@ def _calls(cfg: ModelConfig, phase: str) -> Dict[str, int]:
     for r in blocks:
         add("hc_pre", 2)
         if phase == "decode":
-            if r:      # graph/decode.py: compressor state step (and the indexer's) inline, then one attention call
+            if r:      # compressor state step (and the indexer's), then one attention call
                 add("compress_kv_step", 2 if r == 4 else 1)
             add("sparse_attention")
         elif r == 4:   # CSA: KV compressor + the indexer's compressor, indexer top-k, attention over both lists
