@@ -315,7 +315,12 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
         from .train.run_config import default_yaml
         click.echo(default_yaml(), nl=False)
         return
-    tc = TrainConfig.from_yaml(config_path) if config_path else TrainConfig()
+    try:
+        tc = TrainConfig.from_yaml(config_path) if config_path else TrainConfig()
+    except ValueError as e:           # TrainConfigError; a mindformers YAML's table of equivalents follows the line
+        first, *rest = str(e).splitlines()
+        click.echo(f"error: {first}" + "".join(f"\n{r}" for r in rest), err=True)
+        sys.exit(2)
     if init_from is not None:
         tc.init_from = init_from
     if steps is not None:

@@ -179,9 +179,9 @@ def _build(cls, raw: Dict, source: str, prefix: str):
             continue
         name = f"{prefix}{key}"
         home = _where(str(key), prefix)
-        level = f"under {prefix.rstrip('.')}:" if prefix else "at the top level"
+        level = f"under {prefix.rstrip('.')}" if prefix else "at the top level"
         if home is not None:
-            to = f"under {home}:" if home else "at the top level"
+            to = f"under {home}" if home else "at the top level"
             raise TrainConfigError(f"{source}: '{name}' is misplaced: it belongs {to}, not {level}")
         near = difflib.get_close_matches(str(key), valid, n=1)
         hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
