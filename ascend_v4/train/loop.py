@@ -57,8 +57,8 @@ def distributed(tc: TrainConfig):
     need = p.dp * p.tp * p.pp
     if "MS_WORKER_NUM" not in os.environ:
         if need > 1:
-            raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {need} needs {need} processes: launch "
-                                   f"with `msrun --worker_num {need} --local_worker_num {need} "
+            raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {need} needs {need} processes: "
+                                   f"launch with `msrun --worker_num {need} --local_worker_num {need} "
                                    f"$(which ascend-v4) train ...` or set parallel dp, tp and pp to 1")
         return 0, 1
     import mindspore as ms
@@ -208,7 +208,10 @@ class Trainer:
         self.model.set_train(True)
         random_names = [q.name for q in self.model.get_parameters()]
         self.init_report = None
-        if tc.init_from:        # this rank's tensors only, one at a time; a source without MTP leaves MTP random
+        from . import state
+        if tc.init_from and state.latest(out_dir) is not None:
+            self.log(f"init_from: not read - {out_dir} holds a checkpoint, the run resumes from it")
+        elif tc.init_from:      # this rank's tensors only, one at a time; a source without MTP leaves MTP random
             from .init_from import load_initial_weights
             self.init_report = load_initial_weights(self.model, self.cfg, tc.init_from, self.parallel, log=self.log)
             random_names = self.init_report["random"]

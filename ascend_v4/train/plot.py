@@ -72,6 +72,8 @@ def plot_runs(runs: List[str], out_path: str) -> str:
     try:
         fig.savefig(tmp, format=fmt, dpi=110)
     except ValueError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise TrainStateError(f"--out {out_path}: cannot write this image format ({e}); use .png, .svg or .pdf") \
             from None
     finally:

@@ -48,7 +48,8 @@ def test_unknown_and_misplaced_keys(tmp_path):
     with pytest.raises(TrainConfigError, match=r"unknown key 'stepz' \(did you mean 'steps'\?\); valid keys at "
                                                r"the top level: model, init_from"):
         _load(tmp_path, "stepz: 3")
-    with pytest.raises(TrainConfigError, match=r"unknown key 'parallel.micro_batch' \(did you mean 'parallel.micro_batches'\?\); "
+    with pytest.raises(TrainConfigError, match=r"unknown key 'parallel.micro_batch' \(did you mean "
+                                               r"'parallel.micro_batches'\?\); "
                                                r"valid keys under parallel: dp, tp, ep, pp, micro_batches, "
                                                r"optimizer_shard"):
         _load(tmp_path, "parallel: {micro_batch: 2}")
@@ -57,7 +58,8 @@ def test_unknown_and_misplaced_keys(tmp_path):
     with pytest.raises(TrainConfigError, match=r"'data.lr' is misplaced: it belongs at the top level, not under "
                                                r"data"):
         _load(tmp_path, "data: {lr: 0.1}")
-    with pytest.raises(TrainConfigError, match=r"'parallel.files' is misplaced: it belongs under data, not under parallel"):
+    with pytest.raises(TrainConfigError, match=r"'parallel.files' is misplaced: it belongs under data, not "
+                                               r"under parallel"):
         _load(tmp_path, "parallel: {files: [a.txt]}")
 
 

@@ -102,12 +102,14 @@ def test_resume_cuts_metrics_and_says_what_the_new_schedule_changes(run_dir, tmp
     with open(os.path.join(d, "metrics.jsonl"), "a") as fh:   # a killed run logged steps past its checkpoint
         fh.write(json.dumps({"step": 4, "loss": 1.0}) + "\n" + json.dumps({"step": 5, "loss": 1.0}) + "\n")
         fh.write('{"step": 7, "lo')                              # and was killed mid-line
-    tr = Trainer(_tc(steps=8), d)
+    tr = Trainer(_tc(steps=8, init_from=str(tmp_path / "gone")), d)    # resuming: init_from is not read
+    assert tr.init_report is None
     assert tr.maybe_resume() and tr.step == 3
     assert [r["step"] for r in _metrics(d)] == [1, 2, 3]
     out = capsys.readouterr().out
     assert "resume: steps 3 -> 8: the LR schedule is recomputed; lr at step 4: 1.000e-03 -> " in out
     assert "the decay now runs from step 1 to 8 (was 1 to 3)" in out
+    assert f"init_from: not read - {d} holds a checkpoint, the run resumes from it" in out
 
 
 @pytest.mark.parametrize("damage, match", [
