@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 
+from .state import TrainStateError
 from .run_config import (DataConfig, ParallelConfig, TrainConfig, TrainConfigError,  # noqa: F401 (re-exported)
                          FREEZABLE)
 
@@ -72,6 +73,10 @@ def _fmt_s(sec: float) -> str:
     sec = int(round(sec))
     h, rem = divmod(sec, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+class TrainDivergedError(TrainStateError, FloatingPointError):
+    """A non-finite loss: one `error:` line (a TrainStateError) naming the last good checkpoint."""
 
 
 _SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "min_lr", "decay_start")
@@ -386,7 +391,7 @@ class Trainer:
                     self.log(f"compiled and ran the first step in {dt:.1f} s")
                 self.step += 1
                 if not np.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {self.step}; lower lr or check the data "
+                    raise TrainDivergedError(f"loss became {loss} at step {self.step}; lower lr or check the data "
                                              f"(last good checkpoint: {os.path.join(self.out_dir, 'latest')})")
                 # ETA from the steps after the compiled first one (the first includes compilation)
                 done_after = self.step - first_step - 1
