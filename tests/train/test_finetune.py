@@ -39,6 +39,7 @@ def _golden_lm_loss(cfg, weights, batch):
     return float(((lse - tgt) * m).sum() / m.sum())
 
 
+@pytest.mark.slow      # one train-step graph compile + eval: ~25 s on a quiet 2-core machine
 def test_finetune_from_release_first_loss_matches_golden_and_frozen_stay(ms_graph, tmp_path, release,
                                                                          release_weights, tiny_cfg):
     from ascend_v4.train.loop import TrainConfig, Trainer

@@ -25,11 +25,28 @@ def _tc(**kw):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    """A real 3-step run (one graph compile: ~30 s, so the tests that read it are slow)."""
     from ascend_v4.runtime import setup
     setup("CPU", "graph")
     from ascend_v4.train.loop import Trainer
     d = str(tmp_path_factory.mktemp("vis") / "run")
     Trainer(_tc(), d).run()
+    return d
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory):
+    """A run directory with a checkpoint at step 3 and 3 metrics rows, written without compiling a step (the
+    resume / refusal tests read only the files)."""
+    from ascend_v4.runtime import setup
+    setup("CPU", "graph")
+    from ascend_v4.train.loop import Trainer
+    d = str(tmp_path_factory.mktemp("saved") / "run")
+    tr = Trainer(_tc(), d)
+    tr.step = 3
+    tr.save()
+    with open(os.path.join(d, "metrics.jsonl"), "w") as fh:
+        fh.writelines(json.dumps({"step": s, "loss": 5.0}) + "\n" for s in (1, 2, 3))
     return d
 
 
@@ -53,6 +70,7 @@ def _tb_scalars(logdir):
     return out
 
 
+@pytest.mark.slow
 def test_metrics_tensorboard_checkpoints_and_modes(run_dir):
     from ascend_v4 import load_config
     rows = _metrics(run_dir)
@@ -77,10 +95,17 @@ def test_metrics_tensorboard_checkpoints_and_modes(run_dir):
         assert os.stat(os.path.join(run_dir, rel)).st_mode & stat.S_IRGRP, rel
 
 
-def test_plot_draws_one_or_several_runs(run_dir, tmp_path):
+def test_plot_draws_one_or_several_runs(saved_dir, tmp_path):
     from ascend_v4.train.plot import plot_runs
     out = tmp_path / "loss.png"
-    msg = plot_runs([run_dir, os.path.join(run_dir, "metrics.jsonl")], str(out))
+    run_dir = str(tmp_path / "a")
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as fh:      # the row layout Trainer.run writes
+        for s in (1, 2, 3):
+            fh.write(json.dumps({"step": s, "loss": 6.0 - s, "lr": 1e-3 * s, "grad_norm": 1.0 / s,
+                                 "expert_imbalance": 1.2, "expert_imbalance_layers": [1.1, 1.3],
+                                 **({"eval_loss": 5.5} if s == 3 else {})}) + "\n")
+    msg = plot_runs([run_dir, os.path.join(saved_dir, "metrics.jsonl")], str(out))
     assert "2 run(s), 6 steps" in msg
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10000
     assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
@@ -96,9 +121,9 @@ def _copy_run(run_dir, tmp_path, name="b"):
     return d
 
 
-def test_resume_cuts_metrics_and_says_what_the_new_schedule_changes(run_dir, tmp_path, capsys):
+def test_resume_cuts_metrics_and_says_what_the_new_schedule_changes(saved_dir, tmp_path, capsys):
     from ascend_v4.train.loop import Trainer
-    d = _copy_run(run_dir, tmp_path)
+    d = _copy_run(saved_dir, tmp_path)
     with open(os.path.join(d, "metrics.jsonl"), "a") as fh:   # a killed run logged steps past its checkpoint
         fh.write(json.dumps({"step": 4, "loss": 1.0}) + "\n" + json.dumps({"step": 5, "loss": 1.0}) + "\n")
         fh.write('{"step": 7, "lo')                              # and was killed mid-line
@@ -119,10 +144,10 @@ def test_resume_cuts_metrics_and_says_what_the_new_schedule_changes(run_dir, tmp
     (lambda st: dict(st, data={"epoch": "zero"}), "the data position does not fit this run's data"),
     (None, "is not valid JSON"),
 ])
-def test_damaged_trainer_state_is_one_clear_error(run_dir, tmp_path, damage, match):
+def test_damaged_trainer_state_is_one_clear_error(saved_dir, tmp_path, damage, match):
     from ascend_v4.train.loop import Trainer
     from ascend_v4.train.state import TrainStateError
-    d = _copy_run(run_dir, tmp_path)
+    d = _copy_run(saved_dir, tmp_path)
     p = os.path.join(d, "ckpt-00000003", "trainer_state.json")
     st = json.load(open(p))
     with open(p, "w") as fh:
@@ -131,11 +156,11 @@ def test_damaged_trainer_state_is_one_clear_error(run_dir, tmp_path, damage, mat
         Trainer(_tc(), d).maybe_resume()
 
 
-def test_nan_in_a_resumed_checkpoint_is_refused_before_training(run_dir, tmp_path):
+def test_nan_in_a_resumed_checkpoint_is_refused_before_training(saved_dir, tmp_path):
     from safetensors.numpy import load_file, save_file
     from ascend_v4.train.loop import Trainer
     from ascend_v4.train.state import TrainStateError
-    d = _copy_run(run_dir, tmp_path)
+    d = _copy_run(saved_dir, tmp_path)
     for f in ("model", "optimizer"):
         p = os.path.join(d, "ckpt-00000003", f"{f}.safetensors")
         t = load_file(p)
@@ -146,7 +171,7 @@ def test_nan_in_a_resumed_checkpoint_is_refused_before_training(run_dir, tmp_pat
         with pytest.raises(TrainStateError, match=f"{f} tensor '{name}' has 1 NaN/Inf values; resume from an "
                                                   f"earlier checkpoint"):
             Trainer(_tc(), d).maybe_resume()
-        shutil.copy(os.path.join(run_dir, "ckpt-00000003", f"{f}.safetensors"), p)
+        shutil.copy(os.path.join(saved_dir, "ckpt-00000003", f"{f}.safetensors"), p)
 
 
 def test_truncate_metrics_keeps_the_checkpoint_prefix(tmp_path):
