@@ -39,7 +39,7 @@ setup(
         "ascend_v4.tools": "tools",
     },
     package_data={"ascend_v4.tools.migrate": ["*.yaml", "*.md"], "ascend_v4.ops": ["*/cpu/*.so", "common_cpu/*.h"],
-                  "ascend_v4.train.corpus": ["*.jsonl", "*.txt"], "ascend_v4.train": ["*.sh"]},
+                  "ascend_v4.train.corpus": ["*.jsonl", "*.txt"], "ascend_v4.train": ["*.sh", "presets/*.yaml"]},
     cmdclass={"build_py": BuildWithKernels},
     install_requires=[
         "mindspore==2.10.0",
@@ -51,6 +51,8 @@ setup(
         "tokenizers>=0.15",
         "onnx>=1.15",
         "tqdm>=4.60",
+        "tensorboardX>=2.6",     # train: TensorBoard event files
+        "matplotlib>=3.7",       # `ascend-v4 plot`
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0"],

@@ -378,21 +378,42 @@ def ops_parity(op, backend, csv_path, as_json, no_grad):
 @click.option("--comm-alg", type=click.Choice(["fullmesh", "hierarchy"]), default="fullmesh", show_default=True,
               help="MoE dispatch/combine algorithm for --dry-run")
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
+@click.option("--init-from", "init_from", default=None, help="start from these weights (release, converted or run "
+              "directory; optimiser fresh); overrides the YAML's init_from")
+@click.option("--print-config", is_flag=True, help="print the full default YAML, every key commented, and exit")
 @friendly
 @device_option
-def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg, threads):
-    """Train DeepSeek-V4 in graph mode: next-token + MTP + balance losses, Muon + AdamW, resumable."""
+def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg, threads, init_from, print_config):
+    """Train DeepSeek-V4 in graph mode: next-token + MTP + balance losses, Muon + AdamW, resumable.
+    --config also takes a shipped preset by name: finetune.yaml."""
     from .train.loop import TrainConfig
-    tc = TrainConfig.from_yaml(config_path) if config_path else TrainConfig()
+    if print_config:
+        from .train.run_config import default_yaml
+        click.echo(default_yaml(), nl=False)
+        return
+    try:
+        tc = TrainConfig.from_yaml(config_path) if config_path else TrainConfig()
+    except ValueError as e:           # TrainConfigError; a mindformers YAML's table of equivalents follows the line
+        first, *rest = str(e).splitlines()
+        click.echo(f"error: {first}" + "".join(f"\n{r}" for r in rest), err=True)
+        sys.exit(2)
+    if init_from is not None:
+        tc.init_from = init_from
     if steps is not None:
         tc.steps = steps
         tc.warmup_steps = min(tc.warmup_steps, steps)
+        if tc.decay_start is not None:
+            tc.decay_start = min(max(tc.decay_start, tc.warmup_steps), steps)
         tc.validate("--steps")
+    if tc.model is None and tc.init_from:
+        from .train.init_from import source_config
+        cfg = source_config(tc.init_from)
+    else:
+        cfg = load_config(tc.model_spec())
     if list_param_groups:
         from .info import check_fits_in_memory
         from .model import Transformer
         from .train.param_groups import describe
-        cfg = load_config(tc.model)
         check_fits_in_memory(cfg, "train --list-param-groups (builds the model in float32)", 4.0,
                              "list the groups on a smaller model of the same layer kinds (model: small or tiny); "
                              "the grouping rules do not depend on the size")
@@ -402,7 +423,6 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
     if dry_run:
         from .info import describe as info_describe, format_describe
         from .train.cluster import dry_run as check_layout
-        cfg = load_config(tc.model)
         click.echo(format_describe(info_describe(cfg)))
         click.echo(f"train: {tc.steps} steps of {tc.batch_size} x {tc.seq_len} tokens per data-parallel rank, "
                    f"parallel dp={tc.parallel.dp} tp={tc.parallel.tp} ep={tc.parallel.ep} pp={tc.parallel.pp} "
@@ -414,8 +434,8 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
         return
     from .runtime import setup
     setup(None, "graph", threads, training=True)
-    from .train.loop import Trainer
-    rank, world = _distributed(tc)
+    from .train.loop import Trainer, distributed
+    rank, world = distributed(tc)
     tr = Trainer(tc, out_dir, rank, world)
     if tr.maybe_resume():
         click.echo(f"resumed from {out_dir} at step {tr.step}")
@@ -445,15 +465,15 @@ def export_official_cmd(ckpt, out_dir, dtype):
                f"{'+'.join(r['tokenizer']) or 'none'}; worst relative weight error by format: {errs}")
 
 
-def _distributed(tc):
-    """(rank, world) — initialises MindSpore communication when launched by msrun."""
-    if tc.parallel.dp == 1 and "MS_WORKER_NUM" not in os.environ:
-        return 0, 1
-    import mindspore as ms
-    from mindspore.communication import get_group_size, get_rank, init
-    init()
-    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
-    return get_rank(), get_group_size()
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", "out_path", default="loss.png", show_default=True, help="image file (png, svg, pdf)")
+@friendly
+def plot(runs, out_path):
+    """Plot training runs (`train --out` directories or metrics.jsonl files): loss and eval loss, LR, grad norm,
+    expert load balance per layer."""
+    from .train.plot import plot_runs
+    click.echo(plot_runs(list(runs), out_path))
 
 
 def _attach_subcommands():

@@ -1,27 +1,8 @@
 """`ascend-v4 train`: the training run — config, data, model, compiled step, eval, metrics, checkpoints, resume.
 
-A run is one YAML file (all keys optional; the defaults train the tiny preset on the embedded corpus):
-
-    model: tiny               # preset name or config.json path
-    seed: 0
-    seq_len: 64
-    batch_size: 4             # sequences per data-parallel rank per step
-    steps: 200
-    lr: 1.0e-2                # peak; linear warm-up then cosine to min_lr (default lr/10) from decay_start
-    warmup_steps: 20
-    min_lr: null
-    decay_start: null
-    max_grad_norm: 1.0
-    adam_eps: 1.0e-20
-    mtp: true                 # MTP loss, weight 0.3 -> 0.1 once LR decay starts
-    balance_alpha: 1.0e-4     # sequence-wise balance loss weight
-    bias_update_speed: 1.0e-3 # aux-loss-free router-bias update
-    moe_capacity_factor: null # null = dropless MoE; e.g. 1.25 = fixed expert capacity ceil(1.25·T·k/E), overflow dropped
-    eval_every: 50
-    eval_batches: 2
-    save_every: 100
-    data: {files: [], tokenizer: null, eval_fraction: 0.05}   # empty files = the embedded corpus
-    parallel: {dp: 1, tp: 1, ep: 1, pp: 1, micro_batches: 1, optimizer_shard: true}
+A run is one YAML file; every key, its default and meaning: train/run_config.py (`ascend-v4 train --print-config`).
+The defaults train the tiny preset on the embedded corpus from random weights; `init_from` starts from a release,
+converted or trained checkpoint (train/init_from.py) and `freeze` leaves embedding / head / router alone.
 
 Parallel runs are launched with msrun (world = dp·tp·pp processes; see README "Training"): dp splits the global batch
 (batch_size sequences per dp rank), tp splits attention heads and expert FFN inter dims, ep (dividing dp) splits
@@ -30,123 +11,125 @@ micro_batches cuts each rank's batch for the pipeline schedule (with pp = 1: gra
 run's losses, updates and checkpoints equal one process training the same global batch (up to float32 summation
 order).
 
-OUT/metrics.jsonl gets one JSON object per step (step, loss, lm_loss, mtp_loss, balance_loss, tokens_per_s,
-grad_norm, lr, expert_imbalance, dropped_tokens, dropped_frac) and one per evaluation (eval_loss). Rerunning the same command resumes from
-OUT/latest exactly (model, optimiser, schedule position, data position).
+Seeing the run: a line when graph compilation starts and ends; per step loss, lr, grad norm, tokens/s, elapsed and
+ETA. OUT/metrics.jsonl gets one JSON object per step (step, time (UTC ISO 8601), elapsed_s, loss, lm_loss, mtp_loss,
+balance_loss, tokens_per_s, grad_norm, lr, expert_imbalance, expert_imbalance_layers (max/mean expert load per
+routed layer, when the step reports it), dropped_tokens, dropped_frac; eval_loss on evaluation steps); the same
+scalars go to TensorBoard event files in OUT/tensorboard (tensorboardX); `ascend-v4 plot OUT` draws them.
+Rerunning the same command resumes from OUT/latest exactly (model, optimiser, schedule position, data position);
+metrics.jsonl is cut back to the checkpoint's step first, and a resume that changes the schedule says what changes.
+Checkpoints beyond `keep_last_n` are deleted oldest first; run files are group-readable.
 """
 from __future__ import annotations
 
-import dataclasses
+import datetime
 import json
 import os
+import shutil
 import time
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
 
 
-class TrainConfigError(ValueError):
-    pass
-
-
-@dataclass
-class ParallelConfig:
-    dp: int = 1
-    tp: int = 1
-    ep: int = 1
-    pp: int = 1
-    micro_batches: int = 1
-    optimizer_shard: bool = True    # ZeRO-1 style: master weights + optimiser state split over the replica group
-
-
-@dataclass
-class DataConfig:
-    files: List[str] = field(default_factory=list)
-    tokenizer: Optional[str] = None
-    eval_fraction: float = 0.05
-
-
-@dataclass
-class TrainConfig:
-    model: str = "tiny"
-    seed: int = 0
-    seq_len: int = 64
-    batch_size: int = 4
-    steps: int = 200
-    lr: float = 1.0e-2
-    warmup_steps: int = 20
-    min_lr: Optional[float] = None
-    decay_start: Optional[int] = None
-    max_grad_norm: float = 1.0
-    adam_eps: float = 1.0e-20       # spec §10; a larger eps makes AdamW smooth for near-zero gradients
-    mtp: bool = True
-    balance_alpha: float = 1.0e-4
-    bias_update_speed: float = 1.0e-3
-    moe_capacity_factor: Optional[float] = None
-    eval_every: int = 50
-    eval_batches: int = 2
-    save_every: int = 100
-    data: DataConfig = field(default_factory=DataConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-
-    @classmethod
-    def from_dict(cls, raw: Dict, source: str = "config") -> "TrainConfig":
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise TrainConfigError(f"{source}: the top level must be a mapping of keys")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise TrainConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        kw = dict(raw)
-        try:
-            kw["data"] = DataConfig(**(raw.get("data") or {}))
-            kw["parallel"] = ParallelConfig(**(raw.get("parallel") or {}))
-            cfg = cls(**kw)
-        except TypeError as e:
-            raise TrainConfigError(f"{source}: {e}") from None
-        return cfg.validate(source)
-
-    @classmethod
-    def from_yaml(cls, path: str) -> "TrainConfig":
-        import yaml
-        try:
-            with open(path) as fh:
-                raw = yaml.safe_load(fh)
-        except FileNotFoundError:
-            raise TrainConfigError(f"train config {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
-        return cls.from_dict(raw, path)
-
-    def validate(self, source: str = "config") -> "TrainConfig":
-        def need(ok, msg):
-            if not ok:
-                raise TrainConfigError(f"{source}: {msg}")
-        for k in ("seq_len", "batch_size", "steps", "eval_batches", "save_every", "eval_every"):
-            v = getattr(self, k)
-            need(isinstance(v, int) and v >= 1, f"{k} must be a positive integer, got {v!r}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(0 <= self.warmup_steps <= self.steps, f"warmup_steps ({self.warmup_steps}) must lie in [0, steps]")
-        need(self.max_grad_norm > 0, "max_grad_norm must be > 0")
-        need(self.moe_capacity_factor is None or (isinstance(self.moe_capacity_factor, (int, float))
-                                                  and self.moe_capacity_factor > 0),
-             f"moe_capacity_factor must be null (dropless) or > 0, got {self.moe_capacity_factor!r}")
-        need(0 <= self.data.eval_fraction < 1, "data.eval_fraction must lie in [0, 1)")
-        p = self.parallel
-        for k in ("dp", "tp", "ep", "pp", "micro_batches"):
-            need(isinstance(getattr(p, k), int) and getattr(p, k) >= 1, f"parallel.{k} must be a positive integer")
-        need(isinstance(p.optimizer_shard, bool), "parallel.optimizer_shard must be true or false")
-        return self
-
-    def to_dict(self) -> Dict:
-        return dataclasses.asdict(self)
+from .state import TrainStateError
+from .run_config import (DataConfig, ParallelConfig, TrainConfig, TrainConfigError,  # noqa: F401 (re-exported)
+                         FREEZABLE)
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def group_readable(path: str) -> None:
+    """Add group read (and, for directories, traverse) permission: checkpoints and metrics are shared with the team
+    whatever the umask."""
+    try:
+        mode = os.stat(path).st_mode
+        os.chmod(path, mode | (0o050 if os.path.isdir(path) else 0o040))
+    except OSError:
+        pass
+
+
+def distributed(tc: TrainConfig):
+    """(rank, world): initialises MindSpore communication when launched by msrun; a parallel layout without msrun
+    is refused before MindSpore's collective init would fail on it."""
+    p = tc.parallel
+    need = p.dp * p.tp * p.pp
+    if "MS_WORKER_NUM" not in os.environ:
+        if need > 1:
+            raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {need} needs {need} processes: "
+                                   f"launch with `msrun --worker_num {need} --local_worker_num {need} "
+                                   f"$(which ascend-v4) train ...` or set parallel dp, tp and pp to 1")
+        return 0, 1
+    import mindspore as ms
+    from mindspore.communication import get_group_size, get_rank, init
+    init()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True)
+    return get_rank(), get_group_size()
+
+
+def _fmt_s(sec: float) -> str:
+    sec = int(round(sec))
+    h, rem = divmod(sec, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+class TrainDivergedError(TrainStateError, FloatingPointError):
+    """A non-finite loss: one `error:` line (a TrainStateError) naming the last good checkpoint."""
+
+
+_SCHEDULE_KEYS = ("steps", "lr", "warmup_steps", "min_lr", "decay_start")
+
+
+def schedule_changes(saved: Dict, tc: TrainConfig, step: int) -> List[str]:
+    """What a resume with a different schedule (steps, lr, warm-up, floor, decay start) changes, in words."""
+    from .schedule import Schedule
+    diffs = [f"{k} {saved.get(k)} -> {getattr(tc, k)}" for k in _SCHEDULE_KEYS
+             if k in saved and saved.get(k) != getattr(tc, k)]
+    if not diffs:
+        return []
+    new = Schedule(peak_lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps, min_lr=tc.min_lr,
+                   decay_start=tc.decay_start)
+    msg = f"{', '.join(diffs)}: the LR schedule is recomputed"
+    try:
+        old = Schedule(peak_lr=float(saved["lr"]), total_steps=int(saved["steps"]),
+                       warmup_steps=int(saved["warmup_steps"]), min_lr=saved.get("min_lr"),
+                       decay_start=saved.get("decay_start"))
+        msg += (f"; lr at step {step + 1}: {old.lr_at(step + 1):.3e} -> {new.lr_at(step + 1):.3e}, the decay now "
+                f"runs from step {new.start} to {new.total_steps} (was {old.start} to {old.total_steps})")
+    except (KeyError, TypeError, ValueError):
+        msg += f"; lr at step {step + 1} is now {new.lr_at(step + 1):.3e}"
+    out = [msg]
+    if step >= tc.steps:
+        out.append(f"the checkpoint is at step {step}, already at or past steps {tc.steps}: nothing to train")
+    return out
+
+
+def truncate_metrics(path: str, step: int) -> int:
+    """Drop metrics.jsonl rows after `step` (the steps a resume re-runs), atomically; returns rows dropped.
+    A damaged line (a kill mid-write) is dropped too."""
+    if not os.path.exists(path):
+        return 0
+    keep, dropped = [], 0
+    with open(path) as fh:
+        for line in fh:
+            try:
+                row = json.loads(line)
+                ok = isinstance(row, dict) and int(row.get("step", 0)) <= step
+            except (ValueError, TypeError):
+                ok = False
+            if ok:
+                keep.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.writelines(keep)
+        os.replace(tmp, path)
+        group_readable(path)
+    return dropped
 
 
 class _AllReduceSum:
@@ -180,7 +163,12 @@ class Trainer:
         from ascend_v4.parallel import MuonTensorParallel, ParallelConfigError, ParallelContext
 
         self.tc, self.out_dir, self.rank, self.world = tc, out_dir, rank, world
-        self.cfg = load_config(tc.model)
+        self.log = _log if rank == 0 else (lambda msg: None)
+        if tc.model is None and tc.init_from:
+            from .init_from import source_config
+            self.cfg = source_config(tc.init_from)       # the source's config.json, validated by config.py
+        else:
+            self.cfg = load_config(tc.model_spec())
         p = tc.parallel
         if p.dp * p.tp * p.pp != world:
             raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {p.dp * p.tp * p.pp} but {world} "
@@ -211,34 +199,61 @@ class Trainer:
         # Every rank reads the same global batch and trains on its dp slice: dp=N equals one process with N x batch.
         gb = tc.batch_size * self.dp
         self.loader = PackedLoader(files, tok, tc.seq_len, gb, seed=tc.seed, split="train",
-                                   eval_fraction=tc.data.eval_fraction, cache_dir=os.path.join(out_dir, "cache"))
+                                   eval_fraction=0.0 if tc.data.eval_files else tc.data.eval_fraction,
+                                   cache_dir=os.path.join(out_dir, "cache"))
         self.eval_loader = None
-        if tc.data.eval_fraction > 0:
+        if tc.data.eval_files:           # a held-out file: every document of it, in order
+            self.eval_loader = PackedLoader(tc.data.eval_files, tok, tc.seq_len, gb, seed=tc.seed, shuffle=False,
+                                            cache_dir=os.path.join(out_dir, "cache"))
+        elif tc.data.eval_fraction > 0:
             self.eval_loader = PackedLoader(files, tok, tc.seq_len, gb, seed=tc.seed, shuffle=False, split="eval",
                                             eval_fraction=tc.data.eval_fraction, corpus=self.loader.corpus)
         self.model = Transformer(self.cfg, max_seq_len=tc.seq_len, with_mtp=tc.mtp,
                                  moe_capacity_factor=tc.moe_capacity_factor, parallel=self.parallel)
         self.model.set_train(True)
-        init = random_weights(self.cfg, seed=tc.seed)
-        for name in init:
-            if name.endswith("ffn.gate.bias"):
-                init[name] = np.zeros_like(init[name])     # the balancer starts from an unbiased router
-        if self.parallel is not None and self.parallel.sharded:   # this rank's slices of the full weights
-            init = self.parallel.shard_weights(init, [q.name for q in self.model.get_parameters()])
-        load_into(self.model, init, strict=False)
+        random_names = [q.name for q in self.model.get_parameters()]
+        self.init_report = None
+        from . import state
+        if tc.init_from and state.latest(out_dir) is not None:
+            self.log(f"init_from: not read - {out_dir} holds a checkpoint, the run resumes from it")
+        elif tc.init_from:      # this rank's tensors only, one at a time; a source without MTP leaves MTP random
+            from .init_from import load_initial_weights
+            self.init_report = load_initial_weights(self.model, self.cfg, tc.init_from, self.parallel, log=self.log)
+            random_names = self.init_report["random"]
+            self.log(f"init_from: {self.init_report['loaded']} tensors from the {self.init_report['kind']} "
+                     f"{self.init_report['path']} (optimiser state fresh)")
+        if random_names:
+            from ascend_v4.checkpoint import official_inventory
+            inv = official_inventory(self.cfg)
+            init = random_weights(self.cfg, seed=tc.seed, names=[n for n in random_names if n in inv])
+            for name in init:
+                if name.endswith("ffn.gate.bias"):
+                    init[name] = np.zeros_like(init[name])     # the balancer starts from an unbiased router
+            if self.parallel is not None and self.parallel.sharded:   # this rank's slices of the full weights
+                init = self.parallel.shard_weights(init, random_names)
+            load_into(self.model, init, strict=False)
+        self.frozen = []
+        if tc.freeze:
+            from .init_from import freeze_parameters
+            self.frozen = freeze_parameters(self.model, tc.freeze)
+            self.log(f"freeze: {len(self.frozen)} parameters of {', '.join(tc.freeze)} stay fixed")
+        if p.optimizer_shard and p.dp > 1:
+            self.log("warning: parallel.optimizer_shard is not implemented by this runtime yet: every dp rank keeps "
+                     "the whole optimiser state (--dry-run counts it sharded)")
         self.schedule = Schedule(peak_lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
         muon_tp = MuonTensorParallel(self.parallel) if self.parallel is not None and self.parallel.tp > 1 else None
         self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps, tensor_parallel=muon_tp)
         import mindspore as ms
         self.pipelined = p.pp > 1 or p.micro_batches > 1
+        bias_speed = 0.0 if "router" in tc.freeze else tc.bias_update_speed   # a frozen router keeps its bias too
         if self.pipelined:
             from .pipeline import PipelineTrainStep
             self.step_fn = PipelineTrainStep(self.model, self.opt, p.micro_batches, tc.balance_alpha,
-                                             tc.max_grad_norm, tc.bias_update_speed, parallel=self.parallel)
+                                             tc.max_grad_norm, bias_speed, parallel=self.parallel)
         else:
             self.loss_net = V4Loss(self.model, tc.balance_alpha)
-            self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, tc.bias_update_speed, self.dp,
+            self.step_fn = TrainStep(self.loss_net, self.opt, tc.max_grad_norm, bias_speed, self.dp,
                                      parallel=self.parallel)
             self._eval = ms.jit(self.loss_net)
         if self.dp > 1:      # eval loss of the whole global batch, not this rank's share
@@ -263,7 +278,18 @@ class Trainer:
 
     def save(self) -> str:
         from . import state
-        return state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state(), self.parallel)
+        path = state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state(), self.parallel)
+        if self.rank == 0:
+            for root, dirs, files in os.walk(path):
+                for n in dirs + files:
+                    group_readable(os.path.join(root, n))
+            group_readable(path)
+            group_readable(os.path.join(self.out_dir, "latest"))
+            if self.tc.keep_last_n:
+                for old in state.checkpoints(self.out_dir)[:-self.tc.keep_last_n]:
+                    if os.path.basename(old) != os.path.basename(path):
+                        shutil.rmtree(old, ignore_errors=True)
+        return path
 
     def maybe_resume(self) -> bool:
         from . import state
@@ -273,8 +299,16 @@ class Trainer:
         st = state.load(ck, self.model, self.opt, self.parallel)
         if st.get("model_config") != self.cfg.to_dict():
             raise TrainConfigError(f"{ck} was trained with a different model config; use a new --out directory")
-        self.loader.load_state_dict(st["data"])
+        try:
+            self.loader.load_state_dict(st["data"])
+        except Exception as e:        # a hand-edited or damaged data position
+            raise state.TrainStateError(f"{ck}/trainer_state.json: the data position does not fit this run's data "
+                                        f"({e}); resume with the same data or start a new --out directory") from None
         self.step = int(st["step"])
+        for change in schedule_changes(st.get("train_config") or {}, self.tc, self.step):
+            self.log(f"resume: {change}")
+        if self.rank == 0:
+            truncate_metrics(os.path.join(self.out_dir, "metrics.jsonl"), self.step)
         return True
 
     # ------------------------------------------------------------------ loop
@@ -283,6 +317,10 @@ class Trainer:
         if self.eval_loader is None:
             return float("nan")
         self.eval_loader.load_state_dict(self._eval_start)
+        first = not getattr(self, "_eval_compiled", False)
+        if first:
+            self.log("compiling the eval graph (the first evaluation)...")
+            t0 = time.perf_counter()
         losses = []
         for _ in range(self.tc.eval_batches):
             full = next(self.eval_loader)
@@ -302,7 +340,23 @@ class Trainer:
             if self.dp > 1:
                 lm = self._eval_reduce(lm) / self.dp
             losses.append(float(lm.asnumpy()))
+        if first:
+            self._eval_compiled = True
+            self.log(f"compiled and ran the first evaluation in {time.perf_counter() - t0:.1f} s")
         return float(np.mean(losses))
+
+    def _tensorboard(self):
+        if self.rank != 0 or not self.tc.tensorboard:
+            return None
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:
+            raise TrainConfigError("tensorboard: true needs the tensorboardX package (pip install tensorboardX, "
+                                   "or set tensorboard: false)") from None
+        logdir = os.path.join(self.out_dir, "tensorboard")
+        os.makedirs(logdir, exist_ok=True)
+        group_readable(logdir)
+        return SummaryWriter(logdir, purge_step=self.step + 1)   # a resume drops events after the checkpoint
 
     def run(self, steps: Optional[int] = None) -> List[Dict]:
         """Train until `steps` (default: the config's total), logging and checkpointing as configured."""
@@ -310,39 +364,75 @@ class Trainer:
         if self.eval_loader is not None:
             self._eval_start = self.eval_loader.state_dict()
         metrics_path = os.path.join(self.out_dir, "metrics.jsonl")
+        tb = self._tensorboard()
         rows = []
-        while self.step < end:
-            full = next(self.loader)
-            batch = self._slice(full)
-            # normalise by the global batch's real targets so dp ranks average to the single-process loss
-            m = full["loss_mask"].astype(np.float64)
-            same = full["segment_ids"][:, :-1] == full["segment_ids"][:, 1:]
-            lm_denom = max(m.sum(), 1.0) / self.dp
-            mtp_denom = max((m[:, 1:] * same).sum(), 1.0) / self.dp
-            # the optimiser counts the update it is about to make (step + 1): log and weigh with the same index
-            mtp_w = float(self.schedule.mtp_weight_at(self.step + 1)) if self.tc.mtp else 0.0
-            lr = float(self.schedule.lr_at(self.step + 1))
-            t0 = time.perf_counter()
-            loss, lm, mtp, bal, gnorm, imb, dropped = (float(o.asnumpy() if hasattr(o, "asnumpy") else o)
-                                                       for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom))
-            dt = time.perf_counter() - t0
-            self.step += 1
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {self.step}; lower lr or check the data "
-                                         f"(last good checkpoint: {os.path.join(self.out_dir, 'latest')})")
-            row = {"step": self.step, "loss": loss, "lm_loss": lm, "mtp_loss": mtp, "balance_loss": bal,
-                   "tokens_per_s": self.tokens_per_step / dt, "grad_norm": gnorm, "lr": lr, "expert_imbalance": imb,
-                   "dropped_tokens": int(round(dropped)), "dropped_frac": dropped / self.assignments_per_step}
-            if self.step % self.tc.eval_every == 0 or self.step == end:
-                row["eval_loss"] = self.evaluate()
-            rows.append(row)
-            if self.rank == 0:
-                with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                ev = f"  eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
-                drop = f"  dropped {row['dropped_frac']:.1%}" if self.tc.moe_capacity_factor is not None else ""
-                _log(f"step {self.step:>5}/{self.tc.steps}  loss {loss:.4f} (lm {lm:.4f} mtp {mtp:.4f} bal {bal:.3f})  "
-                     f"lr {lr:.2e}  |g| {gnorm:.2f}  {row['tokens_per_s']:.0f} tok/s  imbalance {imb:.2f}{drop}{ev}")
-            if self.step % self.tc.save_every == 0 or self.step == end:
-                self.save()            # every rank: tp/ep slices are gathered collectively, rank 0 writes
+        first_step, t_start, t_compiled = self.step, time.perf_counter(), None
+        try:
+            while self.step < end:
+                full = next(self.loader)
+                batch = self._slice(full)
+                # normalise by the global batch's real targets so dp ranks average to the single-process loss
+                m = full["loss_mask"].astype(np.float64)
+                same = full["segment_ids"][:, :-1] == full["segment_ids"][:, 1:]
+                lm_denom = max(m.sum(), 1.0) / self.dp
+                mtp_denom = max((m[:, 1:] * same).sum(), 1.0) / self.dp
+                # the optimiser counts the update it is about to make (step + 1): log and weigh with the same index
+                mtp_w = float(self.schedule.mtp_weight_at(self.step + 1)) if self.tc.mtp else 0.0
+                lr = float(self.schedule.lr_at(self.step + 1))
+                if t_compiled is None:
+                    self.log("compiling the train step graph (the first step; can take minutes on a large model)...")
+                t0 = time.perf_counter()
+                loss, lm, mtp, bal, gnorm, imb, dropped = (float(o.asnumpy() if hasattr(o, "asnumpy") else o)
+                                                           for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom))
+                t1 = time.perf_counter()
+                dt = t1 - t0
+                if t_compiled is None:
+                    t_compiled = t1
+                    self.log(f"compiled and ran the first step in {dt:.1f} s")
+                self.step += 1
+                if not np.isfinite(loss):
+                    raise TrainDivergedError(f"loss became {loss} at step {self.step}; lower lr or check the data "
+                                             f"(last good checkpoint: {os.path.join(self.out_dir, 'latest')})")
+                # ETA from the steps after the compiled first one (the first includes compilation)
+                done_after = self.step - first_step - 1
+                per_step = (t1 - t_compiled) / done_after if done_after > 0 else dt
+                elapsed = t1 - t_start
+                row = {"step": self.step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                           timespec="milliseconds"), "elapsed_s": round(elapsed, 3),
+                       "loss": loss, "lm_loss": lm, "mtp_loss": mtp, "balance_loss": bal,
+                       "tokens_per_s": self.tokens_per_step / dt, "grad_norm": gnorm, "lr": lr,
+                       "expert_imbalance": imb, "dropped_tokens": int(round(dropped)),
+                       "dropped_frac": dropped / self.assignments_per_step}
+                layers = getattr(self.step_fn, "last_layer_imbalance", None)
+                if layers is not None:
+                    row["expert_imbalance_layers"] = [round(float(v), 5) for v in layers]
+                if self.step % self.tc.eval_every == 0 or self.step == end:
+                    row["eval_loss"] = self.evaluate()
+                rows.append(row)
+                if self.rank == 0:
+                    new = not os.path.exists(metrics_path)
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                    if new:
+                        group_readable(metrics_path)
+                    if tb is not None:
+                        for k, v in row.items():
+                            if isinstance(v, (int, float)) and k not in ("step", "elapsed_s"):
+                                tb.add_scalar(f"train/{k}" if k != "eval_loss" else "eval/loss", v, self.step)
+                        for i, v in enumerate(row.get("expert_imbalance_layers", ())):
+                            tb.add_scalar(f"expert_imbalance/layer{i}", v, self.step)
+                    ev = f"  eval {row['eval_loss']:.4f}" if "eval_loss" in row else ""
+                    drop = f"  dropped {row['dropped_frac']:.1%}" if self.tc.moe_capacity_factor is not None else ""
+                    eta = _fmt_s(per_step * (end - self.step)) if done_after > 0 or self.step == end else "-"
+                    _log(f"step {self.step:>5}/{self.tc.steps}  loss {loss:.4f} (lm {lm:.4f} mtp {mtp:.4f} "
+                         f"bal {bal:.3f})  lr {lr:.2e}  |g| {gnorm:.2f}  {row['tokens_per_s']:.0f} tok/s  "
+                         f"imbalance {imb:.2f}{drop}{ev}  elapsed {_fmt_s(elapsed)}  ETA {eta}")
+                if self.step % self.tc.save_every == 0 or self.step == end:
+                    self.save()            # every rank: tp/ep slices are gathered collectively, rank 0 writes
+        finally:
+            if tb is not None:
+                tb.close()
+                for root, _, files in os.walk(os.path.join(self.out_dir, "tensorboard")):
+                    for n in files:
+                        group_readable(os.path.join(root, n))
         return rows

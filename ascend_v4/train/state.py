@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -61,6 +61,10 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
         data = parallel.shard_weights(data, params)
     for n, p in params.items():
         a = data[n]
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise TrainStateError(f"{path}: {what} tensor '{n}' has {int((~np.isfinite(a)).sum())} NaN/Inf values; "
+                                  f"resume from an earlier checkpoint (point {os.path.dirname(os.path.dirname(path))}"
+                                  f"/latest at it) or start a new --out directory")
         if tuple(p.shape) == () and a.size == 1:
             a = a.reshape(())                 # safetensors stores 0-d scalars (the step counter) as [1]
         if tuple(a.shape) != tuple(p.shape):
@@ -99,11 +103,47 @@ def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, paralle
     return final
 
 
+def read_trainer_state(ck: str) -> Dict:
+    """trainer_state.json of checkpoint `ck`, checked for what a resume reads, or a TrainStateError saying it is
+    damaged."""
+    p = os.path.join(ck, "trainer_state.json")
+    try:
+        with open(p) as fh:
+            st = json.load(fh)
+    except FileNotFoundError:
+        raise TrainStateError(f"{ck} lacks trainer_state.json: an incomplete or foreign checkpoint") from None
+    except (OSError, ValueError) as e:
+        raise TrainStateError(f"{p} is not valid JSON ({e}); the checkpoint is damaged") from None
+    if not isinstance(st, dict) or st.get("version") != STATE_VERSION:
+        got = st.get("version") if isinstance(st, dict) else type(st).__name__
+        raise TrainStateError(f"{p}: state version {got!r} != {STATE_VERSION}; the checkpoint is damaged or not "
+                              f"from this trainer")
+    problems = []
+    if not isinstance(st.get("step"), int) or isinstance(st.get("step"), bool) or st["step"] < 0:
+        problems.append(f"step {st.get('step')!r} is not a non-negative integer")
+    for k in ("data", "train_config", "model_config"):
+        if not isinstance(st.get(k), dict):
+            problems.append(f"'{k}' is {'missing' if k not in st else 'not an object'}")
+    if problems:
+        raise TrainStateError(f"{p}: {'; '.join(problems)}; the checkpoint is damaged - resume from an earlier one "
+                              f"or start a new --out directory")
+    return st
+
+
+def checkpoints(out_dir: str) -> List[str]:
+    """The complete ckpt-* directories of a run, oldest first."""
+    if not os.path.isdir(out_dir):
+        return []
+    return [os.path.join(out_dir, n) for n in sorted(os.listdir(out_dir))
+            if n.startswith("ckpt-") and not n.endswith(".tmp") and os.path.isdir(os.path.join(out_dir, n))]
+
+
 def latest(out_dir: str) -> Optional[str]:
     p = os.path.join(out_dir, "latest")
     if not os.path.exists(p):
         return None
-    name = open(p).read().strip()
+    with open(p, errors="replace") as fh:
+        name = fh.read().strip()
     d = os.path.join(out_dir, name)
     if not os.path.isdir(d) or os.path.sep in name:
         raise TrainStateError(f"{p} names '{name}', which is not a checkpoint here; delete {p} to start fresh")
@@ -116,13 +156,7 @@ def load(ckpt_dir: str, model, optimizer, parallel=None) -> Dict:
     for f in ("model.safetensors", "optimizer.safetensors", "trainer_state.json"):
         if not os.path.exists(os.path.join(ckpt_dir, f)):
             raise TrainStateError(f"{ckpt_dir} lacks {f}: an incomplete or foreign checkpoint")
-    try:
-        with open(os.path.join(ckpt_dir, "trainer_state.json")) as fh:
-            st = json.load(fh)
-    except json.JSONDecodeError as e:
-        raise TrainStateError(f"{ckpt_dir}/trainer_state.json is not valid JSON ({e})") from None
-    if st.get("version") != STATE_VERSION:
-        raise TrainStateError(f"{ckpt_dir}: state version {st.get('version')} != {STATE_VERSION}")
+    st = read_trainer_state(ckpt_dir)
     n_experts = model.cfg.n_routed_experts if hasattr(model, "cfg") else 0
     keep = None
     if parallel is not None and parallel.pp > 1:

@@ -32,14 +32,20 @@ class BiasBalancer(nn.Cell):
         return loads
 
 
+def layer_imbalance(loads):
+    """max/mean expert load of each routed layer [n_routed_layers] (1.0 = perfectly balanced)."""
+    return ops.max(loads, -1)[0] / ops.maximum(ops.mean(loads, -1), 1e-9)
+
+
 def imbalance(loads):
-    """max/mean expert load per routed layer (1.0 = perfectly balanced), averaged over layers."""
-    return ops.mean(ops.max(loads, -1)[0] / ops.maximum(ops.mean(loads, -1), 1e-9))
+    """layer_imbalance averaged over layers."""
+    return ops.mean(layer_imbalance(loads))
 
 
 class TrainStep:
     """step(batch arrays as Tensors, mtp_weight) -> (loss, lm, mtp, balance, grad_norm, imbalance, dropped)
-    where dropped = expert assignments lost to a full expert (fixed capacity), summed over layers and ranks."""
+    where dropped = expert assignments lost to a full expert (fixed capacity), summed over layers and ranks;
+    `last_layer_imbalance` then holds the step's max/mean expert load per routed layer (NumPy)."""
 
     def __init__(self, loss_net, optimizer, max_grad_norm: float = 1.0, bias_speed: float = 1e-3,
                  data_parallel: int = 1, parallel=None):
@@ -84,7 +90,7 @@ class TrainStep:
                 grads, gnorm = clip(grads, self.max_norm)
             self.optimizer(grads)
             self.balancer(loads)
-            return loss, lm, mtp, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32)
+            return loss, lm, mtp, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32), layer_imbalance(loads)
 
         self._step = ms.jit(step)
 
@@ -92,6 +98,8 @@ class TrainStep:
         """lm_denom / mtp_denom: real target tokens of the *global* batch divided by dp (see losses.masked_ce)."""
         import numpy as np
         t = ms.Tensor
-        return self._step(t(batch["input_ids"].astype(np.int32)), t(batch["targets"].astype(np.int32)),
-                          t(batch["segment_ids"].astype(np.int32)), t(batch["loss_mask"].astype(np.float32)),
-                          t(np.float32(mtp_weight)), t(np.float32(lm_denom)), t(np.float32(mtp_denom)))
+        *out, layers = self._step(t(batch["input_ids"].astype(np.int32)), t(batch["targets"].astype(np.int32)),
+                                  t(batch["segment_ids"].astype(np.int32)), t(batch["loss_mask"].astype(np.float32)),
+                                  t(np.float32(mtp_weight)), t(np.float32(lm_denom)), t(np.float32(mtp_denom)))
+        self.last_layer_imbalance = layers.asnumpy()
+        return tuple(out)

@@ -473,3 +473,37 @@ def test_pipeline_without_mtp_trains_like_one_process(tmp_path):
     _msrun(tmp_path, tmp_path / "pp2.yaml", out)
     assert "embed.weight" in _weights(str(out), 4) and not any(k.startswith("mtp.") for k in _weights(str(out), 4))
     print("pp2 no-MTP max |dw|", _compare_runs(str(ref), str(out)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("router_bias", [
+    "zero",
+    pytest.param("release", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+        "open: with a non-zero router bias in the loaded weights, dp2·ep2's step-1 lm loss differs from one "
+        "process by 4e-4 relative (6.72475 vs 6.72192) although the routed layers' expert loads are identical and "
+        "every rank holds the release's tensors (the zero-bias release matches to 1e-7): the expert-parallel "
+        "forward, not init_from; see the training report"))),
+])
+def test_dp2_ep2_finetune_from_release_like_one_process(tmp_path, tiny_cfg, router_bias):
+    """init_from under msrun: each dp·ep rank loads its own experts of a release-format checkpoint (frozen embedding
+    and router) and trains like one process fine-tuning from the same release."""
+    from ascend_v4.checkpoint import load_official_weights, random_weights, write_official_checkpoint
+    rel = tmp_path / "release"
+    w = random_weights(tiny_cfg, seed=21)
+    if router_bias == "zero":
+        w = {n: (np.zeros_like(a) if n.endswith("ffn.gate.bias") else a) for n, a in w.items()}
+    write_official_checkpoint(tiny_cfg, w, str(rel))
+    extra = f"init_from: {rel}\nfreeze: [embed, router]\n"
+    _yaml(tmp_path / "one.yaml", 4, "{dp: 1}")
+    _yaml(tmp_path / "ep2.yaml", 2, "{dp: 2, ep: 2}")
+    for f in ("one.yaml", "ep2.yaml"):
+        (tmp_path / f).write_text((tmp_path / f).read_text() + extra)
+    p = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "train", "--config", str(tmp_path / "one.yaml"),
+                        "--out", str(tmp_path / "one")], env=_env(), capture_output=True, text=True, timeout=900,
+                       cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    _msrun(tmp_path, tmp_path / "ep2.yaml", tmp_path / "ep2")
+    print("ep2 fine-tune max |dw|", _compare_runs(str(tmp_path / "one"), str(tmp_path / "ep2")))
+    w, rw = _weights(str(tmp_path / "ep2"), 4), load_official_weights(str(rel))
+    for n in ["embed.weight"] + [k for k in w if k.endswith("ffn.gate.weight")]:
+        np.testing.assert_array_equal(w[n], rw[n], err_msg=n)        # frozen: still the release's values
