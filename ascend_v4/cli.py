@@ -42,8 +42,9 @@ def _load_any(path: str):
 @friendly
 def info(target, as_json):
     """Config, layer schedule, parameter counts and KV-cache bytes of a CHECKPOINT dir, config.json or preset."""
+    from .config import MODEL_VERSIONS
     from .info import describe, format_describe
-    d = describe(load_config(target))
+    d = describe(load_config(target, versions=MODEL_VERSIONS))
     click.echo(json.dumps(d, indent=2) if as_json else format_describe(d))
 
 

@@ -499,14 +499,16 @@ def load_config(spec: Union[str, Mapping[str, Any]], source: str = "config",
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"{source}: a model must be a preset name ({', '.join(PRESETS)}), a config.json path or "
                           f"a mapping of config keys, got {_describe(spec)}")
-    if spec in PRESETS:
-        if PRESETS[spec].version not in versions:
-            raise ConfigError(_unsupported_version(spec, PRESETS[spec].version))
-        return PRESETS[spec].validate()
+    preset = PRESETS.get(spec) or V41_PRESETS.get(spec)
+    if preset is not None:
+        if preset.version not in versions:
+            raise ConfigError(_unsupported_version(spec, preset.version))
+        return preset.validate()
     if os.path.exists(spec):
         return ModelConfig.from_json(spec, versions=versions)
-    raise ConfigError(f"'{spec}' is neither a preset ({', '.join(PRESETS)}) nor an existing config path"
-                      f"{nearest_key(spec, PRESETS)}")
+    names = list(PRESETS) + list(V41_PRESETS)
+    raise ConfigError(f"'{spec}' is neither a preset ({', '.join(names)}) nor an existing config path"
+                      f"{nearest_key(spec, names)}")
 
 
 # ===================================================================================== DeepSeek-V4.1 ==========
@@ -776,16 +778,18 @@ def _v41_flash_ratios() -> Tuple[int, ...]:
     return tuple([0, 0] + [2] * 18 + [1] * 20 + [0] * 3)
 
 
-PRESETS["v4.1-flash"] = ModelConfigV41(name="v4.1-flash", compress_ratios=_v41_flash_ratios())
+# Kept apart from PRESETS (the models every V4 path runs); load_config finds both.
+V41_PRESETS: Dict[str, ModelConfig] = {}
+V41_PRESETS["v4.1-flash"] = ModelConfigV41(name="v4.1-flash", compress_ratios=_v41_flash_ratios())
 # Tiny V4.1: every feature at test scale — window-only layers, two ratio-2 groups (source 2 → 3, source 4 → 5),
 # a ratio-1 group (source 6) with the candidate source 6 and a Reindex layer 8 (9 reuses it), Engram before
 # layers 1 and 4 (4 is also a kv source, as 14 in Flash), 3 DSpark stages fed by layers 7–9. Engram buckets are
 # primes above 1000 (6 columns per layer); its compressed vocabulary is a test map's size.
-PRESETS["v4.1-tiny"] = ModelConfigV41(
+V41_PRESETS["v4.1-tiny"] = ModelConfigV41(
     name="v4.1-tiny", vocab_size=512, dim=64, n_layers=10, n_mtp_layers=3, n_heads=4, head_dim=32, rope_head_dim=16,
     q_lora_rank=32, o_lora_rank=16, o_groups=2, window_size=16, compress_ratios=(0, 0, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0),
     index_n_heads=4, index_head_dim=32, index_topk=4, n_routed_experts=8, n_activated_experts=2, moe_inter_dim=32,
-    original_seq_len=64, max_position_embeddings=4096, kv_source_layers=(2, 4, 6), index_source_layers=(2, 4, 6, 8),
+    original_seq_len=64, kv_source_layers=(2, 4, 6), index_source_layers=(2, 4, 6, 8),
     candidate_source_layer=6, candidate_topk_blocks=2, candidate_block_size=4, engram_layer_ids=(1, 4),
     engram_vocab_size=1000, engram_num_embeddings=(6126, 6332), engram_n_heads=2, engram_head_dim=16,
     engram_compressed_vocab_size=300, dspark_block_size=3, dspark_noise_token_id=509, dspark_target_layer_ids=(7, 8, 9),
