@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from ascend_v4.config import (MODEL_VERSIONS, PRESETS, V41_PRESETS, ConfigError, ConfigWarning, ModelConfig,
-                              ModelConfigV41,
-                              load_config)
+                              ModelConfigV41, load_config)
 
 ALL = MODEL_VERSIONS
 
