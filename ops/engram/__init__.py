@@ -13,3 +13,5 @@ try:
     register("engram_gate", "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-6, 2e-5))(_c.engram_gate)
 except ImportError:  # pragma: no cover
     pass
+
+from . import cpp as _cpp  # noqa: E402,F401  registers backend "cpp" of engram_lookup when the .so is built

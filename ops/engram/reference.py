@@ -136,10 +136,12 @@ class NgramHashState:
     prefill and decode calls so any split of a sequence into chunks hashes like one call.
 
     `token_map` maps raw token ids to compressed ids (None: ids are already compressed). One instance serves
-    every Engram layer of a model: call() returns int64 [B, S, n_engram_layers, columns]."""
+    every Engram layer of a model: call() returns int64 [B, S, n_engram_layers, columns]. `hash_fn` may be the
+    C++ kernel (`ops.engram.cpp.ngram_hash_cpp`, same signature, bit-exact) for the host prefetch path."""
 
     def __init__(self, batch: int, layer_ids: Sequence[int], vocab_size: int, max_ngram: int, n_heads: int,
-                 pad_id: int, compressed_vocab_size: int, token_map: Optional[np.ndarray] = None):
+                 pad_id: int, compressed_vocab_size: int, token_map: Optional[np.ndarray] = None, hash_fn=None):
+        self.hash_fn = hash_fn or ngram_hash
         self.token_map = None if token_map is None else np.asarray(token_map, np.int64)
         self.pad_c = int(pad_id if token_map is None else self.token_map[pad_id])
         self.max_ngram, self.n_heads = max_ngram, n_heads
@@ -150,9 +152,9 @@ class NgramHashState:
         self.length = np.zeros(batch, np.int64)
 
     @classmethod
-    def for_config(cls, cfg, batch: int, token_map: Optional[np.ndarray] = None) -> "NgramHashState":
+    def for_config(cls, cfg, batch: int, token_map: Optional[np.ndarray] = None, hash_fn=None) -> "NgramHashState":
         return cls(batch, cfg.engram_layer_ids, cfg.engram_vocab_size, cfg.engram_max_ngram_size,
-                   cfg.engram_n_heads, cfg.engram_pad_id, cfg.engram_compressed_vocab_size, token_map)
+                   cfg.engram_n_heads, cfg.engram_pad_id, cfg.engram_compressed_vocab_size, token_map, hash_fn)
 
     def reset(self, rows: Optional[Sequence[int]] = None) -> None:
         rows = slice(None) if rows is None else list(rows)
@@ -178,7 +180,7 @@ class NgramHashState:
         # hist[b, t, s] = seq[b, k + t − s]
         idx = k + np.arange(S)[:, None] - np.arange(self.max_ngram)[None, :]
         hist = seq[:, idx]
-        out = np.stack([ngram_hash(hist, m, p, o, self.pad_c, self.n_heads)
+        out = np.stack([self.hash_fn(hist, m, p, o, self.pad_c, self.n_heads)
                         for m, p, o in zip(self.multipliers, self.primes, self.offsets)], axis=2)
         return out, seq[:, -k:].copy()
 
