@@ -4,7 +4,7 @@
 
 Two Engram tables (INT8 rows of 256 + per-32 float32 scales, the converted format) of about --rows rows each
 (the exact sum of the bucket primes of a layout scaled down from V4.1's 384M rows) are hashed and gathered by the
-real code (`NgramHashState`, `HostEngramTables`, `EngramPrefetcher`). A step is simulated as --blocks float32
+real code (`NgramHashState` with the C++ hash when built, `HostEngramTables`, `EngramPrefetcher`). A step is simulated as --blocks float32
 GEMMs [tokens, width] x [width, width] (BLAS releases the GIL, as a device step leaves the host free), with the
 Engram read before block 1 and block blocks//2 (V4.1: before 1 and 14 of 40). In one run, on the same ids:
 
@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from ops.engram import cpp  # noqa: E402
 from ops.engram.host import EngramPrefetcher, HostEngramTables  # noqa: E402
 from ops.engram.reference import NgramHashState, engram_primes  # noqa: E402
 
@@ -58,7 +59,8 @@ def make_tables(rows_target: int, rng):
 
 
 def new_state(vocab, batch):
-    return NgramHashState(batch, LAYERS, vocab, NGRAM, HEADS, pad_id=2, compressed_vocab_size=99092)
+    return NgramHashState(batch, LAYERS, vocab, NGRAM, HEADS, pad_id=2, compressed_vocab_size=99092,
+                          hash_fn=cpp.ngram_hash_cpp)      # the C++ hash when built, else the NumPy reference
 
 
 def run_mode(mode, ids, tables, vocab, weights, x0):

@@ -43,10 +43,13 @@ def memmap_safetensors(path: str, name: str) -> np.ndarray:
 
 
 def dequant_group_int8(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """INT8 rows [..., d] with float scales [..., d / g] → float32 (each scale covers g consecutive values)."""
+    """INT8 rows [..., d] with float scales [..., d / g] → float32 (each scale covers g consecutive values).
+    One fused multiply into the output (the int8 → float32 cast happens inside the ufunc loop)."""
     g = rows.shape[-1] // scales.shape[-1]
-    return (rows.astype(np.float32).reshape(*rows.shape[:-1], -1, g)
-            * scales.astype(np.float32)[..., None]).reshape(rows.shape)
+    out = np.empty(rows.shape, np.float32)
+    grouped = rows.shape[:-1] + (scales.shape[-1], g)
+    np.multiply(rows.reshape(grouped), scales.astype(np.float32, copy=False)[..., None], out=out.reshape(grouped))
+    return out
 
 
 class HostEngramTables:
