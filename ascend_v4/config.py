@@ -704,6 +704,9 @@ class ModelConfigV41(ModelConfig):
             need(sums == list(self.engram_num_embeddings),
                  f"{n('engram_num_embeddings')} {list(self.engram_num_embeddings)} must equal the sums of each "
                  f"layer's bucket primes above {n('engram_vocab_size')} ({self.engram_vocab_size}): {sums}")
+            need(self.dtype != "fp8" or self.engram_head_dim % 32 == 0,
+                 f"{n('engram_head_dim')} ({self.engram_head_dim}) must be a multiple of 32: FP8 Engram rows carry "
+                 f"one E8M0 scale per 32 values")
             for f in ("engram_pad_id", "image_token_id", "dspark_noise_token_id"):
                 need(getattr(self, f) < self.vocab_size,
                      f"{n(f)} ({getattr(self, f)}) must be below {n('vocab_size')} ({self.vocab_size})")
@@ -791,7 +794,7 @@ V41_PRESETS["v4.1-tiny"] = ModelConfigV41(
     index_n_heads=4, index_head_dim=32, index_topk=4, n_routed_experts=8, n_activated_experts=2, moe_inter_dim=32,
     original_seq_len=64, kv_source_layers=(2, 4, 6), index_source_layers=(2, 4, 6, 8),
     candidate_source_layer=6, candidate_topk_blocks=2, candidate_block_size=4, engram_layer_ids=(1, 4),
-    engram_vocab_size=1000, engram_num_embeddings=(6126, 6332), engram_n_heads=2, engram_head_dim=16,
+    engram_vocab_size=1000, engram_num_embeddings=(6126, 6332), engram_n_heads=2, engram_head_dim=32,
     engram_compressed_vocab_size=300, dspark_block_size=3, dspark_noise_token_id=509, dspark_target_layer_ids=(7, 8, 9),
     dspark_markov_rank=8, dspark_n_routed_experts=4, dspark_n_activated_experts=2, vision_n_layers=0,
     image_token_id=510)

@@ -57,7 +57,9 @@ class HostEngramTables:
     float32 [..., C·d] in column order (the layout `engram_lookup` returns).
 
     tables[k]: [rows, d] array (any dtype; memory-mapped is fine). scales[k]: optional [rows, d/g] array gathered
-    alongside. decode(rows, scales) → float32 rows; default: float tables as is, INT8 tables × group scales."""
+    alongside. decode(rows, scales) → float32 rows; default: float tables as is, BF16 (uint16 bits) widened, INT8
+    tables × group scales. The release's FP8 tables (E4M3 codes + E8M0 scales) take the checkpoint codec's
+    decoders as `decode`, so the format has one implementation."""
 
     def __init__(self, tables: Sequence[np.ndarray], scales: Optional[Sequence[Optional[np.ndarray]]] = None,
                  decode: Optional[Callable[[np.ndarray, Optional[np.ndarray]], np.ndarray]] = None):
@@ -69,11 +71,14 @@ class HostEngramTables:
 
     @staticmethod
     def _default_decode(rows, scales):
-        if scales is not None:
+        if scales is not None and rows.dtype == np.int8:
             return dequant_group_int8(rows, scales)
-        if not np.issubdtype(rows.dtype, np.floating):
-            raise TypeError(f"{rows.dtype} table rows need scales or a decode function")
-        return rows.astype(np.float32, copy=False)
+        if scales is None and rows.dtype == np.uint16:             # BF16 bits: widen exactly
+            return (rows.astype(np.uint32) << 16).view(np.float32)
+        if scales is None and np.issubdtype(rows.dtype, np.floating):
+            return rows.astype(np.float32, copy=False)
+        raise TypeError(f"{rows.dtype} table rows{' with scales' if scales is not None else ''} need a decode "
+                        f"function (defaults: float, BF16 bits as uint16, INT8 with group scales)")
 
     @property
     def row_dim(self) -> int:

@@ -108,6 +108,7 @@ def test_nested_hf_root_reads_inference_config_beside_it(tmp_path):
     ({"dspark_n_activated_experts": 200}, "exceeds dspark_n_routed_experts"),
     ({"engram_head_dim": "256"}, "write numbers without quotes"),
     ({"vision_max_wh_ratio": -1}, "vision_max_wh_ratio"),
+    ({"engram_head_dim": 48}, "multiple of 32"),
     ({"dspark_target_layer_ids": [37, 38, 40]}, "each < n_layers"),
 ])
 def test_impossible_v41_configs_fail_with_a_named_reason(change, fragment):

@@ -72,5 +72,44 @@ def test_a_table_that_does_not_match_the_layout_is_named():
     with EngramPrefetcher(HostEngramTables(small), NgramHashState.for_config(CFG, 1)) as pf:
         with pytest.raises(IndexError, match=r"row ids must lie in \[0, 100\)"):
             pf.result(pf.submit(np.array([[1, 2, 3]])))
-    with pytest.raises(TypeError, match="need scales or a decode"):
+    with pytest.raises(TypeError, match="need a decode function"):
         HostEngramTables([np.zeros((4, 8), np.int8)]).gather(0, np.array([[1]]))
+
+
+def test_release_fp8_tables_memmapped_and_bf16_tables(tmp_path):
+    """The release's FP8 Engram tables (E4M3 codes + one E8M0 scale per 32 values) mapped in place from a
+    safetensors shard and decoded by the checkpoint codec; BF16 tables widened from their bits."""
+    from ascend_v4.checkpoint.formats import bf16_decode, bf16_encode, e4m3_decode, e8m0_decode
+    from ascend_v4.checkpoint.safetensors_io import write_safetensors
+    rng = np.random.default_rng(3)
+    d = CFG.engram_head_dim
+    codes = [rng.integers(0, 256, (n, d), dtype=np.uint8) for n in CFG.engram_num_embeddings]
+    for c in codes:
+        c[(c & 0x7F) == 0x7F] = 0                                    # E4M3 NaN codes never appear in a table
+    exps = [rng.integers(120, 131, (n, d // 32), dtype=np.uint8) for n in CFG.engram_num_embeddings]
+    path = str(tmp_path / "model-00048-of-00048.safetensors")
+    write_safetensors(path, {f"layers.{L}.engram.embed.{p}": a for L, c, e in zip(CFG.engram_layer_ids, codes, exps)
+                             for p, a in (("weight", ("F8_E4M3", c)), ("scale", ("F8_E8M0", e)))})
+    w = [memmap_safetensors(path, f"layers.{L}.engram.embed.weight") for L in CFG.engram_layer_ids]
+    s = [memmap_safetensors(path, f"layers.{L}.engram.embed.scale") for L in CFG.engram_layer_ids]
+
+    def fp8_rows(rows, sc):
+        v = e4m3_decode(rows).reshape(rows.shape[0], -1, 32) * e8m0_decode(sc)[..., None]
+        return v.reshape(rows.shape).astype(np.float32)
+    # expected: the definition, value = E4M3(code) · 2^(exp − 127), over the whole table in float64
+    full = [(e4m3_decode(c).astype(np.float64).reshape(c.shape[0], -1, 32)
+             * np.exp2(e.astype(np.float64) - 127)[..., None]).reshape(c.shape) for c, e in zip(codes, exps)]
+    ids, mask, chunks = _steps(rng)
+    want = _expected(full, ids, mask)
+    with EngramPrefetcher(HostEngramTables(w, s, decode=fp8_rows), NgramHashState.for_config(CFG, 2)) as pf:
+        for a, b in chunks:
+            got = pf.result(pf.submit(ids[:, a:b], mask[:, a:b]))
+            for k in range(2):
+                np.testing.assert_array_equal(got.rows[k], want[k][:, a:b])
+    bf = [bf16_encode(t) for t in _tables(rng)]
+    ids, mask, chunks = _steps(rng)
+    want = _expected([bf16_decode(t) for t in bf], ids, mask)
+    with EngramPrefetcher(HostEngramTables(bf), NgramHashState.for_config(CFG, 2)) as pf:
+        got = pf.result(pf.submit(ids, mask))
+        for k in range(2):
+            np.testing.assert_array_equal(got.rows[k], want[k])
