@@ -3,8 +3,8 @@ scatter-add backward exactly equal to an independent NumPy computation, and an o
 import numpy as np
 import pytest
 
-from ops.engram import cpp
-from ops.engram.reference import NgramHashState
+from ascend_v4.ops.engram import cpp
+from ascend_v4.ops.engram.reference import NgramHashState
 
 from .test_engram_hash import VEC_DECODE_60, VEC_L1_POS4, VEC_L14_POS4
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ops.engram.reference import (DEAD, NgramHashState, column_offsets, compressed_token_map, engram_primes,
+from ascend_v4.ops.engram.reference import (DEAD, NgramHashState, column_offsets, compressed_token_map, engram_primes,
                                   hash_multipliers, normalize_token_text)
 
 # Hand-copied from the V4.1 model description (its Engram layout, multipliers and test vectors sections; values

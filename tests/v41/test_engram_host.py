@@ -5,8 +5,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from ascend_v4.config import V41_PRESETS
-from ops.engram.host import EngramPrefetcher, HostEngramTables, dequant_group_int8, memmap_safetensors
-from ops.engram.reference import NgramHashState, engram_lookup
+from ascend_v4.ops.engram.host import EngramPrefetcher, HostEngramTables, dequant_group_int8, memmap_safetensors
+from ascend_v4.ops.engram.reference import NgramHashState, engram_lookup
 
 CFG = V41_PRESETS["v4.1-tiny"]
 

@@ -3,9 +3,9 @@ parity harness (forward, and backward as directional derivatives vs central diff
 import numpy as np
 import pytest
 
-from ops import parity
-from ops.engram import reference as R
-from ops.engram.cases import CASES
+from ascend_v4.ops import parity
+from ascend_v4.ops.engram import reference as R
+from ascend_v4.ops.engram.cases import CASES
 
 
 def test_gate_hand_derivation():
