@@ -24,7 +24,8 @@ def engram_gate(h, kv, q_weight, k_weight, alive, eps=1e-20):
     rk = ops.rsqrt(ops.mean(key * key, -1) + eps)
     dot = ops.sum(hf * w * key, -1) * rh * rk * (1.0 / math.sqrt(D))
     mag = ops.sqrt(ops.maximum(ops.abs(dot), CLAMP))
-    g = ops.sigmoid(ops.where(dot < 0, -mag, mag))              # copysign, except a −0 dot (all products −0) takes + here
+    # copysign(mag, dot) with IEEE −0 → negative (1/−0 = −inf); MindSpore's CPU copysign treats −0 as positive
+    g = ops.sigmoid(ops.where(ops.reciprocal(dot) < 0, -mag, mag))
     g = g * ops.expand_dims(ops.cast(alive, ms.float32), -1)
     out = hf + ops.expand_dims(g, -1) * ops.expand_dims(value, -2)
     return ops.cast(out, h.dtype)
