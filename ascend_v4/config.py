@@ -7,7 +7,9 @@ so a bad config fails with one readable line naming the key as the file spells i
 Keys a config omits take the defaults of the reader DeepSeek ships for that flavour: DeepSeek's `ModelArgs`
 (`inference/model.py`) for an inference-style config, the Flash release values (transformers'
 `DeepseekV4Config`) for an HF root config. Unknown keys are warned about with the nearest known key.
-See docs/reliability.md.
+See docs/reliability.md. DeepSeek-V4.1 configs are recognised by their keys and read by `ModelConfigV41` (the
+same schema plus the V4.1 keys, docs/deepseek-v4.1.md); callers name the model kinds they run (`versions`), so
+a V4-only path refuses V4.1 with one line instead of misreading it.
 """
 from __future__ import annotations
 
