@@ -24,7 +24,15 @@ def _gate_inputs(T, D, key_scale=1.0, dead=()):
     return make
 
 
+def _dequant_inputs(T, C, d, g):
+    def make(rng):
+        return (rng.integers(-127, 128, (T, C * d)), rng.random((T, C * d // g)) * 0.02), {}
+    return make
+
+
 CASES = [
+    Case("engram_dequant", "T5_C6_d32", _dequant_inputs(5, 6, 32, 32), int_args=(0,)),
+    Case("engram_dequant", "T3_C24_d256", _dequant_inputs(3, 24, 256, 32), int_args=(0,)),
     Case("engram_lookup", "T5_C6_d16", _lookup_inputs(5, 97, 6, 16), grad_args=(0,), int_args=(1,)),
     Case("engram_lookup", "T3_C24_d256", _lookup_inputs(3, 4099, 24, 256), grad_args=(0,), int_args=(1,)),
     Case("engram_lookup", "repeated_rows", _lookup_inputs(64, 7, 6, 8), grad_args=(0,), int_args=(1,)),

@@ -29,3 +29,9 @@ def engram_gate(h, kv, q_weight, k_weight, alive, eps=1e-20):
     g = g * ops.expand_dims(ops.cast(alive, ms.float32), -1)
     out = hf + ops.expand_dims(g, -1) * ops.expand_dims(value, -2)
     return ops.cast(out, h.dtype)
+
+
+def engram_dequant(rows, scales):
+    g = rows.shape[-1] // scales.shape[-1]
+    r = ops.cast(rows, ms.float32).reshape(scales.shape + (g,))
+    return (r * ops.expand_dims(ops.cast(scales, ms.float32), -1)).reshape(rows.shape)

@@ -43,8 +43,9 @@ def memmap_safetensors(path: str, name: str) -> np.ndarray:
 
 
 def dequant_group_int8(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """INT8 rows [..., d] with float scales [..., d / g] → float32 (each scale covers g consecutive values).
-    One fused multiply into the output (the int8 → float32 cast happens inside the ufunc loop)."""
+    """INT8 rows [..., d] with float scales [..., d / g] → float32 (each scale covers g consecutive values): the
+    host's float32 form of the `engram_dequant` op (tested equal to it). One fused multiply into the output (the
+    int8 → float32 cast happens inside the ufunc loop)."""
     g = rows.shape[-1] // scales.shape[-1]
     out = np.empty(rows.shape, np.float32)
     grouped = rows.shape[:-1] + (scales.shape[-1], g)
@@ -84,7 +85,9 @@ class HostEngramTables:
     def row_dim(self) -> int:
         return self.tables[0].shape[1]
 
-    def gather(self, k: int, ids: np.ndarray) -> np.ndarray:
+    def gather_raw(self, k: int, ids: np.ndarray):
+        """Rows of layer k's ids in their stored format: ([..., C·d] stored dtype, [..., C·d/g] scales or None).
+        What a device that dequantises itself (`engram_dequant`) is sent: INT8 rows are a quarter of float32."""
         ids = np.asarray(ids, np.int64)
         t = self.tables[k]
         if ids.size and (ids.min() < 0 or ids.max() >= t.shape[0]):
@@ -93,12 +96,21 @@ class HostEngramTables:
         flat = ids.reshape(-1)
         rows = np.take(t, flat, axis=0)
         sc = None if self.scales[k] is None else np.take(self.scales[k], flat, axis=0)
-        out = self.decode(rows, sc)
-        return out.reshape(*ids.shape[:-1], ids.shape[-1] * t.shape[1])
+        lead = ids.shape[:-1]
+        return rows.reshape(*lead, -1), (None if sc is None else sc.reshape(*lead, -1))
+
+    def gather(self, k: int, ids: np.ndarray) -> np.ndarray:
+        """Rows of layer k's ids decoded to float32 [..., C·d] on the host."""
+        ids = np.asarray(ids, np.int64)
+        rows, sc = self.gather_raw(k, ids)
+        n = int(np.prod(ids.shape))
+        out = self.decode(rows.reshape(n, -1), None if sc is None else sc.reshape(n, -1))
+        return out.reshape(*ids.shape[:-1], -1)
 
 
 class EngramPrefetch:
-    """What a step picks up: the hash ids [B, S, n_layers, C] and each Engram layer's rows [B, S, C·d]."""
+    """What a step picks up: the hash ids [B, S, n_layers, C] and each Engram layer's rows: float32 [B, S, C·d],
+    or with decode_on_host=False the stored (rows, scales) pair for the device to dequantise."""
 
     def __init__(self, ids: np.ndarray, rows: List[np.ndarray], seconds: float):
         self.ids, self.rows, self.seconds = ids, rows, seconds
@@ -115,8 +127,8 @@ class EngramPrefetcher:
     `wait_seconds` / `gather_seconds` accumulate how long steps waited and how long the background work took; a
     step never waits when wait_seconds stays ~0."""
 
-    def __init__(self, tables: HostEngramTables, state: NgramHashState):
-        self.tables, self.state = tables, state
+    def __init__(self, tables: HostEngramTables, state: NgramHashState, decode_on_host: bool = True):
+        self.tables, self.state, self.decode_on_host = tables, state, decode_on_host
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
         self._lock = threading.Lock()
         self.wait_seconds = 0.0
@@ -127,7 +139,8 @@ class EngramPrefetcher:
     def _work(self, ids, text_mask) -> EngramPrefetch:
         t0, c0 = time.perf_counter(), time.thread_time()
         h = self.state(ids, text_mask)
-        rows = [self.tables.gather(k, h[:, :, k]) for k in range(h.shape[2])]
+        get = self.tables.gather if self.decode_on_host else self.tables.gather_raw
+        rows = [get(k, h[:, :, k]) for k in range(h.shape[2])]
         dt = time.perf_counter() - t0
         with self._lock:
             self.gather_seconds += dt

@@ -212,3 +212,12 @@ def engram_gate(h, kv, q_weight, k_weight, alive, eps=1e-20):
     g = 1.0 / (1.0 + np.exp(-np.copysign(np.sqrt(np.maximum(np.abs(dot), CLAMP)), dot)))
     g = g * np.asarray(alive, np.float64)[..., None]
     return h + g[..., None] * value[..., None, :]
+
+
+def engram_dequant(rows, scales):
+    """INT8 (or any integer) rows [..., n·g] × per-group scales [..., n] → float rows: the device-side decode of
+    rows the host shipped in their stored format (4× fewer bytes than float32)."""
+    rows = np.asarray(rows, np.float64)
+    scales = np.asarray(scales, np.float64)
+    g = rows.shape[-1] // scales.shape[-1]
+    return (rows.reshape(*scales.shape, g) * scales[..., None]).reshape(rows.shape)

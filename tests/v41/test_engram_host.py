@@ -6,7 +6,7 @@ from safetensors.numpy import save_file
 
 from ascend_v4.config import V41_PRESETS
 from ascend_v4.ops.engram.host import EngramPrefetcher, HostEngramTables, dequant_group_int8, memmap_safetensors
-from ascend_v4.ops.engram.reference import NgramHashState, engram_lookup
+from ascend_v4.ops.engram.reference import NgramHashState, engram_dequant, engram_lookup
 
 CFG = V41_PRESETS["v4.1-tiny"]
 
@@ -57,6 +57,7 @@ def test_int8_group_scales_and_memmapped_safetensors(tmp_path):
     mm = [memmap_safetensors(path, f"layers.{L}.engram.embed.weight") for L in CFG.engram_layer_ids]
     ms_ = [memmap_safetensors(path, f"layers.{L}.engram.embed.scale") for L in CFG.engram_layer_ids]
     assert isinstance(mm[0], np.memmap) and np.array_equal(mm[1], q[1]) and np.array_equal(ms_[0], s[0])
+    assert np.array_equal(dequant_group_int8(q[1], s[1]), engram_dequant(q[1], s[1]).astype(np.float32))
     ids, mask, chunks = _steps(rng)
     want = _expected([dequant_group_int8(a, b) for a, b in zip(q, s)], ids, mask)
     with EngramPrefetcher(HostEngramTables(mm, ms_), NgramHashState.for_config(CFG, 2)) as pf:
@@ -113,3 +114,23 @@ def test_release_fp8_tables_memmapped_and_bf16_tables(tmp_path):
         got = pf.result(pf.submit(ids, mask))
         for k in range(2):
             np.testing.assert_array_equal(got.rows[k], want[k])
+
+
+def test_rows_shipped_raw_and_dequantised_on_the_device_side():
+    """decode_on_host=False hands over the stored INT8 rows + scales; engram_dequant (composite) turns them into
+    the same rows the host decode gives."""
+    import mindspore as ms
+    from ascend_v4.ops.engram.composite import engram_dequant as device_dequant
+    rng = np.random.default_rng(4)
+    q = [rng.integers(-127, 128, (n, CFG.engram_head_dim), dtype=np.int8) for n in CFG.engram_num_embeddings]
+    s = [rng.random((n, CFG.engram_head_dim // 32), dtype=np.float32) for n in CFG.engram_num_embeddings]
+    ids, mask, chunks = _steps(rng)
+    want = _expected([dequant_group_int8(a, b) for a, b in zip(q, s)], ids, mask)
+    with EngramPrefetcher(HostEngramTables(q, s), NgramHashState.for_config(CFG, 2), decode_on_host=False) as pf:
+        for a, b in chunks:
+            got = pf.result(pf.submit(ids[:, a:b], mask[:, a:b]))
+            for k in range(2):
+                rows, sc = got.rows[k]
+                assert rows.dtype == np.int8 and rows.shape == want[k][:, a:b].shape
+                dev = device_dequant(ms.Tensor(rows), ms.Tensor(sc)).asnumpy()
+                np.testing.assert_array_equal(dev, want[k][:, a:b])
