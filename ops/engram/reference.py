@@ -5,8 +5,7 @@ in docs/deepseek-v4.1.md ("Engram"). Hashing is integer-exact, so every backend 
 """
 from __future__ import annotations
 
-import re
-import unicodedata
+import functools
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -17,22 +16,19 @@ CLAMP = 1e-6                   # |dot| floor before the square root of the gate
 
 
 # ----------------------------------------------------------------------------------- compressed token map ----
-# Unicode White_Space (what the tokenizers Strip normaliser trims); Python's str.strip() also trims \x1c-\x1f.
-_WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + \
-    "\u2028\u2029\u202f\u205f\u3000"
-_RUNS = re.compile(r"[ \t\r\n]+")
+@functools.lru_cache(maxsize=1)
+def _normalizer():
+    # The normaliser sequence of DeepSeek's compressed map, built with the `tokenizers` library it comes from:
+    # NFKC → NFD, StripAccents, Lowercase (char by char: Σ → σ always), [ \t\r\n]+ → " ", a lone " " survives
+    # Strip via U+E000, Strip (Unicode White_Space at both ends).
+    from tokenizers import Regex, normalizers as N
+    return N.Sequence([N.NFKC(), N.NFD(), N.StripAccents(), N.Lowercase(), N.Replace(Regex(r"[ \t\r\n]+"), " "),
+                       N.Replace(Regex(r"^ $"), "\ue000"), N.Strip(), N.Replace("\ue000", " ")])
 
 
 def normalize_token_text(text: str) -> str:
-    """The normaliser sequence of the compressed map: NFKC→NFD (= NFKD), strip accents (every mark, categories
-    Mn/Mc/Me), lowercase char by char (Σ → σ, never the final ς), collapse [ \\t\\r\\n]+ to one space, a lone
-    space survives the strip (via U+E000), strip Unicode White_Space at both ends."""
-    s = unicodedata.normalize("NFKD", text)
-    s = "".join(ch for ch in s if unicodedata.category(ch) not in ("Mn", "Mc", "Me"))
-    s = "".join(ch.lower() for ch in s)
-    s = _RUNS.sub(" ", s)
-    s = "\ue000" if s == " " else s
-    return s.strip(_WHITE_SPACE).replace("\ue000", " ")
+    """The key text of a token for the compressed map (the `tokenizers` normaliser sequence above)."""
+    return _normalizer().normalize_str(text)
 
 
 def compressed_token_map(decoded: Sequence[str], raw_tokens: Sequence[str]) -> np.ndarray:
@@ -49,6 +45,16 @@ def compressed_token_map(decoded: Sequence[str], raw_tokens: Sequence[str]) -> n
         key = raw if "\ufffd" in text else (normalize_token_text(text) or text)
         out[i] = seen.setdefault(key, len(seen))
     return out
+
+
+def compressed_token_map_from_tokenizer(tokenizer) -> np.ndarray:
+    """The map of a `tokenizers.Tokenizer` (e.g. `Tokenizer.from_file("tokenizer.json")` of the serving revision):
+    decode([id]) with specials kept, id_to_token for partial UTF-8 tokens. Compute once and ship the array: its
+    number of distinct ids must equal the config's engram_compressed_vocab_size."""
+    n = tokenizer.get_vocab_size(with_added_tokens=True)
+    decoded = [tokenizer.decode([i], skip_special_tokens=False) for i in range(n)]
+    raw = [tokenizer.id_to_token(i) or "" for i in range(n)]
+    return compressed_token_map(decoded, raw)
 
 
 # --------------------------------------------------------------------------------------------- layout --------

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ascend_v4.ops.engram.reference import (DEAD, NgramHashState, column_offsets, compressed_token_map, engram_primes,
-                                  hash_multipliers, normalize_token_text)
+from ascend_v4.ops.engram.reference import (DEAD, NgramHashState, column_offsets, compressed_token_map,
+                                             compressed_token_map_from_tokenizer, engram_primes, hash_multipliers,
+                                             normalize_token_text)
 
 # Hand-copied from the V4.1 model description (its Engram layout, multipliers and test vectors sections; values
 # were produced there by running DeepSeek's official EngramLayout / NgramHashState with numpy's PCG64).
@@ -137,3 +138,12 @@ def test_compressed_map_first_seen_order_raw_keys_for_partial_utf8():
     # " hello" strips to "hello"; the two partial bytes key by their raw strings; U+2028 normalises to "" and
     # keys by its raw text
     assert compressed_token_map(decoded, raw).tolist() == [0, 1, 1, 1, 2, 3, 4, 1, 5]
+
+
+def test_map_from_a_tokenizers_tokenizer():
+    from tokenizers import Tokenizer, models
+    vocab = {"<s>": 0, "</s>": 1, "<pad>": 2, "Hello": 3, "hello": 4, "HELLO\t": 5, "\ufffd": 6, "Ωmega": 7, "ωmega": 8}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.add_special_tokens(["<s>", "</s>", "<pad>"])
+    # specials keep their own keys; Hello/hello/"HELLO\t" share one; the U+FFFD token keys by its raw string
+    assert compressed_token_map_from_tokenizer(tok).tolist() == [0, 1, 2, 3, 3, 3, 4, 5, 5]
