@@ -90,9 +90,13 @@ def test_nested_hf_root_reads_inference_config_beside_it(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(root))
     with pytest.raises(ConfigError, match="nested HF root config.*inference/config.json"):
         load_config(str(tmp_path), versions=ALL)
-    (tmp_path / "inference").mkdir()
+    (tmp_path / "inference_config.json").write_text(json.dumps(V41_PRESETS["v4.1-tiny"].to_inference_json()))
+    assert load_config(str(tmp_path), versions=ALL) == V41_PRESETS["v4.1-tiny"].replace(name=tmp_path.name)
+    (tmp_path / "inference").mkdir()                             # the release layout wins
     (tmp_path / "inference" / "config.json").write_text(json.dumps(FLASH_INFERENCE_JSON))
     assert load_config(str(tmp_path), versions=ALL) == V41_PRESETS["v4.1-flash"].replace(name=tmp_path.name)
+    with pytest.raises(ConfigError, match="nested HF root config"):
+        ModelConfig.from_dict(root, versions=ALL)
 
 
 @pytest.mark.parametrize("change, fragment", [
