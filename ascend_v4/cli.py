@@ -41,9 +41,10 @@ def _load_any(path: str):
 @friendly
 def info(target, as_json):
     """Config, layer schedule, parameter counts and KV-cache bytes of a CHECKPOINT dir, config.json or preset."""
+    from .config import MODEL_VERSIONS
     from .info import describe, format_describe
     from .weights import checkpoint_kind
-    d = describe(load_config(target))
+    d = describe(load_config(target, versions=MODEL_VERSIONS))
     conv = None
     if os.path.isdir(target) and checkpoint_kind(target) == "converted":
         from .info import describe_converted, format_converted

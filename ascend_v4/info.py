@@ -67,11 +67,16 @@ def kv_bytes_per_token(cfg: ModelConfig) -> Dict[str, float]:
 
 
 def describe(cfg: ModelConfig) -> Dict:
+    if cfg.version == "v4.1":
+        return {"config": cfg.to_dict(), "version": cfg.version, "schedule": v41_schedule(cfg),
+                "params": v41_parameter_counts(cfg), "kv_bytes_per_token": v41_kv_bytes_per_token(cfg)}
     return {"config": cfg.to_dict(), "schedule": layer_schedule(cfg), "params": parameter_counts(cfg),
             "kv_bytes_per_token": kv_bytes_per_token(cfg)}
 
 
 def format_describe(d: Dict) -> str:
+    if d.get("version") == "v4.1":
+        return format_describe_v41(d)
     cfg = d["config"]
     lines = [f"config '{cfg['name']}': dim {cfg['dim']}, {cfg['n_layers']} layers + {cfg['n_mtp_layers']} MTP, "
              f"{cfg['n_heads']} heads x {cfg['head_dim']}, vocab {cfg['vocab_size']}, "
@@ -200,4 +205,199 @@ def format_converted(d: Dict) -> str:
         err = d["relative_error_by_class"].get(c)
         e = f"   rel. error mean {err['mean']:.4f} max {err['max']:.4f}" if err else ""
         lines.append(f"  {c:<32} " + ", ".join(f"{k} x{v}" for k, v in sorted(dt.items())) + e)
+    return "\n".join(lines)
+
+
+# ===================================================================================== DeepSeek-V4.1 ==========
+_BYTES = {"F32": 4, "BF16": 2, "F8_E4M3": 1, "F8_E8M0": 1, "I8": 1}
+_BLOCK = 32            # V4.1's FP8 weight blocks (32×32) and MXFP4 / Engram scale groups (1×32)
+
+
+def v41_release_inventory(cfg) -> Dict[str, tuple]:
+    """{tensor name: (shape, safetensors dtype)} of a V4.1 release checkpoint, names as released (tied DSpark
+    embed/head absent, `wo_a` still FP8, vision tower included when vision_n_layers > 0). See
+    docs/deepseek-v4.1.md ("Checkpoint format")."""
+    D, hc, inv = cfg.dim, cfg.hc_mult, {}
+
+    def bf16(name, *shape):
+        inv[name] = (tuple(shape), "BF16")
+
+    def f32(name, *shape):
+        inv[name] = (tuple(shape), "F32")
+
+    def fp8(name, out, inp):
+        inv[name + ".weight"] = ((out, inp), "F8_E4M3")
+        inv[name + ".scale"] = ((-(-out // _BLOCK), -(-inp // _BLOCK)), "F8_E8M0")
+
+    def expert(name, out, inp, routed):
+        if routed and cfg.expert_dtype == "fp4":
+            inv[name + ".weight"] = ((out, inp // 2), "I8")
+            inv[name + ".scale"] = ((out, inp // _BLOCK), "F8_E8M0")
+        else:
+            fp8(name, out, inp)
+
+    def block(p, n_experts):
+        for s in ("attn", "ffn"):
+            f32(f"{p}.hc_{s}_fn", cfg.hc_mix_dim, hc * D)
+            f32(f"{p}.hc_{s}_base", cfg.hc_mix_dim)
+            f32(f"{p}.hc_{s}_scale", 3)
+            bf16(f"{p}.{s}_norm.weight", D)
+        f32(f"{p}.attn.attn_sink", cfg.n_heads)
+        fp8(f"{p}.attn.wq_a", cfg.q_lora_rank, D)
+        bf16(f"{p}.attn.q_norm.weight", cfg.q_lora_rank)
+        fp8(f"{p}.attn.wq_b", cfg.n_heads * cfg.head_dim, cfg.q_lora_rank)
+        fp8(f"{p}.attn.wkv", cfg.head_dim, D)
+        bf16(f"{p}.attn.kv_norm.weight", cfg.head_dim)
+        fp8(f"{p}.attn.wo_a", cfg.o_groups * cfg.o_lora_rank, cfg.n_heads * cfg.head_dim // cfg.o_groups)
+        fp8(f"{p}.attn.wo_b", D, cfg.o_groups * cfg.o_lora_rank)
+        bf16(f"{p}.ffn.gate.weight", n_experts, D)
+        f32(f"{p}.ffn.gate.bias", n_experts)
+        if cfg.vision_n_layers:
+            f32(f"{p}.ffn.gate.bias_vl", n_experts)
+        I = cfg.moe_inter_dim
+        for e in range(n_experts):
+            for w, (o, i) in (("w1", (I, D)), ("w2", (D, I)), ("w3", (I, D))):
+                expert(f"{p}.ffn.experts.{e}.{w}", o, i, True)
+        if cfg.n_shared_experts:
+            for w, (o, i) in (("w1", (I, D)), ("w2", (D, I)), ("w3", (I, D))):
+                fp8(f"{p}.ffn.shared_experts.{w}", o, i)
+
+    bf16("embed.weight", cfg.vocab_size, D)
+    bf16("head.weight", cfg.vocab_size, D)
+    bf16("norm.weight", D)
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}"
+        block(p, cfg.n_routed_experts)
+        if i in cfg.engram_layer_ids:
+            rows = cfg.engram_num_embeddings[cfg.engram_layer_ids.index(i)]
+            inv[f"{p}.engram.embed.weight"] = ((rows, cfg.engram_head_dim), "F8_E4M3")
+            inv[f"{p}.engram.embed.scale"] = ((rows, cfg.engram_head_dim // _BLOCK), "F8_E8M0")
+            fp8(f"{p}.engram.wkv", (hc + 1) * D, cfg.engram_n_columns * cfg.engram_head_dim)
+            bf16(f"{p}.engram.q_weight", hc, D)
+            bf16(f"{p}.engram.k_weight", hc, D)
+        role = cfg.layer_role(i)
+        if role == "full":
+            bf16(f"{p}.attn.compressor.wkv.weight", cfg.head_dim, D)
+            if cfg.ratio(i) > 1:
+                bf16(f"{p}.attn.compressor.wgate.weight", cfg.head_dim, D)
+            bf16(f"{p}.attn.compressor.norm.weight", cfg.head_dim)
+            bf16(f"{p}.attn.indexer.wk.weight", cfg.index_head_dim, cfg.head_dim)
+            bf16(f"{p}.attn.indexer.k_norm.weight", cfg.index_head_dim)
+        if role in ("full", "reindex"):
+            fp8(f"{p}.attn.indexer.wq_b", cfg.index_n_heads * cfg.index_head_dim, cfg.q_lora_rank)
+            bf16(f"{p}.attn.indexer.weights_proj.weight", cfg.index_n_heads, D)
+    for k in range(cfg.n_mtp_layers):
+        p = f"mtp.{k}"
+        block(p, cfg.dspark_n_routed_experts)
+        if k == 0:
+            fp8(f"{p}.main_proj", D, len(cfg.dspark_target_layer_ids) * D)
+            bf16(f"{p}.main_norm.weight", D)
+        if k == cfg.n_mtp_layers - 1:
+            bf16(f"{p}.norm.weight", D)
+            bf16(f"{p}.markov_head.embed.weight", cfg.vocab_size, cfg.dspark_markov_rank)
+            bf16(f"{p}.markov_head.head.weight", cfg.vocab_size, cfg.dspark_markov_rank)
+            bf16(f"{p}.confidence_head.proj.weight", 1, D + cfg.dspark_markov_rank)
+    if cfg.vision_n_layers:
+        vd, vi, ps = cfg.vision_dim, cfg.vision_inter_dim, cfg.vision_patch_size
+        for n in ("image_start", "image_end", "image_newline"):
+            bf16(n, D)
+        for b in range(cfg.vision_n_layers):
+            p = f"vision.blocks.{b}"
+            bf16(f"{p}.attn.wqkv.weight", 3 * vd, vd)
+            bf16(f"{p}.attn.wqkv.bias", 3 * vd)
+            bf16(f"{p}.attn.wo.weight", vd, vd)
+            bf16(f"{p}.attn.wo.bias", vd)
+            bf16(f"{p}.mlp.w1.weight", 2 * vi, vd)
+            bf16(f"{p}.mlp.w2.weight", vd, vi)
+            bf16(f"{p}.norm1.weight", vd)
+            bf16(f"{p}.norm2.weight", vd)
+        bf16("vision.patch_embed.proj.weight", vd, 3, ps, ps)
+        bf16("vision.patch_embed.proj.bias", vd)
+        bf16("vision.norm.weight", vd)
+        bf16("aligner.w1.weight", D, cfg.vision_downsample_ratio ** 2 * vd)
+        bf16("aligner.w1.bias", D)
+        bf16("aligner.w2.weight", D, D)
+        bf16("aligner.w2.bias", D)
+    return inv
+
+
+def _v41_group(name: str) -> str:
+    if name.startswith(("vision.", "aligner.")):
+        return "vision"
+    if ".engram." in name:
+        return "engram"
+    return "dspark" if name.startswith("mtp.") else "backbone"
+
+
+def v41_parameter_counts(cfg) -> Dict[str, int]:
+    """Logical element counts (an FP4 byte holds two weights; scales are not parameters) and release bytes, per
+    group: backbone (text model incl. embed/head), engram tables + their projections, dspark, vision."""
+    out = {f"{g}{k}": 0 for g in ("backbone", "engram", "dspark", "vision") for k in ("", "_bytes")}
+    tensors = 0
+    for name, (shape, dt) in v41_release_inventory(cfg).items():
+        g = _v41_group(name)
+        n = math.prod(shape)
+        tensors += 1
+        out[g + "_bytes"] += n * _BYTES[dt]
+        if not name.endswith(".scale"):
+            out[g] += 2 * n if dt == "I8" else n
+    active_expert = 3 * cfg.moe_inter_dim * cfg.dim
+    unused = cfg.n_layers * (cfg.n_routed_experts - cfg.n_activated_experts) * active_expert
+    out.update(tensors=tensors, release_bytes=sum(out[g + "_bytes"] for g in ("backbone", "engram", "dspark", "vision")),
+               total=out["backbone"] + out["engram"],
+               # per token: routed experts not chosen and the embedding / Engram table rows not read are not compute
+               active_per_token=out["backbone"] - unused - cfg.vocab_size * cfg.dim
+               + (out["engram"] - sum(cfg.engram_num_embeddings) * cfg.engram_head_dim))
+    return out
+
+
+def v41_kv_bytes_per_token(cfg) -> Dict[str, float]:
+    """Cache bytes per token of context: only kv-source layers store compressed KV and index keys (the others
+    read them). release: FP4 payload + per-16 E4M3 scales for KV, FP4 + per-32 E8M0 scales for index keys (what
+    the reference's QDQ implies for a deployment storing codes); ascend_bf16: the BF16 values."""
+    kv_fp4 = cfg.head_dim // 2 + cfg.head_dim // 16
+    key_fp4 = cfg.index_head_dim // 2 + cfg.index_head_dim // 32
+    out = {"release": 0.0, "ascend_bf16": 0.0}
+    for s in cfg.kv_source_layers:
+        r = cfg.ratio(s)
+        out["release"] += (kv_fp4 + key_fp4) / r
+        out["ascend_bf16"] += 2 * (cfg.head_dim + cfg.index_head_dim) / r
+    # window rings: every layer incl. DSpark, FP8 codes + one E8M0 scale per 32 values
+    out["window_bytes_fp8"] = float(cfg.n_total_blocks * cfg.window_size * (cfg.head_dim + cfg.head_dim // 32))
+    return out
+
+
+def v41_schedule(cfg) -> list:
+    rows = []
+    for i in range(cfg.n_total_blocks):
+        main = i < cfg.n_layers
+        rows.append({"block": f"layer {i}" if main else f"mtp {i - cfg.n_layers}", "ratio": cfg.ratio(i),
+                     "role": cfg.layer_role(i) if main else "dspark", "kv_source": cfg.kv_source(i) if main else -1,
+                     "index_source": cfg.index_source(i) if main else -1,
+                     "engram": main and i in cfg.engram_layer_ids})
+    return rows
+
+
+def format_describe_v41(d: Dict) -> str:
+    c, p, kv = d["config"], d["params"], d["kv_bytes_per_token"]
+
+    def human(n):
+        return f"{n / 1e9:.2f}B" if n >= 1e9 else (f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K")
+    sched = d["schedule"]
+    sym = {"window": "S", "full": "F", "reindex": "R", "reuse": "u", "dspark": "D"}
+    lines = [f"config '{c['name']}' (DeepSeek-V4.1): dim {c['dim']}, {c['n_layers']} layers + {c['n_mtp_layers']} "
+             f"DSpark stages, {c['n_heads']} heads x {c['head_dim']}, vocab {c['vocab_size']}, "
+             f"{c['n_routed_experts']} routed experts (top-{c['n_activated_experts']}) + {c['n_shared_experts']} shared",
+             "layer roles: " + " ".join(sym[r["role"]] + (str(r["ratio"]) if r["ratio"] else "") for r in sched),
+             "  (S=window only, F=own compressor+indexer, R=re-index inside the candidates, u=reuse, D=DSpark; "
+             "digit = compression ratio)",
+             f"kv sources {c['kv_source_layers']}, index sources {c['index_source_layers']}, candidate source "
+             f"{c['candidate_source_layer']}; Engram before layers {c['engram_layer_ids']} "
+             f"({sum(c['engram_num_embeddings']):,} table rows of {c['engram_head_dim']})",
+             f"parameters: backbone {human(p['backbone'])} + Engram {human(p['engram'])} = {human(p['total'])} "
+             f"(+{human(p['dspark'])} DSpark, +{human(p['vision'])} vision), active per token {human(p['active_per_token'])}",
+             f"release: {p['tensors']:,} tensors, {p['release_bytes']:,} bytes (Engram {p['engram_bytes']:,})",
+             f"KV cache per token: {kv['release']:.0f} B (release FP4 layout, kv sources only), "
+             f"{kv['ascend_bf16']:.0f} B (BF16); + fixed window rings {kv['window_bytes_fp8'] / 2**20:.2f} MiB/sequence (FP8)",
+             "status: described only - V4.1 does not run in this port yet (README 'DeepSeek-V4.1 (in progress)')"]
     return "\n".join(lines)

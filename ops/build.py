@@ -12,7 +12,7 @@ import sys
 from typing import List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAMILIES = ("mhc", "moe", "attention", "muon")
+FAMILIES = ("mhc", "moe", "attention", "muon", "engram")
 CXXFLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-march=x86-64-v3", "-ffp-contract=off",
             "-Wall", "-Wextra", "-Werror=return-type"]
 

@@ -51,7 +51,8 @@ def all_cases() -> List[Case]:
     from .moe.cases import CASES as moe
     from .attention.cases import CASES as attention
     from .muon.cases import CASES as muon
-    return list(mhc) + list(moe) + list(attention) + list(muon)
+    from .engram.cases import CASES as engram
+    return list(mhc) + list(moe) + list(attention) + list(muon) + list(engram)
 
 
 def _bf16_round(a: np.ndarray) -> np.ndarray:

@@ -205,4 +205,4 @@ def selected() -> Dict[str, str]:
 def _load_all() -> None:
     # Importing the families registers their backends; one-way: families import this module, never the reverse
     # at import time.
-    from . import mhc, moe, attention, muon  # noqa: F401
+    from . import mhc, moe, attention, muon, engram  # noqa: F401
