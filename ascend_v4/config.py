@@ -760,6 +760,11 @@ class ModelConfigV41(ModelConfig):
         d = self.to_dict()
         for k in ("name", "gate_temp", "max_position_embeddings", "bos_token_id", "eos_token_id") + _V41_GONE:
             d.pop(k)
+        # our keys (docs/numerics.md) only where they differ from what the release means
+        if d["revision"] == "current":
+            d.pop("revision")
+        if d["indexer_fp4"]:
+            d.pop("indexer_fp4")
         return d
 
     def to_hf_json(self) -> Dict[str, Any]:

@@ -77,17 +77,20 @@ def test_plan_is_what_the_runtime_resolves(monkeypatch):
 
 def test_cli_json_for_910c_without_building_the_model():
     code = ("import json, resource, sys; from click.testing import CliRunner; from ascend_v4.cli import main; "
+            "rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
             "r = CliRunner().invoke(main, ['plan', '--soc', '910c', '--config', 'v4-flash', '--parallel', "
             "'dp=16,ep=16', '--json']); assert r.exit_code == 0, r.output; p = json.loads(r.stdout); "
             "print(json.dumps({'phases': sorted(p['phases']), 'model': 'ascend_v4.model' in sys.modules, "
-            "'rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "
+            "'rss_gib': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**20, "
             "'ep': p['parallel']['ep'], 'soc': p['soc']}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, GLOG_v="3"))
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["phases"] == ["decode", "prefill", "train"] and res["ep"] == 16 and res["soc"] == "910c"
-    assert not res["model"] and res["rss_gib"] < 2.0      # config only: no Cells, no weights
+    # config only: no Cells, no weights (V4-Flash's would be > 500 GB); the growth over the imports is measured, so
+    # the imports' own peak (MindSpore, ~0.4 GB, more on a loaded machine) does not count
+    assert not res["model"] and res["rss_gib"] < 1.0
 
 
 def test_bad_parallel_is_one_error_line():
