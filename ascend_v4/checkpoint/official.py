@@ -20,8 +20,9 @@ import numpy as np
 from ascend_v4.config import ModelConfig
 from . import formats as F
 from .inventory import FP4_BLOCK, FP8_BLOCK, StoredEntry, TensorSpec, official_inventory, scale_name, stored_entries
+from ..atomic import fsync_dir
 from .values import value_problem
-from .safetensors_io import (INDEX_NAME, STORAGE_DTYPES, CheckpointError, ShardedCheckpoint, _fsync_dir,
+from .safetensors_io import (INDEX_NAME, STORAGE_DTYPES, CheckpointError, ShardedCheckpoint,
                              write_safetensors)
 
 DEFAULT_SHARD_BYTES = 5 * 1000 ** 3
@@ -175,7 +176,7 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
         if cfg.dtype == "bf16":       # to_hf_json always adds it, and its presence means "fp8" on load
             hf.pop("quantization_config", None)
         _write_json(os.path.join(tmp, "config.json"), hf)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if os.path.exists(out_dir):          # overwrite: move the old one aside, then swap in
             old = tmp + ".old"
             os.rename(out_dir, old)
@@ -183,7 +184,7 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
             shutil.rmtree(old)
         else:
             os.rename(tmp, out_dir)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,6 +17,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..atomic import fsync_dir
+
 
 class CheckpointError(ValueError):
     """A checkpoint file or directory that cannot be read as it claims to be."""
@@ -168,19 +170,6 @@ class SafeTensorFile:
         self.close()
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_safetensors(path: str, tensors: Mapping[str, Tuple[str, np.ndarray]],
                       metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write {name: (dtype tag, raw storage array)} atomically: `path.tmp`, fsync, rename.
@@ -226,7 +215,7 @@ def write_safetensors(path: str, tensors: Mapping[str, Tuple[str, np.ndarray]],
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
 
 
 INDEX_NAME = "model.safetensors.index.json"

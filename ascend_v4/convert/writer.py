@@ -30,6 +30,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ascend_v4.atomic import fsync_dir  # the one definition; run.py / reverse.py reach it through this module
+
 from .errors import ConvertError
 from .plan import Group, OutFile
 
@@ -48,19 +50,6 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 def tmp_name(final: str) -> str:
     d, b = os.path.split(final)
     return os.path.join(d, "." + b + ".tmp")
-
-
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path: str, progress: Optional[Callable[[int], None]] = None) -> Tuple[str, int]:
