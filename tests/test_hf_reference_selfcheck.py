@@ -1,7 +1,7 @@
 """Self-checks of tests/hf_reference.py that do not involve our MindSpore model.
 
-Every expected value here comes from the float64 NumPy code below, written from /work/shared/spec/deepseek-v4.md
-(§2-§6, cross-read against DeepSeek's reference `inference/model.py`), never from transformers.
+Every expected value here comes from the float64 NumPy code below, written from DeepSeek-V4's published design (docs/design.md)
+(cross-read against DeepSeek's reference `inference/model.py`), never from transformers.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Checks, each a readable sentence instead of an aclnn error code later:
 - divisibility: heads / o_groups / index heads by tp, routed experts by ep, layers by pp, world = dp·tp·pp,
   dp·tp divisible by ep (experts live inside the data×tensor group, as in mindformers), batch by micro-batches;
-- vendor-op limits (shared/spec/ascend-ecosystem.md §3.6, §4.1) of MoeDistributeDispatch/Combine (MC2 EP sizes,
+- vendor-op limits (the CANN operator documentation; docs/ascend.md) of MoeDistributeDispatch/Combine (MC2 EP sizes,
   experts per rank, hidden size multiple of 32 and <= 7168, tokens per rank), LightningIndexer (top-k <= 2048,
   index heads per rank <= 64, head dim 128), and the HCCL_BUFFSIZE the dispatch/combine pair needs;
 - a per-device memory estimate (weights, gradients, optimiser state, activations, KV) against the HBM size.
