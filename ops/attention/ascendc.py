@@ -116,7 +116,8 @@ def _emulate_attention(query, kv, sinks, window_idx, cmp_idx, scale_value, cmp_r
 
 
 def _emulate_indexer(query, key, weights, sparse_count, cmp_ratio, start_pos=0):
-    return R.lightning_indexer(query, key, weights, cmp_ratio, sparse_count, start_pos)
+    # the kernel scores what it is given: the binding already applied the FP4 simulation (lightning_indexer below)
+    return R.lightning_indexer(query, key, weights, cmp_ratio, sparse_count, start_pos, fp4=False)
 
 
 def _emulate_compress(kv_proj, score_proj, ape, norm_weight, norm_eps=1e-6):
