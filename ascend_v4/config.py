@@ -155,6 +155,25 @@ def nearest_key(key: str, known) -> str:
     return f" (did you mean '{m[0]}'?)" if m else ""
 
 
+def _checker(cfg, names: Optional[Mapping[str, str]]):
+    """(n, need) for a validate(): n(field) is the key as the user's file spells it; need(ok, msg) raises."""
+    def n(f: str) -> str:
+        return names.get(f, f) if names else f
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"invalid config '{cfg.name}': {msg}")
+    return n, need
+
+
+def _check_ints(cfg, table: Mapping[str, int], n, need) -> None:
+    """Every field of `table` an integer in [its lower bound, _INT_MAX]."""
+    for f, lo in table.items():
+        v = getattr(cfg, f)
+        need(_is_int(v) and lo <= v <= _INT_MAX,
+             f"{n(f)} must be an integer in [{lo}, {_INT_MAX}], got {_describe(v)}{_hint(v)}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int = 129280
@@ -235,16 +254,8 @@ class ModelConfig:
     def validate(self, names: Optional[Mapping[str, str]] = None) -> "ModelConfig":
         """Types and ranges of every field (the schema above), then the cross-field rules. `names` maps a field
         to the key the user's file spells it with, so the message names what to edit."""
-        n = (lambda f: names.get(f, f)) if names else (lambda f: f)
-
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"invalid config '{self.name}': {msg}")
-
-        for f, lo in _INTS.items():
-            v = getattr(self, f)
-            need(_is_int(v) and lo <= v <= _INT_MAX,
-                 f"{n(f)} must be an integer in [{lo}, {_INT_MAX}], got {_describe(v)}{_hint(v)}")
+        n, need = _checker(self, names)
+        _check_ints(self, _INTS, n, need)
         for f, (lo, closed) in _FLOATS.items():
             v = getattr(self, f)
             ok = _is_number(v) and math.isfinite(v) and (v >= lo if closed else v > lo)
@@ -673,16 +684,8 @@ class ModelConfigV41(ModelConfig):
     # ----- validation ---------------------------------------------------------------------
     def validate(self, names: Optional[Mapping[str, str]] = None) -> "ModelConfigV41":
         super().validate(names)
-        n = (lambda f: names.get(f, f)) if names else (lambda f: f)
-
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"invalid config '{self.name}': {msg}")
-
-        for f, lo in _V41_INTS.items():
-            v = getattr(self, f)
-            need(_is_int(v) and lo <= v <= _INT_MAX,
-                 f"{n(f)} must be an integer in [{lo}, {_INT_MAX}], got {_describe(v)}{_hint(v)}")
+        n, need = _checker(self, names)
+        _check_ints(self, _V41_INTS, n, need)
         need(_is_int(self.candidate_source_layer), f"{n('candidate_source_layer')} must be an integer (< 0 disables "
              f"the candidate level), got {_describe(self.candidate_source_layer)}")
         for f in ("vision_rope_theta", "gate_temp"):
