@@ -4,25 +4,13 @@ asc-tools, metadef, ge) -- ops/ascendc_common/real_headers_check.py. Runs whenev
 
 Default run: float32 kernels (AIV / AIC as declared) + the op_host sources; passes are cached by source hash, so an
 unchanged tree costs nothing. The float16 / bfloat16 sweep is marked slow."""
-import importlib.util
 import os
 import shutil
 
 import pytest
+from ascendc_trees import GXX, ROOT, needs_trees, rhc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "ops", "ascendc_common", "real_headers_check.py")
-_spec = importlib.util.spec_from_file_location("real_headers_check", SCRIPT)
-rhc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rhc)
-
-GXX = shutil.which(os.environ.get("CXX", "g++"))
-pytestmark = [
-    pytest.mark.skipif(GXX is None, reason="g++ not installed"),
-    pytest.mark.skipif(rhc.find_trees() is None,
-                       reason=f"CANN source trees not in {rhc.cache_dir()}: run `python "
-                              "ops/ascendc_common/real_headers_check.py --setup [--clone]` to enable this check"),
-]
+pytestmark = needs_trees("to enable this check")
 
 
 def _check(files, dtypes):

@@ -7,7 +7,6 @@ ops/mhc/ascendc/tiling/hc_tiling.cc, one forked process per core (ops/mhc/ascend
 pipe model fails the run on a race (a vector op reading a result of another without PipeBarrier<PIPE_V>, a copy
 reading UB that another pipe wrote with no SetFlag/WaitFlag). Needs the CANN source trees in the cache (see
 test_ascendc_real_headers.py); skipped otherwise, saying so."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,20 +17,10 @@ import pytest
 
 from ascend_v4.ops.mhc import reference as R
 from ascend_v4.ops.mhc.cases import CASES
+from ascendc_trees import GXX, ROOT, needs_trees, rhc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("real_headers_check",
-                                               os.path.join(ROOT, "ops", "ascendc_common", "real_headers_check.py"))
-rhc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rhc)
 DRIVER = os.path.join(ROOT, "ops", "mhc", "ascendc", "emu", "mhc_emu.cc")
-GXX = shutil.which(os.environ.get("CXX", "g++"))
-pytestmark = [
-    pytest.mark.skipif(GXX is None, reason="g++ not installed"),
-    pytest.mark.skipif(rhc.find_trees() is None,
-                       reason=f"CANN source trees not in {rhc.cache_dir()}: run `python "
-                              "ops/ascendc_common/real_headers_check.py --setup [--clone]` to run kernels on CPU"),
-]
+pytestmark = needs_trees("to run kernels on CPU")
 CORES, UB = 48, 196608          # 910B1 / 910C die: 48 AIV cores, 192 KB UB
 
 

@@ -6,7 +6,6 @@ emulator with its pipe/race model (ops/ascendc_common/emu), host tiling from ops
 one forked process per core (ops/moe/ascendc/emu/moe_emu.cc). Not run here yet: moe_init_routing (needs SyncAll
 across the forked cores) and grouped_matmul (the Cube unit and the Matmul API) -- see docs/ascendc.md. Needs the
 CANN source trees in the cache; skipped otherwise, saying so."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,20 +15,10 @@ import pytest
 
 from ascend_v4.ops.moe import reference as R
 from ascend_v4.ops.moe.cases import CASES
+from ascendc_trees import GXX, ROOT, needs_trees, rhc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_spec = importlib.util.spec_from_file_location("real_headers_check",
-                                               os.path.join(ROOT, "ops", "ascendc_common", "real_headers_check.py"))
-rhc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rhc)
 DRIVER = os.path.join(ROOT, "ops", "moe", "ascendc", "emu", "moe_emu.cc")
-GXX = shutil.which(os.environ.get("CXX", "g++"))
-pytestmark = [
-    pytest.mark.skipif(GXX is None, reason="g++ not installed"),
-    pytest.mark.skipif(rhc.find_trees() is None,
-                       reason=f"CANN source trees not in {rhc.cache_dir()}: run `python "
-                              "ops/ascendc_common/real_headers_check.py --setup [--clone]` to run kernels on CPU"),
-]
+pytestmark = needs_trees("to run kernels on CPU")
 CORES, UB = 48, 196608
 
 
