@@ -8,6 +8,7 @@ Names are the release's (no `model.` prefix); the tied DSpark `embed`/`head` are
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from typing import Dict, Iterable, List, Mapping, Optional
 
@@ -175,3 +176,36 @@ def random_weights_v41(cfg: ModelConfigV41, seed: int = 0, names: Optional[Itera
     inv = v41_inventory(cfg)
     wanted = inv if names is None else {n: inv[n] for n in names}
     return {n: _random_tensor(cfg, n, spec, seed) for n, spec in wanted.items()}
+
+
+# ------------------------------------------------------------------------------------ directory layout --
+def v41_root_config(cfg: ModelConfigV41) -> dict:
+    """The root config.json this port writes beside `inference/config.json` (which describes the model, as in the
+    release): the HF identification and quantisation keys only. The release's nested `text_config` layout is not
+    pinned (docs/deepseek-v4.1.md), so it is not invented here; every reader goes to inference/config.json."""
+    root = {"architectures": ["DeepseekV41ForCausalLM"], "model_type": "deepseek_v41", "dtype": "bfloat16",
+            "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "image_token_id": cfg.image_token_id}
+    if cfg.dtype != "bf16":
+        root["quantization_config"] = {"quant_method": "fp8", "activation_scheme": "dynamic",
+                                       "weight_block_size": [BLOCK, BLOCK], "scale_fmt": "ue8m0"}
+    return root
+
+
+def release_token_map(ckpt_dir: str, cfg: ModelConfigV41) -> np.ndarray:
+    """The Engram compressed-token map of a V4.1 directory, from its tokenizer.json (the serving revision's
+    tokenizer, docs/deepseek-v4.1.md "Engram"). Its number of distinct ids must equal the config's
+    engram_compressed_vocab_size (DeepSeek's code asserts the same); CheckpointError otherwise."""
+    from ascend_v4.ops.engram.reference import compressed_token_map_from_tokenizer
+    from .safetensors_io import CheckpointError
+    path = os.path.join(os.fspath(ckpt_dir), "tokenizer.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{ckpt_dir}: no tokenizer.json; DeepSeek-V4.1's Engram hashes compressed token ids "
+                              f"mapped through the release tokenizer - copy the release's tokenizer.json there")
+    from tokenizers import Tokenizer
+    tmap = compressed_token_map_from_tokenizer(Tokenizer.from_file(path))
+    n = int(tmap.max()) + 1 if tmap.size else 0
+    if n != cfg.engram_compressed_vocab_size:
+        raise CheckpointError(f"{path}: its compressed token map has {n} distinct ids but the config's "
+                              f"engram_compressed_vocab_size is {cfg.engram_compressed_vocab_size}; the tokenizer "
+                              f"belongs to another model revision - use the one released with these weights")
+    return tmap
