@@ -150,6 +150,8 @@ def _tensor_class(name: str) -> str:
         return "shared experts"
     if name.startswith(("embed.", "head.")):
         return name.split(".")[0]
+    if ".engram.embed." in name:
+        return "Engram tables"
     leaf = n.rsplit(".", 1)
     mod = leaf[0].split(".")[-1] if leaf[-1] in ("weight", "weight_scale", "weight_offset", "scale_bias",
                                                  "weight_scale_second", "weight_offset_second", "bias") else leaf[-1]
@@ -298,5 +300,6 @@ def format_describe_v41(d: Dict) -> str:
              f"release: {p['tensors']:,} tensors, {p['release_bytes']:,} bytes (Engram {p['engram_bytes']:,})",
              f"KV cache per token: {kv['release']:.0f} B (release FP4 layout, kv sources only), "
              f"{kv['ascend_bf16']:.0f} B (BF16); + fixed window rings {kv['window_bytes_fp8'] / 2**20:.2f} MiB/sequence (FP8)",
-             "status: described only - V4.1 does not run in this port yet (README 'DeepSeek-V4.1 (in progress)')"]
+             "status: make-checkpoint, convert (bf16/w8a8/w4a8, ranks layout) and dump --backend numpy (the float64 "
+             "golden) take V4.1; the graph-mode model, generate and train not yet (README 'DeepSeek-V4.1 (in progress)')"]
     return "\n".join(lines)

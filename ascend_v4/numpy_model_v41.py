@@ -201,11 +201,14 @@ class NumpyV41:
         mix = dict(iters=c.hc_sinkhorn_iters, hc_eps=c.hc_eps, norm_eps=c.norm_eps)
         a_pre, a_post, a_comb = mhc_ref.hc_mixes(h, self.w[p + "hc_attn_fn"], self.w[p + "hc_attn_scale"],
                                                  self.w[p + "hc_attn_base"], **mix)
-        x = _rms(mhc_ref.hc_collapse(h, pre_in), self.w[p + "attn_norm.weight"], c.norm_eps)
-        h = mhc_ref.hc_post(self.attention(i, x, st, shared), h, a_post, a_comb)
+        shared["attn_in", i] = x = mhc_ref.hc_collapse(h, pre_in)
+        h = mhc_ref.hc_post(self.attention(i, _rms(x, self.w[p + "attn_norm.weight"], c.norm_eps), st, shared), h,
+                            a_post, a_comb)
+        shared["post_attn", i] = h
         f_pre, f_post, f_comb = mhc_ref.hc_mixes(h, self.w[p + "hc_ffn_fn"], self.w[p + "hc_ffn_scale"],
                                                  self.w[p + "hc_ffn_base"], **mix)
-        x = _rms(mhc_ref.hc_collapse(h, a_pre), self.w[p + "ffn_norm.weight"], c.norm_eps)
+        shared["ffn_in", i] = x = mhc_ref.hc_collapse(h, a_pre)
+        x = _rms(x, self.w[p + "ffn_norm.weight"], c.norm_eps)
         h = mhc_ref.hc_post(self.moe(p + "ffn.", x, image_mask, c.n_activated_experts), h, f_post, f_comb)
         return h, f_pre
 
@@ -221,8 +224,9 @@ class NumpyV41:
         trace=True adds the intermediates other backends are checked against: engram_rows{i} [B, S, columns]
         (hash rows, offsets added) and engram_out{i} [B, S, hc, D] (block i's input after Engram); topk{i}
         [B, S, k] (compressed ids each ratio>0 layer attends, −1 = none; a consumer's equals its source's),
-        index_scores{i} [B, S, ⌊end/ratio⌋] (an index source's scores, −inf where not visible) and
-        candidates [B, S, ⌊end/ratio⌋] (the level-1 mask)."""
+        index_scores{i} [B, S, ⌊end/ratio⌋] (an index source's scores, −inf where not visible),
+        candidates [B, S, ⌊end/ratio⌋] (the level-1 mask), and the mHC intermediates of block i: attn_in{i} /
+        ffn_in{i} [B, S, D] (the collapsed sublayer inputs, before their norms) and post_attn{i} [B, S, hc, D]."""
         c = self.cfg
         ids = np.asarray(ids, np.int64)
         B, S = ids.shape

@@ -53,11 +53,16 @@ def checkpoint_config(path: str, versions: Optional[Tuple[str, ...]] = None) -> 
     kinds the caller runs (default config.RUNNABLE; MODEL_VERSIONS to read DeepSeek-V4.1 too)."""
     kind = checkpoint_kind(path)
     _refuse_training(path, kind)
+    from .config import RUNNABLE, ConfigError, load_config
+    versions = versions or RUNNABLE
     if kind == "converted":
         from .convert import converted_plan
-        return converted_plan(path).source.cfg
-    from .config import RUNNABLE, load_config
-    return load_config(path, versions=versions or RUNNABLE)
+        cfg = converted_plan(path).source.cfg
+        if cfg.version not in versions:
+            raise ConfigError(f"{path} is a converted {cfg.version} checkpoint, which this command does not run "
+                              f"(it runs {', '.join(versions)})")
+        return cfg
+    return load_config(path, versions=versions)
 
 
 def load_checkpoint(path: str, names: Optional[Iterable[str]] = None, versions: Optional[Tuple[str, ...]] = None

@@ -209,3 +209,32 @@ def test_candidate_mask_hand_cases():
                                [False, False, True, True, True, True],
                                [False, False, True, True, True, True]]
     assert candidate_mask(np.full((1, 1, 1), ninf), np.array([0]), 2, 2).tolist() == [[[False]]]
+
+
+# ------------------------------------------------------------------------------------ pipelined mHC -------
+def _hand_pre(w, prefix, h):
+    """pre of one sublayer from its input streams h [B, S, hc, D], written from the definition: rsqrt of the
+    flattened stream's mean square (eps 1e-20), times fn, then sigmoid(mix·scale[0] + base) + hc_eps."""
+    v = h.reshape(*h.shape[:2], -1)
+    mix = (v @ w[prefix + "_fn"].T) / np.sqrt(np.mean(v * v, -1, keepdims=True) + 1e-20)
+    hc = h.shape[2]
+    return 1 / (1 + np.exp(-(mix[..., :hc] * w[prefix + "_scale"][0] + w[prefix + "_base"][:hc]))) + CFG.hc_eps
+
+
+def test_pipelined_mhc_collapses_with_the_previous_sublayers_pre(weights, full):
+    """Attention of block i collapses its input with block i−1's FFN pre (one-hot stream 0 for block 0); the FFN
+    collapses the post-attention state with block i's attention pre (computed from the block's input)."""
+    np.testing.assert_array_equal(full["attn_in0"], full["embed"])
+    for i in range(1, CFG.n_layers):
+        h_in = full.get(f"engram_out{i}", full[f"hidden_block{i - 1}"])
+        prev = _hand_pre(weights, f"layers.{i - 1}.hc_ffn", full[f"post_attn{i - 1}"])
+        np.testing.assert_allclose(full[f"attn_in{i}"], np.einsum("bts,btsd->btd", prev, h_in), rtol=1e-12, atol=1e-12)
+    for i in range(CFG.n_layers):
+        h_in = full["embed"][:, :, None].repeat(CFG.hc_mult, 2) if i == 0 else \
+            full.get(f"engram_out{i}", full[f"hidden_block{i - 1}"])
+        own = _hand_pre(weights, f"layers.{i}.hc_attn", h_in)
+        np.testing.assert_allclose(full[f"ffn_in{i}"], np.einsum("bts,btsd->btd", own, full[f"post_attn{i}"]),
+                                   rtol=1e-12, atol=1e-12)
+    # V4's rule (a sublayer collapses with its own pre) gives a different input: the test can tell them apart
+    own1 = _hand_pre(weights, "layers.1.hc_attn", full["engram_out1"])
+    assert np.abs(np.einsum("bts,btsd->btd", own1, full["engram_out1"]) - full["attn_in1"]).max() > 1e-3
