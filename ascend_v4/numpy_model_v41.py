@@ -5,7 +5,9 @@ prefill, chunked prefill and decode: a call continues the sequences held in a `V
 `forward(ids[:, :s])` then `forward(ids[:, s:s+1], state)` … equals one `forward(ids)` (decode == recompute).
 Control flow and layer roles follow DeepSeek's V4.1 `inference/model.py`; the contract is docs/deepseek-v4.1.md
 ("Float64 golden"). Numerics are exact float64 except the indexer's FP4 QDQ of index q/k (config `indexer_fp4`,
-what the checkpoint was trained with); BF16 activations, FP8/FP4 GEMMs and the KV-cache QDQs are not emulated.
+what the checkpoint was trained with); `kv_quant=True` adds the reference's cache QDQs (window KV FP8 E4M3 1×32
+with power-of-two scales on all dims, compressed KV FP4 with E4M3 scales per 16). BF16 activations and the
+FP8/FP4 GEMMs' activation quantisation are not emulated.
 
 `index_keys="own"` (default) makes every index source score against its own group's owner's key cache (the fix);
 `index_keys="shipped"` reproduces DeepSeek's released code, where a decode step in which a ratio-2 source emits no
@@ -17,6 +19,7 @@ from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
+from .checkpoint.formats import act_quant_fp4_e4m3, act_quant_fp8
 from .config import ModelConfigV41
 from .ops.attention import reference as attn_ref
 from .ops.attention.rope import apply_rope, rope_table
@@ -62,13 +65,14 @@ class NumpyV41:
     (int [len(tokenizer)]), None when ids are already compressed ids."""
 
     def __init__(self, cfg: ModelConfigV41, params: Mapping[str, np.ndarray], token_map: Optional[np.ndarray] = None,
-                 index_keys: str = "own"):
+                 index_keys: str = "own", kv_quant: bool = False):
         if getattr(cfg, "version", "v4") != "v4.1":
             raise ValueError(f"NumpyV41 runs DeepSeek-V4.1 configs; '{cfg.name}' is {getattr(cfg, 'version', 'v4')}")
         if index_keys not in INDEX_KEY_MODES:
             raise ValueError(f"index_keys must be one of {INDEX_KEY_MODES}, got {index_keys!r}")
         self.cfg = cfg
         self.shipped = index_keys == "shipped"
+        self.kv_quant = bool(kv_quant)
         self.token_map = token_map
         self.w = {k: np.asarray(v, np.float64) for k, v in params.items()}
 
@@ -101,7 +105,10 @@ class NumpyV41:
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
         q = apply_rope(q, tc[None, :, None], ts[None, :, None])             # no per-head RMS rescale in V4.1
         kv = _rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps)
-        st.kv[i] = np.concatenate([st.kv[i], apply_rope(kv, tc[None], ts[None])], axis=1)
+        kv = apply_rope(kv, tc[None], ts[None])
+        if self.kv_quant:                                                    # FP8 QDQ of all dims, 1×32
+            kv = act_quant_fp8(kv, 32).astype(np.float64)
+        st.kv[i] = np.concatenate([st.kv[i], kv], axis=1)
         rows = st.kv[i]                                                      # rows 0..end−1 = positions
         win = np.broadcast_to(attn_ref.window_indices(S, c.window_size, s0), (B, S, min(end, c.window_size)))
         cmp = None
@@ -140,7 +147,10 @@ class NumpyV41:
         k = _rms(lat @ self.w[p + "indexer.wk.weight"].T, self.w[p + "indexer.k_norm.weight"], c.norm_eps)
         st.keys[i] = np.concatenate([st.keys[i], self._index_fp4(apply_rope(k, gc, gs))], axis=1)
         st.index_k_slot = i                                                  # published only when it emitted
-        st.cmp[i] = np.concatenate([st.cmp[i], apply_rope(lat, gc, gs)], axis=1)
+        lat = apply_rope(lat, gc, gs)
+        if self.kv_quant:                                                    # after the indexer used the latent
+            lat = act_quant_fp4_e4m3(lat, 16).astype(np.float64)
+        st.cmp[i] = np.concatenate([st.cmp[i], lat], axis=1)
 
     def _index(self, i, qr, x, st, cos, sin, shared):
         c, p = self.cfg, f"layers.{i}.attn.indexer."
@@ -265,6 +275,7 @@ class NumpyV41:
 
 
 def forward_v41(cfg: ModelConfigV41, params: Mapping[str, np.ndarray], ids: np.ndarray,
-                token_map: Optional[np.ndarray] = None, index_keys: str = "own") -> Dict[str, np.ndarray]:
+                token_map: Optional[np.ndarray] = None, index_keys: str = "own", kv_quant: bool = False
+                ) -> Dict[str, np.ndarray]:
     """One-shot prefill of ids [B, S] from position 0 (see NumpyV41.forward)."""
-    return NumpyV41(cfg, params, token_map, index_keys).forward(ids)
+    return NumpyV41(cfg, params, token_map, index_keys, kv_quant).forward(ids)

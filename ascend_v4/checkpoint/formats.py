@@ -406,3 +406,15 @@ def act_quant_fp4(x, block: int = 32) -> np.ndarray:
     scale = np.exp2(_scale_exp(amax, E2M1_MAX, FP4_AMAX_FLOOR)).astype(np.float32)
     q = e2m1_decode(e2m1_encode(np.clip(xb / scale, -E2M1_MAX, E2M1_MAX)))
     return (q * scale).astype(np.float32).reshape(np.shape(x))
+
+
+def act_quant_fp4_e4m3(x, block: int = 16) -> np.ndarray:
+    """Quantise-dequantise along the last dim as DeepSeek-V4.1 stores its compressed KV (FP4 E2M1 codes with one
+    E4M3 scale per 16 values), float32: amax floored at 6·2^-9 (a zero group keeps a non-zero scale);
+    scale = E4M3_RNE_satfinite(f32(amax) / 6) (a float32 division, then E4M3 rounding - not a power of two);
+    y = E2M1_RNE(clamp(f32(x) / scale, +-6)) * scale (float32 division). docs/deepseek-v4.1.md, "Float64 golden"."""
+    xb = _blocks_last(x, block, "act_quant_fp4_e4m3")
+    amax = np.maximum(np.abs(xb).max(axis=-1, keepdims=True), np.float32(E2M1_MAX * 2.0 ** -9))
+    scale = e4m3_decode(e4m3_encode((amax / np.float32(E2M1_MAX)).astype(np.float32)))
+    q = e2m1_decode(e2m1_encode(np.clip((xb / scale).astype(np.float32), -E2M1_MAX, E2M1_MAX)))
+    return (q * scale).astype(np.float32).reshape(np.shape(x))

@@ -238,3 +238,36 @@ def test_pipelined_mhc_collapses_with_the_previous_sublayers_pre(weights, full):
     # V4's rule (a sublayer collapses with its own pre) gives a different input: the test can tell them apart
     own1 = _hand_pre(weights, "layers.1.hc_attn", full["engram_out1"])
     assert np.abs(np.einsum("bts,btsd->btd", own1, full["engram_out1"]) - full["attn_in1"]).max() > 1e-3
+
+
+# --------------------------------------------------------------------------------- cache quantisation -----
+def test_fp4_e4m3_kv_qdq_hand_cases():
+    from ascend_v4.checkpoint.formats import act_quant_fp4_e4m3
+    x = np.zeros((3, 16), np.float32)
+    x[0, :4] = [3.0, 1.0, 0.3, -0.8]     # amax 3: scale E4M3(0.5) = 0.5; /0.5 -> 6, 2, 0.6 -> 0.5, -1.6 -> -1.5
+    x[1, :3] = [2.5, 1.0, 0.7]           # scale E4M3(2.5/6 = 0.41667) = 1.625·2^-2 = 0.40625 (not a power of two):
+    #                                       6.15 -> 6 (clamped), 2.46 -> 2, 1.72 -> 1.5
+    got = act_quant_fp4_e4m3(x)
+    assert got[0, :4].tolist() == [3.0, 1.0, 0.25, -0.75]
+    assert got[1, :3].tolist() == [6 * 0.40625, 2 * 0.40625, 1.5 * 0.40625]
+    assert not got[2].any() and not got[0, 4:].any()
+
+
+def test_kv_quant_decode_equals_recompute_and_caches_are_on_the_grids(weights, ids, full):
+    m = NumpyV41(CFG, weights, kv_quant=True)
+    one = m.forward(ids)
+    assert np.abs(one["logits"] - full["logits"]).max() > 1e-4                 # the QDQs do change the model
+    st = m.new_state(2)
+    parts = [m.forward(ids[:, :8], st)] + [m.forward(ids[:, p:p + 1], st) for p in range(8, S)]
+    got = np.concatenate([p["logits"] for p in parts], axis=1)
+    assert np.abs(got - one["logits"]).max() <= 1e-13 * np.abs(one["logits"]).max()
+    from ascend_v4.checkpoint.formats import e4m3_decode, e4m3_encode
+    e2m1 = {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0}
+    g = st.cmp[2].reshape(-1, 16)
+    for r in g[np.abs(g).max(-1) > 0]:             # compressed KV: E2M1 codes times one E4M3 scale per 16 values
+        top = np.abs(r).max()
+        assert any(e4m3_decode(e4m3_encode(np.float32(top / c))) == np.float32(top / c)
+                   and set(np.round(np.abs(r) / (top / c), 9)) <= e2m1 for c in (6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.5)), r
+    w = st.kv[0].reshape(-1, 32)                                               # window KV: E4M3 × 2^k per 32
+    from ascend_v4.checkpoint.formats import act_quant_fp8
+    np.testing.assert_array_equal(act_quant_fp8(w, 32), w.astype(np.float32))   # a QDQ'd vector is a fixed point
