@@ -13,6 +13,7 @@ from ascend_v4.config import MODEL_VERSIONS, V41_PRESETS, ConfigError
 from ascend_v4.convert import convert_checkpoint
 from ascend_v4.convert.errors import ConvertError
 from ascend_v4.convert.reverse import to_official
+from ascend_v4.checkpoint.safetensors_io import CheckpointError
 from ascend_v4.weights import load_checkpoint
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
@@ -107,3 +108,20 @@ def test_nested_root_without_inference_config_is_named(release, tmp_path):
     shutil.rmtree(d / "inference")
     with pytest.raises(ConvertError, match="inference/config.json"):
         _convert(str(d), tmp_path, "bf16")
+
+
+def test_engram_tables_map_into_host_memory_from_release_and_conversions(release, tmp_path):
+    """The prefetcher's tables (ops/engram/host.py) memory-mapped from a release (FP8 rows + E8M0) and from
+    bf16 / w8a8 conversions (BF16 rows; INT8 rows + float32 group scales) give the loader's values."""
+    from ascend_v4.checkpoint.release_v41 import open_engram_tables
+    src, stored = release
+    ids = np.array([[[0, 5, 6125, 17, 3000, 4]]])                            # any 6 rows of each table
+    for d in (src, _convert(src, tmp_path, "bf16"), _convert(src, tmp_path, "w8a8")):
+        _, w = load_checkpoint(d, versions=MODEL_VERSIONS)
+        tabs = open_engram_tables(d, CFG)
+        assert isinstance(tabs.tables[0], np.memmap)
+        for k, L in enumerate(CFG.engram_layer_ids):
+            want = w[f"layers.{L}.engram.embed.weight"][ids[0, 0]].reshape(1, 1, -1)
+            np.testing.assert_array_equal(tabs.gather(k, ids), want)
+    with pytest.raises(CheckpointError, match="multi-rank"):
+        open_engram_tables(_convert(src, tmp_path, "bf16", tp=2), CFG)
