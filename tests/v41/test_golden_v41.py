@@ -271,3 +271,68 @@ def test_kv_quant_decode_equals_recompute_and_caches_are_on_the_grids(weights, i
     w = st.kv[0].reshape(-1, 32)                                               # window KV: E4M3 × 2^k per 32
     from ascend_v4.checkpoint.formats import act_quant_fp8
     np.testing.assert_array_equal(act_quant_fp8(w, 32), w.astype(np.float32))   # a QDQ'd vector is a fixed point
+
+
+# ------------------------------------------------------------------------------------------- DSpark -------
+def _observed(m, ids, cuts):
+    st = m.new_state(ids.shape[0])
+    a = 0
+    for b in cuts + [ids.shape[1]]:
+        m.dspark_observe(m.forward(ids[:, a:b], st), st)
+        a = b
+    return st
+
+
+def test_dspark_draft_heads_match_a_hand_derivation(weights, ids):
+    m = NumpyV41(CFG, weights)
+    st = _observed(m, ids, [])
+    y = np.array([7, 300])
+    d = m.dspark_draft(y, st)
+    bs, last = CFG.dspark_block_size, f"mtp.{CFG.n_mtp_layers - 1}."
+    assert d["tokens"].shape == (2, bs) and d["logits"].shape == (2, bs, CFG.vocab_size)
+    h = d["hidden"]
+    normed = h / np.sqrt(np.mean(h * h, -1, keepdims=True) + 1e-20) * weights[last + "norm.weight"]
+    np.testing.assert_allclose(d["base_logits"], normed @ weights["head.weight"].T, rtol=1e-12, atol=1e-12)
+    for b in range(2):
+        prev = int(y[b])
+        for i in range(bs):                        # Markov bias from the previously *sampled* token, then argmax
+            e = weights[last + "markov_head.embed.weight"][prev]
+            row = d["base_logits"][b, i] + weights[last + "markov_head.head.weight"] @ e
+            np.testing.assert_allclose(d["logits"][b, i], row, rtol=1e-12, atol=1e-12)
+            conf = float(weights[last + "confidence_head.proj.weight"][0] @ np.concatenate([h[b, i], e]))
+            assert abs(d["confidence"][b, i] - conf) <= 1e-12 * max(1.0, abs(conf))
+            prev = int(np.argmax(row))
+            assert d["tokens"][b, i] == prev
+
+
+def test_dspark_context_state_and_bidirectional_block(weights, ids):
+    m = NumpyV41(CFG, weights)
+    one = m.dspark_draft(np.array([7, 300]), _observed(m, ids, []))
+    inc = m.dspark_draft(np.array([7, 300]), _observed(m, ids, [6, 7, 15]))   # prefill + steps observed in order
+    np.testing.assert_allclose(inc["logits"], one["logits"], rtol=0, atol=1e-12 * np.abs(one["logits"]).max())
+    assert np.array_equal(inc["tokens"], one["tokens"])
+    # the anchor row attends the later (noise) block rows: another noise id changes row 0
+    other = NumpyV41(CFG.replace(dspark_noise_token_id=3), weights)
+    d2 = other.dspark_draft(np.array([7, 300]), _observed(other, ids, []))
+    assert np.abs(d2["base_logits"][:, 0] - one["base_logits"][:, 0]).max() > 1e-6
+    # and the main-model context matters: a different earlier token changes the draft
+    ids2 = ids.copy()
+    ids2[:, 3] = (ids2[:, 3] + 1) % 300
+    d3 = m.dspark_draft(np.array([7, 300]), _observed(m, ids2, []))
+    assert np.abs(d3["base_logits"] - one["base_logits"]).max() > 1e-6
+    with pytest.raises(ValueError, match="observe"):
+        st = m.new_state(2)
+        m.forward(ids, st)
+        m.dspark_draft(np.array([7, 300]), st)
+
+
+def test_dspark_sees_only_the_window_of_main_kv(weights, ids):
+    m = NumpyV41(CFG, weights)
+    st = _observed(m, ids, [])
+    one = m.dspark_draft(np.array([7, 300]), st)
+    W, p = CFG.window_size, S - 1
+    for k in st.dspark_kv:
+        st.dspark_kv[k][:, :p + 1 - W] += 5.0                                   # older than the window: unseen
+    np.testing.assert_array_equal(m.dspark_draft(np.array([7, 300]), st)["logits"], one["logits"])
+    st.dspark_kv[0][:, p + 1 - W] += 5.0                                        # the oldest position inside it
+    assert np.abs(m.dspark_draft(np.array([7, 300]), st)["logits"] - one["logits"]).max() > 1e-6
