@@ -125,3 +125,31 @@ def test_engram_tables_map_into_host_memory_from_release_and_conversions(release
             np.testing.assert_array_equal(tabs.gather(k, ids), want)
     with pytest.raises(CheckpointError, match="multi-rank"):
         open_engram_tables(_convert(src, tmp_path, "bf16", tp=2), CFG)
+
+
+def test_engram_dtype_option_and_its_record(release, tmp_path):
+    """--engram-dtype overrides the precision's default (bf16 tables in a w8a8 model, int8 tables in a bf16 one);
+    the choice is recorded, so loading and verify rebuild the same plan; a V4 source refuses the option."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ascend_v4.cli import main
+    src, stored = release
+    a = str(tmp_path / "w8a8-bf16tables")
+    r = CliRunner().invoke(main, ["convert", src, a, "--dtype", "w8a8", "--engram-dtype", "bf16", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert _raw(a, TABLE)[0] == "BF16" and _raw(a, "layers.0.attn.wq_b.weight")[0] == "I8"
+    with open(os.path.join(a, "config.json")) as f:
+        assert json.load(f)["conversion"]["engram_dtype"] == "bf16"
+    _, w = load_checkpoint(a, versions=MODEL_VERSIONS)
+    np.testing.assert_array_equal(w[TABLE], stored[TABLE])
+    assert CliRunner().invoke(main, ["verify", a]).exit_code == 0
+    b = _convert(src, tmp_path, "bf16", engram_dtype="int8")
+    assert _raw(b, TABLE)[1][0, :5].tolist() == ROW0_INT8 and _raw(b, "layers.0.attn.wq_b.weight")[0] == "BF16"
+    v4 = str(tmp_path / "v4")
+    from ascend_v4.checkpoint import random_weights
+    from ascend_v4.config import PRESETS
+    write_official_checkpoint(PRESETS["tiny"], random_weights(PRESETS["tiny"]), v4)
+    with pytest.raises(ConvertError, match="no Engram tables"):
+        convert_checkpoint(v4, str(tmp_path / "v4c"), "w8a8", workers=1, progress=False, engram_dtype="int8")
