@@ -112,7 +112,7 @@ def test_incremental_equals_one_shot_recompute(weights, ids, full, cuts):
     for key in ["embed", "logits", "dspark_hidden"] + [f"hidden_block{i}" for i in range(CFG.n_layers)]:
         got = np.concatenate([p[key] for p in parts], axis=1)
         scale = np.abs(full[key]).max()
-        assert np.abs(got - full[key]).max() <= 1e-13 * scale, key
+        assert np.abs(got - full[key]).max() <= 2e-14 * scale, key
 
 
 def test_incremental_with_dead_tokens(weights, ids):
@@ -124,7 +124,7 @@ def test_incremental_with_dead_tokens(weights, ids):
     parts = [m.forward(ids[:, :7], st, mask[:, :7])] + [m.forward(ids[:, p:p + 1], st, mask[:, p:p + 1])
                                                        for p in range(7, S)]
     got = np.concatenate([p["logits"] for p in parts], axis=1)
-    assert np.abs(got - one["logits"]).max() <= 1e-13 * np.abs(one["logits"]).max()
+    assert np.abs(got - one["logits"]).max() <= 2e-14 * np.abs(one["logits"]).max()
     plain = m.forward(ids)
     assert np.abs(plain["logits"][:, 6:] - one["logits"][:, 6:]).max() > 1e-3      # dead tokens do change it
 
@@ -260,7 +260,7 @@ def test_kv_quant_decode_equals_recompute_and_caches_are_on_the_grids(weights, i
     st = m.new_state(2)
     parts = [m.forward(ids[:, :8], st)] + [m.forward(ids[:, p:p + 1], st) for p in range(8, S)]
     got = np.concatenate([p["logits"] for p in parts], axis=1)
-    assert np.abs(got - one["logits"]).max() <= 1e-13 * np.abs(one["logits"]).max()
+    assert np.abs(got - one["logits"]).max() <= 2e-14 * np.abs(one["logits"]).max()
     from ascend_v4.checkpoint.formats import e4m3_decode, e4m3_encode
     e2m1 = {0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0}
     g = st.cmp[2].reshape(-1, 16)
@@ -309,7 +309,7 @@ def test_dspark_context_state_and_bidirectional_block(weights, ids):
     m = NumpyV41(CFG, weights)
     one = m.dspark_draft(np.array([7, 300]), _observed(m, ids, []))
     inc = m.dspark_draft(np.array([7, 300]), _observed(m, ids, [6, 7, 15]))   # prefill + steps observed in order
-    np.testing.assert_allclose(inc["logits"], one["logits"], rtol=0, atol=1e-12 * np.abs(one["logits"]).max())
+    np.testing.assert_allclose(inc["logits"], one["logits"], rtol=0, atol=2e-14 * np.abs(one["logits"]).max())
     assert np.array_equal(inc["tokens"], one["tokens"])
     # the anchor row attends the later (noise) block rows: another noise id changes row 0
     other = NumpyV41(CFG.replace(dspark_noise_token_id=3), weights)
