@@ -121,7 +121,8 @@ class NumpyV41:
             cmp = np.where(idx >= 0, idx + end, -1)
             rows = np.concatenate([rows, st.cmp[src][:, :n]], axis=1)
         o = attn_ref.sparse_attention(q, rows, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
-        return self._out_proj(p, o, tc, ts)
+        shared["attn_out", i] = out = self._out_proj(p, o, tc, ts)
+        return out
 
     def _compress(self, i, x, st, cos, sin, shared):
         """kv source i: new group latents -> index keys (from the un-rotated latent), then RoPE'd KV rows."""
@@ -314,7 +315,8 @@ class NumpyV41:
         [B, S, k] (compressed ids each ratio>0 layer attends, −1 = none; a consumer's equals its source's),
         index_scores{i} [B, S, ⌊end/ratio⌋] (an index source's scores, −inf where not visible),
         candidates [B, S, ⌊end/ratio⌋] (the level-1 mask), and the mHC intermediates of block i: attn_in{i} /
-        ffn_in{i} [B, S, D] (the collapsed sublayer inputs, before their norms) and post_attn{i} [B, S, hc, D]."""
+        ffn_in{i} [B, S, D] (the collapsed sublayer inputs, before their norms), attn_out{i} [B, S, D] (the attention
+        output after wo_b) and post_attn{i} [B, S, hc, D]."""
         c = self.cfg
         ids = np.asarray(ids, np.int64)
         B, S = ids.shape

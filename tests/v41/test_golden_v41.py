@@ -336,3 +336,42 @@ def test_dspark_sees_only_the_window_of_main_kv(weights, ids):
     np.testing.assert_array_equal(m.dspark_draft(np.array([7, 300]), st)["logits"], one["logits"])
     st.dspark_kv[0][:, p + 1 - W] += 5.0                                        # the oldest position inside it
     assert np.abs(m.dspark_draft(np.array([7, 300]), st)["logits"] - one["logits"]).max() > 1e-6
+
+
+# ------------------------------------------------------------------- one consumer layer, from scratch -----
+@pytest.mark.parametrize("layer", [3, 7, 9])
+def test_a_reuse_layers_attention_from_its_sources_cache_and_topk(weights, ids, layer):
+    """Layer 3 (ratio 2, reuses layer 2), 7 (ratio 1, reuses 6) and 9 (reuses Reindex layer 8's top-k over layer
+    6's cache): the attention output recomputed query by query from the layer's own window KV plus the source's
+    compressed rows at the source's selected ids, with the sink in the softmax denominator."""
+    from ascend_v4.ops.attention.rope import apply_rope, rope_table
+    m = NumpyV41(CFG, weights)
+    st = m.new_state(2)
+    out = m.forward(ids, st, trace=True)
+    p, c = f"layers.{layer}.attn.", CFG
+    src = {3: 2, 7: 6, 9: 6}[layer]
+    topk = out[f"topk{ {3: 2, 7: 6, 9: 8}[layer] }"]
+    cos, sin = rope_table(S, c.rope_head_dim, c.compress_rope_theta, c.original_seq_len, c.rope_factor,
+                          c.beta_fast, c.beta_slow)
+    rms = lambda v, w: v / np.sqrt(np.mean(v * v, -1, keepdims=True) + 1e-20) * w
+    x = rms(out[f"attn_in{layer}"], weights[f"layers.{layer}.attn_norm.weight"])
+    q = rms(x @ weights[p + "wq_a.weight"].T, weights[p + "q_norm.weight"]) @ weights[p + "wq_b.weight"].T
+    q = apply_rope(q.reshape(2, S, c.n_heads, c.head_dim), cos[None, :, None], sin[None, :, None])
+    kv = apply_rope(rms(x @ weights[p + "wkv.weight"].T, weights[p + "kv_norm.weight"]), cos[None], sin[None])
+    cmp = st.cmp[src]
+    sink = weights[p + "attn_sink"]
+    o = np.zeros((2, S, c.n_heads, c.head_dim))
+    for b in range(2):
+        for t in range(S):
+            keys = [kv[b, j] for j in range(max(0, t - c.window_size + 1), t + 1)]
+            keys += [cmp[b, j] for j in topk[b, t] if j >= 0]
+            assert all(j < (t + 1) // c.ratio(layer) for j in topk[b, t] if j >= 0)
+            K = np.stack(keys)
+            for h in range(c.n_heads):
+                z = K @ q[b, t, h] / np.sqrt(c.head_dim)
+                e = np.exp(z - z.max())
+                o[b, t, h] = (e / (e.sum() + np.exp(sink[h] - z.max()))) @ K
+    o = apply_rope(o, cos[None, :, None], sin[None, :, None], inverse=True).reshape(2, S, c.o_groups, -1)
+    wo_a = weights[p + "wo_a.weight"].reshape(c.o_groups, c.o_lora_rank, -1)
+    want = np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(2, S, -1) @ weights[p + "wo_b.weight"].T
+    np.testing.assert_allclose(out[f"attn_out{layer}"], want, rtol=1e-12, atol=1e-14)
