@@ -153,3 +153,16 @@ def test_engram_dtype_option_and_its_record(release, tmp_path):
     write_official_checkpoint(PRESETS["tiny"], random_weights(PRESETS["tiny"]), v4)
     with pytest.raises(ConvertError, match="no Engram tables"):
         convert_checkpoint(v4, str(tmp_path / "v4c"), "w8a8", workers=1, progress=False, engram_dtype="int8")
+
+
+def test_tp_split_rules_for_v41_names():
+    """As DeepSeek's V4.1 converter: Engram tables and the Markov tables split on rows, main_proj / confidence /
+    Engram wkv and q/k weights replicated, and the vision tower and aligner replicated (their mlp.w1/w2 are not
+    the text model's shared-expert w1/w2)."""
+    from ascend_v4.convert.sharding import split_dim
+    assert split_dim("layers.1.engram.embed.weight") == 0 and split_dim("mtp.2.markov_head.head.weight") == 0
+    for n in ("layers.1.engram.wkv.weight", "layers.1.engram.q_weight", "mtp.0.main_proj.weight",
+              "mtp.2.confidence_head.proj.weight", "vision.blocks.0.mlp.w1.weight", "vision.blocks.0.mlp.w2.weight",
+              "aligner.w1.weight", "aligner.w2.weight", "image_start"):
+        assert split_dim(n) is None, n
+    assert split_dim("layers.0.ffn.shared_experts.w2.weight") == 1
