@@ -423,6 +423,7 @@ AV4_EMU_UNARY(vrelu, x > 0 ? x : 0.0f)
 AV4_EMU_UNARY(vconv_bf162f32, x)
 AV4_EMU_UNARY(vconv_f162f32, x)
 AV4_EMU_UNARY(vconv_f322f16, x)
+AV4_EMU_UNARY(vconv_s322f32, x)   // int32 -> float (exact below 2^24: ids, counts)
 #undef AV4_EMU_UNARY
 
 template <class D, class A, class... R>
@@ -552,16 +553,75 @@ inline int64_t& SyncCores() {
   return n;
 }
 }  // namespace av4_emu
+// Cross-core flags of a mixed AIC/AIV launch (CrossCoreSetFlag / CrossCoreWaitFlag, mode 2 = within one group of
+// 1 AIC + 2 AIV): a set from the AIC raises the flag for both vector sub-blocks of its group, a set from a vector core
+// for its AIC; the AIC's wait returns once BOTH vector cores have set the flag (one more time than it has waited),
+// a vector core's wait once the AIC has. Flag IDs 11..14 stay SyncAll's (ffts mode 0). Counters live in shared GM.
+// A wait that is never satisfied (deadlock) or more than 15 un-waited sets of one flag (the hardware counter) fail.
+namespace av4_emu {
+constexpr int kMixMaxGroups = 64;
+struct MixFlags {
+  int64_t toAiv[kMixMaxGroups][2][16];
+  int64_t toAic[kMixMaxGroups][2][16];
+};
+inline MixFlags*& Mix() {
+  static MixFlags* p = nullptr;
+  return p;
+}
+inline int64_t* MixSeen() {   // this core's waits per flag
+  static int64_t seen[16] = {};
+  return seen;
+}
+inline bool IsAic();
+}  // namespace av4_emu
 template <class P, class M>
-inline void ffts_cross_core_sync(P, M) {
+inline void ffts_cross_core_sync(P, M config) {
+  const uint64_t cfg = static_cast<uint64_t>(config), mode = (cfg >> 4) & 3, flag = (cfg >> 8) & 15;
+  if (mode == 2) {
+    av4_emu::MixFlags* mx = av4_emu::Mix();
+    if (!mx) av4_emu::Fail("CrossCoreSetFlag (mode 2) outside a mixed AIC/AIV launch");
+    const int64_t g = block_idx;
+    if (av4_emu::IsAic()) {
+      for (int v = 0; v < 2; ++v) {
+        const int64_t n = __atomic_add_fetch(&mx->toAiv[g][v][flag], 1, __ATOMIC_SEQ_CST);
+        (void)n;
+      }
+    } else {
+      __atomic_add_fetch(&mx->toAic[g][sub_block_idx][flag], 1, __ATOMIC_SEQ_CST);
+    }
+    return;
+  }
+  if (av4_emu::Mix()) av4_emu::Fail("SyncAll (ffts mode %llu) in a mixed AIC/AIV launch is not emulated", (unsigned long long)mode);
   if (!av4_emu::SyncCounter()) av4_emu::Fail("SyncAll outside a launch");
   ++av4_emu::SyncRound();
   __atomic_add_fetch(av4_emu::SyncCounter(), 1, __ATOMIC_SEQ_CST);
 }
 template <class F>
-inline void wait_flag_dev(F) {
-  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
+inline void wait_flag_dev(F f) {
   const time_t t0 = time(nullptr);
+  if (av4_emu::MixFlags* mx = av4_emu::Mix()) {
+    const int flag = static_cast<int>(f) & 15;
+    const int64_t g = block_idx, want = ++av4_emu::MixSeen()[flag];
+    for (;;) {
+      bool ok;
+      if (av4_emu::IsAic()) {
+        const int64_t a = __atomic_load_n(&mx->toAic[g][0][flag], __ATOMIC_SEQ_CST);
+        const int64_t b = __atomic_load_n(&mx->toAic[g][1][flag], __ATOMIC_SEQ_CST);
+        ok = a >= want && b >= want;
+        if (a - want > 15 || b - want > 15) av4_emu::Fail("cross-core flag %d: more than 15 sets not waited for", flag);
+      } else {
+        const int64_t a = __atomic_load_n(&mx->toAiv[g][sub_block_idx][flag], __ATOMIC_SEQ_CST);
+        ok = a >= want;
+        if (a - want > 15) av4_emu::Fail("cross-core flag %d: more than 15 sets not waited for", flag);
+      }
+      if (ok) return;
+      if (time(nullptr) - t0 > 60)
+        av4_emu::Fail("CrossCoreWaitFlag(%d) on the %s of group %lld never satisfied (wait #%lld): deadlock", flag,
+                      av4_emu::IsAic() ? "AIC" : "AIV", (long long)g, (long long)want);
+      sched_yield();
+    }
+  }
+  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
   while (__atomic_load_n(av4_emu::SyncCounter(), __ATOMIC_SEQ_CST) < want) {
     if (time(nullptr) - t0 > 60) av4_emu::Fail("SyncAll: not every core arrived (round %lld)", (long long)av4_emu::SyncRound());
     sched_yield();

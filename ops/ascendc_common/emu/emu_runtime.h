@@ -63,6 +63,46 @@ inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
   return ok;
 }
 
+// Mixed AIC/AIV launch (KERNEL_TYPE_MIX_AIC_1_2): `groups` groups of one AIC core (block_idx = group) and two AIV
+// cores (block_idx = group, sub_block_idx 0 / 1, so GetBlockIdx() = 2 * group + sub on the vector side), each a
+// forked process over shared GM; cross-core flags as in ffts_cross_core_sync above.
+inline bool LaunchMixed(int groups, const std::function<void()>& fn) {
+  if (groups > kMixMaxGroups) Fail("mixed launch of %d groups (at most %d emulated)", groups, kMixMaxGroups);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  Mix() = static_cast<MixFlags*>(GmAlloc(sizeof(MixFlags)));
+  std::vector<pid_t> pids;
+  for (int g = 0; g < groups; ++g) {
+    for (int c = 0; c < 3; ++c) {   // c = 0: AIC, 1 / 2: AIV sub-blocks 0 / 1
+      const pid_t pid = fork();
+      if (pid < 0) Fail("fork failed");
+      if (pid == 0) {
+        block_idx = g;
+        block_num = groups;
+        g_taskRation = 2;
+        sub_block_idx = c ? c - 1 : 0;
+        g_coreType = c ? AscendC::AIV_TYPE : AscendC::AIC_TYPE;
+        fn();
+        std::fflush(stdout);
+        std::_Exit(0);
+      }
+      pids.push_back(pid);
+    }
+  }
+  bool ok = true;
+  for (size_t i = 0; i < pids.size(); ++i) {
+    int status = 0;
+    waitpid(pids[i], &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      std::fprintf(stderr, "emu: group %zu %s failed (status %d)\n", i / 3, i % 3 ? "AIV" : "AIC", status);
+      ok = false;
+    }
+  }
+  Mix() = nullptr;
+  return ok;
+}
+inline bool IsAic() { return g_coreType == AscendC::AIC_TYPE; }
+
 }  // namespace av4_emu
 
 [[noreturn]] void av4_emu_unemulated(const char* name) { av4_emu::Fail("intrinsic %s is not emulated", name); }
