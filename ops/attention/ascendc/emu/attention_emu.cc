@@ -117,18 +117,26 @@ int main(int argc, char** argv) {
                 (unsigned long long)td.ubUsed);
   } else if (op == "indexer") {
     av4_tiling::IndexerShape s{I(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), static_cast<uint32_t>(sizeof(Elem))};
-    const av4_tiling::Platform p{I(12), std::strtoull(argv[11], nullptr, 10)};
+    // a 910B-like group structure: one AIC per two AIV cores, 512 KiB L1
+    const av4_tiling::Platform p{I(12), std::strtoull(argv[11], nullptr, 10), std::max(1u, I(12) / 2), 512u * 1024};
     av4_tiling::IndexerTiling td;
     EMU_CHECK(av4_tiling::TileIndexer(s, p, &td, &why), why);
+    EMU_CHECK(td.ubUsed <= p.ubBytes, "tiling exceeds the platform UB");
     auto q = read_elems(dir + "q.bin"), k = read_elems(dir + "k.bin"), w = read_elems(dir + "w.bin");
     Gm<int32_t> idx = filled<int32_t>(1ull * s.B * s.S * td.topk, 7777);
-    run_cores(td, p.ubBytes, p.aivCores, [&](GM_ADDR t) {
-      av4_lightning_indexer(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(k.data()),
-                            reinterpret_cast<GM_ADDR>(w.data()), reinterpret_cast<GM_ADDR>(idx.data()), nullptr, t);
-    });
+    Gm<uint8_t> ws(td.usedGroups * td.wsPerGroup);
+    uint8_t* t = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(td)));
+    std::memcpy(t, &td, sizeof(td));
+    // every group of the platform runs (groups past usedGroups must return at once)
+    if (!av4_emu::LaunchMixed(static_cast<int>(p.aicCores), [&] {
+          av4_lightning_indexer(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(k.data()),
+                                reinterpret_cast<GM_ADDR>(w.data()), reinterpret_cast<GM_ADDR>(idx.data()),
+                                reinterpret_cast<GM_ADDR>(ws.data()), t);
+        }))
+      std::exit(3);
     write_file(dir + "idx.bin", idx.data(), idx.size() * 4);
-    std::printf("cores %u keyBlock %u cand %u ub %llu\n", td.usedCores, td.keyBlock, td.candAlign,
-                (unsigned long long)td.ubUsed);
+    std::printf("groups %u keyBlock %u kTile %u ub %llu l1 %llu\n", td.usedGroups, td.keyBlock, td.kTile,
+                (unsigned long long)td.ubUsed, (unsigned long long)td.l1Used);
   } else if (op == "compress") {
     av4_tiling::CompressShape s{I(3), I(4), I(5), I(6), I(7), static_cast<uint32_t>(sizeof(Elem)),
                                 std::strtof(argv[8], nullptr)};

@@ -21,15 +21,23 @@ struct SparseAttnTiling {
   uint32_t rowSplit[kMaxCores + 1];
 };
 
+// Mixed AIC/AIV indexer (lightning_indexer_v4.cpp): one Cube core + its two vector cores per group. Work unit: a
+// pair of consecutive query rows of one batch (row 2j for vector sub-block 0, 2j+1 for sub-block 1); the Cube scores
+// both rows' heads against a block of keyBlock keys in one [mRows x d] x [d x keyBlock] product.
 struct IndexerTiling {
   uint32_t B, S, H, d, N, topk, ratio, startPos;
-  uint32_t dAlign, hAlign;
-  uint32_t keyBlock;     // keys per streamed block (double-buffered)
-  uint32_t candAlign;    // topk + keyBlock rounded to 32 elements (Sort works on 32-element groups)
-  uint32_t outAlign;     // topk rounded to 8
-  uint32_t usedCores;
-  uint64_t ubUsed;
-  uint32_t rowSplit[kMaxCores + 1];
+  uint32_t dAlign;       // d rounded to 16 (K of the Cube product; zero-padded in L1)
+  uint32_t hAlign;       // H rounded to 8 (head weights, float)
+  uint32_t mAlign;       // 2H rounded to 16 (M of the Cube product: both rows' heads)
+  uint32_t kTile;        // K elements per L0A/L0B pass (128 for 16-bit inputs, 64 for float32)
+  uint32_t keyBlock;     // N of the Cube product = keys per step (128: one base tile)
+  uint32_t topkAlign;    // topk rounded to 32 (the final ascending-id Sort works on 32-element groups)
+  uint32_t pairs;        // B * ceil(S / 2)
+  uint32_t usedGroups;   // blockDim of the mixed launch (<= AIC cores)
+  uint64_t ubUsed;       // vector-core UB bytes
+  uint64_t l1Used;       // Cube-core L1 bytes
+  uint64_t wsPerGroup;   // workspace bytes per group: 2 score slots of [mAlign, keyBlock] float
+  uint32_t pairSplit[kMaxCores + 1];
 };
 
 struct CompressTiling {

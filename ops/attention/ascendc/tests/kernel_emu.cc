@@ -1,8 +1,9 @@
 // Runs the attention family's AscendC kernels on the CPU through ascendc_emu.h, one simulated AIV core after the
 // other, each with a fresh UB arena of the platform's size. Built twice by the test: -DDTYPE_QUERY=float and
 // =bfloat16_t (GM tensors in that dtype). Inputs / outputs are raw float32 / int32 files in a directory.
+// AIV-only kernels only: the mixed AIC/AIV indexer runs over the real headers + the intrinsic emulator
+// (ops/attention/ascendc/emu/attention_emu.cc).
 //   kernel_emu attn    DIR B S H D N W K ratio cmpOffset startPos scale ubBytes aivCores
-//   kernel_emu indexer DIR B S H d N topk ratio startPos ubBytes aivCores
 //   kernel_emu compress DIR B S c ratio overlap eps ubBytes aivCores
 #define AV4_CPU_EMULATOR 1
 #include "ascendc_emu.h"
@@ -14,7 +15,6 @@
 #define DTYPE_KV_PROJ DTYPE_QUERY
 
 #include "../op_kernel/compress_kv.cpp"
-#include "../op_kernel/lightning_indexer_v4.cpp"
 #include "../op_kernel/sparse_attn_shared_kv.cpp"
 
 #include <string>
@@ -100,20 +100,6 @@ int main(int argc, char** argv) {
     write_elems(dir + "out.bin", out);
     write_file(dir + "lse.bin", lse.data(), lse.size() * 4);
     std::printf("cores %u headGroup %u entryBlock %u ub %llu\n", td.usedCores, td.headGroup, td.entryBlock,
-                (unsigned long long)td.ubUsed);
-  } else if (op == "indexer") {
-    av4_tiling::IndexerShape s{I(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), static_cast<uint32_t>(sizeof(Elem))};
-    const av4_tiling::Platform p{I(12), std::strtoull(argv[11], nullptr, 10)};
-    av4_tiling::IndexerTiling td;
-    EMU_CHECK(av4_tiling::TileIndexer(s, p, &td, &why), why);
-    auto q = read_elems(dir + "q.bin"), k = read_elems(dir + "k.bin"), w = read_elems(dir + "w.bin");
-    std::vector<int32_t> idx(1ull * s.B * s.S * td.topk, 7777);
-    run_cores(td, p.ubBytes, p.aivCores, [&](GM_ADDR t) {
-      av4_lightning_indexer(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(k.data()),
-                            reinterpret_cast<GM_ADDR>(w.data()), reinterpret_cast<GM_ADDR>(idx.data()), nullptr, t);
-    });
-    write_file(dir + "idx.bin", idx.data(), idx.size() * 4);
-    std::printf("cores %u keyBlock %u cand %u ub %llu\n", td.usedCores, td.keyBlock, td.candAlign,
                 (unsigned long long)td.ubUsed);
   } else if (op == "compress") {
     av4_tiling::CompressShape s{I(3), I(4), I(5), I(6), I(7), static_cast<uint32_t>(sizeof(Elem)),
