@@ -27,8 +27,7 @@ GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ not installed")
 
 UB_910B = 196352   # what tiling sees on 910B1 (spec §3.1); 910B3/910_93 report 196608
-KERNELS = ["sparse_attn_shared_kv", "lightning_indexer_v4", "compress_kv"]
-STANDIN_KERNELS = ["sparse_attn_shared_kv", "compress_kv"]   # the Cube kernels are checked on the real headers only
+STANDIN_KERNELS = ["compress_kv"]   # the Cube kernels are checked on the real headers only (test_ascendc_real_headers)
 HOSTS = ["av4_sparse_attn_shared_kv", "av4_lightning_indexer", "av4_compress_kv"]
 
 
@@ -113,6 +112,11 @@ def _save(d, **arrays):
         np.ascontiguousarray(v).tofile(str(d / f"{k}.bin"))
 
 
+needs_real = pytest.mark.skipif(not REAL, reason="sparse attention (Cube design) and the mixed AIC/AIV indexer run only "
+                                                 "over the real headers + the intrinsic emulator (CANN trees not "
+                                                 "cached: real_headers_check.py --setup)")
+
+
 ATTN_CASES = [
     # B, S, H, D, W, mode, ratio/topk, start_pos, ub, cores
     (2, 24, 3, 16, 8, "csa", 3, 0, UB_910B, 5),
@@ -124,6 +128,7 @@ ATTN_CASES = [
 ]
 
 
+@needs_real
 @pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: f"{c[5]}-S{c[1]}-H{c[2]}-D{c[3]}")
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_emulated_sparse_attention_matches_reference(emu, tmp_path, case, dt):
@@ -169,6 +174,44 @@ def test_emulated_sparse_attention_matches_reference(emu, tmp_path, case, dt):
     assert np.isfinite(lse).all() and not (lse == -12345.0).any(), "every (row, head) lse written"
 
 
+ATTN_PARITY = [c for c in CASES if c.op in ("sparse_attention", "hca_attention")]
+
+
+@needs_real
+@pytest.mark.parametrize("case", ATTN_PARITY, ids=lambda c: f"{c.op}-{c.name}")
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_emulated_attention_parity_cases(emu, tmp_path, case, dt):
+    """every sparse_attention / hca_attention parity case (ops/attention/cases.py) through the kernel with the
+    binding's arguments: float32 runs tiling key 0 (vector cores), bf16 key 1 (Q·Kᵀ and P·V on the Cube); expected:
+    the float64 reference on the same (rounded) inputs"""
+    args, kw = case.make(np.random.default_rng(case.seed))
+    q, kv, sink, win = (np.asarray(a) for a in args[:4])
+    q, kv, sink = q.astype(np.float32), kv.astype(np.float32), sink.astype(np.float32)
+    if dt == "bf16":
+        q, kv = _bf16(q), _bf16(kv)
+    B, S, H, D = q.shape
+    win = win.astype(np.int32)
+    scale = kw["scale"]
+    if case.op == "sparse_attention":
+        cidx = args[4]
+        ref = R.sparse_attention(q, kv, sink, win, cidx, scale)
+        K, ratio, off, start = (0 if cidx is None else cidx.shape[-1]), 0, S, 0
+        extra = {} if cidx is None else {"cidx": np.asarray(cidx, np.int32)}
+    else:
+        ratio = kw["ratio"]
+        off = kw.get("cmp_offset", None)
+        start = kw.get("start_pos", 0)
+        ref = R.hca_attention(q, kv, sink, win, ratio, scale, cmp_offset=off, start_pos=start)
+        off = S if off is None else off
+        K, extra = 0, {}
+    _save(tmp_path, q=q, kv=kv, sink=sink, widx=win, **extra)
+    info = _run(emu[dt], "attn", tmp_path, B, S, H, D, kv.shape[1], win.shape[2], K, ratio, off, start,
+                repr(float(scale)), UB_910B, 8)
+    out = np.fromfile(str(tmp_path / "out.bin"), np.float32).reshape(ref.shape)
+    tol = 2e-5 if dt == "f32" else 1e-2   # bf16: output rounding + P rounded to bf16 for the Cube
+    np.testing.assert_allclose(out, ref, atol=tol, rtol=tol, err_msg=info)
+
+
 INDEXER_CASES = [
     # B, S, H, d, ratio, topk, start_pos, ub, cores (AIV; groups = cores / 2)
     (2, 32, 4, 16, 4, 4, 0, UB_910B, 6),
@@ -178,11 +221,6 @@ INDEXER_CASES = [
     (1, 600, 3, 32, 4, 40, 0, UB_910B, 6),     # several 128-key blocks per row: the running top-k merges
     (1, 64, 64, 128, 4, 8, 0, UB_910B, 8),     # V4 indexer heads x dim: M = 128, two K passes in float32
 ]
-
-needs_real = pytest.mark.skipif(not REAL, reason="the mixed AIC/AIV indexer runs only over the real headers + the "
-                                                 "intrinsic emulator (CANN trees not cached: real_headers_check.py "
-                                                 "--setup)")
-
 
 def _check_indexer(got, ref, scores, info):
     """the kernel's ids: ascending, -1 last; the selected set equal to the reference's, a swap allowed only between

@@ -16,6 +16,7 @@ int64_t block_num = 1;
 int32_t g_coreType = 0;
 int32_t g_taskRation = 1;
 int32_t sub_block_idx = 0;
+uint64_t g_tilingKey = 0;   // TILING_KEY_IS in CPU-debug mode; the driver sets the tiling's key before a launch
 namespace AscendC {
 const int AIV_TYPE = 2;
 const int AIC_TYPE = 1;

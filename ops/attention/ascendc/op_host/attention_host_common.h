@@ -24,13 +24,13 @@ inline av4_tiling::Platform QueryPlatform(gert::TilingContext* ctx) {
 // reads through GetUserWorkspace (after the library's system workspace)
 template <typename TilingStruct>
 inline ge::graphStatus Commit(gert::TilingContext* ctx, const TilingStruct& td, uint32_t usedCores,
-                              uint64_t userWorkspace = 0) {
+                              uint64_t userWorkspace = 0, uint32_t tilingKey = 0) {
   auto* raw = ctx->GetRawTilingData();
   if (raw->GetCapacity() < sizeof(TilingStruct)) return ge::GRAPH_FAILED;
   std::memcpy(raw->GetData(), &td, sizeof(TilingStruct));
   raw->SetDataSize(sizeof(TilingStruct));
   ctx->SetBlockDim(usedCores ? usedCores : 1);
-  ctx->SetTilingKey(0);
+  ctx->SetTilingKey(tilingKey);
   size_t* ws = ctx->GetWorkspaceSizes(1);
   ws[0] = platform_ascendc::PlatformAscendC(ctx->GetPlatformInfo()).GetLibApiWorkSpaceSize() + userWorkspace;
   return ge::GRAPH_SUCCESS;

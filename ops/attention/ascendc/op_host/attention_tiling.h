@@ -99,7 +99,61 @@ inline uint64_t AttnRowCost(const AttnShape& s, uint64_t row) {
   return c + 4;   // + per-row fixed cost (q load, output store)
 }
 
-// Returns false with *why set when no tiling fits.
+// ---- key 1 (16-bit q/kv): Q·Kᵀ and P·V on the Cube, softmax on the two vector cores of each group
+constexpr uint32_t kAttnEntryTile = 128;   // gathered entries per Cube step (N of Q·Kᵀ, K of P·V)
+
+// Vector-core UB bytes of SparseAttnVector::Init for nh heads per sub-block.
+inline uint64_t AttnCubeUbBytes(const AttnShape& s, uint32_t nh, uint32_t dA, uint32_t listA) {
+  const uint64_t e = kAttnEntryTile, h4 = AlignUp(nh * 4ull, kBlock);
+  uint64_t b = 0;
+  b += 2ull * nh * e * 4;                       // S rows, 2 buffers
+  b += 2ull * nh * 128 * 4;                     // O column chunks, 2 buffers
+  b += AlignUp(1ull * nh * e * s.dtypeBytes, kBlock);   // P staging (input dtype)
+  b += 1ull * nh * dA * 4;                      // float accumulator
+  b += 5 * h4;                                  // running max, sum, sink, exp(m_old - m_new) x 2
+  b += e * 4 + kBlock + e * 4 + kBlock;         // mask row, reduce result, reduce work, scalar vector
+  b += 1ull * listA * 4;                        // raw index lists (valid count)
+  b += AlignUp(1ull * dA * s.dtypeBytes, kBlock);   // output staging (one head)
+  return b;
+}
+
+// Cube-core L1 bytes of SparseAttnCube::Init: q of a head group, two gathered kv blocks, P.
+inline uint64_t AttnCubeL1Bytes(const AttnShape& s, uint32_t mA, uint32_t dA) {
+  return (1ull * mA * dA + 2ull * kAttnEntryTile * dA + 1ull * mA * kAttnEntryTile) * s.dtypeBytes;
+}
+
+inline bool TileSparseAttnCube(const AttnShape& s, const Platform& p, SparseAttnTiling* t, const char** why) {
+  const uint32_t dA = t->dAlign, listA = t->listAlign;
+  const uint64_t budget = p.ubBytes - kUbReserve;
+  // the largest head group (<= 128 rows of M) whose vector half fits UB and whose Cube buffers fit L1 / L0
+  uint32_t hg = s.H < 128 ? s.H : 128;
+  for (;; hg = (hg + 1) / 2) {
+    const uint32_t mA = static_cast<uint32_t>(AlignUp(hg, 16)), nh = (hg + 1) / 2;
+    const bool fits = AttnCubeUbBytes(s, nh, dA, listA) <= budget && AttnCubeL1Bytes(s, mA, dA) <= p.l1Bytes &&
+                      2ull * mA * kAttnEntryTile * 4 <= kL0CBytes;
+    if (fits) break;
+    if (hg == 1) { *why = "head dim too large for the Cube design's UB / L1 even with one head"; return false; }
+  }
+  t->tilingKey = ATTN_KEY_CUBE;
+  t->headGroup = hg;
+  t->numHeadGroups = (s.H + hg - 1) / hg;
+  t->mAlign = static_cast<uint32_t>(AlignUp(hg, 16));
+  t->headHalf = (hg + 1) / 2;
+  t->dTiles = (dA + 127) / 128;
+  t->entryBlock = kAttnEntryTile;
+  t->entryAlign = kAttnEntryTile;
+  t->ubUsed = AttnCubeUbBytes(s, t->headHalf, dA, listA);
+  t->l1Used = AttnCubeL1Bytes(s, t->mAlign, dA);
+  t->wsPerGroup = 2ull * t->mAlign * kAttnEntryTile * (4 + s.dtypeBytes) + 2ull * t->mAlign * dA * 4;
+  const uint32_t groups = static_cast<uint32_t>(MinU(MinU(p.aicCores, p.aivCores / 2), kMaxCores));
+  t->usedCores = BalancedSplit(1ull * s.B * s.S, groups, [&](uint64_t r) {
+    return static_cast<long double>((AttnRowCost(s, r) + kAttnEntryTile - 1) / kAttnEntryTile + 1);
+  }, t->rowSplit);
+  return true;
+}
+
+// Returns false with *why set when no tiling fits. 16-bit q/kv on a platform with Cube cores: key 1 (the Cube);
+// float32: key 0 (vector cores only).
 inline bool TileSparseAttn(const AttnShape& s, const Platform& p, SparseAttnTiling* t, const char** why) {
   if (s.B == 0 || s.S == 0 || s.H == 0 || s.D == 0) { *why = "empty query"; return false; }
   if (s.dtypeBytes != 2 && s.dtypeBytes != 4) { *why = "dtype must be 2 or 4 bytes"; return false; }
@@ -121,6 +175,7 @@ inline bool TileSparseAttn(const AttnShape& s, const Platform& p, SparseAttnTili
   t->numHeadGroups = (s.H + t->headGroup - 1) / t->headGroup;
   t->entryAlign = AlignElems(t->entryBlock, 4);
   t->listAlign = AlignElems(s.W, 4) + AlignElems(s.K, 4);
+  if (s.dtypeBytes == 2 && p.aicCores > 0 && p.aivCores >= 2 && p.l1Bytes > 0) return TileSparseAttnCube(s, p, t, why);
   t->ubUsed = AttnUbBytes(s, t->dAlign, t->headGroup, t->entryBlock);
   const uint64_t rows = 1ull * s.B * s.S;
   t->usedCores = BalancedSplit(rows, static_cast<uint32_t>(MinU(p.aivCores, kMaxCores)),

@@ -5,7 +5,10 @@
 
 namespace av4_tiling {
 
-constexpr uint32_t kMaxCores = 64;     // 910B: up to 48 AIV; 910_93 (per die): 48
+constexpr uint32_t kMaxCores = 64;
+// AV4SparseAttnSharedKV tiling keys (TILING_KEY_IS(0) / (1) in sparse_attn_shared_kv.cpp)
+constexpr uint32_t ATTN_KEY_VECTOR = 0;   // float32: vector cores only
+constexpr uint32_t ATTN_KEY_CUBE = 1;     // bf16 / fp16: Q·Kᵀ and P·V on the Cube (mixed AIC/AIV)     // 910B: up to 48 AIV; 910_93 (per die): 48
 
 struct SparseAttnTiling {
   uint32_t B, S, H, D, N, W, K, ratio, cmpOffset, startPos, nCmp;
@@ -16,9 +19,16 @@ struct SparseAttnTiling {
   uint32_t entryBlock;   // KV rows gathered per online-softmax step (double-buffered)
   uint32_t entryAlign;   // entryBlock rounded to 8 (float scores row)
   uint32_t listAlign;    // W and K each rounded to 8 (int32 index lists: window at 0, compressed at W rounded)
-  uint32_t usedCores;
-  uint64_t ubUsed;       // bytes the kernel's InitBuffer calls reserve
+  uint32_t usedCores;    // key 0: AIV cores; key 1: groups (1 AIC + 2 AIV)
+  uint64_t ubUsed;       // bytes the kernel's (vector side's) InitBuffer calls reserve
   uint32_t rowSplit[kMaxCores + 1];
+  // tiling key 1 (16-bit q/kv): Q·Kᵀ and P·V on the Cube (SparseAttnCube / SparseAttnVector in the kernel)
+  uint32_t tilingKey;    // 0: vector-only kernel (float32), 1: mixed AIC/AIV
+  uint32_t mAlign;       // headGroup rounded to 16 (M of both Cube products)
+  uint32_t headHalf;     // heads of a group per vector sub-block: sub-block 0 takes ceil(hg/2), 1 the rest
+  uint32_t dTiles;       // 128-column tiles of dAlign (N of P·V)
+  uint64_t l1Used;       // Cube-core L1 bytes
+  uint64_t wsPerGroup;   // workspace bytes per group: S, P and O slots (two each)
 };
 
 // Mixed AIC/AIV indexer (lightning_indexer_v4.cpp): one Cube core + its two vector cores per group. Work unit: a

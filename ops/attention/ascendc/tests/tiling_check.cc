@@ -55,19 +55,44 @@ static void attn_case(const AttnShape& s, const Platform& p) {
   CHECK(t.entryAlign % 8 == 0 && t.listAlign % 8 == 0 && t.listAlign >= s.W + s.K, "aligns");
   CHECK(t.headGroup >= 1 && t.headGroup <= s.H && t.numHeadGroups * t.headGroup >= s.H &&
             (t.numHeadGroups - 1) * t.headGroup < s.H, "head groups %u x %u H %u", t.numHeadGroups, t.headGroup, s.H);
-  // a larger head group must not have fitted (the tiling prefers fewer KV re-reads)
-  if (t.headGroup < s.H) CHECK(AttnUbBytes(s, t.dAlign, t.headGroup * 2 > s.H ? s.H : t.headGroup * 2, 8) >
-                                   p.ubBytes - kUbReserve, "head group %u not maximal", t.headGroup);
   const uint64_t rows = 1ull * s.B * s.S;
-  check_split(t.rowSplit, t.usedCores, rows, p.aivCores, [&](uint64_t r) { return (long double)AttnRowCost(s, r); },
-              "attn");
-  // simulate the kernel's loops: every (row, head) once
+  const bool cube = t.tilingKey == ATTN_KEY_CUBE;
+  CHECK(cube == (s.dtypeBytes == 2), "key %u for %u-byte dtype", t.tilingKey, s.dtypeBytes);
+  if (cube) {   // Cube design: M <= 128, L1 / L0C budgets, both vector halves cover the group
+    CHECK(t.mAlign % 16 == 0 && t.mAlign >= t.headGroup && t.mAlign <= 128 && t.l1Used <= p.l1Bytes &&
+              2ull * t.mAlign * kAttnEntryTile * 4 <= kL0CBytes && t.headHalf * 2 >= t.headGroup &&
+              t.dTiles * 128 >= t.dAlign && (t.dTiles - 1) * 128 < t.dAlign, "cube tile mA %u hg %u", t.mAlign,
+          t.headGroup);
+    if (t.headGroup < s.H && t.headGroup < 128) {
+      const uint32_t up = t.headGroup * 2 > s.H ? s.H : t.headGroup * 2;
+      CHECK(AttnCubeUbBytes(s, (up + 1) / 2, t.dAlign, t.listAlign) > p.ubBytes - kUbReserve ||
+                AttnCubeL1Bytes(s, static_cast<uint32_t>(AlignUp(up, 16)), t.dAlign) > p.l1Bytes || up > 128,
+            "cube head group %u not maximal", t.headGroup);
+    }
+    const uint32_t groups = p.aicCores < p.aivCores / 2 ? p.aicCores : p.aivCores / 2;
+    check_split(t.rowSplit, t.usedCores, rows, groups, [&](uint64_t r) {
+      return (long double)((AttnRowCost(s, r) + kAttnEntryTile - 1) / kAttnEntryTile + 1);
+    }, "attn cube");
+  } else {
+    // a larger head group must not have fitted (the tiling prefers fewer KV re-reads)
+    if (t.headGroup < s.H) CHECK(AttnUbBytes(s, t.dAlign, t.headGroup * 2 > s.H ? s.H : t.headGroup * 2, 8) >
+                                     p.ubBytes - kUbReserve, "head group %u not maximal", t.headGroup);
+    check_split(t.rowSplit, t.usedCores, rows, p.aivCores, [&](uint64_t r) { return (long double)AttnRowCost(s, r); },
+                "attn");
+  }
+  // simulate the kernel's loops: every (row, head) once (key 1: each group's heads split over the two sub-blocks)
   std::vector<uint8_t> seen(rows * s.H, 0);
   for (uint32_t c = 0; c < t.usedCores; ++c)
     for (uint64_t r = t.rowSplit[c]; r < t.rowSplit[c + 1]; ++r)
       for (uint32_t g = 0; g < t.numHeadGroups; ++g) {
         const uint32_t h0 = g * t.headGroup, nh = (h0 + t.headGroup <= s.H) ? t.headGroup : s.H - h0;
-        for (uint32_t h = h0; h < h0 + nh; ++h) ++seen[r * s.H + h];
+        if (cube) {
+          const uint32_t first = nh < t.headHalf ? nh : t.headHalf;
+          for (uint32_t v = 0; v < 2; ++v)
+            for (uint32_t h = h0 + (v ? first : 0); h < h0 + (v ? nh : first); ++h) ++seen[r * s.H + h];
+        } else {
+          for (uint32_t h = h0; h < h0 + nh; ++h) ++seen[r * s.H + h];
+        }
       }
   for (auto v : seen) CHECK(v == 1, "attn (row, head) visited %u times", v);
 }
