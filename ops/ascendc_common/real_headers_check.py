@@ -219,7 +219,7 @@ class Workspace:
         text = open(emu_h).read()
         done = set(re.findall(r"^inline\s+(?:void|int64_t)\s+(\w+)\s*\(", text, re.M))
         done |= set(re.findall(r"^\s*inline\s+(?:void|int64_t)\s+(\w+)\s*\(", text, re.M))
-        done |= set(re.findall(r"^AV4_EMU_(?:BINARY|SCALAR|UNARY)\((\w+),", text, re.M))
+        done |= set(re.findall(r"^AV4_EMU_(?:BINARY|SCALAR|UNARY|ND2NZ)\((\w+)[,)]", text, re.M))
         for b in re.findall(r"^AV4_EMU_COPY_ALIGN\((\d+)\)", text, re.M):
             done |= {f"copy_gm_to_ubuf_align_b{b}", f"copy_ubuf_to_gm_align_b{b}"}
         shim = self.shim_text(skip=done, abort=True) + f'\n#include "{emu_h}"\n'

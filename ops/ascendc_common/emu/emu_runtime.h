@@ -106,6 +106,16 @@ inline bool IsAic() { return g_coreType == AscendC::AIC_TYPE; }
 
 }  // namespace av4_emu
 
+// GM writes under SetAtomicAdd take a cross-process lock in CPU-debug mode (closed library); atomic accumulation is
+// not emulated, so g_isAtomic stays false and taking the lock stops the run
+namespace AscendC {
+bool g_isAtomic = false;
+ProcessLock* ProcessLock::processLock = nullptr;
+ProcessLock* ProcessLock::CreateLock() { av4_emu::Fail("atomic GM writes (ProcessLock) are not emulated"); }
+int ProcessLock::Write() { av4_emu::Fail("atomic GM writes (ProcessLock) are not emulated"); }
+int ProcessLock::Unlock() { av4_emu::Fail("atomic GM writes (ProcessLock) are not emulated"); }
+}  // namespace AscendC
+
 [[noreturn]] void av4_emu_unemulated(const char* name) { av4_emu::Fail("intrinsic %s is not emulated", name); }
 
 // bfloat16_t (asc-tools kernel_bf16.h declares these; their definitions are in the closed cpudebug library)
@@ -122,3 +132,18 @@ Bf16T& Bf16T::operator=(const float& f) {
 Bf16T::operator float() const { return av4_emu::Bf16ToF32(val); }
 float Bf16T::ToFloat() const { return av4_emu::Bf16ToF32(val); }
 }  // namespace bfloat16
+
+// half (asc-tools kernel_fp16.h declares these; their definitions are in the closed cpudebug library): round to
+// nearest even, as the vector unit's float -> half conversion
+uint16_t half::FloatToFp16(const float& f) const { return av4_emu::F32ToF16(f); }
+uint16_t half::Int32ToFp16(const int32_t& i) const { return av4_emu::F32ToF16(static_cast<float>(i)); }
+half& half::operator=(const half& fp) {
+  val = fp.val;
+  return *this;
+}
+half& half::operator=(const float& f) {
+  val = av4_emu::F32ToF16(f);
+  return *this;
+}
+half::operator float() const { return av4_emu::F16ToF32(val); }
+float half::ToFloat() const { return av4_emu::F16ToF32(val); }
