@@ -84,7 +84,7 @@ def emu(build_dir):
         os.makedirs(out, exist_ok=True)
         for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
             exes[name] = rhc.build_emulator(os.path.join(ASC, "emu", "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
-                                            os.path.join(out, f"attention_{dt}"), cxx=GXX)
+                                            os.path.join(out, f"attention_{dt}"), cxx=GXX, core="MIX")
         return exes
     for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
         exe = str(build_dir / f"kernel_emu_{name}")
@@ -335,7 +335,7 @@ def test_compress_without_the_ape_reload_wait_is_a_race(tmp_path):
     assert old in text
     k.write_text(text.replace(old, ""))
     exe = rhc.build_emulator(str(base / "ascendc" / "emu" / "attention_emu.cc"), ["DTYPE_QUERY=float"],
-                             str(base / "attention_emu"), cxx=GXX)
+                             str(base / "attention_emu"), cxx=GXX, core="MIX")
     rng = np.random.default_rng(0)
     B, S, c, ratio = 1, 8, 512, 4
     _save(tmp_path, kvp=rng.standard_normal((B, S, 2 * c)).astype(np.float32),

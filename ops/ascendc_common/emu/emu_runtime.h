@@ -2,6 +2,7 @@
 // CPU-debug mode (normally from CANN's closed cpudebug libraries), and a launcher that runs a kernel entry once per
 // core in forked processes over shared GM (as the CPU-debug framework does). Include once, after the kernel sources.
 #pragma once
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -90,12 +91,21 @@ inline bool LaunchMixed(int groups, const std::function<void()>& fn) {
       pids.push_back(pid);
     }
   }
+  // the first core that fails stops the launch: its partners would only wait for flags it will never set
   bool ok = true;
-  for (size_t i = 0; i < pids.size(); ++i) {
+  std::vector<bool> done(pids.size(), false);
+  for (size_t left = pids.size(); left > 0; --left) {
     int status = 0;
-    waitpid(pids[i], &status, 0);
+    const pid_t pid = waitpid(-1, &status, 0);
+    size_t i = 0;
+    while (i < pids.size() && pids[i] != pid) ++i;
+    if (i == pids.size()) Fail("waitpid returned an unknown process");
+    done[i] = true;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      std::fprintf(stderr, "emu: group %zu %s failed (status %d)\n", i / 3, i % 3 ? "AIV" : "AIC", status);
+      if (ok) std::fprintf(stderr, "emu: group %zu %s failed (status %d)\n", i / 3, i % 3 ? "AIV" : "AIC", status);
+      if (ok)
+        for (size_t j = 0; j < pids.size(); ++j)
+          if (!done[j]) kill(pids[j], SIGKILL);
       ok = false;
     }
   }
