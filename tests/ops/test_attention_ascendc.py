@@ -345,3 +345,52 @@ def test_compress_without_the_ape_reload_wait_is_a_race(tmp_path):
     r = subprocess.run([exe, "compress", str(tmp_path), str(B), str(S), str(c), str(ratio), "1", "1e-6", "40000",
                         "2"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 3 and "race:" in r.stderr and "(pipe MTE2) overwrites UB" in r.stderr, r.stderr[-2000:]
+
+
+# Cube-side hand-overs of the two mixed kernels, each removed in turn: the pipe model names the race.
+CUBE_MUTANTS = {
+    # sparse attention (bf16, key 1): q and the gathered kv rows read from L1 before their GM -> L1 copies were
+    # waited on (the Gather's MTE2 -> MTE1 hand-over also covers the unit's q load)
+    "attn_gather_no_mte2_mte1": (
+        "sparse_attn_shared_kv.cpp", "bfloat16_t",
+        "      jj += run;\n      id = nxt;\n    }\n    PipeSync<HardEvent::MTE2_MTE1>();\n",
+        "      jj += run;\n      id = nxt;\n    }\n",
+        "(pipe MTE1) reads UB"),
+    # indexer: Mmad overwrites the L0C buffer the Fixpipe of two steps ago may still be reading
+    "indexer_no_l0c_free_wait": (
+        "lightning_indexer_v4.cpp", "float",
+        "    WaitFlag<HardEvent::FIX_M>(cFree_[slot]);   // the Fixpipe of two steps ago has drained this L0C buffer\n",
+        "", "(pipe M) overwrites"),
+}
+
+
+@pytest.mark.slow
+@needs_real
+@pytest.mark.parametrize("name", sorted(CUBE_MUTANTS))
+def test_cube_handover_removed_is_a_race(tmp_path, name):
+    import shutil as _sh
+    from pathlib import Path
+    src, dt, old, new, expect = CUBE_MUTANTS[name]
+    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / f"attention_{name}"
+    _sh.rmtree(base, ignore_errors=True)
+    _sh.copytree(ASC, base / "ascendc", ignore=_sh.ignore_patterns("__pycache__", "tests"))
+    k = base / "ascendc" / "op_kernel" / src
+    text = k.read_text()
+    assert text.count(old) == 1, name
+    k.write_text(text.replace(old, new))
+    exe = rhc.build_emulator(str(base / "ascendc" / "emu" / "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
+                             str(base / "attention_emu"), cxx=GXX, core="MIX")
+    rng = np.random.default_rng(0)
+    if src.startswith("sparse"):
+        B, S, H, D, W = 1, 12, 4, 32, 8
+        win = np.ascontiguousarray(np.broadcast_to(R.window_indices(S, W), (B, S, W))).astype(np.int32)
+        _save(tmp_path, q=rng.standard_normal((B, S, H, D)).astype(np.float32),
+              kv=rng.standard_normal((B, S, D)).astype(np.float32), sink=np.zeros(H, np.float32), widx=win)
+        args = ["attn", tmp_path, B, S, H, D, S, W, 0, 0, S, 0, "0.17", UB_910B, 2]
+    else:
+        B, S, H, d, ratio = 1, 12, 4, 16, 1
+        _save(tmp_path, q=rng.standard_normal((B, S, H, d)).astype(np.float32),
+              k=rng.standard_normal((B, S, d)).astype(np.float32), w=rng.standard_normal((B, S, H)).astype(np.float32))
+        args = ["indexer", tmp_path, B, S, H, d, S, 4, ratio, 0, UB_910B, 2]
+    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3 and "race:" in r.stderr and expect in r.stderr, r.stderr[-2000:]
