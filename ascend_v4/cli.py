@@ -165,23 +165,26 @@ def compare(a, b, as_json, max_median_rel):
 # ---------------------------------------------------------------------------------------------- export
 @main.command("export")
 @click.argument("checkpoint")
-@click.option("--out", "out_path", required=True, help="output file (.mindir)")
+@click.option("--out", "out_path", required=True, help="output file (.mindir or .onnx, as --format)")
+@click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True,
+              help="mindir: MindSpore Lite / Ascend serving; onnx: opset 11, checked by onnx.checker, runs in "
+                   "onnxruntime")
 @click.option("--batch", default=1, show_default=True)
 @click.option("--seq", default=128, show_default=True)
 @click.option("--backends", type=click.Choice(["composite", "auto"]), default="composite", show_default=True,
               help="composite: standard MindSpore primitives only (portable); auto: this machine's best backends "
-                   "(CPU C++ kernels as Custom ops that point at local libraries)")
+                   "(CPU C++ kernels as Custom ops that point at local libraries; MINDIR only)")
 @friendly
 @device_option
-def export_cmd(checkpoint, out_path, batch, seq, backends):
-    """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving.
-    (ONNX is not offered: MindSpore 2.10's ONNX exporter has no converter for Rsqrt, used by every RMSNorm.)"""
+def export_cmd(checkpoint, out_path, fmt, batch, seq, backends):
+    """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving, or as
+    ONNX. An op the ONNX exporter cannot convert is named, and the command exits 2."""
     from .runtime import setup
     setup(None, "graph")
     from ascend_v4.graph.export import export
     cfg, weights = _load_any(checkpoint)
-    export(cfg, weights, batch, seq, out_path, "MINDIR", backends=backends)
-    click.echo(f"exported MINDIR [{batch}x{seq}] ({backends} backends) to {out_path}")
+    export(cfg, weights, batch, seq, out_path, fmt.upper(), backends=backends)
+    click.echo(f"exported {fmt.upper()} [{batch}x{seq}] ({backends} backends) to {out_path}")
 
 
 # ------------------------------------------------------------------------------------------------ demo
