@@ -93,7 +93,10 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @main.command()
 @click.argument("checkpoint")
 @click.option("--tokens", "tokens_path", required=True, help="int [batch, seq] .npy token array")
-@click.option("--out", "out_path", required=True, help="output .npz")
+@click.option("--out", "out_path", required=True, help="output .npz (--format msprobe: a new directory)")
+@click.option("--format", "fmt", type=click.Choice(["npz", "msprobe"]), default="npz", show_default=True,
+              help="msprobe: MindStudio msprobe's MindSpore L0 tensor-dump layout (OUT/step0/rank0/dump.json, "
+                   "dump_tensor_data/*.npy), for `msprobe compare` against a reference dump (docs/porting.md)")
 @click.option("--backend", type=click.Choice(["graph", "numpy"]), default="graph", show_default=True,
               help="graph: MindSpore graph mode (this port); numpy: the float64 golden model")
 @click.option("--mode", type=click.Choice(["exact", "official"]), default="exact", show_default=True,
@@ -108,9 +111,12 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
 @device_option
-def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulation, mtp, threads):
+def dump(checkpoint, tokens_path, out_path, fmt, backend, mode, kv_fp8, quant_emulation, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
-    from .dump import check_tokens, load_tokens, save_npz
+    from .dump import DumpError, check_tokens, load_tokens, save_npz, write_msprobe
+    if fmt == "msprobe" and os.path.exists(out_path) and (not os.path.isdir(out_path) or os.listdir(out_path)):
+        raise DumpError(f"{out_path} already exists and is not an empty directory; --format msprobe writes a "
+                        f"directory: choose a new path")
     ids = load_tokens(tokens_path)
     cfg, weights = _load_any(checkpoint)
     check_tokens(ids, cfg, tokens_path)
@@ -134,7 +140,10 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulati
             from ascend_v4.graph.forward import build_forward
             fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
             res = fwd(ids)
-    save_npz(out_path, res)
+    if fmt == "msprobe":
+        out_path = write_msprobe(out_path, res, ids, cfg.n_layers)
+    else:
+        save_npz(out_path, res)
     click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
                f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")
 
