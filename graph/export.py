@@ -101,14 +101,14 @@ ONNX_CONVERTIBLE = frozenset((
     "Depend", "Load", "MakeTuple", "TupleGetItem", "UpdateState"))
 
 
-def graph_primitives(model, ids) -> Dict[str, set]:
-    """Primitive type -> instance names (Custom: the kernel function) of `model` compiled for `ids`, read from a
-    MINDIR export of it (the graph the ONNX exporter walks)."""
+def graph_primitives(model, *inputs) -> Dict[str, set]:
+    """Primitive type -> instance names (Custom: the kernel function) of `model` compiled for `inputs`, read from
+    a MINDIR export of it (the graph the ONNX exporter walks)."""
     import tempfile
     import mindspore as ms
     from mindspore.train import mind_ir_pb2
     with tempfile.TemporaryDirectory() as d:
-        ms.export(model, ids, file_name=os.path.join(d, "g"), file_format="MINDIR")
+        ms.export(model, *inputs, file_name=os.path.join(d, "g"), file_format="MINDIR")
         proto = mind_ir_pb2.ModelProto()
         with open(os.path.join(d, "g.mindir"), "rb") as f:
             proto.ParseFromString(f.read())
