@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from typing import Dict
 
 import numpy as np
@@ -215,13 +216,16 @@ _INT_WIDTH = {3: 8, 2: 8, 5: 16, 4: 16, 6: 32, 12: 32, 7: 64, 13: 64}     # ONNX
 def _constant_dtypes(m) -> None:
     """MindSpore gives a Python scalar the dtype of the tensor it meets (`int32_tensor < 8` compares in int32),
     but its exporter writes folded constants as int64 (and casts a Muls scalar to int64), which ONNX refuses next
-    to an int32 tensor. Give such a constant its computed partner's dtype where every value survives the cast."""
+    to an int32 tensor: such a constant takes its computed partner's dtype (where every value survives the cast).
+    Two computed operands of int32 and int64 (MindSpore's integer sums are int64, ONNX ReduceSum keeps int32)
+    meet as MindSpore promotes them: the int32 one is cast to int64."""
     import onnx
     from onnx import numpy_helper
     for _ in range(32):                       # types downstream of a repaired node become known on the next pass
         types = _types(m)
         init = {i.name: i for i in m.graph.initializer}
         producer = {o: n for n in m.graph.node for o in n.output}
+        uses = Counter(i for n in m.graph.node for i in n.input)
 
         def constant(name):                   # an initializer, a Constant node, or a Cast of one of them
             n = producer.get(name)
@@ -254,10 +258,16 @@ def _constant_dtypes(m) -> None:
                     changed = True
                     continue
                 n = producer.get(i)
-                if n is not None and n.op_type == "Cast":
+                if n is not None and n.op_type == "Cast" and uses[i] == 1:      # a Cast of a constant, ours only
                     for a in n.attribute:
                         if a.name == "to":
                             a.i = want
+                    changed = True
+                elif n is not None:                 # a shared constant: cast a copy for this consumer
+                    cast = onnx.helper.make_node("Cast", [i], [f"{i}_to{want}_{node.name}"], to=want,
+                                                 name=f"{i}_to{want}_{node.name}Cast")
+                    casts.append((node, cast))
+                    node.input[first + k] = cast.output[0]
                     changed = True
                 elif i in init:
                     old = numpy_helper.to_array(init[i])
