@@ -83,8 +83,9 @@ _HF_NESTED = {"rope_scaling": {"type", "rope_type", "factor", "original_max_posi
 _HF_METADATA = {"architectures", "attention_dropout", "initializer_range", "torch_dtype", "dtype",
                 "transformers_version", "use_cache", "pad_token_id", "auto_map", "_name_or_path", "mlp_bias",
                 "quantize"}                    # MindIE's precision tag in a `convert --layout serving` config
-# Keys of ours an HF root config may carry (docs/numerics.md): the model.py revision and the indexer's numerics.
-_HF_OURS = {"revision", "indexer_fp4"}
+# Keys of ours an HF root config may carry (docs/numerics.md): the model.py revision and the indexer's numerics;
+# "conversion" rides along in a `convert --layout serving` config.
+_HF_OURS = {"revision", "indexer_fp4", "conversion"}
 # Keys DeepSeek's ModelArgs reads that size the runtime, not the model; "conversion" is written by `convert`.
 _INFERENCE_RUNTIME = {"max_batch_size", "max_seq_len", "scale_dtype", "conversion"}
 

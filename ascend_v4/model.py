@@ -30,7 +30,7 @@ from . import precision
 from .config import ModelConfig
 from .ops.attention.composite import compressed_indices, fp4_rotate, window_indices
 from .ops.attention.rope import rope_table
-from .ops.common import NEG_INF, linear, rms_norm
+from .ops.common import NEG_INF, cumsum, linear, rms_norm, rsqrt
 from .ops.moe.layer import MoeExperts
 
 INT8_MAX = 127.0
@@ -438,7 +438,7 @@ def select_mask(score, vis, k):
     above = score > kth
     tied = score == kth
     room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
-    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
+    take = ops.logical_or(above, ops.logical_and(tied, cumsum(ops.cast(tied, ms.int32), -1) <= room))
     return ops.logical_and(take, visible)
 
 
@@ -504,7 +504,7 @@ class Attention(nn.Cell):
         B, S = x.shape[0], x.shape[1]
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
-        q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
+        q = q * rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
         return qr, self.rope(q, cos_h, sin_h), self.rope(self.kv_norm(self.wkv(x)), cos, sin)
 
     def construct(self, x, cos, sin, seg=None):

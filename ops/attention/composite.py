@@ -8,7 +8,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from ..common import NEG_INF, linear, rms_norm
+from ..common import NEG_INF, ceil, cumsum, linear, rms_norm
 from .reference import FP4_BLOCK, hadamard_matrix
 
 
@@ -79,7 +79,7 @@ def fp4_quant(x, block=FP4_BLOCK):
     xb = x.reshape(shape[:-1] + (shape[-1] // block, block))
     amax = ops.maximum(ops.amax(ops.abs(xb), -1, True), ops.full((1,), 6.0 * 2.0 ** -126, dtype=ms.float32))
     y = amax / 6.0
-    e = ops.ceil(ops.log2(y))                      # then make it exact: 2^(e-1) < y <= 2^e
+    e = ceil(ops.log2(y))                      # then make it exact: 2^(e-1) < y <= 2^e
     e = ops.where(ops.pow(2.0, e - 1) >= y, e - 1, e)
     e = ops.where(ops.pow(2.0, e) < y, e + 1, e)
     scale = ops.pow(2.0, e)
@@ -117,7 +117,7 @@ def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
     above = score > kth
     tied = score == kth
     room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
-    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
+    take = ops.logical_or(above, ops.logical_and(tied, cumsum(ops.cast(tied, ms.int32), -1) <= room))
     take = ops.logical_and(take, ent < vis)
     # unique keys: taken entries sort first, by id; the rest after them
     key = ops.cast(ops.where(take, ent, ent + N), ms.float32)
