@@ -30,6 +30,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ascend_v4 import atomic
 from ascend_v4.atomic import fsync_dir  # the one definition; run.py / reverse.py reach it through this module
 
 from .errors import ConvertError
@@ -70,24 +71,15 @@ def sha256_file(path: str, progress: Optional[Callable[[int], None]] = None) -> 
 
 
 def write_json_atomic(path: str, obj, indent: Optional[int] = 1) -> None:
-    data = (json.dumps(obj, indent=indent) + "\n").encode("utf-8")
-    write_bytes_atomic(path, data)
+    """ascend_v4.atomic.write_json, creating the parent directory (state files live in sub-directories)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic.write_json(path, obj, indent)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
+    """ascend_v4.atomic.write_bytes, creating the parent directory."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
+    atomic.write_bytes(path, data)
 
 
 def _os_error(path: str, e: OSError) -> ConvertError:
