@@ -1,4 +1,4 @@
-"""Tensor-parallel / expert-parallel split rules of the official converter (spec §7.4), for a target
+"""Tensor-parallel / expert-parallel split rules of DeepSeek's inference/convert.py (docs/formats.md), for a target
 layout of TP size N and EP size M.
 
 Rules, keyed on the module name (the component before `.weight`/`.scale`/`.bias`, else the last one):
