@@ -39,21 +39,8 @@ ROOT = os.path.dirname(HERE)
 D, DI, WINDOW, TOPK = 512, 128, 128, 512
 
 
-def _clear_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    return 0
+sys.path.insert(0, os.path.join(ROOT, "tests"))         # the peak-memory helper lives with the tests
+from peak_memory import peak_bytes as _hwm, reset_peak as _clear_peak  # noqa: E402
 
 
 def _measure(fn):

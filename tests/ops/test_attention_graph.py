@@ -1,7 +1,6 @@
 """The cpp (aot) backends inside GRAPH_MODE Cells and ms.jit(value_and_grad), the FP4 pieces bit-exact, the
 streaming indexer equal to the one-shot one, and the model's attention through the registry on cpp vs composite."""
 import os
-import resource
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from mindspore import nn, ops  # noqa: E402
 
 from ascend_v4.ops import registry  # noqa: E402
 from ascend_v4.ops.attention import reference as R  # noqa: E402
+from peak_memory import peak_bytes as _vm_hwm, reset_peak as _peak_rss_reset  # noqa: E402
 
 
 def _cpp():
@@ -120,23 +120,6 @@ def test_streaming_indexer_equals_one_shot():
     want = R.lightning_indexer_stream(q, k, w, 4, 7, fp4=False, chunk=10 ** 6)
     for chunk in (1, 7, 64):
         np.testing.assert_array_equal(R.lightning_indexer_stream(q, k, w, 4, 7, fp4=False, chunk=chunk), want)
-
-
-def _peak_rss_reset():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _vm_hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def test_cpp_indexer_and_hca_memory_is_not_quadratic():
