@@ -354,14 +354,6 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
     return plan
 
 
-def sidecar_of_shard(plan: Plan) -> Dict[int, str]:
-    """release shard index -> sidecar file holding its scales."""
-    out = {}
-    for f in plan.sidecar_files:
-        out[plan.source.entries[f.groups[0].source].shard] = f.path
-    return out
-
-
 def fingerprint(plan: Plan) -> str:
     """Identifies the conversion: options + the source's config and shard headers (not its data)."""
     src = plan.source
