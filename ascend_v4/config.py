@@ -146,6 +146,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _coerce_numbers(cls, kw: dict) -> None:
+    """In place: ints written as floats in JSON (1.0) become ints in int fields; ints in float fields become floats.
+    Strings are not numbers (the validators reject them)."""
+    for f in dataclasses.fields(cls):
+        v = kw.get(f.name)
+        if f.type == "int" and isinstance(v, float) and v.is_integer() and abs(v) <= _INT_MAX:
+            kw[f.name] = int(v)
+        elif f.type == "float" and _is_int(v):
+            kw[f.name] = float(v)
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -410,13 +421,7 @@ class ModelConfig:
                                   f"be a list of integers, one per layer and MTP block, got {_describe(cr)}")
             kw["compress_ratios"] = tuple(int(r) if isinstance(r, float) and r.is_integer() else r for r in cr)
         kw.setdefault("name", name)
-        # Ints written as floats in JSON (1.0) are ints; ints in float fields are floats. Strings are not numbers.
-        for f in dataclasses.fields(cls):
-            v = kw.get(f.name)
-            if f.type == "int" and isinstance(v, float) and v.is_integer() and abs(v) <= _INT_MAX:
-                kw[f.name] = int(v)
-            elif f.type == "float" and _is_int(v):
-                kw[f.name] = float(v)
+        _coerce_numbers(cls, kw)
         return cls(**kw).validate(names)
 
     @classmethod
@@ -808,12 +813,7 @@ class ModelConfigV41(ModelConfig):
         if raw.get("expert_dtype", 0) is None:
             kw["expert_dtype"] = "fp8"
         kw.setdefault("name", name)
-        for f in dataclasses.fields(cls):
-            v = kw.get(f.name)
-            if f.type == "int" and isinstance(v, float) and v.is_integer() and abs(v) <= _INT_MAX:
-                kw[f.name] = int(v)
-            elif f.type == "float" and _is_int(v):
-                kw[f.name] = float(v)
+        _coerce_numbers(cls, kw)
         return cls(**kw).validate()
 
 

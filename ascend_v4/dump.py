@@ -1,7 +1,6 @@
 """Parity tools: dump the named activations of a forward pass, compare two dumps (msprobe-style report)."""
 from __future__ import annotations
 
-import json
 from typing import Dict
 
 import numpy as np
@@ -60,10 +59,6 @@ def check_tokens(ids: np.ndarray, cfg, path: str, error=DumpError) -> None:
 def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     """Atomic float32 dump: a killed run or a full disk never leaves a complete-looking file."""
     write_npz(path, {k: np.asarray(v, np.float32) for k, v in arrays.items()})
-
-
-def json_dumps(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)
 
 
 # ------------------------------------------------------------------------------ --quant-emulation --------

@@ -720,10 +720,8 @@ class MoE(nn.Cell):
         self.has_shared = cfg.n_shared_experts > 0
         if self.has_shared:
             self.shared_experts = Expert(cfg.dim, inter, dtype)
-        if ep > 1 and parallel.simulated:
-            from .parallel import SimulatedExpertParallel
-            self.routed = SimulatedExpertParallel(cfg.n_routed_experts, cfg.swiglu_limit, ep, parallel.ep_rank,
-                                                  capacity_factor)
+        if ep > 1 and parallel.simulated:      # one process playing an ep rank: the simulation brings the Cell
+            self.routed = parallel.routed_experts(cfg, capacity_factor)
         elif ep > 1:
             from .ops.moe.parallel import ExpertParallelMoeExperts
             self.routed = ExpertParallelMoeExperts(cfg.n_routed_experts, cfg.swiglu_limit, ep, parallel.ep_rank,

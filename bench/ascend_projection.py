@@ -25,6 +25,7 @@ import math
 import os
 import sys
 
+from ascend_v4.atomic import write_json
 from ascend_v4.config import load_config
 
 # Public peak figures (approximate; vendor and third-party sources disagree). Per chip as the framework sees it:
@@ -141,6 +142,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="projection (not a measurement) of the AscendC kernels on 910B/910C")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                    "ascend_projection.json"))
+    ap.add_argument("--out", dest="json", default=argparse.SUPPRESS, help=argparse.SUPPRESS)   # as in the other benches
+    ap.add_argument("--quick", action="store_true", help="accepted for bench/run_all.py: a projection is instant")
     a = ap.parse_args(argv)
     c = load_config("v4-flash")
     rows = []
@@ -162,11 +165,8 @@ def main(argv=None):
               f"{r['gm_mb']:9.1f} {r['busy']:5.2f} {r['projected_us']:10.1f} {r['roofline_us']:10.1f} "
               f"{r['efficiency']:5.2f} {r['bound']}")
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
-    tmp = a.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"kind": "projection", "peaks": PEAKS, "vector_lanes_fp32": VECTOR_LANES_FP32,
-                   "model": "v4-flash", "rows": rows}, f, indent=1)
-    os.replace(tmp, a.json)
+    write_json(a.json, {"kind": "projection", "peaks": PEAKS, "vector_lanes_fp32": VECTOR_LANES_FP32,
+                        "model": "v4-flash", "rows": rows}, indent=1)
     print(f"wrote {a.json}")
     return 0
 

@@ -12,19 +12,6 @@ from ..common import NEG_INF, ceil, cumsum, linear, rms_norm
 from .reference import FP4_BLOCK, hadamard_matrix
 
 
-def apply_rope(x, cos, sin, inverse=False):
-    """Interleaved-pair rotation of the last 2*cos.shape[-1] dims; cos/sin broadcast to x[..., pairs]."""
-    rd = cos.shape[-1] * 2
-    head = x[..., :x.shape[-1] - rd]
-    r = x[..., x.shape[-1] - rd:].reshape(x.shape[:-1] + (rd // 2, 2))
-    a = r[..., 0]
-    b = r[..., 1]
-    if inverse:
-        sin = -sin
-    rot = ops.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(x.shape[:-1] + (rd,))
-    return ops.concat([head, rot], -1)
-
-
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
     B, S, _ = x.shape
     n = S // ratio

@@ -189,7 +189,7 @@ def select_topk(I, vis, kk):
     return np.where(idx < N, idx, -1).astype(np.int32)
 
 
-# --------------------------------------------------------------- compressor with decode state (§9.1/9.3)
+# --------------------------------------------------------------- compressor with decode state (docs/design.md)
 def compressor_state(B, ratio, c, overlap, dtype=np.float64):
     """Fresh (reset) decode state: kv_state zeros, score_state -inf, both [B, coff·ratio, coff·c].
 

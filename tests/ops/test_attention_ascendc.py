@@ -26,7 +26,7 @@ DECLS = os.path.join(ROOT, "ops", "ascendc_common", "decls_attention.h")
 GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ not installed")
 
-UB_910B = 196352   # what tiling sees on 910B1 (spec §3.1); 910B3/910_93 report 196608
+UB_910B = 196352   # what tiling sees on 910B1 (CANN's platform UB size); 910B3/910_93 report 196608
 STANDIN_KERNELS = ["compress_kv"]   # the Cube kernels are checked on the real headers only (test_ascendc_real_headers)
 HOSTS = ["av4_sparse_attn_shared_kv", "av4_lightning_indexer", "av4_compress_kv"]
 
