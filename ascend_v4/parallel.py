@@ -528,6 +528,62 @@ class GradReducer(nn.Cell):
         return self.hyper_map(F.partial(_reduce_grad, self.ar_dp, self.ar_edp, self.scale), grads, self.kinds)
 
 
+_flat_piece = C.MultitypeFuncGraph("v4_flat_piece")
+
+
+@_flat_piece.register("Tuple", "Number")
+def _flat_piece_fn(tup, i):
+    return ops.reshape(ops.cast(tup[i], ms.float32), (-1,))
+
+
+_unflat = C.MultitypeFuncGraph("v4_unflat")
+
+
+@_unflat.register("Tensor", "Tensor", "Number", "Tensor", "Number", "Number", "Number")
+def _unflat_fn(flat_dp, flat_edp, scale, g, kind, start, stop):
+    """Gradient i back from its group's reduced flat buffer (kind 1: dp, 2: edp; 0: not reduced), then x scale."""
+    if kind == 1:
+        g = ops.cast(ops.reshape(flat_dp[start:stop], g.shape), g.dtype)
+    elif kind == 2:
+        g = ops.cast(ops.reshape(flat_edp[start:stop], g.shape), g.dtype)
+    return g * ops.cast(scale, g.dtype)
+
+
+class FlatGradReducer(GradReducer):
+    """GradReducer as one AllReduce per group (dp, then edp) of all its gradients packed in one float32 buffer, plus
+    `extra` (the step's losses and expert loads) summed in the dp buffer: (grads, extra summed over dp). The same sums
+    as GradReducer, bit for bit. Used with ZeRO-1, where the ranks of a dp group compile different graphs (each
+    updates its own parameters): with one collective per group, fixed by data dependencies before the optimiser,
+    the ranks cannot issue their collectives in different orders (per-parameter AllReduces of equal shapes would
+    then silently pair different tensors)."""
+
+    def __init__(self, ctx: ParallelContext, params):
+        super().__init__(ctx, params)
+        starts, stops, off = [], [], {1: 0, 2: 0}
+        for p, k in zip(params, self.kinds):
+            n = int(np.prod(p.shape)) if k else 0
+            starts.append(off.get(k, 0))
+            stops.append(off.get(k, 0) + n)
+            if k:
+                off[k] += n
+        self.starts, self.stops = tuple(starts), tuple(stops)
+        self.idx_dp = tuple(i for i, k in enumerate(self.kinds) if k == 1)
+        self.idx_edp = tuple(i for i, k in enumerate(self.kinds) if k == 2)
+        self.n_dp = off[1]
+        if not self.idx_dp:
+            raise ParallelConfigError("FlatGradReducer needs a dp group (dp > 1)")
+
+    def construct(self, grads, extra):
+        hm = self.hyper_map
+        flat_dp = self.ar_dp(ops.concat(hm(F.partial(_flat_piece, grads), self.idx_dp) + (extra,), 0))
+        flat_edp = flat_dp
+        if self.idx_edp:
+            flat_edp = self.ar_edp(ops.depend(ops.concat(hm(F.partial(_flat_piece, grads), self.idx_edp), 0),
+                                              flat_dp))
+        out = hm(F.partial(_unflat, flat_dp, flat_edp, self.scale), grads, self.kinds, self.starts, self.stops)
+        return out, flat_dp[self.n_dp:]
+
+
 class ShardedClip(nn.Cell):
     """(grads · min(1, max_norm/(‖g‖ + eps)), ‖g‖) with the global norm counting every shard once: replicated
     parameters locally, tp-sliced ones summed over tp, expert shards summed over the tp·ep ranks holding the

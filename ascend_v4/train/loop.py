@@ -267,6 +267,9 @@ class Trainer:
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
         muon_tp = MuonTensorParallel(self.parallel) if self.parallel is not None and self.parallel.tp > 1 else None
         shard = None
+        if p.optimizer_shard and p.dp > 1 and (p.pp > 1 or p.micro_batches > 1):
+            raise TrainConfigError("parallel.optimizer_shard is not implemented with the pipeline schedule (pp > 1 or "
+                                   "micro_batches > 1) yet; set optimizer_shard: false, or pp: 1 and micro_batches: 1")
         if p.optimizer_shard and p.dp > 1:       # ZeRO-1: state and update of each parameter on one dp rank
             from ascend_v4.parallel import OptimizerShard
             from .param_groups import FROZEN, classify_param

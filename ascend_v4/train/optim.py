@@ -237,12 +237,16 @@ def _adamw_fn(lr, decay, bc1, bc2, b1, b2, eps, param, work, has_master, m, v, g
 _zero_contrib = C.MultitypeFuncGraph("zero_contrib")
 
 
-@_zero_contrib.register("Bool", "Tensor")
-def _zero_contrib_fn(mine, p):
-    """This rank's contribution to the ZeRO all-gather buffer: its own tensor (flat fp32), zeros elsewhere."""
-    if mine:
-        return ops.reshape(ops.cast(p, ms.float32), (-1,))
-    return ops.zeros((p.size,), ms.float32)
+@_zero_contrib.register("Tuple", "Tuple", "Number", "Number", "Number")
+def _zero_contrib_fn(new_muon, new_adam, src, i, size):
+    """This rank's contribution to the ZeRO all-gather buffer: a tensor it updated (src 1: Muon result i, 2: AdamW
+    result i) as flat fp32, zeros for one another rank owns (src 0). Taken from the update's results, so the
+    collective depends on the whole update (and through the clip on every gradient)."""
+    if src == 1:
+        return ops.reshape(ops.cast(new_muon[i], ms.float32), (-1,))
+    if src == 2:
+        return ops.reshape(ops.cast(new_adam[i], ms.float32), (-1,))
+    return ops.zeros((size,), ms.float32)
 
 
 _zero_take = C.MultitypeFuncGraph("zero_take")
@@ -400,12 +404,26 @@ class MuonAdamW(nn.Cell):
         # each, and its span in the group's flat float32 buffer
         self.n_zero = 0
         if self.shard is not None:
+            names = [p.name for p in ps]
             for z, kind in enumerate(self.shard.kinds()):
                 members = [p for p, g in zip(ps, self.groups) if g != pg.FROZEN and self.shard.kind_of[p.name] == kind]
                 sizes = [int(np.prod(p.shape)) for p in members]
                 starts = tuple(int(v) for v in np.cumsum([0] + sizes[:-1]))
                 setattr(self, f"zero{z}_params", ParameterTuple(members))
                 setattr(self, f"zero{z}_mine", tuple(self.shard.owns(p.name) for p in members))
+                # where each member's new value comes from: (1, position in the Muon results) / (2, AdamW) / (0, -)
+                src = []
+                for p in members:
+                    j = names.index(p.name)
+                    if j in self.muon_src:
+                        src.append((1, self.muon_src.index(j)))
+                    elif j in self.adam_src:
+                        src.append((2, self.adam_src.index(j)))
+                    else:
+                        src.append((0, 0))
+                setattr(self, f"zero{z}_src", tuple(a for a, _ in src))
+                setattr(self, f"zero{z}_idx", tuple(b for _, b in src))
+                setattr(self, f"zero{z}_size", tuple(sizes))
                 setattr(self, f"zero{z}_start", starts)
                 setattr(self, f"zero{z}_stop", tuple(a + n for a, n in zip(starts, sizes)))
                 setattr(self, f"zero{z}_op", self.shard.all_reduce(kind))
@@ -427,6 +445,7 @@ class MuonAdamW(nn.Cell):
         lr = lookup(self.lr_table, step)
         t = ops.cast(step, ms.float32)
 
+        new_muon, new_adam = (), ()
         if self.muon_src:
             us = hm(F.partial(_muon_momentum, self.momentum, self.nesterov), self.muon_m, g_muon)
             if self.tp_sliced:
@@ -438,26 +457,35 @@ class MuonAdamW(nn.Cell):
             o = hm(F.partial(_pick2, outs), self.flat_b, self.flat_j)
             if self.tp_sliced:
                 o = hm(F.partial(_tp_own, self.tp_size, self.tp_me), o, self.muon_split)
-            hm(F.partial(_muon_apply, lr, 1.0 - lr * self.muon_wd), self.muon_params, self.muon_work,
-               self.muon_has_master, o, self.muon_scale)
+            new_muon = hm(F.partial(_muon_apply, lr, 1.0 - lr * self.muon_wd), self.muon_params, self.muon_work,
+                          self.muon_has_master, o, self.muon_scale)
         if self.adam_src:
             bc1 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta1, ms.float32), t)
             bc2 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta2, ms.float32), t)
-            hm(F.partial(_adamw, lr, 1.0 - lr * self.adam_wd, bc1, bc2, self.beta1, self.beta2, self.eps),
-               self.adam_params, self.adam_work, self.adam_has_master, self.adam_m, self.adam_v, g_adam)
-        # ZeRO-1: the owners' new weights to every member (parameter reads follow the writes above: auto-monad)
+            new_adam = hm(F.partial(_adamw, lr, 1.0 - lr * self.adam_wd, bc1, bc2, self.beta1, self.beta2,
+                                    self.eps), self.adam_params, self.adam_work, self.adam_has_master, self.adam_m,
+                          self.adam_v, g_adam)
+        # the returned lr depends on every update (an unused result would let the compiler drop its writes)
+        if self.muon_src:
+            lr = ops.depend(lr, new_muon)
+        if self.adam_src:
+            lr = ops.depend(lr, new_adam)
+        # ZeRO-1: the owners' new weights to every member of the group (dp, then edp: one fixed order)
         if self.n_zero > 0:
-            self._zero_gather(self.zero0_params, self.zero0_mine, self.zero0_start, self.zero0_stop, self.zero0_op)
+            lr = self._zero_gather(new_muon, new_adam, lr, self.zero0_params, self.zero0_mine, self.zero0_start,
+                                   self.zero0_stop, self.zero0_src, self.zero0_idx, self.zero0_size, self.zero0_op)
         if self.n_zero > 1:
-            self._zero_gather(self.zero1_params, self.zero1_mine, self.zero1_start, self.zero1_stop, self.zero1_op)
+            lr = self._zero_gather(new_muon, new_adam, lr, self.zero1_params, self.zero1_mine, self.zero1_start,
+                                   self.zero1_stop, self.zero1_src, self.zero1_idx, self.zero1_size, self.zero1_op)
         return lr
 
-    def _zero_gather(self, params, mine, start, stop, op):
+    def _zero_gather(self, new_muon, new_adam, after, params, mine, start, stop, src, idx, size, op):
         if op is None:           # simulated context: no communication, the other ranks' tensors stay as they were
-            return params
+            return after
         hm = self.hyper_map
-        full = op(ops.concat(hm(_zero_contrib, mine, params), 0))
-        return hm(F.partial(_zero_take, full), mine, params, start, stop)
+        flat = ops.depend(ops.concat(hm(F.partial(_zero_contrib, new_muon, new_adam), src, idx, size), 0), after)
+        full = op(flat)
+        return ops.depend(after, hm(F.partial(_zero_take, full), mine, params, start, stop))
 
     def _bucket_ns(self, us, b):
         """NS of us[start:end] (all shaped [..., rows, cols]) as one batch; returns a tuple of O's."""
