@@ -50,7 +50,7 @@ class Linear(nn.Cell):
         self.weight = _param((out_features, in_features), dtype)
 
     def construct(self, x):
-        return linear(x, ops.cast(self.weight, x.dtype))
+        return precision.act(linear(x, ops.cast(self.weight, x.dtype)))
 
 
 class RMSNorm(nn.Cell):
@@ -60,7 +60,7 @@ class RMSNorm(nn.Cell):
         self.weight = _param((dim,), dtype, "ones")
 
     def construct(self, x):
-        return rms_norm(x, ops.cast(self.weight, ms.float32), self.eps)
+        return precision.act(rms_norm(x, ops.cast(self.weight, ms.float32), self.eps))
 
 
 class Embedding(nn.Cell):
@@ -648,16 +648,20 @@ class Gate(nn.Cell):
     def affinity(self, x):
         logits = linear(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32))
         if self.score_func == "softmax":
-            return ops.softmax(logits, -1)
-        if self.score_func == "sigmoid":
-            return ops.sigmoid(logits)
-        return ops.sqrt(ops.softplus(logits))
+            s = ops.softmax(logits, -1)
+        elif self.score_func == "sigmoid":
+            s = ops.sigmoid(logits)
+        else:
+            s = ops.sqrt(ops.softplus(logits))
+        return precision.island("router", s)
 
     def construct(self, x, input_ids):
         if self.hash:
-            return self._route(x, self.weight, None, self.topk, self.route_scale, self.score_func,
-                               input_ids, self.tid2eid)
-        return self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func)
+            w, ids = self._route(x, self.weight, None, self.topk, self.route_scale, self.score_func,
+                                 input_ids, self.tid2eid)
+        else:
+            w, ids = self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func)
+        return precision.island("router", w), ids
 
 
 class Expert(nn.Cell):
@@ -792,25 +796,31 @@ class Block(nn.Cell):
         self._hc_pre = v4ops.resolve("hc_pre").fn
         self._hc_post = v4ops.resolve("hc_post").fn
 
-    def construct(self, h, input_ids, cos, sin, seg=None):
-        return self.forward_stats(h, input_ids, cos, sin, seg)[0]
+    def construct(self, h, input_ids, cos, sin, seg=None, stats=False):
+        # stats=True: forward_stats' tuple. Calling the Cell (not the method) is what MindSpore's Cell.recompute()
+        # acts on (train `recompute: true`).
+        out = self.forward_stats(h, input_ids, cos, sin, seg)
+        return out if stats else out[0]
 
     def forward_stats(self, h, input_ids, cos, sin, seg=None, cache=None, ctx=None, step=None):
         """-> (streams, router affinities [T, E], expert ids [T, k], dropped expert assignments).
         Full forward (cache None, cos/sin the block's RoPE tables) or a cached step (cache, ctx, step; see above)."""
+        # precision.act: where the bf16 policy holds bf16 activations; island: mHC's float32 mixes
         x, post, comb = self._hc_pre(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
+        x, post, comb = precision.act(x), precision.island("mhc", post), precision.island("mhc", comb)
         if cache is None:
             a = self.attn(self.attn_norm(x), cos, sin, seg)
             experts = None
         else:
             a = self.attn.step(self.attn_norm(x), cache, ctx, step, step[3][self.layer_id])
             experts = None if step[4] is None else step[4][self.layer_id]
-        h = self._hc_post(a, h, post, comb)
+        h = precision.act(self._hc_post(precision.act(a), h, post, comb))
         x, post, comb = self._hc_pre(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
+        x, post, comb = precision.act(x), precision.island("mhc", post), precision.island("mhc", comb)
         f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(x), input_ids, experts)
-        return self._hc_post(f, h, post, comb), aff, ids, dropped
+        return precision.act(self._hc_post(precision.act(f), h, post, comb)), aff, ids, dropped
 
 
 class HcHead(nn.Cell):
@@ -823,7 +833,7 @@ class HcHead(nn.Cell):
 
     def construct(self, h, fn, scale, base, norm, head_w):
         y = self._hc_head(h, fn, scale, base, self.hc_eps, self.norm_eps)
-        return linear(ops.cast(norm(y), ms.float32), ops.cast(head_w, ms.float32))
+        return precision.island("logits", linear(ops.cast(norm(y), ms.float32), ops.cast(head_w, ms.float32)))
 
 
 class MTPBlock(Block):
@@ -917,7 +927,7 @@ class Transformer(nn.Cell):
         hidden = ()
         routes = ()
         for i in self.local_layers:
-            h, aff, ids, dropped = self.layers[i].forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
+            h, aff, ids, dropped = self.layers[i](h, input_ids, self.rope_cos[i], self.rope_sin[i], seg, True)
             hidden = hidden + (h,)
             routes = routes + ((aff, ids, dropped),)
         return h, hidden, routes
