@@ -73,11 +73,6 @@ class Embedding(nn.Cell):
 
 
 # -------------------------------------------------------------------------------------------------- RoPE
-def pair_perm(width: int) -> np.ndarray:
-    """int32 [width]: each dim's pair partner (2i <-> 2i+1)."""
-    return np.arange(width).reshape(-1, 2)[:, ::-1].reshape(-1).astype(np.int32)
-
-
 class RopeTables:
     """Per position p, the RoPE multipliers of the interleaved pairs, doubled to the rope width:
     cos2[p] = (c0, c0, c1, c1, ...), sin2[p] = (-s0, +s0, -s1, +s1, ...) [max_seq_len, rope_dim] float32.
@@ -101,25 +96,16 @@ class RopeTables:
 
 
 class Rope(nn.Cell):
-    """The reference's apply_rotary_emb on the last rope_dim dims of x [..., dim]:
-    rot = x·cos2 + pairswap(x)·sin2, i.e. (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ.
-    cos/sin are rope_dim wide (RoPE slice rotated and concatenated back) or dim wide with ones / zeros on the
-    non-RoPE dims (from `full_width`: the whole row in 4 kernels, what a decode step of many tiny kernels wants)."""
+    """The reference's apply_rotary_emb on the last rope_dim dims of x [..., dim] through the `rope` op:
+    (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ. cos/sin are rope_dim wide or dim wide
+    with ones / zeros on the non-RoPE dims (from `full_width`: what a decode step of many tiny kernels wants)."""
 
     def __init__(self, dim: int, rope_dim: int):
         super().__init__()
-        self.perm_rd = Tensor(pair_perm(rope_dim))
-        self.perm_full = Tensor(pair_perm(dim))
+        self._rope = v4ops.resolve("rope").fn
 
     def construct(self, x, cos, sin, inverse=False):
-        d, w = x.shape[-1], cos.shape[-1]
-        if w == d:
-            sw = ops.gather(x, self.perm_full, x.ndim - 1)
-            return x * cos - sw * sin if inverse else x * cos + sw * sin
-        r = x[..., d - w:]
-        sw = ops.gather(r, self.perm_rd, r.ndim - 1)
-        rot = r * cos - sw * sin if inverse else r * cos + sw * sin
-        return ops.concat([x[..., :d - w], rot], -1)
+        return self._rope(x, cos, sin, inverse)
 
 
 def full_width(cos, sin, width):
@@ -504,7 +490,7 @@ class Attention(nn.Cell):
         B, S = x.shape[0], x.shape[1]
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
-        q = q * rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
+        q = rms_norm(q, None, self.eps)                                  # per-head norm, no weight
         return qr, self.rope(q, cos_h, sin_h), self.rope(self.kv_norm(self.wkv(x)), cos, sin)
 
     def construct(self, x, cos, sin, seg=None):
@@ -748,10 +734,11 @@ class MoE(nn.Cell):
         return ops.cast(ops.stack(w1), dtype), ops.cast(ops.stack(w2), dtype), ops.cast(ops.stack(w3), dtype)
 
     def _shared(self, x):
+        # one group of all T tokens; reshape, not [0]: that StridedSlice copy cost ~3 ms per layer at [512, 256] on CPU
         s = self.shared_experts
         return self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
                          ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
-                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit)[0]
+                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit).reshape(x.shape)
 
     def construct(self, x, input_ids):
         return self.forward_stats(x, input_ids)[0]

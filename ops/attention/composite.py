@@ -12,6 +12,26 @@ from ..common import NEG_INF, ceil, cumsum, linear, rms_norm
 from .reference import FP4_BLOCK, hadamard_matrix
 
 
+def pair_perm(width: int) -> np.ndarray:
+    """int32 [width]: each dim's pair partner (2i <-> 2i+1)."""
+    return np.arange(width).reshape(-1, 2)[:, ::-1].reshape(-1).astype(np.int32)
+
+
+def rope(x, cos, sin, inverse=False):
+    """The reference's apply_rotary_emb on the last w = cos.shape[-1] dims of x [..., d] with doubled per-pair
+    tables cos = (c0, c0, c1, c1, ...), sin = (-s0, +s0, -s1, +s1, ...): rot = x·cos + pairswap(x)·sin, i.e.
+    (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ. w == d rotates the whole row (tables
+    with ones / zeros on the non-RoPE dims: the decode step's 4-kernel form)."""
+    d, w = x.shape[-1], cos.shape[-1]
+    if w == d:
+        sw = ops.gather(x, ms.Tensor(pair_perm(d)), x.ndim - 1)
+        return x * cos - sw * sin if inverse else x * cos + sw * sin
+    r = x[..., d - w:]
+    sw = ops.gather(r, ms.Tensor(pair_perm(w)), r.ndim - 1)
+    rot = r * cos - sw * sin if inverse else r * cos + sw * sin
+    return ops.concat([x[..., :d - w], rot], -1)
+
+
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
     B, S, _ = x.shape
     n = S // ratio
