@@ -28,9 +28,11 @@ from mindspore.common.initializer import initializer
 from . import ops as v4ops
 from . import precision
 from .config import ModelConfig
-from .ops.attention.composite import compressed_indices, fp4_rotate, window_indices
+from .ops.attention.composite import (compressed_indices, fp4_quant, fp4_rotate, mask_to_ids, topk_mask,
+                                      window_indices)
 from .ops.attention.rope import rope_table
 from .ops.common import NEG_INF, linear, rms_norm
+from .ops.mhc.composite import hc_collapse
 from .ops.moe.layer import MoeExperts
 
 INT8_MAX = 127.0
@@ -279,18 +281,37 @@ class Compressor(nn.Cell):
         self.head_dim, self.nope = head_dim, head_dim - cfg.rope_head_dim
         self.tab = 0 if head_dim == cfg.head_dim else 1        # which width of a decode step's RoPE multipliers
         self.wkv = Linear(cfg.dim, coff * head_dim, dtype)
-        self.wgate = Linear(cfg.dim, coff * head_dim, dtype)
-        self.ape = _param((ratio, coff * head_dim))
+        # DeepSeek-V4.1 (docs/deepseek-v4.1.md, "CSA-v2"): no position bias `ape`, and ratio 1 has no gate. The
+        # compress_kv op then runs with a zero bias and, at ratio 1, the kv weight as gate: a softmax over one slot
+        # is exactly 1, so the entry is norm(wkv(x)) as the reference computes it.
+        self.v41 = cfg.version == "v4.1"
+        self.gated = not (self.v41 and ratio == 1)
+        if self.gated:
+            self.wgate = Linear(cfg.dim, coff * head_dim, dtype)
+        if self.v41:
+            self.ape = Tensor(np.zeros((ratio, coff * head_dim), np.float32))
+        else:
+            self.ape = _param((ratio, coff * head_dim))
         self.norm = RMSNorm(head_dim, cfg.norm_eps, dtype)
         self.rope = Rope(head_dim, cfg.rope_head_dim)
         self._compress = v4ops.resolve("compress_kv").fn
 
-    def construct(self, x, cos, sin):
-        n = x.shape[1] // self.ratio
-        c = self._compress(x, self.wkv.weight, self.wgate.weight, self.ape, self.norm.weight, self.ratio,
-                           self.overlap, self.eps)
+    def gate_weight(self):
+        return self.wgate.weight if self.gated else self.wkv.weight
+
+    def latent(self, x):
+        """Every complete group of the sequence -> normed entries [B, S // ratio, c] before RoPE."""
+        return self._compress(x, self.wkv.weight, self.gate_weight(), self.ape, self.norm.weight, self.ratio,
+                              self.overlap, self.eps)
+
+    def rope_entries(self, c, cos, sin):
+        """RoPE of entry j at its group's first position j·ratio."""
+        n = c.shape[1]
         return self.rope(c, cos[:n * self.ratio:self.ratio].reshape(1, n, -1),
                          sin[:n * self.ratio:self.ratio].reshape(1, n, -1))
+
+    def construct(self, x, cos, sin):
+        return self.rope_entries(self.latent(x), cos, sin)
 
     def pool(self, kv, score, axis):
         """Softmax over the block's slots per channel, weighted sum, RMSNorm (compress_kv's pooling, on state)."""
@@ -309,7 +330,7 @@ class Compressor(nn.Cell):
         n_s = coff * r
         xf = ops.cast(x, ms.float32)
         kvp = linear(xf, ops.cast(self.wkv.weight, ms.float32))
-        scp = linear(xf, ops.cast(self.wgate.weight, ms.float32)) + ops.gather(
+        scp = linear(xf, ops.cast(self.gate_weight(), ms.float32)) + ops.gather(
             ops.cast(self.ape, ms.float32), (P % r).reshape(-1), 0).reshape(B, T, coff * c)
         if T == 1 and not shadow:
             return self._step1(cache, st, ent_ids, kvp, scp, plan)
@@ -390,18 +411,58 @@ class Compressor(nn.Cell):
 
 
 class Indexer(nn.Cell):
-    """Lightning indexer of CSA layers: scores compressed entries with Σ_h w·ReLU(q·k), keeps the top-k."""
+    """Lightning indexer of CSA layers: scores compressed entries with Σ_h w·ReLU(q·k), keeps the top-k.
 
-    def __init__(self, cfg: ModelConfig, ratio: int, dtype=ms.float32):
+    DeepSeek-V4.1 (layer_id given, docs/deepseek-v4.1.md "CSA-v2"): no compressor of its own — a kv source derives
+    its index keys from the attention compressor's latent (`keys`: k_norm(wk(latent)), RoPE at the group position);
+    other index sources score the kv source's keys. q and k are FP4 quantised without a Hadamard rotation, and the
+    two_level_indexer op adds the candidate blocks (level 1 at candidate_source_layer, a mask for later index
+    sources)."""
+
+    def __init__(self, cfg: ModelConfig, ratio: int, dtype=ms.float32, layer_id: Optional[int] = None):
         super().__init__()
         self.n_heads, self.head_dim, self.topk, self.ratio = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk, ratio
         self.wq_b = Linear(cfg.q_lora_rank, cfg.index_n_heads * cfg.index_head_dim, dtype)
         self.weights_proj = Linear(cfg.dim, cfg.index_n_heads, dtype)
-        self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
+        self.v41 = layer_id is not None
+        if self.v41:
+            self.owns_keys = layer_id in cfg.kv_source_layers
+            if self.owns_keys:
+                self.wk = Linear(cfg.head_dim, cfg.index_head_dim, dtype)
+                self.k_norm = RMSNorm(cfg.index_head_dim, cfg.norm_eps, dtype)
+            c = cfg.candidate_source_layer
+            self.cand_source = layer_id == c                                       # level 1: build the mask
+            self.cand_block, self.cand_blocks = cfg.candidate_block_size, cfg.candidate_topk_blocks
+            self.cand_use = 0 <= c < layer_id                                      # level 2: apply it
+            self._topk = v4ops.resolve("index_topk_v2").fn
+            self._candidates = v4ops.resolve("candidate_mask").fn
+        else:
+            self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
+            self._indexer = v4ops.resolve("lightning_indexer").fn
         self.rope = Rope(cfg.index_head_dim, cfg.rope_head_dim)
         self.weight_scale = float(cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5)
-        self.fp4 = bool(cfg.indexer_fp4)      # Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md)
-        self._indexer = v4ops.resolve("lightning_indexer").fn
+        # V4: Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md); V4.1: FP4 q/k, no rotation
+        self.fp4 = bool(cfg.indexer_fp4)
+
+    def keys(self, latent, cos, sin):
+        """V4.1 kv source: index keys [B, n, d] of the un-rotated compressor latents [B, n, head_dim]."""
+        n = latent.shape[1]
+        r = self.ratio
+        k = self.rope(self.k_norm(self.wk(latent)), cos[:n * r:r].reshape(1, n, -1), sin[:n * r:r].reshape(1, n, -1))
+        return fp4_quant(k) if self.fp4 else k
+
+    def select_v41(self, x, qr, cos, sin, keys, candidates):
+        """V4.1 full forward over the kv source's keys -> (top-k ids [B, S, k] (-1 padded), the candidate mask
+        after this layer: built here at the candidate source, else `candidates` unchanged)."""
+        S = x.shape[1]
+        q, w = self.queries(x, qr, cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1))
+        if self.fp4:
+            q = fp4_quant(q)
+        ids, scores = self._topk(q, keys, w, self.ratio, self.topk, 0, candidates if self.cand_use else None)
+        if self.cand_source:
+            vis = (ops.arange(S, dtype=ms.int32) + 1) // self.ratio
+            candidates = self._candidates(scores, vis, self.cand_blocks, self.cand_block)
+        return ids, candidates
 
     def queries(self, x, qr, cos, sin):
         """-> (index queries [B, S, H, d] RoPE'd, head weights [B, S, H])."""
@@ -429,27 +490,9 @@ class Indexer(nn.Cell):
 
 def select_mask(score, vis, k):
     """score [B,T,N], vis [B,T] (entries < vis are visible) -> bool [B,T,N]: the top-k visible entries, exactly the
-    lightning_indexer op's set (everything above the k-th value, then the lowest ids among those equal to it)."""
+    lightning_indexer op's set (ops/attention/composite.py topk_mask)."""
     N = score.shape[-1]
-    ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
-    visible = ent < ops.expand_dims(vis, -1)
-    score = ops.where(visible, score, ops.full_like(score, NEG_INF))
-    kth = ops.topk(score, k)[0][..., k - 1:k]
-    above = score > kth
-    tied = score == kth
-    room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
-    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
-    return ops.logical_and(take, visible)
-
-
-def mask_to_ids(take, k):
-    """bool [B,T,N] with <= k True -> [B,T,k] their ids (ascending), -1 padded."""
-    N = take.shape[-1]
-    ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
-    key = ops.cast(ops.where(take, ent, ent + N), ms.float32)
-    _, idx = ops.topk(-key, k)
-    idx = ops.cast(idx, ms.int32)
-    return ops.where(ops.gather_elements(take, -1, idx), idx, -ops.ones_like(idx))
+    return topk_mask(score, ops.arange(N, dtype=ms.int32).reshape(1, 1, N) < ops.expand_dims(vis, -1), k)
 
 
 class Attention(nn.Cell):
@@ -490,11 +533,22 @@ class Attention(nn.Cell):
             self.tp_in_q = CopyToTensorParallel(parallel)
             self.tp_in_kv = CopyToTensorParallel(parallel)
             self.tp_out = ReduceFromTensorParallel(parallel)
-        self.has_indexer = self.ratio == 4
-        if self.ratio:
-            self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
-        if self.has_indexer:
-            self.indexer = Indexer(cfg, self.ratio, dtype)
+        self.v41 = cfg.version == "v4.1"
+        if self.v41:
+            # CSA-v2 sharing (docs/deepseek-v4.1.md): only kv sources compress (and publish index keys), only index
+            # sources run an indexer; the others read the latest source's cache / top-k, handed down the layers.
+            self.kv_source = layer_id in cfg.kv_source_layers
+            self.has_indexer = layer_id in cfg.index_source_layers
+            if self.kv_source:
+                self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
+            if self.has_indexer:
+                self.indexer = Indexer(cfg, self.ratio, dtype, layer_id)
+        else:
+            self.has_indexer = self.ratio == 4
+            if self.ratio:
+                self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
+            if self.has_indexer:
+                self.indexer = Indexer(cfg, self.ratio, dtype)
         self._attend = v4ops.resolve("sparse_attention").fn
         self._attend_hca = v4ops.resolve("hca_attention").fn
         self._eye = Tensor(np.eye(self.n_groups, dtype=np.float32).reshape(1, self.n_groups, self.n_groups, 1))
@@ -504,7 +558,8 @@ class Attention(nn.Cell):
         B, S = x.shape[0], x.shape[1]
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
-        q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
+        if not self.v41:                                                # V4.1 removed it
+            q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)    # per-head norm, no weight
         return qr, self.rope(q, cos_h, sin_h), self.rope(self.kv_norm(self.wkv(x)), cos, sin)
 
     def construct(self, x, cos, sin, seg=None):
@@ -545,6 +600,30 @@ class Attention(nn.Cell):
             kv = self.tp_in_kv(kv)
         o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
         return self._output(o, cs, sn)
+
+    def forward_v41(self, x, cos, sin, shared):
+        """DeepSeek-V4.1 full forward from position 0. shared = (compressed entries [B, n, hd], index keys
+        [B, n, d], top-k ids [B, S, k], level-1 candidate mask [B, S, n]) as the latest sources left them (None
+        before the first) -> (output, shared after this layer)."""
+        B, S = x.shape[0], x.shape[1]
+        cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
+        qr, q, kv = self._qkv(x, cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1), cs, sn)
+        win_idx = ops.broadcast_to(ops.expand_dims(window_indices(S, self.window), 0), (B, S, min(S, self.window)))
+        entries, keys, topk, cand = shared
+        n = S // self.ratio if self.ratio else 0
+        if n > 0:
+            if self.kv_source:
+                latent = self.compressor.latent(x)
+                entries = self.compressor.rope_entries(latent, cos, sin)
+                keys = self.indexer.keys(latent, cos, sin)
+            if self.has_indexer:
+                topk, cand = self.indexer.select_v41(x, qr, cos, sin, keys, cand)
+            cmp_idx = ops.where(topk >= 0, topk + S, topk)                # entries follow the S window rows
+            kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
+            o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
+        else:                   # window-only layer, or no complete group yet
+            o = self._attend(q, kv, self.attn_sink, win_idx, None, self.scale)
+        return self._output(o, cs, sn), (entries, keys, topk, cand)
 
     def _output(self, o, cos_h, sin_h):
         B, S = o.shape[0], o.shape[1]
@@ -643,10 +722,18 @@ class Gate(nn.Cell):
         else:
             # aux-loss-free balancing: moved by the load statistics outside the gradient
             self.bias = _param((cfg.n_routed_experts,), requires_grad=False)
+        # DeepSeek-V4.1: router logits divided by gate_temp, the chosen weights normalised by their sum + 1e-20
+        # (moe_route's gate_temp / eps), and a second bias `bias_vl` that only image tokens use
+        # (vision is out of scope here: the parameter is loaded, text tokens never read it).
+        v41 = cfg.version == "v4.1"
+        self.gate_temp = float(cfg.gate_temp) if v41 else 1.0
+        self.norm_eps = 1e-20 if v41 else 0.0
+        if v41 and cfg.vision_n_layers > 0:
+            self.bias_vl = _param((cfg.n_routed_experts,), requires_grad=False)
         self._route = v4ops.resolve("moe_route").fn
 
     def affinity(self, x):
-        logits = linear(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32))
+        logits = linear(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32)) / self.gate_temp
         if self.score_func == "softmax":
             return ops.softmax(logits, -1)
         if self.score_func == "sigmoid":
@@ -657,6 +744,9 @@ class Gate(nn.Cell):
         if self.hash:
             return self._route(x, self.weight, None, self.topk, self.route_scale, self.score_func,
                                input_ids, self.tid2eid)
+        if self.norm_eps:
+            return self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func,
+                               gate_temp=self.gate_temp, eps=self.norm_eps)
         return self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func)
 
 
@@ -774,6 +864,23 @@ class MoE(nn.Cell):
 
 
 # ----------------------------------------------------------------------------------------- blocks & model
+class Engram(nn.Cell):
+    """DeepSeek-V4.1's Engram before a block (docs/deepseek-v4.1.md, "Engram"): the rows of the token's hashed
+    n-grams (gathered on the host from tables in host memory: `rows` [B, S, columns·engram_head_dim]) -> wkv ->
+    the gated read into each mHC stream (engram_gate op). The table itself is not a parameter of the model."""
+
+    def __init__(self, cfg: ModelConfig, dtype=ms.float32):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.wkv = Linear(cfg.engram_n_columns * cfg.engram_head_dim, (cfg.hc_mult + 1) * cfg.dim, dtype)
+        self.q_weight = _param((cfg.hc_mult, cfg.dim), dtype)
+        self.k_weight = _param((cfg.hc_mult, cfg.dim), dtype)
+        self._gate = v4ops.resolve("engram_gate").fn
+
+    def construct(self, h, rows, alive):
+        return self._gate(h, self.wkv(ops.cast(rows, h.dtype)), self.q_weight, self.k_weight, alive, self.eps)
+
+
 class Block(nn.Cell):
     """Two mHC-wrapped sublayers: attention then MoE. The residual path is entirely comb (the reference's
     Block.hc_pre / hc_post; docs/design.md, "mHC")."""
@@ -793,6 +900,11 @@ class Block(nn.Cell):
         self.hc_attn_scale, self.hc_ffn_scale = _param((3,)), _param((3,))
         self._hc_pre = v4ops.resolve("hc_pre").fn
         self._hc_post = v4ops.resolve("hc_post").fn
+        self.v41 = cfg.version == "v4.1"
+        if self.v41:
+            self._hc_mix = v4ops.resolve("hc_mixes").fn
+            if layer_id in cfg.engram_layer_ids:
+                self.engram = Engram(cfg, dtype)
 
     def construct(self, h, input_ids, cos, sin, seg=None):
         return self.forward_stats(h, input_ids, cos, sin, seg)[0]
@@ -813,6 +925,23 @@ class Block(nn.Cell):
                                      self.iters, self.hc_eps, self.norm_eps)
         f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(x), input_ids, experts)
         return self._hc_post(f, h, post, comb), aff, ids, dropped
+
+
+    def forward_v41(self, h, pre_in, input_ids, cos, sin, shared, rows=None, alive=None):
+        """DeepSeek-V4.1's block with pipelined mHC (docs/deepseek-v4.1.md, "pipelined mHC"): each sublayer's
+        input is collapsed with the `pre` of the sublayer before it (pre_in: the previous block's FFN `pre`, or
+        one-hot on stream 0 for block 0), while post/comb stay with the sublayer that computed them; Engram (rows
+        given) updates the streams first. -> (streams, this block's FFN pre [B, S, hc], shared CSA state)."""
+        if rows is not None:
+            h = self.engram(h, rows, alive)
+        a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        a, shared = self.attn.forward_v41(self.attn_norm(hc_collapse(h, pre_in)), cos, sin, shared)
+        h = self._hc_post(a, h, post, comb)
+        f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        f = self.ffn(self.ffn_norm(hc_collapse(h, a_pre)), input_ids)
+        return self._hc_post(f, h, post, comb), f_pre, shared
 
 
 class HcHead(nn.Cell):
@@ -870,6 +999,14 @@ class Transformer(nn.Cell):
         self.max_seq_len = max_seq_len
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
+        # DeepSeek-V4.1 (docs/deepseek-v4.1.md): pipelined mHC with no learned head collapse, Engram, CSA-v2
+        # sharing. Its DSpark drafter is not built here (with_mtp is off), nor pipeline/tensor parallel runs.
+        self.v41 = cfg.version == "v4.1"
+        if self.v41:
+            with_mtp = False
+            if parallel is not None:
+                raise ValueError("DeepSeek-V4.1 runs on one process here (no tensor / expert / pipeline parallel)")
+            self.engram_layers = tuple(cfg.engram_layer_ids)
         # a pipeline stage (parallel.pp > 1) builds only its layers; the others stay empty Cells so every layer keeps
         # its official name. The first stage embeds, the last holds the head and MTP (and an embedding copy for it).
         pp = parallel.pp if parallel is not None else 1
@@ -887,6 +1024,7 @@ class Transformer(nn.Cell):
         if self.last_stage:
             self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype)
             self.head = Linear(cfg.dim, cfg.vocab_size, param_dtype)
+        if self.last_stage and not self.v41:
             self.hc_head_fn = _param((cfg.hc_mult, cfg.hc_mult * cfg.dim))
             self.hc_head_base = _param((cfg.hc_mult,))
             self.hc_head_scale = _param((1,))
@@ -1017,7 +1155,35 @@ class Transformer(nn.Cell):
         return self.mtp[0].mtp_streams(h_main, self.embed(next_ids), next_ids, None, None, None, cache, ctx,
                                        step)[0]
 
-    def construct(self, input_ids):
+    # ---------------------------------------------------------------------------------------- DeepSeek-V4.1
+    def run_layers_v41(self, h, input_ids, engram_rows):
+        """V4.1 blocks over the whole sequence -> (final streams, the last block's FFN pre, per-block streams).
+        engram_rows: per Engram layer (engram_layer_ids order) its rows [B, S, columns·engram_head_dim]."""
+        B, S = input_ids.shape
+        pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
+                               (B, S, self.hc_mult))                              # block 0: stream 0
+        alive = ops.ones((B, S), ms.float32)                                      # text only (vision refused)
+        shared = (None, None, None, None)
+        hidden = ()
+        for i in self.local_layers:
+            rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
+            h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, self.rope_cos[i], self.rope_sin[i],
+                                                        shared, rows, alive)
+            hidden = hidden + (h,)
+        return h, pre, hidden
+
+    def logits_v41(self, h, pre):
+        """The last block's FFN pre collapses the streams (no hc_head in V4.1) -> norm -> head."""
+        return linear(ops.cast(self.norm(hc_collapse(h, pre)), ms.float32), ops.cast(self.head.weight, ms.float32))
+
+    def construct(self, input_ids, engram_rows=None):
+        if self.v41:
+            e, h = self.embed_streams(input_ids)
+            h, pre, hidden = self.run_layers_v41(h, input_ids, engram_rows)
+            logits = self.logits_v41(h, pre)
+            if self.return_hidden:
+                return logits, e, ops.stack(hidden)
+            return logits
         e, h, hidden, _ = self.streams(input_ids)
         logits = self.logits(h)
         if self.return_hidden:

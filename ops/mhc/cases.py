@@ -6,13 +6,13 @@ from ..parity import Case
 HC = 4
 
 
-def _hc_pre_inputs(T, D, logit_scale=1.0, iters=20):
+def _hc_pre_inputs(T, D, logit_scale=1.0, iters=20, norm_eps=1e-6):
     def make(rng):
         x = rng.standard_normal((T, HC, D))
         fn = rng.standard_normal(((2 + HC) * HC, HC * D)) * 0.5
         scale = np.array([0.8, 0.6, 1.2]) * logit_scale
         base = rng.standard_normal((2 + HC) * HC) * 0.3
-        return (x, fn, scale, base), {"iters": iters, "hc_eps": 1e-6, "norm_eps": 1e-6}
+        return (x, fn, scale, base), {"iters": iters, "hc_eps": 1e-6, "norm_eps": norm_eps}
     return make
 
 
