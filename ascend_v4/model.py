@@ -318,10 +318,12 @@ class Compressor(nn.Cell):
         return rms_norm(ops.sum(kv * ops.softmax(score, axis), axis), ops.cast(self.norm.weight, ms.float32),
                         self.eps)
 
-    def step(self, x, cache, ctx, step, st, ent_ids, plan):
+    def step(self, x, cache, ctx, step, st, ent_ids, plan, keys=None):
         """Feed this step's tokens: write the entries of every block completed inside the valid tokens and the new
         state, in place. st = cache ids (kv state, score state, kv shadow, score shadow); ent_ids = the entry
-        buffer's ids; plan = this ratio's decode plan from step_context. -> the updated entry buffers."""
+        buffer's ids; plan = this ratio's decode plan from step_context. -> the updated entry buffers.
+        keys = (V4.1 indexer, index-key buffer id): also write each new entry's index keys (from the entry before
+        RoPE) to the same rows -> (entry buffers, (key buffer,))."""
         max_len, shadow = step[0], step[2]
         P, last = ctx[0], ctx[1]
         pos0 = P[:, 0]
@@ -333,7 +335,7 @@ class Compressor(nn.Cell):
         scp = linear(xf, ops.cast(self.gate_weight(), ms.float32)) + ops.gather(
             ops.cast(self.ape, ms.float32), (P % r).reshape(-1), 0).reshape(B, T, coff * c)
         if T == 1 and not shadow:
-            return self._step1(cache, st, ent_ids, kvp, scp, plan)
+            return self._step1(cache, st, ent_ids, kvp, scp, plan, keys)
         kv_state = cache[st[0]].reshape(B, n_s + 1, -1)
         sc_state = cache[st[1]].reshape(B, n_s + 1, -1)
         E_kv = ops.concat([kv_state, kvp], 1)                     # [B, n_s + 1 + T, coff·c]
@@ -364,11 +366,15 @@ class Compressor(nn.Cell):
             pool_kv, pool_sc = cur_kv, cur_sc
         yc, ys = ctx[6]
         pos_e = blk * r                                                                      # block's first token
-        ent = self.pool(pool_kv, pool_sc, 2)                                                 # [B, M, c]
-        ent = self.rope(ent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), c))
+        latent = self.pool(pool_kv, pool_sc, 2)                                              # [B, M, c]
+        ent = self.rope(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), c))
         nmax = max_len // r
         row = ops.where(emit, blk, ops.full_like(blk, nmax))                  # non-ending blocks -> scratch row
         bufs = kv_scatter(cache, ent_ids, flat_rows(row, nmax + 1), ent.reshape(B * M, c), self.nope)
+        if keys is not None:
+            idx, kid = keys
+            k = idx.key_rows(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), idx.head_dim))
+            bufs = (bufs, (_scatter_rows(cache[kid], flat_rows(row, nmax + 1), k.reshape(B * M, -1)),))
         # the new state: slot s keeps the latest position <= last congruent to s
         rows = B * (n_s + 1)
         if shadow:
@@ -389,7 +395,7 @@ class Compressor(nn.Cell):
         j = ops.clip(a - p0, 0, T - 1)
         return ops.concat([ops.where(use, take_rows(new, j), state[:, :n_s]), state[:, n_s:]], 1)
 
-    def _step1(self, cache, st, ent_ids, kvp, scp, plan):
+    def _step1(self, cache, st, ent_ids, kvp, scp, plan, keys=None):
         """T == 1 (decode): the token into slot p mod n_s in place; pool the block that p would end (its entry goes
         to the scratch row unless p ends it: pooling every step measured cheaper than graph control flow on "any
         row emits"). Same state and entries as the general path."""
@@ -405,9 +411,13 @@ class Compressor(nn.Cell):
         else:
             pool_kv = ops.gather(fkv, cur_rows, 0).reshape(B, r, c)
             pool_sc = ops.gather(fsc, cur_rows, 0).reshape(B, r, c)
-        ent = self.pool(pool_kv, pool_sc, 1)                                                 # [B, c]
-        ent = self.rope(ent, c_hd, s_hd) if self.tab == 0 else self.rope(ent, c_di, s_di)
-        return kv_scatter(cache, ent_ids, index, ent, self.nope)
+        latent = self.pool(pool_kv, pool_sc, 1)                                              # [B, c]
+        ent = self.rope(latent, c_hd, s_hd) if self.tab == 0 else self.rope(latent, c_di, s_di)
+        bufs = kv_scatter(cache, ent_ids, index, ent, self.nope)
+        if keys is None:
+            return bufs
+        idx, kid = keys
+        return bufs, (_scatter_rows(cache[kid], index, idx.key_rows(latent, c_di, s_di)),)
 
 
 class Indexer(nn.Cell):
@@ -445,10 +455,15 @@ class Indexer(nn.Cell):
         self.fp4 = bool(cfg.indexer_fp4)
 
     def keys(self, latent, cos, sin):
-        """V4.1 kv source: index keys [B, n, d] of the un-rotated compressor latents [B, n, head_dim]."""
+        """V4.1 kv source: index keys [B, n, d] of the un-rotated compressor latents [B, n, head_dim] (cos/sin the
+        RoPE tables: group j at position j·ratio)."""
         n = latent.shape[1]
         r = self.ratio
-        k = self.rope(self.k_norm(self.wk(latent)), cos[:n * r:r].reshape(1, n, -1), sin[:n * r:r].reshape(1, n, -1))
+        return self.key_rows(latent, cos[:n * r:r].reshape(1, n, -1), sin[:n * r:r].reshape(1, n, -1))
+
+    def key_rows(self, latent, cos, sin):
+        """k_norm(wk(latent)) RoPE'd by the given multipliers, FP4-QDQ'd as the key cache holds it."""
+        k = self.rope(self.k_norm(self.wk(latent)), cos, sin)
         return fp4_quant(k) if self.fp4 else k
 
     def select_v41(self, x, qr, cos, sin, keys, candidates):
@@ -699,6 +714,52 @@ class Attention(nn.Cell):
         self._ring_update(cache, win_ids, ring, kv, ring_plan, o)
         return self._output(o, C4, S4)
 
+    def step_v41(self, x, cache, ctx, step, slots, shared):
+        """DeepSeek-V4.1 cached step (the counterpart of forward_v41 over the serving cache): attend over [window
+        ring | this step's kv | the kv source's compressed entries]. A kv source feeds its compressor and writes
+        entries + index keys; an index source scores its kv source's keys (its OWN group's keys on every step —
+        the fix of DeepSeek's decode, docs/deepseek-v4.1.md) through index_topk_v2 / candidate_mask; the others
+        reuse. shared = (entry buffers, key buffers, top-k ids, candidate mask) of the latest sources, read through
+        the tuples their writes returned (so after the writes) -> (output, shared)."""
+        max_len, ctx_cap = step[0], step[1]
+        tabs, win_idx, ring_plan, per_ratio = ctx[2], ctx[3], ctx[4], ctx[5]
+        B, T, W = x.shape[0], x.shape[1], self.window
+        win_ids, ent_ids, st, ist, r_i = slots
+        C, S, Ci, Si, C4, S4, Ci4, Si4 = tabs[1 if self.ratio else 0]    # (kv, index width) x (rows, heads)
+        qr, q, kv = self._qkv(x, C, S, C4, S4)
+        kv = kv_fake_quant(kv, win_ids, self.nope)                        # what the ring will read back
+        ring = kv_read(kv_buffers(cache, win_ids), B, W + 1, W + 1)
+        kv_all = ops.concat([ring, kv], 1)
+        cmp_idx = None
+        writes = ()
+        ent, keys, topk, cand = shared
+        if self.ratio:
+            vis, plan = per_ratio[r_i]
+            if self.kv_source:
+                ent, keys = self.compressor.step(x, cache, ctx, step, st, ent_ids, plan, (self.indexer, ist[0]))
+                writes = ent + keys
+            nmax = max_len // self.ratio
+            kcap = min(ctx_cap, max_len) // self.ratio                     # entries the context bucket can hold
+            ncap = nmax + 1 if kcap == nmax else kcap
+            if kcap > 0:
+                if self.has_indexer:
+                    idx = self.indexer
+                    qi, wi = idx.queries(x, qr, Ci4, Si4)
+                    if idx.fp4:
+                        qi = fp4_quant(qi)
+                    k = min(idx.topk, kcap)
+                    p0 = ctx[0][:, :1]
+                    topk, scores = idx._topk(qi, prefix_rows(keys[0], B, nmax + 1, ncap), wi, self.ratio, k, p0,
+                                             cand if idx.cand_use else None)
+                    if idx.cand_source:
+                        cand = idx._candidates(scores, vis, idx.cand_blocks, idx.cand_block)
+                kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
+                cmp_idx = ops.where(topk >= 0, topk + (W + 1 + T), topk)
+        o = self._attend(q, kv_all, self.attn_sink, win_idx, cmp_idx, self.scale)
+        o = after(o, writes)        # a step with no readable entry still advances the compressor
+        self._ring_update(cache, win_ids, ring, kv, ring_plan, o)
+        return self._output(o, C4, S4), (ent, keys, topk, cand)
+
     def _ring_update(self, cache, ids, ring, kv, plan, done):
         """Each ring slot keeps its latest valid position. The write waits for `done` (the attention output), so no
         read of the old ring can see the new one."""
@@ -943,6 +1004,21 @@ class Block(nn.Cell):
         f = self.ffn(self.ffn_norm(hc_collapse(h, a_pre)), input_ids)
         return self._hc_post(f, h, post, comb), f_pre, shared
 
+    def step_v41(self, h, pre_in, input_ids, cache, ctx, step, shared, rows=None, alive=None):
+        """forward_v41 as a cached step (attention over the serving cache; see Attention.step_v41)."""
+        if rows is not None:
+            h = self.engram(h, rows, alive)
+        a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        a, shared = self.attn.step_v41(self.attn_norm(hc_collapse(h, pre_in)), cache, ctx, step,
+                                       step[3][self.layer_id], shared)
+        h = self._hc_post(a, h, post, comb)
+        f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        experts = None if step[4] is None else step[4][self.layer_id]
+        f = self.ffn.forward_stats(self.ffn_norm(hc_collapse(h, a_pre)), input_ids, experts)[0]
+        return self._hc_post(f, h, post, comb), f_pre, shared
+
 
 class HcHead(nn.Cell):
     """Collapse the streams with sigmoid weights, RMSNorm, project to the vocabulary."""
@@ -1156,9 +1232,10 @@ class Transformer(nn.Cell):
                                        step)[0]
 
     # ---------------------------------------------------------------------------------------- DeepSeek-V4.1
-    def run_layers_v41(self, h, input_ids, engram_rows):
-        """V4.1 blocks over the whole sequence -> (final streams, the last block's FFN pre, per-block streams).
-        engram_rows: per Engram layer (engram_layer_ids order) its rows [B, S, columns·engram_head_dim]."""
+    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None):
+        """V4.1 blocks over the whole sequence (cache None) or a cached step -> (final streams, the last block's
+        FFN pre, per-block streams). engram_rows: per Engram layer (engram_layer_ids order) its rows
+        [B, S, columns·engram_head_dim], gathered on the host."""
         B, S = input_ids.shape
         pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
                                (B, S, self.hc_mult))                              # block 0: stream 0
@@ -1167,10 +1244,19 @@ class Transformer(nn.Cell):
         hidden = ()
         for i in self.local_layers:
             rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
-            h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, self.rope_cos[i], self.rope_sin[i],
-                                                        shared, rows, alive)
+            if cache is None:
+                h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, self.rope_cos[i], self.rope_sin[i],
+                                                            shared, rows, alive)
+            else:
+                h, pre, shared = self.layers[i].step_v41(h, pre, input_ids, cache, ctx, step, shared, rows, alive)
             hidden = hidden + (h,)
         return h, pre, hidden
+
+    def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step):
+        """V4.1 cached step of the main layers: ids [B, T] -> (final streams, the last block's FFN pre)."""
+        h = self.embed_streams(input_ids)[1]
+        h, pre, _ = self.run_layers_v41(h, input_ids, engram_rows, cache, ctx, step)
+        return h, pre
 
     def logits_v41(self, h, pre):
         """The last block's FFN pre collapses the streams (no hc_head in V4.1) -> norm -> head."""

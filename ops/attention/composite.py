@@ -143,14 +143,15 @@ PIN = 3.0e38        # above any score: the query's newest (partial) block is alw
 
 
 def candidate_mask(I, vis, n_blocks, block):
-    """Level 1 (reference.candidate_mask): I [B, S, T] scores (NEG_INF where invisible), vis [S] -> bool [B, S, T]."""
+    """Level 1 (reference.candidate_mask): I [B, S, T] scores (NEG_INF where invisible), vis [S] (or [B, S] in a
+    cached step) -> bool [B, S, T]."""
     T = I.shape[-1]
     nb = -(-T // block)
     if nb * block > T:
         I = ops.concat([I, ops.full(I.shape[:-1] + (nb * block - T,), NEG_INF, dtype=I.dtype)], -1)
     b = ops.max(I.reshape(I.shape[:-1] + (nb, block)), -1)[0]                               # [B, S, nb]
     blk = ops.arange(nb, dtype=ms.int32).reshape(1, 1, nb)
-    v = vis.reshape(1, -1, 1)
+    v = vis.reshape(-1, I.shape[1], 1)
     b = ops.where(ops.logical_and(blk == (v - 1) // block, v > 0), ops.full_like(b, PIN), b)
     kept = topk_mask(b, b > NEG_INF / 2, min(n_blocks, nb))
     kept = ops.broadcast_to(ops.expand_dims(kept, -1), kept.shape + (block,))
@@ -159,12 +160,13 @@ def candidate_mask(I, vis, n_blocks, block):
 
 def index_topk_v2(q, k, w, ratio, topk, start_pos=0, candidates=None):
     """One V4.1 index source (reference.index_topk_v2): q, k as cached (RoPE'd, FP4-QDQ'd by the caller) ->
-    (ids [B, S, min(topk, T)], scores [B, S, T] with NEG_INF where not visible)."""
+    (ids [B, S, min(topk, T)], scores [B, S, T] with NEG_INF where not visible). start_pos: an int, or a cached
+    step's first positions [B, 1] (int32 tensor; then keys may hold more rows than are visible)."""
     S, T = q.shape[1], k.shape[1]
     qf, kf = ops.cast(q, ms.float32), ops.cast(k, ms.float32)
     s = ops.relu(ops.matmul(qf, ops.expand_dims(kf, 1).swapaxes(-1, -2)))                 # [B, S, H, T]
     I = ops.stop_gradient(ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2))
-    vis = visible_count(S, ratio, start_pos).reshape(1, S, 1)
+    vis = visible_count(S, ratio, start_pos).reshape(-1, S, 1)
     visible = ops.arange(T, dtype=ms.int32).reshape(1, 1, T) < vis
     I = ops.where(visible, I, ops.full_like(I, NEG_INF))
     sel = I if candidates is None else ops.where(candidates, I, ops.full_like(I, NEG_INF))
