@@ -147,12 +147,13 @@ _bmm_nt = ops.BatchMatMul(transpose_b=True)
 # Cached step: every Cell gets `cache` (the tuple of Parameters), `ctx` (per-step tensors from
 # Transformer.step_context: positions, RoPE multipliers, index lists, write plans) and `step`, a plain tuple of
 # constants (graph mode takes tuples, nested at most 6 deep):
-#   step = (max_len, ctx_cap, shadow, slots, experts)
+#   step = (max_len, ctx_cap, shadow, slots, experts, shared_slots)
 #   max_len  cache capacity in tokens; ctx_cap the context bucket (a step reads ctx_cap // ratio entries)
 #   shadow   also write the compressor state as of each row's second-to-last token (speculative verify)
 #   slots    per block (main layers, then MTP): (window KV ids, entries KV ids, (ckv, csc, ckv_sh, csc_sh),
 #            (ikey, ikv, isc, ikv_sh, isc_sh), index of the block's ratio in ctx) — flat cache ids, () / -1 absent
 #   experts  per block the pre-stacked routed experts (w1, w2, w3), or None
+#   shared_slots  V4.1: (index-key buffer ids of the kv sources, publisher row id) for index_keys="shipped"
 
 
 def flat_rows(idx, R):
@@ -249,6 +250,14 @@ def after(x, bufs):
     for b in bufs:
         x = ops.depend(x, b)
     return x
+
+
+def _prefix_padded(buf, B, R, n):
+    """The first n rows per sequence of a [B·R, w] buffer, zero rows past R."""
+    rows = prefix_rows(buf, B, R, min(n, R))
+    if R < n:
+        rows = ops.concat([rows, ops.zeros((B, n - R, rows.shape[-1]), rows.dtype)], 1)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- attention
@@ -554,6 +563,11 @@ class Attention(nn.Cell):
             # sources run an indexer; the others read the latest source's cache / top-k, handed down the layers.
             self.kv_source = layer_id in cfg.kv_source_layers
             self.has_indexer = layer_id in cfg.index_source_layers
+            self.layer_id = layer_id
+            # index_keys="shipped" (Transformer): a cached step scores against the last publisher's keys, as
+            # DeepSeek's released decode does (docs/deepseek-v4.1.md, "Decode index keys")
+            self.shipped = False
+            self.sources = tuple((s, cfg.ratio(s)) for s in cfg.kv_source_layers)
             if self.kv_source:
                 self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
             if self.has_indexer:
@@ -624,7 +638,7 @@ class Attention(nn.Cell):
         cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
         qr, q, kv = self._qkv(x, cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1), cs, sn)
         win_idx = ops.broadcast_to(ops.expand_dims(window_indices(S, self.window), 0), (B, S, min(S, self.window)))
-        entries, keys, topk, cand = shared
+        entries, keys, topk, cand, pubs = shared
         n = S // self.ratio if self.ratio else 0
         if n > 0:
             if self.kv_source:
@@ -638,7 +652,7 @@ class Attention(nn.Cell):
             o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
         else:                   # window-only layer, or no complete group yet
             o = self._attend(q, kv, self.attn_sink, win_idx, None, self.scale)
-        return self._output(o, cs, sn), (entries, keys, topk, cand)
+        return self._output(o, cs, sn), (entries, keys, topk, cand, pubs)
 
     def _output(self, o, cos_h, sin_h):
         B, S = o.shape[0], o.shape[1]
@@ -732,12 +746,15 @@ class Attention(nn.Cell):
         kv_all = ops.concat([ring, kv], 1)
         cmp_idx = None
         writes = ()
-        ent, keys, topk, cand = shared
+        ent, keys, topk, cand, pubs = shared
         if self.ratio:
             vis, plan = per_ratio[r_i]
             if self.kv_source:
                 ent, keys = self.compressor.step(x, cache, ctx, step, st, ent_ids, plan, (self.indexer, ist[0]))
                 writes = ent + keys
+                if self.shipped:        # rows where this source completed a group publish its keys
+                    pos0, last = ctx[0][:, 0], ctx[1]
+                    pubs = pubs + ((self.layer_id, keys, (last + 1) // self.ratio > pos0 // self.ratio),)
             nmax = max_len // self.ratio
             kcap = min(ctx_cap, max_len) // self.ratio                     # entries the context bucket can hold
             ncap = nmax + 1 if kcap == nmax else kcap
@@ -749,8 +766,11 @@ class Attention(nn.Cell):
                         qi = fp4_quant(qi)
                     k = min(idx.topk, kcap)
                     p0 = ctx[0][:, :1]
-                    topk, scores = idx._topk(qi, prefix_rows(keys[0], B, nmax + 1, ncap), wi, self.ratio, k, p0,
-                                             cand if idx.cand_use else None)
+                    if self.shipped:
+                        kk = self._shipped_keys(cache, step, pubs, B, ncap)
+                    else:
+                        kk = prefix_rows(keys[0], B, nmax + 1, ncap)
+                    topk, scores = idx._topk(qi, kk, wi, self.ratio, k, p0, cand if idx.cand_use else None)
                     if idx.cand_source:
                         cand = idx._candidates(scores, vis, idx.cand_blocks, idx.cand_block)
                 kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
@@ -758,7 +778,25 @@ class Attention(nn.Cell):
         o = self._attend(q, kv_all, self.attn_sink, win_idx, cmp_idx, self.scale)
         o = after(o, writes)        # a step with no readable entry still advances the compressor
         self._ring_update(cache, win_ids, ring, kv, ring_plan, o)
-        return self._output(o, C4, S4), (ent, keys, topk, cand)
+        return self._output(o, C4, S4), (ent, keys, topk, cand, pubs)
+
+    def _shipped_keys(self, cache, step, pubs, B, ncap):
+        """The keys DeepSeek's released decode scores against: per row, those of the latest kv source that
+        completed a group in this step before this layer, else of the last publisher of an earlier step (the
+        cache's publisher row); another layer's cache is read at this layer's positions, as shipped."""
+        max_len, key_ids, pub_id = step[0], step[5][0], step[5][1]
+        carried = cache[pub_id].reshape(B, 1, 1)
+        done = {}
+        for s_id, bufs, _ in pubs:
+            done[s_id] = bufs
+        sel = ops.zeros((B, ncap, self.indexer.head_dim), ms.float32)
+        for (s_id, r), kid in zip(self.sources, key_ids):
+            buf = done[s_id][0] if s_id in done else cache[kid]
+            sel = ops.where(carried == float(s_id), _prefix_padded(buf, B, max_len // r + 1, ncap), sel)
+        for s_id, bufs, emitted in pubs:
+            r = dict(self.sources)[s_id]
+            sel = ops.where(emitted.reshape(B, 1, 1), _prefix_padded(bufs[0], B, max_len // r + 1, ncap), sel)
+        return sel
 
     def _ring_update(self, cache, ids, ring, kv, plan, done):
         """Each ring slot keeps its latest valid position. The write waits for `done` (the attention output), so no
@@ -1063,7 +1101,7 @@ class Transformer(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096, param_dtype=None,
                  return_hidden: bool = False, with_mtp: bool = True, moe_capacity_factor: Optional[float] = None,
-                 parallel=None):
+                 parallel=None, index_keys: str = "own"):
         super().__init__()
         cfg.validate()
         param_dtype = precision.param_dtype() if param_dtype is None else param_dtype   # bf16 on Ascend
@@ -1114,6 +1152,12 @@ class Transformer(nn.Cell):
         # one (cos, sin) pair per block, chosen by its ratio
         self.rope_cos = tuple(ropes.for_ratio(cfg.ratio(i))[0] for i in range(cfg.n_total_blocks))
         self.rope_sin = tuple(ropes.for_ratio(cfg.ratio(i))[1] for i in range(cfg.n_total_blocks))
+        if index_keys not in ("own", "shipped"):
+            raise ValueError(f"index_keys must be 'own' or 'shipped', got {index_keys!r}")
+        self.index_keys = index_keys if self.v41 else "own"
+        if self.index_keys == "shipped":
+            for i in self.local_layers:
+                self.layers[i].attn.shipped = True
         # the compression ratios in use (a cached step's per-ratio constants are in this order)
         self.ratios = tuple(sorted(set(r for r in cfg.compress_ratios if r)))
 
@@ -1240,7 +1284,7 @@ class Transformer(nn.Cell):
         pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
                                (B, S, self.hc_mult))                              # block 0: stream 0
         alive = ops.ones((B, S), ms.float32)                                      # text only (vision refused)
-        shared = (None, None, None, None)
+        shared = (None, None, None, None, ())
         hidden = ()
         for i in self.local_layers:
             rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
@@ -1250,6 +1294,12 @@ class Transformer(nn.Cell):
             else:
                 h, pre, shared = self.layers[i].step_v41(h, pre, input_ids, cache, ctx, step, shared, rows, alive)
             hidden = hidden + (h,)
+        if cache is not None and self.index_keys == "shipped":     # the last publisher, for the next step
+            pub = cache[step[5][1]]
+            new = pub.reshape(B, 1)
+            for s_id, _, emitted in shared[4]:
+                new = ops.where(emitted.reshape(B, 1), ops.full_like(new, float(s_id)), new)
+            ops.assign(pub, ops.depend(new, h))
         return h, pre, hidden
 
     def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step):

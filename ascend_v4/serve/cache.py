@@ -99,6 +99,8 @@ class CacheLayout:
                     if shadow:
                         self._add(f"L{i}.ikv_sh", (B, 2 * r + 1, 2 * ci), "float32", 0.0, kind, "shadow", 0)
                         self._add(f"L{i}.isc_sh", (B, 2 * r + 1, 2 * ci), "float32", NEG_INF, kind, "shadow", 0)
+        if self.v41:    # the last kv source that published index keys (index_keys="shipped" decode), -1: none
+            self._add("V41.pub", (B, 1, 1), "float32", -1.0, "SWA", "state", 0)
         if self.mtp:
             for j in range(cfg.n_mtp_layers):
                 self._kv(f"M{j}.win", (B, W + 1), "MTP", "ring", 0)
@@ -127,6 +129,12 @@ class CacheLayout:
 
     def ids(self, name: str) -> int:
         return self.index.get(name, -1)
+
+    def shared_slots(self) -> tuple:
+        """V4.1: (index-key buffer id of every kv source, publisher row id); () for V4."""
+        if not self.v41:
+            return ()
+        return (tuple(self.ids(f"L{s}.ikey") for s in self.cfg.kv_source_layers), self.ids("V41.pub"))
 
     def block_slots(self, model) -> tuple:
         """Per block (main layers, then MTP blocks) the flat cache indices the model's cached step reads and writes:

@@ -55,7 +55,8 @@ def _pow2(n: int) -> int:
 class Engine:
     def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], *, max_batch: int = 1, max_len: int = 1024,
                  kv_int8: bool = False, mtp: bool = False, prefill_chunk: int = 256, ctx_min: int = 256,
-                 threads: int = 0, model=None, stacked_experts: bool = True, token_map=None, engram_tables=None):
+                 threads: int = 0, model=None, stacked_experts: bool = True, token_map=None, engram_tables=None,
+                 index_keys: str = "own"):
         from ..runtime import setup
         setup(None, "graph", threads)
         from ..model import Transformer
@@ -81,7 +82,7 @@ class Engine:
         self.prefill_chunk, self.ctx_min = int(prefill_chunk), int(ctx_min)
         self.mtp = bool(mtp)
         if model is None:
-            model = Transformer(cfg, max_seq_len=self.max_len, with_mtp=self.mtp)
+            model = Transformer(cfg, max_seq_len=self.max_len, with_mtp=self.mtp, index_keys=index_keys)
             model.set_train(False)
             load_into(model, weights)
         elif model.max_seq_len < self.max_len or (self.mtp and not model.with_mtp):

@@ -35,13 +35,14 @@ class _Step(nn.Cell):
         self.ctx_cap = int(min(ctx_cap, layout.max_len))
         self.shadow = bool(shadow)
         self.slots = layout.block_slots(model)
+        self.shared_slots = layout.shared_slots()
         self.experts = experts
 
     def _ctx(self, pos0, nvalid):
         return self.model.step_context(pos0, nvalid, self.T, self.max_len, self.shadow)
 
     def _static(self):
-        return (self.max_len, self.ctx_cap, self.shadow, self.slots, self.experts)
+        return (self.max_len, self.ctx_cap, self.shadow, self.slots, self.experts, self.shared_slots)
 
     def _last(self, h, nvalid):
         """Each row's last valid position -> [B, 1, ...]."""
