@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("GLOG_v", "3")
@@ -28,10 +29,10 @@ def main():
     show_warnings_as_lines()
 
 
-def _load_any(path: str):
+def _load_any(path: str, versions=None):
     """(cfg, float weights) from any checkpoint directory (ascend_v4.weights.load_checkpoint)."""
     from .weights import load_checkpoint
-    return load_checkpoint(path)
+    return load_checkpoint(path, versions=versions)
 
 
 # ------------------------------------------------------------------------------------------------ info
@@ -67,16 +68,33 @@ def info(target, as_json):
 def make_checkpoint(out_dir, config, seed):
     """Write a random official-format checkpoint (FP8/MXFP4/BF16/FP32, sharded safetensors) for a config."""
     from .checkpoint import random_weights, write_official_checkpoint
+    from .config import MODEL_VERSIONS
     from .info import check_fits_in_memory
-    cfg = load_config(config)
+    cfg = load_config(config, versions=MODEL_VERSIONS)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
     # float32 weights + their encoded copy are in memory at once
     check_fits_in_memory(cfg, "make-checkpoint", 5.5, f"use a smaller preset (tiny, small), `ascend-v4 info "
                          f"{config}` for its sizes, or bench/convert.py for release-shaped layers streamed to disk")
+    if cfg.version == "v4.1":
+        # V4.1's config must name its tokenizer's compressed (Engram) vocabulary size, as DeepSeek's code asserts
+        cfg = _v41_for_demo_tokenizer(cfg)
     write_official_checkpoint(cfg, random_weights(cfg, seed), out_dir)
     tok = _write_demo_tokenizer(cfg, out_dir)
     click.echo(f"wrote {cfg.name} official-format checkpoint to {out_dir}" + (f" (+ {tok})" if tok else ""))
+
+
+def _v41_for_demo_tokenizer(cfg):
+    """cfg with engram_compressed_vocab_size = the distinct ids of the demo tokenizer's compressed map."""
+    if cfg.vocab_size < 260:
+        return cfg
+    from tokenizers import Tokenizer
+    from .ops.engram.reference import compressed_token_map_from_tokenizer
+    from .serve.tokenizer import train_demo_tokenizer
+    with tempfile.TemporaryDirectory() as d:
+        train_demo_tokenizer(cfg.vocab_size, os.path.join(d, "tokenizer.json"))
+        tmap = compressed_token_map_from_tokenizer(Tokenizer.from_file(os.path.join(d, "tokenizer.json")))
+    return cfg.replace(engram_compressed_vocab_size=int(tmap.max()) + 1)
 
 
 def _write_demo_tokenizer(cfg, out_dir: str):
@@ -110,12 +128,19 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @device_option
 def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulation, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
+    from .config import MODEL_VERSIONS
     from .dump import check_tokens, load_tokens, save_npz
     ids = load_tokens(tokens_path)
-    cfg, weights = _load_any(checkpoint)
+    cfg, weights = _load_any(checkpoint, MODEL_VERSIONS)
     check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
-    if quant_emulation:
+    if cfg.version == "v4.1":
+        if backend != "numpy" or mode != "exact" or quant_emulation or mtp:
+            raise ConfigError(f"{checkpoint} is DeepSeek-V4.1: dump runs it on the float64 golden only "
+                              f"(--backend numpy, exact numerics, no --mtp / --quant-emulation)")
+        from .dump import numpy_v41_dump
+        res = numpy_v41_dump(checkpoint, cfg, weights, ids)
+    elif quant_emulation:
         if mode == "official":
             raise ConfigError("--quant-emulation (the Ascend int8 numerics) and --mode official (the CUDA FP8 "
                               "numerics) exclude each other; pick one")

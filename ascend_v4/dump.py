@@ -101,3 +101,16 @@ def quant_emulation_model(checkpoint: str, cfg, weights):
     m = _QuantEmulation(cfg, weights)
     m.quantized = quantized
     return m
+
+
+# ------------------------------------------------------------------------------ DeepSeek-V4.1 golden ------
+def numpy_v41_dump(checkpoint: str, cfg, weights, ids: np.ndarray) -> Dict[str, np.ndarray]:
+    """embed, hidden_block{i}, logits of a DeepSeek-V4.1 directory from the float64 golden
+    (ascend_v4/numpy_model_v41.py), the Engram token map taken from the directory's tokenizer.json."""
+    from .checkpoint.release_v41 import release_token_map
+    from .numpy_model_v41 import NumpyV41
+    tmap = release_token_map(checkpoint, cfg) if cfg.engram_layer_ids else None
+    if tmap is not None and int(ids.max()) >= len(tmap):
+        raise DumpError(f"token id {int(ids.max())} is not in the tokenizer ({len(tmap)} ids): Engram cannot map it")
+    out = NumpyV41(cfg, weights, token_map=tmap).forward(ids)
+    return {k: v for k, v in out.items() if k == "embed" or k == "logits" or k.startswith("hidden_block")}

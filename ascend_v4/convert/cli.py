@@ -55,7 +55,7 @@ def _log(msg: str) -> None:
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: when stderr is a terminal]")
 @_friendly
 def convert(src, dst, precision, tp, ep, dir_layout, int4_group, workers, shard_size, to_official, progress):
-    """Convert a DeepSeek-V4 release checkpoint SRC into what 910B/910C run (DST), or back with --to-official.
+    """Convert a DeepSeek-V4 / V4.1 release checkpoint SRC into what 910B/910C run (DST), or back with --to-official.
 
     Streams tensors from memory-mapped shards through K worker processes; every output file is
     written to a temporary name, hashed and renamed. Rerun the same command after an interruption
@@ -80,8 +80,7 @@ def convert(src, dst, precision, tp, ep, dir_layout, int4_group, workers, shard_
     if s.already_complete:
         return
     dt = time.perf_counter() - t0
-    shown = dir_layout or ("ranks" if precision == "bf16" or max(tp, ep) > 1 else "serving")
-    click.echo(f"converted {src} -> {dst} ({precision}, {shown}"
+    click.echo(f"converted {src} -> {dst} ({precision}, {s.dir_layout}"
                f" layout, tp {tp}, ep {ep}): {s.files_written} files written, "
                f"{s.files_skipped} resumed, {s.bytes_in / 1e9:.2f} GB in, {s.bytes_out / 1e9:.2f} GB out, "
                f"{dt:.1f} s ({s.bytes_in / 1e9 / max(dt, 1e-9):.2f} GB/s in)")

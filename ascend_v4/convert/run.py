@@ -41,6 +41,7 @@ from .writer import STATE_DIR, Journal, fsync_dir, remove_tmp_files, run_jobs, w
 SOURCE_RECORD = f"{SIDECAR_DIR}/source.json"
 SOURCE_CONFIG = f"{SIDECAR_DIR}/config.json"
 SOURCE_INDEX = f"{SIDECAR_DIR}/{INDEX_NAME}"
+SOURCE_ROOT_CONFIG = f"{SIDECAR_DIR}/root_config.json"     # DeepSeek-V4.1: the release's nested root config.json
 AUX_DIR = f"{SIDECAR_DIR}/files"
 OUR_FILES = {"config.json", INDEX_NAME, MANIFEST, NAME_MAP, "quant_model_description.json"}
 QSTATS = "quant_stats.jsonl"
@@ -55,6 +56,7 @@ class Summary:
     bytes_in: int
     bytes_out: int
     already_complete: bool = False
+    dir_layout: str = ""
 
 
 class _ConvertJob:
@@ -191,6 +193,12 @@ def _write_metadata(plan: Plan, dst: str) -> List[str]:
     put_json(SOURCE_RECORD, rec, indent=None)
     write_bytes_atomic(os.path.join(dst, SOURCE_CONFIG), src.config_bytes)
     written.append(SOURCE_CONFIG)
+    root_cfg = os.path.join(src.root, "config.json")
+    if getattr(src.cfg, "version", "v4") == "v4.1" and os.path.isfile(root_cfg):
+        # V4.1's model config is the flat inference/config.json (SOURCE_CONFIG); keep the nested root for --to-official
+        with open(root_cfg, "rb") as fh:
+            write_bytes_atomic(os.path.join(dst, SOURCE_ROOT_CONFIG), fh.read())
+        written.append(SOURCE_ROOT_CONFIG)
     if src.index_bytes is not None:
         write_bytes_atomic(os.path.join(dst, SOURCE_INDEX), src.index_bytes)
         written.append(SOURCE_INDEX)
@@ -238,6 +246,8 @@ def tensor_class(name: str) -> str:
         return "routed experts"
     if ".shared_experts." in name:
         return "shared experts"
+    if ".engram.embed." in name:
+        return "Engram tables"
     return "attention " + module_of(name)
 
 
@@ -400,4 +410,4 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     shutil.rmtree(state, ignore_errors=True)
     fsync_dir(dst)
     return Summary(dst, len(todo), len(plan.files) - len(todo), layout.total_bytes(),
-                   sum(v[1] for v in done.values()))
+                   sum(v[1] for v in done.values()), dir_layout=plan.dir_layout)
