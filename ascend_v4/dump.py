@@ -114,3 +114,18 @@ def numpy_v41_dump(checkpoint: str, cfg, weights, ids: np.ndarray) -> Dict[str, 
         raise DumpError(f"token id {int(ids.max())} is not in the tokenizer ({len(tmap)} ids): Engram cannot map it")
     out = NumpyV41(cfg, weights, token_map=tmap).forward(ids)
     return {k: v for k, v in out.items() if k == "embed" or k == "logits" or k.startswith("hidden_block")}
+
+
+def v41_token_map(checkpoint: str, cfg, ids: np.ndarray):
+    """The Engram compressed-token map of a DeepSeek-V4.1 directory (None without Engram), after refusing what
+    this port cannot run: image spans (the vision tower is out of scope) and ids outside the tokenizer."""
+    if np.any(np.asarray(ids) == cfg.image_token_id):
+        raise DumpError(f"the tokens hold the image token id {cfg.image_token_id}: image inputs are not supported "
+                        f"(DeepSeek-V4.1's vision tower is out of scope); give text tokens only")
+    if not cfg.engram_layer_ids:
+        return None
+    from .checkpoint.release_v41 import release_token_map
+    tmap = release_token_map(checkpoint, cfg)
+    if int(np.max(ids)) >= len(tmap):
+        raise DumpError(f"token id {int(np.max(ids))} is not in the tokenizer ({len(tmap)} ids): Engram cannot map it")
+    return tmap

@@ -172,6 +172,9 @@ class Engine:
             if s.min() < 0 or s.max() >= self.cfg.vocab_size:
                 raise ServeError(f"prompt {i}: token ids span [{s.min()}, {s.max()}] but the vocabulary has "
                                  f"{self.cfg.vocab_size} entries")
+            if self.v41 and np.any(s == self.cfg.image_token_id):
+                raise ServeError(f"prompt {i} holds the image token id {self.cfg.image_token_id}: image inputs are "
+                                 f"not supported (DeepSeek-V4.1's vision tower is out of scope)")
 
     def _rows(self, n: int, rows) -> List[int]:
         rows = list(range(n)) if rows is None else [int(r) for r in rows]

@@ -20,6 +20,8 @@ from . import reference
 _OPS = ("compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention")
 for _name in _OPS:
     register(_name, "reference", ("numpy",), priority=-10, tolerance=(0, 0))(getattr(reference, _name))
+for _name in ("index_topk_v2", "candidate_mask"):           # DeepSeek-V4.1 (tests/v41/test_model_v41.py)
+    register(_name, "reference", ("numpy",), priority=-10, tolerance=(0, 0))(getattr(reference, _name))
 
 try:
     from . import composite as _c

@@ -4,6 +4,7 @@ from ..registry import register
 from . import reference
 
 register("hc_pre", "reference", ("numpy",), priority=-10, tolerance=(0, 0))(reference.hc_pre)
+register("hc_mixes", "reference", ("numpy",), priority=-10, tolerance=(0, 0))(reference.hc_mixes)
 register("hc_post", "reference", ("numpy",), priority=-10, tolerance=(0, 0))(reference.hc_post)
 register("hc_head", "reference", ("numpy",), priority=-10, tolerance=(0, 0))(reference.hc_head)
 
