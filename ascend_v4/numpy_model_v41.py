@@ -41,7 +41,8 @@ class V41State:
     Plain arrays (float64 / int64), growing with the sequence — a golden keeps everything it may need:
     `kv[i]` every window KV vector of layer i (RoPE'd), `cmp[i]` / `keys[i]` the compressed KV rows (RoPE'd) and
     index keys of kv source i, `comp[i]` its compressor (kv_state, score_state), `hash` the Engram n-gram state,
-    `index_k_slot` the last layer that published index keys (used only by index_keys='shipped')."""
+    `index_k_slot` the last layer that published index keys (used only by index_keys='shipped'), `dspark_kv[k]`
+    DSpark stage k's window KV of main_x (filled by NumpyV41.dspark_observe)."""
 
     def __init__(self, cfg: ModelConfigV41, batch: int, token_map: Optional[np.ndarray] = None):
         self.pos = 0
@@ -57,6 +58,7 @@ class V41State:
             self.comp[s] = attn_ref.compressor_state(batch, cfg.ratio(s), hd, False)
         self.hash = engram_ref.NgramHashState.for_config(cfg, batch, token_map) if cfg.engram_layer_ids else None
         self.index_k_slot: Optional[int] = None
+        self.dspark_kv: Dict[int, np.ndarray] = {k: np.zeros((batch, 0, hd)) for k in range(cfg.n_mtp_layers)}
 
 
 class NumpyV41:
@@ -104,11 +106,7 @@ class NumpyV41:
         qr = _rms(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps)
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
         q = apply_rope(q, tc[None, :, None], ts[None, :, None])             # no per-head RMS rescale in V4.1
-        kv = _rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps)
-        kv = apply_rope(kv, tc[None], ts[None])
-        if self.kv_quant:                                                    # FP8 QDQ of all dims, 1×32
-            kv = act_quant_fp8(kv, 32).astype(np.float64)
-        st.kv[i] = np.concatenate([st.kv[i], kv], axis=1)
+        st.kv[i] = np.concatenate([st.kv[i], self._window_kv(p, x, tc, ts)], axis=1)   # FP8 QDQ with kv_quant
         rows = st.kv[i]                                                      # rows 0..end−1 = positions
         win = np.broadcast_to(attn_ref.window_indices(S, c.window_size, s0), (B, S, min(end, c.window_size)))
         cmp = None
@@ -123,11 +121,8 @@ class NumpyV41:
             cmp = np.where(idx >= 0, idx + end, -1)
             rows = np.concatenate([rows, st.cmp[src][:, :n]], axis=1)
         o = attn_ref.sparse_attention(q, rows, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
-        o = apply_rope(o, tc[None, :, None], ts[None, :, None], inverse=True)
-        o = o.reshape(B, S, c.o_groups, -1)
-        wo_a = self.w[p + "wo_a.weight"].reshape(c.o_groups, c.o_lora_rank, -1)
-        o = np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(B, S, -1)
-        return self._lin(o, p + "wo_b.weight")
+        shared["attn_out", i] = out = self._out_proj(p, o, tc, ts)
+        return out
 
     def _compress(self, i, x, st, cos, sin, shared):
         """kv source i: new group latents -> index keys (from the un-rotated latent), then RoPE'd KV rows."""
@@ -205,22 +200,106 @@ class NumpyV41:
         return engram_ref.engram_gate(h, kv, self.w[p + "q_weight"], self.w[p + "k_weight"], alive, self.cfg.norm_eps)
 
     def block(self, i, h, pre_in, st, shared, image_mask):
+        """Backbone block i (see _mhc_block)."""
+        return self._mhc_block(f"layers.{i}.", i, h, pre_in, lambda x: self.attention(i, x, st, shared), shared,
+                               image_mask, self.cfg.n_activated_experts)
+
+    def _mhc_block(self, p, key, h, pre_in, attn, shared, image_mask, n_activated):
         """Pipelined mHC: attention collapses with the incoming pre (the previous block's ffn pre), the FFN with
         this block's attention pre; post/comb stay with the sublayer that computed them. -> (h, ffn pre)."""
-        c, p = self.cfg, f"layers.{i}."
+        c = self.cfg
         mix = dict(iters=c.hc_sinkhorn_iters, hc_eps=c.hc_eps, norm_eps=c.norm_eps)
         a_pre, a_post, a_comb = mhc_ref.hc_mixes(h, self.w[p + "hc_attn_fn"], self.w[p + "hc_attn_scale"],
                                                  self.w[p + "hc_attn_base"], **mix)
-        shared["attn_in", i] = x = mhc_ref.hc_collapse(h, pre_in)
-        h = mhc_ref.hc_post(self.attention(i, _rms(x, self.w[p + "attn_norm.weight"], c.norm_eps), st, shared), h,
-                            a_post, a_comb)
-        shared["post_attn", i] = h
+        shared["attn_in", key] = x = mhc_ref.hc_collapse(h, pre_in)
+        h = mhc_ref.hc_post(attn(_rms(x, self.w[p + "attn_norm.weight"], c.norm_eps)), h, a_post, a_comb)
+        shared["post_attn", key] = h
         f_pre, f_post, f_comb = mhc_ref.hc_mixes(h, self.w[p + "hc_ffn_fn"], self.w[p + "hc_ffn_scale"],
                                                  self.w[p + "hc_ffn_base"], **mix)
-        shared["ffn_in", i] = x = mhc_ref.hc_collapse(h, a_pre)
+        shared["ffn_in", key] = x = mhc_ref.hc_collapse(h, a_pre)
         x = _rms(x, self.w[p + "ffn_norm.weight"], c.norm_eps)
-        h = mhc_ref.hc_post(self.moe(p + "ffn.", x, image_mask, c.n_activated_experts), h, f_post, f_comb)
+        h = mhc_ref.hc_post(self.moe(p + "ffn.", x, image_mask, n_activated), h, f_post, f_comb)
         return h, f_pre
+
+    # ------------------------------------------------------------------------------------------ DSpark -----
+    def _out_proj(self, p, o, pos_c, pos_s):
+        c = self.cfg
+        B, S = o.shape[:2]
+        o = apply_rope(o, pos_c[None, :, None], pos_s[None, :, None], inverse=True).reshape(B, S, c.o_groups, -1)
+        wo_a = self.w[p + "wo_a.weight"].reshape(c.o_groups, c.o_lora_rank, -1)
+        return self._lin(np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(B, S, -1), p + "wo_b.weight")
+
+    def _window_kv(self, p, x, cos, sin):
+        kv = apply_rope(_rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], self.cfg.norm_eps),
+                        cos[None], sin[None])
+        return act_quant_fp8(kv, 32).astype(np.float64) if self.kv_quant else kv
+
+    def dspark_observe(self, out: Dict[str, np.ndarray], st: V41State) -> None:
+        """After a target forward: each DSpark stage's window KV of main_x = main_norm(main_proj(dspark_hidden))
+        for the positions that forward covered (the reference seeds its rings in prefill and writes slot p on
+        every decode step; both are this)."""
+        c = self.cfg
+        hid = out["dspark_hidden"]
+        S = hid.shape[1]
+        p0 = st.pos - S
+        if st.dspark_kv[0].shape[1] != p0:
+            raise ValueError(f"DSpark state covers {st.dspark_kv[0].shape[1]} positions; this output starts at {p0}: "
+                             f"observe every target forward in order")
+        main_x = _rms(self._lin(hid, "mtp.0.main_proj.weight"), self.w["mtp.0.main_norm.weight"], c.norm_eps)
+        cos, sin = self._rope(0, st.pos)
+        for k in range(c.n_mtp_layers):
+            kv = self._window_kv(f"mtp.{k}.attn.", main_x, cos[p0:], sin[p0:])
+            st.dspark_kv[k] = np.concatenate([st.dspark_kv[k], kv], axis=1)
+
+    def dspark_draft(self, y: np.ndarray, st: V41State) -> Dict[str, np.ndarray]:
+        """One DSpark block after the target produced token y [B] at position p = st.pos − 1 (dspark_observe'd).
+
+        Block ids [y, noise × (block_size − 1)] at positions p+1 … p+block_size run through the stages: each
+        attends its window of main_x KV (positions ≤ p, the last window_size) plus all block positions
+        (bidirectional). Then logits = head(norm(Σ pre·H)) per row, the Markov head adds embed[o_i]·headᵀ to row i
+        with o_0 = y and o_{i+1} = argmax(row i) (greedy), and confidence_i = proj·[hidden_i ‖ embed[o_i]] (no
+        sigmoid). Returns tokens [B, bs] (o_1 …), logits [B, bs, V] (biased), base_logits (without the Markov
+        bias), hidden [B, bs, D] (the un-normed collapsed state) and confidence [B, bs]. The state does not move."""
+        c = self.cfg
+        bs, L, hc = c.dspark_block_size, c.n_layers, c.hc_mult
+        y = np.asarray(y, np.int64).reshape(-1)
+        B, p = y.shape[0], st.pos - 1
+        if p < 0 or st.dspark_kv[0].shape[1] != st.pos:
+            raise ValueError("dspark_draft needs a target forward and its dspark_observe first")
+        ids = np.concatenate([y[:, None], np.full((B, bs - 1), c.dspark_noise_token_id, np.int64)], axis=1)
+        h = np.repeat(self.w["embed.weight"][ids][:, :, None], hc, axis=2)
+        pre = np.zeros((B, bs, hc))
+        pre[..., 0] = 1.0
+        cos, sin = self._rope(0, p + 1 + bs)
+        bc, bsn = cos[p + 1:], sin[p + 1:]
+        n_ctx = min(p + 1, c.window_size)
+        idx = np.concatenate([np.arange(p + 1 - n_ctx, p + 1), p + 1 + np.arange(bs)])
+        idx = np.broadcast_to(idx, (B, bs, idx.size)).astype(np.int32)
+        shared: dict = {}
+        for k in range(c.n_mtp_layers):
+            pa = f"mtp.{k}.attn."
+
+            def attn(x, pa=pa, k=k):
+                qr = _rms(self._lin(x, pa + "wq_a.weight"), self.w[pa + "q_norm.weight"], c.norm_eps)
+                q = apply_rope(self._lin(qr, pa + "wq_b.weight").reshape(B, bs, c.n_heads, c.head_dim),
+                               bc[None, :, None], bsn[None, :, None])
+                rows = np.concatenate([st.dspark_kv[k], self._window_kv(pa, x, bc, bsn)], axis=1)
+                o = attn_ref.sparse_attention(q, rows, self.w[pa + "attn_sink"], idx, None, c.head_dim ** -0.5)
+                return self._out_proj(pa, o, bc, bsn)
+            h, pre = self._mhc_block(f"mtp.{k}.", L + k, h, pre, attn, shared, None, c.dspark_n_activated_experts)
+        last = f"mtp.{c.n_mtp_layers - 1}."
+        hidden = mhc_ref.hc_collapse(h, pre)
+        base = _rms(hidden, self.w[last + "norm.weight"], c.norm_eps) @ self.w["head.weight"].T
+        logits = base.copy()
+        tok = np.zeros((B, bs + 1), np.int64)
+        tok[:, 0] = y
+        emb = np.zeros((B, bs, c.dspark_markov_rank))
+        for i in range(bs):                                   # sequential: row i's bias uses the sampled o_i
+            emb[:, i] = self.w[last + "markov_head.embed.weight"][tok[:, i]]
+            logits[:, i] += emb[:, i] @ self.w[last + "markov_head.head.weight"].T
+            tok[:, i + 1] = np.argmax(logits[:, i], axis=-1)
+        conf = np.concatenate([hidden, emb], axis=-1) @ self.w[last + "confidence_head.proj.weight"][0]
+        return {"tokens": tok[:, 1:], "logits": logits, "base_logits": base, "hidden": hidden, "confidence": conf}
 
     # ----------------------------------------------------------------------------------------- forward ----
     def forward(self, ids: np.ndarray, state: Optional[V41State] = None,
@@ -236,7 +315,8 @@ class NumpyV41:
         [B, S, k] (compressed ids each ratio>0 layer attends, −1 = none; a consumer's equals its source's),
         index_scores{i} [B, S, ⌊end/ratio⌋] (an index source's scores, −inf where not visible),
         candidates [B, S, ⌊end/ratio⌋] (the level-1 mask), and the mHC intermediates of block i: attn_in{i} /
-        ffn_in{i} [B, S, D] (the collapsed sublayer inputs, before their norms) and post_attn{i} [B, S, hc, D]."""
+        ffn_in{i} [B, S, D] (the collapsed sublayer inputs, before their norms), attn_out{i} [B, S, D] (the attention
+        output after wo_b) and post_attn{i} [B, S, hc, D]."""
         c = self.cfg
         ids = np.asarray(ids, np.int64)
         B, S = ids.shape

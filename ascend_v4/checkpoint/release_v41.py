@@ -209,3 +209,40 @@ def release_token_map(ckpt_dir: str, cfg: ModelConfigV41) -> np.ndarray:
                               f"engram_compressed_vocab_size is {cfg.engram_compressed_vocab_size}; the tokenizer "
                               f"belongs to another model revision - use the one released with these weights")
     return tmap
+
+
+def open_engram_tables(ckpt_dir: str, cfg: ModelConfigV41):
+    """The Engram tables of a V4.1 directory, memory-mapped in place, as `ops.engram.host.HostEngramTables` (the
+    host-resident tables the prefetcher gathers from): a release's FP8 rows with their E8M0 scales (decoded by this
+    codec after the gather), or a single-rank conversion's INT8 rows with float32 group scales / BF16 rows."""
+    import json
+
+    from ascend_v4.ops.engram.host import HostEngramTables, memmap_safetensors
+    from .safetensors_io import INDEX_NAME, CheckpointError
+    ckpt_dir = os.fspath(ckpt_dir)
+    index = os.path.join(ckpt_dir, INDEX_NAME)
+    if os.path.isfile(index):
+        with open(index, "r", encoding="utf-8") as f:
+            where = json.load(f).get("weight_map", {})
+    else:
+        where = {}
+    tables, scales = [], []
+    for L in cfg.engram_layer_ids:
+        name = f"layers.{L}.engram.embed.weight"
+        fn = where.get(name, "model.safetensors")
+        if not isinstance(fn, str) or "/" in fn or not os.path.isfile(os.path.join(ckpt_dir, fn)):
+            raise CheckpointError(f"{ckpt_dir}: tensor '{name}' is not in one top-level shard (a multi-rank conversion "
+                                  f"splits the tables); map the tables of the release or of a --tp 1 --ep 1 conversion")
+        tables.append(memmap_safetensors(os.path.join(ckpt_dir, fn), name))
+        found = None
+        for sc in (scale_name(name), name + "_scale"):          # release E8M0 `.scale`; converted F32 `_scale`
+            if sc in where or (not where and sc != name):
+                try:
+                    found = memmap_safetensors(os.path.join(ckpt_dir, where.get(sc, fn)), sc)
+                    break
+                except KeyError:
+                    continue
+        scales.append(found)                                     # None: BF16 rows carry no scale
+    if tables and tables[0].dtype == np.uint8:                   # release FP8: E4M3 codes, E8M0 scale codes
+        return HostEngramTables(tables, scales, decode=lambda rows, s: F.dequant_fp8_block(rows, s, (1, BLOCK)))
+    return HostEngramTables(tables, scales)

@@ -69,7 +69,8 @@ def converted_plan(root: str) -> Plan:
     layout = layout_from_record(rec, cfg_bytes, idx, os.path.join(root, SOURCE_RECORD))
     try:
         plan = build_plan(layout, conv["precision"], Layout(int(conv["tp"]), int(conv["ep"])), int(conv["shard_bytes"]),
-                          dir_layout=conv.get("layout", "ranks"), int4_group=conv.get("int4_group") or 0)
+                          dir_layout=conv.get("layout", "ranks"), int4_group=conv.get("int4_group") or 0,
+                          engram_dtype=conv.get("engram_dtype"))
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, ConvertError):
             raise

@@ -107,6 +107,9 @@ def conversion_block(plan: Plan) -> dict:
                  f"{plan.int4_group or 'all'} input columns (clip ratio searched per group): `<name>` I8 [out, in/2] "
                  f"({Q.INT4_NIBBLE_ORDER}), `<name>_scale` F32 [out, in/group]" if plan.precision == "w4a8" else None),
         "int4_group": plan.int4_group if plan.precision == "w4a8" else None,
+        **({"engram_dtype": plan.engram_dtype,
+            "engram": ("`<table>` I8 [rows, d], `<table>_scale` F32 [rows, d/32]: symmetric per 32 values of a row, "
+                       "w = q * scale" if plan.engram_dtype == "int8" else "BF16, exact")} if plan.engram_dtype else {}),
         "source_dtype": plan.source.cfg.dtype,
         "source_expert_dtype": plan.source.cfg.expert_dtype,
         "fingerprint": plan.fingerprint,
@@ -286,8 +289,10 @@ def _fmt(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def default_command(src, dst, precision, tp, ep, workers, shard_bytes) -> str:
+def default_command(src, dst, precision, tp, ep, workers, shard_bytes, engram_dtype=None) -> str:
     args = ["ascend-v4", "convert", src, dst, "--dtype", precision]
+    if engram_dtype:
+        args += ["--engram-dtype", engram_dtype]
     if tp != 1:
         args += ["--tp", str(tp)]
     if ep != 1:
@@ -329,11 +334,12 @@ def _prepare_destination(dst: str, plan: Plan) -> Optional[str]:
 def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1, ep: int = 1, workers: int = 1,
                        shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Optional[bool] = None,
                        command: Optional[str] = None, log=None, layout: Optional[str] = None,
-                       int4_group="32") -> Summary:
+                       int4_group="32", engram_dtype: Optional[str] = None) -> Summary:
     """Convert a release-format checkpoint directory. Resumable: rerun the same call after a crash.
 
     layout: "serving" (default for w8a8 / w4a8: what vllm-ascend and MindIE load, unsharded) or "ranks"
-    (default for bf16: our tp/ep rank shards). int4_group: serving w4a8 expert group size (docs in FORMAT.md)."""
+    (default for bf16: our tp/ep rank shards). int4_group: serving w4a8 expert group size (docs in FORMAT.md).
+    engram_dtype (DeepSeek-V4.1): the Engram tables as "int8" (per 32 values) or "bf16"; default follows precision."""
     src, dst = os.fspath(src), os.fspath(dst)
     if precision not in PRECISIONS:
         raise ConvertError(f"--dtype {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -342,11 +348,12 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     lay = Layout(tp, ep)
     dir_layout = layout
     layout: SourceLayout = open_source(src)
-    plan = build_plan(layout, precision, lay, shard_bytes, dir_layout=dir_layout, int4_group=int4_group)
+    plan = build_plan(layout, precision, lay, shard_bytes, dir_layout=dir_layout, int4_group=int4_group,
+                      engram_dtype=engram_dtype)
     if os.path.abspath(dst) == os.path.abspath(src) or os.path.abspath(dst).startswith(os.path.abspath(src) + os.sep):
         raise ConvertError(f"{dst}: the destination must not be the source directory or inside it")
     if command is None:
-        command = default_command(src, dst, precision, tp, ep, workers, shard_bytes)
+        command = default_command(src, dst, precision, tp, ep, workers, shard_bytes, engram_dtype)
     mode = _prepare_destination(dst, plan)
     if mode is None:
         if log:

@@ -13,6 +13,7 @@ from ascend_v4.config import MODEL_VERSIONS, V41_PRESETS, ConfigError
 from ascend_v4.convert import convert_checkpoint
 from ascend_v4.convert.errors import ConvertError
 from ascend_v4.convert.reverse import to_official
+from ascend_v4.checkpoint.safetensors_io import CheckpointError
 from ascend_v4.weights import load_checkpoint
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
@@ -107,3 +108,61 @@ def test_nested_root_without_inference_config_is_named(release, tmp_path):
     shutil.rmtree(d / "inference")
     with pytest.raises(ConvertError, match="inference/config.json"):
         _convert(str(d), tmp_path, "bf16")
+
+
+def test_engram_tables_map_into_host_memory_from_release_and_conversions(release, tmp_path):
+    """The prefetcher's tables (ops/engram/host.py) memory-mapped from a release (FP8 rows + E8M0) and from
+    bf16 / w8a8 conversions (BF16 rows; INT8 rows + float32 group scales) give the loader's values."""
+    from ascend_v4.checkpoint.release_v41 import open_engram_tables
+    src, stored = release
+    ids = np.array([[[0, 5, 6125, 17, 3000, 4]]])                            # any 6 rows of each table
+    for d in (src, _convert(src, tmp_path, "bf16"), _convert(src, tmp_path, "w8a8")):
+        _, w = load_checkpoint(d, versions=MODEL_VERSIONS)
+        tabs = open_engram_tables(d, CFG)
+        assert isinstance(tabs.tables[0], np.memmap)
+        for k, L in enumerate(CFG.engram_layer_ids):
+            want = w[f"layers.{L}.engram.embed.weight"][ids[0, 0]].reshape(1, 1, -1)
+            np.testing.assert_array_equal(tabs.gather(k, ids), want)
+    with pytest.raises(CheckpointError, match="multi-rank"):
+        open_engram_tables(_convert(src, tmp_path, "bf16", tp=2), CFG)
+
+
+def test_engram_dtype_option_and_its_record(release, tmp_path):
+    """--engram-dtype overrides the precision's default (bf16 tables in a w8a8 model, int8 tables in a bf16 one);
+    the choice is recorded, so loading and verify rebuild the same plan; a V4 source refuses the option."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ascend_v4.cli import main
+    src, stored = release
+    a = str(tmp_path / "w8a8-bf16tables")
+    r = CliRunner().invoke(main, ["convert", src, a, "--dtype", "w8a8", "--engram-dtype", "bf16", "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert _raw(a, TABLE)[0] == "BF16" and _raw(a, "layers.0.attn.wq_b.weight")[0] == "I8"
+    with open(os.path.join(a, "config.json")) as f:
+        assert json.load(f)["conversion"]["engram_dtype"] == "bf16"
+    _, w = load_checkpoint(a, versions=MODEL_VERSIONS)
+    np.testing.assert_array_equal(w[TABLE], stored[TABLE])
+    assert CliRunner().invoke(main, ["verify", a]).exit_code == 0
+    b = _convert(src, tmp_path, "bf16", engram_dtype="int8")
+    assert _raw(b, TABLE)[1][0, :5].tolist() == ROW0_INT8 and _raw(b, "layers.0.attn.wq_b.weight")[0] == "BF16"
+    v4 = str(tmp_path / "v4")
+    from ascend_v4.checkpoint import random_weights
+    from ascend_v4.config import PRESETS
+    write_official_checkpoint(PRESETS["tiny"], random_weights(PRESETS["tiny"]), v4)
+    with pytest.raises(ConvertError, match="no Engram tables"):
+        convert_checkpoint(v4, str(tmp_path / "v4c"), "w8a8", workers=1, progress=False, engram_dtype="int8")
+
+
+def test_tp_split_rules_for_v41_names():
+    """As DeepSeek's V4.1 converter: Engram tables and the Markov tables split on rows, main_proj / confidence /
+    Engram wkv and q/k weights replicated, and the vision tower and aligner replicated (their mlp.w1/w2 are not
+    the text model's shared-expert w1/w2)."""
+    from ascend_v4.convert.sharding import split_dim
+    assert split_dim("layers.1.engram.embed.weight") == 0 and split_dim("mtp.2.markov_head.head.weight") == 0
+    for n in ("layers.1.engram.wkv.weight", "layers.1.engram.q_weight", "mtp.0.main_proj.weight",
+              "mtp.2.confidence_head.proj.weight", "vision.blocks.0.mlp.w1.weight", "vision.blocks.0.mlp.w2.weight",
+              "aligner.w1.weight", "aligner.w2.weight", "image_start"):
+        assert split_dim(n) is None, n
+    assert split_dim("layers.0.ffn.shared_experts.w2.weight") == 1
