@@ -141,11 +141,18 @@ def dump(checkpoint, tokens_path, out_path, fmt, backend, mode, kv_fp8, quant_em
     check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
     if cfg.version == "v4.1":
-        if backend != "numpy" or mode != "exact" or quant_emulation or mtp:
-            raise ConfigError(f"{checkpoint} is DeepSeek-V4.1: dump runs it on the float64 golden only "
-                              f"(--backend numpy, exact numerics, no --mtp / --quant-emulation)")
-        from .dump import numpy_v41_dump
-        res = numpy_v41_dump(checkpoint, cfg, weights, ids)
+        if mode != "exact" or quant_emulation or mtp:
+            raise ConfigError(f"{checkpoint} is DeepSeek-V4.1: dump runs it with exact numerics only (no --mode "
+                              f"official, --mtp or --quant-emulation)")
+        from .dump import numpy_v41_dump, v41_token_map
+        tmap = v41_token_map(checkpoint, cfg, ids)
+        if backend == "numpy":
+            res = numpy_v41_dump(checkpoint, cfg, weights, ids)
+        else:                   # the model's Cells in graph mode, Engram tables in host memory
+            from .runtime import setup
+            setup(None, "graph", threads)
+            from ascend_v4.graph.forward import build_forward
+            res = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), token_map=tmap)(ids)
     elif quant_emulation:
         if mode == "official":
             raise ConfigError("--quant-emulation (the Ascend int8 numerics) and --mode official (the CUDA FP8 "
@@ -223,7 +230,9 @@ def export_cmd(checkpoint, out_path, fmt, batch, seq, backends):
 
 # ------------------------------------------------------------------------------------------------ demo
 @main.command()
-@click.option("--config", "config", default="tiny", show_default=True)
+@click.option("--model", "model_kind", type=click.Choice(["v4", "v4.1"]), default="v4", show_default=True,
+              help="model family; its default config is tiny (v4) or v4.1-tiny (v4.1)")
+@click.option("--config", "config", default=None, help="preset name or config.json  [default: per --model]")
 @click.option("--batch", default=2, show_default=True)
 @click.option("--seq", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -231,7 +240,7 @@ def export_cmd(checkpoint, out_path, fmt, batch, seq, backends):
 @click.option("--new-tokens", default=8, show_default=True, help="tokens to generate after the parity check (0: skip)")
 @friendly
 @device_option
-def demo(config, batch, seq, seed, keep_dir, new_tokens):
+def demo(model_kind, config, batch, seq, seed, keep_dir, new_tokens):
     """Make a tiny official-format checkpoint, load it, run the graph-mode forward, check it against the
     float64 NumPy golden model, then generate a few tokens with the KV-cache engine (prefill + decode steps)
     and check every step's logits against a full recompute. No download, no arguments needed."""
@@ -244,10 +253,17 @@ def demo(config, batch, seq, seed, keep_dir, new_tokens):
     from .runtime import setup
     from . import ops as v4ops
 
-    cfg = load_config(config)
+    from .config import MODEL_VERSIONS
+    cfg = load_config(config or ("v4.1-tiny" if model_kind == "v4.1" else "tiny"),
+                      versions=MODEL_VERSIONS if model_kind == "v4.1" else ("v4",))
+    if cfg.version != model_kind:
+        raise ConfigError(f"config '{cfg.name}' is {cfg.version}, but --model is {model_kind}")
     if batch < 1 or seq < 1:
         raise ConfigError("--batch and --seq must be >= 1")
     click.echo(format_describe(describe(cfg)))
+    if cfg.version == "v4.1":
+        _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens)
+        return
     tmp = None
     root = keep_dir or tempfile.mkdtemp(prefix="ascend_v4_demo_")
     tmp = None if keep_dir else root
@@ -288,6 +304,72 @@ def demo(config, batch, seq, seed, keep_dir, new_tokens):
         if tmp:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
+    """demo --model v4.1: a random V4.1 release-format checkpoint (32x32 FP8, MXFP4 experts, FP8 Engram tables,
+    a tokenizer for the Engram token map) -> graph-mode forward (Engram tables in host memory) vs the float64
+    golden -> greedy generation through the serving engine, every step vs a full golden recompute."""
+    import shutil
+    import numpy as np
+    from .checkpoint import load_official_weights, random_weights, write_official_checkpoint
+    from .checkpoint.release_v41 import release_token_map
+    from .config import MODEL_VERSIONS
+    from .dump import compare_arrays
+    from .numpy_model_v41 import NumpyV41
+    from .runtime import setup
+    from . import ops as v4ops
+    cfg = _v41_for_demo_tokenizer(cfg)
+    root = keep_dir or tempfile.mkdtemp(prefix="ascend_v4_demo41_")
+    try:
+        ck = os.path.join(root, "checkpoint")
+        t0 = time.perf_counter()
+        write_official_checkpoint(cfg, random_weights(cfg, seed), ck)
+        _write_demo_tokenizer(cfg, ck)
+        weights = load_official_weights(ck, load_config(ck, versions=MODEL_VERSIONS))
+        tmap = release_token_map(ck, cfg) if cfg.engram_layer_ids else None
+        click.echo(f"checkpoint: DeepSeek-V4.1 release format (FP8 E4M3 + E8M0 32x32, MXFP4 experts, FP8 Engram "
+                   f"rows) written and read back in {time.perf_counter() - t0:.2f} s")
+        setup(None, "graph")
+        from ascend_v4.graph.forward import build_forward
+        fwd = build_forward(cfg, weights, max_seq_len=max(seq, 16), token_map=tmap)
+        ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
+        ids[ids == cfg.image_token_id] = 0           # text only: image spans are refused (no vision tower)
+        t1 = time.perf_counter()
+        out = fwd(ids)
+        click.echo(f"graph-mode forward [{batch}x{seq}] (Engram rows gathered on the host): compile+run "
+                   f"{time.perf_counter() - t1:.2f} s")
+        click.echo("backends: " + ", ".join(f"{k}={v}" for k, v in sorted(v4ops.selected().items())))
+        golden = NumpyV41(cfg, weights, token_map=tmap)
+        ref = golden.forward(ids)
+        rows = {r["key"]: r for r in compare_arrays(out, {k: v for k, v in ref.items() if k in out})}
+        lg = rows["logits"]
+        worst = max((r for k, r in rows.items() if k.startswith("hidden_block")), key=lambda r: r["median_rel"])
+        ok = lg["median_rel"] < 1e-4 and lg["top1_agree"] >= 0.95
+        click.echo(f"parity vs float64 NumPy golden: logits median rel L2 {lg['median_rel']:.2e}, p90 "
+                   f"{lg['p90_rel']:.2e}, top-1 agreement {lg['top1_agree']:.3f}, worst block {worst['key']} median "
+                   f"{worst['median_rel']:.2e} -> {'PASS' if ok else 'FAIL'}")
+        if not ok:
+            sys.exit(1)
+        if new_tokens > 0:
+            from .serve import Engine, SamplingParams
+            prompt = ids[0, :min(seq, 16)]
+            eng = Engine(cfg, weights, max_batch=1, max_len=max(64, 2 * (prompt.size + new_tokens)), token_map=tmap)
+            gen = eng.generate([prompt], max_new_tokens=new_tokens, sampling=SamplingParams(greedy=True), eos_id=None)
+            got = gen.row(0)
+            full = np.concatenate([prompt, got[:-1]])[None]
+            want = golden.forward(full)["logits"][0, prompt.size - 1:]
+            rel = np.linalg.norm(gen.logits[0, :got.size] - want, axis=-1) / np.linalg.norm(want, axis=-1)
+            agree = float(np.mean(want.argmax(-1) == got))
+            ok = float(rel.max()) < 1e-4 and agree == 1.0
+            click.echo(f"generate (greedy, KV cache, Engram rows prefetched on the host): new ids {got.tolist()}; each "
+                       f"step vs full recompute: max rel L2 {rel.max():.1e}, greedy agreement {agree:.3f} -> "
+                       f"{'PASS' if ok else 'FAIL'}")
+            if not ok:
+                sys.exit(1)
+    finally:
+        if not keep_dir:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _demo_generate(cfg, weights, fallback_prompt, new_tokens: int) -> bool:

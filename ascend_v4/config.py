@@ -605,8 +605,9 @@ def _v41_root_message(path: str) -> str:
 
 def _unsupported_version(name: str, kind: str) -> str:
     if kind == "v4.1":
-        return (f"config '{name}' is DeepSeek-V4.1, which this command does not run yet (V4.1 support is in "
-                f"progress: `ascend-v4 info` reads it; see the README section 'DeepSeek-V4.1 (in progress)')")
+        return (f"config '{name}' is DeepSeek-V4.1, which this command does not run yet (V4.1 runs in info, "
+                f"make-checkpoint, dump, generate, demo --model v4.1, convert and verify; see the README section "
+                f"'DeepSeek-V4.1 (in progress)')")
     return f"config '{name}' is DeepSeek-V4, but this path runs only {', '.join(RUNNABLE)}"
 
 

@@ -205,3 +205,18 @@ def _msprobe_tensor(data_dir: str, stem: str, a: np.ndarray) -> dict:
     return {"type": "mindspore.Tensor", "dtype": _MS_DTYPE[a.dtype.name], "shape": list(a.shape),
             "Max": float(f.max()), "Min": float(f.min()), "Mean": float(f.mean()),
             "Norm": float(np.sqrt((f * f).sum())), "data_name": f"{stem}.npy"}
+
+
+def v41_token_map(checkpoint: str, cfg, ids: np.ndarray):
+    """The Engram compressed-token map of a DeepSeek-V4.1 directory (None without Engram), after refusing what
+    this port cannot run: image spans (the vision tower is out of scope) and ids outside the tokenizer."""
+    if np.any(np.asarray(ids) == cfg.image_token_id):
+        raise DumpError(f"the tokens hold the image token id {cfg.image_token_id}: image inputs are not supported "
+                        f"(DeepSeek-V4.1's vision tower is out of scope); give text tokens only")
+    if not cfg.engram_layer_ids:
+        return None
+    from .checkpoint.release_v41 import release_token_map
+    tmap = release_token_map(checkpoint, cfg)
+    if int(np.max(ids)) >= len(tmap):
+        raise DumpError(f"token id {int(np.max(ids))} is not in the tokenizer ({len(tmap)} ids): Engram cannot map it")
+    return tmap

@@ -300,6 +300,7 @@ def format_describe_v41(d: Dict) -> str:
              f"release: {p['tensors']:,} tensors, {p['release_bytes']:,} bytes (Engram {p['engram_bytes']:,})",
              f"KV cache per token: {kv['release']:.0f} B (release FP4 layout, kv sources only), "
              f"{kv['ascend_bf16']:.0f} B (BF16); + fixed window rings {kv['window_bytes_fp8'] / 2**20:.2f} MiB/sequence (FP8)",
-             "status: make-checkpoint, convert (bf16/w8a8/w4a8, ranks layout) and dump --backend numpy (the float64 "
-             "golden) take V4.1; the graph-mode model, generate and train not yet (README 'DeepSeek-V4.1 (in progress)')"]
+             "status: make-checkpoint, convert (bf16/w8a8/w4a8, ranks layout), dump (graph-mode Cells or the float64 "
+             "golden), generate and demo --model v4.1 take V4.1; DSpark drafting and train not yet (README "
+             "'DeepSeek-V4.1 (in progress)')"]
     return "\n".join(lines)

@@ -10,9 +10,12 @@ from ..common import cumsum, linear, segment_sum
 from . import reference
 
 
-def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None):
+def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None,
+              gate_temp=1.0, eps=0.0):
     # Router math in float32 whatever the activation dtype: bf16 routers pick wrong experts.
     logits = linear(ops.cast(x, ms.float32), ops.cast(gate_w, ms.float32))
+    if gate_temp != 1.0:                      # DeepSeek-V4.1's router temperature
+        logits = logits / gate_temp
     if score_func == "softmax":
         s = ops.softmax(logits, -1)
     elif score_func == "sigmoid":
@@ -26,8 +29,8 @@ def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", inp
         ids = stable_topk_ids(ops.stop_gradient(sel), topk)
     ids = ops.cast(ids, ms.int32)
     w = ops.gather_elements(s, 1, ids)
-    if score_func != "softmax":
-        w = w / ops.sum(w, -1, True)
+    if score_func != "softmax" and (eps == 0.0 or topk > 1):     # V4.1: eps 1e-20, skipped at top-1
+        w = w / (ops.sum(w, -1, True) + eps)
     return w * route_scale, ids
 
 
