@@ -1,6 +1,7 @@
 """Parity tools: dump the named activations of a forward pass, compare two dumps (msprobe-style report)."""
 from __future__ import annotations
 
+import json
 from typing import Dict
 
 import numpy as np
