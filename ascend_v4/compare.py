@@ -8,6 +8,8 @@ docs/reliability.md.
 from __future__ import annotations
 
 import math
+import os
+import zipfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -117,8 +119,14 @@ def load_dump(path: str) -> Dict[str, np.ndarray]:
     except FileNotFoundError:
         raise CompareError(f"dump {path} does not exist") from None
     except IsADirectoryError:
+        if os.path.isfile(os.path.join(path, "step0", "rank0", "dump.json")) or os.path.isdir(os.path.join(path, "step0")):
+            raise CompareError(f"dump {path} is an msprobe dump directory; compare those with `msprobe compare` "
+                               f"(docs/porting.md), or pass .npz dumps (`ascend-v4 dump --format npz`)") from None
         raise CompareError(f"dump {path} is a directory; pass the .npz file `ascend-v4 dump --out` wrote") from None
     except Exception as e:
+        if os.path.isfile(path) and not zipfile.is_zipfile(path):
+            raise CompareError(f"{path} is not an .npz archive (an .npz dump is a zip file of named arrays); rerun "
+                               f"`ascend-v4 dump`") from None
         raise CompareError(f"{path} is not a readable .npz dump ({type(e).__name__}: {str(e)[:120]}); "
                            f"rerun `ascend-v4 dump`") from None
 
