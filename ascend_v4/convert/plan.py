@@ -278,9 +278,13 @@ def _serving_entries(name: str, kind: str, shape, int4_group) -> List[DestEntry]
         raise ConvertError(f"tensor '{name}' has an odd output dim {o}; W4A8 packs pairs of output channels")
     g = 32 if int4_group == "exact" else int(int4_group)      # exact only applies to FP4 sources
     parts = int4_bias_parts(name)
-    if (g and i % g) or i % parts:
-        raise ConvertError(f"tensor '{name}': input dim {i} is not a multiple of the int4 group size {g or i} "
-                           f"and of {parts}; choose another --int4-group")
+    if g and i % g:
+        fits = [str(c) for c in (32, 64, 128, 256) if i % c == 0] + ["channel"]
+        raise ConvertError(f"tensor '{name}': input dim {i} is not a multiple of the int4 group size {g}; choose "
+                           f"--int4-group {' / '.join(fits)}")
+    if i % parts:
+        raise ConvertError(f"tensor '{name}': input dim {i} is not a multiple of {parts} (W4A8 writes its "
+                           f"scale_bias in {parts} equal chunks of the input dim); use --dtype w8a8 for this model")
     ents = [DestEntry(n["weight"], "I8", (o // 2, i)), DestEntry(n["weight_scale"], "F32", one),
             DestEntry(n["weight_offset"], "F32", one)]
     if g:
@@ -342,8 +346,9 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
         raise ConvertError(f"--tp {lay.tp} --ep {lay.ep}: the serving layout is one unsharded set (vllm-ascend and "
                            f"MindIE shard it when they load it); add --layout ranks for our per-rank shards")
     if getattr(src.cfg, "version", "v4") == "v4.1" and dir_layout == "serving":
-        raise ConvertError("DeepSeek-V4.1: the serving layout (msModelSlim names for vllm-ascend / MindIE) is not "
-                           "written for V4.1 yet; add --layout ranks")
+        raise ConvertError("--layout serving: not available for DeepSeek-V4.1 (no vllm-ascend / MindIE loader for "
+                           "V4.1's Engram tables was checked, FORMAT.md); use --layout ranks (the V4.1 default, which dump, "
+                           "generate and export read)")
     int4_group = check_int4_group(int4_group) if precision == "w4a8" else 0
     if getattr(src.cfg, "version", "v4") == "v4.1" and src.cfg.engram_layer_ids:
         engram_dtype = engram_dtype or default_engram_dtype(precision)
@@ -357,6 +362,8 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
         raise ConvertError("--int4-group exact writes the serving layout's int8 experts; drop --layout ranks / "
                            "--tp / --ep, or choose a group size")
     lay.check_experts(src.cfg.n_routed_experts)
+    if precision == "w4a8" and int4_group not in (0, "exact"):
+        _check_group_fits(src, int(int4_group))
     files: List[OutFile] = []
     for r in range(lay.world):
         packs = _pack(_rank_groups(src, precision, lay, r, dir_layout, int4_group, engram_dtype), shard_bytes)
@@ -383,6 +390,17 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
                 engram_dtype=engram_dtype)
     plan.fingerprint = fingerprint(plan)
     return plan
+
+
+def _check_group_fits(src: SourceLayout, g: int) -> None:
+    """--int4-group G must divide the input dim of every routed-expert weight; name the sizes that do."""
+    dims = sorted({spec.shape[1] for name, spec in src.inventory.items()
+                   if routed_expert_index(name) is not None and name.endswith(".weight") and len(spec.shape) == 2})
+    bad = [d for d in dims if d % g]
+    if bad:
+        fits = [str(c) for c in (32, 64, 128, 256) if all(d % c == 0 for d in dims)] + ["channel"]
+        raise ConvertError(f"--int4-group {g}: the routed experts' input dims {', '.join(map(str, dims))} are not all "
+                           f"multiples of {g}; choose --int4-group {' / '.join(fits)}")
 
 
 def fingerprint(plan: Plan) -> str:

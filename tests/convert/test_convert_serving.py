@@ -194,3 +194,19 @@ def test_serving_layout_refuses_rank_shards(release, tmp_path):
     with pytest.raises(ConvertError, match="--int4-group"):
         convert_checkpoint(release[0], str(tmp_path / "y"), "w4a8", int4_group="48", progress=False)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("layout", ["serving", "ranks"])
+def test_int4_group_that_misfits_any_expert_names_every_input_dim_before_writing(release, tmp_path, layout):
+    """The tiny release's experts have input dims 64 (w1, w3: dim) and 32 (w2: moe_inter_dim): 64 fits the first
+    expert tensor but not w2, so the check must cover every routed expert, not stop at the first tensor."""
+    from ascend_v4.convert import ConvertError, convert_checkpoint
+    from ascend_v4.config import load_config
+    cfg = load_config(release[0])
+    assert (cfg.dim, cfg.moe_inter_dim) == (64, 32)
+    msg = "--int4-group 64: the routed experts' input dims 32, 64 are not all multiples of 64; choose --int4-group " \
+          "32 / channel"
+    with pytest.raises(ConvertError) as e:
+        convert_checkpoint(release[0], str(tmp_path / "x"), "w4a8", layout=layout, int4_group="64", progress=False)
+    assert str(e.value) == msg
+    assert not any(os.scandir(tmp_path))
