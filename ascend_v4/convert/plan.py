@@ -347,8 +347,8 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
                            f"MindIE shard it when they load it); add --layout ranks for our per-rank shards")
     if getattr(src.cfg, "version", "v4") == "v4.1" and dir_layout == "serving":
         raise ConvertError("--layout serving: not available for DeepSeek-V4.1 (no vllm-ascend / MindIE loader for "
-                           "V4.1's Engram tables was checked, FORMAT.md); use --layout ranks (the V4.1 default, which dump, "
-                           "generate and export read)")
+                           "V4.1's Engram tables was checked, FORMAT.md); use --layout ranks (the V4.1 default, which dump and "
+                           "generate read)")
     int4_group = check_int4_group(int4_group) if precision == "w4a8" else 0
     if getattr(src.cfg, "version", "v4") == "v4.1" and src.cfg.engram_layer_ids:
         engram_dtype = engram_dtype or default_engram_dtype(precision)
