@@ -25,8 +25,6 @@ import os
 import sys
 import tempfile
 
-import numpy as np
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
