@@ -65,6 +65,14 @@ def bf16(x):
     return bf16_round(np.asarray(x, np.float32)).astype(np.float64)
 
 
+def bf16_rms(x, eps):
+    """The query's parameterless RMS norm as the official Attention computes it on a BF16 tensor,
+    q *= rsqrt(q.square().mean(-1) + eps): every op's result is a BF16 tensor (the mean accumulates in FP32)."""
+    x = bf16(x)
+    ms = bf16(np.mean(bf16(x * x), -1, keepdims=True))
+    return bf16(x * bf16(1.0 / np.sqrt(bf16(ms + eps))))
+
+
 def sparse_attn(q, kv, sink, idx, scale, block=64):
     """The sparse_attn kernel's numerics (docs/numerics.md): per (b, t) the listed kv rows (-1 skipped) in blocks of
     `block`; logits z = f32(q·kv)·scale; online softmax with the running max m (initialised -1e30): per block
@@ -102,10 +110,14 @@ def sparse_attn(q, kv, sink, idx, scale, block=64):
 
 
 def index_select(q, k, w, ratio, topk):
-    """The official indexer's selection (prefill, start_pos 0): Hadamard + FP4 q/k (the op's fp4_rotate), scores
-    Σ_h w·ReLU(q·k) accumulated in FP32 then rounded to BF16 (index scores are BF16 in the official kernels, many
-    exact ties), causal mask, top-k. Ties among equal BF16 scores go to the lower entry id (torch.topk's CUDA order is
-    implementation-defined; docs/numerics.md). -> [B, S, min(topk, N)] ascending ids, -1 padded."""
-    from .ops.attention.reference import fp4_rotate, indexer_scores, select_topk
-    I = bf16(indexer_scores(fp4_rotate(q), fp4_rotate(k), np.asarray(w, np.float32)).astype(np.float32))
+    """The official Indexer's selection (prefill, start_pos 0) on its BF16 tensors: rotate_activation (Hadamard,
+    BF16 out) then fp4_act_quant of q and k; per-head scores s_h = bf16(q_h·k) (FP32 accumulation), then
+    bf16(ReLU(s_h)·w_h), summed over heads in FP32 and rounded to BF16 (index_score is a BF16 tensor: many exact
+    ties); causal mask; top-k. Ties among equal BF16 scores go to the lower entry id (torch.topk's order among ties
+    is implementation-defined on CPU and CUDA; docs/numerics.md). -> [B, S, min(topk, N)] ascending ids, -1 padded."""
+    from .ops.attention.reference import fp4_act_quant, hadamard, select_topk
+    qf = fp4_act_quant(bf16(hadamard(bf16(q))))
+    kf = fp4_act_quant(bf16(hadamard(bf16(k))))
+    s = bf16(np.einsum("bthd,bsd->bths", qf, kf))                              # [B, S, H, N]
+    I = bf16((bf16(np.maximum(s, 0.0) * bf16(w)[..., None])).astype(np.float32).sum(2, dtype=np.float32))
     return select_topk(I, (np.arange(I.shape[1]) + 1) // ratio, min(topk, I.shape[2]))

@@ -159,6 +159,43 @@ def test_index_scores_are_bf16_with_ties_to_the_lower_id():
     assert R.lightning_indexer(q, k, w, 4, 1)[0, 7].tolist() == [1]  # float scores: the larger one
 
 
+def test_index_scores_round_per_head_before_the_head_sum():
+    """The Indexer's einsum output is a BF16 tensor [B, S, H, N]: each head's score rounds before ReLU·w and the FP32
+    head sum. Two heads, w = 1, query head 0 all ones, head 1 = (0.5, 0, ...); keys k0 = (1, 6×21, 1.5, 0...) and
+    k1 = (1.5, 6×21, 0.5, 0...), all FP4 grid values (scale 1 / 2^-3). Head scores: k0 (128.5, 0.5), k1 (128, 0.75).
+    Per head in BF16 (8 significant bits): 128.5 -> 128 (tie to even); sums 128.5 -> 128 and 128.75 -> 129: k1 wins.
+    Rounding only the sum: 129 and 128.75 -> 129, tied -> k0; exact scores 129 > 128.75 -> k0."""
+    d = 32
+    e_q = np.zeros((2, d))
+    e_q[0] = 1.0
+    e_q[1, 0] = 0.5
+    e_k = np.zeros((2, d))
+    e_k[:, 1:22] = 6.0
+    e_k[0, 0], e_k[0, 22] = 1.0, 1.5
+    e_k[1, 0], e_k[1, 22] = 1.5, 0.5
+    q = np.broadcast_to(R.hadamard(e_q), (1, 8, 2, d)).astype(np.float32)
+    k = R.hadamard(e_k)[None].astype(np.float32)
+    w = np.ones((1, 8, 2), np.float32)
+    for x, e in ((q[0, 7], e_q), (k[0], e_k)):      # the official rotate-then-quantise path keeps the grid values
+        np.testing.assert_array_equal(R.fp4_act_quant(N.bf16(R.hadamard(N.bf16(x)))), e)
+    heads = e_q @ e_k.T                                              # [head, key]
+    assert heads.tolist() == [[128.5, 128.0], [0.5, 0.75]]
+    per_head = [_bf16_by_hand(_bf16_by_hand(heads[0, j]) + heads[1, j]) for j in range(2)]
+    assert per_head == [128.0, 129.0]
+    assert [_bf16_by_hand(v) for v in heads.sum(0)] == [129.0, 129.0]
+    assert N.index_select(q, k, w, 4, 1)[0, 7].tolist() == [1]
+    assert R.lightning_indexer(q, k, w, 4, 1)[0, 7].tolist() == [0]
+
+
+def test_query_rms_norm_runs_in_bf16():
+    """q *= rsqrt(q.square().mean(-1) + eps) on a BF16 tensor, by hand for q = (1, 1, 1, 2): squares and their mean
+    1.75 are exact; 1.75 + 1e-6 rounds back to 1.75; rsqrt(1.75) = 0.75593 rounds to 194·2^-8 = 0.7578125 (BF16
+    spacing 2^-8 in [0.5, 1)); the products 0.7578125 and 1.515625 are exact. float64 gives 0.75593 and 1.51186."""
+    got = N.bf16_rms(np.array([[1.0, 1.0, 1.0, 2.0]]), 1e-6)
+    np.testing.assert_array_equal(got, [[0.7578125, 0.7578125, 0.7578125, 1.515625]])
+    assert abs(got[0, 0] - 1 / math.sqrt(1.75)) > 1e-3
+
+
 @pytest.mark.slow
 def test_official_mode_at_flash_geometry_and_length():
     """The whole emulation on Flash's head geometry at length: window 128, index top-k 64, 704 tokens, 6 layers
