@@ -114,10 +114,30 @@ def index_select(q, k, w, ratio, topk):
     BF16 out) then fp4_act_quant of q and k; per-head scores s_h = bf16(q_h·k) (FP32 accumulation), then
     bf16(ReLU(s_h)·w_h), summed over heads in FP32 and rounded to BF16 (index_score is a BF16 tensor: many exact
     ties); causal mask; top-k. Ties among equal BF16 scores go to the lower entry id (torch.topk's order among ties
-    is implementation-defined on CPU and CUDA; docs/numerics.md). -> [B, S, min(topk, N)] ascending ids, -1 padded."""
+    is implementation-defined on CPU and CUDA; docs/numerics.md). -> ([B, S, min(topk, N)] ascending ids, -1 padded;
+    the BF16 index scores [B, S, N])."""
     from .ops.attention.reference import fp4_act_quant, hadamard, select_topk
     qf = fp4_act_quant(bf16(hadamard(bf16(q))))
     kf = fp4_act_quant(bf16(hadamard(bf16(k))))
     s = bf16(np.einsum("bthd,bsd->bths", qf, kf))                              # [B, S, H, N]
     I = bf16((bf16(np.maximum(s, 0.0) * bf16(w)[..., None])).astype(np.float32).sum(2, dtype=np.float32))
-    return select_topk(I, (np.arange(I.shape[1]) + 1) // ratio, min(topk, I.shape[2]))
+    return select_topk(I, (np.arange(I.shape[1]) + 1) // ratio, min(topk, I.shape[2])), I
+
+
+def index_list(q, k, w, ratio, topk):
+    """The compressed half of the sparse_attn index list as the official Indexer hands it over: index_select's set
+    in torch.topk's sorted order (best score first, equal scores lower id first), -1 (not yet visible) last. The
+    order fixes which entries share one of the kernel's blocks of 64, so it changes the BF16 probabilities."""
+    ids, I = index_select(q, k, w, ratio, topk)
+    score = np.take_along_axis(I, np.maximum(ids, 0), -1).astype(np.float64)
+    order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int32).max), -np.where(ids >= 0, score, -np.inf)), -1)
+    return np.take_along_axis(ids, order, -1)
+
+
+def valid_first(idx):
+    """An index list with its -1 entries moved to the end, the rest in ascending order: the layout of the official
+    prefill window list (get_window_topk_idxs: positions max(0, t-127) .. t, then -1), which decides the sparse_attn
+    kernel's blocks of 64 for the first window-1 queries."""
+    idx = np.asarray(idx)
+    big = np.iinfo(np.int64).max
+    return np.where((v := np.sort(np.where(idx >= 0, idx, big), -1)) == big, -1, v).astype(idx.dtype)

@@ -102,8 +102,8 @@ class NumpyV4:
                 ki = self._compressor(ip + "compressor.", x, ratio, cos, sin)
                 wi = self._st(self._st(self._lin(x, ip + "weights_proj.weight"))
                               * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5))
-                if self.official:   # BF16 index scores, as the CUDA kernels
-                    cmp = num.index_select(qi, ki, wi, ratio, c.index_topk)
+                if self.official:   # BF16 index scores, as the CUDA kernels, in torch.topk's order
+                    cmp = num.index_list(qi, ki, wi, ratio, c.index_topk)
                 else:               # the op owns the indexer numerics (Hadamard + FP4 q/k unless indexer_fp4 off)
                     cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk, fp4=c.indexer_fp4)
             else:
@@ -111,6 +111,7 @@ class NumpyV4:
             cmp = np.where(cmp >= 0, cmp + S, -1)
             kv = np.concatenate([kv, entries], axis=1)
         if self.official:   # the sparse_attn kernel: BF16 q/kv, BF16 probabilities before P·V
+            win = num.valid_first(win)      # the official window list layout (its kernel blocks of 64)
             idx = win if cmp is None else np.concatenate([win, cmp], axis=-1)
             o = num.sparse_attn(num.bf16(q), num.bf16(kv), self.w[p + "attn_sink"], idx, c.head_dim ** -0.5)
         else:

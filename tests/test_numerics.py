@@ -155,7 +155,7 @@ def test_index_scores_are_bf16_with_ties_to_the_lower_id():
     np.testing.assert_array_equal(R.fp4_rotate(q)[0, 7, 0], e_q)
     np.testing.assert_array_equal(R.fp4_rotate(k)[0], e_k)
     assert (e_k @ e_q).tolist() == [128.0, 128.5] and _bf16_by_hand(128.5) == 128.0
-    assert N.index_select(q, k, w, 4, 1)[0, 7].tolist() == [0]       # BF16 tie -> lower id
+    assert N.index_select(q, k, w, 4, 1)[0][0, 7].tolist() == [0]       # BF16 tie -> lower id
     assert R.lightning_indexer(q, k, w, 4, 1)[0, 7].tolist() == [1]  # float scores: the larger one
 
 
@@ -183,8 +183,49 @@ def test_index_scores_round_per_head_before_the_head_sum():
     per_head = [_bf16_by_hand(_bf16_by_hand(heads[0, j]) + heads[1, j]) for j in range(2)]
     assert per_head == [128.0, 129.0]
     assert [_bf16_by_hand(v) for v in heads.sum(0)] == [129.0, 129.0]
-    assert N.index_select(q, k, w, 4, 1)[0, 7].tolist() == [1]
+    assert N.index_select(q, k, w, 4, 1)[0][0, 7].tolist() == [1]
     assert R.lightning_indexer(q, k, w, 4, 1)[0, 7].tolist() == [0]
+
+
+def test_window_list_is_laid_out_valid_first():
+    """The official prefill window list (get_window_topk_idxs): query t lists positions max(0, t-w+1) .. t in
+    ascending order and pads with -1 at the end; written out by hand for S = 5, w = 4."""
+    got = N.valid_first(R.window_indices(5, 4))
+    assert got.tolist() == [[0, -1, -1, -1], [0, 1, -1, -1], [0, 1, 2, -1], [0, 1, 2, 3], [1, 2, 3, 4]]
+
+
+def test_window_layout_decides_the_kernel_blocks():
+    """70 listed entries: valid-first puts entries 0..63 in block 1 and 64..69 in block 2; with the -1 padding in
+    front (58 of them) block 1 holds only entries 0..5. The block max that the BF16 probabilities are rounded
+    against differs, so the outputs differ (by BF16-rounding amounts, in some of 32 output columns)."""
+    rng = np.random.default_rng(3)
+    z = rng.uniform(-3, 0, 70)
+    z[66] = 2.0                                                   # the max lies in block 2 of the valid-first list
+    kv = np.concatenate([z[:, None], rng.standard_normal((70, 31))], -1)[None]     # 31 value columns
+    q = np.zeros((1, 1, 1, 32))
+    q[..., 0] = 1.0
+    pad = np.full(58, -1)
+    front = N.sparse_attn(q, kv, np.array([0.0]), np.concatenate([pad, np.arange(70)])[None, None], 1.0)
+    first = N.sparse_attn(q, kv, np.array([0.0]), N.valid_first(np.concatenate([pad, np.arange(70)]))[None, None], 1.0)
+    exact = np.exp(z - 2.0) @ kv[0] / (np.exp(z - 2.0).sum() + np.exp(-2.0))
+    np.testing.assert_allclose(first[0, 0, 0], exact, rtol=2e-2)
+    assert np.abs(front - first).max() > 0
+
+
+def test_index_list_is_in_topk_order():
+    """One head, w = 1, query all ones, keys with FP4 grid values summing to 6, 12 and 12: scores 6, 12, 12. The
+    kernel gets torch.topk's sorted order - best first, the tie lower id first - and -1 (not yet visible) last:
+    query 11 sees 3 entries -> [1, 2, 0]; query 7 sees 2 -> [1, 0, -1]; query 3 one -> [0, -1, -1]; query 2 none."""
+    d = 32
+    e_k = np.zeros((3, d))
+    e_k[0, 0] = 6.0
+    e_k[1, :2] = 6.0
+    e_k[2, :3] = 6.0, 4.0, 2.0
+    q = np.broadcast_to(R.hadamard(np.ones(d)), (1, 12, 1, d)).astype(np.float32)
+    k = R.hadamard(e_k)[None].astype(np.float32)
+    got = N.index_list(q, k, np.ones((1, 12, 1), np.float32), 4, 3)[0]
+    assert got[11].tolist() == [1, 2, 0] and got[7].tolist() == [1, 0, -1] and got[3].tolist() == [0, -1, -1]
+    assert got[2].tolist() == [-1, -1, -1]
 
 
 def test_query_rms_norm_runs_in_bf16():
