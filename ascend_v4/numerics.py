@@ -8,9 +8,12 @@
   FP32 accumulation, BF16 output;
 - the indexer's q and compressed k: normalised Walsh-Hadamard rotation, then FP4 E2M1 QDQ in 1x32 blocks — the
   lightning_indexer op's fp4=True (ops/attention/reference.py: hadamard, fp4_act_quant), the default on every backend;
-- activations entering a quantised GEMM are BF16 (the official model runs in BF16): rounded before act_quant;
+- activations entering a quantised GEMM are BF16 (the official model runs in BF16): rounded before act_quant; every
+  tensor the official model stores in BF16 is rounded so (bf16, applied by NumpyV4 in official mode), the query's
+  parameterless RMS norm runs as BF16 tensor ops (bf16_rms);
 - sparse attention as the sparse_attn kernel: BF16 q/kv, FP32 online softmax in blocks of 64, probabilities rounded
-  to BF16 before P·V (sparse_attn); index scores rounded to BF16 before the top-k (index_select);
+  to BF16 before P·V (sparse_attn), over the index list in the official layout (valid_first, index_list); index
+  scores BF16 per head and after the head sum before the top-k (index_select);
 - KV FP8 fake-quant of the non-RoPE dims (block 64): in the released GPU kernels the pinned TileLang compiles the
   cast away, so it is a no-op there. `kv_fp8="gpu"` (default) reproduces that; `kv_fp8="spec"` applies the QDQ the
   code intends.

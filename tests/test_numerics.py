@@ -240,17 +240,21 @@ def test_query_rms_norm_runs_in_bf16():
 @pytest.mark.slow
 def test_official_mode_at_flash_geometry_and_length():
     """The whole emulation on Flash's head geometry at length: window 128, index top-k 64, 704 tokens, 6 layers
-    (SWA, CSA, HCA), 16 experts (about 70 s). Against exact float64 the difference is FP8-activation noise,
-    compounding with depth — measured (random weights): block 0 median 9.1e-2, block 5 3.5e-1, logits cosine 0.92."""
+    (SWA, CSA, HCA), 16 experts (about 70 s). Every residual stream the official model hands from block to block is a
+    BF16 tensor; against exact float64 the difference is the kernels' quantisation, compounding with depth -
+    measured (random weights): block 0 median 9.0e-2, block 5 3.5e-1, logits cosine 0.92 (docs/numerics.md has the
+    comparison against DeepSeek's own code: 2-3x below this spread)."""
     from ascend_v4.checkpoint import random_weights
     from ascend_v4.config import PRESETS
     from ascend_v4.dump import compare_arrays
     cfg = PRESETS["small"].replace(n_layers=6, compress_ratios=(0, 4, 128, 4, 128, 4, 0), name="small6")
     w = random_weights(cfg, seed=2)
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 704))
-    rows = {r["key"]: r for r in compare_arrays(NumpyV4(cfg, w, numerics="official").forward(ids),
-                                                NumpyV4(cfg, w).forward(ids))}
-    assert 0.03 < rows["hidden_block0"]["median_rel"] < 0.2, rows["hidden_block0"]
+    off = NumpyV4(cfg, w, numerics="official").forward(ids)
+    for i in range(cfg.n_layers):
+        np.testing.assert_array_equal(N.bf16(off[f"hidden_block{i}"]), off[f"hidden_block{i}"])
+    rows = {r["key"]: r for r in compare_arrays(off, NumpyV4(cfg, w).forward(ids))}
+    assert 0.06 < rows["hidden_block0"]["median_rel"] < 0.12, rows["hidden_block0"]
     meds = [rows[f"hidden_block{i}"]["median_rel"] for i in range(cfg.n_layers)]
-    assert all(np.isfinite(meds)) and meds[-1] < 0.6
-    assert rows["logits"]["cosine"] > 0.85, rows["logits"]
+    assert all(np.isfinite(meds)) and 0.25 < meds[-1] < 0.45, meds
+    assert 0.88 < rows["logits"]["cosine"] < 0.96, rows["logits"]
