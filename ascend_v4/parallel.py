@@ -1,7 +1,7 @@
 """Hand-written tensor (tp) and expert (ep) parallelism next to data parallelism (dp), for the training runtime.
 
 MindSpore's semi-auto parallel and `.shard()` are refused on CPU, so the model is sharded by hand and the
-communication is explicit collectives (shared notes §5). Layout of the dp·tp·pp ranks:
+communication is explicit collectives (docs/design.md). Layout of the dp·tp·pp ranks:
 
     rank = pp_rank · dp·tp + dp_rank · tp + tp_rank    tensor-parallel ranks are neighbours, stages outermost
     ep divides dp: ep_rank = dp_rank mod ep            experts are split across data-parallel ranks
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -122,6 +122,9 @@ class ParallelContext:
     simulated: bool = False
     device: str = "CPU"
     groups: Dict[str, Optional[str]] = field(default_factory=dict)
+    # a simulated rank with ep > 1 has no collectives to exchange tokens: whoever simulates it (the tests) passes
+    # routed_experts(cfg, capacity_factor) -> the routed-experts Cell of this rank
+    routed_experts: Optional[Callable] = None
 
     # ---------------------------------------------------------------- coordinates
     @property
@@ -216,7 +219,8 @@ class ParallelContext:
 
     @classmethod
     def simulated_rank(cls, cfg, dp: int = 1, tp: int = 1, ep: int = 1, rank: int = 0) -> "ParallelContext":
-        """One rank of a layout inside a single process, without communication (tests of slicing and math)."""
+        """One rank of a layout inside a single process, without communication (tests of slicing and math).
+        A model built on it with ep > 1 takes its routed experts from `routed_experts` (see the field)."""
         cls.check(cfg, dp, tp, ep)
         return cls(dp=dp, tp=tp, ep=ep, rank=rank, world=dp * tp, simulated=True)
 
@@ -438,21 +442,6 @@ class ReduceFromTensorParallel(_TensorParallelEdge):
 
     def bprop(self, x, out, dout):
         return (dout,)
-
-
-class SimulatedExpertParallel(nn.Cell):
-    """A simulated ep rank (single process, no communication): this rank's experts applied to the tokens it is
-    given (other experts' assignments inactive), plus shared_out. Summed over the ep ranks of one token set, the
-    routed parts add up to the whole layer (the shared expert then counts ep times)."""
-
-    def __init__(self, num_experts: int, swiglu_limit: float, ep: int, rank: int, capacity_factor=None):
-        super().__init__()
-        from .ops.moe.layer import MoeExperts
-        self.offset = rank * (num_experts // ep)
-        self.inner = MoeExperts(num_experts // ep, swiglu_limit, capacity_factor=capacity_factor)
-
-    def construct(self, x, weights, ids, w1, w2, w3, shared_out=None):
-        return self.inner(x, weights, ids - self.offset, w1, w2, w3, shared_out)
 
 
 class GroupCollectives:

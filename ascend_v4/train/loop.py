@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 
+from ..atomic import atomic_write
 from .state import TrainStateError
 from .run_config import (DataConfig, ParallelConfig, TrainConfig, TrainConfigError,  # noqa: F401 (re-exported)
                          FREEZABLE)
@@ -135,10 +136,8 @@ def truncate_metrics(path: str, step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
+        with atomic_write(path, "w") as fh:
             fh.writelines(keep)
-        os.replace(tmp, path)
         group_readable(path)
     return dropped
 

@@ -1,4 +1,4 @@
-"""Muon + AdamW as one MindSpore Cell, usable inside a GRAPH_MODE / `ms.jit` train step (spec §10).
+"""Muon + AdamW as one MindSpore Cell, usable inside a GRAPH_MODE / `ms.jit` train step (docs/training.md).
 
     opt = MuonAdamW(net.trainable_params(), Schedule(...))           # groups from param_groups.classify
     grad_fn = ms.value_and_grad(net, None, opt.parameters)
@@ -70,7 +70,7 @@ from ascend_v4.ops.muon.reference import NS_COEFFS as _NS_COEFFS, NS_EPS as _NS_
 from . import param_groups as pg
 from .schedule import as_table, lookup
 
-# Hybrid Newton–Schulz (spec §10): 8 fast-converging quintic steps, then 2 steps that settle singular values at 1.
+# Hybrid Newton–Schulz (docs/training.md): 8 fast-converging quintic steps, then 2 steps that settle singular values at 1.
 NS_COEFFS: Tuple[Tuple[float, float, float], ...] = _NS_COEFFS
 NS_EPS = _NS_EPS
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -91,21 +90,13 @@ def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, paralle
         model_t, opt_t = parallel.gather_stages(model_t), parallel.gather_stages(opt_t)
     if parallel is not None and parallel.rank != 0:
         return final
-    from ascend_v4.atomic import write_bytes
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        os.makedirs(tmp)
+    from ascend_v4.atomic import atomic_dir, write_bytes
+    with atomic_dir(final) as tmp:               # a failed save (full disk, kill) leaves no half checkpoint behind
         _save_tensors(os.path.join(tmp, "model.safetensors"), model_t)
         _save_tensors(os.path.join(tmp, "optimizer.safetensors"), opt_t)
         write_bytes(os.path.join(tmp, "trainer_state.json"),
                     json.dumps(dict(trainer_state, step=step, version=STATE_VERSION), indent=1,
                                sort_keys=True).encode("utf-8"))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)     # a failed save (full disk, kill) leaves no ckpt-N.tmp behind
-        raise
     write_bytes(os.path.join(out_dir, "latest"), (os.path.basename(final) + "\n").encode("utf-8"))
     return final
 

@@ -1,7 +1,7 @@
 """The compiled train step: loss + grads (value_and_grad), clipping, optimiser, router-bias balancing.
 
 Everything runs inside one `ms.jit` graph per batch shape. The aux-loss-free balancer moves `gate.bias`
-outside the gradient from the step's expert loads: bias_i += speed · sign(mean(load) − load_i) (spec §10).
+outside the gradient from the step's expert loads: bias_i += speed · sign(mean(load) − load_i) (docs/training.md).
 Under data parallelism the gradients are averaged over dp and the loads are all-reduced over dp, so every rank
 applies the same bias update. With a ParallelContext (ascend_v4/parallel.py): gradients go through its
 GradReducer (dp mean; expert-parallel experts summed over their replicas and divided by dp), losses / loads /
