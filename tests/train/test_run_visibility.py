@@ -115,6 +115,17 @@ def test_plot_draws_one_or_several_runs(saved_dir, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_compares_like_with_like():
+    """The eval loss is next-token cross entropy on held-out data: the training line it is drawn against is the
+    same quantity (lm_loss), not the total objective (+0.3 MTP + balance), which sits far above it."""
+    from ascend_v4.train.plot import loss_curves
+    rows = [{"step": 1, "loss": 8.77, "lm_loss": 6.72}, {"step": 2, "loss": 8.62, "lm_loss": 6.63, "eval_loss": 6.74}]
+    c = loss_curves(rows)
+    assert c == {"train": [(1, 6.72), (2, 6.63)], "eval": [(2, 6.74)], "objective": [(1, 8.77), (2, 8.62)]}
+    old = [{"step": 1, "loss": 5.0}, {"step": 2}]          # rows without lm_loss: the loss is the only line
+    assert loss_curves(old) == {"train": [(1, 5.0)], "eval": [], "objective": []}
+
+
 def _copy_run(run_dir, tmp_path, name="b"):
     d = str(tmp_path / name)
     shutil.copytree(run_dir, d)
