@@ -172,6 +172,7 @@ class Trainer:
 
         from ascend_v4.parallel import MuonTensorParallel, ParallelConfigError, ParallelContext
 
+        tc.validate()        # a TrainConfig built in code meets the YAML's rules too (e.g. no ZeRO with the pipeline)
         self.tc, self.out_dir, self.rank, self.world = tc, out_dir, rank, world
         self.log = _log if rank == 0 else (lambda msg: None)
         from ascend_v4 import precision
@@ -266,9 +267,6 @@ class Trainer:
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
         muon_tp = MuonTensorParallel(self.parallel) if self.parallel is not None and self.parallel.tp > 1 else None
         shard = None
-        if p.optimizer_shard and p.dp > 1 and (p.pp > 1 or p.micro_batches > 1):
-            raise TrainConfigError("parallel.optimizer_shard is not implemented with the pipeline schedule (pp > 1 or "
-                                   "micro_batches > 1) yet; set optimizer_shard: false, or pp: 1 and micro_batches: 1")
         if p.optimizer_shard and p.dp > 1:       # ZeRO-1: state and update of each parameter on one dp rank
             from ascend_v4.parallel import OptimizerShard
             from .param_groups import FROZEN, classify_param

@@ -37,6 +37,8 @@ def test_yaml_numbers_pyyaml_reads_as_strings_are_numbers(tmp_path):
     ("data: [a]", r"'data' must be a mapping of keys \(files, tokenizer, eval_fraction, eval_files\)"),
     ("parallel: {dp: two}", r"parallel.dp must be an integer, got 'two'"),
     ("parallel: {optimizer_shard: yes please}", r"parallel.optimizer_shard must be true or false"),
+    ("parallel: {dp: 2, pp: 2, optimizer_shard: true}", r"optimizer_shard is not implemented with the pipeline"),
+    ("parallel: {dp: 2, micro_batches: 2, optimizer_shard: true}", r"optimizer_shard is not implemented with the pi"),
     ("- 1\n- 2", r"top level must be a mapping"),
 ])
 def test_bad_values_are_named(tmp_path, text, match):
