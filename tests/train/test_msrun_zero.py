@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+# three 2-worker msrun runs and one single-process run, each compiling the train step: beyond pytest.ini's 900 s
+# default on a loaded 2-core machine
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 def _yaml(path, dp, batch, shard, save_every=1000):

@@ -30,7 +30,11 @@ def run_dir(tmp_path_factory):
     setup("CPU", "graph")
     from ascend_v4.train.loop import Trainer
     d = str(tmp_path_factory.mktemp("vis") / "run")
-    Trainer(_tc(), d).run()
+    old = os.umask(0o077)          # a private umask: group-readable files must come from the trainer, not the shell
+    try:
+        Trainer(_tc(), d).run()
+    finally:
+        os.umask(old)
     return d
 
 
@@ -90,9 +94,11 @@ def test_metrics_tensorboard_checkpoints_and_modes(run_dir):
     assert set(tb["train/lr"]) == {1, 2, 3} and "expert_imbalance/layer0" in tb
     # keep_last_n: 1 -> only the newest checkpoint is left
     assert sorted(n for n in os.listdir(run_dir) if n.startswith("ckpt-")) == ["ckpt-00000003"]
-    for rel in ("metrics.jsonl", "latest", "ckpt-00000003", "ckpt-00000003/model.safetensors",
-                "ckpt-00000003/optimizer.safetensors", "ckpt-00000003/trainer_state.json"):
-        assert os.stat(os.path.join(run_dir, rel)).st_mode & stat.S_IRGRP, rel
+    events = [os.path.join("tensorboard", n) for n in os.listdir(os.path.join(run_dir, "tensorboard"))]
+    for rel in [".", "metrics.jsonl", "latest", "ckpt-00000003", "ckpt-00000003/model.safetensors",
+                "ckpt-00000003/optimizer.safetensors", "ckpt-00000003/trainer_state.json", "tensorboard"] + events:
+        mode = os.stat(os.path.join(run_dir, rel)).st_mode
+        assert mode & stat.S_IRGRP and (not stat.S_ISDIR(mode) or mode & stat.S_IXGRP), rel
 
 
 def test_plot_draws_one_or_several_runs(saved_dir, tmp_path):
