@@ -89,6 +89,19 @@ def test_print_config_is_the_full_default_and_loads_back(tmp_path):
     assert out.returncode == 0 and out.stdout == text
 
 
+def test_readme_documents_every_key_as_the_code_does():
+    """README.md's key table: one row per key, with the default and meaning the config code has (a key added or
+    changed in code without the README fails here)."""
+    import os
+    import re
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8").read()
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in
+            (re.match(r"^\| `([a-z_.]+)` \| `(.*?)` \| (.*) \|$", line) for line in readme.splitlines()) if m}
+    want = {k: (d, doc) for k, d, doc in key_table()}
+    assert len(want) > 30
+    assert {k: rows.get(k) for k in want if rows.get(k) != want[k]} == {}
+
+
 def test_shipped_finetune_preset_loads_by_name():
     tc = TrainConfig.from_yaml("finetune.yaml")
     assert tc.model is None and tc.lr == 1e-4 and tc.warmup_steps == 10 and tc.keep_last_n == 2
