@@ -83,6 +83,7 @@ def test_metrics_tensorboard_checkpoints_and_modes(run_dir):
     assert all(t.tzinfo is not None for t in times) and times == sorted(times)
     assert abs((times[-1] - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) < 600
     assert [r["elapsed_s"] for r in rows] == sorted(r["elapsed_s"] for r in rows)
+    assert not any("eval_loss" in r for r in rows)       # no eval split: no eval entry (it used to log NaN)
     cfg = load_config("tiny")
     n_routed = sum(1 for i in range(cfg.n_layers) if not cfg.is_hash_layer(i))
     for r in rows:
@@ -94,9 +95,12 @@ def test_metrics_tensorboard_checkpoints_and_modes(run_dir):
     assert set(tb["train/lr"]) == {1, 2, 3} and "expert_imbalance/layer0" in tb
     # keep_last_n: 1 -> only the newest checkpoint is left
     assert sorted(n for n in os.listdir(run_dir) if n.startswith("ckpt-")) == ["ckpt-00000003"]
-    events = [os.path.join("tensorboard", n) for n in os.listdir(os.path.join(run_dir, "tensorboard"))]
+    under = [os.path.join(d, n) for d in ("tensorboard", "tokenizer", "cache")
+             for n in os.listdir(os.path.join(run_dir, d))]
+    assert len(under) >= 3
     for rel in [".", "metrics.jsonl", "latest", "ckpt-00000003", "ckpt-00000003/model.safetensors",
-                "ckpt-00000003/optimizer.safetensors", "ckpt-00000003/trainer_state.json", "tensorboard"] + events:
+                "ckpt-00000003/optimizer.safetensors", "ckpt-00000003/trainer_state.json", "tensorboard",
+                "tokenizer", "cache"] + under:
         mode = os.stat(os.path.join(run_dir, rel)).st_mode
         assert mode & stat.S_IRGRP and (not stat.S_ISDIR(mode) or mode & stat.S_IXGRP), rel
 
