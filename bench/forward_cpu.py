@@ -9,7 +9,6 @@ of the steady-state full-sequence forward (median of N runs after warm-up), the 
     python bench/forward_cpu.py --configs tiny --threads 1 --repeats 10
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))    # the transformers harness lives with the tests
 
 import numpy as np  # noqa: E402
+
+from ascend_v4.atomic import write_json  # noqa: E402
 
 SHAPES = {"tiny": [(1, 64), (2, 128)], "small": [(1, 256), (1, 512)]}
 
@@ -42,8 +43,11 @@ def main():
     ap.add_argument("--configs", default="tiny,small")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="tiny only, 2 repeats (bench/run_all.py --quick)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "forward_cpu.json"))
     args = ap.parse_args()
+    if args.quick:
+        args.configs, args.repeats = "tiny", 2
 
     import torch
     torch.set_num_threads(args.threads)
@@ -97,13 +101,12 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     import mindspore
     import transformers
-    with open(args.out, "w") as fh:
-        json.dump({"bench": "forward_cpu", "threads": args.threads, "repeats": args.repeats,
-                   "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-                   "versions": {"mindspore": mindspore.__version__, "torch": torch.__version__,
-                                "transformers": transformers.__version__},
-                   "backends": __import__("ascend_v4.ops", fromlist=["selected"]).selected(),
-                   "rows": rows}, fh, indent=2)
+    write_json(args.out, {"bench": "forward_cpu", "threads": args.threads, "repeats": args.repeats,
+                          "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+                          "versions": {"mindspore": mindspore.__version__, "torch": torch.__version__,
+                                       "transformers": transformers.__version__},
+                          "backends": __import__("ascend_v4.ops", fromlist=["selected"]).selected(),
+                          "rows": rows}, indent=2)
     print(f"\nwrote {args.out}")
 
 

@@ -1,4 +1,6 @@
 """Small MindSpore building blocks shared by the composite backends."""
+import contextlib
+
 import mindspore as ms
 from mindspore import ops
 
@@ -18,6 +20,70 @@ def linear(x, w):
     shape = x.shape
     y = _matmul_nt(x.reshape(-1, shape[-1]), w)
     return y.reshape(shape[:-1] + (w.shape[0],))
+
+
+# ------------------------------------------------------------------------ primitive formulations
+# Every composite reaches rsqrt / ceil / cumsum / segment sums through the functions below, which pick one of two
+# formulations of the same formula: "native" (MindSpore's own primitives, the default) or "onnx" (only primitives
+# MindSpore 2.10's ONNX exporter converts: it has no converter for Rsqrt, Ceil, CumSum, UnsortedSegmentSum,
+# Reciprocal, BitwiseAnd/Or). The choice is read when a graph is compiled, so `formulation("onnx")` around building
+# and exporting a model changes that graph only. docs/porting.md lists what `export --format onnx` needs.
+FORMULATIONS = ("native", "onnx")
+_FORMULATION = ["native"]
+
+
+@contextlib.contextmanager
+def formulation(name: str):
+    """Compile graphs with the `name` formulation of the primitives below while the block runs."""
+    if name not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {name!r}")
+    old = _FORMULATION[0]
+    _FORMULATION[0] = name
+    try:
+        yield
+    finally:
+        _FORMULATION[0] = old
+
+
+def rsqrt(v):
+    """1/sqrt(v)."""
+    if _FORMULATION[0] == "onnx":
+        return ops.div(ops.ones_like(v), ops.sqrt(v))
+    return ops.rsqrt(v)
+
+
+def ceil(x):
+    """Smallest integer >= x (float)."""
+    if _FORMULATION[0] == "onnx":
+        r = ops.round(x)
+        return ops.where(r < x, r + 1.0, r)
+    return ops.ceil(x)
+
+
+def cumsum(x, axis):
+    """Inclusive prefix sum along `axis`. onnx: a matmul with the upper-triangular ones matrix (exact for the
+    integer counts the composites sum, < 2^24; O(n^2) memory, so only for exported static graphs)."""
+    if _FORMULATION[0] != "onnx":
+        return ops.cumsum(x, axis)
+    n = x.shape[axis]
+    r = ops.arange(n)
+    tri = ops.cast(r.reshape(n, 1) <= r.reshape(1, n), ms.float32)           # tri[i, j] = i <= j
+    last = axis in (-1, len(x.shape) - 1)
+    xf = ops.cast(x if last else x.swapaxes(axis, -1), ms.float32)
+    if len(x.shape) == 1:
+        y = ops.matmul(xf.reshape(1, n), tri).reshape(n)
+    else:
+        y = ops.matmul(xf, tri)
+    return ops.cast(y if last else y.swapaxes(axis, -1), x.dtype)
+
+
+def segment_sum(x, seg, n):
+    """Rows of x [N, D] summed into n segments by seg [N] in [0, n) (unsorted_segment_sum; the composites send
+    dropped rows to a spare last segment). onnx: one_hot(seg)ᵀ · x."""
+    if _FORMULATION[0] != "onnx":
+        return ops.unsorted_segment_sum(x, seg, n)
+    onehot = ops.one_hot(seg, n, ops.ones((), x.dtype), ops.zeros((), x.dtype))       # [N, n]
+    return ops.matmul(onehot.swapaxes(0, 1), x)
 
 
 def _on_cpu():
@@ -40,7 +106,7 @@ def mean_square(x):
 
 def rms_norm(x, weight, eps):
     xf = ops.cast(x, ms.float32)
-    y = xf * ops.rsqrt(mean_square(xf) + eps)
+    y = xf * rsqrt(mean_square(xf) + eps)
     if weight is not None:
         y = y * weight
     return ops.cast(y, x.dtype)
