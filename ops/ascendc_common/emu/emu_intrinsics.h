@@ -535,38 +535,70 @@ inline void vcmin(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBl
 }
 inline int64_t get_max_min_cnt() { return static_cast<int64_t>(av4_emu::S().maxMinCnt); }
 
-// SyncAll across cores (ffts_cross_core_sync + wait_flag_dev): the forked cores share one arrival counter in GM;
-// the n-th SyncAll of a core returns once every core has arrived n times. A core that never arrives is reported.
+// Cross-core flags (ffts_cross_core_sync(pipe, config) = CrossCoreSetFlag / SyncAll; wait_flag_dev(flag) =
+// CrossCoreWaitFlag), config = 1 + (mode << 4) + (flag << 8), over counters in GM shared by the forked cores:
+//   mode 0  every core of the setter's type sets flag f; a core of that type may pass its n-th wait on f once all
+//           of them have set it n times (SyncAll, all-AIC or all-AIV barrier)
+//   mode 1  the two AIV cores of a group: the n-th wait passes once both have set f n times
+//   mode 2  AIC <-> AIV of one group: a set by the AIC lets each of its two AIV pass one wait; the AIC's n-th wait
+//           passes once both of its AIV have set f n times
+// A wait that cannot pass within 60 s (a flag never set, a mismatched count) stops the run, naming the flag.
 #include <sched.h>
 #include <time.h>
 namespace av4_emu {
-inline int64_t*& SyncCounter() {
-  static int64_t* p = nullptr;
-  return p;
+struct CrossCore {
+  int64_t all[2][16];            // mode 0 sets, per core type (0 AIC, 1 AIV)
+  int64_t group[64][3][16];      // per group: [0] AIV pair sets (mode 1), [1] AIV -> AIC sets, [2] AIC -> AIV sets
+};
+struct CrossCoreSelf {
+  CrossCore* shared = nullptr;
+  int groups = 1, aic = 0, aiv = 1;   // cores of each type in the launch
+  int group = 0, isAic = 0;
+  int64_t passed[16] = {};
+};
+inline CrossCoreSelf& XCore() {
+  static CrossCoreSelf x;
+  return x;
 }
-inline int64_t& SyncRound() {
-  static int64_t n = 0;
-  return n;
-}
-inline int64_t& SyncCores() {
-  static int64_t n = 1;
-  return n;
+inline int64_t XAvail(int f) {
+  const CrossCoreSelf& x = XCore();
+  const CrossCore& c = *x.shared;
+  const int t = x.isAic ? 0 : 1, n = x.isAic ? x.aic : x.aiv;
+  int64_t v = n ? __atomic_load_n(&c.all[t][f], __ATOMIC_SEQ_CST) / n : 0;
+  if (x.isAic) {
+    v += __atomic_load_n(&c.group[x.group][1][f], __ATOMIC_SEQ_CST) / 2;
+  } else {
+    v += __atomic_load_n(&c.group[x.group][0][f], __ATOMIC_SEQ_CST) / 2;
+    v += __atomic_load_n(&c.group[x.group][2][f], __ATOMIC_SEQ_CST);
+  }
+  return v;
 }
 }  // namespace av4_emu
 template <class P, class M>
-inline void ffts_cross_core_sync(P, M) {
-  if (!av4_emu::SyncCounter()) av4_emu::Fail("SyncAll outside a launch");
-  ++av4_emu::SyncRound();
-  __atomic_add_fetch(av4_emu::SyncCounter(), 1, __ATOMIC_SEQ_CST);
+inline void ffts_cross_core_sync(P, M config) {
+  av4_emu::CrossCoreSelf& x = av4_emu::XCore();
+  if (!x.shared) av4_emu::Fail("cross-core flag outside a launch");
+  const uint64_t cfg = static_cast<uint64_t>(config);
+  const int mode = (cfg >> 4) & 3, f = (cfg >> 8) & 15;
+  av4_emu::CrossCore& c = *x.shared;
+  if (mode == 0) __atomic_add_fetch(&c.all[x.isAic ? 0 : 1][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 1 && !x.isAic) __atomic_add_fetch(&c.group[x.group][0][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 2) __atomic_add_fetch(&c.group[x.group][x.isAic ? 2 : 1][f], 1, __ATOMIC_SEQ_CST);
+  else av4_emu::Fail("cross-core flag mode %d from an %s core not emulated", mode, x.isAic ? "AIC" : "AIV");
 }
 template <class F>
-inline void wait_flag_dev(F) {
-  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
+inline void wait_flag_dev(F flag) {
+  av4_emu::CrossCoreSelf& x = av4_emu::XCore();
+  if (!x.shared) av4_emu::Fail("cross-core wait outside a launch");
+  const int f = static_cast<int>(flag) & 15;
   const time_t t0 = time(nullptr);
-  while (__atomic_load_n(av4_emu::SyncCounter(), __ATOMIC_SEQ_CST) < want) {
-    if (time(nullptr) - t0 > 60) av4_emu::Fail("SyncAll: not every core arrived (round %lld)", (long long)av4_emu::SyncRound());
+  while (av4_emu::XAvail(f) <= x.passed[f]) {
+    if (time(nullptr) - t0 > 60)
+      av4_emu::Fail("cross-core wait on flag %d (%s core, group %d, wait %lld) never satisfied", f,
+                    x.isAic ? "AIC" : "AIV", x.group, (long long)x.passed[f] + 1);
     sched_yield();
   }
+  ++x.passed[f];
 }
 
 // UB -> UB DataCopy (copy_ubuf_to_ubuf, on the vector pipe): nBurst bursts of lenBurst 32-byte blocks, gaps in blocks

@@ -31,20 +31,17 @@ inline void* GmAlloc(size_t bytes) {
   return p;
 }
 
-// run fn on `cores` cores (one forked process each); false (with the core's message on stderr) if any core fails
-inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
+// Fork one process per core; `setup(i)` sets core i's identity in the child, then fn runs. false (with the
+// core's message on stderr) if any core fails.
+inline bool Fork(int n, const std::function<void(int)>& setup, const std::function<void()>& fn) {
   std::fflush(stdout);
   std::fflush(stderr);
   std::vector<pid_t> pids;
-  SyncCounter() = static_cast<int64_t*>(GmAlloc(sizeof(int64_t)));
-  SyncCores() = cores;
-  for (int c = 0; c < cores; ++c) {
+  for (int i = 0; i < n; ++i) {
     const pid_t pid = fork();
     if (pid < 0) Fail("fork failed");
     if (pid == 0) {
-      block_idx = c;
-      block_num = cores;
-      g_coreType = aic ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
+      setup(i);
       fn();
       std::fflush(stdout);
       std::_Exit(0);
@@ -52,15 +49,42 @@ inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
     pids.push_back(pid);
   }
   bool ok = true;
-  for (size_t c = 0; c < pids.size(); ++c) {
+  for (size_t i = 0; i < pids.size(); ++i) {
     int status = 0;
-    waitpid(pids[c], &status, 0);
+    waitpid(pids[i], &status, 0);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      std::fprintf(stderr, "emu: core %zu failed (status %d)\n", c, status);
+      std::fprintf(stderr, "emu: core %zu failed (status %d)\n", i, status);
       ok = false;
     }
   }
   return ok;
+}
+
+// run fn on `cores` cores of one type (AIV-only or AIC-only kernel)
+inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
+  CrossCore* shared = static_cast<CrossCore*>(GmAlloc(sizeof(CrossCore)));
+  return Fork(cores, [&](int c) {
+    block_idx = c;
+    block_num = cores;
+    g_coreType = aic ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
+    XCore() = CrossCoreSelf{shared, cores, aic ? cores : 0, aic ? 0 : cores, c, aic ? 1 : 0, {}};
+  }, fn);
+}
+
+// run a mixed kernel (KERNEL_TYPE_MIX_AIC_1_2) on `groups` groups of one AIC and two AIV cores: the AIC of group g
+// has block_idx g; AIV s of group g has block_idx g and sub_block_idx s, so its GetBlockIdx() is 2 g + s
+inline bool LaunchMix(int groups, const std::function<void()>& fn) {
+  if (groups > 64) Fail("more than 64 core groups");
+  CrossCore* shared = static_cast<CrossCore*>(GmAlloc(sizeof(CrossCore)));
+  return Fork(3 * groups, [&](int i) {
+    const int g = i / 3, role = i % 3;   // 0: AIC, 1 / 2: AIV 0 / 1
+    block_idx = g;
+    block_num = groups;
+    g_taskRation = 2;
+    sub_block_idx = role == 0 ? 0 : role - 1;
+    g_coreType = role == 0 ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
+    XCore() = CrossCoreSelf{shared, groups, groups, 2 * groups, g, role == 0 ? 1 : 0, {}};
+  }, fn);
 }
 
 }  // namespace av4_emu
