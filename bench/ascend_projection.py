@@ -8,7 +8,8 @@ keeps busy, a projected time and the roofline bound of the work on the chip:
 
 where the roofline puts matrix work on the Cube unit (what issue #15 asks for) and counts each tensor once, and
 the projection charges the kernels as they are written (vector-only projections in hc_pre / indexer / sparse
-attention, fn re-read per token tile, ...). efficiency = roofline / projected: the share of the bound the current
+attention, fn re-read per token tile, ...). grouped_matmul is charged by its own tile split (gmm_tiles): the
+busiest cube core's Mmad work with rows and columns padded to 16 x 16 fractals, at the per-core Cube peak. efficiency = roofline / projected: the share of the bound the current
 design reaches. Nothing here was run on a chip; the peak figures are public numbers that vary by SKU and source
 (edit PEAKS). Prints a table, writes bench/results/ascend_projection.json.
 
@@ -33,6 +34,33 @@ VECTOR_LANES_FP32 = 64       # one 256-byte vector repeat per cycle per AIV core
 
 def vector_tflops(p):
     return p["aiv"] * VECTOR_LANES_FP32 * p["clock_ghz"] * 1e9 * 2 / 1e12   # multiply-add counted as 2
+
+
+PEAKS_AIC = 24   # cube cores of a 910B / 910C die (the tiling deals tiles round-robin over them)
+GMM_BASE_M, GMM_BASE_N, GMM_BASE_K = 128, 128, 128   # GroupedMatmulTiling's first choice for bf16 (moe_tiling.cc)
+
+
+def gmm_tiles(rows, active, K, N, cores):
+    """grouped_matmul_av4's work split: per expert ceil(rows_e / baseM) x ceil(N / baseN) tiles of baseM x baseN,
+    each K deep, dealt round-robin to the cube cores in (expert, row block, column block) order. Mmad works on whole
+    16 x 16 fractals (rows and columns padded to 16, K to 16). Experts share the rows evenly (a balanced router).
+    Returns (tiles, cube flops of the busiest core (padding included), GM->L1 bytes of all tiles: each tile loads
+    its A rows and B columns over the whole K, so x is re-read per column block and W per row block (from L2))."""
+    per_core = [0.0] * cores
+    t = 0
+    loads = 0.0
+    base, extra = divmod(rows, active)
+    k16 = math.ceil(K / 16) * 16
+    for e in range(active):
+        r = base + (1 if e < extra else 0)
+        for m0 in range(0, r, GMM_BASE_M):
+            m16 = math.ceil(min(GMM_BASE_M, r - m0) / 16) * 16
+            for n0 in range(0, N, GMM_BASE_N):
+                n16 = math.ceil(min(GMM_BASE_N, N - n0) / 16) * 16
+                per_core[t % cores] += 2.0 * m16 * n16 * k16
+                loads += (min(GMM_BASE_M, r - m0) + min(GMM_BASE_N, N - n0)) * K * 2
+                t += 1
+    return t, max(per_core), loads
 
 
 def shapes():
@@ -67,11 +95,12 @@ def kernels(c, T, ctx):
                                    gm_min=rows * D * bf + T * D * bf + rows * 8, items=rows, core="AIV",
                                    cube_now=False)
     active = min(E, rows)
+    tiles, core_max, loads = gmm_tiles(rows, active, D, I, PEAKS_AIC)
     out["grouped_matmul (w1)"] = dict(matrix=2.0 * rows * D * I, vector=0.0,
                                       gm=rows * D * bf + active * D * I * bf + rows * I * bf,
                                       gm_min=rows * D * bf + active * D * I * bf + rows * I * bf,
-                                      items=active * max(1, math.ceil(rows / active / 256)) * math.ceil(I / 256),
-                                      core="AIC", cube_now=True)
+                                      items=tiles, cube_core_max=core_max, l1_loads=loads, core="AIC",
+                                      cube_now=True)
     out["moe_finalize_routing"] = dict(matrix=0.0, vector=2.0 * rows * D + T * D, gm=rows * D * bf + 2 * T * D * bf,
                                        gm_min=rows * D * bf + 2 * T * D * bf, items=T, core="AIV", cube_now=False)
     out["compress_kv (ratio 4)"] = dict(matrix=0.0, vector=T * 2 * D // 4 * 2 * 8.0, gm=2 * T * 2 * (Dh) * bf,
@@ -93,7 +122,9 @@ def project(p, kern):
     cube, vec, bw = p["cube_tflops"] * 1e12, vector_tflops(p) * 1e12, p["hbm_tbps"] * 1e12
     cores = p["aic"] if kern["core"] == "AIC" else p["aiv"]
     busy = min(kern["items"], cores) / cores
-    if kern["cube_now"]:
+    if "cube_core_max" in kern:                         # the busiest cube core of the kernel's own tile split
+        t_comp = kern["cube_core_max"] / (cube / cores) + kern["vector"] / (vec * busy)
+    elif kern["cube_now"]:
         t_comp = kern["matrix"] / (cube * busy) + kern["vector"] / (vec * busy)
     else:                                               # matrix work done by the vector unit today
         t_comp = (kern["matrix"] + kern["vector"]) / (vec * busy)
@@ -118,6 +149,9 @@ def main(argv=None):
                 rows.append(dict(chip=chip, shape=label, kernel=name, cube_gflop=kern["matrix"] / 1e9 if kern["cube_now"] else 0.0,
                                  vector_gflop=(kern["vector"] + (0 if kern["cube_now"] else kern["matrix"])) / 1e9,
                                  gm_mb=kern["gm"] / 1e6, **r))
+                if "l1_loads" in kern:   # what the tile loads pull through L2 at the projected time (no public L2 peak)
+                    rows[-1]["l1_load_mb"] = kern["l1_loads"] / 1e6
+                    rows[-1]["l2_tbps_needed"] = kern["l1_loads"] / (r["projected_us"] * 1e-6) / 1e12
     print("PROJECTION (no chip was used): V4-Flash shapes, peaks " +
           ", ".join(f"{k}: cube {v['cube_tflops']} TFLOPS, vector {vector_tflops(v):.1f} TFLOPS, HBM {v['hbm_tbps']} TB/s"
                     for k, v in PEAKS.items()))
@@ -125,9 +159,10 @@ def main(argv=None):
           f"{'proj us':>10} {'roof us':>10} {'eff':>5} bound"
     print(hdr)
     for r in rows:
+        l2 = f"  (tile loads {r['l1_load_mb']:.0f} MB: L2 {r['l2_tbps_needed']:.1f} TB/s needed)" if "l1_load_mb" in r else ""
         print(f"{r['chip']:9} {r['shape']:12} {r['kernel']:22} {r['cube_gflop']:9.2f} {r['vector_gflop']:9.2f} "
               f"{r['gm_mb']:9.1f} {r['busy']:5.2f} {r['projected_us']:10.1f} {r['roofline_us']:10.1f} "
-              f"{r['efficiency']:5.2f} {r['bound']}")
+              f"{r['efficiency']:5.2f} {r['bound']}{l2}")
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     tmp = a.json + ".tmp"
     with open(tmp, "w") as f:
