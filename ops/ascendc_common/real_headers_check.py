@@ -316,7 +316,12 @@ class Workspace:
                                    "include/utils")] + [f"-I{g}/gen", f"-I{g}/install/kinc"]
         defs = ["-D__CCE_KT_TEST__=1", "-D__CCE_AICORE__=220", "-D__NPU_ARCH__=2201", "-DASCENDC_CPU_DEBUG=1",
                 "-D__DAV_C220__"]
-        defs += ["-D__DAV_C220_VEC__", "-D__DAV_VEC__"] if core == "AIV" else ["-D__DAV_C220_CUBE__", "-D__DAV_CUBE__"]
+        if core == "AIV":
+            defs += ["-D__DAV_C220_VEC__", "-D__DAV_VEC__"]
+        elif core == "AIC":
+            defs += ["-D__DAV_C220_CUBE__", "-D__DAV_CUBE__"]
+        # "MIX" (emulator builds of mixed kernels): neither split-core macro, so both the cube and the vector event
+        # pairs are compiled and the core type is chosen at run time (g_coreType), one binary for both halves
         text = open(path).read()
         defs += [f"-D{m}={dtype}" for m in sorted(set(re.findall(r"\bDTYPE_[A-Z0-9_]+", text)))]
         return [cxx, "-x", "c++", "-std=c++17", "-fsyntax-only", "-w", "-fmax-errors=0", *inc, *defs,
@@ -441,7 +446,8 @@ def run(files, dtypes, cxx="g++", use_cache=True, jobs=1, verbose=False, log=pri
 
 def build_emulator(driver, defines, exe, cxx="g++", core="AIV"):
     """compile a kernel driver (includes op_kernel sources + emu/emu_runtime.h) into an executable that runs the
-    kernel bodies on the CPU through the intrinsic emulator; rebuilt only when a source it depends on changed"""
+    kernel bodies on the CPU through the intrinsic emulator; rebuilt only when a source it depends on changed.
+    core: AIV, AIC, or MIX for drivers with mixed AIC/AIV kernels (launched with av4_emu::LaunchMix)"""
     root = find_trees()
     if root is None:
         raise SetupError(f"the CANN source trees are not in {cache_dir()}: run "

@@ -2,6 +2,7 @@
 // CPU-debug mode (normally from CANN's closed cpudebug libraries), and a launcher that runs a kernel entry once per
 // core in forked processes over shared GM (as the CPU-debug framework does). Include once, after the kernel sources.
 #pragma once
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -48,13 +49,23 @@ inline bool Fork(int n, const std::function<void(int)>& setup, const std::functi
     }
     pids.push_back(pid);
   }
+  // the first core that fails stops the launch: the others may be waiting on a flag it will never set
   bool ok = true;
-  for (size_t i = 0; i < pids.size(); ++i) {
+  size_t left = pids.size();
+  while (left > 0) {
     int status = 0;
-    waitpid(pids[i], &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) break;
+    size_t i = 0;
+    while (i < pids.size() && pids[i] != pid) ++i;
+    if (i == pids.size()) continue;
+    pids[i] = -1;
+    --left;
+    if (ok && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
       std::fprintf(stderr, "emu: core %zu failed (status %d)\n", i, status);
       ok = false;
+      for (pid_t other : pids)
+        if (other > 0) kill(other, SIGKILL);
     }
   }
   return ok;
