@@ -27,7 +27,7 @@ CORES, UB = 48, 196608          # 910B1 / 910C die: 48 AIV cores, 192 KB UB
 def _build(dtype, driver=DRIVER, name=None):
     out = os.path.join(rhc.cache_dir(), "_generated", "emu_bin", name or f"mhc_{dtype}")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    return rhc.build_emulator(driver, [f"DTYPE_F={dtype}", f"DTYPE_X={dtype}"], out, cxx=GXX)
+    return rhc.build_emulator(driver, [f"DTYPE_F={dtype}", f"DTYPE_X={dtype}"], out, cxx=GXX, core="MIX")
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,33 @@ def test_emulator_reports_a_missing_vector_barrier(tmp_path):
     r = _run(exe, "post", tmp_path, 3, 64, 4)
     assert r.returncode == 3 and "race: vaxpy (pipe V) reads UB" in r.stderr and "PipeBarrier<PIPE_V>" in r.stderr, \
         r.stderr[-2000:]
+
+
+# hc_pre's projection runs on the Cube unit (hc_pre_cube.h): each of its Cube waits removed in turn is a race
+CUBE_MUTANTS = {
+    "mte1_m": ("      WaitFlag<HardEvent::MTE1_M>(l0Ready_[b]);\n", "Mmad (L0A) (pipe M) reads"),
+    "m_fix": ("    WaitFlag<HardEvent::M_FIX>(cReady_);\n", "Fixpipe L0C->GM (pipe FIX) reads"),
+    "mte2_mte1": ("      WaitFlag<HardEvent::MTE2_MTE1>(l1Ready_[b]);\n", "(pipe MTE1) reads"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CUBE_MUTANTS))
+def test_hc_pre_cube_sync_removed_is_a_race(tmp_path, name):
+    cut, message = CUBE_MUTANTS[name]
+    mutants = os.path.join(rhc.cache_dir(), "_generated", "emu_mutants", f"mhc_cube_{name}")
+    shutil.rmtree(mutants, ignore_errors=True)
+    dst = Path(mutants) / "ascendc"
+    shutil.copytree(os.path.join(ROOT, "ops", "mhc", "ascendc"), dst, ignore=shutil.ignore_patterns("__pycache__"))
+    k = dst / "op_kernel" / "hc_pre_cube.h"
+    text = k.read_text()
+    assert text.count(cut) == 1, name
+    k.write_text(text.replace(cut, ""))
+    exe = _build("float", driver=str(dst / "emu" / "mhc_emu.cc"), name=f"mhc_cube_{name}")
+    rng = np.random.default_rng(0)
+    T, hc, D = 5, 4, 64
+    M = (2 + hc) * hc
+    _save(tmp_path, x=rng.standard_normal((T, hc, D)), fn=rng.standard_normal((M, hc * D)) * 0.1,
+          scale=np.ones(3), base=np.zeros(M), cfg=np.array([3, 1e-6, 1e-6]))
+    r = _run(exe, "pre", tmp_path, T, D, hc)
+    assert r.returncode == 3 and "emu: race:" in r.stderr and message in r.stderr, r.stderr[-2000:]

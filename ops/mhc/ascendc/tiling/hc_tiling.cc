@@ -1,7 +1,8 @@
 // Host tiling of the mHC AscendC kernels (see hc_tiling.h). Strategy:
 //  * tokens are split over the AIV cores as evenly as possible (counts differ by at most one);
-//  * hc_pre/hc_head: a core walks its tokens in tiles of tileT; for each K chunk it loads tileT rows of x and the
-//    M rows of fn once, so fn traffic is divided by tileT (fn itself, 1.5 MB at D=4096, stays in L2);
+//  * hc_pre/hc_head (mixed AIC/AIV kernel): the AIC cores project x . fn^T on the Cube unit in 128-token tiles,
+//    K split across cores when there are fewer tiles than cores (decode); the AIV cores walk their tokens in tiles
+//    of tileT (sum of squares in K chunks, coefficients, collapse in D chunks);
 //  * the largest (tileT, kChunk, dChunk) - in that priority - whose buffers fit in UB minus a reserve wins.
 #include "hc_tiling.h"
 
@@ -26,25 +27,52 @@ void PreBuffers(HcPreTilingData* td) {
   td->rp = static_cast<int32_t>(HcAlignUp(kc / kReduceLanes, 8));
   td->lanes = static_cast<int32_t>(HcAlignUp(t, 8));
   td->xInBytes = static_cast<uint32_t>(t * A32(kc * td->xBytes));
-  td->fnInBytes = A32(td->M * kc * 4);
+  td->rawInBytes = A32(t * td->n16 * 4);
   td->xCastBytes = td->xBytes == 4 ? 0 : A32(t * kc * 4);
-  td->prodBytes = A32(rows * kc * 4);
-  td->partBytes = A32(rows * td->rp * 4);
-  td->accBytes = A32(t * rows * td->rp * 4);
-  td->coefBytes = A32((2 * rows + 4) * td->lanes * 4) + A32(t * rows * 4);
+  td->prodBytes = A32(kc * 4);
+  td->partBytes = A32(td->rp * 4);
+  td->accBytes = A32(t * td->rp * 4);
+  td->coefBytes = A32((2 * rows + 4) * td->lanes * 4) + A32(t * td->n16 * 4) + A32(t * 8 * 4);
   td->stageBytes = A32(t * td->M * 4) + A32(t * 4) +
                    (td->head ? 0 : A32(t * td->hc * 4) + A32(t * td->hc * td->hc * 4));
   td->yInBytes = static_cast<uint32_t>(td->hc * A32(dc * td->xBytes));
   td->yCastBytes = A32((td->xBytes == 4 ? 1 : td->hc + 1) * dc * 4);
   td->yOutBytes = A32(dc * td->xBytes);
+  td->splitBytes = td->xBytes == 4 ? 0 : A32(td->splitChunk * 4) + 2 * A32(td->splitChunk * 2) +
+                                             A32(td->splitChunk * 4);
   td->ubBytes = static_cast<uint32_t>(HcPreUbBytes(*td));
+}
+
+// The Cube projection's tiles: baseM tokens (<= 128) x K in baseK steps, K split into parts so that at least
+// `groups` (tile, part) items exist when the tokens alone give fewer (decode); L0A / L0B ping-pong and one L0C tile
+// must fit the AI Cube core.
+bool CubeTiling(HcPreTilingData* td) {
+  const int64_t eb = td->xBytes;
+  td->nCols = td->xBytes == 4 ? td->M : 2 * td->M;
+  td->n16 = static_cast<int32_t>(HcAlignUp(td->nCols, 16));
+  td->baseM = static_cast<int32_t>(td->T < 128 ? HcAlignUp(td->T, 16) : 128);
+  for (td->baseK = static_cast<int32_t>(256 / eb); td->baseK >= 16; td->baseK /= 2) {
+    const int64_t l0a = 2 * td->baseM * td->baseK * eb, l0b = 2 * td->baseK * td->n16 * eb;
+    if (l0a <= kL0ABytes && l0b <= kL0BBytes && td->baseM * td->n16 * 4 <= kL0CBytes && l0a + l0b <= kL1Bytes) break;
+  }
+  if (td->baseK < 16 || td->K % td->baseK != 0) return false;
+  const int64_t tiles = (td->T + td->baseM - 1) / td->baseM, steps = td->K / td->baseK;
+  int64_t split = tiles >= td->groups ? 1 : (td->groups + tiles - 1) / tiles;
+  split = split > steps ? steps : split;
+  td->kPart = (steps + split - 1) / split * td->baseK;
+  td->kSplit = static_cast<int32_t>((td->K + td->kPart - 1) / td->kPart);
+  td->wsFnOffset = 0;
+  td->wsRawOffset = td->xBytes == 4 ? 0 : HcAlignUp(2 * td->M * td->K * 2, 512);
+  td->wsBytes = td->wsRawOffset + static_cast<int64_t>(td->kSplit) * td->T * td->n16 * 4;
+  td->splitChunk = td->xBytes == 4 ? 0 : 2048;
+  return true;
 }
 
 }  // namespace
 
 uint64_t HcPreUbBytes(const HcPreTilingData& td) {
-  return 2ull * td.xInBytes + 2ull * td.fnInBytes + td.xCastBytes + td.prodBytes + td.partBytes + td.accBytes +
-         td.coefBytes + td.stageBytes + 2ull * td.yInBytes + td.yCastBytes + 2ull * td.yOutBytes;
+  return 2ull * td.xInBytes + 2ull * td.rawInBytes + td.xCastBytes + td.prodBytes + td.partBytes + td.accBytes +
+         td.coefBytes + td.stageBytes + 2ull * td.yInBytes + td.yCastBytes + 2ull * td.yOutBytes + td.splitBytes;
 }
 
 uint64_t HcPostUbBytes(const HcPostTilingData& td) {
@@ -70,7 +98,18 @@ bool HcPreTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, bool head, co
   td->M = head ? hc : (2 + hc) * hc;
   td->head = head ? 1 : 0;
   td->xBytes = xBytes;
-  Split(T, p.aivCores, &td->usedCores, &td->frontCores, &td->baseTokens);
+  // mixed kernel: groups of one AIC + two AIV (910B / 910C ratio); tokens over the AIV cores, the projection over
+  // the AIC cores
+  td->groups = static_cast<int32_t>(p.aivCores / 2 > 0 ? p.aivCores / 2 : 1);
+  if (td->K > 65535) {
+    *why = "needs hc*D <= 65535 (ND2NZ row stride of the Cube load)";
+    return false;
+  }
+  if (!CubeTiling(td)) {
+    *why = "no Cube tile fits L0A/L0B/L0C";
+    return false;
+  }
+  Split(T, static_cast<uint32_t>(2 * td->groups), &td->usedCores, &td->frontCores, &td->baseTokens);
   const int64_t maxPerCore = td->baseTokens + (td->frontCores > 0 ? 1 : 0);
   const uint64_t budget = p.ubBytes > kUbReserve ? p.ubBytes - kUbReserve : 0;
   for (int32_t t = kMaxTileT; t >= 1; t /= 2) {
