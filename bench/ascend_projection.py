@@ -7,8 +7,8 @@ keeps busy, a projected time and the roofline bound of the work on the chip:
   roofline  = max(matrix_flops / cube_peak + other_vector_flops / vector_peak, min_bytes / hbm_bw)
 
 where the roofline puts matrix work on the Cube unit (what issue #15 asks for) and counts each tensor once, and
-the projection charges the kernels as they are written (vector-only projections in hc_pre / indexer / sparse
-attention, fn re-read per token tile, ...). grouped_matmul is charged by its own tile split (gmm_tiles): the
+the projection charges the kernels as they are written (vector-only q.K^T / P.V in the indexer and sparse
+attention, x read three times and fn split per call in hc_pre, ...). grouped_matmul is charged by its own tile split (gmm_tiles): the
 busiest cube core's Mmad work with rows and columns padded to 16 x 16 fractals, at the per-core Cube peak. efficiency = roofline / projected: the share of the bound the current
 design reaches. Nothing here was run on a chip; the peak figures are public numbers that vary by SKU and source
 (edit PEAKS). Prints a table, writes bench/results/ascend_projection.json.
@@ -81,12 +81,24 @@ def kernels(c, T, ctx):
     bf = 2
     avg_ctx = ctx if ctx else T / 2                       # causal prefill: half the sequence on average
     n_cmp4 = avg_ctx / 4                                  # CSA compressed entries seen by a query
-    tile_t = 8                                            # hc_pre tokens sharing one fn chunk (tiling kMaxTileT)
     rows = T * k
     out = {}
-    out["hc_pre"] = dict(matrix=2.0 * T * M * K, vector=2.0 * T * hc * D + T * M * 60,
-                         gm=T * K * bf * 2 + math.ceil(T / tile_t) * M * K * 4 + T * D * bf,
-                         gm_min=T * K * bf + M * K * 4 + T * D * bf, items=T, core="AIV", cube_now=False)
+    # hc_pre (mixed AIC/AIV, hc_pre_cube.h + hc_pre_kernel.h): the AIV cores split fn into bf16 hi + lo (read
+    # fp32, write 2 x bf16), the AIC cores read x once and the split (once from HBM, re-read per tile from L2) and
+    # project 2M columns on the Cube, partial sums per K part go through the workspace; the AIV cores read x twice
+    # more (sum of squares, collapse) and write y. Phases run one after the other (flags), so their bytes add up.
+    aic_cores = PEAKS_AIC
+    tiles = math.ceil(T / 128)
+    steps = K // 128
+    ksplit = 1 if tiles >= aic_cores else min(math.ceil(aic_cores / tiles), steps)
+    n16 = math.ceil(2 * M / 16) * 16
+    split_bytes = M * K * 4 + 2 * M * K * 2
+    out["hc_pre"] = dict(matrix=2.0 * T * 2 * M * K, vector=2.0 * T * K + 2.0 * T * hc * D + T * M * 60,
+                         vector_all=3.0 * M * K,                  # the fn split, shared by every AIV core
+                         gm=split_bytes + (T * K * bf + 2 * M * K * 2) + ksplit * T * n16 * 4 * 2
+                         + 2 * T * K * bf + T * D * bf + T * (M + 1 + hc + hc * hc) * 4,
+                         gm_min=T * K * bf + M * K * 4 + T * D * bf, items=tiles * ksplit, items_aiv=T,
+                         core="AIC", cube_now=True)
     out["hc_post"] = dict(matrix=0.0, vector=T * hc * D * (2 + 2 * hc), gm=T * D * bf + 2 * T * K * bf,
                           gm_min=T * D * bf + 2 * T * K * bf, items=T, core="AIV", cube_now=False)
     out["moe_gating_topk"] = dict(matrix=0.0, vector=T * E * (12 + 2 * k), gm=2 * T * E * 4 + 2 * T * k * 4,
@@ -122,14 +134,17 @@ def project(p, kern):
     cube, vec, bw = p["cube_tflops"] * 1e12, vector_tflops(p) * 1e12, p["hbm_tbps"] * 1e12
     cores = p["aic"] if kern["core"] == "AIC" else p["aiv"]
     busy = min(kern["items"], cores) / cores
+    busy_v = min(kern.get("items_aiv", kern["items"]), p["aiv"]) / p["aiv"]   # mixed kernels: the AIV share
     if "cube_core_max" in kern:                         # the busiest cube core of the kernel's own tile split
         t_comp = kern["cube_core_max"] / (cube / cores) + kern["vector"] / (vec * busy)
+    elif "items_aiv" in kern:
+        t_comp = kern["matrix"] / (cube * busy) + kern["vector"] / (vec * busy_v) + kern.get("vector_all", 0) / vec
     elif kern["cube_now"]:
         t_comp = kern["matrix"] / (cube * busy) + kern["vector"] / (vec * busy)
     else:                                               # matrix work done by the vector unit today
         t_comp = (kern["matrix"] + kern["vector"]) / (vec * busy)
     t_proj = max(t_comp, kern["gm"] / bw)
-    t_roof = max(kern["matrix"] / cube + kern["vector"] / vec, kern["gm_min"] / bw)
+    t_roof = max(kern["matrix"] / cube + kern["vector"] / vec, kern["gm_min"] / bw)   # (the split is design overhead)
     return dict(busy=busy, projected_us=t_proj * 1e6, roofline_us=t_roof * 1e6,
                 efficiency=t_roof / t_proj if t_proj > 0 else 1.0,
                 bound="compute" if t_comp >= kern["gm"] / bw else "memory")
@@ -147,7 +162,8 @@ def main(argv=None):
             for name, kern in kernels(c, T, ctx).items():
                 r = project(p, kern)
                 rows.append(dict(chip=chip, shape=label, kernel=name, cube_gflop=kern["matrix"] / 1e9 if kern["cube_now"] else 0.0,
-                                 vector_gflop=(kern["vector"] + (0 if kern["cube_now"] else kern["matrix"])) / 1e9,
+                                 vector_gflop=(kern["vector"] + kern.get("vector_all", 0)
+                                               + (0 if kern["cube_now"] else kern["matrix"])) / 1e9,
                                  gm_mb=kern["gm"] / 1e6, **r))
                 if "l1_loads" in kern:   # what the tile loads pull through L2 at the projected time (no public L2 peak)
                     rows[-1]["l1_load_mb"] = kern["l1_loads"] / 1e6
