@@ -103,8 +103,8 @@ int main(int argc, char** argv) {
       WriteF32(dir + "/post.bin", FromGm<float>(post, T * hc));
       WriteF32(dir + "/comb.bin", FromGm<float>(comb, T * hc * hc));
     }
-    std::printf("ok groups=%d cores=%d tileT=%d kChunk=%d kChunks=%d baseM=%d baseK=%d kSplit=%d\n", td.groups,
-                td.usedCores, td.tileT, td.kChunk, td.kChunks, td.baseM, td.baseK, td.kSplit);
+    std::printf("ok groups=%d cores=%d tileT=%d baseM=%d baseK=%d kSplit=%d\n", td.groups, td.usedCores, td.tileT,
+                td.baseM, td.baseK, td.kSplit);
     return 0;
   }
   std::fprintf(stderr, "unknown op %s\n", op.c_str());

@@ -4,13 +4,12 @@
 //   phase 0  (bf16 x) split fn into fn_hi + fn_lo in bf16 (each AIV a share, to the workspace), then an all-AIV
 //            barrier and a flag to this group's AIC, which waits for it before its first load;
 // Per core: its token range (HcTokenRange over the 2 x groups AIV cores), walked in tiles of tileT tokens.
-//   phase 1  for each K chunk: CopyIn tileT rows of x (double-buffered TQue, DataCopyPad with 32-byte aligned UB
-//            rows), square, WholeReduceSum per 64 lanes, accumulate the partial sums of squares;
-//   phase 2  per tile: wait (once) for the AIC flag, add the K parts of the tile's projections from the workspace,
-//            sum of squares -> rsqrt, mixes, logits; pre/post sigmoids and the 20 Sinkhorn iterations run
-//            vectorised across the tile's tokens (one 32-byte "lane row" per coefficient); mix, rstd, post and
-//            comb are staged token-major and written with DataCopyPad;
-//   phase 3  per token, D chunk by D chunk: CopyIn hc rows of x, y = sum_i pre_i x_i (Muls + Axpy), cast, CopyOut.
+//   phase 2  per tile: wait (once) for the AIC flag, add the K parts of the tile's projections and sums of squares
+//            (the diagonal of the Cube's x x^T) from the workspace; rsqrt, mixes, logits; pre/post sigmoids and the
+//            20 Sinkhorn iterations run vectorised across the tile's tokens (one 32-byte "lane row" per
+//            coefficient); mix, rstd, post and comb are staged token-major and written with DataCopyPad;
+//   phase 3  per token, D chunk by D chunk: CopyIn hc rows of x, y = sum_i pre_i x_i (Muls + Axpy), cast, CopyOut
+//            (the only read of x by the vector cores).
 // bf16 inputs are cast to float32 in UB; all vector arithmetic is float32.
 #pragma once
 #include "kernel_operator.h"
@@ -37,6 +36,8 @@ class HcPreKernel {
     splitGm_.SetGlobalBuffer((__gm__ T*)(ws + td->wsFnOffset), static_cast<uint64_t>(2 * td->M * td->K));
     rawGm_.SetGlobalBuffer((__gm__ float*)(ws + td->wsRawOffset),
                            static_cast<uint64_t>(td->kSplit * td->T * td->n16));
+    sqGm_.SetGlobalBuffer((__gm__ float*)(ws + td->wsSqOffset),
+                          static_cast<uint64_t>(td->kSplit * td->tiles * td->baseM * td->baseM));
     yGm_.SetGlobalBuffer((__gm__ T*)y, static_cast<uint64_t>(td->T * td->D));
     mixGm_.SetGlobalBuffer((__gm__ float*)mix, static_cast<uint64_t>(td->T * td->M));
     rstdGm_.SetGlobalBuffer((__gm__ float*)rstd, static_cast<uint64_t>(td->T));
@@ -55,17 +56,13 @@ class HcPreKernel {
     hcEps_ = g.GetValue(HEAD ? 0 : 1);
     normEps_ = g.GetValue(HEAD ? 1 : 2);
 
-    pipe_->InitBuffer(xQue_, 2, td->xInBytes);
     pipe_->InitBuffer(rawQue_, 2, td->rawInBytes);
+    pipe_->InitBuffer(sqQue_, 2, td->sqInBytes);
     if (td->splitChunk > 0) {
       pipe_->InitBuffer(splitInQue_, 1, static_cast<uint32_t>(HcAlignUp(td->splitChunk * 4, kUbAlign)));
       pipe_->InitBuffer(splitOutQue_, 1, static_cast<uint32_t>(2 * HcAlignUp(td->splitChunk * 2, kUbAlign)));
       pipe_->InitBuffer(splitBuf_, static_cast<uint32_t>(HcAlignUp(td->splitChunk * 4, kUbAlign)));
     }
-    if (td->xCastBytes > 0) pipe_->InitBuffer(xCastBuf_, td->xCastBytes);
-    pipe_->InitBuffer(prodBuf_, td->prodBytes);
-    pipe_->InitBuffer(partBuf_, td->partBytes);
-    pipe_->InitBuffer(accBuf_, td->accBytes);
     pipe_->InitBuffer(coefBuf_, td->coefBytes);
     pipe_->InitBuffer(stageQue_, 1, td->stageBytes);
     pipe_->InitBuffer(yInQue_, 2, td->yInBytes);
@@ -83,14 +80,6 @@ class HcPreKernel {
     const int64_t end = start_ + count_;
     for (int64_t tok0 = start_; tok0 < end; tok0 += td_->tileT) {
       const int32_t nt = static_cast<int32_t>(end - tok0 < td_->tileT ? end - tok0 : td_->tileT);
-      LocalTensor<float> acc = accBuf_.Get<float>();
-      Duplicate(acc, 0.0f, nt * td_->rp);
-      PipeBarrier<PIPE_V>();
-      for (int32_t c = 0; c < td_->kChunks; ++c) {
-        const int32_t kLen = c == td_->kChunks - 1 ? td_->kTail : td_->kChunk;
-        CopyInChunk(tok0, nt, static_cast<int64_t>(c) * td_->kChunk, kLen);
-        ComputeChunk(nt, kLen);
-      }
       Coefficients(tok0, nt);
       for (int32_t t = 0; t < nt; ++t) Collapse(tok0 + t, t);
     }
@@ -129,46 +118,6 @@ class HcPreKernel {
     }
   }
 
-  // ------------------------------------------------------------------------------------------ phase 1
-  __aicore__ inline void CopyInChunk(int64_t tok0, int32_t nt, int64_t k0, int32_t kLen) {
-    const uint32_t gap = static_cast<uint32_t>(td_->kChunk - kLen);  // keep a fixed UB row pitch of kChunk
-    LocalTensor<T> xIn = xQue_.AllocTensor<T>();
-    DataCopyExtParams xp(static_cast<uint16_t>(nt), static_cast<uint32_t>(kLen * sizeof(T)),
-                         static_cast<uint32_t>((td_->K - kLen) * sizeof(T)),
-                         static_cast<uint32_t>(gap * sizeof(T) / kUbAlign), 0);
-    DataCopyPad(xIn, xGm_[tok0 * td_->K + k0], xp, DataCopyPadExtParams<T>(false, 0, 0, 0));
-    xQue_.EnQue(xIn);
-  }
-
-  // sum of squares per token: square, WholeReduceSum per 64 lanes, accumulate rp partial sums
-  __aicore__ inline void ComputeChunk(int32_t nt, int32_t kLen) {
-    LocalTensor<T> xIn = xQue_.DeQue<T>();
-    LocalTensor<float> xf;
-    if constexpr (sizeof(T) == sizeof(float)) {
-      xf = xIn.template ReinterpretCast<float>();
-    } else {
-      xf = xCastBuf_.Get<float>();
-      Cast(xf, xIn, RoundMode::CAST_NONE, static_cast<uint32_t>(nt * td_->kChunk));
-      PipeBarrier<PIPE_V>();
-    }
-    LocalTensor<float> prod = prodBuf_.Get<float>();
-    LocalTensor<float> part = partBuf_.Get<float>();
-    LocalTensor<float> acc = accBuf_.Get<float>();
-    const int32_t repeats = kLen / kReduceLanes;
-    for (int32_t t = 0; t < nt; ++t) {
-      LocalTensor<float> xrow = xf[t * td_->kChunk];
-      Mul(prod, xrow, xrow, kLen);
-      Duplicate(part, 0.0f, td_->rp);                  // a short tail chunk leaves part of the row unused
-      PipeBarrier<PIPE_V>();
-      WholeReduceSum(part, prod, kReduceLanes, repeats, 1, 1, 8);
-      PipeBarrier<PIPE_V>();
-      LocalTensor<float> accT = acc[t * td_->rp];
-      Add(accT, accT, part, td_->rp);
-      PipeBarrier<PIPE_V>();
-    }
-    xQue_.FreeTensor(xIn);
-  }
-
   // ------------------------------------------------------------------------------------------ phase 2
   // Coefficient rows (lanes floats each, one lane per token of the tile): raw/mix [0, M), ss -> r at row M,
   // logits [M+1, 2M+1), then scratch rows s0..s3.
@@ -197,17 +146,34 @@ class HcPreKernel {
     }
   }
 
+  // sums[8 t] = sum over the K parts of x x^T's diagonal entry of token tok0 + t (one float per 32-byte row)
+  __aicore__ inline void LoadSquares(int64_t tok0, int32_t nt, LocalTensor<float>& sums) {
+    const int64_t bm = td_->baseM;
+    for (int32_t p = 0; p < td_->kSplit; ++p) {
+      LocalTensor<float> in = sqQue_.AllocTensor<float>();
+      for (int32_t t = 0; t < nt; ++t) {
+        const int64_t tok = tok0 + t, tile = tok / bm, r = tok % bm;
+        DataCopyPad(in[t * 8], sqGm_[((p * td_->tiles + tile) * bm + r) * bm + r],
+                    DataCopyExtParams(1, 4, 0, 0, 0), DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+      }
+      sqQue_.EnQue(in);
+      in = sqQue_.DeQue<float>();
+      if (p == 0) Adds(sums, in, 0.0f, nt * 8);
+      else Add(sums, sums, in, nt * 8);
+      PipeBarrier<PIPE_V>();
+      sqQue_.FreeTensor(in);
+    }
+  }
+
   __aicore__ inline LocalTensor<float> Row(int32_t r) { return coefBuf_.Get<float>()[r * td_->lanes]; }
   __aicore__ inline LocalTensor<float> Z(int32_t m) { return Row(rows_ + m); }
 
   __aicore__ inline void Coefficients(int64_t tok0, int32_t nt) {
     const int32_t M = td_->M, hc = td_->hc;
-    LocalTensor<float> acc = accBuf_.Get<float>();
     LocalTensor<float> raw = coefBuf_.Get<float>()[(2 * rows_ + 4) * td_->lanes];
     LocalTensor<float> sums = raw[HcAlignUp(td_->tileT * td_->n16, 8)];
     LoadProjections(tok0, nt, raw);
-    for (int32_t t = 0; t < nt; ++t)  // per token: rp partial sums -> sum x^2
-      WholeReduceSum(sums[t * 8], acc[t * td_->rp], td_->rp, 1, 1, 1, td_->rp / 8);
+    LoadSquares(tok0, nt, sums);
     TEventID vs = pipe_->FetchEventID(HardEvent::V_S);
     SetFlag<HardEvent::V_S>(vs);
     WaitFlag<HardEvent::V_S>(vs);
@@ -410,10 +376,10 @@ class HcPreKernel {
 
   bool rawWaited_ = false;
   GlobalTensor<T> xGm_, yGm_, splitGm_;
-  GlobalTensor<float> fnGm_, rawGm_, mixGm_, rstdGm_, postGm_, combGm_;
-  TQue<QuePosition::VECIN, 1> xQue_, rawQue_, yInQue_, splitInQue_;
+  GlobalTensor<float> fnGm_, rawGm_, sqGm_, mixGm_, rstdGm_, postGm_, combGm_;
+  TQue<QuePosition::VECIN, 1> rawQue_, sqQue_, yInQue_, splitInQue_;
   TQue<QuePosition::VECOUT, 1> stageQue_, yOutQue_, splitOutQue_;
-  TBuf<QuePosition::VECCALC> xCastBuf_, prodBuf_, partBuf_, accBuf_, coefBuf_, yCastBuf_, splitBuf_;
+  TBuf<QuePosition::VECCALC> coefBuf_, yCastBuf_, splitBuf_;
 };
 
 }  // namespace mhc_av4

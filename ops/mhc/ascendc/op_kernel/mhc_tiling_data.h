@@ -31,36 +31,31 @@ struct HcPreTilingData {  // hc_pre (head == 0) and hc_head (head == 1)
   int64_t baseTokens;
   int32_t tileT;           // tokens per vector tile
   int32_t lanes;           // tileT rounded up to 8 floats: one 32-byte row per coefficient (Sinkhorn layout)
-  int32_t kChunk;          // K elements per chunk of the sum of squares (multiple of 64)
-  int32_t kChunks;
-  int32_t kTail;           // elements of the last chunk (multiple of 64)
-  int32_t rp;              // partial sums per chunk, kChunk / 64 padded to 8 (a 32-byte row)
   int32_t dChunk;          // D elements per chunk of the collapse y = sum_i pre_i x_i (multiple of 64)
   int32_t dChunks;
   int32_t dTail;           // elements of the last D chunk (multiple of 16)
   // Cube projection (AIC cores): raw[t, n] = sum_k x[t, k] B[n, k] with B = fn (float32 x) or [fn_hi; fn_lo]
   // (bf16 x: fn = hi + lo in bf16, split by the AIV cores into the workspace first, so bf16 x bf16 products are
-  // exact in the float32 accumulation). Token tiles of baseM x K parts of kPart, dealt round-robin to the AIC cores;
-  // each (tile, part) writes its partial sums to the workspace, the AIV cores add the parts.
+  // exact in the float32 accumulation), and the sums of squares as the diagonal of x x^T from the same L1 tile.
+  // Token tiles of baseM x K parts of kPart, dealt round-robin to the AIC cores; each (tile, part) writes its
+  // partial sums to the workspace, the AIV cores add the parts. x is read once by the Cube, once by the collapse.
   int32_t groups;          // core groups launched (block dim): one AIC + two AIV each
   int32_t nCols;           // rows of B: M (float32 x) or 2 M (bf16 x)
   int32_t n16;             // nCols rounded up to 16: L0B / L0C width and the workspace row pitch (floats)
   int32_t baseM;           // tokens per cube tile (multiple of 16, <= 128)
-  int32_t baseK;           // K per Mmad step (256 bytes of an x row, or 128 when L0B would not fit)
+  int32_t baseK;           // K per Mmad step (256 bytes of an x row, or less when L0B would not fit)
   int32_t kSplit;          // K parts (decode: one token tile shared by several cube cores)
   int64_t kPart;           // K per part (multiple of baseK)
+  int64_t tiles;           // token tiles: ceil(T / baseM)
   int64_t wsFnOffset;      // workspace bytes: [2 M, K] bf16 split of fn (bf16 x only)
   int64_t wsRawOffset;     // workspace bytes: [kSplit, T, n16] float32 partial projections
+  int64_t wsSqOffset;      // workspace bytes: [kSplit, tiles, baseM, baseM] float32 partial x x^T blocks
   int64_t wsBytes;
   int32_t splitChunk;      // floats of fn per AIV split step (bf16 x)
   int32_t pad0;
   // InitBuffer sizes in bytes; *In/*Out queues are double-buffered (2 x), TBufs single.
-  uint32_t xInBytes;       // VECIN  tileT rows x kChunk of x
   uint32_t rawInBytes;     // VECIN  tileT x n16 partial projections of one K part
-  uint32_t xCastBytes;     // TBuf   tileT x kChunk float32 (bf16 input only, else 0)
-  uint32_t prodBytes;      // TBuf   kChunk squares
-  uint32_t partBytes;      // TBuf   rp partial sums of one token and chunk
-  uint32_t accBytes;       // TBuf   tileT x rp running partial sums of squares
+  uint32_t sqInBytes;      // VECIN  tileT x 8 floats: one partial sum of squares per token (32-byte rows)
   uint32_t coefBytes;      // TBuf   coefficient rows (2 (M + 1) + 4) x lanes + tileT x n16 projections + sums
   uint32_t stageBytes;     // VECOUT (single) token-major mix, rstd, post, comb of one tile
   uint32_t yInBytes;       // VECIN  hc rows x dChunk of x
