@@ -7,11 +7,20 @@ keeps busy, a projected time and the roofline bound of the work on the chip:
   roofline  = max(matrix_flops / cube_peak + other_vector_flops / vector_peak, min_bytes / hbm_bw)
 
 where the roofline puts matrix work on the Cube unit (what issue #15 asks for) and counts each tensor once, and
-the projection charges the kernels as they are written (vector-only q.K^T / P.V in the indexer and sparse
-attention, x read three times and fn split per call in hc_pre, ...). grouped_matmul is charged by its own tile split (gmm_tiles): the
-busiest cube core's Mmad work with rows and columns padded to 16 x 16 fractals, at the per-core Cube peak. efficiency = roofline / projected: the share of the bound the current
-design reaches. Nothing here was run on a chip; the peak figures are public numbers that vary by SKU and source
-(edit PEAKS). Prints a table, writes bench/results/ascend_projection.json.
+the projection charges the kernels as they are written. Three kinds of kernels are charged differently:
+
+  * mixed AIC/AIV kernels whose Cube and vector halves overlap (core "MIX": the lightning indexer, sparse attention's
+    bf16 design): max(cube / (cube_peak * busy), vector / (vector_peak * busy), (gm + workspace) / hbm_bw), busy the
+    share of the groups (1 AIC + 2 AIV) the tiling fills; the Cube -> vector hand-over through the GM workspace is
+    charged at HBM bandwidth (no credit for L2 residency: a lower bound of the design's efficiency);
+  * mixed kernels whose halves run one after the other behind cross-core flags (hc_pre / hc_head): the sum over
+    their phases of max(phase compute at the phase's busy share, phase bytes / hbm_bw);
+  * grouped_matmul by its own tile split (gmm_tiles): the busiest cube core's Mmad work with rows and columns padded
+    to 16 x 16 fractals, at the per-core Cube peak.
+
+efficiency = roofline / projected: the share of the bound the current design reaches. Nothing here was run on a
+chip; the peak figures are public numbers that vary by SKU and source (edit PEAKS). Prints a table, writes
+bench/results/ascend_projection.json.
 
   python bench/ascend_projection.py [--json PATH]
 """
@@ -21,6 +30,7 @@ import math
 import os
 import sys
 
+from ascend_v4.atomic import write_json
 from ascend_v4.config import load_config
 
 # Public peak figures (approximate; vendor and third-party sources disagree). Per chip as the framework sees it:
@@ -83,25 +93,35 @@ def kernels(c, T, ctx):
     n_cmp4 = avg_ctx / 4                                  # CSA compressed entries seen by a query
     rows = T * k
     out = {}
-    # hc_pre (mixed AIC/AIV, hc_pre_cube.h + hc_pre_kernel.h): the AIV cores split fn into bf16 hi + lo (read
-    # fp32, write 2 x bf16), the AIC cores read x once and the split (once from HBM, re-read per tile from L2) and
-    # project 2M columns on the Cube, partial sums per K part go through the workspace; the AIV cores read x twice
-    # more (sum of squares, collapse) and write y. Phases run one after the other (flags), so their bytes add up.
-    aic_cores = PEAKS_AIC
-    tiles = math.ceil(T / 128)
-    steps = K // 128
-    ksplit = 1 if tiles >= aic_cores else min(math.ceil(aic_cores / tiles), steps)
+    # hc_pre (mixed AIC/AIV, hc_pre_cube.h + hc_pre_kernel.h), three phases behind cross-core flags:
+    #  0 split: the AIV cores split fn into bf16 hi + lo (read fp32, write 2 x bf16; every AIV a share);
+    #  1 Cube: per (token tile, K part) the AIC reads x once and the split (once from HBM, re-read per tile from L2),
+    #    projects 2M columns and the tile's x x^T (sums of squares on its diagonal) from the same L1 tile, and writes
+    #    both products' partial sums to the workspace;
+    #  2 vector: the AIV cores add the K parts (one 32-byte read per token and part for the diagonal), coefficients
+    #    (~60 ops per mix entry: sigmoids, 20 Sinkhorn iterations), read x once for the collapse and write y.
     n16 = math.ceil(2 * M / 16) * 16
-    split_bytes = M * K * 4 + 2 * M * K * 2
-    out["hc_pre"] = dict(matrix=2.0 * T * 2 * M * K, vector=2.0 * T * K + 2.0 * T * hc * D + T * M * 60,
-                         vector_all=3.0 * M * K,                  # the fn split, shared by every AIV core
-                         gm=split_bytes + (T * K * bf + 2 * M * K * 2) + ksplit * T * n16 * 4 * 2
-                         + 2 * T * K * bf + T * D * bf + T * (M + 1 + hc + hc * hc) * 4,
-                         gm_min=T * K * bf + M * K * 4 + T * D * bf, items=tiles * ksplit, items_aiv=T,
-                         core="AIC", cube_now=True)
+    base_m = 128 if T >= 128 else math.ceil(T / 16) * 16   # hc_tiling.cc CubeTiling for bf16 x, hc = 4
+    tiles = math.ceil(T / base_m)
+    steps = K // 64                                        # baseK = 64 when L0B holds B and x^T (bf16)
+    ksplit = 1 if tiles >= PEAKS_AIC else min(math.ceil(PEAKS_AIC / tiles), steps)
+    phases = [
+        dict(vector=3.0 * M * K, items_aiv=10 ** 9, gm=M * K * 4 + 2 * M * K * 2),
+        dict(matrix=2.0 * tiles * base_m * K * (n16 + base_m), items_aic=tiles * ksplit,
+             gm=T * K * bf + 2 * M * K * 2 + ksplit * (T * n16 + tiles * base_m * base_m) * 4),
+        dict(vector=2.0 * T * hc * D + T * M * 60 + ksplit * T * (n16 + 8), items_aiv=T,
+             gm=ksplit * T * (n16 * 4 + 32) + T * K * bf + T * D * bf + T * (M + 1 + hc + hc * hc) * 4),
+    ]
+    out["hc_pre"] = dict(matrix=2.0 * T * M * K, vector=2.0 * T * hc * D + T * M * 60, phases=phases,
+                         gm=sum(ph["gm"] for ph in phases), gm_min=T * K * bf + M * K * 4 + T * D * bf,
+                         items=tiles * ksplit, core="MIX", cube_now=True)
     out["hc_post"] = dict(matrix=0.0, vector=T * hc * D * (2 + 2 * hc), gm=T * D * bf + 2 * T * K * bf,
                           gm_min=T * D * bf + 2 * T * K * bf, items=T, core="AIV", cube_now=False)
-    out["moe_gating_topk"] = dict(matrix=0.0, vector=T * E * (12 + 2 * k), gm=2 * T * E * 4 + 2 * T * k * 4,
+    # gating: score (~12 ops / expert) + ONE sort of E (key, id) pairs (Sort32 + ceil(log4(E / 32)) MrgSort passes,
+    # 2 ops per element per pass) + one GatherMask of k ids -- not k ReduceMax rounds over E
+    sort_passes = 1 + max(0, math.ceil(math.log(max(E / 32, 1), 4)))
+    out["moe_gating_topk"] = dict(matrix=0.0, vector=T * E * (12 + 2 * sort_passes) + T * 32 * 2,
+                                  gm=2 * T * E * 4 + 2 * T * k * 4,
                                   gm_min=2 * T * E * 4 + 2 * T * k * 4, items=T, core="AIV", cube_now=False)
     out["moe_init_routing"] = dict(matrix=0.0, vector=rows * 4, gm=rows * D * bf + T * D * bf * k + rows * 8,
                                    gm_min=rows * D * bf + T * D * bf + rows * 8, items=rows, core="AIV",
@@ -118,33 +138,63 @@ def kernels(c, T, ctx):
     out["compress_kv (ratio 4)"] = dict(matrix=0.0, vector=T * 2 * D // 4 * 2 * 8.0, gm=2 * T * 2 * (Dh) * bf,
                                         gm_min=2 * T * 2 * Dh * bf, items=max(1, T // 4), core="AIV",
                                         cube_now=False)
-    out["lightning_indexer"] = dict(matrix=2.0 * T * Hi * di * n_cmp4, vector=T * n_cmp4 * (Hi * 2 + 20),
-                                    gm=T * Hi * di * bf + T * n_cmp4 * di * bf + T * topk * 4,
+    # indexer (mixed AIC/AIV, ops/attention/ascendc/op_kernel/lightning_indexer_v4.cpp): a pair of query rows per
+    # Cube product ([2Hi, di] x [di, 128 keys]), keys read once per pair; the [2Hi, 128] float scores go to the GM
+    # workspace (written by Fixpipe, read by the two vector cores); per row-key on the vector unit: ReLU + Axpy over
+    # Hi heads (2 lane-ops each, counted as 2 flops like a multiply-add) and the block Sort + merge into the running
+    # top-k (~4 lane-ops per element per pass: Sort32, MrgSort4, the (topk + 128)-pair merge / 128)
+    pairs = math.ceil(T / 2) if ctx is None else T        # decode: one row per batch, a one-row pair
+    sort_ops = 4 * (2 + (topk + 128) / 128)
+    out["lightning_indexer"] = dict(matrix=2.0 * T * Hi * di * n_cmp4,
+                                    vector=T * n_cmp4 * 2 * (2 * Hi + sort_ops) + T * topk * 8,
+                                    gm=T * Hi * di * bf + pairs * n_cmp4 * di * bf + T * Hi * bf + T * topk * 4,
+                                    workspace=2 * T * n_cmp4 * Hi * 4,
                                     gm_min=T * Hi * di * bf + (ctx / 4 if ctx else T / 4) * di * bf + T * topk * 4,
-                                    items=T, core="AIV", cube_now=False)
+                                    items=pairs, core="MIX", cube_now=True)
+    # sparse attention, tiling key 1 (bf16, ops/attention/ascendc/op_kernel/sparse_attn_shared_kv.cpp): per query row
+    # the Cube gathers the entries' kv rows (HBM) and runs S = Q·Kᵀ and O = P·V per 128-entry block; S (float), P
+    # (bf16) and each block's O [H, Dh] (float) pass through the GM workspace; the vector cores do ~6 lane-ops per
+    # (head, entry) for the softmax and 2 per (head, column) per block to fold O into the accumulator
     entries = W + topk
-    out["sparse_attn (CSA)"] = dict(matrix=4.0 * T * H * Dh * entries, vector=T * H * entries * 8,
-                                    gm=T * H * Dh * bf * 2 + T * entries * Dh * bf,
+    blocks = math.ceil(entries / 128)
+    out["sparse_attn (CSA)"] = dict(matrix=4.0 * T * H * Dh * entries,
+                                    vector=2.0 * T * H * (6 * entries + 2 * Dh * blocks),
+                                    gm=T * H * Dh * bf * 2 + T * entries * Dh * bf + T * entries * 4,
+                                    workspace=2.0 * T * H * (entries * (4 + bf) + blocks * Dh * 4),
                                     gm_min=T * H * Dh * bf * 2 + min(T * entries, (ctx or T) + T) * Dh * bf,
-                                    items=T, core="AIV", cube_now=False)
+                                    items=T, core="MIX", cube_now=True)
     return out
 
 
 def project(p, kern):
     cube, vec, bw = p["cube_tflops"] * 1e12, vector_tflops(p) * 1e12, p["hbm_tbps"] * 1e12
-    cores = p["aic"] if kern["core"] == "AIC" else p["aiv"]
+    cores = p["aic"] if kern["core"] in ("AIC", "MIX") else p["aiv"]
     busy = min(kern["items"], cores) / cores
-    busy_v = min(kern.get("items_aiv", kern["items"]), p["aiv"]) / p["aiv"]   # mixed kernels: the AIV share
+    t_roof = max(kern["matrix"] / cube + kern["vector"] / vec, kern["gm_min"] / bw)
+    if "phases" in kern:                                # halves one after the other behind cross-core flags
+        t_proj, t_c, t_m = 0.0, 0.0, 0.0
+        for ph in kern["phases"]:
+            b_c = min(ph.get("items_aic", 0), p["aic"]) / p["aic"]
+            b_v = min(ph.get("items_aiv", 0), p["aiv"]) / p["aiv"]
+            c = (ph.get("matrix", 0.0) / (cube * b_c) if b_c else 0.0) + (ph.get("vector", 0.0) / (vec * b_v) if b_v else 0.0)
+            m = ph["gm"] / bw
+            t_proj, t_c, t_m = t_proj + max(c, m), t_c + (c if c >= m else 0.0), t_m + (m if m > c else 0.0)
+        return dict(busy=busy, projected_us=t_proj * 1e6, roofline_us=t_roof * 1e6, efficiency=t_roof / t_proj,
+                    bound="compute" if t_c >= t_m else "memory")
+    if kern["core"] == "MIX":                           # Cube and vector units overlap (ping-pong hand-over)
+        t_comp = max(kern["matrix"] / (cube * busy), kern["vector"] / (vec * busy))
+        t_mem = (kern["gm"] + kern.get("workspace", 0.0)) / bw
+        t_proj = max(t_comp, t_mem)
+        return dict(busy=busy, projected_us=t_proj * 1e6, roofline_us=t_roof * 1e6,
+                    efficiency=t_roof / t_proj if t_proj > 0 else 1.0,
+                    bound="compute" if t_comp >= t_mem else "memory")
     if "cube_core_max" in kern:                         # the busiest cube core of the kernel's own tile split
         t_comp = kern["cube_core_max"] / (cube / cores) + kern["vector"] / (vec * busy)
-    elif "items_aiv" in kern:
-        t_comp = kern["matrix"] / (cube * busy) + kern["vector"] / (vec * busy_v) + kern.get("vector_all", 0) / vec
     elif kern["cube_now"]:
         t_comp = kern["matrix"] / (cube * busy) + kern["vector"] / (vec * busy)
     else:                                               # matrix work done by the vector unit today
         t_comp = (kern["matrix"] + kern["vector"]) / (vec * busy)
     t_proj = max(t_comp, kern["gm"] / bw)
-    t_roof = max(kern["matrix"] / cube + kern["vector"] / vec, kern["gm_min"] / bw)   # (the split is design overhead)
     return dict(busy=busy, projected_us=t_proj * 1e6, roofline_us=t_roof * 1e6,
                 efficiency=t_roof / t_proj if t_proj > 0 else 1.0,
                 bound="compute" if t_comp >= kern["gm"] / bw else "memory")
@@ -154,6 +204,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="projection (not a measurement) of the AscendC kernels on 910B/910C")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                    "ascend_projection.json"))
+    ap.add_argument("--out", dest="json", default=argparse.SUPPRESS, help=argparse.SUPPRESS)   # as in the other benches
+    ap.add_argument("--quick", action="store_true", help="accepted for bench/run_all.py: a projection is instant")
     a = ap.parse_args(argv)
     c = load_config("v4-flash")
     rows = []
@@ -162,9 +214,8 @@ def main(argv=None):
             for name, kern in kernels(c, T, ctx).items():
                 r = project(p, kern)
                 rows.append(dict(chip=chip, shape=label, kernel=name, cube_gflop=kern["matrix"] / 1e9 if kern["cube_now"] else 0.0,
-                                 vector_gflop=(kern["vector"] + kern.get("vector_all", 0)
-                                               + (0 if kern["cube_now"] else kern["matrix"])) / 1e9,
-                                 gm_mb=kern["gm"] / 1e6, **r))
+                                 vector_gflop=(kern["vector"] + (0 if kern["cube_now"] else kern["matrix"])) / 1e9,
+                                 gm_mb=(kern["gm"] + kern.get("workspace", 0.0)) / 1e6, **r))
                 if "l1_loads" in kern:   # what the tile loads pull through L2 at the projected time (no public L2 peak)
                     rows[-1]["l1_load_mb"] = kern["l1_loads"] / 1e6
                     rows[-1]["l2_tbps_needed"] = kern["l1_loads"] / (r["projected_us"] * 1e-6) / 1e12
@@ -180,11 +231,8 @@ def main(argv=None):
               f"{r['gm_mb']:9.1f} {r['busy']:5.2f} {r['projected_us']:10.1f} {r['roofline_us']:10.1f} "
               f"{r['efficiency']:5.2f} {r['bound']}{l2}")
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
-    tmp = a.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"kind": "projection", "peaks": PEAKS, "vector_lanes_fp32": VECTOR_LANES_FP32,
-                   "model": "v4-flash", "rows": rows}, f, indent=1)
-    os.replace(tmp, a.json)
+    write_json(a.json, {"kind": "projection", "peaks": PEAKS, "vector_lanes_fp32": VECTOR_LANES_FP32,
+                        "model": "v4-flash", "rows": rows}, indent=1)
     print(f"wrote {a.json}")
     return 0
 

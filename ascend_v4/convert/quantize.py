@@ -8,7 +8,7 @@ int4 (w4a8, routed experts): symmetric, per output channel, range -7..7 (the cod
     written): scale[r] = max|w[r, :]| / 7; q = clip(rint(w / scale[r]), -7, 7).
     Packed two per byte, stored as int8 [out, in/2]: the LOW nibble holds the EVEN column (2j), the
     HIGH nibble the ODD column (2j+1), each as a 4-bit two's-complement value - the same nibble
-    order as the release's MXFP4 experts (spec §7.1). Unpack: lo = ((b & 0xF) ^ 8) - 8, hi = (b >> 4
+    order as the release's MXFP4 experts (docs/formats.md). Unpack: lo = ((b & 0xF) ^ 8) - 8, hi = (b >> 4
     as signed), i.e. arithmetic shift of the int8 byte.
 All-zero rows get scale 1.0 and q = 0 (nothing downstream divides by zero).
 Max error per element: |w - q * scale| <= scale / 2 (+ float32 rounding of w / scale, < 1e-5 scale).
@@ -241,13 +241,16 @@ def _generic_to_bf16(v64: np.ndarray, counts: Counts) -> np.ndarray:
     return bits
 
 
-def fp8_block_to_bf16(q: np.ndarray, scale: np.ndarray, row0: int, counts: Counts, block: int = 128) -> np.ndarray:
+def fp8_block_to_bf16(q: np.ndarray, scale: np.ndarray, row0: int, counts: Counts, block=128) -> np.ndarray:
     """Rows [row0, row0 + len(q)) of an FP8 weight (E4M3 codes, full width) with its whole E8M0 block
-    scale tensor -> BF16 bits uint16, exact. Non-finite / inexact values are counted into `counts`."""
+    scale tensor -> BF16 bits uint16, exact. Non-finite / inexact values are counted into `counts`.
+    block: b for b×b blocks (V4 128, V4.1 32), or (br, bc) - (1, 32) for V4.1's Engram rows, where `scale` may
+    be just the rows' own scales with row0 = 0."""
+    rb, block = (block, block) if np.ndim(block) == 0 else block
     q = np.asarray(q).view(np.uint8)
     rows, cols = q.shape
     s = np.asarray(scale).view(np.uint8)
-    srow = s[(np.arange(row0, row0 + rows) // block)]                  # [rows, ncb]
+    srow = s[(np.arange(row0, row0 + rows) // rb)]                     # [rows, ncb]
     table, ok = _fp8_tables()
     if ok[srow].all():
         s16 = srow.astype(np.uint16) << np.uint16(8)

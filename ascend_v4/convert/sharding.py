@@ -1,4 +1,4 @@
-"""Tensor-parallel / expert-parallel split rules of the official converter (spec §7.4), for a target
+"""Tensor-parallel / expert-parallel split rules of DeepSeek's inference/convert.py (docs/formats.md), for a target
 layout of TP size N and EP size M.
 
 Rules, keyed on the module name (the component before `.weight`/`.scale`/`.bias`, else the last one):
@@ -7,8 +7,8 @@ Rules, keyed on the module name (the component before `.weight`/`.scale`/`.bias`
 * split dim 1 (input parallel): wo_b, the shared expert's w2;
 * routed experts `ffn.experts.{e}.*` are never split but distributed by index: EP rank p keeps
   experts [p*E/M, (p+1)*E/M) (E = n_routed_experts);
-* everything else (wq_a, wkv, norms, compressors, router gate/bias/tid2eid, hc_*, e_proj/h_proj) is
-  replicated.
+* everything else (wq_a, wkv, norms, compressors, router gate/bias/tid2eid, hc_*, e_proj/h_proj; V4.1's vision
+  tower and aligner) is replicated.
 
 Rank layout: world size W = max(N, M); the larger must be a multiple of the smaller. Rank r has
 tp_rank = r % N and ep_rank = r % M. With N == M (the official `--model-parallel`) this is exactly the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from .errors import ConvertError
 
@@ -42,7 +42,10 @@ def routed_expert_index(name: str) -> Optional[int]:
 
 
 def split_dim(name: str) -> Optional[int]:
-    """0, 1, or None (replicated) for a non-expert tensor name."""
+    """0, 1, or None (replicated) for a non-expert tensor name. DeepSeek-V4.1's vision tower and aligner are
+    replicated (their `mlp.w1` / `w2` are not the text model's)."""
+    if name.startswith(("vision.", "aligner.")):
+        return None
     mod = module_of(name)
     if mod in SPLIT_DIM0:
         return 0
@@ -83,15 +86,6 @@ class Layout:
     def local_experts(self, rank: int, n_experts: int) -> range:
         """Global indices of the routed experts rank `rank` holds (contiguous; local index = e - start)."""
         return range(*self.expert_range(self.ep_rank(rank), n_experts))
-
-    def expert_owner_ep(self, e: int, n_experts: int) -> int:
-        return e // (n_experts // self.ep)
-
-    def ranks_with_tp(self, tp_rank: int) -> List[int]:
-        return [r for r in range(self.world) if self.tp_rank(r) == tp_rank]
-
-    def ranks_with_ep(self, ep_rank: int) -> List[int]:
-        return [r for r in range(self.world) if self.ep_rank(r) == ep_rank]
 
     def check_experts(self, n_experts: int) -> None:
         if n_experts % self.ep:

@@ -424,6 +424,7 @@ AV4_EMU_UNARY(vrelu, x > 0 ? x : 0.0f)
 AV4_EMU_UNARY(vconv_bf162f32, x)
 AV4_EMU_UNARY(vconv_f162f32, x)
 AV4_EMU_UNARY(vconv_f322f16, x)
+AV4_EMU_UNARY(vconv_s322f32, x)   // int32 -> float (exact below 2^24: ids, counts)
 #undef AV4_EMU_UNARY
 
 template <class D, class A, class... R>
@@ -541,37 +542,39 @@ inline int64_t get_max_min_cnt() { return static_cast<int64_t>(av4_emu::S().maxM
 //           of them have set it n times (SyncAll, all-AIC or all-AIV barrier)
 //   mode 1  the two AIV cores of a group: the n-th wait passes once both have set f n times
 //   mode 2  AIC <-> AIV of one group: a set by the AIC lets each of its two AIV pass one wait; the AIC's n-th wait
-//           passes once both of its AIV have set f n times
-// A wait that cannot pass within 60 s (a flag never set, a mismatched count) stops the run, naming the flag.
+//           passes once BOTH of its AIV have set f n times
+// A wait that cannot pass within 60 s (a flag never set, a mismatched count) stops the run, naming the flag, and so
+// does a wait that finds more than 15 sets of its flag not yet waited for (the hardware counter is 4 bits).
 #include <sched.h>
 #include <time.h>
 namespace av4_emu {
+constexpr int kMaxGroups = 64;
 struct CrossCore {
-  int64_t all[2][16];            // mode 0 sets, per core type (0 AIC, 1 AIV)
-  int64_t group[64][3][16];      // per group: [0] AIV pair sets (mode 1), [1] AIV -> AIC sets, [2] AIC -> AIV sets
+  int64_t all[2][16];                   // mode 0 sets, per core type (0 AIC, 1 AIV)
+  int64_t pair[kMaxGroups][2][16];      // mode 1 sets by AIV sub-block 0 / 1 of a group
+  int64_t toAic[kMaxGroups][2][16];     // mode 2 sets by AIV sub-block 0 / 1 for the group's AIC
+  int64_t toAiv[kMaxGroups][16];        // mode 2 sets by the group's AIC (each of its AIV may pass one wait)
 };
 struct CrossCoreSelf {
   CrossCore* shared = nullptr;
-  int groups = 1, aic = 0, aiv = 1;   // cores of each type in the launch
-  int group = 0, isAic = 0;
+  int aic = 0, aiv = 1;                 // cores of each type in the launch
+  int group = 0, sub = 0, isAic = 0;
   int64_t passed[16] = {};
 };
 inline CrossCoreSelf& XCore() {
   static CrossCoreSelf x;
   return x;
 }
+inline int64_t XLoad(const int64_t& v) { return __atomic_load_n(&v, __ATOMIC_SEQ_CST); }
+inline int64_t XMin(int64_t a, int64_t b) { return a < b ? a : b; }
+// waits on flag f this core may have passed in total
 inline int64_t XAvail(int f) {
   const CrossCoreSelf& x = XCore();
   const CrossCore& c = *x.shared;
-  const int t = x.isAic ? 0 : 1, n = x.isAic ? x.aic : x.aiv;
-  int64_t v = n ? __atomic_load_n(&c.all[t][f], __ATOMIC_SEQ_CST) / n : 0;
-  if (x.isAic) {
-    v += __atomic_load_n(&c.group[x.group][1][f], __ATOMIC_SEQ_CST) / 2;
-  } else {
-    v += __atomic_load_n(&c.group[x.group][0][f], __ATOMIC_SEQ_CST) / 2;
-    v += __atomic_load_n(&c.group[x.group][2][f], __ATOMIC_SEQ_CST);
-  }
-  return v;
+  const int n = x.isAic ? x.aic : x.aiv;
+  int64_t v = n ? XLoad(c.all[x.isAic ? 0 : 1][f]) / n : 0;
+  if (x.isAic) return v + XMin(XLoad(c.toAic[x.group][0][f]), XLoad(c.toAic[x.group][1][f]));
+  return v + XMin(XLoad(c.pair[x.group][0][f]), XLoad(c.pair[x.group][1][f])) + XLoad(c.toAiv[x.group][f]);
 }
 }  // namespace av4_emu
 template <class P, class M>
@@ -582,8 +585,9 @@ inline void ffts_cross_core_sync(P, M config) {
   const int mode = (cfg >> 4) & 3, f = (cfg >> 8) & 15;
   av4_emu::CrossCore& c = *x.shared;
   if (mode == 0) __atomic_add_fetch(&c.all[x.isAic ? 0 : 1][f], 1, __ATOMIC_SEQ_CST);
-  else if (mode == 1 && !x.isAic) __atomic_add_fetch(&c.group[x.group][0][f], 1, __ATOMIC_SEQ_CST);
-  else if (mode == 2) __atomic_add_fetch(&c.group[x.group][x.isAic ? 2 : 1][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 1 && !x.isAic) __atomic_add_fetch(&c.pair[x.group][x.sub][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 2 && x.isAic) __atomic_add_fetch(&c.toAiv[x.group][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 2) __atomic_add_fetch(&c.toAic[x.group][x.sub][f], 1, __ATOMIC_SEQ_CST);
   else av4_emu::Fail("cross-core flag mode %d from an %s core not emulated", mode, x.isAic ? "AIC" : "AIV");
 }
 template <class F>
@@ -592,12 +596,16 @@ inline void wait_flag_dev(F flag) {
   if (!x.shared) av4_emu::Fail("cross-core wait outside a launch");
   const int f = static_cast<int>(flag) & 15;
   const time_t t0 = time(nullptr);
-  while (av4_emu::XAvail(f) <= x.passed[f]) {
+  int64_t avail;
+  while ((avail = av4_emu::XAvail(f)) <= x.passed[f]) {
     if (time(nullptr) - t0 > 60)
-      av4_emu::Fail("cross-core wait on flag %d (%s core, group %d, wait %lld) never satisfied", f,
+      av4_emu::Fail("cross-core wait on flag %d (%s core, group %d, wait %lld) never satisfied: deadlock", f,
                     x.isAic ? "AIC" : "AIV", x.group, (long long)x.passed[f] + 1);
     sched_yield();
   }
+  if (avail - x.passed[f] > 15)
+    av4_emu::Fail("cross-core flag %d (%s core, group %d): more than 15 sets not waited for", f,
+                  x.isAic ? "AIC" : "AIV", x.group);
   ++x.passed[f];
 }
 

@@ -17,6 +17,7 @@ int64_t block_num = 1;
 int32_t g_coreType = 0;
 int32_t g_taskRation = 1;
 int32_t sub_block_idx = 0;
+uint64_t g_tilingKey = 0;   // TILING_KEY_IS in CPU-debug mode; the driver sets the tiling's key before a launch
 namespace AscendC {
 const int AIV_TYPE = 2;
 const int AIC_TYPE = 1;
@@ -73,19 +74,23 @@ inline bool Fork(int n, const std::function<void(int)>& setup, const std::functi
 
 // run fn on `cores` cores of one type (AIV-only or AIC-only kernel)
 inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
+  const int most = (aic ? 1 : 2) * kMaxGroups;
+  if (cores > most) Fail("launch of %d cores (at most %d emulated)", cores, most);
   CrossCore* shared = static_cast<CrossCore*>(GmAlloc(sizeof(CrossCore)));
   return Fork(cores, [&](int c) {
     block_idx = c;
     block_num = cores;
     g_coreType = aic ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
-    XCore() = CrossCoreSelf{shared, cores, aic ? cores : 0, aic ? 0 : cores, c, aic ? 1 : 0, {}};
+    // an AIV-only launch pairs its cores as the chip's groups do (2 g, 2 g + 1), for mode 1 flags
+    XCore() = CrossCoreSelf{shared, aic ? cores : 0, aic ? 0 : cores, aic ? c : c / 2, aic ? 0 : c % 2, aic ? 1 : 0,
+                            {}};
   }, fn);
 }
 
 // run a mixed kernel (KERNEL_TYPE_MIX_AIC_1_2) on `groups` groups of one AIC and two AIV cores: the AIC of group g
 // has block_idx g; AIV s of group g has block_idx g and sub_block_idx s, so its GetBlockIdx() is 2 g + s
 inline bool LaunchMix(int groups, const std::function<void()>& fn) {
-  if (groups > 64) Fail("more than 64 core groups");
+  if (groups > kMaxGroups) Fail("mixed launch of %d groups (at most %d emulated)", groups, kMaxGroups);
   CrossCore* shared = static_cast<CrossCore*>(GmAlloc(sizeof(CrossCore)));
   return Fork(3 * groups, [&](int i) {
     const int g = i / 3, role = i % 3;   // 0: AIC, 1 / 2: AIV 0 / 1
@@ -94,7 +99,7 @@ inline bool LaunchMix(int groups, const std::function<void()>& fn) {
     g_taskRation = 2;
     sub_block_idx = role == 0 ? 0 : role - 1;
     g_coreType = role == 0 ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
-    XCore() = CrossCoreSelf{shared, groups, groups, 2 * groups, g, role == 0 ? 1 : 0, {}};
+    XCore() = CrossCoreSelf{shared, groups, 2 * groups, g, role == 0 ? 0 : role - 1, role == 0 ? 1 : 0, {}};
   }, fn);
 }
 

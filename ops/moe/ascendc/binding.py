@@ -318,10 +318,13 @@ def expert_ffn(expanded, w1, w2, w3, swiglu_limit):
     return grouped_expert_ffn(expanded.reshape(E * Cap, D), w1, w2, w3, gl, swiglu_limit, 1).reshape(E, Cap, D)
 
 
-def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None):
+def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None,
+              gate_temp=1.0, eps=0.0):
     logits = linear(ops.cast(x, ms.float32), ops.cast(gate_w, ms.float32))
+    if gate_temp != 1.0:                                 # DeepSeek-V4.1's router temperature
+        logits = logits / gate_temp
     y, ids, _ = moe_gating_topk(logits, bias, topk, norm_type=score_func, routed_scaling_factor=route_scale,
-                                input_ids=input_ids, tid2eid=tid2eid)
+                                eps=eps, input_ids=input_ids, tid2eid=tid2eid)
     return y, ids
 
 

@@ -51,7 +51,11 @@ uint64_t GatingUbBytes(const MoeGatingTopKTilingData& td) {
   b += 2ULL * rpl * ea * 4;      // scoreQueue (VECOUT): score rows
   b += 2ULL * rpl * ka * 4;      // yQueue
   b += 2ULL * rpl * ka * 4;      // idxQueue
-  b += 4ULL * ea * 4;            // calc: sel, tmp, work, bias
+  const int64_t e32 = (td.experts + 31) / 32 * 32, k32 = (td.k + 31) / 32 * 32;
+  b += 3ULL * ea * 4;            // calc: tmp, work, bias
+  b += 2ULL * e32 * 4;           // sort keys (sel) + expert ids 0 .. E32-1 (Sort works on 32-element groups)
+  b += 2ULL * e32 * 8;           // sorted (key, id) pairs + the Sort's merge scratch
+  b += 1ULL * k32 * 4;           // ids gathered from the first k pairs (GatherMask)
   return b;
 }
 
