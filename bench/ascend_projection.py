@@ -93,6 +93,8 @@ def kernels(c, T, ctx):
     n_cmp4 = avg_ctx / 4                                  # CSA compressed entries seen by a query
     rows = T * k
     out = {}
+    # decode: each of the T batch rows has its own ctx-long cache (keys are not shared between sequences); prefill:
+    # one causal sequence of T tokens
     # hc_pre (mixed AIC/AIV, hc_pre_cube.h + hc_pre_kernel.h), three phases behind cross-core flags:
     #  0 split: the AIV cores split fn into bf16 hi + lo (read fp32, write 2 x bf16; every AIV a share);
     #  1 Cube: per (token tile, K part) the AIC reads x once and the split (once from HBM, re-read per tile from L2),
@@ -149,7 +151,7 @@ def kernels(c, T, ctx):
                                     vector=T * n_cmp4 * 2 * (2 * Hi + sort_ops) + T * topk * 8,
                                     gm=T * Hi * di * bf + pairs * n_cmp4 * di * bf + T * Hi * bf + T * topk * 4,
                                     workspace=2 * T * n_cmp4 * Hi * 4,
-                                    gm_min=T * Hi * di * bf + (ctx / 4 if ctx else T / 4) * di * bf + T * topk * 4,
+                                    gm_min=T * Hi * di * bf + (T * ctx / 4 if ctx else T / 4) * di * bf + T * topk * 4,
                                     items=pairs, core="MIX", cube_now=True)
     # sparse attention, tiling key 1 (bf16, ops/attention/ascendc/op_kernel/sparse_attn_shared_kv.cpp): per query row
     # the Cube gathers the entries' kv rows (HBM) and runs S = Q·Kᵀ and O = P·V per 128-entry block; S (float), P
@@ -161,7 +163,7 @@ def kernels(c, T, ctx):
                                     vector=2.0 * T * H * (6 * entries + 2 * Dh * blocks),
                                     gm=T * H * Dh * bf * 2 + T * entries * Dh * bf + T * entries * 4,
                                     workspace=2.0 * T * H * (entries * (4 + bf) + blocks * Dh * 4),
-                                    gm_min=T * H * Dh * bf * 2 + min(T * entries, (ctx or T) + T) * Dh * bf,
+                                    gm_min=T * H * Dh * bf * 2 + min(T * entries, T * (ctx + 1) if ctx else 2 * T) * Dh * bf,
                                     items=T, core="MIX", cube_now=True)
     return out
 
