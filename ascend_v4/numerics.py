@@ -8,9 +8,12 @@
   FP32 accumulation, BF16 output;
 - the indexer's q and compressed k: normalised Walsh-Hadamard rotation, then FP4 E2M1 QDQ in 1x32 blocks — the
   lightning_indexer op's fp4=True (ops/attention/reference.py: hadamard, fp4_act_quant), the default on every backend;
-- activations entering a quantised GEMM are BF16 (the official model runs in BF16): rounded before act_quant;
+- activations entering a quantised GEMM are BF16 (the official model runs in BF16): rounded before act_quant; every
+  tensor the official model stores in BF16 is rounded so (bf16, applied by NumpyV4 in official mode), the query's
+  parameterless RMS norm runs as BF16 tensor ops (bf16_rms);
 - sparse attention as the sparse_attn kernel: BF16 q/kv, FP32 online softmax in blocks of 64, probabilities rounded
-  to BF16 before P·V (sparse_attn); index scores rounded to BF16 before the top-k (index_select);
+  to BF16 before P·V (sparse_attn), over the index list in the official layout (valid_first, index_list); index
+  scores BF16 per head and after the head sum before the top-k (index_select);
 - KV FP8 fake-quant of the non-RoPE dims (block 64): in the released GPU kernels the pinned TileLang compiles the
   cast away, so it is a no-op there. `kv_fp8="gpu"` (default) reproduces that; `kv_fp8="spec"` applies the QDQ the
   code intends.
@@ -65,6 +68,14 @@ def bf16(x):
     return bf16_round(np.asarray(x, np.float32)).astype(np.float64)
 
 
+def bf16_rms(x, eps):
+    """The query's parameterless RMS norm as the official Attention computes it on a BF16 tensor,
+    q *= rsqrt(q.square().mean(-1) + eps): every op's result is a BF16 tensor (the mean accumulates in FP32)."""
+    x = bf16(x)
+    ms = bf16(np.mean(bf16(x * x), -1, keepdims=True))
+    return bf16(x * bf16(1.0 / np.sqrt(bf16(ms + eps))))
+
+
 def sparse_attn(q, kv, sink, idx, scale, block=64):
     """The sparse_attn kernel's numerics (docs/numerics.md): per (b, t) the listed kv rows (-1 skipped) in blocks of
     `block`; logits z = f32(q·kv)·scale; online softmax with the running max m (initialised -1e30): per block
@@ -102,10 +113,34 @@ def sparse_attn(q, kv, sink, idx, scale, block=64):
 
 
 def index_select(q, k, w, ratio, topk):
-    """The official indexer's selection (prefill, start_pos 0): Hadamard + FP4 q/k (the op's fp4_rotate), scores
-    Σ_h w·ReLU(q·k) accumulated in FP32 then rounded to BF16 (index scores are BF16 in the official kernels, many
-    exact ties), causal mask, top-k. Ties among equal BF16 scores go to the lower entry id (torch.topk's CUDA order is
-    implementation-defined; docs/numerics.md). -> [B, S, min(topk, N)] ascending ids, -1 padded."""
-    from .ops.attention.reference import fp4_rotate, indexer_scores, select_topk
-    I = bf16(indexer_scores(fp4_rotate(q), fp4_rotate(k), np.asarray(w, np.float32)).astype(np.float32))
-    return select_topk(I, (np.arange(I.shape[1]) + 1) // ratio, min(topk, I.shape[2]))
+    """The official Indexer's selection (prefill, start_pos 0) on its BF16 tensors: rotate_activation (Hadamard,
+    BF16 out) then fp4_act_quant of q and k; per-head scores s_h = bf16(q_h·k) (FP32 accumulation), then
+    bf16(ReLU(s_h)·w_h), summed over heads in FP32 and rounded to BF16 (index_score is a BF16 tensor: many exact
+    ties); causal mask; top-k. Ties among equal BF16 scores go to the lower entry id (torch.topk's order among ties
+    is implementation-defined on CPU and CUDA; docs/numerics.md). -> ([B, S, min(topk, N)] ascending ids, -1 padded;
+    the BF16 index scores [B, S, N])."""
+    from .ops.attention.reference import fp4_act_quant, hadamard, select_topk
+    qf = fp4_act_quant(bf16(hadamard(bf16(q))))
+    kf = fp4_act_quant(bf16(hadamard(bf16(k))))
+    s = bf16(np.einsum("bthd,bsd->bths", qf, kf))                              # [B, S, H, N]
+    I = bf16((bf16(np.maximum(s, 0.0) * bf16(w)[..., None])).astype(np.float32).sum(2, dtype=np.float32))
+    return select_topk(I, (np.arange(I.shape[1]) + 1) // ratio, min(topk, I.shape[2])), I
+
+
+def index_list(q, k, w, ratio, topk):
+    """The compressed half of the sparse_attn index list as the official Indexer hands it over: index_select's set
+    in torch.topk's sorted order (best score first, equal scores lower id first), -1 (not yet visible) last. The
+    order fixes which entries share one of the kernel's blocks of 64, so it changes the BF16 probabilities."""
+    ids, I = index_select(q, k, w, ratio, topk)
+    score = np.take_along_axis(I, np.maximum(ids, 0), -1).astype(np.float64)
+    order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int32).max), -np.where(ids >= 0, score, -np.inf)), -1)
+    return np.take_along_axis(ids, order, -1)
+
+
+def valid_first(idx):
+    """An index list with its -1 entries moved to the end, the rest in ascending order: the layout of the official
+    prefill window list (get_window_topk_idxs: positions max(0, t-127) .. t, then -1), which decides the sparse_attn
+    kernel's blocks of 64 for the first window-1 queries."""
+    idx = np.asarray(idx)
+    big = np.iinfo(np.int64).max
+    return np.where((v := np.sort(np.where(idx >= 0, idx, big), -1)) == big, -1, v).astype(idx.dtype)

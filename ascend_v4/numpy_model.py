@@ -51,6 +51,11 @@ class NumpyV4:
             return num.fp4_linear(x, self.w[name])
         return x @ self.w[name].T
 
+    def _st(self, x):
+        """A tensor the official model stores: BF16 in official mode (its activations are BF16 tensors between ops;
+        docs/numerics.md), unchanged otherwise."""
+        return num.bf16(x) if self.official else x
+
     def _kv_quant(self, kv):
         """KV FP8 fake-quant of the non-RoPE dims (block 64), only with kv_fp8='spec'."""
         if not self.kv_fp8:
@@ -69,21 +74,23 @@ class NumpyV4:
 
     def _compressor(self, p, x, ratio, cos, sin):
         c = self.cfg
-        e = attn_ref.compress_kv(x, self.w[p + "wkv.weight"], self.w[p + "wgate.weight"], self.w[p + "ape"],
-                                 self.w[p + "norm.weight"], ratio, ratio == 4, c.norm_eps)
+        e = self._st(attn_ref.compress_kv(x, self.w[p + "wkv.weight"], self.w[p + "wgate.weight"], self.w[p + "ape"],
+                                          self.w[p + "norm.weight"], ratio, ratio == 4, c.norm_eps,
+                                          pooled=self._st))      # Compressor: kv.to(bf16) before its norm
         n = e.shape[1]
-        return apply_rope(e, cos[:n * ratio:ratio][None], sin[:n * ratio:ratio][None])
+        return self._st(apply_rope(e, cos[:n * ratio:ratio][None], sin[:n * ratio:ratio][None]))
 
     def attention(self, p, x, layer_id):
         c = self.cfg
         B, S, _ = x.shape
         ratio = c.ratio(layer_id)
         cos, sin = self._tables(ratio, S)
-        qr = _rms(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps)
+        qr = self._st(_rms(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps))
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
-        q = apply_rope(_rms(q, None, c.norm_eps), cos[None, :, None], sin[None, :, None])
-        kv = _rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps)
-        kv = self._kv_quant(apply_rope(kv, cos[None], sin[None]))
+        q = num.bf16_rms(q, c.norm_eps) if self.official else _rms(q, None, c.norm_eps)
+        q = self._st(apply_rope(q, cos[None, :, None], sin[None, :, None]))
+        kv = self._st(_rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps))
+        kv = self._kv_quant(self._st(apply_rope(kv, cos[None], sin[None])))
         win = np.broadcast_to(attn_ref.window_indices(S, c.window_size), (B, S, min(S, c.window_size)))
         cmp = None
         if ratio and S >= ratio:
@@ -91,11 +98,12 @@ class NumpyV4:
             if ratio == 4:
                 ip = p + "indexer."
                 qi = self._lin(qr, ip + "wq_b.weight").reshape(B, S, c.index_n_heads, c.index_head_dim)
-                qi = apply_rope(qi, cos[None, :, None], sin[None, :, None])
+                qi = self._st(apply_rope(qi, cos[None, :, None], sin[None, :, None]))
                 ki = self._compressor(ip + "compressor.", x, ratio, cos, sin)
-                wi = self._lin(x, ip + "weights_proj.weight") * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5)
-                if self.official:   # BF16 index scores, as the CUDA kernels
-                    cmp = num.index_select(qi, ki, wi, ratio, c.index_topk)
+                wi = self._st(self._st(self._lin(x, ip + "weights_proj.weight"))
+                              * (c.index_head_dim ** -0.5 * c.index_n_heads ** -0.5))
+                if self.official:   # BF16 index scores, as the CUDA kernels, in torch.topk's order
+                    cmp = num.index_list(qi, ki, wi, ratio, c.index_topk)
                 else:               # the op owns the indexer numerics (Hadamard + FP4 q/k unless indexer_fp4 off)
                     cmp = attn_ref.lightning_indexer(qi, ki, wi, ratio, c.index_topk, fp4=c.indexer_fp4)
             else:
@@ -103,14 +111,15 @@ class NumpyV4:
             cmp = np.where(cmp >= 0, cmp + S, -1)
             kv = np.concatenate([kv, entries], axis=1)
         if self.official:   # the sparse_attn kernel: BF16 q/kv, BF16 probabilities before P·V
+            win = num.valid_first(win)      # the official window list layout (its kernel blocks of 64)
             idx = win if cmp is None else np.concatenate([win, cmp], axis=-1)
             o = num.sparse_attn(num.bf16(q), num.bf16(kv), self.w[p + "attn_sink"], idx, c.head_dim ** -0.5)
         else:
             o = attn_ref.sparse_attention(q, kv, self.w[p + "attn_sink"], win, cmp, c.head_dim ** -0.5)
-        o = apply_rope(o, cos[None, :, None], sin[None, :, None], inverse=True)
+        o = self._st(apply_rope(o, cos[None, :, None], sin[None, :, None], inverse=True))
         o = o.reshape(B, S, c.o_groups, -1)
         wo_a = self.w[p + "wo_a.weight"].reshape(c.o_groups, c.o_lora_rank, -1)
-        o = np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(B, S, -1)
+        o = self._st(np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(B, S, -1))
         return self._lin(o, p + "wo_b.weight")
 
     def moe(self, p, x, ids, layer_id):
@@ -131,7 +140,7 @@ class NumpyV4:
         if c.n_shared_experts:
             sp = p + "shared_experts."
             y = y + self._lin(self._swiglu(x, sp, clamp=c.shared_expert_clamp), sp + "w2.weight")
-        return y.reshape(shape)
+        return self._st(y).reshape(shape)
 
     def _swiglu(self, x, p, clamp=True):
         lim = self.cfg.swiglu_limit if clamp else 0.0     # launch revision: shared expert unclamped
@@ -145,16 +154,16 @@ class NumpyV4:
         for sub, norm in (("attn", "attn_norm"), ("ffn", "ffn_norm")):
             x, post, comb = mhc_ref.hc_pre(h, self.w[f"{p}hc_{sub}_fn"], self.w[f"{p}hc_{sub}_scale"],
                                            self.w[f"{p}hc_{sub}_base"], c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps)
-            x = _rms(x, self.w[p + norm + ".weight"], c.norm_eps)
+            x = self._st(_rms(self._st(x), self.w[p + norm + ".weight"], c.norm_eps))
             f = self.attention(p + "attn.", x, layer_id) if sub == "attn" else self.moe(p + "ffn.", x, ids, layer_id)
-            h = mhc_ref.hc_post(f, h, post, comb)
+            h = self._st(mhc_ref.hc_post(f, h, post, comb))      # the residual streams are BF16 too
         return h
 
     def head(self, h, prefix=""):
         c = self.cfg
         y = mhc_ref.hc_head(h, self.w[prefix + "hc_head_fn"], self.w[prefix + "hc_head_scale"],
                             self.w[prefix + "hc_head_base"], c.hc_eps, c.norm_eps)
-        return _rms(y, self.w[prefix + "norm.weight"], c.norm_eps) @ self.w["head.weight"].T
+        return self._st(_rms(self._st(y), self.w[prefix + "norm.weight"], c.norm_eps)) @ self.w["head.weight"].T
 
     def forward(self, ids: np.ndarray, with_mtp: bool = False) -> Dict[str, np.ndarray]:
         c = self.cfg
@@ -168,9 +177,9 @@ class NumpyV4:
         if with_mtp and c.n_mtp_layers:
             p = "mtp.0."
             nxt = ids[:, 1:]
-            en = _rms(self.w["embed.weight"][nxt], self.w[p + "enorm.weight"], c.norm_eps)
-            hm = _rms(h[:, :-1], self.w[p + "hnorm.weight"], c.norm_eps)
-            x = (en @ self.w[p + "e_proj.weight"].T)[:, :, None] + hm @ self.w[p + "h_proj.weight"].T
+            en = self._st(_rms(self.w["embed.weight"][nxt], self.w[p + "enorm.weight"], c.norm_eps))
+            hm = self._st(_rms(h[:, :-1], self.w[p + "hnorm.weight"], c.norm_eps))
+            x = self._st(self._lin(en, p + "e_proj.weight")[:, :, None] + self._lin(hm, p + "h_proj.weight"))
             x = self.block(p, x, nxt, c.n_layers)
             out["mtp_logits"] = self.head(x, p)
         return out

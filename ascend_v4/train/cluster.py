@@ -11,6 +11,7 @@ The formulas are estimates; every number is printed so a user can see which term
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -53,12 +54,14 @@ class Report:
     errors: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     memory: Dict[str, float] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
 
     def format(self) -> str:
         lines = []
         if self.memory:
             lines.append("per-device memory estimate (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in self.memory.items()))
+        lines += [f"  {n}" for n in self.notes]
         for k, v in self.env.items():
             lines.append(f"set {k}={v}")
         lines += [f"warning: {w}" for w in self.warnings]
@@ -144,14 +147,32 @@ def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None
         err(f"hidden size {cfg.dim} must be a multiple of 32 (32-byte DataCopy alignment of bf16 rows)")
     # --- memory
     r.memory = memory_estimate(cfg, tc)
+    state = _optimiser_state_gib(r.memory)
+    shard_hint = ""
+    if p.dp > 1 and p.optimizer_shard:
+        r.notes.append(f"optimiser state (master_fp32 + adam_state + muon_momentum = {state:.2f}) is this rank's "
+                       f"ZeRO-1 share: dense tensors split over dp {p.dp}, expert shards over their "
+                       f"{max(p.dp // p.ep, 1)} dp/ep replica(s)")
+    elif p.dp > 1 and p.pp == 1 and p.micro_batches == 1:
+        alt = memory_estimate(cfg, dataclasses.replace(tc, parallel=dataclasses.replace(p, optimizer_shard=True)))
+        r.notes.append(f"optimiser state {state:.2f} is replicated on each of the dp {p.dp} ranks; "
+                       f"parallel.optimizer_shard: true makes it {_optimiser_state_gib(alt):.2f} "
+                       f"(total {alt['total']:.2f})")
+        shard_hint = ", set parallel.optimizer_shard: true"
+    if not getattr(tc, "recompute", False):
+        shard_hint += ", enable recompute"
     hbm = hbm_gib or info["hbm_gib"]
     total = r.memory["total"]
     if total > 0.92 * hbm:
         err(f"estimated {total:.1f} GiB per device exceeds {hbm} GiB HBM of {info['label']} (keep ~8% for the runtime); "
-            f"raise ep/tp/pp, lower batch_size or seq_len, or enable recompute")
+            f"raise ep/tp/pp, lower batch_size or seq_len{shard_hint}")
     elif total > 0.8 * hbm:
         warn(f"estimated {total:.1f} GiB of {hbm} GiB: little headroom for fragmentation")
     return r
+
+
+def _optimiser_state_gib(memory: Dict[str, float]) -> float:
+    return memory["master_fp32"] + memory["adam_state"] + memory["muon_momentum"]
 
 
 def memory_estimate(cfg: ModelConfig, tc) -> Dict[str, float]:

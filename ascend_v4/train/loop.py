@@ -52,6 +52,15 @@ def group_readable(path: str) -> None:
         pass
 
 
+def group_readable_tree(path: str) -> None:
+    """group_readable on a directory and everything under it (nothing if it does not exist)."""
+    for root, dirs, files in os.walk(path):
+        for n in dirs + files:
+            group_readable(os.path.join(root, n))
+    if os.path.isdir(path):
+        group_readable(path)
+
+
 def distributed(tc: TrainConfig):
     """(rank, world): initialises MindSpore communication when launched by msrun; a parallel layout without msrun
     is refused before MindSpore's collective init would fail on it."""
@@ -172,6 +181,7 @@ class Trainer:
 
         from ascend_v4.parallel import MuonTensorParallel, ParallelConfigError, ParallelContext
 
+        tc.validate()        # a TrainConfig built in code meets the YAML's rules too (e.g. no ZeRO with the pipeline)
         self.tc, self.out_dir, self.rank, self.world = tc, out_dir, rank, world
         self.log = _log if rank == 0 else (lambda msg: None)
         from ascend_v4 import precision
@@ -224,6 +234,10 @@ class Trainer:
         elif tc.data.eval_fraction > 0:
             self.eval_loader = PackedLoader(files, tok, tc.seq_len, gb, seed=tc.seed, shuffle=False, split="eval",
                                             eval_fraction=tc.data.eval_fraction, corpus=self.loader.corpus)
+        if rank == 0:           # the run directory, its demo tokenizer and token cache: shared with the group too
+            group_readable(out_dir)
+            for sub in ("tokenizer", "cache"):
+                group_readable_tree(os.path.join(out_dir, sub))
         self.model = Transformer(self.cfg, max_seq_len=tc.seq_len, with_mtp=tc.mtp,
                                  moe_capacity_factor=tc.moe_capacity_factor, parallel=self.parallel)
         self.model.set_train(True)
@@ -266,9 +280,6 @@ class Trainer:
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
         muon_tp = MuonTensorParallel(self.parallel) if self.parallel is not None and self.parallel.tp > 1 else None
         shard = None
-        if p.optimizer_shard and p.dp > 1 and (p.pp > 1 or p.micro_batches > 1):
-            raise TrainConfigError("parallel.optimizer_shard is not implemented with the pipeline schedule (pp > 1 or "
-                                   "micro_batches > 1) yet; set optimizer_shard: false, or pp: 1 and micro_batches: 1")
         if p.optimizer_shard and p.dp > 1:       # ZeRO-1: state and update of each parameter on one dp rank
             from ascend_v4.parallel import OptimizerShard
             from .param_groups import FROZEN, classify_param
@@ -317,10 +328,7 @@ class Trainer:
         from . import state
         path = state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state(), self.parallel)
         if self.rank == 0:
-            for root, dirs, files in os.walk(path):
-                for n in dirs + files:
-                    group_readable(os.path.join(root, n))
-            group_readable(path)
+            group_readable_tree(path)
             group_readable(os.path.join(self.out_dir, "latest"))
             if self.tc.keep_last_n:
                 for old in state.checkpoints(self.out_dir)[:-self.tc.keep_last_n]:
@@ -443,7 +451,7 @@ class Trainer:
                 layers = getattr(self.step_fn, "last_layer_imbalance", None)
                 if layers is not None:
                     row["expert_imbalance_layers"] = [round(float(v), 5) for v in layers]
-                if self.step % self.tc.eval_every == 0 or self.step == end:
+                if self.eval_loader is not None and (self.step % self.tc.eval_every == 0 or self.step == end):
                     row["eval_loss"] = self.evaluate()
                 rows.append(row)
                 if self.rank == 0:
@@ -469,7 +477,5 @@ class Trainer:
         finally:
             if tb is not None:
                 tb.close()
-                for root, _, files in os.walk(os.path.join(self.out_dir, "tensorboard")):
-                    for n in files:
-                        group_readable(os.path.join(root, n))
+                group_readable_tree(os.path.join(self.out_dir, "tensorboard"))
         return rows

@@ -1,6 +1,7 @@
 """`ascend-v4 plot RUN [RUN...] --out loss.png`: the curves of one or more runs' metrics.jsonl (matplotlib).
 
-Four panels: training loss (solid) with eval loss (markers), learning rate, gradient norm (before clipping), and the
+Four panels: the next-token cross entropy of training (solid; `lm_loss`, the quantity eval measures) with the eval
+loss (markers) and the whole training objective (dotted: + MTP and balance terms), learning rate, gradient norm (before clipping), and the
 expert load balance (max/mean tokens per expert) of every routed layer - one line per layer for one run, the
 mean over layers per run when several runs are compared. The image is written to a temporary name and renamed.
 """
@@ -34,6 +35,17 @@ def read_metrics(run: str) -> List[Dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+def loss_curves(rows: List[Dict]) -> Dict[str, List]:
+    """(step, value) pairs of the loss panel: `train` is the next-token cross entropy (`lm_loss`; `loss` in rows
+    that lack it), comparable with `eval` (eval_loss is next-token cross entropy on held-out data); `objective` is
+    the optimised total (lm + MTP weight x MTP + balance weight x balance)."""
+    def pick(key):
+        return [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+    objective = pick("loss")
+    return {"train": pick("lm_loss") or objective, "eval": pick("eval_loss"),
+            "objective": objective if any("lm_loss" in r for r in rows) else []}
+
+
 def plot_runs(runs: List[str], out_path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
@@ -45,10 +57,13 @@ def plot_runs(runs: List[str], out_path: str) -> str:
     (ax_loss, ax_lr), (ax_g, ax_bal) = axes
     for run, rows in data.items():
         steps = [r["step"] for r in rows]
-        line, = ax_loss.plot(steps, [r.get("loss") for r in rows], label=f"{labels[run]} loss")
-        ev = [(r["step"], r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float))]
-        if ev:
-            ax_loss.plot(*zip(*ev), "o--", color=line.get_color(), label=f"{labels[run]} eval")
+        curves = loss_curves(rows)
+        line, = ax_loss.plot(*(zip(*curves["train"]) if curves["train"] else ([], [])), label=f"{labels[run]} train")
+        if curves["eval"]:
+            ax_loss.plot(*zip(*curves["eval"]), "o--", color=line.get_color(), label=f"{labels[run]} eval")
+        if curves["objective"]:
+            ax_loss.plot(*zip(*curves["objective"]), ":", color=line.get_color(), alpha=0.6,
+                         label=f"{labels[run]} objective (+MTP, balance)")
         ax_lr.plot(steps, [r.get("lr") for r in rows], label=labels[run])
         ax_g.plot(steps, [r.get("grad_norm") for r in rows], label=labels[run])
         per_layer = [r.get("expert_imbalance_layers") for r in rows]
@@ -57,7 +72,7 @@ def plot_runs(runs: List[str], out_path: str) -> str:
                 ax_bal.plot(steps, [v[i] for v in per_layer], label=f"routed layer {i}")
         else:
             ax_bal.plot(steps, [r.get("expert_imbalance") for r in rows], label=f"{labels[run]} (mean of layers)")
-    for ax, title, ylabel in ((ax_loss, "loss", "cross entropy"), (ax_lr, "learning rate", "lr"),
+    for ax, title, ylabel in ((ax_loss, "loss", "next-token cross entropy"), (ax_lr, "learning rate", "lr"),
                               (ax_g, "gradient norm", "|g| (before clipping)"),
                               (ax_bal, "expert load balance", "max / mean expert load")):
         ax.set_title(title)

@@ -149,6 +149,9 @@ class TrainConfig:
         p = self.parallel
         for k in ("dp", "tp", "ep", "pp", "micro_batches"):
             need(getattr(p, k) >= 1, f"parallel.{k} must be a positive integer, got {getattr(p, k)}")
+        need(not (p.optimizer_shard and p.dp > 1 and (p.pp > 1 or p.micro_batches > 1)),
+             "parallel.optimizer_shard is not implemented with the pipeline schedule (pp > 1 or micro_batches > 1) "
+             "yet; set optimizer_shard: false, or pp: 1 and micro_batches: 1")
         return self
 
     def model_spec(self) -> str:

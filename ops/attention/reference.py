@@ -16,11 +16,12 @@ def rope(x, cos, sin, inverse=False):
     return apply_rope(x, np.asarray(cos)[..., 0::2], np.asarray(sin)[..., 1::2], inverse)
 
 
-def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
+def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6, pooled=None):
     """x [B, S, D] -> entries [B, S//ratio, c] (all complete blocks; RoPE is the caller's, at position ratio*i).
 
     Per-channel softmax pooling of wkv(x) weighted by wgate(x) + ape. With overlap (ratio 4) block i pools the
     second-half channels of its own tokens and the first-half channels of block i-1's tokens (2*ratio slots).
+    pooled: optional storage rounding of the pooled values before the norm (the CUDA emulation's BF16).
     """
     x = x.astype(np.float64)
     B, S, _ = x.shape
@@ -37,7 +38,8 @@ def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
         sc = np.concatenate([prev_sc, sc[..., c:]], axis=2)
     p = np.exp(sc - sc.max(axis=2, keepdims=True))
     p = p / p.sum(axis=2, keepdims=True)
-    return _rms((kv * p).sum(axis=2), norm_w.astype(np.float64), norm_eps)
+    kv = (kv * p).sum(axis=2)
+    return _rms(kv if pooled is None else pooled(kv), norm_w.astype(np.float64), norm_eps)
 
 
 def window_indices(S, window, start_pos=0):

@@ -27,7 +27,7 @@ CORES, UB = 48, 196608          # 910B1 / 910C die: 48 AIV cores, 192 KB UB
 def _build(dtype, driver=DRIVER, name=None):
     out = os.path.join(rhc.cache_dir(), "_generated", "emu_bin", name or f"mhc_{dtype}")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    return rhc.build_emulator(driver, [f"DTYPE_F={dtype}", f"DTYPE_X={dtype}"], out, cxx=GXX)
+    return rhc.build_emulator(driver, [f"DTYPE_F={dtype}", f"DTYPE_X={dtype}"], out, cxx=GXX, core="MIX")
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,11 @@ def test_kernel_matches_reference(emu, tmp_path, case):
         assert r.returncode == 3 and "tiling" in r.stderr and "D % 16" in r.stderr, r.stderr
         return
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
-    tol = case.tol_scale * (2e-5 if dt == "f32" else 1e-2)
     for name, ref in outs.items():
         got = _load(tmp_path, "out" if name == "out" else name, ref.shape)
+        # float32 outputs (post, comb, mix, rstd) at float32 accuracy with bf16 streams too; bf16 outputs carry one
+        # rounding
+        tol = case.tol_scale * (2e-5 if dt == "f32" or name not in ("y", "out") else 1e-2)
         if dt == "bf16" and name in ("y", "out"):
             ref = _bf16(ref)               # the kernel writes bf16 (round to nearest even)
         np.testing.assert_allclose(got, ref, rtol=tol, atol=tol, err_msg=f"{case.op}/{case.name}: {name}")
@@ -119,3 +121,57 @@ def test_emulator_reports_a_missing_vector_barrier(tmp_path):
     r = _run(exe, "post", tmp_path, 3, 64, 4)
     assert r.returncode == 3 and "race: vaxpy (pipe V) reads UB" in r.stderr and "PipeBarrier<PIPE_V>" in r.stderr, \
         r.stderr[-2000:]
+
+
+# hc_pre's projection runs on the Cube unit (hc_pre_cube.h): each of its Cube waits removed in turn is a race
+CUBE_MUTANTS = {
+    "mte1_m": ("      WaitFlag<HardEvent::MTE1_M>(l0Ready_[b]);\n", "Mmad (L0A) (pipe M) reads"),
+    "m_fix": ("    WaitFlag<HardEvent::M_FIX>(cReady_);\n", "Fixpipe L0C->GM (pipe FIX) reads"),
+    "mte2_mte1": ("      WaitFlag<HardEvent::MTE2_MTE1>(l1Ready_[b]);\n", "(pipe MTE1) reads"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CUBE_MUTANTS))
+def test_hc_pre_cube_sync_removed_is_a_race(tmp_path, name):
+    cut, message = CUBE_MUTANTS[name]
+    mutants = os.path.join(rhc.cache_dir(), "_generated", "emu_mutants", f"mhc_cube_{name}")
+    shutil.rmtree(mutants, ignore_errors=True)
+    dst = Path(mutants) / "ascendc"
+    shutil.copytree(os.path.join(ROOT, "ops", "mhc", "ascendc"), dst, ignore=shutil.ignore_patterns("__pycache__"))
+    k = dst / "op_kernel" / "hc_pre_cube.h"
+    text = k.read_text()
+    assert text.count(cut) == 1, name
+    k.write_text(text.replace(cut, ""))
+    exe = _build("float", driver=str(dst / "emu" / "mhc_emu.cc"), name=f"mhc_cube_{name}")
+    rng = np.random.default_rng(0)
+    T, hc, D = 5, 4, 64
+    M = (2 + hc) * hc
+    _save(tmp_path, x=rng.standard_normal((T, hc, D)), fn=rng.standard_normal((M, hc * D)) * 0.1,
+          scale=np.ones(3), base=np.zeros(M), cfg=np.array([3, 1e-6, 1e-6]))
+    r = _run(exe, "pre", tmp_path, T, D, hc)
+    assert r.returncode == 3 and "emu: race:" in r.stderr and message in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("T", [3, 40])
+def test_hc_pre_bf16_streams_with_float32_fn(emu, tmp_path, T):
+    """The real situation: bf16 streams, float32 fn. The Cube multiplies bf16 by bf16, so the kernel splits fn into
+    bf16 hi + lo and projects onto both; the float32 outputs must match the float64 reference at float32 accuracy,
+    where projecting onto bf16(fn) alone would be off by far more (checked on the reference itself)."""
+    rng = np.random.default_rng(T)
+    hc, D = 4, 256
+    M = (2 + hc) * hc
+    x = _bf16(rng.standard_normal((T, hc, D))).astype(np.float64)
+    fn = rng.standard_normal((M, hc * D)) / np.sqrt(hc * D)
+    scale, base = np.array([0.7, 1.3, 2.1]), rng.standard_normal(M) * 0.1
+    kw = dict(iters=20, hc_eps=1e-6, norm_eps=1e-6)
+    fn32 = fn.astype(np.float32).astype(np.float64)
+    y, post, comb = R.hc_pre(x, fn32, scale, base, **kw)
+    _, post_b, comb_b = R.hc_pre(x, _bf16(fn32).astype(np.float64), scale, base, **kw)
+    assert np.abs(comb_b - comb).max() > 1e-4            # a bf16 fn is visibly off
+    _save(tmp_path, x=x, fn=fn32, scale=scale, base=base, cfg=np.array([kw["iters"], kw["hc_eps"], kw["norm_eps"]]))
+    r = _run(emu["bf16"], "pre", tmp_path, T, D, hc)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
+    np.testing.assert_allclose(_load(tmp_path, "post", post.shape), post, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(_load(tmp_path, "comb", comb.shape), comb, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(_load(tmp_path, "y", y.shape), _bf16(y), rtol=1e-2, atol=1e-2)

@@ -72,7 +72,7 @@ def test_memory_estimate_shards_optimiser_state_like_the_runtime():
             experts += math.prod(spec.shape)
         else:
             dense += math.prod(spec.shape)
-    base = dict(dp=8, tp=2, ep=4, pp=1)
+    base = dict(dp=8, tp=2, ep=4, pp=1, micro_batches=1)     # ZeRO-1 runs without the pipeline schedule
     full, zero = memory_estimate(cfg, _tc(**base)), memory_estimate(cfg, _tc(optimizer_shard=True, **base))
     for k in ("weights_bf16", "grads_bf16", "activations"):
         assert zero[k] == full[k]
@@ -83,3 +83,21 @@ def test_memory_estimate_shards_optimiser_state_like_the_runtime():
     rc = memory_estimate(cfg, TrainConfig.from_dict({"model": "v4-flash", "seq_len": 4096, "batch_size": 8,
                                                      "recompute": True, "parallel": {"micro_batches": 8}}))
     assert rc["activations"] < full["activations"] / 3
+
+
+def test_dry_run_shows_what_optimizer_shard_does():
+    """--dry-run's memory lines follow parallel.optimizer_shard: off, it names the state ZeRO-1 would leave and
+    offers the switch when memory runs out; on, the estimate is the sharded one."""
+    cfg = load_config("v4-flash")
+    base = dict(dp=16, tp=2, ep=16, pp=1, micro_batches=1)
+    full, zero = memory_estimate(cfg, _tc(**base)), memory_estimate(cfg, _tc(optimizer_shard=True, **base))
+    state = lambda m: m["master_fp32"] + m["adam_state"] + m["muon_momentum"]    # noqa: E731
+    assert state(zero) < state(full)
+    off = dry_run(cfg, _tc(**base), "910b").format()
+    assert f"optimiser state {state(full):.2f} is replicated on each of the dp 16 ranks" in off
+    assert f"parallel.optimizer_shard: true makes it {state(zero):.2f} (total {zero['total']:.2f})" in off
+    assert "exceeds 64 GiB HBM" in off and "set parallel.optimizer_shard: true" in off
+    on = dry_run(cfg, _tc(optimizer_shard=True, **base), "910b")
+    assert on.memory == zero
+    assert f"= {state(zero):.2f}) is this rank's ZeRO-1 share" in on.format()
+    assert "set parallel.optimizer_shard" not in on.format()

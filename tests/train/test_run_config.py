@@ -37,6 +37,8 @@ def test_yaml_numbers_pyyaml_reads_as_strings_are_numbers(tmp_path):
     ("data: [a]", r"'data' must be a mapping of keys \(files, tokenizer, eval_fraction, eval_files\)"),
     ("parallel: {dp: two}", r"parallel.dp must be an integer, got 'two'"),
     ("parallel: {optimizer_shard: yes please}", r"parallel.optimizer_shard must be true or false"),
+    ("parallel: {dp: 2, pp: 2, optimizer_shard: true}", r"optimizer_shard is not implemented with the pipeline"),
+    ("parallel: {dp: 2, micro_batches: 2, optimizer_shard: true}", r"optimizer_shard is not implemented with the pi"),
     ("- 1\n- 2", r"top level must be a mapping"),
 ])
 def test_bad_values_are_named(tmp_path, text, match):
@@ -85,6 +87,19 @@ def test_print_config_is_the_full_default_and_loads_back(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "train", "--print-config"], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout == text
+
+
+def test_readme_documents_every_key_as_the_code_does():
+    """README.md's key table: one row per key, with the default and meaning the config code has (a key added or
+    changed in code without the README fails here)."""
+    import os
+    import re
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8").read()
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in
+            (re.match(r"^\| `([a-z_.]+)` \| `(.*?)` \| (.*) \|$", line) for line in readme.splitlines()) if m}
+    want = {k: (d, doc) for k, d, doc in key_table()}
+    assert len(want) > 30
+    assert {k: rows.get(k) for k in want if rows.get(k) != want[k]} == {}
 
 
 def test_shipped_finetune_preset_loads_by_name():

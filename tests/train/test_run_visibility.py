@@ -30,7 +30,11 @@ def run_dir(tmp_path_factory):
     setup("CPU", "graph")
     from ascend_v4.train.loop import Trainer
     d = str(tmp_path_factory.mktemp("vis") / "run")
-    Trainer(_tc(), d).run()
+    old = os.umask(0o077)          # a private umask: group-readable files must come from the trainer, not the shell
+    try:
+        Trainer(_tc(), d).run()
+    finally:
+        os.umask(old)
     return d
 
 
@@ -79,6 +83,7 @@ def test_metrics_tensorboard_checkpoints_and_modes(run_dir):
     assert all(t.tzinfo is not None for t in times) and times == sorted(times)
     assert abs((times[-1] - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) < 600
     assert [r["elapsed_s"] for r in rows] == sorted(r["elapsed_s"] for r in rows)
+    assert not any("eval_loss" in r for r in rows)       # no eval split: no eval entry (it used to log NaN)
     cfg = load_config("tiny")
     n_routed = sum(1 for i in range(cfg.n_layers) if not cfg.is_hash_layer(i))
     for r in rows:
@@ -90,9 +95,14 @@ def test_metrics_tensorboard_checkpoints_and_modes(run_dir):
     assert set(tb["train/lr"]) == {1, 2, 3} and "expert_imbalance/layer0" in tb
     # keep_last_n: 1 -> only the newest checkpoint is left
     assert sorted(n for n in os.listdir(run_dir) if n.startswith("ckpt-")) == ["ckpt-00000003"]
-    for rel in ("metrics.jsonl", "latest", "ckpt-00000003", "ckpt-00000003/model.safetensors",
-                "ckpt-00000003/optimizer.safetensors", "ckpt-00000003/trainer_state.json"):
-        assert os.stat(os.path.join(run_dir, rel)).st_mode & stat.S_IRGRP, rel
+    under = [os.path.join(d, n) for d in ("tensorboard", "tokenizer", "cache")
+             for n in os.listdir(os.path.join(run_dir, d))]
+    assert len(under) >= 3
+    for rel in [".", "metrics.jsonl", "latest", "ckpt-00000003", "ckpt-00000003/model.safetensors",
+                "ckpt-00000003/optimizer.safetensors", "ckpt-00000003/trainer_state.json", "tensorboard",
+                "tokenizer", "cache"] + under:
+        mode = os.stat(os.path.join(run_dir, rel)).st_mode
+        assert mode & stat.S_IRGRP and (not stat.S_ISDIR(mode) or mode & stat.S_IXGRP), rel
 
 
 def test_plot_draws_one_or_several_runs(saved_dir, tmp_path):
@@ -113,6 +123,17 @@ def test_plot_draws_one_or_several_runs(saved_dir, tmp_path):
                         str(tmp_path / "x.png")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "no metrics.jsonl" in r.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_compares_like_with_like():
+    """The eval loss is next-token cross entropy on held-out data: the training line it is drawn against is the
+    same quantity (lm_loss), not the total objective (+0.3 MTP + balance), which sits far above it."""
+    from ascend_v4.train.plot import loss_curves
+    rows = [{"step": 1, "loss": 8.77, "lm_loss": 6.72}, {"step": 2, "loss": 8.62, "lm_loss": 6.63, "eval_loss": 6.74}]
+    c = loss_curves(rows)
+    assert c == {"train": [(1, 6.72), (2, 6.63)], "eval": [(2, 6.74)], "objective": [(1, 8.77), (2, 8.62)]}
+    old = [{"step": 1, "loss": 5.0}, {"step": 2}]          # rows without lm_loss: the loss is the only line
+    assert loss_curves(old) == {"train": [(1, 5.0)], "eval": [], "objective": []}
 
 
 def _copy_run(run_dir, tmp_path, name="b"):

@@ -536,97 +536,77 @@ inline void vcmin(D* dst, A* a, uint64_t repeat, uint64_t dstRep, uint64_t srcBl
 }
 inline int64_t get_max_min_cnt() { return static_cast<int64_t>(av4_emu::S().maxMinCnt); }
 
-// SyncAll across cores (ffts_cross_core_sync + wait_flag_dev): the forked cores share one arrival counter in GM;
-// the n-th SyncAll of a core returns once every core has arrived n times. A core that never arrives is reported.
+// Cross-core flags (ffts_cross_core_sync(pipe, config) = CrossCoreSetFlag / SyncAll; wait_flag_dev(flag) =
+// CrossCoreWaitFlag), config = 1 + (mode << 4) + (flag << 8), over counters in GM shared by the forked cores:
+//   mode 0  every core of the setter's type sets flag f; a core of that type may pass its n-th wait on f once all
+//           of them have set it n times (SyncAll, all-AIC or all-AIV barrier)
+//   mode 1  the two AIV cores of a group: the n-th wait passes once both have set f n times
+//   mode 2  AIC <-> AIV of one group: a set by the AIC lets each of its two AIV pass one wait; the AIC's n-th wait
+//           passes once BOTH of its AIV have set f n times
+// A wait that cannot pass within 60 s (a flag never set, a mismatched count) stops the run, naming the flag, and so
+// does a wait that finds more than 15 sets of its flag not yet waited for (the hardware counter is 4 bits).
 #include <sched.h>
 #include <time.h>
 namespace av4_emu {
-inline int64_t*& SyncCounter() {
-  static int64_t* p = nullptr;
-  return p;
-}
-inline int64_t& SyncRound() {
-  static int64_t n = 0;
-  return n;
-}
-inline int64_t& SyncCores() {
-  static int64_t n = 1;
-  return n;
-}
-}  // namespace av4_emu
-// Cross-core flags of a mixed AIC/AIV launch (CrossCoreSetFlag / CrossCoreWaitFlag, mode 2 = within one group of
-// 1 AIC + 2 AIV): a set from the AIC raises the flag for both vector sub-blocks of its group, a set from a vector core
-// for its AIC; the AIC's wait returns once BOTH vector cores have set the flag (one more time than it has waited),
-// a vector core's wait once the AIC has. Flag IDs 11..14 stay SyncAll's (ffts mode 0). Counters live in shared GM.
-// A wait that is never satisfied (deadlock) or more than 15 un-waited sets of one flag (the hardware counter) fail.
-namespace av4_emu {
-constexpr int kMixMaxGroups = 64;
-struct MixFlags {
-  int64_t toAiv[kMixMaxGroups][2][16];
-  int64_t toAic[kMixMaxGroups][2][16];
+constexpr int kMaxGroups = 64;
+struct CrossCore {
+  int64_t all[2][16];                   // mode 0 sets, per core type (0 AIC, 1 AIV)
+  int64_t pair[kMaxGroups][2][16];      // mode 1 sets by AIV sub-block 0 / 1 of a group
+  int64_t toAic[kMaxGroups][2][16];     // mode 2 sets by AIV sub-block 0 / 1 for the group's AIC
+  int64_t toAiv[kMaxGroups][16];        // mode 2 sets by the group's AIC (each of its AIV may pass one wait)
 };
-inline MixFlags*& Mix() {
-  static MixFlags* p = nullptr;
-  return p;
+struct CrossCoreSelf {
+  CrossCore* shared = nullptr;
+  int aic = 0, aiv = 1;                 // cores of each type in the launch
+  int group = 0, sub = 0, isAic = 0;
+  int64_t passed[16] = {};
+};
+inline CrossCoreSelf& XCore() {
+  static CrossCoreSelf x;
+  return x;
 }
-inline int64_t* MixSeen() {   // this core's waits per flag
-  static int64_t seen[16] = {};
-  return seen;
+inline int64_t XLoad(const int64_t& v) { return __atomic_load_n(&v, __ATOMIC_SEQ_CST); }
+inline int64_t XMin(int64_t a, int64_t b) { return a < b ? a : b; }
+// waits on flag f this core may have passed in total
+inline int64_t XAvail(int f) {
+  const CrossCoreSelf& x = XCore();
+  const CrossCore& c = *x.shared;
+  const int n = x.isAic ? x.aic : x.aiv;
+  int64_t v = n ? XLoad(c.all[x.isAic ? 0 : 1][f]) / n : 0;
+  if (x.isAic) return v + XMin(XLoad(c.toAic[x.group][0][f]), XLoad(c.toAic[x.group][1][f]));
+  return v + XMin(XLoad(c.pair[x.group][0][f]), XLoad(c.pair[x.group][1][f])) + XLoad(c.toAiv[x.group][f]);
 }
-inline bool IsAic();
 }  // namespace av4_emu
 template <class P, class M>
 inline void ffts_cross_core_sync(P, M config) {
-  const uint64_t cfg = static_cast<uint64_t>(config), mode = (cfg >> 4) & 3, flag = (cfg >> 8) & 15;
-  if (mode == 2) {
-    av4_emu::MixFlags* mx = av4_emu::Mix();
-    if (!mx) av4_emu::Fail("CrossCoreSetFlag (mode 2) outside a mixed AIC/AIV launch");
-    const int64_t g = block_idx;
-    if (av4_emu::IsAic()) {
-      for (int v = 0; v < 2; ++v) {
-        const int64_t n = __atomic_add_fetch(&mx->toAiv[g][v][flag], 1, __ATOMIC_SEQ_CST);
-        (void)n;
-      }
-    } else {
-      __atomic_add_fetch(&mx->toAic[g][sub_block_idx][flag], 1, __ATOMIC_SEQ_CST);
-    }
-    return;
-  }
-  if (av4_emu::Mix()) av4_emu::Fail("SyncAll (ffts mode %llu) in a mixed AIC/AIV launch is not emulated", (unsigned long long)mode);
-  if (!av4_emu::SyncCounter()) av4_emu::Fail("SyncAll outside a launch");
-  ++av4_emu::SyncRound();
-  __atomic_add_fetch(av4_emu::SyncCounter(), 1, __ATOMIC_SEQ_CST);
+  av4_emu::CrossCoreSelf& x = av4_emu::XCore();
+  if (!x.shared) av4_emu::Fail("cross-core flag outside a launch");
+  const uint64_t cfg = static_cast<uint64_t>(config);
+  const int mode = (cfg >> 4) & 3, f = (cfg >> 8) & 15;
+  av4_emu::CrossCore& c = *x.shared;
+  if (mode == 0) __atomic_add_fetch(&c.all[x.isAic ? 0 : 1][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 1 && !x.isAic) __atomic_add_fetch(&c.pair[x.group][x.sub][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 2 && x.isAic) __atomic_add_fetch(&c.toAiv[x.group][f], 1, __ATOMIC_SEQ_CST);
+  else if (mode == 2) __atomic_add_fetch(&c.toAic[x.group][x.sub][f], 1, __ATOMIC_SEQ_CST);
+  else av4_emu::Fail("cross-core flag mode %d from an %s core not emulated", mode, x.isAic ? "AIC" : "AIV");
 }
 template <class F>
-inline void wait_flag_dev(F f) {
+inline void wait_flag_dev(F flag) {
+  av4_emu::CrossCoreSelf& x = av4_emu::XCore();
+  if (!x.shared) av4_emu::Fail("cross-core wait outside a launch");
+  const int f = static_cast<int>(flag) & 15;
   const time_t t0 = time(nullptr);
-  if (av4_emu::MixFlags* mx = av4_emu::Mix()) {
-    const int flag = static_cast<int>(f) & 15;
-    const int64_t g = block_idx, want = ++av4_emu::MixSeen()[flag];
-    for (;;) {
-      bool ok;
-      if (av4_emu::IsAic()) {
-        const int64_t a = __atomic_load_n(&mx->toAic[g][0][flag], __ATOMIC_SEQ_CST);
-        const int64_t b = __atomic_load_n(&mx->toAic[g][1][flag], __ATOMIC_SEQ_CST);
-        ok = a >= want && b >= want;
-        if (a - want > 15 || b - want > 15) av4_emu::Fail("cross-core flag %d: more than 15 sets not waited for", flag);
-      } else {
-        const int64_t a = __atomic_load_n(&mx->toAiv[g][sub_block_idx][flag], __ATOMIC_SEQ_CST);
-        ok = a >= want;
-        if (a - want > 15) av4_emu::Fail("cross-core flag %d: more than 15 sets not waited for", flag);
-      }
-      if (ok) return;
-      if (time(nullptr) - t0 > 60)
-        av4_emu::Fail("CrossCoreWaitFlag(%d) on the %s of group %lld never satisfied (wait #%lld): deadlock", flag,
-                      av4_emu::IsAic() ? "AIC" : "AIV", (long long)g, (long long)want);
-      sched_yield();
-    }
-  }
-  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
-  while (__atomic_load_n(av4_emu::SyncCounter(), __ATOMIC_SEQ_CST) < want) {
-    if (time(nullptr) - t0 > 60) av4_emu::Fail("SyncAll: not every core arrived (round %lld)", (long long)av4_emu::SyncRound());
+  int64_t avail;
+  while ((avail = av4_emu::XAvail(f)) <= x.passed[f]) {
+    if (time(nullptr) - t0 > 60)
+      av4_emu::Fail("cross-core wait on flag %d (%s core, group %d, wait %lld) never satisfied: deadlock", f,
+                    x.isAic ? "AIC" : "AIV", x.group, (long long)x.passed[f] + 1);
     sched_yield();
   }
+  if (avail - x.passed[f] > 15)
+    av4_emu::Fail("cross-core flag %d (%s core, group %d): more than 15 sets not waited for", f,
+                  x.isAic ? "AIC" : "AIV", x.group);
+  ++x.passed[f];
 }
 
 // UB -> UB DataCopy (copy_ubuf_to_ubuf, on the vector pipe): nBurst bursts of lenBurst 32-byte blocks, gaps in blocks

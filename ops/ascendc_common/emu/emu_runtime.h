@@ -33,86 +33,75 @@ inline void* GmAlloc(size_t bytes) {
   return p;
 }
 
-// run fn on `cores` cores (one forked process each); false (with the core's message on stderr) if any core fails
-inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
+// Fork one process per core; `setup(i)` sets core i's identity in the child, then fn runs. false (with the
+// core's message on stderr) if any core fails.
+inline bool Fork(int n, const std::function<void(int)>& setup, const std::function<void()>& fn) {
   std::fflush(stdout);
   std::fflush(stderr);
   std::vector<pid_t> pids;
-  SyncCounter() = static_cast<int64_t*>(GmAlloc(sizeof(int64_t)));
-  SyncCores() = cores;
-  for (int c = 0; c < cores; ++c) {
+  for (int i = 0; i < n; ++i) {
     const pid_t pid = fork();
     if (pid < 0) Fail("fork failed");
     if (pid == 0) {
-      block_idx = c;
-      block_num = cores;
-      g_coreType = aic ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
+      setup(i);
       fn();
       std::fflush(stdout);
       std::_Exit(0);
     }
     pids.push_back(pid);
   }
+  // the first core that fails stops the launch: the others may be waiting on a flag it will never set
   bool ok = true;
-  for (size_t c = 0; c < pids.size(); ++c) {
+  size_t left = pids.size();
+  while (left > 0) {
     int status = 0;
-    waitpid(pids[c], &status, 0);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      std::fprintf(stderr, "emu: core %zu failed (status %d)\n", c, status);
+    const pid_t pid = waitpid(-1, &status, 0);
+    if (pid < 0) break;
+    size_t i = 0;
+    while (i < pids.size() && pids[i] != pid) ++i;
+    if (i == pids.size()) continue;
+    pids[i] = -1;
+    --left;
+    if (ok && (!WIFEXITED(status) || WEXITSTATUS(status) != 0)) {
+      std::fprintf(stderr, "emu: core %zu failed (status %d)\n", i, status);
       ok = false;
+      for (pid_t other : pids)
+        if (other > 0) kill(other, SIGKILL);
     }
   }
   return ok;
 }
 
-// Mixed AIC/AIV launch (KERNEL_TYPE_MIX_AIC_1_2): `groups` groups of one AIC core (block_idx = group) and two AIV
-// cores (block_idx = group, sub_block_idx 0 / 1, so GetBlockIdx() = 2 * group + sub on the vector side), each a
-// forked process over shared GM; cross-core flags as in ffts_cross_core_sync above.
-inline bool LaunchMixed(int groups, const std::function<void()>& fn) {
-  if (groups > kMixMaxGroups) Fail("mixed launch of %d groups (at most %d emulated)", groups, kMixMaxGroups);
-  std::fflush(stdout);
-  std::fflush(stderr);
-  Mix() = static_cast<MixFlags*>(GmAlloc(sizeof(MixFlags)));
-  std::vector<pid_t> pids;
-  for (int g = 0; g < groups; ++g) {
-    for (int c = 0; c < 3; ++c) {   // c = 0: AIC, 1 / 2: AIV sub-blocks 0 / 1
-      const pid_t pid = fork();
-      if (pid < 0) Fail("fork failed");
-      if (pid == 0) {
-        block_idx = g;
-        block_num = groups;
-        g_taskRation = 2;
-        sub_block_idx = c ? c - 1 : 0;
-        g_coreType = c ? AscendC::AIV_TYPE : AscendC::AIC_TYPE;
-        fn();
-        std::fflush(stdout);
-        std::_Exit(0);
-      }
-      pids.push_back(pid);
-    }
-  }
-  // the first core that fails stops the launch: its partners would only wait for flags it will never set
-  bool ok = true;
-  std::vector<bool> done(pids.size(), false);
-  for (size_t left = pids.size(); left > 0; --left) {
-    int status = 0;
-    const pid_t pid = waitpid(-1, &status, 0);
-    size_t i = 0;
-    while (i < pids.size() && pids[i] != pid) ++i;
-    if (i == pids.size()) Fail("waitpid returned an unknown process");
-    done[i] = true;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      if (ok) std::fprintf(stderr, "emu: group %zu %s failed (status %d)\n", i / 3, i % 3 ? "AIV" : "AIC", status);
-      if (ok)
-        for (size_t j = 0; j < pids.size(); ++j)
-          if (!done[j]) kill(pids[j], SIGKILL);
-      ok = false;
-    }
-  }
-  Mix() = nullptr;
-  return ok;
+// run fn on `cores` cores of one type (AIV-only or AIC-only kernel)
+inline bool Launch(int cores, bool aic, const std::function<void()>& fn) {
+  const int most = (aic ? 1 : 2) * kMaxGroups;
+  if (cores > most) Fail("launch of %d cores (at most %d emulated)", cores, most);
+  CrossCore* shared = static_cast<CrossCore*>(GmAlloc(sizeof(CrossCore)));
+  return Fork(cores, [&](int c) {
+    block_idx = c;
+    block_num = cores;
+    g_coreType = aic ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
+    // an AIV-only launch pairs its cores as the chip's groups do (2 g, 2 g + 1), for mode 1 flags
+    XCore() = CrossCoreSelf{shared, aic ? cores : 0, aic ? 0 : cores, aic ? c : c / 2, aic ? 0 : c % 2, aic ? 1 : 0,
+                            {}};
+  }, fn);
 }
-inline bool IsAic() { return g_coreType == AscendC::AIC_TYPE; }
+
+// run a mixed kernel (KERNEL_TYPE_MIX_AIC_1_2) on `groups` groups of one AIC and two AIV cores: the AIC of group g
+// has block_idx g; AIV s of group g has block_idx g and sub_block_idx s, so its GetBlockIdx() is 2 g + s
+inline bool LaunchMix(int groups, const std::function<void()>& fn) {
+  if (groups > kMaxGroups) Fail("mixed launch of %d groups (at most %d emulated)", groups, kMaxGroups);
+  CrossCore* shared = static_cast<CrossCore*>(GmAlloc(sizeof(CrossCore)));
+  return Fork(3 * groups, [&](int i) {
+    const int g = i / 3, role = i % 3;   // 0: AIC, 1 / 2: AIV 0 / 1
+    block_idx = g;
+    block_num = groups;
+    g_taskRation = 2;
+    sub_block_idx = role == 0 ? 0 : role - 1;
+    g_coreType = role == 0 ? AscendC::AIC_TYPE : AscendC::AIV_TYPE;
+    XCore() = CrossCoreSelf{shared, groups, 2 * groups, g, role == 0 ? 0 : role - 1, role == 0 ? 1 : 0, {}};
+  }, fn);
+}
 
 }  // namespace av4_emu
 

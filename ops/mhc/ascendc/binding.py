@@ -25,7 +25,8 @@ VENDOR = _pkg.vendor_name(FAMILY)          # "ascend_v4_mhc"
 OP_TYPES = {"hc_pre": "HcPreAv4", "hc_head": "HcHeadAv4", "hc_post": "HcPostAv4"}
 NOTE = _pkg.install_note(FAMILY, OP_TYPES.values())
 TOLERANCE = (1e-4, 1e-3)
-SINKHORN_ITERS = 20   # V4's hc_sinkhorn_iters; float32 math on the vector unit, bf16 streams in, f32 out
+SINKHORN_ITERS = 20   # V4's hc_sinkhorn_iters; projection on the Cube unit (float32 accumulation), the rest
+                      # float32 on the vector unit, bf16 streams in, f32 out
 
 _STREAM = ("float32", "bfloat16")          # kStream: two kernel variants
 _F32 = ("float32", "float32")              # kF32
@@ -35,6 +36,9 @@ def _hc_limits(shapes, attrs):
     x = shapes.get("x") or shapes.get("residual")
     if x is not None and len(x) != 3:
         return f"stream input must be [T, hc, D], got {list(x)}"
+    if shapes.get("fn") is not None and x[1] * x[2] > 65535:
+        # hc_pre / hc_head project on the Cube unit: an x row is one ND2NZ source row (16-bit row stride)
+        return f"hc * D must be at most 65535 for the Cube projection, got {x[1]} * {x[2]}"
     return None
 
 

@@ -41,7 +41,7 @@ struct Isa {
   const char* name;
 };
 
-constexpr int64_t KC = 512;   // depth of a packed panel (measured best of 128..512 on a 2 MB-L2 core)
+constexpr int64_t KC = 256;   // depth of a packed panel: a 32-wide B micro-panel (32 KB) stays in L1d; best of 128..512 (docs/performance.md)
 constexpr int64_t MC = 144;   // rows of packed A per block (multiple of 6 and 12): 144 x 512 x 4 B = 288 KB in L2
 constexpr int64_t NB = 256;   // columns per parallel task (multiple of 16 and 32)
 
@@ -165,7 +165,30 @@ inline void pack_a(View A, int64_t mc, int64_t kc, int MR, float* Ap) {
   for (int64_t i0 = 0; i0 < mc; i0 += MR) {
     const int mr = int(std::min<int64_t>(MR, mc - i0));
     float* dst = Ap + i0 * kc;
-    if (A.cs == 1) {
+    if (A.cs == 1 && mr == MR && MR % 4 == 0) {  // full panel of a row-major A: 4 x 4 register transposes
+      const int64_t k4 = kc / 4 * 4;
+      for (int i = 0; i < MR; i += 4) {
+        const float* r0 = A.p + (i0 + i) * A.rs;
+        const float* r1 = r0 + A.rs;
+        const float* r2 = r1 + A.rs;
+        const float* r3 = r2 + A.rs;
+        for (int64_t k = 0; k < k4; k += 4) {
+          __m128 a0 = _mm_loadu_ps(r0 + k), a1 = _mm_loadu_ps(r1 + k), a2 = _mm_loadu_ps(r2 + k),
+                 a3 = _mm_loadu_ps(r3 + k);
+          _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
+          _mm_storeu_ps(dst + k * MR + i, a0);
+          _mm_storeu_ps(dst + (k + 1) * MR + i, a1);
+          _mm_storeu_ps(dst + (k + 2) * MR + i, a2);
+          _mm_storeu_ps(dst + (k + 3) * MR + i, a3);
+        }
+        for (int64_t k = k4; k < kc; ++k) {
+          dst[k * MR + i] = r0[k];
+          dst[k * MR + i + 1] = r1[k];
+          dst[k * MR + i + 2] = r2[k];
+          dst[k * MR + i + 3] = r3[k];
+        }
+      }
+    } else if (A.cs == 1) {
       for (int i = 0; i < mr; ++i) {
         const float* src = A.p + (i0 + i) * A.rs;
         for (int64_t k = 0; k < kc; ++k) dst[k * MR + i] = src[k];
@@ -234,8 +257,15 @@ inline void pack_b(View B, int64_t kc, int64_t nb, int NR, float* Bp) {
       int64_t k = 0;
       if (nr % 8 == 0) {  // 8 source rows at a time, walked along k: 8 sequential read streams
         const int64_t k8 = kc / 8 * 8;
-        for (int j = 0; j < nr; j += 8)
-          for (int64_t kb = 0; kb < k8; kb += 8) transpose8(B.p + (j0 + j) * B.cs + kb, B.cs, dst + kb * NR + j, NR);
+        for (int j = 0; j < nr; j += 8) {
+          const float* src = B.p + (j0 + j) * B.cs;
+          for (int64_t kb = 0; kb < k8; kb += 8) {
+            if (kb % 16 == 0)  // weights stream from DRAM in short (kc-long) row segments: prefetch 4 lines ahead
+              for (int r = 0; r < 8; ++r)
+                _mm_prefetch(reinterpret_cast<const char*>(src + r * B.cs + kb + 64), _MM_HINT_T0);
+            transpose8(src + kb, B.cs, dst + kb * NR + j, NR);
+          }
+        }
         for (int64_t kb = 0; kb < k8; ++kb)
           for (int j = nr; j < NR; ++j) dst[kb * NR + j] = 0.f;
         k = k8;

@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
       EMU_CHECK(td.ubUsed <= p.ubBytes && td.l1Used <= p.l1Bytes, "tiling exceeds the platform UB / L1");
       uint8_t* t = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(td)));
       std::memcpy(t, &td, sizeof(td));
-      if (!av4_emu::LaunchMixed(static_cast<int>(p.aicCores), [&] { launch(t); })) std::exit(3);
+      if (!av4_emu::LaunchMix(static_cast<int>(p.aicCores), [&] { launch(t); })) std::exit(3);
     } else {
       run_cores(td, p.ubBytes, p.aivCores, launch);
     }
@@ -139,7 +139,7 @@ int main(int argc, char** argv) {
     uint8_t* t = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(td)));
     std::memcpy(t, &td, sizeof(td));
     // every group of the platform runs (groups past usedGroups must return at once)
-    if (!av4_emu::LaunchMixed(static_cast<int>(p.aicCores), [&] {
+    if (!av4_emu::LaunchMix(static_cast<int>(p.aicCores), [&] {
           av4_lightning_indexer(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(k.data()),
                                 reinterpret_cast<GM_ADDR>(w.data()), reinterpret_cast<GM_ADDR>(idx.data()),
                                 reinterpret_cast<GM_ADDR>(ws.data()), t);

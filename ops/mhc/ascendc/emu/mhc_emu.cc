@@ -90,9 +90,10 @@ int main(int argc, char** argv) {
     uint8_t* mix = ToGm<float>(std::vector<float>(T * M, NAN));
     uint8_t* rstd = ToGm<float>(std::vector<float>(T, NAN));
     uint8_t* tiling = TilingGm(td);
-    const bool ok = av4_emu::Launch(td.usedCores, false, [&] {
-      if (head) hc_head_av4(x, fn, scale, base, cfg, y, mix, rstd, nullptr, tiling);
-      else hc_pre_av4(x, fn, scale, base, cfg, y, post, comb, mix, rstd, nullptr, tiling);
+    uint8_t* ws = ToGm<float>(std::vector<float>(td.wsBytes / 4, NAN));   // fn split + partial projections
+    const bool ok = av4_emu::LaunchMix(td.groups, [&] {
+      if (head) hc_head_av4(x, fn, scale, base, cfg, y, mix, rstd, ws, tiling);
+      else hc_pre_av4(x, fn, scale, base, cfg, y, post, comb, mix, rstd, ws, tiling);
     });
     if (!ok) return 3;
     WriteF32(dir + "/y.bin", FromGm<X>(y, T * D));
@@ -102,7 +103,8 @@ int main(int argc, char** argv) {
       WriteF32(dir + "/post.bin", FromGm<float>(post, T * hc));
       WriteF32(dir + "/comb.bin", FromGm<float>(comb, T * hc * hc));
     }
-    std::printf("ok cores=%d tileT=%d kChunk=%d kChunks=%d\n", td.usedCores, td.tileT, td.kChunk, td.kChunks);
+    std::printf("ok groups=%d cores=%d tileT=%d baseM=%d baseK=%d kSplit=%d\n", td.groups, td.usedCores, td.tileT,
+                td.baseM, td.baseK, td.kSplit);
     return 0;
   }
   std::fprintf(stderr, "unknown op %s\n", op.c_str());

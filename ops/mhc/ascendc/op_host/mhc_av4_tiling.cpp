@@ -20,15 +20,22 @@ bool Platform(gert::TilingContext* context, mhc_av4::HcPlatform* p) {
 
 int32_t ElemBytes(ge::DataType dt) { return dt == ge::DT_FLOAT ? 4 : (dt == ge::DT_BF16 ? 2 : 0); }
 
+// blockDim: AIV cores (hc_post) or core groups of one AIC + two AIV (the mixed hc_pre / hc_head); workspace: the
+// libraries' system workspace + the kernel's own (fn split, partial projections), 0 + 0 for hc_post
 template <typename Data>
-ge::graphStatus Commit(gert::TilingContext* context, const Data& td, int32_t usedCores) {
+ge::graphStatus Commit(gert::TilingContext* context, const Data& td, int32_t blockDim, uint64_t userWorkspace) {
   auto* raw = context->GetRawTilingData();
   if (raw == nullptr || raw->GetCapacity() < sizeof(Data)) return ge::GRAPH_FAILED;
   *context->GetTilingData<Data>() = td;
   raw->SetDataSize(sizeof(Data));
-  context->SetBlockDim(static_cast<uint32_t>(usedCores));
+  context->SetBlockDim(static_cast<uint32_t>(blockDim));
   context->SetTilingKey(0);
-  context->GetWorkspaceSizes(1)[0] = 0;  // everything lives in UB
+  uint64_t sys = 0;
+  if (userWorkspace > 0) {
+    platform_ascendc::PlatformAscendC ascendc(context->GetPlatformInfo());
+    sys = ascendc.GetLibApiWorkSpaceSize();
+  }
+  context->GetWorkspaceSizes(1)[0] = static_cast<size_t>(sys + userWorkspace);
   return ge::GRAPH_SUCCESS;
 }
 
@@ -42,7 +49,7 @@ ge::graphStatus PreOrHead(gert::TilingContext* context, bool head) {
   const char* why = "";
   if (!mhc_av4::HcPreTiling(x.GetDim(0), x.GetDim(2), static_cast<int32_t>(x.GetDim(1)), xBytes, head, p, &td, &why))
     return ge::GRAPH_FAILED;
-  return Commit(context, td, td.usedCores);
+  return Commit(context, td, td.groups, static_cast<uint64_t>(td.wsBytes));
 }
 
 }  // namespace
@@ -60,7 +67,7 @@ ge::graphStatus HcPostAv4Tiling(gert::TilingContext* context) {
   const char* why = "";
   if (!mhc_av4::HcPostTiling(res.GetDim(0), res.GetDim(2), static_cast<int32_t>(res.GetDim(1)), xBytes, p, &td, &why))
     return ge::GRAPH_FAILED;
-  return Commit(context, td, td.usedCores);
+  return Commit(context, td, td.usedCores, 0);
 }
 
 }  // namespace optiling

@@ -1,17 +1,19 @@
-// hc_pre / hc_head on the AI Vector cores of 910B / 910C (vector-only: the 24 x hc*D projection runs as
-// multiply + WholeReduceSum, see README "what needs hardware" for the cube variant).
+// hc_pre / hc_head, the AI Vector half of the mixed AIC/AIV kernel (the projection x . fn^T runs on the Cube unit,
+// hc_pre_cube.h, and reaches the vector cores through the workspace):
 //
-// Per core: its token range (HcTokenRange), walked in tiles of tileT tokens.
-//   phase 1  for each K chunk: CopyIn tileT rows of x and the M rows of fn (double-buffered TQue, DataCopyPad with
-//            32-byte aligned UB rows), multiply each fn row (and x itself, for the rms) by each token row,
-//            WholeReduceSum per 64 lanes, accumulate the partial sums;
-//   phase 2  per tile: final sums -> rsqrt, mixes, logits; pre/post sigmoids and the 20 Sinkhorn iterations run
-//            vectorised across the tile's tokens (one 32-byte "lane row" per coefficient); mix, rstd, post and
-//            comb are staged token-major and written with DataCopyPad;
-//   phase 3  per token, D chunk by D chunk: CopyIn hc rows of x, y = sum_i pre_i x_i (Muls + Axpy), cast, CopyOut.
-// bf16 inputs are cast to float32 in UB; all arithmetic is float32.
+//   phase 0  (bf16 x) split fn into fn_hi + fn_lo in bf16 (each AIV a share, to the workspace), then an all-AIV
+//            barrier and a flag to this group's AIC, which waits for it before its first load;
+// Per core: its token range (HcTokenRange over the 2 x groups AIV cores), walked in tiles of tileT tokens.
+//   phase 2  per tile: wait (once) for the AIC flag, add the K parts of the tile's projections and sums of squares
+//            (the diagonal of the Cube's x x^T) from the workspace; rsqrt, mixes, logits; pre/post sigmoids and the
+//            20 Sinkhorn iterations run vectorised across the tile's tokens (one 32-byte "lane row" per
+//            coefficient); mix, rstd, post and comb are staged token-major and written with DataCopyPad;
+//   phase 3  per token, D chunk by D chunk: CopyIn hc rows of x, y = sum_i pre_i x_i (Muls + Axpy), cast, CopyOut
+//            (the only read of x by the vector cores).
+// bf16 inputs are cast to float32 in UB; all vector arithmetic is float32.
 #pragma once
 #include "kernel_operator.h"
+#include "hc_pre_cube.h"
 #include "mhc_tiling_data.h"
 
 namespace mhc_av4 {
@@ -23,14 +25,19 @@ class HcPreKernel {
   __aicore__ inline HcPreKernel() {}
 
   __aicore__ inline void Init(GM_ADDR x, GM_ADDR fn, GM_ADDR scale, GM_ADDR base, GM_ADDR cfg, GM_ADDR y,
-                              GM_ADDR post, GM_ADDR comb, GM_ADDR mix, GM_ADDR rstd, const HcPreTilingData* td,
-                              TPipe* pipe) {
+                              GM_ADDR post, GM_ADDR comb, GM_ADDR mix, GM_ADDR rstd, GM_ADDR ws,
+                              const HcPreTilingData* td, TPipe* pipe) {
     td_ = td;
     pipe_ = pipe;
-    HcTokenRange(GetBlockIdx(), td->frontCores, td->baseTokens, &start_, &count_);
+    if (GetBlockIdx() < td->usedCores) HcTokenRange(GetBlockIdx(), td->frontCores, td->baseTokens, &start_, &count_);
     rows_ = td->M + 1;
     xGm_.SetGlobalBuffer((__gm__ T*)x, static_cast<uint64_t>(td->T * td->K));
     fnGm_.SetGlobalBuffer((__gm__ float*)fn, static_cast<uint64_t>(td->M * td->K));
+    splitGm_.SetGlobalBuffer((__gm__ T*)(ws + td->wsFnOffset), static_cast<uint64_t>(2 * td->M * td->K));
+    rawGm_.SetGlobalBuffer((__gm__ float*)(ws + td->wsRawOffset),
+                           static_cast<uint64_t>(td->kSplit * td->T * td->n16));
+    sqGm_.SetGlobalBuffer((__gm__ float*)(ws + td->wsSqOffset),
+                          static_cast<uint64_t>(td->kSplit * td->tiles * td->baseM * td->baseM));
     yGm_.SetGlobalBuffer((__gm__ T*)y, static_cast<uint64_t>(td->T * td->D));
     mixGm_.SetGlobalBuffer((__gm__ float*)mix, static_cast<uint64_t>(td->T * td->M));
     rstdGm_.SetGlobalBuffer((__gm__ float*)rstd, static_cast<uint64_t>(td->T));
@@ -49,12 +56,13 @@ class HcPreKernel {
     hcEps_ = g.GetValue(HEAD ? 0 : 1);
     normEps_ = g.GetValue(HEAD ? 1 : 2);
 
-    pipe_->InitBuffer(xQue_, 2, td->xInBytes);
-    pipe_->InitBuffer(fnQue_, 2, td->fnInBytes);
-    if (td->xCastBytes > 0) pipe_->InitBuffer(xCastBuf_, td->xCastBytes);
-    pipe_->InitBuffer(prodBuf_, td->prodBytes);
-    pipe_->InitBuffer(partBuf_, td->partBytes);
-    pipe_->InitBuffer(accBuf_, td->accBytes);
+    pipe_->InitBuffer(rawQue_, 2, td->rawInBytes);
+    pipe_->InitBuffer(sqQue_, 2, td->sqInBytes);
+    if (td->splitChunk > 0) {
+      pipe_->InitBuffer(splitInQue_, 1, static_cast<uint32_t>(HcAlignUp(td->splitChunk * 4, kUbAlign)));
+      pipe_->InitBuffer(splitOutQue_, 1, static_cast<uint32_t>(2 * HcAlignUp(td->splitChunk * 2, kUbAlign)));
+      pipe_->InitBuffer(splitBuf_, static_cast<uint32_t>(HcAlignUp(td->splitChunk * 4, kUbAlign)));
+    }
     pipe_->InitBuffer(coefBuf_, td->coefBytes);
     pipe_->InitBuffer(stageQue_, 1, td->stageBytes);
     pipe_->InitBuffer(yInQue_, 2, td->yInBytes);
@@ -63,89 +71,120 @@ class HcPreKernel {
   }
 
   __aicore__ inline void Process() {
+    if constexpr (sizeof(T) == 2) {
+      SplitFn();
+      CrossCoreSetFlag<0x0, PIPE_MTE3>(kFlagFnSplit);   // all AIV: the split is complete ...
+      CrossCoreWaitFlag(kFlagFnSplit);
+      CrossCoreSetFlag<0x2, PIPE_MTE3>(kFlagFnReady);   // ... this group's AIC may load it
+    }
     const int64_t end = start_ + count_;
     for (int64_t tok0 = start_; tok0 < end; tok0 += td_->tileT) {
       const int32_t nt = static_cast<int32_t>(end - tok0 < td_->tileT ? end - tok0 : td_->tileT);
-      LocalTensor<float> acc = accBuf_.Get<float>();
-      Duplicate(acc, 0.0f, nt * rows_ * td_->rp);
-      PipeBarrier<PIPE_V>();
-      for (int32_t c = 0; c < td_->kChunks; ++c) {
-        const int32_t kLen = c == td_->kChunks - 1 ? td_->kTail : td_->kChunk;
-        CopyInChunk(tok0, nt, static_cast<int64_t>(c) * td_->kChunk, kLen);
-        ComputeChunk(nt, kLen);
-      }
       Coefficients(tok0, nt);
       for (int32_t t = 0; t < nt; ++t) Collapse(tok0 + t, t);
     }
+    WaitRaw();   // a core without tokens still takes its one release from the AIC
   }
 
  private:
-  // ------------------------------------------------------------------------------------------ phase 1
-  __aicore__ inline void CopyInChunk(int64_t tok0, int32_t nt, int64_t k0, int32_t kLen) {
-    const uint32_t gap = static_cast<uint32_t>(td_->kChunk - kLen);  // keep a fixed UB row pitch of kChunk
-    LocalTensor<T> xIn = xQue_.AllocTensor<T>();
-    DataCopyExtParams xp(static_cast<uint16_t>(nt), static_cast<uint32_t>(kLen * sizeof(T)),
-                         static_cast<uint32_t>((td_->K - kLen) * sizeof(T)),
-                         static_cast<uint32_t>(gap * sizeof(T) / kUbAlign), 0);
-    DataCopyPad(xIn, xGm_[tok0 * td_->K + k0], xp, DataCopyPadExtParams<T>(false, 0, 0, 0));
-    xQue_.EnQue(xIn);
-    LocalTensor<float> fnIn = fnQue_.AllocTensor<float>();
-    DataCopyExtParams fp(static_cast<uint16_t>(td_->M), static_cast<uint32_t>(kLen * sizeof(float)),
-                         static_cast<uint32_t>((td_->K - kLen) * sizeof(float)),
-                         static_cast<uint32_t>(gap * sizeof(float) / kUbAlign), 0);
-    DataCopyPad(fnIn, fnGm_[k0], fp, DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
-    fnQue_.EnQue(fnIn);
-  }
-
-  __aicore__ inline void ComputeChunk(int32_t nt, int32_t kLen) {
-    LocalTensor<T> xIn = xQue_.DeQue<T>();
-    LocalTensor<float> fnIn = fnQue_.DeQue<float>();
-    LocalTensor<float> xf;
-    if constexpr (sizeof(T) == sizeof(float)) {
-      xf = xIn.template ReinterpretCast<float>();
-    } else {
-      xf = xCastBuf_.Get<float>();
-      Cast(xf, xIn, RoundMode::CAST_NONE, static_cast<uint32_t>(nt * td_->kChunk));
+  // ------------------------------------------------------------------------------------------ phase 0
+  // fn (float32) = hi + lo in bf16, this core's share of the M x K elements: hi = bf16(fn), lo = bf16(fn - hi)
+  __aicore__ inline void SplitFn() {
+    const int64_t total = static_cast<int64_t>(td_->M) * td_->K, cores = 2 * static_cast<int64_t>(td_->groups);
+    const int64_t per = HcAlignUp((total + cores - 1) / cores, 16);
+    const int64_t begin = GetBlockIdx() * per, end = begin + per < total ? begin + per : total;
+    const int64_t loOff = HcAlignUp(td_->splitChunk * 2, kUbAlign) / 2;
+    for (int64_t off = begin; off < end; off += td_->splitChunk) {
+      const uint32_t n = static_cast<uint32_t>(end - off < td_->splitChunk ? end - off : td_->splitChunk);
+      LocalTensor<float> in = splitInQue_.AllocTensor<float>();
+      DataCopyPad(in, fnGm_[off], DataCopyExtParams(1, n * 4, 0, 0, 0), DataCopyPadExtParams<float>(false, 0, 0, 0));
+      splitInQue_.EnQue(in);
+      in = splitInQue_.DeQue<float>();
+      LocalTensor<T> out = splitOutQue_.AllocTensor<T>();
+      LocalTensor<float> hiF = splitBuf_.Get<float>();
+      Cast(out, in, RoundMode::CAST_RINT, n);          // hi
       PipeBarrier<PIPE_V>();
+      Cast(hiF, out, RoundMode::CAST_NONE, n);
+      PipeBarrier<PIPE_V>();
+      Sub(hiF, in, hiF, n);                            // fn - hi, exact in float32
+      PipeBarrier<PIPE_V>();
+      Cast(out[loOff], hiF, RoundMode::CAST_RINT, n);  // lo
+      splitOutQue_.EnQue(out);
+      splitInQue_.FreeTensor(in);
+      out = splitOutQue_.DeQue<T>();
+      DataCopyPad(splitGm_[off], out, DataCopyExtParams(1, n * 2, 0, 0, 0));
+      DataCopyPad(splitGm_[total + off], out[loOff], DataCopyExtParams(1, n * 2, 0, 0, 0));
+      splitOutQue_.FreeTensor(out);
     }
-    LocalTensor<float> prod = prodBuf_.Get<float>();
-    LocalTensor<float> part = partBuf_.Get<float>();
-    LocalTensor<float> acc = accBuf_.Get<float>();
-    const int32_t repeats = kLen / kReduceLanes;
-    for (int32_t t = 0; t < nt; ++t) {
-      LocalTensor<float> xrow = xf[t * td_->kChunk];
-      for (int32_t m = 0; m < td_->M; ++m) Mul(prod[m * td_->kChunk], fnIn[m * td_->kChunk], xrow, kLen);
-      Mul(prod[td_->M * td_->kChunk], xrow, xrow, kLen);  // row M: x^2 -> sum of squares
-      Duplicate(part, 0.0f, rows_ * td_->rp);              // a short tail chunk leaves part of each row unused
-      PipeBarrier<PIPE_V>();
-      for (int32_t m = 0; m < rows_; ++m)
-        WholeReduceSum(part[m * td_->rp], prod[m * td_->kChunk], kReduceLanes, repeats, 1, 1, 8);
-      PipeBarrier<PIPE_V>();
-      LocalTensor<float> accT = acc[t * rows_ * td_->rp];
-      Add(accT, accT, part, rows_ * td_->rp);
-      PipeBarrier<PIPE_V>();
-    }
-    xQue_.FreeTensor(xIn);
-    fnQue_.FreeTensor(fnIn);
   }
 
   // ------------------------------------------------------------------------------------------ phase 2
   // Coefficient rows (lanes floats each, one lane per token of the tile): raw/mix [0, M), ss -> r at row M,
   // logits [M+1, 2M+1), then scratch rows s0..s3.
+  __aicore__ inline void WaitRaw() {
+    if (rawWaited_) return;
+    CrossCoreWaitFlag(kFlagRawReady);   // every AIC's partial projections are in the workspace
+    rawWaited_ = true;
+  }
+
+  // raw[t, :] = sum over the K parts of the Cube's partial projections of tokens tok0 .. tok0 + nt
+  __aicore__ inline void LoadProjections(int64_t tok0, int32_t nt, LocalTensor<float>& raw) {
+    WaitRaw();
+    const int32_t n16 = td_->n16, cols = td_->nCols;
+    for (int32_t p = 0; p < td_->kSplit; ++p) {
+      LocalTensor<float> in = rawQue_.AllocTensor<float>();
+      DataCopyExtParams cp(static_cast<uint16_t>(nt), static_cast<uint32_t>(cols * 4),
+                           static_cast<uint32_t>((n16 - cols) * 4),
+                           static_cast<uint32_t>((n16 * 4 - HcAlignUp(cols * 4, kUbAlign)) / kUbAlign), 0);
+      DataCopyPad(in, rawGm_[(p * td_->T + tok0) * n16], cp, DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+      rawQue_.EnQue(in);
+      in = rawQue_.DeQue<float>();
+      if (p == 0) Adds(raw, in, 0.0f, nt * n16);
+      else Add(raw, raw, in, nt * n16);
+      PipeBarrier<PIPE_V>();
+      rawQue_.FreeTensor(in);
+    }
+  }
+
+  // sums[8 t] = sum over the K parts of x x^T's diagonal entry of token tok0 + t (one float per 32-byte row)
+  __aicore__ inline void LoadSquares(int64_t tok0, int32_t nt, LocalTensor<float>& sums) {
+    const int64_t bm = td_->baseM;
+    for (int32_t p = 0; p < td_->kSplit; ++p) {
+      LocalTensor<float> in = sqQue_.AllocTensor<float>();
+      for (int32_t t = 0; t < nt; ++t) {
+        const int64_t tok = tok0 + t, tile = tok / bm, r = tok % bm;
+        DataCopyPad(in[t * 8], sqGm_[((p * td_->tiles + tile) * bm + r) * bm + r],
+                    DataCopyExtParams(1, 4, 0, 0, 0), DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+      }
+      sqQue_.EnQue(in);
+      in = sqQue_.DeQue<float>();
+      if (p == 0) Adds(sums, in, 0.0f, nt * 8);
+      else Add(sums, sums, in, nt * 8);
+      PipeBarrier<PIPE_V>();
+      sqQue_.FreeTensor(in);
+    }
+  }
+
   __aicore__ inline LocalTensor<float> Row(int32_t r) { return coefBuf_.Get<float>()[r * td_->lanes]; }
   __aicore__ inline LocalTensor<float> Z(int32_t m) { return Row(rows_ + m); }
 
   __aicore__ inline void Coefficients(int64_t tok0, int32_t nt) {
     const int32_t M = td_->M, hc = td_->hc;
-    LocalTensor<float> acc = accBuf_.Get<float>();
-    LocalTensor<float> sums = coefBuf_.Get<float>()[(2 * rows_ + 4) * td_->lanes];
-    for (int32_t t = 0; t < nt; ++t)  // per token: (M + 1) repeats of rp partial sums -> M mix sums + sum x^2
-      WholeReduceSum(sums[t * rows_], acc[t * rows_ * td_->rp], td_->rp, rows_, 1, 1, td_->rp / 8);
+    LocalTensor<float> raw = coefBuf_.Get<float>()[(2 * rows_ + 4) * td_->lanes];
+    LocalTensor<float> sums = raw[HcAlignUp(td_->tileT * td_->n16, 8)];
+    LoadProjections(tok0, nt, raw);
+    LoadSquares(tok0, nt, sums);
     TEventID vs = pipe_->FetchEventID(HardEvent::V_S);
     SetFlag<HardEvent::V_S>(vs);
     WaitFlag<HardEvent::V_S>(vs);
-    for (int32_t t = 0; t < nt; ++t)  // token-major -> lane rows (the Sinkhorn runs across tokens)
-      for (int32_t m = 0; m < rows_; ++m) Row(m).SetValue(t, sums.GetValue(t * rows_ + m));
+    for (int32_t t = 0; t < nt; ++t) {  // token-major -> lane rows (the Sinkhorn runs across tokens)
+      for (int32_t m = 0; m < M; ++m) {
+        float v = raw.GetValue(t * td_->n16 + m);
+        if constexpr (sizeof(T) == 2) v += raw.GetValue(t * td_->n16 + M + m);   // x . fn_hi + x . fn_lo
+        Row(m).SetValue(t, v);
+      }
+      Row(M).SetValue(t, sums.GetValue(t * 8));
+    }
     TEventID sv = pipe_->FetchEventID(HardEvent::S_V);
     SetFlag<HardEvent::S_V>(sv);
     WaitFlag<HardEvent::S_V>(sv);
@@ -335,11 +374,12 @@ class HcPreKernel {
   float base_[kMaxM] = {};
   float pre_[kMaxTileT][kMaxHc] = {};
 
-  GlobalTensor<T> xGm_, yGm_;
-  GlobalTensor<float> fnGm_, mixGm_, rstdGm_, postGm_, combGm_;
-  TQue<QuePosition::VECIN, 1> xQue_, fnQue_, yInQue_;
-  TQue<QuePosition::VECOUT, 1> stageQue_, yOutQue_;
-  TBuf<QuePosition::VECCALC> xCastBuf_, prodBuf_, partBuf_, accBuf_, coefBuf_, yCastBuf_;
+  bool rawWaited_ = false;
+  GlobalTensor<T> xGm_, yGm_, splitGm_;
+  GlobalTensor<float> fnGm_, rawGm_, sqGm_, mixGm_, rstdGm_, postGm_, combGm_;
+  TQue<QuePosition::VECIN, 1> rawQue_, sqQue_, yInQue_, splitInQue_;
+  TQue<QuePosition::VECOUT, 1> stageQue_, yOutQue_, splitOutQue_;
+  TBuf<QuePosition::VECCALC> coefBuf_, yCastBuf_, splitBuf_;
 };
 
 }  // namespace mhc_av4

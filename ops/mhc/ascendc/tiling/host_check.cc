@@ -68,7 +68,9 @@ int main() {
             CHECK(HcPreTiling(T, D, hc, dt == ge::DT_BF16 ? 2 : 4, head, {plat.aivCores, plat.ubBytes}, &want, &why));
             CHECK(tc.raw_.size_ == sizeof(HcPreTilingData));
             CHECK(std::memcmp(tc.raw_.data_.data(), &want, sizeof(want)) == 0);
-            CHECK(tc.blockDim_ == static_cast<uint32_t>(want.usedCores) && tc.blockDim_ <= plat.aivCores);
+            // mixed kernel: one block per AIC + two AIV group; system + user workspace
+            CHECK(tc.blockDim_ == static_cast<uint32_t>(want.groups) && 2 * tc.blockDim_ <= plat.aivCores);
+            CHECK(tc.workspaces_.size() == 1 && tc.workspaces_[0] == (16u << 20) + static_cast<size_t>(want.wsBytes));
             CHECK(want.ubBytes <= plat.ubBytes);
           }
           gert::TilingContext tc;

@@ -48,9 +48,10 @@ int main() {
       std::printf("\"ok\": %s, \"why\": \"%s\"", ok ? "true" : "false", why);
       if (ok) {
         F(T); F(D); F(K); F(hc); F(M); F(head); F(xBytes); F(usedCores); F(frontCores); F(baseTokens); F(tileT);
-        F(lanes); F(kChunk); F(kChunks); F(kTail); F(rp); F(dChunk); F(dChunks); F(dTail); F(xInBytes);
-        F(fnInBytes); F(xCastBytes); F(prodBytes); F(partBytes); F(accBytes); F(coefBytes); F(stageBytes);
-        F(yInBytes); F(yCastBytes); F(yOutBytes); F(ubBytes);
+        F(lanes); F(dChunk); F(dChunks); F(dTail); F(rawInBytes); F(sqInBytes); F(coefBytes); F(stageBytes);
+        F(yInBytes); F(yCastBytes); F(yOutBytes); F(splitBytes); F(splitChunk); F(ubBytes); F(groups); F(nCols);
+        F(n16); F(baseM); F(baseK); F(kSplit); F(kPart); F(tiles); F(wsFnOffset); F(wsRawOffset); F(wsSqOffset);
+        F(wsBytes);
         Ranges(td.usedCores, td.frontCores, td.baseTokens);
       }
     }

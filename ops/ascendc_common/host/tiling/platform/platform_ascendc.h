@@ -17,6 +17,8 @@ class PlatformAscendC {
     size = (info_ && memType == CoreMemType::UB) ? info_->ubBytes : 0;
   }
   SocVersion GetSocVersion() const { return SocVersion::ASCEND910B; }
+  // system workspace the AscendC libraries reserve ahead of the user workspace (CANN: 16 MB on 910B / 910C)
+  uint32_t GetLibApiWorkSpaceSize() const { return 16u << 20; }
 
  private:
   fe::PlatFormInfos* info_;
