@@ -39,6 +39,7 @@ PEAKS = {
     "910B": {"cube_tflops": 320.0, "hbm_tbps": 1.6, "aic": 24, "aiv": 48, "clock_ghz": 1.8},
     "910C-die": {"cube_tflops": 400.0, "hbm_tbps": 1.6, "aic": 24, "aiv": 48, "clock_ghz": 1.8},
 }
+FP32_CUBE_SHARE = 0.25       # float32 Mmad throughput as a share of the bf16 peak (assumed; no public 910B figure)
 VECTOR_LANES_FP32 = 64       # one 256-byte vector repeat per cycle per AIV core (fp32 lanes)
 
 
@@ -102,15 +103,21 @@ def kernels(c, T, ctx):
     #    both products' partial sums to the workspace;
     #  2 vector: the AIV cores add the K parts (one 32-byte read per token and part for the diagonal), coefficients
     #    (~60 ops per mix entry: sigmoids, 20 Sinkhorn iterations), read x once for the collapse and write y.
-    n16 = math.ceil(2 * M / 16) * 16
+    #  (decode, tiling xCast when 10 T K < 12 M K bytes: phase 0 casts x to float32 instead, and the Cube reads that
+    #  and fn itself: no split)
+    x_cast = 5 * T < 6 * M
+    n16 = math.ceil((M if x_cast else 2 * M) / 16) * 16
     base_m = 128 if T >= 128 else math.ceil(T / 16) * 16   # hc_tiling.cc CubeTiling for bf16 x, hc = 4
     tiles = math.ceil(T / base_m)
-    steps = K // 64                                        # baseK = 64 when L0B holds B and x^T (bf16)
+    steps = K // 64                                        # baseK = 64 (bf16: L0B holds B and x^T; float32)
     ksplit = 1 if tiles >= PEAKS_AIC else min(math.ceil(PEAKS_AIC / tiles), steps)
     phases = [
+        dict(vector=T * K, items_aiv=10 ** 9, gm=T * K * (bf + 4)) if x_cast else
         dict(vector=3.0 * M * K, items_aiv=10 ** 9, gm=M * K * 4 + 2 * M * K * 2),
         dict(matrix=2.0 * tiles * base_m * K * (n16 + base_m), items_aic=tiles * ksplit,
-             gm=T * K * bf + 2 * M * K * 2 + ksplit * (T * n16 + tiles * base_m * base_m) * 4),
+             cube_rate=FP32_CUBE_SHARE if x_cast else 1.0,
+             gm=(T * K * 4 + M * K * 4 if x_cast else T * K * bf + 2 * M * K * 2)
+             + ksplit * (T * n16 + tiles * base_m * base_m) * 4),
         dict(vector=2.0 * T * hc * D + T * M * 60 + ksplit * T * (n16 + 8), items_aiv=T,
              gm=ksplit * T * (n16 * 4 + 32) + T * K * bf + T * D * bf + T * (M + 1 + hc + hc * hc) * 4),
     ]
@@ -178,7 +185,8 @@ def project(p, kern):
         for ph in kern["phases"]:
             b_c = min(ph.get("items_aic", 0), p["aic"]) / p["aic"]
             b_v = min(ph.get("items_aiv", 0), p["aiv"]) / p["aiv"]
-            c = (ph.get("matrix", 0.0) / (cube * b_c) if b_c else 0.0) + (ph.get("vector", 0.0) / (vec * b_v) if b_v else 0.0)
+            c = ph.get("matrix", 0.0) / (cube * ph.get("cube_rate", 1.0) * b_c) if b_c else 0.0
+            c += ph.get("vector", 0.0) / (vec * b_v) if b_v else 0.0
             m = ph["gm"] / bw
             t_proj, t_c, t_m = t_proj + max(c, m), t_c + (c if c >= m else 0.0), t_m + (m if m > c else 0.0)
         return dict(busy=busy, projected_us=t_proj * 1e6, roofline_us=t_roof * 1e6, efficiency=t_roof / t_proj,

@@ -76,16 +76,19 @@ def test_tiling_fits_ub_and_is_aligned(tiling_rows):
             assert r["yCastBytes"] >= ((1 if xb == 4 else hc + 1) * dc * 4)
             assert r["lanes"] % 8 == 0 and r["lanes"] >= t and 1 <= t <= 8 and K == hc * r["D"] and K % 64 == 0
             # Cube projection: groups of one AIC + two AIV, tiles fitting L0A / L0B (ping-pong) and L0C
-            assert r["groups"] == max(1, r["cores"] // 2) and r["nCols"] == (M if xb == 4 else 2 * M)
+            # bf16 x: fn split (12 M K bytes) unless casting x to float32 (10 T K bytes) is cheaper
+            assert r["xCast"] == (1 if xb == 2 and 10 * r["T"] < 12 * M else 0)
+            eb = 4 if r["xCast"] else xb                    # element size the Cube works in
+            assert r["groups"] == max(1, r["cores"] // 2) and r["nCols"] == (M if eb == 4 else 2 * M)
             assert n16 % 16 == 0 and n16 >= r["nCols"] and r["baseM"] % 16 == 0 and r["baseM"] <= 128
             bm, bk = r["baseM"], r["baseK"]                 # L0B and L0C hold B and x^T, raw and x x^T
-            assert 2 * bm * bk * xb <= 65536 and 2 * bk * (n16 + bm) * xb <= 65536 and bm * (n16 + bm) * 4 <= 131072
-            assert bk * xb <= 256 and bk % (32 // xb) == 0 and bm % 16 == 0
+            assert 2 * bm * bk * eb <= 65536 and 2 * bk * (n16 + bm) * eb <= 65536 and bm * (n16 + bm) * 4 <= 131072
+            assert bk * eb <= 256 and bk % (32 // eb) == 0 and bm % 16 == 0
             assert r["kPart"] % bk == 0 and (r["kSplit"] - 1) * r["kPart"] < K <= r["kSplit"] * r["kPart"]
             tiles = -(-r["T"] // bm)
             assert r["tiles"] == tiles
             assert r["kSplit"] == 1 or tiles * (r["kSplit"] - 1) < r["groups"]    # K split only to fill the cores
-            assert r["wsRawOffset"] >= (0 if xb == 4 else 2 * M * K * 2)
+            assert r["wsRawOffset"] >= (0 if xb == 4 else r["T"] * K * 4 if r["xCast"] else 2 * M * K * 2)
             assert r["wsSqOffset"] >= r["wsRawOffset"] + r["kSplit"] * r["T"] * n16 * 4
             assert r["wsBytes"] == r["wsSqOffset"] + r["kSplit"] * tiles * bm * bm * 4
         assert total == r["ubBytes"] <= ub <= UB, r     # UB budget, recomputed from the fields

@@ -155,9 +155,10 @@ def test_hc_pre_cube_sync_removed_is_a_race(tmp_path, name):
 
 @pytest.mark.parametrize("T", [3, 40])
 def test_hc_pre_bf16_streams_with_float32_fn(emu, tmp_path, T):
-    """The real situation: bf16 streams, float32 fn. The Cube multiplies bf16 by bf16, so the kernel splits fn into
-    bf16 hi + lo and projects onto both; the float32 outputs must match the float64 reference at float32 accuracy,
-    where projecting onto bf16(fn) alone would be off by far more (checked on the reference itself)."""
+    """The real situation: bf16 streams, float32 fn. T=40: the Cube multiplies bf16 by bf16, so the kernel splits fn
+    into bf16 hi + lo and projects onto both; T=3 (decode): the vector cores cast x to float32 and the Cube projects
+    onto fn itself (tiling xCast). The float32 outputs must match the float64 reference at float32 accuracy, where
+    projecting onto bf16(fn) alone would be off by far more (checked on the reference itself)."""
     rng = np.random.default_rng(T)
     hc, D = 4, 256
     M = (2 + hc) * hc

@@ -1,6 +1,7 @@
 // The AI Cube half of the mixed hc_pre / hc_head kernel: raw[t, n] = sum_k x[t, k] B[n, k] on the Cube unit, with
 // B = fn [M, K] (float32 x) or the workspace's [fn_hi; fn_lo] [2M, K] bf16 split (bf16 x; made by the AIV cores,
-// waited for through a cross-core flag), and the tile's x x^T, whose diagonal holds the tokens' sums of squares
+// waited for through a cross-core flag; with xCast, x is the AIV cores' float32 copy of bf16 x and B = fn), and
+// the tile's x x^T, whose diagonal holds the tokens' sums of squares
 // (the RMS), from the same L1 copy of x: the vector cores then read x only once, for the collapse. Items (token
 // tile of baseM, K part) are dealt round-robin to the AIC cores; each runs over its K part in baseK steps
 // (docs/ascendc.md, "Cube unit"):
@@ -59,7 +60,7 @@ class HcProjCube {
 
   __aicore__ inline void Process() {
     const HcPreTilingData& g = *td_;
-    if constexpr (sizeof(T) == 2) CrossCoreWaitFlag(kFlagFnReady);   // both AIV of the group saw the split done
+    if (g.xBytes == 2) CrossCoreWaitFlag(kFlagFnReady);   // both AIV of the group saw the split (or x cast) done
     for (int i = 0; i < 2; ++i) {
       SetFlag<HardEvent::MTE1_MTE2>(l1Free_[i]);
       SetFlag<HardEvent::M_MTE1>(l0Free_[i]);

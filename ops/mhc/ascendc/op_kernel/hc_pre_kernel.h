@@ -1,8 +1,9 @@
 // hc_pre / hc_head, the AI Vector half of the mixed AIC/AIV kernel (the projection x . fn^T runs on the Cube unit,
 // hc_pre_cube.h, and reaches the vector cores through the workspace):
 //
-//   phase 0  (bf16 x) split fn into fn_hi + fn_lo in bf16 (each AIV a share, to the workspace), then an all-AIV
-//            barrier and a flag to this group's AIC, which waits for it before its first load;
+//   phase 0  (bf16 x) split fn into fn_hi + fn_lo in bf16 -- or, with xCast (few tokens), cast x to float32 --
+//            each AIV a share, to the workspace, then an all-AIV barrier and a flag to this group's AIC, which waits
+//            for it before its first load;
 // Per core: its token range (HcTokenRange over the 2 x groups AIV cores), walked in tiles of tileT tokens.
 //   phase 2  per tile: wait (once) for the AIC flag, add the K parts of the tile's projections and sums of squares
 //            (the diagonal of the Cube's x x^T) from the workspace; rsqrt, mixes, logits; pre/post sigmoids and the
@@ -34,6 +35,7 @@ class HcPreKernel {
     xGm_.SetGlobalBuffer((__gm__ T*)x, static_cast<uint64_t>(td->T * td->K));
     fnGm_.SetGlobalBuffer((__gm__ float*)fn, static_cast<uint64_t>(td->M * td->K));
     splitGm_.SetGlobalBuffer((__gm__ T*)(ws + td->wsFnOffset), static_cast<uint64_t>(2 * td->M * td->K));
+    xfGm_.SetGlobalBuffer((__gm__ float*)(ws + td->wsFnOffset), static_cast<uint64_t>(td->T * td->K));
     rawGm_.SetGlobalBuffer((__gm__ float*)(ws + td->wsRawOffset),
                            static_cast<uint64_t>(td->kSplit * td->T * td->n16));
     sqGm_.SetGlobalBuffer((__gm__ float*)(ws + td->wsSqOffset),
@@ -72,7 +74,8 @@ class HcPreKernel {
 
   __aicore__ inline void Process() {
     if constexpr (sizeof(T) == 2) {
-      SplitFn();
+      if (td_->xCast) CastX();
+      else SplitFn();
       CrossCoreSetFlag<0x0, PIPE_MTE3>(kFlagFnSplit);   // all AIV: the split is complete ...
       CrossCoreWaitFlag(kFlagFnSplit);
       CrossCoreSetFlag<0x2, PIPE_MTE3>(kFlagFnReady);   // ... this group's AIC may load it
@@ -88,6 +91,27 @@ class HcPreKernel {
 
  private:
   // ------------------------------------------------------------------------------------------ phase 0
+  // (xCast) x (bf16) -> float32 into the workspace, this core's share of the T x K elements, for the Cube
+  __aicore__ inline void CastX() {
+    const int64_t total = td_->T * td_->K, cores = 2 * static_cast<int64_t>(td_->groups);
+    const int64_t per = HcAlignUp((total + cores - 1) / cores, 16);
+    const int64_t begin = GetBlockIdx() * per, end = begin + per < total ? begin + per : total;
+    for (int64_t off = begin; off < end; off += td_->splitChunk) {
+      const uint32_t n = static_cast<uint32_t>(end - off < td_->splitChunk ? end - off : td_->splitChunk);
+      LocalTensor<T> in = splitInQue_.AllocTensor<T>();
+      DataCopyPad(in, xGm_[off], DataCopyExtParams(1, n * 2, 0, 0, 0), DataCopyPadExtParams<T>(false, 0, 0, 0));
+      splitInQue_.EnQue(in);
+      in = splitInQue_.DeQue<T>();
+      LocalTensor<float> out = splitOutQue_.AllocTensor<float>();
+      Cast(out, in, RoundMode::CAST_NONE, n);
+      splitOutQue_.EnQue(out);
+      splitInQue_.FreeTensor(in);
+      out = splitOutQue_.DeQue<float>();
+      DataCopyPad(xfGm_[off], out, DataCopyExtParams(1, n * 4, 0, 0, 0));
+      splitOutQue_.FreeTensor(out);
+    }
+  }
+
   // fn (float32) = hi + lo in bf16, this core's share of the M x K elements: hi = bf16(fn), lo = bf16(fn - hi)
   __aicore__ inline void SplitFn() {
     const int64_t total = static_cast<int64_t>(td_->M) * td_->K, cores = 2 * static_cast<int64_t>(td_->groups);
@@ -180,7 +204,7 @@ class HcPreKernel {
     for (int32_t t = 0; t < nt; ++t) {  // token-major -> lane rows (the Sinkhorn runs across tokens)
       for (int32_t m = 0; m < M; ++m) {
         float v = raw.GetValue(t * td_->n16 + m);
-        if constexpr (sizeof(T) == 2) v += raw.GetValue(t * td_->n16 + M + m);   // x . fn_hi + x . fn_lo
+        if (td_->nCols == 2 * M) v += raw.GetValue(t * td_->n16 + M + m);   // x . fn_hi + x . fn_lo
         Row(m).SetValue(t, v);
       }
       Row(M).SetValue(t, sums.GetValue(t * 8));
@@ -376,7 +400,7 @@ class HcPreKernel {
 
   bool rawWaited_ = false;
   GlobalTensor<T> xGm_, yGm_, splitGm_;
-  GlobalTensor<float> fnGm_, rawGm_, sqGm_, mixGm_, rstdGm_, postGm_, combGm_;
+  GlobalTensor<float> fnGm_, xfGm_, rawGm_, sqGm_, mixGm_, rstdGm_, postGm_, combGm_;
   TQue<QuePosition::VECIN, 1> rawQue_, sqQue_, yInQue_, splitInQue_;
   TQue<QuePosition::VECOUT, 1> stageQue_, yOutQue_, splitOutQue_;
   TBuf<QuePosition::VECCALC> coefBuf_, yCastBuf_, splitBuf_;

@@ -47,12 +47,13 @@ struct HcPreTilingData {  // hc_pre (head == 0) and hc_head (head == 1)
   int32_t kSplit;          // K parts (decode: one token tile shared by several cube cores)
   int64_t kPart;           // K per part (multiple of baseK)
   int64_t tiles;           // token tiles: ceil(T / baseM)
-  int64_t wsFnOffset;      // workspace bytes: [2 M, K] bf16 split of fn (bf16 x only)
+  int64_t wsFnOffset;      // workspace bytes: [2 M, K] bf16 split of fn, or [T, K] float32 x (xCast; bf16 x only)
   int64_t wsRawOffset;     // workspace bytes: [kSplit, T, n16] float32 partial projections
   int64_t wsSqOffset;      // workspace bytes: [kSplit, tiles, baseM, baseM] float32 partial x x^T blocks
   int64_t wsBytes;
   int32_t splitChunk;      // floats of fn per AIV split step (bf16 x)
-  int32_t pad0;
+  int32_t xCast;           // bf16 x, few tokens: the AIV cores cast x to float32 into the workspace (at
+                           // wsFnOffset) and the Cube projects it onto fn directly (nCols = M), no fn split
   // InitBuffer sizes in bytes; *In/*Out queues are double-buffered (2 x), TBufs single.
   uint32_t rawInBytes;     // VECIN  tileT x n16 partial projections of one K part
   uint32_t sqInBytes;      // VECIN  tileT x 8 floats: one partial sum of squares per token (32-byte rows)

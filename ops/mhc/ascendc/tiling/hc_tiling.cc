@@ -41,8 +41,11 @@ void PreBuffers(HcPreTilingData* td) {
 // `groups` (tile, part) items exist when the tokens alone give fewer (decode); L0A / L0B ping-pong and one L0C tile
 // must fit the AI Cube core.
 bool CubeTiling(HcPreTilingData* td) {
-  const int64_t eb = td->xBytes;
-  td->nCols = td->xBytes == 4 ? td->M : 2 * td->M;
+  // bf16 x: splitting fn moves 12 M K bytes (read float32, write hi + lo, the Cube's read), casting x to float32
+  // 10 T K (read bf16, write and read float32): the cheaper wins (decode)
+  td->xCast = td->xBytes == 2 && 5 * td->T < 6 * td->M ? 1 : 0;
+  const int64_t eb = td->xCast ? 4 : td->xBytes;
+  td->nCols = td->xBytes == 4 || td->xCast ? td->M : 2 * td->M;
   td->n16 = static_cast<int32_t>(HcAlignUp(td->nCols, 16));
   bool fit = false;
   for (int64_t m = 128; m >= 16 && !fit; m /= 2) {
@@ -66,7 +69,7 @@ bool CubeTiling(HcPreTilingData* td) {
   td->kPart = (steps + split - 1) / split * td->baseK;
   td->kSplit = static_cast<int32_t>((td->K + td->kPart - 1) / td->kPart);
   td->wsFnOffset = 0;
-  td->wsRawOffset = td->xBytes == 4 ? 0 : HcAlignUp(2 * td->M * td->K * 2, 512);
+  td->wsRawOffset = td->xBytes == 4 ? 0 : HcAlignUp(td->xCast ? td->T * td->K * 4 : 2 * td->M * td->K * 2, 512);
   td->wsSqOffset = HcAlignUp(td->wsRawOffset + static_cast<int64_t>(td->kSplit) * td->T * td->n16 * 4, 512);
   td->wsBytes = td->wsSqOffset + static_cast<int64_t>(td->kSplit) * td->tiles * td->baseM * td->baseM * 4;
   td->splitChunk = td->xBytes == 4 ? 0 : 2048;

@@ -49,7 +49,7 @@ int main() {
       if (ok) {
         F(T); F(D); F(K); F(hc); F(M); F(head); F(xBytes); F(usedCores); F(frontCores); F(baseTokens); F(tileT);
         F(lanes); F(dChunk); F(dChunks); F(dTail); F(rawInBytes); F(sqInBytes); F(coefBytes); F(stageBytes);
-        F(yInBytes); F(yCastBytes); F(yOutBytes); F(splitBytes); F(splitChunk); F(ubBytes); F(groups); F(nCols);
+        F(yInBytes); F(yCastBytes); F(yOutBytes); F(splitBytes); F(splitChunk); F(xCast); F(ubBytes); F(groups); F(nCols);
         F(n16); F(baseM); F(baseK); F(kSplit); F(kPart); F(tiles); F(wsFnOffset); F(wsRawOffset); F(wsSqOffset);
         F(wsBytes);
         Ranges(td.usedCores, td.frontCores, td.baseTokens);
