@@ -44,7 +44,6 @@ setup(
     install_requires=[
         "mindspore==2.10.0",
         "numpy>=1.25,<2",        # mindspore 2.10's C extensions break under numpy 2.x
-        "safetensors>=0.4",
         "click>=8.0",
         "pyyaml>=6.0",
         "sentencepiece>=0.2",
@@ -55,7 +54,9 @@ setup(
         "matplotlib>=3.7",       # `ascend-v4 plot`
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0"],
+        # safetensors: the tests check our reader/writer (checkpoint/safetensors_io.py) against the package
+        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0",
+                 "safetensors>=0.4"],
         "bench": ["torch==2.13.0", "transformers==5.24.0", "psutil"],
     },
     entry_points={"console_scripts": ["ascend-v4=ascend_v4.cli:main"]},
