@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("GLOG_v", "3")
@@ -28,10 +29,10 @@ def main():
     show_warnings_as_lines()
 
 
-def _load_any(path: str):
+def _load_any(path: str, versions=None):
     """(cfg, float weights) from any checkpoint directory (ascend_v4.weights.load_checkpoint)."""
     from .weights import load_checkpoint
-    return load_checkpoint(path)
+    return load_checkpoint(path, versions=versions)
 
 
 # ------------------------------------------------------------------------------------------------ info
@@ -67,16 +68,33 @@ def info(target, as_json):
 def make_checkpoint(out_dir, config, seed):
     """Write a random official-format checkpoint (FP8/MXFP4/BF16/FP32, sharded safetensors) for a config."""
     from .checkpoint import random_weights, write_official_checkpoint
+    from .config import MODEL_VERSIONS
     from .info import check_fits_in_memory
-    cfg = load_config(config)
+    cfg = load_config(config, versions=MODEL_VERSIONS)
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"{out_dir} exists and is not empty; choose a new directory")
     # float32 weights + their encoded copy are in memory at once
     check_fits_in_memory(cfg, "make-checkpoint", 5.5, f"use a smaller preset (tiny, small), `ascend-v4 info "
                          f"{config}` for its sizes, or bench/convert.py for release-shaped layers streamed to disk")
+    if cfg.version == "v4.1":
+        # V4.1's config must name its tokenizer's compressed (Engram) vocabulary size, as DeepSeek's code asserts
+        cfg = _v41_for_demo_tokenizer(cfg)
     write_official_checkpoint(cfg, random_weights(cfg, seed), out_dir)
     tok = _write_demo_tokenizer(cfg, out_dir)
     click.echo(f"wrote {cfg.name} official-format checkpoint to {out_dir}" + (f" (+ {tok})" if tok else ""))
+
+
+def _v41_for_demo_tokenizer(cfg):
+    """cfg with engram_compressed_vocab_size = the distinct ids of the demo tokenizer's compressed map."""
+    if cfg.vocab_size < 260:
+        return cfg
+    from tokenizers import Tokenizer
+    from .ops.engram.reference import compressed_token_map_from_tokenizer
+    from .serve.tokenizer import train_demo_tokenizer
+    with tempfile.TemporaryDirectory() as d:
+        train_demo_tokenizer(cfg.vocab_size, os.path.join(d, "tokenizer.json"))
+        tmap = compressed_token_map_from_tokenizer(Tokenizer.from_file(os.path.join(d, "tokenizer.json")))
+    return cfg.replace(engram_compressed_vocab_size=int(tmap.max()) + 1)
 
 
 def _write_demo_tokenizer(cfg, out_dir: str):
@@ -93,7 +111,10 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @main.command()
 @click.argument("checkpoint")
 @click.option("--tokens", "tokens_path", required=True, help="int [batch, seq] .npy token array")
-@click.option("--out", "out_path", required=True, help="output .npz")
+@click.option("--out", "out_path", required=True, help="output .npz (--format msprobe: a new directory)")
+@click.option("--format", "fmt", type=click.Choice(["npz", "msprobe"]), default="npz", show_default=True,
+              help="msprobe: MindStudio msprobe's MindSpore L0 tensor-dump layout (OUT/step0/rank0/dump.json, "
+                   "dump_tensor_data/*.npy), for `msprobe compare` against a reference dump (docs/porting.md)")
 @click.option("--backend", type=click.Choice(["graph", "numpy"]), default="graph", show_default=True,
               help="graph: MindSpore graph mode (this port); numpy: the float64 golden model")
 @click.option("--mode", type=click.Choice(["exact", "official"]), default="exact", show_default=True,
@@ -108,14 +129,31 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
 @device_option
-def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulation, mtp, threads):
+def dump(checkpoint, tokens_path, out_path, fmt, backend, mode, kv_fp8, quant_emulation, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
-    from .dump import check_tokens, load_tokens, save_npz
+    from .config import MODEL_VERSIONS
+    from .dump import DumpError, check_tokens, load_tokens, save_npz, write_msprobe
+    if fmt == "msprobe" and os.path.exists(out_path) and (not os.path.isdir(out_path) or os.listdir(out_path)):
+        raise DumpError(f"{out_path} already exists and is not an empty directory; --format msprobe writes a "
+                        f"directory: choose a new path")
     ids = load_tokens(tokens_path)
-    cfg, weights = _load_any(checkpoint)
+    cfg, weights = _load_any(checkpoint, MODEL_VERSIONS)
     check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
-    if quant_emulation:
+    if cfg.version == "v4.1":
+        if mode != "exact" or quant_emulation or mtp:
+            raise ConfigError(f"{checkpoint} is DeepSeek-V4.1: dump runs it with exact numerics only (no --mode "
+                              f"official, --mtp or --quant-emulation)")
+        from .dump import numpy_v41_dump, v41_token_map
+        tmap = v41_token_map(checkpoint, cfg, ids)
+        if backend == "numpy":
+            res = numpy_v41_dump(checkpoint, cfg, weights, ids)
+        else:                   # the model's Cells in graph mode, Engram tables in host memory
+            from .runtime import setup
+            setup(None, "graph", threads)
+            from ascend_v4.graph.forward import build_forward
+            res = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), token_map=tmap)(ids)
+    elif quant_emulation:
         if mode == "official":
             raise ConfigError("--quant-emulation (the Ascend int8 numerics) and --mode official (the CUDA FP8 "
                               "numerics) exclude each other; pick one")
@@ -134,7 +172,10 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulati
             from ascend_v4.graph.forward import build_forward
             fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
             res = fwd(ids)
-    save_npz(out_path, res)
+    if fmt == "msprobe":
+        out_path = write_msprobe(out_path, res, ids, cfg.n_layers)
+    else:
+        save_npz(out_path, res)
     click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
                f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")
 
@@ -165,28 +206,33 @@ def compare(a, b, as_json, max_median_rel):
 # ---------------------------------------------------------------------------------------------- export
 @main.command("export")
 @click.argument("checkpoint")
-@click.option("--out", "out_path", required=True, help="output file (.mindir)")
+@click.option("--out", "out_path", required=True, help="output file (.mindir or .onnx, as --format)")
+@click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True,
+              help="mindir: MindSpore Lite / Ascend serving; onnx: opset 11, checked by onnx.checker, runs in "
+                   "onnxruntime")
 @click.option("--batch", default=1, show_default=True)
 @click.option("--seq", default=128, show_default=True)
 @click.option("--backends", type=click.Choice(["composite", "auto"]), default="composite", show_default=True,
               help="composite: standard MindSpore primitives only (portable); auto: this machine's best backends "
-                   "(CPU C++ kernels as Custom ops that point at local libraries)")
+                   "(CPU C++ kernels as Custom ops that point at local libraries; MINDIR only)")
 @friendly
 @device_option
-def export_cmd(checkpoint, out_path, batch, seq, backends):
-    """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving.
-    (ONNX is not offered: MindSpore 2.10's ONNX exporter has no converter for Rsqrt, used by every RMSNorm.)"""
+def export_cmd(checkpoint, out_path, fmt, batch, seq, backends):
+    """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving, or as
+    ONNX. An op the ONNX exporter cannot convert is named, and the command exits 2."""
     from .runtime import setup
     setup(None, "graph")
     from ascend_v4.graph.export import export
     cfg, weights = _load_any(checkpoint)
-    export(cfg, weights, batch, seq, out_path, "MINDIR", backends=backends)
-    click.echo(f"exported MINDIR [{batch}x{seq}] ({backends} backends) to {out_path}")
+    export(cfg, weights, batch, seq, out_path, fmt.upper(), backends=backends)
+    click.echo(f"exported {fmt.upper()} [{batch}x{seq}] ({backends} backends) to {out_path}")
 
 
 # ------------------------------------------------------------------------------------------------ demo
 @main.command()
-@click.option("--config", "config", default="tiny", show_default=True)
+@click.option("--model", "model_kind", type=click.Choice(["v4", "v4.1"]), default="v4", show_default=True,
+              help="model family; its default config is tiny (v4) or v4.1-tiny (v4.1)")
+@click.option("--config", "config", default=None, help="preset name or config.json  [default: per --model]")
 @click.option("--batch", default=2, show_default=True)
 @click.option("--seq", default=64, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -194,7 +240,7 @@ def export_cmd(checkpoint, out_path, batch, seq, backends):
 @click.option("--new-tokens", default=8, show_default=True, help="tokens to generate after the parity check (0: skip)")
 @friendly
 @device_option
-def demo(config, batch, seq, seed, keep_dir, new_tokens):
+def demo(model_kind, config, batch, seq, seed, keep_dir, new_tokens):
     """Make a tiny official-format checkpoint, load it, run the graph-mode forward, check it against the
     float64 NumPy golden model, then generate a few tokens with the KV-cache engine (prefill + decode steps)
     and check every step's logits against a full recompute. No download, no arguments needed."""
@@ -207,10 +253,17 @@ def demo(config, batch, seq, seed, keep_dir, new_tokens):
     from .runtime import setup
     from . import ops as v4ops
 
-    cfg = load_config(config)
+    from .config import MODEL_VERSIONS
+    cfg = load_config(config or ("v4.1-tiny" if model_kind == "v4.1" else "tiny"),
+                      versions=MODEL_VERSIONS if model_kind == "v4.1" else ("v4",))
+    if cfg.version != model_kind:
+        raise ConfigError(f"config '{cfg.name}' is {cfg.version}, but --model is {model_kind}")
     if batch < 1 or seq < 1:
         raise ConfigError("--batch and --seq must be >= 1")
     click.echo(format_describe(describe(cfg)))
+    if cfg.version == "v4.1":
+        _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens)
+        return
     tmp = None
     root = keep_dir or tempfile.mkdtemp(prefix="ascend_v4_demo_")
     tmp = None if keep_dir else root
@@ -251,6 +304,72 @@ def demo(config, batch, seq, seed, keep_dir, new_tokens):
         if tmp:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
+    """demo --model v4.1: a random V4.1 release-format checkpoint (32x32 FP8, MXFP4 experts, FP8 Engram tables,
+    a tokenizer for the Engram token map) -> graph-mode forward (Engram tables in host memory) vs the float64
+    golden -> greedy generation through the serving engine, every step vs a full golden recompute."""
+    import shutil
+    import numpy as np
+    from .checkpoint import load_official_weights, random_weights, write_official_checkpoint
+    from .checkpoint.release_v41 import release_token_map
+    from .config import MODEL_VERSIONS
+    from .dump import compare_arrays
+    from .numpy_model_v41 import NumpyV41
+    from .runtime import setup
+    from . import ops as v4ops
+    cfg = _v41_for_demo_tokenizer(cfg)
+    root = keep_dir or tempfile.mkdtemp(prefix="ascend_v4_demo41_")
+    try:
+        ck = os.path.join(root, "checkpoint")
+        t0 = time.perf_counter()
+        write_official_checkpoint(cfg, random_weights(cfg, seed), ck)
+        _write_demo_tokenizer(cfg, ck)
+        weights = load_official_weights(ck, load_config(ck, versions=MODEL_VERSIONS))
+        tmap = release_token_map(ck, cfg) if cfg.engram_layer_ids else None
+        click.echo(f"checkpoint: DeepSeek-V4.1 release format (FP8 E4M3 + E8M0 32x32, MXFP4 experts, FP8 Engram "
+                   f"rows) written and read back in {time.perf_counter() - t0:.2f} s")
+        setup(None, "graph")
+        from ascend_v4.graph.forward import build_forward
+        fwd = build_forward(cfg, weights, max_seq_len=max(seq, 16), token_map=tmap)
+        ids = np.random.default_rng(seed).integers(0, cfg.vocab_size, (batch, seq))
+        ids[ids == cfg.image_token_id] = 0           # text only: image spans are refused (no vision tower)
+        t1 = time.perf_counter()
+        out = fwd(ids)
+        click.echo(f"graph-mode forward [{batch}x{seq}] (Engram rows gathered on the host): compile+run "
+                   f"{time.perf_counter() - t1:.2f} s")
+        click.echo("backends: " + ", ".join(f"{k}={v}" for k, v in sorted(v4ops.selected().items())))
+        golden = NumpyV41(cfg, weights, token_map=tmap)
+        ref = golden.forward(ids)
+        rows = {r["key"]: r for r in compare_arrays(out, {k: v for k, v in ref.items() if k in out})}
+        lg = rows["logits"]
+        worst = max((r for k, r in rows.items() if k.startswith("hidden_block")), key=lambda r: r["median_rel"])
+        ok = lg["median_rel"] < 1e-4 and lg["top1_agree"] >= 0.95
+        click.echo(f"parity vs float64 NumPy golden: logits median rel L2 {lg['median_rel']:.2e}, p90 "
+                   f"{lg['p90_rel']:.2e}, top-1 agreement {lg['top1_agree']:.3f}, worst block {worst['key']} median "
+                   f"{worst['median_rel']:.2e} -> {'PASS' if ok else 'FAIL'}")
+        if not ok:
+            sys.exit(1)
+        if new_tokens > 0:
+            from .serve import Engine, SamplingParams
+            prompt = ids[0, :min(seq, 16)]
+            eng = Engine(cfg, weights, max_batch=1, max_len=max(64, 2 * (prompt.size + new_tokens)), token_map=tmap)
+            gen = eng.generate([prompt], max_new_tokens=new_tokens, sampling=SamplingParams(greedy=True), eos_id=None)
+            got = gen.row(0)
+            full = np.concatenate([prompt, got[:-1]])[None]
+            want = golden.forward(full)["logits"][0, prompt.size - 1:]
+            rel = np.linalg.norm(gen.logits[0, :got.size] - want, axis=-1) / np.linalg.norm(want, axis=-1)
+            agree = float(np.mean(want.argmax(-1) == got))
+            ok = float(rel.max()) < 1e-4 and agree == 1.0
+            click.echo(f"generate (greedy, KV cache, Engram rows prefetched on the host): new ids {got.tolist()}; each "
+                       f"step vs full recompute: max rel L2 {rel.max():.1e}, greedy agreement {agree:.3f} -> "
+                       f"{'PASS' if ok else 'FAIL'}")
+            if not ok:
+                sys.exit(1)
+    finally:
+        if not keep_dir:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _demo_generate(cfg, weights, fallback_prompt, new_tokens: int) -> bool:

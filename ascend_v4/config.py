@@ -83,8 +83,9 @@ _HF_NESTED = {"rope_scaling": {"type", "rope_type", "factor", "original_max_posi
 _HF_METADATA = {"architectures", "attention_dropout", "initializer_range", "torch_dtype", "dtype",
                 "transformers_version", "use_cache", "pad_token_id", "auto_map", "_name_or_path", "mlp_bias",
                 "quantize"}                    # MindIE's precision tag in a `convert --layout serving` config
-# Keys of ours an HF root config may carry (docs/numerics.md): the model.py revision and the indexer's numerics.
-_HF_OURS = {"revision", "indexer_fp4"}
+# Keys of ours an HF root config may carry (docs/numerics.md): the model.py revision and the indexer's numerics;
+# "conversion" rides along in a `convert --layout serving` config.
+_HF_OURS = {"revision", "indexer_fp4", "conversion"}
 # Keys DeepSeek's ModelArgs reads that size the runtime, not the model; "conversion" is written by `convert`.
 _INFERENCE_RUNTIME = {"max_batch_size", "max_seq_len", "scale_dtype", "conversion"}
 
@@ -604,8 +605,9 @@ def _v41_root_message(path: str) -> str:
 
 def _unsupported_version(name: str, kind: str) -> str:
     if kind == "v4.1":
-        return (f"config '{name}' is DeepSeek-V4.1, which this command does not run yet (V4.1 support is in "
-                f"progress: `ascend-v4 info` reads it; see the README section 'DeepSeek-V4.1 (in progress)')")
+        return (f"config '{name}' is DeepSeek-V4.1, which this command does not run yet (V4.1 runs in info, "
+                f"make-checkpoint, dump, generate, demo --model v4.1, convert and verify; see the README section "
+                f"'DeepSeek-V4.1 (in progress)')")
     return f"config '{name}' is DeepSeek-V4, but this path runs only {', '.join(RUNNABLE)}"
 
 

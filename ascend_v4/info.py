@@ -150,6 +150,8 @@ def _tensor_class(name: str) -> str:
         return "shared experts"
     if name.startswith(("embed.", "head.")):
         return name.split(".")[0]
+    if ".engram.embed." in name:
+        return "Engram tables"
     leaf = n.rsplit(".", 1)
     mod = leaf[0].split(".")[-1] if leaf[-1] in ("weight", "weight_scale", "weight_offset", "scale_bias",
                                                  "weight_scale_second", "weight_offset_second", "bias") else leaf[-1]
@@ -210,115 +212,14 @@ def format_converted(d: Dict) -> str:
 
 # ===================================================================================== DeepSeek-V4.1 ==========
 _BYTES = {"F32": 4, "BF16": 2, "F8_E4M3": 1, "F8_E8M0": 1, "I8": 1}
-_BLOCK = 32            # V4.1's FP8 weight blocks (32×32) and MXFP4 / Engram scale groups (1×32)
 
 
 def v41_release_inventory(cfg) -> Dict[str, tuple]:
     """{tensor name: (shape, safetensors dtype)} of a V4.1 release checkpoint, names as released (tied DSpark
-    embed/head absent, `wo_a` still FP8, vision tower included when vision_n_layers > 0). See
-    docs/deepseek-v4.1.md ("Checkpoint format")."""
-    D, hc, inv = cfg.dim, cfg.hc_mult, {}
-
-    def bf16(name, *shape):
-        inv[name] = (tuple(shape), "BF16")
-
-    def f32(name, *shape):
-        inv[name] = (tuple(shape), "F32")
-
-    def fp8(name, out, inp):
-        inv[name + ".weight"] = ((out, inp), "F8_E4M3")
-        inv[name + ".scale"] = ((-(-out // _BLOCK), -(-inp // _BLOCK)), "F8_E8M0")
-
-    def expert(name, out, inp, routed):
-        if routed and cfg.expert_dtype == "fp4":
-            inv[name + ".weight"] = ((out, inp // 2), "I8")
-            inv[name + ".scale"] = ((out, inp // _BLOCK), "F8_E8M0")
-        else:
-            fp8(name, out, inp)
-
-    def block(p, n_experts):
-        for s in ("attn", "ffn"):
-            f32(f"{p}.hc_{s}_fn", cfg.hc_mix_dim, hc * D)
-            f32(f"{p}.hc_{s}_base", cfg.hc_mix_dim)
-            f32(f"{p}.hc_{s}_scale", 3)
-            bf16(f"{p}.{s}_norm.weight", D)
-        f32(f"{p}.attn.attn_sink", cfg.n_heads)
-        fp8(f"{p}.attn.wq_a", cfg.q_lora_rank, D)
-        bf16(f"{p}.attn.q_norm.weight", cfg.q_lora_rank)
-        fp8(f"{p}.attn.wq_b", cfg.n_heads * cfg.head_dim, cfg.q_lora_rank)
-        fp8(f"{p}.attn.wkv", cfg.head_dim, D)
-        bf16(f"{p}.attn.kv_norm.weight", cfg.head_dim)
-        fp8(f"{p}.attn.wo_a", cfg.o_groups * cfg.o_lora_rank, cfg.n_heads * cfg.head_dim // cfg.o_groups)
-        fp8(f"{p}.attn.wo_b", D, cfg.o_groups * cfg.o_lora_rank)
-        bf16(f"{p}.ffn.gate.weight", n_experts, D)
-        f32(f"{p}.ffn.gate.bias", n_experts)
-        if cfg.vision_n_layers:
-            f32(f"{p}.ffn.gate.bias_vl", n_experts)
-        I = cfg.moe_inter_dim
-        for e in range(n_experts):
-            for w, (o, i) in (("w1", (I, D)), ("w2", (D, I)), ("w3", (I, D))):
-                expert(f"{p}.ffn.experts.{e}.{w}", o, i, True)
-        if cfg.n_shared_experts:
-            for w, (o, i) in (("w1", (I, D)), ("w2", (D, I)), ("w3", (I, D))):
-                fp8(f"{p}.ffn.shared_experts.{w}", o, i)
-
-    bf16("embed.weight", cfg.vocab_size, D)
-    bf16("head.weight", cfg.vocab_size, D)
-    bf16("norm.weight", D)
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}"
-        block(p, cfg.n_routed_experts)
-        if i in cfg.engram_layer_ids:
-            rows = cfg.engram_num_embeddings[cfg.engram_layer_ids.index(i)]
-            inv[f"{p}.engram.embed.weight"] = ((rows, cfg.engram_head_dim), "F8_E4M3")
-            inv[f"{p}.engram.embed.scale"] = ((rows, cfg.engram_head_dim // _BLOCK), "F8_E8M0")
-            fp8(f"{p}.engram.wkv", (hc + 1) * D, cfg.engram_n_columns * cfg.engram_head_dim)
-            bf16(f"{p}.engram.q_weight", hc, D)
-            bf16(f"{p}.engram.k_weight", hc, D)
-        role = cfg.layer_role(i)
-        if role == "full":
-            bf16(f"{p}.attn.compressor.wkv.weight", cfg.head_dim, D)
-            if cfg.ratio(i) > 1:
-                bf16(f"{p}.attn.compressor.wgate.weight", cfg.head_dim, D)
-            bf16(f"{p}.attn.compressor.norm.weight", cfg.head_dim)
-            bf16(f"{p}.attn.indexer.wk.weight", cfg.index_head_dim, cfg.head_dim)
-            bf16(f"{p}.attn.indexer.k_norm.weight", cfg.index_head_dim)
-        if role in ("full", "reindex"):
-            fp8(f"{p}.attn.indexer.wq_b", cfg.index_n_heads * cfg.index_head_dim, cfg.q_lora_rank)
-            bf16(f"{p}.attn.indexer.weights_proj.weight", cfg.index_n_heads, D)
-    for k in range(cfg.n_mtp_layers):
-        p = f"mtp.{k}"
-        block(p, cfg.dspark_n_routed_experts)
-        if k == 0:
-            fp8(f"{p}.main_proj", D, len(cfg.dspark_target_layer_ids) * D)
-            bf16(f"{p}.main_norm.weight", D)
-        if k == cfg.n_mtp_layers - 1:
-            bf16(f"{p}.norm.weight", D)
-            bf16(f"{p}.markov_head.embed.weight", cfg.vocab_size, cfg.dspark_markov_rank)
-            bf16(f"{p}.markov_head.head.weight", cfg.vocab_size, cfg.dspark_markov_rank)
-            bf16(f"{p}.confidence_head.proj.weight", 1, D + cfg.dspark_markov_rank)
-    if cfg.vision_n_layers:
-        vd, vi, ps = cfg.vision_dim, cfg.vision_inter_dim, cfg.vision_patch_size
-        for n in ("image_start", "image_end", "image_newline"):
-            bf16(n, D)
-        for b in range(cfg.vision_n_layers):
-            p = f"vision.blocks.{b}"
-            bf16(f"{p}.attn.wqkv.weight", 3 * vd, vd)
-            bf16(f"{p}.attn.wqkv.bias", 3 * vd)
-            bf16(f"{p}.attn.wo.weight", vd, vd)
-            bf16(f"{p}.attn.wo.bias", vd)
-            bf16(f"{p}.mlp.w1.weight", 2 * vi, vd)
-            bf16(f"{p}.mlp.w2.weight", vd, vi)
-            bf16(f"{p}.norm1.weight", vd)
-            bf16(f"{p}.norm2.weight", vd)
-        bf16("vision.patch_embed.proj.weight", vd, 3, ps, ps)
-        bf16("vision.patch_embed.proj.bias", vd)
-        bf16("vision.norm.weight", vd)
-        bf16("aligner.w1.weight", D, cfg.vision_downsample_ratio ** 2 * vd)
-        bf16("aligner.w1.bias", D)
-        bf16("aligner.w2.weight", D, D)
-        bf16("aligner.w2.bias", D)
-    return inv
+    embed/head absent, `wo_a` still FP8, vision tower included when vision_n_layers > 0): the codec's inventory
+    (ascend_v4/checkpoint/release_v41.py; docs/deepseek-v4.1.md, "Checkpoint format")."""
+    from .checkpoint.release_v41 import v41_stored_inventory
+    return {e.name: (tuple(e.shape), e.dtype) for e in v41_stored_inventory(cfg).values()}
 
 
 def _v41_group(name: str) -> str:
@@ -399,5 +300,7 @@ def format_describe_v41(d: Dict) -> str:
              f"release: {p['tensors']:,} tensors, {p['release_bytes']:,} bytes (Engram {p['engram_bytes']:,})",
              f"KV cache per token: {kv['release']:.0f} B (release FP4 layout, kv sources only), "
              f"{kv['ascend_bf16']:.0f} B (BF16); + fixed window rings {kv['window_bytes_fp8'] / 2**20:.2f} MiB/sequence (FP8)",
-             "status: described only - V4.1 does not run in this port yet (README 'DeepSeek-V4.1 (in progress)')"]
+             "status: make-checkpoint, convert (bf16/w8a8/w4a8, ranks layout), dump (graph-mode Cells or the float64 "
+             "golden), generate and demo --model v4.1 take V4.1; DSpark drafting and train not yet (README "
+             "'DeepSeek-V4.1 (in progress)')"]
     return "\n".join(lines)

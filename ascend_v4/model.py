@@ -28,9 +28,11 @@ from mindspore.common.initializer import initializer
 from . import ops as v4ops
 from . import precision
 from .config import ModelConfig
-from .ops.attention.composite import compressed_indices, fp4_rotate, window_indices
+from .ops.attention.composite import (compressed_indices, fp4_quant, fp4_rotate, mask_to_ids, topk_mask,
+                                      window_indices)
 from .ops.attention.rope import rope_table
 from .ops.common import NEG_INF, linear, rms_norm
+from .ops.mhc.composite import hc_collapse
 from .ops.moe.layer import MoeExperts
 
 INT8_MAX = 127.0
@@ -50,7 +52,7 @@ class Linear(nn.Cell):
         self.weight = _param((out_features, in_features), dtype)
 
     def construct(self, x):
-        return linear(x, ops.cast(self.weight, x.dtype))
+        return precision.act(linear(x, ops.cast(self.weight, x.dtype)))
 
 
 class RMSNorm(nn.Cell):
@@ -60,7 +62,7 @@ class RMSNorm(nn.Cell):
         self.weight = _param((dim,), dtype, "ones")
 
     def construct(self, x):
-        return rms_norm(x, ops.cast(self.weight, ms.float32), self.eps)
+        return precision.act(rms_norm(x, ops.cast(self.weight, ms.float32), self.eps))
 
 
 class Embedding(nn.Cell):
@@ -73,11 +75,6 @@ class Embedding(nn.Cell):
 
 
 # -------------------------------------------------------------------------------------------------- RoPE
-def pair_perm(width: int) -> np.ndarray:
-    """int32 [width]: each dim's pair partner (2i <-> 2i+1)."""
-    return np.arange(width).reshape(-1, 2)[:, ::-1].reshape(-1).astype(np.int32)
-
-
 class RopeTables:
     """Per position p, the RoPE multipliers of the interleaved pairs, doubled to the rope width:
     cos2[p] = (c0, c0, c1, c1, ...), sin2[p] = (-s0, +s0, -s1, +s1, ...) [max_seq_len, rope_dim] float32.
@@ -101,25 +98,16 @@ class RopeTables:
 
 
 class Rope(nn.Cell):
-    """The reference's apply_rotary_emb on the last rope_dim dims of x [..., dim]:
-    rot = x·cos2 + pairswap(x)·sin2, i.e. (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ.
-    cos/sin are rope_dim wide (RoPE slice rotated and concatenated back) or dim wide with ones / zeros on the
-    non-RoPE dims (from `full_width`: the whole row in 4 kernels, what a decode step of many tiny kernels wants)."""
+    """The reference's apply_rotary_emb on the last rope_dim dims of x [..., dim] through the `rope` op:
+    (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ. cos/sin are rope_dim wide or dim wide
+    with ones / zeros on the non-RoPE dims (from `full_width`: what a decode step of many tiny kernels wants)."""
 
     def __init__(self, dim: int, rope_dim: int):
         super().__init__()
-        self.perm_rd = Tensor(pair_perm(rope_dim))
-        self.perm_full = Tensor(pair_perm(dim))
+        self._rope = v4ops.resolve("rope").fn
 
     def construct(self, x, cos, sin, inverse=False):
-        d, w = x.shape[-1], cos.shape[-1]
-        if w == d:
-            sw = ops.gather(x, self.perm_full, x.ndim - 1)
-            return x * cos - sw * sin if inverse else x * cos + sw * sin
-        r = x[..., d - w:]
-        sw = ops.gather(r, self.perm_rd, r.ndim - 1)
-        rot = r * cos - sw * sin if inverse else r * cos + sw * sin
-        return ops.concat([x[..., :d - w], rot], -1)
+        return self._rope(x, cos, sin, inverse)
 
 
 def full_width(cos, sin, width):
@@ -145,12 +133,13 @@ _bmm_nt = ops.BatchMatMul(transpose_b=True)
 # Cached step: every Cell gets `cache` (the tuple of Parameters), `ctx` (per-step tensors from
 # Transformer.step_context: positions, RoPE multipliers, index lists, write plans) and `step`, a plain tuple of
 # constants (graph mode takes tuples, nested at most 6 deep):
-#   step = (max_len, ctx_cap, shadow, slots, experts)
+#   step = (max_len, ctx_cap, shadow, slots, experts, shared_slots)
 #   max_len  cache capacity in tokens; ctx_cap the context bucket (a step reads ctx_cap // ratio entries)
 #   shadow   also write the compressor state as of each row's second-to-last token (speculative verify)
 #   slots    per block (main layers, then MTP): (window KV ids, entries KV ids, (ckv, csc, ckv_sh, csc_sh),
 #            (ikey, ikv, isc, ikv_sh, isc_sh), index of the block's ratio in ctx) — flat cache ids, () / -1 absent
 #   experts  per block the pre-stacked routed experts (w1, w2, w3), or None
+#   shared_slots  V4.1: (index-key buffer ids of the kv sources, publisher row id) for index_keys="shipped"
 
 
 def flat_rows(idx, R):
@@ -249,6 +238,14 @@ def after(x, bufs):
     return x
 
 
+def _prefix_padded(buf, B, R, n):
+    """The first n rows per sequence of a [B·R, w] buffer, zero rows past R."""
+    rows = prefix_rows(buf, B, R, min(n, R))
+    if R < n:
+        rows = ops.concat([rows, ops.zeros((B, n - R, rows.shape[-1]), rows.dtype)], 1)
+    return rows
+
+
 # --------------------------------------------------------------------------------------------- attention
 def _same_doc(idx, seg, key_seg_first, key_seg_last):
     """-1 out the candidates idx [B,S,K] whose key (rows of key_seg_* [B,N]) is not wholly in the query's doc."""
@@ -279,28 +276,49 @@ class Compressor(nn.Cell):
         self.head_dim, self.nope = head_dim, head_dim - cfg.rope_head_dim
         self.tab = 0 if head_dim == cfg.head_dim else 1        # which width of a decode step's RoPE multipliers
         self.wkv = Linear(cfg.dim, coff * head_dim, dtype)
-        self.wgate = Linear(cfg.dim, coff * head_dim, dtype)
-        self.ape = _param((ratio, coff * head_dim))
+        # DeepSeek-V4.1 (docs/deepseek-v4.1.md, "CSA-v2"): no position bias `ape`, and ratio 1 has no gate. The
+        # compress_kv op then runs with a zero bias and, at ratio 1, the kv weight as gate: a softmax over one slot
+        # is exactly 1, so the entry is norm(wkv(x)) as the reference computes it.
+        self.v41 = cfg.version == "v4.1"
+        self.gated = not (self.v41 and ratio == 1)
+        if self.gated:
+            self.wgate = Linear(cfg.dim, coff * head_dim, dtype)
+        if self.v41:
+            self.ape = Tensor(np.zeros((ratio, coff * head_dim), np.float32))
+        else:
+            self.ape = _param((ratio, coff * head_dim))
         self.norm = RMSNorm(head_dim, cfg.norm_eps, dtype)
         self.rope = Rope(head_dim, cfg.rope_head_dim)
         self._compress = v4ops.resolve("compress_kv").fn
 
-    def construct(self, x, cos, sin):
-        n = x.shape[1] // self.ratio
-        c = self._compress(x, self.wkv.weight, self.wgate.weight, self.ape, self.norm.weight, self.ratio,
-                           self.overlap, self.eps)
+    def gate_weight(self):
+        return self.wgate.weight if self.gated else self.wkv.weight
+
+    def latent(self, x):
+        """Every complete group of the sequence -> normed entries [B, S // ratio, c] before RoPE."""
+        return self._compress(x, self.wkv.weight, self.gate_weight(), self.ape, self.norm.weight, self.ratio,
+                              self.overlap, self.eps)
+
+    def rope_entries(self, c, cos, sin):
+        """RoPE of entry j at its group's first position j·ratio."""
+        n = c.shape[1]
         return self.rope(c, cos[:n * self.ratio:self.ratio].reshape(1, n, -1),
                          sin[:n * self.ratio:self.ratio].reshape(1, n, -1))
+
+    def construct(self, x, cos, sin):
+        return self.rope_entries(self.latent(x), cos, sin)
 
     def pool(self, kv, score, axis):
         """Softmax over the block's slots per channel, weighted sum, RMSNorm (compress_kv's pooling, on state)."""
         return rms_norm(ops.sum(kv * ops.softmax(score, axis), axis), ops.cast(self.norm.weight, ms.float32),
                         self.eps)
 
-    def step(self, x, cache, ctx, step, st, ent_ids, plan):
+    def step(self, x, cache, ctx, step, st, ent_ids, plan, keys=None):
         """Feed this step's tokens: write the entries of every block completed inside the valid tokens and the new
         state, in place. st = cache ids (kv state, score state, kv shadow, score shadow); ent_ids = the entry
-        buffer's ids; plan = this ratio's decode plan from step_context. -> the updated entry buffers."""
+        buffer's ids; plan = this ratio's decode plan from step_context. -> the updated entry buffers.
+        keys = (V4.1 indexer, index-key buffer id): also write each new entry's index keys (from the entry before
+        RoPE) to the same rows -> (entry buffers, (key buffer,))."""
         max_len, shadow = step[0], step[2]
         P, last = ctx[0], ctx[1]
         pos0 = P[:, 0]
@@ -309,10 +327,10 @@ class Compressor(nn.Cell):
         n_s = coff * r
         xf = ops.cast(x, ms.float32)
         kvp = linear(xf, ops.cast(self.wkv.weight, ms.float32))
-        scp = linear(xf, ops.cast(self.wgate.weight, ms.float32)) + ops.gather(
+        scp = linear(xf, ops.cast(self.gate_weight(), ms.float32)) + ops.gather(
             ops.cast(self.ape, ms.float32), (P % r).reshape(-1), 0).reshape(B, T, coff * c)
         if T == 1 and not shadow:
-            return self._step1(cache, st, ent_ids, kvp, scp, plan)
+            return self._step1(cache, st, ent_ids, kvp, scp, plan, keys)
         kv_state = cache[st[0]].reshape(B, n_s + 1, -1)
         sc_state = cache[st[1]].reshape(B, n_s + 1, -1)
         E_kv = ops.concat([kv_state, kvp], 1)                     # [B, n_s + 1 + T, coff·c]
@@ -343,11 +361,15 @@ class Compressor(nn.Cell):
             pool_kv, pool_sc = cur_kv, cur_sc
         yc, ys = ctx[6]
         pos_e = blk * r                                                                      # block's first token
-        ent = self.pool(pool_kv, pool_sc, 2)                                                 # [B, M, c]
-        ent = self.rope(ent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), c))
+        latent = self.pool(pool_kv, pool_sc, 2)                                              # [B, M, c]
+        ent = self.rope(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), c))
         nmax = max_len // r
         row = ops.where(emit, blk, ops.full_like(blk, nmax))                  # non-ending blocks -> scratch row
         bufs = kv_scatter(cache, ent_ids, flat_rows(row, nmax + 1), ent.reshape(B * M, c), self.nope)
+        if keys is not None:
+            idx, kid = keys
+            k = idx.key_rows(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), idx.head_dim))
+            bufs = (bufs, (_scatter_rows(cache[kid], flat_rows(row, nmax + 1), k.reshape(B * M, -1)),))
         # the new state: slot s keeps the latest position <= last congruent to s
         rows = B * (n_s + 1)
         if shadow:
@@ -368,7 +390,7 @@ class Compressor(nn.Cell):
         j = ops.clip(a - p0, 0, T - 1)
         return ops.concat([ops.where(use, take_rows(new, j), state[:, :n_s]), state[:, n_s:]], 1)
 
-    def _step1(self, cache, st, ent_ids, kvp, scp, plan):
+    def _step1(self, cache, st, ent_ids, kvp, scp, plan, keys=None):
         """T == 1 (decode): the token into slot p mod n_s in place; pool the block that p would end (its entry goes
         to the scratch row unless p ends it: pooling every step measured cheaper than graph control flow on "any
         row emits"). Same state and entries as the general path."""
@@ -384,24 +406,73 @@ class Compressor(nn.Cell):
         else:
             pool_kv = ops.gather(fkv, cur_rows, 0).reshape(B, r, c)
             pool_sc = ops.gather(fsc, cur_rows, 0).reshape(B, r, c)
-        ent = self.pool(pool_kv, pool_sc, 1)                                                 # [B, c]
-        ent = self.rope(ent, c_hd, s_hd) if self.tab == 0 else self.rope(ent, c_di, s_di)
-        return kv_scatter(cache, ent_ids, index, ent, self.nope)
+        latent = self.pool(pool_kv, pool_sc, 1)                                              # [B, c]
+        ent = self.rope(latent, c_hd, s_hd) if self.tab == 0 else self.rope(latent, c_di, s_di)
+        bufs = kv_scatter(cache, ent_ids, index, ent, self.nope)
+        if keys is None:
+            return bufs
+        idx, kid = keys
+        return bufs, (_scatter_rows(cache[kid], index, idx.key_rows(latent, c_di, s_di)),)
 
 
 class Indexer(nn.Cell):
-    """Lightning indexer of CSA layers: scores compressed entries with Σ_h w·ReLU(q·k), keeps the top-k."""
+    """Lightning indexer of CSA layers: scores compressed entries with Σ_h w·ReLU(q·k), keeps the top-k.
 
-    def __init__(self, cfg: ModelConfig, ratio: int, dtype=ms.float32):
+    DeepSeek-V4.1 (layer_id given, docs/deepseek-v4.1.md "CSA-v2"): no compressor of its own — a kv source derives
+    its index keys from the attention compressor's latent (`keys`: k_norm(wk(latent)), RoPE at the group position);
+    other index sources score the kv source's keys. q and k are FP4 quantised without a Hadamard rotation, and the
+    two_level_indexer op adds the candidate blocks (level 1 at candidate_source_layer, a mask for later index
+    sources)."""
+
+    def __init__(self, cfg: ModelConfig, ratio: int, dtype=ms.float32, layer_id: Optional[int] = None):
         super().__init__()
         self.n_heads, self.head_dim, self.topk, self.ratio = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk, ratio
         self.wq_b = Linear(cfg.q_lora_rank, cfg.index_n_heads * cfg.index_head_dim, dtype)
         self.weights_proj = Linear(cfg.dim, cfg.index_n_heads, dtype)
-        self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
+        self.v41 = layer_id is not None
+        if self.v41:
+            self.owns_keys = layer_id in cfg.kv_source_layers
+            if self.owns_keys:
+                self.wk = Linear(cfg.head_dim, cfg.index_head_dim, dtype)
+                self.k_norm = RMSNorm(cfg.index_head_dim, cfg.norm_eps, dtype)
+            c = cfg.candidate_source_layer
+            self.cand_source = layer_id == c                                       # level 1: build the mask
+            self.cand_block, self.cand_blocks = cfg.candidate_block_size, cfg.candidate_topk_blocks
+            self.cand_use = 0 <= c < layer_id                                      # level 2: apply it
+            self._topk = v4ops.resolve("index_topk_v2").fn
+            self._candidates = v4ops.resolve("candidate_mask").fn
+        else:
+            self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
+            self._indexer = v4ops.resolve("lightning_indexer").fn
         self.rope = Rope(cfg.index_head_dim, cfg.rope_head_dim)
         self.weight_scale = float(cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5)
-        self.fp4 = bool(cfg.indexer_fp4)      # Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md)
-        self._indexer = v4ops.resolve("lightning_indexer").fn
+        # V4: Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md); V4.1: FP4 q/k, no rotation
+        self.fp4 = bool(cfg.indexer_fp4)
+
+    def keys(self, latent, cos, sin):
+        """V4.1 kv source: index keys [B, n, d] of the un-rotated compressor latents [B, n, head_dim] (cos/sin the
+        RoPE tables: group j at position j·ratio)."""
+        n = latent.shape[1]
+        r = self.ratio
+        return self.key_rows(latent, cos[:n * r:r].reshape(1, n, -1), sin[:n * r:r].reshape(1, n, -1))
+
+    def key_rows(self, latent, cos, sin):
+        """k_norm(wk(latent)) RoPE'd by the given multipliers, FP4-QDQ'd as the key cache holds it."""
+        k = self.rope(self.k_norm(self.wk(latent)), cos, sin)
+        return fp4_quant(k) if self.fp4 else k
+
+    def select_v41(self, x, qr, cos, sin, keys, candidates):
+        """V4.1 full forward over the kv source's keys -> (top-k ids [B, S, k] (-1 padded), the candidate mask
+        after this layer: built here at the candidate source, else `candidates` unchanged)."""
+        S = x.shape[1]
+        q, w = self.queries(x, qr, cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1))
+        if self.fp4:
+            q = fp4_quant(q)
+        ids, scores = self._topk(q, keys, w, self.ratio, self.topk, 0, candidates if self.cand_use else None)
+        if self.cand_source:
+            vis = (ops.arange(S, dtype=ms.int32) + 1) // self.ratio
+            candidates = self._candidates(scores, vis, self.cand_blocks, self.cand_block)
+        return ids, candidates
 
     def queries(self, x, qr, cos, sin):
         """-> (index queries [B, S, H, d] RoPE'd, head weights [B, S, H])."""
@@ -429,27 +500,9 @@ class Indexer(nn.Cell):
 
 def select_mask(score, vis, k):
     """score [B,T,N], vis [B,T] (entries < vis are visible) -> bool [B,T,N]: the top-k visible entries, exactly the
-    lightning_indexer op's set (everything above the k-th value, then the lowest ids among those equal to it)."""
+    lightning_indexer op's set (ops/attention/composite.py topk_mask)."""
     N = score.shape[-1]
-    ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
-    visible = ent < ops.expand_dims(vis, -1)
-    score = ops.where(visible, score, ops.full_like(score, NEG_INF))
-    kth = ops.topk(score, k)[0][..., k - 1:k]
-    above = score > kth
-    tied = score == kth
-    room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
-    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
-    return ops.logical_and(take, visible)
-
-
-def mask_to_ids(take, k):
-    """bool [B,T,N] with <= k True -> [B,T,k] their ids (ascending), -1 padded."""
-    N = take.shape[-1]
-    ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
-    key = ops.cast(ops.where(take, ent, ent + N), ms.float32)
-    _, idx = ops.topk(-key, k)
-    idx = ops.cast(idx, ms.int32)
-    return ops.where(ops.gather_elements(take, -1, idx), idx, -ops.ones_like(idx))
+    return topk_mask(score, ops.arange(N, dtype=ms.int32).reshape(1, 1, N) < ops.expand_dims(vis, -1), k)
 
 
 class Attention(nn.Cell):
@@ -490,11 +543,27 @@ class Attention(nn.Cell):
             self.tp_in_q = CopyToTensorParallel(parallel)
             self.tp_in_kv = CopyToTensorParallel(parallel)
             self.tp_out = ReduceFromTensorParallel(parallel)
-        self.has_indexer = self.ratio == 4
-        if self.ratio:
-            self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
-        if self.has_indexer:
-            self.indexer = Indexer(cfg, self.ratio, dtype)
+        self.v41 = cfg.version == "v4.1"
+        if self.v41:
+            # CSA-v2 sharing (docs/deepseek-v4.1.md): only kv sources compress (and publish index keys), only index
+            # sources run an indexer; the others read the latest source's cache / top-k, handed down the layers.
+            self.kv_source = layer_id in cfg.kv_source_layers
+            self.has_indexer = layer_id in cfg.index_source_layers
+            self.layer_id = layer_id
+            # index_keys="shipped" (Transformer): a cached step scores against the last publisher's keys, as
+            # DeepSeek's released decode does (docs/deepseek-v4.1.md, "Decode index keys")
+            self.shipped = False
+            self.sources = tuple((s, cfg.ratio(s)) for s in cfg.kv_source_layers)
+            if self.kv_source:
+                self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
+            if self.has_indexer:
+                self.indexer = Indexer(cfg, self.ratio, dtype, layer_id)
+        else:
+            self.has_indexer = self.ratio == 4
+            if self.ratio:
+                self.compressor = Compressor(cfg, self.ratio, cfg.head_dim, dtype)
+            if self.has_indexer:
+                self.indexer = Indexer(cfg, self.ratio, dtype)
         self._attend = v4ops.resolve("sparse_attention").fn
         self._attend_hca = v4ops.resolve("hca_attention").fn
         self._eye = Tensor(np.eye(self.n_groups, dtype=np.float32).reshape(1, self.n_groups, self.n_groups, 1))
@@ -504,7 +573,8 @@ class Attention(nn.Cell):
         B, S = x.shape[0], x.shape[1]
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
-        q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)        # per-head norm, no weight
+        if not self.v41:                                                # V4.1 removed it
+            q = rms_norm(q, None, self.eps)                              # per-head norm, no weight
         return qr, self.rope(q, cos_h, sin_h), self.rope(self.kv_norm(self.wkv(x)), cos, sin)
 
     def construct(self, x, cos, sin, seg=None):
@@ -545,6 +615,30 @@ class Attention(nn.Cell):
             kv = self.tp_in_kv(kv)
         o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
         return self._output(o, cs, sn)
+
+    def forward_v41(self, x, cos, sin, shared):
+        """DeepSeek-V4.1 full forward from position 0. shared = (compressed entries [B, n, hd], index keys
+        [B, n, d], top-k ids [B, S, k], level-1 candidate mask [B, S, n]) as the latest sources left them (None
+        before the first) -> (output, shared after this layer)."""
+        B, S = x.shape[0], x.shape[1]
+        cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
+        qr, q, kv = self._qkv(x, cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1), cs, sn)
+        win_idx = ops.broadcast_to(ops.expand_dims(window_indices(S, self.window), 0), (B, S, min(S, self.window)))
+        entries, keys, topk, cand, pubs = shared
+        n = S // self.ratio if self.ratio else 0
+        if n > 0:
+            if self.kv_source:
+                latent = self.compressor.latent(x)
+                entries = self.compressor.rope_entries(latent, cos, sin)
+                keys = self.indexer.keys(latent, cos, sin)
+            if self.has_indexer:
+                topk, cand = self.indexer.select_v41(x, qr, cos, sin, keys, cand)
+            cmp_idx = ops.where(topk >= 0, topk + S, topk)                # entries follow the S window rows
+            kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
+            o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
+        else:                   # window-only layer, or no complete group yet
+            o = self._attend(q, kv, self.attn_sink, win_idx, None, self.scale)
+        return self._output(o, cs, sn), (entries, keys, topk, cand, pubs)
 
     def _output(self, o, cos_h, sin_h):
         B, S = o.shape[0], o.shape[1]
@@ -620,6 +714,76 @@ class Attention(nn.Cell):
         self._ring_update(cache, win_ids, ring, kv, ring_plan, o)
         return self._output(o, C4, S4)
 
+    def step_v41(self, x, cache, ctx, step, slots, shared):
+        """DeepSeek-V4.1 cached step (the counterpart of forward_v41 over the serving cache): attend over [window
+        ring | this step's kv | the kv source's compressed entries]. A kv source feeds its compressor and writes
+        entries + index keys; an index source scores its kv source's keys (its OWN group's keys on every step —
+        the fix of DeepSeek's decode, docs/deepseek-v4.1.md) through index_topk_v2 / candidate_mask; the others
+        reuse. shared = (entry buffers, key buffers, top-k ids, candidate mask) of the latest sources, read through
+        the tuples their writes returned (so after the writes) -> (output, shared)."""
+        max_len, ctx_cap = step[0], step[1]
+        tabs, win_idx, ring_plan, per_ratio = ctx[2], ctx[3], ctx[4], ctx[5]
+        B, T, W = x.shape[0], x.shape[1], self.window
+        win_ids, ent_ids, st, ist, r_i = slots
+        C, S, Ci, Si, C4, S4, Ci4, Si4 = tabs[1 if self.ratio else 0]    # (kv, index width) x (rows, heads)
+        qr, q, kv = self._qkv(x, C, S, C4, S4)
+        kv = kv_fake_quant(kv, win_ids, self.nope)                        # what the ring will read back
+        ring = kv_read(kv_buffers(cache, win_ids), B, W + 1, W + 1)
+        kv_all = ops.concat([ring, kv], 1)
+        cmp_idx = None
+        writes = ()
+        ent, keys, topk, cand, pubs = shared
+        if self.ratio:
+            vis, plan = per_ratio[r_i]
+            if self.kv_source:
+                ent, keys = self.compressor.step(x, cache, ctx, step, st, ent_ids, plan, (self.indexer, ist[0]))
+                writes = ent + keys
+                if self.shipped:        # rows where this source completed a group publish its keys
+                    pos0, last = ctx[0][:, 0], ctx[1]
+                    pubs = pubs + ((self.layer_id, keys, (last + 1) // self.ratio > pos0 // self.ratio),)
+            nmax = max_len // self.ratio
+            kcap = min(ctx_cap, max_len) // self.ratio                     # entries the context bucket can hold
+            ncap = nmax + 1 if kcap == nmax else kcap
+            if kcap > 0:
+                if self.has_indexer:
+                    idx = self.indexer
+                    qi, wi = idx.queries(x, qr, Ci4, Si4)
+                    if idx.fp4:
+                        qi = fp4_quant(qi)
+                    k = min(idx.topk, kcap)
+                    p0 = ctx[0][:, :1]
+                    if self.shipped:
+                        kk = self._shipped_keys(cache, step, pubs, B, ncap)
+                    else:
+                        kk = prefix_rows(keys[0], B, nmax + 1, ncap)
+                    topk, scores = idx._topk(qi, kk, wi, self.ratio, k, p0, cand if idx.cand_use else None)
+                    if idx.cand_source:
+                        cand = idx._candidates(scores, vis, idx.cand_blocks, idx.cand_block)
+                kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
+                cmp_idx = ops.where(topk >= 0, topk + (W + 1 + T), topk)
+        o = self._attend(q, kv_all, self.attn_sink, win_idx, cmp_idx, self.scale)
+        o = after(o, writes)        # a step with no readable entry still advances the compressor
+        self._ring_update(cache, win_ids, ring, kv, ring_plan, o)
+        return self._output(o, C4, S4), (ent, keys, topk, cand, pubs)
+
+    def _shipped_keys(self, cache, step, pubs, B, ncap):
+        """The keys DeepSeek's released decode scores against: per row, those of the latest kv source that
+        completed a group in this step before this layer, else of the last publisher of an earlier step (the
+        cache's publisher row); another layer's cache is read at this layer's positions, as shipped."""
+        max_len, key_ids, pub_id = step[0], step[5][0], step[5][1]
+        carried = cache[pub_id].reshape(B, 1, 1)
+        done = {}
+        for s_id, bufs, _ in pubs:
+            done[s_id] = bufs
+        sel = ops.zeros((B, ncap, self.indexer.head_dim), ms.float32)
+        for (s_id, r), kid in zip(self.sources, key_ids):
+            buf = done[s_id][0] if s_id in done else cache[kid]
+            sel = ops.where(carried == float(s_id), _prefix_padded(buf, B, max_len // r + 1, ncap), sel)
+        for s_id, bufs, emitted in pubs:
+            r = dict(self.sources)[s_id]
+            sel = ops.where(emitted.reshape(B, 1, 1), _prefix_padded(bufs[0], B, max_len // r + 1, ncap), sel)
+        return sel
+
     def _ring_update(self, cache, ids, ring, kv, plan, done):
         """Each ring slot keeps its latest valid position. The write waits for `done` (the attention output), so no
         read of the old ring can see the new one."""
@@ -643,21 +807,36 @@ class Gate(nn.Cell):
         else:
             # aux-loss-free balancing: moved by the load statistics outside the gradient
             self.bias = _param((cfg.n_routed_experts,), requires_grad=False)
+        # DeepSeek-V4.1: router logits divided by gate_temp, the chosen weights normalised by their sum + 1e-20
+        # (moe_route's gate_temp / eps), and a second bias `bias_vl` that only image tokens use
+        # (vision is out of scope here: the parameter is loaded, text tokens never read it).
+        v41 = cfg.version == "v4.1"
+        self.gate_temp = float(cfg.gate_temp) if v41 else 1.0
+        self.norm_eps = 1e-20 if v41 else 0.0
+        if v41 and cfg.vision_n_layers > 0:
+            self.bias_vl = _param((cfg.n_routed_experts,), requires_grad=False)
         self._route = v4ops.resolve("moe_route").fn
 
     def affinity(self, x):
-        logits = linear(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32))
+        logits = linear(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32)) / self.gate_temp
         if self.score_func == "softmax":
-            return ops.softmax(logits, -1)
-        if self.score_func == "sigmoid":
-            return ops.sigmoid(logits)
-        return ops.sqrt(ops.softplus(logits))
+            s = ops.softmax(logits, -1)
+        elif self.score_func == "sigmoid":
+            s = ops.sigmoid(logits)
+        else:
+            s = ops.sqrt(ops.softplus(logits))
+        return precision.island("router", s)
 
     def construct(self, x, input_ids):
         if self.hash:
-            return self._route(x, self.weight, None, self.topk, self.route_scale, self.score_func,
-                               input_ids, self.tid2eid)
-        return self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func)
+            w, ids = self._route(x, self.weight, None, self.topk, self.route_scale, self.score_func,
+                                 input_ids, self.tid2eid)
+        elif self.norm_eps:
+            w, ids = self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func,
+                                 gate_temp=self.gate_temp, eps=self.norm_eps)
+        else:
+            w, ids = self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func)
+        return precision.island("router", w), ids
 
 
 class Expert(nn.Cell):
@@ -744,10 +923,11 @@ class MoE(nn.Cell):
         return ops.cast(ops.stack(w1), dtype), ops.cast(ops.stack(w2), dtype), ops.cast(ops.stack(w3), dtype)
 
     def _shared(self, x):
+        # one group of all T tokens; reshape, not [0]: that StridedSlice copy cost ~3 ms per layer at [512, 256] on CPU
         s = self.shared_experts
         return self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
                          ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
-                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit)[0]
+                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit).reshape(x.shape)
 
     def construct(self, x, input_ids):
         return self.forward_stats(x, input_ids)[0]
@@ -772,6 +952,23 @@ class MoE(nn.Cell):
 
 
 # ----------------------------------------------------------------------------------------- blocks & model
+class Engram(nn.Cell):
+    """DeepSeek-V4.1's Engram before a block (docs/deepseek-v4.1.md, "Engram"): the rows of the token's hashed
+    n-grams (gathered on the host from tables in host memory: `rows` [B, S, columns·engram_head_dim]) -> wkv ->
+    the gated read into each mHC stream (engram_gate op). The table itself is not a parameter of the model."""
+
+    def __init__(self, cfg: ModelConfig, dtype=ms.float32):
+        super().__init__()
+        self.eps = cfg.norm_eps
+        self.wkv = Linear(cfg.engram_n_columns * cfg.engram_head_dim, (cfg.hc_mult + 1) * cfg.dim, dtype)
+        self.q_weight = _param((cfg.hc_mult, cfg.dim), dtype)
+        self.k_weight = _param((cfg.hc_mult, cfg.dim), dtype)
+        self._gate = v4ops.resolve("engram_gate").fn
+
+    def construct(self, h, rows, alive):
+        return self._gate(h, self.wkv(ops.cast(rows, h.dtype)), self.q_weight, self.k_weight, alive, self.eps)
+
+
 class Block(nn.Cell):
     """Two mHC-wrapped sublayers: attention then MoE. The residual path is entirely comb (the reference's
     Block.hc_pre / hc_post; docs/design.md, "mHC")."""
@@ -791,26 +988,69 @@ class Block(nn.Cell):
         self.hc_attn_scale, self.hc_ffn_scale = _param((3,)), _param((3,))
         self._hc_pre = v4ops.resolve("hc_pre").fn
         self._hc_post = v4ops.resolve("hc_post").fn
+        self.v41 = cfg.version == "v4.1"
+        if self.v41:
+            self._hc_mix = v4ops.resolve("hc_mixes").fn
+            if layer_id in cfg.engram_layer_ids:
+                self.engram = Engram(cfg, dtype)
 
-    def construct(self, h, input_ids, cos, sin, seg=None):
-        return self.forward_stats(h, input_ids, cos, sin, seg)[0]
+    def construct(self, h, input_ids, cos, sin, seg=None, stats=False):
+        # stats=True: forward_stats' tuple. Calling the Cell (not the method) is what MindSpore's Cell.recompute()
+        # acts on (train `recompute: true`).
+        out = self.forward_stats(h, input_ids, cos, sin, seg)
+        return out if stats else out[0]
 
     def forward_stats(self, h, input_ids, cos, sin, seg=None, cache=None, ctx=None, step=None):
         """-> (streams, router affinities [T, E], expert ids [T, k], dropped expert assignments).
         Full forward (cache None, cos/sin the block's RoPE tables) or a cached step (cache, ctx, step; see above)."""
+        # precision.act: where the bf16 policy holds bf16 activations; island: mHC's float32 mixes
         x, post, comb = self._hc_pre(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
+        x, post, comb = precision.act(x), precision.island("mhc", post), precision.island("mhc", comb)
         if cache is None:
             a = self.attn(self.attn_norm(x), cos, sin, seg)
             experts = None
         else:
             a = self.attn.step(self.attn_norm(x), cache, ctx, step, step[3][self.layer_id])
             experts = None if step[4] is None else step[4][self.layer_id]
-        h = self._hc_post(a, h, post, comb)
+        h = precision.act(self._hc_post(precision.act(a), h, post, comb))
         x, post, comb = self._hc_pre(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
+        x, post, comb = precision.act(x), precision.island("mhc", post), precision.island("mhc", comb)
         f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(x), input_ids, experts)
-        return self._hc_post(f, h, post, comb), aff, ids, dropped
+        return precision.act(self._hc_post(precision.act(f), h, post, comb)), aff, ids, dropped
+
+
+    def forward_v41(self, h, pre_in, input_ids, cos, sin, shared, rows=None, alive=None):
+        """DeepSeek-V4.1's block with pipelined mHC (docs/deepseek-v4.1.md, "pipelined mHC"): each sublayer's
+        input is collapsed with the `pre` of the sublayer before it (pre_in: the previous block's FFN `pre`, or
+        one-hot on stream 0 for block 0), while post/comb stay with the sublayer that computed them; Engram (rows
+        given) updates the streams first. -> (streams, this block's FFN pre [B, S, hc], shared CSA state)."""
+        if rows is not None:
+            h = self.engram(h, rows, alive)
+        a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        a, shared = self.attn.forward_v41(self.attn_norm(hc_collapse(h, pre_in)), cos, sin, shared)
+        h = self._hc_post(a, h, post, comb)
+        f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        f = self.ffn(self.ffn_norm(hc_collapse(h, a_pre)), input_ids)
+        return self._hc_post(f, h, post, comb), f_pre, shared
+
+    def step_v41(self, h, pre_in, input_ids, cache, ctx, step, shared, rows=None, alive=None):
+        """forward_v41 as a cached step (attention over the serving cache; see Attention.step_v41)."""
+        if rows is not None:
+            h = self.engram(h, rows, alive)
+        a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        a, shared = self.attn.step_v41(self.attn_norm(hc_collapse(h, pre_in)), cache, ctx, step,
+                                       step[3][self.layer_id], shared)
+        h = self._hc_post(a, h, post, comb)
+        f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        experts = None if step[4] is None else step[4][self.layer_id]
+        f = self.ffn.forward_stats(self.ffn_norm(hc_collapse(h, a_pre)), input_ids, experts)[0]
+        return self._hc_post(f, h, post, comb), f_pre, shared
 
 
 class HcHead(nn.Cell):
@@ -823,7 +1063,7 @@ class HcHead(nn.Cell):
 
     def construct(self, h, fn, scale, base, norm, head_w):
         y = self._hc_head(h, fn, scale, base, self.hc_eps, self.norm_eps)
-        return linear(ops.cast(norm(y), ms.float32), ops.cast(head_w, ms.float32))
+        return precision.island("logits", linear(ops.cast(norm(y), ms.float32), ops.cast(head_w, ms.float32)))
 
 
 class MTPBlock(Block):
@@ -856,7 +1096,7 @@ class Transformer(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096, param_dtype=None,
                  return_hidden: bool = False, with_mtp: bool = True, moe_capacity_factor: Optional[float] = None,
-                 parallel=None):
+                 parallel=None, index_keys: str = "own"):
         super().__init__()
         cfg.validate()
         param_dtype = precision.param_dtype() if param_dtype is None else param_dtype   # bf16 on Ascend
@@ -868,6 +1108,14 @@ class Transformer(nn.Cell):
         self.max_seq_len = max_seq_len
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
+        # DeepSeek-V4.1 (docs/deepseek-v4.1.md): pipelined mHC with no learned head collapse, Engram, CSA-v2
+        # sharing. Its DSpark drafter is not built here (with_mtp is off), nor pipeline/tensor parallel runs.
+        self.v41 = cfg.version == "v4.1"
+        if self.v41:
+            with_mtp = False
+            if parallel is not None:
+                raise ValueError("DeepSeek-V4.1 runs on one process here (no tensor / expert / pipeline parallel)")
+            self.engram_layers = tuple(cfg.engram_layer_ids)
         # a pipeline stage (parallel.pp > 1) builds only its layers; the others stay empty Cells so every layer keeps
         # its official name. The first stage embeds, the last holds the head and MTP (and an embedding copy for it).
         pp = parallel.pp if parallel is not None else 1
@@ -885,6 +1133,7 @@ class Transformer(nn.Cell):
         if self.last_stage:
             self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype)
             self.head = Linear(cfg.dim, cfg.vocab_size, param_dtype)
+        if self.last_stage and not self.v41:
             self.hc_head_fn = _param((cfg.hc_mult, cfg.hc_mult * cfg.dim))
             self.hc_head_base = _param((cfg.hc_mult,))
             self.hc_head_scale = _param((1,))
@@ -898,6 +1147,12 @@ class Transformer(nn.Cell):
         # one (cos, sin) pair per block, chosen by its ratio
         self.rope_cos = tuple(ropes.for_ratio(cfg.ratio(i))[0] for i in range(cfg.n_total_blocks))
         self.rope_sin = tuple(ropes.for_ratio(cfg.ratio(i))[1] for i in range(cfg.n_total_blocks))
+        if index_keys not in ("own", "shipped"):
+            raise ValueError(f"index_keys must be 'own' or 'shipped', got {index_keys!r}")
+        self.index_keys = index_keys if self.v41 else "own"
+        if self.index_keys == "shipped":
+            for i in self.local_layers:
+                self.layers[i].attn.shipped = True
         # the compression ratios in use (a cached step's per-ratio constants are in this order)
         self.ratios = tuple(sorted(set(r for r in cfg.compress_ratios if r)))
 
@@ -917,7 +1172,7 @@ class Transformer(nn.Cell):
         hidden = ()
         routes = ()
         for i in self.local_layers:
-            h, aff, ids, dropped = self.layers[i].forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
+            h, aff, ids, dropped = self.layers[i](h, input_ids, self.rope_cos[i], self.rope_sin[i], seg, True)
             hidden = hidden + (h,)
             routes = routes + ((aff, ids, dropped),)
         return h, hidden, routes
@@ -1015,7 +1270,51 @@ class Transformer(nn.Cell):
         return self.mtp[0].mtp_streams(h_main, self.embed(next_ids), next_ids, None, None, None, cache, ctx,
                                        step)[0]
 
-    def construct(self, input_ids):
+    # ---------------------------------------------------------------------------------------- DeepSeek-V4.1
+    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None):
+        """V4.1 blocks over the whole sequence (cache None) or a cached step -> (final streams, the last block's
+        FFN pre, per-block streams). engram_rows: per Engram layer (engram_layer_ids order) its rows
+        [B, S, columns·engram_head_dim], gathered on the host."""
+        B, S = input_ids.shape
+        pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
+                               (B, S, self.hc_mult))                              # block 0: stream 0
+        alive = ops.ones((B, S), ms.float32)                                      # text only (vision refused)
+        shared = (None, None, None, None, ())
+        hidden = ()
+        for i in self.local_layers:
+            rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
+            if cache is None:
+                h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, self.rope_cos[i], self.rope_sin[i],
+                                                            shared, rows, alive)
+            else:
+                h, pre, shared = self.layers[i].step_v41(h, pre, input_ids, cache, ctx, step, shared, rows, alive)
+            hidden = hidden + (h,)
+        if cache is not None and self.index_keys == "shipped":     # the last publisher, for the next step
+            pub = cache[step[5][1]]
+            new = pub.reshape(B, 1)
+            for s_id, _, emitted in shared[4]:
+                new = ops.where(emitted.reshape(B, 1), ops.full_like(new, float(s_id)), new)
+            ops.assign(pub, ops.depend(new, h))
+        return h, pre, hidden
+
+    def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step):
+        """V4.1 cached step of the main layers: ids [B, T] -> (final streams, the last block's FFN pre)."""
+        h = self.embed_streams(input_ids)[1]
+        h, pre, _ = self.run_layers_v41(h, input_ids, engram_rows, cache, ctx, step)
+        return h, pre
+
+    def logits_v41(self, h, pre):
+        """The last block's FFN pre collapses the streams (no hc_head in V4.1) -> norm -> head."""
+        return linear(ops.cast(self.norm(hc_collapse(h, pre)), ms.float32), ops.cast(self.head.weight, ms.float32))
+
+    def construct(self, input_ids, engram_rows=None):
+        if self.v41:
+            e, h = self.embed_streams(input_ids)
+            h, pre, hidden = self.run_layers_v41(h, input_ids, engram_rows)
+            logits = self.logits_v41(h, pre)
+            if self.return_hidden:
+                return logits, e, ops.stack(hidden)
+            return logits
         e, h, hidden, _ = self.streams(input_ids)
         logits = self.logits(h)
         if self.return_hidden:

@@ -48,18 +48,24 @@ def _refuse_training(path: str, kind: str) -> None:
                           f"`ascend-v4 export-official {path} OUT_DIR [--dtype bf16]`, then pass OUT_DIR")
 
 
-def checkpoint_config(path: str) -> "ModelConfig":  # noqa: F821
-    """The model config of any directory load_checkpoint reads, without reading weights."""
+def checkpoint_config(path: str, versions: Optional[Tuple[str, ...]] = None) -> "ModelConfig":  # noqa: F821
+    """The model config of any directory load_checkpoint reads, without reading weights. versions: the model
+    kinds the caller runs (default config.RUNNABLE; MODEL_VERSIONS to read DeepSeek-V4.1 too)."""
     kind = checkpoint_kind(path)
     _refuse_training(path, kind)
+    from .config import RUNNABLE, ConfigError, load_config
+    versions = versions or RUNNABLE
     if kind == "converted":
         from .convert import converted_plan
-        return converted_plan(path).source.cfg
-    from .config import load_config
-    return load_config(path)
+        cfg = converted_plan(path).source.cfg
+        if cfg.version not in versions:
+            raise ConfigError(f"{path} is a converted {cfg.version} checkpoint, which this command does not run "
+                              f"(it runs {', '.join(versions)})")
+        return cfg
+    return load_config(path, versions=versions)
 
 
-def load_checkpoint(path: str, names: Optional[Iterable[str]] = None
+def load_checkpoint(path: str, names: Optional[Iterable[str]] = None, versions: Optional[Tuple[str, ...]] = None
                     ) -> Tuple["ModelConfig", Dict[str, np.ndarray]]:  # noqa: F821
     """The one loader behind dump, generate, export (and train's init_from): (ModelConfig, {official name:
     float32 array; tid2eid int64}) from
@@ -70,20 +76,20 @@ def load_checkpoint(path: str, names: Optional[Iterable[str]] = None
     * a training run (`train --out`, or one of its ckpt-* directories) is refused with the command that
       turns it into a release directory (`ascend-v4 export-official RUN OUT`).
 
-    names: only these tensors (all when None)."""
+    A DeepSeek-V4.1 release directory (32×32 FP8, MXFP4 experts, FP8 Engram tables) is read when `versions`
+    includes "v4.1" (the paths that run V4.1 pass config.MODEL_VERSIONS). names: only these tensors (all when None)."""
     kind = checkpoint_kind(path)
     _refuse_training(path, kind)
     if names is None:                    # every weight as float32: refuse up front what cannot fit
         from .info import check_fits_in_memory
-        check_fits_in_memory(checkpoint_config(path), f"loading {path} (float32 weights)", 4.0,
+        check_fits_in_memory(checkpoint_config(path, versions), f"loading {path} (float32 weights)", 4.0,
                              f"`ascend-v4 info {path}` and `ascend-v4 verify {path}` inspect it without loading; "
                              f"running it needs a host with that much memory")
     if kind == "converted":
         from .convert import load_converted
         return load_converted(path, names)
     from .checkpoint import load_official_weights
-    from .config import load_config
-    cfg = load_config(path)
+    cfg = checkpoint_config(path, versions)
     return cfg, load_official_weights(path, cfg, names=names)
 
 

@@ -18,17 +18,34 @@ from ascend_v4.weights import load_into
 
 
 class CompiledForward:
-    """Wraps a Transformer built with return_hidden=True; __call__(ids) -> dict of float32 arrays."""
+    """Wraps a Transformer built with return_hidden=True; __call__(ids) -> dict of float32 arrays.
+
+    DeepSeek-V4.1: the Engram tables stay in host memory (ascend_v4/serve/engram.py); each call hashes the ids
+    from position 0 (token_map: raw -> compressed ids, None when the ids already are compressed ids) and feeds
+    the gathered rows to the graph. Its DSpark drafter is not run (with_mtp refused)."""
 
     def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], max_seq_len: int = 4096,
-                 with_mtp: bool = False):
+                 with_mtp: bool = False, token_map: Optional[np.ndarray] = None):
         self.cfg = cfg
         self.with_mtp = with_mtp
+        self.v41 = cfg.version == "v4.1"
+        self.tables, self.token_map = None, token_map
+        if self.v41:
+            if with_mtp:
+                raise ValueError("DeepSeek-V4.1's DSpark drafter is not implemented; dump without --mtp")
+            if cfg.engram_layer_ids:
+                from ascend_v4.serve.engram import split_engram_tables
+                weights, self.tables = split_engram_tables(cfg, weights)
         self.model = Transformer(cfg, max_seq_len=max_seq_len, return_hidden=True,
                                  with_mtp=with_mtp and cfg.n_mtp_layers > 0)
         self.model.set_train(False)
         load_into(self.model, weights)
         self.compile_seconds: Dict[tuple, float] = {}
+
+    def _engram_rows(self, ids: np.ndarray):
+        from ascend_v4.ops.engram.reference import NgramHashState
+        h = NgramHashState.for_config(self.cfg, ids.shape[0], self.token_map)(ids)
+        return tuple(ms.Tensor(self.tables.gather(k, h[:, :, k])) for k in range(h.shape[2]))
 
     def __call__(self, ids: np.ndarray) -> Dict[str, np.ndarray]:
         ids = np.asarray(ids)
@@ -40,7 +57,10 @@ class CompiledForward:
         if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), got [{ids.min()}, {ids.max()}]")
         t0 = time.perf_counter()
-        out = self.model(ms.Tensor(ids.astype(np.int32)))
+        if self.tables is not None:
+            out = self.model(ms.Tensor(ids.astype(np.int32)), self._engram_rows(ids))
+        else:
+            out = self.model(ms.Tensor(ids.astype(np.int32)))
         dt = time.perf_counter() - t0
         self.compile_seconds.setdefault(ids.shape, dt)
         res = {"logits": out[0].asnumpy(), "embed": out[1].asnumpy()}
@@ -53,5 +73,5 @@ class CompiledForward:
 
 
 def build_forward(cfg: ModelConfig, weights: Dict[str, np.ndarray], max_seq_len: Optional[int] = None,
-                  with_mtp: bool = False) -> CompiledForward:
-    return CompiledForward(cfg, weights, max_seq_len or 4096, with_mtp)
+                  with_mtp: bool = False, token_map: Optional[np.ndarray] = None) -> CompiledForward:
+    return CompiledForward(cfg, weights, max_seq_len or 4096, with_mtp, token_map)

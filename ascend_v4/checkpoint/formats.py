@@ -203,20 +203,34 @@ def _expand(s: np.ndarray, shape: Tuple[int, int], br: int, bc: int) -> np.ndarr
     return np.repeat(np.repeat(s, br, axis=0), bc, axis=1)[: shape[0], : shape[1]]
 
 
-# ------------------------------------------------------------------------- FP8 128x128 -------
-def _fp8_block_amax(w: np.ndarray, block: int) -> np.ndarray:
+# ------------------------------------------------------------------------- FP8 blocks --------
+def _block_shape(block) -> Tuple[int, int]:
+    """An int b means b×b (V4 128×128, V4.1 32×32 weights); a pair (rows, cols) a rectangular block (V4.1's
+    Engram tables: (1, 32), one scale per 32 consecutive values of a row)."""
+    br, bc = (block, block) if np.ndim(block) == 0 else block
+    return int(br), int(bc)
+
+
+def _fp8_block_amax(w: np.ndarray, block) -> np.ndarray:
+    br, bc = _block_shape(block)
     r, c = w.shape
-    nr, nc = -(-r // block), -(-c // block)
-    pad = np.zeros((nr * block, nc * block), np.float32)   # zero padding never raises an amax
+    nr, nc = -(-r // br), -(-c // bc)
+    pad = np.zeros((nr * br, nc * bc), np.float32)         # zero padding never raises an amax
     pad[:r, :c] = np.abs(w)
-    return pad.reshape(nr, block, nc, block).max(axis=(1, 3))
+    return pad.reshape(nr, br, nc, bc).max(axis=(1, 3))
 
 
-def quant_fp8_block(w, block: int = 128, scale: Optional[np.ndarray] = None,
+def _scale_grid(shape, block) -> Tuple[int, int]:
+    br, bc = _block_shape(block)
+    return -(-shape[0] // br), -(-shape[1] // bc)
+
+
+def quant_fp8_block(w, block=128, scale: Optional[np.ndarray] = None,
                     canonical: bool = True) -> Tuple[np.ndarray, np.ndarray]:
-    """float [out, in] -> (E4M3 codes uint8 [out, in], E8M0 scale codes uint8 [ceil(out/b), ceil(in/b)]).
+    """float [out, in] -> (E4M3 codes uint8 [out, in], E8M0 scale codes uint8 [ceil(out/br), ceil(in/bc)]).
 
-    Scale per block = 2^ceil(log2(max(amax, 1e-4) / 448)); q = RNE(clamp(w / scale, +-448)).
+    block: b (b×b blocks) or (br, bc). Scale per block = 2^ceil(log2(max(amax, 1e-4) / 448));
+    q = RNE(clamp(w / scale, +-448)).
 
     canonical=True (default): where a block's max |code| is 448 and every code halves exactly in
     E4M3, store (q/2, 2*scale) - identical values, the encoding the rule itself picks when given
@@ -232,8 +246,9 @@ def quant_fp8_block(w, block: int = 128, scale: Optional[np.ndarray] = None,
     """
     w = _as_matrix(w, "quant_fp8_block")
     _check_finite(w, "quant_fp8_block")
+    br, bc = _block_shape(block)
     if scale is not None:
-        exp = _given_exp(scale, (-(-w.shape[0] // block), -(-w.shape[1] // block)), "quant_fp8_block")
+        exp = _given_exp(scale, _scale_grid(w.shape, block), "quant_fp8_block")
         return _encode_fp8(w, exp, block), (exp + 127).astype(np.uint8)
     exp = _scale_exp(_fp8_block_amax(w, block), E4M3_MAX, FP8_AMAX_FLOOR)
     q = _encode_fp8(w, exp, block)
@@ -244,7 +259,7 @@ def quant_fp8_block(w, block: int = 128, scale: Optional[np.ndarray] = None,
         coarse = (_fp8_block_amax(v, block) == E4M3_MAX) & (_fp8_block_amax(odd, block) == 0)
         if coarse.any():
             exp = exp + coarse
-            q = np.where(_expand(coarse, w.shape, block, block), e4m3_encode(half), q)
+            q = np.where(_expand(coarse, w.shape, br, bc), e4m3_encode(half), q)
     return q, (exp + 127).astype(np.uint8)
 
 
@@ -259,19 +274,19 @@ def _given_exp(scale, shape, what: str) -> np.ndarray:
     return s.astype(np.int64) - 127
 
 
-def _encode_fp8(w: np.ndarray, exp: np.ndarray, block: int) -> np.ndarray:
-    scaled = np.ldexp(w, -_expand(exp, w.shape, block, block))   # exact: power-of-two scaling
+def _encode_fp8(w: np.ndarray, exp: np.ndarray, block) -> np.ndarray:
+    scaled = np.ldexp(w, -_expand(exp, w.shape, *_block_shape(block)))   # exact: power-of-two scaling
     return e4m3_encode(np.clip(scaled, -E4M3_MAX, E4M3_MAX))
 
 
-def dequant_fp8_block(q: np.ndarray, s: np.ndarray, block: int = 128) -> np.ndarray:
-    """E4M3 codes [out, in] + E8M0 codes [ceil(out/b), ceil(in/b)] -> float32 (exact)."""
+def dequant_fp8_block(q: np.ndarray, s: np.ndarray, block=128) -> np.ndarray:
+    """E4M3 codes [out, in] + E8M0 codes [ceil(out/br), ceil(in/bc)] -> float32 (exact); block as quant_fp8_block."""
     q = np.asarray(q)
     s = np.asarray(s)
-    want = (-(-q.shape[0] // block), -(-q.shape[1] // block))
+    want = _scale_grid(q.shape, block) if q.ndim == 2 else None
     if q.ndim != 2 or s.shape != want:
         raise ValueError(f"dequant_fp8_block: weight {q.shape} needs scale {want}, got {s.shape}")
-    return (e4m3_decode(q) * _expand(e8m0_decode(s), q.shape, block, block)).astype(np.float32)
+    return (e4m3_decode(q) * _expand(e8m0_decode(s), q.shape, *_block_shape(block))).astype(np.float32)
 
 
 # ------------------------------------------------------------------------- MXFP4 1x32 --------
@@ -378,4 +393,16 @@ def act_quant_fp8(x, block: int = 128, ue8m0: bool = True) -> np.ndarray:
     else:
         scale = (amax * np.float32(1.0 / E4M3_MAX)).astype(np.float32)
     q = e4m3_decode(e4m3_encode(np.clip(xb / scale, -E4M3_MAX, E4M3_MAX)))
+    return (q * scale).astype(np.float32).reshape(np.shape(x))
+
+
+def act_quant_fp4_e4m3(x, block: int = 16) -> np.ndarray:
+    """Quantise-dequantise along the last dim as DeepSeek-V4.1 stores its compressed KV (FP4 E2M1 codes with one
+    E4M3 scale per 16 values), float32: amax floored at 6·2^-9 (a zero group keeps a non-zero scale);
+    scale = E4M3_RNE_satfinite(f32(amax) / 6) (a float32 division, then E4M3 rounding - not a power of two);
+    y = E2M1_RNE(clamp(f32(x) / scale, +-6)) * scale (float32 division). docs/deepseek-v4.1.md, "Float64 golden"."""
+    xb = _blocks_last(x, block, "act_quant_fp4_e4m3")
+    amax = np.maximum(np.abs(xb).max(axis=-1, keepdims=True), np.float32(E2M1_MAX * 2.0 ** -9))
+    scale = e4m3_decode(e4m3_encode((amax / np.float32(E2M1_MAX)).astype(np.float32)))
+    q = e2m1_decode(e2m1_encode(np.clip((xb / scale).astype(np.float32), -E2M1_MAX, E2M1_MAX)))
     return (q * scale).astype(np.float32).reshape(np.shape(x))

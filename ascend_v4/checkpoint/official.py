@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from ascend_v4.config import ModelConfig
+from ascend_v4.config import MODEL_VERSIONS, ModelConfig
 from . import formats as F
 from .inventory import FP4_BLOCK, FP8_BLOCK, StoredEntry, TensorSpec, official_inventory, scale_name, stored_entries
 from ..atomic import atomic_dir, write_json
@@ -63,16 +63,20 @@ def _random_tensor(cfg: ModelConfig, name: str, spec: TensorSpec, seed: int) -> 
 
 def random_weights(cfg: ModelConfig, seed: int = 0, names: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
     """Deterministic random logical weights (float32, tid2eid int64) for every inventory tensor."""
+    if getattr(cfg, "version", "v4") == "v4.1":
+        from .release_v41 import random_weights_v41
+        return random_weights_v41(cfg, seed, names)
     inv = official_inventory(cfg)
     wanted = inv if names is None else {n: inv[n] for n in names}
     return {n: _random_tensor(cfg, n, spec, seed) for n, spec in wanted.items()}
 
 
 # ------------------------------------------------------------------------------ quantise ----------
-def encode_tensor(name: str, spec: TensorSpec, w: np.ndarray) -> Dict[str, tuple]:
-    """Logical tensor -> {entry name: (dtype tag, raw storage array)}."""
-    if spec.fmt == "fp8":
-        q, s = F.quant_fp8_block(w, FP8_BLOCK)
+def encode_tensor(name: str, spec: TensorSpec, w: np.ndarray, fp8_block: int = FP8_BLOCK) -> Dict[str, tuple]:
+    """Logical tensor -> {entry name: (dtype tag, raw storage array)}. fp8_block: V4 128, V4.1 32; `fp8_row`
+    (V4.1 Engram tables) is E4M3 with one E8M0 scale per 32 consecutive values of a row."""
+    if spec.fmt in ("fp8", "fp8_row"):
+        q, s = F.quant_fp8_block(w, fp8_block if spec.fmt == "fp8" else (1, FP4_BLOCK))
         return {name: ("F8_E4M3", q), scale_name(name): ("F8_E8M0", s)}
     if spec.fmt == "fp4":
         q, s = F.quant_mxfp4(w, FP4_BLOCK)
@@ -86,10 +90,12 @@ def encode_tensor(name: str, spec: TensorSpec, w: np.ndarray) -> Dict[str, tuple
     raise ValueError(f"{name}: unknown format {spec.fmt!r}")
 
 
-def decode_tensor(name: str, spec: TensorSpec, raw: Mapping[str, np.ndarray]) -> np.ndarray:
-    """{entry name: raw storage array} -> logical float32 (int64 for i64)."""
-    if spec.fmt == "fp8":
-        return F.dequant_fp8_block(raw[name], raw[scale_name(name)], FP8_BLOCK)
+def decode_tensor(name: str, spec: TensorSpec, raw: Mapping[str, np.ndarray], fp8_block: int = FP8_BLOCK
+                  ) -> np.ndarray:
+    """{entry name: raw storage array} -> logical float32 (int64 for i64); fp8_block as encode_tensor."""
+    if spec.fmt in ("fp8", "fp8_row"):
+        return F.dequant_fp8_block(raw[name], raw[scale_name(name)],
+                                   fp8_block if spec.fmt == "fp8" else (1, FP4_BLOCK))
     if spec.fmt == "fp4":
         return F.dequant_mxfp4(raw[name], raw[scale_name(name)], FP4_BLOCK)
     if spec.fmt == "bf16":
@@ -99,6 +105,15 @@ def decode_tensor(name: str, spec: TensorSpec, raw: Mapping[str, np.ndarray]) ->
     if spec.fmt == "i64":
         return np.array(raw[name], np.int64)
     raise ValueError(f"{name}: unknown format {spec.fmt!r}")
+
+
+def release_layout(cfg: ModelConfig):
+    """(logical inventory, stored_entries function, FP8 weight block) of `cfg`'s release format: DeepSeek-V4
+    (128×128 FP8 blocks) or DeepSeek-V4.1 (32×32, FP8 Engram tables; ascend_v4/checkpoint/release_v41.py)."""
+    if getattr(cfg, "version", "v4") == "v4.1":
+        from .release_v41 import BLOCK, v41_inventory, v41_stored_entries
+        return v41_inventory(cfg), v41_stored_entries, BLOCK
+    return official_inventory(cfg), stored_entries, FP8_BLOCK
 
 
 def _entry_bytes(e: StoredEntry) -> int:
@@ -129,7 +144,7 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
     so a crash never leaves a directory that looks like a checkpoint. A weight and its scale always
     share a shard. Returns the dequantised weights as stored (what a loader will see).
     """
-    inv = official_inventory(cfg)
+    inv, entries_of, fp8_block = release_layout(cfg)
     _check_weights(cfg, inv, weights)
     out_dir = os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not overwrite:
@@ -139,7 +154,7 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
     shards: List[List[str]] = [[]]
     used = 0
     for name, spec in inv.items():
-        size = sum(_entry_bytes(e) for e in stored_entries(name, spec))
+        size = sum(_entry_bytes(e) for e in entries_of(name, spec))
         if shards[-1] and used + size > max_shard_bytes:
             shards.append([])
             used = 0
@@ -155,8 +170,8 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
         for i, names in enumerate(shards):
             entries: Dict[str, tuple] = {}
             for name in names:
-                enc = encode_tensor(name, inv[name], weights[name])
-                stored[name] = decode_tensor(name, inv[name], {k: v[1] for k, v in enc.items()})
+                enc = encode_tensor(name, inv[name], weights[name], fp8_block)
+                stored[name] = decode_tensor(name, inv[name], {k: v[1] for k, v in enc.items()}, fp8_block)
                 entries.update(enc)
             write_safetensors(os.path.join(tmp, fname(i)), entries, metadata={"format": "pt"})
             for k, (_, arr) in entries.items():
@@ -164,10 +179,16 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
                 total += arr.nbytes
         write_json(os.path.join(tmp, INDEX_NAME),
                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
-        hf = cfg.to_hf_json()
-        if cfg.dtype == "bf16":       # to_hf_json always adds it, and its presence means "fp8" on load
-            hf.pop("quantization_config", None)
-        write_json(os.path.join(tmp, "config.json"), hf)
+        if getattr(cfg, "version", "v4") == "v4.1":
+            from .release_v41 import v41_root_config
+            write_json(os.path.join(tmp, "config.json"), v41_root_config(cfg))
+            os.makedirs(os.path.join(tmp, "inference"))
+            write_json(os.path.join(tmp, "inference", "config.json"), cfg.to_inference_json())
+        else:
+            hf = cfg.to_hf_json()
+            if cfg.dtype == "bf16":       # to_hf_json always adds it, and its presence means "fp8" on load
+                hf.pop("quantization_config", None)
+            write_json(os.path.join(tmp, "config.json"), hf)
     return stored
 
 
@@ -187,10 +208,10 @@ def load_official_weights(ckpt_dir: str, cfg: Optional[ModelConfig] = None, name
     still validated). Floating results must be finite.
     """
     if cfg is None:
-        cfg = ModelConfig.from_json(os.fspath(ckpt_dir))
+        cfg = ModelConfig.from_json(os.fspath(ckpt_dir), versions=MODEL_VERSIONS)
     ck = ShardedCheckpoint(ckpt_dir)
-    inv = official_inventory(cfg)
-    expected: Dict[str, StoredEntry] = {e.name: e for n, s in inv.items() for e in stored_entries(n, s)}
+    inv, entries_of, fp8_block = release_layout(cfg)
+    expected: Dict[str, StoredEntry] = {e.name: e for n, s in inv.items() for e in entries_of(n, s)}
     problems: List[str] = []
     for k, e in expected.items():
         if k not in ck:
@@ -217,12 +238,12 @@ def load_official_weights(ckpt_dir: str, cfg: Optional[ModelConfig] = None, name
     try:
         for n in wanted:
             spec = inv[n]
-            raw = {e.name: ck.raw(e.name) for e in stored_entries(n, spec)}
-            for e in stored_entries(n, spec):
+            raw = {e.name: ck.raw(e.name) for e in entries_of(n, spec)}
+            for e in entries_of(n, spec):
                 bad = value_problem(e.name, e.dtype, raw[e.name], cfg.n_routed_experts)
                 if bad:
                     raise CheckpointError(f"{ck.file_of(e.name)}: {bad}")
-            w = decode_tensor(n, spec, raw)
+            w = decode_tensor(n, spec, raw, fp8_block)
             if w.dtype.kind == "f" and not np.isfinite(w).all():
                 raise CheckpointError(f"{ck.file_of(n)}: tensor '{n}' has {int((~np.isfinite(w)).sum())} "
                                       f"non-finite values after dequantisation; the file is corrupt")

@@ -48,14 +48,18 @@ def _log(msg: str) -> None:
 @click.option("--int4-group", default="32", show_default=True,
               help="serving w4a8 routed experts: int4 group size along the input dim (32, 64, 128, 256), "
                    "'channel' (per output channel: what vllm-ascend main loads), or 'exact' (int8 = 2 x FP4, lossless)")
+@click.option("--engram-dtype", type=click.Choice(["int8", "bf16"]), default=None,
+              help="DeepSeek-V4.1 Engram tables: int8 (one scale per 32 values of a row) or bf16 (exact) "
+                   "[default: bf16 for --dtype bf16, int8 otherwise]")
 @click.option("--workers", default=None, type=int, help="worker processes [default: CPU count, at most 8]")
 @click.option("--shard-size", default="2GB", show_default=True, help="maximum output shard size (e.g. 5GB, 500MB)")
 @click.option("--to-official", is_flag=True, help="SRC is a converted directory: write it back in the release format "
                                                   "to DST (byte-identical to the release for a bf16 conversion)")
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: when stderr is a terminal]")
 @_friendly
-def convert(src, dst, precision, tp, ep, dir_layout, int4_group, workers, shard_size, to_official, progress):
-    """Convert a DeepSeek-V4 release checkpoint SRC into what 910B/910C run (DST), or back with --to-official.
+def convert(src, dst, precision, tp, ep, dir_layout, int4_group, engram_dtype, workers, shard_size, to_official,
+            progress):
+    """Convert a DeepSeek-V4 / V4.1 release checkpoint SRC into what 910B/910C run (DST), or back with --to-official.
 
     Streams tensors from memory-mapped shards through K worker processes; every output file is
     written to a temporary name, hashed and renamed. Rerun the same command after an interruption
@@ -70,18 +74,18 @@ def convert(src, dst, precision, tp, ep, dir_layout, int4_group, workers, shard_
                    f"already there, {s.bytes_out / 1e9:.2f} GB in {time.perf_counter() - t0:.1f} s")
         return
     shard_bytes = parse_size(shard_size)
-    cmd = default_command(src, dst, precision, tp, ep, k, shard_bytes)
+    cmd = default_command(src, dst, precision, tp, ep, k, shard_bytes, engram_dtype)
     if dir_layout:
         cmd += f" --layout {dir_layout}"
     if precision == "w4a8" and int4_group != "32":
         cmd += f" --int4-group {int4_group}"
     s = convert_checkpoint(src, dst, precision=precision, tp=tp, ep=ep, workers=k, shard_bytes=shard_bytes,
-                           progress=progress, command=cmd, log=_log, layout=dir_layout, int4_group=int4_group)
+                           progress=progress, command=cmd, log=_log, layout=dir_layout, int4_group=int4_group,
+                           engram_dtype=engram_dtype)
     if s.already_complete:
         return
     dt = time.perf_counter() - t0
-    shown = dir_layout or ("ranks" if precision == "bf16" or max(tp, ep) > 1 else "serving")
-    click.echo(f"converted {src} -> {dst} ({precision}, {shown}"
+    click.echo(f"converted {src} -> {dst} ({precision}, {s.dir_layout}"
                f" layout, tp {tp}, ep {ep}): {s.files_written} files written, "
                f"{s.files_skipped} resumed, {s.bytes_in / 1e9:.2f} GB in, {s.bytes_out / 1e9:.2f} GB out, "
                f"{dt:.1f} s ({s.bytes_in / 1e9 / max(dt, 1e-9):.2f} GB/s in)")

@@ -27,6 +27,7 @@ from .source import CONVERSION_KEY, MappedReader, layout_from_record
 SOURCE_RECORD = "source/source.json"
 SOURCE_CONFIG = "source/config.json"
 SOURCE_INDEX = f"source/{INDEX_NAME}"
+SOURCE_ROOT_CONFIG = "source/root_config.json"     # DeepSeek-V4.1: the release's nested root config.json (run.py)
 
 
 def read_conversion(root: str) -> Optional[dict]:
@@ -68,7 +69,8 @@ def converted_plan(root: str) -> Plan:
     layout = layout_from_record(rec, cfg_bytes, idx, os.path.join(root, SOURCE_RECORD))
     try:
         plan = build_plan(layout, conv["precision"], Layout(int(conv["tp"]), int(conv["ep"])), int(conv["shard_bytes"]),
-                          dir_layout=conv.get("layout", "ranks"), int4_group=conv.get("int4_group") or 0)
+                          dir_layout=conv.get("layout", "ranks"), int4_group=conv.get("int4_group") or 0,
+                          engram_dtype=conv.get("engram_dtype"))
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, ConvertError):
             raise
@@ -155,6 +157,8 @@ class ConvertedData:
         sc = g.entries[1]
         q = self.entry_rows(f, w.name, w.dtype, w.shape, a, b)
         s = self.entry_rows(f, sc.name, sc.dtype, sc.shape, a, b)   # a dim-1 split carries the full row scale
+        if g.kind == "int8g":                                        # per group of G values of a row
+            return Q.dequant_int8(q.reshape(-1, q.shape[1] // s.shape[1]), s.reshape(-1)).reshape(q.shape)
         return Q.dequant_int4(q, s) if g.kind == "int4" else Q.dequant_int8(q, s)
 
     def _serving_rows(self, f: OutFile, g: Group, a: int, b: int) -> np.ndarray:
@@ -178,7 +182,7 @@ class ConvertedData:
     def rows_f32(self, name: str, a: int, b: int) -> np.ndarray:
         arr = self.rows(name, a, b)
         k = self.kind(name)
-        if k in ("int8", "int4", "int8s", "int4s", "int8x"):
+        if k in ("int8", "int4", "int8s", "int4s", "int8x", "int8g"):
             return arr
         if arr.dtype == np.uint16:                                       # BF16 bits
             return Q.bf16_to_f32(arr)

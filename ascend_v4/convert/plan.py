@@ -45,6 +45,10 @@ SIDECAR_DIR = "source"
 # Modules 910B runs as int8 (the published V4-Flash W8A8's set, FORMAT.md; issue 3): keyed on the module name, plus the
 # parent for the shared / routed experts.
 _INT8_ATTN = frozenset({"wq_b", "wo_b"})
+# Release formats stored as codes + a sibling `.scale` (V4.1's FP8 Engram tables are `fp8_row`).
+QUANTISED_FORMATS = ("fp8", "fp4", "fp8_row")
+ENGRAM_INT8_GROUP = 32          # int8 Engram rows: one float32 scale per 32 values (the release's FP8 groups)
+ENGRAM_DTYPES = ("int8", "bf16")
 
 
 def scale_entry_name(weight: str) -> str:
@@ -73,10 +77,14 @@ def is_int8_linear(name: str, layout: str = "ranks") -> bool:
     return False
 
 
-def dest_kind(name: str, spec: TensorSpec, precision: str, layout: str = "ranks", int4_group=0) -> str:
-    """copy | bf16 | int8 | int4 (ranks layout) | int8s | int4s | int8x (serving layout) for one tensor."""
+def dest_kind(name: str, spec: TensorSpec, precision: str, layout: str = "ranks", int4_group=0,
+              engram_dtype: str = "") -> str:
+    """copy | bf16 | int8 | int4 (ranks layout) | int8s | int4s | int8x (serving layout) | int8g (DeepSeek-V4.1
+    Engram tables with engram_dtype int8: int8 with one float32 scale per 32 values of a row) for one tensor."""
     if spec.fmt in ("f32", "i64"):
         return "copy"
+    if spec.fmt == "fp8_row":
+        return "int8g" if (engram_dtype or default_engram_dtype(precision)) == "int8" else "bf16"
     if precision != "bf16" and is_int8_linear(name, layout) and len(spec.shape) == 2:
         expert = routed_expert_index(name) is not None
         if layout == "serving":
@@ -177,6 +185,7 @@ class Plan:
     fingerprint: str = ""
     dir_layout: str = "ranks"            # serving | ranks
     int4_group: object = 0               # serving w4a8: 0 (per channel), 32..256, or "exact"
+    engram_dtype: str = ""               # DeepSeek-V4.1 Engram tables: int8 | bf16 ("" for V4)
 
     @property
     def rank_files(self) -> List[OutFile]:
@@ -208,7 +217,7 @@ def rank_dir(layout: Layout, rank: int) -> str:
 
 
 def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int, dir_layout: str = "ranks",
-                 int4_group=0) -> List[Group]:
+                 int4_group=0, engram_dtype: str = "") -> List[Group]:
     cfg = src.cfg
     E = cfg.n_routed_experts
     experts = lay.local_experts(rank, E)
@@ -218,7 +227,7 @@ def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int, dir_
         e = routed_expert_index(name)
         if e is not None and e not in experts:
             continue
-        kind = dest_kind(name, spec, precision, dir_layout, int4_group)
+        kind = dest_kind(name, spec, precision, dir_layout, int4_group, engram_dtype)
         shape = tuple(spec.shape)
         dim = None if e is not None else split_dim(name)
         split = None
@@ -235,6 +244,9 @@ def _rank_groups(src: SourceLayout, precision: str, lay: Layout, rank: int, dir_
             ents = _serving_entries(name, kind, local, int4_group)
         elif kind == "int8":
             ents = [DestEntry(name, "I8", local), DestEntry(scale_entry_name(name), "F32", (local[0],))]
+        elif kind == "int8g":
+            ents = [DestEntry(name, "I8", local),
+                    DestEntry(scale_entry_name(name), "F32", (local[0], local[1] // ENGRAM_INT8_GROUP))]
         else:  # int4
             if local[1] % 2:
                 raise ConvertError(f"tensor '{name}' has an odd input dim {local[1]}; int4 packs pairs of columns")
@@ -278,7 +290,7 @@ def _serving_entries(name: str, kind: str, shape, int4_group) -> List[DestEntry]
 
 
 def _stored_names(name: str, spec: TensorSpec) -> List[str]:
-    return [name, scale_name(name)] if spec.fmt in ("fp8", "fp4") else [name]
+    return [name, scale_name(name)] if spec.fmt in QUANTISED_FORMATS else [name]
 
 
 def _pack(groups: List[Group], shard_bytes: int) -> List[List[Group]]:
@@ -293,8 +305,10 @@ def _pack(groups: List[Group], shard_bytes: int) -> List[List[Group]]:
     return [f for f in files if f] or [[]]
 
 
-def default_dir_layout(precision: str, lay: Layout) -> str:
-    """serving for w8a8 / w4a8; ranks for bf16 and whenever --tp / --ep ask for rank shards."""
+def default_dir_layout(precision: str, lay: Layout, cfg=None) -> str:
+    """serving for w8a8 / w4a8; ranks for bf16, whenever --tp / --ep ask for rank shards, and for DeepSeek-V4.1."""
+    if getattr(cfg, "version", "v4") == "v4.1":
+        return "ranks"
     return "ranks" if precision == "bf16" or lay.world > 1 else "serving"
 
 
@@ -310,26 +324,42 @@ def check_int4_group(value) -> object:
     raise ConvertError(f"--int4-group {value!r}: use channel, 32, 64, 128, 256 or exact")
 
 
+def default_engram_dtype(precision: str) -> str:
+    """Engram tables follow the precision: BF16 (exact) in a bf16 conversion, INT8 per 32 values in w8a8 / w4a8."""
+    return "bf16" if precision == "bf16" else "int8"
+
+
 def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int = DEFAULT_SHARD_BYTES,
-               dir_layout: Optional[str] = None, int4_group=32) -> Plan:
+               dir_layout: Optional[str] = None, int4_group=32, engram_dtype: Optional[str] = None) -> Plan:
     if precision not in PRECISIONS:
         raise ConvertError(f"--dtype {precision!r} is not one of {', '.join(PRECISIONS)}")
     if shard_bytes < 1:
         raise ConvertError(f"--shard-size must be positive, got {shard_bytes}")
-    dir_layout = dir_layout or default_dir_layout(precision, lay)
+    dir_layout = dir_layout or default_dir_layout(precision, lay, src.cfg)
     if dir_layout not in LAYOUTS:
         raise ConvertError(f"--layout {dir_layout!r} is not one of {', '.join(LAYOUTS)}")
     if dir_layout == "serving" and lay.world > 1:
         raise ConvertError(f"--tp {lay.tp} --ep {lay.ep}: the serving layout is one unsharded set (vllm-ascend and "
                            f"MindIE shard it when they load it); add --layout ranks for our per-rank shards")
+    if getattr(src.cfg, "version", "v4") == "v4.1" and dir_layout == "serving":
+        raise ConvertError("DeepSeek-V4.1: the serving layout (msModelSlim names for vllm-ascend / MindIE) is not "
+                           "written for V4.1 yet; add --layout ranks")
     int4_group = check_int4_group(int4_group) if precision == "w4a8" else 0
+    if getattr(src.cfg, "version", "v4") == "v4.1" and src.cfg.engram_layer_ids:
+        engram_dtype = engram_dtype or default_engram_dtype(precision)
+        if engram_dtype not in ENGRAM_DTYPES:
+            raise ConvertError(f"--engram-dtype {engram_dtype!r} is not one of {', '.join(ENGRAM_DTYPES)}")
+    elif engram_dtype:
+        raise ConvertError(f"--engram-dtype: '{src.cfg.name}' has no Engram tables (a DeepSeek-V4.1 option); drop it")
+    else:
+        engram_dtype = ""
     if int4_group == "exact" and dir_layout != "serving":
         raise ConvertError("--int4-group exact writes the serving layout's int8 experts; drop --layout ranks / "
                            "--tp / --ep, or choose a group size")
     lay.check_experts(src.cfg.n_routed_experts)
     files: List[OutFile] = []
     for r in range(lay.world):
-        packs = _pack(_rank_groups(src, precision, lay, r, dir_layout, int4_group), shard_bytes)
+        packs = _pack(_rank_groups(src, precision, lay, r, dir_layout, int4_group, engram_dtype), shard_bytes)
         d = rank_dir(lay, r)
         for i, gs in enumerate(packs):
             fn = f"model-{i + 1:05d}-of-{len(packs):05d}.safetensors"
@@ -337,7 +367,7 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
     # Sidecar: the release's E8M0 scales, one file per release shard that has any.
     scale_entries = set()
     for name, spec in src.inventory.items():
-        if spec.fmt in ("fp8", "fp4"):
+        if spec.fmt in QUANTISED_FORMATS:
             scale_entries.add(scale_name(name))
     per_shard = []
     for i, sh in enumerate(src.shards):
@@ -349,7 +379,8 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
         gs = [Group(n, "src_scale", None, None, [DestEntry(n, src.entries[n].dtype, src.entries[n].shape)],
                     src.entries[n].nbytes) for n in names]
         files.append(OutFile(fn, None, gs))
-    plan = Plan(precision, lay, shard_bytes, files, src, dir_layout=dir_layout, int4_group=int4_group)
+    plan = Plan(precision, lay, shard_bytes, files, src, dir_layout=dir_layout, int4_group=int4_group,
+                engram_dtype=engram_dtype)
     plan.fingerprint = fingerprint(plan)
     return plan
 
@@ -365,6 +396,7 @@ def fingerprint(plan: Plan) -> str:
         "shard_bytes": plan.shard_bytes,
         **({"layout": plan.dir_layout, "int4_group": plan.int4_group} if plan.dir_layout != "ranks" else {}),
         **({"int4_group": plan.int4_group} if plan.dir_layout == "ranks" and plan.precision == "w4a8" else {}),
+        **({"engram_dtype": plan.engram_dtype} if plan.engram_dtype else {}),
         "config": hashlib.sha256(src.config_bytes).hexdigest(),
         "shards": [[s.file, s.size, hashlib.sha256(s.header).hexdigest()] for s in src.shards],
     }
@@ -378,7 +410,8 @@ _ENCODING = {"copy": "unchanged", "bf16": "bf16 (exact dequantisation)", "int8":
              "int8s": "W8A8_DYNAMIC: int8 [out, in], symmetric per output channel (weight_scale [out, 1])",
              "int4s": "W4A8_DYNAMIC: int4 -8..7, two output channels per byte (low nibble = even row), "
                       "searched clip ratio per group",
-             "int8x": "exact: int8 = 2 x FP4 value per group of 32, scale 2^(e-1)"}
+             "int8x": "exact: int8 = 2 x FP4 value per group of 32, scale 2^(e-1)",
+             "int8g": "int8 symmetric per group of 32 values of a row (Engram table rows)"}
 
 def name_map(plan: Plan) -> dict:
     """param_name_map.json: release entry name -> where its converted data lives."""

@@ -241,13 +241,16 @@ def _generic_to_bf16(v64: np.ndarray, counts: Counts) -> np.ndarray:
     return bits
 
 
-def fp8_block_to_bf16(q: np.ndarray, scale: np.ndarray, row0: int, counts: Counts, block: int = 128) -> np.ndarray:
+def fp8_block_to_bf16(q: np.ndarray, scale: np.ndarray, row0: int, counts: Counts, block=128) -> np.ndarray:
     """Rows [row0, row0 + len(q)) of an FP8 weight (E4M3 codes, full width) with its whole E8M0 block
-    scale tensor -> BF16 bits uint16, exact. Non-finite / inexact values are counted into `counts`."""
+    scale tensor -> BF16 bits uint16, exact. Non-finite / inexact values are counted into `counts`.
+    block: b for b×b blocks (V4 128, V4.1 32), or (br, bc) - (1, 32) for V4.1's Engram rows, where `scale` may
+    be just the rows' own scales with row0 = 0."""
+    rb, block = (block, block) if np.ndim(block) == 0 else block
     q = np.asarray(q).view(np.uint8)
     rows, cols = q.shape
     s = np.asarray(scale).view(np.uint8)
-    srow = s[(np.arange(row0, row0 + rows) // block)]                  # [rows, ncb]
+    srow = s[(np.arange(row0, row0 + rows) // rb)]                     # [rows, ncb]
     table, ok = _fp8_tables()
     if ok[srow].all():
         s16 = srow.astype(np.uint16) << np.uint16(8)

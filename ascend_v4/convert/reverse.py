@@ -22,13 +22,13 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ascend_v4.checkpoint import formats as F
-from ascend_v4.checkpoint.inventory import FP8_BLOCK, scale_name
+from ascend_v4.checkpoint.inventory import scale_name
 from ascend_v4.checkpoint.safetensors_io import INDEX_NAME
 
 from .errors import ConvertError
-from .loader import SOURCE_CONFIG, SOURCE_INDEX, ConvertedData, converted_plan
+from .loader import SOURCE_CONFIG, SOURCE_INDEX, SOURCE_ROOT_CONFIG, ConvertedData, converted_plan
 from .manifest import read_manifest
-from .plan import DestEntry, Group, OutFile, Plan
+from .plan import QUANTISED_FORMATS, DestEntry, Group, OutFile, Plan
 from .run import Summary
 from .writer import STATE_DIR, Journal, fsync_dir, remove_tmp_files, run_jobs, write_bytes_atomic, write_file
 
@@ -56,7 +56,7 @@ class _ReverseJob:
         self.plan, self.root, self.out_dir, self.files = plan, root, out_dir, files
         self._data: Optional[ConvertedData] = None
         inv = plan.source.inventory
-        self.scale_of: Dict[str, str] = {scale_name(n): n for n, s in inv.items() if s.fmt in ("fp8", "fp4")}
+        self.scale_of: Dict[str, str] = {scale_name(n): n for n, s in inv.items() if s.fmt in QUANTISED_FORMATS}
 
     def __getstate__(self):
         d = dict(self.__dict__)
@@ -94,20 +94,25 @@ class _ReverseJob:
         kind = data.kind(name)
         row_elems = int(np.prod(spec.shape[1:])) if len(spec.shape) > 1 else 1
         step = max(1, CHUNK_ELEMS // max(1, row_elems))
+        blk = self.plan.source.fp8_block                            # V4 128, V4.1 32
         if spec.fmt == "fp8":
-            step = max(FP8_BLOCK, step // FP8_BLOCK * FP8_BLOCK)
+            step = max(blk, step // blk * blk)
         out_row = ent.nbytes // rows if rows else 0
         for a in range(0, rows, step):
             b = min(rows, a + step)
             if spec.fmt == "fp8":
-                s = self._sidecar_rows(scale_name(name), a // FP8_BLOCK, -(-b // FP8_BLOCK))
+                s = self._sidecar_rows(scale_name(name), a // blk, -(-b // blk))
                 w = data.rows_f32(name, a, b)
-                arr, _ = _checked(name, lambda: F.quant_fp8_block(w, FP8_BLOCK, scale=np.array(s)))
+                arr, _ = _checked(name, lambda: F.quant_fp8_block(w, blk, scale=np.array(s)))
+            elif spec.fmt == "fp8_row":                            # V4.1 Engram rows, 1×32 scales
+                s = self._sidecar_rows(scale_name(name), a, b)
+                w = data.rows_f32(name, a, b)
+                arr, _ = _checked(name, lambda: F.quant_fp8_block(w, (1, 32), scale=np.array(s)))
             elif spec.fmt == "fp4":
                 s = self._sidecar_rows(scale_name(name), a, b)
                 w = data.rows_f32(name, a, b)
                 arr, _ = _checked(name, lambda: F.quant_mxfp4(w, scale=np.array(s)))
-            elif spec.fmt == "bf16" and kind in ("int8", "int4"):
+            elif spec.fmt == "bf16" and kind in ("int8", "int4", "int8g"):
                 arr = F.bf16_encode(data.rows_f32(name, a, b))
             else:
                 arr = data.rows(name, a, b)
@@ -183,7 +188,14 @@ def to_official(conv_dir: str, out_dir: str, workers: int = 1, progress: Optiona
     finally:
         job.close()
     with open(os.path.join(conv_dir, SOURCE_CONFIG), "rb") as f:
-        write_bytes_atomic(os.path.join(out_dir, "config.json"), f.read())
+        cfg_bytes = f.read()
+    if os.path.exists(os.path.join(conv_dir, SOURCE_ROOT_CONFIG)):   # V4.1: nested root + flat inference config
+        with open(os.path.join(conv_dir, SOURCE_ROOT_CONFIG), "rb") as f:
+            write_bytes_atomic(os.path.join(out_dir, "config.json"), f.read())
+        os.makedirs(os.path.join(out_dir, "inference"), exist_ok=True)
+        write_bytes_atomic(os.path.join(out_dir, "inference", "config.json"), cfg_bytes)
+    else:
+        write_bytes_atomic(os.path.join(out_dir, "config.json"), cfg_bytes)
     if os.path.exists(os.path.join(conv_dir, SOURCE_INDEX)):
         with open(os.path.join(conv_dir, SOURCE_INDEX), "rb") as f:
             write_bytes_atomic(os.path.join(out_dir, INDEX_NAME), f.read())

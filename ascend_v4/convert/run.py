@@ -41,6 +41,7 @@ from .writer import STATE_DIR, Journal, fsync_dir, remove_tmp_files, run_jobs, w
 SOURCE_RECORD = f"{SIDECAR_DIR}/source.json"
 SOURCE_CONFIG = f"{SIDECAR_DIR}/config.json"
 SOURCE_INDEX = f"{SIDECAR_DIR}/{INDEX_NAME}"
+SOURCE_ROOT_CONFIG = f"{SIDECAR_DIR}/root_config.json"     # DeepSeek-V4.1: the release's nested root config.json
 AUX_DIR = f"{SIDECAR_DIR}/files"
 OUR_FILES = {"config.json", INDEX_NAME, MANIFEST, NAME_MAP, "quant_model_description.json"}
 QSTATS = "quant_stats.jsonl"
@@ -55,6 +56,7 @@ class Summary:
     bytes_in: int
     bytes_out: int
     already_complete: bool = False
+    dir_layout: str = ""
 
 
 class _ConvertJob:
@@ -105,6 +107,9 @@ def conversion_block(plan: Plan) -> dict:
                  f"{plan.int4_group or 'all'} input columns (clip ratio searched per group): `<name>` I8 [out, in/2] "
                  f"({Q.INT4_NIBBLE_ORDER}), `<name>_scale` F32 [out, in/group]" if plan.precision == "w4a8" else None),
         "int4_group": plan.int4_group if plan.precision == "w4a8" else None,
+        **({"engram_dtype": plan.engram_dtype,
+            "engram": ("`<table>` I8 [rows, d], `<table>_scale` F32 [rows, d/32]: symmetric per 32 values of a row, "
+                       "w = q * scale" if plan.engram_dtype == "int8" else "BF16, exact")} if plan.engram_dtype else {}),
         "source_dtype": plan.source.cfg.dtype,
         "source_expert_dtype": plan.source.cfg.expert_dtype,
         "fingerprint": plan.fingerprint,
@@ -191,6 +196,12 @@ def _write_metadata(plan: Plan, dst: str) -> List[str]:
     put_json(SOURCE_RECORD, rec, indent=None)
     write_bytes_atomic(os.path.join(dst, SOURCE_CONFIG), src.config_bytes)
     written.append(SOURCE_CONFIG)
+    root_cfg = os.path.join(src.root, "config.json")
+    if getattr(src.cfg, "version", "v4") == "v4.1" and os.path.isfile(root_cfg):
+        # V4.1's model config is the flat inference/config.json (SOURCE_CONFIG); keep the nested root for --to-official
+        with open(root_cfg, "rb") as fh:
+            write_bytes_atomic(os.path.join(dst, SOURCE_ROOT_CONFIG), fh.read())
+        written.append(SOURCE_ROOT_CONFIG)
     if src.index_bytes is not None:
         write_bytes_atomic(os.path.join(dst, SOURCE_INDEX), src.index_bytes)
         written.append(SOURCE_INDEX)
@@ -238,6 +249,8 @@ def tensor_class(name: str) -> str:
         return "routed experts"
     if ".shared_experts." in name:
         return "shared experts"
+    if ".engram.embed." in name:
+        return "Engram tables"
     return "attention " + module_of(name)
 
 
@@ -276,8 +289,10 @@ def _fmt(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def default_command(src, dst, precision, tp, ep, workers, shard_bytes) -> str:
+def default_command(src, dst, precision, tp, ep, workers, shard_bytes, engram_dtype=None) -> str:
     args = ["ascend-v4", "convert", src, dst, "--dtype", precision]
+    if engram_dtype:
+        args += ["--engram-dtype", engram_dtype]
     if tp != 1:
         args += ["--tp", str(tp)]
     if ep != 1:
@@ -319,11 +334,12 @@ def _prepare_destination(dst: str, plan: Plan) -> Optional[str]:
 def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1, ep: int = 1, workers: int = 1,
                        shard_bytes: int = DEFAULT_SHARD_BYTES, progress: Optional[bool] = None,
                        command: Optional[str] = None, log=None, layout: Optional[str] = None,
-                       int4_group="32") -> Summary:
+                       int4_group="32", engram_dtype: Optional[str] = None) -> Summary:
     """Convert a release-format checkpoint directory. Resumable: rerun the same call after a crash.
 
     layout: "serving" (default for w8a8 / w4a8: what vllm-ascend and MindIE load, unsharded) or "ranks"
-    (default for bf16: our tp/ep rank shards). int4_group: serving w4a8 expert group size (docs in FORMAT.md)."""
+    (default for bf16: our tp/ep rank shards). int4_group: serving w4a8 expert group size (docs in FORMAT.md).
+    engram_dtype (DeepSeek-V4.1): the Engram tables as "int8" (per 32 values) or "bf16"; default follows precision."""
     src, dst = os.fspath(src), os.fspath(dst)
     if precision not in PRECISIONS:
         raise ConvertError(f"--dtype {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -332,11 +348,12 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     lay = Layout(tp, ep)
     dir_layout = layout
     layout: SourceLayout = open_source(src)
-    plan = build_plan(layout, precision, lay, shard_bytes, dir_layout=dir_layout, int4_group=int4_group)
+    plan = build_plan(layout, precision, lay, shard_bytes, dir_layout=dir_layout, int4_group=int4_group,
+                      engram_dtype=engram_dtype)
     if os.path.abspath(dst) == os.path.abspath(src) or os.path.abspath(dst).startswith(os.path.abspath(src) + os.sep):
         raise ConvertError(f"{dst}: the destination must not be the source directory or inside it")
     if command is None:
-        command = default_command(src, dst, precision, tp, ep, workers, shard_bytes)
+        command = default_command(src, dst, precision, tp, ep, workers, shard_bytes, engram_dtype)
     mode = _prepare_destination(dst, plan)
     if mode is None:
         if log:
@@ -400,4 +417,4 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     shutil.rmtree(state, ignore_errors=True)
     fsync_dir(dst)
     return Summary(dst, len(todo), len(plan.files) - len(todo), layout.total_bytes(),
-                   sum(v[1] for v in done.values()))
+                   sum(v[1] for v in done.values()), dir_layout=plan.dir_layout)

@@ -7,8 +7,8 @@ Rules, keyed on the module name (the component before `.weight`/`.scale`/`.bias`
 * split dim 1 (input parallel): wo_b, the shared expert's w2;
 * routed experts `ffn.experts.{e}.*` are never split but distributed by index: EP rank p keeps
   experts [p*E/M, (p+1)*E/M) (E = n_routed_experts);
-* everything else (wq_a, wkv, norms, compressors, router gate/bias/tid2eid, hc_*, e_proj/h_proj) is
-  replicated.
+* everything else (wq_a, wkv, norms, compressors, router gate/bias/tid2eid, hc_*, e_proj/h_proj; V4.1's vision
+  tower and aligner) is replicated.
 
 Rank layout: world size W = max(N, M); the larger must be a multiple of the smaller. Rank r has
 tp_rank = r % N and ep_rank = r % M. With N == M (the official `--model-parallel`) this is exactly the
@@ -42,7 +42,10 @@ def routed_expert_index(name: str) -> Optional[int]:
 
 
 def split_dim(name: str) -> Optional[int]:
-    """0, 1, or None (replicated) for a non-expert tensor name."""
+    """0, 1, or None (replicated) for a non-expert tensor name. DeepSeek-V4.1's vision tower and aligner are
+    replicated (their `mlp.w1` / `w2` are not the text model's)."""
+    if name.startswith(("vision.", "aligner.")):
+        return None
     mod = module_of(name)
     if mod in SPLIT_DIM0:
         return 0

@@ -20,10 +20,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ascend_v4.checkpoint.inventory import TensorSpec, official_inventory, stored_entries
+from ascend_v4.checkpoint.inventory import TensorSpec
+from ascend_v4.checkpoint.official import release_layout
 from ascend_v4.checkpoint.safetensors_io import (INDEX_NAME, MAX_HEADER_BYTES, STORAGE_DTYPES, CheckpointError,
                                                  ShardedCheckpoint, _parse_header)
-from ascend_v4.config import ConfigError, ModelConfig
+from ascend_v4.config import MODEL_VERSIONS, ConfigError, ModelConfig, _is_v41_root
 
 from .errors import ConvertError
 
@@ -62,8 +63,13 @@ class SourceLayout:
     def inventory(self) -> Dict[str, TensorSpec]:
         inv = self.__dict__.get("_inventory")
         if inv is None:
-            inv = self.__dict__["_inventory"] = official_inventory(self.cfg)
+            inv = self.__dict__["_inventory"] = release_layout(self.cfg)[0]
         return inv
+
+    @property
+    def fp8_block(self) -> int:
+        """Edge of the release's square FP8 weight blocks: 128 (DeepSeek-V4), 32 (DeepSeek-V4.1)."""
+        return release_layout(self.cfg)[2]
 
     def path(self, shard: int) -> str:
         if self.root is None:
@@ -154,8 +160,23 @@ def open_source(src: str) -> SourceLayout:
     if isinstance(raw, dict) and CONVERSION_KEY in raw:
         raise ConvertError(f"{src}: is already a converted checkpoint ({raw[CONVERSION_KEY].get('precision')}); "
                            f"convert from the release, or use --to-official to go back to it")
+    if _is_v41_root(raw):
+        # DeepSeek-V4.1: the root config.json is the nested HF file; the model is described by the flat
+        # inference/config.json (what the converted directory's config and source record keep)
+        flat = [q for q in (os.path.join(src, "inference", "config.json"), os.path.join(src, "inference_config.json"))
+                if os.path.isfile(q)]
+        if not flat:
+            raise ConvertError(f"{cfg_path}: DeepSeek-V4.1's nested root config; the release's flat "
+                               f"inference/config.json must be present too - copy it from the release")
+        cfg_path = flat[0]
+        with open(cfg_path, "rb") as f:
+            config_bytes = f.read()
+        try:
+            raw = json.loads(config_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConvertError(f"{cfg_path}: not valid JSON ({e})") from None
     try:
-        cfg = ModelConfig.from_dict(raw, name=os.path.basename(os.path.abspath(src)))
+        cfg = ModelConfig.from_dict(raw, name=os.path.basename(os.path.abspath(src)), versions=MODEL_VERSIONS)
     except ConfigError as e:
         raise ConvertError(f"{cfg_path}: {e}") from None
 
@@ -185,8 +206,9 @@ def check_inventory(layout: SourceLayout, ck_keys=None) -> None:
     cfg = layout.cfg
     problems: List[str] = []
     expected = {}
-    for n, spec in official_inventory(cfg).items():
-        for e in stored_entries(n, spec):
+    inv, entries_of, _ = release_layout(cfg)
+    for n, spec in inv.items():
+        for e in entries_of(n, spec):
             expected[e.name] = e
     for k, e in expected.items():
         got = layout.entries.get(k)
@@ -207,7 +229,8 @@ def check_inventory(layout: SourceLayout, ck_keys=None) -> None:
 def layout_from_record(rec: dict, config_bytes: bytes, index_bytes: Optional[bytes], label: str) -> SourceLayout:
     """Rebuild a SourceLayout from the `source/source.json` sidecar of a converted directory."""
     try:
-        cfg = ModelConfig.from_dict(json.loads(config_bytes.decode("utf-8")), name=rec.get("name", "source"))
+        cfg = ModelConfig.from_dict(json.loads(config_bytes.decode("utf-8")), name=rec.get("name", "source"),
+                                    versions=MODEL_VERSIONS)
         entries: Dict[str, SrcEntry] = {}
         shards = []
         for i, s in enumerate(rec["shards"]):

@@ -87,6 +87,8 @@ def produce(group: Group, src: SourceData, progress: Callable[[int], None], stat
         yield from _to_bf16(group, src, progress)
     elif group.kind in ("int8", "int4"):
         yield from _to_int(group, src, progress, stats if stats is not None else {}, int4_group)
+    elif group.kind == "int8g":
+        yield from _to_int8_groups(group, src, progress, stats if stats is not None else {})
     else:  # pragma: no cover
         raise ConvertError(f"internal: unknown group kind {group.kind!r}")
 
@@ -128,9 +130,17 @@ def _decoder(group: Group, src: SourceData):
     if spec.fmt == "fp8":
         scale = np.array(src.whole(scale_name(name)))
         per_row = (e.nbytes + scale.nbytes) // e.shape[0]
+        block = src.layout.fp8_block
 
         def dec(a, b, counts):
-            return Q.fp8_block_to_bf16(src.rows(name, a, b), scale, a, counts)
+            return Q.fp8_block_to_bf16(src.rows(name, a, b), scale, a, counts, block)
+        return dec, per_row
+    if spec.fmt == "fp8_row":          # V4.1 Engram table: one E8M0 scale per 32 values of a row
+        sname = scale_name(name)
+        per_row = (e.nbytes + src.layout.entries[sname].nbytes) // e.shape[0]
+
+        def dec(a, b, counts):
+            return Q.fp8_block_to_bf16(src.rows(name, a, b), src.rows(sname, a, b), 0, counts, (1, 32))
         return dec, per_row
     if spec.fmt == "fp4":
         sname = scale_name(name)
@@ -225,6 +235,48 @@ def _to_int(group: Group, src: SourceData, progress, stats: dict, int4_group=0) 
     if keep:
         stats[key] = [err2, ref2]
     yield 1, 0, scales
+
+
+def _to_int8_groups(group: Group, src: SourceData, progress, stats: dict) -> Iterator[Chunk]:
+    """int8g (V4.1 Engram tables): rows decoded to BF16 exactly, then int8 symmetric per group of G values of a
+    row (scale = max|group| / 127, q = round-half-even(w / scale)); the [rows, d/G] float32 scales follow the
+    codes - the layout the host prefetcher reads (ops/engram/host.py `dequant_group_int8`). The writer takes
+    entries in file order, and a table's scales (12 GB for one of V4.1-Flash's) must not be held in memory, so
+    the rows are decoded twice: codes on the first pass, scales on the second."""
+    name = group.source
+    shape = src.layout.inventory[name].shape
+    dec, per_row = _decoder(group, src)
+    r0, r1 = _row_range(shape, group.split)
+    step = _rows_per_chunk(shape, DECODE_CHUNK_ELEMS)
+    w_ent, s_ent = group.entries
+    n_groups = s_ent.shape[1]
+    err2 = ref2 = 0.0
+    key = name if group.split is None else f"{name}#{group.split[1]}"
+
+    def quant(a, b, counts):
+        bits = dec(a, b, counts)
+        if counts.bad():
+            return bits, None, None
+        q, s = Q.quant_bf16_rows(bits.reshape((b - a) * n_groups, -1), Q.INT8_QMAX)
+        return bits, q, s
+    counts = Q.Counts()
+    for a in range(r0, r1, step):
+        b = min(r1, a + step)
+        bits, q, s = quant(a, b, counts)
+        progress((b - a) * per_row)
+        if q is None:
+            continue                       # keep counting, fail once the whole tensor is seen
+        w = Q.bf16_to_f32(bits).astype(np.float64).reshape((b - a) * n_groups, -1)
+        d = w - q.astype(np.float64) * s.astype(np.float64)[:, None]
+        err2 += float(np.einsum("ij,ij->", d, d))
+        ref2 += float(np.einsum("ij,ij->", w, w))
+        yield 0, (a - r0) * w_ent.shape[1], q.reshape(b - a, -1)
+    if counts.bad():
+        _fail(src, name, counts)
+    for a in range(r0, r1, step):
+        b = min(r1, a + step)
+        yield 1, (a - r0) * n_groups * 4, quant(a, b, Q.Counts())[2].reshape(b - a, n_groups)
+    stats[key] = [err2, ref2]
 
 
 def _to_serving(group: Group, src: SourceData, progress, stats: dict, int4_group) -> Iterator[Chunk]:

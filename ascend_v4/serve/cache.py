@@ -17,6 +17,9 @@ coff = 2 if r == 4 else 1), stored 2-D as [B·rows, width]:
   L{i}.ikv / L{i}.isc (r == 4)   [B, 2r+1, 2c_I]       indexer compressor state
   *_sh                (mtp)      shadow copies of the four state buffers (speculative verify)
 MTP block j: M{j}.win (SWA ring of the draft block).
+DeepSeek-V4.1 (docs/deepseek-v4.1.md, "serving"): every layer has its ring; only the kv sources (kv_source_layers)
+have .ent, .ckv/.csc (r slots, no overlap) and .ikey (index keys derived from the compressor latent) — the other
+compressed layers read their kv source's buffers, so the cache holds 4 compressed layers for Flash, not 38.
 INT8 KV: the head_dim - rope_head_dim non-RoPE dims of every KV row (ring and entries) are stored int8 with one
 float32 scale per row (amax / 127), RoPE dims float32; a step's own kv and new entries are read back the same
 way, so chunked == one-shot == decode also holds in INT8 mode.
@@ -67,11 +70,19 @@ class CacheLayout:
         self.entries: List[CacheEntry] = []
         self.index: Dict[str, int] = {}
         B, W, hd, rd = batch, cfg.window_size, cfg.head_dim, cfg.rope_head_dim
+        self.v41 = cfg.version == "v4.1"
         for i in range(cfg.n_layers):
             r = cfg.ratio(i)
             kind = cfg.layer_kind(i)
             self._kv(f"L{i}.win", (B, W + 1), kind, "ring", 0)
-            if r:
+            if self.v41:
+                if i in cfg.kv_source_layers:
+                    nmax = max_len // r
+                    self._kv(f"L{i}.ent", (B, nmax + 1), kind, "entries", r)
+                    self._add(f"L{i}.ckv", (B, r + 1, hd), "float32", 0.0, kind, "state", 0)
+                    self._add(f"L{i}.csc", (B, r + 1, hd), "float32", NEG_INF, kind, "state", 0)
+                    self._add(f"L{i}.ikey", (B, nmax + 1, cfg.index_head_dim), "float32", 0.0, kind, "index_keys", r)
+            elif r:
                 nmax = max_len // r
                 coff = 2 if r == 4 else 1
                 self._kv(f"L{i}.ent", (B, nmax + 1), kind, "entries", r)
@@ -88,6 +99,8 @@ class CacheLayout:
                     if shadow:
                         self._add(f"L{i}.ikv_sh", (B, 2 * r + 1, 2 * ci), "float32", 0.0, kind, "shadow", 0)
                         self._add(f"L{i}.isc_sh", (B, 2 * r + 1, 2 * ci), "float32", NEG_INF, kind, "shadow", 0)
+        if self.v41:    # the last kv source that published index keys (index_keys="shipped" decode), -1: none
+            self._add("V41.pub", (B, 1, 1), "float32", -1.0, "SWA", "state", 0)
         if self.mtp:
             for j in range(cfg.n_mtp_layers):
                 self._kv(f"M{j}.win", (B, W + 1), "MTP", "ring", 0)
@@ -117,6 +130,12 @@ class CacheLayout:
     def ids(self, name: str) -> int:
         return self.index.get(name, -1)
 
+    def shared_slots(self) -> tuple:
+        """V4.1: (index-key buffer id of every kv source, publisher row id); () for V4."""
+        if not self.v41:
+            return ()
+        return (tuple(self.ids(f"L{s}.ikey") for s in self.cfg.kv_source_layers), self.ids("V41.pub"))
+
     def block_slots(self, model) -> tuple:
         """Per block (main layers, then MTP blocks) the flat cache indices the model's cached step reads and writes:
         (window KV ids, entries KV ids, (ckv, csc, ckv_sh, csc_sh), (ikey, ikv, isc, ikv_sh, isc_sh), index of the
@@ -126,6 +145,12 @@ class CacheLayout:
         for i in range(cfg.n_total_blocks):
             n = "L%d" % i if i < cfg.n_layers else "M%d" % (i - cfg.n_layers)
             r = cfg.ratio(i)
+            if self.v41 and r and i < cfg.n_layers:       # entries and keys of the layer's kv source
+                src = "L%d" % cfg.kv_source(i)
+                out.append((self.kv_ids(n + ".win"), self.kv_ids(src + ".ent"),
+                            tuple(self.ids(n + s) for s in (".ckv", ".csc", ".ckv_sh", ".csc_sh")),
+                            (self.ids(src + ".ikey"), -1, -1, -1, -1), model.ratios.index(r)))
+                continue
             out.append((self.kv_ids(n + ".win"), self.kv_ids(n + ".ent"),
                         tuple(self.ids(n + s) for s in (".ckv", ".csc", ".ckv_sh", ".csc_sh")),
                         tuple(self.ids(n + s) for s in (".ikey", ".ikv", ".isc", ".ikv_sh", ".isc_sh")),
@@ -190,11 +215,14 @@ class KVCache:
         """Cache bytes per token of context for ONE sequence, by layer kind (the window and the compressor state
         are fixed per sequence): CSA (entry + indexer key) / 4, HCA entry / 128, SWA and MTP 0."""
         c = self.cfg
-        out = {"SWA": 0.0, "CSA": 0.0, "HCA": 0.0, "MTP": 0.0}
+        out = {k: 0.0 for k in self._kinds()}
         key = c.index_head_dim * 4
         for i in range(c.n_layers):
             r = c.ratio(i)
-            if r:
+            if self.layout.v41:         # only kv sources store entries and keys
+                if i in c.kv_source_layers:
+                    out[c.layer_kind(i)] += (self.entry_bytes() + key) / r
+            elif r:
                 out[c.layer_kind(i)] += self.entry_bytes() / r + (key / r if r == 4 else 0.0)
         out["total"] = sum(out.values())
         return out
@@ -205,10 +233,11 @@ class KVCache:
         c = self.cfg
         per_tok = self.bytes_per_token_formula()
         kinds: Dict[str, Dict[str, float]] = {}
-        n_layers = {"SWA": 0, "CSA": 0, "HCA": 0, "MTP": c.n_mtp_layers if self.mtp else 0}
+        n_layers = {k: 0 for k in self._kinds()}
+        n_layers["MTP"] = c.n_mtp_layers if self.mtp else 0
         for i in range(c.n_layers):
             n_layers[c.layer_kind(i)] += 1
-        for k in ("SWA", "CSA", "HCA", "MTP"):
+        for k in self._kinds():
             kinds[k] = {"layers": n_layers[k], "bytes_per_token": per_tok[k], "fixed_bytes_per_seq": 0.0,
                         "allocated_bytes": 0.0}
         for e in self.layout.entries:
@@ -223,6 +252,12 @@ class KVCache:
                  "allocated_bytes": sum(v["allocated_bytes"] for v in kinds.values()),
                  "batch": self.batch, "max_len": self.max_len, "kv_format": "int8" if self.kv_int8 else "float32"}
         return {"kinds": kinds, "total": total}
+
+    def _kinds(self) -> List[str]:
+        """Layer kinds in report order: SWA/CSA/HCA/MTP (V4), SWA/C2/C1/... (V4.1, by ratio)."""
+        if self.layout.v41:
+            return ["SWA"] + [f"C{r}" for r in sorted({r for r in self.cfg.compress_ratios if r}, reverse=True)] + ["MTP"]
+        return ["SWA", "CSA", "HCA", "MTP"]
 
     def allocated_bytes(self) -> int:
         return int(sum(int(np.prod(e.shape)) * np.dtype(e.dtype).itemsize for e in self.layout.entries))

@@ -91,6 +91,14 @@ class _Streamer:
         self.shown = text
 
 
+def _refuse_images(cfg, rows: List[np.ndarray]) -> None:
+    """DeepSeek-V4.1 marks image spans with image_token_id; the vision tower is out of scope, so refuse them."""
+    for i, r in enumerate(rows):
+        if np.any(r == cfg.image_token_id):
+            raise GenerateError(f"prompt {i} holds the image token id {cfg.image_token_id}: image inputs are not "
+                                f"supported (DeepSeek-V4.1's vision tower is out of scope); give text only")
+
+
 # ------------------------------------------------------------------------------------------------ command
 @click.command("generate")
 @click.argument("checkpoint")
@@ -110,10 +118,11 @@ class _Streamer:
 @click.option("--out", "out_path", default=None, help="write ids + per-step logits (.npz)")
 @click.option("--threads", default=0, type=int, help="CPU threads (0 = MindSpore default)")
 @click.option("--quiet", is_flag=True, help="do not stream tokens")
+@click.option("--image", "images", multiple=True, help="(DeepSeek-V4.1 image inputs: refused, vision is out of scope)")
 @_friendly
 @device_option
 def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperature, top_k, top_p, seed,
-             speculative, int8_kv, no_eos, chunk, tokenizer_path, out_path, threads, quiet):
+             speculative, int8_kv, no_eos, chunk, tokenizer_path, out_path, threads, quiet, images):
     """Generate from CHECKPOINT: prefill the prompt(s), decode token by token over the window ring, the
     compressed entries and the indexer keys; greedy or temperature/top-k/top-p sampling with a seed."""
     from .sampling import SamplingParams
@@ -122,8 +131,19 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     # ---- everything cheap is checked before the model is loaded ----
     if not os.path.isdir(checkpoint):
         raise GenerateError(f"checkpoint directory {checkpoint} does not exist")
+    from ..config import MODEL_VERSIONS
     from ..weights import checkpoint_config, load_checkpoint
-    cfg = checkpoint_config(checkpoint)        # release, any converted dir; a training run -> export-official
+    # release, any converted dir; a training run -> export-official; DeepSeek-V4.1 releases too
+    cfg = checkpoint_config(checkpoint, MODEL_VERSIONS)
+    v41 = cfg.version == "v4.1"
+    if images:
+        raise GenerateError("image inputs are not supported: this port runs DeepSeek-V4.1's text model only (the "
+                            "vision tower is out of scope); drop --image")
+    if v41 and speculative:
+        raise GenerateError("--mtp: DeepSeek-V4.1's DSpark drafter is not implemented yet; generate without --mtp")
+    if v41 and int8_kv:
+        raise GenerateError("--int8-kv is not available for DeepSeek-V4.1 yet (its serving cache is float32); "
+                            "drop --int8-kv")
     if bool(prompts) == bool(tokens_path):
         raise GenerateError("give either --prompt TEXT or --tokens FILE.npy (exactly one)")
     if max_new_tokens < 1:
@@ -162,12 +182,23 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     while max_len < need:
         max_len *= 2
 
+    token_map = None
+    if v41:
+        _refuse_images(cfg, rows)
+        if cfg.engram_layer_ids:      # Engram hashes compressed ids: the map comes from the release tokenizer
+            from ..checkpoint.release_v41 import release_token_map
+            token_map = release_token_map(checkpoint, cfg)
+            bad = max(int(r.max()) for r in rows)
+            if bad >= len(token_map):
+                raise GenerateError(f"token id {bad} is not in the tokenizer ({len(token_map)} ids): Engram cannot "
+                                    f"map it")
+
     # ---- model ----
     from .engine import Engine
-    cfg, weights = load_checkpoint(checkpoint)
+    cfg, weights = load_checkpoint(checkpoint, versions=MODEL_VERSIONS)
     t0 = time.perf_counter()
     eng = Engine(cfg, weights, max_batch=len(rows), max_len=max_len, kv_int8=int8_kv, mtp=speculative,
-                 prefill_chunk=chunk, threads=threads)
+                 prefill_chunk=chunk, threads=threads, token_map=token_map)
     stream = _Streamer(tok, enabled=not quiet and len(rows) == 1)
     gen = eng.generate(rows, max_new_tokens=max_new_tokens, sampling=sampling, eos_id=None if no_eos else -1,
                        speculative=speculative, on_token=stream)

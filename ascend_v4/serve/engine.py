@@ -55,15 +55,26 @@ def _pow2(n: int) -> int:
 class Engine:
     def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], *, max_batch: int = 1, max_len: int = 1024,
                  kv_int8: bool = False, mtp: bool = False, prefill_chunk: int = 256, ctx_min: int = 256,
-                 threads: int = 0, model=None, stacked_experts: bool = True):
+                 threads: int = 0, model=None, stacked_experts: bool = True, token_map=None, engram_tables=None,
+                 index_keys: str = "own"):
         from ..runtime import setup
         setup(None, "graph", threads)
         from ..model import Transformer
         from ..weights import load_into
         from .cache import KVCache
 
+        self.v41 = cfg.version == "v4.1"
+        if mtp and self.v41:
+            raise ServeError("DeepSeek-V4.1's DSpark drafter is not implemented; run without speculative decoding")
         if mtp and cfg.n_mtp_layers == 0:
             raise ServeError(f"config '{cfg.name}' has no MTP block; run without speculative decoding")
+        self.engram = None
+        if self.v41 and cfg.engram_layer_ids:
+            # V4.1: the Engram tables stay in host memory (token_map: raw -> compressed ids, None = identity)
+            from .engram import EngramFeed, split_engram_tables
+            if engram_tables is None:
+                weights, engram_tables = split_engram_tables(cfg, weights)
+            self.engram = EngramFeed(cfg, engram_tables, int(max_batch), token_map)
         if prefill_chunk < 1:
             raise ServeError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         self.cfg = cfg
@@ -71,7 +82,7 @@ class Engine:
         self.prefill_chunk, self.ctx_min = int(prefill_chunk), int(ctx_min)
         self.mtp = bool(mtp)
         if model is None:
-            model = Transformer(cfg, max_seq_len=self.max_len, with_mtp=self.mtp)
+            model = Transformer(cfg, max_seq_len=self.max_len, with_mtp=self.mtp, index_keys=index_keys)
             model.set_train(False)
             load_into(model, weights)
         elif model.max_seq_len < self.max_len or (self.mtp and not model.with_mtp):
@@ -85,6 +96,7 @@ class Engine:
         self._graphs: Dict[tuple, object] = {}
         self.compile_seconds: Dict[tuple, float] = {}
         self._restore = None
+        self.engram_wait_s = 0.0       # time steps waited for their Engram rows (0 when the prefetch kept up)
         # MTP: the main model's last hidden streams per row (input of the first draft after a prefill)
         self._h_last = np.zeros((self.max_batch, cfg.hc_mult, cfg.dim), np.float32)
 
@@ -119,15 +131,24 @@ class Engine:
         return out
 
     def run_main(self, ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray, logits: str = "last",
-                 streams: bool = False, shadow: bool = False):
-        """One StepGraph call on the whole batch: ids [B, T]; returns the graph outputs (MindSpore tensors)."""
+                 streams: bool = False, shadow: bool = False, engram=None):
+        """One StepGraph call on the whole batch: ids [B, T]; returns the graph outputs (MindSpore tensors).
+        V4.1: `engram` is the EngramFeed future of these ids (submitted ahead), or None to submit and wait now."""
         ids = np.asarray(ids)
         T = ids.shape[1]
         end = int(np.max(np.where(nvalid > 0, pos0 + nvalid, 0)))
         if end > self.max_len:
             raise ServeError(f"position {end} exceeds the cache capacity max_len={self.max_len}")
         key = ("main", T, self._ctx(end), logits, streams, shadow)
-        return self._call(key, ids.astype(np.int32), np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
+        args = (ids.astype(np.int32), np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
+        if self.engram is not None:
+            import mindspore as ms
+            fut = engram if engram is not None else self.engram.submit(ids, nvalid)
+            t0 = time.perf_counter()
+            rows = fut.result()
+            self.engram_wait_s += time.perf_counter() - t0
+            args = args + (tuple(ms.Tensor(r) for r in rows),)
+        return self._call(key, *args)
 
     def run_mtp(self, h, next_ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray):
         return self._call(("mtp", int(next_ids.shape[1])), h, np.asarray(next_ids, np.int32),
@@ -138,6 +159,8 @@ class Engine:
         """Start new sequences in `rows` (default all): compressor state back to its initial value, length 0."""
         rows = list(range(self.max_batch)) if rows is None else list(rows)
         self.cache.reset(rows)
+        if self.engram is not None:
+            self.engram.reset(rows)
         self.pos[rows] = 0
 
     def _check_tokens(self, seqs: List[np.ndarray]) -> None:
@@ -149,6 +172,9 @@ class Engine:
             if s.min() < 0 or s.max() >= self.cfg.vocab_size:
                 raise ServeError(f"prompt {i}: token ids span [{s.min()}, {s.max()}] but the vocabulary has "
                                  f"{self.cfg.vocab_size} entries")
+            if self.v41 and np.any(s == self.cfg.image_token_id):
+                raise ServeError(f"prompt {i} holds the image token id {self.cfg.image_token_id}: image inputs are "
+                                 f"not supported (DeepSeek-V4.1's vision tower is out of scope)")
 
     def _rows(self, n: int, rows) -> List[int]:
         rows = list(range(n)) if rows is None else [int(r) for r in rows]
@@ -187,16 +213,27 @@ class Engine:
         total[rows] = lens
         last = [None] * len(rows)
         alls = [[] for _ in rows]
-        while np.any(done < total):
-            rem = int(np.max(total - done))
+        plan = []               # (ids, nvalid) of every chunk: known up front, so Engram rows are gathered ahead
+        d = done.copy()
+        while np.any(d < total):
+            rem = int(np.max(total - d))
             T = min(chunk, max(16, _pow2(rem))) if chunk >= 16 else chunk
             ids = np.zeros((B, T), np.int64)
-            nvalid = np.minimum(np.maximum(total - done, 0), T)
+            nvalid = np.minimum(np.maximum(total - d, 0), T)
             for k, r in enumerate(rows):
                 n = int(nvalid[r])
-                ids[r, :n] = seqs[k][done[r]:done[r] + n]
+                ids[r, :n] = seqs[k][d[r]:d[r] + n]
+            plan.append((ids, nvalid))
+            d = d + nvalid
+        futs = [None] * len(plan)
+        if self.engram is not None and plan:
+            futs[0] = self.engram.submit(*plan[0])
+        for c, (ids, nvalid) in enumerate(plan):
+            if self.engram is not None and c + 1 < len(plan):
+                futs[c + 1] = self.engram.submit(*plan[c + 1])       # gathered while this chunk computes
             pos0 = self.pos.copy()
-            out = self.run_main(ids, pos0, nvalid, logits="all" if return_all else "last", streams=self.mtp)
+            out = self.run_main(ids, pos0, nvalid, logits="all" if return_all else "last", streams=self.mtp,
+                                engram=futs[c])
             lg = (out[0] if self.mtp else out).asnumpy()
             if self.mtp:
                 self._prefill_mtp(out[1], ids, seqs, rows, pos0, nvalid, done, total)

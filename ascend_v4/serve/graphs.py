@@ -1,6 +1,7 @@
 """The compiled serving graphs: thin Cells around the model's cached step (ascend_v4/model.py).
 
-    StepGraph(model, layout, cache, T, ctx_cap, ...)(ids [B,T] i32, pos0 [B] i32, nvalid [B] i32) -> logits (, streams)
+    StepGraph(model, layout, cache, T, ctx_cap, ...)(ids [B,T] i32, pos0 [B] i32, nvalid [B] i32[, engram rows])
+        -> logits (, streams)           (DeepSeek-V4.1: engram rows = per Engram layer [B, T, columns·head_dim])
     MTPStepGraph(model, layout, cache, T)(h_main [B,T,hc,D], next_ids [B,T] i32, pos0, nvalid) -> draft logits [B, V]
     RestoreShadow(layout, cache)(mask [B] bool)        speculative rejection: compressor state <- shadow
 
@@ -34,13 +35,14 @@ class _Step(nn.Cell):
         self.ctx_cap = int(min(ctx_cap, layout.max_len))
         self.shadow = bool(shadow)
         self.slots = layout.block_slots(model)
+        self.shared_slots = layout.shared_slots()
         self.experts = experts
 
     def _ctx(self, pos0, nvalid):
         return self.model.step_context(pos0, nvalid, self.T, self.max_len, self.shadow)
 
     def _static(self):
-        return (self.max_len, self.ctx_cap, self.shadow, self.slots, self.experts)
+        return (self.max_len, self.ctx_cap, self.shadow, self.slots, self.experts, self.shared_slots)
 
     def _last(self, h, nvalid):
         """Each row's last valid position -> [B, 1, ...]."""
@@ -64,7 +66,17 @@ class StepGraph(_Step):
         self.all_logits = logits == "all"
         self.return_streams = return_streams
 
-    def construct(self, ids, pos0, nvalid):
+    def construct(self, ids, pos0, nvalid, engram_rows=None):
+        if self.model.v41:      # DeepSeek-V4.1: Engram rows from the host; the last block's pre collapses
+            h, pre = self.model.step_streams_v41(ids, engram_rows, self.cache, self._ctx(pos0, nvalid),
+                                                 self._static())
+            if self.all_logits:
+                logits = self.model.logits_v41(h, pre)
+            else:
+                logits = self.model.logits_v41(self._last(h, nvalid), self._last(pre, nvalid)).reshape(self.B, -1)
+            if self.return_streams:
+                return logits, h
+            return logits
         h = self.model.step_streams(ids, self.cache, self._ctx(pos0, nvalid), self._static())
         logits = self.model.logits(h if self.all_logits else self._last(h, nvalid))
         if not self.all_logits:

@@ -9,7 +9,9 @@ Tensor / expert parallel runs (a ParallelContext whose ranks hold slices): every
 the model AND of the optimiser state (Muon momentum, Adam moments: elementwise, sliced like their parameter) are
 gathered to the full official tensors, and rank 0 writes the same single-file layout as a one-process run. So a
 tp/ep checkpoint loads anywhere (one process, another layout), and `load` slices the full tensors for this rank:
-resume is exact for the same layout. Pipeline stages (pp > 1) are merged the same way (ParallelContext.
+resume is exact for the same layout. ZeRO-1 (parallel.optimizer_shard): each rank holds the optimiser state of the
+parameters it owns; `save` gathers it to the unsharded layout first and `load` keeps each rank's own entries, so
+a checkpoint resumes under any dp, sharded or not. Pipeline stages (pp > 1) are merged the same way (ParallelContext.
 gather_stages), and each stage loads only its own layers' tensors.
 """
 from __future__ import annotations
@@ -37,7 +39,10 @@ def _save_tensors(path: str, arrays: Dict[str, np.ndarray]) -> None:
     save_arrays(path, arrays)
 
 
-def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None) -> None:
+def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None,
+                  expected_names=None) -> None:
+    """Fill `params` from the file, which must hold exactly `expected_names` (default: the params' names; a ZeRO-1
+    rank holds a subset of the state it checks for) as full tensors."""
     import mindspore as ms
     from ascend_v4.checkpoint.safetensors_io import load_arrays
     try:
@@ -46,9 +51,9 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
         raise TrainStateError(f"{path}: unreadable {what} state ({e}); the checkpoint is damaged") from None
     if stage_keep is not None:          # a pipeline stage takes its own layers' tensors
         data = {n: a for n, a in data.items() if stage_keep(n)}
-    expected = set(params)
+    expected = set(params if expected_names is None else expected_names)
     if parallel is not None and parallel.sharded:
-        expected = set(parallel.full_names(params, n_experts))
+        expected = set(parallel.full_names(expected, n_experts))
     missing = sorted(expected - set(data))
     extra = sorted(set(data) - expected)
     if missing or extra:
@@ -56,7 +61,7 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
                               f"{extra[:3]}); resume with the same config or start a new --out directory")
     if parallel is not None and parallel.sharded:
         data = parallel.shard_weights(data, params)
-    for n, p in params.items():
+    for n, p in params.items():       # a ZeRO-1 rank takes only its own parameters' state
         a = data[n]
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise TrainStateError(f"{path}: {what} tensor '{n}' has {int((~np.isfinite(a)).sum())} NaN/Inf values; "
@@ -75,6 +80,8 @@ def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, paralle
     final = os.path.join(out_dir, f"ckpt-{step:08d}")
     model_t = {n: p.asnumpy() for n, p in _params(model).items()}
     opt_t = {n: p.asnumpy() for n, p in _params(optimizer).items() if n not in model_t}
+    if getattr(optimizer, "shard", None) is not None:     # ZeRO-1: every owner's state, unsharded layout
+        opt_t = optimizer.shard.gather_state(opt_t, optimizer.state_specs)
     if parallel is not None and parallel.sharded:
         model_t, opt_t = parallel.gather_full(model_t), parallel.gather_full(opt_t)
     if parallel is not None and parallel.pp > 1:
@@ -154,6 +161,7 @@ def load(ckpt_dir: str, model, optimizer, parallel=None) -> Dict:
         keep = lambda name: me in stages_holding(name, n_layers, pp, mtp)     # noqa: E731
     _load_tensors(os.path.join(ckpt_dir, "model.safetensors"), _params(model), "model", parallel, n_experts, keep)
     opt_params = {n: p for n, p in _params(optimizer).items() if n not in _params(model)}
+    zero = getattr(optimizer, "shard", None) is not None
     _load_tensors(os.path.join(ckpt_dir, "optimizer.safetensors"), opt_params, "optimizer", parallel, n_experts,
-                  keep)
+                  keep, expected_names=list(optimizer.state_specs) if zero else None)
     return st

@@ -8,8 +8,28 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from ..common import NEG_INF, linear, rms_norm
+from ..common import NEG_INF, ceil, cumsum, linear, rms_norm
 from .reference import FP4_BLOCK, hadamard_matrix
+
+
+def pair_perm(width: int) -> np.ndarray:
+    """int32 [width]: each dim's pair partner (2i <-> 2i+1)."""
+    return np.arange(width).reshape(-1, 2)[:, ::-1].reshape(-1).astype(np.int32)
+
+
+def rope(x, cos, sin, inverse=False):
+    """The reference's apply_rotary_emb on the last w = cos.shape[-1] dims of x [..., d] with doubled per-pair
+    tables cos = (c0, c0, c1, c1, ...), sin = (-s0, +s0, -s1, +s1, ...): rot = x·cos + pairswap(x)·sin, i.e.
+    (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ. w == d rotates the whole row (tables
+    with ones / zeros on the non-RoPE dims: the decode step's 4-kernel form)."""
+    d, w = x.shape[-1], cos.shape[-1]
+    if w == d:
+        sw = ops.gather(x, ms.Tensor(pair_perm(d)), x.ndim - 1)
+        return x * cos - sw * sin if inverse else x * cos + sw * sin
+    r = x[..., d - w:]
+    sw = ops.gather(r, ms.Tensor(pair_perm(w)), r.ndim - 1)
+    rot = r * cos - sw * sin if inverse else r * cos + sw * sin
+    return ops.concat([x[..., :d - w], rot], -1)
 
 
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
@@ -66,7 +86,7 @@ def fp4_quant(x, block=FP4_BLOCK):
     xb = x.reshape(shape[:-1] + (shape[-1] // block, block))
     amax = ops.maximum(ops.amax(ops.abs(xb), -1, True), ops.full((1,), 6.0 * 2.0 ** -126, dtype=ms.float32))
     y = amax / 6.0
-    e = ops.ceil(ops.log2(y))                      # then make it exact: 2^(e-1) < y <= 2^e
+    e = ceil(ops.log2(y))                      # then make it exact: 2^(e-1) < y <= 2^e
     e = ops.where(ops.pow(2.0, e - 1) >= y, e - 1, e)
     e = ops.where(ops.pow(2.0, e) < y, e + 1, e)
     scale = ops.pow(2.0, e)
@@ -96,21 +116,69 @@ def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
     score = ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2)
     vis = visible_count(S, ratio, start_pos).reshape(1, S, 1)
     ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
-    score = ops.stop_gradient(ops.where(ent < vis, score, ops.full_like(score, NEG_INF)))
+    visible = ent < vis
     k = min(topk, N)
-    # Exact set selection with ties to the lower id: everything above the k-th value, then the first
-    # (by id) of the entries equal to it until k are taken.
+    return mask_to_ids(topk_mask(ops.stop_gradient(score), visible, k), k)
+
+
+def topk_mask(score, visible, k):
+    """score [..., N], visible bool (broadcast to score) -> bool [..., N]: the k best visible entries. Exact set
+    selection with ties to the lower id: everything above the k-th value, then the first (by id) of the entries
+    equal to it until k are taken."""
+    score = ops.where(visible, score, ops.full_like(score, NEG_INF))
     kth = ops.topk(score, k)[0][..., k - 1:k]
     above = score > kth
     tied = score == kth
     room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
-    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
-    take = ops.logical_and(take, ent < vis)
+    take = ops.logical_or(above, ops.logical_and(tied, cumsum(ops.cast(tied, ms.int32), -1) <= room))
+    return ops.logical_and(take, visible)
+
+
+def mask_to_ids(take, k):
+    """bool [B, S, N] with <= k True -> [B, S, k] their ids (ascending), -1 padded."""
+    N = take.shape[-1]
+    ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
     # unique keys: taken entries sort first, by id; the rest after them
     key = ops.cast(ops.where(take, ent, ent + N), ms.float32)
     _, idx = ops.topk(-key, k)
     idx = ops.cast(idx, ms.int32)
     return ops.where(ops.gather_elements(take, -1, idx), idx, -ops.ones_like(idx))
+
+
+# ------------------------------------------------------------- DeepSeek-V4.1: the two-level indexer (CSA-v2)
+PIN = 3.0e38        # above any score: the query's newest (partial) block is always kept
+
+
+def candidate_mask(I, vis, n_blocks, block):
+    """Level 1 (reference.candidate_mask): I [B, S, T] scores (NEG_INF where invisible), vis [S] (or [B, S] in a
+    cached step) -> bool [B, S, T]."""
+    T = I.shape[-1]
+    nb = -(-T // block)
+    if nb * block > T:
+        I = ops.concat([I, ops.full(I.shape[:-1] + (nb * block - T,), NEG_INF, dtype=I.dtype)], -1)
+    b = ops.max(I.reshape(I.shape[:-1] + (nb, block)), -1)[0]                               # [B, S, nb]
+    blk = ops.arange(nb, dtype=ms.int32).reshape(1, 1, nb)
+    v = vis.reshape(-1, I.shape[1], 1)
+    b = ops.where(ops.logical_and(blk == (v - 1) // block, v > 0), ops.full_like(b, PIN), b)
+    kept = topk_mask(b, b > NEG_INF / 2, min(n_blocks, nb))
+    kept = ops.broadcast_to(ops.expand_dims(kept, -1), kept.shape + (block,))
+    return kept.reshape(kept.shape[:-2] + (nb * block,))[..., :T]
+
+
+def index_topk_v2(q, k, w, ratio, topk, start_pos=0, candidates=None):
+    """One V4.1 index source (reference.index_topk_v2): q, k as cached (RoPE'd, FP4-QDQ'd by the caller) ->
+    (ids [B, S, min(topk, T)], scores [B, S, T] with NEG_INF where not visible). start_pos: an int, or a cached
+    step's first positions [B, 1] (int32 tensor; then keys may hold more rows than are visible)."""
+    S, T = q.shape[1], k.shape[1]
+    qf, kf = ops.cast(q, ms.float32), ops.cast(k, ms.float32)
+    s = ops.relu(ops.matmul(qf, ops.expand_dims(kf, 1).swapaxes(-1, -2)))                 # [B, S, H, T]
+    I = ops.stop_gradient(ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2))
+    vis = visible_count(S, ratio, start_pos).reshape(-1, S, 1)
+    visible = ops.arange(T, dtype=ms.int32).reshape(1, 1, T) < vis
+    I = ops.where(visible, I, ops.full_like(I, NEG_INF))
+    sel = I if candidates is None else ops.where(candidates, I, ops.full_like(I, NEG_INF))
+    kk = min(topk, T)
+    return mask_to_ids(topk_mask(sel, visible, kk), kk), I
 
 
 def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):

@@ -1,11 +1,19 @@
 """KV compressor, lightning indexer and sparse attention with sink in float64 NumPy (docs/numerics.md)."""
 import numpy as np
 
+from .rope import apply_rope
+
 NEG = -np.inf
 
 
 def _rms(x, w, eps):
     return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * (1.0 if w is None else w)
+
+
+def rope(x, cos, sin, inverse=False):
+    """The rope op: x [..., d] with its last w dims rotated by the doubled per-pair tables cos [..., w] =
+    (c0, c0, c1, c1, ...), sin [..., w] = (-s0, +s0, -s1, +s1, ...) (broadcast against x[..., :1])."""
+    return apply_rope(x, np.asarray(cos)[..., 0::2], np.asarray(sin)[..., 1::2], inverse)
 
 
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
@@ -246,3 +254,58 @@ def compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_po
             score_state[:, off:] = NEG
     ent = np.stack(out, 1) if out else np.zeros((B, 0, c))
     return ent, kv_state, score_state
+
+
+# ------------------------------------------------------------- CSA-v2 (DeepSeek-V4.1, docs/deepseek-v4.1.md)
+def compress_kv_v2_step(x, wkv, wgate, norm_w, kv_state, score_state, start_pos, ratio, norm_eps=1e-20):
+    """The V4.1 compressor, chunked: no ape, no overlap. Ratio 2: per-channel 2-way softmax pooling of wkv(x)
+    weighted by wgate(x) over the group's two tokens (compress_kv_step with ape = 0); ratio 1: no gate, no
+    pooling, latent_t = norm(wkv(x_t)). -> (latents [B, n_new, c] un-rotated, kv_state, score_state); group j's
+    latent stands for token j·ratio. State as compressor_state(B, ratio, c, False) (unused at ratio 1)."""
+    if ratio == 1:
+        return _rms(np.asarray(x, np.float64) @ np.asarray(wkv, np.float64).T, np.asarray(norm_w, np.float64),
+                    norm_eps), kv_state, score_state
+    c = np.asarray(norm_w).shape[0]
+    return compress_kv_step(x, wkv, wgate, np.zeros((ratio, c)), norm_w, kv_state, score_state, start_pos, ratio,
+                            False, norm_eps)
+
+
+def candidate_mask(I, vis, n_blocks, block):
+    """Level 1 of the two-level indexer: I [B, S, T] index scores (−inf where not visible), vis [S] visible
+    entries per query -> bool [B, S, T] candidate positions.
+
+    Block score = max over `block` consecutive positions (T padded with −inf); the block holding the query's
+    newest visible position is pinned (+inf: it is partly filled and would lose to older full blocks); the
+    min(n_blocks, #blocks) best blocks are kept (ties to the lower block), minus any whose score is −inf."""
+    I = np.asarray(I, np.float64)
+    B, S, T = I.shape
+    nb = -(-T // block)
+    pad = np.full((B, S, nb * block), NEG)
+    pad[..., :T] = I
+    b = pad.reshape(B, S, nb, block).max(-1)
+    vis = np.asarray(vis)
+    for t in range(S):
+        if vis[t] > 0:
+            b[:, t, (vis[t] - 1) // block] = np.inf
+    keep_ids = np.argsort(-b, axis=-1, kind="stable")[..., :min(n_blocks, nb)]
+    keep = np.zeros((B, S, nb), bool)
+    np.put_along_axis(keep, keep_ids, True, -1)
+    keep &= b > NEG
+    return np.repeat(keep, block, axis=-1)[..., :T]
+
+
+def index_topk_v2(q, k, w, ratio, topk, start_pos=0, candidates=None):
+    """One V4.1 index source: q [B, S, H, d] and k [B, T, d] as cached (RoPE'd, FP4-QDQ'd by the caller), w [B, S, H]
+    head weights -> (ids [B, S, min(topk, T)] int32 ascending, −1 where not visible; masked scores [B, S, T]).
+
+    Scores I[t, j] = Σ_h w·ReLU(q·k_j), −inf for j ≥ ⌊(t+1)/ratio⌋; a candidate mask (level 2) sets the scores
+    outside it to −inf before the top-k. A visible position chosen at −inf (fewer finite scores than k) stays
+    selected, as in DeepSeek's code; only invisible ones become −1."""
+    T = k.shape[1]
+    vis = visible_count(q.shape[1], ratio, start_pos)
+    I = indexer_scores(q, k, w) if T else np.zeros(q.shape[:2] + (0,))
+    I = np.where(np.arange(T)[None, None, :] < vis[None, :, None], I, NEG)
+    sel = I if candidates is None else np.where(candidates, I, NEG)
+    kk = min(topk, T)
+    idx = np.sort(np.argsort(-sel, axis=-1, kind="stable")[..., :kk], axis=-1)
+    return np.where(idx < vis[None, :, None], idx, -1).astype(np.int32), I

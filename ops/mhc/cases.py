@@ -6,13 +6,13 @@ from ..parity import Case
 HC = 4
 
 
-def _hc_pre_inputs(T, D, logit_scale=1.0, iters=20):
+def _hc_pre_inputs(T, D, logit_scale=1.0, iters=20, norm_eps=1e-6):
     def make(rng):
         x = rng.standard_normal((T, HC, D))
         fn = rng.standard_normal(((2 + HC) * HC, HC * D)) * 0.5
         scale = np.array([0.8, 0.6, 1.2]) * logit_scale
         base = rng.standard_normal((2 + HC) * HC) * 0.3
-        return (x, fn, scale, base), {"iters": iters, "hc_eps": 1e-6, "norm_eps": 1e-6}
+        return (x, fn, scale, base), {"iters": iters, "hc_eps": 1e-6, "norm_eps": norm_eps}
     return make
 
 
@@ -38,6 +38,8 @@ CASES = [
     Case("hc_pre", "extreme_logits", _hc_pre_inputs(5, 32, logit_scale=30.0), grad_args=(0, 3), tol_scale=10),
     Case("hc_pre", "bf16_inputs", _hc_pre_inputs(9, 128), grad_args=(0,), bf16_inputs=True),
     Case("hc_pre", "iters1", _hc_pre_inputs(3, 16, iters=1), grad_args=(0, 1)),
+    Case("hc_mixes", "T7_D64_eps1e-20", _hc_pre_inputs(7, 64, norm_eps=1e-20), grad_args=(0, 1, 2, 3)),
+    Case("hc_mixes", "T3_D5120", _hc_pre_inputs(3, 5120, norm_eps=1e-20), tol_scale=4),
     Case("hc_post", "T7_D64", _hc_post_inputs(7, 64), grad_args=(0, 1, 2, 3)),
     Case("hc_post", "T33_D4096", _hc_post_inputs(33, 4096), tol_scale=4),
     Case("hc_head", "T7_D64", _hc_head_inputs(7, 64), grad_args=(0, 1, 2, 3)),

@@ -28,8 +28,8 @@ def sinkhorn(c, iters, eps):
     return c
 
 
-def hc_pre(x, fn, scale, base, iters=20, hc_eps=1e-6, norm_eps=1e-6):
-    """x [..., hc, D] -> (y [..., D], post [..., hc], comb [..., hc, hc])."""
+def hc_mixes(x, fn, scale, base, iters=20, hc_eps=1e-6, norm_eps=1e-6):
+    """x [..., hc, D] -> (pre [..., hc], post [..., hc], comb [..., hc, hc]): one sublayer's mHC coefficients."""
     hc = x.shape[-2]
     mix = _mixes(x, fn, norm_eps)
     scale = np.asarray(scale, np.float64)
@@ -37,9 +37,20 @@ def hc_pre(x, fn, scale, base, iters=20, hc_eps=1e-6, norm_eps=1e-6):
     pre = _sigmoid(mix[..., :hc] * scale[0] + base[:hc]) + hc_eps
     post = 2.0 * _sigmoid(mix[..., hc:2 * hc] * scale[1] + base[hc:2 * hc])
     comb = (mix[..., 2 * hc:] * scale[2] + base[2 * hc:]).reshape(*mix.shape[:-1], hc, hc)
-    comb = sinkhorn(comb, iters, hc_eps)
-    y = np.sum(pre[..., None] * x.astype(np.float64), axis=-2)
-    return y, post, comb
+    return pre, post, sinkhorn(comb, iters, hc_eps)
+
+
+def hc_collapse(x, pre):
+    """y = Σ_s pre[s]·x[s]: the sublayer input collapsed from the streams x [..., hc, D]."""
+    return np.sum(np.asarray(pre, np.float64)[..., None] * np.asarray(x, np.float64), axis=-2)
+
+
+def hc_pre(x, fn, scale, base, iters=20, hc_eps=1e-6, norm_eps=1e-6):
+    """x [..., hc, D] -> (y [..., D], post [..., hc], comb [..., hc, hc]) — V4: the sublayer collapses its own
+    input with its own pre. (DeepSeek-V4.1's pipelined mHC collapses with the previous sublayer's pre:
+    hc_mixes + hc_collapse, docs/deepseek-v4.1.md.)"""
+    pre, post, comb = hc_mixes(x, fn, scale, base, iters, hc_eps, norm_eps)
+    return hc_collapse(x, pre), post, comb
 
 
 def hc_post(f, residual, post, comb):

@@ -75,10 +75,13 @@ def moe_gating_topk(x, bias=None, k=6, k_group=1, group_count=1, group_select_mo
     return _gating(k)(_f32(x), b, params, ids_in, table)
 
 
-def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None):
+def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None,
+              gate_temp=1.0, eps=0.0):
     logits = linear(_f32(x), _f32(gate_w))             # router GEMM in float32 (MindSpore matmul, autodiff)
+    if gate_temp != 1.0:                                 # DeepSeek-V4.1's router temperature
+        logits = logits / gate_temp
     y, ids, _ = moe_gating_topk(logits, bias, topk, norm_type=score_func, routed_scaling_factor=route_scale,
-                                input_ids=input_ids, tid2eid=tid2eid)
+                                eps=eps, input_ids=input_ids, tid2eid=tid2eid)
     return y, ids
 
 

@@ -12,13 +12,16 @@ def _score(logits, score_func):
     return np.sqrt(np.logaddexp(0.0, logits))
 
 
-def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None):
+def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None,
+              gate_temp=1.0, eps=0.0):
     """-> (weights [T, k] float64, expert_ids [T, k] int32).
 
-    Bias shifts only the selection; hash layers take ids from tid2eid[input_ids]. Ties in the biased score
-    go to the lowest expert id (stable sort), the documented tie rule of every backend.
+    Bias ([E], or [T, E] per token — V4.1's bias_vl rows for image tokens) shifts only the selection; hash layers
+    take ids from tid2eid[input_ids]. Ties in the biased score go to the lowest expert id (stable sort), the
+    documented tie rule of every backend. V4.1: logits are divided by gate_temp, and the top-k weights are
+    normalised as w / (Σw + eps) with eps = 1e-20, skipped when topk = 1 (V4: eps 0).
     """
-    logits = x.astype(np.float64) @ gate_w.astype(np.float64).T
+    logits = x.astype(np.float64) @ gate_w.astype(np.float64).T / gate_temp
     s = _score(logits, score_func)
     if tid2eid is not None:
         ids = np.asarray(tid2eid)[np.asarray(input_ids).reshape(-1)].astype(np.int64)
@@ -26,8 +29,8 @@ def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", inp
         sel = s + (np.asarray(bias, np.float64) if bias is not None else 0.0)
         ids = np.argsort(-sel, axis=-1, kind="stable")[:, :topk]
     w = np.take_along_axis(s, ids, axis=-1)
-    if score_func != "softmax":
-        w = w / w.sum(-1, keepdims=True)
+    if score_func != "softmax" and (eps == 0.0 or ids.shape[-1] > 1):
+        w = w / (w.sum(-1, keepdims=True) + eps)
     return w * route_scale, ids.astype(np.int32)
 
 

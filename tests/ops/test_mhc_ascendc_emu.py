@@ -58,7 +58,8 @@ SLOW = {("hc_pre", "T33_D4096"), ("hc_pre", "T4096_D16_large_T")}    # ~10 s eac
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if (c.op, c.name) in SLOW else c
-                                  for c in CASES], ids=lambda c: f"{c.op}-{c.name}")
+                                  for c in CASES if c.op != "hc_mixes"],          # hc_mixes: no kernel (V4.1)
+                         ids=lambda c: f"{c.op}-{c.name}")
 def test_kernel_matches_reference(emu, tmp_path, case):
     args, kw = case.make(np.random.default_rng(case.seed))
     args = [np.asarray(a, np.float64) for a in args]

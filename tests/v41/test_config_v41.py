@@ -1,6 +1,7 @@
 """DeepSeek-V4.1 configs: every key of the release's inference/config.json is read and validated, V4 is unchanged,
 and the paths that do not run V4.1 yet refuse it with one line."""
 import json
+import os
 import subprocess
 import sys
 
@@ -128,7 +129,7 @@ def test_v4_only_and_unknown_keys_warn():
 
 
 def test_cli_refuses_v41_for_commands_that_do_not_run_it(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "make-checkpoint", str(tmp_path / "ck"), "--config",
-                        "v4.1-tiny"], capture_output=True, text=True, env={"GLOG_v": "3", "PATH": ""})
+    p = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "plan", "--config", "v4.1-tiny"],
+                       capture_output=True, text=True, env={"GLOG_v": "3", "PATH": ""}, cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
-    assert p.stderr.startswith("error: ") and "DeepSeek-V4.1" in p.stderr and not (tmp_path / "ck").exists()
+    assert p.stderr.startswith("error: ") and "DeepSeek-V4.1" in p.stderr and not os.listdir(tmp_path)

@@ -288,6 +288,10 @@ def _gmm(group_list_type, transpose_weight):
 
 
 def grouped_matmul(x, weight, group_list, group_list_type=0, transpose_weight=False):
+    if weight.dtype == ms.float32 and not transpose_weight:
+        # the Cube's 2D load transposes 16-bit fractals only: a float32 weight goes as [E, N, K] (the tiling refuses
+        # [E, K, N], see grouped_matmul_av4.cpp)
+        weight, transpose_weight = weight.swapaxes(1, 2), True
     y = _gmm(int(group_list_type), bool(transpose_weight))(x, weight, ops.cast(group_list, ms.int64))
     _, _, inside = C._group_rows(group_list, group_list_type, x.shape[0], weight.shape[0])
     return y * ops.expand_dims(ops.cast(inside, y.dtype), -1)      # rows past the last group: 0 (reference)
@@ -314,10 +318,13 @@ def expert_ffn(expanded, w1, w2, w3, swiglu_limit):
     return grouped_expert_ffn(expanded.reshape(E * Cap, D), w1, w2, w3, gl, swiglu_limit, 1).reshape(E, Cap, D)
 
 
-def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None):
+def moe_route(x, gate_w, bias, topk, route_scale, score_func="sqrtsoftplus", input_ids=None, tid2eid=None,
+              gate_temp=1.0, eps=0.0):
     logits = linear(ops.cast(x, ms.float32), ops.cast(gate_w, ms.float32))
+    if gate_temp != 1.0:                                 # DeepSeek-V4.1's router temperature
+        logits = logits / gate_temp
     y, ids, _ = moe_gating_topk(logits, bias, topk, norm_type=score_func, routed_scaling_factor=route_scale,
-                                input_ids=input_ids, tid2eid=tid2eid)
+                                eps=eps, input_ids=input_ids, tid2eid=tid2eid)
     return y, ids
 
 
