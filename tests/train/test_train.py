@@ -34,6 +34,7 @@ def test_loss_goes_down_on_the_embedded_corpus(ms_graph, tmp_path):
     assert os.path.isdir(tmp_path / "run" / "ckpt-00000030")
 
 
+@pytest.mark.slow      # two trainers (two train-step compiles): ~125 s of CPU; in .ci/run's slower proofs
 def test_resume_is_bit_exact(ms_graph, tmp_path):
     from ascend_v4.train.loop import Trainer
     a_dir, b_dir = str(tmp_path / "a"), str(tmp_path / "b")
