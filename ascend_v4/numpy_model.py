@@ -15,15 +15,11 @@ import numpy as np
 
 from .config import ModelConfig
 from .ops.attention import reference as attn_ref
-from .ops.attention.rope import apply_rope, rope_table
+from .ops.attention.reference import rms_norm
+from .ops.attention.rope import apply_rope, layer_rope_table
 from .ops.mhc import reference as mhc_ref
 from .ops.moe import reference as moe_ref
 from . import numerics as num
-
-
-def _rms(x, w, eps):
-    y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)
-    return y if w is None else y * w
 
 
 class NumpyV4:
@@ -61,11 +57,7 @@ class NumpyV4:
         return kv
 
     def _tables(self, ratio, S):
-        c = self.cfg
-        if ratio:
-            return rope_table(S, c.rope_head_dim, c.compress_rope_theta, c.original_seq_len, c.rope_factor,
-                              c.beta_fast, c.beta_slow)
-        return rope_table(S, c.rope_head_dim, c.rope_theta)
+        return layer_rope_table(self.cfg, ratio, S)
 
     def _compressor(self, p, x, ratio, cos, sin):
         c = self.cfg
@@ -79,10 +71,10 @@ class NumpyV4:
         B, S, _ = x.shape
         ratio = c.ratio(layer_id)
         cos, sin = self._tables(ratio, S)
-        qr = _rms(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps)
+        qr = rms_norm(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps)
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
-        q = apply_rope(_rms(q, None, c.norm_eps), cos[None, :, None], sin[None, :, None])
-        kv = _rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps)
+        q = apply_rope(rms_norm(q, None, c.norm_eps), cos[None, :, None], sin[None, :, None])
+        kv = rms_norm(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps)
         kv = self._kv_quant(apply_rope(kv, cos[None], sin[None]))
         win = np.broadcast_to(attn_ref.window_indices(S, c.window_size), (B, S, min(S, c.window_size)))
         cmp = None
@@ -135,17 +127,14 @@ class NumpyV4:
 
     def _swiglu(self, x, p, clamp=True):
         lim = self.cfg.swiglu_limit if clamp else 0.0     # launch revision: shared expert unclamped
-        g, u = self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight")
-        if lim > 0:
-            g, u = np.minimum(g, lim), np.clip(u, -lim, lim)
-        return g / (1.0 + np.exp(-g)) * u
+        return moe_ref.swiglu(self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight"), lim)
 
     def block(self, p, h, ids, layer_id):
         c = self.cfg
         for sub, norm in (("attn", "attn_norm"), ("ffn", "ffn_norm")):
             x, post, comb = mhc_ref.hc_pre(h, self.w[f"{p}hc_{sub}_fn"], self.w[f"{p}hc_{sub}_scale"],
                                            self.w[f"{p}hc_{sub}_base"], c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps)
-            x = _rms(x, self.w[p + norm + ".weight"], c.norm_eps)
+            x = rms_norm(x, self.w[p + norm + ".weight"], c.norm_eps)
             f = self.attention(p + "attn.", x, layer_id) if sub == "attn" else self.moe(p + "ffn.", x, ids, layer_id)
             h = mhc_ref.hc_post(f, h, post, comb)
         return h
@@ -154,7 +143,7 @@ class NumpyV4:
         c = self.cfg
         y = mhc_ref.hc_head(h, self.w[prefix + "hc_head_fn"], self.w[prefix + "hc_head_scale"],
                             self.w[prefix + "hc_head_base"], c.hc_eps, c.norm_eps)
-        return _rms(y, self.w[prefix + "norm.weight"], c.norm_eps) @ self.w["head.weight"].T
+        return rms_norm(y, self.w[prefix + "norm.weight"], c.norm_eps) @ self.w["head.weight"].T
 
     def forward(self, ids: np.ndarray, with_mtp: bool = False) -> Dict[str, np.ndarray]:
         c = self.cfg
@@ -168,8 +157,8 @@ class NumpyV4:
         if with_mtp and c.n_mtp_layers:
             p = "mtp.0."
             nxt = ids[:, 1:]
-            en = _rms(self.w["embed.weight"][nxt], self.w[p + "enorm.weight"], c.norm_eps)
-            hm = _rms(h[:, :-1], self.w[p + "hnorm.weight"], c.norm_eps)
+            en = rms_norm(self.w["embed.weight"][nxt], self.w[p + "enorm.weight"], c.norm_eps)
+            hm = rms_norm(h[:, :-1], self.w[p + "hnorm.weight"], c.norm_eps)
             x = (en @ self.w[p + "e_proj.weight"].T)[:, :, None] + hm @ self.w[p + "h_proj.weight"].T
             x = self.block(p, x, nxt, c.n_layers)
             out["mtp_logits"] = self.head(x, p)
