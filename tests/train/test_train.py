@@ -19,6 +19,7 @@ def _weights(tr):
     return {p.name: p.asnumpy().copy() for p in tr.model.get_parameters()}
 
 
+@pytest.mark.slow      # 30 train steps + eval: over 20 s on a quiet 2-core machine; in .ci/run's slower proofs
 def test_loss_goes_down_on_the_embedded_corpus(ms_graph, tmp_path):
     from ascend_v4.train.loop import Trainer
     tr = Trainer(_tc(), str(tmp_path / "run"))
