@@ -44,7 +44,6 @@ setup(
     install_requires=[
         "mindspore==2.10.0",
         "numpy>=1.25,<2",        # mindspore 2.10's C extensions break under numpy 2.x
-        "safetensors>=0.4",
         "click>=8.0",
         "pyyaml>=6.0",
         "sentencepiece>=0.2",
@@ -56,6 +55,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0",
+                 "safetensors>=0.4",             # checks our reader/writer (checkpoint/safetensors_io.py) against the package
                  "onnxruntime==1.32.0",          # runs `export --format onnx` output
                  "mindstudio-probe==26.2.0",     # msprobe: `dump --format msprobe` + scripts/msprobe_reference_dump.py
                  "pandas>=2,<3"],                # msprobe's; pandas 3 needs numpy 2

@@ -30,7 +30,7 @@ from . import precision
 from .config import ModelConfig
 from .ops.attention.composite import (compressed_indices, fp4_quant, fp4_rotate, mask_to_ids, topk_mask,
                                       window_indices)
-from .ops.attention.rope import rope_table
+from .ops.attention.rope import layer_rope_table
 from .ops.common import NEG_INF, linear, rms_norm
 from .ops.mhc.composite import hc_collapse
 from .ops.moe.layer import MoeExperts
@@ -82,9 +82,8 @@ class RopeTables:
     layers) — the reference's precompute_freqs_cis, one table per kind."""
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int):
-        self.plain = self._doubled(rope_table(max_seq_len, cfg.rope_head_dim, cfg.rope_theta))
-        self.yarn = self._doubled(rope_table(max_seq_len, cfg.rope_head_dim, cfg.compress_rope_theta,
-                                             cfg.original_seq_len, cfg.rope_factor, cfg.beta_fast, cfg.beta_slow))
+        self.plain = self._doubled(layer_rope_table(cfg, 0, max_seq_len))
+        self.yarn = self._doubled(layer_rope_table(cfg, 1, max_seq_len))
 
     @staticmethod
     def _doubled(cs):
@@ -577,12 +576,19 @@ class Attention(nn.Cell):
             q = rms_norm(q, None, self.eps)                              # per-head norm, no weight
         return qr, self.rope(q, cos_h, sin_h), self.rope(self.kv_norm(self.wkv(x)), cos, sin)
 
-    def construct(self, x, cos, sin, seg=None):
-        """seg: optional [B, S] document ids of a packed row; queries then see only their own document."""
+    def _full_qkv(self, x, cos, sin):
+        """The start of a full forward from position 0 (construct, forward_v41): queries and kv RoPE'd with the
+        block's tables -> (qr, q, kv, window index lists [B, S, min(S, W)], head-broadcast RoPE multipliers)."""
         B, S = x.shape[0], x.shape[1]
         cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
         qr, q, kv = self._qkv(x, cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1), cs, sn)
         win_idx = ops.broadcast_to(ops.expand_dims(window_indices(S, self.window), 0), (B, S, min(S, self.window)))
+        return qr, q, kv, win_idx, (cs, sn)
+
+    def construct(self, x, cos, sin, seg=None):
+        """seg: optional [B, S] document ids of a packed row; queries then see only their own document."""
+        B, S = x.shape[0], x.shape[1]
+        qr, q, kv, win_idx, (cs, sn) = self._full_qkv(x, cos, sin)
         if seg is not None:
             win_idx = _same_doc(win_idx, seg, seg, seg)
         cmp_idx = None
@@ -621,9 +627,7 @@ class Attention(nn.Cell):
         [B, n, d], top-k ids [B, S, k], level-1 candidate mask [B, S, n]) as the latest sources left them (None
         before the first) -> (output, shared after this layer)."""
         B, S = x.shape[0], x.shape[1]
-        cs, sn = cos[:S].reshape(1, S, 1, -1), sin[:S].reshape(1, S, 1, -1)
-        qr, q, kv = self._qkv(x, cos[:S].reshape(1, S, -1), sin[:S].reshape(1, S, -1), cs, sn)
-        win_idx = ops.broadcast_to(ops.expand_dims(window_indices(S, self.window), 0), (B, S, min(S, self.window)))
+        qr, q, kv, win_idx, (cs, sn) = self._full_qkv(x, cos, sin)
         entries, keys, topk, cand, pubs = shared
         n = S // self.ratio if self.ratio else 0
         if n > 0:
@@ -658,17 +662,25 @@ class Attention(nn.Cell):
             return self.tp_out(self.wo_b(o))
         return self.wo_b(o)
 
+    def _step_qkv(self, x, cache, ctx, win_ids):
+        """The start of a cached step (step, step_v41): queries and kv RoPE'd at the step's positions (ctx from
+        Transformer.step_context), the kv fake-quantised as the ring will read it back, and the window ring as
+        stored. -> (qr, q, kv, ring [B, W+1, hd], (index-width, kv-width) head-broadcast RoPE multipliers)."""
+        B, W = x.shape[0], self.window
+        C, S, Ci, Si, C4, S4, Ci4, Si4 = ctx[2][1 if self.ratio else 0]  # (kv, index width) x (rows, heads)
+        qr, q, kv = self._qkv(x, C, S, C4, S4)
+        kv = kv_fake_quant(kv, win_ids, self.nope)
+        ring = kv_read(kv_buffers(cache, win_ids), B, W + 1, W + 1)
+        return qr, q, kv, ring, (Ci4, Si4, C4, S4)
+
     def step(self, x, cache, ctx, step, slots):
         """Cached step over T tokens per row (positions from step_context): attend over [window ring | this
         step's kv | entries], then write this step's kv into the ring and new entries / state in place."""
         max_len, ctx_cap = step[0], step[1]
-        tabs, win_idx, ring_plan, per_ratio = ctx[2], ctx[3], ctx[4], ctx[5]
+        win_idx, ring_plan, per_ratio = ctx[3], ctx[4], ctx[5]
         B, T, W = x.shape[0], x.shape[1], self.window
         win_ids, ent_ids, st, ist, r_i = slots
-        C, S, Ci, Si, C4, S4, Ci4, Si4 = tabs[1 if self.ratio else 0]    # (kv, index width) x (rows, heads)
-        qr, q, kv = self._qkv(x, C, S, C4, S4)
-        kv = kv_fake_quant(kv, win_ids, self.nope)                        # what the ring will read back
-        ring = kv_read(kv_buffers(cache, win_ids), B, W + 1, W + 1)
+        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids)
         kv_all = ops.concat([ring, kv], 1)
         cmp_idx = None
         writes = ()
@@ -722,13 +734,10 @@ class Attention(nn.Cell):
         reuse. shared = (entry buffers, key buffers, top-k ids, candidate mask) of the latest sources, read through
         the tuples their writes returned (so after the writes) -> (output, shared)."""
         max_len, ctx_cap = step[0], step[1]
-        tabs, win_idx, ring_plan, per_ratio = ctx[2], ctx[3], ctx[4], ctx[5]
+        win_idx, ring_plan, per_ratio = ctx[3], ctx[4], ctx[5]
         B, T, W = x.shape[0], x.shape[1], self.window
         win_ids, ent_ids, st, ist, r_i = slots
-        C, S, Ci, Si, C4, S4, Ci4, Si4 = tabs[1 if self.ratio else 0]    # (kv, index width) x (rows, heads)
-        qr, q, kv = self._qkv(x, C, S, C4, S4)
-        kv = kv_fake_quant(kv, win_ids, self.nope)                        # what the ring will read back
-        ring = kv_read(kv_buffers(cache, win_ids), B, W + 1, W + 1)
+        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids)
         kv_all = ops.concat([ring, kv], 1)
         cmp_idx = None
         writes = ()
@@ -1021,34 +1030,28 @@ class Block(nn.Cell):
         return precision.act(self._hc_post(precision.act(f), h, post, comb)), aff, ids, dropped
 
 
-    def forward_v41(self, h, pre_in, input_ids, cos, sin, shared, rows=None, alive=None):
+    def forward_v41(self, h, pre_in, input_ids, cos, sin, shared, rows=None, alive=None, cache=None, ctx=None,
+                    step=None):
         """DeepSeek-V4.1's block with pipelined mHC (docs/deepseek-v4.1.md, "pipelined mHC"): each sublayer's
         input is collapsed with the `pre` of the sublayer before it (pre_in: the previous block's FFN `pre`, or
         one-hot on stream 0 for block 0), while post/comb stay with the sublayer that computed them; Engram (rows
-        given) updates the streams first. -> (streams, this block's FFN pre [B, S, hc], shared CSA state)."""
+        given) updates the streams first. Full forward (cache None, cos/sin the block's RoPE tables) or a cached
+        step (cache, ctx, step; attention over the serving cache, see Attention.step_v41).
+        -> (streams, this block's FFN pre [B, S, hc], shared CSA state)."""
         if rows is not None:
             h = self.engram(h, rows, alive)
         a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
                                          self.iters, self.hc_eps, self.norm_eps)
-        a, shared = self.attn.forward_v41(self.attn_norm(hc_collapse(h, pre_in)), cos, sin, shared)
+        x = self.attn_norm(hc_collapse(h, pre_in))
+        experts = None
+        if cache is None:
+            a, shared = self.attn.forward_v41(x, cos, sin, shared)
+        else:
+            a, shared = self.attn.step_v41(x, cache, ctx, step, step[3][self.layer_id], shared)
+            experts = None if step[4] is None else step[4][self.layer_id]
         h = self._hc_post(a, h, post, comb)
         f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                          self.iters, self.hc_eps, self.norm_eps)
-        f = self.ffn(self.ffn_norm(hc_collapse(h, a_pre)), input_ids)
-        return self._hc_post(f, h, post, comb), f_pre, shared
-
-    def step_v41(self, h, pre_in, input_ids, cache, ctx, step, shared, rows=None, alive=None):
-        """forward_v41 as a cached step (attention over the serving cache; see Attention.step_v41)."""
-        if rows is not None:
-            h = self.engram(h, rows, alive)
-        a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
-                                         self.iters, self.hc_eps, self.norm_eps)
-        a, shared = self.attn.step_v41(self.attn_norm(hc_collapse(h, pre_in)), cache, ctx, step,
-                                       step[3][self.layer_id], shared)
-        h = self._hc_post(a, h, post, comb)
-        f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
-                                         self.iters, self.hc_eps, self.norm_eps)
-        experts = None if step[4] is None else step[4][self.layer_id]
         f = self.ffn.forward_stats(self.ffn_norm(hc_collapse(h, a_pre)), input_ids, experts)[0]
         return self._hc_post(f, h, post, comb), f_pre, shared
 
@@ -1283,11 +1286,9 @@ class Transformer(nn.Cell):
         hidden = ()
         for i in self.local_layers:
             rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
-            if cache is None:
-                h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, self.rope_cos[i], self.rope_sin[i],
-                                                            shared, rows, alive)
-            else:
-                h, pre, shared = self.layers[i].step_v41(h, pre, input_ids, cache, ctx, step, shared, rows, alive)
+            cos, sin = (self.rope_cos[i], self.rope_sin[i]) if cache is None else (None, None)
+            h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, cos, sin, shared, rows, alive, cache, ctx,
+                                                        step)
             hidden = hidden + (h,)
         if cache is not None and self.index_keys == "shipped":     # the last publisher, for the next step
             pub = cache[step[5][1]]

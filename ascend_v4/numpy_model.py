@@ -15,15 +15,11 @@ import numpy as np
 
 from .config import ModelConfig
 from .ops.attention import reference as attn_ref
-from .ops.attention.rope import apply_rope, rope_table
+from .ops.attention.reference import rms_norm
+from .ops.attention.rope import apply_rope, layer_rope_table
 from .ops.mhc import reference as mhc_ref
 from .ops.moe import reference as moe_ref
 from . import numerics as num
-
-
-def _rms(x, w, eps):
-    y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)
-    return y if w is None else y * w
 
 
 class NumpyV4:
@@ -66,11 +62,7 @@ class NumpyV4:
         return kv
 
     def _tables(self, ratio, S):
-        c = self.cfg
-        if ratio:
-            return rope_table(S, c.rope_head_dim, c.compress_rope_theta, c.original_seq_len, c.rope_factor,
-                              c.beta_fast, c.beta_slow)
-        return rope_table(S, c.rope_head_dim, c.rope_theta)
+        return layer_rope_table(self.cfg, ratio, S)
 
     def _compressor(self, p, x, ratio, cos, sin):
         c = self.cfg
@@ -85,11 +77,11 @@ class NumpyV4:
         B, S, _ = x.shape
         ratio = c.ratio(layer_id)
         cos, sin = self._tables(ratio, S)
-        qr = self._st(_rms(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps))
+        qr = self._st(rms_norm(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps))
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
-        q = num.bf16_rms(q, c.norm_eps) if self.official else _rms(q, None, c.norm_eps)
+        q = num.bf16rms_norm(q, c.norm_eps) if self.official else rms_norm(q, None, c.norm_eps)
         q = self._st(apply_rope(q, cos[None, :, None], sin[None, :, None]))
-        kv = self._st(_rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps))
+        kv = self._st(rms_norm(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps))
         kv = self._kv_quant(self._st(apply_rope(kv, cos[None], sin[None])))
         win = np.broadcast_to(attn_ref.window_indices(S, c.window_size), (B, S, min(S, c.window_size)))
         cmp = None
@@ -144,17 +136,14 @@ class NumpyV4:
 
     def _swiglu(self, x, p, clamp=True):
         lim = self.cfg.swiglu_limit if clamp else 0.0     # launch revision: shared expert unclamped
-        g, u = self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight")
-        if lim > 0:
-            g, u = np.minimum(g, lim), np.clip(u, -lim, lim)
-        return g / (1.0 + np.exp(-g)) * u
+        return moe_ref.swiglu(self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight"), lim)
 
     def block(self, p, h, ids, layer_id):
         c = self.cfg
         for sub, norm in (("attn", "attn_norm"), ("ffn", "ffn_norm")):
             x, post, comb = mhc_ref.hc_pre(h, self.w[f"{p}hc_{sub}_fn"], self.w[f"{p}hc_{sub}_scale"],
                                            self.w[f"{p}hc_{sub}_base"], c.hc_sinkhorn_iters, c.hc_eps, c.norm_eps)
-            x = self._st(_rms(self._st(x), self.w[p + norm + ".weight"], c.norm_eps))
+            x = self._st(rms_norm(self._st(x), self.w[p + norm + ".weight"], c.norm_eps))
             f = self.attention(p + "attn.", x, layer_id) if sub == "attn" else self.moe(p + "ffn.", x, ids, layer_id)
             h = self._st(mhc_ref.hc_post(f, h, post, comb))      # the residual streams are BF16 too
         return h
@@ -163,7 +152,7 @@ class NumpyV4:
         c = self.cfg
         y = mhc_ref.hc_head(h, self.w[prefix + "hc_head_fn"], self.w[prefix + "hc_head_scale"],
                             self.w[prefix + "hc_head_base"], c.hc_eps, c.norm_eps)
-        return self._st(_rms(self._st(y), self.w[prefix + "norm.weight"], c.norm_eps)) @ self.w["head.weight"].T
+        return self._st(rms_norm(self._st(y), self.w[prefix + "norm.weight"], c.norm_eps)) @ self.w["head.weight"].T
 
     def forward(self, ids: np.ndarray, with_mtp: bool = False) -> Dict[str, np.ndarray]:
         c = self.cfg
@@ -177,8 +166,8 @@ class NumpyV4:
         if with_mtp and c.n_mtp_layers:
             p = "mtp.0."
             nxt = ids[:, 1:]
-            en = self._st(_rms(self.w["embed.weight"][nxt], self.w[p + "enorm.weight"], c.norm_eps))
-            hm = self._st(_rms(h[:, :-1], self.w[p + "hnorm.weight"], c.norm_eps))
+            en = self._st(rms_norm(self.w["embed.weight"][nxt], self.w[p + "enorm.weight"], c.norm_eps))
+            hm = self._st(rms_norm(h[:, :-1], self.w[p + "hnorm.weight"], c.norm_eps))
             x = self._st(self._lin(en, p + "e_proj.weight")[:, :, None] + self._lin(hm, p + "h_proj.weight"))
             x = self.block(p, x, nxt, c.n_layers)
             out["mtp_logits"] = self.head(x, p)

@@ -22,17 +22,13 @@ import numpy as np
 from .checkpoint.formats import act_quant_fp4_e4m3, act_quant_fp8
 from .config import ModelConfigV41
 from .ops.attention import reference as attn_ref
-from .ops.attention.rope import apply_rope, rope_table
+from .ops.attention.reference import rms_norm
+from .ops.attention.rope import apply_rope, layer_rope_table
 from .ops.engram import reference as engram_ref
 from .ops.mhc import reference as mhc_ref
 from .ops.moe import reference as moe_ref
 
 INDEX_KEY_MODES = ("own", "shipped")
-
-
-def _rms(x, w, eps):
-    y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps)
-    return y if w is None else y * w
 
 
 class V41State:
@@ -89,11 +85,7 @@ class NumpyV41:
         return attn_ref.fp4_act_quant(x).astype(np.float64) if self.cfg.indexer_fp4 else x
 
     def _rope(self, ratio, end):
-        c = self.cfg
-        if ratio:
-            return rope_table(end, c.rope_head_dim, c.compress_rope_theta, c.original_seq_len, c.rope_factor,
-                              c.beta_fast, c.beta_slow)
-        return rope_table(end, c.rope_head_dim, c.rope_theta)
+        return layer_rope_table(self.cfg, ratio, end)
 
     def attention(self, i, x, st: V41State, shared: dict):
         """Layer i's attention on x [B, S, D] (attn_norm output) for positions st.pos .. st.pos+S−1."""
@@ -103,7 +95,7 @@ class NumpyV41:
         ratio = c.ratio(i)
         cos, sin = self._rope(ratio, end)
         tc, ts = cos[s0:end], sin[s0:end]
-        qr = _rms(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps)
+        qr = rms_norm(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps)
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
         q = apply_rope(q, tc[None, :, None], ts[None, :, None])             # no per-head RMS rescale in V4.1
         st.kv[i] = np.concatenate([st.kv[i], self._window_kv(p, x, tc, ts)], axis=1)   # FP8 QDQ with kv_quant
@@ -139,7 +131,7 @@ class NumpyV41:
         j0 = st.cmp[i].shape[1]
         gp = (j0 + np.arange(n_new)) * ratio                                 # group j stands for token j·ratio
         gc, gs = cos[gp][None], sin[gp][None]
-        k = _rms(lat @ self.w[p + "indexer.wk.weight"].T, self.w[p + "indexer.k_norm.weight"], c.norm_eps)
+        k = rms_norm(lat @ self.w[p + "indexer.wk.weight"].T, self.w[p + "indexer.k_norm.weight"], c.norm_eps)
         st.keys[i] = np.concatenate([st.keys[i], self._index_fp4(apply_rope(k, gc, gs))], axis=1)
         st.index_k_slot = i                                                  # published only when it emitted
         lat = apply_rope(lat, gc, gs)
@@ -186,11 +178,7 @@ class NumpyV41:
         return y.reshape(shape)
 
     def _swiglu(self, x, p):
-        lim = self.cfg.swiglu_limit
-        g, u = self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight")
-        if lim > 0:
-            g, u = np.minimum(g, lim), np.clip(u, -lim, lim)
-        return g / (1.0 + np.exp(-g)) * u
+        return moe_ref.swiglu(self._lin(x, p + "w1.weight"), self._lin(x, p + "w3.weight"), self.cfg.swiglu_limit)
 
     def engram(self, i, h, rows, alive):
         """Engram before block i: h [B, S, hc, D], rows [B, S, columns] global table rows."""
@@ -212,12 +200,12 @@ class NumpyV41:
         a_pre, a_post, a_comb = mhc_ref.hc_mixes(h, self.w[p + "hc_attn_fn"], self.w[p + "hc_attn_scale"],
                                                  self.w[p + "hc_attn_base"], **mix)
         shared["attn_in", key] = x = mhc_ref.hc_collapse(h, pre_in)
-        h = mhc_ref.hc_post(attn(_rms(x, self.w[p + "attn_norm.weight"], c.norm_eps)), h, a_post, a_comb)
+        h = mhc_ref.hc_post(attn(rms_norm(x, self.w[p + "attn_norm.weight"], c.norm_eps)), h, a_post, a_comb)
         shared["post_attn", key] = h
         f_pre, f_post, f_comb = mhc_ref.hc_mixes(h, self.w[p + "hc_ffn_fn"], self.w[p + "hc_ffn_scale"],
                                                  self.w[p + "hc_ffn_base"], **mix)
         shared["ffn_in", key] = x = mhc_ref.hc_collapse(h, a_pre)
-        x = _rms(x, self.w[p + "ffn_norm.weight"], c.norm_eps)
+        x = rms_norm(x, self.w[p + "ffn_norm.weight"], c.norm_eps)
         h = mhc_ref.hc_post(self.moe(p + "ffn.", x, image_mask, n_activated), h, f_post, f_comb)
         return h, f_pre
 
@@ -230,7 +218,7 @@ class NumpyV41:
         return self._lin(np.einsum("bsgd,grd->bsgr", o, wo_a).reshape(B, S, -1), p + "wo_b.weight")
 
     def _window_kv(self, p, x, cos, sin):
-        kv = apply_rope(_rms(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], self.cfg.norm_eps),
+        kv = apply_rope(rms_norm(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], self.cfg.norm_eps),
                         cos[None], sin[None])
         return act_quant_fp8(kv, 32).astype(np.float64) if self.kv_quant else kv
 
@@ -245,7 +233,7 @@ class NumpyV41:
         if st.dspark_kv[0].shape[1] != p0:
             raise ValueError(f"DSpark state covers {st.dspark_kv[0].shape[1]} positions; this output starts at {p0}: "
                              f"observe every target forward in order")
-        main_x = _rms(self._lin(hid, "mtp.0.main_proj.weight"), self.w["mtp.0.main_norm.weight"], c.norm_eps)
+        main_x = rms_norm(self._lin(hid, "mtp.0.main_proj.weight"), self.w["mtp.0.main_norm.weight"], c.norm_eps)
         cos, sin = self._rope(0, st.pos)
         for k in range(c.n_mtp_layers):
             kv = self._window_kv(f"mtp.{k}.attn.", main_x, cos[p0:], sin[p0:])
@@ -280,7 +268,7 @@ class NumpyV41:
             pa = f"mtp.{k}.attn."
 
             def attn(x, pa=pa, k=k):
-                qr = _rms(self._lin(x, pa + "wq_a.weight"), self.w[pa + "q_norm.weight"], c.norm_eps)
+                qr = rms_norm(self._lin(x, pa + "wq_a.weight"), self.w[pa + "q_norm.weight"], c.norm_eps)
                 q = apply_rope(self._lin(qr, pa + "wq_b.weight").reshape(B, bs, c.n_heads, c.head_dim),
                                bc[None, :, None], bsn[None, :, None])
                 rows = np.concatenate([st.dspark_kv[k], self._window_kv(pa, x, bc, bsn)], axis=1)
@@ -289,7 +277,7 @@ class NumpyV41:
             h, pre = self._mhc_block(f"mtp.{k}.", L + k, h, pre, attn, shared, None, c.dspark_n_activated_experts)
         last = f"mtp.{c.n_mtp_layers - 1}."
         hidden = mhc_ref.hc_collapse(h, pre)
-        base = _rms(hidden, self.w[last + "norm.weight"], c.norm_eps) @ self.w["head.weight"].T
+        base = rms_norm(hidden, self.w[last + "norm.weight"], c.norm_eps) @ self.w["head.weight"].T
         logits = base.copy()
         tok = np.zeros((B, bs + 1), np.int64)
         tok[:, 0] = y
@@ -343,7 +331,7 @@ class NumpyV41:
                 targets.append(h.mean(axis=2))
             h, pre = self.block(i, h, pre, st, shared, image_mask)
             out[f"hidden_block{i}"] = h
-        y = _rms(mhc_ref.hc_collapse(h, pre), self.w["norm.weight"], c.norm_eps)
+        y = rms_norm(mhc_ref.hc_collapse(h, pre), self.w["norm.weight"], c.norm_eps)
         out["logits"] = y @ self.w["head.weight"].T
         if targets:
             out["dspark_hidden"] = np.concatenate(targets, axis=-1)

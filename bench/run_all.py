@@ -21,7 +21,8 @@ The table reads every bench's JSON. `ratio` is always oriented so that > 1 means
   w4a8                         mean relative weight error ≤ 8% (the serving default, int4 groups of 32)
   migrate_eval                 precision ≥ 98%, recall ≥ 95%, no unsafe rewrite            (README)
   ascend_projection            kernel efficiency (roofline / projected time) ≥ 50%          (README; a projection)
-Rows without a stated goal (train, ops_mhc, attention_long, convert) show the ratio and "-".
+Rows without a stated goal (train, train_memory, ops_mhc, attention_long, convert) show the ratio and "-";
+train_memory compares each memory / precision switch with the default train step (its own baseline).
 Writes bench/results/summary.json (mode, per-bench status and seconds, rows).
 """
 from __future__ import annotations
@@ -92,6 +93,24 @@ def train(d):
         ours, hf = r["ours"]["tokens_per_s"], r["hf"]["tokens_per_s"]
         out.append(_row("train", f"{r['config']} B{r['batch']}xS{r['seq']} train step", ours, hf,
                         "transformers + AdamW", r["tokens_per_s_ratio_ours_over_hf"], unit="tok/s"))
+    return out
+
+
+def train_memory(d):
+    """Each memory / precision switch against the default step (the peer here is our own baseline mode)."""
+    out = []
+    for r in d["rows"]:
+        if r["mode"] == "baseline":
+            continue
+        base = next((b for b in d["rows"] if b["config"] == r["config"] and b["mode"] == "baseline"), None)
+        if base is None:
+            continue
+        tag = f"{r['config']} B{d['batch']}xS{d['seq']} {r['mode']}"
+        out.append(_row("train_memory", f"{tag} peak RSS", r["peak_rss_mb"], base["peak_rss_mb"], "baseline step",
+                        base["peak_rss_mb"] / r["peak_rss_mb"], unit="MB"))
+        if r.get("step_s") and base.get("step_s"):
+            out.append(_row("train_memory", f"{tag} step time", r["step_s"], base["step_s"], "baseline step",
+                            base["step_s"] / r["step_s"], unit="s"))
     return out
 
 
@@ -218,7 +237,8 @@ def ascend_projection(d):
 BENCHES: Dict[str, Callable[[dict], List[dict]]] = {
     "ascend_projection": ascend_projection, "w4a8": w4a8, "migrate_eval": migrate_eval,
     "engram_prefetch": engram_prefetch, "ops_mhc": ops_mhc, "attention_long": attention_long,
-    "forward_cpu": forward_cpu, "ops_moe": ops_moe, "train": train, "decode": decode, "convert": convert,
+    "forward_cpu": forward_cpu, "ops_moe": ops_moe, "train": train, "train_memory": train_memory, "decode": decode,
+    "convert": convert,
 }
 
 

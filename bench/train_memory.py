@@ -2,6 +2,7 @@
 
     python bench/train_memory.py                          # tiny and small, B=4 x S=256, 4 steps
     python bench/train_memory.py --configs small --batch 2 --seq 512
+    python bench/train_memory.py --quick                  # tiny only, B=2 x S=64, 3 steps (bench/run_all.py --quick)
 
 Modes (each trains in its own subprocess, so a peak RSS — ru_maxrss of that child, from os.wait4 — is its own):
   baseline       the default step (float32, activations kept for the backward)
@@ -56,9 +57,14 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--quick", action="store_true", help="tiny only, B=2 x S=64, 3 steps")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                  "train_memory.json"))
     ap.add_argument("--child", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.quick:
+        a.configs, a.batch, a.seq, a.steps = ["tiny"], 2, 64, 3
     if a.child:
         child(a.child[0], a.child[1], a.batch, a.seq, a.steps, a.child_out)
         return
@@ -91,11 +97,10 @@ def main() -> None:
               f"{r['step_s']:>8.3f} {r['step_vs_baseline'] or 0:>8.2f} {r['losses'][0]:>11.5f}")
     res = {"batch": a.batch, "seq": a.seq, "steps": a.steps, "host": platform.node(), "cpus": os.cpu_count(),
            "rows": rows}
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "train_memory.json")
-    with open(path + ".tmp", "w") as fh:
-        json.dump(res, fh, indent=1)
-    os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from ascend_v4.atomic import write_json
+    write_json(a.out, res)
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from .inventory import (
 from .official import (
     decode_tensor, encode_tensor, load_official_weights, random_weights, write_official_checkpoint,
 )
-from .safetensors_io import CheckpointError, SafeTensorFile, ShardedCheckpoint, STORAGE_DTYPES, write_safetensors
+from .safetensors_io import (
+    CheckpointError, SafeTensorFile, ShardedCheckpoint, STORAGE_DTYPES, load_arrays, save_arrays, write_safetensors,
+)
 
 __all__ = [
     "E2M1_VALUES", "E4M3_MAX", "E2M1_MAX",
@@ -25,5 +27,6 @@ __all__ = [
     "FORMATS", "StoredEntry", "TensorSpec", "official_inventory", "scale_name", "stored_entries",
     "stored_inventory",
     "decode_tensor", "encode_tensor", "load_official_weights", "random_weights", "write_official_checkpoint",
-    "CheckpointError", "SafeTensorFile", "ShardedCheckpoint", "STORAGE_DTYPES", "write_safetensors",
+    "CheckpointError", "SafeTensorFile", "ShardedCheckpoint", "STORAGE_DTYPES", "load_arrays", "save_arrays",
+    "write_safetensors",
 ]

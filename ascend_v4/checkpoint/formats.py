@@ -45,13 +45,19 @@ def _e4m3_table() -> np.ndarray:
 _E4M3_TABLE = _e4m3_table()
 
 
-def e4m3_decode(u8: np.ndarray) -> np.ndarray:
-    """float8_e4m3fn codes (uint8, or int8 viewed as bytes) -> float32."""
+def _codes(u8, who: str) -> np.ndarray:
+    """8-bit float codes as uint8 (int8 storage is viewed as bytes); any other dtype is a TypeError."""
     u8 = np.asarray(u8)
     if u8.dtype == np.int8:
         u8 = u8.view(np.uint8)
     if u8.dtype != np.uint8:
-        raise TypeError(f"e4m3_decode wants uint8 codes, got {u8.dtype}")
+        raise TypeError(f"{who} wants uint8 codes, got {u8.dtype}")
+    return u8
+
+
+def e4m3_decode(u8: np.ndarray) -> np.ndarray:
+    """float8_e4m3fn codes (uint8, or int8 viewed as bytes) -> float32."""
+    u8 = _codes(u8, "e4m3_decode")
     return _E4M3_TABLE[u8]
 
 
@@ -80,11 +86,7 @@ _E8M0_TABLE = np.append(np.ldexp(1.0, np.arange(255) - 127), np.nan).astype(np.f
 
 def e8m0_decode(u8: np.ndarray) -> np.ndarray:
     """float8_e8m0fnu codes -> float32 2^(e-127); 0xFF -> NaN. Code 0 is 2^-127 (an f32 subnormal)."""
-    u8 = np.asarray(u8)
-    if u8.dtype == np.int8:
-        u8 = u8.view(np.uint8)
-    if u8.dtype != np.uint8:
-        raise TypeError(f"e8m0_decode wants uint8 codes, got {u8.dtype}")
+    u8 = _codes(u8, "e8m0_decode")
     return _E8M0_TABLE[u8]
 
 

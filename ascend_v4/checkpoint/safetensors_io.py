@@ -208,6 +208,38 @@ def write_safetensors(path: str, tensors: Mapping[str, Tuple[str, np.ndarray]],
                 f.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
+# plain NumPy dtypes and their tags (the F8 and BF16 tags have no NumPy dtype: their storage is raw codes)
+_PLAIN_TAGS = {STORAGE_DTYPES[t]: t for t in ("BOOL", "U8", "I8", "I16", "U16", "F16", "I32", "U32", "F32", "I64",
+                                               "U64", "F64")}
+
+
+def save_arrays(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write plain NumPy arrays (bool, ints, float16/32/64) under their own dtype tags, atomically."""
+    tensors = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        tag = _PLAIN_TAGS.get(a.dtype.newbyteorder("<"))
+        if tag is None:
+            raise CheckpointError(f"{path}: tensor '{name}' has dtype {a.dtype}, which has no plain safetensors tag; "
+                                  f"encode it with ascend_v4.checkpoint.formats and call write_safetensors")
+        tensors[name] = (tag, a)
+    write_safetensors(path, tensors)
+
+
+def load_arrays(path: str) -> Dict[str, np.ndarray]:
+    """Every tensor of a file as a NumPy array of its own dtype (copies, so the file may be replaced afterwards).
+    F8 / BF16 entries are refused: their values need a decode (SafeTensorFile.raw + ascend_v4.checkpoint.formats)."""
+    with SafeTensorFile(path) as f:
+        out = {}
+        for name in f.keys():
+            tag, _ = f.meta(name)
+            if tag not in _PLAIN_TAGS.values():
+                raise CheckpointError(f"{path}: tensor '{name}' is {tag}; read it with SafeTensorFile.raw and "
+                                      f"decode it (ascend_v4.checkpoint.formats)")
+            out[name] = np.array(f.raw(name))
+        return out
+
+
 INDEX_NAME = "model.safetensors.index.json"
 
 

@@ -75,12 +75,11 @@ def read_trained(ckpt_dir: str):
         cfg = ModelConfig.from_dict(st["model_config"], name=st["model_config"].get("name", "trained"))
     except (KeyError, TypeError, AttributeError, ConfigError) as e:
         raise TrainStateError(f"{ckpt_dir}/trainer_state.json: model_config is missing or invalid ({e})") from None
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from ascend_v4.checkpoint.safetensors_io import load_arrays
     path = os.path.join(ckpt_dir, "model.safetensors")
     try:
-        raw = load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
+        raw = load_arrays(path)
+    except (OSError, ValueError) as e:
         raise TrainStateError(f"{path}: unreadable ({str(e).splitlines()[0]}); the checkpoint is damaged") from None
     if cfg.n_mtp_layers and not any(n.startswith("mtp.") for n in raw):
         # trained with mtp: false -> the exported model has no MTP layers

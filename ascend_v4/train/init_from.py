@@ -113,7 +113,7 @@ class RunSource(WeightSource):
 
     def __init__(self, path: str):
         from ascend_v4.config import ConfigError, ModelConfig
-        from safetensors import safe_open
+        from ascend_v4.checkpoint.safetensors_io import SafeTensorFile
         from .export import resolve_checkpoint
         ck = resolve_checkpoint(path)
         st = read_trainer_state(ck)
@@ -123,8 +123,8 @@ class RunSource(WeightSource):
             raise TrainStateError(f"{ck}/trainer_state.json: model_config is missing or invalid ({e})") from None
         super().__init__(ck, cfg)
         try:
-            self.fh = safe_open(os.path.join(ck, "model.safetensors"), framework="np")
-        except Exception as e:      # safetensors raises its own error types for damaged headers
+            self.fh = SafeTensorFile(os.path.join(ck, "model.safetensors"))
+        except ValueError as e:     # CheckpointError: a damaged or truncated file
             raise TrainStateError(f"{ck}/model.safetensors is unreadable ({e}); the checkpoint is damaged") from None
         self._names = set(self.fh.keys())
 
@@ -132,7 +132,7 @@ class RunSource(WeightSource):
         return set(self._names)
 
     def read(self, name: str) -> np.ndarray:
-        a = self.fh.get_tensor(name)
+        a = np.array(self.fh.raw(name))
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise TrainStateError(f"{self.path}/model.safetensors: '{name}' has {int((~np.isfinite(a)).sum())} "
                                   f"NaN/Inf values; start from an earlier checkpoint")

@@ -34,11 +34,9 @@ def _params(cell) -> Dict[str, "object"]:
 
 
 def _save_tensors(path: str, arrays: Dict[str, np.ndarray]) -> None:
-    # Serialised in memory and written with Python file I/O: a full disk is an OSError (ENOSPC) the CLI reports,
-    # not a SafetensorError traceback.
-    from safetensors.numpy import save
-    from ascend_v4.atomic import write_bytes
-    write_bytes(path, save({n: np.ascontiguousarray(a) for n, a in sorted(arrays.items())}))
+    # the project's one safetensors stack (a full disk is an OSError the CLI reports)
+    from ascend_v4.checkpoint.safetensors_io import save_arrays
+    save_arrays(path, arrays)
 
 
 def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None,
@@ -46,10 +44,10 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
     """Fill `params` from the file, which must hold exactly `expected_names` (default: the params' names; a ZeRO-1
     rank holds a subset of the state it checks for) as full tensors."""
     import mindspore as ms
-    from safetensors.numpy import load_file
+    from ascend_v4.checkpoint.safetensors_io import load_arrays
     try:
-        data = load_file(path)
-    except Exception as e:
+        data = load_arrays(path)
+    except (OSError, ValueError) as e:
         raise TrainStateError(f"{path}: unreadable {what} state ({e}); the checkpoint is damaged") from None
     if stage_keep is not None:          # a pipeline stage takes its own layers' tensors
         data = {n: a for n, a in data.items() if stage_keep(n)}
@@ -70,7 +68,7 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
                                   f"resume from an earlier checkpoint (point {os.path.dirname(os.path.dirname(path))}"
                                   f"/latest at it) or start a new --out directory")
         if tuple(p.shape) == () and a.size == 1:
-            a = a.reshape(())                 # safetensors stores 0-d scalars (the step counter) as [1]
+            a = a.reshape(())                 # a 0-d scalar (the step counter) may be stored as [1]
         if tuple(a.shape) != tuple(p.shape):
             raise TrainStateError(f"{path}: '{n}' has shape {a.shape}, this run has {tuple(p.shape)}")
         p.set_data(ms.Tensor(a).astype(p.dtype))

@@ -6,7 +6,8 @@ from .rope import apply_rope
 NEG = -np.inf
 
 
-def _rms(x, w, eps):
+def rms_norm(x, w, eps):
+    """RMSNorm in float64 (w None: no weight, the V4 per-head query norm); the one NumPy copy the goldens use."""
     return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * (1.0 if w is None else w)
 
 
@@ -39,7 +40,7 @@ def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6, poole
     p = np.exp(sc - sc.max(axis=2, keepdims=True))
     p = p / p.sum(axis=2, keepdims=True)
     kv = (kv * p).sum(axis=2)
-    return _rms(kv if pooled is None else pooled(kv), norm_w.astype(np.float64), norm_eps)
+    return rms_norm(kv if pooled is None else pooled(kv), norm_w.astype(np.float64), norm_eps)
 
 
 def window_indices(S, window, start_pos=0):
@@ -218,7 +219,7 @@ def _pool(kv_state, score_state, ratio, c, overlap, norm_w, norm_eps):
         kv, sc = kv_state, score_state
     p = np.exp(sc - sc.max(axis=1, keepdims=True))
     p = p / p.sum(axis=1, keepdims=True)
-    return _rms((kv * p).sum(axis=1), norm_w, norm_eps)
+    return rms_norm((kv * p).sum(axis=1), norm_w, norm_eps)
 
 
 def compress_kv_step(x, wkv, wgate, ape, norm_w, kv_state, score_state, start_pos, ratio, overlap,
@@ -265,7 +266,7 @@ def compress_kv_v2_step(x, wkv, wgate, norm_w, kv_state, score_state, start_pos,
     pooling, latent_t = norm(wkv(x_t)). -> (latents [B, n_new, c] un-rotated, kv_state, score_state); group j's
     latent stands for token j·ratio. State as compressor_state(B, ratio, c, False) (unused at ratio 1)."""
     if ratio == 1:
-        return _rms(np.asarray(x, np.float64) @ np.asarray(wkv, np.float64).T, np.asarray(norm_w, np.float64),
+        return rms_norm(np.asarray(x, np.float64) @ np.asarray(wkv, np.float64).T, np.asarray(norm_w, np.float64),
                     norm_eps), kv_state, score_state
     c = np.asarray(norm_w).shape[0]
     return compress_kv_step(x, wkv, wgate, np.zeros((ratio, c)), norm_w, kv_state, score_state, start_pos, ratio,

@@ -43,6 +43,16 @@ def rope_table(n_pos, rope_dim, base, original_seq_len=0, factor=1.0, beta_fast=
     return np.cos(ang).astype(_F), np.sin(ang).astype(_F)
 
 
+def layer_rope_table(cfg, ratio, n_pos):
+    """(cos, sin) of rope_table for a layer: compressed layers (ratio > 0) use compress_rope_theta with YaRN, the
+    window-only layers and MTP the plain rope_theta (the reference's precompute_freqs_cis, per layer). cfg: a
+    ModelConfig (read by attribute)."""
+    if ratio:
+        return rope_table(n_pos, cfg.rope_head_dim, cfg.compress_rope_theta, cfg.original_seq_len, cfg.rope_factor,
+                          cfg.beta_fast, cfg.beta_slow)
+    return rope_table(n_pos, cfg.rope_head_dim, cfg.rope_theta)
+
+
 def apply_rope(x, cos, sin, inverse=False):
     """Rotate the last 2*cos.shape[-1] dims of x; cos/sin broadcast against x[..., pairs]."""
     rd = cos.shape[-1] * 2

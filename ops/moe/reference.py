@@ -40,13 +40,16 @@ def expert_ffn(x, w1, w2, w3, swiglu_limit):
     One expert (x [n, D], w1/w3 [I, D], w2 [D, I]) or stacked experts (x [E, C, D], w1/w3 [E, I, D], w2 [E, D, I]).
     """
     x = np.asarray(x, np.float64)
-    g = x @ np.swapaxes(w1, -1, -2).astype(np.float64)
-    u = x @ np.swapaxes(w3, -1, -2).astype(np.float64)
-    if swiglu_limit > 0:
-        u = np.clip(u, -swiglu_limit, swiglu_limit)
-        g = np.minimum(g, swiglu_limit)
-    h = g / (1.0 + np.exp(-g)) * u
+    h = swiglu(x @ np.swapaxes(w1, -1, -2).astype(np.float64), x @ np.swapaxes(w3, -1, -2).astype(np.float64),
+               swiglu_limit)
     return h @ np.swapaxes(w2, -1, -2).astype(np.float64)
+
+
+def swiglu(g, u, limit):
+    """silu(min(g, limit)) · clip(u, -limit, limit) of the gate and up projections (limit 0: no clamp)."""
+    if limit > 0:
+        g, u = np.minimum(g, limit), np.clip(u, -limit, limit)
+    return g / (1.0 + np.exp(-g)) * u
 
 
 def moe_forward(x, weights, ids, w1, w2, w3, swiglu_limit):

@@ -10,8 +10,8 @@ import safetensors.torch
 import torch
 
 from ascend_v4.checkpoint import formats as F
-from ascend_v4.checkpoint.safetensors_io import (CheckpointError, SafeTensorFile, ShardedCheckpoint,
-                                                 write_safetensors)
+from ascend_v4.checkpoint.safetensors_io import (CheckpointError, SafeTensorFile, ShardedCheckpoint, load_arrays,
+                                                 save_arrays, write_safetensors)
 
 RNG = np.random.default_rng(3)
 
@@ -45,7 +45,7 @@ def test_written_file_reads_back_and_in_safetensors_library(tmp_path):
     path = str(tmp_path / "x.safetensors")
     tensors = _sample_tensors()
     write_safetensors(path, tensors, metadata={"format": "pt"})
-    assert not os.path.exists(path + ".tmp")
+    assert os.listdir(tmp_path) == ["x.safetensors"]                   # no temporary file left beside it
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         hdr = json.loads(f.read(n))
@@ -115,7 +115,31 @@ def test_writer_is_atomic_and_checks_storage_dtype(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
         write_safetensors(path, {"y": ("F32", np.zeros(5, np.float32))})
-    assert open(path, "rb").read() == before and not os.path.exists(path + ".tmp")
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["a.safetensors"]
+
+
+def test_plain_arrays_round_trip_with_the_safetensors_package(tmp_path):
+    """save_arrays / load_arrays (what training checkpoints use) against the package as the independent side."""
+    arrays = {"w": RNG.standard_normal((3, 4)).astype(np.float32), "step": np.array(7, np.int32),
+              "ids": RNG.integers(-5, 5, (6,)).astype(np.int64), "mask": np.array([True, False]),
+              "h": RNG.standard_normal(5).astype(np.float16), "d": RNG.standard_normal(2)}
+    ours = str(tmp_path / "ours.safetensors")
+    save_arrays(ours, arrays)
+    theirs = safetensors.numpy.load_file(ours)
+    pkg = str(tmp_path / "pkg.safetensors")
+    safetensors.numpy.save_file(arrays, pkg)
+    back = load_arrays(pkg)
+    for got in (theirs, back):
+        assert got.keys() == arrays.keys()
+        for k, a in arrays.items():
+            assert got[k].dtype == a.dtype and got[k].shape == a.shape and np.array_equal(got[k], a), k
+    assert back["w"].flags.writeable                       # copies: the file may be replaced afterwards
+    with pytest.raises(CheckpointError, match="no plain safetensors tag"):
+        save_arrays(str(tmp_path / "c.safetensors"), {"z": np.ones(2, np.complex64)})
+    fp8 = str(tmp_path / "fp8.safetensors")
+    write_safetensors(fp8, {"q": ("F8_E4M3", np.zeros(4, np.uint8))})
+    with pytest.raises(CheckpointError, match="F8_E4M3.*decode"):
+        load_arrays(fp8)
 
 
 # ---------------------------------------------------------------------------- bad input ------

@@ -19,6 +19,7 @@ def _weights(tr):
     return {p.name: p.asnumpy().copy() for p in tr.model.get_parameters()}
 
 
+@pytest.mark.slow      # 30 train steps + eval: over 20 s on a quiet 2-core machine; in .ci/run's slower proofs
 def test_loss_goes_down_on_the_embedded_corpus(ms_graph, tmp_path):
     from ascend_v4.train.loop import Trainer
     tr = Trainer(_tc(), str(tmp_path / "run"))
@@ -34,6 +35,7 @@ def test_loss_goes_down_on_the_embedded_corpus(ms_graph, tmp_path):
     assert os.path.isdir(tmp_path / "run" / "ckpt-00000030")
 
 
+@pytest.mark.slow      # two trainers (two train-step compiles): ~125 s of CPU; in .ci/run's slower proofs
 def test_resume_is_bit_exact(ms_graph, tmp_path):
     from ascend_v4.train.loop import Trainer
     a_dir, b_dir = str(tmp_path / "a"), str(tmp_path / "b")
