@@ -79,7 +79,7 @@ class NumpyV4:
         cos, sin = self._tables(ratio, S)
         qr = self._st(rms_norm(self._lin(x, p + "wq_a.weight"), self.w[p + "q_norm.weight"], c.norm_eps))
         q = self._lin(qr, p + "wq_b.weight").reshape(B, S, c.n_heads, c.head_dim)
-        q = num.bf16rms_norm(q, c.norm_eps) if self.official else rms_norm(q, None, c.norm_eps)
+        q = num.bf16_rms(q, c.norm_eps) if self.official else rms_norm(q, None, c.norm_eps)
         q = self._st(apply_rope(q, cos[None, :, None], sin[None, :, None]))
         kv = self._st(rms_norm(self._lin(x, p + "wkv.weight"), self.w[p + "kv_norm.weight"], c.norm_eps))
         kv = self._kv_quant(self._st(apply_rope(kv, cos[None], sin[None])))
