@@ -521,6 +521,9 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
         tc.init_from = init_from
     if steps is not None:
         tc.steps = steps
+        if tc.warmup_steps > steps:   # say so: the learning rate will never reach its peak as configured
+            click.echo(f"note: --steps {steps} is shorter than warmup_steps ({tc.warmup_steps}); warm-up shortened "
+                       f"to {steps} steps (set warmup_steps in the YAML to choose another)", err=True)
         tc.warmup_steps = min(tc.warmup_steps, steps)
         if tc.decay_start is not None:
             tc.decay_start = min(max(tc.decay_start, tc.warmup_steps), steps)
