@@ -59,7 +59,8 @@ def dspark_batch(targets: np.ndarray, loss_mask: np.ndarray, segment_ids: np.nda
 
 
 class V41Loss(nn.Cell):
-    """construct(input_ids, engram_rows, targets, loss_mask, markov_ids, draft_labels, draft_mask, dspark_weight,
+    """construct(input_ids, engram_rows [n_engram_layers, B, S, columns·d] (one tensor: its gradient is the rows'),
+    targets, loss_mask, markov_ids, draft_labels, draft_mask, dspark_weight,
     lm_denom, draft_denom) -> (loss, lm, draft, confidence, balance, backbone loads [L, E], drafter loads
     [stages, E_d], dropped). auto_prefix=False keeps the release names in gradients and optimiser state."""
 
@@ -72,12 +73,14 @@ class V41Loss(nn.Cell):
         self.alpha, self.conf_w = balance_alpha, confidence_weight
         self.with_dspark = model.with_dspark
         self.n_stages = cfg.n_mtp_layers
+        self.n_engram = len(cfg.engram_layer_ids)
 
     def construct(self, input_ids, engram_rows, targets, loss_mask, markov_ids, draft_labels, draft_mask,
                   dspark_weight, lm_denom=None, draft_denom=None):
         B = input_ids.shape[0]
         _, h = self.model.embed_streams(input_ids)
-        h, pre, hidden, routes = self.model.run_layers_v41(h, input_ids, engram_rows, stats=True)
+        rows = tuple(engram_rows[k] for k in range(self.n_engram))
+        h, pre, hidden, routes = self.model.run_layers_v41(h, input_ids, rows, stats=True)
         lm = masked_ce(self.model.logits_v41(h, pre), targets, loss_mask, lm_denom)
         balance = ops.zeros((), ms.float32)
         dropped = ops.zeros((), ms.int32)
@@ -228,12 +231,12 @@ class V41TrainStep:
             out, (g_rows, grads) = self.grad_fn(input_ids, rows, targets, loss_mask, markov, labels, dmask, w,
                                                 lm_denom, draft_denom)
             loss, lm, draft, conf, bal, loads, dloads, dropped = out
-            both, gnorm = clip_by_global_norm(tuple(grads) + tuple(g_rows), max_grad_norm)
+            both, gnorm = clip_by_global_norm(tuple(grads) + (g_rows,), max_grad_norm)
             self.optimizer(both[:n_params])
             per = tuple(loads[i] for i in range(n_back)) + tuple(dloads[k] for k in range(n_stage))
             self.balancer(per)
             return (loss, lm, draft, conf, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32),
-                    layer_imbalance(loads), both[n_params:])
+                    layer_imbalance(loads), both[n_params])
 
         self._step = ms.jit(step)
         self._eval = ms.jit(loss_net)
@@ -242,7 +245,8 @@ class V41TrainStep:
         cfg = self.loss_net.model.cfg
         ids = batch["input_ids"].astype(np.int64)
         hashed = self.engram.hash(ids) if self.engram is not None else None
-        rows = tuple(ms.Tensor(r) for r in self.engram.rows(hashed)) if self.engram is not None else ()
+        rows = ms.Tensor(np.stack(self.engram.rows(hashed)) if self.engram is not None
+                         else np.zeros((1, 1, 1, 1), np.float32))
         o, lab, dm = dspark_batch(batch["targets"], batch["loss_mask"], batch["segment_ids"],
                                   cfg.dspark_block_size if cfg.n_mtp_layers else 1)
         if draft_denom is None:
@@ -257,7 +261,7 @@ class V41TrainStep:
         t = int(self.optimizer.step.asnumpy()) + 1           # the update the optimiser is about to make
         *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
         if self.engram is not None:
-            self.engram.update(hashed, [g.asnumpy() for g in g_rows],
+            self.engram.update(hashed, list(g_rows.asnumpy()),
                                float(self.schedule.lr_at(t)) * self.engram_lr_scale)
         self.last_layer_imbalance = layers.asnumpy()
         loss, lm, draft, conf, bal, gnorm, imb, dropped = out
@@ -272,3 +276,77 @@ class V41TrainStep:
 
     def eval_lm(self, batch, lm_denom: float) -> float:
         return self.losses(batch, 0.0, lm_denom)[1]
+
+
+# ------------------------------------------------------------------------------------ run set-up (train/loop.py)
+def check_v41_run(tc, world: int) -> None:
+    """What a V4.1 run does not do yet, refused with one line each (docs/training.md, "DeepSeek-V4.1")."""
+    from .run_config import TrainConfigError
+    p = tc.parallel
+    if world > 1 or p.dp * p.tp * p.pp > 1 or p.micro_batches > 1:
+        raise TrainConfigError("DeepSeek-V4.1 trains on one process here (no dp / tp / ep / pp or micro_batches "
+                               "yet); set parallel dp, tp, pp and micro_batches to 1 and launch without msrun")
+    if tc.recompute:
+        raise TrainConfigError("recompute: not implemented for DeepSeek-V4.1 yet (its blocks run through "
+                               "Block.forward_v41, which Cell.recompute does not wrap); set recompute: false")
+    if tc.precision not in (None, "fp32"):
+        raise TrainConfigError(f"precision: {tc.precision} is not implemented for DeepSeek-V4.1 yet (its block "
+                               f"path has no bf16 rounding points); use precision: fp32 (or null on CPU)")
+
+
+def engram_table_names(cfg) -> List[str]:
+    return [f"layers.{L}.engram.embed.weight" for L in cfg.engram_layer_ids]
+
+
+def engram_table_init(cfg, seed: int) -> List[np.ndarray]:
+    """Random Engram tables of a from-scratch run: the same deterministic init as every other release tensor."""
+    from ascend_v4.checkpoint.release_v41 import random_weights_v41
+    w = random_weights_v41(cfg, seed, names=engram_table_names(cfg))
+    return [w[n] for n in engram_table_names(cfg)]
+
+
+def load_engram_tables(cfg, path: str) -> List[np.ndarray]:
+    """The Engram tables of an init_from source as float32 host arrays: a release / converted directory (its FP8 /
+    INT8 / BF16 rows decoded one table at a time) or a V4.1 training run (its engram_state.npz)."""
+    from .init_from import RunSource, open_source
+    from .state import TrainStateError
+    src = open_source(path)
+    try:
+        if isinstance(src, RunSource):
+            p = os.path.join(src.path, ENGRAM_STATE)
+            if not os.path.isfile(p):
+                raise TrainStateError(f"init_from: {src.path} has no {ENGRAM_STATE}; it is not a DeepSeek-V4.1 run")
+            with np.load(p) as z:
+                return [np.array(z[n], np.float32) for n in engram_table_names(cfg)]
+        missing = [n for n in engram_table_names(cfg) if n not in src.names()]
+        if missing:
+            raise TrainStateError(f"init_from: {src.path} lacks the Engram table(s) {', '.join(missing)}")
+        return [np.asarray(src.read(n), np.float32) for n in engram_table_names(cfg)]
+    finally:
+        src.close()
+
+
+def engram_token_map(tok, cfg, from_weights: bool):
+    """The Engram compressed-token map of the run's tokenizer (docs/deepseek-v4.1.md, "Engram": decode each id,
+    normalise, number distinct keys in first-seen order) -> (cfg, map, note). Its number of distinct ids must be
+    the config's engram_compressed_vocab_size (it sets the hash multipliers), as DeepSeek's code asserts: a run
+    from init_from weights is refused on a mismatch; a run from random weights takes the tokenizer's count (the
+    note says so)."""
+    from ascend_v4.ops.engram.reference import compressed_token_map, compressed_token_map_from_tokenizer
+    from .run_config import TrainConfigError
+    inner = getattr(tok, "_tok", None)
+    if inner is not None and hasattr(inner, "get_vocab_size"):          # a HF `tokenizers` tokenizer
+        tmap = compressed_token_map_from_tokenizer(inner)
+    else:                                                                  # sentencepiece: pieces as raw keys
+        n = int(tok.vocab_size)
+        tmap = compressed_token_map([tok.decode([i]) for i in range(n)], [tok.id_to_piece(i) for i in range(n)])
+    n_c = int(tmap.max()) + 1
+    if n_c == cfg.engram_compressed_vocab_size:
+        return cfg, tmap, None
+    if from_weights:
+        raise TrainConfigError(f"the tokenizer's Engram compressed vocabulary has {n_c} ids but the weights' config "
+                               f"says engram_compressed_vocab_size {cfg.engram_compressed_vocab_size}; train with "
+                               f"the tokenizer the weights were trained with (data.tokenizer)")
+    return (cfg.replace(engram_compressed_vocab_size=n_c), tmap,
+            f"engram: the tokenizer's compressed vocabulary has {n_c} ids; engram_compressed_vocab_size "
+            f"{cfg.engram_compressed_vocab_size} -> {n_c} (random init)")
