@@ -208,7 +208,7 @@ def stage_biases(model) -> list:
 
 
 class V41TrainStep:
-    """step(batch, dspark_weight, lm_denom, draft_denom) -> (loss, lm, draft, balance, grad_norm, imbalance, dropped),
+    """step(batch, dspark_weight, lm_denom) -> (loss, lm, draft, balance, grad_norm, imbalance, dropped),
     the tuple train/loop.py logs (its `mtp_loss` column holds the drafter loss). The graph computes the loss, the
     gradients of the parameters and of the gathered Engram rows, clips them by one global norm, runs Muon/AdamW and
     the router-bias update; the host then updates the Engram rows (EngramSparseAdamW) with the step's lr."""
@@ -241,7 +241,7 @@ class V41TrainStep:
         self._step = ms.jit(step)
         self._eval = ms.jit(loss_net)
 
-    def _inputs(self, batch, lm_denom, draft_denom):
+    def _inputs(self, batch, lm_denom):
         cfg = self.loss_net.model.cfg
         ids = batch["input_ids"].astype(np.int64)
         hashed = self.engram.hash(ids) if self.engram is not None else None
@@ -249,15 +249,16 @@ class V41TrainStep:
                          else np.zeros((1, 1, 1, 1), np.float32))
         o, lab, dm = dspark_batch(batch["targets"], batch["loss_mask"], batch["segment_ids"],
                                   cfg.dspark_block_size if cfg.n_mtp_layers else 1)
-        if draft_denom is None:
-            draft_denom = max(float(dm.sum()), 1.0)
+        draft_denom = max(float(dm.sum()), 1.0)          # the drafter rows that count (one process: the batch's)
         t = ms.Tensor
         args = (t(ids.astype(np.int32)), rows, t(batch["targets"].astype(np.int32)),
                 t(batch["loss_mask"].astype(np.float32)), t(o), t(lab), t(dm))
         return hashed, args, t(np.float32(lm_denom)), t(np.float32(draft_denom))
 
-    def __call__(self, batch, dspark_weight: float, lm_denom: float, draft_denom: Optional[float] = None):
-        hashed, args, lmd, dd = self._inputs(batch, lm_denom, draft_denom)
+    def __call__(self, batch, dspark_weight: float, lm_denom: float, mtp_denom: Optional[float] = None):
+        """mtp_denom (V4's MTP mask count, which train/loop.py passes) is not used: the drafter's rows are counted
+        from its own mask (dspark_batch)."""
+        hashed, args, lmd, dd = self._inputs(batch, lm_denom)
         t = int(self.optimizer.step.asnumpy()) + 1           # the update the optimiser is about to make
         *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
         if self.engram is not None:
@@ -268,9 +269,9 @@ class V41TrainStep:
         self.last_confidence_loss = float(conf.asnumpy())
         return loss, lm, draft, bal, gnorm, imb, dropped
 
-    def losses(self, batch, dspark_weight: float, lm_denom: float, draft_denom: Optional[float] = None):
+    def losses(self, batch, dspark_weight: float, lm_denom: float):
         """The loss terms of a batch without a step (eval): (loss, lm, draft, confidence, balance) as floats."""
-        _, args, lmd, dd = self._inputs(batch, lm_denom, draft_denom)
+        _, args, lmd, dd = self._inputs(batch, lm_denom)
         out = self._eval(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
         return tuple(float(x.asnumpy()) for x in out[:5])
 

@@ -54,3 +54,27 @@ def test_v41_resume_is_bit_exact(ms_graph, tmp_path):
         np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
     lines = [json.loads(x) for x in open(os.path.join(a_dir, "metrics.jsonl"))]
     assert [x["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_init_from_a_v41_release_directory(ms_graph, tmp_path):
+    """make-checkpoint --config v4.1-tiny, then a run with init_from it and its tokenizer: every model tensor and
+    both Engram tables equal the release's decoded values (read by the checkpoint loader), the drafter included."""
+    from click.testing import CliRunner
+    from ascend_v4.checkpoint import load_official_weights
+    from ascend_v4.cli import main
+    from ascend_v4.config import MODEL_VERSIONS, ModelConfig
+    from ascend_v4.train.loop import Trainer
+    rel = str(tmp_path / "rel")
+    res = CliRunner().invoke(main, ["make-checkpoint", rel, "--config", "v4.1-tiny"])
+    assert res.exit_code == 0, res.output
+    tc = _tc(model=None, init_from=rel, data={"tokenizer": os.path.join(rel, "tokenizer.json")})
+    tr = Trainer(tc, str(tmp_path / "run"))
+    assert tr.cfg.version == "v4.1" and tr.init_report["random"] == []
+    ref = load_official_weights(rel, ModelConfig.from_json(rel, versions=MODEL_VERSIONS))
+    params = {p.name: p.asnumpy() for p in tr.model.get_parameters()}
+    assert any(n.startswith("mtp.2.markov_head") for n in params)
+    for n, v in params.items():
+        np.testing.assert_array_equal(v, ref[n].astype(np.float32), err_msg=n)
+    for k, L in enumerate(tr.cfg.engram_layer_ids):
+        np.testing.assert_array_equal(tr.engram.tables[k], ref[f"layers.{L}.engram.embed.weight"])
+    assert tr.init_report["loaded"] == len(params)
