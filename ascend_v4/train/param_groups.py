@@ -61,6 +61,7 @@ _RULES: Tuple[Tuple[re.Pattern, str, Tuple[int, ...], str], ...] = tuple(
          "DeepSeek-V4.1 Engram per-stream gate gains [hc, dim] (elementwise, not a linear map)"),
         (_P + r"engram\.wkv\.weight$", MUON, (2,), "DeepSeek-V4.1 Engram key/value projection"),
         (_P + r"main_proj\.weight$", MUON, (2,), "DeepSeek-V4.1 DSpark target-feature projection"),
+        (_P + r"indexer\.wk\.weight$", MUON, (2,), "DeepSeek-V4.1 index-key projection of the compressed latent"),
         (_P + r"confidence_head\.proj\.weight$", ADAMW, (2,),
          "DeepSeek-V4.1 DSpark confidence readout [1, dim + rank] (a single row: nothing to orthogonalise)"),
     ))
