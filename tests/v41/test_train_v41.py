@@ -2,12 +2,12 @@
 (ascend_v4/numpy_model_v41.py): the loss terms equal a NumPy float64 loss built from the golden's forward and its
 DSpark draft (teacher-forced Markov bias and the losses computed here), the graph's gradient w.r.t. gathered Engram
 rows equals a central finite difference of that float64 loss w.r.t. table rows, a step moves only the hashed
-rows (untouched rows bit-identical), the loss falls on a repeated batch, and a resumed run equals an
-uninterrupted one bit for bit.
+rows (untouched rows bit-identical) and the loss falls on a repeated batch (resume: test_train_v41_run.py).
 
-Tolerances: float32 graph vs float64 golden measures ~1e-6 relative on the loss terms (bound 2e-5); the finite
-difference (step 1e-5 on float64) vs the float32 gradient measures ~1e-4 relative on the
-touched rows' gradient (bound 2e-3, of a gradient norm ~1e-2 that float32 accumulates over 20 positions).
+Tolerances: the loss terms within 2e-5 relative (float32 graph vs float64 golden; the V4.1 forward's per-position
+logits agree to ~5e-7, tests/v41/test_model_v41.py); the directional derivative within 2e-3 relative of the central
+difference (step 1e-5 in float64: rounding ~1e-10, small enough that no top-k or routing choice flips; the float32
+backward over 20 positions and 13 blocks dominates).
 """
 import numpy as np
 import pytest
@@ -128,7 +128,7 @@ def _graph_terms(ms, loss, engram, batch, grad=False):
     return [x.asnumpy() for x in ms.jit(loss)(*args)], None, hashed
 
 
-@pytest.mark.slow     # the golden's per-anchor drafts and one graph compile: ~40 s
+@pytest.mark.slow     # the golden's per-anchor drafts and one graph compile: 182 s on the loaded shared host
 def test_loss_terms_match_float64_golden(setup):
     ms, w, model, loss, engram, batch = setup
     out, _, _ = _graph_terms(ms, loss, engram, batch)
@@ -150,7 +150,7 @@ def _table_grad(engram, hashed, g_rows):
     return out
 
 
-@pytest.mark.slow     # two float64 golden losses (each a forward + a draft per anchor) and one compile: ~60 s
+@pytest.mark.slow     # two float64 golden losses (a forward + a draft per anchor each) + one compile: 329 s loaded
 def test_engram_row_gradient_matches_finite_difference_of_golden_loss(setup):
     """The graph's gradient w.r.t. the gathered rows, scattered onto the tables, against a central finite
     difference of the float64 golden loss (lm + drafter terms; balance weight 0 here) along random directions
@@ -187,7 +187,7 @@ def test_engram_row_gradient_matches_finite_difference_of_golden_loss(setup):
         assert not np.any(g[untouched])
 
 
-@pytest.mark.slow     # one train-step compile: ~60 s (runs last in this module: it trains the shared model)
+@pytest.mark.slow     # one train-step compile: 432 s on the loaded host (runs last: it trains the shared model)
 def test_step_moves_only_hashed_rows_and_loss_falls_on_a_repeated_batch(setup):
     import mindspore as ms
     from ascend_v4.train.optim import MuonAdamW
@@ -201,11 +201,17 @@ def test_step_moves_only_hashed_rows_and_loss_falls_on_a_repeated_batch(setup):
     hashed = engram.hash(batch["input_ids"])
     lm_denom = float(batch["loss_mask"].sum())
     first = float(step(batch, DSPARK_W, lm_denom)[0].asnumpy())
+    # row 1's positions 15.. have no loss of their own and nothing later reads them: their rows get a zero
+    # gradient (and no decay), so only rows hashed at some other position must move
+    live = np.ones(hashed.shape[:2], bool)
+    live[1, 15:] = False
     for k, (t0, t1) in enumerate(zip(before, engram.tables)):
         touched = np.zeros(t0.shape[0], bool)
         touched[hashed[:, :, k].reshape(-1)] = True
-        assert np.array_equal(t0[~touched], t1[~touched])                 # bit-identical
-        assert np.all(np.any(t0[touched] != t1[touched], axis=1))        # every hashed row moved
+        used = np.zeros(t0.shape[0], bool)
+        used[hashed[:, :, k][live]] = True
+        assert np.array_equal(t0[~used], t1[~used])                       # bit-identical
+        assert np.all(np.any(t0[used] != t1[used], axis=1))              # every row with a gradient moved
         assert np.array_equal(engram.count[k], touched.astype(np.int64))
     assert engram.last_touched == sum(len(np.unique(hashed[:, :, k])) for k in range(hashed.shape[2]))
     assert not np.array_equal(bias0, model.layers[3].ffn.gate.bias.asnumpy())   # aux-free balancing moved it
