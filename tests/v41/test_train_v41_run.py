@@ -25,7 +25,7 @@ def test_unsupported_v41_layouts_are_refused(tmp_path):
             Trainer(_tc(**kw), str(tmp_path / "r"))
 
 
-@pytest.mark.slow     # three train-step compiles of the 10-layer + 3-stage model: ~3 min on the shared host
+@pytest.mark.slow     # two train-step compiles + evals of the 10-layer + 3-stage model: 657 s on the loaded host
 def test_v41_resume_is_bit_exact(ms_graph, tmp_path):
     from ascend_v4.train.loop import Trainer
     a_dir, b_dir = str(tmp_path / "a"), str(tmp_path / "b")
