@@ -532,7 +532,8 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
         from .train.init_from import source_config
         cfg = source_config(tc.init_from)
     else:
-        cfg = load_config(tc.model_spec())
+        from .config import MODEL_VERSIONS
+        cfg = load_config(tc.model_spec(), versions=MODEL_VERSIONS)      # V4.1: train/v41.py
     if list_param_groups:
         from .info import check_fits_in_memory
         from .model import Transformer
@@ -540,7 +541,8 @@ def train(config_path, steps, out_dir, list_param_groups, dry_run, soc, comm_alg
         check_fits_in_memory(cfg, "train --list-param-groups (builds the model in float32)", 4.0,
                              "list the groups on a smaller model of the same layer kinds (model: small or tiny); "
                              "the grouping rules do not depend on the size")
-        for row in describe(Transformer(cfg, max_seq_len=16, with_mtp=tc.mtp)):
+        extra = {"with_dspark": tc.mtp} if cfg.version == "v4.1" else {}
+        for row in describe(Transformer(cfg, max_seq_len=16, with_mtp=tc.mtp, **extra)):
             click.echo("  ".join(str(v) for v in row))
         return
     if dry_run:

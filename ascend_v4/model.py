@@ -549,6 +549,7 @@ class Attention(nn.Cell):
             self.kv_source = layer_id in cfg.kv_source_layers
             self.has_indexer = layer_id in cfg.index_source_layers
             self.layer_id = layer_id
+            self.dspark = layer_id >= cfg.n_layers          # a DSpark drafter stage (forward_dspark)
             # index_keys="shipped" (Transformer): a cached step scores against the last publisher's keys, as
             # DeepSeek's released decode does (docs/deepseek-v4.1.md, "Decode index keys")
             self.shipped = False
@@ -626,6 +627,8 @@ class Attention(nn.Cell):
         """DeepSeek-V4.1 full forward from position 0. shared = (compressed entries [B, n, hd], index keys
         [B, n, d], top-k ids [B, S, k], level-1 candidate mask [B, S, n]) as the latest sources left them (None
         before the first) -> (output, shared after this layer)."""
+        if self.dspark:
+            return self.forward_dspark(x, cos, sin, shared)
         B, S = x.shape[0], x.shape[1]
         qr, q, kv, win_idx, (cs, sn) = self._full_qkv(x, cos, sin)
         entries, keys, topk, cand, pubs = shared
@@ -643,6 +646,22 @@ class Attention(nn.Cell):
         else:                   # window-only layer, or no complete group yet
             o = self._attend(q, kv, self.attn_sink, win_idx, None, self.scale)
         return self._output(o, cs, sn), (entries, keys, topk, cand, pubs)
+
+    def forward_dspark(self, x, cos, sin, ctx):
+        """A DSpark stage's attention over drafting blocks (docs/deepseek-v4.1.md, "DSpark"): x [N, T, D] holds N
+        blocks of T rows at their own positions (cos / sin [N, T, rope_dim]); every row attends the block's window
+        of main_x KV (this stage's wkv / kv_norm / RoPE of the target features) and all T block rows
+        (bidirectional). ctx = (main_x [B, S, D], its cos / sin [1, S, rope_dim], window rows to gather [N/B·W]
+        (positions into S), index lists [N, T, W + T] (-1 = outside the window)) -> (output [N, T, D], ctx)."""
+        main_x, mcos, msin, take, idx = ctx
+        N, B, S = x.shape[0], main_x.shape[0], main_x.shape[1]
+        W = idx.shape[-1] - x.shape[1]
+        cs, sn = ops.expand_dims(cos, 2), ops.expand_dims(sin, 2)
+        _, q, kv = self._qkv(x, cos, sin, cs, sn)
+        main_kv = self.rope(self.kv_norm(self.wkv(main_x)), mcos, msin)                  # [B, S, hd]
+        ring = ops.gather(main_kv, take, 1).reshape(N, W, -1)                            # [B, N/B·W, hd]
+        o = self._attend(q, ops.concat([ops.cast(ring, kv.dtype), kv], 1), self.attn_sink, idx, None, self.scale)
+        return self._output(o, cs, sn), ctx
 
     def _output(self, o, cos_h, sin_h):
         B, S = o.shape[0], o.shape[1]
@@ -805,17 +824,26 @@ class Attention(nn.Cell):
 
 
 # --------------------------------------------------------------------------------------------------- MoE
+def moe_sizes(cfg: ModelConfig, layer_id: int):
+    """(routed experts, experts per token) of layer_id: DeepSeek-V4.1's DSpark stages (ids >= n_layers) have their
+    own (docs/deepseek-v4.1.md, "DSpark")."""
+    if cfg.version == "v4.1" and layer_id >= cfg.n_layers:
+        return cfg.dspark_n_routed_experts, cfg.dspark_n_activated_experts
+    return cfg.n_routed_experts, cfg.n_activated_experts
+
+
 class Gate(nn.Cell):
     def __init__(self, layer_id: int, cfg: ModelConfig, dtype=ms.float32):
         super().__init__()
         self.hash = cfg.is_hash_layer(layer_id)
-        self.topk, self.route_scale, self.score_func = cfg.n_activated_experts, cfg.route_scale, cfg.score_func
-        self.weight = _param((cfg.n_routed_experts, cfg.dim), dtype)
+        n_routed, n_act = moe_sizes(cfg, layer_id)
+        self.topk, self.route_scale, self.score_func = n_act, cfg.route_scale, cfg.score_func
+        self.weight = _param((n_routed, cfg.dim), dtype)
         if self.hash:
             self.tid2eid = _param((cfg.vocab_size, cfg.n_activated_experts), ms.int32, requires_grad=False)
         else:
             # aux-loss-free balancing: moved by the load statistics outside the gradient
-            self.bias = _param((cfg.n_routed_experts,), requires_grad=False)
+            self.bias = _param((n_routed,), requires_grad=False)
         # DeepSeek-V4.1: router logits divided by gate_temp, the chosen weights normalised by their sum + 1e-20
         # (moe_route's gate_temp / eps), and a second bias `bias_vl` that only image tokens use
         # (vision is out of scope here: the parameter is loaded, text tokens never read it).
@@ -823,7 +851,7 @@ class Gate(nn.Cell):
         self.gate_temp = float(cfg.gate_temp) if v41 else 1.0
         self.norm_eps = 1e-20 if v41 else 0.0
         if v41 and cfg.vision_n_layers > 0:
-            self.bias_vl = _param((cfg.n_routed_experts,), requires_grad=False)
+            self.bias_vl = _param((n_routed,), requires_grad=False)
         self._route = v4ops.resolve("moe_route").fn
 
     def affinity(self, x):
@@ -895,16 +923,17 @@ class MoE(nn.Cell):
         tp = parallel.tp if parallel is not None else 1
         ep = parallel.ep if parallel is not None else 1
         self.tp, self.ep = tp, ep
-        self.n_experts, self.limit = cfg.n_routed_experts, float(cfg.swiglu_limit)
+        n_routed = moe_sizes(cfg, layer_id)[0]
+        self.n_experts, self.limit = n_routed, float(cfg.swiglu_limit)
         self.shared_limit = self.limit if cfg.shared_expert_clamp else 0.0   # launch revision: unclamped
         self.capacity_factor = capacity_factor
         self.gate = Gate(layer_id, cfg, dtype)
         inter = cfg.moe_inter_dim // tp
         if ep > 1:
             self.experts = ExpertList({e: Expert(cfg.dim, inter, dtype)
-                                       for e in parallel.local_experts(cfg.n_routed_experts)})
+                                       for e in parallel.local_experts(n_routed)})
         else:
-            self.experts = nn.CellList([Expert(cfg.dim, inter, dtype) for _ in range(cfg.n_routed_experts)])
+            self.experts = nn.CellList([Expert(cfg.dim, inter, dtype) for _ in range(n_routed)])
         self.has_shared = cfg.n_shared_experts > 0
         if self.has_shared:
             self.shared_experts = Expert(cfg.dim, inter, dtype)
@@ -912,10 +941,10 @@ class MoE(nn.Cell):
             self.routed = parallel.routed_experts(cfg, capacity_factor)
         elif ep > 1:
             from .ops.moe.parallel import ExpertParallelMoeExperts
-            self.routed = ExpertParallelMoeExperts(cfg.n_routed_experts, cfg.swiglu_limit, ep, parallel.ep_rank,
+            self.routed = ExpertParallelMoeExperts(n_routed, cfg.swiglu_limit, ep, parallel.ep_rank,
                                                    group=parallel.group("ep"), capacity_factor=capacity_factor)
         else:
-            self.routed = MoeExperts(cfg.n_routed_experts, cfg.swiglu_limit, capacity_factor=capacity_factor)
+            self.routed = MoeExperts(n_routed, cfg.swiglu_limit, capacity_factor=capacity_factor)
         if tp > 1:
             from .parallel import CopyToTensorParallel, ReduceFromTensorParallel
             self.tp_in_x = CopyToTensorParallel(parallel)
@@ -1031,13 +1060,14 @@ class Block(nn.Cell):
 
 
     def forward_v41(self, h, pre_in, input_ids, cos, sin, shared, rows=None, alive=None, cache=None, ctx=None,
-                    step=None):
+                    step=None, stats=False):
         """DeepSeek-V4.1's block with pipelined mHC (docs/deepseek-v4.1.md, "pipelined mHC"): each sublayer's
         input is collapsed with the `pre` of the sublayer before it (pre_in: the previous block's FFN `pre`, or
         one-hot on stream 0 for block 0), while post/comb stay with the sublayer that computed them; Engram (rows
         given) updates the streams first. Full forward (cache None, cos/sin the block's RoPE tables) or a cached
         step (cache, ctx, step; attention over the serving cache, see Attention.step_v41).
-        -> (streams, this block's FFN pre [B, S, hc], shared CSA state)."""
+        -> (streams, this block's FFN pre [B, S, hc], shared CSA state), with stats=True also the MoE's (router
+        affinities, expert ids, dropped assignments) (training)."""
         if rows is not None:
             h = self.engram(h, rows, alive)
         a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
@@ -1052,7 +1082,9 @@ class Block(nn.Cell):
         h = self._hc_post(a, h, post, comb)
         f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                          self.iters, self.hc_eps, self.norm_eps)
-        f = self.ffn.forward_stats(self.ffn_norm(hc_collapse(h, a_pre)), input_ids, experts)[0]
+        f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(hc_collapse(h, a_pre)), input_ids, experts)
+        if stats:
+            return self._hc_post(f, h, post, comb), f_pre, shared, (aff, ids, dropped)
         return self._hc_post(f, h, post, comb), f_pre, shared
 
 
@@ -1090,6 +1122,38 @@ class MTPBlock(Block):
         return Block.forward_stats(self, x, input_ids, cos, sin, seg, cache, ctx, step)
 
 
+class MarkovHead(nn.Cell):
+    """DSpark's Markov head: a low-rank bias embed[o]·headᵀ of the previous token o on the next row's logits."""
+
+    def __init__(self, cfg: ModelConfig, dtype=ms.float32):
+        super().__init__()
+        self.embed = Embedding(cfg.vocab_size, cfg.dspark_markov_rank, dtype)
+        self.head = Linear(cfg.dspark_markov_rank, cfg.vocab_size, dtype)
+
+
+class ConfidenceHead(nn.Cell):
+    def __init__(self, cfg: ModelConfig, dtype=ms.float32):
+        super().__init__()
+        self.proj = Linear(cfg.dim + cfg.dspark_markov_rank, 1, dtype)
+
+
+class DSparkStage(Block):
+    """One stage `mtp.{k}` of DeepSeek-V4.1's DSpark drafter (docs/deepseek-v4.1.md, "DSpark"): a full V4.1 Block
+    with window-only attention over [main_x window ‖ the drafting block] (Attention.forward_dspark); stage 0 adds
+    main_proj / main_norm (the target features), the last stage norm, the Markov head and the confidence head."""
+
+    def __init__(self, k: int, cfg: ModelConfig, dtype=ms.float32, moe_capacity_factor: Optional[float] = None):
+        super().__init__(cfg.n_layers + k, cfg, dtype, moe_capacity_factor)
+        D = cfg.dim
+        if k == 0:
+            self.main_proj = Linear(len(cfg.dspark_target_layer_ids) * D, D, dtype)
+            self.main_norm = RMSNorm(D, cfg.norm_eps, dtype)
+        if k == cfg.n_mtp_layers - 1:
+            self.norm = RMSNorm(D, cfg.norm_eps, dtype)
+            self.markov_head = MarkovHead(cfg, dtype)
+            self.confidence_head = ConfidenceHead(cfg, dtype)
+
+
 class Transformer(nn.Cell):
     """The whole DeepSeek-V4 model. construct(ids [B,S]) -> logits [B,S,V] for every position; with
     `return_hidden=True` also the embedding and each block's 4-stream output (the dump/compare points).
@@ -1099,7 +1163,7 @@ class Transformer(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096, param_dtype=None,
                  return_hidden: bool = False, with_mtp: bool = True, moe_capacity_factor: Optional[float] = None,
-                 parallel=None, index_keys: str = "own"):
+                 parallel=None, index_keys: str = "own", with_dspark: bool = False):
         super().__init__()
         cfg.validate()
         param_dtype = precision.param_dtype() if param_dtype is None else param_dtype   # bf16 on Ascend
@@ -1114,6 +1178,7 @@ class Transformer(nn.Cell):
         # DeepSeek-V4.1 (docs/deepseek-v4.1.md): pipelined mHC with no learned head collapse, Engram, CSA-v2
         # sharing. Its DSpark drafter is not built here (with_mtp is off), nor pipeline/tensor parallel runs.
         self.v41 = cfg.version == "v4.1"
+        self.with_dspark = self.v41 and with_dspark and cfg.n_mtp_layers > 0
         if self.v41:
             with_mtp = False
             if parallel is not None:
@@ -1147,6 +1212,16 @@ class Transformer(nn.Cell):
                                      for j in range(cfg.n_mtp_layers)])
         ropes = RopeTables(cfg, max_seq_len)
         self.rope_plain, self.rope_yarn = ropes.plain, ropes.yarn
+        if self.with_dspark:
+            # DeepSeek-V4.1's DSpark drafter (training: Transformer.dspark_forward); a block reaches dspark_block_size
+            # positions past the sequence
+            bad = [i for i in cfg.dspark_target_layer_ids if i == 0 or i in cfg.engram_layer_ids]
+            if bad:
+                raise ValueError(f"dspark_target_layer_ids {bad}: training reads a target layer's input as the "
+                                 f"previous block's output, which layer 0 and Engram layers do not have")
+            self.mtp = nn.CellList([DSparkStage(k, cfg, param_dtype, moe_capacity_factor)
+                                    for k in range(cfg.n_mtp_layers)])
+            self.rope_dspark = RopeTables(cfg, max_seq_len + cfg.dspark_block_size).plain
         # one (cos, sin) pair per block, chosen by its ratio
         self.rope_cos = tuple(ropes.for_ratio(cfg.ratio(i))[0] for i in range(cfg.n_total_blocks))
         self.rope_sin = tuple(ropes.for_ratio(cfg.ratio(i))[1] for i in range(cfg.n_total_blocks))
@@ -1274,21 +1349,26 @@ class Transformer(nn.Cell):
                                        step)[0]
 
     # ---------------------------------------------------------------------------------------- DeepSeek-V4.1
-    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None):
+    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None, stats=False):
         """V4.1 blocks over the whole sequence (cache None) or a cached step -> (final streams, the last block's
-        FFN pre, per-block streams). engram_rows: per Engram layer (engram_layer_ids order) its rows
-        [B, S, columns·engram_head_dim], gathered on the host."""
+        FFN pre, per-block streams), with stats=True (full forward) also per-block (affinities, expert ids,
+        dropped). engram_rows: per Engram layer (engram_layer_ids order) its rows [B, S, columns·engram_head_dim],
+        gathered on the host."""
         B, S = input_ids.shape
         pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
                                (B, S, self.hc_mult))                              # block 0: stream 0
         alive = ops.ones((B, S), ms.float32)                                      # text only (vision refused)
         shared = (None, None, None, None, ())
         hidden = ()
+        routes = ()
         for i in self.local_layers:
             rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
             cos, sin = (self.rope_cos[i], self.rope_sin[i]) if cache is None else (None, None)
-            h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, cos, sin, shared, rows, alive, cache, ctx,
-                                                        step)
+            out = self.layers[i].forward_v41(h, pre, input_ids, cos, sin, shared, rows, alive, cache, ctx, step,
+                                             stats)
+            h, pre, shared = out[0], out[1], out[2]
+            if stats:
+                routes = routes + (out[3],)
             hidden = hidden + (h,)
         if cache is not None and self.index_keys == "shipped":     # the last publisher, for the next step
             pub = cache[step[5][1]]
@@ -1296,6 +1376,8 @@ class Transformer(nn.Cell):
             for s_id, _, emitted in shared[4]:
                 new = ops.where(emitted.reshape(B, 1), ops.full_like(new, float(s_id)), new)
             ops.assign(pub, ops.depend(new, h))
+        if stats:
+            return h, pre, hidden, routes
         return h, pre, hidden
 
     def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step):
@@ -1307,6 +1389,46 @@ class Transformer(nn.Cell):
     def logits_v41(self, h, pre):
         """The last block's FFN pre collapses the streams (no hc_head in V4.1) -> norm -> head."""
         return linear(ops.cast(self.norm(hc_collapse(h, pre)), ms.float32), ops.cast(self.head.weight, ms.float32))
+
+    def dspark_forward(self, hidden, markov_ids):
+        """Training forward of the DSpark drafter (docs/training.md, "DeepSeek-V4.1") at every anchor p = 0..S-1:
+        the block [o_0, noise, ...] at positions p+1 .. p+bs runs the stages over the window of main_x up to p,
+        as NumpyV41.dspark_draft does for one anchor. hidden: run_layers_v41's per-block streams; markov_ids
+        [B, S, bs]: o_i, the token before each row (o_0 = the target's next token; teacher forcing) -> (logits
+        [B, S, bs, V] with the Markov bias of o_i, confidence [B, S, bs] (raw), per-stage MoE stats)."""
+        cfg = self.cfg
+        B, S, bs = markov_ids.shape
+        A, W, hc, D = S, min(cfg.window_size, S), self.hc_mult, cfg.dim
+        feats = ops.concat([ops.mean(hidden[i - 1], 2) for i in cfg.dspark_target_layer_ids], -1)
+        first, last = self.mtp[0], self.mtp[cfg.n_mtp_layers - 1]
+        main_x = first.main_norm(first.main_proj(feats))                                   # [B, S, D]
+        noise = ops.ones((B, S, bs - 1), ms.int32) * cfg.dspark_noise_token_id
+        ids = ops.concat([markov_ids[:, :, :1], noise], -1).reshape(B * A, bs)
+        e = self.embed(ids)
+        h = ops.broadcast_to(ops.expand_dims(e, 2), (B * A, bs, hc, D))
+        pre = ops.broadcast_to(Tensor(np.eye(1, hc, dtype=np.float32)).reshape(1, 1, -1), (B * A, bs, hc))
+        pos = np.arange(A)[:, None] + 1 + np.arange(bs)[None, :]                           # block row positions
+        ring = np.arange(A)[:, None] - W + 1 + np.arange(W)[None, :]                      # window positions
+        idx = np.concatenate([np.where(ring >= 0, np.arange(W)[None, :], -1),
+                              np.broadcast_to(W + np.arange(bs), (A, bs))], 1)             # [A, W + bs]
+        idx = Tensor(np.broadcast_to(idx[:, None], (A, bs, W + bs)).astype(np.int32))
+        idx = ops.tile(ops.expand_dims(idx, 0), (B, 1, 1, 1)).reshape(B * A, bs, W + bs)
+        take = Tensor(np.clip(ring, 0, None).reshape(-1).astype(np.int32))
+        pc, ps = self.rope_dspark
+        posT = Tensor(pos.reshape(-1).astype(np.int32))
+        cos = ops.tile(ops.gather(pc, posT, 0).reshape(1, A, bs, -1), (B, 1, 1, 1)).reshape(B * A, bs, -1)
+        sin = ops.tile(ops.gather(ps, posT, 0).reshape(1, A, bs, -1), (B, 1, 1, 1)).reshape(B * A, bs, -1)
+        ctx = (main_x, pc[:S].reshape(1, S, -1), ps[:S].reshape(1, S, -1), take, idx)
+        routes = ()
+        for k in range(cfg.n_mtp_layers):
+            h, pre, ctx, r = self.mtp[k].forward_v41(h, pre, ids, cos, sin, ctx, stats=True)
+            routes = routes + (r,)
+        x = hc_collapse(h, pre)                                                             # [B·A, bs, D]
+        logits = linear(ops.cast(last.norm(x), ms.float32), ops.cast(self.head.weight, ms.float32))
+        emb = last.markov_head.embed(markov_ids.reshape(B * A, bs))
+        logits = logits + linear(ops.cast(emb, ms.float32), ops.cast(last.markov_head.head.weight, ms.float32))
+        conf = last.confidence_head.proj(ops.concat([ops.cast(x, ms.float32), ops.cast(emb, ms.float32)], -1))
+        return logits.reshape(B, S, bs, -1), conf.reshape(B, S, bs), routes
 
     def construct(self, input_ids, engram_rows=None):
         if self.v41:

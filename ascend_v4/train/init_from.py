@@ -47,21 +47,24 @@ class ReleaseSource(WeightSource):
     kind = "release"
 
     def __init__(self, path: str):
-        from ascend_v4.checkpoint import ShardedCheckpoint, load_official_weights, official_inventory
-        from ascend_v4.config import ModelConfig
-        cfg = ModelConfig.from_json(path)
+        from ascend_v4.checkpoint import ShardedCheckpoint, load_official_weights
+        from ascend_v4.checkpoint.official import release_layout
+        from ascend_v4.config import MODEL_VERSIONS, ModelConfig
+        cfg = ModelConfig.from_json(path, versions=MODEL_VERSIONS)
         load_official_weights(path, cfg, names=[])        # validates every entry's dtype and shape, decodes none
         super().__init__(path, cfg)
-        self.inv = official_inventory(cfg)
+        # DeepSeek-V4 (128x128 FP8 blocks) or V4.1 (32x32, FP8 Engram rows): release_layout knows both
+        self.inv, self.entries_of, self.fp8_block = release_layout(cfg)
         self.ck = ShardedCheckpoint(path)
 
     def names(self) -> Set[str]:
         return set(self.inv)
 
     def read(self, name: str) -> np.ndarray:
-        from ascend_v4.checkpoint import CheckpointError, decode_tensor, stored_entries
+        from ascend_v4.checkpoint import CheckpointError, decode_tensor
         spec = self.inv[name]
-        w = decode_tensor(name, spec, {e.name: self.ck.raw(e.name) for e in stored_entries(name, spec)})
+        w = decode_tensor(name, spec, {e.name: self.ck.raw(e.name) for e in self.entries_of(name, spec)},
+                          self.fp8_block)
         if w.dtype.kind == "f" and not np.isfinite(w).all():
             raise CheckpointError(f"{self.ck.file_of(name)}: tensor '{name}' has {int((~np.isfinite(w)).sum())} "
                                   f"non-finite values after dequantisation; the file is corrupt")
@@ -112,13 +115,14 @@ class RunSource(WeightSource):
     kind = "run checkpoint"
 
     def __init__(self, path: str):
-        from ascend_v4.config import ConfigError, ModelConfig
+        from ascend_v4.config import MODEL_VERSIONS, ConfigError, ModelConfig
         from ascend_v4.checkpoint.safetensors_io import SafeTensorFile
         from .export import resolve_checkpoint
         ck = resolve_checkpoint(path)
         st = read_trainer_state(ck)
         try:
-            cfg = ModelConfig.from_dict(st["model_config"], name=st["model_config"].get("name", "trained"))
+            cfg = ModelConfig.from_dict(st["model_config"], name=st["model_config"].get("name", "trained"),
+                                        versions=MODEL_VERSIONS)
         except (KeyError, TypeError, AttributeError, ConfigError) as e:
             raise TrainStateError(f"{ck}/trainer_state.json: model_config is missing or invalid ({e})") from None
         super().__init__(ck, cfg)

@@ -169,6 +169,7 @@ class _AllReduceSum:
 class Trainer:
     def __init__(self, tc: TrainConfig, out_dir: str, rank: int = 0, world: int = 1):
         from ascend_v4 import load_config
+        from ascend_v4.config import MODEL_VERSIONS
         from ascend_v4.checkpoint import random_weights
         from ascend_v4.model import Transformer
         from ascend_v4.weights import load_into
@@ -194,7 +195,12 @@ class Trainer:
             from .init_from import source_config
             self.cfg = source_config(tc.init_from)       # the source's config.json, validated by config.py
         else:
-            self.cfg = load_config(tc.model_spec())
+            self.cfg = load_config(tc.model_spec(), versions=MODEL_VERSIONS)
+        # DeepSeek-V4.1 (train/v41.py): one process, the DSpark drafter for `mtp`, Engram tables on the host
+        self.v41 = self.cfg.version == "v4.1"
+        if self.v41:
+            from .v41 import check_v41_run
+            check_v41_run(tc, world)
         p = tc.parallel
         if p.dp * p.tp * p.pp != world:
             raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {p.dp * p.tp * p.pp} but {world} "
@@ -218,6 +224,12 @@ class Trainer:
             from .corpus import default_tokenizer
             tok = default_tokenizer(self.cfg.vocab_size, os.path.join(out_dir, "tokenizer"))
         check_vocab(tok, self.cfg)
+        self.engram_map = None
+        if self.v41 and self.cfg.engram_layer_ids:
+            from .v41 import engram_token_map
+            self.cfg, self.engram_map, note = engram_token_map(tok, self.cfg, bool(tc.init_from))
+            if note:
+                self.log(note)
         files = tc.data.files
         if not files:
             from .corpus import default_corpus_files
@@ -238,23 +250,29 @@ class Trainer:
             group_readable(out_dir)
             for sub in ("tokenizer", "cache"):
                 group_readable_tree(os.path.join(out_dir, sub))
+        extra = {"with_dspark": tc.mtp} if self.v41 else {}
         self.model = Transformer(self.cfg, max_seq_len=tc.seq_len, with_mtp=tc.mtp,
-                                 moe_capacity_factor=tc.moe_capacity_factor, parallel=self.parallel)
+                                 moe_capacity_factor=tc.moe_capacity_factor, parallel=self.parallel, **extra)
         self.model.set_train(True)
         random_names = [q.name for q in self.model.get_parameters()]
         self.init_report = None
         from . import state
+        engram_tables = None
         if tc.init_from and state.latest(out_dir) is not None:
             self.log(f"init_from: not read - {out_dir} holds a checkpoint, the run resumes from it")
         elif tc.init_from:      # this rank's tensors only, one at a time; a source without MTP leaves MTP random
             from .init_from import load_initial_weights
             self.init_report = load_initial_weights(self.model, self.cfg, tc.init_from, self.parallel, log=self.log)
             random_names = self.init_report["random"]
+            if self.v41 and self.cfg.engram_layer_ids:      # host-resident tables, outside the model's parameters
+                from .v41 import load_engram_tables
+                engram_tables = load_engram_tables(self.cfg, tc.init_from)
             self.log(f"init_from: {self.init_report['loaded']} tensors from the {self.init_report['kind']} "
                      f"{self.init_report['path']} (optimiser state fresh)")
         if random_names:
             from ascend_v4.checkpoint import official_inventory
-            inv = official_inventory(self.cfg)
+            from ascend_v4.checkpoint.official import release_layout
+            inv = release_layout(self.cfg)[0]
             init = random_weights(self.cfg, seed=tc.seed, names=[n for n in random_names if n in inv])
             for name in init:
                 if name.endswith("ffn.gate.bias"):
@@ -295,7 +313,17 @@ class Trainer:
         import mindspore as ms
         self.pipelined = p.pp > 1 or p.micro_batches > 1
         bias_speed = 0.0 if "router" in tc.freeze else tc.bias_update_speed   # a frozen router keeps its bias too
-        if self.pipelined:
+        self.engram = None
+        if self.v41:
+            from .v41 import EngramSparseAdamW, V41Loss, V41TrainStep, engram_table_init
+            if self.cfg.engram_layer_ids:
+                tables = engram_tables if engram_tables is not None else engram_table_init(self.cfg, tc.seed)
+                self.engram = EngramSparseAdamW(self.cfg, tables, eps=tc.adam_eps,
+                                                weight_decay=tc.engram_weight_decay, token_map=self.engram_map)
+            self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
+            self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
+                                        bias_speed, tc.engram_lr_scale)
+        elif self.pipelined:
             from .pipeline import PipelineTrainStep
             self.step_fn = PipelineTrainStep(self.model, self.opt, p.micro_batches, tc.balance_alpha,
                                              tc.max_grad_norm, bias_speed, parallel=self.parallel)
@@ -326,7 +354,8 @@ class Trainer:
 
     def save(self) -> str:
         from . import state
-        path = state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state(), self.parallel)
+        path = state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state(), self.parallel,
+                          extra=self.engram.save if self.engram is not None else None)
         if self.rank == 0:
             group_readable_tree(path)
             group_readable(os.path.join(self.out_dir, "latest"))
@@ -342,6 +371,8 @@ class Trainer:
         if ck is None:
             return False
         st = state.load(ck, self.model, self.opt, self.parallel)
+        if self.engram is not None:
+            self.engram.load(ck)
         if st.get("model_config") != self.cfg.to_dict():
             raise TrainConfigError(f"{ck} was trained with a different model config; use a new --out directory")
         try:
@@ -372,7 +403,7 @@ class Trainer:
             b = self._slice(full)
             # as in training: normalise by the global batch's real targets / dp, so the dp mean is the global loss
             denom = np.float32(max(full["loss_mask"].astype(np.float64).sum(), 1.0) / self.dp)
-            if self.pipelined:
+            if self.pipelined or self.v41:
                 lm = self.step_fn.eval_lm(b, float(denom))
                 if self.dp > 1:
                     lm = float(self._eval_reduce(ms.Tensor(np.float32(lm))).asnumpy()) / self.dp

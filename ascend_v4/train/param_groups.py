@@ -57,6 +57,13 @@ _RULES: Tuple[Tuple[re.Pattern, str, Tuple[int, ...], str], ...] = tuple(
          "stacked routed experts [E, out, in]: each expert slice orthogonalised on its own"),
         (_P + r"shared_experts\.w[123]\.weight$", MUON, (2,), "shared expert matrix"),
         (_P + r"(?:e_proj|h_proj)\.weight$", MUON, (2,), "MTP input projection"),
+        (_P + r"engram\.(?:q_weight|k_weight)$", ADAMW, (2,),
+         "DeepSeek-V4.1 Engram per-stream gate gains [hc, dim] (elementwise, not a linear map)"),
+        (_P + r"engram\.wkv\.weight$", MUON, (2,), "DeepSeek-V4.1 Engram key/value projection"),
+        (_P + r"main_proj\.weight$", MUON, (2,), "DeepSeek-V4.1 DSpark target-feature projection"),
+        (_P + r"indexer\.wk\.weight$", MUON, (2,), "DeepSeek-V4.1 index-key projection of the compressed latent"),
+        (_P + r"confidence_head\.proj\.weight$", ADAMW, (2,),
+         "DeepSeek-V4.1 DSpark confidence readout [1, dim + rank] (a single row: nothing to orthogonalise)"),
     ))
 
 

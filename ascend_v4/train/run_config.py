@@ -75,6 +75,11 @@ class TrainConfig:
     adam_eps: float = _doc("AdamW epsilon (DeepSeek uses 1e-20; larger smooths near-zero gradients)", 1.0e-20)
     mtp: bool = _doc("train the MTP block: loss weight 0.3, 0.1 once LR decay starts", True)
     balance_alpha: float = _doc("sequence-wise balance loss weight", 1.0e-4)
+    dspark_confidence_weight: float = _doc("DeepSeek-V4.1 (mtp: true trains the DSpark drafter with the MTP weight): "
+                                           "weight of the confidence head's BCE inside the drafter loss", 0.1)
+    engram_lr_scale: float = _doc("DeepSeek-V4.1: the Engram tables' row-sparse AdamW lr = this x the schedule's lr",
+                                  1.0)
+    engram_weight_decay: float = _doc("DeepSeek-V4.1: decoupled weight decay of the Engram rows a step touches", 0.0)
     bias_update_speed: float = _doc("aux-loss-free router-bias update per step", 1.0e-3)
     moe_capacity_factor: Optional[float] = _doc("null = dropless MoE; e.g. 1.25 = capacity ceil(1.25·T·k/E), "
                                                 "overflow dropped", None)
@@ -136,6 +141,10 @@ class TrainConfig:
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         need(self.adam_eps > 0, f"adam_eps must be > 0, got {self.adam_eps}")
         need(self.balance_alpha >= 0, f"balance_alpha must be >= 0, got {self.balance_alpha}")
+        need(self.dspark_confidence_weight >= 0,
+             f"dspark_confidence_weight must be >= 0, got {self.dspark_confidence_weight}")
+        need(self.engram_lr_scale >= 0, f"engram_lr_scale must be >= 0, got {self.engram_lr_scale}")
+        need(self.engram_weight_decay >= 0, f"engram_weight_decay must be >= 0, got {self.engram_weight_decay}")
         need(self.bias_update_speed >= 0, f"bias_update_speed must be >= 0, got {self.bias_update_speed}")
         need(self.moe_capacity_factor is None or self.moe_capacity_factor > 0,
              f"moe_capacity_factor must be null (dropless) or > 0, got {self.moe_capacity_factor!r}")

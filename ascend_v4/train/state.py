@@ -74,9 +74,10 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
         p.set_data(ms.Tensor(a).astype(p.dtype))
 
 
-def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, parallel=None) -> str:
+def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, parallel=None, extra=None) -> str:
     """Write OUT/ckpt-{step}. With a ParallelContext every rank must call it (the full tensors are gathered
-    collectively); only rank 0 writes."""
+    collectively); only rank 0 writes. extra(dir): writes more state into the checkpoint before it is swapped in
+    (DeepSeek-V4.1's host-resident Engram tables, train/v41.py)."""
     final = os.path.join(out_dir, f"ckpt-{step:08d}")
     model_t = {n: p.asnumpy() for n, p in _params(model).items()}
     opt_t = {n: p.asnumpy() for n, p in _params(optimizer).items() if n not in model_t}
@@ -95,6 +96,8 @@ def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, paralle
         write_bytes(os.path.join(tmp, "trainer_state.json"),
                     json.dumps(dict(trainer_state, step=step, version=STATE_VERSION), indent=1,
                                sort_keys=True).encode("utf-8"))
+        if extra is not None:
+            extra(tmp)
     write_bytes(os.path.join(out_dir, "latest"), (os.path.basename(final) + "\n").encode("utf-8"))
     return final
 

@@ -15,12 +15,14 @@ from mindspore import nn, ops, ParameterTuple
 
 
 class BiasBalancer(nn.Cell):
-    def __init__(self, model, speed: float = 1e-3):
+    def __init__(self, model, speed: float = 1e-3, biases=None):
+        """biases: the router biases in the order of the loads (default: V4's routed layers, then MTP)."""
         super().__init__()
         cfg = model.cfg
-        biases = [model.layers[i].ffn.gate.bias for i in model.local_layers if not cfg.is_hash_layer(i)]
-        if model.with_mtp:
-            biases += [blk.ffn.gate.bias for blk in model.mtp]
+        if biases is None:
+            biases = [model.layers[i].ffn.gate.bias for i in model.local_layers if not cfg.is_hash_layer(i)]
+            if model.with_mtp:
+                biases += [blk.ffn.gate.bias for blk in model.mtp]
         self.biases = ParameterTuple(biases)
         self.speed = speed
 

@@ -1,0 +1,353 @@
+"""Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): one process, the model's own Cells.
+
+    loss = lm + dspark_weight · (draft + confidence_weight · confidence) + balance_alpha · Σ_layers balance
+
+* lm: next-token cross entropy of the backbone (Transformer.run_layers_v41 / logits_v41, the forward serving runs).
+* draft: the DSpark drafter's block-drafting cross entropy. At every anchor p the block [y, noise, ...] at positions
+  p+1 .. p+bs (y = the true next token) runs the drafter stages (Transformer.dspark_forward); row i predicts token
+  p+2+i with the Markov bias of the true token before it (teacher forcing). Rows whose label lies past the row,
+  outside the loss mask or in another document are masked (`dspark_batch`).
+* confidence: binary cross entropy (with logits) of the raw confidence head against "row i's argmax equals its
+  label" (no gradient through the label): what a verify loop thresholds.
+* balance: V3's sequence-wise balance loss over the backbone's and the drafter's routed layers (train/losses.py);
+  the aux-loss-free router biases move from the expert loads as for V4 (train/step.py BiasBalancer).
+
+Engram tables live in host memory, as in serving (`EngramSparseAdamW`): the step hashes the ids, gathers the rows
+on the host and feeds them to the graph, the graph returns the gradient w.r.t. those rows, and the host applies a
+row-sparse AdamW: only rows hashed in the step move, each with its own moments and its own update count for the
+bias correction (a row touched in 10 of 1000 steps is corrected as a 10-step Adam, not decayed by 990 missed
+steps). Gradient clipping counts the Engram row gradients in the global norm. Weight decay applies to touched rows
+only (decoupled, scaled by lr).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from .losses import expert_load, masked_ce, seq_balance
+
+ENGRAM_STATE = "engram_state.npz"
+
+
+def dspark_batch(targets: np.ndarray, loss_mask: np.ndarray, segment_ids: np.ndarray, block: int):
+    """The drafter's teacher-forced inputs and labels of a packed batch: anchor p's row i has Markov token
+    o = targets[p+i] (token p+1+i), label targets[p+1+i] (token p+2+i), and counts only if positions p .. p+1+i
+    are all in the loss mask and in one document. -> (markov ids [B, S, bs] int32, labels [B, S, bs] int32,
+    mask [B, S, bs] float32)."""
+    B, S = targets.shape
+    o = np.zeros((B, S, block), np.int32)
+    lab = np.zeros((B, S, block), np.int32)
+    mask = np.zeros((B, S, block), np.float32)
+    lm = np.asarray(loss_mask) > 0
+    seg = np.asarray(segment_ids)
+    for i in range(block):
+        n_o, n_l = S - i, S - 1 - i
+        o[:, :n_o, i] = targets[:, i:]
+        if n_l <= 0:
+            continue
+        lab[:, :n_l, i] = targets[:, 1 + i:]
+        ok = np.ones((B, n_l), bool)
+        for j in range(i + 2):                      # positions p .. p+1+i
+            ok &= lm[:, j:j + n_l] & (seg[:, j:j + n_l] == seg[:, :n_l])
+        mask[:, :n_l, i] = ok
+    return o, lab, mask
+
+
+class V41Loss(nn.Cell):
+    """construct(input_ids, engram_rows [n_engram_layers, B, S, columns·d] (one tensor: its gradient is the rows'),
+    targets, loss_mask, markov_ids, draft_labels, draft_mask, dspark_weight,
+    lm_denom, draft_denom) -> (loss, lm, draft, confidence, balance, backbone loads [L, E], drafter loads
+    [stages, E_d], dropped). auto_prefix=False keeps the release names in gradients and optimiser state."""
+
+    def __init__(self, model, balance_alpha: float = 1e-4, confidence_weight: float = 0.1):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        cfg = model.cfg
+        self.E, self.K = cfg.n_routed_experts, cfg.n_activated_experts
+        self.Ed, self.Kd = cfg.dspark_n_routed_experts, cfg.dspark_n_activated_experts
+        self.alpha, self.conf_w = balance_alpha, confidence_weight
+        self.with_dspark = model.with_dspark
+        self.n_stages = cfg.n_mtp_layers
+        self.n_engram = len(cfg.engram_layer_ids)
+
+    def construct(self, input_ids, engram_rows, targets, loss_mask, markov_ids, draft_labels, draft_mask,
+                  dspark_weight, lm_denom=None, draft_denom=None):
+        B = input_ids.shape[0]
+        _, h = self.model.embed_streams(input_ids)
+        rows = tuple(engram_rows[k] for k in range(self.n_engram))
+        h, pre, hidden, routes = self.model.run_layers_v41(h, input_ids, rows, stats=True)
+        lm = masked_ce(self.model.logits_v41(h, pre), targets, loss_mask, lm_denom)
+        balance = ops.zeros((), ms.float32)
+        dropped = ops.zeros((), ms.int32)
+        loads = ()
+        for aff, ids, drop in routes:
+            balance = balance + seq_balance(aff, ids, self.E, self.K, B, loss_mask)
+            loads = loads + (expert_load(ids, self.E, loss_mask),)
+            dropped = dropped + drop
+        zero = ops.zeros((), ms.float32)
+        draft, conf = zero, zero
+        dloads = ops.zeros((max(self.n_stages, 1), self.Ed), ms.float32)
+        if self.with_dspark:
+            logits, c, droutes = self.model.dspark_forward(hidden, markov_ids)
+            draft = masked_ce(logits, draft_labels, draft_mask, draft_denom)
+            hit = ops.stop_gradient(ops.cast(ops.argmax(logits, -1) == draft_labels, ms.float32))
+            bce = ops.softplus(c) - hit * c                         # BCE with logits, stable for any c
+            den = ops.sum(draft_mask) if draft_denom is None else draft_denom
+            conf = ops.sum(bce * draft_mask) / ops.maximum(den, 1.0)
+            dmask = draft_mask.reshape(B, -1)
+            dl = ()
+            for aff, ids, drop in droutes:
+                balance = balance + seq_balance(aff, ids, self.Ed, self.Kd, B, dmask)
+                dl = dl + (expert_load(ids, self.Ed, dmask),)
+                dropped = dropped + drop
+            dloads = ops.stack(dl)
+        loss = lm + dspark_weight * (draft + self.conf_w * conf) + self.alpha * balance
+        return loss, lm, draft, conf, balance, ops.stack(loads), dloads, dropped
+
+
+class EngramSparseAdamW:
+    """The Engram tables of a V4.1 model in host memory (float32 [rows, engram_head_dim] per Engram layer) and
+    their row-sparse AdamW (module docstring). `rows(hash_ids)` gathers a step's rows; `update(hash_ids, grads,
+    lr)` moves only the rows hashed in that step."""
+
+    def __init__(self, cfg, tables: Sequence[np.ndarray], betas=(0.9, 0.95), eps: float = 1e-20,
+                 weight_decay: float = 0.0, token_map: Optional[np.ndarray] = None):
+        self.cfg = cfg
+        self.tables = [np.ascontiguousarray(t, np.float32) for t in tables]
+        for k, (L, t) in enumerate(zip(cfg.engram_layer_ids, self.tables)):
+            want = (cfg.engram_num_embeddings[k], cfg.engram_head_dim)
+            if t.shape != want:
+                raise ValueError(f"Engram table of layer {L} has shape {t.shape}, the config needs {want}")
+        self.m = [np.zeros_like(t) for t in self.tables]
+        self.v = [np.zeros_like(t) for t in self.tables]
+        self.count = [np.zeros(t.shape[0], np.int64) for t in self.tables]
+        self.b1, self.b2 = float(betas[0]), float(betas[1])
+        self.eps, self.wd = float(eps), float(weight_decay)
+        self.token_map = token_map
+        self.last_touched = 0
+
+    def hash(self, ids: np.ndarray) -> np.ndarray:
+        """Row ids [B, S, n_engram_layers, columns] of full sequences from position 0."""
+        from ascend_v4.ops.engram.reference import NgramHashState
+        return NgramHashState.for_config(self.cfg, ids.shape[0], self.token_map)(np.asarray(ids, np.int64))
+
+    def rows(self, hashed: np.ndarray) -> List[np.ndarray]:
+        """Per Engram layer the rows [B, S, columns·d] in column order (the layout the model reads)."""
+        B, S = hashed.shape[:2]
+        return [self.tables[k][hashed[:, :, k].reshape(-1)].reshape(B, S, -1) for k in range(len(self.tables))]
+
+    def update(self, hashed: np.ndarray, grads: Sequence[np.ndarray], lr: float) -> int:
+        """One AdamW step on the rows hashed in the step; grads: d loss / d rows per layer [B, S, columns·d]
+        (a row read at several places sums their gradients). Returns the number of rows moved."""
+        d = self.cfg.engram_head_dim
+        moved = 0
+        for k, t in enumerate(self.tables):
+            ids = hashed[:, :, k].reshape(-1)
+            uniq, inv = np.unique(ids, return_inverse=True)
+            g = np.zeros((uniq.size, d), np.float64)
+            np.add.at(g, inv, np.asarray(grads[k], np.float64).reshape(-1, d))
+            g = g.astype(np.float32)
+            m = self.m[k][uniq] * np.float32(self.b1) + np.float32(1 - self.b1) * g
+            v = self.v[k][uniq] * np.float32(self.b2) + np.float32(1 - self.b2) * g * g
+            n = self.count[k][uniq] + 1
+            c1 = (1.0 - self.b1 ** n).astype(np.float32)[:, None]
+            c2 = (1.0 - self.b2 ** n).astype(np.float32)[:, None]
+            w = t[uniq]
+            upd = (m / c1) / (np.sqrt(v / c2) + np.float32(self.eps)) + np.float32(self.wd) * w
+            t[uniq] = w - np.float32(lr) * upd
+            self.m[k][uniq], self.v[k][uniq], self.count[k][uniq] = m, v, n
+            moved += uniq.size
+        self.last_touched = moved
+        return moved
+
+    # ------------------------------------------------------------------ state (resume bit-exact)
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        out = {}
+        for k, L in enumerate(self.cfg.engram_layer_ids):
+            p = f"layers.{L}.engram.embed."
+            out[p + "weight"], out[p + "exp_avg"] = self.tables[k], self.m[k]
+            out[p + "exp_avg_sq"], out[p + "count"] = self.v[k], self.count[k]
+        return out
+
+    def save(self, ckpt_dir: str) -> str:
+        from ascend_v4.atomic import atomic_write
+        path = os.path.join(ckpt_dir, ENGRAM_STATE)
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, **self.state_dict())
+        return path
+
+    def load(self, ckpt_dir: str) -> None:
+        from .state import TrainStateError
+        path = os.path.join(ckpt_dir, ENGRAM_STATE)
+        if not os.path.isfile(path):
+            raise TrainStateError(f"{ckpt_dir}: no {ENGRAM_STATE} (the Engram tables and their optimiser state); "
+                                  f"the checkpoint is incomplete - resume from an earlier one or start a new --out")
+        with np.load(path) as z:
+            for k, L in enumerate(self.cfg.engram_layer_ids):
+                p = f"layers.{L}.engram.embed."
+                for dst, key in ((self.tables, "weight"), (self.m, "exp_avg"), (self.v, "exp_avg_sq"),
+                                 (self.count, "count")):
+                    arr = z[p + key]
+                    if arr.shape != dst[k].shape:
+                        raise TrainStateError(f"{path}: {p + key} has shape {arr.shape}, this run needs "
+                                              f"{dst[k].shape}; the checkpoint was written for another config")
+                    dst[k][...] = arr
+
+
+def stage_biases(model) -> list:
+    """The router biases the balancer moves, in V41Loss's load order: backbone layers, then DSpark stages."""
+    out = [model.layers[i].ffn.gate.bias for i in model.local_layers]
+    if model.with_dspark:
+        out += [stage.ffn.gate.bias for stage in model.mtp]
+    return out
+
+
+class V41TrainStep:
+    """step(batch, dspark_weight, lm_denom) -> (loss, lm, draft, balance, grad_norm, imbalance, dropped),
+    the tuple train/loop.py logs (its `mtp_loss` column holds the drafter loss). The graph computes the loss, the
+    gradients of the parameters and of the gathered Engram rows, clips them by one global norm, runs Muon/AdamW and
+    the router-bias update; the host then updates the Engram rows (EngramSparseAdamW) with the step's lr."""
+
+    def __init__(self, loss_net: V41Loss, optimizer, engram: Optional[EngramSparseAdamW], schedule,
+                 max_grad_norm: float = 1.0, bias_speed: float = 1e-3, engram_lr_scale: float = 1.0):
+        from .optim import clip_by_global_norm
+        from .step import BiasBalancer, imbalance, layer_imbalance
+        self.loss_net, self.optimizer, self.engram = loss_net, optimizer, engram
+        self.schedule, self.engram_lr_scale = schedule, float(engram_lr_scale)
+        model = loss_net.model
+        self.params = optimizer.parameters
+        self.balancer = BiasBalancer(model, bias_speed, biases=stage_biases(model))
+        n_back = len(model.local_layers)
+        n_stage = model.cfg.n_mtp_layers if model.with_dspark else 0
+        self.grad_fn = ms.value_and_grad(loss_net, 1, self.params, has_aux=True)
+        n_params = len(self.params)
+
+        def step(input_ids, rows, targets, loss_mask, markov, labels, dmask, w, lm_denom, draft_denom):
+            out, (g_rows, grads) = self.grad_fn(input_ids, rows, targets, loss_mask, markov, labels, dmask, w,
+                                                lm_denom, draft_denom)
+            loss, lm, draft, conf, bal, loads, dloads, dropped = out
+            both, gnorm = clip_by_global_norm(tuple(grads) + (g_rows,), max_grad_norm)
+            self.optimizer(both[:n_params])
+            per = tuple(loads[i] for i in range(n_back)) + tuple(dloads[k] for k in range(n_stage))
+            self.balancer(per)
+            return (loss, lm, draft, conf, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32),
+                    layer_imbalance(loads), both[n_params])
+
+        self._step = ms.jit(step)
+        self._eval = ms.jit(loss_net)
+
+    def _inputs(self, batch, lm_denom):
+        cfg = self.loss_net.model.cfg
+        ids = batch["input_ids"].astype(np.int64)
+        hashed = self.engram.hash(ids) if self.engram is not None else None
+        rows = ms.Tensor(np.stack(self.engram.rows(hashed)) if self.engram is not None
+                         else np.zeros((1, 1, 1, 1), np.float32))
+        o, lab, dm = dspark_batch(batch["targets"], batch["loss_mask"], batch["segment_ids"],
+                                  cfg.dspark_block_size if cfg.n_mtp_layers else 1)
+        draft_denom = max(float(dm.sum()), 1.0)          # the drafter rows that count (one process: the batch's)
+        t = ms.Tensor
+        args = (t(ids.astype(np.int32)), rows, t(batch["targets"].astype(np.int32)),
+                t(batch["loss_mask"].astype(np.float32)), t(o), t(lab), t(dm))
+        return hashed, args, t(np.float32(lm_denom)), t(np.float32(draft_denom))
+
+    def __call__(self, batch, dspark_weight: float, lm_denom: float, mtp_denom: Optional[float] = None):
+        """mtp_denom (V4's MTP mask count, which train/loop.py passes) is not used: the drafter's rows are counted
+        from its own mask (dspark_batch)."""
+        hashed, args, lmd, dd = self._inputs(batch, lm_denom)
+        t = int(self.optimizer.step.asnumpy()) + 1           # the update the optimiser is about to make
+        *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
+        if self.engram is not None:
+            self.engram.update(hashed, list(g_rows.asnumpy()),
+                               float(self.schedule.lr_at(t)) * self.engram_lr_scale)
+        self.last_layer_imbalance = layers.asnumpy()
+        loss, lm, draft, conf, bal, gnorm, imb, dropped = out
+        self.last_confidence_loss = float(conf.asnumpy())
+        return loss, lm, draft, bal, gnorm, imb, dropped
+
+    def losses(self, batch, dspark_weight: float, lm_denom: float):
+        """The loss terms of a batch without a step (eval): (loss, lm, draft, confidence, balance) as floats."""
+        _, args, lmd, dd = self._inputs(batch, lm_denom)
+        out = self._eval(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
+        return tuple(float(x.asnumpy()) for x in out[:5])
+
+    def eval_lm(self, batch, lm_denom: float) -> float:
+        return self.losses(batch, 0.0, lm_denom)[1]
+
+
+# ------------------------------------------------------------------------------------ run set-up (train/loop.py)
+def check_v41_run(tc, world: int) -> None:
+    """What a V4.1 run does not do yet, refused with one line each (docs/training.md, "DeepSeek-V4.1")."""
+    from .run_config import TrainConfigError
+    p = tc.parallel
+    if world > 1 or p.dp * p.tp * p.pp > 1 or p.micro_batches > 1:
+        raise TrainConfigError("DeepSeek-V4.1 trains on one process here (no dp / tp / ep / pp or micro_batches "
+                               "yet); set parallel dp, tp, pp and micro_batches to 1 and launch without msrun")
+    if tc.recompute:
+        raise TrainConfigError("recompute: not implemented for DeepSeek-V4.1 yet (its blocks run through "
+                               "Block.forward_v41, which Cell.recompute does not wrap); set recompute: false")
+    if tc.precision not in (None, "fp32"):
+        raise TrainConfigError(f"precision: {tc.precision} is not implemented for DeepSeek-V4.1 yet (its block "
+                               f"path has no bf16 rounding points); use precision: fp32 (or null on CPU)")
+
+
+def engram_table_names(cfg) -> List[str]:
+    return [f"layers.{L}.engram.embed.weight" for L in cfg.engram_layer_ids]
+
+
+def engram_table_init(cfg, seed: int) -> List[np.ndarray]:
+    """Random Engram tables of a from-scratch run: the same deterministic init as every other release tensor."""
+    from ascend_v4.checkpoint.release_v41 import random_weights_v41
+    w = random_weights_v41(cfg, seed, names=engram_table_names(cfg))
+    return [w[n] for n in engram_table_names(cfg)]
+
+
+def load_engram_tables(cfg, path: str) -> List[np.ndarray]:
+    """The Engram tables of an init_from source as float32 host arrays: a release / converted directory (its FP8 /
+    INT8 / BF16 rows decoded one table at a time) or a V4.1 training run (its engram_state.npz)."""
+    from .init_from import RunSource, open_source
+    from .state import TrainStateError
+    src = open_source(path)
+    try:
+        if isinstance(src, RunSource):
+            p = os.path.join(src.path, ENGRAM_STATE)
+            if not os.path.isfile(p):
+                raise TrainStateError(f"init_from: {src.path} has no {ENGRAM_STATE}; it is not a DeepSeek-V4.1 run")
+            with np.load(p) as z:
+                return [np.array(z[n], np.float32) for n in engram_table_names(cfg)]
+        missing = [n for n in engram_table_names(cfg) if n not in src.names()]
+        if missing:
+            raise TrainStateError(f"init_from: {src.path} lacks the Engram table(s) {', '.join(missing)}")
+        return [np.asarray(src.read(n), np.float32) for n in engram_table_names(cfg)]
+    finally:
+        src.close()
+
+
+def engram_token_map(tok, cfg, from_weights: bool):
+    """The Engram compressed-token map of the run's tokenizer (docs/deepseek-v4.1.md, "Engram": decode each id,
+    normalise, number distinct keys in first-seen order) -> (cfg, map, note). Its number of distinct ids must be
+    the config's engram_compressed_vocab_size (it sets the hash multipliers), as DeepSeek's code asserts: a run
+    from init_from weights is refused on a mismatch; a run from random weights takes the tokenizer's count (the
+    note says so)."""
+    from ascend_v4.ops.engram.reference import compressed_token_map, compressed_token_map_from_tokenizer
+    from .run_config import TrainConfigError
+    inner = getattr(tok, "_tok", None)
+    if inner is not None and hasattr(inner, "get_vocab_size"):          # a HF `tokenizers` tokenizer
+        tmap = compressed_token_map_from_tokenizer(inner)
+    else:                                                                  # sentencepiece: pieces as raw keys
+        n = int(tok.vocab_size)
+        tmap = compressed_token_map([tok.decode([i]) for i in range(n)], [tok.id_to_piece(i) for i in range(n)])
+    n_c = int(tmap.max()) + 1
+    if n_c == cfg.engram_compressed_vocab_size:
+        return cfg, tmap, None
+    if from_weights:
+        raise TrainConfigError(f"the tokenizer's Engram compressed vocabulary has {n_c} ids but the weights' config "
+                               f"says engram_compressed_vocab_size {cfg.engram_compressed_vocab_size}; train with "
+                               f"the tokenizer the weights were trained with (data.tokenizer)")
+    return (cfg.replace(engram_compressed_vocab_size=n_c), tmap,
+            f"engram: the tokenizer's compressed vocabulary has {n_c} ids; engram_compressed_vocab_size "
+            f"{cfg.engram_compressed_vocab_size} -> {n_c} (random init)")
