@@ -131,6 +131,24 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulati
     from .config import MODEL_VERSIONS
     from .dump import check_tokens, load_tokens, save_npz
     ids = load_tokens(tokens_path)
+    from .weights import checkpoint_config
+    cfg = checkpoint_config(checkpoint, MODEL_VERSIONS)
+    if cfg.version == "v4.1" and backend == "graph" and mode == "exact" and not (quant_emulation or mtp):
+        check_tokens(ids, cfg, tokens_path)
+        from .dump import v41_token_map
+        v41_token_map(checkpoint, cfg, ids)            # refuses image spans and ids outside the tokenizer
+        from .serve.engram import load_v41              # Engram tables memory-mapped, never decoded whole
+        weights, tables, tmap = load_v41(checkpoint, cfg)
+        from .runtime import setup
+        setup(None, "graph", threads)
+        from ascend_v4.graph.forward import build_forward
+        t0 = time.perf_counter()
+        res = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), token_map=tmap,
+                            engram_tables=tables)(ids)
+        save_npz(out_path, res)
+        click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
+                   f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")
+        return
     cfg, weights = _load_any(checkpoint, MODEL_VERSIONS)
     check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
@@ -139,14 +157,8 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulati
             raise ConfigError(f"{checkpoint} is DeepSeek-V4.1: dump runs it with exact numerics only (no --mode "
                               f"official, --mtp or --quant-emulation)")
         from .dump import numpy_v41_dump, v41_token_map
-        tmap = v41_token_map(checkpoint, cfg, ids)
-        if backend == "numpy":
-            res = numpy_v41_dump(checkpoint, cfg, weights, ids)
-        else:                   # the model's Cells in graph mode, Engram tables in host memory
-            from .runtime import setup
-            setup(None, "graph", threads)
-            from ascend_v4.graph.forward import build_forward
-            res = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), token_map=tmap)(ids)
+        v41_token_map(checkpoint, cfg, ids)
+        res = numpy_v41_dump(checkpoint, cfg, weights, ids)     # (--backend graph runs above)
     elif quant_emulation:
         if mode == "official":
             raise ConfigError("--quant-emulation (the Ascend int8 numerics) and --mode official (the CUDA FP8 "

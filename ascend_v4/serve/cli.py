@@ -182,7 +182,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     while max_len < need:
         max_len *= 2
 
-    token_map = None
+    token_map = tables = None
     if v41:
         _refuse_images(cfg, rows)
         if cfg.engram_layer_ids:      # Engram hashes compressed ids: the map comes from the release tokenizer
@@ -195,10 +195,14 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
 
     # ---- model ----
     from .engine import Engine
-    cfg, weights = load_checkpoint(checkpoint, versions=MODEL_VERSIONS)
+    if v41:                           # Engram tables memory-mapped in host memory, never decoded whole
+        from .engram import load_v41
+        weights, tables, token_map = load_v41(checkpoint, cfg)
+    else:
+        cfg, weights = load_checkpoint(checkpoint, versions=MODEL_VERSIONS)
     t0 = time.perf_counter()
     eng = Engine(cfg, weights, max_batch=len(rows), max_len=max_len, kv_int8=int8_kv, mtp=speculative,
-                 prefill_chunk=chunk, threads=threads, token_map=token_map)
+                 prefill_chunk=chunk, threads=threads, token_map=token_map, engram_tables=tables)
     stream = _Streamer(tok, enabled=not quiet and len(rows) == 1)
     gen = eng.generate(rows, max_new_tokens=max_new_tokens, sampling=sampling, eos_id=None if no_eos else -1,
                        speculative=speculative, on_token=stream)
