@@ -55,7 +55,10 @@ setup(
         "matplotlib>=3.7",       # `ascend-v4 plot`
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0"],
+        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0",
+                 "onnxruntime==1.32.0",          # runs `export --format onnx` output
+                 "mindstudio-probe==26.2.0",     # msprobe: `dump --format msprobe` + scripts/msprobe_reference_dump.py
+                 "pandas>=2,<3"],                # msprobe's; pandas 3 needs numpy 2
         "bench": ["torch==2.13.0", "transformers==5.24.0", "psutil"],
     },
     entry_points={"console_scripts": ["ascend-v4=ascend_v4.cli:main"]},

@@ -4,7 +4,8 @@
 cannot cross filesystems); on success the data is flushed, fsynced and renamed over `path`, and the directory
 entry is fsynced; on any failure (a full disk included) the temporary file is removed and the error re-raised
 unchanged, so the CLI's error contract reports it (ENOSPC -> one `error: disk full …` line). `write_npz`,
-`write_json` and `write_bytes` build on it. See docs/reliability.md.
+`write_json` and `write_bytes` build on it. `atomic_dir(path)` does the same for a directory (a checkpoint): it
+is filled under a temporary name and swapped in whole. See docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import zipfile
 from typing import Any, Dict, Iterator, Optional
 
@@ -72,6 +74,33 @@ def _atomic(path: str, mode: str, open_kw: Dict[str, Any]) -> Iterator:
 
 
 @contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """`with atomic_dir(d) as tmp: <write files into tmp>` — `d` is replaced by the complete directory only if the
+    block completes (an existing `d` is moved aside, the new one renamed in, the old one removed); on failure the
+    temporary directory is removed and `d` is left as it was. Files inside need no atomicity of their own."""
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.makedirs(tmp)
+    try:
+        with _name_failures(path):
+            yield tmp
+        fsync_dir(tmp)
+        if os.path.lexists(path):
+            old = tmp + ".old"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(parent)
+
+
+@contextlib.contextmanager
 def _name_failures(path: str) -> Iterator[None]:
     """A write error carries no file name; give it the final one so the error line says what was being written."""
     try:
@@ -87,8 +116,9 @@ def write_bytes(path: str, data: bytes) -> None:
         fh.write(data)
 
 
-def write_json(path: str, obj: Any, indent: Optional[int] = 2) -> None:
-    write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))
+def write_json(path: str, obj: Any, indent: Optional[int] = 2, **dumps_kw) -> None:
+    """`dumps_kw` goes to json.dumps (e.g. default=, sort_keys=)."""
+    write_bytes(path, (json.dumps(obj, indent=indent, **dumps_kw) + "\n").encode("utf-8"))
 
 
 def write_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:

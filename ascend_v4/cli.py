@@ -111,7 +111,10 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @main.command()
 @click.argument("checkpoint")
 @click.option("--tokens", "tokens_path", required=True, help="int [batch, seq] .npy token array")
-@click.option("--out", "out_path", required=True, help="output .npz")
+@click.option("--out", "out_path", required=True, help="output .npz (--format msprobe: a new directory)")
+@click.option("--format", "fmt", type=click.Choice(["npz", "msprobe"]), default="npz", show_default=True,
+              help="msprobe: MindStudio msprobe's MindSpore L0 tensor-dump layout (OUT/step0/rank0/dump.json, "
+                   "dump_tensor_data/*.npy), for `msprobe compare` against a reference dump (docs/porting.md)")
 @click.option("--backend", type=click.Choice(["graph", "numpy"]), default="graph", show_default=True,
               help="graph: MindSpore graph mode (this port); numpy: the float64 golden model")
 @click.option("--mode", type=click.Choice(["exact", "official"]), default="exact", show_default=True,
@@ -126,10 +129,13 @@ def _write_demo_tokenizer(cfg, out_dir: str):
 @click.option("--threads", default=0, help="CPU threads (0 = MindSpore default)")
 @friendly
 @device_option
-def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulation, mtp, threads):
+def dump(checkpoint, tokens_path, out_path, fmt, backend, mode, kv_fp8, quant_emulation, mtp, threads):
     """Run the forward on TOKENS and save embed, hidden_block{i}, logits (float32) to OUT."""
     from .config import MODEL_VERSIONS
-    from .dump import check_tokens, load_tokens, save_npz
+    from .dump import DumpError, check_tokens, load_tokens, save_npz, write_msprobe
+    if fmt == "msprobe" and os.path.exists(out_path) and (not os.path.isdir(out_path) or os.listdir(out_path)):
+        raise DumpError(f"{out_path} already exists and is not an empty directory; --format msprobe writes a "
+                        f"directory: choose a new path")
     ids = load_tokens(tokens_path)
     from .weights import checkpoint_config
     cfg = checkpoint_config(checkpoint, MODEL_VERSIONS)
@@ -178,7 +184,10 @@ def dump(checkpoint, tokens_path, out_path, backend, mode, kv_fp8, quant_emulati
             from ascend_v4.graph.forward import build_forward
             fwd = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), with_mtp=mtp)
             res = fwd(ids)
-    save_npz(out_path, res)
+    if fmt == "msprobe":
+        out_path = write_msprobe(out_path, res, ids, cfg.n_layers)
+    else:
+        save_npz(out_path, res)
     click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
                f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")
 
@@ -209,23 +218,26 @@ def compare(a, b, as_json, max_median_rel):
 # ---------------------------------------------------------------------------------------------- export
 @main.command("export")
 @click.argument("checkpoint")
-@click.option("--out", "out_path", required=True, help="output file (.mindir)")
+@click.option("--out", "out_path", required=True, help="output file (.mindir or .onnx, as --format)")
+@click.option("--format", "fmt", type=click.Choice(["mindir", "onnx"]), default="mindir", show_default=True,
+              help="mindir: MindSpore Lite / Ascend serving; onnx: opset 11, checked by onnx.checker, runs in "
+                   "onnxruntime")
 @click.option("--batch", default=1, show_default=True)
 @click.option("--seq", default=128, show_default=True)
 @click.option("--backends", type=click.Choice(["composite", "auto"]), default="composite", show_default=True,
               help="composite: standard MindSpore primitives only (portable); auto: this machine's best backends "
-                   "(CPU C++ kernels as Custom ops that point at local libraries)")
+                   "(CPU C++ kernels as Custom ops that point at local libraries; MINDIR only)")
 @friendly
 @device_option
-def export_cmd(checkpoint, out_path, batch, seq, backends):
-    """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving.
-    (ONNX is not offered: MindSpore 2.10's ONNX exporter has no converter for Rsqrt, used by every RMSNorm.)"""
+def export_cmd(checkpoint, out_path, fmt, batch, seq, backends):
+    """Export the forward graph (int64 ids [batch, seq] -> logits) as MINDIR for MindSpore Lite / serving, or as
+    ONNX. An op the ONNX exporter cannot convert is named, and the command exits 2."""
     from .runtime import setup
     setup(None, "graph")
     from ascend_v4.graph.export import export
     cfg, weights = _load_any(checkpoint)
-    export(cfg, weights, batch, seq, out_path, "MINDIR", backends=backends)
-    click.echo(f"exported MINDIR [{batch}x{seq}] ({backends} backends) to {out_path}")
+    export(cfg, weights, batch, seq, out_path, fmt.upper(), backends=backends)
+    click.echo(f"exported {fmt.upper()} [{batch}x{seq}] ({backends} backends) to {out_path}")
 
 
 # ------------------------------------------------------------------------------------------------ demo

@@ -81,7 +81,7 @@ def gate(rep: Dict, max_median_rel: Optional[float]) -> List[Dict]:
             out.append({"key": r["key"], "reason": f"median rel {r['median_rel']:.3e} > {max_median_rel:g}"})
     out += [{"key": k, "reason": "missing from B"} for k in rep["only_a"]]
     out += [{"key": k, "reason": "missing from A"} for k in rep["only_b"]]
-    return out
+    return sorted(out, key=lambda f: _key_order(f["key"]))      # a missing embed comes before a bad block
 
 
 def format_compare(rows: List[Dict], only_a: List[str], only_b: List[str]) -> str:

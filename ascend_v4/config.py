@@ -83,8 +83,9 @@ _HF_NESTED = {"rope_scaling": {"type", "rope_type", "factor", "original_max_posi
 _HF_METADATA = {"architectures", "attention_dropout", "initializer_range", "torch_dtype", "dtype",
                 "transformers_version", "use_cache", "pad_token_id", "auto_map", "_name_or_path", "mlp_bias",
                 "quantize"}                    # MindIE's precision tag in a `convert --layout serving` config
-# Keys of ours an HF root config may carry (docs/numerics.md): the model.py revision and the indexer's numerics.
-_HF_OURS = {"revision", "indexer_fp4"}
+# Keys of ours an HF root config may carry (docs/numerics.md): the model.py revision and the indexer's numerics;
+# "conversion" rides along in a `convert --layout serving` config.
+_HF_OURS = {"revision", "indexer_fp4", "conversion"}
 # Keys DeepSeek's ModelArgs reads that size the runtime, not the model; "conversion" is written by `convert`.
 _INFERENCE_RUNTIME = {"max_batch_size", "max_seq_len", "scale_dtype", "conversion"}
 
@@ -143,6 +144,17 @@ def _hint(v: Any) -> str:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _coerce_numbers(cls, kw: dict) -> None:
+    """In place: ints written as floats in JSON (1.0) become ints in int fields; ints in float fields become floats.
+    Strings are not numbers (the validators reject them)."""
+    for f in dataclasses.fields(cls):
+        v = kw.get(f.name)
+        if f.type == "int" and isinstance(v, float) and v.is_integer() and abs(v) <= _INT_MAX:
+            kw[f.name] = int(v)
+        elif f.type == "float" and _is_int(v):
+            kw[f.name] = float(v)
 
 
 def _is_number(v: Any) -> bool:
@@ -409,13 +421,7 @@ class ModelConfig:
                                   f"be a list of integers, one per layer and MTP block, got {_describe(cr)}")
             kw["compress_ratios"] = tuple(int(r) if isinstance(r, float) and r.is_integer() else r for r in cr)
         kw.setdefault("name", name)
-        # Ints written as floats in JSON (1.0) are ints; ints in float fields are floats. Strings are not numbers.
-        for f in dataclasses.fields(cls):
-            v = kw.get(f.name)
-            if f.type == "int" and isinstance(v, float) and v.is_integer() and abs(v) <= _INT_MAX:
-                kw[f.name] = int(v)
-            elif f.type == "float" and _is_int(v):
-                kw[f.name] = float(v)
+        _coerce_numbers(cls, kw)
         return cls(**kw).validate(names)
 
     @classmethod
@@ -808,12 +814,7 @@ class ModelConfigV41(ModelConfig):
         if raw.get("expert_dtype", 0) is None:
             kw["expert_dtype"] = "fp8"
         kw.setdefault("name", name)
-        for f in dataclasses.fields(cls):
-            v = kw.get(f.name)
-            if f.type == "int" and isinstance(v, float) and v.is_integer() and abs(v) <= _INT_MAX:
-                kw[f.name] = int(v)
-            elif f.type == "float" and _is_int(v):
-                kw[f.name] = float(v)
+        _coerce_numbers(cls, kw)
         return cls(**kw).validate()
 
 

@@ -1,7 +1,6 @@
 """Parity tools: dump the named activations of a forward pass, compare two dumps (msprobe-style report)."""
 from __future__ import annotations
 
-import json
 from typing import Dict
 
 import numpy as np
@@ -62,10 +61,6 @@ def save_npz(path: str, arrays: Dict[str, np.ndarray]) -> None:
     write_npz(path, {k: np.asarray(v, np.float32) for k, v in arrays.items()})
 
 
-def json_dumps(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)
-
-
 # ------------------------------------------------------------------------------ --quant-emulation --------
 def dynamic_int8_linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """What a W8A8 / W4A8 matmul computes on the NPU: DynamicQuant of x per token (int8), the integer GEMM
@@ -114,6 +109,102 @@ def numpy_v41_dump(checkpoint: str, cfg, weights, ids: np.ndarray) -> Dict[str, 
         raise DumpError(f"token id {int(ids.max())} is not in the tokenizer ({len(tmap)} ids): Engram cannot map it")
     out = NumpyV41(cfg, weights, token_map=tmap).forward(ids)
     return {k: v for k, v in out.items() if k == "embed" or k == "logits" or k.startswith("hidden_block")}
+# ------------------------------------------------------------------------------ --format msprobe --------
+# The layout MindStudio's msprobe (package mindstudio-probe) writes for a MindSpore L0 (cell-level) tensor dump:
+#   OUT/step0/rank0/dump.json           {"task": "tensor", "level": "L0", "framework": "mindspore",
+#                                        "dump_data_dir": ..., "data": {cell call: {"input_args": [...],
+#                                        "input_kwargs": {}, "output": [...]}}}; each tensor {"type":
+#                                        "mindspore.Tensor", "dtype", "shape", "Max", "Min", "Mean", "Norm",
+#                                        "data_name"}
+#   OUT/step0/rank0/dump_tensor_data/   <cell call>.<input|output>.<i>.npy
+#   OUT/step0/rank0/stack.json          {"0": [[cell calls], [source lines]]}
+#   OUT/step0/rank0/construct.json      {cell call: parent cell call or null}
+# One cell call per dump key, named as msprobe names a MindSpore cell: Cell.<path>.<class>.forward.0.
+MSPROBE_POINTS = (
+    # (dump key, cell path, cell class, source of the call)
+    ("embed", "embed", "Embedding", "ascend_v4/model.py, in Transformer.embed_streams"),
+    ("hidden_block{i}", "layers.{i}", "Block", "ascend_v4/model.py, in Transformer.run_layers"),
+    ("logits", "hc_head", "HcHead", "ascend_v4/model.py, in Transformer.logits"),
+    ("mtp_logits", "mtp.0", "MTPBlock", "ascend_v4/model.py, in Transformer.mtp_forward"),
+)
+
+
+def msprobe_cell_names(n_layers: int) -> Dict[str, str]:
+    """dump key -> msprobe cell name without the call suffix ("layers.3.Block"), for every point."""
+    out = {}
+    for key, path, cls, _ in MSPROBE_POINTS:
+        for i in (range(n_layers) if "{i}" in key else [None]):
+            out[key.format(i=i)] = f"{path.format(i=i)}.{cls}"
+    return out
+
+
+def write_msprobe(out_dir: str, res: Dict[str, np.ndarray], ids: np.ndarray, n_layers: int) -> str:
+    """Write a dump (dump keys -> arrays) as an msprobe MindSpore L0 tensor dump under out_dir/step0/rank0.
+    Each block's input is the previous point (the embedding's hc copies for block 0), the embedding's input
+    the token ids, so msprobe shows where an error enters. The directory appears complete or not at all."""
+    import os
+    import shutil
+    import tempfile
+    from .atomic import fsync_dir
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise DumpError(f"{out_dir} already exists and is not an empty directory; --format msprobe writes a "
+                        f"directory: choose a new path")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.", dir=parent)
+    try:
+        rank = os.path.join(tmp, "step0", "rank0")
+        data_dir = os.path.join(rank, "dump_tensor_data")
+        os.makedirs(data_dir)
+        names = msprobe_cell_names(n_layers)
+        hc = res["hidden_block0"].shape[-2] if "hidden_block0" in res else 1
+        inputs = {"embed": ids}
+        if "embed" in res:
+            e = res["embed"]
+            prev = np.broadcast_to(e[:, :, None, :], e.shape[:2] + (hc, e.shape[-1]))
+            for i in range(n_layers):
+                inputs[f"hidden_block{i}"] = prev
+                prev = res.get(f"hidden_block{i}", prev)
+        data, construct, calls, stack = {}, {}, [], []
+        sources = {key.format(i=i): src for key, _, _, src in MSPROBE_POINTS for i in range(max(n_layers, 1))}
+        for key in [k for k in names if k in res]:
+            call = f"Cell.{names[key]}.forward.0"
+            entry = {"input_args": [], "input_kwargs": {}, "output": []}
+            if key in inputs:
+                entry["input_args"].append(_msprobe_tensor(data_dir, f"{call}.input.0", inputs[key]))
+            entry["output"].append(_msprobe_tensor(data_dir, f"{call}.output.0", res[key]))
+            data[call] = entry
+            construct[call] = None
+            calls.append(call)
+            stack.append(f"File {sources[key]}")
+        dump = {"task": "tensor", "level": "L0", "framework": "mindspore",
+                "dump_data_dir": os.path.join(os.path.abspath(out_dir), "step0", "rank0", "dump_tensor_data"),
+                "data": data}
+        for name, obj in (("dump.json", dump), ("construct.json", construct),
+                          ("stack.json", {"0": [calls, sorted(set(stack))]})):
+            with open(os.path.join(rank, name), "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=1)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)                   # empty (checked above)
+        os.replace(tmp, out_dir)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return os.path.join(out_dir, "step0", "rank0", "dump.json")
+
+
+_MS_DTYPE = {"float32": "Float32", "float64": "Float64", "float16": "Float16", "int64": "Int64", "int32": "Int32"}
+
+
+def _msprobe_tensor(data_dir: str, stem: str, a: np.ndarray) -> dict:
+    """One tensor: saved as <stem>.npy, described with msprobe's statistics (max, min, mean, L2 norm)."""
+    a = np.ascontiguousarray(a if a.dtype.kind in "iu" else np.asarray(a, np.float32))
+    np.save(f"{data_dir}/{stem}.npy", a, allow_pickle=False)
+    f = a.astype(np.float64)
+    return {"type": "mindspore.Tensor", "dtype": _MS_DTYPE[a.dtype.name], "shape": list(a.shape),
+            "Max": float(f.max()), "Min": float(f.min()), "Mean": float(f.mean()),
+            "Norm": float(np.sqrt((f * f).sum())), "data_name": f"{stem}.npy"}
 
 
 def v41_token_map(checkpoint: str, cfg, ids: np.ndarray):

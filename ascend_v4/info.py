@@ -43,7 +43,7 @@ def parameter_counts(cfg: ModelConfig) -> Dict[str, int]:
 def kv_bytes_per_token(cfg: ModelConfig) -> Dict[str, float]:
     """Steady-state cache bytes per token of context (compressed entries + indexer keys; window is fixed).
 
-    cuda_fp8: the release's layout (448 FP8 + 64 BF16 + scales per entry, FP4 indexer keys), spec §11.
+    cuda_fp8: the release's layout (448 FP8 + 64 BF16 + scales per entry, FP4 indexer keys), docs/formats.md.
     ascend_bf16: what a BF16 port stores; ascend_int8: int8 non-RoPE dims + one fp32 scale per entry.
     """
     nope, rope, idx = cfg.nope_head_dim, cfg.rope_head_dim, cfg.index_head_dim

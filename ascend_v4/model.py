@@ -52,7 +52,7 @@ class Linear(nn.Cell):
         self.weight = _param((out_features, in_features), dtype)
 
     def construct(self, x):
-        return linear(x, ops.cast(self.weight, x.dtype))
+        return precision.act(linear(x, ops.cast(self.weight, x.dtype)))
 
 
 class RMSNorm(nn.Cell):
@@ -62,7 +62,7 @@ class RMSNorm(nn.Cell):
         self.weight = _param((dim,), dtype, "ones")
 
     def construct(self, x):
-        return rms_norm(x, ops.cast(self.weight, ms.float32), self.eps)
+        return precision.act(rms_norm(x, ops.cast(self.weight, ms.float32), self.eps))
 
 
 class Embedding(nn.Cell):
@@ -75,11 +75,6 @@ class Embedding(nn.Cell):
 
 
 # -------------------------------------------------------------------------------------------------- RoPE
-def pair_perm(width: int) -> np.ndarray:
-    """int32 [width]: each dim's pair partner (2i <-> 2i+1)."""
-    return np.arange(width).reshape(-1, 2)[:, ::-1].reshape(-1).astype(np.int32)
-
-
 class RopeTables:
     """Per position p, the RoPE multipliers of the interleaved pairs, doubled to the rope width:
     cos2[p] = (c0, c0, c1, c1, ...), sin2[p] = (-s0, +s0, -s1, +s1, ...) [max_seq_len, rope_dim] float32.
@@ -103,25 +98,16 @@ class RopeTables:
 
 
 class Rope(nn.Cell):
-    """The reference's apply_rotary_emb on the last rope_dim dims of x [..., dim]:
-    rot = x·cos2 + pairswap(x)·sin2, i.e. (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ.
-    cos/sin are rope_dim wide (RoPE slice rotated and concatenated back) or dim wide with ones / zeros on the
-    non-RoPE dims (from `full_width`: the whole row in 4 kernels, what a decode step of many tiny kernels wants)."""
+    """The reference's apply_rotary_emb on the last rope_dim dims of x [..., dim] through the `rope` op:
+    (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ. cos/sin are rope_dim wide or dim wide
+    with ones / zeros on the non-RoPE dims (from `full_width`: what a decode step of many tiny kernels wants)."""
 
     def __init__(self, dim: int, rope_dim: int):
         super().__init__()
-        self.perm_rd = Tensor(pair_perm(rope_dim))
-        self.perm_full = Tensor(pair_perm(dim))
+        self._rope = v4ops.resolve("rope").fn
 
     def construct(self, x, cos, sin, inverse=False):
-        d, w = x.shape[-1], cos.shape[-1]
-        if w == d:
-            sw = ops.gather(x, self.perm_full, x.ndim - 1)
-            return x * cos - sw * sin if inverse else x * cos + sw * sin
-        r = x[..., d - w:]
-        sw = ops.gather(r, self.perm_rd, r.ndim - 1)
-        rot = r * cos - sw * sin if inverse else r * cos + sw * sin
-        return ops.concat([x[..., :d - w], rot], -1)
+        return self._rope(x, cos, sin, inverse)
 
 
 def full_width(cos, sin, width):
@@ -588,7 +574,7 @@ class Attention(nn.Cell):
         qr = self.q_norm(self.wq_a(x))
         q = self.wq_b(self.tp_in_q(qr) if self.tp > 1 else qr).reshape(B, S, self.n_heads, self.head_dim)
         if not self.v41:                                                # V4.1 removed it
-            q = q * ops.rsqrt(ops.mean(q * q, -1, True) + self.eps)    # per-head norm, no weight
+            q = rms_norm(q, None, self.eps)                              # per-head norm, no weight
         return qr, self.rope(q, cos_h, sin_h), self.rope(self.kv_norm(self.wkv(x)), cos, sin)
 
     def construct(self, x, cos, sin, seg=None):
@@ -834,19 +820,23 @@ class Gate(nn.Cell):
     def affinity(self, x):
         logits = linear(ops.cast(x, ms.float32), ops.cast(self.weight, ms.float32)) / self.gate_temp
         if self.score_func == "softmax":
-            return ops.softmax(logits, -1)
-        if self.score_func == "sigmoid":
-            return ops.sigmoid(logits)
-        return ops.sqrt(ops.softplus(logits))
+            s = ops.softmax(logits, -1)
+        elif self.score_func == "sigmoid":
+            s = ops.sigmoid(logits)
+        else:
+            s = ops.sqrt(ops.softplus(logits))
+        return precision.island("router", s)
 
     def construct(self, x, input_ids):
         if self.hash:
-            return self._route(x, self.weight, None, self.topk, self.route_scale, self.score_func,
-                               input_ids, self.tid2eid)
-        if self.norm_eps:
-            return self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func,
-                               gate_temp=self.gate_temp, eps=self.norm_eps)
-        return self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func)
+            w, ids = self._route(x, self.weight, None, self.topk, self.route_scale, self.score_func,
+                                 input_ids, self.tid2eid)
+        elif self.norm_eps:
+            w, ids = self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func,
+                                 gate_temp=self.gate_temp, eps=self.norm_eps)
+        else:
+            w, ids = self._route(x, self.weight, self.bias, self.topk, self.route_scale, self.score_func)
+        return precision.island("router", w), ids
 
 
 class Expert(nn.Cell):
@@ -909,10 +899,8 @@ class MoE(nn.Cell):
         self.has_shared = cfg.n_shared_experts > 0
         if self.has_shared:
             self.shared_experts = Expert(cfg.dim, inter, dtype)
-        if ep > 1 and parallel.simulated:
-            from .parallel import SimulatedExpertParallel
-            self.routed = SimulatedExpertParallel(cfg.n_routed_experts, cfg.swiglu_limit, ep, parallel.ep_rank,
-                                                  capacity_factor)
+        if ep > 1 and parallel.simulated:      # one process playing an ep rank: the simulation brings the Cell
+            self.routed = parallel.routed_experts(cfg, capacity_factor)
         elif ep > 1:
             from .ops.moe.parallel import ExpertParallelMoeExperts
             self.routed = ExpertParallelMoeExperts(cfg.n_routed_experts, cfg.swiglu_limit, ep, parallel.ep_rank,
@@ -935,10 +923,11 @@ class MoE(nn.Cell):
         return ops.cast(ops.stack(w1), dtype), ops.cast(ops.stack(w2), dtype), ops.cast(ops.stack(w3), dtype)
 
     def _shared(self, x):
+        # one group of all T tokens; reshape, not [0]: that StridedSlice copy cost ~3 ms per layer at [512, 256] on CPU
         s = self.shared_experts
         return self._ffn(ops.expand_dims(x, 0), ops.expand_dims(ops.cast(s.w1.weight, x.dtype), 0),
                          ops.expand_dims(ops.cast(s.w2.weight, x.dtype), 0),
-                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit)[0]
+                         ops.expand_dims(ops.cast(s.w3.weight, x.dtype), 0), self.shared_limit).reshape(x.shape)
 
     def construct(self, x, input_ids):
         return self.forward_stats(x, input_ids)[0]
@@ -1005,25 +994,31 @@ class Block(nn.Cell):
             if layer_id in cfg.engram_layer_ids:
                 self.engram = Engram(cfg, dtype)
 
-    def construct(self, h, input_ids, cos, sin, seg=None):
-        return self.forward_stats(h, input_ids, cos, sin, seg)[0]
+    def construct(self, h, input_ids, cos, sin, seg=None, stats=False):
+        # stats=True: forward_stats' tuple. Calling the Cell (not the method) is what MindSpore's Cell.recompute()
+        # acts on (train `recompute: true`).
+        out = self.forward_stats(h, input_ids, cos, sin, seg)
+        return out if stats else out[0]
 
     def forward_stats(self, h, input_ids, cos, sin, seg=None, cache=None, ctx=None, step=None):
         """-> (streams, router affinities [T, E], expert ids [T, k], dropped expert assignments).
         Full forward (cache None, cos/sin the block's RoPE tables) or a cached step (cache, ctx, step; see above)."""
+        # precision.act: where the bf16 policy holds bf16 activations; island: mHC's float32 mixes
         x, post, comb = self._hc_pre(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
+        x, post, comb = precision.act(x), precision.island("mhc", post), precision.island("mhc", comb)
         if cache is None:
             a = self.attn(self.attn_norm(x), cos, sin, seg)
             experts = None
         else:
             a = self.attn.step(self.attn_norm(x), cache, ctx, step, step[3][self.layer_id])
             experts = None if step[4] is None else step[4][self.layer_id]
-        h = self._hc_post(a, h, post, comb)
+        h = precision.act(self._hc_post(precision.act(a), h, post, comb))
         x, post, comb = self._hc_pre(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
                                      self.iters, self.hc_eps, self.norm_eps)
+        x, post, comb = precision.act(x), precision.island("mhc", post), precision.island("mhc", comb)
         f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(x), input_ids, experts)
-        return self._hc_post(f, h, post, comb), aff, ids, dropped
+        return precision.act(self._hc_post(precision.act(f), h, post, comb)), aff, ids, dropped
 
 
     def forward_v41(self, h, pre_in, input_ids, cos, sin, shared, rows=None, alive=None):
@@ -1068,7 +1063,7 @@ class HcHead(nn.Cell):
 
     def construct(self, h, fn, scale, base, norm, head_w):
         y = self._hc_head(h, fn, scale, base, self.hc_eps, self.norm_eps)
-        return linear(ops.cast(norm(y), ms.float32), ops.cast(head_w, ms.float32))
+        return precision.island("logits", linear(ops.cast(norm(y), ms.float32), ops.cast(head_w, ms.float32)))
 
 
 class MTPBlock(Block):
@@ -1177,7 +1172,7 @@ class Transformer(nn.Cell):
         hidden = ()
         routes = ()
         for i in self.local_layers:
-            h, aff, ids, dropped = self.layers[i].forward_stats(h, input_ids, self.rope_cos[i], self.rope_sin[i], seg)
+            h, aff, ids, dropped = self.layers[i](h, input_ids, self.rope_cos[i], self.rope_sin[i], seg, True)
             hidden = hidden + (h,)
             routes = routes + ((aff, ids, dropped),)
         return h, hidden, routes

@@ -1,7 +1,7 @@
 """Hand-written tensor (tp) and expert (ep) parallelism next to data parallelism (dp), for the training runtime.
 
 MindSpore's semi-auto parallel and `.shard()` are refused on CPU, so the model is sharded by hand and the
-communication is explicit collectives (shared notes §5). Layout of the dp·tp·pp ranks:
+communication is explicit collectives (docs/design.md). Layout of the dp·tp·pp ranks:
 
     rank = pp_rank · dp·tp + dp_rank · tp + tp_rank    tensor-parallel ranks are neighbours, stages outermost
     ep divides dp: ep_rank = dp_rank mod ep            experts are split across data-parallel ranks
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import mindspore as ms
@@ -122,6 +122,9 @@ class ParallelContext:
     simulated: bool = False
     device: str = "CPU"
     groups: Dict[str, Optional[str]] = field(default_factory=dict)
+    # a simulated rank with ep > 1 has no collectives to exchange tokens: whoever simulates it (the tests) passes
+    # routed_experts(cfg, capacity_factor) -> the routed-experts Cell of this rank
+    routed_experts: Optional[Callable] = None
 
     # ---------------------------------------------------------------- coordinates
     @property
@@ -216,7 +219,8 @@ class ParallelContext:
 
     @classmethod
     def simulated_rank(cls, cfg, dp: int = 1, tp: int = 1, ep: int = 1, rank: int = 0) -> "ParallelContext":
-        """One rank of a layout inside a single process, without communication (tests of slicing and math)."""
+        """One rank of a layout inside a single process, without communication (tests of slicing and math).
+        A model built on it with ep > 1 takes its routed experts from `routed_experts` (see the field)."""
         cls.check(cfg, dp, tp, ep)
         return cls(dp=dp, tp=tp, ep=ep, rank=rank, world=dp * tp, simulated=True)
 
@@ -440,21 +444,6 @@ class ReduceFromTensorParallel(_TensorParallelEdge):
         return (dout,)
 
 
-class SimulatedExpertParallel(nn.Cell):
-    """A simulated ep rank (single process, no communication): this rank's experts applied to the tokens it is
-    given (other experts' assignments inactive), plus shared_out. Summed over the ep ranks of one token set, the
-    routed parts add up to the whole layer (the shared expert then counts ep times)."""
-
-    def __init__(self, num_experts: int, swiglu_limit: float, ep: int, rank: int, capacity_factor=None):
-        super().__init__()
-        from .ops.moe.layer import MoeExperts
-        self.offset = rank * (num_experts // ep)
-        self.inner = MoeExperts(num_experts // ep, swiglu_limit, capacity_factor=capacity_factor)
-
-    def construct(self, x, weights, ids, w1, w2, w3, shared_out=None):
-        return self.inner(x, weights, ids - self.offset, w1, w2, w3, shared_out)
-
-
 class GroupCollectives:
     """What a graph needs to gather along dim 0 over group `kind`: `op` (AllGather when native, else an AllReduce
     of a zero buffer holding this rank's block — MindSpore-CPU gathers only over the world group), `native`,
@@ -526,6 +515,62 @@ class GradReducer(nn.Cell):
 
     def construct(self, grads):
         return self.hyper_map(F.partial(_reduce_grad, self.ar_dp, self.ar_edp, self.scale), grads, self.kinds)
+
+
+_flat_piece = C.MultitypeFuncGraph("v4_flat_piece")
+
+
+@_flat_piece.register("Tuple", "Number")
+def _flat_piece_fn(tup, i):
+    return ops.reshape(ops.cast(tup[i], ms.float32), (-1,))
+
+
+_unflat = C.MultitypeFuncGraph("v4_unflat")
+
+
+@_unflat.register("Tensor", "Tensor", "Number", "Tensor", "Number", "Number", "Number")
+def _unflat_fn(flat_dp, flat_edp, scale, g, kind, start, stop):
+    """Gradient i back from its group's reduced flat buffer (kind 1: dp, 2: edp; 0: not reduced), then x scale."""
+    if kind == 1:
+        g = ops.cast(ops.reshape(flat_dp[start:stop], g.shape), g.dtype)
+    elif kind == 2:
+        g = ops.cast(ops.reshape(flat_edp[start:stop], g.shape), g.dtype)
+    return g * ops.cast(scale, g.dtype)
+
+
+class FlatGradReducer(GradReducer):
+    """GradReducer as one AllReduce per group (dp, then edp) of all its gradients packed in one float32 buffer, plus
+    `extra` (the step's losses and expert loads) summed in the dp buffer: (grads, extra summed over dp). The same sums
+    as GradReducer, bit for bit. Used with ZeRO-1, where the ranks of a dp group compile different graphs (each
+    updates its own parameters): with one collective per group, fixed by data dependencies before the optimiser,
+    the ranks cannot issue their collectives in different orders (per-parameter AllReduces of equal shapes would
+    then silently pair different tensors)."""
+
+    def __init__(self, ctx: ParallelContext, params):
+        super().__init__(ctx, params)
+        starts, stops, off = [], [], {1: 0, 2: 0}
+        for p, k in zip(params, self.kinds):
+            n = int(np.prod(p.shape)) if k else 0
+            starts.append(off.get(k, 0))
+            stops.append(off.get(k, 0) + n)
+            if k:
+                off[k] += n
+        self.starts, self.stops = tuple(starts), tuple(stops)
+        self.idx_dp = tuple(i for i, k in enumerate(self.kinds) if k == 1)
+        self.idx_edp = tuple(i for i, k in enumerate(self.kinds) if k == 2)
+        self.n_dp = off[1]
+        if not self.idx_dp:
+            raise ParallelConfigError("FlatGradReducer needs a dp group (dp > 1)")
+
+    def construct(self, grads, extra):
+        hm = self.hyper_map
+        flat_dp = self.ar_dp(ops.concat(hm(F.partial(_flat_piece, grads), self.idx_dp) + (extra,), 0))
+        flat_edp = flat_dp
+        if self.idx_edp:
+            flat_edp = self.ar_edp(ops.depend(ops.concat(hm(F.partial(_flat_piece, grads), self.idx_edp), 0),
+                                              flat_dp))
+        out = hm(F.partial(_unflat, flat_dp, flat_edp, self.scale), grads, self.kinds, self.starts, self.stops)
+        return out, flat_dp[self.n_dp:]
 
 
 class ShardedClip(nn.Cell):
@@ -601,3 +646,93 @@ class MuonTensorParallel:
         if d >= 0:
             shape[d] *= self.tp
         return tuple(shape)
+
+
+# ------------------------------------------------------------------------------------------------ ZeRO-1
+def balanced_owners(sizes: Dict[str, int], n: int) -> Dict[str, int]:
+    """Whole tensors -> n owners, balanced by size: largest first to the least-loaded owner (ties: lower owner,
+    then name), so every rank computes the same plan from the same names and sizes."""
+    load = [0] * n
+    out = {}
+    for name in sorted(sizes, key=lambda k: (-int(sizes[k]), k)):
+        r = min(range(n), key=lambda i: (load[i], i))
+        out[name] = r
+        load[r] += int(sizes[name])
+    return out
+
+
+class OptimizerShard:
+    """ZeRO-1 over data parallelism: which rank owns (holds the optimiser state of, and updates) each trainable
+    parameter, and the graph all-gather of the updated weights.
+
+    A parameter's replica group is dp (everything but expert-parallel experts) or edp (an expert shard's dp/ep
+    replicas); inside it, whole parameters are assigned to owners balanced by size (`balanced_owners`) — Muon needs
+    whole matrices for Newton–Schulz, and whole tensors keep the AdamW update the elementwise one. A group of one
+    rank shards nothing (experts with ep = dp are already partitioned by ep). Members of one tp group share a dp
+    position and the same slice sizes, so they own the same matrices and run Muon's tp gather together.
+
+    The gradients stay all-reduced (ZeRO-1); each owner updates its parameters, then every group member contributes
+    its own updated tensors and zeros elsewhere to one float32 buffer that is AllReduce-summed (exact: one
+    contributor per element; the only collective MindSpore-CPU runs on sub-groups, the same pattern as the tp
+    gather) and the other members copy their tensors out of it. So the update equals the unsharded one bit for bit.
+    """
+
+    KINDS = ("dp", "edp")
+
+    def __init__(self, ctx: ParallelContext, params):
+        self.ctx = ctx
+        self.kind_of: Dict[str, Optional[str]] = {}
+        sizes: Dict[str, Dict[str, int]] = {k: {} for k in self.KINDS}
+        for p in params:
+            kind = "edp" if ctx.ep > 1 and expert_index(p.name) is not None else "dp"
+            if ctx.size(kind) == 1:
+                kind = None
+            self.kind_of[p.name] = kind
+            if kind is not None:
+                sizes[kind][p.name] = int(np.prod(p.shape))
+        self.owner: Dict[str, int] = {}
+        self.me: Dict[str, int] = {}
+        for k in self.KINDS:
+            if sizes[k]:
+                self.owner.update(balanced_owners(sizes[k], ctx.size(k)))
+                self.me[k] = ctx.group_ranks(k).index(ctx.rank)
+        self.active = bool(self.owner)
+
+    def owns(self, name: str) -> bool:
+        k = self.kind_of.get(name)
+        return k is None or self.owner[name] == self.me[k]
+
+    def kinds(self) -> Tuple[str, ...]:
+        return tuple(k for k in self.KINDS if k in self.me)
+
+    def all_reduce(self, kind: str):
+        """The group's AllReduce(sum), or None in a simulated (single-process) context."""
+        g = self.ctx.group(kind)
+        return None if g is None else ops.AllReduce(ops.ReduceOp.SUM, g)
+
+    def gather_state(self, local: Dict[str, np.ndarray], specs: Dict[str, Tuple[str, Tuple[int, ...]]]
+                     ) -> Dict[str, np.ndarray]:
+        """Collective over the dp (and edp) groups, every member calls it: this rank's optimiser state (its owned
+        parameters' entries + unsharded ones) -> the state of every parameter this rank holds, as the unsharded
+        optimiser would have it. specs: {state name: (parameter name, shape)} of the unsharded state."""
+        out = dict(local)
+        for k in self.kinds():
+            names = sorted(s for s, (pn, _) in specs.items() if self.kind_of.get(pn) == k)
+            shapes = [tuple(specs[s][1]) for s in names]
+            sizes = [int(np.prod(sh, dtype=np.int64)) for sh in shapes]
+            buf = np.zeros(sum(sizes), np.float32)
+            off = 0
+            for s, n in zip(names, sizes):
+                if s in local:
+                    if local[s].dtype != np.float32:
+                        raise TypeError(f"ZeRO state gather supports float32 only, '{s}' is {local[s].dtype}")
+                    buf[off:off + n] = local[s].reshape(-1)
+                off += n
+            op = self.all_reduce(k)
+            if op is not None and buf.size:
+                buf = op(Tensor(buf)).asnumpy()
+            off = 0
+            for s, n, sh in zip(names, sizes, shapes):
+                out[s] = buf[off:off + n].reshape(sh).copy()
+                off += n
+        return out

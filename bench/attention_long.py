@@ -39,21 +39,8 @@ ROOT = os.path.dirname(HERE)
 D, DI, WINDOW, TOPK = 512, 128, 128, 512
 
 
-def _clear_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    return 0
+sys.path.insert(0, os.path.join(ROOT, "tests"))         # the peak-memory helper lives with the tests
+from peak_memory import peak_bytes as _hwm, reset_peak as _clear_peak  # noqa: E402
 
 
 def _measure(fn):
@@ -128,7 +115,7 @@ def worker(kind: str, S: int, H: int, HI: int, stride: int, threads: int) -> dic
 
 
 def kv_cache_bytes_per_token():
-    """Steady-state compressed KV per token for V4-Flash (21 CSA + 20 HCA layers), in our layouts vs spec §11."""
+    """Steady-state compressed KV per token for V4-Flash (21 CSA + 20 HCA layers), in our layouts vs the release's (docs/formats.md)."""
     csa, hca = 21, 20
     out = {}
     for name, main, idx in (("float32 (what these CPU kernels read)", D * 4, DI * 4),
@@ -152,6 +139,7 @@ def main(argv=None):
     ap.add_argument("--index-heads", type=int, default=8, help="indexer heads (V4-Flash: 64)")
     ap.add_argument("--dense-rows", type=int, default=1024, help="max query rows the dense run computes")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
+    ap.add_argument("--quick", action="store_true", help="S = 4K and 8K only")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "attention_long.json"))
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "S"), help=argparse.SUPPRESS)
     ap.add_argument("--stride", type=int, default=1, help=argparse.SUPPRESS)
@@ -159,7 +147,7 @@ def main(argv=None):
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), a.heads, a.index_heads, a.stride, a.threads)))
         return 0
-    seqs = [int(s) for s in a.seqs.split(",")]
+    seqs = [4096, 8192] if a.quick else [int(s) for s in a.seqs.split(",")]
     env = dict(os.environ, GLOG_v="3", OMP_NUM_THREADS=str(a.threads), PYTHONPATH=ROOT)
     rows = []
     print(f"heads {a.heads} (V4-Flash 64), indexer heads {a.index_heads} (64), head dim {D}, indexer dim {DI}, "
@@ -197,14 +185,14 @@ def main(argv=None):
         print(f"  S={S:>6}: CSA {d / by[('csa', S)]['time_s']:6.1f}x   HCA {d / by[('hca', S)]['time_s']:6.1f}x   "
               f"(CSA attention alone {d / by[('csa', S)]['attention_s']:6.1f}x)")
     kvb = kv_cache_bytes_per_token()
-    print("\nCompressed KV cache per token, V4-Flash (21 CSA + 20 HCA layers; spec §11 says 3,514 B/token):")
+    print("\nCompressed KV cache per token, V4-Flash (21 CSA + 20 HCA layers; the release's CUDA layout: 3,514 B/token):")
     for k, v in kvb.items():
         print(f"  {v:8.0f} B/token  {k}")
     print(f"  + raw window per layer: {WINDOW} x {D} values (constant, {WINDOW * D * 4 // 1024} KiB/layer in float32)")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
-        json.dump({"config": vars(a) | {"worker": None}, "rows": rows, "growth_exponents": summary,
-                   "kv_cache_bytes_per_token": kvb, "load_average": os.getloadavg()}, f, indent=1)
+    from ascend_v4.atomic import write_json   # here: importing ascend_v4 sets OMP env for the peers
+    write_json(a.out, {"config": vars(a) | {"worker": None}, "rows": rows, "growth_exponents": summary,
+                       "kv_cache_bytes_per_token": kvb, "load_average": os.getloadavg()}, indent=1)
     print(f"\nwrote {a.out}")
     return 0
 

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from ascend_v4.atomic import write_json  # noqa: E402
 from ascend_v4.checkpoint.inventory import official_inventory, stored_entries  # noqa: E402
 from ascend_v4.checkpoint.safetensors_io import INDEX_NAME, STORAGE_DTYPES  # noqa: E402
 from ascend_v4.config import PRESETS  # noqa: E402
@@ -256,8 +257,11 @@ def main():
     ap.add_argument("--no-two-layers", action="store_true")
     ap.add_argument("--precisions", default="bf16,w8a8")
     ap.add_argument("--workdir", default=None, help="where to put the temporary checkpoints (default: $TMPDIR)")
+    ap.add_argument("--quick", action="store_true", help="8 experts, one layer, w8a8 only (~2.3 GB written)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "convert.json"))
     args = ap.parse_args()
+    if args.quick:
+        args.experts, args.no_two_layers, args.precisions = 8, True, "w8a8"
     precisions = args.precisions.split(",")
     work = tempfile.mkdtemp(prefix="ascend_v4_bench_convert_", dir=args.workdir)
     res = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
@@ -298,8 +302,7 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
+    write_json(args.out, res, indent=2)
     print_table(res, precisions)
     print(f"wrote {args.out}")
 

@@ -17,7 +17,6 @@ Writes bench/results/decode.json and prints tables.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -61,6 +60,8 @@ os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
+
+from ascend_v4.atomic import write_json  # noqa: E402
 
 
 def med(xs):
@@ -431,10 +432,7 @@ def main():
 def _write(report):
     report["machine"]["load_avg_end"] = os.getloadavg()
     os.makedirs(os.path.dirname(ARGS.out), exist_ok=True)
-    tmp = ARGS.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(report, fh, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    os.replace(tmp, ARGS.out)
+    write_json(ARGS.out, report, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
     print(f"wrote {ARGS.out}")
 
 

@@ -28,7 +28,6 @@ background thread competes with other jobs for cores, which shows up as overhead
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -43,6 +42,7 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+from ascend_v4.atomic import write_json  # noqa: E402
 from ascend_v4.ops.engram import cpp  # noqa: E402
 from ascend_v4.ops.engram.host import EngramPrefetcher, HostEngramTables, dequant_group_int8  # noqa: E402
 from ascend_v4.ops.engram.reference import NgramHashState, engram_primes  # noqa: E402
@@ -110,8 +110,11 @@ def main():
     ap.add_argument("--blocks", type=int, default=12)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--quick", action="store_true", help="65536 rows, 32 tokens, 6 steps")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "engram_prefetch.json"))
     a = ap.parse_args()
+    if a.quick:
+        a.rows, a.tokens, a.steps = 65536, [32], 6
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     vocab, sizes, tables = make_tables(a.rows, rng)
@@ -151,10 +154,7 @@ def main():
            "table_rows": sizes, "row_bytes": D_ROW, "blocks": a.blocks, "width": a.width, "steps": a.steps,
            "goal": "engram_overhead <= 0.03 and no wait in the next-step modes", "rows": rows}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, a.out)
+    write_json(a.out, out, indent=1)
     print(f"wrote {a.out}")
 
 

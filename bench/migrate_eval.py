@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
 import os
 import re
 import sys
@@ -41,6 +40,7 @@ import yaml
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from ascend_v4.atomic import write_json  # noqa: E402
 from ascend_v4.tools.migrate import apply_rewrites, load_rules, scan_path  # noqa: E402
 
 LABELS = os.path.join(HERE, "migrate_eval_labels")
@@ -220,6 +220,9 @@ def main(argv=None):
     ap.add_argument("--cuda-modules", default="triton,tilelang,cutlass,cuda,quack,flash_attn,causal_conv1d,"
                     "selective_scan_cuda,causal_conv1d_cuda,deep_gemm,flash_mla,deep_ep,apex,amp_C",
                     help="top-level modules whose imports --propose lists")
+    ap.add_argument("--quick", action="store_true", help="accepted for bench/run_all.py: the whole evaluation is "
+                    "already quick (about 20 s)")
+    ap.add_argument("--out", default=RESULTS)
     args = ap.parse_args(argv)
     if args.propose:
         print(yaml.safe_dump(propose(os.path.join(args.mirrors, args.propose), set(args.cuda_modules.split(","))),
@@ -269,10 +272,9 @@ def main(argv=None):
     goals = (min(summary["imports"]["precision"], summary["kernels"]["precision"]) >= 0.98
              and min(summary["imports"]["recall"], summary["kernels"]["recall"]) >= 0.95 and tot["unsafe"] == 0)
     print(f"goals (precision >= 98%, recall >= 95%, 0 unsafe rewrites): {'met' if goals else 'NOT met'}")
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as fh:
-        json.dump({"summary": summary, "goals_met": goals, "projects": rows}, fh, indent=1)
-    print(f"wrote {os.path.relpath(RESULTS)}", file=sys.stderr)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    write_json(args.out, {"summary": summary, "goals_met": goals, "projects": rows}, indent=1)
+    print(f"wrote {os.path.relpath(args.out)}", file=sys.stderr)
     return 0
 
 

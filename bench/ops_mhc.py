@@ -192,9 +192,12 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 128, 4096, 65536])
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="T = 1 and 128 only, fewest reps")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "ops_mhc.json"))
     ap.add_argument("--worker", nargs=5, metavar=("BACKEND", "T", "D", "DTYPE", "ALL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.reps = [1, 128], 2
     if args.worker:
         name, T, D, dtype, run_all = args.worker
         reps = args.reps if int(T) >= 4096 else max(args.reps, 20)
@@ -299,8 +302,8 @@ def _write(path, bw, rows, table=None):
                        "x, fn, scale, base; BW = compulsory bytes / time as a fraction of measured memcpy; "
                        "times are medians on a shared 2-core machine (see load_average)")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
+    from ascend_v4.atomic import write_json   # here: importing ascend_v4 sets OMP env for the peers
+    write_json(path, result, indent=1)
 
 
 if __name__ == "__main__":

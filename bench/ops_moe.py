@@ -33,7 +33,6 @@ layer time. Writes bench/results/ops_moe.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -92,8 +91,12 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 2048, 16384])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--resident", type=int, default=0, help="resident experts (0: as many as fit, <= 64)")
+    ap.add_argument("--quick", action="store_true",
+                    help="T = 2048 only (48 rows per expert, the goal's row), 2 reps, 8 resident experts")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "ops_moe.json"))
     args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.reps, args.resident = [2048], 2, args.resident or 8
 
     import mindspore as ms
     from mindspore import ops
@@ -300,8 +303,8 @@ def main(argv=None):
         import gc
         gc.collect()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    from ascend_v4.atomic import write_json   # here: importing ascend_v4 sets OMP env for the peers
+    write_json(args.out, results, indent=1)
     print(f"\nwrote {args.out}")
 
 

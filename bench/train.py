@@ -27,7 +27,7 @@ separately from the steady-state step time (median over the measured steps of al
 steps), tokens/s = B*S / median step, tokens per CPU-second (process CPU time of all threads; far less
 sensitive than wall time to other processes on a shared machine), peak RSS and the RSS right after the imports
 (framework baseline), the ratios ours/transformers, and the first-step LM loss of both (same weights and tokens: must agree).
-Writes bench/results/train.json (tmp + rename) and prints a table.
+Writes bench/results/train.json (atomically) and prints a table.
 """
 from __future__ import annotations
 
@@ -340,10 +340,8 @@ def main(a):
     report["machine"]["load_avg_end"] = os.getloadavg()
     print_table(a, report["rows"])
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    tmp_out = a.out + ".tmp"
-    with open(tmp_out, "w") as fh:
-        json.dump(report, fh, indent=2)
-    os.replace(tmp_out, a.out)
+    from ascend_v4.atomic import write_json   # here: importing ascend_v4 sets OMP env for the peers
+    write_json(a.out, report, indent=2)
     print(f"wrote {a.out}")
     return report
 

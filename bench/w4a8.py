@@ -19,7 +19,6 @@ Prints a table, writes bench/results/w4a8.json. Usage: python bench/w4a8.py [--e
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from ascend_v4.atomic import write_json  # noqa: E402
 from ascend_v4.checkpoint.formats import dequant_mxfp4, quant_mxfp4  # noqa: E402
 from ascend_v4.convert import quantize as Q  # noqa: E402
 
@@ -74,7 +74,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--experts", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="one tensor (one expert's w1)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "w4a8.json"))
     args = ap.parse_args()
+    if args.quick:
+        args.experts = 1
     rng = np.random.default_rng(args.seed)
     methods = {
         "per-channel absmax -7..7 (previous w4a8)": lambda p, s, w: per_channel(w, [1.0], -7, 7),
@@ -92,7 +96,8 @@ def main():
     exact_ok = True
     n = 0
     for e in range(args.experts):
-        for name, shape in (("w1", (2048, 4096)), ("w2", (4096, 2048)), ("w3", (2048, 4096))):
+        for name, shape in ((("w1", (2048, 4096)),) if args.quick else
+                            (("w1", (2048, 4096)), ("w2", (4096, 2048)), ("w3", (2048, 4096)))):
             p, s = synth_expert(*shape, rng)
             w = dequant_mxfp4(p, s).astype(np.float32)
             ref = np.linalg.norm(w.astype(np.float64))
@@ -119,14 +124,13 @@ def main():
         print(f"{k:<44}{m:>8.4f}{np.max(errs[k]):>8.4f}{np.mean(zeroed[k]):>9.3f}{m / base:>10.2f}x"
               f"{secs[k] / n:>10.2f}")
     print(f"{'ours exact (--int4-group exact, int8 g32)':<44}{0.0:>8.4f}   (bit-exact: {exact_ok})")
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     out = {"bench": "w4a8", "tensors": n, "seed": args.seed,
            "synthetic": {"dist": f"student-t {DOF} dof", "row_lognormal_sigma": ROW_SIGMA,
                          "col_lognormal_sigma": COL_SIGMA, "shapes": {"w1/w3": [2048, 4096], "w2": [4096, 2048]}},
            "rows": rows, "exact_int8_g32_bit_exact": exact_ok, "goal_mean_rel_err": 0.08}
-    with open(os.path.join(HERE, "results", "w4a8.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    print("wrote bench/results/w4a8.json")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    write_json(args.out, out, indent=1)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

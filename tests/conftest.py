@@ -100,3 +100,30 @@ class ThreadRanks:
 @pytest.fixture
 def thread_ranks():
     return ThreadRanks
+
+
+@pytest.fixture(scope="session")
+def simulated_ep_rank():
+    """`simulated_ep_rank(cfg, dp=, tp=, ep=, rank=)`: a ParallelContext.simulated_rank whose model routes through a
+    single-process stand-in of an ep rank: this rank's experts applied to the tokens it is given (the other
+    experts' assignments fall outside [0, E/ep) and are inactive), plus shared_out. Summed over the ep ranks of one
+    token set, the routed parts add up to the whole layer (the shared expert then counts ep times)."""
+    import mindspore.nn as nn
+    from ascend_v4.ops.moe.layer import MoeExperts
+    from ascend_v4.parallel import ParallelContext
+
+    class SimulatedExpertParallel(nn.Cell):
+        def __init__(self, num_experts, swiglu_limit, ep, rank, capacity_factor=None):
+            super().__init__()
+            self.offset = rank * (num_experts // ep)
+            self.inner = MoeExperts(num_experts // ep, swiglu_limit, capacity_factor=capacity_factor)
+
+        def construct(self, x, weights, ids, w1, w2, w3, shared_out=None):
+            return self.inner(x, weights, ids - self.offset, w1, w2, w3, shared_out)
+
+    def make(cfg, dp=1, tp=1, ep=1, rank=0):
+        ctx = ParallelContext.simulated_rank(cfg, dp=dp, tp=tp, ep=ep, rank=rank)
+        ctx.routed_experts = lambda c, capacity_factor: SimulatedExpertParallel(
+            c.n_routed_experts, c.swiglu_limit, ep, ctx.ep_rank, capacity_factor)
+        return ctx
+    return make

@@ -1,7 +1,7 @@
 """Independent reference model for cross-checking: HF transformers' DeepseekV4ForCausalLM in float32 on CPU.
 
 Our parameters use the OFFICIAL DeepSeek checkpoint names (`embed.weight`, `layers.{L}.attn.wq_a.weight`,
-`layers.{L}.ffn.experts.{e}.w1.weight`, `mtp.0.e_proj.weight`, ...; spec §7.1-7.2), dequantised to float32
+`layers.{L}.ffn.experts.{e}.w1.weight`, `mtp.0.e_proj.weight`, ...; docs/formats.md), dequantised to float32
 (`tid2eid` int64). This module maps them onto transformers' module tree (the same renames transformers' own
 `conversion_mapping.py["deepseek_v4"]` performs when it loads an official checkpoint) and runs a full,
 cache-free forward that returns logits for every position.
@@ -56,7 +56,7 @@ _SWA, _CSA, _HCA = "sliding_attention", "compressed_sparse_attention", "heavily_
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Official tensor inventory (from the spec, §7.2 generalised to any ModelConfig) and random weights
+# Official tensor inventory (the release's, generalised to any ModelConfig) and random weights
 # ------------------------------------------------------------------------------------------------------------
 def _block_inventory(cfg: ModelConfig, prefix: str, block_id: int) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
     f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
@@ -275,7 +275,7 @@ def hf_config(cfg: ModelConfig, *, include_mtp_layers: bool = False) -> Deepseek
 # MTP block assembled from transformers' own parts (transformers drops `mtp.*` on load)
 # ------------------------------------------------------------------------------------------------------------
 class HFMTPBlock(nn.Module):
-    """Reference `MTPBlock` (spec §6): e = enorm(embed(ids)); h = hnorm(H) per stream;
+    """Reference `MTPBlock`: e = enorm(embed(ids)); h = hnorm(H) per stream;
     X = e_proj(e) broadcast + h_proj(h); X = Block(X); logits = head(norm(hc_head(X))).
     `block` is a transformers DeepseekV4DecoderLayer with layer id n_layers + j."""
 

@@ -206,6 +206,9 @@ def test_unknown_keys_are_warned_with_the_nearest_known_key():
         warnings.simplefilter("error")                       # a complete official config warns about nothing
         ModelConfig.from_dict(PRESETS["v4-flash"].to_hf_json())
         ModelConfig.from_dict(PRESETS["v4-flash"].to_inference_json())
+        # a `convert --layout serving` config: the HF config + MindIE's tag + our "conversion" block
+        ModelConfig.from_dict(dict(PRESETS["v4-flash"].to_hf_json(), quantize="w8a8_dynamic",
+                                   conversion={"precision": "w8a8"}))
 
 
 def test_the_cli_prints_unknown_keys_as_one_warning_line(tmp_path):

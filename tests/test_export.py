@@ -1,5 +1,5 @@
 """MINDIR export round trip: the exported graph computes the same logits as the live model, from int64 ids,
-with only standard primitives (composite backends) in it."""
+with only standard primitives (composite backends) in it. ONNX: tests/test_export_onnx.py."""
 import numpy as np
 import pytest
 
@@ -21,6 +21,5 @@ def test_mindir_export_reruns_identically(ms_graph, tiny_cfg, tiny_weights, tmp_
     np.testing.assert_allclose(run_mindir(path, ids.astype(np.int32)), live, rtol=1e-5, atol=1e-5)
     with pytest.raises(ExportError, match="must end in .mindir"):
         export(tiny_cfg, tiny_weights, 1, 24, str(tmp_path / "x.bin"))
-    with pytest.raises(ExportError, match="ONNX export failed.*Rsqrt"):
-        export(tiny_cfg, tiny_weights, 1, 8, str(tmp_path / "x.onnx"), fmt="onnx")
-    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "x.partial.onnx").exists()
+    with pytest.raises(ExportError, match="format must be MINDIR or ONNX"):
+        export(tiny_cfg, tiny_weights, 1, 24, str(tmp_path / "x.tflite"), fmt="tflite")

@@ -13,7 +13,7 @@ import torch
 
 from ascend_v4.config import load_config
 
-try:  # `tests` is a namespace package when /work/main is on sys.path
+try:  # `tests` is a namespace package when the repository root is on sys.path
     from tests import hf_reference as hr
 except ImportError:  # pragma: no cover - run from inside tests/
     import hf_reference as hr
@@ -44,7 +44,7 @@ def np_softmax(z, axis):
 
 
 def np_freqs(cfg, ratio):
-    """§4.1: base 10000 without YaRN for ratio 0; compress_rope_theta with YaRN for compressed layers."""
+    """Reference `precompute_freqs_cis`: base 10000 without YaRN for ratio 0; compress_rope_theta with YaRN for compressed layers."""
     d = cfg.rope_head_dim
     i = np.arange(d // 2, dtype=np.float64)
     base = cfg.rope_theta if ratio == 0 else cfg.compress_rope_theta
@@ -115,7 +115,7 @@ def np_hadamard(x):
 
 
 def np_hc_pre(cfg, Hs, fn, scale, base):
-    """§3: Hs [S, hc, D] -> (collapsed x [S, D], post [S, hc], comb [S, hc, hc])."""
+    """Reference `hc_pre`: Hs [S, hc, D] -> (collapsed x [S, D], post [S, hc], comb [S, hc, hc])."""
     S, hc, D = Hs.shape
     v = Hs.reshape(S, hc * D)
     mix = (v @ fn.T) / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + cfg.norm_eps)
@@ -144,7 +144,7 @@ def np_hc_head(cfg, Hs, fn, scale, base):
 
 
 def np_compress(cfg, x, wkv, wgate, ape, normw, ratio, f, rope=True):
-    """§4.2: one entry per complete block of `ratio` tokens, overlap iff ratio == 4."""
+    """Reference `Compressor`: one entry per complete block of `ratio` tokens, overlap iff ratio == 4."""
     S = x.shape[0]
     c = normw.shape[0]
     overlap = ratio == 4
@@ -174,7 +174,7 @@ def np_stable_topk(scores, k):
 
 
 def np_indexer(cfg, W, p, x, qr, f, quant):
-    """§4.3 lightning indexer; returns per-query lists of selected compressed entries (−1 dropped)."""
+    """Reference `Indexer` (lightning indexer); returns per-query lists of selected compressed entries (−1 dropped)."""
     S = x.shape[0]
     nI, dI = cfg.index_n_heads, cfg.index_head_dim
     K = np_compress(cfg, x, W[f"{p}.attn.indexer.compressor.wkv.weight"], W[f"{p}.attn.indexer.compressor.wgate.weight"],
@@ -674,13 +674,13 @@ def test_small_preset_runs():
 
 
 def test_flash_geometry_inventory_and_mapping_on_meta():
-    """Real V4-Flash geometry without allocating it: spec §7.2 shapes, and every official name lands on a
+    """Real V4-Flash geometry without allocating it: the published checkpoint's shapes, and every official name lands on a
     transformers parameter of the matching (packed) shape, covering all of them."""
     from transformers import DeepseekV4ForCausalLM
 
     cfg = load_config("v4-flash")
     inv = hr.official_inventory(cfg)
-    spec_7_2 = {   # shapes as listed in the spec §7.2 (Flash)
+    flash_shapes = {   # shapes of the published V4-Flash checkpoint
         "layers.0.hc_attn_fn": (24, 16384), "layers.5.attn.wq_b.weight": (32768, 1024),
         "layers.5.attn.wo_a.weight": (8192, 4096), "layers.5.attn.wo_b.weight": (4096, 8192),
         "layers.2.attn.compressor.wkv.weight": (1024, 4096), "layers.2.attn.compressor.ape": (4, 1024),
@@ -691,7 +691,7 @@ def test_flash_geometry_inventory_and_mapping_on_meta():
         "layers.3.ffn.gate.bias": (256,), "layers.9.ffn.experts.255.w2.weight": (4096, 2048),
         "mtp.0.e_proj.weight": (4096, 4096), "mtp.0.hc_head_fn": (4, 16384), "mtp.0.ffn.gate.bias": (256,),
     }
-    for k, shape in spec_7_2.items():
+    for k, shape in flash_shapes.items():
         assert inv[k][0] == shape, k
     assert "mtp.0.attn.compressor.ape" not in inv and "layers.0.attn.compressor.ape" not in inv
     assert "layers.42.attn.indexer.wq_b.weight" in inv and "layers.41.attn.indexer.wq_b.weight" not in inv

@@ -1,7 +1,7 @@
 """Checkpoint codecs and official-format I/O (pure NumPy)."""
 from .formats import (
     E2M1_VALUES, E4M3_MAX, E2M1_MAX,
-    act_quant_fp4, act_quant_fp8,
+    act_quant_fp8,
     bf16_decode, bf16_encode, bf16_round,
     dequant_fp8_block, dequant_mxfp4,
     e2m1_decode, e2m1_encode, e4m3_decode, e4m3_encode, e8m0_decode, e8m0_encode,
@@ -18,7 +18,7 @@ from .safetensors_io import CheckpointError, SafeTensorFile, ShardedCheckpoint, 
 
 __all__ = [
     "E2M1_VALUES", "E4M3_MAX", "E2M1_MAX",
-    "act_quant_fp4", "act_quant_fp8", "bf16_decode", "bf16_encode", "bf16_round",
+    "act_quant_fp8", "bf16_decode", "bf16_encode", "bf16_round",
     "dequant_fp8_block", "dequant_mxfp4", "e2m1_decode", "e2m1_encode", "e4m3_decode", "e4m3_encode",
     "e8m0_decode", "e8m0_encode", "fp4_pack", "fp4_unpack", "mxfp4_to_fp8_block", "quant_fp8_block",
     "quant_mxfp4",

@@ -1,4 +1,4 @@
-"""Bit-exact NumPy codecs for the number formats of the DeepSeek-V4 release (spec §7.1, §9.4).
+"""Bit-exact NumPy codecs for the number formats of the DeepSeek-V4 release (docs/formats.md).
 
 Everything here works on raw storage: E4M3 / E8M0 / packed E2M1 as uint8 / int8 codes, BF16 as
 uint16. No torch or ml_dtypes, so the loaders run anywhere NumPy does.
@@ -336,7 +336,7 @@ def dequant_mxfp4(packed: np.ndarray, s: np.ndarray, block: int = 32) -> np.ndar
 
 def mxfp4_to_fp8_block(packed: np.ndarray, s: np.ndarray, block: int = 128,
                        fp4_block: int = 32) -> Tuple[np.ndarray, np.ndarray]:
-    """Lossless MXFP4 -> FP8 128x128 re-encoding of the official converter (spec §7.4).
+    """Lossless MXFP4 -> FP8 128x128 re-encoding of DeepSeek's inference/convert.py (docs/formats.md).
 
     New scale per 128x128 block = max(sub-block FP4 scales) / 2^6 (so 6 * max scale -> 384 <= 448);
     every element becomes fp4_value * 2^(its exponent - new exponent). The new exponent is raised to
@@ -393,18 +393,6 @@ def act_quant_fp8(x, block: int = 128, ue8m0: bool = True) -> np.ndarray:
     else:
         scale = (amax * np.float32(1.0 / E4M3_MAX)).astype(np.float32)
     q = e4m3_decode(e4m3_encode(np.clip(xb / scale, -E4M3_MAX, E4M3_MAX)))
-    return (q * scale).astype(np.float32).reshape(np.shape(x))
-
-
-def act_quant_fp4(x, block: int = 32) -> np.ndarray:
-    """Quantise-dequantise along the last dim like DeepSeek's fp4_act_quant(inplace=True), float32.
-
-    amax floored at 6*2^-126, scale = 2^ceil(log2(amax/6)), y = e2m1(clamp(x/scale, +-6)) * scale.
-    """
-    xb = _blocks_last(x, block, "act_quant_fp4")
-    amax = np.abs(xb).max(axis=-1, keepdims=True)
-    scale = np.exp2(_scale_exp(amax, E2M1_MAX, FP4_AMAX_FLOOR)).astype(np.float32)
-    q = e2m1_decode(e2m1_encode(np.clip(xb / scale, -E2M1_MAX, E2M1_MAX)))
     return (q * scale).astype(np.float32).reshape(np.shape(x))
 
 

@@ -1,4 +1,4 @@
-"""The exact tensor list of an official-format DeepSeek-V4 checkpoint for any ModelConfig (spec §7.1-7.3).
+"""The exact tensor list of an official-format DeepSeek-V4 checkpoint for any ModelConfig (docs/formats.md).
 
 `official_inventory(cfg)` maps each *logical* tensor name (`layers.3.attn.wq_a.weight`) to its
 dequantised shape and storage format; `stored_entries` expands one logical tensor into the

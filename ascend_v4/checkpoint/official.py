@@ -1,4 +1,4 @@
-"""Official-format checkpoints: random weights, writer and loader (spec §7).
+"""Official-format checkpoints: random weights, writer and loader (docs/formats.md).
 
 The writer quantises logical float32 weights per the inventory (FP8 128x128 blocks, MXFP4 1x32,
 BF16 RNE, F32, I64), shards them HF-style and publishes the directory atomically. The loader
@@ -7,10 +7,8 @@ int64). Only safetensors and JSON are ever parsed - never pickles.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import warnings
 import zlib
 from typing import Dict, Iterable, List, Mapping, Optional
@@ -20,7 +18,7 @@ import numpy as np
 from ascend_v4.config import MODEL_VERSIONS, ModelConfig
 from . import formats as F
 from .inventory import FP4_BLOCK, FP8_BLOCK, StoredEntry, TensorSpec, official_inventory, scale_name, stored_entries
-from ..atomic import fsync_dir
+from ..atomic import atomic_dir, write_json
 from .values import value_problem
 from .safetensors_io import (INDEX_NAME, STORAGE_DTYPES, CheckpointError, ShardedCheckpoint,
                              write_safetensors)
@@ -165,16 +163,10 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
     n = len(shards)
     fname = lambda i: f"model-{i + 1:05d}-of-{n:05d}.safetensors"
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
     stored: Dict[str, np.ndarray] = {}
     weight_map: Dict[str, str] = {}
     total = 0
-    try:
+    with atomic_dir(out_dir) as tmp:          # the directory appears complete or not at all
         for i, names in enumerate(shards):
             entries: Dict[str, tuple] = {}
             for name in names:
@@ -185,39 +177,19 @@ def write_official_checkpoint(cfg: ModelConfig, weights: Mapping[str, np.ndarray
             for k, (_, arr) in entries.items():
                 weight_map[k] = fname(i)
                 total += arr.nbytes
-        _write_json(os.path.join(tmp, INDEX_NAME),
-                    {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+        write_json(os.path.join(tmp, INDEX_NAME),
+                   {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
         if getattr(cfg, "version", "v4") == "v4.1":
             from .release_v41 import v41_root_config
-            _write_json(os.path.join(tmp, "config.json"), v41_root_config(cfg))
+            write_json(os.path.join(tmp, "config.json"), v41_root_config(cfg))
             os.makedirs(os.path.join(tmp, "inference"))
-            _write_json(os.path.join(tmp, "inference", "config.json"), cfg.to_inference_json())
+            write_json(os.path.join(tmp, "inference", "config.json"), cfg.to_inference_json())
         else:
             hf = cfg.to_hf_json()
             if cfg.dtype == "bf16":       # to_hf_json always adds it, and its presence means "fp8" on load
                 hf.pop("quantization_config", None)
-            _write_json(os.path.join(tmp, "config.json"), hf)
-        fsync_dir(tmp)
-        if os.path.exists(out_dir):          # overwrite: move the old one aside, then swap in
-            old = tmp + ".old"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out_dir)
-        fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_json(os.path.join(tmp, "config.json"), hf)
     return stored
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------------------ loader ------------

@@ -217,8 +217,8 @@ def open_engram_tables(ckpt_dir: str, cfg: ModelConfigV41):
     codec after the gather), or a single-rank conversion's INT8 rows with float32 group scales / BF16 rows."""
     import json
 
-    from ascend_v4.ops.engram.host import HostEngramTables, memmap_safetensors
-    from .safetensors_io import INDEX_NAME, CheckpointError
+    from ascend_v4.ops.engram.host import HostEngramTables
+    from .safetensors_io import INDEX_NAME, CheckpointError, SafeTensorFile
     ckpt_dir = os.fspath(ckpt_dir)
     index = os.path.join(ckpt_dir, INDEX_NAME)
     if os.path.isfile(index):
@@ -233,15 +233,14 @@ def open_engram_tables(ckpt_dir: str, cfg: ModelConfigV41):
         if not isinstance(fn, str) or "/" in fn or not os.path.isfile(os.path.join(ckpt_dir, fn)):
             raise CheckpointError(f"{ckpt_dir}: tensor '{name}' is not in one top-level shard (a multi-rank conversion "
                                   f"splits the tables); map the tables of the release or of a --tp 1 --ep 1 conversion")
-        tables.append(memmap_safetensors(os.path.join(ckpt_dir, fn), name))
+        tables.append(SafeTensorFile(os.path.join(ckpt_dir, fn)).raw(name))
         found = None
         for sc in (scale_name(name), name + "_scale"):          # release E8M0 `.scale`; converted F32 `_scale`
             if sc in where or (not where and sc != name):
-                try:
-                    found = memmap_safetensors(os.path.join(ckpt_dir, where.get(sc, fn)), sc)
+                shard = SafeTensorFile(os.path.join(ckpt_dir, where.get(sc, fn)))
+                if sc in shard:
+                    found = shard.raw(sc)
                     break
-                except KeyError:
-                    continue
         scales.append(found)                                     # None: BF16 rows carry no scale
     if tables and tables[0].dtype == np.uint8:                   # release FP8: E4M3 codes, E8M0 scale codes
         return HostEngramTables(tables, scales, decode=lambda rows, s: F.dequant_fp8_block(rows, s, (1, BLOCK)))

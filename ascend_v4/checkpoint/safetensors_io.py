@@ -17,7 +17,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..atomic import fsync_dir
+from ..atomic import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -172,7 +172,7 @@ class SafeTensorFile:
 
 def write_safetensors(path: str, tensors: Mapping[str, Tuple[str, np.ndarray]],
                       metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write {name: (dtype tag, raw storage array)} atomically: `path.tmp`, fsync, rename.
+    """Write {name: (dtype tag, raw storage array)} atomically (ascend_v4.atomic: temporary name, fsync, rename).
 
     The raw array must already have the tag's storage dtype (uint8 for F8_*, uint16 for BF16, int8
     for I8, ...) - this function never converts values. Entries are laid out in sorted name order.
@@ -200,22 +200,12 @@ def write_safetensors(path: str, tensors: Mapping[str, Tuple[str, np.ndarray]],
         off += arr.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
-            for arr in arrays:
-                if arr.nbytes:
-                    f.write(memoryview(arr.reshape(-1)).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
+    with atomic_write(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for arr in arrays:
+            if arr.nbytes:
+                f.write(memoryview(arr.reshape(-1)).cast("B"))
 
 
 INDEX_NAME = "model.safetensors.index.json"

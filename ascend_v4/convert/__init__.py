@@ -3,7 +3,7 @@ or our TP/EP rank shards) and back.
 
 Modules, one per concept:
     plan       what goes where: destination name / dtype / shape / rank per tensor, output files
-    sharding   §7.4 split rules, TP/EP rank layout, which experts a rank holds
+    sharding   the official converter's split rules (docs/formats.md), TP/EP rank layout, which experts a rank holds
     quantize   int8 / int4 quantisers (per channel; serving int4 per group with a clip search, exact int8 g32),
                the run-time DynamicQuant of activations, exact BF16 decoders
     serving    the serving layout's config.json and quant_model_description.json

@@ -6,7 +6,7 @@ Destination formats per precision (the release's FP32 tensors stay FP32, BF16 st
 `tid2eid` stays int64 in every precision):
 * bf16: FP8 (128x128 E8M0) and MXFP4 (1x32 E8M0) linears -> BF16, exact.
 * w8a8: the linears 910B runs as int8 with per-token dynamic activation quantisation
-  (ascend-ecosystem §2.4, A8dynW8): attention `wq_b`, `wo_b`, indexer `wq_b`, the shared expert's
+  (A8dynW8; the published V4-Flash W8A8's layer set, FORMAT.md): attention `wq_b`, `wo_b`, indexer `wq_b`, the shared expert's
   and every routed expert's w1/w2/w3 -> `<name>` I8 [out, in] + `<name>_scale` F32 [out]
   (symmetric per output channel, see quantize.py); every other linear -> BF16.
 * w4a8: routed experts -> `<name>` I8 [out, in/2] holding int4 pairs (low nibble = even column) +
@@ -42,7 +42,7 @@ PLAN_VERSION = 1
 DEFAULT_SHARD_BYTES = 2 * 1000 ** 3
 SIDECAR_DIR = "source"
 
-# Modules 910B runs as int8 (spec ascend-ecosystem §2.4; issue 3): keyed on the module name, plus the
+# Modules 910B runs as int8 (the published V4-Flash W8A8's set, FORMAT.md; issue 3): keyed on the module name, plus the
 # parent for the shared / routed experts.
 _INT8_ATTN = frozenset({"wq_b", "wo_b"})
 # Release formats stored as codes + a sibling `.scale` (V4.1's FP8 Engram tables are `fp8_row`).
@@ -383,14 +383,6 @@ def build_plan(src: SourceLayout, precision: str, lay: Layout, shard_bytes: int 
                 engram_dtype=engram_dtype)
     plan.fingerprint = fingerprint(plan)
     return plan
-
-
-def sidecar_of_shard(plan: Plan) -> Dict[int, str]:
-    """release shard index -> sidecar file holding its scales."""
-    out = {}
-    for f in plan.sidecar_files:
-        out[plan.source.entries[f.groups[0].source].shard] = f.path
-    return out
 
 
 def fingerprint(plan: Plan) -> str:

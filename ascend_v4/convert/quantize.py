@@ -8,7 +8,7 @@ int4 (w4a8, routed experts): symmetric, per output channel, range -7..7 (the cod
     written): scale[r] = max|w[r, :]| / 7; q = clip(rint(w / scale[r]), -7, 7).
     Packed two per byte, stored as int8 [out, in/2]: the LOW nibble holds the EVEN column (2j), the
     HIGH nibble the ODD column (2j+1), each as a 4-bit two's-complement value - the same nibble
-    order as the release's MXFP4 experts (spec §7.1). Unpack: lo = ((b & 0xF) ^ 8) - 8, hi = (b >> 4
+    order as the release's MXFP4 experts (docs/formats.md). Unpack: lo = ((b & 0xF) ^ 8) - 8, hi = (b >> 4
     as signed), i.e. arithmetic shift of the int8 byte.
 All-zero rows get scale 1.0 and q = 0 (nothing downstream divides by zero).
 Max error per element: |w - q * scale| <= scale / 2 (+ float32 rounding of w / scale, < 1e-5 scale).

@@ -1,4 +1,4 @@
-"""Tensor-parallel / expert-parallel split rules of the official converter (spec §7.4), for a target
+"""Tensor-parallel / expert-parallel split rules of DeepSeek's inference/convert.py (docs/formats.md), for a target
 layout of TP size N and EP size M.
 
 Rules, keyed on the module name (the component before `.weight`/`.scale`/`.bias`, else the last one):
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from .errors import ConvertError
 
@@ -86,15 +86,6 @@ class Layout:
     def local_experts(self, rank: int, n_experts: int) -> range:
         """Global indices of the routed experts rank `rank` holds (contiguous; local index = e - start)."""
         return range(*self.expert_range(self.ep_rank(rank), n_experts))
-
-    def expert_owner_ep(self, e: int, n_experts: int) -> int:
-        return e // (n_experts // self.ep)
-
-    def ranks_with_tp(self, tp_rank: int) -> List[int]:
-        return [r for r in range(self.world) if self.tp_rank(r) == tp_rank]
-
-    def ranks_with_ep(self, ep_rank: int) -> List[int]:
-        return [r for r in range(self.world) if self.ep_rank(r) == ep_rank]
 
     def check_experts(self, n_experts: int) -> None:
         if n_experts % self.ep:

@@ -25,11 +25,11 @@ import queue as queue_mod
 import signal
 import sys
 import threading
-import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from ascend_v4 import atomic
 from ascend_v4.atomic import fsync_dir  # the one definition; run.py / reverse.py reach it through this module
 
 from .errors import ConvertError
@@ -37,7 +37,6 @@ from .plan import Group, OutFile
 
 STATE_DIR = ".convert-state"
 JOURNAL = "journal.jsonl"
-PAUSE_ENV = "ASCEND_V4_CONVERT_TEST_PAUSE"      # "<file index>:<marker path>" - test hook, see tests/convert
 HASH_CHUNK = 8 << 20
 WRITEBACK_BYTES = 64 << 20
 STAGE_BYTES = 8 << 20                   # O_DIRECT staging buffer (a multiple of DIRECT_ALIGN)
@@ -70,24 +69,15 @@ def sha256_file(path: str, progress: Optional[Callable[[int], None]] = None) -> 
 
 
 def write_json_atomic(path: str, obj, indent: Optional[int] = 1) -> None:
-    data = (json.dumps(obj, indent=indent) + "\n").encode("utf-8")
-    write_bytes_atomic(path, data)
+    """ascend_v4.atomic.write_json, creating the parent directory (state files live in sub-directories)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    atomic.write_json(path, obj, indent)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
+    """ascend_v4.atomic.write_bytes, creating the parent directory."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
+    atomic.write_bytes(path, data)
 
 
 def _os_error(path: str, e: OSError) -> ConvertError:
@@ -98,22 +88,6 @@ def _os_error(path: str, e: OSError) -> ConvertError:
     else:
         hint = "fix the destination and rerun the same command to resume"
     return ConvertError(f"cannot write {path}: {e.strerror or e}; {hint}")
-
-
-def _pause_hook(index: int):
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec:
-        return None
-    want, _, marker = spec.partition(":")
-    if int(want) != index:
-        return None
-
-    def hook(_group_index: int) -> None:
-        with open(marker, "w") as f:
-            f.write(str(os.getpid()))
-        while True:                       # wait here until the test kills us
-            time.sleep(1)
-    return hook
 
 
 class _SequentialSink:
@@ -267,6 +241,7 @@ class _SequentialSink:
 def write_file(root: str, index: int, out: OutFile, produce: Callable[[Group], Iterator[Tuple[int, int, np.ndarray]]],
                header: Optional[bytes] = None, placed=None, size: Optional[int] = None) -> Tuple[str, int]:
     """Write one planned file (tmp, sequential write + sha256, fsync, rename). Returns (sha256, size).
+    `index` is the file's position in the plan (tests wrap this function to stop at a given file).
 
     Producers must yield each group's entries in file order and each entry's bytes in order; the
     layout (plan order, or a verbatim release header) has no holes, so the file is written
@@ -277,14 +252,13 @@ def write_file(root: str, index: int, out: OutFile, produce: Callable[[Group], I
     offsets = {id(e): off for e, _, off in placed}
     os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
     tmp = tmp_name(final)
-    hook = _pause_hook(index)
     sink = None
     try:
         sink = _SequentialSink(tmp)
         try:
             sink.put(header)
             pos = len(header)
-            for gi, g in enumerate(out.groups):
+            for g in out.groups:
                 for ei, off, arr in produce(g):
                     e = g.entries[ei]
                     arr = np.ascontiguousarray(arr)
@@ -296,8 +270,6 @@ def write_file(root: str, index: int, out: OutFile, produce: Callable[[Group], I
                                            f"is out of order (file position {pos}, tensor at {offsets[id(e)]})")
                     sink.put(buf)
                     pos += len(buf)
-                if hook:
-                    hook(gi)
             if pos != size:
                 raise ConvertError(f"internal: {out.path}: produced {pos} bytes, the layout has {size}")
             sink.close()
@@ -436,6 +408,12 @@ def run_jobs(job, order: List[int], sizes: Dict[int, int], workers: int, on_done
                 continue
             except (EOFError, OSError):   # pragma: no cover
                 return
+    def rest():                          # what the workers reported after the drain thread stopped
+        while True:
+            try:
+                bar.update(q.get_nowait())
+            except (queue_mod.Empty, EOFError, OSError):
+                break
     t = threading.Thread(target=drain, daemon=True)
     t.start()
     try:
@@ -445,11 +423,7 @@ def run_jobs(job, order: List[int], sizes: Dict[int, int], workers: int, on_done
         pool.join()
         stop.set()
         t.join()
-        while True:
-            try:
-                bar.update(q.get_nowait())
-            except (queue_mod.Empty, EOFError, OSError):
-                break
+        rest()
         bar.update(max(0, total - bar.n))
     except BaseException:
         pool.terminate()
@@ -459,10 +433,6 @@ def run_jobs(job, order: List[int], sizes: Dict[int, int], workers: int, on_done
     finally:
         stop.set()
         t.join()
-        while True:
-            try:
-                bar.update(q.get_nowait())
-            except (queue_mod.Empty, EOFError, OSError):
-                break
+        rest()
         bar.close()
         q.close()

@@ -12,6 +12,7 @@ import os
 import tempfile
 from typing import List, Optional
 
+from ..atomic import write_bytes
 from ..train.data import DataError
 from ..train.tokenizer import HFTokenizer, load_tokenizer as _load_tokenizer
 
@@ -74,9 +75,7 @@ def train_demo_tokenizer(vocab_size: int, out_path: Optional[str] = None) -> HFT
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([DEMO_TEXT] * 4, trainer=trainer)
     if out_path:
-        tmp = out_path + ".tmp"
-        tok.save(tmp)
-        os.replace(tmp, out_path)
+        write_bytes(out_path, tok.to_str(pretty=True).encode("utf-8"))
         return HFTokenizer(out_path)
     with tempfile.TemporaryDirectory() as d:
         tok.save(os.path.join(d, "tokenizer.json"))

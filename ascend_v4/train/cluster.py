@@ -156,11 +156,14 @@ def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None
 
 def memory_estimate(cfg: ModelConfig, tc) -> Dict[str, float]:
     """GiB per device. bf16 params and grads, fp32 master + optimiser state (Muon: 1 buffer, AdamW: 2), the state
-    split over each parameter's replica group when parallel.optimizer_shard (Muon then needs the full matrix back
-    for Newton-Schulz: one all-gather per matrix per step, not counted here).
+    split over each parameter's replica group when parallel.optimizer_shard, as the runtime does (ZeRO-1,
+    ascend_v4.parallel.OptimizerShard: dense tensors over dp, expert shards over their dp/ep replicas; whole
+    tensors per owner, so the split is even up to one tensor). The all-gather of the new weights needs one transient
+    float32 buffer of the replicated weights, not counted here.
 
     Activations: per token per layer, the 4 mHC streams and sublayer inputs (bf16) plus the attention query and the
     k routed experts' intermediate — saved for backward without recompute; divided by tp (and by pp for layers).
+    With `recompute: true` a block keeps only its input streams and one block's activations exist at a time.
     With pp > 1 the trainer's schedule (train/pipeline.py) holds one micro-batch's stage activations (the backward
     recomputes the stage) plus the input streams of all micro-batches.
     """
@@ -185,9 +188,9 @@ def memory_estimate(cfg: ModelConfig, tc) -> Dict[str, float]:
     frac_experts = 1.0 / (p.ep * p.pp)
     frac_dense = 1.0 / (p.tp * p.pp)
     share = experts * frac_experts + dense * frac_dense
-    # optimizer_shard: state split over the replicas of each parameter (dense: dp; experts: dp·tp/ep)
+    # optimizer_shard: state split over the replicas of each parameter (dense: dp; expert shards: dp/ep)
     rep_dense = p.dp if p.optimizer_shard else 1
-    rep_experts = max(p.dp * p.tp // p.ep, 1) if p.optimizer_shard else 1
+    rep_experts = max(p.dp // p.ep, 1) if p.optimizer_shard else 1
     state_share = experts * frac_experts / rep_experts + dense * frac_dense / rep_dense
     shard_adam = adam * frac_dense / rep_dense
     shard_muon = state_share - shard_adam
@@ -197,6 +200,8 @@ def memory_estimate(cfg: ModelConfig, tc) -> Dict[str, float]:
     per_tok_layer = 2 * (3 * cfg.hc_mult * cfg.dim + cfg.n_heads * cfg.head_dim // p.tp + cfg.q_lora_rank
                          + 3 * cfg.n_activated_experts * cfg.moe_inter_dim // p.tp + 2 * cfg.head_dim)
     act = per_tok_layer * tokens * layers
+    if getattr(tc, "recompute", False):     # each block keeps its input streams; one block's activations live
+        act = (2 * cfg.hc_mult * cfg.dim * tokens * (layers - 1)) + per_tok_layer * tokens
     if p.pp > 1:      # train/pipeline.py: GPipe + full stage recompute keeps every micro-batch's stage input
         act += p.micro_batches * tokens * cfg.hc_mult * cfg.dim * 2
     logits = 4 * tokens * cfg.vocab_size / p.tp * (2 if tc.mtp else 1)

@@ -63,11 +63,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..atomic import atomic_write, write_bytes
 
 TEXT_EXTS = (".txt", ".md")
 JSONL_EXTS = (".jsonl",)
@@ -187,13 +188,6 @@ def _encode_many(tok, texts: List[str]) -> List[List[int]]:
     return batch(texts) if batch is not None else [tok.encode(t) for t in texts]
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def default_cache_dir() -> str:
     base = os.environ.get("ASCEND_V4_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ascend-v4")
     return os.path.join(base, "tokens")
@@ -248,42 +242,33 @@ def tokenize_file(path: str, tok, cache_dir: str, skip_bad: bool = False, tok_fp
 
     bos, eos = int(tok.bos_id), int(tok.eos_id)
     stats: Dict[str, int] = {}
-    suffix = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tok_tmp = base + ".tokens" + suffix
     offsets = [0]
-    try:
-        with open(tok_tmp, "wb") as out:
-            chunk: List[str] = []
-            size = 0
+    with atomic_write(base + ".tokens", "wb") as out:
+        chunk: List[str] = []
+        size = 0
 
-            def flush():
-                for ids in _encode_many(tok, chunk):
-                    arr = np.empty(len(ids) + 2, dtype="<i4")
-                    arr[0], arr[-1] = bos, eos
-                    arr[1:-1] = ids
-                    out.write(arr.tobytes())
-                    offsets.append(offsets[-1] + len(arr))
-                chunk.clear()
+        def flush():
+            for ids in _encode_many(tok, chunk):
+                arr = np.empty(len(ids) + 2, dtype="<i4")
+                arr[0], arr[-1] = bos, eos
+                arr[1:-1] = ids
+                out.write(arr.tobytes())
+                offsets.append(offsets[-1] + len(arr))
+            chunk.clear()
 
-            for text in iter_documents(path, skip_bad, stats):
-                chunk.append(text)
-                size += len(text)
-                if size >= _CHUNK_CHARS:
-                    flush()
-                    size = 0
-            flush()
-        os.replace(tok_tmp, base + ".tokens")
-    except BaseException:
-        if os.path.exists(tok_tmp):
-            os.remove(tok_tmp)
-        raise
+        for text in iter_documents(path, skip_bad, stats):
+            chunk.append(text)
+            size += len(text)
+            if size >= _CHUNK_CHARS:
+                flush()
+                size = 0
+        flush()
     off = np.asarray(offsets, dtype=np.int64)
-    off_tmp = base + ".offsets" + suffix + ".npy"
-    np.save(off_tmp, off, allow_pickle=False)
-    os.replace(off_tmp, base + ".offsets.npy")
+    with atomic_write(base + ".offsets.npy", "wb") as fh:
+        np.save(fh, off, allow_pickle=False)
     meta = {"version": CACHE_VERSION, "source": os.path.abspath(path), "sha256": sha, "tokenizer": tok_fp,
             "n_docs": len(off) - 1, "n_tokens": int(off[-1]), "stats": stats}
-    _atomic_write_bytes(base + ".json", json.dumps(meta, indent=1).encode())
+    write_bytes(base + ".json", json.dumps(meta, indent=1).encode())
     entry = _load_entry(base, sha, path)
     if entry is None:  # pragma: no cover - only if the cache dir is being deleted under us
         raise DataError(f"{cache_dir}: token cache entry for {path} vanished while writing; check the cache dir")

@@ -1,7 +1,7 @@
 """`ascend-v4 export-official CKPT OUT [--dtype fp8|bf16]`: trained weights -> an official DeepSeek-V4 release dir.
 
 CKPT is a `ascend-v4 train --out` directory (its `latest` checkpoint is exported) or one `ckpt-XXXXXXXX` directory in
-it. OUT receives what the official release ships (spec §7), written by the checkpoint package's release writer
+it. OUT receives what the official release ships (docs/formats.md), written by the checkpoint package's release writer
 (`ascend_v4.checkpoint.write_official_checkpoint`, the codec path of `make-checkpoint` and the converter):
 
 * `config.json` (HF root flavour), `model-0000i-of-0000N.safetensors` + `model.safetensors.index.json`, official
@@ -26,6 +26,8 @@ import shutil
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+
+from ascend_v4.atomic import atomic_dir
 
 from .state import STATE_VERSION, TrainStateError
 
@@ -185,21 +187,10 @@ def export_official(ckpt: str, out_dir: str, dtype: str = "fp8") -> Dict:
     cfg, weights, st = read_trained(ckpt_dir)
     cfg = cfg.replace(dtype=dtype)
     tok_files, warning = _tokenizer_files(ckpt_dir, st)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    stage = os.path.join(parent, f".{os.path.basename(out_dir)}.export-{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    os.makedirs(stage)
-    try:
-        inner = os.path.join(stage, "release")
-        stored = write_official_checkpoint(cfg, weights, inner)        # the release writer (atomic itself)
-        _write_tokenizer(tok_files, inner, cfg)
-        load_official_weights(inner, names=[])      # re-read every header: names, dtypes, shapes vs the inventory
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)                        # empty (checked above)
-        os.rename(inner, out_dir)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with atomic_dir(out_dir) as stage:               # OUT appears with weights, config and tokenizer, or not at all
+        stored = write_official_checkpoint(cfg, weights, stage, overwrite=True)    # stage: empty, ours
+        _write_tokenizer(tok_files, stage, cfg)
+        load_official_weights(stage, names=[])      # re-read every header: names, dtypes, shapes vs the inventory
     errs = _errors(cfg, weights, stored)
     summary = {"checkpoint": ckpt_dir, "out": out_dir, "dtype": dtype, "step": int(st.get("step", -1)),
                "config": cfg.name, "mtp_layers": cfg.n_mtp_layers, "tensors": len(weights),

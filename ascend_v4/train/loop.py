@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 
+from ..atomic import atomic_write
 from .state import TrainStateError
 from .run_config import (DataConfig, ParallelConfig, TrainConfig, TrainConfigError,  # noqa: F401 (re-exported)
                          FREEZABLE)
@@ -73,6 +74,17 @@ def _fmt_s(sec: float) -> str:
     sec = int(round(sec))
     h, rem = divmod(sec, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
+
+
+def apply_recompute(model) -> int:
+    """Activation recompute (train `recompute: true`): MindSpore's Cell.recompute() on every main-model block this
+    process holds (Transformer.run_layers calls the Block Cells, which is what recompute acts on), so the backward
+    recomputes a block's activations from its input streams. Returns the number of blocks."""
+    n = 0
+    for i in model.local_layers:
+        model.layers[i].recompute()
+        n += 1
+    return n
 
 
 class TrainDivergedError(TrainStateError, FloatingPointError):
@@ -124,10 +136,8 @@ def truncate_metrics(path: str, step: int) -> int:
             else:
                 dropped += 1
     if dropped:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as fh:
+        with atomic_write(path, "w") as fh:
             fh.writelines(keep)
-        os.replace(tmp, path)
         group_readable(path)
     return dropped
 
@@ -164,6 +174,12 @@ class Trainer:
 
         self.tc, self.out_dir, self.rank, self.world = tc, out_dir, rank, world
         self.log = _log if rank == 0 else (lambda msg: None)
+        from ascend_v4 import precision
+        from ascend_v4.ops.registry import target
+        if tc.precision == "bf16" and (target().device != "Ascend" or target().emulated):
+            raise TrainConfigError("precision: bf16 needs an Ascend device (CPU has no bf16 matmul); use "
+                                   "precision: bf16-emulated to test the bf16 recipe on CPU, or --device ascend")
+        precision.set_policy(tc.precision)       # before the model is built: parameter dtypes, rounding points
         if tc.model is None and tc.init_from:
             from .init_from import source_config
             self.cfg = source_config(tc.init_from)       # the source's config.json, validated by config.py
@@ -232,18 +248,39 @@ class Trainer:
             if self.parallel is not None and self.parallel.sharded:   # this rank's slices of the full weights
                 init = self.parallel.shard_weights(init, random_names)
             load_into(self.model, init, strict=False)
+        bf16_storage = ()
+        if precision.emulating():      # bf16-representable weights with fp32 masters, as Ascend stores them
+            n = precision.round_stored_params(self.model)
+            bf16_storage = tuple(q.name for q in self.model.get_parameters() if precision.stored_bf16(q.name))
+            self.log(f"precision: bf16-emulated - {n} weights rounded to bf16 (fp32 masters in the optimiser), "
+                     f"activations rounded where Ascend holds bf16")
+        if tc.recompute:
+            n = apply_recompute(self.model)
+            self.log(f"recompute: {n} blocks recompute their activations in the backward")
         self.frozen = []
         if tc.freeze:
             from .init_from import freeze_parameters
             self.frozen = freeze_parameters(self.model, tc.freeze)
             self.log(f"freeze: {len(self.frozen)} parameters of {', '.join(tc.freeze)} stay fixed")
-        if p.optimizer_shard and p.dp > 1:
-            self.log("warning: parallel.optimizer_shard is not implemented by this runtime yet: every dp rank keeps "
-                     "the whole optimiser state (--dry-run counts it sharded)")
         self.schedule = Schedule(peak_lr=tc.lr, total_steps=tc.steps, warmup_steps=tc.warmup_steps,
                                  min_lr=tc.min_lr, decay_start=tc.decay_start)
         muon_tp = MuonTensorParallel(self.parallel) if self.parallel is not None and self.parallel.tp > 1 else None
-        self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps, tensor_parallel=muon_tp)
+        shard = None
+        if p.optimizer_shard and p.dp > 1 and (p.pp > 1 or p.micro_batches > 1):
+            raise TrainConfigError("parallel.optimizer_shard is not implemented with the pipeline schedule (pp > 1 or "
+                                   "micro_batches > 1) yet; set optimizer_shard: false, or pp: 1 and micro_batches: 1")
+        if p.optimizer_shard and p.dp > 1:       # ZeRO-1: state and update of each parameter on one dp rank
+            from ascend_v4.parallel import OptimizerShard
+            from .param_groups import FROZEN, classify_param
+            shard = OptimizerShard(self.parallel, [q for q in self.model.get_parameters()
+                                                   if classify_param(q)[0] != FROZEN])
+        self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps, tensor_parallel=muon_tp,
+                             shard=shard, bf16_storage=bf16_storage)
+        if shard is not None:
+            mine = sum(int(np.prod(q.shape)) for q in self.opt.state_parameters().values())
+            full = sum(int(np.prod(sh)) for _, sh in self.opt.state_specs.values())
+            self.log(f"optimizer_shard: ZeRO-1 over dp {p.dp}: rank 0 holds {mine:,} of {full:,} optimiser state "
+                     f"values ({mine / max(full, 1):.0%})")
         import mindspore as ms
         self.pipelined = p.pp > 1 or p.micro_batches > 1
         bias_speed = 0.0 if "router" in tc.freeze else tc.bias_update_speed   # a frozen router keeps its bias too

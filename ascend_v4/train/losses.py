@@ -1,4 +1,4 @@
-"""Training objective of DeepSeek-V4 (spec §10): next-token CE + MTP CE (depth 1) + sequence-wise balance loss.
+"""Training objective of DeepSeek-V4 (docs/training.md): next-token CE + MTP CE (depth 1) + sequence-wise balance loss.
 
     loss = lm + mtp_weight · mtp + balance_alpha · Σ_layers balance
 

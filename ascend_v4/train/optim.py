@@ -1,4 +1,4 @@
-"""Muon + AdamW as one MindSpore Cell, usable inside a GRAPH_MODE / `ms.jit` train step (spec §10).
+"""Muon + AdamW as one MindSpore Cell, usable inside a GRAPH_MODE / `ms.jit` train step (docs/training.md).
 
     opt = MuonAdamW(net.trainable_params(), Schedule(...))           # groups from param_groups.classify
     grad_fn = ms.value_and_grad(net, None, opt.parameters)
@@ -63,13 +63,14 @@ from mindspore import nn, ops, Parameter, ParameterTuple, Tensor
 from mindspore.ops import composite as C, functional as F
 
 from ascend_v4.ops import resolve as _resolve_op
+from ascend_v4.precision import round_bf16 as _round_bf16
 from ascend_v4.ops.muon.composite import newton_schulz as _ns_composite
 from ascend_v4.ops.muon.reference import NS_COEFFS as _NS_COEFFS, NS_EPS as _NS_EPS
 
 from . import param_groups as pg
 from .schedule import as_table, lookup
 
-# Hybrid Newton–Schulz (spec §10): 8 fast-converging quintic steps, then 2 steps that settle singular values at 1.
+# Hybrid Newton–Schulz (docs/training.md): 8 fast-converging quintic steps, then 2 steps that settle singular values at 1.
 NS_COEFFS: Tuple[Tuple[float, float, float], ...] = _NS_COEFFS
 NS_EPS = _NS_EPS
 
@@ -196,9 +197,12 @@ _write = C.MultitypeFuncGraph("write")
 
 @_write.register("Tensor", "Tensor", "Bool", "Tensor")
 def _write_fn(param, work, has_master, new):
-    """new (fp32) -> the master (if any) and the parameter in its own dtype."""
+    """new (fp32) -> the master (if any) and the parameter in its own dtype; a float32 parameter with a master is
+    bf16-emulated storage (precision.py) and receives the bf16-rounded value."""
     if has_master:
         ops.assign(work, new)
+        if param.dtype == ms.float32:
+            return ops.assign(param, _round_bf16(new))
     return ops.assign(param, ops.cast(new, param.dtype))
 
 
@@ -229,6 +233,33 @@ def _adamw_fn(lr, decay, bc1, bc2, b1, b2, eps, param, work, has_master, m, v, g
     return _write_fn(param, work, has_master, new)
 
 
+# ZeRO-1 all-gather (OptimizerShard in ascend_v4/parallel.py plans the owners)
+_zero_contrib = C.MultitypeFuncGraph("zero_contrib")
+
+
+@_zero_contrib.register("Tuple", "Tuple", "Number", "Number", "Number")
+def _zero_contrib_fn(new_muon, new_adam, src, i, size):
+    """This rank's contribution to the ZeRO all-gather buffer: a tensor it updated (src 1: Muon result i, 2: AdamW
+    result i) as flat fp32, zeros for one another rank owns (src 0). Taken from the update's results, so the
+    collective depends on the whole update (and through the clip on every gradient)."""
+    if src == 1:
+        return ops.reshape(ops.cast(new_muon[i], ms.float32), (-1,))
+    if src == 2:
+        return ops.reshape(ops.cast(new_adam[i], ms.float32), (-1,))
+    return ops.zeros((size,), ms.float32)
+
+
+_zero_take = C.MultitypeFuncGraph("zero_take")
+
+
+@_zero_take.register("Tensor", "Bool", "Tensor", "Number", "Number")
+def _zero_take_fn(full, mine, p, start, stop):
+    """Write the gathered value into a tensor another rank owns (the owner keeps its own write)."""
+    if mine:
+        return p
+    return ops.assign(p, ops.cast(ops.reshape(full[start:stop], p.shape), p.dtype))
+
+
 # ------------------------------------------------------------------------------------------------ optimiser
 class MuonAdamW(nn.Cell):
     """Muon for matrices, AdamW for the rest, frozen parameters left alone (see the module docstring).
@@ -246,6 +277,13 @@ class MuonAdamW(nn.Cell):
                   Muon input of each sliced matrix is gathered to the full matrix before Newton–Schulz (bucketed
                   and scaled by its full shape) and the rank keeps its own slice of the result, so the update
                   equals the single-process one. Momentum and AdamW state stay sliced (elementwise).
+    bf16_storage  names of float32 parameters that emulate bf16 storage (precision policy bf16-emulated): they get
+                  an fp32 master like a bf16 parameter, and receive the master rounded to bf16 after each update.
+    shard         ascend_v4.parallel.OptimizerShard or None: ZeRO-1. This rank keeps state (momentum, moments,
+                  master) only for the parameters it owns and updates only those; the updated weights are then
+                  all-gathered over each replica group inside the same graph, so every rank ends the step with the
+                  unsharded optimiser's weights, bit for bit. `state_specs` names the unsharded state, which
+                  OptimizerShard.gather_state rebuilds for checkpoints (train/state.py).
     """
 
     def __init__(self, params, lr_schedule, *, momentum: float = 0.95, nesterov: bool = True,
@@ -253,7 +291,7 @@ class MuonAdamW(nn.Cell):
                  ns_coeffs: Sequence[Tuple[float, float, float]] = NS_COEFFS, ns_eps: float = NS_EPS,
                  ns_bf16: bool = False, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-20,
                  adam_weight_decay: float = 0.1, master_weights: bool = True, bucket_numel: int = 1 << 24,
-                 classify=None, tensor_parallel=None, ns_backend=None):
+                 classify=None, tensor_parallel=None, ns_backend=None, shard=None, bf16_storage=()):
         super().__init__(auto_prefix=False)
         if hasattr(params, "get_parameters"):
             params = params.get_parameters()
@@ -290,10 +328,20 @@ class MuonAdamW(nn.Cell):
 
         self.step = Parameter(Tensor(0, ms.int32), name="step", requires_grad=False)
 
+        # ZeRO-1: this rank's parameters (state + update); everything when unsharded
+        self.shard = shard if shard is not None and shard.active else None
+        owned = [self.shard is None or self.shard.owns(p.name) for p in ps]
         # fp32 masters of non-fp32 params; "work" = what an update reads (the master, else the param itself)
-        has_master = [bool(master_weights) and p.dtype != ms.float32 for p in ps]
+        bf16_storage = set(bf16_storage)
+        has_master = [bool(master_weights) and (p.dtype != ms.float32 or p.name in bf16_storage) for p in ps]
+        # the unsharded state: {state name: (parameter name, shape)} (checkpoints are written in this layout)
+        specs = {"step": ("", ())}
+        for p, g, h in zip(ps, self.groups, has_master):
+            for prefix in (("muon_m",) if g == pg.MUON else ("adam_m", "adam_v")) + (("master",) if h else ()):
+                specs[f"{prefix}.{p.name}"] = (p.name, tuple(int(d) for d in p.shape))
+        self.state_specs = specs
         masters = {i: Parameter(Tensor(p.asnumpy().astype(np.float32)), name=f"master.{p.name}",
-                                requires_grad=False) for i, (p, h) in enumerate(zip(ps, has_master)) if h}
+                                requires_grad=False) for i, (p, h) in enumerate(zip(ps, has_master)) if h and owned[i]}
         self.masters = ParameterTuple(list(masters.values()))
         self._master_of = tuple(sorted(masters))   # index in self.parameters of each master (for reset_masters)
 
@@ -302,7 +350,7 @@ class MuonAdamW(nn.Cell):
                              requires_grad=False)
 
         # Muon, internal order = bucket by bucket
-        muon = [i for i, g in enumerate(self.groups) if g == pg.MUON]
+        muon = [i for i, g in enumerate(self.groups) if g == pg.MUON and owned[i]]
         tpar = tensor_parallel
         full = [tpar.full_shape(p.name, p.shape) if tpar is not None else tuple(p.shape) for p in ps]
         buckets = _buckets([full[i] for i in muon], int(bucket_numel))
@@ -339,7 +387,7 @@ class MuonAdamW(nn.Cell):
         self.n_buckets = len(buckets)
 
         # AdamW, input order
-        adam = [i for i, g in enumerate(self.groups) if g == pg.ADAMW]
+        adam = [i for i, g in enumerate(self.groups) if g == pg.ADAMW and owned[i]]
         self.adam_src = tuple(adam)
         self.adam_params = ParameterTuple([ps[i] for i in adam])
         self.adam_work = ParameterTuple([masters.get(i, ps[i]) for i in adam])
@@ -351,6 +399,35 @@ class MuonAdamW(nn.Cell):
         self.n_all, self.n_train = len(params), len(ps)
         self.muon_src_all = tuple(train[i] for i in self.muon_src)
         self.adam_src_all = tuple(train[i] for i in self.adam_src)
+
+        # ZeRO-1 all-gather, per replica group (dp, and edp for expert shards): members, whether this rank owns
+        # each, and its span in the group's flat float32 buffer
+        self.n_zero = 0
+        if self.shard is not None:
+            names = [p.name for p in ps]
+            for z, kind in enumerate(self.shard.kinds()):
+                members = [p for p, g in zip(ps, self.groups) if g != pg.FROZEN and self.shard.kind_of[p.name] == kind]
+                sizes = [int(np.prod(p.shape)) for p in members]
+                starts = tuple(int(v) for v in np.cumsum([0] + sizes[:-1]))
+                setattr(self, f"zero{z}_params", ParameterTuple(members))
+                setattr(self, f"zero{z}_mine", tuple(self.shard.owns(p.name) for p in members))
+                # where each member's new value comes from: (1, position in the Muon results) / (2, AdamW) / (0, -)
+                src = []
+                for p in members:
+                    j = names.index(p.name)
+                    if j in self.muon_src:
+                        src.append((1, self.muon_src.index(j)))
+                    elif j in self.adam_src:
+                        src.append((2, self.adam_src.index(j)))
+                    else:
+                        src.append((0, 0))
+                setattr(self, f"zero{z}_src", tuple(a for a, _ in src))
+                setattr(self, f"zero{z}_idx", tuple(b for _, b in src))
+                setattr(self, f"zero{z}_size", tuple(sizes))
+                setattr(self, f"zero{z}_start", starts)
+                setattr(self, f"zero{z}_stop", tuple(a + n for a, n in zip(starts, sizes)))
+                setattr(self, f"zero{z}_op", self.shard.all_reduce(kind))
+                self.n_zero = z + 1
 
     # ------------------------------------------------------------------ graph
     def construct(self, grads):
@@ -368,6 +445,7 @@ class MuonAdamW(nn.Cell):
         lr = lookup(self.lr_table, step)
         t = ops.cast(step, ms.float32)
 
+        new_muon, new_adam = (), ()
         if self.muon_src:
             us = hm(F.partial(_muon_momentum, self.momentum, self.nesterov), self.muon_m, g_muon)
             if self.tp_sliced:
@@ -379,14 +457,35 @@ class MuonAdamW(nn.Cell):
             o = hm(F.partial(_pick2, outs), self.flat_b, self.flat_j)
             if self.tp_sliced:
                 o = hm(F.partial(_tp_own, self.tp_size, self.tp_me), o, self.muon_split)
-            hm(F.partial(_muon_apply, lr, 1.0 - lr * self.muon_wd), self.muon_params, self.muon_work,
-               self.muon_has_master, o, self.muon_scale)
+            new_muon = hm(F.partial(_muon_apply, lr, 1.0 - lr * self.muon_wd), self.muon_params, self.muon_work,
+                          self.muon_has_master, o, self.muon_scale)
         if self.adam_src:
             bc1 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta1, ms.float32), t)
             bc2 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta2, ms.float32), t)
-            hm(F.partial(_adamw, lr, 1.0 - lr * self.adam_wd, bc1, bc2, self.beta1, self.beta2, self.eps),
-               self.adam_params, self.adam_work, self.adam_has_master, self.adam_m, self.adam_v, g_adam)
+            new_adam = hm(F.partial(_adamw, lr, 1.0 - lr * self.adam_wd, bc1, bc2, self.beta1, self.beta2,
+                                    self.eps), self.adam_params, self.adam_work, self.adam_has_master, self.adam_m,
+                          self.adam_v, g_adam)
+        # the returned lr depends on every update (an unused result would let the compiler drop its writes)
+        if self.muon_src:
+            lr = ops.depend(lr, new_muon)
+        if self.adam_src:
+            lr = ops.depend(lr, new_adam)
+        # ZeRO-1: the owners' new weights to every member of the group (dp, then edp: one fixed order)
+        if self.n_zero > 0:
+            lr = self._zero_gather(new_muon, new_adam, lr, self.zero0_params, self.zero0_mine, self.zero0_start,
+                                   self.zero0_stop, self.zero0_src, self.zero0_idx, self.zero0_size, self.zero0_op)
+        if self.n_zero > 1:
+            lr = self._zero_gather(new_muon, new_adam, lr, self.zero1_params, self.zero1_mine, self.zero1_start,
+                                   self.zero1_stop, self.zero1_src, self.zero1_idx, self.zero1_size, self.zero1_op)
         return lr
+
+    def _zero_gather(self, new_muon, new_adam, after, params, mine, start, stop, src, idx, size, op):
+        if op is None:           # simulated context: no communication, the other ranks' tensors stay as they were
+            return after
+        hm = self.hyper_map
+        flat = ops.depend(ops.concat(hm(F.partial(_zero_contrib, new_muon, new_adam), src, idx, size), 0), after)
+        full = op(flat)
+        return ops.depend(after, hm(F.partial(_zero_take, full), mine, params, start, stop))
 
     def _bucket_ns(self, us, b):
         """NS of us[start:end] (all shaped [..., rows, cols]) as one batch; returns a tuple of O's."""

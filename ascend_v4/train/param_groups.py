@@ -1,4 +1,4 @@
-"""Which optimiser moves which parameter: Muon, AdamW, or nothing (spec §10, §16.12).
+"""Which optimiser moves which parameter: Muon, AdamW, or nothing (docs/training.md).
 
 The split is decided by the parameter's *role*, read from its official name (ascend_v4/model.py uses the release
 names), with its shape and `requires_grad` as guards:
@@ -7,12 +7,12 @@ names), with its shape and `requires_grad` as guards:
              (wkv, wgate, also the indexer's), indexer (wq_b, weights_proj), the router affinity matrix
              `ffn.gate.weight`, routed experts (each expert's w1/w2/w3 is its own Parameter and is orthogonalised
              on its own), the shared expert, MTP e_proj/h_proj, and the mHC W_* projections `hc_*_fn`.
-             Spec §16.12: take the report's §2.4 ("Muon for everything except embedding, head, RMSNorm and mHC
-             biases + gates") as authoritative.
+             Of the technical report's two AdamW lists we take the larger ("Muon for everything except
+             embedding, head, RMSNorm and mHC biases + gates"); docs/training.md says why.
 * **adamw**  embedding, output head, every RMSNorm gain (`*norm.weight`), mHC static biases `hc_*_base` (S_*) and
              gating factors `hc_*_scale` (α_*), per-head `attn_sink` logits, compressor `ape`, and any other
              vector (1-D) parameter.  `ape` [ratio, c] is 2-D but is a learned per-slot *position bias* added to
-             the pooling scores (spec §4.2), i.e. a lookup table indexed by position-in-block like the embedding,
+             the pooling scores (docs/design.md), i.e. a lookup table indexed by position-in-block like the embedding,
              not a linear map; orthogonalising it (flattening its singular values) has no meaning, and its
              largest side is only `ratio` (4 or 128) rows.
 * **frozen** `ffn.gate.bias` (moved by the aux-loss-free balancer, never by gradients), the hash-routing table
@@ -39,7 +39,7 @@ _RULES: Tuple[Tuple[re.Pattern, str, Tuple[int, ...], str], ...] = tuple(
          "router bias: moved by the aux-loss-free balancer, never by gradients"),
         (_P + r"tid2eid$", FROZEN, (2,), "hash-routing table token->experts (integer, fixed)"),
         (_P + r"embed\.weight$", ADAMW, (2,), "token embedding (a lookup table, not a linear map)"),
-        (_P + r"head\.weight$", ADAMW, (2,), "output prediction head (AdamW per spec §10)"),
+        (_P + r"head\.weight$", ADAMW, (2,), "output prediction head (AdamW, as DeepSeek trains it)"),
         (r"norm\.weight$", ADAMW, (1,), "RMSNorm gain"),
         (_P + r"hc_(?:attn|ffn|head)_base$", ADAMW, (1,), "mHC static bias S_*"),
         (_P + r"hc_(?:attn|ffn|head)_scale$", ADAMW, (1,), "mHC gating factor alpha_*"),

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Dict, List
 
+from ..atomic import atomic_write
 from .state import TrainStateError
 
 
@@ -66,18 +67,15 @@ def plot_runs(runs: List[str], out_path: str) -> str:
         ax.legend(fontsize=7)
     fig.tight_layout()
     out_path = os.fspath(out_path)
-    root, ext = os.path.splitext(out_path)
+    ext = os.path.splitext(out_path)[1]
     fmt = (ext[1:] or "png").lower()
-    tmp = f"{root}.tmp-{os.getpid()}{ext}"
     try:
-        fig.savefig(tmp, format=fmt, dpi=110)
+        with atomic_write(out_path, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=110)
     except ValueError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise TrainStateError(f"--out {out_path}: cannot write this image format ({e}); use .png, .svg or .pdf") \
             from None
     finally:
         plt.close(fig)
-    os.replace(tmp, out_path)
     n = sum(len(r) for r in data.values())
     return f"wrote {out_path}: {len(runs)} run(s), {n} steps"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 FREEZABLE = ("embed", "head", "router")
+PRECISIONS = (None, "fp32", "bf16", "bf16-emulated")
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
 
@@ -38,8 +39,9 @@ class ParallelConfig:
     ep: int = _doc("expert parallel (divides dp): routed experts split over ep data-parallel ranks", 1)
     pp: int = _doc("pipeline stages: the layers split into pp contiguous stages", 1)
     micro_batches: int = _doc("micro-batches per step (pipeline schedule; with pp = 1 gradient accumulation)", 1)
-    optimizer_shard: bool = _doc("ZeRO-1: optimiser state split over dp (counted by --dry-run; the CPU runtime "
-                                 "keeps it replicated and says so)", False)
+    optimizer_shard: bool = _doc("ZeRO-1: each dp rank keeps the optimiser state of, and updates, only its share "
+                                 "of the parameters (whole tensors, balanced by size); the new weights are "
+                                 "all-gathered, checkpoints stay unsharded", False)
 
 
 @dataclass
@@ -81,6 +83,11 @@ class TrainConfig:
     save_every: int = _doc("checkpoint every N steps (and at the last step)", 100)
     keep_last_n: Optional[int] = _doc("keep only the newest N checkpoints; null = keep all", None)
     tensorboard: bool = _doc("write TensorBoard event files to OUT/tensorboard", True)
+    recompute: bool = _doc("activation recompute per block (MindSpore Cell.recompute on every main-model block): "
+                           "the backward recomputes a block's activations instead of keeping them", False)
+    precision: Optional[str] = _doc("null = the device's: bf16 on Ascend (bf16 weights and activations, fp32 "
+                                    "master weights and islands), fp32 on CPU; fp32; bf16-emulated = CPU, fp32 "
+                                    "arithmetic rounded to bf16 where Ascend stores bf16", None)
     data: DataConfig = _doc("training and evaluation data", factory=DataConfig)
     parallel: ParallelConfig = _doc("parallel layout (launch with msrun when dp·tp·pp > 1)", factory=ParallelConfig)
 
@@ -134,6 +141,8 @@ class TrainConfig:
              f"moe_capacity_factor must be null (dropless) or > 0, got {self.moe_capacity_factor!r}")
         need(self.keep_last_n is None or self.keep_last_n >= 1, f"keep_last_n must be null or >= 1, got "
                                                                  f"{self.keep_last_n}")
+        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(map(str, PRECISIONS))}, got "
+                                           f"{self.precision!r}")
         bad = [f for f in self.freeze if f not in FREEZABLE]
         need(not bad, f"freeze: unknown part(s) {bad}; valid: {', '.join(FREEZABLE)}")
         need(0 <= self.data.eval_fraction < 1, f"data.eval_fraction must lie in [0, 1), got {self.data.eval_fraction}")

@@ -1,4 +1,4 @@
-"""Learning-rate and MTP-loss-weight schedules (spec §10): linear warm-up from 0, optional constant phase, cosine
+"""Learning-rate and MTP-loss-weight schedules (docs/training.md): linear warm-up from 0, optional constant phase, cosine
 decay to a floor; MTP weight 0.3, lowered to 0.1 once the LR decay starts.
 
 Step convention (shared with `optim.MuonAdamW`): `step` counts optimiser updates already done. The optimiser
@@ -84,12 +84,12 @@ def constant(lr: float) -> Schedule:
 
 
 def flash(total_steps: int, warmup_steps: int = 2000, decay_start: Optional[int] = None) -> Schedule:
-    """V4-Flash recipe: warm-up 2000 steps to 2.7e-4, cosine to 2.7e-5 (spec §10)."""
+    """V4-Flash recipe: warm-up 2000 steps to 2.7e-4, cosine to 2.7e-5 (docs/training.md)."""
     return Schedule(2.7e-4, total_steps, warmup_steps, 2.7e-5, decay_start)
 
 
 def pro(total_steps: int, warmup_steps: int = 2000, decay_start: Optional[int] = None) -> Schedule:
-    """V4-Pro recipe: peak 2.0e-4, cosine to 2.0e-5 (spec §10)."""
+    """V4-Pro recipe: peak 2.0e-4, cosine to 2.0e-5 (docs/training.md)."""
     return Schedule(2.0e-4, total_steps, warmup_steps, 2.0e-5, decay_start)
 
 

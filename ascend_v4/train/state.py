@@ -9,14 +9,15 @@ Tensor / expert parallel runs (a ParallelContext whose ranks hold slices): every
 the model AND of the optimiser state (Muon momentum, Adam moments: elementwise, sliced like their parameter) are
 gathered to the full official tensors, and rank 0 writes the same single-file layout as a one-process run. So a
 tp/ep checkpoint loads anywhere (one process, another layout), and `load` slices the full tensors for this rank:
-resume is exact for the same layout. Pipeline stages (pp > 1) are merged the same way (ParallelContext.
+resume is exact for the same layout. ZeRO-1 (parallel.optimizer_shard): each rank holds the optimiser state of the
+parameters it owns; `save` gathers it to the unsharded layout first and `load` keeps each rank's own entries, so
+a checkpoint resumes under any dp, sharded or not. Pipeline stages (pp > 1) are merged the same way (ParallelContext.
 gather_stages), and each stage loads only its own layers' tensors.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -40,7 +41,10 @@ def _save_tensors(path: str, arrays: Dict[str, np.ndarray]) -> None:
     write_bytes(path, save({n: np.ascontiguousarray(a) for n, a in sorted(arrays.items())}))
 
 
-def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None) -> None:
+def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None,
+                  expected_names=None) -> None:
+    """Fill `params` from the file, which must hold exactly `expected_names` (default: the params' names; a ZeRO-1
+    rank holds a subset of the state it checks for) as full tensors."""
     import mindspore as ms
     from safetensors.numpy import load_file
     try:
@@ -49,9 +53,9 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
         raise TrainStateError(f"{path}: unreadable {what} state ({e}); the checkpoint is damaged") from None
     if stage_keep is not None:          # a pipeline stage takes its own layers' tensors
         data = {n: a for n, a in data.items() if stage_keep(n)}
-    expected = set(params)
+    expected = set(params if expected_names is None else expected_names)
     if parallel is not None and parallel.sharded:
-        expected = set(parallel.full_names(params, n_experts))
+        expected = set(parallel.full_names(expected, n_experts))
     missing = sorted(expected - set(data))
     extra = sorted(set(data) - expected)
     if missing or extra:
@@ -59,7 +63,7 @@ def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 
                               f"{extra[:3]}); resume with the same config or start a new --out directory")
     if parallel is not None and parallel.sharded:
         data = parallel.shard_weights(data, params)
-    for n, p in params.items():
+    for n, p in params.items():       # a ZeRO-1 rank takes only its own parameters' state
         a = data[n]
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise TrainStateError(f"{path}: {what} tensor '{n}' has {int((~np.isfinite(a)).sum())} NaN/Inf values; "
@@ -78,27 +82,21 @@ def save(out_dir: str, step: int, model, optimizer, trainer_state: Dict, paralle
     final = os.path.join(out_dir, f"ckpt-{step:08d}")
     model_t = {n: p.asnumpy() for n, p in _params(model).items()}
     opt_t = {n: p.asnumpy() for n, p in _params(optimizer).items() if n not in model_t}
+    if getattr(optimizer, "shard", None) is not None:     # ZeRO-1: every owner's state, unsharded layout
+        opt_t = optimizer.shard.gather_state(opt_t, optimizer.state_specs)
     if parallel is not None and parallel.sharded:
         model_t, opt_t = parallel.gather_full(model_t), parallel.gather_full(opt_t)
     if parallel is not None and parallel.pp > 1:
         model_t, opt_t = parallel.gather_stages(model_t), parallel.gather_stages(opt_t)
     if parallel is not None and parallel.rank != 0:
         return final
-    from ascend_v4.atomic import write_bytes
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        os.makedirs(tmp)
+    from ascend_v4.atomic import atomic_dir, write_bytes
+    with atomic_dir(final) as tmp:               # a failed save (full disk, kill) leaves no half checkpoint behind
         _save_tensors(os.path.join(tmp, "model.safetensors"), model_t)
         _save_tensors(os.path.join(tmp, "optimizer.safetensors"), opt_t)
         write_bytes(os.path.join(tmp, "trainer_state.json"),
                     json.dumps(dict(trainer_state, step=step, version=STATE_VERSION), indent=1,
                                sort_keys=True).encode("utf-8"))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)     # a failed save (full disk, kill) leaves no ckpt-N.tmp behind
-        raise
     write_bytes(os.path.join(out_dir, "latest"), (os.path.basename(final) + "\n").encode("utf-8"))
     return final
 
@@ -165,6 +163,7 @@ def load(ckpt_dir: str, model, optimizer, parallel=None) -> Dict:
         keep = lambda name: me in stages_holding(name, n_layers, pp, mtp)     # noqa: E731
     _load_tensors(os.path.join(ckpt_dir, "model.safetensors"), _params(model), "model", parallel, n_experts, keep)
     opt_params = {n: p for n, p in _params(optimizer).items() if n not in _params(model)}
+    zero = getattr(optimizer, "shard", None) is not None
     _load_tensors(os.path.join(ckpt_dir, "optimizer.safetensors"), opt_params, "optimizer", parallel, n_experts,
-                  keep)
+                  keep, expected_names=list(optimizer.state_specs) if zero else None)
     return st

@@ -1,7 +1,7 @@
 """The compiled train step: loss + grads (value_and_grad), clipping, optimiser, router-bias balancing.
 
 Everything runs inside one `ms.jit` graph per batch shape. The aux-loss-free balancer moves `gate.bias`
-outside the gradient from the step's expert loads: bias_i += speed · sign(mean(load) − load_i) (spec §10).
+outside the gradient from the step's expert loads: bias_i += speed · sign(mean(load) − load_i) (docs/training.md).
 Under data parallelism the gradients are averaged over dp and the loads are all-reduced over dp, so every rank
 applies the same bias update. With a ParallelContext (ascend_v4/parallel.py): gradients go through its
 GradReducer (dp mean; expert-parallel experts summed over their replicas and divided by dp), losses / loads /
@@ -60,10 +60,12 @@ class TrainStep:
         self.allreduce = None
         clip = clip_by_global_norm
         sharded = parallel is not None and parallel.world > 1
+        # ZeRO-1: the dp ranks compile different graphs; one collective for gradients and statistics (below)
+        self.flat = sharded and getattr(optimizer, "shard", None) is not None
         if sharded:
-            from ascend_v4.parallel import GradReducer, ShardedClip
+            from ascend_v4.parallel import FlatGradReducer, GradReducer, ShardedClip
             data_parallel = parallel.dp
-            self.reducer = GradReducer(parallel, self.params)
+            self.reducer = (FlatGradReducer if self.flat else GradReducer)(parallel, self.params)
             if parallel.group("dp") is not None:
                 self.allreduce = ops.AllReduce(ops.ReduceOp.SUM, parallel.group("dp"))
             clip = ShardedClip(parallel, self.params, max_grad_norm)
@@ -74,9 +76,19 @@ class TrainStep:
         def step(input_ids, targets, segment_ids, loss_mask, mtp_weight, lm_denom, mtp_denom):
             (loss, lm, mtp, bal, loads, dropped), grads = self.grad_fn(input_ids, targets, segment_ids, loss_mask, mtp_weight,
                                                               lm_denom, mtp_denom)
-            if self.reducer is not None:
+            if self.flat:         # losses, loads and drops summed over dp in the gradients' AllReduce
+                one = (1,)
+                stats = ops.concat((ops.reshape(loads, (-1,)), ops.reshape(ops.cast(dropped, ms.float32), one),
+                                    ops.reshape(lm, one), ops.reshape(mtp, one), ops.reshape(bal, one),
+                                    ops.reshape(loss, one)), 0)
+                grads, stats = self.reducer(grads, stats)
+                n = loads.size
+                loads = ops.reshape(stats[:n], loads.shape)
+                dropped, lm, mtp = stats[n], stats[n + 1] / data_parallel, stats[n + 2] / data_parallel
+                bal, loss = stats[n + 3] / data_parallel, stats[n + 4] / data_parallel
+            elif self.reducer is not None:
                 grads = self.reducer(grads)
-            if self.allreduce is not None:
+            if self.allreduce is not None and not self.flat:
                 loads = self.allreduce(loads)
                 dropped = self.allreduce(ops.cast(dropped, ms.float32))
                 # report the global batch's losses, not this rank's share

@@ -19,9 +19,9 @@ import hashlib
 import io
 import json
 import os
-import uuid
 from typing import Iterable, Iterator, List, Optional, Protocol, Sequence, runtime_checkable
 
+from ..atomic import write_bytes
 from .data import DataError, iter_documents, resolve_files
 
 __all__ = ["DataError", "Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "train_sentencepiece",
@@ -202,10 +202,7 @@ def train_sentencepiece(files: Sequence[str], vocab_size: int, out_prefix: str, 
     out = out_prefix + ".model"
     d = os.path.dirname(os.path.abspath(out))
     os.makedirs(d, exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, out)
+    write_bytes(out, buf.getvalue())
     return out
 
 

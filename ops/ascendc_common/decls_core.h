@@ -205,6 +205,21 @@ template <typename T, typename U>
 __aicore__ void Cast(const LocalTensor<T>& dst, const LocalTensor<U>& src, const RoundMode& roundMode,
                             const uint32_t count);
 
+// kernel_struct_gather.h / kernel_operator_vec_gather_mask_intf.h (built-in pattern form; MoE gating, indexer)
+struct GatherMaskParams {
+  __aicore__ GatherMaskParams() {}
+  __aicore__ GatherMaskParams(const uint8_t src0BlockStrideIn, const uint16_t repeatTimesIn,
+                              const uint16_t src0RepeatStrideIn, const uint8_t src1RepeatStrideIn);
+  uint8_t src0BlockStride = 1;
+  uint16_t repeatTimes = 0;
+  uint16_t src0RepeatStride = 8;
+  uint8_t src1RepeatStride = 8;
+};
+template <typename T>
+__aicore__ void GatherMask(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const uint8_t src1Pattern,
+                           const bool reduceMode, const uint32_t mask, const GatherMaskParams& gatherMaskParams,
+                           uint64_t& rsvdCnt);
+
 }  // namespace AscendC
 
 __aicore__ AscendC::TPipe* GetTPipePtr();   // kernel_common.h: global, not in AscendC

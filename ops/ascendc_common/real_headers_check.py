@@ -219,7 +219,7 @@ class Workspace:
         text = open(emu_h).read()
         done = set(re.findall(r"^inline\s+(?:void|int64_t)\s+(\w+)\s*\(", text, re.M))
         done |= set(re.findall(r"^\s*inline\s+(?:void|int64_t)\s+(\w+)\s*\(", text, re.M))
-        done |= set(re.findall(r"^AV4_EMU_(?:BINARY|SCALAR|UNARY)\((\w+),", text, re.M))
+        done |= set(re.findall(r"^AV4_EMU_(?:BINARY|SCALAR|UNARY|ND2NZ)\((\w+)[,)]", text, re.M))
         for b in re.findall(r"^AV4_EMU_COPY_ALIGN\((\d+)\)", text, re.M):
             done |= {f"copy_gm_to_ubuf_align_b{b}", f"copy_ubuf_to_gm_align_b{b}"}
         shim = self.shim_text(skip=done, abort=True) + f'\n#include "{emu_h}"\n'
@@ -316,7 +316,12 @@ class Workspace:
                                    "include/utils")] + [f"-I{g}/gen", f"-I{g}/install/kinc"]
         defs = ["-D__CCE_KT_TEST__=1", "-D__CCE_AICORE__=220", "-D__NPU_ARCH__=2201", "-DASCENDC_CPU_DEBUG=1",
                 "-D__DAV_C220__"]
-        defs += ["-D__DAV_C220_VEC__", "-D__DAV_VEC__"] if core == "AIV" else ["-D__DAV_C220_CUBE__", "-D__DAV_CUBE__"]
+        # AIV / AIC: one core's pass of the compiler; MIX: neither split macro (both sides' intrinsics and event
+        # cases compiled in, the core type read at run time) -- the emulator binary of a mixed AIC/AIV kernel
+        if core == "AIV":
+            defs += ["-D__DAV_C220_VEC__", "-D__DAV_VEC__"]
+        elif core == "AIC":
+            defs += ["-D__DAV_C220_CUBE__", "-D__DAV_CUBE__"]
         text = open(path).read()
         defs += [f"-D{m}={dtype}" for m in sorted(set(re.findall(r"\bDTYPE_[A-Z0-9_]+", text)))]
         return [cxx, "-x", "c++", "-std=c++17", "-fsyntax-only", "-w", "-fmax-errors=0", *inc, *defs,

@@ -9,6 +9,8 @@ Ops and backends (float64 NumPy `reference`, MindSpore `composite`, CPU C++ `cpp
     sparse_attention(q, kv, sink, window_idx, compressed_idx | None, scale)       CSA / SWA
     hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0)
         HCA without an index list: window + every visible compressed entry (kv rows cmp_offset..)
+    rope(x, cos, sin, inverse=False)                                              last cos.shape[-1] dims rotated
+        by doubled per-pair tables (cos = (c0, c0, c1, c1, ...), sin = (-s0, +s0, ...)), broadcast over x
     index_topk_v2(q, k, w, ratio, topk, start_pos=0, candidates=None) -> (ids, scores)   DeepSeek-V4.1 (CSA-v2)
     candidate_mask(scores, vis, n_blocks, block) -> bool mask              V4.1 level 1 of the two-level indexer
 The AscendC kernels (ascendc/, package "ascend_v4_attention") are built with ascendc/build.sh on a CANN machine;
@@ -17,7 +19,7 @@ see ascendc/README.md.
 from ..registry import register
 from . import reference
 
-_OPS = ("compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention")
+_OPS = ("compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention", "rope")
 for _name in _OPS:
     register(_name, "reference", ("numpy",), priority=-10, tolerance=(0, 0))(getattr(reference, _name))
 for _name in ("index_topk_v2", "candidate_mask"):           # DeepSeek-V4.1 (tests/v41/test_model_v41.py)

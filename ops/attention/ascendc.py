@@ -9,7 +9,8 @@ is traced — and cached, every input in its OpDef position (HCA passes None for
 stand-ins when the Ascend resolution is emulated on CPU.
 Backward in MindSpore ops: attention from the kernel's saved log-sum-exp (attention_backward), the compressor by
 recomputing its pooling (compress_backward), nothing for the indexer's integer ids.
-NOT RUN on an NPU (docs/ascend.md); the kernels' logic is checked on CPU by ascendc/tests/kernel_emu.cc.
+NOT RUN on an NPU (docs/ascend.md); the kernel bodies run on CPU over the real AscendC headers and the project's
+intrinsic emulator (docs/ascendc.md).
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def _indexer_limits(s, a):
         return f"query [B,S,H,d], key [B,N,d], weights [B,S,H] expected, got {list(q)}, {list(k)}, {list(w)}"
     if a["sparse_count"] < 1 or a["cmp_ratio"] < 1:
         return "sparse_count and cmp_ratio must be >= 1"
+    if q[-1] % 16 or q[2] > 64:   # the Cube kernel's tile: whole 16-element fractals, both rows' heads in 128 rows
+        return f"the AscendC indexer needs head dim % 16 == 0 and <= 64 heads, got d={q[-1]}, H={q[2]}"
     return None
 
 

@@ -5,6 +5,18 @@ import numpy as np
 
 from ..parity import Case
 from .reference import compressed_indices, window_indices
+from .rope import rope_table
+
+
+def _rope(xshape, tshape, inverse=False, yarn=False):
+    """x of xshape; doubled RoPE tables (cos2, sin2) for positions 0.., of shape tshape (width tshape[-1])."""
+    def make(rng):
+        n, w = int(np.prod(tshape[:-1])), tshape[-1]
+        c, s = rope_table(n, w, 160000.0, 4096, 16.0) if yarn else rope_table(n, w, 10000.0)
+        c2, s2 = np.repeat(c, 2, -1), np.repeat(s, 2, -1)
+        s2[..., 0::2] *= -1.0
+        return (rng.standard_normal(xshape), c2.reshape(tshape), s2.reshape(tshape)), {"inverse": inverse}
+    return make
 
 
 def _compress(B, S, D, c, ratio):
@@ -77,6 +89,11 @@ def _attend(B, S, H, D, window, ratio=0, topk=None):
 
 
 CASES = [
+    Case("rope", "heads_prefill", _rope((2, 6, 3, 16), (1, 6, 1, 8)), grad_args=(0,)),
+    Case("rope", "heads_inverse", _rope((2, 6, 3, 16), (1, 6, 1, 8), inverse=True), grad_args=(0,)),
+    Case("rope", "rows_yarn", _rope((1, 9, 24), (1, 9, 8), yarn=True), grad_args=(0,)),
+    Case("rope", "decode_full_width", _rope((2, 1, 4, 16), (2, 1, 1, 16)), grad_args=(0,)),
+    Case("rope", "table_2d_broadcast", _rope((3, 5, 12), (5, 8), inverse=True), grad_args=(0,)),
     Case("compress_kv", "csa_overlap_S16", _compress(2, 16, 32, 8, 4), grad_args=(0, 1, 2, 3, 4)),
     Case("compress_kv", "csa_ragged_S18", _compress(1, 18, 32, 8, 4), grad_args=(0, 1, 2, 3)),
     Case("compress_kv", "hca_S32_r16", _compress(1, 32, 32, 8, 16), grad_args=(0, 1, 2, 3, 4)),

@@ -8,21 +8,28 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from ..common import NEG_INF, linear, rms_norm
+from ..common import NEG_INF, ceil, cumsum, linear, rms_norm
 from .reference import FP4_BLOCK, hadamard_matrix
 
 
-def apply_rope(x, cos, sin, inverse=False):
-    """Interleaved-pair rotation of the last 2*cos.shape[-1] dims; cos/sin broadcast to x[..., pairs]."""
-    rd = cos.shape[-1] * 2
-    head = x[..., :x.shape[-1] - rd]
-    r = x[..., x.shape[-1] - rd:].reshape(x.shape[:-1] + (rd // 2, 2))
-    a = r[..., 0]
-    b = r[..., 1]
-    if inverse:
-        sin = -sin
-    rot = ops.stack([a * cos - b * sin, a * sin + b * cos], -1).reshape(x.shape[:-1] + (rd,))
-    return ops.concat([head, rot], -1)
+def pair_perm(width: int) -> np.ndarray:
+    """int32 [width]: each dim's pair partner (2i <-> 2i+1)."""
+    return np.arange(width).reshape(-1, 2)[:, ::-1].reshape(-1).astype(np.int32)
+
+
+def rope(x, cos, sin, inverse=False):
+    """The reference's apply_rotary_emb on the last w = cos.shape[-1] dims of x [..., d] with doubled per-pair
+    tables cos = (c0, c0, c1, c1, ...), sin = (-s0, +s0, -s1, +s1, ...): rot = x·cos + pairswap(x)·sin, i.e.
+    (a, b) -> (a·cos − b·sin, a·sin + b·cos) per pair; inverse rotates by −θ. w == d rotates the whole row (tables
+    with ones / zeros on the non-RoPE dims: the decode step's 4-kernel form)."""
+    d, w = x.shape[-1], cos.shape[-1]
+    if w == d:
+        sw = ops.gather(x, ms.Tensor(pair_perm(d)), x.ndim - 1)
+        return x * cos - sw * sin if inverse else x * cos + sw * sin
+    r = x[..., d - w:]
+    sw = ops.gather(r, ms.Tensor(pair_perm(w)), r.ndim - 1)
+    rot = r * cos - sw * sin if inverse else r * cos + sw * sin
+    return ops.concat([x[..., :d - w], rot], -1)
 
 
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
@@ -79,7 +86,7 @@ def fp4_quant(x, block=FP4_BLOCK):
     xb = x.reshape(shape[:-1] + (shape[-1] // block, block))
     amax = ops.maximum(ops.amax(ops.abs(xb), -1, True), ops.full((1,), 6.0 * 2.0 ** -126, dtype=ms.float32))
     y = amax / 6.0
-    e = ops.ceil(ops.log2(y))                      # then make it exact: 2^(e-1) < y <= 2^e
+    e = ceil(ops.log2(y))                      # then make it exact: 2^(e-1) < y <= 2^e
     e = ops.where(ops.pow(2.0, e - 1) >= y, e - 1, e)
     e = ops.where(ops.pow(2.0, e) < y, e + 1, e)
     scale = ops.pow(2.0, e)
@@ -123,7 +130,7 @@ def topk_mask(score, visible, k):
     above = score > kth
     tied = score == kth
     room = k - ops.sum(ops.cast(above, ms.int32), -1, True)
-    take = ops.logical_or(above, ops.logical_and(tied, ops.cumsum(ops.cast(tied, ms.int32), -1) <= room))
+    take = ops.logical_or(above, ops.logical_and(tied, cumsum(ops.cast(tied, ms.int32), -1) <= room))
     return ops.logical_and(take, visible)
 
 

@@ -19,6 +19,7 @@ import mindspore as ms
 from mindspore import ops
 
 from ..common import linear
+from . import composite
 
 LIB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu", "_attention_cpu.so")
 
@@ -89,13 +90,60 @@ def _make_prims():
                            out_shape=lambda kv, sc, ape, nw, ks, ss, cfg, sel: ((kv[0], sel[0], nw[0]), ks, ss),
                            out_dtype=lambda kv, sc, ape, nw, ks, ss, cfg, sel: (ms.float32, ms.float32, ms.float32),
                            func_type="aot")
+    # ---- RoPE: one pass over x (the composite slices, gathers, multiplies and concatenates) ----
+    P["rope_bwd"] = ops.Custom(fn("RopeBwd"), out_shape=lambda x, c, s, cfg: x, out_dtype=lambda x, c, s, cfg: x,
+                               func_type="aot")
+
+    def bprop_rope(x, c, s, cfg, out, dout):      # the rotation's transpose (for RoPE tables: its inverse)
+        dx = P["rope_bwd"](dout, c, s, cfg)
+        return dx, ops.zeros_like(c), ops.zeros_like(s), ops.zeros_like(cfg)
+
+    P["rope"] = ops.Custom(fn("RopeFwd"), out_shape=lambda x, c, s, cfg: x, out_dtype=lambda x, c, s, cfg: x,
+                           func_type="aot", bprop=bprop_rope)
     return P
 
 
 _PRIMS = _make_prims()
 
 
+def _rope_layout(xs, cs):
+    """x shape, table shape -> (A, M, G) with x = [A, M, G, d] and the table's M rows (its other dims 1), or None
+    when the table broadcasts in another pattern. (Plain loops: graph mode compiles this at trace time.)"""
+    n = len(xs) - 1
+    pad = n - (len(cs) - 1)
+    if pad < 0:
+        return None
+    i, j = n, n                         # the table's non-1 dims span [i, j) of x's leading dims
+    for k in range(n):
+        c = cs[k - pad] if k >= pad else 1
+        if c != 1:
+            i = min(i, k)
+            j = k + 1
+    if i == n:
+        i = j = n
+    A, M, G = 1, 1, 1
+    for k in range(n):
+        c = cs[k - pad] if k >= pad else 1
+        if k < i:
+            A = A * xs[k]
+        elif k < j:
+            if c != xs[k]:
+                return None
+            M = M * xs[k]
+        else:
+            G = G * xs[k]
+    return A, M, G
+
+
 # ------------------------------------------------------------------------------------------ public backends
+def rope(x, cos, sin, inverse=False):
+    amg = _rope_layout(x.shape, cos.shape) if x.dtype == ms.float32 and cos.shape == sin.shape else None
+    if amg is None:        # a table broadcast the kernel does not walk (or bf16): the composite
+        return composite.rope(x, cos, sin, inverse)
+    cfg = ms.Tensor([float(amg[0]), float(amg[1]), float(amg[2]), -1.0 if inverse else 1.0], ms.float32)
+    return _PRIMS["rope"](x, ops.cast(cos, ms.float32), ops.cast(sin, ms.float32), cfg)
+
+
 def sparse_attention(q, kv, sink, window_idx, compressed_idx, scale):
     cfg = ms.Tensor([scale, 0.0, 0.0, 0.0], ms.float32)
     sink = ops.cast(sink, ms.float32)

@@ -1,11 +1,19 @@
 """KV compressor, lightning indexer and sparse attention with sink in float64 NumPy (docs/numerics.md)."""
 import numpy as np
 
+from .rope import apply_rope
+
 NEG = -np.inf
 
 
 def _rms(x, w, eps):
     return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * (1.0 if w is None else w)
+
+
+def rope(x, cos, sin, inverse=False):
+    """The rope op: x [..., d] with its last w dims rotated by the doubled per-pair tables cos [..., w] =
+    (c0, c0, c1, c1, ...), sin [..., w] = (-s0, +s0, -s1, +s1, ...) (broadcast against x[..., :1])."""
+    return apply_rope(x, np.asarray(cos)[..., 0::2], np.asarray(sin)[..., 1::2], inverse)
 
 
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):
@@ -189,7 +197,7 @@ def select_topk(I, vis, kk):
     return np.where(idx < N, idx, -1).astype(np.int32)
 
 
-# --------------------------------------------------------------- compressor with decode state (§9.1/9.3)
+# --------------------------------------------------------------- compressor with decode state (docs/design.md)
 def compressor_state(B, ratio, c, overlap, dtype=np.float64):
     """Fresh (reset) decode state: kv_state zeros, score_state -inf, both [B, coff·ratio, coff·c].
 

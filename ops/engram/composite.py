@@ -5,6 +5,7 @@ import math
 import mindspore as ms
 from mindspore import ops
 
+from ..common import rsqrt
 from .reference import CLAMP
 
 
@@ -20,8 +21,8 @@ def engram_gate(h, kv, q_weight, k_weight, alive, eps=1e-20):
     key = kvf[..., :hc * D].reshape(kvf.shape[:-1] + (hc, D))
     value = kvf[..., hc * D:]
     w = ops.cast(q_weight, ms.float32) * ops.cast(k_weight, ms.float32)
-    rh = ops.rsqrt(ops.mean(hf * hf, -1) + eps)
-    rk = ops.rsqrt(ops.mean(key * key, -1) + eps)
+    rh = rsqrt(ops.mean(hf * hf, -1) + eps)
+    rk = rsqrt(ops.mean(key * key, -1) + eps)
     dot = ops.sum(hf * w * key, -1) * rh * rk * (1.0 / math.sqrt(D))
     mag = ops.sqrt(ops.maximum(ops.abs(dot), CLAMP))
     # copysign(mag, dot) with IEEE −0 → negative (1/−0 = −inf); MindSpore's CPU copysign treats −0 as positive

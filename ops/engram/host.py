@@ -4,14 +4,12 @@ V4.1-Flash's two tables hold 768M rows (~197 GB in FP8): they never fit a 64 GB 
 hashes of token ids alone, so the rows a step needs are known as soon as its ids are: `EngramPrefetcher` hashes
 and gathers them on a background thread while the device computes (the preceding blocks, or the previous step),
 and the step only picks up a finished buffer. Tables are numpy arrays (np.memmap works: a release shard is
-memory-mapped in place by `memmap_safetensors`). Rows are decoded after the gather by `decode`, so storage stays
+memory-mapped in place by `ascend_v4.checkpoint.SafeTensorFile(path).raw(name)`). Rows are decoded after the gather by `decode`, so storage stays
 in its compact format: float (BF16 as uint16 bits handled by the caller's decode), INT8 with per-group scales
 (what `convert` writes), or the release's FP8 codes with a decode the checkpoint codec provides.
 """
 from __future__ import annotations
 
-import json
-import struct
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,27 +18,6 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from .reference import NgramHashState
-
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8, "U8": np.uint8,
-              "F8_E4M3": np.uint8, "F8_E8M0": np.uint8, "I64": np.int64, "I32": np.int32}
-
-
-def memmap_safetensors(path: str, name: str) -> np.ndarray:
-    """Memory-map tensor `name` of a safetensors file read-only, without reading its data (BF16 as uint16 bits,
-    FP8 / E8M0 as uint8 codes)."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    if name not in header:
-        raise KeyError(f"{path}: no tensor '{name}'")
-    meta = header[name]
-    a, b = meta["data_offsets"]
-    dt = np.dtype(_ST_DTYPES[meta["dtype"]])
-    shape = tuple(meta["shape"])
-    if b - a != int(np.prod(shape)) * dt.itemsize:
-        raise ValueError(f"{path}: tensor '{name}' spans {b - a} bytes, its shape needs {np.prod(shape) * dt.itemsize}")
-    return np.memmap(path, dtype=dt, mode="r", offset=8 + n + a, shape=shape)
-
 
 def dequant_group_int8(rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """INT8 rows [..., d] with float scales [..., d / g] → float32 (each scale covers g consecutive values): the

@@ -5,13 +5,13 @@ Coefficients are always computed in float32 (the reference does the same in ever
 import mindspore as ms
 from mindspore import ops
 
-from ..common import linear
+from ..common import linear, rsqrt
 
 
 def _mixes(x, fn, norm_eps):
     shape = x.shape
     v = ops.cast(x, ms.float32).reshape(shape[:-2] + (shape[-2] * shape[-1],))
-    rs = ops.rsqrt(ops.mean(v * v, -1, True) + norm_eps)
+    rs = rsqrt(ops.mean(v * v, -1, True) + norm_eps)
     return linear(v, fn) * rs
 
 

@@ -1,4 +1,7 @@
-"""mHC in float64 NumPy: the golden every other backend is tested against (spec §3, code variant)."""
+"""mHC in float64 NumPy: the golden every other backend is tested against.
+
+As DeepSeek's reference computes it (`hc_pre`, `hc_post`, the `hc_split_sinkhorn` kernel), where it differs from
+the paper's wording (docs/design.md, conventions)."""
 import numpy as np
 
 

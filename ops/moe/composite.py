@@ -6,7 +6,7 @@ with C = T nothing can be dropped, because a token selects each expert at most o
 import mindspore as ms
 from mindspore import ops
 
-from ..common import linear
+from ..common import cumsum, linear, segment_sum
 from . import reference
 
 
@@ -38,12 +38,12 @@ def moe_dispatch(x, ids, num_experts, capacity):
     T, K = ids.shape
     flat = ids.reshape(-1)
     onehot = ops.one_hot(flat, num_experts, ops.ones((), ms.int32), ops.zeros((), ms.int32))
-    pos = ops.sum(ops.cumsum(onehot, 0) * onehot, -1) - 1           # position of each row inside its expert
-    keep = (pos >= 0) & (pos < capacity)                             # pos -1: id outside [0, E) (not local)
+    pos = ops.sum(cumsum(onehot, 0) * onehot, -1) - 1           # position of each row inside its expert
+    keep = ops.logical_and(pos >= 0, pos < capacity)                             # pos -1: id outside [0, E) (not local)
     slot = ops.where(keep, flat * capacity + pos, -ops.ones_like(pos))
     seg = ops.where(keep, slot, ops.full_like(slot, num_experts * capacity))   # dropped rows go to a spare segment
     rows = ops.broadcast_to(ops.expand_dims(x, 1), (T, K, x.shape[-1])).reshape(T * K, -1)
-    expanded = ops.unsorted_segment_sum(rows, seg, num_experts * capacity + 1)[:num_experts * capacity]
+    expanded = segment_sum(rows, seg, num_experts * capacity + 1)[:num_experts * capacity]
     return expanded.reshape(num_experts, capacity, -1), slot.reshape(T, K)
 
 
@@ -85,8 +85,8 @@ def stable_topk_ids(sel, k):
     gt = sel > thr
     eq = sel == thr
     n_gt = ops.sum(ops.cast(gt, ms.int32), -1, True)
-    eq_rank = ops.cumsum(ops.cast(eq, ms.int32), -1)
-    chosen = gt | (eq & (eq_rank <= k - n_gt))
+    eq_rank = cumsum(ops.cast(eq, ms.int32), -1)
+    chosen = ops.logical_or(gt, ops.logical_and(eq, eq_rank <= k - n_gt))
     iota = ops.cast(ops.arange(E), ms.float32)
     key = ops.where(chosen, E - iota, ops.zeros_like(iota))          # chosen entries, lowest index first
     _, ids = ops.topk(key, k)
@@ -95,7 +95,7 @@ def stable_topk_ids(sel, k):
     vm = ops.expand_dims(vals, 1)
     jj = ops.arange(k).reshape(1, k, 1)
     mm = ops.arange(k).reshape(1, 1, k)
-    before = (vm > vj) | ((vm == vj) & (mm < jj))                    # [T, j, m]: m ranks before j
+    before = ops.logical_or(vm > vj, ops.logical_and(vm == vj, mm < jj))                    # [T, j, m]: m ranks before j
     rank = ops.sum(ops.cast(before, ms.int32), -1)
     _, perm = ops.topk(ops.cast(k - rank, ms.float32), k)
     return ops.cast(ops.gather_elements(ids, 1, perm), ms.int32)
@@ -143,36 +143,36 @@ def moe_init_routing(x, expert_idx, active_num=0, expert_capacity=0, expert_num=
     T, K = expert_idx.shape
     E = expert_num
     flat = ops.cast(expert_idx.reshape(-1), ms.int32)
-    valid = (flat >= 0) & (flat < E)
+    valid = ops.logical_and(flat >= 0, flat < E)
     key = ops.where(valid, flat, ops.full_like(flat, E))
     onehot = ops.one_hot(key, E + 1, ops.ones((), ms.int32), ops.zeros((), ms.int32))
-    pos = ops.sum(ops.cumsum(onehot, 0) * onehot, -1) - 1
+    pos = ops.sum(cumsum(onehot, 0) * onehot, -1) - 1
     counts = ops.cast(ops.sum(onehot, 0), ms.int32)                 # [E + 1], last = inactive rows
     rows = ops.broadcast_to(ops.expand_dims(x, 1), (T, K, x.shape[-1])).reshape(T * K, -1)
     before = counts[:E]
     if drop_pad_mode == 1:
         C = expert_capacity
-        keep = valid & (pos < C)
+        keep = ops.logical_and(valid, pos < C)
         row = ops.where(keep, key * C + pos, -ops.ones_like(pos))
         seg = ops.where(keep, row, ops.full_like(row, E * C))
-        out = ops.unsorted_segment_sum(rows, seg, E * C + 1)[:E * C].reshape(E, C, -1)
+        out = segment_sum(rows, seg, E * C + 1)[:E * C].reshape(E, C, -1)
         kept = ops.minimum(before, C)
     else:
         n = min(active_num, T * K) if active_num > 0 else T * K
-        starts = ops.cumsum(counts, 0) - counts
+        starts = cumsum(counts, 0) - counts
         dest = ops.gather(starts, key, 0) + pos
         row = ops.where(valid, dest, -ops.ones_like(dest))
-        seg = ops.where(valid & (dest < n), dest, ops.full_like(dest, n))
-        out = ops.unsorted_segment_sum(rows, seg, n + 1)[:n]
+        seg = ops.where(ops.logical_and(valid, dest < n), dest, ops.full_like(dest, n))
+        out = segment_sum(rows, seg, n + 1)[:n]
         kept = before
-    cnt = ops.cumsum(kept, 0) if expert_tokens_count_or_cumsum_flag == 1 else kept
+    cnt = cumsum(kept, 0) if expert_tokens_count_or_cumsum_flag == 1 else kept
     return out, ops.cast(row, ms.int32), ops.cast(cnt, ms.int32), before
 
 
 def _group_rows(group_list, group_list_type, M, E):
     """Per row: its group g in [0, E] (E = past the last group) and its position inside the group."""
     gl = ops.cast(group_list, ms.int32)
-    ends = gl if group_list_type == 0 else ops.cumsum(gl, 0)
+    ends = gl if group_list_type == 0 else cumsum(gl, 0)
     ends = ops.minimum(ends, M)
     starts = ops.concat((ops.zeros((1,), ms.int32), ends[:-1]))
     r = ops.arange(M).astype(ms.int32).reshape(M, 1)
@@ -189,7 +189,7 @@ def _pad_groups(x, group_list, group_list_type, E):
     g, pos, inside = _group_rows(group_list, group_list_type, M, E)
     flat = g * M + pos
     seg = ops.where(inside, flat, ops.full_like(flat, E * M))
-    padded = ops.unsorted_segment_sum(x, seg, E * M + 1)[:E * M].reshape(E, M, -1)
+    padded = segment_sum(x, seg, E * M + 1)[:E * M].reshape(E, M, -1)
     return padded, flat, inside
 
 
@@ -220,7 +220,7 @@ def moe_finalize_routing(expanded_x, scales, expanded_row_idx, x1=None, x2=None,
     T, K = scales.shape
     idx = ops.cast(expanded_row_idx, ms.int32)
     idx = idx.reshape(K, T).swapaxes(0, 1) if mode in (0, 1) else idx.reshape(T, K)
-    valid = (idx >= 0) & (idx < R)
+    valid = ops.logical_and(idx >= 0, idx < R)
     rows = ops.gather(flat, ops.where(valid, idx, ops.zeros_like(idx)).reshape(-1), 0).reshape(T, K, H)
     if bias is not None:
         rows = rows + ops.gather(bias, ops.cast(expert_idx, ms.int32).reshape(-1), 0).reshape(T, K, H)

@@ -1,4 +1,4 @@
-"""DeepSeekMoE routing, dispatch, expert FFN and combine in float64 NumPy (spec §5)."""
+"""DeepSeekMoE routing, dispatch, expert FFN and combine in float64 NumPy (DeepSeek's reference Gate / MoE; docs/design.md)."""
 import numpy as np
 
 

@@ -1,4 +1,4 @@
-"""Muon operator family: `newton_schulz`, the hybrid Newton–Schulz orthogonalisation of Muon (spec §10).
+"""Muon operator family: `newton_schulz`, the hybrid Newton–Schulz orthogonalisation of Muon (docs/training.md).
 
     newton_schulz(x [k, r, c], coeffs=NS_COEFFS, eps=NS_EPS) -> [k, r, c]
 

@@ -1,4 +1,4 @@
-"""Hybrid Newton–Schulz in float64 NumPy (spec §10): the reference every backend is graded against."""
+"""Hybrid Newton–Schulz in float64 NumPy (docs/training.md): the reference every backend is graded against."""
 import numpy as np
 
 # 8 fast-converging quintic steps, then 2 steps that settle the singular values at 1.

@@ -138,7 +138,7 @@ def test_fp4_pack_layout():
     assert np.array_equal(F.fp4_unpack(packed), codes)
     allc = RNG.integers(0, 16, (5, 64)).astype(np.uint8)
     assert np.array_equal(F.fp4_unpack(F.fp4_pack(allc)), allc)
-    # torch's float4_e2m1fn_x2 is the same bytes reinterpreted (spec §7.1)
+    # torch's float4_e2m1fn_x2 is the same bytes reinterpreted (docs/formats.md)
     assert torch.from_numpy(packed.copy()).view(torch.float4_e2m1fn_x2).view(torch.uint8).numpy().tolist() \
         == packed.view(np.uint8).tolist()
     with pytest.raises(ValueError):

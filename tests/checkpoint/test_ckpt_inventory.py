@@ -1,4 +1,4 @@
-"""Inventory vs the released checkpoints (spec §7.2 Flash table, §7.3 Pro inventory) - shapes only."""
+"""Inventory vs the released checkpoints (the published V4-Flash and V4-Pro tensor lists, written out here) - shapes only."""
 import math
 
 import pytest

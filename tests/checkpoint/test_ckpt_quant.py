@@ -336,12 +336,15 @@ def test_act_quant_fp8_matches_reference(ue8m0):
 
 
 def test_act_quant_fp4_matches_reference():
+    """The one FP4 activation QDQ (the indexer's, ops/attention/reference.py) against ml_dtypes' E2M1 rounding."""
+    from ascend_v4.ops.attention.reference import fp4_act_quant
     x = (RNG.standard_normal((4, 256)) * np.exp2(RNG.integers(-30, 30, (4, 1)))).astype(np.float32)
     x[0, :32] = 0
-    got = F.act_quant_fp4(x, 32)
+    x[1, :32] = 3.0                                        # exact power-of-two boundary
+    got = fp4_act_quant(x, 32)
     xb = x.reshape(4, 8, 32).astype(np.float64)
     amax = np.maximum(np.abs(xb).max(-1, keepdims=True), 6 * 2.0 ** -126)
     s = np.exp2(_ceil_log2(amax / 6))
     ref = np.clip(xb / s, -6, 6).astype(np.float32).astype(ml_dtypes.float4_e2m1fn).astype(np.float64) * s
     assert np.array_equal(got, ref.reshape(4, 256).astype(np.float32))
-    assert np.array_equal(F.act_quant_fp4(got, 32), got)   # fake-quant is idempotent
+    assert np.array_equal(fp4_act_quant(got, 32), got)     # fake-quant is idempotent

@@ -1,4 +1,4 @@
-"""§7.4 split rules, the TP/EP rank layout and the destination formats of the plan."""
+"""The official converter's split rules (docs/formats.md), the TP/EP rank layout and the destination formats of the plan."""
 import pytest
 
 from ascend_v4.checkpoint.inventory import official_inventory

@@ -1,9 +1,9 @@
 """Kill a real conversion with SIGKILL in the middle of writing a file, rerun the same command, and get
 exactly the bytes of an uninterrupted run.
 
-Deterministic: the ASCEND_V4_CONVERT_TEST_PAUSE hook ("<file index>:<marker>") makes whichever worker
-writes that planned file stop after its first tensor, with the file half written under its
-temporary name, and create the marker; the test then kills the whole process group."""
+Deterministic: the launcher paused_convert.py (this directory) makes whichever worker writes a given planned
+file stop after its first tensor group, with the file half written under its temporary name, and create a
+marker; the test then kills the whole process group."""
 import os
 import re
 import signal
@@ -17,8 +17,8 @@ from cvt_helpers import ENV, all_files, cli, same_tree
 
 
 def start(args, pause_index, marker):
-    env = dict(ENV, ASCEND_V4_CONVERT_TEST_PAUSE=f"{pause_index}:{marker}")
-    return subprocess.Popen([sys.executable, "-m", "ascend_v4.convert.cli", *args], env=env,
+    launcher = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paused_convert.py")
+    return subprocess.Popen([sys.executable, launcher, str(pause_index), marker, *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 

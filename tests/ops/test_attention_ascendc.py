@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ascend_v4.ops.attention import reference as R
+from ascend_v4.ops.attention.cases import CASES
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ASC = os.path.join(ROOT, "ops", "attention", "ascendc")
@@ -25,8 +26,8 @@ DECLS = os.path.join(ROOT, "ops", "ascendc_common", "decls_attention.h")
 GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ not installed")
 
-UB_910B = 196352   # what tiling sees on 910B1 (spec §3.1); 910B3/910_93 report 196608
-KERNELS = ["sparse_attn_shared_kv", "lightning_indexer_v4", "compress_kv"]
+UB_910B = 196352   # what tiling sees on 910B1 (CANN's platform UB size); 910B3/910_93 report 196608
+STANDIN_KERNELS = ["compress_kv"]   # the Cube kernels are checked on the real headers only (test_ascendc_real_headers)
 HOSTS = ["av4_sparse_attn_shared_kv", "av4_lightning_indexer", "av4_compress_kv"]
 
 
@@ -50,7 +51,7 @@ def test_host_tiling_many_shapes(build_dir):
     assert "0 failures" in r.stdout and int(r.stdout.split()[0]) > 1000
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("kernel", STANDIN_KERNELS)
 @pytest.mark.parametrize("dtype", ["float", "bfloat16_t", "half"])
 def test_kernel_sources_type_check(kernel, dtype):
     # against the shared stand-in (kernel_operator.h -> decls_core/mhc/moe) plus the attention additions
@@ -83,7 +84,7 @@ def emu(build_dir):
         os.makedirs(out, exist_ok=True)
         for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
             exes[name] = rhc.build_emulator(os.path.join(ASC, "emu", "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
-                                            os.path.join(out, f"attention_{dt}"), cxx=GXX)
+                                            os.path.join(out, f"attention_{dt}"), cxx=GXX, core="MIX")
         return exes
     for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
         exe = str(build_dir / f"kernel_emu_{name}")
@@ -111,6 +112,11 @@ def _save(d, **arrays):
         np.ascontiguousarray(v).tofile(str(d / f"{k}.bin"))
 
 
+needs_real = pytest.mark.skipif(not REAL, reason="sparse attention (Cube design) and the mixed AIC/AIV indexer run only "
+                                                 "over the real headers + the intrinsic emulator (CANN trees not "
+                                                 "cached: real_headers_check.py --setup)")
+
+
 ATTN_CASES = [
     # B, S, H, D, W, mode, ratio/topk, start_pos, ub, cores
     (2, 24, 3, 16, 8, "csa", 3, 0, UB_910B, 5),
@@ -122,6 +128,7 @@ ATTN_CASES = [
 ]
 
 
+@needs_real
 @pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: f"{c[5]}-S{c[1]}-H{c[2]}-D{c[3]}")
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_emulated_sparse_attention_matches_reference(emu, tmp_path, case, dt):
@@ -167,17 +174,70 @@ def test_emulated_sparse_attention_matches_reference(emu, tmp_path, case, dt):
     assert np.isfinite(lse).all() and not (lse == -12345.0).any(), "every (row, head) lse written"
 
 
+ATTN_PARITY = [c for c in CASES if c.op in ("sparse_attention", "hca_attention")]
+
+
+@needs_real
+@pytest.mark.parametrize("case", ATTN_PARITY, ids=lambda c: f"{c.op}-{c.name}")
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_emulated_attention_parity_cases(emu, tmp_path, case, dt):
+    """every sparse_attention / hca_attention parity case (ops/attention/cases.py) through the kernel with the
+    binding's arguments: float32 runs tiling key 0 (vector cores), bf16 key 1 (Q·Kᵀ and P·V on the Cube); expected:
+    the float64 reference on the same (rounded) inputs"""
+    args, kw = case.make(np.random.default_rng(case.seed))
+    q, kv, sink, win = (np.asarray(a) for a in args[:4])
+    q, kv, sink = q.astype(np.float32), kv.astype(np.float32), sink.astype(np.float32)
+    if dt == "bf16":
+        q, kv = _bf16(q), _bf16(kv)
+    B, S, H, D = q.shape
+    win = win.astype(np.int32)
+    scale = kw["scale"]
+    if case.op == "sparse_attention":
+        cidx = args[4]
+        ref = R.sparse_attention(q, kv, sink, win, cidx, scale)
+        K, ratio, off, start = (0 if cidx is None else cidx.shape[-1]), 0, S, 0
+        extra = {} if cidx is None else {"cidx": np.asarray(cidx, np.int32)}
+    else:
+        ratio = kw["ratio"]
+        off = kw.get("cmp_offset", None)
+        start = kw.get("start_pos", 0)
+        ref = R.hca_attention(q, kv, sink, win, ratio, scale, cmp_offset=off, start_pos=start)
+        off = S if off is None else off
+        K, extra = 0, {}
+    _save(tmp_path, q=q, kv=kv, sink=sink, widx=win, **extra)
+    info = _run(emu[dt], "attn", tmp_path, B, S, H, D, kv.shape[1], win.shape[2], K, ratio, off, start,
+                repr(float(scale)), UB_910B, 8)
+    out = np.fromfile(str(tmp_path / "out.bin"), np.float32).reshape(ref.shape)
+    tol = 2e-5 if dt == "f32" else 1e-2   # bf16: output rounding + P rounded to bf16 for the Cube
+    np.testing.assert_allclose(out, ref, atol=tol, rtol=tol, err_msg=info)
+
+
 INDEXER_CASES = [
-    # B, S, H, d, ratio, topk, start_pos, ub, cores
-    (2, 32, 4, 16, 4, 4, 0, UB_910B, 5),
-    (1, 20, 2, 16, 4, 64, 0, UB_910B, 3),      # topk > visible: -1 padding
-    (1, 3, 2, 16, 4, 4, 0, UB_910B, 2),        # first tokens: nothing visible
-    (1, 6, 4, 40, 4, 5, 18, UB_910B, 4),       # ragged d, start_pos
-    (1, 300, 3, 32, 4, 40, 0, UB_910B, 6),     # several key blocks per row: streaming top-k merges
-    (1, 64, 64, 128, 4, 8, 0, UB_910B, 8),     # V4 indexer heads x dim
+    # B, S, H, d, ratio, topk, start_pos, ub, cores (AIV; groups = cores / 2)
+    (2, 32, 4, 16, 4, 4, 0, UB_910B, 6),
+    (1, 20, 2, 16, 4, 64, 0, UB_910B, 4),      # topk > visible: -1 padding
+    (1, 3, 2, 16, 4, 4, 0, UB_910B, 4),        # first tokens: nothing visible; odd S: a one-row pair
+    (1, 7, 4, 48, 4, 5, 18, UB_910B, 4),       # d = 3 fractals, start_pos, odd S
+    (1, 600, 3, 32, 4, 40, 0, UB_910B, 6),     # several 128-key blocks per row: the running top-k merges
+    (1, 64, 64, 128, 4, 8, 0, UB_910B, 8),     # V4 indexer heads x dim: M = 128, two K passes in float32
 ]
 
+def _check_indexer(got, ref, scores, info):
+    """the kernel's ids: ascending, -1 last; the selected set equal to the reference's, a swap allowed only between
+    entries whose float64 scores tie within float32 accumulation-order rounding"""
+    B, S = ref.shape[:2]
+    for b in range(B):
+        for t in range(S):
+            g, r = got[b, t], ref[b, t]
+            assert np.all(np.diff(g[g >= 0]) > 0) and (g[(g >= 0).sum():] == -1).all(), f"row {t}: {g}\n{info}"
+            if np.array_equal(g, r):
+                continue
+            sg, sr = scores[b, t][g[g >= 0]], scores[b, t][r[r >= 0]]
+            assert len(sg) == len(sr) and abs(np.sort(sg).sum() - np.sort(sr).sum()) < 1e-4 * (1 + np.abs(sr).sum()), \
+                f"row {t}: {g} vs {r}\n{info}"
 
+
+@needs_real
 @pytest.mark.parametrize("case", INDEXER_CASES, ids=lambda c: f"S{c[1]}-H{c[2]}-d{c[3]}-k{c[5]}-p{c[6]}")
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_emulated_indexer_matches_reference(emu, tmp_path, case, dt):
@@ -193,18 +253,30 @@ def test_emulated_indexer_matches_reference(emu, tmp_path, case, dt):
     _save(tmp_path, q=q, k=k, w=w)
     info = _run(emu[dt], "indexer", tmp_path, B, S, H, d, N, topk, ratio, start, ub, cores)
     got = np.fromfile(str(tmp_path / "idx.bin"), np.int32).reshape(ref.shape)
-    # float32 accumulation order differs from the float64 reference: compare selected *sets*, allowing a swap only
-    # between entries whose reference scores tie within rounding
-    scores = R.indexer_scores(q, k, w)
-    for b in range(B):
-        for t in range(S):
-            g, r = got[b, t], ref[b, t]
-            assert np.all(np.diff(g[g >= 0]) > 0) and np.all(g[np.argmax(g < 0):] < 0 if (g < 0).any() else True), info
-            if np.array_equal(g, r):
-                continue
-            sg, sr = scores[b, t][g[g >= 0]], scores[b, t][r[r >= 0]]
-            assert len(sg) == len(sr) and abs(np.sort(sg).sum() - np.sort(sr).sum()) < 1e-3 * (1 + np.abs(sr).sum()), \
-                f"row {t}: {g} vs {r}\n{info}"
+    _check_indexer(got, ref, R.indexer_scores(q, k, w), info)
+
+
+INDEXER_PARITY = [c for c in CASES if c.op == "lightning_indexer"]
+
+
+@needs_real
+@pytest.mark.parametrize("case", INDEXER_PARITY, ids=lambda c: c.name)
+def test_emulated_indexer_parity_cases(emu, tmp_path, case):
+    """every lightning_indexer parity case (ops/attention/cases.py) through the kernel as the binding launches it:
+    with fp4 (the default) the binding rotates and FP4-quantises q and k first (Hadamard + E2M1 fake-quant, the
+    NumPy twin of composite.fp4_rotate), the kernel scores what it is given; expected: the float64 reference with
+    the same fp4 flag"""
+    (q, k, w), kw = case.make(np.random.default_rng(case.seed))
+    fp4 = kw.get("fp4", True)
+    ref = R.lightning_indexer(q, k, w, kw["ratio"], kw["topk"], kw.get("start_pos", 0), fp4=fp4)
+    qk, kk = (R.fp4_rotate(q), R.fp4_rotate(k)) if fp4 else (q, k)
+    qk, kk, w = (np.asarray(a, np.float32) for a in (qk, kk, w))
+    B, S, H, d = qk.shape
+    _save(tmp_path, q=qk, k=kk, w=w)
+    info = _run(emu["f32"], "indexer", tmp_path, B, S, H, d, kk.shape[1], kw["topk"], kw["ratio"],
+                kw.get("start_pos", 0), UB_910B, 6)
+    got = np.fromfile(str(tmp_path / "idx.bin"), np.int32).reshape(ref.shape)
+    _check_indexer(got, ref, R.indexer_scores(qk, kk, w), info)
 
 
 COMPRESS_CASES = [
@@ -263,7 +335,7 @@ def test_compress_without_the_ape_reload_wait_is_a_race(tmp_path):
     assert old in text
     k.write_text(text.replace(old, ""))
     exe = rhc.build_emulator(str(base / "ascendc" / "emu" / "attention_emu.cc"), ["DTYPE_QUERY=float"],
-                             str(base / "attention_emu"), cxx=GXX)
+                             str(base / "attention_emu"), cxx=GXX, core="MIX")
     rng = np.random.default_rng(0)
     B, S, c, ratio = 1, 8, 512, 4
     _save(tmp_path, kvp=rng.standard_normal((B, S, 2 * c)).astype(np.float32),
@@ -273,3 +345,52 @@ def test_compress_without_the_ape_reload_wait_is_a_race(tmp_path):
     r = subprocess.run([exe, "compress", str(tmp_path), str(B), str(S), str(c), str(ratio), "1", "1e-6", "40000",
                         "2"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 3 and "race:" in r.stderr and "(pipe MTE2) overwrites UB" in r.stderr, r.stderr[-2000:]
+
+
+# Cube-side hand-overs of the two mixed kernels, each removed in turn: the pipe model names the race.
+CUBE_MUTANTS = {
+    # sparse attention (bf16, key 1): q and the gathered kv rows read from L1 before their GM -> L1 copies were
+    # waited on (the Gather's MTE2 -> MTE1 hand-over also covers the unit's q load)
+    "attn_gather_no_mte2_mte1": (
+        "sparse_attn_shared_kv.cpp", "bfloat16_t",
+        "      jj += run;\n      id = nxt;\n    }\n    PipeSync<HardEvent::MTE2_MTE1>();\n",
+        "      jj += run;\n      id = nxt;\n    }\n",
+        "(pipe MTE1) reads UB"),
+    # indexer: Mmad overwrites the L0C buffer the Fixpipe of two steps ago may still be reading
+    "indexer_no_l0c_free_wait": (
+        "lightning_indexer_v4.cpp", "float",
+        "    WaitFlag<HardEvent::FIX_M>(cFree_[slot]);   // the Fixpipe of two steps ago has drained this L0C buffer\n",
+        "", "(pipe M) overwrites"),
+}
+
+
+@pytest.mark.slow
+@needs_real
+@pytest.mark.parametrize("name", sorted(CUBE_MUTANTS))
+def test_cube_handover_removed_is_a_race(tmp_path, name):
+    import shutil as _sh
+    from pathlib import Path
+    src, dt, old, new, expect = CUBE_MUTANTS[name]
+    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / f"attention_{name}"
+    _sh.rmtree(base, ignore_errors=True)
+    _sh.copytree(ASC, base / "ascendc", ignore=_sh.ignore_patterns("__pycache__", "tests"))
+    k = base / "ascendc" / "op_kernel" / src
+    text = k.read_text()
+    assert text.count(old) == 1, name
+    k.write_text(text.replace(old, new))
+    exe = rhc.build_emulator(str(base / "ascendc" / "emu" / "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
+                             str(base / "attention_emu"), cxx=GXX, core="MIX")
+    rng = np.random.default_rng(0)
+    if src.startswith("sparse"):
+        B, S, H, D, W = 1, 12, 4, 32, 8
+        win = np.ascontiguousarray(np.broadcast_to(R.window_indices(S, W), (B, S, W))).astype(np.int32)
+        _save(tmp_path, q=rng.standard_normal((B, S, H, D)).astype(np.float32),
+              kv=rng.standard_normal((B, S, D)).astype(np.float32), sink=np.zeros(H, np.float32), widx=win)
+        args = ["attn", tmp_path, B, S, H, D, S, W, 0, 0, S, 0, "0.17", UB_910B, 2]
+    else:
+        B, S, H, d, ratio = 1, 12, 4, 16, 1
+        _save(tmp_path, q=rng.standard_normal((B, S, H, d)).astype(np.float32),
+              k=rng.standard_normal((B, S, d)).astype(np.float32), w=rng.standard_normal((B, S, H)).astype(np.float32))
+        args = ["indexer", tmp_path, B, S, H, d, S, 4, ratio, 0, UB_910B, 2]
+    r = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 3 and "race:" in r.stderr and expect in r.stderr, r.stderr[-2000:]

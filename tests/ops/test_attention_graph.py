@@ -1,7 +1,6 @@
 """The cpp (aot) backends inside GRAPH_MODE Cells and ms.jit(value_and_grad), the FP4 pieces bit-exact, the
 streaming indexer equal to the one-shot one, and the model's attention through the registry on cpp vs composite."""
 import os
-import resource
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from mindspore import nn, ops  # noqa: E402
 
 from ascend_v4.ops import registry  # noqa: E402
 from ascend_v4.ops.attention import reference as R  # noqa: E402
+from peak_memory import peak_bytes as _vm_hwm, reset_peak as _peak_rss_reset  # noqa: E402
 
 
 def _cpp():
@@ -122,23 +122,6 @@ def test_streaming_indexer_equals_one_shot():
         np.testing.assert_array_equal(R.lightning_indexer_stream(q, k, w, 4, 7, fp4=False, chunk=chunk), want)
 
 
-def _peak_rss_reset():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _vm_hwm():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def test_cpp_indexer_and_hca_memory_is_not_quadratic():
     """S = 16384: a materialised [S, S/4] score matrix alone would be 256 MiB (HCA index list [S, S/16]: 64 MiB)."""
     cpp = _cpp()
@@ -240,12 +223,3 @@ def test_dense_causal_baseline_equals_full_window_and_samples_exactly():
     np.testing.assert_array_equal(sub, full[:, 3::4])
 
 
-def test_fp4_act_quant_matches_checkpoint_codec():
-    """The indexer's FP4 QDQ (ops/attention/reference.py, no checkpoint import: ops never import ascend_v4) agrees
-    bit for bit with the checkpoint codec's act_quant_fp4 (E2M1 encode/decode tables)."""
-    from ascend_v4.checkpoint import formats
-    rng = np.random.default_rng(8)
-    x = (rng.standard_normal((40, 128)) * np.exp2(rng.integers(-30, 30, (40, 1)))).astype(np.float32)
-    x[0, :32] = 0.0                                    # all-zero block: amax floor
-    x[1, :32] = 3.0                                    # exact power-of-two boundary
-    np.testing.assert_array_equal(R.fp4_act_quant(x), formats.act_quant_fp4(x, 32))

@@ -1,4 +1,4 @@
-"""Decode-state compressor (spec §9.1/9.3): prefill-then-decode == one-shot prefill, chunked prefill, reset,
+"""Decode-state compressor (docs/design.md): prefill-then-decode == one-shot prefill, chunked prefill, reset,
 and every backend of compress_kv_step against the reference, states included (-inf slots compared as equal)."""
 import numpy as np
 import pytest

@@ -76,6 +76,8 @@ def test_kernel_sources_compile_against_ascendc_declarations(dtype):
     sources = sorted(f for f in os.listdir(kdir) if f.endswith(".cpp"))
     assert sources == KERNELS
     for f in sources:
+        if f == "grouped_matmul_av4.cpp":   # basic Cube API: checked against the real headers only
+            continue                         # (test_ascendc_real_headers.py) and run in test_gmm_ascendc_emu.py
         res = _syntax(os.path.join(kdir, f), [f"DTYPE_X={dtype}"], [kdir])
         assert res.returncode == 0, f + "\n" + res.stderr[-4000:]
 

@@ -3,9 +3,9 @@ NumPy reference (ops/moe/reference.py): moe_finalize_routing (every case) and mo
 
 Same machinery as test_mhc_ascendc_emu.py: real asc-devkit headers in CPU-debug mode over the project's intrinsic
 emulator with its pipe/race model (ops/ascendc_common/emu), host tiling from ops/moe/ascendc/tiling/moe_tiling.cc,
-one forked process per core (ops/moe/ascendc/emu/moe_emu.cc). Not run here yet: moe_init_routing (needs SyncAll
-across the forked cores) and grouped_matmul (the Cube unit and the Matmul API) -- see docs/ascendc.md. Needs the
-CANN source trees in the cache; skipped otherwise, saying so."""
+one forked process per core (ops/moe/ascendc/emu/moe_emu.cc); moe_init_routing with SyncAll across the forked
+cores. grouped_matmul (the Cube unit) runs in test_gmm_ascendc_emu.py. Needs the CANN source trees in the cache;
+skipped otherwise, saying so."""
 import os
 import shutil
 import subprocess

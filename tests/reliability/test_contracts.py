@@ -227,6 +227,8 @@ def test_compare_fails_on_missing_keys_and_names_shape_mismatches(dumps):
     assert r.exit_code == 1 and "hidden_block1: missing from B" in r.stderr and "only in A: hidden_block1" in r.stdout
     r = cli("compare", a, b(logits=base["logits"][:, :5]), "--max-median-rel", "1")
     assert r.exit_code == 1 and "logits: shape mismatch: A [1, 6, 16] vs B [1, 5, 16]" in r.stderr
+    r = cli("compare", a, b(embed=None, logits=base["logits"][:, :5]))           # failures in dump order
+    assert r.exit_code == 1 and "first failing key embed: missing from B; 1 more: logits" in r.stderr
 
 
 @pytest.mark.parametrize("case, fragment", [

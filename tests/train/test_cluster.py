@@ -56,3 +56,30 @@ def test_memory_estimate_counts_every_parameter_once():
     from ascend_v4.info import parameter_counts
     n = parameter_counts(cfg)["total_with_mtp"]
     assert memory_estimate(cfg, tc)["weights_bf16"] == pytest.approx(2 * n / 2 ** 30)
+
+
+def test_memory_estimate_shards_optimiser_state_like_the_runtime():
+    """ZeRO-1 as ascend_v4.parallel.OptimizerShard does it: dense state over dp, expert state over dp/ep replicas
+    (tp slices are not replicas); recompute keeps one stream set per block instead of every activation."""
+    from ascend_v4.checkpoint.inventory import official_inventory
+    from ascend_v4.train.param_groups import classify
+    cfg = load_config("v4-flash")
+    dense = experts = 0
+    for name, spec in official_inventory(cfg).items():
+        if classify(name, spec.shape, requires_grad=spec.fmt != "i64")[0] == "frozen":
+            continue
+        if ".ffn.experts." in name:
+            experts += math.prod(spec.shape)
+        else:
+            dense += math.prod(spec.shape)
+    base = dict(dp=8, tp=2, ep=4, pp=1)
+    full, zero = memory_estimate(cfg, _tc(**base)), memory_estimate(cfg, _tc(optimizer_shard=True, **base))
+    for k in ("weights_bf16", "grads_bf16", "activations"):
+        assert zero[k] == full[k]
+    state = lambda m: m["master_fp32"] + m["adam_state"] + m["muon_momentum"]    # noqa: E731
+    # per value of state: 4 (master) + 4 (Muon) or 8 (AdamW) bytes; the ratio is between the two weightings
+    lo = (dense / (2 * 8) + experts / (4 * 2)) / (dense / 2 + experts / 4)
+    assert state(zero) / state(full) == pytest.approx(lo, rel=0.05)
+    rc = memory_estimate(cfg, TrainConfig.from_dict({"model": "v4-flash", "seq_len": 4096, "batch_size": 8,
+                                                     "recompute": True, "parallel": {"micro_batches": 8}}))
+    assert rc["activations"] < full["activations"] / 3

@@ -2,7 +2,7 @@
 
 What is checked and against what:
 * names / dtypes / shapes: the safetensors headers are parsed here (8-byte length + JSON) and compared with the
-  spec §7.1 rules written out in this file (FP8 E4M3 + E8M0 block scales for linears, I8 + E8M0 for MXFP4 experts,
+  the release format's rules (docs/formats.md) written out in this file (FP8 E4M3 + E8M0 block scales for linears, I8 + E8M0 for MXFP4 experts,
   BF16 / F32 / I64 for the rest; no .scale entries in a bf16 export) and with the inventory's entry list.
 * values: the exported tensors, decoded by the project's loader, equal the trained float32 weights quantised by
   independent quantisers written here with ml_dtypes (BF16 RNE; FP8: 128x128 blocks, scale 2^ceil(log2(amax/448));
@@ -73,7 +73,7 @@ def _headers(out_dir):
 
 
 def _expected_dtype(name, dtype):
-    """Spec §7.1, written out: the release dtype of a logical tensor (dtype = the export's --dtype)."""
+    """The release format (docs/formats.md), written out: the release dtype of a logical tensor (dtype = the export's --dtype)."""
     leaf = name.split(".")[-1]
     if name.endswith("tid2eid"):
         return "I64"

@@ -85,11 +85,11 @@ def test_finetune_from_release_first_loss_matches_golden_and_frozen_stay(ms_grap
         np.testing.assert_array_equal(src.read(n), params[n], err_msg=n)
 
 
-def test_each_rank_reads_only_its_own_tensors(ms_graph, release, release_weights, tiny_cfg):
+def test_each_rank_reads_only_its_own_tensors(ms_graph, release, release_weights, tiny_cfg, simulated_ep_rank):
     from ascend_v4.model import Transformer
     from ascend_v4.parallel import ParallelContext
     from ascend_v4.train.init_from import load_initial_weights
-    layouts = [ParallelContext.simulated_rank(tiny_cfg, dp=2, tp=2, ep=2, rank=3),
+    layouts = [simulated_ep_rank(tiny_cfg, dp=2, tp=2, ep=2, rank=3),
                ParallelContext.pipeline_stage(tiny_cfg, 2, 1)]
     for ctx in layouts:
         model = Transformer(tiny_cfg, max_seq_len=32, with_mtp=True, parallel=ctx)

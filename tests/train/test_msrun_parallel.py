@@ -244,14 +244,14 @@ def test_tensor_parallel_moe_math(ms_graph, tiny_cfg, layer):
 
 
 @pytest.mark.parametrize("layer", [0, 1])
-def test_expert_parallel_rank_holds_global_experts(ms_graph, tiny_cfg, layer):
+def test_expert_parallel_rank_holds_global_experts(ms_graph, tiny_cfg, layer, simulated_ep_rank):
     """ep=2 simulated ranks, hash (layer 0) and routed (layer 1, non-zero router bias) layers: rank r holds experts
     [4r, 4r+4) under their global names; with the shared expert zeroed, the ranks' partial outputs add up to the
     full layer and each local expert gets its full gradient."""
     import mindspore as ms
     from ascend_v4.model import MoE, Transformer
     cfg, T, ep = tiny_cfg, 40, 2
-    ctx1 = ParallelContext.simulated_rank(cfg, dp=2, ep=ep, rank=1)
+    ctx1 = simulated_ep_rank(cfg, dp=2, ep=ep, rank=1)
     names = {p.name for p in Transformer(cfg, max_seq_len=16, parallel=ctx1).get_parameters()}
     assert "layers.0.ffn.experts.5.w1.weight" in names and "mtp.0.ffn.experts.7.w2.weight" in names
     assert not any(f"ffn.experts.{e}." in n for n in names for e in range(4))
@@ -278,7 +278,7 @@ def test_expert_parallel_rank_holds_global_experts(ms_graph, tiny_cfg, layer):
     fy, fgx, fg = run(full)
     ys = []
     for r in range(ep):
-        ctx = ParallelContext.simulated_rank(cfg, dp=2, ep=ep, rank=r)
+        ctx = simulated_ep_rank(cfg, dp=2, ep=ep, rank=r)
         cell = MoE(layer, cfg, parallel=ctx)
         local = {p.name for p in cell.get_parameters() if p.name.startswith("experts.")}
         assert {expert_index("ffn." + n) for n in local} == set(range(r * 4, r * 4 + 4))

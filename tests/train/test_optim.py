@@ -1,4 +1,4 @@
-"""MuonAdamW and the Newton–Schulz iteration against float64 NumPy references written here (spec §10).
+"""MuonAdamW and the Newton–Schulz iteration against float64 NumPy references written here (docs/training.md).
 
 Tolerances: the optimiser runs in float32 (CPU graph mode) and the references in float64. Ten NS steps in
 float32 stay within ~1e-6 of float64 (measured max 7e-7 on 16x48 .. 64x64 Gaussians), so updated weights and
@@ -266,7 +266,7 @@ def test_state_round_trip_by_name(ms_graph, tmp_path):
         opt_a(tuple(Tensor(x) for x, p in zip(random_grads(pa, rng), pa) if p.requires_grad))
     names = sorted(opt_a.state_parameters())
     assert names[-1] == "step" and all(n.split(".", 1)[0] in ("muon_m", "adam_m", "adam_v") for n in names[:-1])
-    # through a checkpoint file (list of {'name', 'data'}, see the shared notes §4)
+    # through a checkpoint file (list of {'name', 'data'}: MindSpore's safetensors checkpoint form)
     f = str(tmp_path / "opt.safetensors")
     ms.save_checkpoint([{"name": k, "data": p} for k, p in opt_a.state_parameters().items()], f,
                        format="safetensors")

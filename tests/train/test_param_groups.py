@@ -1,4 +1,4 @@
-"""Optimiser split by parameter role (spec §10, §16.12) over every parameter of the 'tiny' Transformer."""
+"""Optimiser split by parameter role (docs/training.md) over every parameter of the 'tiny' Transformer."""
 import re
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Warm-up + cosine LR and the MTP loss weight (spec §10) at key steps, against hand computation."""
+"""Warm-up + cosine LR and the MTP loss weight (docs/training.md) at key steps, against hand computation."""
 import math
 
 import numpy as np

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from ascend_v4.checkpoint import SafeTensorFile
 from ascend_v4.config import V41_PRESETS
-from ascend_v4.ops.engram.host import EngramPrefetcher, HostEngramTables, dequant_group_int8, memmap_safetensors
+from ascend_v4.ops.engram.host import EngramPrefetcher, HostEngramTables, dequant_group_int8
 from ascend_v4.ops.engram.reference import NgramHashState, engram_dequant, engram_lookup
 
 CFG = V41_PRESETS["v4.1-tiny"]
@@ -54,9 +55,10 @@ def test_int8_group_scales_and_memmapped_safetensors(tmp_path):
     path = str(tmp_path / "engram.safetensors")
     save_file({f"layers.{L}.engram.embed.{p}": a for L, qq, ss in zip(CFG.engram_layer_ids, q, s)
                for p, a in (("weight", qq), ("scale", ss))}, path)
-    mm = [memmap_safetensors(path, f"layers.{L}.engram.embed.weight") for L in CFG.engram_layer_ids]
-    ms_ = [memmap_safetensors(path, f"layers.{L}.engram.embed.scale") for L in CFG.engram_layer_ids]
-    assert isinstance(mm[0], np.memmap) and np.array_equal(mm[1], q[1]) and np.array_equal(ms_[0], s[0])
+    mm = [SafeTensorFile(path).raw(f"layers.{L}.engram.embed.weight") for L in CFG.engram_layer_ids]
+    ms_ = [SafeTensorFile(path).raw(f"layers.{L}.engram.embed.scale") for L in CFG.engram_layer_ids]
+    assert isinstance(mm[0].base, np.memmap) and not mm[0].flags.writeable      # mapped in place, not read
+    assert np.array_equal(mm[1], q[1]) and np.array_equal(ms_[0], s[0])
     assert np.array_equal(dequant_group_int8(q[1], s[1]), engram_dequant(q[1], s[1]).astype(np.float32))
     ids, mask, chunks = _steps(rng)
     want = _expected([dequant_group_int8(a, b) for a, b in zip(q, s)], ids, mask)
@@ -91,8 +93,8 @@ def test_release_fp8_tables_memmapped_and_bf16_tables(tmp_path):
     path = str(tmp_path / "model-00048-of-00048.safetensors")
     write_safetensors(path, {f"layers.{L}.engram.embed.{p}": a for L, c, e in zip(CFG.engram_layer_ids, codes, exps)
                              for p, a in (("weight", ("F8_E4M3", c)), ("scale", ("F8_E8M0", e)))})
-    w = [memmap_safetensors(path, f"layers.{L}.engram.embed.weight") for L in CFG.engram_layer_ids]
-    s = [memmap_safetensors(path, f"layers.{L}.engram.embed.scale") for L in CFG.engram_layer_ids]
+    w = [SafeTensorFile(path).raw(f"layers.{L}.engram.embed.weight") for L in CFG.engram_layer_ids]
+    s = [SafeTensorFile(path).raw(f"layers.{L}.engram.embed.scale") for L in CFG.engram_layer_ids]
 
     def fp8_rows(rows, sc):
         v = e4m3_decode(rows).reshape(rows.shape[0], -1, 32) * e8m0_decode(sc)[..., None]

@@ -15,7 +15,8 @@
 // and a write from P over a byte some other pipe Q read at q (write-after-read) likewise needs P to have waited for
 // q. A wait on the scalar pipe S orders every later instruction (the scalar unit issues them). Scalar accesses
 // (LocalTensor GetValue/SetValue) are plain memory in CPU-debug mode and are not tracked. A race aborts the core
-// with "emu race: ..." naming both instructions.
+// with "emu race: ..." naming both instructions. L1 and L0A/L0B/L0C are host arrays too and are tracked the same
+// way (the Cube pipes MTE1, M and FIX; see the Cube section at the end).
 #pragma once
 #include <cmath>
 #include <cstdarg>
@@ -423,6 +424,7 @@ AV4_EMU_UNARY(vrelu, x > 0 ? x : 0.0f)
 AV4_EMU_UNARY(vconv_bf162f32, x)
 AV4_EMU_UNARY(vconv_f162f32, x)
 AV4_EMU_UNARY(vconv_f322f16, x)
+AV4_EMU_UNARY(vconv_s322f32, x)   // int32 -> float (exact below 2^24: ids, counts)
 #undef AV4_EMU_UNARY
 
 template <class D, class A, class... R>
@@ -552,16 +554,75 @@ inline int64_t& SyncCores() {
   return n;
 }
 }  // namespace av4_emu
+// Cross-core flags of a mixed AIC/AIV launch (CrossCoreSetFlag / CrossCoreWaitFlag, mode 2 = within one group of
+// 1 AIC + 2 AIV): a set from the AIC raises the flag for both vector sub-blocks of its group, a set from a vector core
+// for its AIC; the AIC's wait returns once BOTH vector cores have set the flag (one more time than it has waited),
+// a vector core's wait once the AIC has. Flag IDs 11..14 stay SyncAll's (ffts mode 0). Counters live in shared GM.
+// A wait that is never satisfied (deadlock) or more than 15 un-waited sets of one flag (the hardware counter) fail.
+namespace av4_emu {
+constexpr int kMixMaxGroups = 64;
+struct MixFlags {
+  int64_t toAiv[kMixMaxGroups][2][16];
+  int64_t toAic[kMixMaxGroups][2][16];
+};
+inline MixFlags*& Mix() {
+  static MixFlags* p = nullptr;
+  return p;
+}
+inline int64_t* MixSeen() {   // this core's waits per flag
+  static int64_t seen[16] = {};
+  return seen;
+}
+inline bool IsAic();
+}  // namespace av4_emu
 template <class P, class M>
-inline void ffts_cross_core_sync(P, M) {
+inline void ffts_cross_core_sync(P, M config) {
+  const uint64_t cfg = static_cast<uint64_t>(config), mode = (cfg >> 4) & 3, flag = (cfg >> 8) & 15;
+  if (mode == 2) {
+    av4_emu::MixFlags* mx = av4_emu::Mix();
+    if (!mx) av4_emu::Fail("CrossCoreSetFlag (mode 2) outside a mixed AIC/AIV launch");
+    const int64_t g = block_idx;
+    if (av4_emu::IsAic()) {
+      for (int v = 0; v < 2; ++v) {
+        const int64_t n = __atomic_add_fetch(&mx->toAiv[g][v][flag], 1, __ATOMIC_SEQ_CST);
+        (void)n;
+      }
+    } else {
+      __atomic_add_fetch(&mx->toAic[g][sub_block_idx][flag], 1, __ATOMIC_SEQ_CST);
+    }
+    return;
+  }
+  if (av4_emu::Mix()) av4_emu::Fail("SyncAll (ffts mode %llu) in a mixed AIC/AIV launch is not emulated", (unsigned long long)mode);
   if (!av4_emu::SyncCounter()) av4_emu::Fail("SyncAll outside a launch");
   ++av4_emu::SyncRound();
   __atomic_add_fetch(av4_emu::SyncCounter(), 1, __ATOMIC_SEQ_CST);
 }
 template <class F>
-inline void wait_flag_dev(F) {
-  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
+inline void wait_flag_dev(F f) {
   const time_t t0 = time(nullptr);
+  if (av4_emu::MixFlags* mx = av4_emu::Mix()) {
+    const int flag = static_cast<int>(f) & 15;
+    const int64_t g = block_idx, want = ++av4_emu::MixSeen()[flag];
+    for (;;) {
+      bool ok;
+      if (av4_emu::IsAic()) {
+        const int64_t a = __atomic_load_n(&mx->toAic[g][0][flag], __ATOMIC_SEQ_CST);
+        const int64_t b = __atomic_load_n(&mx->toAic[g][1][flag], __ATOMIC_SEQ_CST);
+        ok = a >= want && b >= want;
+        if (a - want > 15 || b - want > 15) av4_emu::Fail("cross-core flag %d: more than 15 sets not waited for", flag);
+      } else {
+        const int64_t a = __atomic_load_n(&mx->toAiv[g][sub_block_idx][flag], __ATOMIC_SEQ_CST);
+        ok = a >= want;
+        if (a - want > 15) av4_emu::Fail("cross-core flag %d: more than 15 sets not waited for", flag);
+      }
+      if (ok) return;
+      if (time(nullptr) - t0 > 60)
+        av4_emu::Fail("CrossCoreWaitFlag(%d) on the %s of group %lld never satisfied (wait #%lld): deadlock", flag,
+                      av4_emu::IsAic() ? "AIC" : "AIV", (long long)g, (long long)want);
+      sched_yield();
+    }
+  }
+  const int64_t want = av4_emu::SyncCores() * av4_emu::SyncRound();
   while (__atomic_load_n(av4_emu::SyncCounter(), __ATOMIC_SEQ_CST) < want) {
     if (time(nullptr) - t0 > 60) av4_emu::Fail("SyncAll: not every core arrived (round %lld)", (long long)av4_emu::SyncRound());
     sched_yield();
@@ -676,3 +737,210 @@ inline void vreducev2(D* dst, A* src, B*, uint64_t repeat, uint64_t blk, uint64_
   av4_emu::S().rsvd = n;
 }
 inline int64_t get_rsvd_cnt() { return static_cast<int64_t>(av4_emu::S().rsvd); }
+
+// ------------------------------------------------------------------------------------------------- Cube unit
+// The data path of the AI Cube core (docs/ascendc.md, "Cube unit"): GM -> L1 (MTE2; plain or ND -> NZ), L1 -> L0A /
+// L0B (MTE1, 512-byte fractals, optionally transposed), Mmad (pipe M: L0A x L0B -> L0C, float32 accumulation),
+// L0C -> GM (FIX; NZ -> ND, float32 -> half / bfloat16). L1 / L0 are host arrays in CPU-debug mode, so the pipe
+// model above tracks them by address exactly like UB.
+// Formats. A fractal is 16 rows x C0 elements, C0 = 32 bytes / element size (16 for half / bfloat16, 8 for float,
+// 32 for int8), 512 bytes. NZ (L1): fractal columns of C0 elements, rows padded; element (r, c) at
+// (c / C0) * C0Stride + r * C0 + c % C0. L0A ("Zz"): fractals row-major over (m1, k1); L0B ("Zn"): fractals
+// row-major over (k1, n1), each holding the 16 x C0 block of B^T (n rows, k columns); L0C: NZ of 16 x 16 float
+// fractals, (r, c) at (c / 16) * M16 * 16 + r * 16 + c % 16 with M16 = m rounded up to 16. Mmad multiplies the
+// padded shapes (k rounded up to C0): padding the kernel leaves undefined reaches the result, as on the device.
+namespace av4_emu {
+struct CubeState {
+  uint64_t ndPara = 1;   // set_nd_para: ndNum [15:0], srcNdStride [31:16], dstNdStride [47:32]
+};
+inline CubeState& Cube() {
+  static CubeState c;
+  return c;
+}
+template <class T>
+constexpr uint64_t C0() { return 32 / sizeof(T); }
+}  // namespace av4_emu
+
+// DataCopy GM -> L1: nBurst bursts of lenBurst 32-byte blocks, gaps (srcStride, dstStride) in blocks
+template <class D, class Sp, class... R>
+inline void copy_gm_to_cbuf(D* dst, Sp* src, int8_t, uint16_t nBurst, uint16_t lenBurst, uint16_t srcGap,
+                            uint16_t dstGap, R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_MTE2);
+  for (uint64_t r = 0; r < nBurst; ++r) {
+    uint8_t* d = reinterpret_cast<uint8_t*>(dst) + r * (lenBurst + dstGap) * 32ull;
+    const uint8_t* g = reinterpret_cast<const uint8_t*>(src) + r * (lenBurst + srcGap) * 32ull;
+    av4_emu::Access(d, lenBurst * 32ull, av4_emu::P_MTE2, s, true, "DataCopy GM->L1");
+    std::memcpy(d, g, lenBurst * 32ull);
+  }
+}
+
+// DataCopy GM -> L1 with Nd2NzParams: ndNum matrices of nValue rows x dValue elements (rows srcDValue elements
+// apart, matrices srcNdMatrixStride apart) -> NZ: row r, column c of matrix i at dst + i * dstNzMatrixStride +
+// (c / C0) * dstNzC0Stride * C0 + r * dstNzNStride * C0 + c % C0 (strides in C0 blocks, matrix stride in elements).
+// Only the given rows / columns are written; padding keeps what L1 held.
+namespace av4_emu {
+template <class T>
+inline void Nd2Nz(T* dst, const T* src, uint16_t ndNum, uint16_t nValue, uint16_t dValue, uint16_t srcNdStride,
+                  uint16_t srcDValue, uint16_t c0Stride, uint16_t nStride, uint16_t dstNdStride, const char* what) {
+  const uint64_t s = Issue(P_MTE2);
+  constexpr uint64_t c0 = C0<T>();
+  for (uint64_t i = 0; i < ndNum; ++i)
+    for (uint64_t r = 0; r < nValue; ++r)
+      for (uint64_t c = 0; c < dValue; ++c) {
+        T* d = dst + i * dstNdStride + (c / c0) * c0Stride * c0 + r * nStride * c0 + c % c0;
+        Access(d, sizeof(T), P_MTE2, s, true, what);
+        std::memcpy(d, src + i * srcNdStride + r * srcDValue + c, sizeof(T));
+      }
+}
+}  // namespace av4_emu
+#define AV4_EMU_ND2NZ(name)                                                                                          \
+  template <class D, class Sp>                                                                                       \
+  inline void name(D* dst, Sp* src, uint8_t, uint16_t ndNum, uint16_t nValue, uint16_t dValue, uint16_t srcNdStride, \
+                   uint16_t srcDValue, uint16_t c0Stride, uint16_t nStride, uint16_t dstNdStride) {                  \
+    av4_emu::Nd2Nz(dst, reinterpret_cast<const D*>(src), ndNum, nValue, dValue, srcNdStride, srcDValue, c0Stride,   \
+                   nStride, dstNdStride, "DataCopy GM->L1 (ND2NZ)");                                                \
+  }
+AV4_EMU_ND2NZ(copy_gm_to_cbuf_multi_nd2nz_b16)
+AV4_EMU_ND2NZ(copy_gm_to_cbuf_multi_nd2nz_b32s)
+AV4_EMU_ND2NZ(copy_gm_to_cbuf_multi_nd2nz_b8)
+#undef AV4_EMU_ND2NZ
+
+// InitConstValue on L1 (create_cbuf_matrix, pipe MTE2): repeat [15:0] times blockNum [31:16] 32-byte blocks of the
+// value, dstGap [47:32] blocks between repeats
+namespace av4_emu {
+template <class D, class V>
+inline void CreateMatrix(D* dst, int64_t config, V value, uint64_t blockBytes, int pipe, const char* what) {
+  const uint64_t s = Issue(pipe);
+  const uint64_t rep = config & 0x7FFF, blocks = (config >> 16) & 0x7FFF, gap = (config >> 32) & 0x7FFF;
+  uint8_t* d = reinterpret_cast<uint8_t*>(dst);
+  for (uint64_t r = 0; r < rep; ++r) {
+    uint8_t* p = d + r * (blocks + gap) * blockBytes;
+    Access(p, blocks * blockBytes, pipe, s, true, what);
+    for (uint64_t b = 0; b < blocks * blockBytes; b += sizeof(V)) std::memcpy(p + b, &value, sizeof(V));
+  }
+}
+}  // namespace av4_emu
+template <class D, class V>
+inline void create_cbuf_matrix(D* dst, int64_t config, V value) {
+  av4_emu::CreateMatrix(dst, config, value, 32, av4_emu::P_MTE2, "InitConstValue L1");
+}
+template <class D, class V>
+inline void create_cbuf_matrix_bf16(D* dst, int64_t config, V value) {
+  av4_emu::CreateMatrix(dst, config, value, 32, av4_emu::P_MTE2, "InitConstValue L1");
+}
+template <class D, class V>
+inline void create_ca_matrix(D* dst, int64_t config, V value) {
+  av4_emu::CreateMatrix(dst, config, value, 512, av4_emu::P_MTE1, "InitConstValue L0A");
+}
+template <class D, class V>
+inline void create_cb_matrix(D* dst, int64_t config, V value) {
+  av4_emu::CreateMatrix(dst, config, value, 512, av4_emu::P_MTE1, "InitConstValue L0B");
+}
+
+// DataCopy L1 -> GM (pipe MTE3): nBurst bursts of lenBurst 32-byte blocks, gaps in blocks
+template <class D, class Sp, class... R>
+inline void copy_cbuf_to_gm(D* dst, Sp* src, uint8_t, uint16_t nBurst, uint16_t lenBurst, uint16_t srcGap,
+                            uint16_t dstGap, R...) {
+  const uint64_t s = av4_emu::Issue(av4_emu::P_MTE3);
+  for (uint64_t r = 0; r < nBurst; ++r) {
+    const uint8_t* u = reinterpret_cast<const uint8_t*>(src) + r * (lenBurst + srcGap) * 32ull;
+    av4_emu::Access(u, lenBurst * 32ull, av4_emu::P_MTE3, s, false, "DataCopy L1->GM");
+    std::memcpy(reinterpret_cast<uint8_t*>(dst) + r * (lenBurst + dstGap) * 32ull, u, lenBurst * 32ull);
+  }
+}
+
+// LoadData 2D, L1 -> L0A / L0B (pipe MTE1): repeat r moves the 512-byte fractal at src + (startIndex + r *
+// srcStride) fractals to dst + r * (1 + dstGap) fractals, transposing the 16 x 16 fractal when asked (16-bit types)
+namespace av4_emu {
+template <class D>
+inline void Load2D(D* dst, const D* src, uint64_t start, uint64_t repeat, uint64_t srcStride, uint64_t dstGap,
+                   bool transpose, const char* what) {
+  const uint64_t s = Issue(P_MTE1);
+  if (transpose && sizeof(D) != 2) Fail("%s: transposing 2D load emulated for 16-bit types only", what);
+  for (uint64_t r = 0; r < repeat; ++r) {
+    const uint8_t* f = reinterpret_cast<const uint8_t*>(src) + (start + r * srcStride) * 512;
+    uint8_t* d = reinterpret_cast<uint8_t*>(dst) + r * (1 + dstGap) * 512;
+    Access(f, 512, P_MTE1, s, false, what);
+    Access(d, 512, P_MTE1, s, true, what);
+    if (!transpose) {
+      std::memmove(d, f, 512);
+    } else {
+      uint16_t t[256];
+      for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j) std::memcpy(&t[j * 16 + i], f + (i * 16 + j) * 2, 2);
+      std::memcpy(d, t, 512);
+    }
+  }
+}
+}  // namespace av4_emu
+template <class D, class Sp, class... R>
+inline void load_cbuf_to_ca(D* dst, Sp* src, uint16_t start, uint8_t repeat, uint16_t srcStride, uint16_t dstGap,
+                            uint8_t, bool transpose, R...) {
+  av4_emu::Load2D(dst, reinterpret_cast<const D*>(src), start, repeat, srcStride, dstGap, transpose,
+                  "LoadData L1->L0A");
+}
+template <class D, class Sp, class... R>
+inline void load_cbuf_to_cb(D* dst, Sp* src, uint16_t start, uint8_t repeat, uint16_t srcStride, uint16_t dstGap,
+                            uint8_t, bool transpose, R...) {
+  av4_emu::Load2D(dst, reinterpret_cast<const D*>(src), start, repeat, srcStride, dstGap, transpose,
+                  "LoadData L1->L0B");
+}
+
+// Mmad (pipe M): C[m, n] (=|+=) A[m, k] B[k, n] over the padded k (a multiple of C0), float accumulation in
+// k order; cmatrixInitVal starts from zero, otherwise C accumulates onto L0C. Bias (cmatrixSource) not emulated.
+template <class C, class A, class B>
+inline void mad(C* c, A* a, B* b, uint16_t m, uint16_t k, uint16_t n, uint8_t unitFlag, bool kAlign,
+                bool cmatrixSource, bool init) {
+  static_assert(std::is_same<C, float>::value, "Mmad emulated for float accumulation");
+  static_assert(sizeof(A) == 2 || sizeof(A) == 4, "Mmad emulated for half, bfloat16 and float operands");
+  if (cmatrixSource || unitFlag) av4_emu::Fail("Mmad: bias from C2 / unit flag not emulated");
+  (void)kAlign;
+  const uint64_t s = av4_emu::Issue(av4_emu::P_M);
+  constexpr uint64_t c0 = av4_emu::C0<A>();
+  const uint64_t m16 = (m + 15) / 16 * 16, n16 = (n + 15) / 16 * 16, kp = (k + c0 - 1) / c0 * c0;
+  const uint64_t k1 = kp / c0, n1 = n16 / 16;
+  av4_emu::Access(a, m16 * kp * sizeof(A), av4_emu::P_M, s, false, "Mmad (L0A)");
+  av4_emu::Access(b, kp * n16 * sizeof(B), av4_emu::P_M, s, false, "Mmad (L0B)");
+  if (!init) av4_emu::Access(c, m16 * n16 * 4, av4_emu::P_M, s, false, "Mmad (L0C)");
+  av4_emu::Access(c, m16 * n16 * 4, av4_emu::P_M, s, true, "Mmad (L0C)");
+  for (uint64_t r = 0; r < m16; ++r)
+    for (uint64_t j = 0; j < n16; ++j) {
+      float acc = init ? 0.0f : c[(j / 16) * m16 * 16 + r * 16 + j % 16];
+      for (uint64_t q = 0; q < kp; ++q) {
+        const float x = av4_emu::Load(a + ((r / 16) * k1 + q / c0) * 16 * c0 + (r % 16) * c0 + q % c0);
+        const float y = av4_emu::Load(b + ((q / c0) * n1 + j / 16) * 16 * c0 + (j % 16) * c0 + q % c0);
+        acc += x * y;
+      }
+      c[(j / 16) * m16 * 16 + r * 16 + j % 16] = acc;
+    }
+}
+
+// Fixpipe L0C -> GM (pipe FIX): nSize columns x mSize rows of the float NZ matrix (srcStride: rows between fractal
+// columns, in 16-element units) -> with nz2nd, ND rows dstStride elements apart (ndNum 1 of set_nd_para);
+// without, NZ with dstStride 32-byte blocks between fractal columns. Conversion: none (float out), F322F16 or
+// F322BF16 (round to nearest even).
+inline void set_nd_para(uint64_t config) { av4_emu::Cube().ndPara = config; }
+template <class D, class Sp, class Q>
+inline void copy_matrix_cc_to_gm(D* dst, Sp* src, uint8_t, uint16_t nSize, uint16_t mSize, uint32_t dstStride,
+                                 uint16_t srcStride, uint8_t unitFlag, Q quant, uint8_t relu, bool channelSplit,
+                                 bool nz2nd) {
+  static_assert(std::is_same<Sp, float>::value, "Fixpipe emulated from a float L0C");
+  if (unitFlag || relu || channelSplit) av4_emu::Fail("Fixpipe: unit flag / relu / channel split not emulated");
+  const bool toHalf = quant == QuantMode_t::F322F16, toBf16 = quant == QuantMode_t::F322BF16;
+  if (!(quant == QuantMode_t::NoQuant || toHalf || toBf16)) av4_emu::Fail("Fixpipe: quant mode not emulated");
+  if ((quant == QuantMode_t::NoQuant) != (sizeof(D) == 4)) av4_emu::Fail("Fixpipe: quant mode does not match dst");
+  const uint64_t s = av4_emu::Issue(av4_emu::P_FIX);
+  if (nz2nd && (av4_emu::Cube().ndPara & 0xFFFF) > 1) av4_emu::Fail("Fixpipe: ndNum > 1 not emulated");
+  for (uint64_t r = 0; r < mSize; ++r)
+    for (uint64_t j = 0; j < nSize; ++j) {
+      const float* p = src + (j / 16) * srcStride * 16 + r * 16 + j % 16;
+      av4_emu::Access(p, 4, av4_emu::P_FIX, s, false, "Fixpipe L0C->GM");
+      const uint64_t o = nz2nd ? r * dstStride + j : (j / 16) * dstStride * 32 / sizeof(D) + r * 16 + j % 16;
+      if (toBf16) {
+        const uint16_t b = av4_emu::F32ToBf16(*p, 'r');
+        std::memcpy(dst + o, &b, 2);
+      } else {
+        av4_emu::Store(dst + o, *p);
+      }
+    }
+}

@@ -812,3 +812,66 @@ int CompressStepFwd(int, void** params, int*, int64_t** shapes, const char**, vo
 }
 
 }  // extern "C"
+
+// ------------------------------------------------------------------------------------------------ RoPE
+namespace {
+
+// x viewed as [A, M, G, d], tables cos2/sin2 [M, w] doubled per pair (cos2 = (c0, c0, c1, c1, ...),
+// sin2 = (-s0, +s0, -s1, +s1, ...)): y = x with its last w dims rotated, rot = r·cos2 + pairswap(r)·sin2 (inverse:
+// − pairswap(r)·sin2). Two products then one add per element, as the composite's Mul, Mul, Add (no contraction:
+// the library is built with -ffp-contract=off), so the result is bitwise the composite's. One pass over x.
+// transpose = the backward: dx[2i] = dy[2i]·c[2i] + dy[2i+1]·sin2[2i+1], dx[2i+1] = dy[2i+1]·c[2i+1] + dy[2i]·sin2[2i]
+// (the exact transpose for any tables; for doubled ones, the inverse rotation).
+void rope_rows(const float* x, const float* cs, const float* sn, float* y, int64_t A, int64_t M, int64_t G,
+               int64_t d, int64_t w, float sign, bool transpose) {
+  const int64_t rows = A * M * G, keep = d - w;
+#pragma omp parallel for schedule(static) if (rows * d >= (1 << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = (r / G) % M;
+    const float* xr = x + r * d;
+    float* yr = y + r * d;
+    if (keep > 0) std::memcpy(yr, xr, keep * sizeof(float));
+    const float* a = xr + keep;
+    const float* c = cs + m * w;
+    const float* s = sn + m * w;
+    float* o = yr + keep;
+    for (int64_t i = 0; i + 1 < w; i += 2) {
+      const float s0 = sign * s[transpose ? i + 1 : i], s1 = sign * s[transpose ? i : i + 1];
+      const float p0 = a[i] * c[i], q0 = a[i + 1] * s0;
+      const float p1 = a[i + 1] * c[i + 1], q1 = a[i] * s1;
+      o[i] = p0 + q0;
+      o[i + 1] = p1 + q1;
+    }
+  }
+}
+
+int rope_kernel(void** params, int* ndims, int64_t** shapes, const char** dtypes, bool transpose) {
+  if (!av4::is_f32(dtypes[0]) || !av4::is_f32(dtypes[1]) || !av4::is_f32(dtypes[2])) return 1;
+  const float* cfg = static_cast<const float*>(params[3]);
+  const int64_t A = static_cast<int64_t>(cfg[0]), M = static_cast<int64_t>(cfg[1]), G = static_cast<int64_t>(cfg[2]);
+  const int64_t d = shapes[0][ndims[0] - 1], w = shapes[1][ndims[1] - 1];
+  if (w > d || w % 2 || A * M * G * d != numel(ndims[0], shapes[0]) || M * w != numel(ndims[1], shapes[1]) ||
+      M * w != numel(ndims[2], shapes[2]))
+    return 2;
+  rope_rows(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
+            static_cast<const float*>(params[2]), static_cast<float*>(params[4]), A, M, G, d, w, cfg[3], transpose);
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// x[..., d] f32, cos2[..., w], sin2[..., w] (M·w elements), cfg f32[4] = {A, M, G, sign} with x = [A, M, G, d]
+// row-major and table row m for x[a, m, g]; sign +1 rotates, -1 rotates back -> y like x.
+int RopeFwd(int, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  return rope_kernel(params, ndims, shapes, dtypes, false);
+}
+
+// Backward, same inputs with dy in place of x -> dx = the transpose applied to dy (a second symbol: MindSpore
+// keys a Custom op's bprop by its kernel symbol).
+int RopeBwd(int, void** params, int* ndims, int64_t** shapes, const char** dtypes, void*, void*) {
+  return rope_kernel(params, ndims, shapes, dtypes, true);
+}
+
+}  // extern "C"

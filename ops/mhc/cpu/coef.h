@@ -1,4 +1,4 @@
-// Per-token mHC coefficients (spec §3): pre/post sigmoids and the Sinkhorn-normalised comb, forward and exact
+// Per-token mHC coefficients (the reference's hc_pre / hc_split_sinkhorn): pre/post sigmoids and the Sinkhorn-normalised comb, forward and exact
 // backward. Everything here is O(hc^2 * iters) per token, so it runs in double: it is ~0.1% of the token's work
 // and keeps the 20-iteration chain far below float32 noise.
 #pragma once

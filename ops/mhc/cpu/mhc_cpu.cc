@@ -1,6 +1,6 @@
 // mHC CPU kernels for MindSpore ops.Custom(func_type="aot"): hc_pre / hc_head / hc_post, forward and backward.
 //
-// Layout (spec §3): x [T, hc, D] flattened per token to v [K = hc*D]; fn [M, K] with M = (2+hc)*hc for hc_pre
+// Layout (docs/design.md): x [T, hc, D] flattened per token to v [K = hc*D]; fn [M, K] with M = (2+hc)*hc for hc_pre
 // and M = hc for hc_head. Streams (x, y, f, residual, out and their gradients) are float32 or raw bfloat16;
 // everything else (fn, scale, base, post, comb, mix, rstd, cfg) is float32 - the Python wrapper casts.
 // Compute is float32 on 8-lane FMAs with double accumulation of the per-chunk partial sums; the per-token

@@ -288,6 +288,10 @@ def _gmm(group_list_type, transpose_weight):
 
 
 def grouped_matmul(x, weight, group_list, group_list_type=0, transpose_weight=False):
+    if weight.dtype == ms.float32 and not transpose_weight:
+        # the Cube's 2D load transposes 16-bit fractals only: a float32 weight goes as [E, N, K] (the tiling refuses
+        # [E, K, N], see grouped_matmul_av4.cpp)
+        weight, transpose_weight = weight.swapaxes(1, 2), True
     y = _gmm(int(group_list_type), bool(transpose_weight))(x, weight, ops.cast(group_list, ms.int64))
     _, _, inside = C._group_rows(group_list, group_list_type, x.shape[0], weight.shape[0])
     return y * ops.expand_dims(ops.cast(inside, y.dtype), -1)      # rows past the last group: 0 (reference)

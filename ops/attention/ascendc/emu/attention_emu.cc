@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   if (op == "attn") {
     av4_tiling::AttnShape s{I(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), I(11), I(12),
                             static_cast<uint32_t>(sizeof(Elem)), std::strtof(argv[13], nullptr)};
-    const av4_tiling::Platform p{I(15), std::strtoull(argv[14], nullptr, 10)};
+    const av4_tiling::Platform p{I(15), std::strtoull(argv[14], nullptr, 10), std::max(1u, I(15) / 2), 512u * 1024};
     av4_tiling::SparseAttnTiling td;
     EMU_CHECK(av4_tiling::TileSparseAttn(s, p, &td, &why), why);
     auto q = read_elems(dir + "q.bin"), kv = read_elems(dir + "kv.bin");
@@ -105,30 +105,49 @@ int main(int argc, char** argv) {
     Gm<int32_t> cidx = s.K ? read_raw<int32_t>(dir + "cidx.bin") : filled<int32_t>(1, 0);
     Gm<Elem> out(q.size());
     Gm<float> lse = filled<float>(1ull * s.B * s.S * s.H, -12345.f);
-    run_cores(td, p.ubBytes, p.aivCores, [&](GM_ADDR t) {
+    g_tilingKey = td.tilingKey;
+    Gm<uint8_t> ws(td.tilingKey == av4_tiling::ATTN_KEY_CUBE ? td.usedCores * td.wsPerGroup : 1);
+    auto launch = [&](GM_ADDR t) {
       av4_sparse_attn_shared_kv(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(kv.data()),
                                 reinterpret_cast<GM_ADDR>(sink.data()), reinterpret_cast<GM_ADDR>(widx.data()),
                                 s.K ? reinterpret_cast<GM_ADDR>(cidx.data()) : nullptr,
-                                reinterpret_cast<GM_ADDR>(out.data()), reinterpret_cast<GM_ADDR>(lse.data()), nullptr, t);
-    });
+                                reinterpret_cast<GM_ADDR>(out.data()), reinterpret_cast<GM_ADDR>(lse.data()),
+                                reinterpret_cast<GM_ADDR>(ws.data()), t);
+    };
+    if (td.tilingKey == av4_tiling::ATTN_KEY_CUBE) {   // every group of the platform (1 AIC + 2 AIV) runs
+      EMU_CHECK(td.ubUsed <= p.ubBytes && td.l1Used <= p.l1Bytes, "tiling exceeds the platform UB / L1");
+      uint8_t* t = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(td)));
+      std::memcpy(t, &td, sizeof(td));
+      if (!av4_emu::LaunchMixed(static_cast<int>(p.aicCores), [&] { launch(t); })) std::exit(3);
+    } else {
+      run_cores(td, p.ubBytes, p.aivCores, launch);
+    }
     write_elems(dir + "out.bin", out, out.size());
     write_file(dir + "lse.bin", lse.data(), lse.size() * 4);
-    std::printf("cores %u headGroup %u entryBlock %u ub %llu\n", td.usedCores, td.headGroup, td.entryBlock,
-                (unsigned long long)td.ubUsed);
+    std::printf("key %u cores %u headGroup %u entryBlock %u ub %llu\n", td.tilingKey, td.usedCores, td.headGroup,
+                td.entryBlock, (unsigned long long)td.ubUsed);
   } else if (op == "indexer") {
     av4_tiling::IndexerShape s{I(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), static_cast<uint32_t>(sizeof(Elem))};
-    const av4_tiling::Platform p{I(12), std::strtoull(argv[11], nullptr, 10)};
+    // a 910B-like group structure: one AIC per two AIV cores, 512 KiB L1
+    const av4_tiling::Platform p{I(12), std::strtoull(argv[11], nullptr, 10), std::max(1u, I(12) / 2), 512u * 1024};
     av4_tiling::IndexerTiling td;
     EMU_CHECK(av4_tiling::TileIndexer(s, p, &td, &why), why);
+    EMU_CHECK(td.ubUsed <= p.ubBytes, "tiling exceeds the platform UB");
     auto q = read_elems(dir + "q.bin"), k = read_elems(dir + "k.bin"), w = read_elems(dir + "w.bin");
     Gm<int32_t> idx = filled<int32_t>(1ull * s.B * s.S * td.topk, 7777);
-    run_cores(td, p.ubBytes, p.aivCores, [&](GM_ADDR t) {
-      av4_lightning_indexer(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(k.data()),
-                            reinterpret_cast<GM_ADDR>(w.data()), reinterpret_cast<GM_ADDR>(idx.data()), nullptr, t);
-    });
+    Gm<uint8_t> ws(td.usedGroups * td.wsPerGroup);
+    uint8_t* t = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(td)));
+    std::memcpy(t, &td, sizeof(td));
+    // every group of the platform runs (groups past usedGroups must return at once)
+    if (!av4_emu::LaunchMixed(static_cast<int>(p.aicCores), [&] {
+          av4_lightning_indexer(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(k.data()),
+                                reinterpret_cast<GM_ADDR>(w.data()), reinterpret_cast<GM_ADDR>(idx.data()),
+                                reinterpret_cast<GM_ADDR>(ws.data()), t);
+        }))
+      std::exit(3);
     write_file(dir + "idx.bin", idx.data(), idx.size() * 4);
-    std::printf("cores %u keyBlock %u cand %u ub %llu\n", td.usedCores, td.keyBlock, td.candAlign,
-                (unsigned long long)td.ubUsed);
+    std::printf("groups %u keyBlock %u kTile %u ub %llu l1 %llu\n", td.usedGroups, td.keyBlock, td.kTile,
+                (unsigned long long)td.ubUsed, (unsigned long long)td.l1Used);
   } else if (op == "compress") {
     av4_tiling::CompressShape s{I(3), I(4), I(5), I(6), I(7), static_cast<uint32_t>(sizeof(Elem)),
                                 std::strtof(argv[8], nullptr)};

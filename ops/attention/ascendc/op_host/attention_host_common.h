@@ -14,21 +14,25 @@ namespace av4_host {
 // AIV core count and UB bytes from the platform (platform_config/Ascend910B*.ini / Ascend910_93*.ini): never hard-coded.
 inline av4_tiling::Platform QueryPlatform(gert::TilingContext* ctx) {
   auto plat = platform_ascendc::PlatformAscendC(ctx->GetPlatformInfo());
-  uint64_t ub = 0;
+  uint64_t ub = 0, l1 = 0;
   plat.GetCoreMemSize(platform_ascendc::CoreMemType::UB, ub);
-  return av4_tiling::Platform{plat.GetCoreNumAiv(), ub};
+  plat.GetCoreMemSize(platform_ascendc::CoreMemType::L1, l1);
+  return av4_tiling::Platform{plat.GetCoreNumAiv(), ub, plat.GetCoreNumAic(), l1};
 }
 
+// usedCores: AIV cores for AIV-only kernels, groups (1 AIC + 2 AIV) for mixed ones; userWorkspace: bytes the kernel
+// reads through GetUserWorkspace (after the library's system workspace)
 template <typename TilingStruct>
-inline ge::graphStatus Commit(gert::TilingContext* ctx, const TilingStruct& td, uint32_t usedCores) {
+inline ge::graphStatus Commit(gert::TilingContext* ctx, const TilingStruct& td, uint32_t usedCores,
+                              uint64_t userWorkspace = 0, uint32_t tilingKey = 0) {
   auto* raw = ctx->GetRawTilingData();
   if (raw->GetCapacity() < sizeof(TilingStruct)) return ge::GRAPH_FAILED;
   std::memcpy(raw->GetData(), &td, sizeof(TilingStruct));
   raw->SetDataSize(sizeof(TilingStruct));
-  ctx->SetBlockDim(usedCores ? usedCores : 1);   // AIV-only kernels: one block per vector core
-  ctx->SetTilingKey(0);
+  ctx->SetBlockDim(usedCores ? usedCores : 1);
+  ctx->SetTilingKey(tilingKey);
   size_t* ws = ctx->GetWorkspaceSizes(1);
-  ws[0] = platform_ascendc::PlatformAscendC(ctx->GetPlatformInfo()).GetLibApiWorkSpaceSize();
+  ws[0] = platform_ascendc::PlatformAscendC(ctx->GetPlatformInfo()).GetLibApiWorkSpaceSize() + userWorkspace;
   return ge::GRAPH_SUCCESS;
 }
 

@@ -16,9 +16,14 @@ constexpr uint32_t kBlock = 32;        // UB block bytes
 constexpr uint32_t kUbReserve = 1024;  // bytes left for the framework (tiling data copy, stack)
 
 struct Platform {
-  uint32_t aivCores;  // platform_ascendc::PlatformAscendC::GetCoreNumAiv()
-  uint64_t ubBytes;   // GetCoreMemSize(CoreMemType::UB, ...)
+  uint32_t aivCores;      // platform_ascendc::PlatformAscendC::GetCoreNumAiv()
+  uint64_t ubBytes;       // GetCoreMemSize(CoreMemType::UB, ...)
+  uint32_t aicCores = 0;  // GetCoreNumAic() (mixed AIC/AIV kernels: one group = 1 AIC + 2 AIV)
+  uint64_t l1Bytes = 0;   // GetCoreMemSize(CoreMemType::L1, ...)
 };
+
+// Cube buffers of the 910B / 910_93 AI Cube core (fixed by the architecture): L0A / L0B 64 KiB, L0C 128 KiB.
+constexpr uint64_t kL0ABytes = 64 * 1024, kL0BBytes = 64 * 1024, kL0CBytes = 128 * 1024;
 
 inline uint64_t AlignUp(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 inline uint32_t AlignElems(uint32_t n, uint32_t elemBytes) {
@@ -94,7 +99,61 @@ inline uint64_t AttnRowCost(const AttnShape& s, uint64_t row) {
   return c + 4;   // + per-row fixed cost (q load, output store)
 }
 
-// Returns false with *why set when no tiling fits.
+// ---- key 1 (16-bit q/kv): Q·Kᵀ and P·V on the Cube, softmax on the two vector cores of each group
+constexpr uint32_t kAttnEntryTile = 128;   // gathered entries per Cube step (N of Q·Kᵀ, K of P·V)
+
+// Vector-core UB bytes of SparseAttnVector::Init for nh heads per sub-block.
+inline uint64_t AttnCubeUbBytes(const AttnShape& s, uint32_t nh, uint32_t dA, uint32_t listA) {
+  const uint64_t e = kAttnEntryTile, h4 = AlignUp(nh * 4ull, kBlock);
+  uint64_t b = 0;
+  b += 2ull * nh * e * 4;                       // S rows, 2 buffers
+  b += 2ull * nh * 128 * 4;                     // O column chunks, 2 buffers
+  b += AlignUp(1ull * nh * e * s.dtypeBytes, kBlock);   // P staging (input dtype)
+  b += 1ull * nh * dA * 4;                      // float accumulator
+  b += 5 * h4;                                  // running max, sum, sink, exp(m_old - m_new) x 2
+  b += e * 4 + kBlock + e * 4 + kBlock;         // mask row, reduce result, reduce work, scalar vector
+  b += 1ull * listA * 4;                        // raw index lists (valid count)
+  b += AlignUp(1ull * dA * s.dtypeBytes, kBlock);   // output staging (one head)
+  return b;
+}
+
+// Cube-core L1 bytes of SparseAttnCube::Init: q of a head group, two gathered kv blocks, P.
+inline uint64_t AttnCubeL1Bytes(const AttnShape& s, uint32_t mA, uint32_t dA) {
+  return (1ull * mA * dA + 2ull * kAttnEntryTile * dA + 1ull * mA * kAttnEntryTile) * s.dtypeBytes;
+}
+
+inline bool TileSparseAttnCube(const AttnShape& s, const Platform& p, SparseAttnTiling* t, const char** why) {
+  const uint32_t dA = t->dAlign, listA = t->listAlign;
+  const uint64_t budget = p.ubBytes - kUbReserve;
+  // the largest head group (<= 128 rows of M) whose vector half fits UB and whose Cube buffers fit L1 / L0
+  uint32_t hg = s.H < 128 ? s.H : 128;
+  for (;; hg = (hg + 1) / 2) {
+    const uint32_t mA = static_cast<uint32_t>(AlignUp(hg, 16)), nh = (hg + 1) / 2;
+    const bool fits = AttnCubeUbBytes(s, nh, dA, listA) <= budget && AttnCubeL1Bytes(s, mA, dA) <= p.l1Bytes &&
+                      2ull * mA * kAttnEntryTile * 4 <= kL0CBytes;
+    if (fits) break;
+    if (hg == 1) { *why = "head dim too large for the Cube design's UB / L1 even with one head"; return false; }
+  }
+  t->tilingKey = ATTN_KEY_CUBE;
+  t->headGroup = hg;
+  t->numHeadGroups = (s.H + hg - 1) / hg;
+  t->mAlign = static_cast<uint32_t>(AlignUp(hg, 16));
+  t->headHalf = (hg + 1) / 2;
+  t->dTiles = (dA + 127) / 128;
+  t->entryBlock = kAttnEntryTile;
+  t->entryAlign = kAttnEntryTile;
+  t->ubUsed = AttnCubeUbBytes(s, t->headHalf, dA, listA);
+  t->l1Used = AttnCubeL1Bytes(s, t->mAlign, dA);
+  t->wsPerGroup = 2ull * t->mAlign * kAttnEntryTile * (4 + s.dtypeBytes) + 2ull * t->mAlign * dA * 4;
+  const uint32_t groups = static_cast<uint32_t>(MinU(MinU(p.aicCores, p.aivCores / 2), kMaxCores));
+  t->usedCores = BalancedSplit(1ull * s.B * s.S, groups, [&](uint64_t r) {
+    return static_cast<long double>((AttnRowCost(s, r) + kAttnEntryTile - 1) / kAttnEntryTile + 1);
+  }, t->rowSplit);
+  return true;
+}
+
+// Returns false with *why set when no tiling fits. 16-bit q/kv on a platform with Cube cores: key 1 (the Cube);
+// float32: key 0 (vector cores only).
 inline bool TileSparseAttn(const AttnShape& s, const Platform& p, SparseAttnTiling* t, const char** why) {
   if (s.B == 0 || s.S == 0 || s.H == 0 || s.D == 0) { *why = "empty query"; return false; }
   if (s.dtypeBytes != 2 && s.dtypeBytes != 4) { *why = "dtype must be 2 or 4 bytes"; return false; }
@@ -116,6 +175,7 @@ inline bool TileSparseAttn(const AttnShape& s, const Platform& p, SparseAttnTili
   t->numHeadGroups = (s.H + t->headGroup - 1) / t->headGroup;
   t->entryAlign = AlignElems(t->entryBlock, 4);
   t->listAlign = AlignElems(s.W, 4) + AlignElems(s.K, 4);
+  if (s.dtypeBytes == 2 && p.aicCores > 0 && p.aivCores >= 2 && p.l1Bytes > 0) return TileSparseAttnCube(s, p, t, why);
   t->ubUsed = AttnUbBytes(s, t->dAlign, t->headGroup, t->entryBlock);
   const uint64_t rows = 1ull * s.B * s.S;
   t->usedCores = BalancedSplit(rows, static_cast<uint32_t>(MinU(p.aivCores, kMaxCores)),
@@ -132,44 +192,62 @@ struct IndexerShape {
   uint32_t dtypeBytes;
 };
 
-inline uint64_t IndexerUbBytes(const IndexerShape& s, uint32_t dA, uint32_t hA, uint32_t kb, uint32_t cand) {
+// Vector-core UB bytes of IndexerVector::Init (per AIV; both sub-blocks allocate the same).
+inline uint64_t IndexerUbBytes(const IndexerShape& s, uint32_t hA, uint32_t kb, uint32_t tA) {
   uint64_t b = 0;
-  b += 1ull * s.H * dA * 4 + AlignUp(1ull * hA * 4, kBlock);      // q row (float) + head weights
-  if (s.dtypeBytes != 4) b += AlignUp(1ull * s.H * dA * s.dtypeBytes, kBlock) + AlignUp(1ull * kb * dA * 4, kBlock);
-  b += 2ull * AlignUp(1ull * kb * dA * s.dtypeBytes, kBlock);       // key block, 2 buffers
-  b += 1ull * dA * 4 + AlignUp(1ull * hA * 4, kBlock);              // product scratch, per-head dots
-  b += 2ull * kBlock + AlignUp(1ull * dA * 4, kBlock);               // reduce result/work
-  b += 1ull * cand * 4 * 2;                                          // candidate scores + ids
-  b += 1ull * cand * 8 * 2;                                          // Sort: concat region + sorted pairs
-  b += 1ull * cand * 8;                                              // Sort tmp
-  b += AlignUp(1ull * AlignElems(s.topk, 4) * 4, kBlock);            // output ids (int32)
+  b += 2ull * s.H * kb * 4;                                          // score tile [H, keyBlock] from the workspace, 2 buffers
+  b += 1ull * hA * 4;                                                // head weights (float)
+  if (s.dtypeBytes != 4) b += AlignUp(1ull * hA * s.dtypeBytes, kBlock);   // weights staging before Cast
+  b += 3ull * kb * 4;                                                // block scores, iota, block ids
+  b += 2ull * kb * 8;                                                // block (score, id) pairs + Sort scratch
+  b += 2ull * (tA + kb) * 8;                                         // running list, ping-pong merge output
+  b += 1ull * tA * 8;                                                // the empty list (copied in per row)
+  b += 2ull * tA * 4 + 2ull * tA * 8;                                // final ids, keys, sorted pairs, Sort scratch
   return b;
 }
 
-inline uint64_t IndexerRowCost(const IndexerShape& s, uint64_t row) {
-  const uint64_t pos = s.startPos + row % s.S;
-  return MinU((pos + 1) / (s.ratio ? s.ratio : 1), s.N) + 32;   // keys scored + fixed (sort of the final set)
+// Cube-core L1 bytes of IndexerCube::Init: q of a pair + two key blocks (ping-pong).
+inline uint64_t IndexerL1Bytes(const IndexerShape& s, uint32_t mA, uint32_t dA, uint32_t kb) {
+  return 1ull * mA * dA * s.dtypeBytes + 2ull * kb * dA * s.dtypeBytes;
+}
+
+inline uint32_t IndexerVisible(const IndexerShape& s, uint64_t t) {
+  return static_cast<uint32_t>(MinU((s.startPos + t + 1) / s.ratio, s.N));
 }
 
 inline bool TileIndexer(const IndexerShape& s, const Platform& p, IndexerTiling* t, const char** why) {
   if (s.B == 0 || s.S == 0 || s.H == 0 || s.d == 0 || s.ratio == 0) { *why = "empty input or ratio 0"; return false; }
   if (s.dtypeBytes != 2 && s.dtypeBytes != 4) { *why = "dtype must be 2 or 4 bytes"; return false; }
-  if (p.aivCores == 0 || p.ubBytes <= kUbReserve) { *why = "platform reports no AIV cores / UB"; return false; }
+  if (s.d % 16) { *why = "indexer head dim must be a multiple of 16 (whole Cube fractals, no K padding)"; return false; }
+  if (2 * s.H > 128) { *why = "indexer heads must be <= 64 (both rows' heads form one 128-row Cube tile)"; return false; }
+  if (p.aivCores < 2 || p.aicCores == 0 || p.ubBytes <= kUbReserve || p.l1Bytes == 0) {
+    *why = "platform reports no AIC / AIV cores, UB or L1"; return false;
+  }
   *t = IndexerTiling{};
   t->B = s.B, t->S = s.S, t->H = s.H, t->d = s.d, t->N = s.N, t->ratio = s.ratio, t->startPos = s.startPos;
   t->topk = static_cast<uint32_t>(MinU(s.topk, s.N));
-  t->dAlign = static_cast<uint32_t>(AlignUp(s.d, 16)), t->hAlign = AlignElems(s.H, 4);
-  t->outAlign = AlignElems(t->topk ? t->topk : 1, 4);
-  const uint64_t budget = p.ubBytes - kUbReserve;
-  bool found = false;
-  for (uint32_t kb = 256; kb >= 32 && !found; kb /= 2) {
-    const uint32_t cand = static_cast<uint32_t>(AlignUp(t->topk + kb, 32));
-    if (IndexerUbBytes(s, t->dAlign, t->hAlign, kb, cand) <= budget) t->keyBlock = kb, t->candAlign = cand, found = true;
-  }
-  if (!found) { *why = "topk / head count too large for UB"; return false; }
-  t->ubUsed = IndexerUbBytes(s, t->dAlign, t->hAlign, t->keyBlock, t->candAlign);
-  t->usedCores = BalancedSplit(1ull * s.B * s.S, static_cast<uint32_t>(MinU(p.aivCores, kMaxCores)),
-                               [&](uint64_t r) { return static_cast<long double>(IndexerRowCost(s, r)); }, t->rowSplit);
+  t->dAlign = s.d;
+  t->hAlign = AlignElems(s.H, 4);
+  t->mAlign = static_cast<uint32_t>(AlignUp(2ull * s.H, 16));
+  t->keyBlock = 128;                                       // one 128-wide base tile of keys per step
+  t->kTile = s.dtypeBytes == 2 ? 128 : 64;                 // 128 x kTile x dtype = 32 KiB: two per L0A / L0B
+  t->topkAlign = static_cast<uint32_t>(AlignUp(t->topk ? t->topk : 1, 32));
+  if (2ull * t->mAlign * t->kTile * s.dtypeBytes > kL0ABytes || 2ull * t->keyBlock * t->kTile * s.dtypeBytes > kL0BBytes ||
+      2ull * t->mAlign * t->keyBlock * 4 > kL0CBytes) { *why = "Cube tiles exceed L0"; return false; }
+  t->l1Used = IndexerL1Bytes(s, t->mAlign, t->dAlign, t->keyBlock);
+  if (t->l1Used > p.l1Bytes) { *why = "indexer head dim too large for L1"; return false; }
+  t->ubUsed = IndexerUbBytes(s, t->hAlign, t->keyBlock, t->topkAlign);
+  if (t->ubUsed > p.ubBytes - kUbReserve) { *why = "topk / head count too large for UB"; return false; }
+  if (t->topk + t->keyBlock > 4095) { *why = "topk must be <= 3967 (MrgSort list lengths)"; return false; }
+  t->wsPerGroup = 2ull * t->mAlign * t->keyBlock * 4;
+  const uint32_t half = (s.S + 1) / 2;
+  t->pairs = s.B * half;
+  const uint32_t groups = static_cast<uint32_t>(MinU(MinU(p.aicCores, p.aivCores / 2), kMaxCores));
+  // cost of a pair: key blocks of its later row (the Cube and both vector cores step through them) + fixed
+  t->usedGroups = BalancedSplit(t->pairs, groups, [&](uint64_t q) {
+    const uint64_t t1 = MinU(2 * (q % half) + 1, s.S - 1);
+    return static_cast<long double>((IndexerVisible(s, t1) + 127) / 128 + 1);
+  }, t->pairSplit);
   return true;
 }
 

@@ -2,6 +2,7 @@
 //   query [B,S,H,d], key [B,N,d] (compressed indexer keys), weights [B,S,H]
 //   -> sparse_indices [B,S,min(sparse_count,N)] int32: top ids by Σ_h w·ReLU(q_h·k), ascending, -1 padded
 //   attrs: sparse_count (top-k), cmp_ratio (visible iff id < floor((start_pos+t+1)/cmp_ratio)), start_pos
+//   Mixed AIC/AIV kernel (op_kernel/lightning_indexer_v4.cpp): d a multiple of 16, H <= 64 (TileIndexer says why not)
 #include "attention_host_common.h"
 
 namespace optiling {
@@ -21,7 +22,8 @@ static ge::graphStatus AV4IndexerTiling(gert::TilingContext* ctx) {
   av4_tiling::IndexerTiling td;
   const char* why = "";
   if (!av4_tiling::TileIndexer(s, av4_host::QueryPlatform(ctx), &td, &why)) return ge::GRAPH_FAILED;
-  return av4_host::Commit(ctx, td, td.usedCores);
+  // mixed AIC/AIV kernel: blockDim = groups; the Cube -> vector score slots live in the user workspace
+  return av4_host::Commit(ctx, td, td.usedGroups, static_cast<uint64_t>(td.usedGroups) * td.wsPerGroup);
 }
 
 }  // namespace optiling

@@ -28,7 +28,11 @@ static ge::graphStatus AV4SparseAttnTiling(gert::TilingContext* ctx) {
   av4_tiling::SparseAttnTiling td;
   const char* why = "";
   if (!av4_tiling::TileSparseAttn(s, av4_host::QueryPlatform(ctx), &td, &why)) return ge::GRAPH_FAILED;
-  return av4_host::Commit(ctx, td, td.usedCores);
+  // key 0 (float32): AIV-only, blockDim = vector cores; key 1 (bf16 / fp16): mixed AIC/AIV, blockDim = groups, the
+  // Cube <-> vector S / P / O slots in the user workspace
+  const bool cube = td.tilingKey == av4_tiling::ATTN_KEY_CUBE;
+  return av4_host::Commit(ctx, td, td.usedCores, cube ? static_cast<uint64_t>(td.usedCores) * td.wsPerGroup : 0,
+                          cube ? av4_tiling::ATTN_KEY_CUBE : av4_tiling::ATTN_KEY_VECTOR);
 }
 
 }  // namespace optiling

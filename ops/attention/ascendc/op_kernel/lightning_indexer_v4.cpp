@@ -1,17 +1,26 @@
-// AV4LightningIndexer: V4's indexer over compressed entries (cmp_ratio), streaming top-k. Vector-core (AIV) kernel.
+// AV4LightningIndexer: V4's indexer over compressed entries (cmp_ratio), streaming top-k. Mixed AIC/AIV kernel
+// (KERNEL_TYPE_MIX_AIC_1_2: one Cube core and its two vector cores per group).
 // Semantics: ops/attention/reference.py lightning_indexer — score[s] = Σ_h w[h]·ReLU(q[h]·k[s]) over the visible
 // entries s < floor((start_pos + t + 1) / cmp_ratio), the top min(topk, N) ids in ascending id order, -1 padded.
+// FP4 simulation (Hadamard + E2M1 fake-quant of q/k) is elementwise pre-processing the binding applies before the
+// launch (ops/attention/ascendc.py lightning_indexer); the kernel scores the q/k it is given.
 //
-// Per core: query rows rowSplit[core] .. rowSplit[core+1] (balanced by visible-key count on the host). Per row: q
-// [H, d] and w [H] stay in UB; keys stream keyBlock rows at a time through a double-buffered VECIN queue; the
-// running top-k lives in a candidate buffer [topk best | keyBlock new], re-selected after each block with a full
-// Sort (descending, (score, id) pairs) + Extract: memory O(topk + keyBlock) per core, never the [S, N] matrix.
-// The final set is re-sorted by id (key = -id) so the output is ascending; empty slots carry id 0xFFFFFFFF, which
-// is -1 as int32.
-// Ties: the reference keeps the lower id among equal scores; that Sort orders equal scores by ascending index is
-// an assumption to verify on hardware (tests/ops/test_attention_ascendc.py documents it).
-// FP4 simulation (Hadamard + E2M1 fake-quant of q/k) is elementwise pre-processing done by the caller here.
-#ifndef AV4_CPU_EMULATOR   // ascendc/tests/kernel_emu.cc supplies its own AscendC emulation
+// Work unit: a pair of consecutive query rows of one batch (t = 2j for vector sub-block 0, 2j+1 for sub-block 1),
+// so one Cube product serves both vector cores and M = 2H = 128 fills a base tile at V4's 64 indexer heads.
+//  Cube (AIC): q of the pair [2H, d] stays in L1 (ND->NZ); keys stream keyBlock (=128) at a time into two L1
+//    buffers (ping-pong); per key block, L1->L0A/L0B in kTile passes (two L0 buffers each), Mmad accumulates in one
+//    of two L0C buffers, Fixpipe writes the [2H, keyBlock] float scores into one of two workspace slots and
+//    signals the vector cores (CrossCoreSetFlag, mode 2, flags 0/1); a slot is reused only after both vector cores
+//    released it (flags 2/3). Q·Kᵀ needs no transposed load: key rows in NZ are already L0B's fractal layout.
+//  Vector (AIV): copies its H rows of the slot into UB, releases the slot, ReLU, Σ_h w[h]·row_h (Muls + Axpy), masks
+//    invisible keys, sorts the block's (score, id) pairs once (Sort: Sort32 + MrgSort) and MERGES them with the
+//    running top-k list (one MrgSort of two sorted lists; the first topk pairs of the result are the new list):
+//    memory O(topk + keyBlock), never the [S, N] score matrix, never a re-sort of the kept set.
+//  At the end of a row the kept ids are ordered ascending (one Sort on key -id; empty slots last) and stored.
+// Ties: the reference keeps the lower id among equal scores. Sort32 keeps input order among equal scores and
+// MrgSort takes the lower-numbered list first (the running list, i.e. earlier = lower ids): an assumption about the
+// hardware sort to verify on a chip (docs/ascendc.md).
+#ifndef AV4_CPU_EMULATOR
 #include "kernel_operator.h"
 #endif
 #include "attention_pipe_sync.h"
@@ -22,192 +31,337 @@ using av4_tiling::IndexerTiling;
 
 namespace av4 {
 
-constexpr float kIdxNegInf = -3.0e38f;
-constexpr uint32_t kIdxBlockBytes = 32;
-constexpr uint32_t kEmptyId = 0xFFFFFFFFu;
+constexpr float kIdxNegInf = -3.0e38f;   // invisible / padding keys: below every real score
+constexpr uint32_t kEmptyId = 0xFFFFFFFFu;   // -1 as int32
+constexpr uint16_t kFlagReady = 0;       // + slot: Cube -> vector, scores of the slot written
+constexpr uint16_t kFlagFree = 2;        // + slot: vector -> Cube, slot read (both sub-blocks)
+constexpr uint8_t kSyncMode = 2;         // CrossCore mode 2: within one AIC + 2 AIV group
 
-__aicore__ inline uint32_t IdxAlignBytes(uint32_t b) { return (b + kIdxBlockBytes - 1) / kIdxBlockBytes * kIdxBlockBytes; }
+// The pair p's rows (flattened b*S + t) and the number of key blocks its later row needs.
+struct IndexerPair {
+  uint32_t row0, rows;      // first row, 1 or 2 rows
+  uint32_t vis[2];          // visible keys of each row
+  uint32_t blocks;          // key blocks streamed for the pair (the later row sees the most keys)
+};
 
+__aicore__ inline IndexerPair PairAt(const IndexerTiling& t, uint32_t p) {
+  const uint32_t half = (t.S + 1) / 2, b = p / half, t0 = 2 * (p % half);
+  IndexerPair r{};
+  r.row0 = b * t.S + t0;
+  r.rows = t0 + 1 < t.S ? 2 : 1;
+  for (uint32_t i = 0; i < 2; ++i) {
+    const uint32_t v = (t.startPos + t0 + i + 1) / t.ratio;
+    r.vis[i] = i < r.rows ? (v < t.N ? v : t.N) : 0;
+  }
+  const uint32_t most = r.vis[r.rows - 1];
+  r.blocks = (most + t.keyBlock - 1) / t.keyBlock;
+  return r;
+}
+
+// ------------------------------------------------------------------------------------------------ Cube side
 template <typename T>
-class LightningIndexerKernel {
+class IndexerCube {
  public:
-  __aicore__ inline void Init(GM_ADDR q, GM_ADDR k, GM_ADDR w, GM_ADDR idx, const IndexerTiling& t) {
+  __aicore__ inline void Init(GM_ADDR q, GM_ADDR k, GM_ADDR ws, const IndexerTiling& t) {
     t_ = t;
     qGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
     kGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(k));
-    wGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(w));
-    idxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(idx));
-    const uint32_t dA = t.dAlign, kb = t.keyBlock, cand = t.candAlign;
-    // Buffer sizes mirror av4_tiling::IndexerUbBytes.
-    pipe_.InitBuffer(qBuf_, t.H * dA * 4);
-    pipe_.InitBuffer(wBuf_, IdxAlignBytes(t.hAlign * 4));
-    if constexpr (sizeof(T) != 4) {
-      pipe_.InitBuffer(stageBuf_, IdxAlignBytes(t.H * dA * sizeof(T)));
-      pipe_.InitBuffer(kFBuf_, IdxAlignBytes(kb * dA * 4));
+    wsGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws));
+    kBlockElems_ = t.keyBlock * t.dAlign;
+    aTileElems_ = t.mAlign * t.kTile;
+    bTileElems_ = t.keyBlock * t.kTile;
+    cTileElems_ = t.mAlign * t.keyBlock;
+    // Sizes mirror av4_tiling::IndexerL1Bytes (L1) and the L0 budgets the host checks.
+    pipe_.InitBuffer(qL1_, t.mAlign * t.dAlign * sizeof(T));
+    pipe_.InitBuffer(kL1_, 2 * kBlockElems_ * sizeof(T));
+    pipe_.InitBuffer(aL0_, 2 * aTileElems_ * sizeof(T));
+    pipe_.InitBuffer(bL0_, 2 * bTileElems_ * sizeof(T));
+    pipe_.InitBuffer(cL0_, 2 * cTileElems_ * sizeof(float));
+    for (uint32_t i = 0; i < 2; ++i) {
+      kFree_[i] = GetTPipePtr()->AllocEventID<HardEvent::MTE1_MTE2>();
+      l0Free_[i] = GetTPipePtr()->AllocEventID<HardEvent::M_MTE1>();
+      cFree_[i] = GetTPipePtr()->AllocEventID<HardEvent::FIX_M>();
     }
-    pipe_.InitBuffer(kQue_, 2, IdxAlignBytes(kb * dA * sizeof(T)));
-    pipe_.InitBuffer(prodBuf_, dA * 4);
-    pipe_.InitBuffer(dotsBuf_, IdxAlignBytes(t.hAlign * 4));
-    pipe_.InitBuffer(redBuf_, kIdxBlockBytes);
-    pipe_.InitBuffer(tinyBuf_, kIdxBlockBytes);
-    pipe_.InitBuffer(workBuf_, IdxAlignBytes(dA * 4));
-    pipe_.InitBuffer(valBuf_, cand * 4);
-    pipe_.InitBuffer(idBuf_, cand * 4);
-    pipe_.InitBuffer(concatBuf_, cand * 8);
-    pipe_.InitBuffer(sortedBuf_, cand * 8);
-    pipe_.InitBuffer(tmpBuf_, cand * 8);
-    pipe_.InitBuffer(outBuf_, IdxAlignBytes(t.outAlign * 4));
+    qFree_ = GetTPipePtr()->AllocEventID<HardEvent::MTE1_MTE2>();
   }
 
   __aicore__ inline void Process() {
-    const int64_t core = GetBlockIdx();
-    if (core >= static_cast<int64_t>(t_.usedCores) || t_.topk == 0) return;
-    for (uint32_t row = t_.rowSplit[core]; row < t_.rowSplit[core + 1]; ++row) {
-      const uint32_t pos = t_.startPos + row % t_.S;
-      const uint32_t vis0 = (pos + 1) / t_.ratio;
-      const uint32_t vis = vis0 < t_.N ? vis0 : t_.N;
-      LoadQuery(row);
-      ResetCandidates();
-      const uint32_t kb = t_.keyBlock, nb = (vis + kb - 1) / kb;
-      if (nb) CopyInKeys(row, 0, vis < kb ? vis : kb);
-      for (uint32_t b = 0; b < nb; ++b) {
-        const uint32_t j0 = b * kb, nj = j0 + kb <= vis ? kb : vis - j0;
-        if (b + 1 < nb) CopyInKeys(row, j0 + kb, j0 + 2 * kb <= vis ? kb : vis - j0 - kb);
-        ScoreBlock(j0, nj);
-        SelectTopK();
+    const uint32_t g = GetBlockIdx();
+    for (uint32_t i = 0; i < 2; ++i) {   // every buffer starts free
+      SetFlag<HardEvent::MTE1_MTE2>(kFree_[i]);
+      SetFlag<HardEvent::M_MTE1>(l0Free_[i]);
+      SetFlag<HardEvent::FIX_M>(cFree_[i]);
+    }
+    SetFlag<HardEvent::MTE1_MTE2>(qFree_);
+    uint32_t step = 0;
+    if (g < t_.usedGroups && t_.topk > 0) {
+      for (uint32_t p = t_.pairSplit[g]; p < t_.pairSplit[g + 1]; ++p) {
+        const IndexerPair pr = PairAt(t_, p);
+        if (pr.blocks == 0) continue;
+        LoadQuery(pr);
+        for (uint32_t blk = 0; blk < pr.blocks; ++blk, ++step) ScoreBlock(pr, blk, step);
+        SetFlag<HardEvent::MTE1_MTE2>(qFree_);
       }
-      WriteSorted(row);
+    }
+    // the last (up to two) slots must be released before the kernel ends: flag counts balance
+    for (uint32_t s = step >= 2 ? step - 2 : 0; s < step; ++s) CrossCoreWaitFlag<kSyncMode, PIPE_FIX>(kFlagFree + s % 2);
+    for (uint32_t i = 0; i < 2; ++i) {
+      WaitFlag<HardEvent::MTE1_MTE2>(kFree_[i]);
+      WaitFlag<HardEvent::M_MTE1>(l0Free_[i]);
+      WaitFlag<HardEvent::FIX_M>(cFree_[i]);
+      GetTPipePtr()->ReleaseEventID<HardEvent::MTE1_MTE2>(kFree_[i]);
+      GetTPipePtr()->ReleaseEventID<HardEvent::M_MTE1>(l0Free_[i]);
+      GetTPipePtr()->ReleaseEventID<HardEvent::FIX_M>(cFree_[i]);
+    }
+    WaitFlag<HardEvent::MTE1_MTE2>(qFree_);
+    GetTPipePtr()->ReleaseEventID<HardEvent::MTE1_MTE2>(qFree_);
+  }
+
+ private:
+  // q of the pair's rows [rows*H, d] (contiguous in GM) -> L1 in NZ (fractal (m, k) at (k*mAlign + m*16) * C0)
+  __aicore__ inline void LoadQuery(const IndexerPair& pr) {
+    LocalTensor<T> q = qL1_.Get<T>();
+    WaitFlag<HardEvent::MTE1_MTE2>(qFree_);   // the previous pair's L0A loads are done with it
+    Nd2NzParams nz;
+    nz.ndNum = 1;
+    nz.nValue = static_cast<uint16_t>(pr.rows * t_.H);
+    nz.dValue = static_cast<uint16_t>(t_.d);
+    nz.srcDValue = static_cast<uint16_t>(t_.d);
+    nz.dstNzC0Stride = static_cast<uint16_t>(t_.mAlign);
+    nz.dstNzNStride = 1;
+    nz.srcNdMatrixStride = 0;
+    nz.dstNzMatrixStride = 0;
+    DataCopy(q, qGm_[static_cast<uint64_t>(pr.row0) * t_.H * t_.d], nz);
+  }
+
+  __aicore__ inline void ScoreBlock(const IndexerPair& pr, uint32_t blk, uint32_t step) {
+    const uint32_t kb = t_.keyBlock, j0 = blk * kb, most = pr.vis[pr.rows - 1];
+    const uint32_t nj = j0 + kb <= most ? kb : most - j0;
+    const uint32_t kbuf = step % 2, slot = step % 2;
+    LocalTensor<T> kL1 = kL1_.Get<T>()[kbuf * kBlockElems_];
+    // keys j0 .. j0+nj-1 of the pair's batch -> L1 NZ (fractal (n, k) at (k*keyBlock + n*16) * C0)
+    WaitFlag<HardEvent::MTE1_MTE2>(kFree_[kbuf]);
+    Nd2NzParams nz;
+    nz.ndNum = 1;
+    nz.nValue = static_cast<uint16_t>(nj);
+    nz.dValue = static_cast<uint16_t>(t_.d);
+    nz.srcDValue = static_cast<uint16_t>(t_.d);
+    nz.dstNzC0Stride = static_cast<uint16_t>(kb);
+    nz.dstNzNStride = 1;
+    nz.srcNdMatrixStride = 0;
+    nz.dstNzMatrixStride = 0;
+    const uint64_t batch = pr.row0 / t_.S;
+    DataCopy(kL1, kGm_[(batch * t_.N + j0) * t_.d], nz);
+    PipeSync<HardEvent::MTE2_MTE1>();
+
+    const uint32_t c0 = 32 / sizeof(T), mBlocks = t_.mAlign / 16, nBlocks = kb / 16;
+    const uint32_t passes = (t_.dAlign + t_.kTile - 1) / t_.kTile;
+    LocalTensor<float> c = cL0_.Get<float>()[slot * cTileElems_];
+    WaitFlag<HardEvent::FIX_M>(cFree_[slot]);   // the Fixpipe of two steps ago has drained this L0C buffer
+    LocalTensor<T> qL1 = qL1_.Get<T>();
+    for (uint32_t ps = 0; ps < passes; ++ps) {
+      const uint32_t k0 = ps * t_.kTile, kLen = k0 + t_.kTile <= t_.dAlign ? t_.kTile : t_.dAlign - k0;
+      const uint32_t kBlocks = kLen / c0, kStart = k0 / c0, l0 = (step * passes + ps) % 2;
+      LocalTensor<T> a = aL0_.Get<T>()[l0 * aTileElems_], b = bL0_.Get<T>()[l0 * bTileElems_];
+      WaitFlag<HardEvent::M_MTE1>(l0Free_[l0]);
+      // L0A (zZ): per 16-row block m, its kBlocks fractals; in L1 consecutive k fractals are mBlocks apart
+      for (uint32_t m = 0; m < mBlocks; ++m)
+        LoadData(a[m * kBlocks * 16 * c0], qL1,
+                 LoadData2DParams(static_cast<uint16_t>(kStart * mBlocks + m), static_cast<uint8_t>(kBlocks),
+                                  static_cast<uint16_t>(mBlocks), 0, 0, false, 0));
+      // L0B (zN): the key block's fractals for these k, already in order
+      LoadData(b, kL1, LoadData2DParams(static_cast<uint16_t>(kStart * nBlocks),
+                                        static_cast<uint8_t>(kBlocks * nBlocks), 1, 0, 0, false, 0));
+      if (ps + 1 == passes) SetFlag<HardEvent::MTE1_MTE2>(kFree_[kbuf]);   // key block fully in L0B
+      PipeSync<HardEvent::MTE1_M>();
+      MmadParams mm;
+      mm.m = static_cast<uint16_t>(pr.rows * t_.H);
+      mm.n = static_cast<uint16_t>(kb);
+      mm.k = static_cast<uint16_t>(kLen);
+      mm.cmatrixInitVal = ps == 0;
+      mm.cmatrixSource = false;
+      Mmad(c, a, b, mm);
+      SetFlag<HardEvent::M_MTE1>(l0Free_[l0]);
+    }
+    PipeSync<HardEvent::M_FIX>();
+    if (step >= 2) CrossCoreWaitFlag<kSyncMode, PIPE_FIX>(kFlagFree + slot);   // both vector cores read the slot
+    FixpipeParamsV220 fp;
+    fp.nSize = static_cast<uint16_t>(kb);
+    fp.mSize = static_cast<uint16_t>(pr.rows * t_.H);
+    fp.srcStride = static_cast<uint16_t>(t_.mAlign);
+    fp.dstStride = kb;
+    fp.ndNum = 1;
+    fp.srcNdStride = 0;
+    fp.dstNdStride = 0;
+    Fixpipe<float, float, CFG_ROW_MAJOR>(wsGm_[(static_cast<uint64_t>(GetBlockIdx()) * 2 + slot) * cTileElems_], c,
+                                         fp);
+    SetFlag<HardEvent::FIX_M>(cFree_[slot]);
+    CrossCoreSetFlag<kSyncMode, PIPE_FIX>(kFlagReady + slot);
+  }
+
+  IndexerTiling t_;
+  uint32_t kBlockElems_ = 0, aTileElems_ = 0, bTileElems_ = 0, cTileElems_ = 0;
+  TPipe pipe_;
+  TBuf<TPosition::A1> qL1_;
+  TBuf<TPosition::B1> kL1_;
+  TBuf<TPosition::A2> aL0_;
+  TBuf<TPosition::B2> bL0_;
+  TBuf<TPosition::CO1> cL0_;
+  TEventID kFree_[2], l0Free_[2], cFree_[2], qFree_;
+  GlobalTensor<T> qGm_, kGm_;
+  GlobalTensor<float> wsGm_;
+};
+
+// ---------------------------------------------------------------------------------------------- vector side
+template <typename T>
+class IndexerVector {
+ public:
+  __aicore__ inline void Init(GM_ADDR w, GM_ADDR idx, GM_ADDR ws, const IndexerTiling& t) {
+    t_ = t;
+    wGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(w));
+    idxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(idx));
+    wsGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws));
+    const uint32_t kb = t.keyBlock, tA = t.topkAlign, listPairs = tA + kb;
+    // Buffer sizes mirror av4_tiling::IndexerUbBytes.
+    pipe_.InitBuffer(tileQue_, 2, t.H * kb * 4);
+    pipe_.InitBuffer(wBuf_, t.hAlign * 4);
+    if constexpr (sizeof(T) != 4) pipe_.InitBuffer(wStageBuf_, (t.hAlign * sizeof(T) + 31) / 32 * 32);
+    pipe_.InitBuffer(scoreBuf_, kb * 4);
+    pipe_.InitBuffer(iotaBuf_, kb * 4);
+    pipe_.InitBuffer(blkIdBuf_, kb * 4);
+    pipe_.InitBuffer(blkSortedBuf_, kb * 8);
+    pipe_.InitBuffer(blkTmpBuf_, kb * 8);
+    pipe_.InitBuffer(listBuf_, 2 * listPairs * 8);   // running list ping-pong: merge output alternates
+    pipe_.InitBuffer(emptyBuf_, tA * 8);             // (kIdxNegInf, kEmptyId) x topkAlign
+    pipe_.InitBuffer(idsBuf_, tA * 4);
+    pipe_.InitBuffer(keyBuf_, tA * 4);
+    pipe_.InitBuffer(finSortedBuf_, tA * 8);
+    pipe_.InitBuffer(finTmpBuf_, tA * 8);
+    LocalTensor<int32_t> iota = iotaBuf_.Get<int32_t>();
+    for (uint32_t j = 0; j < kb; ++j) iota.SetValue(j, static_cast<int32_t>(j));
+    LocalTensor<float> emptyScore = emptyBuf_.Get<float>();
+    LocalTensor<uint32_t> emptyId = emptyBuf_.Get<uint32_t>();
+    for (uint32_t j = 0; j < tA; ++j) emptyScore.SetValue(2 * j, kIdxNegInf), emptyId.SetValue(2 * j + 1, kEmptyId);
+    PipeSync<HardEvent::S_V>();
+  }
+
+  __aicore__ inline void Process() {
+    const uint32_t g = GetBlockIdx() / 2, v = GetSubBlockIdx();
+    uint32_t step = 0;
+    if (g >= t_.usedGroups || t_.topk == 0) return;
+    for (uint32_t p = t_.pairSplit[g]; p < t_.pairSplit[g + 1]; ++p) {
+      const IndexerPair pr = PairAt(t_, p);
+      const bool mine = v < pr.rows;
+      const uint32_t row = pr.row0 + v, vis = mine ? pr.vis[v] : 0;
+      if (mine) StartRow(row);
+      for (uint32_t blk = 0; blk < pr.blocks; ++blk, ++step) {
+        const uint32_t slot = step % 2, j0 = blk * t_.keyBlock;
+        CrossCoreWaitFlag<kSyncMode, PIPE_MTE2>(kFlagReady + slot);
+        const bool use = mine && j0 < vis;
+        if (use) {
+          LocalTensor<float> tile = tileQue_.AllocTensor<float>();
+          DataCopy(tile, wsGm_[((static_cast<uint64_t>(g) * 2 + slot) * t_.mAlign + v * t_.H) * t_.keyBlock],
+                   t_.H * t_.keyBlock);
+          tileQue_.EnQue(tile);
+        }
+        CrossCoreSetFlag<kSyncMode, PIPE_MTE2>(kFlagFree + slot);   // issued after the copy on MTE2: slot read
+        if (use) MergeBlock(j0, vis - j0 < t_.keyBlock ? vis - j0 : t_.keyBlock);
+      }
+      if (mine) WriteRow(row, vis);
     }
   }
 
  private:
-  __aicore__ inline void LoadQuery(uint32_t row) {
-    LocalTensor<float> qf = qBuf_.Get<float>(), wf = wBuf_.Get<float>();
-    PipeSync<HardEvent::V_MTE2>();   // plain buffers: the previous row's vector ops must be done reading them
-    const uint32_t padBlocks = (t_.dAlign - t_.d) * sizeof(T) / kIdxBlockBytes;
-    const uint64_t qoff = static_cast<uint64_t>(row) * t_.H * t_.d;
+  __aicore__ inline void StartRow(uint32_t row) {
+    LocalTensor<float> wf = wBuf_.Get<float>();
+    PipeSync<HardEvent::V_MTE2>();   // the previous row's vector ops are done with the weights
     if constexpr (sizeof(T) == 4) {
-      DataCopyPad(qf, qGm_[qoff], DataCopyExtParams(t_.H, t_.d * 4, 0, padBlocks, 0),
-                  DataCopyPadExtParams<T>(true, 0, 0, 0.0f));
       DataCopyPad(wf, wGm_[static_cast<uint64_t>(row) * t_.H], DataCopyExtParams(1, t_.H * 4, 0, 0, 0),
                   DataCopyPadExtParams<T>(false, 0, 0, 0.0f));
       PipeSync<HardEvent::MTE2_V>();
     } else {
-      LocalTensor<T> st = stageBuf_.Get<T>();
-      DataCopyPad(st, qGm_[qoff], DataCopyExtParams(t_.H, t_.d * sizeof(T), 0, padBlocks, 0),
-                  DataCopyPadExtParams<T>(true, 0, 0, T{}));
-      PipeSync<HardEvent::MTE2_V>();
-      Cast(qf, st, RoundMode::CAST_NONE, t_.H * t_.dAlign);
-      PipeBarrier<PIPE_V>();
-      PipeSync<HardEvent::V_MTE2>();
+      LocalTensor<T> st = wStageBuf_.Get<T>();
       DataCopyPad(st, wGm_[static_cast<uint64_t>(row) * t_.H], DataCopyExtParams(1, t_.H * sizeof(T), 0, 0, 0),
                   DataCopyPadExtParams<T>(false, 0, 0, T{}));
       PipeSync<HardEvent::MTE2_V>();
       Cast(wf, st, RoundMode::CAST_NONE, t_.H);
     }
+    cur_ = 0;
+    DataCopy(listBuf_.Get<float>(), emptyBuf_.Get<float>(), t_.topkAlign * 2);   // running list: all empty
     PipeBarrier<PIPE_V>();
-  }
-
-  __aicore__ inline void ResetCandidates() {
-    LocalTensor<float> val = valBuf_.Get<float>();
-    LocalTensor<uint32_t> id = idBuf_.Get<uint32_t>();
-    Duplicate(val, kIdxNegInf, static_cast<int32_t>(t_.candAlign));
-    Duplicate(id, kEmptyId, static_cast<int32_t>(t_.candAlign));
-    PipeBarrier<PIPE_V>();
-  }
-
-  __aicore__ inline void CopyInKeys(uint32_t row, uint32_t j0, uint32_t nj) {
-    LocalTensor<T> blk = kQue_.template AllocTensor<T>();
-    const uint64_t base = static_cast<uint64_t>(row / t_.S) * t_.N + j0;
-    const uint32_t padBlocks = (t_.dAlign - t_.d) * sizeof(T) / kIdxBlockBytes;
-    DataCopyPad(blk, kGm_[base * t_.d], DataCopyExtParams(static_cast<uint16_t>(nj), t_.d * sizeof(T), 0, padBlocks, 0),
-                DataCopyPadExtParams<T>(true, 0, 0, T{}));
-    kQue_.EnQue(blk);
-  }
-
-  // scores of keys j0 .. j0+nj-1 into candidate slots topk .. topk+nj-1
-  __aicore__ inline void ScoreBlock(uint32_t j0, uint32_t nj) {
-    LocalTensor<T> blk = kQue_.template DeQue<T>();
-    LocalTensor<float> kf;
-    if constexpr (sizeof(T) == 4) {
-      kf = blk;
-    } else {
-      kf = kFBuf_.Get<float>();
-      Cast(kf, blk, RoundMode::CAST_NONE, nj * t_.dAlign);
-      PipeBarrier<PIPE_V>();
-    }
-    LocalTensor<float> qf = qBuf_.Get<float>(), wf = wBuf_.Get<float>(), prod = prodBuf_.Get<float>();
-    LocalTensor<float> dots = dotsBuf_.Get<float>(), red = redBuf_.Get<float>(), work = workBuf_.Get<float>();
-    LocalTensor<float> val = valBuf_.Get<float>();
-    LocalTensor<uint32_t> id = idBuf_.Get<uint32_t>();
-    for (uint32_t jj = 0; jj < nj; ++jj) {
-      for (uint32_t h = 0; h < t_.H; ++h) {
-        Mul(prod, qf[h * t_.dAlign], kf[jj * t_.dAlign], static_cast<int32_t>(t_.d));
-        PipeBarrier<PIPE_V>();
-        ReduceSum(red, prod, work, static_cast<int32_t>(t_.d));
-        PipeSync<HardEvent::V_S>();
-        dots.SetValue(h, red.GetValue(0));
-      }
-      PipeSync<HardEvent::S_V>();
-      Relu(dots, dots, static_cast<int32_t>(t_.H));
-      PipeBarrier<PIPE_V>();
-      Mul(dots, dots, wf, static_cast<int32_t>(t_.H));
-      PipeBarrier<PIPE_V>();
-      ReduceSum(red, dots, work, static_cast<int32_t>(t_.H));
-      PipeSync<HardEvent::V_S>();
-      val.SetValue(t_.topk + jj, red.GetValue(0));
-      id.SetValue(t_.topk + jj, j0 + jj);
-    }
-    for (uint32_t jj = t_.topk + nj; jj < t_.candAlign; ++jj) val.SetValue(jj, kIdxNegInf), id.SetValue(jj, kEmptyId);
-    PipeSync<HardEvent::S_V>();
-    kQue_.FreeTensor(blk);
-  }
-
-  // Keep the best topk of [current best | new block] in slots 0 .. topk-1 (descending by score).
-  __aicore__ inline void SelectTopK() {
-    LocalTensor<float> val = valBuf_.Get<float>(), concat = concatBuf_.Get<float>();
-    LocalTensor<float> sorted = sortedBuf_.Get<float>(), tmp = tmpBuf_.Get<float>();
-    LocalTensor<uint32_t> id = idBuf_.Get<uint32_t>();
-    const int32_t rep = static_cast<int32_t>(t_.candAlign / 32);
-    DataCopy(concat, val, t_.candAlign);
-    PipeBarrier<PIPE_V>();
-    Sort<float, true>(sorted, concat, id, tmp, rep);
-    PipeBarrier<PIPE_V>();
-    Extract(val, id, sorted, rep);
-    PipeBarrier<PIPE_V>();
-  }
-
-  // Final set in ascending id order: sort by key = -id (empty ids sort last), store as int32 (-1 for empty).
-  __aicore__ inline void WriteSorted(uint32_t row) {
-    LocalTensor<float> val = valBuf_.Get<float>(), concat = concatBuf_.Get<float>();
-    LocalTensor<float> sorted = sortedBuf_.Get<float>(), tmp = tmpBuf_.Get<float>();
-    LocalTensor<uint32_t> id = idBuf_.Get<uint32_t>();
     PipeSync<HardEvent::V_S>();
-    for (uint32_t j = 0; j < t_.candAlign; ++j) {
-      const uint32_t i = j < t_.topk ? id.GetValue(j) : kEmptyId;
-      if (j >= t_.topk) id.SetValue(j, kEmptyId);
-      concat.SetValue(j, i == kEmptyId ? kIdxNegInf : -static_cast<float>(i));
+  }
+
+  // keys j0 .. j0+nj-1 (nj visible of this row): score, sort, merge into the running list
+  __aicore__ inline void MergeBlock(uint32_t j0, uint32_t nj) {
+    const uint32_t kb = t_.keyBlock, listPairs = t_.topkAlign + kb;
+    LocalTensor<float> tile = tileQue_.DeQue<float>();
+    LocalTensor<float> sc = scoreBuf_.Get<float>(), wf = wBuf_.Get<float>();
+    Relu(tile, tile, static_cast<int32_t>(t_.H * kb));
+    PipeBarrier<PIPE_V>();
+    Muls(sc, tile, wf.GetValue(0), static_cast<int32_t>(kb));
+    for (uint32_t h = 1; h < t_.H; ++h) {
+      PipeBarrier<PIPE_V>();
+      Axpy(sc, tile[h * kb], wf.GetValue(h), static_cast<int32_t>(kb));
     }
+    LocalTensor<int32_t> ids = blkIdBuf_.Get<int32_t>();
+    Adds(ids, iotaBuf_.Get<int32_t>(), static_cast<int32_t>(j0), static_cast<int32_t>(kb));
+    PipeBarrier<PIPE_V>();
+    tileQue_.FreeTensor(tile);
+    if (nj < kb) {   // keys past the row's visible range (or past N): never selected
+      PipeSync<HardEvent::V_S>();
+      for (uint32_t j = nj; j < kb; ++j) sc.SetValue(j, kIdxNegInf), ids.SetValue(j, -1);
+      PipeSync<HardEvent::S_V>();
+    }
+    LocalTensor<float> sorted = blkSortedBuf_.Get<float>(), tmp = blkTmpBuf_.Get<float>();
+    Sort<float, true>(sorted, sc, ids.ReinterpretCast<uint32_t>(), tmp, static_cast<int32_t>(kb / 32));
+    PipeBarrier<PIPE_V>();
+    LocalTensor<float> lists = listBuf_.Get<float>();
+    LocalTensor<float> run = lists[cur_ * listPairs * 2], out = lists[(1 - cur_) * listPairs * 2];
+    const uint16_t counts[4] = {static_cast<uint16_t>(t_.topk), static_cast<uint16_t>(kb), 0, 0};
+    uint32_t taken[4] = {0, 0, 0, 0};
+    MrgSort<float, false>(out, MrgSortSrcList<float>(run, sorted, sorted, sorted), counts, taken, 0b0011, 1);
+    PipeBarrier<PIPE_V>();
+    cur_ = 1 - cur_;
+  }
+
+  // the kept ids ascending (-1 last) -> sparse_indices[row]
+  __aicore__ inline void WriteRow(uint32_t row, uint32_t vis) {
+    const uint32_t tA = t_.topkAlign, listPairs = tA + t_.keyBlock;
+    const uint32_t valid = vis < t_.topk ? vis : t_.topk;
+    LocalTensor<uint32_t> ids = idsBuf_.Get<uint32_t>();
+    LocalTensor<float> key = keyBuf_.Get<float>();
+    LocalTensor<float> run = listBuf_.Get<float>()[cur_ * listPairs * 2];
+    uint64_t n = 0;
+    GatherMask(ids, run.ReinterpretCast<uint32_t>(), 2, false, 0,
+               GatherMaskParams(1, static_cast<uint16_t>(tA / 32), 8, 0), n);
+    PipeBarrier<PIPE_V>();
+    Cast(key, ids.ReinterpretCast<int32_t>(), RoundMode::CAST_NONE, tA);
+    PipeBarrier<PIPE_V>();
+    Muls(key, key, -1.0f, static_cast<int32_t>(tA));   // descending by -id = ascending id
+    PipeSync<HardEvent::V_S>();
+    for (uint32_t j = valid; j < tA; ++j) key.SetValue(j, kIdxNegInf), ids.SetValue(j, kEmptyId);
     PipeSync<HardEvent::S_V>();
-    const int32_t rep = static_cast<int32_t>(t_.candAlign / 32);
-    Sort<float, true>(sorted, concat, id, tmp, rep);
+    LocalTensor<float> sorted = finSortedBuf_.Get<float>(), tmp = finTmpBuf_.Get<float>();
+    Sort<float, true>(sorted, key, ids, tmp, static_cast<int32_t>(tA / 32));
     PipeBarrier<PIPE_V>();
-    Extract(val, id, sorted, rep);
-    PipeBarrier<PIPE_V>();
-    LocalTensor<int32_t> out = outBuf_.Get<int32_t>();
-    DataCopy(out, id.template ReinterpretCast<int32_t>(), t_.outAlign);
+    GatherMask(ids, sorted.ReinterpretCast<uint32_t>(), 2, false, 0,
+               GatherMaskParams(1, static_cast<uint16_t>(tA / 32), 8, 0), n);
     PipeSync<HardEvent::V_MTE3>();
-    DataCopyPad(idxGm_[static_cast<uint64_t>(row) * t_.topk], out, DataCopyExtParams(1, t_.topk * 4, 0, 0, 0));
+    DataCopyPad(idxGm_[static_cast<uint64_t>(row) * t_.topk], ids.ReinterpretCast<int32_t>(),
+                DataCopyExtParams(1, t_.topk * 4, 0, 0, 0));
     PipeSync<HardEvent::MTE3_V>();
   }
 
   IndexerTiling t_;
+  uint32_t cur_ = 0;
   TPipe pipe_;
-  TQue<TPosition::VECIN, 2> kQue_;
-  TBuf<TPosition::VECCALC> qBuf_, wBuf_, stageBuf_, kFBuf_, prodBuf_, dotsBuf_, redBuf_, tinyBuf_, workBuf_;
-  TBuf<TPosition::VECCALC> valBuf_, idBuf_, concatBuf_, sortedBuf_, tmpBuf_, outBuf_;
-  GlobalTensor<T> qGm_, kGm_, wGm_;
+  TQue<TPosition::VECIN, 2> tileQue_;
+  TBuf<TPosition::VECCALC> wBuf_, wStageBuf_, scoreBuf_, iotaBuf_, blkIdBuf_, blkSortedBuf_, blkTmpBuf_;
+  TBuf<TPosition::VECCALC> listBuf_, emptyBuf_, idsBuf_, keyBuf_, finSortedBuf_, finTmpBuf_;
+  GlobalTensor<T> wGm_;
   GlobalTensor<int32_t> idxGm_;
+  GlobalTensor<float> wsGm_;
 };
 
 }  // namespace av4
@@ -218,11 +372,18 @@ class LightningIndexerKernel {
 
 extern "C" __global__ __aicore__ void av4_lightning_indexer(GM_ADDR query, GM_ADDR key, GM_ADDR weights,
                                                             GM_ADDR sparse_indices, GM_ADDR workspace, GM_ADDR tiling) {
-  (void)workspace;
-  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);   // vector cores only: blockDim counts AIV cores
+  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);   // blockDim counts groups (1 AIC + 2 AIV)
   REGISTER_TILING_DEFAULT(av4_tiling::IndexerTiling);
   GET_TILING_DATA_WITH_STRUCT(av4_tiling::IndexerTiling, td, tiling);
-  av4::LightningIndexerKernel<DTYPE_QUERY> op;
-  op.Init(query, key, weights, sparse_indices, td);
-  op.Process();
+  GM_ADDR ws = GetUserWorkspace(workspace);
+  if ASCEND_IS_AIC {
+    av4::IndexerCube<DTYPE_QUERY> op;
+    op.Init(query, key, ws, td);
+    op.Process();
+  }
+  if ASCEND_IS_AIV {
+    av4::IndexerVector<DTYPE_QUERY> op;
+    op.Init(weights, sparse_indices, ws, td);
+    op.Process();
+  }
 }

@@ -1,5 +1,7 @@
 // AV4SparseAttnSharedKV: shared-KV MQA over (window ids ‖ compressed ids) or (window ids ‖ every visible compressed
-// entry, HCA), attention sink in the denominator only, float32 online softmax. Vector-core (AIV) kernel.
+// entry, HCA), attention sink in the denominator only, float32 online softmax. Two designs by tiling key: 0 (float32
+// q/kv) the vector-core kernel below (SparseAttnKernel), 1 (bf16 / fp16) Q·Kᵀ and P·V on the Cube unit with the
+// softmax on the vector cores (SparseAttnCube + SparseAttnVector, mixed AIC/AIV).
 // Semantics: ops/attention/reference.py sparse_attention / hca_attention. Tiling: op_host/attention_tiling.h.
 //
 // Per core: the query rows rowSplit[core] .. rowSplit[core+1] (balanced by candidate count on the host). Per row and
@@ -7,8 +9,8 @@
 // (-1 skipped); KV rows are gathered entryBlock at a time through a double-buffered VECIN queue (block k+1 is
 // requested before block k is consumed); scores, running max/sum and P·V are float32. Output: out [B·S, H, D] in
 // the input dtype, lse [B·S, H] float32 (the backward's softmax statistics).
-// Dot products use Mul + ReduceSum per (head, row) on the vector unit; moving QKᵀ / PV to the cube (Matmul API,
-// [heads × D] x [D × entries]) is the performance step that needs hardware to tune.
+// Key 0's dot products use Mul + ReduceSum per (head, row) on the vector unit (float32 only: the Cube's float32 P·V
+// would need transposed 32-bit fractal loads).
 #ifndef AV4_CPU_EMULATOR   // ascendc/tests/kernel_emu.cc supplies its own AscendC emulation
 #include "kernel_operator.h"
 #endif
@@ -280,6 +282,522 @@ class SparseAttnKernel {
   GlobalTensor<int32_t> widxGm_, cidxGm_;
 };
 
+
+// ====================================================================================== tiling key 1: the Cube
+// 16-bit q / kv: per (query row, head group) the Cube computes S = Q·Kᵀ ([hg, D] x [D, 128 gathered entries]) and
+// O = P·V ([hg, 128] x [128, D], V = the same gathered rows), the two vector cores of the group run the online
+// softmax on their halves of the heads. Hand-over through the GM workspace, two slots per kind (S, P, O) with
+// CrossCore flags (mode 2) counting blocks: the Cube computes QK(i+1) while the vector cores turn S(i) into P(i), and
+// P·V(i) while they fold O(i-1) into their float accumulators. The Cube gathers the candidate rows itself (ids read
+// from GM by its scalar unit, -1 skipped, consecutive ids in one ND->NZ copy) into two L1 buffers (ping-pong); K and
+// V are the same L1 rows. Q·Kᵀ needs no transposed load (key rows in NZ are L0B's fractal layout); P·V loads V's
+// fractals transposed (16 x 16, 16-bit). P is rounded to the input dtype for the Cube (as flash attention kernels
+// do); the softmax statistics stay float32.
+constexpr uint16_t kSReady = 0, kSFree = 1, kPReady = 2, kPFree = 3, kOReady = 4, kOFree = 5;
+constexpr uint8_t kAttnSyncMode = 2;
+constexpr uint32_t kEntryTile = 128;
+
+// Valid candidate ids of a row in order: window ids, then the compressed list or the HCA range (-1 skipped).
+struct CandidateCursor {
+  __aicore__ inline void Reset(const SparseAttnTiling& t, const GlobalTensor<int32_t>& w, const GlobalTensor<int32_t>& c,
+                               bool hasList, uint32_t row) {
+    t_ = &t, w_ = w, c_ = c, hasList_ = hasList, row_ = row, raw_ = 0, range_ = 0;
+    const uint32_t pos = t.startPos + row % t.S;
+    nRange_ = 0;
+    if (t.ratio > 0) {
+      const uint32_t vis = (pos + 1) / t.ratio;
+      nRange_ = vis < t.nCmp ? vis : t.nCmp;
+    }
+  }
+  // count of valid candidates (scans the lists once)
+  __aicore__ inline uint32_t Count() {
+    uint32_t n = nRange_;
+    for (uint32_t j = 0; j < t_->W; ++j) n += w_.GetValue(static_cast<uint64_t>(row_) * t_->W + j) >= 0;
+    if (hasList_)
+      for (uint32_t j = 0; j < t_->K; ++j) n += c_.GetValue(static_cast<uint64_t>(row_) * t_->K + j) >= 0;
+    return n;
+  }
+  // next valid id, in candidate order
+  __aicore__ inline int32_t Next() {
+    while (raw_ < t_->W) {
+      const int32_t id = w_.GetValue(static_cast<uint64_t>(row_) * t_->W + raw_++);
+      if (id >= 0) return id;
+    }
+    if (hasList_) {
+      while (raw_ < t_->W + t_->K) {
+        const int32_t id = c_.GetValue(static_cast<uint64_t>(row_) * t_->K + (raw_++ - t_->W));
+        if (id >= 0) return id;
+      }
+      return -1;
+    }
+    return range_ < nRange_ ? static_cast<int32_t>(t_->cmpOffset + range_++) : -1;
+  }
+  const SparseAttnTiling* t_ = nullptr;
+  GlobalTensor<int32_t> w_, c_;
+  bool hasList_ = false;
+  uint32_t row_ = 0, raw_ = 0, range_ = 0, nRange_ = 0;
+};
+
+__aicore__ inline uint32_t BlocksOf(uint32_t n) { return (n + kEntryTile - 1) / kEntryTile; }
+
+template <typename T>
+class SparseAttnCube {
+ public:
+  __aicore__ inline void Init(GM_ADDR q, GM_ADDR kv, GM_ADDR widx, GM_ADDR cidx, GM_ADDR ws, const SparseAttnTiling& t) {
+    t_ = t;
+    qGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
+    kvGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(kv));
+    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
+    hasList_ = t.K > 0;
+    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    const uint64_t base = static_cast<uint64_t>(GetBlockIdx()) * t.wsPerGroup;
+    sGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws + base));
+    pGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws + base + 2ull * t.mAlign * kEntryTile * 4));
+    oGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws + base + 2ull * t.mAlign * kEntryTile * (4 + sizeof(T))));
+    kvElems_ = kEntryTile * t.dAlign;
+    tileElems_ = 32 * 1024 / sizeof(T);   // one 32 KiB L0A / L0B buffer
+    cElems_ = t.mAlign * kEntryTile;
+    // Sizes mirror av4_tiling::AttnCubeL1Bytes and the L0 budgets the host checks.
+    pipe_.InitBuffer(qL1_, t.mAlign * t.dAlign * sizeof(T));
+    pipe_.InitBuffer(kvL1_, 2 * kvElems_ * sizeof(T));
+    pipe_.InitBuffer(pL1_, t.mAlign * kEntryTile * sizeof(T));
+    pipe_.InitBuffer(aL0_, 2 * tileElems_ * sizeof(T));
+    pipe_.InitBuffer(bL0_, 2 * tileElems_ * sizeof(T));
+    pipe_.InitBuffer(cL0_, 2 * cElems_ * sizeof(float));
+    // D's padding columns (the K of Q·Kᵀ) must be zero; copies never write them, so one fill at start suffices
+    Fill(qL1_.Get<T>(), InitConstValueParams<T>(1, static_cast<uint16_t>(t.mAlign * t.dAlign * sizeof(T) / 32), 0,
+                                                static_cast<T>(0.0f)));
+    Fill(kvL1_.Get<T>(), InitConstValueParams<T>(1, static_cast<uint16_t>(2 * kvElems_ * sizeof(T) / 32), 0,
+                                                 static_cast<T>(0.0f)));
+    PipeSync<HardEvent::MTE2_MTE1>();
+  }
+
+  __aicore__ inline void Process() {
+    TPipe* pp = GetTPipePtr();
+    for (uint32_t i = 0; i < 2; ++i) {
+      kvFree_[i] = pp->AllocEventID<HardEvent::MTE1_MTE2>();
+      l0Free_[i] = pp->AllocEventID<HardEvent::M_MTE1>();
+      cFree_[i] = pp->AllocEventID<HardEvent::FIX_M>();
+      SetFlag<HardEvent::MTE1_MTE2>(kvFree_[i]);
+      SetFlag<HardEvent::M_MTE1>(l0Free_[i]);
+      SetFlag<HardEvent::FIX_M>(cFree_[i]);
+    }
+    qFree_ = pp->AllocEventID<HardEvent::MTE1_MTE2>();
+    pFree_ = pp->AllocEventID<HardEvent::MTE1_MTE2>();
+    SetFlag<HardEvent::MTE1_MTE2>(qFree_);
+    SetFlag<HardEvent::MTE1_MTE2>(pFree_);
+    const uint32_t g = GetBlockIdx();
+    if (g < t_.usedCores) {
+      for (uint32_t row = t_.rowSplit[g]; row < t_.rowSplit[g + 1]; ++row)
+        for (uint32_t hg = 0; hg < t_.numHeadGroups; ++hg) Unit(row, hg * t_.headGroup);
+    }
+    // release what the vector cores still owe (flag counts balance at the end)
+    for (uint64_t s = sSeq_ >= 2 ? sSeq_ - 2 : 0; s < sSeq_; ++s) CrossCoreWaitFlag<kAttnSyncMode, PIPE_FIX>(kSFree);
+    for (uint64_t s = oSeq_ >= 2 ? oSeq_ - 2 : 0; s < oSeq_; ++s) CrossCoreWaitFlag<kAttnSyncMode, PIPE_FIX>(kOFree);
+    for (uint32_t i = 0; i < 2; ++i) {
+      WaitFlag<HardEvent::MTE1_MTE2>(kvFree_[i]);
+      WaitFlag<HardEvent::M_MTE1>(l0Free_[i]);
+      WaitFlag<HardEvent::FIX_M>(cFree_[i]);
+      pp->ReleaseEventID<HardEvent::MTE1_MTE2>(kvFree_[i]);
+      pp->ReleaseEventID<HardEvent::M_MTE1>(l0Free_[i]);
+      pp->ReleaseEventID<HardEvent::FIX_M>(cFree_[i]);
+    }
+    WaitFlag<HardEvent::MTE1_MTE2>(qFree_);
+    WaitFlag<HardEvent::MTE1_MTE2>(pFree_);
+    pp->ReleaseEventID<HardEvent::MTE1_MTE2>(qFree_);
+    pp->ReleaseEventID<HardEvent::MTE1_MTE2>(pFree_);
+  }
+
+ private:
+  __aicore__ inline uint32_t Heads(uint32_t h0) const { return h0 + t_.headGroup <= t_.H ? t_.headGroup : t_.H - h0; }
+
+  __aicore__ inline void Unit(uint32_t row, uint32_t h0) {
+    cur_.Reset(t_, widxGm_, cidxGm_, hasList_, row);
+    const uint32_t n = cur_.Count(), nBlk = BlocksOf(n), hg = Heads(h0);
+    if (nBlk == 0) return;
+    LocalTensor<T> q = qL1_.Get<T>();
+    WaitFlag<HardEvent::MTE1_MTE2>(qFree_);   // the previous unit's L0A loads are done with it
+    DataCopy(q, qGm_[(static_cast<uint64_t>(row) * t_.H + h0) * t_.D], NzParams(hg, t_.D, t_.mAlign));
+    for (uint32_t i = 0; i <= nBlk; ++i) {
+      if (i < nBlk) {
+        const uint32_t nj = i + 1 < nBlk ? kEntryTile : n - i * kEntryTile;
+        Gather(row, nj);
+        QK(hg);
+      }
+      if (i >= 1) PV(hg);
+    }
+    SetFlag<HardEvent::MTE1_MTE2>(qFree_);
+  }
+
+  __aicore__ inline Nd2NzParams NzParams(uint32_t rows, uint32_t cols, uint32_t c0Stride) const {
+    Nd2NzParams nz;
+    nz.ndNum = 1;
+    nz.nValue = static_cast<uint16_t>(rows);
+    nz.dValue = static_cast<uint16_t>(cols);
+    nz.srcDValue = static_cast<uint16_t>(cols);
+    nz.dstNzC0Stride = static_cast<uint16_t>(c0Stride);
+    nz.dstNzNStride = 1;
+    nz.srcNdMatrixStride = 0;
+    nz.dstNzMatrixStride = 0;
+    return nz;
+  }
+
+  // the next nj valid candidates' kv rows -> kv L1 buffer (sSeq_ % 2) as NZ rows 0 .. nj-1; runs of consecutive ids
+  // move in one copy
+  __aicore__ inline void Gather(uint32_t row, uint32_t nj) {
+    const uint32_t buf = sSeq_ % 2, c0 = 32 / sizeof(T);
+    LocalTensor<T> kv = kvL1_.Get<T>()[buf * kvElems_];
+    const uint64_t base = static_cast<uint64_t>(row / t_.S) * t_.N;
+    WaitFlag<HardEvent::MTE1_MTE2>(kvFree_[buf]);   // P·V of two blocks ago has loaded this buffer into L0B
+    uint32_t jj = 0;
+    int32_t id = cur_.Next();
+    while (jj < nj) {
+      uint32_t run = 1;
+      int32_t nxt = jj + 1 < nj ? cur_.Next() : -1;
+      while (jj + run < nj && nxt == id + static_cast<int32_t>(run)) {
+        ++run;
+        nxt = jj + run < nj ? cur_.Next() : -1;
+      }
+      DataCopy(kv[jj * c0], kvGm_[(base + static_cast<uint32_t>(id)) * t_.D], NzParams(run, t_.D, kEntryTile));
+      jj += run;
+      id = nxt;
+    }
+    PipeSync<HardEvent::MTE2_MTE1>();
+  }
+
+  // S = Q·Kᵀ over the block: [hg, dAlign] x [dAlign, 128] in kTile passes, -> S slot
+  __aicore__ inline void QK(uint32_t hg) {
+    const uint32_t buf = sSeq_ % 2, c0 = 32 / sizeof(T), mBlocks = t_.mAlign / 16, nBlocks = kEntryTile / 16;
+    const uint32_t kTile = tileElems_ / (t_.mAlign > kEntryTile ? t_.mAlign : kEntryTile) / c0 * c0;
+    const uint32_t passes = (t_.dAlign + kTile - 1) / kTile;
+    LocalTensor<T> q = qL1_.Get<T>(), kv = kvL1_.Get<T>()[buf * kvElems_];
+    const uint32_t cb = cSeq_++ % 2;
+    LocalTensor<float> c = cL0_.Get<float>()[cb * cElems_];
+    WaitFlag<HardEvent::FIX_M>(cFree_[cb]);
+    for (uint32_t ps = 0; ps < passes; ++ps) {
+      const uint32_t k0 = ps * kTile, kLen = k0 + kTile <= t_.dAlign ? kTile : t_.dAlign - k0;
+      const uint32_t kBlocks = kLen / c0, kStart = k0 / c0, l0 = l0Seq_++ % 2;
+      LocalTensor<T> a = aL0_.Get<T>()[l0 * tileElems_], b = bL0_.Get<T>()[l0 * tileElems_];
+      WaitFlag<HardEvent::M_MTE1>(l0Free_[l0]);
+      for (uint32_t m = 0; m < mBlocks; ++m)   // L0A (zZ): row block m's k fractals, mBlocks apart in L1
+        LoadData(a[m * kBlocks * 16 * c0], q,
+                 LoadData2DParams(static_cast<uint16_t>(kStart * mBlocks + m), static_cast<uint8_t>(kBlocks),
+                                  static_cast<uint16_t>(mBlocks), 0, 0, false, 0));
+      LoadData(b, kv, LoadData2DParams(static_cast<uint16_t>(kStart * nBlocks), static_cast<uint8_t>(kBlocks * nBlocks),
+                                       1, 0, 0, false, 0));   // L0B: the rows' fractals, already in order
+      PipeSync<HardEvent::MTE1_M>();
+      MmadParams mm;
+      mm.m = static_cast<uint16_t>(hg);
+      mm.n = static_cast<uint16_t>(kEntryTile);
+      mm.k = static_cast<uint16_t>(kLen);
+      mm.cmatrixInitVal = ps == 0;
+      mm.cmatrixSource = false;
+      Mmad(c, a, b, mm);
+      SetFlag<HardEvent::M_MTE1>(l0Free_[l0]);
+    }
+    PipeSync<HardEvent::M_FIX>();
+    if (sSeq_ >= 2) CrossCoreWaitFlag<kAttnSyncMode, PIPE_FIX>(kSFree);   // both vector cores read S(i-2)
+    Fixpipe<float, float, CFG_ROW_MAJOR>(sGm_[static_cast<uint64_t>(buf) * cElems_], c,
+                                         FixpipeParamsV220(static_cast<uint16_t>(kEntryTile), static_cast<uint16_t>(hg),
+                                                           static_cast<uint16_t>(t_.mAlign), kEntryTile, false));
+    SetFlag<HardEvent::FIX_M>(cFree_[cb]);
+    CrossCoreSetFlag<kAttnSyncMode, PIPE_FIX>(kSReady);
+    ++sSeq_;
+  }
+
+  // O = P·V of the oldest block not yet multiplied: [hg, 128] x [128, dAlign] in 128-column tiles, -> O slot
+  __aicore__ inline void PV(uint32_t hg) {
+    const uint32_t slot = oSeq_ % 2, c0 = 32 / sizeof(T), mBlocks = t_.mAlign / 16, eBlocks = kEntryTile / 16;
+    LocalTensor<T> p = pL1_.Get<T>(), kv = kvL1_.Get<T>()[slot * kvElems_];
+    CrossCoreWaitFlag<kAttnSyncMode, PIPE_MTE2>(kPReady);
+    WaitFlag<HardEvent::MTE1_MTE2>(pFree_);
+    DataCopy(p, pGm_[static_cast<uint64_t>(slot) * cElems_], NzParams(hg, kEntryTile, t_.mAlign));
+    CrossCoreSetFlag<kAttnSyncMode, PIPE_MTE2>(kPFree);   // issued after the copy on MTE2: the P slot is read
+    PipeSync<HardEvent::MTE2_MTE1>();
+    for (uint32_t dt = 0; dt < t_.dTiles; ++dt) {
+      const uint32_t col0 = dt * 128, cols = col0 + 128 <= t_.dAlign ? 128 : t_.dAlign - col0, tb = cols / 16;
+      const uint32_t l0 = l0Seq_++ % 2;
+      LocalTensor<T> a = aL0_.Get<T>()[l0 * tileElems_], b = bL0_.Get<T>()[l0 * tileElems_];
+      WaitFlag<HardEvent::M_MTE1>(l0Free_[l0]);
+      for (uint32_t m = 0; m < mBlocks; ++m)   // L0A: P's row block m, its 8 entry fractals
+        LoadData(a[m * eBlocks * 16 * c0], p,
+                 LoadData2DParams(static_cast<uint16_t>(m), static_cast<uint8_t>(eBlocks),
+                                  static_cast<uint16_t>(mBlocks), 0, 0, false, 0));
+      for (uint32_t e = 0; e < eBlocks; ++e)   // L0B: V's (entry block e, column block) fractals, transposed
+        LoadData(b[e * tb * 16 * c0], kv,
+                 LoadData2DParams(static_cast<uint16_t>((col0 / c0) * eBlocks + e), static_cast<uint8_t>(tb),
+                                  static_cast<uint16_t>(eBlocks), 0, 0, true, 0));
+      if (dt + 1 == t_.dTiles) {
+        SetFlag<HardEvent::MTE1_MTE2>(kvFree_[slot]);
+        SetFlag<HardEvent::MTE1_MTE2>(pFree_);
+      }
+      PipeSync<HardEvent::MTE1_M>();
+      const uint32_t cb = cSeq_++ % 2;
+      LocalTensor<float> c = cL0_.Get<float>()[cb * cElems_];
+      WaitFlag<HardEvent::FIX_M>(cFree_[cb]);
+      MmadParams mm;
+      mm.m = static_cast<uint16_t>(hg);
+      mm.n = static_cast<uint16_t>(cols);
+      mm.k = static_cast<uint16_t>(kEntryTile);
+      mm.cmatrixInitVal = true;
+      mm.cmatrixSource = false;
+      Mmad(c, a, b, mm);
+      SetFlag<HardEvent::M_MTE1>(l0Free_[l0]);
+      PipeSync<HardEvent::M_FIX>();
+      if (dt == 0 && oSeq_ >= 2) CrossCoreWaitFlag<kAttnSyncMode, PIPE_FIX>(kOFree);   // O(j-2) folded in
+      Fixpipe<float, float, CFG_ROW_MAJOR>(oGm_[static_cast<uint64_t>(slot) * t_.mAlign * t_.dAlign + col0], c,
+                                           FixpipeParamsV220(static_cast<uint16_t>(cols), static_cast<uint16_t>(hg),
+                                                             static_cast<uint16_t>(t_.mAlign), t_.dAlign, false));
+      SetFlag<HardEvent::FIX_M>(cFree_[cb]);
+    }
+    CrossCoreSetFlag<kAttnSyncMode, PIPE_FIX>(kOReady);
+    ++oSeq_;
+  }
+
+  SparseAttnTiling t_;
+  bool hasList_ = false;
+  CandidateCursor cur_;
+  uint32_t kvElems_ = 0, tileElems_ = 0, cElems_ = 0;
+  uint64_t sSeq_ = 0, oSeq_ = 0, l0Seq_ = 0, cSeq_ = 0;
+  TPipe pipe_;
+  TBuf<TPosition::A1> qL1_, pL1_;
+  TBuf<TPosition::B1> kvL1_;
+  TBuf<TPosition::A2> aL0_;
+  TBuf<TPosition::B2> bL0_;
+  TBuf<TPosition::CO1> cL0_;
+  TEventID kvFree_[2], l0Free_[2], cFree_[2], qFree_, pFree_;
+  GlobalTensor<T> qGm_, kvGm_, pGm_;
+  GlobalTensor<float> sGm_, oGm_;
+  GlobalTensor<int32_t> widxGm_, cidxGm_;
+};
+
+// The vector side of key 1: online softmax of this sub-block's heads, P to the Cube, O folded into the accumulator.
+template <typename T>
+class SparseAttnVector {
+ public:
+  __aicore__ inline void Init(GM_ADDR sinks, GM_ADDR widx, GM_ADDR cidx, GM_ADDR out, GM_ADDR lse, GM_ADDR ws,
+                              const SparseAttnTiling& t) {
+    t_ = t;
+    sinkGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(sinks));
+    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
+    hasList_ = t.K > 0;
+    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    outGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
+    lseGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
+    const uint64_t base = static_cast<uint64_t>(GetBlockIdx() / 2) * t.wsPerGroup;
+    sGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws + base));
+    pGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws + base + 2ull * t.mAlign * kEntryTile * 4));
+    oGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws + base + 2ull * t.mAlign * kEntryTile * (4 + sizeof(T))));
+    const uint32_t nh = t.headHalf, dA = t.dAlign;
+    // Sizes mirror av4_tiling::AttnCubeUbBytes.
+    pipe_.InitBuffer(sQue_, 2, nh * kEntryTile * 4);
+    pipe_.InitBuffer(oQue_, 2, nh * 128 * 4);
+    pipe_.InitBuffer(pStage_, AlignBytes(nh * kEntryTile * sizeof(T)));
+    pipe_.InitBuffer(accBuf_, nh * dA * 4);
+    pipe_.InitBuffer(mBuf_, AlignBytes(nh * 4));
+    pipe_.InitBuffer(lBuf_, AlignBytes(nh * 4));
+    pipe_.InitBuffer(sinkBuf_, AlignBytes(nh * 4));
+    pipe_.InitBuffer(corrBuf_, 2 * AlignBytes(nh * 4));
+    pipe_.InitBuffer(biasBuf_, kEntryTile * 4);
+    pipe_.InitBuffer(redBuf_, kBlockBytes);
+    pipe_.InitBuffer(workBuf_, kEntryTile * 4);
+    pipe_.InitBuffer(tinyBuf_, kBlockBytes);
+    pipe_.InitBuffer(rawIdxBuf_, t.listAlign * 4);
+    pipe_.InitBuffer(outStage_, AlignBytes(dA * sizeof(T)));
+  }
+
+  __aicore__ inline void Process() {
+    const uint32_t g = GetBlockIdx() / 2, v = GetSubBlockIdx();
+    if (g < t_.usedCores) {
+      for (uint32_t row = t_.rowSplit[g]; row < t_.rowSplit[g + 1]; ++row)
+        for (uint32_t hgi = 0; hgi < t_.numHeadGroups; ++hgi) {
+          const uint32_t h0 = hgi * t_.headGroup;
+          const uint32_t hg = h0 + t_.headGroup <= t_.H ? t_.headGroup : t_.H - h0;
+          const uint32_t first = hg < t_.headHalf ? hg : t_.headHalf;
+          Unit(row, h0 + (v ? first : 0), v ? hg - first : first, v ? first : 0);
+        }
+    }
+    for (uint64_t s = pSeq_ >= 2 ? pSeq_ - 2 : 0; s < pSeq_; ++s) CrossCoreWaitFlag<kAttnSyncMode, PIPE_MTE3>(kPFree);
+  }
+
+ private:
+  // valid candidates of the row (the Cube's CandidateCursor counts the same lists)
+  __aicore__ inline uint32_t CountValid(uint32_t row) {
+    LocalTensor<int32_t> raw = rawIdxBuf_.Get<int32_t>();
+    const uint32_t wA = (t_.W * 4 + kBlockBytes - 1) / kBlockBytes * kBlockBytes / 4;
+    PipeSync<HardEvent::S_MTE2>();
+    DataCopyPad(raw, widxGm_[static_cast<uint64_t>(row) * t_.W], DataCopyExtParams(1, t_.W * 4, 0, 0, 0),
+                DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
+    if (hasList_)
+      DataCopyPad(raw[wA], cidxGm_[static_cast<uint64_t>(row) * t_.K], DataCopyExtParams(1, t_.K * 4, 0, 0, 0),
+                  DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
+    PipeSync<HardEvent::MTE2_S>();
+    uint32_t n = 0;
+    for (uint32_t j = 0; j < t_.W; ++j) n += raw.GetValue(j) >= 0;
+    for (uint32_t j = 0; j < t_.K; ++j) n += raw.GetValue(wA + j) >= 0;
+    if (t_.ratio > 0) {
+      const uint32_t vis = (t_.startPos + row % t_.S + 1) / t_.ratio;
+      n += vis < t_.nCmp ? vis : t_.nCmp;
+    }
+    return n;
+  }
+
+  // heads hs .. hs+nh-1 (rows r0 .. r0+nh-1 of the group's slots); nh may be 0 (the flags still count)
+  __aicore__ inline void Unit(uint32_t row, uint32_t hs, uint32_t nh, uint32_t r0) {
+    const uint32_t n = CountValid(row), nBlk = BlocksOf(n);
+    if (nh) Start(hs, nh);
+    for (uint32_t i = 0; i < nBlk; ++i) {
+      const uint32_t nj = i + 1 < nBlk ? kEntryTile : n - i * kEntryTile;
+      Softmax(nh, r0, nj, i % 2);
+      if (i >= 1) Fold(nh, r0, (i - 1) % 2);
+    }
+    if (nBlk) Fold(nh, r0, (nBlk - 1) % 2);
+    if (nh) Finish(row, hs, nh);
+  }
+
+  __aicore__ inline void Start(uint32_t hs, uint32_t nh) {
+    LocalTensor<float> acc = accBuf_.Get<float>(), m = mBuf_.Get<float>(), l = lBuf_.Get<float>();
+    LocalTensor<float> sk = sinkBuf_.Get<float>();
+    PipeSync<HardEvent::MTE3_V>();   // the previous unit's output stores are done with acc
+    Duplicate(acc, 0.0f, static_cast<int32_t>(nh * t_.dAlign));
+    PipeSync<HardEvent::V_MTE2>();
+    DataCopyPad(sk, sinkGm_[hs], DataCopyExtParams(1, nh * 4, 0, 0, 0), DataCopyPadExtParams<float>(false, 0, 0, 0.0f));
+    PipeSync<HardEvent::MTE2_S>();
+    PipeSync<HardEvent::V_S>();
+    for (uint32_t h = 0; h < nh; ++h) m.SetValue(h, kNegInf), l.SetValue(h, 0.0f);
+    PipeBarrier<PIPE_V>();
+  }
+
+  // S(i) -> P(i) (to the Cube) with the running max / sum; corr slot cs keeps exp(m_old - m_new) for Fold
+  __aicore__ inline void Softmax(uint32_t nh, uint32_t r0, uint32_t nj, uint32_t cs) {
+    const uint32_t slot = pSeq_ % 2;
+    CrossCoreWaitFlag<kAttnSyncMode, PIPE_MTE2>(kSReady);
+    LocalTensor<float> s;
+    if (nh) {
+      s = sQue_.AllocTensor<float>();
+      DataCopy(s, sGm_[(static_cast<uint64_t>(slot) * t_.mAlign + r0) * kEntryTile], nh * kEntryTile);
+      sQue_.EnQue(s);
+    }
+    CrossCoreSetFlag<kAttnSyncMode, PIPE_MTE2>(kSFree);   // after the copy on MTE2: the S slot is read
+    LocalTensor<T> pst = pStage_.Get<T>();
+    if (nh) {
+      s = sQue_.DeQue<float>();
+      LocalTensor<float> m = mBuf_.Get<float>(), l = lBuf_.Get<float>(), red = redBuf_.Get<float>();
+      LocalTensor<float> work = workBuf_.Get<float>(), corr = corrBuf_.Get<float>()[cs * AlignBytes(nh * 4) / 4];
+      LocalTensor<float> bias = biasBuf_.Get<float>();
+      Muls(s, s, t_.scale, static_cast<int32_t>(nh * kEntryTile));
+      PipeBarrier<PIPE_V>();
+      if (nj < kEntryTile) {   // entries past the row's candidates: -inf before the max
+        PipeSync<HardEvent::V_S>();
+        for (uint32_t j = 0; j < kEntryTile; ++j) bias.SetValue(j, j < nj ? 0.0f : kNegInf);
+        PipeSync<HardEvent::S_V>();
+        for (uint32_t h = 0; h < nh; ++h) Add(s[h * kEntryTile], s[h * kEntryTile], bias, kEntryTile);
+        PipeBarrier<PIPE_V>();
+      }
+      for (uint32_t h = 0; h < nh; ++h) {
+        ReduceMax(red, s[h * kEntryTile], work, static_cast<int32_t>(kEntryTile));
+        PipeSync<HardEvent::V_S>();
+        const float mOld = m.GetValue(h), bm = red.GetValue(0), mNew = mOld > bm ? mOld : bm;
+        m.SetValue(h, mNew);
+        corr.SetValue(h, mOld - mNew);
+        PipeSync<HardEvent::S_V>();
+        Adds(s[h * kEntryTile], s[h * kEntryTile], -mNew, static_cast<int32_t>(kEntryTile));
+      }
+      PipeBarrier<PIPE_V>();
+      Exp(s, s, static_cast<int32_t>(nh * kEntryTile));
+      Exp(corr, corr, static_cast<int32_t>(nh));   // exp(m_old - m_new): 0 on the first block
+      PipeBarrier<PIPE_V>();
+      for (uint32_t h = 0; h < nh; ++h) {
+        ReduceSum(red, s[h * kEntryTile], work, static_cast<int32_t>(kEntryTile));
+        PipeSync<HardEvent::V_S>();
+        l.SetValue(h, l.GetValue(h) * corr.GetValue(h) + red.GetValue(0));
+      }
+      PipeSync<HardEvent::S_V>();
+      Cast(pst, s, RoundMode::CAST_RINT, nh * kEntryTile);
+      sQue_.FreeTensor(s);
+    }
+    if (pSeq_ >= 2) CrossCoreWaitFlag<kAttnSyncMode, PIPE_MTE3>(kPFree);   // the Cube has loaded P(i-2)
+    if (nh) {
+      PipeSync<HardEvent::V_MTE3>();
+      DataCopy(pGm_[(static_cast<uint64_t>(slot) * t_.mAlign + r0) * kEntryTile], pst, nh * kEntryTile);
+    }
+    CrossCoreSetFlag<kAttnSyncMode, PIPE_MTE3>(kPReady);
+    if (nh) PipeSync<HardEvent::MTE3_V>();   // the next Cast overwrites the staging buffer
+    ++pSeq_;
+  }
+
+  // acc = acc·corr + O(j), O from the Cube in 128-column chunks
+  __aicore__ inline void Fold(uint32_t nh, uint32_t r0, uint32_t cs) {
+    const uint32_t slot = oSeq_ % 2, dA = t_.dAlign;
+    CrossCoreWaitFlag<kAttnSyncMode, PIPE_MTE2>(kOReady);
+    if (nh) {
+      LocalTensor<float> acc = accBuf_.Get<float>(), corr = corrBuf_.Get<float>()[cs * AlignBytes(nh * 4) / 4];
+      PipeSync<HardEvent::V_S>();
+      for (uint32_t h = 0; h < nh; ++h) Muls(acc[h * dA], acc[h * dA], corr.GetValue(h), static_cast<int32_t>(dA));
+      for (uint32_t dt = 0; dt < t_.dTiles; ++dt) {
+        const uint32_t col0 = dt * 128, cols = col0 + 128 <= dA ? 128 : dA - col0;
+        LocalTensor<float> o = oQue_.AllocTensor<float>();
+        DataCopy(o, oGm_[(static_cast<uint64_t>(slot) * t_.mAlign + r0) * dA + col0],
+                 DataCopyParams(static_cast<uint16_t>(nh), static_cast<uint16_t>(cols * 4 / kBlockBytes),
+                                static_cast<uint16_t>((dA - cols) * 4 / kBlockBytes), 0));
+        oQue_.EnQue(o);
+        o = oQue_.DeQue<float>();
+        PipeBarrier<PIPE_V>();
+        for (uint32_t h = 0; h < nh; ++h) Add(acc[h * dA + col0], acc[h * dA + col0], o[h * cols], cols);
+        oQue_.FreeTensor(o);
+      }
+      PipeBarrier<PIPE_V>();
+    }
+    CrossCoreSetFlag<kAttnSyncMode, PIPE_MTE2>(kOFree);   // after the last copy on MTE2: the O slot is read
+    ++oSeq_;
+  }
+
+  // Sink in the denominator only (as the vector kernel's Finish): out = acc·a / (l·a + e^(sink-mf)), lse.
+  __aicore__ inline void Finish(uint32_t row, uint32_t hs, uint32_t nh) {
+    LocalTensor<float> acc = accBuf_.Get<float>(), tiny = tinyBuf_.Get<float>();
+    LocalTensor<float> m = mBuf_.Get<float>(), l = lBuf_.Get<float>(), sk = sinkBuf_.Get<float>();
+    const uint32_t dA = t_.dAlign;
+    PipeSync<HardEvent::V_S>();
+    for (uint32_t h = 0; h < nh; ++h) {
+      const float mh = m.GetValue(h), sv = sk.GetValue(h), mf = mh > sv ? mh : sv;
+      tiny.SetValue(0, mh - mf);
+      tiny.SetValue(1, sv - mf);
+      PipeSync<HardEvent::S_V>();
+      Exp(tiny, tiny, 8);
+      PipeSync<HardEvent::V_S>();
+      const float a = tiny.GetValue(0), den = l.GetValue(h) * a + tiny.GetValue(1);
+      tiny.SetValue(0, den);
+      PipeSync<HardEvent::S_V>();
+      Ln(tiny, tiny, 8);
+      Muls(acc[h * dA], acc[h * dA], a / den, static_cast<int32_t>(t_.D));
+      PipeSync<HardEvent::V_S>();
+      l.SetValue(h, mf + tiny.GetValue(0));   // l now holds lse for the store below
+    }
+    PipeSync<HardEvent::S_MTE3>();
+    DataCopyPad(lseGm_[static_cast<uint64_t>(row) * t_.H + hs], l, DataCopyExtParams(1, nh * 4, 0, 0, 0));
+    LocalTensor<T> st = outStage_.Get<T>();
+    const uint64_t dst = (static_cast<uint64_t>(row) * t_.H + hs) * t_.D;
+    for (uint32_t h = 0; h < nh; ++h) {
+      PipeBarrier<PIPE_V>();
+      Cast(st, acc[h * dA], RoundMode::CAST_RINT, t_.D);
+      PipeSync<HardEvent::V_MTE3>();
+      DataCopyPad(outGm_[dst + static_cast<uint64_t>(h) * t_.D], st, DataCopyExtParams(1, t_.D * sizeof(T), 0, 0, 0));
+      PipeSync<HardEvent::MTE3_V>();
+    }
+  }
+
+  SparseAttnTiling t_;
+  bool hasList_ = false;
+  uint64_t pSeq_ = 0, oSeq_ = 0;
+  TPipe pipe_;
+  TQue<TPosition::VECIN, 2> sQue_, oQue_;
+  TBuf<TPosition::VECCALC> pStage_, accBuf_, mBuf_, lBuf_, sinkBuf_, corrBuf_, biasBuf_, redBuf_, workBuf_, tinyBuf_;
+  TBuf<TPosition::VECCALC> rawIdxBuf_, outStage_;
+  GlobalTensor<T> outGm_, pGm_;
+  GlobalTensor<float> sinkGm_, lseGm_, sGm_, oGm_;
+  GlobalTensor<int32_t> widxGm_, cidxGm_;
+};
+
 }  // namespace av4
 
 #ifndef DTYPE_QUERY
@@ -287,15 +805,34 @@ class SparseAttnKernel {
 #endif
 
 // cmp_idx is an optional input (absent: window only, or HCA when the cmp_ratio attribute is > 0).
+// Tiling key 0 (float32): the vector-only kernel; key 1 (bf16 / fp16): Q·Kᵀ and P·V on the Cube (mixed AIC/AIV).
 extern "C" __global__ __aicore__ void av4_sparse_attn_shared_kv(GM_ADDR query, GM_ADDR kv, GM_ADDR sinks,
                                                                 GM_ADDR window_idx, GM_ADDR cmp_idx, GM_ADDR attn_out,
                                                                 GM_ADDR softmax_lse, GM_ADDR workspace,
                                                                 GM_ADDR tiling) {
-  (void)workspace;
-  KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);   // vector cores only: blockDim counts AIV cores
+  KERNEL_TASK_TYPE(0, KERNEL_TYPE_AIV_ONLY);        // blockDim counts AIV cores
+  KERNEL_TASK_TYPE(1, KERNEL_TYPE_MIX_AIC_1_2);     // blockDim counts groups (1 AIC + 2 AIV)
   REGISTER_TILING_DEFAULT(av4_tiling::SparseAttnTiling);
   GET_TILING_DATA_WITH_STRUCT(av4_tiling::SparseAttnTiling, td, tiling);
-  av4::SparseAttnKernel<DTYPE_QUERY> op;
-  op.Init(query, kv, sinks, window_idx, cmp_idx, attn_out, softmax_lse, td);
-  op.Process();
+  if (TILING_KEY_IS(0)) {
+    if ASCEND_IS_AIV {
+      av4::SparseAttnKernel<DTYPE_QUERY> op;
+      op.Init(query, kv, sinks, window_idx, cmp_idx, attn_out, softmax_lse, td);
+      op.Process();
+    }
+  } else if (TILING_KEY_IS(1)) {
+    if constexpr (sizeof(DTYPE_QUERY) == 2) {
+      GM_ADDR ws = GetUserWorkspace(workspace);
+      if ASCEND_IS_AIC {
+        av4::SparseAttnCube<DTYPE_QUERY> op;
+        op.Init(query, kv, window_idx, cmp_idx, ws, td);
+        op.Process();
+      }
+      if ASCEND_IS_AIV {
+        av4::SparseAttnVector<DTYPE_QUERY> op;
+        op.Init(sinks, window_idx, cmp_idx, attn_out, softmax_lse, ws, td);
+        op.Process();
+      }
+    }
+  }
 }

@@ -1,12 +1,12 @@
-// A small CPU emulator of the AscendC subset the attention kernels use ("CPU twin" without the CANN toolkit):
-// the same API names and argument kinds as ops/ascendc_common/decls_attention.h, with working definitions, so the
-// kernels in ../op_kernel run on the host against the NumPy reference (tests/ops/test_attention_ascendc.py).
+// A small CPU emulator of the AscendC subset compress_kv uses ("CPU twin" without the CANN toolkit): the same API
+// names and argument kinds as ops/ascendc_common/decls_attention.h, with working definitions, so the kernel runs on
+// the host against the NumPy reference (tests/ops/test_attention_ascendc.py). Sparse attention and the indexer use
+// the Cube unit and cross-core flags: they run only over the real headers + the intrinsic emulator.
 //
 // What it enforces, beyond computing: every TPipe::InitBuffer is carved from one UB arena of the platform's size
 // (overflow aborts), UB buffers start 32-byte aligned, GM<->UB DataCopyPad destinations / sources in UB are 32-byte
 // aligned, DataCopy moves whole 32-byte blocks, a TQue never hands out more buffers than its depth, and DeQue is FIFO.
-// What it does not model: pipe timing / overlap, bank conflicts, real rounding of hardware Exp/Ln (libm here), and
-// the hardware tie order of Sort — assumed "equal scores: lower index first" (to be checked on the NPU).
+// What it does not model: pipe timing / overlap, bank conflicts, real rounding of hardware Exp (libm here).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -312,16 +312,10 @@ EMU_BIN(Mul, x * y)
 EMU_BIN(Div, x / y)
 EMU_BIN(Max, x > y ? x : y)
 #undef EMU_BIN
-template <typename T> void Adds(const LocalTensor<T>& d, const LocalTensor<T>& a, const T& s, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = a.at(i) + s; }
 template <typename T> void Muls(const LocalTensor<T>& d, const LocalTensor<T>& a, const T& s, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = a.at(i) * s; }
-template <typename T> void Maxs(const LocalTensor<T>& d, const LocalTensor<T>& a, const T& s, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = std::max(a.at(i), s); }
 template <typename T> void Exp(const LocalTensor<T>& d, const LocalTensor<T>& a, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = std::exp(a.at(i)); }
-template <typename T> void Ln(const LocalTensor<T>& d, const LocalTensor<T>& a, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = std::log(a.at(i)); }
 template <typename T> void Sqrt(const LocalTensor<T>& d, const LocalTensor<T>& a, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = std::sqrt(a.at(i)); }
-template <typename T> void Relu(const LocalTensor<T>& d, const LocalTensor<T>& a, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = std::max(a.at(i), T(0)); }
 template <typename T> void Duplicate(const LocalTensor<T>& d, const T& s, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = s; }
-template <typename T, typename U>
-void Axpy(const LocalTensor<T>& d, const LocalTensor<U>& a, const U& s, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) += a.at(i) * s; }
 template <typename T, typename U>
 void Cast(const LocalTensor<T>& d, const LocalTensor<U>& a, RoundMode, uint32_t n) {
   for (uint32_t i = 0; i < n; ++i) d.at(i) = emu::from_f<T>(emu::to_f(a.at(i)));
@@ -335,42 +329,7 @@ void ReduceSum(const LocalTensor<T>& d, const LocalTensor<T>& a, const LocalTens
   d.at(0) = static_cast<T>(s);
 }
 template <typename T>
-void ReduceMax(const LocalTensor<T>& d, const LocalTensor<T>& a, const LocalTensor<T>& work, int32_t n, bool = false) {
-  check_ub_aligned(d.ptr());
-  (void)work;
-  EMU_CHECK(n > 0, "ReduceMax of nothing");
-  T m = a.at(0);
-  for (int32_t i = 1; i < n; ++i) m = std::max(m, a.at(i));
-  d.at(0) = m;
-}
-template <typename T>
 void ArithProgression(const LocalTensor<T>& d, T first, T diff, int32_t n) { for (int32_t i = 0; i < n; ++i) d.at(i) = first + diff * i; }
-template <typename T, bool isFullSort>
-void Sort(const LocalTensor<T>& dst, const LocalTensor<T>& concat, const LocalTensor<uint32_t>& index, LocalTensor<T>& tmp,
-          int32_t rep) {
-  (void)tmp;
-  static_assert(isFullSort, "emulator models the full sort only");
-  const int32_t n = rep * 32;
-  std::vector<int32_t> ord(n);
-  std::iota(ord.begin(), ord.end(), 0);
-  std::vector<T> v(n);
-  std::vector<uint32_t> ix(n);
-  for (int32_t i = 0; i < n; ++i) v[i] = concat.at(i), ix[i] = index.at(i);
-  std::stable_sort(ord.begin(), ord.end(), [&](int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && ix[a] < ix[b]); });
-  for (int32_t i = 0; i < n; ++i) {
-    dst.at(2 * i) = v[ord[i]];
-    std::memcpy(&dst.at(2 * i + 1), &ix[ord[i]], 4);
-  }
-}
-template <typename T>
-void Extract(const LocalTensor<T>& dv, const LocalTensor<uint32_t>& di, const LocalTensor<T>& sorted, int32_t rep) {
-  for (int32_t i = 0; i < rep * 32; ++i) {
-    dv.at(i) = sorted.at(2 * i);
-    uint32_t u;
-    std::memcpy(&u, &sorted.at(2 * i + 1), 4);
-    di.at(i) = u;
-  }
-}
 
 }  // namespace AscendC
 

@@ -1,8 +1,8 @@
 // Runs the attention family's AscendC kernels on the CPU through ascendc_emu.h, one simulated AIV core after the
 // other, each with a fresh UB arena of the platform's size. Built twice by the test: -DDTYPE_QUERY=float and
 // =bfloat16_t (GM tensors in that dtype). Inputs / outputs are raw float32 / int32 files in a directory.
-//   kernel_emu attn    DIR B S H D N W K ratio cmpOffset startPos scale ubBytes aivCores
-//   kernel_emu indexer DIR B S H d N topk ratio startPos ubBytes aivCores
+// compress_kv only: sparse attention (its Cube design) and the indexer (mixed AIC/AIV) run over the real headers +
+// the intrinsic emulator (ops/attention/ascendc/emu/attention_emu.cc).
 //   kernel_emu compress DIR B S c ratio overlap eps ubBytes aivCores
 #define AV4_CPU_EMULATOR 1
 #include "ascendc_emu.h"
@@ -14,8 +14,6 @@
 #define DTYPE_KV_PROJ DTYPE_QUERY
 
 #include "../op_kernel/compress_kv.cpp"
-#include "../op_kernel/lightning_indexer_v4.cpp"
-#include "../op_kernel/sparse_attn_shared_kv.cpp"
 
 #include <string>
 
@@ -79,43 +77,7 @@ int main(int argc, char** argv) {
   const std::string op = argv[1], dir = std::string(argv[2]) + "/";
   auto I = [&](int i) { return static_cast<uint32_t>(std::strtoul(argv[i], nullptr, 10)); };
   const char* why = "";
-  if (op == "attn") {
-    av4_tiling::AttnShape s{I(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), I(11), I(12),
-                            static_cast<uint32_t>(sizeof(Elem)), std::strtof(argv[13], nullptr)};
-    const av4_tiling::Platform p{I(15), std::strtoull(argv[14], nullptr, 10)};
-    av4_tiling::SparseAttnTiling td;
-    EMU_CHECK(av4_tiling::TileSparseAttn(s, p, &td, &why), why);
-    auto q = read_elems(dir + "q.bin"), kv = read_elems(dir + "kv.bin");
-    auto sink = read_raw<float>(dir + "sink.bin");
-    auto widx = read_raw<int32_t>(dir + "widx.bin");
-    std::vector<int32_t> cidx = s.K ? read_raw<int32_t>(dir + "cidx.bin") : std::vector<int32_t>(1);
-    std::vector<Elem> out(q.size());
-    std::vector<float> lse(1ull * s.B * s.S * s.H, -12345.f);
-    run_cores(td, p.ubBytes, p.aivCores, [&](GM_ADDR t) {
-      av4_sparse_attn_shared_kv(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(kv.data()),
-                                reinterpret_cast<GM_ADDR>(sink.data()), reinterpret_cast<GM_ADDR>(widx.data()),
-                                s.K ? reinterpret_cast<GM_ADDR>(cidx.data()) : nullptr,
-                                reinterpret_cast<GM_ADDR>(out.data()), reinterpret_cast<GM_ADDR>(lse.data()), nullptr, t);
-    });
-    write_elems(dir + "out.bin", out);
-    write_file(dir + "lse.bin", lse.data(), lse.size() * 4);
-    std::printf("cores %u headGroup %u entryBlock %u ub %llu\n", td.usedCores, td.headGroup, td.entryBlock,
-                (unsigned long long)td.ubUsed);
-  } else if (op == "indexer") {
-    av4_tiling::IndexerShape s{I(3), I(4), I(5), I(6), I(7), I(8), I(9), I(10), static_cast<uint32_t>(sizeof(Elem))};
-    const av4_tiling::Platform p{I(12), std::strtoull(argv[11], nullptr, 10)};
-    av4_tiling::IndexerTiling td;
-    EMU_CHECK(av4_tiling::TileIndexer(s, p, &td, &why), why);
-    auto q = read_elems(dir + "q.bin"), k = read_elems(dir + "k.bin"), w = read_elems(dir + "w.bin");
-    std::vector<int32_t> idx(1ull * s.B * s.S * td.topk, 7777);
-    run_cores(td, p.ubBytes, p.aivCores, [&](GM_ADDR t) {
-      av4_lightning_indexer(reinterpret_cast<GM_ADDR>(q.data()), reinterpret_cast<GM_ADDR>(k.data()),
-                            reinterpret_cast<GM_ADDR>(w.data()), reinterpret_cast<GM_ADDR>(idx.data()), nullptr, t);
-    });
-    write_file(dir + "idx.bin", idx.data(), idx.size() * 4);
-    std::printf("cores %u keyBlock %u cand %u ub %llu\n", td.usedCores, td.keyBlock, td.candAlign,
-                (unsigned long long)td.ubUsed);
-  } else if (op == "compress") {
+  if (op == "compress") {
     av4_tiling::CompressShape s{I(3), I(4), I(5), I(6), I(7), static_cast<uint32_t>(sizeof(Elem)),
                                 std::strtof(argv[8], nullptr)};
     const av4_tiling::Platform p{I(10), std::strtoull(argv[9], nullptr, 10)};

@@ -55,19 +55,44 @@ static void attn_case(const AttnShape& s, const Platform& p) {
   CHECK(t.entryAlign % 8 == 0 && t.listAlign % 8 == 0 && t.listAlign >= s.W + s.K, "aligns");
   CHECK(t.headGroup >= 1 && t.headGroup <= s.H && t.numHeadGroups * t.headGroup >= s.H &&
             (t.numHeadGroups - 1) * t.headGroup < s.H, "head groups %u x %u H %u", t.numHeadGroups, t.headGroup, s.H);
-  // a larger head group must not have fitted (the tiling prefers fewer KV re-reads)
-  if (t.headGroup < s.H) CHECK(AttnUbBytes(s, t.dAlign, t.headGroup * 2 > s.H ? s.H : t.headGroup * 2, 8) >
-                                   p.ubBytes - kUbReserve, "head group %u not maximal", t.headGroup);
   const uint64_t rows = 1ull * s.B * s.S;
-  check_split(t.rowSplit, t.usedCores, rows, p.aivCores, [&](uint64_t r) { return (long double)AttnRowCost(s, r); },
-              "attn");
-  // simulate the kernel's loops: every (row, head) once
+  const bool cube = t.tilingKey == ATTN_KEY_CUBE;
+  CHECK(cube == (s.dtypeBytes == 2), "key %u for %u-byte dtype", t.tilingKey, s.dtypeBytes);
+  if (cube) {   // Cube design: M <= 128, L1 / L0C budgets, both vector halves cover the group
+    CHECK(t.mAlign % 16 == 0 && t.mAlign >= t.headGroup && t.mAlign <= 128 && t.l1Used <= p.l1Bytes &&
+              2ull * t.mAlign * kAttnEntryTile * 4 <= kL0CBytes && t.headHalf * 2 >= t.headGroup &&
+              t.dTiles * 128 >= t.dAlign && (t.dTiles - 1) * 128 < t.dAlign, "cube tile mA %u hg %u", t.mAlign,
+          t.headGroup);
+    if (t.headGroup < s.H && t.headGroup < 128) {
+      const uint32_t up = t.headGroup * 2 > s.H ? s.H : t.headGroup * 2;
+      CHECK(AttnCubeUbBytes(s, (up + 1) / 2, t.dAlign, t.listAlign) > p.ubBytes - kUbReserve ||
+                AttnCubeL1Bytes(s, static_cast<uint32_t>(AlignUp(up, 16)), t.dAlign) > p.l1Bytes || up > 128,
+            "cube head group %u not maximal", t.headGroup);
+    }
+    const uint32_t groups = p.aicCores < p.aivCores / 2 ? p.aicCores : p.aivCores / 2;
+    check_split(t.rowSplit, t.usedCores, rows, groups, [&](uint64_t r) {
+      return (long double)((AttnRowCost(s, r) + kAttnEntryTile - 1) / kAttnEntryTile + 1);
+    }, "attn cube");
+  } else {
+    // a larger head group must not have fitted (the tiling prefers fewer KV re-reads)
+    if (t.headGroup < s.H) CHECK(AttnUbBytes(s, t.dAlign, t.headGroup * 2 > s.H ? s.H : t.headGroup * 2, 8) >
+                                     p.ubBytes - kUbReserve, "head group %u not maximal", t.headGroup);
+    check_split(t.rowSplit, t.usedCores, rows, p.aivCores, [&](uint64_t r) { return (long double)AttnRowCost(s, r); },
+                "attn");
+  }
+  // simulate the kernel's loops: every (row, head) once (key 1: each group's heads split over the two sub-blocks)
   std::vector<uint8_t> seen(rows * s.H, 0);
   for (uint32_t c = 0; c < t.usedCores; ++c)
     for (uint64_t r = t.rowSplit[c]; r < t.rowSplit[c + 1]; ++r)
       for (uint32_t g = 0; g < t.numHeadGroups; ++g) {
         const uint32_t h0 = g * t.headGroup, nh = (h0 + t.headGroup <= s.H) ? t.headGroup : s.H - h0;
-        for (uint32_t h = h0; h < h0 + nh; ++h) ++seen[r * s.H + h];
+        if (cube) {
+          const uint32_t first = nh < t.headHalf ? nh : t.headHalf;
+          for (uint32_t v = 0; v < 2; ++v)
+            for (uint32_t h = h0 + (v ? first : 0); h < h0 + (v ? nh : first); ++h) ++seen[r * s.H + h];
+        } else {
+          for (uint32_t h = h0; h < h0 + nh; ++h) ++seen[r * s.H + h];
+        }
       }
   for (auto v : seen) CHECK(v == 1, "attn (row, head) visited %u times", v);
 }
@@ -78,22 +103,35 @@ static void indexer_case(const IndexerShape& s, const Platform& p) {
   const char* why = "";
   const bool ok = TileIndexer(s, p, &t, &why);
   if (!ok && p.ubBytes < 196352 && s.topk >= 2048) return;   // top-2048 x 64 heads needs 910B's 192 KB UB
+  if (s.d % 16 || s.H > 64) {   // outside the Cube design: refused with the reason
+    CHECK(!ok, "indexer d%u H%u accepted", s.d, s.H);
+    return;
+  }
   CHECK(ok, "indexer S%u H%u d%u N%u topk%u: %s", s.S, s.H, s.d, s.N, s.topk, why);
   if (!ok) return;
-  CHECK(t.ubUsed <= p.ubBytes - kUbReserve, "indexer ub");
+  CHECK(t.ubUsed <= p.ubBytes - kUbReserve && t.l1Used <= p.l1Bytes, "indexer ub / l1");
   CHECK(t.topk == (s.topk < s.N ? s.topk : s.N), "topk clamp");
-  CHECK(t.candAlign % 32 == 0 && t.candAlign >= t.topk + t.keyBlock, "cand %u", t.candAlign);
-  CHECK((1ull * t.keyBlock * t.dAlign * s.dtypeBytes) % kBlock == 0, "key tile not 32B");
-  const uint64_t rows = 1ull * s.B * s.S;
-  check_split(t.rowSplit, t.usedCores, rows, p.aivCores, [&](uint64_t r) { return (long double)IndexerRowCost(s, r); },
-              "indexer");
-  // key blocks of a row cover exactly its visible keys
-  for (uint64_t r = 0; r < rows; r += 1 + rows / 97) {
-    const uint64_t vis = MinU((s.startPos + r % s.S + 1) / s.ratio, s.N);
-    uint64_t covered = 0;
-    for (uint64_t j0 = 0; j0 < vis; j0 += t.keyBlock) covered += MinU(t.keyBlock, vis - j0);
-    CHECK(covered == vis, "keys covered %llu of %llu", (unsigned long long)covered, (unsigned long long)vis);
+  CHECK(t.topkAlign % 32 == 0 && t.topkAlign >= t.topk && t.topk + t.keyBlock <= 4095, "topkAlign %u", t.topkAlign);
+  CHECK(t.mAlign % 16 == 0 && t.mAlign >= 2 * s.H && t.mAlign <= 128 && t.keyBlock == 128, "cube tile");
+  CHECK(2ull * t.mAlign * t.kTile * s.dtypeBytes <= kL0ABytes && 2ull * t.mAlign * t.keyBlock * 4 <= kL0CBytes, "L0");
+  CHECK(t.kTile * s.dtypeBytes % 32 == 0 && t.dAlign % (32 / s.dtypeBytes) == 0, "whole fractals");
+  const uint32_t groups = p.aicCores < p.aivCores / 2 ? p.aicCores : p.aivCores / 2;
+  const uint32_t half = (s.S + 1) / 2;
+  CHECK(t.pairs == s.B * half, "pairs");
+  check_split(t.pairSplit, t.usedGroups, t.pairs, groups, [&](uint64_t q) {
+    const uint64_t t1 = MinU(2 * (q % half) + 1, s.S - 1);
+    return (long double)((IndexerVisible(s, t1) + 127) / 128 + 1);
+  }, "indexer");
+  // each row is one sub-block of exactly one pair; the pair's key blocks cover every visible key of both rows
+  std::vector<uint8_t> seen(1ull * s.B * s.S, 0);
+  for (uint32_t q = 0; q < t.pairs; ++q) {
+    const uint32_t b = q / half, t0 = 2 * (q % half);
+    const uint32_t rows = t0 + 1 < s.S ? 2 : 1;
+    for (uint32_t i = 0; i < rows; ++i) ++seen[1ull * b * s.S + t0 + i];
+    const uint64_t most = IndexerVisible(s, t0 + rows - 1);
+    CHECK(IndexerVisible(s, t0) <= most, "pair rows out of order");
   }
+  for (auto v : seen) CHECK(v == 1, "indexer row in %u pairs", v);
 }
 
 static void compress_case(const CompressShape& s, const Platform& p) {
@@ -123,8 +161,9 @@ static void compress_case(const CompressShape& s, const Platform& p) {
 }
 
 int main() {
-  const Platform plats[] = {{48, 196352}, {40, 196608}, {20, 196608}, {7, 196608}, {1, 196608}, {48, 131072},
-                            {24, 253952}};
+  const uint64_t l1 = 512 * 1024;
+  const Platform plats[] = {{48, 196352, 24, l1}, {40, 196608, 20, l1}, {20, 196608, 10, l1}, {7, 196608, 3, l1},
+                            {2, 196608, 1, l1},   {48, 131072, 24, l1}, {24, 253952, 12, l1}};
   for (const Platform& p : plats) {
     for (uint32_t dt : {2u, 4u}) {
       // sparse attention: V4 shapes, ragged dims, tiny sequences, decode rows, HCA and CSA
@@ -137,12 +176,13 @@ int main() {
       attn_case({4, 1, 64, 512, 128 + 8192, 128, 0, 128, 128, 1048575, dt, 0.044f}, p);   // decode at 1M, HCA
       attn_case({1, 16384, 64, 512, 16384 + 4096, 128, 512, 0, 0, 0, dt, 0.044f}, p);
       for (uint32_t S : {1u, 5u, 64u, 1000u, 16384u})
-        for (uint32_t H : {1u, 8u, 64u})
+        for (uint32_t H : {1u, 8u, 63u, 64u, 65u})
           for (uint32_t topk : {4u, 512u, 1024u, 2048u}) {
             const uint32_t N = S / 4;
             if (N == 0) continue;
             indexer_case({1, S, H, 128, N, topk, 4, 0, dt}, p);
-            indexer_case({2, S, H, 72, N, topk, 4, 0, dt}, p);
+            indexer_case({2, S, H, 72, N, topk, 4, 0, dt}, p);   // refused: d not a multiple of 16
+            indexer_case({2, S, H, 64, N, topk, 4, 0, dt}, p);
           }
       indexer_case({1, 1, 64, 128, 262144, 512, 4, 1048575, dt}, p);   // decode at 1M
       for (uint32_t S : {3u, 4u, 16u, 130u, 4096u})

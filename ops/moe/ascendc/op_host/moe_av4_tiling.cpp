@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "moe_host_shim.h"
-#include "../op_kernel/grouped_matmul_tiling.h"
 
 namespace optiling {
 namespace {
@@ -91,14 +90,13 @@ ge::graphStatus GroupedMatmulAv4Tiling(gert::TilingContext* context) {
   if (x.GetDimNum() != 2 || w.GetDimNum() != 3) return ge::GRAPH_FAILED;
   const bool tw = AttrBool(context, 1);
   const ge::DataType dt = context->GetInputDesc(0)->GetDataType();
-  moe_av4::GroupedMatmulKernelTiling td;
+  moe_av4::GroupedMatmulTilingData td;
   const char* why = nullptr;
   if (!moe_av4::GroupedMatmulTiling(x.GetDim(0), x.GetDim(1), tw ? w.GetDim(1) : w.GetDim(2), w.GetDim(0),
                                     int32_t(AttrInt(context, 0)), tw, ElemBytes(dt),
-                                    moe_av4_host::ReadPlatform(context), &td.gmm, &why))
+                                    moe_av4_host::ReadPlatform(context), &td, &why))
     return ge::GRAPH_FAILED;
-  if (!moe_av4_host::BuildCubeTiling(context, td.gmm, &td.cube)) return ge::GRAPH_FAILED;
-  return Store(context, td, uint32_t(td.gmm.usedCores), 0);
+  return Store(context, td, uint32_t(td.usedCores), 0);
 }
 
 }  // namespace optiling

@@ -5,11 +5,9 @@
 //                                must be the one the OpDef declares (Int / Float / Bool)
 //   RequiredShape/OptionalShape  ctx->GetRequiredInputShape / GetOptionalInputShape(IR input index): never
 //                                GetInputShape(i) past the first optional input (that index counts instances)
-// The stand-in has no AIC core count, no L1/L0 sizes, no system-workspace size and no Matmul tiling API; with CANN
+// The stand-in has no AIC core count, no L1/L0 sizes and no system-workspace size; with CANN
 //   ReadPlatform        PlatformAscendC::GetCoreNumAiv/Aic, GetCoreMemSize(UB, L1, L0_A, L0_B, L0_C)
 //   SysWorkspaceBytes   PlatformAscendC::GetLibApiWorkSpaceSize
-//   BuildCubeTiling     matmul_tiling::MatmulApiTiling (SetAType/SetBType/SetCType/SetShape/SetOrgShape/
-//                       SetBias/SetBufferSpace/SetFixSplit/GetTiling)
 // and in the stand-in build the L1/L0 sizes are the 910B values (512 KB / 64 KB / 64 KB / 128 KB).
 #pragma once
 #include <cstddef>
@@ -17,23 +15,9 @@
 
 #include "register/op_def_registry.h"
 #include "tiling/platform/platform_ascendc.h"
-#ifndef AV4_ASCENDC_STANDIN
-#include "tiling/tiling_api.h"
-#endif
 
 #include "../tiling/moe_tiling.h"
 
-#ifdef AV4_ASCENDC_STANDIN
-namespace AscendC {
-namespace tiling {
-struct TCubeTiling {  // host view of kernel_tiling.h's TCubeTiling (fields our code sets)
-  int32_t usedCoreNum, M, N, Ka, Kb, singleCoreM, singleCoreN, singleCoreK, baseM, baseN, baseK, depthA1, depthB1,
-      stepM, stepN, isBias, transLength, iterateOrder, shareMode, shareL1Size, shareL0CSize, shareUbSize, batchM,
-      batchN, singleBatchM, singleBatchN, stepKa, stepKb, depthAL1CacheUB, depthBL1CacheUB, dbL0A, dbL0B, dbL0C;
-};
-}  // namespace tiling
-}  // namespace AscendC
-#endif
 
 namespace moe_av4_host {
 
@@ -85,25 +69,6 @@ inline moe_av4::MoePlatform ReadPlatform(gert::TilingContext* ctx) {
 }
 inline uint64_t SysWorkspaceBytes(gert::TilingContext*) { return 16ULL << 20; }
 
-inline bool BuildCubeTiling(gert::TilingContext*, const moe_av4::GroupedMatmulTilingData& g,
-                            AscendC::tiling::TCubeTiling* cube) {
-  *cube = AscendC::tiling::TCubeTiling{};
-  cube->usedCoreNum = int32_t(g.usedCores);
-  cube->M = int32_t(g.singleM);
-  cube->N = int32_t(g.singleN);
-  cube->Ka = cube->Kb = cube->singleCoreK = int32_t(g.k);
-  cube->singleCoreM = int32_t(g.singleM);
-  cube->singleCoreN = int32_t(g.singleN);
-  cube->baseM = int32_t(g.baseM);
-  cube->baseN = int32_t(g.baseN);
-  cube->baseK = int32_t(g.baseK);
-  cube->depthA1 = int32_t(g.depthA1);
-  cube->depthB1 = int32_t(g.depthB1);
-  cube->dbL0A = cube->dbL0B = 2;
-  cube->dbL0C = 1;
-  return true;
-}
-
 #else   // ---------------------------------------------------------------------------------- real CANN
 constexpr ge::DataType kDtInt64 = ge::DT_INT64;
 
@@ -124,23 +89,6 @@ inline uint64_t SysWorkspaceBytes(gert::TilingContext* ctx) {
   return plat.GetLibApiWorkSpaceSize();
 }
 
-inline bool BuildCubeTiling(gert::TilingContext* ctx, const moe_av4::GroupedMatmulTilingData& g,
-                            AscendC::tiling::TCubeTiling* cube) {
-  platform_ascendc::PlatformAscendC plat(ctx->GetPlatformInfo());
-  matmul_tiling::MatmulApiTiling api(plat);
-  const auto dt = g.elemBytes == 4 ? matmul_tiling::DataType::DT_FLOAT
-                  : ctx->GetInputDesc(0)->GetDataType() == ge::DT_BF16 ? matmul_tiling::DataType::DT_BF16
-                                                                         : matmul_tiling::DataType::DT_FLOAT16;
-  api.SetAType(matmul_tiling::TPosition::GM, matmul_tiling::CubeFormat::ND, dt, false);
-  api.SetBType(matmul_tiling::TPosition::GM, matmul_tiling::CubeFormat::ND, dt, g.transposeW != 0);
-  api.SetCType(matmul_tiling::TPosition::GM, matmul_tiling::CubeFormat::ND, dt);
-  api.SetShape(g.singleM, g.singleN, g.k);
-  api.SetOrgShape(g.m > 0 ? g.m : 1, g.n, g.k);
-  api.SetBias(false);
-  api.SetBufferSpace(-1, -1, -1);
-  api.SetFixSplit(int32_t(g.baseM), int32_t(g.baseN), int32_t(g.baseK));
-  return api.GetTiling(*cube) != -1;
-}
 #endif
 
 }  // namespace moe_av4_host

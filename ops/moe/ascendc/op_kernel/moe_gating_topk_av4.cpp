@@ -2,9 +2,13 @@
 //   logits [T, E] f32 -> y [T, k] f32, expert_idx [T, k] int32, score [T, E] f32.
 // Per core: a contiguous token range; rowsPerLoop rows per pass through double-buffered TQue's (DataCopyPad in/out).
 // Per row: score = norm(logits) with vector ops (softmax / sigmoid / sqrt(softplus) in float32), selection key
-// score + bias, optional group restriction (group max or top-2 sum, k_group best groups), then k rounds of
-// ReduceMax(calIndex) + a scalar re-scan below the returned index, so equal keys go to the LOWEST expert id
-// whatever index the hardware reports among ties. Hash layers read expert ids from tid2eid[input_ids[t]].
+// score + bias, optional group restriction (group max or top-2 sum, k_group best groups), then ONE full sort of the
+// (key, expert id) pairs (Sort: Sort32 per 32 experts + MrgSort merges, descending) and ONE GatherMask (pattern 2:
+// the odd 32-bit lanes = the ids) of the first k pairs -- not k rounds of ReduceMax. Equal keys keep ascending id
+// order (Sort32 keeps input order among equal scores, MrgSort takes the lower-numbered list first: the LOWEST expert
+// id wins a tie, as the reference; an assumption about the hardware sort, see docs/ascendc.md). Padding lanes
+// (E .. E32) carry -FLT_MAX, below the -3e38 of masked-out groups, so they sort last. Hash layers read expert ids
+// from tid2eid[input_ids[t]].
 // y = score[id] / (Σ score[id] + eps) · routed_scaling_factor (softmax: no renormalisation).
 #include "kernel_operator.h"
 #ifdef AV4_ASCENDC_STANDIN
@@ -17,6 +21,7 @@ namespace moe_av4 {
 using namespace AscendC;
 
 constexpr float kNegInf = -3.0e38f;
+constexpr float kPadKey = -3.4028235e38f;   // -FLT_MAX: sorts after every real (or group-masked) key
 constexpr int32_t kMaxGroups = 64;   // group_count limit (tiling checks)
 constexpr int32_t kMaxK = 64;        // top-k limit (tiling checks)
 
@@ -26,6 +31,7 @@ __aicore__ inline void RowRange(const MoeRowSplit& s, int64_t core, int64_t* beg
 }
 
 __aicore__ inline int64_t Align8(int64_t n) { return (n + 7) / 8 * 8; }
+__aicore__ inline int64_t Align32(int64_t n) { return (n + 31) / 32 * 32; }
 
 class GatingTopKKernel {
  public:
@@ -38,6 +44,7 @@ class GatingTopKKernel {
     const int64_t T = td->split.total, E = td->experts, k = td->k;
     ea_ = td->expertsAlign;
     ka_ = Align8(k);
+    e32_ = Align32(E);
     xGm_.SetGlobalBuffer((__gm__ float*)x, static_cast<uint64_t>(T * E));
     scoreGm_.SetGlobalBuffer((__gm__ float*)score, static_cast<uint64_t>(T * E));
     yGm_.SetGlobalBuffer((__gm__ float*)y, static_cast<uint64_t>(T * k));
@@ -52,14 +59,22 @@ class GatingTopKKernel {
     pipe->InitBuffer(scoreQue_, 2, rowBytes);
     pipe->InitBuffer(yQue_, 2, outBytes);
     pipe->InitBuffer(idxQue_, 2, outBytes);
-    pipe->InitBuffer(selBuf_, static_cast<uint32_t>(ea_ * sizeof(float)));
+    pipe->InitBuffer(selBuf_, static_cast<uint32_t>(e32_ * sizeof(float)));   // sort keys, 32-element groups
     pipe->InitBuffer(tmpBuf_, static_cast<uint32_t>(ea_ * sizeof(float)));
     pipe->InitBuffer(workBuf_, static_cast<uint32_t>(ea_ * sizeof(float)));
     pipe->InitBuffer(biasBuf_, static_cast<uint32_t>(ea_ * sizeof(float)));
+    pipe->InitBuffer(idBuf_, static_cast<uint32_t>(e32_ * sizeof(uint32_t)));        // 0 .. E32-1
+    pipe->InitBuffer(sortedBuf_, static_cast<uint32_t>(e32_ * 2 * sizeof(float)));   // (key, id) pairs
+    pipe->InitBuffer(sortTmpBuf_, static_cast<uint32_t>(e32_ * 2 * sizeof(float)));
+    pipe->InitBuffer(topBuf_, static_cast<uint32_t>(Align32(k) * sizeof(uint32_t)));  // gathered ids
     sel_ = selBuf_.Get<float>();
     tmp_ = tmpBuf_.Get<float>();
     work_ = workBuf_.Get<float>();
     bias_ = biasBuf_.Get<float>();
+    LocalTensor<uint32_t> ids = idBuf_.Get<uint32_t>();
+    for (int64_t e = 0; e < e32_; ++e) ids.SetValue(static_cast<uint32_t>(e), static_cast<uint32_t>(e));
+    for (int64_t e = E; e < e32_; ++e) sel_.SetValue(static_cast<uint32_t>(e), kPadKey);   // never overwritten
+    SToV();
     if (td->hasBias) {
       GlobalTensor<float> biasGm;
       biasGm.SetGlobalBuffer((__gm__ float*)bias, static_cast<uint64_t>(E));
@@ -187,6 +202,20 @@ class GatingTopKKernel {
     PipeBarrier<PIPE_V>();
   }
 
+  // The k best keys of sel_ (ties -> lowest id): one full descending sort of the (key, id) pairs, then one
+  // GatherMask of the id lanes (odd 32-bit words) of the first ceil(k/32) repeats of 32 pairs.
+  __aicore__ inline void TopK(int64_t k, int32_t* ids) {
+    LocalTensor<float> sorted = sortedBuf_.Get<float>(), tmp = sortTmpBuf_.Get<float>();
+    LocalTensor<uint32_t> id = idBuf_.Get<uint32_t>(), top = topBuf_.Get<uint32_t>();
+    Sort<float, true>(sorted, sel_, id, tmp, static_cast<int32_t>(e32_ / 32));
+    PipeBarrier<PIPE_V>();
+    uint64_t gathered = 0;
+    GatherMask(top, sorted.ReinterpretCast<uint32_t>(), 2, false, 0,
+               GatherMaskParams(1, static_cast<uint16_t>(Align32(k) / 32), 8, 0), gathered);
+    VToS();
+    for (int64_t j = 0; j < k; ++j) ids[j] = static_cast<int32_t>(top.GetValue(static_cast<uint32_t>(j)));
+  }
+
   __aicore__ inline void Compute(int64_t row0, int64_t n) {
     const int32_t E = static_cast<int32_t>(td_->experts);
     const int64_t k = td_->k;
@@ -209,13 +238,7 @@ class GatingTopKKernel {
         }
         PipeBarrier<PIPE_V>();
         if (td_->groupCount > 1) RestrictGroups();
-        for (int64_t j = 0; j < k; ++j) {
-          float v = 0.0f;
-          const int64_t best = ArgMax(sel_, E, &v);
-          ids[j] = static_cast<int32_t>(best);
-          sel_.SetValue(static_cast<uint32_t>(best), kNegInf);
-          SToV();
-        }
+        TopK(k, ids);
       }
       VToS();
       float sum = 0.0f;
@@ -250,12 +273,12 @@ class GatingTopKKernel {
   }
 
   const MoeGatingTopKTilingData* td_ = nullptr;
-  int64_t start_ = 0, count_ = 0, ea_ = 0, ka_ = 0;
+  int64_t start_ = 0, count_ = 0, ea_ = 0, ka_ = 0, e32_ = 0;
   GlobalTensor<float> xGm_, scoreGm_, yGm_;
   GlobalTensor<int32_t> idxGm_, idsGm_, tableGm_;
   TQue<TPosition::VECIN, 2> inQue_;
   TQue<TPosition::VECOUT, 2> scoreQue_, yQue_, idxQue_;
-  TBuf<TPosition::VECCALC> selBuf_, tmpBuf_, workBuf_, biasBuf_;
+  TBuf<TPosition::VECCALC> selBuf_, tmpBuf_, workBuf_, biasBuf_, idBuf_, sortedBuf_, sortTmpBuf_, topBuf_;
   LocalTensor<float> sel_, tmp_, work_, bias_;
 };
 

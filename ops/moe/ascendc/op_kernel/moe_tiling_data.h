@@ -78,12 +78,14 @@ struct MoeFinalizeRoutingTilingData {
   uint32_t ubBytes;
 };
 
-// L1 bytes of GroupedMatmulAv4's zero tile (rows past the last group are zero-filled from it, L1 -> GM).
+// L1 bytes reserved by GroupedMatmulAv4 for its zero fractal (rows past the last group are zero-filled from a zero
+// L0C tile made by Mmad of zero fractals).
 constexpr uint32_t kGmmZeroL1Bytes = 16384;
 
 // GroupedMatmulAv4 (split_item 3, group_type 0): x [M, K], w [E, K, N] (or [E, N, K]), group_list [E].
-// Work = blocks of (group, row block of singleM, column block of singleN) enumerated in order and dealt
-// round-robin to the AIC cores; group sizes are only known on device, so the kernel enumerates them.
+// Work = tiles of (group, row block of singleM = baseM, column block of singleN = baseN) enumerated in order and
+// dealt round-robin to the AIC cores; group sizes are only known on device, so the kernel enumerates them. Each
+// tile runs GM -> L1 -> L0A/L0B -> Mmad -> L0C -> GM over K in baseK steps (grouped_matmul_av4.cpp).
 struct GroupedMatmulTilingData {
   int64_t m;
   int64_t k;
@@ -91,10 +93,10 @@ struct GroupedMatmulTilingData {
   int64_t groups;
   int64_t singleM;           // rows per block (multiple of 16)
   int64_t singleN;           // columns per block (multiple of 16)
-  int64_t baseM;             // L0 tile of the Matmul API: baseM x baseK (L0A), baseK x baseN (L0B), baseM x baseN (L0C)
+  int64_t baseM;             // L0 tile: baseM x baseK (L0A), baseK x baseN (L0B), baseM x baseN (L0C, float32)
   int64_t baseN;
   int64_t baseK;
-  int64_t depthA1;           // L1 buffering depth in base tiles
+  int64_t depthA1;           // L1 / L0A / L0B buffering depth in base tiles (2: ping-pong)
   int64_t depthB1;
   int64_t usedCores;
   int32_t groupListType;     // 0 cumsum, 1 count

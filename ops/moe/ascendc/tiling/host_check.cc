@@ -10,7 +10,6 @@
 #include <vector>
 
 #include "../op_host/moe_host_shim.h"
-#include "../op_kernel/grouped_matmul_tiling.h"
 
 #define REQUIRE(cond)                                                   \
   do {                                                                  \
@@ -146,8 +145,8 @@ int main() {
                                  {ge::DT_BF16}, &plat);
     tc.attrs_ = op->MakeAttrs({0, double(tw)});
     REQUIRE(op->AICore().tiling_(&tc) == ge::GRAPH_SUCCESS);
-    const auto* td = tc.GetTilingData<moe_av4::GroupedMatmulKernelTiling>();
-    REQUIRE(td->gmm.n == 2048 && td->gmm.k == 4096 && td->gmm.transposeW == tw && td->cube.baseM == td->gmm.baseM);
+    const auto* td = tc.GetTilingData<moe_av4::GroupedMatmulTilingData>();
+    REQUIRE(td->n == 2048 && td->k == 4096 && td->transposeW == tw && td->baseM == 128);
     REQUIRE(tc.blockDim_ == plat.aivCores / 2);
     is.attrs_ = op->MakeAttrs({0, double(1 - tw)});   // K mismatch once transposed the other way
     REQUIRE(op->inferShape_(&is) != ge::GRAPH_SUCCESS);

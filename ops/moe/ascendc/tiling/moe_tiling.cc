@@ -51,7 +51,11 @@ uint64_t GatingUbBytes(const MoeGatingTopKTilingData& td) {
   b += 2ULL * rpl * ea * 4;      // scoreQueue (VECOUT): score rows
   b += 2ULL * rpl * ka * 4;      // yQueue
   b += 2ULL * rpl * ka * 4;      // idxQueue
-  b += 4ULL * ea * 4;            // calc: sel, tmp, work, bias
+  const int64_t e32 = (td.experts + 31) / 32 * 32, k32 = (td.k + 31) / 32 * 32;
+  b += 3ULL * ea * 4;            // calc: tmp, work, bias
+  b += 2ULL * e32 * 4;           // sort keys (sel) + expert ids 0 .. E32-1 (Sort works on 32-element groups)
+  b += 2ULL * e32 * 8;           // sorted (key, id) pairs + the Sort's merge scratch
+  b += 1ULL * k32 * 4;           // ids gathered from the first k pairs (GatherMask)
   return b;
 }
 
@@ -190,9 +194,8 @@ void GroupedMatmulOnChipBytes(const GroupedMatmulTilingData& td, uint64_t* l1, u
   const uint64_t eb = uint64_t(td.elemBytes);
   *l0a = 2 * uint64_t(td.baseM) * td.baseK * eb;                       // ping-pong
   *l0b = 2 * uint64_t(td.baseK) * td.baseN * eb;
-  *l0c = uint64_t(td.baseM) * td.baseN * 4;                            // float32 accumulation
-  *l1 = uint64_t(td.depthA1) * td.baseM * td.baseK * eb + uint64_t(td.depthB1) * td.baseK * td.baseN * eb +
-        kGmmZeroL1Bytes;                                                 // + the zero tile of the tail fill
+  *l0c = uint64_t(td.baseM) * td.baseN * 4;                            // float32 accumulation, one tile
+  *l1 = *l0a + *l0b + kGmmZeroL1Bytes;                                 // L1 ping-pong of the same tiles + zero tile
 }
 
 bool GroupedMatmulTiling(int64_t M, int64_t K, int64_t N, int64_t groups, int32_t groupListType, bool transposeW,
@@ -200,10 +203,11 @@ bool GroupedMatmulTiling(int64_t M, int64_t K, int64_t N, int64_t groups, int32_
   if (M < 0 || K <= 0 || N <= 0 || groups <= 0) return Fail(why, "x [M, K], weight [E, K, N] with K, N, E > 0");
   if (groupListType != 0 && groupListType != 1) return Fail(why, "group_list_type must be 0 (cumsum) or 1 (count)");
   if (elemBytes != 2 && elemBytes != 4) return Fail(why, "GEMM operands must be float32, float16 or bfloat16");
+  if (elemBytes == 4 && !transposeW)
+    return Fail(why, "a float32 weight must be given as [E, N, K] (transpose_weight): the Cube's 2D load transposes "
+                     "16-bit fractals only");
   if (p.aicCores == 0) return Fail(why, "platform reports no cube cores");
-  if ((N * elemBytes) % 32 != 0)
-    return Fail(why, "N * dtype bytes must be a multiple of 32 (rows past the last group are zero-filled in 32-byte "
-                     "blocks)");
+  if (K > 65535 || N > 65535) return Fail(why, "K and N must be at most 65535 (ND2NZ row stride)");
   *td = GroupedMatmulTilingData{};
   td->m = M;
   td->k = K;
@@ -212,20 +216,17 @@ bool GroupedMatmulTiling(int64_t M, int64_t K, int64_t N, int64_t groups, int32_
   td->groupListType = groupListType;
   td->transposeW = transposeW;
   td->elemBytes = elemBytes;
-  // L0 tiles: the largest of the standard shapes that fit double-buffered L0A/L0B and a single L0C.
-  const int64_t cands[][3] = {{128, 256, 64}, {128, 128, 64}, {64, 128, 64}, {64, 64, 32}, {32, 32, 16}, {16, 16, 8}};
+  // L0 tiles: the largest of the standard shapes (128-wide first) that fit double-buffered L0A / L0B / L1 and one
+  // L0C tile; baseK spans 256 bytes of a row (a multiple of the fractal's C0 and of 16)
+  const int64_t cands[][3] = {{128, 256, 128}, {128, 128, 128}, {64, 128, 128}, {64, 64, 64}, {32, 32, 32},
+                              {16, 16, 32}};
   bool found = false;
   for (const auto& c : cands) {
     td->baseM = c[0];
     td->baseN = c[1];
-    td->baseK = elemBytes == 2 ? c[2] * 2 : c[2];
-    td->depthA1 = 4;
-    td->depthB1 = 4;
+    td->baseK = elemBytes == 2 ? c[2] : c[2] / 2;
+    td->depthA1 = td->depthB1 = 2;
     uint64_t l1, l0a, l0b, l0c;
-    for (; td->depthA1 >= 2; td->depthA1 /= 2, td->depthB1 /= 2) {
-      GroupedMatmulOnChipBytes(*td, &l1, &l0a, &l0b, &l0c);
-      if (l1 <= p.l1Bytes) break;
-    }
     GroupedMatmulOnChipBytes(*td, &l1, &l0a, &l0b, &l0c);
     if (l0a <= p.l0aBytes && l0b <= p.l0bBytes && l0c <= p.l0cBytes && l1 <= p.l1Bytes) {
       td->l1Bytes = uint32_t(l1);
@@ -237,8 +238,8 @@ bool GroupedMatmulTiling(int64_t M, int64_t K, int64_t N, int64_t groups, int32_
     }
   }
   if (!found) return Fail(why, "no L0/L1 tile fits the cube core's buffers");
-  td->singleM = td->baseM * 2;
-  td->singleN = std::min<int64_t>(RoundUp(N, td->baseN), td->baseN * 2);
+  td->singleM = td->baseM;   // one work tile = one L0C tile
+  td->singleN = td->baseN;
   td->usedCores = p.aicCores;
   return true;
 }

@@ -38,6 +38,9 @@ template <typename T>
 void GlobalTensor<T>::SetGlobalBuffer(__gm__ T*, uint64_t) {}
 template <typename T>
 void GlobalTensor<T>::SetGlobalBuffer(__gm__ T*) {}
+template <typename T>
+template <typename S>
+void LocalTensor<T>::SetValue(const uint32_t, const S) const {}   // gating's Init fills its id / padding lanes
 int64_t GetBlockIdx() { return g_block; }
 GM_ADDR GetUserWorkspace(GM_ADDR w) { return w; }
 template <typename T>
