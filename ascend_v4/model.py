@@ -1087,6 +1087,58 @@ class MTPBlock(Block):
         return Block.forward_stats(self, x, input_ids, cos, sin, seg, cache, ctx, step)
 
 
+class _Weight(nn.Cell):
+    """A bare weight under the name `weight` (DSpark's Markov-head tables)."""
+
+    def __init__(self, shape, dtype=ms.float32):
+        super().__init__()
+        self.weight = _param(shape, dtype)
+
+
+class DSparkStage(Block):
+    """DeepSeek-V4.1's DSpark drafter stage k (`mtp.k`; docs/deepseek-v4.1.md, "DSpark"): a pipelined-mHC block
+    with its own MoE size whose attention reads, for every block position, the window of the main model's KV
+    (its own wkv of main_x = main_norm(main_proj(target hidden)), positions <= p) plus every block position
+    (bidirectional). Stage 0 holds main_proj / main_norm, the last stage the norm, Markov head and confidence head."""
+
+    def __init__(self, k: int, cfg: ModelConfig, dtype=ms.float32):
+        import dataclasses
+        dcfg = dataclasses.replace(cfg, n_routed_experts=cfg.dspark_n_routed_experts,
+                                   n_activated_experts=cfg.dspark_n_activated_experts)
+        super().__init__(cfg.n_layers + k, dcfg, dtype)
+        D, r = cfg.dim, cfg.dspark_markov_rank
+        if k == 0:
+            self.main_proj = Linear(len(cfg.dspark_target_layer_ids) * D, D, dtype)
+            self.main_norm = RMSNorm(D, cfg.norm_eps, dtype)
+        if k == cfg.n_mtp_layers - 1:
+            self.norm = RMSNorm(D, cfg.norm_eps, dtype)
+            self.markov_head = nn.Cell()
+            self.markov_head.embed = _Weight((cfg.vocab_size, r), dtype)
+            self.markov_head.head = _Weight((cfg.vocab_size, r), dtype)
+            self.confidence_head = nn.Cell()
+            self.confidence_head.proj = Linear(D + r, 1, dtype)
+
+    def window_kv(self, main_x, cos, sin):
+        """This stage's KV rows of main_x [B, T, D] at the positions whose RoPE rows are cos/sin [B, T, rope]."""
+        a = self.attn
+        return a.rope(a.kv_norm(a.wkv(main_x)), cos, sin)
+
+    def draft(self, h, pre_in, ids, ctx_kv, idx, cos, sin):
+        """One stage over the block: h [B, bs, hc, D], ctx_kv [B, W, hd] (the main-KV window, right-aligned),
+        idx [B, bs, W + bs] the rows each block query reads (-1: none) -> (streams, this stage's FFN pre)."""
+        a = self.attn
+        a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        cos_h, sin_h = ops.expand_dims(cos, 2), ops.expand_dims(sin, 2)
+        _, q, kv = a._qkv(self.attn_norm(hc_collapse(h, pre_in)), cos, sin, cos_h, sin_h)
+        o = a._attend(q, ops.concat([ops.cast(ctx_kv, kv.dtype), kv], 1), a.attn_sink, idx, None, a.scale)
+        h = self._hc_post(a._output(o, cos_h, sin_h), h, post, comb)
+        f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
+                                         self.iters, self.hc_eps, self.norm_eps)
+        f = self.ffn(self.ffn_norm(hc_collapse(h, a_pre)), ids)
+        return self._hc_post(f, h, post, comb), f_pre
+
+
 class Transformer(nn.Cell):
     """The whole DeepSeek-V4 model. construct(ids [B,S]) -> logits [B,S,V] for every position; with
     `return_hidden=True` also the embedding and each block's 4-stream output (the dump/compare points).
@@ -1096,7 +1148,7 @@ class Transformer(nn.Cell):
 
     def __init__(self, cfg: ModelConfig, max_seq_len: int = 4096, param_dtype=None,
                  return_hidden: bool = False, with_mtp: bool = True, moe_capacity_factor: Optional[float] = None,
-                 parallel=None, index_keys: str = "own"):
+                 parallel=None, index_keys: str = "own", with_dspark: bool = False):
         super().__init__()
         cfg.validate()
         param_dtype = precision.param_dtype() if param_dtype is None else param_dtype   # bf16 on Ascend
@@ -1109,7 +1161,8 @@ class Transformer(nn.Cell):
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
         # DeepSeek-V4.1 (docs/deepseek-v4.1.md): pipelined mHC with no learned head collapse, Engram, CSA-v2
-        # sharing. Its DSpark drafter is not built here (with_mtp is off), nor pipeline/tensor parallel runs.
+        # sharing. Its DSpark drafter is built only for serving (with_dspark; with_mtp is off), and there are no
+        # pipeline/tensor parallel runs.
         self.v41 = cfg.version == "v4.1"
         if self.v41:
             with_mtp = False
@@ -1139,6 +1192,10 @@ class Transformer(nn.Cell):
             self.hc_head_scale = _param((1,))
             self.hc_head = HcHead(cfg)
         self.with_mtp = self.with_mtp and self.last_stage
+        # V4.1 serving with DSpark drafting: its stages under their release names mtp.0..n-1
+        self.with_dspark = bool(with_dspark and self.v41 and cfg.n_mtp_layers > 0)
+        if self.with_dspark:
+            self.mtp = nn.CellList([DSparkStage(k, cfg, param_dtype) for k in range(cfg.n_mtp_layers)])
         if self.with_mtp:
             self.mtp = nn.CellList([MTPBlock(cfg.n_layers + j, cfg, param_dtype, moe_capacity_factor, parallel)
                                      for j in range(cfg.n_mtp_layers)])
@@ -1271,18 +1328,25 @@ class Transformer(nn.Cell):
                                        step)[0]
 
     # ---------------------------------------------------------------------------------------- DeepSeek-V4.1
-    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None):
+    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None, targets=False):
         """V4.1 blocks over the whole sequence (cache None) or a cached step -> (final streams, the last block's
         FFN pre, per-block streams). engram_rows: per Engram layer (engram_layer_ids order) its rows
-        [B, S, columns·engram_head_dim], gathered on the host."""
+        [B, S, columns·engram_head_dim], gathered on the host. targets=True adds a fourth result: DSpark's target
+        hidden states [B, S, targets·D] (the stream means of the dspark_target_layer_ids blocks' inputs, after
+        their Engram)."""
         B, S = input_ids.shape
         pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
                                (B, S, self.hc_mult))                              # block 0: stream 0
         alive = ops.ones((B, S), ms.float32)                                      # text only (vision refused)
         shared = (None, None, None, None, ())
         hidden = ()
+        tg = ()
         for i in self.local_layers:
             rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
+            if targets and i in self.cfg.dspark_target_layer_ids:
+                if rows is not None:
+                    h, rows = self.layers[i].engram(h, rows, alive), None
+                tg = tg + (ops.mean(h, 2),)
             if cache is None:
                 h, pre, shared = self.layers[i].forward_v41(h, pre, input_ids, self.rope_cos[i], self.rope_sin[i],
                                                             shared, rows, alive)
@@ -1295,13 +1359,56 @@ class Transformer(nn.Cell):
             for s_id, _, emitted in shared[4]:
                 new = ops.where(emitted.reshape(B, 1), ops.full_like(new, float(s_id)), new)
             ops.assign(pub, ops.depend(new, h))
+        if targets:
+            return h, pre, hidden, ops.concat(tg, -1)
         return h, pre, hidden
 
-    def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step):
-        """V4.1 cached step of the main layers: ids [B, T] -> (final streams, the last block's FFN pre)."""
+    def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step, dspark=False):
+        """V4.1 cached step of the main layers: ids [B, T] -> (final streams, the last block's FFN pre), and with
+        dspark=True DSpark's main KV of these positions [stages, B, T, head_dim] (see dspark_main_kv)."""
         h = self.embed_streams(input_ids)[1]
-        h, pre, _ = self.run_layers_v41(h, input_ids, engram_rows, cache, ctx, step)
-        return h, pre
+        out = self.run_layers_v41(h, input_ids, engram_rows, cache, ctx, step, dspark)
+        if dspark:
+            c0, s0 = table_at(self.rope_plain[0], ctx[0]), table_at(self.rope_plain[1], ctx[0])
+            return out[0], out[1], self.dspark_main_kv(out[3], c0, s0)
+        return out[0], out[1]
+
+    # ------------------------------------------------------------------------------------- DSpark (V4.1)
+    def dspark_main_kv(self, hidden, cos, sin):
+        """DSpark's window KV of the target: main_x = main_norm(main_proj(hidden [B, T, targets·D])), then each
+        stage's kv_norm(wkv(main_x)) RoPE'd at its positions (cos/sin [B, T, rope], the plain table) -> [K, B, T, hd]."""
+        m = self.mtp[0]
+        x = m.main_norm(m.main_proj(hidden))
+        return ops.stack([blk.window_kv(x, cos, sin) for blk in self.mtp])
+
+    def dspark_draft(self, y, ctx_kv, idx, cos, sin):
+        """One DSpark block after the target produced y [B] (int32) for position p + 1: block ids [y, noise x
+        (bs - 1)] at positions p+1 .. p+bs (cos/sin [B, bs, rope]) through the stages (ctx_kv [K, B, W, hd],
+        idx [B, bs, W + bs]); logits = head(norm(collapse)) + the Markov head's bias of the previous token, drafted
+        greedily row by row. -> (tokens [B, bs] int32, logits [B, bs, V], confidence [B, bs])."""
+        c = self.cfg
+        bs = c.dspark_block_size
+        B = y.shape[0]
+        ids = ops.concat([y.reshape(B, 1), ops.full((B, bs - 1), c.dspark_noise_token_id, dtype=ms.int32)], 1)
+        h = self.embed_streams(ids)[1]
+        pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
+                               (B, bs, self.hc_mult))
+        for k in range(c.n_mtp_layers):
+            h, pre = self.mtp[k].draft(h, pre, ids, ctx_kv[k], idx, cos, sin)
+        last = self.mtp[c.n_mtp_layers - 1]
+        hidden = hc_collapse(h, pre)
+        base = linear(ops.cast(last.norm(hidden), ms.float32), ops.cast(self.head.weight, ms.float32))
+        m_emb = ops.cast(last.markov_head.embed.weight, ms.float32)
+        m_head = ops.cast(last.markov_head.head.weight, ms.float32)
+        tok, toks, rows, embs = y, (), (), ()
+        for i in range(bs):                      # sequential: row i's bias uses the token drafted for row i - 1
+            e = ops.gather(m_emb, tok, 0)
+            li = base[:, i] + linear(e, m_head)
+            tok = ops.cast(ops.argmax(li, -1), ms.int32)
+            toks, rows, embs = toks + (tok,), rows + (li,), embs + (e,)
+        feat = ops.concat([ops.cast(hidden, ms.float32), ops.stack(embs, 1)], -1)
+        conf = linear(feat, ops.cast(last.confidence_head.proj.weight, ms.float32)).reshape(B, bs)
+        return ops.stack(toks, 1), ops.stack(rows, 1), conf
 
     def logits_v41(self, h, pre):
         """The last block's FFN pre collapses the streams (no hc_head in V4.1) -> norm -> head."""
