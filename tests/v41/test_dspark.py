@@ -52,6 +52,8 @@ def test_dspark_draft_matches_golden_and_generate_equals_greedy(ms_graph):
         np.testing.assert_array_equal(tok[r], ref["tokens"][0])
         assert _rel(lg[r], ref["logits"][0]).max() < 1e-4, _rel(lg[r], ref["logits"][0])
         assert _rel(conf[r], ref["confidence"][0]) < 1e-4, (conf[r], ref["confidence"][0])
+        print(f"row {r}: draft logits max rel L2 {_rel(lg[r], ref['logits'][0]).max():.1e}, confidence rel "
+              f"{float(_rel(conf[r], ref['confidence'][0])):.1e}")
 
     # speculative (DSpark) generation == plain greedy generation
     n_new = 24
@@ -59,6 +61,7 @@ def test_dspark_draft_matches_golden_and_generate_equals_greedy(ms_graph):
     spec = eng.generate(prompts, max_new_tokens=n_new, eos_id=None, speculative=True)
     np.testing.assert_array_equal(spec.tokens, plain.tokens)
     assert _rel(spec.logits, plain.logits).max() < 1e-4
+    print(f"DSpark verify logits vs decode logits: max rel L2 {_rel(spec.logits, plain.logits).max():.1e}")
     s = spec.stats
     bs = CFG.dspark_block_size
     row_steps = s["drafts"] // bs                    # (row, step) pairs that drafted a block
