@@ -366,7 +366,9 @@ def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
         if new_tokens > 0:
             from .serve import Engine, SamplingParams
             prompt = ids[0, :min(seq, 16)]
-            eng = Engine(cfg, weights, max_batch=1, max_len=max(64, 2 * (prompt.size + new_tokens)), token_map=tmap)
+            dspark = cfg.n_mtp_layers > 0
+            eng = Engine(cfg, weights, max_batch=1, max_len=max(64, 2 * (prompt.size + new_tokens)), token_map=tmap,
+                         dspark=dspark)
             gen = eng.generate([prompt], max_new_tokens=new_tokens, sampling=SamplingParams(greedy=True), eos_id=None)
             got = gen.row(0)
             full = np.concatenate([prompt, got[:-1]])[None]
@@ -379,6 +381,17 @@ def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
                        f"{'PASS' if ok else 'FAIL'}")
             if not ok:
                 sys.exit(1)
+            if dspark:                # DSpark drafts a block per step, the target verifies it: same tokens
+                spec = eng.generate([prompt], max_new_tokens=new_tokens, sampling=SamplingParams(greedy=True),
+                                    eos_id=None, speculative=True)
+                ok = np.array_equal(spec.row(0), got)
+                st = spec.stats
+                click.echo(f"generate --dspark (3-stage drafter, block of {cfg.dspark_block_size} verified in one "
+                           f"cached step, rollback on rejection): {st['steps']} verify steps, acceptance "
+                           f"{st['acceptance_rate']:.1%} (random weights), tokens equal greedy -> "
+                           f"{'PASS' if ok else 'FAIL'}")
+                if not ok:
+                    sys.exit(1)
     finally:
         if not keep_dir:
             shutil.rmtree(root, ignore_errors=True)
