@@ -137,6 +137,24 @@ def dump(checkpoint, tokens_path, out_path, fmt, backend, mode, kv_fp8, quant_em
         raise DumpError(f"{out_path} already exists and is not an empty directory; --format msprobe writes a "
                         f"directory: choose a new path")
     ids = load_tokens(tokens_path)
+    from .weights import checkpoint_config
+    cfg = checkpoint_config(checkpoint, MODEL_VERSIONS)
+    if cfg.version == "v4.1" and backend == "graph" and mode == "exact" and not (quant_emulation or mtp):
+        check_tokens(ids, cfg, tokens_path)
+        from .dump import v41_token_map
+        v41_token_map(checkpoint, cfg, ids)            # refuses image spans and ids outside the tokenizer
+        from .serve.engram import load_v41              # Engram tables memory-mapped, never decoded whole
+        weights, tables, tmap = load_v41(checkpoint, cfg)
+        from .runtime import setup
+        setup(None, "graph", threads)
+        from ascend_v4.graph.forward import build_forward
+        t0 = time.perf_counter()
+        res = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), token_map=tmap,
+                            engram_tables=tables)(ids)
+        save_npz(out_path, res)
+        click.echo(f"dumped {len(res)} arrays for tokens {tuple(ids.shape)} to {out_path} "
+                   f"({backend}, {mode} numerics, {time.perf_counter() - t0:.1f} s)")
+        return
     cfg, weights = _load_any(checkpoint, MODEL_VERSIONS)
     check_tokens(ids, cfg, tokens_path)
     t0 = time.perf_counter()
@@ -145,14 +163,8 @@ def dump(checkpoint, tokens_path, out_path, fmt, backend, mode, kv_fp8, quant_em
             raise ConfigError(f"{checkpoint} is DeepSeek-V4.1: dump runs it with exact numerics only (no --mode "
                               f"official, --mtp or --quant-emulation)")
         from .dump import numpy_v41_dump, v41_token_map
-        tmap = v41_token_map(checkpoint, cfg, ids)
-        if backend == "numpy":
-            res = numpy_v41_dump(checkpoint, cfg, weights, ids)
-        else:                   # the model's Cells in graph mode, Engram tables in host memory
-            from .runtime import setup
-            setup(None, "graph", threads)
-            from ascend_v4.graph.forward import build_forward
-            res = build_forward(cfg, weights, max_seq_len=max(ids.shape[1], 16), token_map=tmap)(ids)
+        v41_token_map(checkpoint, cfg, ids)
+        res = numpy_v41_dump(checkpoint, cfg, weights, ids)     # (--backend graph runs above)
     elif quant_emulation:
         if mode == "official":
             raise ConfigError("--quant-emulation (the Ascend int8 numerics) and --mode official (the CUDA FP8 "
@@ -354,7 +366,9 @@ def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
         if new_tokens > 0:
             from .serve import Engine, SamplingParams
             prompt = ids[0, :min(seq, 16)]
-            eng = Engine(cfg, weights, max_batch=1, max_len=max(64, 2 * (prompt.size + new_tokens)), token_map=tmap)
+            dspark = cfg.n_mtp_layers > 0
+            eng = Engine(cfg, weights, max_batch=1, max_len=max(64, 2 * (prompt.size + new_tokens)), token_map=tmap,
+                         dspark=dspark)
             gen = eng.generate([prompt], max_new_tokens=new_tokens, sampling=SamplingParams(greedy=True), eos_id=None)
             got = gen.row(0)
             full = np.concatenate([prompt, got[:-1]])[None]
@@ -367,6 +381,17 @@ def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
                        f"{'PASS' if ok else 'FAIL'}")
             if not ok:
                 sys.exit(1)
+            if dspark:                # DSpark drafts a block per step, the target verifies it: same tokens
+                spec = eng.generate([prompt], max_new_tokens=new_tokens, sampling=SamplingParams(greedy=True),
+                                    eos_id=None, speculative=True)
+                ok = np.array_equal(spec.row(0), got)
+                st = spec.stats
+                click.echo(f"generate --dspark (3-stage drafter, block of {cfg.dspark_block_size} verified in one "
+                           f"cached step, rollback on rejection): {st['steps']} verify steps, acceptance "
+                           f"{st['acceptance_rate']:.1%} (random weights), tokens equal greedy -> "
+                           f"{'PASS' if ok else 'FAIL'}")
+                if not ok:
+                    sys.exit(1)
     finally:
         if not keep_dir:
             shutil.rmtree(root, ignore_errors=True)

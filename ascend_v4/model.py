@@ -647,20 +647,20 @@ class Attention(nn.Cell):
             o = self._attend(q, kv, self.attn_sink, win_idx, None, self.scale)
         return self._output(o, cs, sn), (entries, keys, topk, cand, pubs)
 
+    def dspark_kv(self, main_x, cos, sin):
+        """A DSpark stage's KV rows of the target features main_x [B, T, D] (Transformer.dspark_main_kv) at the
+        positions whose RoPE rows are cos / sin [B or 1, T, rope_dim] -> [B, T, head_dim]."""
+        return self.rope(self.kv_norm(self.wkv(main_x)), cos, sin)
+
     def forward_dspark(self, x, cos, sin, ctx):
         """A DSpark stage's attention over drafting blocks (docs/deepseek-v4.1.md, "DSpark"): x [N, T, D] holds N
         blocks of T rows at their own positions (cos / sin [N, T, rope_dim]); every row attends the block's window
-        of main_x KV (this stage's wkv / kv_norm / RoPE of the target features) and all T block rows
-        (bidirectional). ctx = (main_x [B, S, D], its cos / sin [1, S, rope_dim], window rows to gather [N/B·W]
-        (positions into S), index lists [N, T, W + T] (-1 = outside the window)) -> (output [N, T, D], ctx)."""
-        main_x, mcos, msin, take, idx = ctx
-        N, B, S = x.shape[0], main_x.shape[0], main_x.shape[1]
-        W = idx.shape[-1] - x.shape[1]
+        of main KV (dspark_kv rows) and all T block rows (bidirectional). ctx = (window KV [N, W, head_dim],
+        index lists [N, T, W + T] into [window ‖ block] (-1 = none)) -> (output [N, T, D], ctx)."""
+        ctx_kv, idx = ctx
         cs, sn = ops.expand_dims(cos, 2), ops.expand_dims(sin, 2)
         _, q, kv = self._qkv(x, cos, sin, cs, sn)
-        main_kv = self.rope(self.kv_norm(self.wkv(main_x)), mcos, msin)                  # [B, S, hd]
-        ring = ops.gather(main_kv, take, 1).reshape(N, W, -1)                            # [B, N/B·W, hd]
-        o = self._attend(q, ops.concat([ops.cast(ring, kv.dtype), kv], 1), self.attn_sink, idx, None, self.scale)
+        o = self._attend(q, ops.concat([ops.cast(ctx_kv, kv.dtype), kv], 1), self.attn_sink, idx, None, self.scale)
         return self._output(o, cs, sn), ctx
 
     def _output(self, o, cos_h, sin_h):
@@ -1123,18 +1123,30 @@ class MTPBlock(Block):
 
 
 class MarkovHead(nn.Cell):
-    """DSpark's Markov head: a low-rank bias embed[o]·headᵀ of the previous token o on the next row's logits."""
+    """DSpark's Markov head: a low-rank bias embed[o]·headᵀ of the previous token o on the next row's logits.
+    construct(o int32 [...]) -> (embed[o] [..., rank], bias [..., V]), both float32."""
 
     def __init__(self, cfg: ModelConfig, dtype=ms.float32):
         super().__init__()
         self.embed = Embedding(cfg.vocab_size, cfg.dspark_markov_rank, dtype)
         self.head = Linear(cfg.dspark_markov_rank, cfg.vocab_size, dtype)
 
+    def construct(self, prev_ids):
+        e = ops.cast(self.embed(prev_ids), ms.float32)
+        return e, linear(e, ops.cast(self.head.weight, ms.float32))
+
 
 class ConfidenceHead(nn.Cell):
+    """DSpark's confidence readout: proj·[hidden ‖ the Markov embedding of the previous token], raw (a logit).
+    construct(hidden [..., D], markov embedding [..., rank]) -> [...] float32."""
+
     def __init__(self, cfg: ModelConfig, dtype=ms.float32):
         super().__init__()
         self.proj = Linear(cfg.dim + cfg.dspark_markov_rank, 1, dtype)
+
+    def construct(self, x, emb):
+        feat = ops.concat([ops.cast(x, ms.float32), ops.cast(emb, ms.float32)], -1)
+        return ops.squeeze(linear(feat, ops.cast(self.proj.weight, ms.float32)), -1)
 
 
 class DSparkStage(Block):
@@ -1176,7 +1188,8 @@ class Transformer(nn.Cell):
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
         # DeepSeek-V4.1 (docs/deepseek-v4.1.md): pipelined mHC with no learned head collapse, Engram, CSA-v2
-        # sharing. Its DSpark drafter is not built here (with_mtp is off), nor pipeline/tensor parallel runs.
+        # sharing. Its DSpark drafter is built with with_dspark (with_mtp is off), and there are no
+        # pipeline/tensor parallel runs.
         self.v41 = cfg.version == "v4.1"
         self.with_dspark = self.v41 and with_dspark and cfg.n_mtp_layers > 0
         if self.v41:
@@ -1213,12 +1226,8 @@ class Transformer(nn.Cell):
         ropes = RopeTables(cfg, max_seq_len)
         self.rope_plain, self.rope_yarn = ropes.plain, ropes.yarn
         if self.with_dspark:
-            # DeepSeek-V4.1's DSpark drafter (training: Transformer.dspark_forward); a block reaches dspark_block_size
-            # positions past the sequence
-            bad = [i for i in cfg.dspark_target_layer_ids if i == 0 or i in cfg.engram_layer_ids]
-            if bad:
-                raise ValueError(f"dspark_target_layer_ids {bad}: training reads a target layer's input as the "
-                                 f"previous block's output, which layer 0 and Engram layers do not have")
+            # DeepSeek-V4.1's DSpark drafter under its release names mtp.0..n-1, for training (dspark_forward) and
+            # serving (dspark_draft); a block reaches dspark_block_size positions past the sequence
             self.mtp = nn.CellList([DSparkStage(k, cfg, param_dtype, moe_capacity_factor)
                                     for k in range(cfg.n_mtp_layers)])
             self.rope_dspark = RopeTables(cfg, max_seq_len + cfg.dspark_block_size).plain
@@ -1349,11 +1358,13 @@ class Transformer(nn.Cell):
                                        step)[0]
 
     # ---------------------------------------------------------------------------------------- DeepSeek-V4.1
-    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None, stats=False):
+    def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None, stats=False,
+                       targets=False):
         """V4.1 blocks over the whole sequence (cache None) or a cached step -> (final streams, the last block's
-        FFN pre, per-block streams), with stats=True (full forward) also per-block (affinities, expert ids,
-        dropped). engram_rows: per Engram layer (engram_layer_ids order) its rows [B, S, columns·engram_head_dim],
-        gathered on the host."""
+        FFN pre, per-block streams), then with stats=True (full forward) per-block (affinities, expert ids,
+        dropped), then with targets=True DSpark's target hidden states [B, S, targets·D] (the stream means of the
+        dspark_target_layer_ids blocks' inputs, after their Engram). engram_rows: per Engram layer
+        (engram_layer_ids order) its rows [B, S, columns·engram_head_dim], gathered on the host."""
         B, S = input_ids.shape
         pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
                                (B, S, self.hc_mult))                              # block 0: stream 0
@@ -1361,8 +1372,13 @@ class Transformer(nn.Cell):
         shared = (None, None, None, None, ())
         hidden = ()
         routes = ()
+        tg = ()
         for i in self.local_layers:
             rows = engram_rows[self.engram_layers.index(i)] if i in self.engram_layers else None
+            if targets and i in self.cfg.dspark_target_layer_ids:
+                if rows is not None:
+                    h, rows = self.layers[i].engram(h, rows, alive), None
+                tg = tg + (ops.mean(h, 2),)
             cos, sin = (self.rope_cos[i], self.rope_sin[i]) if cache is None else (None, None)
             out = self.layers[i].forward_v41(h, pre, input_ids, cos, sin, shared, rows, alive, cache, ctx, step,
                                              stats)
@@ -1376,59 +1392,105 @@ class Transformer(nn.Cell):
             for s_id, _, emitted in shared[4]:
                 new = ops.where(emitted.reshape(B, 1), ops.full_like(new, float(s_id)), new)
             ops.assign(pub, ops.depend(new, h))
+        res = (h, pre, hidden)
         if stats:
-            return h, pre, hidden, routes
-        return h, pre, hidden
+            res = res + (routes,)
+        if targets:
+            res = res + (ops.concat(tg, -1),)
+        return res
 
-    def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step):
-        """V4.1 cached step of the main layers: ids [B, T] -> (final streams, the last block's FFN pre)."""
+    def step_streams_v41(self, input_ids, engram_rows, cache, ctx, step, dspark=False):
+        """V4.1 cached step of the main layers: ids [B, T] -> (final streams, the last block's FFN pre), and with
+        dspark=True DSpark's main KV of these positions [stages, B, T, head_dim] (see dspark_main_kv)."""
         h = self.embed_streams(input_ids)[1]
-        h, pre, _ = self.run_layers_v41(h, input_ids, engram_rows, cache, ctx, step)
-        return h, pre
+        out = self.run_layers_v41(h, input_ids, engram_rows, cache, ctx, step, targets=dspark)
+        if dspark:
+            c0, s0 = table_at(self.rope_plain[0], ctx[0]), table_at(self.rope_plain[1], ctx[0])
+            return out[0], out[1], self.dspark_main_kv(out[3], c0, s0)
+        return out[0], out[1]
 
     def logits_v41(self, h, pre):
         """The last block's FFN pre collapses the streams (no hc_head in V4.1) -> norm -> head."""
-        return linear(ops.cast(self.norm(hc_collapse(h, pre)), ms.float32), ops.cast(self.head.weight, ms.float32))
+        return self._vocab(self.norm(hc_collapse(h, pre)))
+
+    def _vocab(self, x):
+        """The shared output head in float32: normed hidden [..., D] -> logits [..., V]."""
+        return linear(ops.cast(x, ms.float32), ops.cast(self.head.weight, ms.float32))
+
+    # ------------------------------------------------------------------------------------- DSpark (V4.1)
+    # One drafter for training (dspark_forward: every anchor of a sequence, teacher-forced) and serving
+    # (dspark_draft: one block per row over the cached main-KV window); docs/deepseek-v4.1.md, "DSpark".
+    def dspark_main_kv(self, hidden, cos, sin):
+        """DSpark's window KV of the target: main_x = main_norm(main_proj(hidden [B, T, targets·D])), then each
+        stage's kv_norm(wkv(main_x)) RoPE'd at its positions (cos/sin [B or 1, T, rope], the plain table)
+        -> [K, B, T, hd]."""
+        m = self.mtp[0]
+        x = m.main_norm(m.main_proj(hidden))
+        return ops.stack([blk.attn.dspark_kv(x, cos, sin) for blk in self.mtp])
+
+    def dspark_blocks(self, first, ctx_kv, idx, cos, sin, stats=False):
+        """The drafter stages over N blocks [first, noise x (bs - 1)] (first [N] int32, rows at the positions of
+        cos/sin [N, bs, rope]); stage k attends ctx_kv[k] [N, W, hd] (its main-KV window) and the block rows as
+        idx [N, bs, W + bs] says (Attention.forward_dspark). -> (collapsed hidden [N, bs, D], logits before the
+        Markov bias [N, bs, V] float32, per-stage MoE stats when stats=True)."""
+        c = self.cfg
+        bs, N = c.dspark_block_size, first.shape[0]
+        ids = ops.concat([first.reshape(N, 1), ops.full((N, bs - 1), c.dspark_noise_token_id, dtype=ms.int32)], 1)
+        h = self.embed_streams(ids)[1]
+        pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
+                               (N, bs, self.hc_mult))
+        routes = ()
+        for k in range(c.n_mtp_layers):
+            out = self.mtp[k].forward_v41(h, pre, ids, cos, sin, (ctx_kv[k], idx), stats=stats)
+            h, pre = out[0], out[1]
+            if stats:
+                routes = routes + (out[3],)
+        last = self.mtp[c.n_mtp_layers - 1]
+        x = hc_collapse(h, pre)
+        return x, self._vocab(last.norm(x)), routes
+
+    def dspark_draft(self, y, ctx_kv, idx, cos, sin):
+        """Serving: one DSpark block after the target produced y [B] (int32) for position p + 1: block ids [y,
+        noise x (bs - 1)] at positions p+1 .. p+bs (cos/sin [B, bs, rope]) through the stages (ctx_kv
+        [K, B, W, hd], idx [B, bs, W + bs]); each row's logits get the Markov head's bias of the token drafted for
+        the row before it (greedy, row by row). -> (tokens [B, bs] int32, logits [B, bs, V], confidence [B, bs])."""
+        bs = self.cfg.dspark_block_size
+        last = self.mtp[self.cfg.n_mtp_layers - 1]
+        x, base, _ = self.dspark_blocks(y, ctx_kv, idx, cos, sin)
+        tok, toks, rows, embs = y, (), (), ()
+        for i in range(bs):                      # sequential: row i's bias uses the token drafted for row i - 1
+            e, bias = last.markov_head(tok)
+            li = base[:, i] + bias
+            tok = ops.cast(ops.argmax(li, -1), ms.int32)
+            toks, rows, embs = toks + (tok,), rows + (li,), embs + (e,)
+        return ops.stack(toks, 1), ops.stack(rows, 1), last.confidence_head(x, ops.stack(embs, 1))
 
     def dspark_forward(self, hidden, markov_ids):
         """Training forward of the DSpark drafter (docs/training.md, "DeepSeek-V4.1") at every anchor p = 0..S-1:
         the block [o_0, noise, ...] at positions p+1 .. p+bs runs the stages over the window of main_x up to p,
-        as NumpyV41.dspark_draft does for one anchor. hidden: run_layers_v41's per-block streams; markov_ids
-        [B, S, bs]: o_i, the token before each row (o_0 = the target's next token; teacher forcing) -> (logits
-        [B, S, bs, V] with the Markov bias of o_i, confidence [B, S, bs] (raw), per-stage MoE stats)."""
+        as dspark_draft does for one anchor (NumpyV41.dspark_draft). hidden: run_layers_v41's target hidden states
+        [B, S, targets·D] (targets=True); markov_ids [B, S, bs]: o_i, the token before each row (o_0 = the target's
+        next token; teacher forcing) -> (logits [B, S, bs, V] with the Markov bias of o_i, confidence [B, S, bs]
+        (raw), per-stage MoE stats)."""
         cfg = self.cfg
         B, S, bs = markov_ids.shape
-        A, W, hc, D = S, min(cfg.window_size, S), self.hc_mult, cfg.dim
-        feats = ops.concat([ops.mean(hidden[i - 1], 2) for i in cfg.dspark_target_layer_ids], -1)
-        first, last = self.mtp[0], self.mtp[cfg.n_mtp_layers - 1]
-        main_x = first.main_norm(first.main_proj(feats))                                   # [B, S, D]
-        noise = ops.ones((B, S, bs - 1), ms.int32) * cfg.dspark_noise_token_id
-        ids = ops.concat([markov_ids[:, :, :1], noise], -1).reshape(B * A, bs)
-        e = self.embed(ids)
-        h = ops.broadcast_to(ops.expand_dims(e, 2), (B * A, bs, hc, D))
-        pre = ops.broadcast_to(Tensor(np.eye(1, hc, dtype=np.float32)).reshape(1, 1, -1), (B * A, bs, hc))
-        pos = np.arange(A)[:, None] + 1 + np.arange(bs)[None, :]                           # block row positions
+        A, W = S, min(cfg.window_size, S)
+        pc, ps = self.rope_dspark
+        kv = self.dspark_main_kv(hidden, pc[:S].reshape(1, S, -1), ps[:S].reshape(1, S, -1))   # [K, B, S, hd]
         ring = np.arange(A)[:, None] - W + 1 + np.arange(W)[None, :]                      # window positions
+        take = Tensor(np.clip(ring, 0, None).reshape(-1).astype(np.int32))
+        ctx_kv = tuple(ops.gather(kv[k], take, 1).reshape(B * A, W, -1) for k in range(cfg.n_mtp_layers))
         idx = np.concatenate([np.where(ring >= 0, np.arange(W)[None, :], -1),
                               np.broadcast_to(W + np.arange(bs), (A, bs))], 1)             # [A, W + bs]
-        idx = Tensor(np.broadcast_to(idx[:, None], (A, bs, W + bs)).astype(np.int32))
-        idx = ops.tile(ops.expand_dims(idx, 0), (B, 1, 1, 1)).reshape(B * A, bs, W + bs)
-        take = Tensor(np.clip(ring, 0, None).reshape(-1).astype(np.int32))
-        pc, ps = self.rope_dspark
-        posT = Tensor(pos.reshape(-1).astype(np.int32))
+        idx = Tensor(np.broadcast_to(idx[None, :, None], (B, A, bs, W + bs)).reshape(B * A, bs, W + bs)
+                     .astype(np.int32))
+        posT = Tensor((np.arange(A)[:, None] + 1 + np.arange(bs)[None, :]).reshape(-1).astype(np.int32))
         cos = ops.tile(ops.gather(pc, posT, 0).reshape(1, A, bs, -1), (B, 1, 1, 1)).reshape(B * A, bs, -1)
         sin = ops.tile(ops.gather(ps, posT, 0).reshape(1, A, bs, -1), (B, 1, 1, 1)).reshape(B * A, bs, -1)
-        ctx = (main_x, pc[:S].reshape(1, S, -1), ps[:S].reshape(1, S, -1), take, idx)
-        routes = ()
-        for k in range(cfg.n_mtp_layers):
-            h, pre, ctx, r = self.mtp[k].forward_v41(h, pre, ids, cos, sin, ctx, stats=True)
-            routes = routes + (r,)
-        x = hc_collapse(h, pre)                                                             # [B·A, bs, D]
-        logits = linear(ops.cast(last.norm(x), ms.float32), ops.cast(self.head.weight, ms.float32))
-        emb = last.markov_head.embed(markov_ids.reshape(B * A, bs))
-        logits = logits + linear(ops.cast(emb, ms.float32), ops.cast(last.markov_head.head.weight, ms.float32))
-        conf = last.confidence_head.proj(ops.concat([ops.cast(x, ms.float32), ops.cast(emb, ms.float32)], -1))
-        return logits.reshape(B, S, bs, -1), conf.reshape(B, S, bs), routes
+        x, logits, routes = self.dspark_blocks(markov_ids[:, :, 0].reshape(B * A), ctx_kv, idx, cos, sin, True)
+        emb, bias = self.mtp[cfg.n_mtp_layers - 1].markov_head(markov_ids.reshape(B * A, bs))
+        conf = self.mtp[cfg.n_mtp_layers - 1].confidence_head(x, emb)
+        return (logits + bias).reshape(B, S, bs, -1), conf.reshape(B, S, bs), routes
 
     def construct(self, input_ids, engram_rows=None):
         if self.v41:

@@ -18,6 +18,7 @@ The table reads every bench's JSON. `ratio` is always oriented so that > 1 means
                                (growth ≤ 1.2× from the shortest to the longest context)     (issue 20)
   ops_moe                      expert GEMMs ≥ 70% of the machine's fp32 matmul rate at ~48 rows per expert (issue 20)
   engram_prefetch              next-step prefetch overhead ≤ 3% of the step                 (docs/deepseek-v4.1.md)
+  decode_dspark                DSpark tokens equal plain greedy decoding (tokens/s reported, no goal)
   w4a8                         mean relative weight error ≤ 8% (the serving default, int4 groups of 32)
   migrate_eval                 precision ≥ 98%, recall ≥ 95%, no unsafe rewrite            (README)
   ascend_projection            kernel efficiency (roofline / projected time) ≥ 50%          (README; a projection)
@@ -191,6 +192,15 @@ def engram_prefetch(d):
     return out
 
 
+def decode_dspark(d):
+    plain, ds = d["rows"][0], d["rows"][1]
+    return [_row("decode_dspark", f"{d['config']} DSpark decode (acceptance {ds['acceptance_rate']:.0%}, "
+                 f"{d['weights']})", ds["decode_tokens_per_s"], plain["decode_tokens_per_s"], "ours, plain decode",
+                 d["dspark_over_plain"], unit="tok/s"),
+            _row("decode_dspark", "DSpark tokens == plain greedy tokens", None, None, "plain greedy", None, "equal",
+                 bool(d["equals_plain_greedy"]))]
+
+
 def w4a8(d):
     recipe = next((r for r in d["rows"] if r["method"].startswith("Ascend recipe")), None)
     out = []
@@ -238,7 +248,7 @@ BENCHES: Dict[str, Callable[[dict], List[dict]]] = {
     "ascend_projection": ascend_projection, "w4a8": w4a8, "migrate_eval": migrate_eval,
     "engram_prefetch": engram_prefetch, "ops_mhc": ops_mhc, "attention_long": attention_long,
     "forward_cpu": forward_cpu, "ops_moe": ops_moe, "train": train, "train_memory": train_memory, "decode": decode,
-    "convert": convert,
+    "convert": convert, "decode_dspark": decode_dspark,
 }
 
 

@@ -25,7 +25,7 @@ class CompiledForward:
     the gathered rows to the graph. Its DSpark drafter is not run (with_mtp refused)."""
 
     def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], max_seq_len: int = 4096,
-                 with_mtp: bool = False, token_map: Optional[np.ndarray] = None):
+                 with_mtp: bool = False, token_map: Optional[np.ndarray] = None, engram_tables=None):
         self.cfg = cfg
         self.with_mtp = with_mtp
         self.v41 = cfg.version == "v4.1"
@@ -33,7 +33,9 @@ class CompiledForward:
         if self.v41:
             if with_mtp:
                 raise ValueError("DeepSeek-V4.1's DSpark drafter is not implemented; dump without --mtp")
-            if cfg.engram_layer_ids:
+            if cfg.engram_layer_ids and engram_tables is not None:   # e.g. memory-mapped (serve/engram.load_v41)
+                self.tables = engram_tables
+            elif cfg.engram_layer_ids:
                 from ascend_v4.serve.engram import split_engram_tables
                 weights, self.tables = split_engram_tables(cfg, weights)
         self.model = Transformer(cfg, max_seq_len=max_seq_len, return_hidden=True,
@@ -73,5 +75,6 @@ class CompiledForward:
 
 
 def build_forward(cfg: ModelConfig, weights: Dict[str, np.ndarray], max_seq_len: Optional[int] = None,
-                  with_mtp: bool = False, token_map: Optional[np.ndarray] = None) -> CompiledForward:
-    return CompiledForward(cfg, weights, max_seq_len or 4096, with_mtp, token_map)
+                  with_mtp: bool = False, token_map: Optional[np.ndarray] = None,
+                  engram_tables=None) -> CompiledForward:
+    return CompiledForward(cfg, weights, max_seq_len or 4096, with_mtp, token_map, engram_tables)

@@ -111,6 +111,8 @@ def _refuse_images(cfg, rows: List[np.ndarray]) -> None:
 @click.option("--top-p", default=1.0, show_default=True, type=float, help="1.0 = off")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--mtp", "speculative", is_flag=True, help="speculative decoding with the MTP block as draft")
+@click.option("--dspark", is_flag=True, help="DeepSeek-V4.1: speculative decoding with the DSpark drafter "
+              "(a block per step, verified greedily; needs --greedy)")
 @click.option("--int8-kv", is_flag=True, help="INT8 KV cache (448 non-RoPE dims int8 + per-entry scale)")
 @click.option("--no-eos", is_flag=True, help="do not stop at the EOS token")
 @click.option("--chunk", default=256, show_default=True, type=int, help="prefill chunk (tokens per graph call)")
@@ -122,7 +124,7 @@ def _refuse_images(cfg, rows: List[np.ndarray]) -> None:
 @_friendly
 @device_option
 def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperature, top_k, top_p, seed,
-             speculative, int8_kv, no_eos, chunk, tokenizer_path, out_path, threads, quiet, images):
+             speculative, dspark, int8_kv, no_eos, chunk, tokenizer_path, out_path, threads, quiet, images):
     """Generate from CHECKPOINT: prefill the prompt(s), decode token by token over the window ring, the
     compressed entries and the indexer keys; greedy or temperature/top-k/top-p sampling with a seed."""
     from .sampling import SamplingParams
@@ -140,7 +142,14 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         raise GenerateError("image inputs are not supported: this port runs DeepSeek-V4.1's text model only (the "
                             "vision tower is out of scope); drop --image")
     if v41 and speculative:
-        raise GenerateError("--mtp: DeepSeek-V4.1's DSpark drafter is not implemented yet; generate without --mtp")
+        raise GenerateError("--mtp: DeepSeek-V4.1 drafts with DSpark, not an MTP block; use --dspark --greedy")
+    if dspark and not v41:
+        raise GenerateError(f"--dspark needs a DeepSeek-V4.1 checkpoint ({checkpoint} is {cfg.version}); V4 drafts "
+                            f"with its MTP block: use --mtp")
+    if dspark and speculative:
+        raise GenerateError("give --dspark or --mtp, not both")
+    if dspark and not greedy:
+        raise GenerateError("--dspark verifies drafts greedily: add --greedy (or drop --dspark to sample)")
     if v41 and int8_kv:
         raise GenerateError("--int8-kv is not available for DeepSeek-V4.1 yet (its serving cache is float32); "
                             "drop --int8-kv")
@@ -179,10 +188,12 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
                             f"exceeds max_position_embeddings ({cfg.max_position_embeddings}); shorten the prompt "
                             f"or generate fewer tokens")
     max_len = 64
+    if dspark:                        # a verify step looks one DSpark block ahead
+        need += cfg.dspark_block_size
     while max_len < need:
         max_len *= 2
 
-    token_map = None
+    token_map = tables = None
     if v41:
         _refuse_images(cfg, rows)
         if cfg.engram_layer_ids:      # Engram hashes compressed ids: the map comes from the release tokenizer
@@ -195,13 +206,17 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
 
     # ---- model ----
     from .engine import Engine
-    cfg, weights = load_checkpoint(checkpoint, versions=MODEL_VERSIONS)
+    if v41:                           # Engram tables memory-mapped in host memory, never decoded whole
+        from .engram import load_v41
+        weights, tables, token_map = load_v41(checkpoint, cfg)
+    else:
+        cfg, weights = load_checkpoint(checkpoint, versions=MODEL_VERSIONS)
     t0 = time.perf_counter()
     eng = Engine(cfg, weights, max_batch=len(rows), max_len=max_len, kv_int8=int8_kv, mtp=speculative,
-                 prefill_chunk=chunk, threads=threads, token_map=token_map)
+                 prefill_chunk=chunk, threads=threads, token_map=token_map, engram_tables=tables, dspark=dspark)
     stream = _Streamer(tok, enabled=not quiet and len(rows) == 1)
     gen = eng.generate(rows, max_new_tokens=max_new_tokens, sampling=sampling, eos_id=None if no_eos else -1,
-                       speculative=speculative, on_token=stream)
+                       speculative=speculative or dspark, on_token=stream)
     wall = time.perf_counter() - t0
     if stream.enabled:
         click.echo("")
@@ -214,8 +229,9 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     msg = (f"generated {int(gen.lengths.sum())} tokens for {len(rows)} sequence(s) ({', '.join(sorted(set(gen.stop)))}); "
            f"prefill {st['prefill_tokens_per_s']:.0f} tok/s, decode {st['decode_tokens_per_s']:.1f} tok/s, "
            f"{wall:.1f} s incl. {sum(eng.compile_seconds.values()):.1f} s of graph compiles")
-    if speculative:
-        msg += f"; MTP draft acceptance {st['acceptance_rate']:.1%} ({st['accepted']}/{st['drafts']})"
+    if speculative or dspark:
+        msg += (f"; {'DSpark' if dspark else 'MTP'} draft acceptance {st['acceptance_rate']:.1%} "
+                f"({st['accepted']}/{st['drafts']})")
     click.echo(msg, err=True)
     if out_path:
         S = max(r.size for r in rows)

@@ -1,4 +1,4 @@
-"""Engine: prefill (one-shot or chunked), single-token decode, batched generation, MTP speculative decoding.
+"""Engine: prefill (one-shot or chunked), single-token decode, batched generation, MTP / DSpark speculative decoding.
 
     eng = Engine(cfg, weights, max_batch=2, max_len=1024)
     gen = eng.generate([prompt_a, prompt_b], max_new_tokens=32, sampling=SamplingParams(greedy=True))
@@ -11,6 +11,8 @@ Which graphs compile when (each is compiled once per Engine, on first use; all s
   decode    StepGraph(T = 1, ctx)            every decode step of every sequence
   verify    StepGraph(T = 2, ctx, shadow)    speculative decoding only
   draft     MTPStepGraph(T = 2) + MTPStepGraph(T = prefill bucket)   speculative decoding only
+  DSpark    DSparkDraftGraph + StepGraph(T = block + 1, ctx)    DeepSeek-V4.1 speculative decoding (dspark=True);
+            a rejected draft restores the cache from a host snapshot and re-runs the kept tokens
 `ctx` is the context bucket (power of two >= the longest row's end position, at least `ctx_min`, at most
 max_len): a step reads ctx // ratio compressed entries, so short contexts do not pay for the cache's capacity.
 Crossing a bucket compiles that graph once more (a 1K -> 32K run sees 6 decode compiles).
@@ -56,7 +58,7 @@ class Engine:
     def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], *, max_batch: int = 1, max_len: int = 1024,
                  kv_int8: bool = False, mtp: bool = False, prefill_chunk: int = 256, ctx_min: int = 256,
                  threads: int = 0, model=None, stacked_experts: bool = True, token_map=None, engram_tables=None,
-                 index_keys: str = "own"):
+                 index_keys: str = "own", dspark: bool = False):
         from ..runtime import setup
         setup(None, "graph", threads)
         from ..model import Transformer
@@ -65,7 +67,12 @@ class Engine:
 
         self.v41 = cfg.version == "v4.1"
         if mtp and self.v41:
-            raise ServeError("DeepSeek-V4.1's DSpark drafter is not implemented; run without speculative decoding")
+            raise ServeError("DeepSeek-V4.1 drafts with DSpark, not MTP: build the Engine with dspark=True")
+        if dspark and not self.v41:
+            raise ServeError(f"config '{cfg.name}' is not DeepSeek-V4.1: DSpark drafting needs a V4.1 model "
+                             f"(V4 drafts with its MTP block: mtp=True)")
+        if dspark and cfg.n_mtp_layers == 0:
+            raise ServeError(f"config '{cfg.name}' has no DSpark stages; run without speculative decoding")
         if mtp and cfg.n_mtp_layers == 0:
             raise ServeError(f"config '{cfg.name}' has no MTP block; run without speculative decoding")
         self.engram = None
@@ -81,12 +88,15 @@ class Engine:
         self.max_batch, self.max_len = int(max_batch), int(max_len)
         self.prefill_chunk, self.ctx_min = int(prefill_chunk), int(ctx_min)
         self.mtp = bool(mtp)
+        self.dspark = bool(dspark)
         if model is None:
-            model = Transformer(cfg, max_seq_len=self.max_len, with_mtp=self.mtp, index_keys=index_keys)
+            model = Transformer(cfg, max_seq_len=self.max_len, with_mtp=self.mtp, index_keys=index_keys,
+                                with_dspark=self.dspark)
             model.set_train(False)
             load_into(model, weights)
-        elif model.max_seq_len < self.max_len or (self.mtp and not model.with_mtp):
-            raise ServeError("the given model was built with a smaller max_seq_len or without MTP")
+        elif (model.max_seq_len < self.max_len or (self.mtp and not model.with_mtp)
+              or (self.dspark and not getattr(model, "with_dspark", False))):
+            raise ServeError("the given model was built with a smaller max_seq_len or without MTP / DSpark")
         self.model = model
         from .graphs import stack_experts
         self.experts = stack_experts(model) if stacked_experts else None
@@ -99,6 +109,10 @@ class Engine:
         self.engram_wait_s = 0.0       # time steps waited for their Engram rows (0 when the prefetch kept up)
         # MTP: the main model's last hidden streams per row (input of the first draft after a prefill)
         self._h_last = np.zeros((self.max_batch, cfg.hc_mult, cfg.dim), np.float32)
+        # DSpark: each stage's main KV per row and position (the drafter reads the last window of it)
+        self._dkv = (np.zeros((cfg.n_mtp_layers, self.max_batch, self.max_len, cfg.head_dim), np.float32)
+                     if self.dspark else None)
+        self._draft = None
 
     # ------------------------------------------------------------------------------------------- graphs
     def _ctx(self, end: int) -> int:
@@ -109,9 +123,9 @@ class Engine:
         if g is None:
             from .graphs import MTPStepGraph, StepGraph
             if key[0] == "main":
-                _, T, ctx, logits, streams, shadow = key
+                _, T, ctx, logits, streams, shadow, dspark = key
                 g = StepGraph(self.model, self.cache.layout, self.cache.params, T, ctx, logits=logits,
-                              return_streams=streams, shadow=shadow, experts=self.experts)
+                              return_streams=streams, shadow=shadow, experts=self.experts, dspark=dspark)
             else:
                 _, T = key
                 g = MTPStepGraph(self.model, self.cache.layout, self.cache.params, T, experts=self.experts)
@@ -131,15 +145,16 @@ class Engine:
         return out
 
     def run_main(self, ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray, logits: str = "last",
-                 streams: bool = False, shadow: bool = False, engram=None):
+                 streams: bool = False, shadow: bool = False, engram=None, dspark: bool = False):
         """One StepGraph call on the whole batch: ids [B, T]; returns the graph outputs (MindSpore tensors).
-        V4.1: `engram` is the EngramFeed future of these ids (submitted ahead), or None to submit and wait now."""
+        V4.1: `engram` is the EngramFeed future of these ids (submitted ahead), or None to submit and wait now;
+        dspark=True adds DSpark's main KV of the step's positions [stages, B, T, hd] as the last output."""
         ids = np.asarray(ids)
         T = ids.shape[1]
         end = int(np.max(np.where(nvalid > 0, pos0 + nvalid, 0)))
         if end > self.max_len:
             raise ServeError(f"position {end} exceeds the cache capacity max_len={self.max_len}")
-        key = ("main", T, self._ctx(end), logits, streams, shadow)
+        key = ("main", T, self._ctx(end), logits, streams, shadow, bool(dspark))
         args = (ids.astype(np.int32), np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
         if self.engram is not None:
             import mindspore as ms
@@ -233,10 +248,12 @@ class Engine:
                 futs[c + 1] = self.engram.submit(*plan[c + 1])       # gathered while this chunk computes
             pos0 = self.pos.copy()
             out = self.run_main(ids, pos0, nvalid, logits="all" if return_all else "last", streams=self.mtp,
-                                engram=futs[c])
-            lg = (out[0] if self.mtp else out).asnumpy()
+                                engram=futs[c], dspark=self.dspark)
+            lg = (out[0] if self.mtp or self.dspark else out).asnumpy()
             if self.mtp:
                 self._prefill_mtp(out[1], ids, seqs, rows, pos0, nvalid, done, total)
+            if self.dspark:
+                self._dspark_observe(out[-1].asnumpy(), pos0, nvalid)
             for k, r in enumerate(rows):
                 n = int(nvalid[r])
                 if n == 0:
@@ -305,18 +322,25 @@ class Engine:
                  on_token: Optional[Callable[[int, int], None]] = None) -> Generation:
         """Generate up to max_new_tokens per prompt (rows 0..n-1 of the cache), stopping a row at EOS
         (eos_id: -1 = the config's eos_token_id, None = never). speculative=True drafts one token per step
-        with the MTP block and verifies it with the main model (greedy or exact speculative sampling)."""
+        with the MTP block and verifies it with the main model (greedy or exact speculative sampling); on a
+        DeepSeek-V4.1 Engine built with dspark=True it drafts a DSpark block per step (greedy only)."""
         if max_new_tokens < 1:
             raise ServeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if speculative and not self.mtp:
-            raise ServeError("speculative decoding needs an Engine built with mtp=True")
+        if speculative and not (self.mtp or self.dspark):
+            raise ServeError("speculative decoding needs an Engine built with mtp=True (V4) or dspark=True (V4.1)")
         sampling = (sampling or SamplingParams(greedy=True)).validate()
+        if speculative and self.dspark and not sampling.greedy:
+            raise ServeError("DSpark drafting verifies greedily here: use greedy sampling, or run without "
+                             "speculative decoding to sample")
         eos = self.cfg.eos_token_id if eos_id == -1 else eos_id
         n = len(prompts)
         plens = np.array([np.asarray(p).size for p in prompts])
-        if n and plens.max() + max_new_tokens > self.max_len:
-            raise ServeError(f"prompt ({plens.max()}) + max_new_tokens ({max_new_tokens}) exceeds the cache "
-                             f"capacity max_len={self.max_len}; build the Engine with a larger max_len")
+        extra = self.cfg.dspark_block_size if speculative and self.dspark else 0    # a verify's look-ahead
+        if n and plens.max() + max_new_tokens + extra > self.max_len:
+            raise ServeError(f"prompt ({plens.max()}) + max_new_tokens ({max_new_tokens})"
+                             + (f" + the DSpark block ({extra})" if extra else "")
+                             + f" exceeds the cache capacity max_len={self.max_len}; build the Engine with a "
+                             f"larger max_len")
         sampler = Sampler(sampling, n)
         V = self.cfg.vocab_size
         toks = np.full((n, max_new_tokens), -1, np.int64)
@@ -350,7 +374,9 @@ class Engine:
         # times exclude graph compilation (first use of a shape), reported separately
         stats = {"prefill_s": max(t1 - t0 - (c1 - c0), 1e-9), "prompt_tokens": int(plens.sum()), "steps": 0,
                  "drafts": 0, "accepted": 0}
-        if speculative:
+        if speculative and self.dspark:
+            self._dspark_generate(n, pend, emit, live, stats)
+        elif speculative:
             self._speculate(n, pend, sampler, emit, live, stats)
         else:
             while live.any():
@@ -370,6 +396,101 @@ class Engine:
         if speculative:
             stats["acceptance_rate"] = stats["accepted"] / stats["drafts"] if stats["drafts"] else 0.0
         return Generation(toks, lg_out, count, stop, plens, stats)
+
+    # ------------------------------------------------------------------------------------ DSpark (V4.1)
+    def _dspark_observe(self, dkv: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray) -> None:
+        """Keep each stage's main KV [K, B, T, hd] of the positions a target step wrote."""
+        for r in np.nonzero(nvalid > 0)[0]:
+            p, n = int(pos0[r]), int(nvalid[r])
+            self._dkv[:, r, p:p + n] = dkv[:, r, :n]
+
+    def _dspark_window(self, pos0: np.ndarray):
+        """The drafter's inputs for blocks starting at pos0 [B]: each stage's main-KV window ending at pos0 - 1,
+        right-aligned in W slots [K, B, W, hd], and the rows each block query reads [B, bs, W + bs] (the valid
+        window slots, then the whole block; -1 = none)."""
+        c = self.cfg
+        K, B, W, bs = c.n_mtp_layers, self.max_batch, c.window_size, c.dspark_block_size
+        ctx = np.zeros((K, B, W, c.head_dim), np.float32)
+        idx = np.full((B, bs, W + bs), -1, np.int32)
+        idx[:, :, W:] = W + np.arange(bs, dtype=np.int32)
+        for r in range(B):
+            p = int(pos0[r])
+            n = min(p, W)
+            if n:
+                ctx[:, r, W - n:] = self._dkv[:, r, p - n:p]
+                idx[r, :, W - n:W] = np.arange(W - n, W, dtype=np.int32)
+        return ctx, idx
+
+    def dspark_draft(self, tokens: np.ndarray):
+        """Draft one DSpark block per row after the target produced tokens [B] (not yet in the cache, at each
+        row's next position) -> (draft tokens [B, bs] int64, logits [B, bs, V], confidence [B, bs])."""
+        import mindspore as ms
+        from .graphs import DSparkDraftGraph
+        if not self.dspark:
+            raise ServeError("DSpark drafting needs an Engine built with dspark=True")
+        if self._draft is None:
+            self._draft = DSparkDraftGraph(self.model)
+            self._draft.set_train(False)
+        ctx, idx = self._dspark_window(self.pos)
+        t0 = time.perf_counter()
+        out = self._draft(ms.Tensor(np.asarray(tokens, np.int32).reshape(-1)), ms.Tensor(ctx), ms.Tensor(idx),
+                          ms.Tensor(self.pos.astype(np.int32)))
+        res = tuple(o.asnumpy() for o in out)
+        if ("draft",) not in self.compile_seconds:          # first call compiles: keep it out of decode time
+            self.compile_seconds[("draft",)] = time.perf_counter() - t0
+        return res[0].astype(np.int64), res[1], res[2]
+
+    def _snapshot(self):
+        """The cache buffers and the Engram n-gram state (what a verify step changes), copied to the host."""
+        eng = None if self.engram is None else [(s.history.copy(), s.length.copy()) for s in self.engram.states]
+        return [p.asnumpy().copy() for p in self.cache.params], eng
+
+    def _restore_snapshot(self, snap) -> None:
+        import mindspore as ms
+        bufs, eng = snap
+        for p, a in zip(self.cache.params, bufs):
+            p.set_data(ms.Tensor(a))
+        if eng is not None:
+            for s, (hist, length) in zip(self.engram.states, eng):
+                s.history, s.length = hist, length
+
+    def _dspark_generate(self, n, pend, emit, live, stats):
+        """DSpark speculative decoding, greedy: draft a block [o_1 .. o_bs] after the pending token y, verify
+        [y, o_1 .. o_bs] with the target in one cached step, accept the longest prefix of drafts equal to the
+        target's greedy tokens plus the target's next token. A row that rejects any draft has its cache (window
+        ring, compressor state, entries, index keys) and Engram n-gram state rolled back to before the verify and
+        the kept tokens written again by the same step graph, so the result equals plain greedy decoding."""
+        bs = self.cfg.dspark_block_size
+        B = self.max_batch
+        while live.any():
+            act = np.zeros(B, bool)
+            act[:n] = live
+            pos0 = self.pos.copy()
+            draft = self.dspark_draft(pend)[0]
+            ids = np.concatenate([pend[:, None], draft], 1) * act[:, None]
+            snap = self._snapshot()
+            out = self.run_main(ids, pos0, (bs + 1) * act, logits="all", dspark=True)
+            lg, dkv = out[0].asnumpy(), out[1].asnumpy()
+            target = lg.argmax(-1)
+            stats["steps"] += 1
+            keep = np.zeros(B, np.int64)
+            for r in np.nonzero(act)[0]:
+                k = 0
+                while k < bs and draft[r, k] == target[r, k]:
+                    k += 1
+                stats["drafts"] += bs
+                stats["accepted"] += k
+                keep[r] = k + 1
+                for j in range(k + 1):              # the k accepted drafts, then the target's own next token
+                    if not live[r]:
+                        break
+                    emit(r, int(target[r, j]), lg[r, j])
+                pend[r] = target[r, k]
+                self.pos[r] = pos0[r] + k + 1
+            self._dspark_observe(dkv, pos0, keep)
+            if np.any(keep[act] < bs + 1):           # roll back, then write only the kept tokens
+                self._restore_snapshot(snap)
+                self.run_main(ids, pos0, keep, logits="all", dspark=True)      # the verify's graph
 
     def _speculate(self, n, pend, sampler, emit, live, stats):
         """MTP draft -> main verify of [pending, draft] -> accept (2 tokens) or reject (1 token, roll back)."""

@@ -33,6 +33,21 @@ def split_engram_tables(cfg, weights: Dict[str, np.ndarray]) -> Tuple[Dict[str, 
             HostEngramTables([weights[n] for n in names]))
 
 
+def load_v41(path: str, cfg):
+    """A DeepSeek-V4.1 directory for running: (weights without the Engram tables, the tables memory-mapped as
+    HostEngramTables, the compressed-token map of its tokenizer). The tables are never decoded whole (V4.1-Flash's
+    are ~197 GB): rows are decoded after each gather (ascend_v4/checkpoint/release_v41.py open_engram_tables)."""
+    from ..checkpoint.release_v41 import open_engram_tables, release_token_map, v41_inventory
+    from ..config import MODEL_VERSIONS
+    from ..weights import load_checkpoint
+    if not cfg.engram_layer_ids:
+        return load_checkpoint(path, versions=MODEL_VERSIONS)[1], None, None
+    skip = set(engram_table_names(cfg))
+    names = [n for n in v41_inventory(cfg) if n not in skip]
+    _, weights = load_checkpoint(path, names=names, versions=MODEL_VERSIONS)
+    return weights, open_engram_tables(path, cfg), release_token_map(path, cfg)
+
+
 class EngramFeed:
     """Hash + gather of the Engram rows of a step for every cache row, on one background thread (in submission
     order, so each row's hash state advances as sequential calls would)."""

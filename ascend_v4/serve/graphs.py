@@ -4,6 +4,9 @@
         -> logits (, streams)           (DeepSeek-V4.1: engram rows = per Engram layer [B, T, columns·head_dim])
     MTPStepGraph(model, layout, cache, T)(h_main [B,T,hc,D], next_ids [B,T] i32, pos0, nvalid) -> draft logits [B, V]
     RestoreShadow(layout, cache)(mask [B] bool)        speculative rejection: compressor state <- shadow
+    DSparkDraftGraph(model)(y [B] i32, ctx_kv [K,B,W,hd], idx [B,bs,W+bs] i32, pos0 [B] i32)
+        -> (draft tokens [B, bs], logits [B, bs, V], confidence)      DeepSeek-V4.1 (StepGraph(dspark=True) adds
+                                                                     the main KV [K, B, T, hd] the drafter reads)
 
 Row b processes ids[b, :nvalid[b]] at absolute positions pos0[b] .. pos0[b]+nvalid[b]-1; the rest of the row is
 padding (computed, never written), and nvalid = 0 leaves a row untouched. Positions are TENSORS, so one compile
@@ -19,7 +22,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from ..model import take_rows
+from ..model import table_at, take_rows
 from .cache import CacheLayout
 
 
@@ -57,26 +60,33 @@ class StepGraph(_Step):
     shadow: also keep the compressor state as of each row's second-to-last token (speculative verify)."""
 
     def __init__(self, model, layout: CacheLayout, cache, T: int, ctx_cap: int, logits: str = "last",
-                 return_streams: bool = False, shadow: bool = False, experts=None):
+                 return_streams: bool = False, shadow: bool = False, experts=None, dspark: bool = False):
         if logits not in ("last", "all"):
             raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
         if shadow and not layout.shadow:
             raise ValueError("shadow=True needs a cache layout built with shadow buffers")
+        if dspark and not getattr(model, "with_dspark", False):
+            raise ValueError("dspark=True needs a V4.1 model built with_dspark=True")
         super().__init__(model, layout, cache, T, ctx_cap, shadow, experts)
         self.all_logits = logits == "all"
         self.return_streams = return_streams
+        self.dspark = bool(dspark)
 
     def construct(self, ids, pos0, nvalid, engram_rows=None):
         if self.model.v41:      # DeepSeek-V4.1: Engram rows from the host; the last block's pre collapses
-            h, pre = self.model.step_streams_v41(ids, engram_rows, self.cache, self._ctx(pos0, nvalid),
-                                                 self._static())
+            out = self.model.step_streams_v41(ids, engram_rows, self.cache, self._ctx(pos0, nvalid),
+                                              self._static(), self.dspark)
+            h, pre = out[0], out[1]
             if self.all_logits:
                 logits = self.model.logits_v41(h, pre)
             else:
                 logits = self.model.logits_v41(self._last(h, nvalid), self._last(pre, nvalid)).reshape(self.B, -1)
+            res = (logits,)
             if self.return_streams:
-                return logits, h
-            return logits
+                res = res + (h,)
+            if self.dspark:     # DSpark's main KV of these positions [stages, B, T, hd]
+                res = res + (out[2],)
+            return res if len(res) > 1 else logits
         h = self.model.step_streams(ids, self.cache, self._ctx(pos0, nvalid), self._static())
         logits = self.model.logits(h if self.all_logits else self._last(h, nvalid))
         if not self.all_logits:
@@ -98,6 +108,24 @@ class MTPStepGraph(_Step):
     def construct(self, h_main, next_ids, pos0, nvalid):
         x = self.model.mtp_step_streams(h_main, next_ids, self.cache, self._ctx(pos0, nvalid), self._static())
         return self.model.mtp_head(self._last(x, nvalid)).reshape(self.B, -1)
+
+
+class DSparkDraftGraph(nn.Cell):
+    """DeepSeek-V4.1's DSpark drafter over one block per row (Transformer.dspark_draft): y [B] the token at
+    position pos0, ctx_kv [K, B, W, hd] each stage's main-KV window (right-aligned, ending at pos0 - 1), idx
+    [B, bs, W + bs] -> (draft tokens [B, bs] for positions pos0+1 .. pos0+bs, logits [B, bs, V], confidence)."""
+
+    def __init__(self, model):
+        super().__init__()
+        if not getattr(model, "with_dspark", False):
+            raise ValueError("the model was built without DSpark (Transformer(..., with_dspark=True))")
+        self.model = model
+        self.bs = model.cfg.dspark_block_size
+
+    def construct(self, y, ctx_kv, idx, pos0):
+        P = pos0.reshape(-1, 1) + ops.arange(self.bs, dtype=ms.int32).reshape(1, -1)
+        (pc, ps) = self.model.rope_dspark
+        return self.model.dspark_draft(y, ctx_kv, idx, table_at(pc, P), table_at(ps, P))
 
 
 class RestoreShadow(nn.Cell):

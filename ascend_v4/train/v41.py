@@ -80,7 +80,8 @@ class V41Loss(nn.Cell):
         B = input_ids.shape[0]
         _, h = self.model.embed_streams(input_ids)
         rows = tuple(engram_rows[k] for k in range(self.n_engram))
-        h, pre, hidden, routes = self.model.run_layers_v41(h, input_ids, rows, stats=True)
+        out = self.model.run_layers_v41(h, input_ids, rows, stats=True, targets=self.with_dspark)
+        h, pre, routes = out[0], out[1], out[3]
         lm = masked_ce(self.model.logits_v41(h, pre), targets, loss_mask, lm_denom)
         balance = ops.zeros((), ms.float32)
         dropped = ops.zeros((), ms.int32)
@@ -93,7 +94,7 @@ class V41Loss(nn.Cell):
         draft, conf = zero, zero
         dloads = ops.zeros((max(self.n_stages, 1), self.Ed), ms.float32)
         if self.with_dspark:
-            logits, c, droutes = self.model.dspark_forward(hidden, markov_ids)
+            logits, c, droutes = self.model.dspark_forward(out[4], markov_ids)
             draft = masked_ce(logits, draft_labels, draft_mask, draft_denom)
             hit = ops.stop_gradient(ops.cast(ops.argmax(logits, -1) == draft_labels, ms.float32))
             bce = ops.softplus(c) - hit * c                         # BCE with logits, stable for any c

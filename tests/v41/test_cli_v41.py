@@ -43,7 +43,10 @@ def test_image_inputs_and_unsupported_options_are_refused(release, tmp_path):
     assert f"image token id {CFG.image_token_id}" in line
     line = _one_error(CliRunner().invoke(main, ["generate", release, "--tokens", _tokens(tmp_path, [3, 4, 5]),
                                                 "--mtp", "--out", out]))
-    assert "DSpark" in line
+    assert "DSpark" in line and "--dspark" in line
+    line = _one_error(CliRunner().invoke(main, ["generate", release, "--tokens", _tokens(tmp_path, [3, 4, 5]),
+                                                "--dspark", "--out", out]))
+    assert "--greedy" in line
     line = _one_error(CliRunner().invoke(main, ["generate", release, "--tokens", _tokens(tmp_path, [3, 4, 5]),
                                                 "--int8-kv", "--out", out]))
     assert "--int8-kv" in line
@@ -80,3 +83,18 @@ def test_engine_refuses_image_tokens(release):
         eng.prefill([np.array([1, cfg.image_token_id, 2])])
     with pytest.raises(ServeError, match="DSpark"):
         Engine(cfg, w, max_batch=1, max_len=64, mtp=True)
+
+
+@pytest.mark.slow      # two engines (prefill, decode, DSpark draft and verify graphs): ~6 min on the shared host
+@pytest.mark.timeout(3000)
+def test_generate_dspark_equals_greedy(release, tmp_path):
+    toks = _tokens(tmp_path, [[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
+    runs = {}
+    for name, extra in (("greedy", []), ("dspark", ["--dspark"])):
+        out = str(tmp_path / f"{name}.npz")
+        r = CliRunner().invoke(main, ["generate", release, "--tokens", toks, "--greedy", "--no-eos", "--quiet",
+                                      "--max-new-tokens", "12", "--out", out] + extra)
+        assert r.exit_code == 0, r.output
+        runs[name] = np.load(out)
+    assert "DSpark draft acceptance" in r.output
+    np.testing.assert_array_equal(runs["dspark"]["tokens"], runs["greedy"]["tokens"])
