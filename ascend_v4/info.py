@@ -301,6 +301,6 @@ def format_describe_v41(d: Dict) -> str:
              f"KV cache per token: {kv['release']:.0f} B (release FP4 layout, kv sources only), "
              f"{kv['ascend_bf16']:.0f} B (BF16); + fixed window rings {kv['window_bytes_fp8'] / 2**20:.2f} MiB/sequence (FP8)",
              "status: make-checkpoint, convert (bf16/w8a8/w4a8, ranks layout), dump (graph-mode Cells or the float64 "
-             "golden), generate (--dspark --greedy: DSpark drafting) and demo --model v4.1 take V4.1; train not yet "
-             "(README 'DeepSeek-V4.1 (in progress)')"]
+             "golden), generate (--dspark --greedy: DSpark drafting), demo --model v4.1 and train (one process) take "
+             "V4.1 (README 'DeepSeek-V4.1 (in progress)')"]
     return "\n".join(lines)

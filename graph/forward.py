@@ -22,7 +22,8 @@ class CompiledForward:
 
     DeepSeek-V4.1: the Engram tables stay in host memory (ascend_v4/serve/engram.py); each call hashes the ids
     from position 0 (token_map: raw -> compressed ids, None when the ids already are compressed ids) and feeds
-    the gathered rows to the graph. Its DSpark drafter is not run (with_mtp refused)."""
+    the gathered rows to the graph. Its DSpark drafter is not part of the dump (with_mtp refused; it drafts in
+    `generate --dspark` and trains in `train`)."""
 
     def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], max_seq_len: int = 4096,
                  with_mtp: bool = False, token_map: Optional[np.ndarray] = None, engram_tables=None):
@@ -32,7 +33,8 @@ class CompiledForward:
         self.tables, self.token_map = None, token_map
         if self.v41:
             if with_mtp:
-                raise ValueError("DeepSeek-V4.1's DSpark drafter is not implemented; dump without --mtp")
+                raise ValueError("DeepSeek-V4.1's DSpark drafter is not dumped (generate --dspark runs it); "
+                                 "dump without --mtp")
             if cfg.engram_layer_ids and engram_tables is not None:   # e.g. memory-mapped (serve/engram.load_v41)
                 self.tables = engram_tables
             elif cfg.engram_layer_ids:
