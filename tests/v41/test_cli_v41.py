@@ -85,7 +85,7 @@ def test_engine_refuses_image_tokens(release):
         Engine(cfg, w, max_batch=1, max_len=64, mtp=True)
 
 
-@pytest.mark.slow      # two engines (prefill, decode, DSpark draft and verify graphs): ~6 min on the shared host
+@pytest.mark.slow      # two engines (prefill, decode, DSpark draft and verify graphs): ~130 s on a quiet 2-core host
 @pytest.mark.timeout(3000)
 def test_generate_dspark_equals_greedy(release, tmp_path):
     toks = _tokens(tmp_path, [[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
