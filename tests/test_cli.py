@@ -16,6 +16,7 @@ def run(*args, cwd=None):
     return p.returncode, p.stdout, p.stderr
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_demo_runs_with_no_arguments(tmp_path):
     rc, out, err = run("demo", cwd=tmp_path)
     assert rc == 0, err

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_mindir_export_reruns_identically(ms_graph, tiny_cfg, tiny_weights, tmp_path):
     from ascend_v4.graph.export import ExportError, export, run_mindir
     from ascend_v4.graph.forward import build_forward

@@ -123,6 +123,7 @@ def test_capacity_path_gradient_matches_finite_differences(ms_graph, tiny_cfg, t
         assert g[t, d] == pytest.approx(fd, rel=2e-3, abs=2e-4)
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_train_reports_dropped_tokens(tmp_path, ms_graph):
     import json
     from ascend_v4.train.loop import TrainConfig, Trainer

@@ -34,6 +34,7 @@ def _passes(kernels):
     return sum(len(rhc.cores_of(k)) for k in kernels)   # one compile per core type the kernel runs on
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_kernels_and_host_compile_float():
     results = _check(rhc.kernel_sources() + rhc.host_sources(), ["float"])
     assert len(results) == _passes(rhc.kernel_sources()) + 7

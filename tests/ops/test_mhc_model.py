@@ -32,6 +32,7 @@ def _random_weights(model, cfg, seed=0):
 
 
 @pytest.mark.skipif(not cpp.available(), reason="C++ library not built (python ops/build.py mhc)")
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_tiny_model_same_logits_with_cpp_and_composite(monkeypatch):
     cfg = load_config("tiny")
     ids = ms.Tensor(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 16)).astype(np.int32))

@@ -119,6 +119,7 @@ def test_mode_selection():
     assert select_mode("alltoall", 8, "CPU") == "alltoall"
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_expert_parallel_two_processes(tmp_path):
     """One msrun launch (2 workers) runs every mode with the cpp (when built) and composite backends."""
     pytest.importorskip("mindspore")

@@ -61,6 +61,7 @@ def test_bad_requests_fail_with_one_line_and_no_output(ckpt_no_tok, tmp_path, na
     assert set(os.listdir(tmp_path)) == before                  # nothing written (no partial npz)
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_generate_tokens_batch_writes_ids_and_logits(ckpt_no_tok, tmp_path, tiny_cfg, tiny_weights):
     from ascend_v4.numpy_model import NumpyV4
     toks = np.full((2, 9), -1, np.int64)

@@ -13,6 +13,7 @@ def int8_engine(ms_graph, tiny_cfg, tiny_weights):
     return Engine(tiny_cfg, tiny_weights, max_batch=2, max_len=128, prefill_chunk=16, kv_int8=True)
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_int8_cache_quantisation_error_and_consistency(int8_engine, tiny_cfg, tiny_weights):
     c = tiny_cfg
     seq = np.random.default_rng(4).integers(2, c.vocab_size, (2, 48))

@@ -79,6 +79,7 @@ def _batch(cfg, B=2, S=32, seed=0):
     return ids, tgt, seg, mask
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_two_stages_compose_to_the_whole_model(ms_graph, tiny_cfg):
     import mindspore as ms
     from ascend_v4.checkpoint import random_weights

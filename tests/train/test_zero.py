@@ -31,6 +31,7 @@ def _shard(tiny_cfg, params, dp, rank, ep=1):
     return OptimizerShard(ctx, [p for p in params if classify_param(p)[0] != FROZEN])
 
 
+@pytest.mark.slow   # > 20 s: runs in .ci/run, so the default suite stays under 10 minutes
 def test_each_rank_updates_its_own_parameters_like_the_unsharded_optimiser(ms_graph, tiny_cfg):
     import mindspore as ms
     from ascend_v4.train.optim import MuonAdamW
