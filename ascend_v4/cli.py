@@ -259,7 +259,6 @@ def demo(model_kind, config, batch, seq, seed, keep_dir, new_tokens):
     import tempfile
     import numpy as np
     from .checkpoint import load_official_weights, random_weights, write_official_checkpoint
-    from .dump import compare_arrays
     from .info import describe, format_describe
     from .numpy_model import NumpyV4
     from .runtime import setup
@@ -301,21 +300,28 @@ def demo(model_kind, config, batch, seq, seed, keep_dir, new_tokens):
                    f"({batch * seq / (t5 - t4):.0f} tokens/s)")
         click.echo("backends: " + ", ".join(f"{k}={v}" for k, v in sorted(v4ops.selected().items())))
         ref = NumpyV4(cfg, weights).forward(ids)
-        rows = {r["key"]: r for r in compare_arrays(out, ref)}
-        lg = rows["logits"]
-        worst_block = max((r for k, r in rows.items() if k.startswith("hidden_block")), key=lambda r: r["median_rel"])
-        ok = lg["median_rel"] < 1e-4 and lg["top1_agree"] >= 0.95
-        click.echo(f"parity vs float64 NumPy golden: logits median rel L2 {lg['median_rel']:.2e}, "
-                   f"p90 {lg['p90_rel']:.2e}, top-1 agreement {lg['top1_agree']:.3f}, worst block "
-                   f"{worst_block['key']} median {worst_block['median_rel']:.2e} -> {'PASS' if ok else 'FAIL'}")
-        if not ok:
-            sys.exit(1)
+        _demo_parity(out, ref)
         if new_tokens > 0 and not _demo_generate(cfg, weights, ids[0, :min(seq, 16)], new_tokens):
             sys.exit(1)
     finally:
         if tmp:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _demo_parity(out, ref):
+    """The demo's verdict on the graph-mode forward against the float64 golden (both dicts of dump keys; common
+    keys compared): logits and the worst block printed, exit 1 unless logits agree to 1e-4 median and 95% top-1."""
+    from .dump import compare_arrays
+    rows = {r["key"]: r for r in compare_arrays(out, ref)}
+    lg = rows["logits"]
+    worst = max((r for k, r in rows.items() if k.startswith("hidden_block")), key=lambda r: r["median_rel"])
+    ok = lg["median_rel"] < 1e-4 and lg["top1_agree"] >= 0.95
+    click.echo(f"parity vs float64 NumPy golden: logits median rel L2 {lg['median_rel']:.2e}, p90 "
+               f"{lg['p90_rel']:.2e}, top-1 agreement {lg['top1_agree']:.3f}, worst block {worst['key']} median "
+               f"{worst['median_rel']:.2e} -> {'PASS' if ok else 'FAIL'}")
+    if not ok:
+        sys.exit(1)
 
 
 def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
@@ -327,7 +333,6 @@ def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
     from .checkpoint import load_official_weights, random_weights, write_official_checkpoint
     from .checkpoint.release_v41 import release_token_map
     from .config import MODEL_VERSIONS
-    from .dump import compare_arrays
     from .numpy_model_v41 import NumpyV41
     from .runtime import setup
     from . import ops as v4ops
@@ -354,15 +359,7 @@ def _demo_v41(cfg, batch, seq, seed, keep_dir, new_tokens):
         click.echo("backends: " + ", ".join(f"{k}={v}" for k, v in sorted(v4ops.selected().items())))
         golden = NumpyV41(cfg, weights, token_map=tmap)
         ref = golden.forward(ids)
-        rows = {r["key"]: r for r in compare_arrays(out, {k: v for k, v in ref.items() if k in out})}
-        lg = rows["logits"]
-        worst = max((r for k, r in rows.items() if k.startswith("hidden_block")), key=lambda r: r["median_rel"])
-        ok = lg["median_rel"] < 1e-4 and lg["top1_agree"] >= 0.95
-        click.echo(f"parity vs float64 NumPy golden: logits median rel L2 {lg['median_rel']:.2e}, p90 "
-                   f"{lg['p90_rel']:.2e}, top-1 agreement {lg['top1_agree']:.3f}, worst block {worst['key']} median "
-                   f"{worst['median_rel']:.2e} -> {'PASS' if ok else 'FAIL'}")
-        if not ok:
-            sys.exit(1)
+        _demo_parity(out, ref)
         if new_tokens > 0:
             from .serve import Engine, SamplingParams
             prompt = ids[0, :min(seq, 16)]
