@@ -57,6 +57,12 @@ def cache_dir():
     return os.environ.get("AV4_ASCENDC_TREES") or DEFAULT_CACHE
 
 
+def generated_dir(root=None):
+    """this checkout's build products under the shared trees: two checkouts building at once never share a binary"""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(root or cache_dir(), "_generated", hashlib.sha1(here.encode()).hexdigest()[:10])
+
+
 def _complete(root):
     return all(os.path.isdir(os.path.join(root, t)) for t in TREES)
 
@@ -160,7 +166,7 @@ class Workspace:
         self.T = os.path.join(root, "asc-tools")
         self.M = os.path.join(root, "metadef")
         self.G = os.path.join(root, "ge")
-        self.gen = os.path.join(root, "_generated")
+        self.gen = generated_dir(root)
         self.names_file = os.path.join(self.gen, "intrinsics.txt")
         self.results_file = os.path.join(self.gen, "passes.json")
         for sub in ("shim", "gen/kernel_tiling", "host_shim/platform", "logs"):

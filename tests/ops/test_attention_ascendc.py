@@ -80,7 +80,7 @@ def emu(build_dir):
     (ops/attention/ascendc/emu/attention_emu.cc), else over the API-level twin tests/ascendc_emu.h"""
     exes = {}
     if REAL:
-        out = os.path.join(rhc.cache_dir(), "_generated", "emu_bin")
+        out = os.path.join(rhc.generated_dir(), "emu_bin")
         os.makedirs(out, exist_ok=True)
         for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
             exes[name] = rhc.build_emulator(os.path.join(ASC, "emu", "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
@@ -326,7 +326,7 @@ def test_compress_without_the_ape_reload_wait_is_a_race(tmp_path):
     block's Add read it): the emulator's pipe model reports the write-after-read race."""
     import shutil as _sh
     from pathlib import Path
-    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / "attention_ape_no_wait"
+    base = Path(rhc.generated_dir()) / "emu_mutants" / "attention_ape_no_wait"
     _sh.rmtree(base, ignore_errors=True)
     _sh.copytree(ASC, base / "ascendc", ignore=_sh.ignore_patterns("__pycache__", "tests"))
     k = base / "ascendc" / "op_kernel" / "compress_kv.cpp"
@@ -371,7 +371,7 @@ def test_cube_handover_removed_is_a_race(tmp_path, name):
     import shutil as _sh
     from pathlib import Path
     src, dt, old, new, expect = CUBE_MUTANTS[name]
-    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / f"attention_{name}"
+    base = Path(rhc.generated_dir()) / "emu_mutants" / f"attention_{name}"
     _sh.rmtree(base, ignore_errors=True)
     _sh.copytree(ASC, base / "ascendc", ignore=_sh.ignore_patterns("__pycache__", "tests"))
     k = base / "ascendc" / "op_kernel" / src

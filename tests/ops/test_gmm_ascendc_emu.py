@@ -37,7 +37,7 @@ def _build(driver, dt, out):
 
 @pytest.fixture(scope="module")
 def emu():
-    out = os.path.join(rhc.cache_dir(), "_generated", "emu_bin")
+    out = os.path.join(rhc.generated_dir(), "emu_bin")
     os.makedirs(out, exist_ok=True)
     return {dt: _build(DRIVER, dt, os.path.join(out, f"gmm_{DTYPES[dt]}")) for dt in DTYPES}
 
@@ -124,7 +124,7 @@ MUTANTS = {
 
 def _mutant(name, cut, keep=""):
     from pathlib import Path
-    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / f"gmm_{name}"
+    base = Path(rhc.generated_dir()) / "emu_mutants" / f"gmm_{name}"
     shutil.rmtree(base, ignore_errors=True)
     shutil.copytree(os.path.join(ROOT, "ops", "moe", "ascendc"), base / "ascendc",
                     ignore=shutil.ignore_patterns("__pycache__"))

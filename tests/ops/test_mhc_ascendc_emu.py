@@ -25,7 +25,7 @@ CORES, UB = 48, 196608          # 910B1 / 910C die: 48 AIV cores, 192 KB UB
 
 
 def _build(dtype, driver=DRIVER, name=None):
-    out = os.path.join(rhc.cache_dir(), "_generated", "emu_bin", name or f"mhc_{dtype}")
+    out = os.path.join(rhc.generated_dir(), "emu_bin", name or f"mhc_{dtype}")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     return rhc.build_emulator(driver, [f"DTYPE_F={dtype}", f"DTYPE_X={dtype}"], out, cxx=GXX, core="MIX")
 
@@ -105,7 +105,7 @@ def test_emulator_reports_a_missing_vector_barrier(tmp_path):
     """The pipe model has teeth: hc_post without the PipeBarrier<PIPE_V> between Muls and the Axpy that reads its
     result fails with a race report (and the unmodified kernel passes the same inputs above)."""
     src = os.path.join(ROOT, "ops", "mhc", "ascendc")
-    mutants = os.path.join(rhc.cache_dir(), "_generated", "emu_mutants", "mhc_no_barrier")   # stable path: cached build
+    mutants = os.path.join(rhc.generated_dir(), "emu_mutants", "mhc_no_barrier")   # stable path: cached build
     shutil.rmtree(mutants, ignore_errors=True)
     dst = Path(mutants) / "ascendc"
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
@@ -135,7 +135,7 @@ CUBE_MUTANTS = {
 @pytest.mark.parametrize("name", sorted(CUBE_MUTANTS))
 def test_hc_pre_cube_sync_removed_is_a_race(tmp_path, name):
     cut, message = CUBE_MUTANTS[name]
-    mutants = os.path.join(rhc.cache_dir(), "_generated", "emu_mutants", f"mhc_cube_{name}")
+    mutants = os.path.join(rhc.generated_dir(), "emu_mutants", f"mhc_cube_{name}")
     shutil.rmtree(mutants, ignore_errors=True)
     dst = Path(mutants) / "ascendc"
     shutil.copytree(os.path.join(ROOT, "ops", "mhc", "ascendc"), dst, ignore=shutil.ignore_patterns("__pycache__"))

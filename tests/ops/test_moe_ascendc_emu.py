@@ -24,7 +24,7 @@ CORES, UB = 48, 196608
 
 @pytest.fixture(scope="module")
 def emu():
-    out = os.path.join(rhc.cache_dir(), "_generated", "emu_bin")
+    out = os.path.join(rhc.generated_dir(), "emu_bin")
     os.makedirs(out, exist_ok=True)
     return {"f32": rhc.build_emulator(DRIVER, ["DTYPE_X=float"], os.path.join(out, "moe_float"), cxx=GXX),
             "bf16": rhc.build_emulator(DRIVER, ["DTYPE_X=bfloat16_t"], os.path.join(out, "moe_bfloat16_t"), cxx=GXX)}
@@ -148,7 +148,7 @@ def test_old_form_is_reported_as_a_race(tmp_path, name):
     from pathlib import Path
     fname, new, old, args, message = OLD_FORMS[name]
     src = os.path.join(ROOT, "ops", "moe", "ascendc")
-    base = Path(rhc.cache_dir()) / "_generated" / "emu_mutants" / f"moe_{name}"
+    base = Path(rhc.generated_dir()) / "emu_mutants" / f"moe_{name}"
     shutil.rmtree(base, ignore_errors=True)
     shutil.copytree(src, base / "ascendc", ignore=shutil.ignore_patterns("__pycache__"))
     k = base / "ascendc" / "op_kernel" / fname
