@@ -13,6 +13,7 @@ ops/ascend_call.py). `explain(op)` gives every backend's verdict with its reason
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Tuple
@@ -71,6 +72,31 @@ def register(op: str, name: str, platforms: Tuple[str, ...], priority: int = 0,
                                                      tuple(tolerance), note, grad, limits, what)
         return fn
     return deco
+
+
+# Platforms and priority of the standard backends of a family: the float64 reference (numpy: parity only), the
+# MindSpore composite (every device), the C++ aot kernels (CPU); Ascend backends register with their own.
+TIERS: Dict[str, Tuple[Tuple[str, ...], int]] = {
+    "reference": (("numpy",), -10), "composite": (("CPU", "GPU", "Ascend"), 0), "cpp": (("CPU",), 10)}
+
+
+def register_module(package: str, backend: str, names, **options):
+    """Register `<package>.<backend>.<name>` as backend `backend` of op `name` for every name in `names`, with the
+    tier's platforms and priority (TIERS) and the module's `available()` when it has one; `options` go to register
+    (tolerance, note). The reference must import; another backend whose module cannot (MindSpore missing)
+    registers nothing. Returns the module, or None."""
+    try:
+        module = importlib.import_module(f"{package}.{backend}")
+    except ImportError:
+        if backend == "reference":
+            raise
+        return None
+    platforms, priority = TIERS[backend]
+    if hasattr(module, "available"):
+        options.setdefault("available", module.available)
+    for name in names:
+        register(name, backend, platforms, priority, **options)(getattr(module, name))
+    return module
 
 
 def ops() -> List[str]:

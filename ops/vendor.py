@@ -19,61 +19,59 @@ class Candidate(NamedTuple):
     why: str
 
 
+def _cann(op: str, mindspore: Optional[str], cann: str, used: bool, why: str) -> Candidate:
+    """A CANN operator (910B = A2 and 910C = A3)."""
+    return Candidate(op, mindspore, cann, "910b,910c", used, why)
+
+
+def _recipe(op: str, detail: str) -> Candidate:
+    """A cann-recipes custom op: outside CANN, no MindSpore entry, documented for 910C (A3) only."""
+    return Candidate(f"custom {op}", None, "-", "910c", False, f"cann-recipes custom op{detail}, not part of CANN")
+
+
 CANDIDATES: Dict[str, List[Candidate]] = {
     "moe_route": [
-        Candidate("aclnnMoeGatingTopK", None, "8.0", "910b,910c", False,
-                  "normType softmax/sigmoid only; V4 scores with sqrt-softplus and routes the first layers by "
-                  "tid2eid hash; MindSpore 2.10 ships only MoeGatingTopKSoftmax"),
-        Candidate("custom npu_moe_gating_top_k (hash variant)", None, "-", "910c", False,
-                  "a cann-recipes / vllm-ascend custom op (normType 2 + hash, k <= 64), not part of CANN"),
+        _cann("aclnnMoeGatingTopK", None, "8.0", False,
+              "normType softmax/sigmoid only; V4 scores with sqrt-softplus and routes the first layers by tid2eid "
+              "hash; MindSpore 2.10 ships only MoeGatingTopKSoftmax"),
+        _recipe("npu_moe_gating_top_k (hash variant)", " (normType 2 + hash, k <= 64; also in vllm-ascend)"),
     ],
     "moe_init_routing": [
-        Candidate("aclnnMoeInitRoutingV2", "ops.moe_init_routing_v2", "8.0", "910b,910c", True,
-                  "same semantics (dropless and drop/pad, count or cumsum histogram)"),
-        Candidate("aclnnMoeDistributeDispatch (MC2, EP)", "ops.moe_distribute_dispatch", "8.0", "910b,910c", False,
-                  "not wired: EP runs AlltoAll + MoeInitRoutingV2 (ops/moe/parallel.py); its limits (A2: ep_world "
-                  "16..256, batch <= 256, H <= 7168 and % 32, <= 24 local experts) are checked by `train --dry-run`"),
+        _cann("aclnnMoeInitRoutingV2", "ops.moe_init_routing_v2", "8.0", True,
+              "same semantics (dropless and drop/pad, count or cumsum histogram)"),
+        _cann("aclnnMoeDistributeDispatch (MC2, EP)", "ops.moe_distribute_dispatch", "8.0", False,
+              "not wired: EP runs AlltoAll + MoeInitRoutingV2 (ops/moe/parallel.py); its limits (A2: ep_world 16..256, "
+              "batch <= 256, H <= 7168 and % 32, <= 24 local experts) are checked by `train --dry-run`"),
     ],
     "grouped_expert_ffn": [
-        Candidate("aclnnGroupedMatmulV4", "ops.grouped_matmul", "8.0", "910b,910c", True,
-                  "split_item 3, group_type 0, int64 cumsum group list; V4's clamped SwiGLU between the GMMs"),
-        Candidate("aclnnGroupedMatmulSwigluQuant", None, "8.0", "910b,910c", False,
-                  "quantised (W8A8) path only and no SwiGLU clamp (V4 clamps at 10)"),
+        _cann("aclnnGroupedMatmulV4", "ops.grouped_matmul", "8.0", True,
+              "split_item 3, group_type 0, int64 cumsum group list; V4's clamped SwiGLU between the GMMs"),
+        _cann("aclnnGroupedMatmulSwigluQuant", None, "8.0", False,
+              "quantised (W8A8) path only and no SwiGLU clamp (V4 clamps at 10)"),
     ],
     "moe_finalize_routing": [
-        Candidate("aclnnMoeFinalizeRouting", "ops.moe_finalize_routing", "8.0", "910b,910c", True,
-                  "V1 layout (column-arranged row index; ours is transposed); drop/pad calls go to our AscendC "
-                  "kernel (V2's drop_pad_mode is not exposed by MindSpore 2.10)"),
-        Candidate("aclnnMoeDistributeCombine (MC2, EP)", "ops.moe_distribute_combine", "8.0", "910b,910c", False,
-                  "pairs with MoeDistributeDispatch (not wired, see moe_init_routing)"),
+        _cann("aclnnMoeFinalizeRouting", "ops.moe_finalize_routing", "8.0", True,
+              "V1 layout (column-arranged row index; ours is transposed); drop/pad calls go to our AscendC kernel "
+              "(V2's drop_pad_mode is not exposed by MindSpore 2.10)"),
+        _cann("aclnnMoeDistributeCombine (MC2, EP)", "ops.moe_distribute_combine", "8.0", False,
+              "pairs with MoeDistributeDispatch (not wired, see moe_init_routing)"),
     ],
     "lightning_indexer": [
-        Candidate("aclnnLightningIndexer", "ops.lightning_indexer", "8.3", "910b,910c", False,
-                  "DSA (V3.2) semantics in MindSpore 2.10's binding: no cmp_ratio, so visibility over compressed "
-                  "entries (id < floor((t+1)/ratio)) cannot be expressed; returns score order, V4 wants ascending ids; "
-                  "limits: head dim 128, sparse_count <= 2048, Q_N <= 64"),
+        _cann("aclnnLightningIndexer", "ops.lightning_indexer", "8.3", False,
+              "DSA (V3.2) semantics in MindSpore 2.10's binding: no cmp_ratio, so visibility over compressed entries "
+              "(id < floor((t+1)/ratio)) cannot be expressed; returns score order, V4 wants ascending ids; limits: "
+              "head dim 128, sparse_count <= 2048, Q_N <= 64"),
     ],
     "sparse_attention": [
-        Candidate("aclnnSparseFlashAttention", "ops.sparse_flash_attention", "8.3", "910b,910c", False,
-                  "MLA-absorb layout only (D 512 + rope 64) and attention sinks only on 950; V4 needs the sink"),
-        Candidate("custom npu_sparse_attn_sharedkv", None, "-", "910c", False,
-                  "cann-recipes custom op (V4 SWA/CSA/HCA with sinks), A3 inference only, not part of CANN"),
+        _cann("aclnnSparseFlashAttention", "ops.sparse_flash_attention", "8.3", False,
+              "MLA-absorb layout only (D 512 + rope 64) and attention sinks only on 950; V4 needs the sink"),
+        _recipe("npu_sparse_attn_sharedkv", " (V4 SWA/CSA/HCA with sinks), A3 inference only"),
     ],
-    "hca_attention": [
-        Candidate("custom npu_sparse_attn_sharedkv", None, "-", "910c", False,
-                  "cann-recipes custom op, A3 inference only, not part of CANN"),
-    ],
-    "compress_kv": [
-        Candidate("custom compressor", None, "-", "910c", False,
-                  "cann-recipes custom op (A3, 950), inference only, not part of CANN"),
-    ],
-    "hc_pre": [
-        Candidate("custom npu_hc_pre (+ sinkhorn)", None, "-", "910c", False,
-                  "cann-recipes custom op: hc = 4, D = 4096, fused only for T <= 128 and T % 16 == 0, no backward"),
-    ],
-    "hc_post": [
-        Candidate("custom npu_hc_post", None, "-", "910c", False, "cann-recipes custom op, inference only"),
-    ],
+    "hca_attention": [_recipe("npu_sparse_attn_sharedkv", ", A3 inference only")],
+    "compress_kv": [_recipe("compressor", " (A3, 950), inference only")],
+    "hc_pre": [_recipe("npu_hc_pre (+ sinkhorn)", ": hc = 4, D = 4096, fused only for T <= 128 and T % 16 == 0, "
+                                                  "no backward")],
+    "hc_post": [_recipe("npu_hc_post", ", inference only")],
     "hc_head": [],
     "expert_ffn": [],
     "newton_schulz": [],

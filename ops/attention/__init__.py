@@ -16,31 +16,14 @@ Ops and backends (float64 NumPy `reference`, MindSpore `composite`, CPU C++ `cpp
 The AscendC kernels (ascendc/, package "ascend_v4_attention") are built with ascendc/build.sh on a CANN machine;
 see ascendc/README.md.
 """
-from ..registry import register
-from . import reference
+from ..registry import register, register_module
 
 _OPS = ("compress_kv", "compress_kv_step", "lightning_indexer", "sparse_attention", "hca_attention", "rope")
-for _name in _OPS:
-    register(_name, "reference", ("numpy",), priority=-10, tolerance=(0, 0))(getattr(reference, _name))
-for _name in ("index_topk_v2", "candidate_mask"):           # DeepSeek-V4.1 (tests/v41/test_model_v41.py)
-    register(_name, "reference", ("numpy",), priority=-10, tolerance=(0, 0))(getattr(reference, _name))
-
-try:
-    from . import composite as _c
-    for _name in _OPS:
-        register(_name, "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(2e-5, 2e-4))(getattr(_c, _name))
-    for _name in ("index_topk_v2", "candidate_mask"):
-        register(_name, "composite", ("CPU", "GPU", "Ascend"), priority=0, tolerance=(0, 0))(getattr(_c, _name))
-except ImportError:  # pragma: no cover
-    pass
-
-try:
-    from . import cpp as _cpp
-    for _name in _OPS:
-        register(_name, "cpp", ("CPU",), priority=10, available=_cpp.available, tolerance=(2e-5, 2e-4),
-                 note="build with `python ops/build.py attention`")(getattr(_cpp, _name))
-except ImportError:  # pragma: no cover
-    pass
+_V41 = ("index_topk_v2", "candidate_mask")               # DeepSeek-V4.1 (tests/v41/test_model_v41.py)
+register_module(__name__, "reference", _OPS + _V41, tolerance=(0, 0))
+register_module(__name__, "composite", _OPS, tolerance=(2e-5, 2e-4))
+register_module(__name__, "composite", _V41, tolerance=(0, 0))
+register_module(__name__, "cpp", _OPS, tolerance=(2e-5, 2e-4), note="build with `python ops/build.py attention`")
 
 from . import ascendc as _asc   # noqa: E402  (bound through ops/ascend_call.py; available() checks the target)
 for _name in ("compress_kv", "lightning_indexer", "sparse_attention", "hca_attention"):

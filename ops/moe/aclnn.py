@@ -33,7 +33,7 @@ from ..ascend_call import Attr, Contract, In, primitive
 from ..registry import on_target_change, target
 from . import composite as C
 from . import reference as R
-from .ascendc.binding import finalize_backward, swiglu
+from .ascendc.binding import expert_ffn_through, finalize_backward, gmm_primitive, init_routing_primitive
 from .ascendc.binding import moe_finalize_routing as ascendc_finalize
 
 CANN = "8.0"                                   # first CANN release with all four operators on 910B (A2) and 910C
@@ -115,31 +115,7 @@ CONTRACTS = {
 
 
 # ------------------------------------------------------------------------------------------------ init routing
-def _emulate_init(x, expert_idx, **a):
-    return R.moe_init_routing(x, expert_idx, **a)
-
-
-@functools.lru_cache(None)
-def _init(active_num, capacity, num_experts, drop_pad_mode, flag):
-    def bprop(x, ids, out, dout):
-        T, K = ids.shape
-        dx = C.moe_finalize_routing(ops.cast(dout[0], ms.float32), ops.ones((T, K), ms.float32), out[1],
-                                    drop_pad_mode=3 if drop_pad_mode == 1 else 2)
-        return ops.cast(dx, x.dtype), ops.zeros_like(ids)
-
-    def shape(xs, ids):
-        n = ids[0] * ids[1]
-        ex = [num_experts, capacity, xs[1]] if drop_pad_mode == 1 else \
-            [min(active_num, n) if active_num > 0 else n, xs[1]]
-        return ex, [n], [num_experts], [num_experts]
-
-    def dtype(xd, idd):
-        return xd, ms.int32, ms.int32, ms.int32
-
-    attrs = {"active_num": active_num, "expert_capacity": capacity, "expert_num": num_experts,
-             "drop_pad_mode": drop_pad_mode, "expert_tokens_count_or_cumsum_flag": flag,
-             "expert_tokens_before_capacity_flag": True}
-    return primitive(CONTRACTS["MoeInitRoutingV2"], attrs, shape, dtype, bprop, _emulate_init)
+_init = functools.lru_cache(None)(functools.partial(init_routing_primitive, CONTRACTS["MoeInitRoutingV2"]))
 
 
 def moe_init_routing(x, expert_idx, active_num=0, expert_capacity=0, expert_num=0, drop_pad_mode=0,
@@ -191,21 +167,8 @@ def _emulate_gmm(x, weight, group_list, transpose_b):
 
 @functools.lru_cache(None)
 def _gmm(transpose_b):
-    def bprop(x, w, gl, out, dout):
-        dx = C.grouped_matmul(dout, w, gl, 0, not transpose_b)
-        E = w.shape[0]
-        xp, _, _ = C._pad_groups(x, gl, 0, E)
-        dyp, _, _ = C._pad_groups(dout, gl, 0, E)
-        dw = ops.bmm(dyp.swapaxes(1, 2), xp) if transpose_b else ops.bmm(xp.swapaxes(1, 2), dyp)
-        return dx, ops.cast(dw, w.dtype), ops.zeros_like(gl)
-
-    def shape(xs, ws, gs):
-        return [xs[0], ws[1] if transpose_b else ws[2]]
-
-    def dtype(xd, wd, gd):
-        return xd
-
-    return primitive(CONTRACTS["GroupedMatmul"], {"transpose_b": transpose_b}, shape, dtype, bprop, _emulate_gmm)
+    return gmm_primitive(CONTRACTS["GroupedMatmul"], {"transpose_b": transpose_b}, 0, transpose_b, C.grouped_matmul,
+                         _emulate_gmm)
 
 
 def grouped_matmul(x, weight, group_list, group_list_type=0, transpose_weight=False):
@@ -218,9 +181,7 @@ def grouped_matmul(x, weight, group_list, group_list_type=0, transpose_weight=Fa
 
 
 def grouped_expert_ffn(x, w1, w2, w3, group_list, swiglu_limit, group_list_type=0):
-    g = grouped_matmul(x, w1, group_list, group_list_type, True)
-    u = grouped_matmul(x, w3, group_list, group_list_type, True)
-    return grouped_matmul(swiglu(g, u, swiglu_limit), w2, group_list, group_list_type, True)
+    return expert_ffn_through(grouped_matmul, x, w1, w2, w3, group_list, swiglu_limit, group_list_type)
 
 
 def _cann_limit(t):

@@ -3,8 +3,8 @@
 # npu_op_library / npu_op_kernel_sources / npu_op_kernel_library / npu_op_package_add.
 #
 # A family's three small CMakeLists call, in this order:
-#   <family>/ascendc/CMakeLists.txt             include(this file); av4_opp_package(<family>); add_subdirectory(op_host)
-#                                               then add_subdirectory(op_kernel)
+#   <family>/ascendc/CMakeLists.txt             include(this file); av4_opp_package(<family>) (it adds op_host/
+#                                               then op_kernel/)
 #   <family>/ascendc/op_host/CMakeLists.txt     av4_opp_host(SOURCES <host .cpp/.cc files>)
 #   <family>/ascendc/op_kernel/CMakeLists.txt   av4_opp_kernels(OPS <OpType> <kernel .cpp> [<OpType> <kernel .cpp>...])
 # The driver is ops/ascendc_common/build_opp.sh (it passes ASCEND_COMPUTE_UNIT and ASCEND_CANN_PACKAGE_PATH).
@@ -15,7 +15,8 @@ set(AV4_OPP_FAMILIES mhc moe attention)
 set(AV4_OPP_SOCS "ascend910b;ascend910_93")   # the AddConfig(...) of every OpDef
 
 # av4_opp_package(<family>): check the family, find CANN's ASC package (one clear error when it is missing) and
-# declare the run package. Sets AV4_FAMILY, AV4_FAMILY_DIR, vendor_name and package_name for the subdirectories.
+# declare the run package; then add the family's op_host/ and op_kernel/ (first the host: the kernels need the code
+# generated from the OpDefs). Sets AV4_FAMILY, AV4_FAMILY_DIR, vendor_name and package_name for the subdirectories.
 macro(av4_opp_package family)
   if(NOT "${family}" IN_LIST AV4_OPP_FAMILIES)
     message(FATAL_ERROR "av4_opp_package: unknown op family '${family}' (one of: ${AV4_OPP_FAMILIES})")
@@ -57,6 +58,8 @@ macro(av4_opp_package family)
       INSTALL_PATH ${CMAKE_BINARY_DIR}/
   )
   message(STATUS "ascend-v4: package ${package_name} (family ${family}) for ${ASCEND_COMPUTE_UNIT}")
+  add_subdirectory(op_host)
+  add_subdirectory(op_kernel)
 endmacro()
 
 # Absolute paths of `files` (relative ones are relative to the calling CMakeLists), each checked to exist.

@@ -181,8 +181,12 @@ def _emulate_init(x, expert_idx, **a):
     return R.moe_init_routing(x, expert_idx, **a)
 
 
-@functools.lru_cache(None)
-def _init_routing(active_num, capacity, num_experts, drop_pad, flag):
+def init_routing_primitive(contract, active_num, capacity, num_experts, drop_pad_mode, flag):
+    """The MoeInitRouting (V2 semantics) primitive of one static configuration on `contract`: ours
+    (MoeInitRoutingAv4) or the vendor's aclnnMoeInitRoutingV2 (ops/moe/aclnn.py), the same outputs and backward
+    (the finalize of the gradient rows)."""
+    drop_pad = drop_pad_mode == 1
+
     def bprop(x, ids, out, dout):
         T, K = ids.shape
         dx = C.moe_finalize_routing(ops.cast(dout[0], ms.float32), ops.ones((T, K), ms.float32), out[1],
@@ -198,14 +202,17 @@ def _init_routing(active_num, capacity, num_experts, drop_pad, flag):
         return xd, ms.int32, ms.int32, ms.int32
 
     attrs = {"active_num": active_num, "expert_capacity": capacity, "expert_num": num_experts,
-             "drop_pad_mode": int(drop_pad), "expert_tokens_count_or_cumsum_flag": flag,
+             "drop_pad_mode": drop_pad_mode, "expert_tokens_count_or_cumsum_flag": flag,
              "expert_tokens_before_capacity_flag": True}
-    return primitive(CONTRACTS["MoeInitRoutingAv4"], attrs, shape, dtype, bprop, _emulate_init)
+    return primitive(contract, attrs, shape, dtype, bprop, _emulate_init)
+
+
+_init_routing = functools.lru_cache(None)(functools.partial(init_routing_primitive, CONTRACTS["MoeInitRoutingAv4"]))
 
 
 def moe_init_routing(x, expert_idx, active_num=0, expert_capacity=0, expert_num=0, drop_pad_mode=0,
                      expert_tokens_count_or_cumsum_flag=1, expert_tokens_before_capacity_flag=True):
-    prim = _init_routing(int(active_num), int(expert_capacity), int(expert_num), drop_pad_mode == 1,
+    prim = _init_routing(int(active_num), int(expert_capacity), int(expert_num), int(drop_pad_mode == 1),
                          int(expert_tokens_count_or_cumsum_flag))
     return prim(x, ops.cast(expert_idx, ms.int32))
 
@@ -267,10 +274,12 @@ def _emulate_gmm(x, weight, group_list, **a):
     return R.grouped_matmul(x, weight, group_list, **a)
 
 
-@functools.lru_cache(None)
-def _gmm(group_list_type, transpose_weight):
+def gmm_primitive(contract, attrs, group_list_type, transpose_weight, dx_matmul, emulate):
+    """The grouped-matmul (split_item 3, group_type 0) primitive of one configuration on `contract`: ours
+    (GroupedMatmulAv4) or the vendor's aclnnGroupedMatmulV4 (ops/moe/aclnn.py). Backward: dx through `dx_matmul`
+    (a grouped matmul with the weight's other orientation), dw by a batched matmul of the zero-padded groups."""
     def bprop(x, w, gl, out, dout):
-        dx = grouped_matmul(dout, w, gl, group_list_type, not transpose_weight)
+        dx = dx_matmul(dout, w, gl, group_list_type, not transpose_weight)
         E = w.shape[0]
         xp, _, _ = C._pad_groups(x, gl, group_list_type, E)
         dyp, _, _ = C._pad_groups(dout, gl, group_list_type, E)
@@ -283,8 +292,14 @@ def _gmm(group_list_type, transpose_weight):
     def dtype(xd, wd, gd):
         return xd
 
+    return primitive(contract, attrs, shape, dtype, bprop, emulate)
+
+
+@functools.lru_cache(None)
+def _gmm(group_list_type, transpose_weight):
     attrs = {"group_list_type": group_list_type, "transpose_weight": transpose_weight}
-    return primitive(CONTRACTS["GroupedMatmulAv4"], attrs, shape, dtype, bprop, _emulate_gmm)
+    return gmm_primitive(CONTRACTS["GroupedMatmulAv4"], attrs, group_list_type, transpose_weight, grouped_matmul,
+                         _emulate_gmm)
 
 
 def grouped_matmul(x, weight, group_list, group_list_type=0, transpose_weight=False):
@@ -306,10 +321,15 @@ def swiglu(g, u, limit):
     return g * ops.sigmoid(g) * u
 
 
+def expert_ffn_through(gmm, x, w1, w2, w3, group_list, swiglu_limit, group_list_type=0):
+    """GMM(w1), GMM(w3), clamped SwiGLU, GMM(w2) with the grouped matmul `gmm` (ours, or the vendor's in aclnn.py)."""
+    g = gmm(x, w1, group_list, group_list_type, True)
+    u = gmm(x, w3, group_list, group_list_type, True)
+    return gmm(swiglu(g, u, swiglu_limit), w2, group_list, group_list_type, True)
+
+
 def grouped_expert_ffn(x, w1, w2, w3, group_list, swiglu_limit, group_list_type=0):
-    g = grouped_matmul(x, w1, group_list, group_list_type, True)
-    u = grouped_matmul(x, w3, group_list, group_list_type, True)
-    return grouped_matmul(swiglu(g, u, swiglu_limit), w2, group_list, group_list_type, True)
+    return expert_ffn_through(grouped_matmul, x, w1, w2, w3, group_list, swiglu_limit, group_list_type)
 
 
 def expert_ffn(expanded, w1, w2, w3, swiglu_limit):

@@ -5,11 +5,14 @@
 // for the head) rather than attributes, read by the kernel's scalar unit.
 #include <cstdint>
 
+#include "../../../ascendc_common/op_host/infer.h"
 #include "mhc_av4_tiling.h"
 #include "register/op_def_registry.h"
 
 namespace ge {
 namespace {
+
+using av4_host::SetShape;
 
 // y [T, D], post [T, hc], comb [T, hc, hc], mix [T, M], rstd [T]  (head: y, mix, rstd)
 graphStatus InferShapePreImpl(gert::InferShapeContext* context, bool head) {
@@ -18,46 +21,22 @@ graphStatus InferShapePreImpl(gert::InferShapeContext* context, bool head) {
   if (x == nullptr || fn == nullptr || x->GetDimNum() != 3 || fn->GetDimNum() != 2) return GRAPH_FAILED;
   const int64_t T = x->GetDim(0), hc = x->GetDim(1), D = x->GetDim(2), M = fn->GetDim(0);
   size_t o = 0;
-  gert::Shape* y = context->GetOutputShape(o++);
-  y->SetDimNum(2);
-  y->SetDim(0, T);
-  y->SetDim(1, D);
+  SetShape(context->GetOutputShape(o++), {T, D});
   if (!head) {
-    gert::Shape* post = context->GetOutputShape(o++);
-    post->SetDimNum(2);
-    post->SetDim(0, T);
-    post->SetDim(1, hc);
-    gert::Shape* comb = context->GetOutputShape(o++);
-    comb->SetDimNum(3);
-    comb->SetDim(0, T);
-    comb->SetDim(1, hc);
-    comb->SetDim(2, hc);
+    SetShape(context->GetOutputShape(o++), {T, hc});
+    SetShape(context->GetOutputShape(o++), {T, hc, hc});
   }
-  gert::Shape* mix = context->GetOutputShape(o++);
-  mix->SetDimNum(2);
-  mix->SetDim(0, T);
-  mix->SetDim(1, M);
-  gert::Shape* rstd = context->GetOutputShape(o++);
-  rstd->SetDimNum(1);
-  rstd->SetDim(0, T);
+  SetShape(context->GetOutputShape(o++), {T, M});
+  SetShape(context->GetOutputShape(o++), {T});
   return GRAPH_SUCCESS;
 }
 
 graphStatus InferShapePre(gert::InferShapeContext* context) { return InferShapePreImpl(context, false); }
 graphStatus InferShapeHead(gert::InferShapeContext* context) { return InferShapePreImpl(context, true); }
 
-graphStatus InferDataTypePre(gert::InferDataTypeContext* context) {
-  context->SetOutputDataType(0, context->GetInputDataType(0));
-  for (size_t i = 1; i < 5; ++i) context->SetOutputDataType(i, DT_FLOAT);
-  return GRAPH_SUCCESS;
-}
-
-graphStatus InferDataTypeHead(gert::InferDataTypeContext* context) {
-  context->SetOutputDataType(0, context->GetInputDataType(0));
-  context->SetOutputDataType(1, DT_FLOAT);
-  context->SetOutputDataType(2, DT_FLOAT);
-  return GRAPH_SUCCESS;
-}
+// y in x's dtype, the rest float32
+graphStatus InferDataTypePre(gert::InferDataTypeContext* context) { return av4_host::InferDtypes(context, 5); }
+graphStatus InferDataTypeHead(gert::InferDataTypeContext* context) { return av4_host::InferDtypes(context, 3); }
 
 graphStatus InferShapePost(gert::InferShapeContext* context) {
   const gert::Shape* residual = context->GetInputShape(1);
@@ -66,10 +45,7 @@ graphStatus InferShapePost(gert::InferShapeContext* context) {
   return GRAPH_SUCCESS;
 }
 
-graphStatus InferDataTypePost(gert::InferDataTypeContext* context) {
-  context->SetOutputDataType(0, context->GetInputDataType(0));
-  return GRAPH_SUCCESS;
-}
+graphStatus InferDataTypePost(gert::InferDataTypeContext* context) { return av4_host::InferDtypes(context, 1); }
 
 }  // namespace
 }  // namespace ge

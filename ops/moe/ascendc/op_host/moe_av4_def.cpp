@@ -15,6 +15,7 @@
 //                         attrs group_list_type, transpose_weight
 #include <cstdint>
 
+#include "../../../ascendc_common/op_host/infer.h"
 #include "moe_host_shim.h"
 
 namespace ge {
@@ -24,12 +25,7 @@ using moe_av4_host::AttrBool;
 using moe_av4_host::AttrInt;
 using moe_av4_host::OptionalShape;
 using moe_av4_host::RequiredShape;
-
-void Set(gert::Shape* s, std::initializer_list<int64_t> dims) {
-  s->SetDimNum(dims.size());
-  size_t i = 0;
-  for (int64_t d : dims) s->SetDim(i++, d);
-}
+using av4_host::SetShape;
 
 // ------------------------------------------------------------------------------------------------ gating
 // attrs: 0 k, 1 k_group, 2 group_count, 3 group_select_mode, 4 renorm, 5 norm_type, 6 out_flag,
@@ -39,9 +35,9 @@ graphStatus InferShapeGating(gert::InferShapeContext* context) {
   if (x == nullptr || x->GetDimNum() != 2) return GRAPH_FAILED;
   const int64_t T = x->GetDim(0), E = x->GetDim(1), k = AttrInt(context, 0);
   if (k <= 0 || k > E) return GRAPH_FAILED;
-  Set(context->GetOutputShape(0), {T, k});
-  Set(context->GetOutputShape(1), {T, k});
-  Set(context->GetOutputShape(2), {T, E});
+  SetShape(context->GetOutputShape(0), {T, k});
+  SetShape(context->GetOutputShape(1), {T, k});
+  SetShape(context->GetOutputShape(2), {T, E});
   return GRAPH_SUCCESS;
 }
 
@@ -62,20 +58,19 @@ graphStatus InferShapeInitRouting(gert::InferShapeContext* context) {
   const int64_t active = AttrInt(context, 0), C = AttrInt(context, 1), E = AttrInt(context, 2);
   if (idx->GetDim(0) != T || E <= 0) return GRAPH_FAILED;
   if (AttrInt(context, 3) == 1) {
-    Set(context->GetOutputShape(0), {E, C, H});
+    SetShape(context->GetOutputShape(0), {E, C, H});
   } else {
-    Set(context->GetOutputShape(0), {active > 0 && active < N ? active : N, H});
+    SetShape(context->GetOutputShape(0), {active > 0 && active < N ? active : N, H});
   }
-  Set(context->GetOutputShape(1), {N});
-  Set(context->GetOutputShape(2), {E});
-  Set(context->GetOutputShape(3), {E});
+  SetShape(context->GetOutputShape(1), {N});
+  SetShape(context->GetOutputShape(2), {E});
+  SetShape(context->GetOutputShape(3), {E});
   return GRAPH_SUCCESS;
 }
 
+// expanded_x in x's dtype, the row index and the two histograms int32
 graphStatus InferDtypeInitRouting(gert::InferDataTypeContext* context) {
-  context->SetOutputDataType(0, context->GetInputDataType(0));
-  for (size_t i = 1; i < 4; ++i) context->SetOutputDataType(i, DT_INT32);
-  return GRAPH_SUCCESS;
+  return av4_host::InferDtypes(context, 4, DT_INT32);
 }
 
 // ------------------------------------------------------------------------------------------------ finalize
@@ -86,14 +81,11 @@ graphStatus InferShapeFinalize(gert::InferShapeContext* context) {
   if (ex == nullptr || scales == nullptr || ex->GetDimNum() < 2 || scales->GetDimNum() != 2) return GRAPH_FAILED;
   const gert::Shape* x1 = OptionalShape(context, 2);
   if (x1 != nullptr && (x1->GetDimNum() != 2 || x1->GetDim(0) != scales->GetDim(0))) return GRAPH_FAILED;
-  Set(context->GetOutputShape(0), {scales->GetDim(0), ex->GetDim(ex->GetDimNum() - 1)});
+  SetShape(context->GetOutputShape(0), {scales->GetDim(0), ex->GetDim(ex->GetDimNum() - 1)});
   return GRAPH_SUCCESS;
 }
 
-graphStatus InferDtypeFinalize(gert::InferDataTypeContext* context) {
-  context->SetOutputDataType(0, context->GetInputDataType(0));
-  return GRAPH_SUCCESS;
-}
+graphStatus InferDtypeFinalize(gert::InferDataTypeContext* context) { return av4_host::InferDtypes(context, 1); }
 
 // ------------------------------------------------------------------------------------------------ grouped matmul
 // attrs: 0 group_list_type, 1 transpose_weight
@@ -103,14 +95,11 @@ graphStatus InferShapeGmm(gert::InferShapeContext* context) {
   if (x == nullptr || w == nullptr || x->GetDimNum() != 2 || w->GetDimNum() != 3) return GRAPH_FAILED;
   const bool tw = AttrBool(context, 1);
   if ((tw ? w->GetDim(2) : w->GetDim(1)) != x->GetDim(1)) return GRAPH_FAILED;
-  Set(context->GetOutputShape(0), {x->GetDim(0), tw ? w->GetDim(1) : w->GetDim(2)});
+  SetShape(context->GetOutputShape(0), {x->GetDim(0), tw ? w->GetDim(1) : w->GetDim(2)});
   return GRAPH_SUCCESS;
 }
 
-graphStatus InferDtypeGmm(gert::InferDataTypeContext* context) {
-  context->SetOutputDataType(0, context->GetInputDataType(0));
-  return GRAPH_SUCCESS;
-}
+graphStatus InferDtypeGmm(gert::InferDataTypeContext* context) { return av4_host::InferDtypes(context, 1); }
 
 }  // namespace
 }  // namespace ge
