@@ -178,27 +178,22 @@ __aicore__ int64_t GetBlockNum();
 __aicore__ int64_t GetBlockIdx();
 
 // ------------------------------------------------------------------ elementwise (level-2 "count" forms)
-template <typename T>
-__aicore__ void Add(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,
-                           const int32_t& count);
-template <typename T>
-__aicore__ void Sub(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,
-                           const int32_t& count);
-template <typename T>
-__aicore__ void Mul(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,
-                           const int32_t& count);
-template <typename T>
-__aicore__ void Div(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,
-                           const int32_t& count);
-template <typename T>
-__aicore__ void Max(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,
-                           const int32_t& count);
-template <typename T, bool isSetMask = true>
-__aicore__ void Adds(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalarValue,
-                            const int32_t& count);
-template <typename T, bool isSetMask = true>
-__aicore__ void Muls(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalarValue,
-                            const int32_t& count);
+// dst = src0 (op) src1 and dst = src (op) scalar, each op with the public headers' one signature of its kind
+#define AV4_DECLARE_BINARY(Op)                                                                                \
+  template <typename T>                                                                                       \
+  __aicore__ void Op(const LocalTensor<T>& dst, const LocalTensor<T>& src0, const LocalTensor<T>& src1,       \
+                     const int32_t& count)
+#define AV4_DECLARE_SCALAR(Op)                                                                                \
+  template <typename T, bool isSetMask = true>                                                                \
+  __aicore__ void Op(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalarValue,              \
+                     const int32_t& count)
+AV4_DECLARE_BINARY(Add);
+AV4_DECLARE_BINARY(Sub);
+AV4_DECLARE_BINARY(Mul);
+AV4_DECLARE_BINARY(Div);
+AV4_DECLARE_BINARY(Max);
+AV4_DECLARE_SCALAR(Adds);
+AV4_DECLARE_SCALAR(Muls);
 template <typename T>
 __aicore__ void Duplicate(const LocalTensor<T>& dst, const T& scalarValue, const int32_t& count);
 template <typename T, typename U>

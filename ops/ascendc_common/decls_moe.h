@@ -20,12 +20,8 @@ __aicore__ void Ln(const LocalTensor<T>& dst, const LocalTensor<T>& src, const i
 template <typename T>
 __aicore__ void Abs(const LocalTensor<T>& dst, const LocalTensor<T>& src, const int32_t& count);
 
-template <typename T, bool isSetMask = true>
-__aicore__ void Maxs(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalarValue,
-                     const int32_t& count);
-template <typename T, bool isSetMask = true>
-__aicore__ void Mins(const LocalTensor<T>& dst, const LocalTensor<T>& src, const T& scalarValue,
-                     const int32_t& count);
+AV4_DECLARE_SCALAR(Maxs);
+AV4_DECLARE_SCALAR(Mins);
 
 // dst[0] = max of the first `count` elements; with calIndex, dst[1] holds its index (as the bits of a uint32 for
 // float). The index among equal maxima is not documented: our kernels re-scan for the lowest id themselves.

@@ -1,6 +1,7 @@
-"""Shared by the AscendC tests that need the open CANN source trees: the project's real-header checker
-(ops/ascendc_common/real_headers_check.py, loaded from its file), the compiler, and the skip marks that say how to
-get the trees when they are absent."""
+"""Shared by the AscendC tests: the compiler and its flags for the plain-C++ checks (host tiling, op_host against the
+stand-in CANN headers, kernel syntax checks), and for the tests that need the open CANN source trees the project's
+real-header checker (ops/ascendc_common/real_headers_check.py, loaded from its file) and the skip marks that say how
+to get the trees when they are absent."""
 import importlib.util
 import os
 import shutil
@@ -13,7 +14,10 @@ _spec = importlib.util.spec_from_file_location("real_headers_check", SCRIPT)
 rhc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rhc)
 
-GXX = shutil.which(os.environ.get("CXX", "g++"))
+COMMON = os.path.join(ROOT, "ops", "ascendc_common")
+GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+CXX = [GXX or "g++", "-std=c++17", "-Wall", "-Wextra", "-Werror"]     # the plain-C++ checks: warnings are errors
+needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ not installed")
 
 
 def needs_trees(purpose: str):

@@ -10,42 +10,19 @@
 #include "../op_kernel/hc_head_av4.cpp"
 #include "../tiling/hc_tiling.cc"
 #include "emu_runtime.h"
+#include "emu_io.h"
 
 #include <string>
 #include <vector>
 
 namespace {
 
-std::vector<float> ReadF32(const std::string& path, size_t n) {
-  std::vector<float> v(n);
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f || std::fread(v.data(), 4, n, f) != n) av4_emu::Fail("cannot read %zu floats from %s", n, path.c_str());
-  std::fclose(f);
-  return v;
-}
-void WriteF32(const std::string& path, const std::vector<float>& v) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f || std::fwrite(v.data(), 4, v.size(), f) != v.size()) av4_emu::Fail("cannot write %s", path.c_str());
-  std::fclose(f);
-}
-template <class T>
-uint8_t* ToGm(const std::vector<float>& v) {
-  T* p = static_cast<T*>(av4_emu::GmAlloc(v.size() * sizeof(T)));
-  for (size_t i = 0; i < v.size(); ++i) av4_emu::Store(p + i, v[i]);
-  return reinterpret_cast<uint8_t*>(p);
-}
-template <class T>
-std::vector<float> FromGm(const uint8_t* gm, size_t n) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = av4_emu::Load(reinterpret_cast<const T*>(gm) + i);
-  return v;
-}
-template <class TD>
-uint8_t* TilingGm(const TD& td) {
-  uint8_t* p = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(TD)));
-  std::memcpy(p, &td, sizeof(TD));
-  return p;
-}
+using av4_emu::FromGm;
+using av4_emu::TilingGm;
+using av4_emu::ToGm;
+
+std::vector<float> ReadF32(const std::string& path, size_t n) { return av4_emu::ReadFile<float>(path, n); }
+void WriteF32(const std::string& path, const std::vector<float>& v) { av4_emu::WriteFile(path, v); }
 
 }  // namespace
 

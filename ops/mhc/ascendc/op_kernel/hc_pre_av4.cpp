@@ -11,21 +11,5 @@ extern "C" __global__ __aicore__ void hc_pre_av4(GM_ADDR x, GM_ADDR fn, GM_ADDR 
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_MIX_AIC_1_2);
   REGISTER_TILING_DEFAULT(mhc_av4::HcPreTilingData);
   GET_TILING_DATA_WITH_STRUCT(mhc_av4::HcPreTilingData, td, tiling);
-  GM_ADDR ws = AscendC::GetUserWorkspace(workspace);
-  AscendC::TPipe pipe;
-  if ASCEND_IS_AIC {
-    if (td.xCast) {   // bf16 x cast to float32 by the AIV cores (decode): a float32 projection onto fn
-      mhc_av4::HcProjCube<float> cube;
-      cube.Init(ws + td.wsFnOffset, fn, ws, &td, &pipe);
-      cube.Process();
-    } else {
-      mhc_av4::HcProjCube<DTYPE_X> cube;
-      cube.Init(x, fn, ws, &td, &pipe);
-      cube.Process();
-    }
-  } else {
-    mhc_av4::HcPreKernel<DTYPE_X, false> op;
-    op.Init(x, fn, scale, base, cfg, y, post, comb, mix, rstd, ws, &td, &pipe);
-    op.Process();
-  }
+  mhc_av4::RunHcPre<DTYPE_X, false>(x, fn, scale, base, cfg, y, post, comb, mix, rstd, workspace, &td);
 }

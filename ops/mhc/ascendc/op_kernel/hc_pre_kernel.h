@@ -91,17 +91,33 @@ class HcPreKernel {
 
  private:
   // ------------------------------------------------------------------------------------------ phase 0
+  // this AIV core's share [*begin, *end) of `total` elements dealt over all AIV cores in 16-element aligned shares
+  // (empty for the cores past the last share)
+  __aicore__ inline void AivShare(int64_t total, int64_t* begin, int64_t* end) const {
+    const int64_t cores = 2 * static_cast<int64_t>(td_->groups);
+    const int64_t per = HcAlignUp((total + cores - 1) / cores, 16);
+    *begin = GetBlockIdx() * per;
+    *end = *begin + per < total ? *begin + per : total;
+  }
+
+  // n elements of src from off, GM -> UB through splitInQue_ (phase 0's input queue), ready for the vector unit
+  template <typename U>
+  __aicore__ inline LocalTensor<U> CopyInChunk(const GlobalTensor<U>& src, int64_t off, uint32_t n) {
+    LocalTensor<U> in = splitInQue_.AllocTensor<U>();
+    DataCopyPad(in, src[off], DataCopyExtParams(1, static_cast<uint32_t>(n * sizeof(U)), 0, 0, 0),
+                DataCopyPadExtParams<U>(false, 0, 0, 0));
+    splitInQue_.EnQue(in);
+    return splitInQue_.DeQue<U>();
+  }
+
   // (xCast) x (bf16) -> float32 into the workspace, this core's share of the T x K elements, for the Cube
   __aicore__ inline void CastX() {
-    const int64_t total = td_->T * td_->K, cores = 2 * static_cast<int64_t>(td_->groups);
-    const int64_t per = HcAlignUp((total + cores - 1) / cores, 16);
-    const int64_t begin = GetBlockIdx() * per, end = begin + per < total ? begin + per : total;
+    const int64_t total = td_->T * td_->K;
+    int64_t begin = 0, end = 0;
+    AivShare(total, &begin, &end);
     for (int64_t off = begin; off < end; off += td_->splitChunk) {
       const uint32_t n = static_cast<uint32_t>(end - off < td_->splitChunk ? end - off : td_->splitChunk);
-      LocalTensor<T> in = splitInQue_.AllocTensor<T>();
-      DataCopyPad(in, xGm_[off], DataCopyExtParams(1, n * 2, 0, 0, 0), DataCopyPadExtParams<T>(false, 0, 0, 0));
-      splitInQue_.EnQue(in);
-      in = splitInQue_.DeQue<T>();
+      LocalTensor<T> in = CopyInChunk(xGm_, off, n);
       LocalTensor<float> out = splitOutQue_.AllocTensor<float>();
       Cast(out, in, RoundMode::CAST_NONE, n);
       splitOutQue_.EnQue(out);
@@ -114,16 +130,13 @@ class HcPreKernel {
 
   // fn (float32) = hi + lo in bf16, this core's share of the M x K elements: hi = bf16(fn), lo = bf16(fn - hi)
   __aicore__ inline void SplitFn() {
-    const int64_t total = static_cast<int64_t>(td_->M) * td_->K, cores = 2 * static_cast<int64_t>(td_->groups);
-    const int64_t per = HcAlignUp((total + cores - 1) / cores, 16);
-    const int64_t begin = GetBlockIdx() * per, end = begin + per < total ? begin + per : total;
+    const int64_t total = static_cast<int64_t>(td_->M) * td_->K;
+    int64_t begin = 0, end = 0;
+    AivShare(total, &begin, &end);
     const int64_t loOff = HcAlignUp(td_->splitChunk * 2, kUbAlign) / 2;
     for (int64_t off = begin; off < end; off += td_->splitChunk) {
       const uint32_t n = static_cast<uint32_t>(end - off < td_->splitChunk ? end - off : td_->splitChunk);
-      LocalTensor<float> in = splitInQue_.AllocTensor<float>();
-      DataCopyPad(in, fnGm_[off], DataCopyExtParams(1, n * 4, 0, 0, 0), DataCopyPadExtParams<float>(false, 0, 0, 0));
-      splitInQue_.EnQue(in);
-      in = splitInQue_.DeQue<float>();
+      LocalTensor<float> in = CopyInChunk(fnGm_, off, n);
       LocalTensor<T> out = splitOutQue_.AllocTensor<T>();
       LocalTensor<float> hiF = splitBuf_.Get<float>();
       Cast(out, in, RoundMode::CAST_RINT, n);          // hi
@@ -405,5 +418,31 @@ class HcPreKernel {
   TQue<QuePosition::VECOUT, 1> stageQue_, yOutQue_, splitOutQue_;
   TBuf<QuePosition::VECCALC> coefBuf_, yCastBuf_, splitBuf_;
 };
+
+// The body of the hc_pre / hc_head kernel entries (HEAD: post and comb are absent): the AIC cores project x . fn^T
+// on the Cube unit -- x cast to float32 by the AIV cores when td->xCast (bf16 x, decode), so a float32 projection
+// onto fn -- and the AIV cores run HcPreKernel.
+template <typename T, bool HEAD>
+__aicore__ inline void RunHcPre(GM_ADDR x, GM_ADDR fn, GM_ADDR scale, GM_ADDR base, GM_ADDR cfg, GM_ADDR y,
+                                GM_ADDR post, GM_ADDR comb, GM_ADDR mix, GM_ADDR rstd, GM_ADDR workspace,
+                                const HcPreTilingData* td) {
+  GM_ADDR ws = GetUserWorkspace(workspace);
+  TPipe pipe;
+  if ASCEND_IS_AIC {
+    if (td->xCast) {
+      HcProjCube<float> cube;
+      cube.Init(ws + td->wsFnOffset, fn, ws, td, &pipe);
+      cube.Process();
+    } else {
+      HcProjCube<T> cube;
+      cube.Init(x, fn, ws, td, &pipe);
+      cube.Process();
+    }
+  } else {
+    HcPreKernel<T, HEAD> op;
+    op.Init(x, fn, scale, base, cfg, y, post, comb, mix, rstd, ws, td, &pipe);
+    op.Process();
+  }
+}
 
 }  // namespace mhc_av4

@@ -8,20 +8,10 @@
 #include "../op_kernel/grouped_matmul_av4.cpp"
 #include "../tiling/moe_tiling.cc"
 #include "emu_runtime.h"
+#include "emu_io.h"
 
 #include <string>
 #include <vector>
-
-namespace {
-template <class V>
-std::vector<V> Read(const std::string& path, size_t n) {
-  std::vector<V> v(n);
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f || std::fread(v.data(), sizeof(V), n, f) != n) av4_emu::Fail("cannot read %zu values from %s", n, path.c_str());
-  std::fclose(f);
-  return v;
-}
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 9) {
@@ -33,38 +23,19 @@ int main(int argc, char** argv) {
   const int64_t M = std::atoll(argv[2]), K = std::atoll(argv[3]), N = std::atoll(argv[4]), E = std::atoll(argv[5]);
   const int32_t ltype = std::atoi(argv[6]);
   const bool tw = std::atoi(argv[7]) != 0;
-  moe_av4::MoePlatform p{};
-  p.aicCores = static_cast<uint32_t>(std::atoi(argv[8]));
-  p.aivCores = 2 * p.aicCores;
-  p.ubBytes = 196608;
-  p.l1Bytes = 524288;
-  p.l0aBytes = p.l0bBytes = 65536;
-  p.l0cBytes = 131072;
+  const moe_av4::MoePlatform p = moe_av4::Platform910B(2 * static_cast<uint32_t>(std::atoi(argv[8])), 196608);
   moe_av4::GroupedMatmulTilingData td{};
   const char* why = "";
   if (!moe_av4::GroupedMatmulTiling(M, K, N, E, ltype, tw, sizeof(X), p, &td, &why)) av4_emu::Fail("tiling: %s", why);
-  const std::vector<float> x = Read<float>(dir + "/x.bin", M * K), w = Read<float>(dir + "/weight.bin", E * K * N);
-  const std::vector<int64_t> gl = Read<int64_t>(dir + "/group_list.bin", E);
-  X* xg = static_cast<X*>(av4_emu::GmAlloc(x.size() * sizeof(X)));
-  X* wg = static_cast<X*>(av4_emu::GmAlloc(w.size() * sizeof(X)));
-  X* yg = static_cast<X*>(av4_emu::GmAlloc(M * N * sizeof(X)));
-  for (size_t i = 0; i < x.size(); ++i) av4_emu::Store(xg + i, x[i]);
-  for (size_t i = 0; i < w.size(); ++i) av4_emu::Store(wg + i, w[i]);
-  for (int64_t i = 0; i < M * N; ++i) av4_emu::Store(yg + i, NAN);
-  void* glg = av4_emu::GmAlloc(E * 8);
-  std::memcpy(glg, gl.data(), E * 8);
-  uint8_t* tiling = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(td)));
-  std::memcpy(tiling, &td, sizeof(td));
-  if (!av4_emu::Launch(static_cast<int>(td.usedCores), true, [&] {
-        grouped_matmul_av4(reinterpret_cast<uint8_t*>(xg), reinterpret_cast<uint8_t*>(wg),
-                           static_cast<uint8_t*>(glg), reinterpret_cast<uint8_t*>(yg), nullptr, tiling);
-      }))
+  uint8_t* x = av4_emu::ToGm<X>(av4_emu::ReadFile<float>(dir + "/x.bin", M * K));
+  uint8_t* w = av4_emu::ToGm<X>(av4_emu::ReadFile<float>(dir + "/weight.bin", E * K * N));
+  uint8_t* gl = av4_emu::GmCopy(av4_emu::ReadFile<int64_t>(dir + "/group_list.bin", E));
+  uint8_t* y = av4_emu::ToGm<X>(std::vector<float>(M * N, NAN));
+  uint8_t* tiling = av4_emu::TilingGm(td);
+  if (!av4_emu::Launch(static_cast<int>(td.usedCores), true,
+                       [&] { grouped_matmul_av4(x, w, gl, y, nullptr, tiling); }))
     return 3;
-  std::vector<float> y(M * N);
-  for (int64_t i = 0; i < M * N; ++i) y[i] = av4_emu::Load(yg + i);
-  FILE* f = std::fopen((dir + "/y.bin").c_str(), "wb");
-  if (!f || std::fwrite(y.data(), 4, y.size(), f) != y.size()) av4_emu::Fail("cannot write y.bin");
-  std::fclose(f);
+  av4_emu::WriteFile(dir + "/y.bin", av4_emu::FromGm<X>(y, M * N));
   std::printf("ok cores=%lld base=%lldx%lldx%lld\n", (long long)td.usedCores, (long long)td.baseM,
               (long long)td.baseN, (long long)td.baseK);
   return 0;

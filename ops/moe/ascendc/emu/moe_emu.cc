@@ -14,59 +14,24 @@
 #include "../op_kernel/moe_init_routing_av4.cpp"
 #include "../tiling/moe_tiling.cc"
 #include "emu_runtime.h"
+#include "emu_io.h"
 
 #include <string>
-#include <tuple>
 #include <vector>
 
 namespace {
 
+using av4_emu::FromGm;
+using av4_emu::GmCopy;
+using av4_emu::TilingGm;
+using av4_emu::ToGm;
 template <class V>
-std::vector<V> Read(const std::string& path, size_t n) {
-  std::vector<V> v(n);
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f || std::fread(v.data(), sizeof(V), n, f) != n) av4_emu::Fail("cannot read %zu values from %s", n, path.c_str());
-  std::fclose(f);
-  return v;
-}
+std::vector<V> Read(const std::string& path, size_t n) { return av4_emu::ReadFile<V>(path, n); }
 template <class V>
-void Write(const std::string& path, const std::vector<V>& v) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f || std::fwrite(v.data(), sizeof(V), v.size(), f) != v.size()) av4_emu::Fail("cannot write %s", path.c_str());
-  std::fclose(f);
-}
-template <class T>
-uint8_t* ToGm(const std::vector<float>& v) {
-  T* p = static_cast<T*>(av4_emu::GmAlloc(v.size() * sizeof(T)));
-  for (size_t i = 0; i < v.size(); ++i) av4_emu::Store(p + i, v[i]);
-  return reinterpret_cast<uint8_t*>(p);
-}
-uint8_t* ToGmI32(const std::vector<int32_t>& v) {
-  void* p = av4_emu::GmAlloc(v.size() * 4);
-  std::memcpy(p, v.data(), v.size() * 4);
-  return static_cast<uint8_t*>(p);
-}
-template <class T>
-std::vector<float> FromGm(const uint8_t* gm, size_t n) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = av4_emu::Load(reinterpret_cast<const T*>(gm) + i);
-  return v;
-}
-template <class TD>
-uint8_t* TilingGm(const TD& td) {
-  uint8_t* p = static_cast<uint8_t*>(av4_emu::GmAlloc(sizeof(TD)));
-  std::memcpy(p, &td, sizeof(TD));
-  return p;
-}
+void Write(const std::string& path, const std::vector<V>& v) { av4_emu::WriteFile(path, v); }
+
 moe_av4::MoePlatform Platform(const char* cores, const char* ub) {
-  moe_av4::MoePlatform p{};
-  p.aivCores = static_cast<uint32_t>(std::atoi(cores));
-  p.aicCores = p.aivCores / 2;
-  p.ubBytes = std::strtoull(ub, nullptr, 10);
-  p.l1Bytes = 524288;
-  p.l0aBytes = p.l0bBytes = 65536;
-  p.l0cBytes = 131072;
-  return p;
+  return moe_av4::Platform910B(static_cast<uint32_t>(std::atoi(cores)), std::strtoull(ub, nullptr, 10));
 }
 
 }  // namespace
@@ -89,19 +54,13 @@ int main(int argc, char** argv) {
                                         Platform(argv[11], argv[12]), &td, &why))
       av4_emu::Fail("tiling: %s", why);
     uint8_t* ex = ToGm<X>(Read<float>(dir + "/expanded_x.bin", rows * H));
-    uint8_t* row = ToGmI32(Read<int32_t>(dir + "/row_idx.bin", T * K));
+    uint8_t* row = GmCopy(Read<int32_t>(dir + "/row_idx.bin", T * K));
     uint8_t* scales = ToGm<float>(Read<float>(dir + "/scales.bin", T * K));
     uint8_t* x1 = hasX1 ? ToGm<X>(Read<float>(dir + "/x1.bin", T * H)) : nullptr;
     uint8_t* x2 = hasX2 ? ToGm<X>(Read<float>(dir + "/x2.bin", T * H)) : nullptr;
-    int64_t E = 0;
-    if (hasBias) {
-      FILE* f = std::fopen((dir + "/bias.bin").c_str(), "rb");
-      std::fseek(f, 0, SEEK_END);
-      E = std::ftell(f) / 4 / H;
-      std::fclose(f);
-    }
+    const int64_t E = hasBias ? av4_emu::FileCount<float>(dir + "/bias.bin") / H : 0;
     uint8_t* bias = hasBias ? ToGm<X>(Read<float>(dir + "/bias.bin", E * H)) : nullptr;
-    uint8_t* eidx = hasBias ? ToGmI32(Read<int32_t>(dir + "/expert_idx.bin", T * K)) : nullptr;
+    uint8_t* eidx = hasBias ? GmCopy(Read<int32_t>(dir + "/expert_idx.bin", T * K)) : nullptr;
     uint8_t* out = ToGm<X>(std::vector<float>(T * H, NAN));
     uint8_t* tiling = TilingGm(td);
     if (!av4_emu::Launch(static_cast<int>(td.split.usedCores), false, [&] {
@@ -128,15 +87,11 @@ int main(int argc, char** argv) {
     uint8_t* ids = nullptr;
     uint8_t* table = nullptr;
     if (hashed) {
-      ids = ToGmI32(Read<int32_t>(dir + "/ids.bin", T));
-      FILE* f = std::fopen((dir + "/table.bin").c_str(), "rb");
-      std::fseek(f, 0, SEEK_END);
-      const int64_t n = std::ftell(f) / 4;
-      std::fclose(f);
-      table = ToGmI32(Read<int32_t>(dir + "/table.bin", n));
+      ids = GmCopy(Read<int32_t>(dir + "/ids.bin", T));
+      table = GmCopy(Read<int32_t>(dir + "/table.bin", av4_emu::FileCount<int32_t>(dir + "/table.bin")));
     }
     uint8_t* y = ToGm<float>(std::vector<float>(T * k, NAN));
-    uint8_t* idx = ToGmI32(std::vector<int32_t>(T * k, -7));
+    uint8_t* idx = GmCopy(std::vector<int32_t>(T * k, -7));
     uint8_t* score = ToGm<float>(std::vector<float>(T * E, NAN));
     uint8_t* tiling = TilingGm(td);
     if (!av4_emu::Launch(static_cast<int>(td.split.usedCores), false, [&] {
@@ -145,9 +100,7 @@ int main(int argc, char** argv) {
       return 3;
     Write(dir + "/y.bin", FromGm<float>(y, T * k));
     Write(dir + "/score.bin", FromGm<float>(score, T * E));
-    std::vector<int32_t> iv(T * k);
-    std::memcpy(iv.data(), idx, T * k * 4);
-    Write(dir + "/idx.bin", iv);
+    Write(dir + "/idx.bin", av4_emu::GmValues<int32_t>(idx, T * k));
     std::printf("ok cores=%lld rowsPerLoop=%lld\n", (long long)td.split.usedCores, (long long)td.rowsPerLoop);
     return 0;
   }
@@ -160,11 +113,11 @@ int main(int argc, char** argv) {
                                     &why))
       av4_emu::Fail("tiling: %s", why);
     uint8_t* x = ToGm<X>(Read<float>(dir + "/x.bin", T * H));
-    uint8_t* ids = ToGmI32(Read<int32_t>(dir + "/expert_idx.bin", T * k));
+    uint8_t* ids = GmCopy(Read<int32_t>(dir + "/expert_idx.bin", T * k));
     uint8_t* ex = ToGm<X>(std::vector<float>(td.outRows * H, NAN));
-    uint8_t* row = ToGmI32(std::vector<int32_t>(T * k, -7));
-    uint8_t* cnt = ToGmI32(std::vector<int32_t>(E, -7));
-    uint8_t* before = ToGmI32(std::vector<int32_t>(E, -7));
+    uint8_t* row = GmCopy(std::vector<int32_t>(T * k, -7));
+    uint8_t* cnt = GmCopy(std::vector<int32_t>(E, -7));
+    uint8_t* before = GmCopy(std::vector<int32_t>(E, -7));
     uint8_t* ws = static_cast<uint8_t*>(av4_emu::GmAlloc(td.workspaceBytes));
     uint8_t* tiling = TilingGm(td);
     if (!av4_emu::Launch(static_cast<int>(td.split.usedCores), false, [&] {
@@ -172,12 +125,9 @@ int main(int argc, char** argv) {
         }))
       return 3;
     Write(dir + "/expanded_x.bin", FromGm<X>(ex, td.outRows * H));
-    for (auto [name, p, n] : {std::make_tuple("row_idx", row, T * k), std::make_tuple("count", cnt, E),
-                              std::make_tuple("before", before, E)}) {
-      std::vector<int32_t> v(n);
-      std::memcpy(v.data(), p, n * 4);
-      Write(dir + "/" + name + ".bin", v);
-    }
+    Write(dir + "/row_idx.bin", av4_emu::GmValues<int32_t>(row, T * k));
+    Write(dir + "/count.bin", av4_emu::GmValues<int32_t>(cnt, E));
+    Write(dir + "/before.bin", av4_emu::GmValues<int32_t>(before, E));
     std::printf("ok cores=%lld outRows=%lld\n", (long long)td.split.usedCores, (long long)td.outRows);
     return 0;
   }

@@ -57,15 +57,9 @@ constexpr ge::DataType kDtInt64 = static_cast<ge::DataType>(9);   // ge::DT_INT6
 
 inline moe_av4::MoePlatform ReadPlatform(gert::TilingContext* ctx) {
   platform_ascendc::PlatformAscendC plat(ctx->GetPlatformInfo());
-  moe_av4::MoePlatform p{};
-  p.aivCores = plat.GetCoreNumAiv();
-  p.aicCores = p.aivCores / 2;   // 910B / 910_93: one AIC per two AIV
-  plat.GetCoreMemSize(platform_ascendc::CoreMemType::UB, p.ubBytes);
-  p.l1Bytes = 524288;
-  p.l0aBytes = 65536;
-  p.l0bBytes = 65536;
-  p.l0cBytes = 131072;
-  return p;
+  uint64_t ub = 0;
+  plat.GetCoreMemSize(platform_ascendc::CoreMemType::UB, ub);
+  return moe_av4::Platform910B(plat.GetCoreNumAiv(), ub);
 }
 inline uint64_t SysWorkspaceBytes(gert::TilingContext*) { return 16ULL << 20; }
 

@@ -163,17 +163,15 @@ class FinalizeKernel {
 }  // namespace moe_av4
 
 #ifndef AV4_KERNEL_CLASSES_ONLY  // host-side probes (tiling/ub_probe.cc) compile the classes only
+#include "moe_kernel_run.h"
 extern "C" __global__ __aicore__ void moe_finalize_routing_av4(GM_ADDR expandedX, GM_ADDR expandedRowIdx, GM_ADDR x1,
                                                                GM_ADDR x2, GM_ADDR bias, GM_ADDR scales,
-                                                               GM_ADDR expertIdx, GM_ADDR out, GM_ADDR workspace,
+                                                               GM_ADDR expertIdx, GM_ADDR out, GM_ADDR /*workspace*/,
                                                                GM_ADDR tiling) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
-  (void)workspace;
   REGISTER_TILING_DEFAULT(moe_av4::MoeFinalizeRoutingTilingData);
   GET_TILING_DATA_WITH_STRUCT(moe_av4::MoeFinalizeRoutingTilingData, td, tiling);
-  AscendC::TPipe pipe;
-  moe_av4::FinalizeKernel<DTYPE_X> op;
-  op.Init(expandedX, expandedRowIdx, x1, x2, bias, scales, expertIdx, out, &td, &pipe);
-  op.Process();
+  moe_av4::RunKernel<moe_av4::FinalizeKernel<DTYPE_X>>(td, expandedX, expandedRowIdx, x1, x2, bias, scales,
+                                                        expertIdx, out);
 }
 #endif

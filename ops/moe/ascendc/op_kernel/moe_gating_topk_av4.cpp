@@ -110,6 +110,16 @@ class GatingTopKKernel {
     PipeSync<HardEvent::S_V>();
   }
 
+  // dst = 1 + exp(-src), ready for the next vector instruction (the softplus and sigmoid scores)
+  __aicore__ inline void OnePlusExpNeg(const LocalTensor<float>& dst, const LocalTensor<float>& src, int32_t n) {
+    Muls(dst, src, -1.0f, n);
+    PipeBarrier<PIPE_V>();
+    Exp(dst, dst, n);
+    PipeBarrier<PIPE_V>();
+    Adds(dst, dst, 1.0f, n);
+    PipeBarrier<PIPE_V>();
+  }
+
   // Vector ops on the member scratch tensors are not synchronised by any queue: each one that reads the previous
   // one's result waits for it with PipeBarrier<PIPE_V>.
   __aicore__ inline void Score(const LocalTensor<float>& s, const LocalTensor<float>& l) {
@@ -118,24 +128,14 @@ class GatingTopKKernel {
       Abs(tmp_, l, E);
       Maxs(s, l, 0.0f, E);
       PipeBarrier<PIPE_V>();
-      Muls(tmp_, tmp_, -1.0f, E);
-      PipeBarrier<PIPE_V>();
-      Exp(tmp_, tmp_, E);
-      PipeBarrier<PIPE_V>();
-      Adds(tmp_, tmp_, 1.0f, E);
-      PipeBarrier<PIPE_V>();
+      OnePlusExpNeg(tmp_, tmp_, E);
       Ln(tmp_, tmp_, E);
       PipeBarrier<PIPE_V>();
       Add(s, s, tmp_, E);
       PipeBarrier<PIPE_V>();
       Sqrt(s, s, E);
     } else if (td_->normType == 1) {
-      Muls(tmp_, l, -1.0f, E);
-      PipeBarrier<PIPE_V>();
-      Exp(tmp_, tmp_, E);
-      PipeBarrier<PIPE_V>();
-      Adds(tmp_, tmp_, 1.0f, E);
-      PipeBarrier<PIPE_V>();
+      OnePlusExpNeg(tmp_, l, E);
       Reciprocal(s, tmp_, E);
     } else {
       ReduceMax(work_, l, tmp_, E, false);
@@ -285,18 +285,15 @@ class GatingTopKKernel {
 }  // namespace moe_av4
 
 #ifndef AV4_KERNEL_CLASSES_ONLY  // host-side probes (tiling/ub_probe.cc) compile the classes only
+#include "moe_kernel_run.h"
 // The entry name is the op type in CANN's snake case (MoeGatingTopKAv4 -> moe_gating_top_k_av4, as the vendor's
 // MoeGatingTopK -> moe_gating_top_k); the file name is free because op_kernel/CMakeLists.txt names it (KERNEL_FILE).
 extern "C" __global__ __aicore__ void moe_gating_top_k_av4(GM_ADDR x, GM_ADDR bias, GM_ADDR inputIds, GM_ADDR tid2eid,
                                                            GM_ADDR y, GM_ADDR expertIdx, GM_ADDR score,
-                                                           GM_ADDR workspace, GM_ADDR tiling) {
+                                                           GM_ADDR /*workspace*/, GM_ADDR tiling) {
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
-  (void)workspace;
   REGISTER_TILING_DEFAULT(moe_av4::MoeGatingTopKTilingData);
   GET_TILING_DATA_WITH_STRUCT(moe_av4::MoeGatingTopKTilingData, td, tiling);
-  AscendC::TPipe pipe;
-  moe_av4::GatingTopKKernel op;
-  op.Init(x, bias, inputIds, tid2eid, y, expertIdx, score, &td, &pipe);
-  op.Process();
+  moe_av4::RunKernel<moe_av4::GatingTopKKernel>(td, x, bias, inputIds, tid2eid, y, expertIdx, score);
 }
 #endif

@@ -225,6 +225,7 @@ class InitRoutingKernel {
 }  // namespace moe_av4
 
 #ifndef AV4_KERNEL_CLASSES_ONLY  // host-side probes (tiling/ub_probe.cc) compile the classes only
+#include "moe_kernel_run.h"
 extern "C" __global__ __aicore__ void moe_init_routing_av4(GM_ADDR x, GM_ADDR expertIdx, GM_ADDR expandedX,
                                                            GM_ADDR expandedRowIdx, GM_ADDR tokensCountOrCumsum,
                                                            GM_ADDR tokensBeforeCapacity, GM_ADDR workspace,
@@ -232,9 +233,7 @@ extern "C" __global__ __aicore__ void moe_init_routing_av4(GM_ADDR x, GM_ADDR ex
   KERNEL_TASK_TYPE_DEFAULT(KERNEL_TYPE_AIV_ONLY);
   REGISTER_TILING_DEFAULT(moe_av4::MoeInitRoutingTilingData);
   GET_TILING_DATA_WITH_STRUCT(moe_av4::MoeInitRoutingTilingData, td, tiling);
-  AscendC::TPipe pipe;
-  moe_av4::InitRoutingKernel<DTYPE_X> op;
-  op.Init(x, expertIdx, expandedX, expandedRowIdx, tokensCountOrCumsum, tokensBeforeCapacity, workspace, &td, &pipe);
-  op.Process();
+  moe_av4::RunKernel<moe_av4::InitRoutingKernel<DTYPE_X>>(td, x, expertIdx, expandedX, expandedRowIdx,
+                                                          tokensCountOrCumsum, tokensBeforeCapacity, workspace);
 }
 #endif

@@ -16,6 +16,21 @@ bool Fail(const char** why, const char* msg) {
   return false;
 }
 
+// A row of H elements moved in tiles of `tile` (the last one the tail): init and finalize routing.
+template <class TD>
+void TileHidden(int64_t H, int64_t tile, TD* td) {
+  td->hTile = tile;
+  td->hTiles = CeilDiv(H, tile);
+  td->hTail = H - (td->hTiles - 1) * tile;
+}
+
+// Records the UB bytes the kernel will allocate; false (with `msg`) when they exceed the platform's UB.
+template <class TD>
+bool CommitUb(uint64_t bytes, const MoePlatform& p, TD* td, const char** why, const char* msg) {
+  td->ubBytes = uint32_t(bytes);
+  return bytes <= p.ubBytes || Fail(why, msg);
+}
+
 }  // namespace
 
 MoeRowSplit SplitRows(int64_t total, int64_t cores, int64_t minRows) {
@@ -91,9 +106,7 @@ bool GatingTopKTiling(int64_t T, int64_t E, int64_t k, int32_t normType, int32_t
   const int64_t perCore = td->split.rowsSmall + (td->split.bigCores > 0 ? 1 : 0);
   td->rowsPerLoop = std::max<int64_t>(1, std::min<int64_t>(64, perCore));
   while (td->rowsPerLoop > 1 && GatingUbBytes(*td) > p.ubBytes) td->rowsPerLoop /= 2;
-  td->ubBytes = uint32_t(GatingUbBytes(*td));
-  if (GatingUbBytes(*td) > p.ubBytes) return Fail(why, "expert count too large for the unified buffer");
-  return true;
+  return CommitUb(GatingUbBytes(*td), p, td, why, "expert count too large for the unified buffer");
 }
 
 // ------------------------------------------------------------------------------------------ init routing
@@ -136,12 +149,8 @@ bool InitRoutingTiling(int64_t T, int64_t k, int64_t H, int64_t E, int64_t capac
   if (fixed + 3ULL * kBlockBytes > p.ubBytes) return Fail(why, "expert count too large for the unified buffer");
   const int64_t maxTile = int64_t((p.ubBytes - fixed) / (3ULL * elemBytes)) / (kBlockBytes / elemBytes) *
                           (kBlockBytes / elemBytes);
-  td->hTile = std::min<int64_t>(AlignElems(H, elemBytes), maxTile);
-  td->hTiles = CeilDiv(H, td->hTile);
-  td->hTail = H - (td->hTiles - 1) * td->hTile;
-  td->ubBytes = uint32_t(InitRoutingUbBytes(*td));
-  if (InitRoutingUbBytes(*td) > p.ubBytes) return Fail(why, "unified buffer overflow");
-  return true;
+  TileHidden(H, std::min<int64_t>(AlignElems(H, elemBytes), maxTile), td);
+  return CommitUb(InitRoutingUbBytes(*td), p, td, why, "unified buffer overflow");
 }
 
 // ------------------------------------------------------------------------------------------ finalize routing
@@ -180,12 +189,8 @@ bool FinalizeRoutingTiling(int64_t T, int64_t k, int64_t H, int64_t expandedRows
                            (elemBytes == 2 ? 4 : 0);
   int64_t maxTile = int64_t(p.ubBytes / perElem) / 16 * 16;   // multiple of 16: 32-byte aligned for 2 and 4 bytes
   if (maxTile < 16) return Fail(why, "unified buffer too small");
-  td->hTile = std::min<int64_t>(RoundUp(H, 16), std::min<int64_t>(maxTile, 8192));
-  td->hTiles = CeilDiv(H, td->hTile);
-  td->hTail = H - (td->hTiles - 1) * td->hTile;
-  td->ubBytes = uint32_t(FinalizeUbBytes(*td));
-  if (FinalizeUbBytes(*td) > p.ubBytes) return Fail(why, "unified buffer overflow");
-  return true;
+  TileHidden(H, std::min<int64_t>(RoundUp(H, 16), std::min<int64_t>(maxTile, 8192)), td);
+  return CommitUb(FinalizeUbBytes(*td), p, td, why, "unified buffer overflow");
 }
 
 // ------------------------------------------------------------------------------------------ grouped matmul

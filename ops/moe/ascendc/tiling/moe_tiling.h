@@ -22,6 +22,13 @@ struct MoePlatform {
   uint64_t l0cBytes;   // GetCoreMemSize(L0_C)
 };
 
+// A 910B / 910C (910_93) platform of `aivCores` AIV cores (one AIC per two) and `ubBytes` of UB with the chips'
+// L1 (512 KB) and L0A / L0B / L0C (64 / 64 / 128 KB): the stand-in host build (its platform reports no AIC count and
+// no L1 / L0 sizes) and the emulator drivers run on it.
+inline MoePlatform Platform910B(uint32_t aivCores, uint64_t ubBytes) {
+  return MoePlatform{aivCores, aivCores / 2, ubBytes, 524288, 65536, 65536, 131072};
+}
+
 // Balanced split of `total` rows over at most `cores` cores, at least `minRows` rows per used core (fewer cores
 // when the work is small). Row r belongs to the core returned by SplitOwner.
 MoeRowSplit SplitRows(int64_t total, int64_t cores, int64_t minRows);
