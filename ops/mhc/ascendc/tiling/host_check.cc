@@ -8,22 +8,9 @@
 
 #include "hc_tiling.h"
 #include "register/op_def_registry.h"
-
-#define CHECK(c)                                                     \
-  do {                                                               \
-    if (!(c)) {                                                      \
-      std::printf("FAIL %s:%d %s\n", __FILE__, __LINE__, #c);        \
-      std::exit(1);                                                  \
-    }                                                                \
-  } while (0)
+#include "standin_check.h"
 
 using namespace mhc_av4;
-
-static gert::StorageShape S(std::vector<int64_t> d) {
-  gert::StorageShape s;
-  s.shape_.dims_ = d;
-  return s;
-}
 
 int main() {
   auto& reg = ops::Registry();
