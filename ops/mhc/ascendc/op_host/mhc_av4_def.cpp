@@ -5,7 +5,7 @@
 // for the head) rather than attributes, read by the kernel's scalar unit.
 #include <cstdint>
 
-#include "../../../ascendc_common/op_host/infer.h"
+#include "../../../ascendc_common/op_host/host_steps.h"
 #include "mhc_av4_tiling.h"
 #include "register/op_def_registry.h"
 

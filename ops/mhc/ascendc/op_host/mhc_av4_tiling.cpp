@@ -3,6 +3,7 @@
 // delegates the decisions to the plain-C++ tiling in ../tiling/hc_tiling.cc (unit-tested with g++).
 #include "mhc_av4_tiling.h"
 
+#include "../../../ascendc_common/op_host/host_steps.h"
 #include "../tiling/hc_tiling.h"
 #include "tiling/platform/platform_ascendc.h"
 
@@ -24,19 +25,12 @@ int32_t ElemBytes(ge::DataType dt) { return dt == ge::DT_FLOAT ? 4 : (dt == ge::
 // libraries' system workspace + the kernel's own (fn split, partial projections), 0 + 0 for hc_post
 template <typename Data>
 ge::graphStatus Commit(gert::TilingContext* context, const Data& td, int32_t blockDim, uint64_t userWorkspace) {
-  auto* raw = context->GetRawTilingData();
-  if (raw == nullptr || raw->GetCapacity() < sizeof(Data)) return ge::GRAPH_FAILED;
-  *context->GetTilingData<Data>() = td;
-  raw->SetDataSize(sizeof(Data));
-  context->SetBlockDim(static_cast<uint32_t>(blockDim));
-  context->SetTilingKey(0);
   uint64_t sys = 0;
   if (userWorkspace > 0) {
     platform_ascendc::PlatformAscendC ascendc(context->GetPlatformInfo());
     sys = ascendc.GetLibApiWorkSpaceSize();
   }
-  context->GetWorkspaceSizes(1)[0] = static_cast<size_t>(sys + userWorkspace);
-  return ge::GRAPH_SUCCESS;
+  return av4_host::WriteTiling(context, td, static_cast<uint32_t>(blockDim), 0, sys + userWorkspace);
 }
 
 ge::graphStatus PreOrHead(gert::TilingContext* context, bool head) {

@@ -15,7 +15,7 @@
 //                         attrs group_list_type, transpose_weight
 #include <cstdint>
 
-#include "../../../ascendc_common/op_host/infer.h"
+#include "../../../ascendc_common/op_host/host_steps.h"
 #include "moe_host_shim.h"
 
 namespace ge {

@@ -1,8 +1,7 @@
 // Tiling functions of the MoE custom ops: read shapes, attributes and the platform (core counts, UB/L1/L0 sizes
 // from PlatformAscendC — never hard-coded), run the plain-C++ tiling of ../tiling/moe_tiling.cc, and write the
 // tiling struct, block dim, tiling key (always 0: the dtype is DTYPE_X of the binary) and workspace sizes.
-#include <cstring>
-
+#include "../../../ascendc_common/op_host/host_steps.h"
 #include "moe_host_shim.h"
 
 namespace optiling {
@@ -16,17 +15,11 @@ using moe_av4_host::RequiredShape;
 
 int32_t ElemBytes(ge::DataType dt) { return dt == ge::DT_FLOAT ? 4 : 2; }
 
+// the libraries' system workspace + the kernel's own
 template <class TD>
 ge::graphStatus Store(gert::TilingContext* context, const TD& td, uint32_t blockDim, uint64_t userWorkspace) {
-  gert::TilingData* raw = context->GetRawTilingData();
-  if (raw == nullptr || raw->GetCapacity() < sizeof(TD)) return ge::GRAPH_FAILED;
-  std::memcpy(raw->GetData(), &td, sizeof(TD));
-  raw->SetDataSize(sizeof(TD));
-  context->SetBlockDim(blockDim);
-  context->SetTilingKey(moe_av4::MOE_TILING_KEY);
-  size_t* ws = context->GetWorkspaceSizes(1);
-  ws[0] = static_cast<size_t>(moe_av4_host::SysWorkspaceBytes(context) + userWorkspace);
-  return ge::GRAPH_SUCCESS;
+  return av4_host::WriteTiling(context, td, blockDim, moe_av4::MOE_TILING_KEY,
+                               moe_av4_host::SysWorkspaceBytes(context) + userWorkspace);
 }
 
 }  // namespace
