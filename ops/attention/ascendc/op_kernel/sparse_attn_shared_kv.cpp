@@ -27,6 +27,18 @@ constexpr uint32_t kBlockBytes = 32;
 
 __aicore__ inline uint32_t AlignBytes(uint32_t b) { return (b + kBlockBytes - 1) / kBlockBytes * kBlockBytes; }
 
+// A row's candidate id lists in GM: the window ids [B·S, W] and, when the op has one (K > 0), the compressed list
+// [B·S, K] (cmp_idx is an optional input).
+struct IdListsGm {
+  __aicore__ inline void Bind(GM_ADDR widx, GM_ADDR cidx, const SparseAttnTiling& t) {
+    win.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
+    hasList = t.K > 0;
+    if (hasList) cmp.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+  }
+  GlobalTensor<int32_t> win, cmp;
+  bool hasList = false;
+};
+
 // HCA (cmp_ratio > 0): the compressed entries query row `row` sees, all of them attended without an index list;
 // 0 otherwise
 __aicore__ inline uint32_t HcaRange(const SparseAttnTiling& t, uint32_t row) {
@@ -38,14 +50,13 @@ __aicore__ inline uint32_t HcaRange(const SparseAttnTiling& t, uint32_t row) {
 // The row's window ids, and its compressed ids when there is a list, GM -> raw (UB): window ids from 0 on, the list
 // from the returned (32-byte aligned) offset on. -1 entries are kept (the caller skips them); when this returns the
 // scalar unit may read raw.
-__aicore__ inline uint32_t LoadIdLists(const LocalTensor<int32_t>& raw, const GlobalTensor<int32_t>& widx,
-                                       const GlobalTensor<int32_t>& cidx, bool hasList, const SparseAttnTiling& t,
+__aicore__ inline uint32_t LoadIdLists(const LocalTensor<int32_t>& raw, const IdListsGm& ids, const SparseAttnTiling& t,
                                        uint32_t row) {
   const uint32_t wA = AlignBytes(t.W * 4) / 4;
-  DataCopyPad(raw, widx[static_cast<uint64_t>(row) * t.W], DataCopyExtParams(1, t.W * 4, 0, 0, 0),
+  DataCopyPad(raw, ids.win[static_cast<uint64_t>(row) * t.W], DataCopyExtParams(1, t.W * 4, 0, 0, 0),
               DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-  if (hasList)
-    DataCopyPad(raw[wA], cidx[static_cast<uint64_t>(row) * t.K], DataCopyExtParams(1, t.K * 4, 0, 0, 0),
+  if (ids.hasList)
+    DataCopyPad(raw[wA], ids.cmp[static_cast<uint64_t>(row) * t.K], DataCopyExtParams(1, t.K * 4, 0, 0, 0),
                 DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
   PipeSync<HardEvent::MTE2_S>();
   return wA;
@@ -54,9 +65,9 @@ __aicore__ inline uint32_t LoadIdLists(const LocalTensor<int32_t>& raw, const Gl
 // The end of a row's online softmax, the attention sink in the denominator only: for each of the nh heads (acc rows
 // dA apart, D used) with mf = max(m, sink) and a = e^(m-mf), acc *= a / (l·a + e^(sink-mf)) in place and l becomes
 // lse = mf + ln(l·a + e^(sink-mf)). Waits for the vector unit first; afterwards l may be stored (MTE3) and acc read.
-__aicore__ inline void ApplySink(const LocalTensor<float>& acc, const LocalTensor<float>& m, const LocalTensor<float>& l,
-                                 const LocalTensor<float>& sink, const LocalTensor<float>& tiny, uint32_t nh,
-                                 uint32_t dA, uint32_t D) {
+__aicore__ inline void ApplySink(const LocalTensor<float>& acc, const LocalTensor<float>& m,
+                                 const LocalTensor<float>& l, const LocalTensor<float>& sink,
+                                 const LocalTensor<float>& tiny, uint32_t nh, uint32_t dA, uint32_t D) {
   PipeSync<HardEvent::V_S>();
   for (uint32_t h = 0; h < nh; ++h) {
     const float mh = m.GetValue(h), s = sink.GetValue(h), mf = mh > s ? mh : s;
@@ -85,9 +96,7 @@ class SparseAttnKernel {
     qGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
     kvGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(kv));
     sinkGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(sinks));
-    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
-    hasList_ = t.K > 0;
-    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    ids_.Bind(widx, cidx, t);
     outGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
     lseGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
     const uint32_t hg = t.headGroup, dA = t.dAlign, jb = t.entryBlock;
@@ -133,7 +142,7 @@ class SparseAttnKernel {
   __aicore__ inline uint32_t CollectIds(uint32_t row) {
     LocalTensor<int32_t> raw = rawIdxBuf_.Get<int32_t>();
     LocalTensor<int32_t> ids = idsBuf_.Get<int32_t>();
-    const uint32_t wA = LoadIdLists(raw, widxGm_, cidxGm_, hasList_, t_, row);
+    const uint32_t wA = LoadIdLists(raw, ids_, t_, row);
     uint32_t n = 0;
     for (uint32_t j = 0; j < t_.W; ++j) {
       const int32_t id = raw.GetValue(j);
@@ -291,7 +300,7 @@ class SparseAttnKernel {
   }
 
   SparseAttnTiling t_;
-  bool hasList_ = false;
+  IdListsGm ids_;
   uint32_t nWin_ = 0, nRange_ = 0;
   TPipe pipe_;
   TQue<TPosition::VECIN, 2> kvQue_;
@@ -299,7 +308,6 @@ class SparseAttnKernel {
   TBuf<TPosition::VECCALC> mBuf_, lBuf_, sinkBuf_, prodBuf_, redBuf_, tinyBuf_, workBuf_;
   GlobalTensor<T> qGm_, kvGm_, outGm_;
   GlobalTensor<float> sinkGm_, lseGm_;
-  GlobalTensor<int32_t> widxGm_, cidxGm_;
 };
 
 
@@ -319,28 +327,27 @@ constexpr uint32_t kEntryTile = 128;
 
 // Valid candidate ids of a row in order: window ids, then the compressed list or the HCA range (-1 skipped).
 struct CandidateCursor {
-  __aicore__ inline void Reset(const SparseAttnTiling& t, const GlobalTensor<int32_t>& w, const GlobalTensor<int32_t>& c,
-                               bool hasList, uint32_t row) {
-    t_ = &t, w_ = w, c_ = c, hasList_ = hasList, row_ = row, raw_ = 0, range_ = 0;
+  __aicore__ inline void Reset(const SparseAttnTiling& t, const IdListsGm& ids, uint32_t row) {
+    t_ = &t, ids_ = &ids, row_ = row, raw_ = 0, range_ = 0;
     nRange_ = HcaRange(t, row);
   }
   // count of valid candidates (scans the lists once)
   __aicore__ inline uint32_t Count() {
     uint32_t n = nRange_;
-    for (uint32_t j = 0; j < t_->W; ++j) n += w_.GetValue(static_cast<uint64_t>(row_) * t_->W + j) >= 0;
-    if (hasList_)
-      for (uint32_t j = 0; j < t_->K; ++j) n += c_.GetValue(static_cast<uint64_t>(row_) * t_->K + j) >= 0;
+    for (uint32_t j = 0; j < t_->W; ++j) n += ids_->win.GetValue(static_cast<uint64_t>(row_) * t_->W + j) >= 0;
+    if (ids_->hasList)
+      for (uint32_t j = 0; j < t_->K; ++j) n += ids_->cmp.GetValue(static_cast<uint64_t>(row_) * t_->K + j) >= 0;
     return n;
   }
   // next valid id, in candidate order
   __aicore__ inline int32_t Next() {
     while (raw_ < t_->W) {
-      const int32_t id = w_.GetValue(static_cast<uint64_t>(row_) * t_->W + raw_++);
+      const int32_t id = ids_->win.GetValue(static_cast<uint64_t>(row_) * t_->W + raw_++);
       if (id >= 0) return id;
     }
-    if (hasList_) {
+    if (ids_->hasList) {
       while (raw_ < t_->W + t_->K) {
-        const int32_t id = c_.GetValue(static_cast<uint64_t>(row_) * t_->K + (raw_++ - t_->W));
+        const int32_t id = ids_->cmp.GetValue(static_cast<uint64_t>(row_) * t_->K + (raw_++ - t_->W));
         if (id >= 0) return id;
       }
       return -1;
@@ -348,8 +355,7 @@ struct CandidateCursor {
     return range_ < nRange_ ? static_cast<int32_t>(t_->cmpOffset + range_++) : -1;
   }
   const SparseAttnTiling* t_ = nullptr;
-  GlobalTensor<int32_t> w_, c_;
-  bool hasList_ = false;
+  const IdListsGm* ids_ = nullptr;
   uint32_t row_ = 0, raw_ = 0, range_ = 0, nRange_ = 0;
 };
 
@@ -362,9 +368,7 @@ class SparseAttnCube {
     t_ = t;
     qGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
     kvGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(kv));
-    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
-    hasList_ = t.K > 0;
-    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    ids_.Bind(widx, cidx, t);
     const uint64_t base = static_cast<uint64_t>(GetBlockIdx()) * t.wsPerGroup;
     sGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws + base));
     pGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws + base + 2ull * t.mAlign * kEntryTile * 4));
@@ -427,7 +431,7 @@ class SparseAttnCube {
   __aicore__ inline uint32_t Heads(uint32_t h0) const { return h0 + t_.headGroup <= t_.H ? t_.headGroup : t_.H - h0; }
 
   __aicore__ inline void Unit(uint32_t row, uint32_t h0) {
-    cur_.Reset(t_, widxGm_, cidxGm_, hasList_, row);
+    cur_.Reset(t_, ids_, row);
     const uint32_t n = cur_.Count(), nBlk = BlocksOf(n), hg = Heads(h0);
     if (nBlk == 0) return;
     LocalTensor<T> q = qL1_.Get<T>();
@@ -532,7 +536,7 @@ class SparseAttnCube {
   }
 
   SparseAttnTiling t_;
-  bool hasList_ = false;
+  IdListsGm ids_;
   CandidateCursor cur_;
   uint32_t kvElems_ = 0, tileElems_ = 0, cElems_ = 0;
   uint64_t sSeq_ = 0, oSeq_ = 0, l0Seq_ = 0, cSeq_ = 0;
@@ -545,7 +549,6 @@ class SparseAttnCube {
   TEventID kvFree_[2], l0Free_[2], cFree_[2], qFree_, pFree_;
   GlobalTensor<T> qGm_, kvGm_, pGm_;
   GlobalTensor<float> sGm_, oGm_;
-  GlobalTensor<int32_t> widxGm_, cidxGm_;
 };
 
 // The vector side of key 1: online softmax of this sub-block's heads, P to the Cube, O folded into the accumulator.
@@ -556,9 +559,7 @@ class SparseAttnVector {
                               const SparseAttnTiling& t) {
     t_ = t;
     sinkGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(sinks));
-    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
-    hasList_ = t.K > 0;
-    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    ids_.Bind(widx, cidx, t);
     outGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
     lseGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
     const uint64_t base = static_cast<uint64_t>(GetBlockIdx() / 2) * t.wsPerGroup;
@@ -602,7 +603,7 @@ class SparseAttnVector {
   __aicore__ inline uint32_t CountValid(uint32_t row) {
     LocalTensor<int32_t> raw = rawIdxBuf_.Get<int32_t>();
     PipeSync<HardEvent::S_MTE2>();   // the previous row's scalar reads of raw are done
-    const uint32_t wA = LoadIdLists(raw, widxGm_, cidxGm_, hasList_, t_, row);
+    const uint32_t wA = LoadIdLists(raw, ids_, t_, row);
     uint32_t n = HcaRange(t_, row);
     for (uint32_t j = 0; j < t_.W; ++j) n += raw.GetValue(j) >= 0;
     for (uint32_t j = 0; j < t_.K; ++j) n += raw.GetValue(wA + j) >= 0;
@@ -737,7 +738,7 @@ class SparseAttnVector {
   }
 
   SparseAttnTiling t_;
-  bool hasList_ = false;
+  IdListsGm ids_;
   uint64_t pSeq_ = 0, oSeq_ = 0;
   TPipe pipe_;
   TQue<TPosition::VECIN, 2> sQue_, oQue_;
@@ -745,7 +746,6 @@ class SparseAttnVector {
   TBuf<TPosition::VECCALC> rawIdxBuf_, outStage_;
   GlobalTensor<T> outGm_, pGm_;
   GlobalTensor<float> sinkGm_, lseGm_, sGm_, oGm_;
-  GlobalTensor<int32_t> widxGm_, cidxGm_;
 };
 
 }  // namespace av4
