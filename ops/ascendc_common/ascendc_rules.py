@@ -150,7 +150,10 @@ class Family:
         self.root = root
         self.name = os.path.basename(os.path.dirname(root))
         self.host_files = self._files("op_host")
-        self.kernel_files = self._files("op_kernel")
+        # the shared kernel headers (ops/ascendc_common/op_kernel, staged next to every family's kernels) are part of
+        # each family's kernel code
+        shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(root))), "ascendc_common", "op_kernel")
+        self.kernel_files = self._files("op_kernel") + self._files(shared)
         self.text = {p: strip_comments(open(p, encoding="utf-8").read()) for p in self.host_files + self.kernel_files}
         self.host_funcs = {}
         for p in self.host_files:

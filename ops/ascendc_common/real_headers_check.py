@@ -42,6 +42,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = os.path.dirname(HERE)
+# headers every family's kernels may include (pipe_sync.h, cube_tiles.h): CMake stages them next to each family's
+# op_kernel/ sources (cmake/av4_opp.cmake av4_opp_kernels); here they are one more include directory
+SHARED_KERNEL = os.path.join(HERE, "op_kernel")
 TREES = {"asc-devkit": "mirror-cann/asc-devkit", "asc-tools": "hicann/asc-tools", "metadef": "hicann/metadef",
          "ge": "hicann/ge"}
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ascend-v4", "ascendc-trees")
@@ -319,7 +322,7 @@ class Workspace:
             f"-I{A}/{d}" for d in ("", "impl", "impl/basic_api", "impl/basic_api/reg_compute", "impl/simt_api",
                                    "impl/c_api", "include", "include/basic_api", "include/simt_api",
                                    "include/simt_api/cpp", "include/basic_api/reg_compute", "include/c_api",
-                                   "include/utils")] + [f"-I{g}/gen", f"-I{g}/install/kinc"]
+                                   "include/utils")] + [f"-I{g}/gen", f"-I{g}/install/kinc", f"-I{SHARED_KERNEL}"]
         defs = ["-D__CCE_KT_TEST__=1", "-D__CCE_AICORE__=220", "-D__NPU_ARCH__=2201", "-DASCENDC_CPU_DEBUG=1",
                 "-D__DAV_C220__"]
         # AIV / AIC: one core's pass of the compiler; MIX: neither split macro (both sides' intrinsics and event
@@ -379,7 +382,8 @@ def _digest(path, cmd, commits):
     h = hashlib.sha256((VERSION + json.dumps(commits, sort_keys=True) + os.path.basename(cmd[0]) +
                         " ".join(cmd[1:-1])).encode())
     d = os.path.dirname(path)
-    for p in sorted(glob.glob(os.path.join(d, "*")) + glob.glob(os.path.join(os.path.dirname(d), "*", "*.h"))):
+    for p in sorted(glob.glob(os.path.join(d, "*")) + glob.glob(os.path.join(os.path.dirname(d), "*", "*.h")) +
+                    glob.glob(os.path.join(SHARED_KERNEL, "*.h"))):
         if os.path.isfile(p):
             h.update(p.encode())
             h.update(open(p, "rb").read())
@@ -465,7 +469,8 @@ def build_emulator(driver, defines, exe, cxx="g++", core="AIV"):
     cmd = cmd[:-1] + [f"-D{d}" for d in defines] + [f"-I{os.path.join(HERE, 'emu')}", "-O1", "-w", "-o", exe,
                                                      driver]
     h = hashlib.sha256((" ".join([os.path.basename(cmd[0])] + cmd[1:]) + json.dumps(tree_commits(root))).encode())
-    for p in sorted(glob.glob(os.path.join(HERE, "emu", "*")) + [driver] +
+    for p in sorted(glob.glob(os.path.join(HERE, "emu", "*")) + glob.glob(os.path.join(SHARED_KERNEL, "*.h")) +
+                    [driver] +
                     glob.glob(os.path.join(os.path.dirname(os.path.dirname(driver)), "*", "*.*")) +
                     [os.path.join(emu_dir, "stub_fun.h")]):
         if os.path.isfile(p):

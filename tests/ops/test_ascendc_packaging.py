@@ -505,6 +505,36 @@ def _calls(build_root, family):
     return [ln.split() for ln in (build_root / family / "build" / "stub_calls.txt").read_text().splitlines()]
 
 
+SHARED_KERNEL = os.path.join(ROOT, "ops", "ascendc_common", "op_kernel")
+
+
+def _check_staged_kernels(staged, own):
+    """The kernel directory the package is built from (and ships as source): the family's op_kernel/ sources plus
+    the shared kernel headers, unchanged, and every header a kernel includes is in it (the stand-in declarations
+    are included only under AV4_ASCENDC_STANDIN, never in a CANN build)."""
+    want = {f: os.path.join(own, f) for f in os.listdir(own) if f.endswith((".h", ".cpp"))}
+    want.update({f: os.path.join(SHARED_KERNEL, f) for f in os.listdir(SHARED_KERNEL) if f.endswith(".h")})
+    assert sorted(os.listdir(staged)) == sorted(want)
+    for f, src in want.items():
+        text = _read(staged / f)
+        assert text == _read(src), f
+        for inc in re.findall(r'^\s*#\s*include\s*"([^"]+)"', text, re.M):
+            assert inc == "kernel_operator.h" or inc in want or re.fullmatch(r"decls_\w+\.h", inc), (f, inc)
+
+
+def test_shared_kernel_headers_are_used_and_shadow_nothing():
+    """ops/ascendc_common/op_kernel/ holds only headers the families' kernels include, none shadowing a family's"""
+    shared = sorted(f for f in os.listdir(SHARED_KERNEL) if f.endswith(".h"))
+    assert shared and sorted(os.listdir(SHARED_KERNEL)) == shared
+    used = set()
+    for family in FAMILIES:
+        kdir = os.path.join(_fam_dir(family), "op_kernel")
+        assert not set(shared) & set(os.listdir(kdir)), family
+        for f in glob.glob(os.path.join(kdir, "*.*")):
+            used |= set(re.findall(r'#\s*include\s*"(\w+\.h)"', _read(f))) & set(shared)
+    assert used == set(shared)
+
+
 @needs_cmake
 def test_driver_end_to_end_with_stub_asc_package(tmp_path, stub_cann):
     build_root, opp = tmp_path / "out", tmp_path / "opp"
@@ -539,7 +569,9 @@ def test_driver_end_to_end_with_stub_asc_package(tmp_path, stub_cann):
         assert [(c[c.index("OP_TYPE") + 1], c[c.index("KERNEL_FILE") + 1]) for c in kernels] == kernel_pairs(family)
         assert all(c[c.index("KERNEL_DIR") + 1] == "op_kernel" for c in kernels)
         lib = [c for c in calls if c[0] == "npu_op_kernel_library"][0]
-        assert lib[lib.index("SRC_BASE") + 1].rstrip("/") == fdir
+        stage = build_root / family / "build" / "kernel_src"
+        assert lib[lib.index("SRC_BASE") + 1].rstrip("/") == str(stage)
+        _check_staged_kernels(stage / "op_kernel", os.path.join(fdir, "op_kernel"))
         assert lib[lib.index("TILING_LIBRARY") + 1] == "cust_optiling"
         added = {w for c in calls if c[0] == "npu_op_package_add" for w in c[3:]}
         assert added == {"cust_optiling", "cust_opapi", "cust_op_proto", "ascendc_kernels"}

@@ -6,8 +6,7 @@
   the host section of decls_attention.h;
 * the kernels *run* on the CPU and match the NumPy reference, float32 and bf16 GM: over the REAL asc-devkit headers
   and the project's intrinsic emulator with its pipe/race model (ops/ascendc_common/emu, one forked process per
-  core) when the CANN source trees are cached (real_headers_check.py --setup), else over the API-level twin
-  ops/attention/ascendc/tests/ascendc_emu.h (UB arena of the platform's size, alignment and queue-depth checks).
+  core); these tests need the CANN source trees cached (real_headers_check.py --setup) and skip, saying so, without.
 """
 import importlib.util
 import os
@@ -23,6 +22,7 @@ from ascend_v4.ops.attention.cases import CASES
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ASC = os.path.join(ROOT, "ops", "attention", "ascendc")
 DECLS = os.path.join(ROOT, "ops", "ascendc_common", "decls_attention.h")
+SHARED_KERNEL = os.path.join(ROOT, "ops", "ascendc_common", "op_kernel")   # pipe_sync.h, cube_tiles.h
 GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
 pytestmark = pytest.mark.skipif(GXX is None, reason="g++ not installed")
 
@@ -56,7 +56,8 @@ def test_host_tiling_many_shapes(build_dir):
 def test_kernel_sources_type_check(kernel, dtype):
     # against the shared stand-in (kernel_operator.h -> decls_core/mhc/moe) plus the attention additions
     r = _gxx(["-fsyntax-only", "-Wall", "-Wextra", "-Werror", f"-DDTYPE_QUERY={dtype}", f"-DDTYPE_KV_PROJ={dtype}",
-              "-I", os.path.dirname(DECLS), "-include", DECLS, os.path.join(ASC, "op_kernel", kernel + ".cpp")])
+              "-I", os.path.dirname(DECLS), "-I", SHARED_KERNEL, "-include", DECLS,
+              os.path.join(ASC, "op_kernel", kernel + ".cpp")])
     assert r.returncode == 0, r.stderr
 
 
@@ -74,25 +75,20 @@ _spec.loader.exec_module(rhc)
 REAL = rhc.find_trees() is not None      # the CANN source trees are cached: run on the real headers
 
 
+needs_real = pytest.mark.skipif(not REAL, reason="the kernels run only over the real headers + the intrinsic emulator "
+                                                 "(CANN trees not cached: real_headers_check.py --setup)")
+
+
 @pytest.fixture(scope="module")
-def emu(build_dir):
-    """the kernels over the real asc-devkit headers + the intrinsic emulator when the CANN trees are cached
-    (ops/attention/ascendc/emu/attention_emu.cc), else over the API-level twin tests/ascendc_emu.h"""
-    exes = {}
-    if REAL:
-        out = os.path.join(rhc.generated_dir(), "emu_bin")
-        os.makedirs(out, exist_ok=True)
-        for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
-            exes[name] = rhc.build_emulator(os.path.join(ASC, "emu", "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
-                                            os.path.join(out, f"attention_{dt}"), cxx=GXX, core="MIX")
-        return exes
-    for name, dt in (("f32", "float"), ("bf16", "bfloat16_t")):
-        exe = str(build_dir / f"kernel_emu_{name}")
-        r = _gxx(["-O1", "-Wall", "-Wextra", f"-DDTYPE_QUERY={dt}", "-I", os.path.join(ASC, "op_host"),
-                  os.path.join(ASC, "tests", "kernel_emu.cc"), "-o", exe])
-        assert r.returncode == 0, r.stderr
-        exes[name] = exe
-    return exes
+def emu():
+    """the kernels over the real asc-devkit headers + the intrinsic emulator (ascendc/emu/attention_emu.cc)"""
+    if not REAL:
+        pytest.skip("the CANN source trees are not cached: real_headers_check.py --setup")
+    out = os.path.join(rhc.generated_dir(), "emu_bin")
+    os.makedirs(out, exist_ok=True)
+    return {name: rhc.build_emulator(os.path.join(ASC, "emu", "attention_emu.cc"), [f"DTYPE_QUERY={dt}"],
+                                     os.path.join(out, f"attention_{dt}"), cxx=GXX, core="MIX")
+            for name, dt in (("f32", "float"), ("bf16", "bfloat16_t"))}
 
 
 def _bf16(a):
@@ -110,11 +106,6 @@ def _run(exe, op, d, *args):
 def _save(d, **arrays):
     for k, v in arrays.items():
         np.ascontiguousarray(v).tofile(str(d / f"{k}.bin"))
-
-
-needs_real = pytest.mark.skipif(not REAL, reason="sparse attention (Cube design) and the mixed AIC/AIV indexer run only "
-                                                 "over the real headers + the intrinsic emulator (CANN trees not "
-                                                 "cached: real_headers_check.py --setup)")
 
 
 ATTN_CASES = [

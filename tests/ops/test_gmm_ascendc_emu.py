@@ -114,11 +114,11 @@ def test_float32_weight_must_be_transposed(emu, tmp_path):
 # Each Cube synchronisation of the kernel removed in turn from a copy of the source: the pipe model must report the
 # race it opens, naming the pipes (the emulator sees what the device would get wrong).
 MUTANTS = {
-    "mte1_m": ("      WaitFlag<HardEvent::MTE1_M>(l0Ready_[b]);\n", "Mmad (L0A) (pipe M) reads"),
-    "mte2_mte1": ("      WaitFlag<HardEvent::MTE2_MTE1>(l1Ready_[b]);\n", "(pipe MTE1) reads"),
-    "m_fix": ("    WaitFlag<HardEvent::M_FIX>(cReady_);\n    Fixpipe(yGm_[row * g.n + col]",
+    "mte1_m": ("      WaitFlag<HardEvent::MTE1_M>(ev_.l0Ready[b]);\n", "Mmad (L0A) (pipe M) reads"),
+    "mte2_mte1": ("      WaitFlag<HardEvent::MTE2_MTE1>(ev_.l1Ready[b]);\n", "(pipe MTE1) reads"),
+    "m_fix": ("    WaitFlag<HardEvent::M_FIX>(ev_.cReady);\n    Fixpipe(yGm_[row * g.n + col]",
               "Fixpipe L0C->GM (pipe FIX) reads"),
-    "m_mte1": ("      WaitFlag<HardEvent::M_MTE1>(l0Free_[b]);\n", "(pipe MTE1) overwrites"),
+    "m_mte1": ("      WaitFlag<HardEvent::M_MTE1>(ev_.l0Free[b]);\n", "(pipe MTE1) overwrites"),
 }
 
 

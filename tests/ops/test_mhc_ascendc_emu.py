@@ -125,9 +125,9 @@ def test_emulator_reports_a_missing_vector_barrier(tmp_path):
 
 # hc_pre's projection runs on the Cube unit (hc_pre_cube.h): each of its Cube waits removed in turn is a race
 CUBE_MUTANTS = {
-    "mte1_m": ("      WaitFlag<HardEvent::MTE1_M>(l0Ready_[b]);\n", "Mmad (L0A) (pipe M) reads"),
-    "m_fix": ("    WaitFlag<HardEvent::M_FIX>(cReady_);\n", "Fixpipe L0C->GM (pipe FIX) reads"),
-    "mte2_mte1": ("      WaitFlag<HardEvent::MTE2_MTE1>(l1Ready_[b]);\n", "(pipe MTE1) reads"),
+    "mte1_m": ("      WaitFlag<HardEvent::MTE1_M>(ev_.l0Ready[b]);\n", "Mmad (L0A) (pipe M) reads"),
+    "m_fix": ("    WaitFlag<HardEvent::M_FIX>(ev_.cReady);\n", "Fixpipe L0C->GM (pipe FIX) reads"),
+    "mte2_mte1": ("      WaitFlag<HardEvent::MTE2_MTE1>(ev_.l1Ready[b]);\n", "(pipe MTE1) reads"),
 }
 
 

@@ -24,6 +24,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ASC = os.path.join(ROOT, "ops", "moe", "ascendc")
 COMMON = os.path.join(ROOT, "ops", "ascendc_common")
+SHARED_KERNEL = os.path.join(COMMON, "op_kernel")   # pipe_sync.h, cube_tiles.h
 GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
 needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ not installed")
 CXX = [GXX or "g++", "-std=c++17", "-Wall", "-Wextra", "-Werror"]
@@ -51,7 +52,8 @@ def test_tiling_many_shapes_and_kernel_algorithms(tmp_path):
 def test_kernel_ub_allocations_match_tiling(tmp_path, dtype):
     out = _run_built(tmp_path, f"ub_probe_{dtype}",
                      [os.path.join(ASC, "tiling", "ub_probe.cc"), os.path.join(ASC, "tiling", "moe_tiling.cc")],
-                     ["-DAV4_ASCENDC_STANDIN", f"-DDTYPE_X={dtype}", f"-I{COMMON}", f"-I{os.path.join(ASC, 'op_kernel')}"])
+                     ["-DAV4_ASCENDC_STANDIN", f"-DDTYPE_X={dtype}", f"-I{COMMON}", f"-I{os.path.join(ASC, 'op_kernel')}",
+                      f"-I{SHARED_KERNEL}"])
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout[-3000:] + out.stderr[-2000:]
 
 
@@ -78,7 +80,7 @@ def test_kernel_sources_compile_against_ascendc_declarations(dtype):
     for f in sources:
         if f == "grouped_matmul_av4.cpp":   # basic Cube API: checked against the real headers only
             continue                         # (test_ascendc_real_headers.py) and run in test_gmm_ascendc_emu.py
-        res = _syntax(os.path.join(kdir, f), [f"DTYPE_X={dtype}"], [kdir])
+        res = _syntax(os.path.join(kdir, f), [f"DTYPE_X={dtype}"], [kdir, SHARED_KERNEL])
         assert res.returncode == 0, f + "\n" + res.stderr[-4000:]
 
 

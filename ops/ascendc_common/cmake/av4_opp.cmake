@@ -13,6 +13,8 @@ include_guard(GLOBAL)
 
 set(AV4_OPP_FAMILIES mhc moe attention)
 set(AV4_OPP_SOCS "ascend910b;ascend910_93")   # the AddConfig(...) of every OpDef
+# headers the kernels of every family include (pipe_sync.h, cube_tiles.h): staged next to each family's kernels
+set(AV4_OPP_SHARED_KERNEL_DIR ${CMAKE_CURRENT_LIST_DIR}/../op_kernel)
 
 # av4_opp_package(<family>): check the family, find CANN's ASC package (one clear error when it is missing) and
 # declare the run package; then add the family's op_host/ and op_kernel/ (first the host: the kernels need the code
@@ -108,9 +110,12 @@ function(av4_opp_host)
   npu_op_package_add(${package_name} LIBRARY cust_optiling cust_opapi cust_op_proto)
 endfunction()
 
-# av4_opp_kernels(OPS <OpType> <file> ...): one kernel source per op type, in the calling folder (op_kernel/). The
-# source base is the family folder, so kernels that include ../op_host/*.h find them wherever the build copies
-# the sources. Each source is compiled per SoC in ASCEND_COMPUTE_UNIT and per dtype combination of its OpDef.
+# av4_opp_kernels(OPS <OpType> <file> ...): one kernel source per op type, in the calling folder (op_kernel/). Only
+# the kernel directory ships in the source package and is compiled from there, so the family's op_kernel/ files and
+# the shared kernel headers (ops/ascendc_common/op_kernel/*.h) are staged into one directory of the build tree,
+# <build>/kernel_src/op_kernel/ (copied again whenever a source changes); that is the source base the ASC package
+# compiles and packages. Each source is compiled per SoC in ASCEND_COMPUTE_UNIT and per dtype combination of its
+# OpDef.
 function(av4_opp_kernels)
   cmake_parse_arguments(ARG "" "" "OPS" ${ARGN})
   list(LENGTH ARG_OPS n)
@@ -119,6 +124,18 @@ function(av4_opp_kernels)
     message(FATAL_ERROR "av4_opp_kernels: OPS takes pairs <OpType> <kernel file>, got '${ARG_OPS}'")
   endif()
   file(RELATIVE_PATH kernel_dir ${AV4_FAMILY_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
+  set(stage ${CMAKE_BINARY_DIR}/kernel_src)
+  file(REMOVE_RECURSE ${stage})
+  file(GLOB own ${CMAKE_CURRENT_SOURCE_DIR}/*.h ${CMAKE_CURRENT_SOURCE_DIR}/*.cpp)
+  file(GLOB shared ${AV4_OPP_SHARED_KERNEL_DIR}/*.h)
+  foreach(f IN LISTS own shared)
+    get_filename_component(name ${f} NAME)
+    if(EXISTS ${stage}/${kernel_dir}/${name})
+      message(FATAL_ERROR "av4_opp_kernels: ${name} exists in ${CMAKE_CURRENT_SOURCE_DIR} and in "
+                          "${AV4_OPP_SHARED_KERNEL_DIR}: rename one (they would share one directory in the package)")
+    endif()
+    configure_file(${f} ${stage}/${kernel_dir}/${name} COPYONLY)
+  endforeach()
   math(EXPR last "${n} - 1")
   foreach(i RANGE 0 ${last} 2)
     math(EXPR j "${i} + 1")
@@ -128,7 +145,7 @@ function(av4_opp_kernels)
     npu_op_kernel_sources(ascendc_kernels OP_TYPE ${op_type} KERNEL_DIR ${kernel_dir} KERNEL_FILE ${kernel_file})
   endforeach()
   npu_op_kernel_library(ascendc_kernels
-    SRC_BASE ${AV4_FAMILY_DIR}/
+    SRC_BASE ${stage}/
     TILING_LIBRARY cust_optiling
   )
   npu_op_package_add(${package_name} LIBRARY ascendc_kernels)

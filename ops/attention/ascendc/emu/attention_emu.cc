@@ -1,7 +1,7 @@
 // Runs the attention family's real AscendC kernel bodies on the CPU: real asc-devkit headers in CPU-debug mode over
 // the intrinsic emulator (ops/ascendc_common/emu) with its pipe/race model, host tiling from
-// op_host/attention_tiling.h, one forked process per AIV core of the platform (cores past usedCores return at once).
-// Same command line and files as tests/kernel_emu.cc (the API-level twin used when the CANN trees are absent):
+// op_host/attention_tiling.h, one forked process per AIV core of the platform (cores past usedCores return at once),
+// or per group of one AIC + two AIV for the mixed kernels. Inputs / outputs are raw float32 / int32 files in DIR:
 //   attention_emu attn    DIR B S H D N W K ratio cmpOffset startPos scale ubBytes aivCores
 //   attention_emu indexer DIR B S H d N topk ratio startPos ubBytes aivCores
 //   attention_emu compress DIR B S c ratio overlap eps ubBytes aivCores
@@ -89,7 +89,7 @@ static void run_cores(const Tiling& td, uint64_t ub, uint32_t aiv, Launch launch
 }
 
 int main(int argc, char** argv) {
-  EMU_CHECK(argc >= 3, "usage: kernel_emu OP DIR args...");
+  EMU_CHECK(argc >= 3, "usage: attention_emu OP DIR args...");
   const std::string op = argv[1], dir = std::string(argv[2]) + "/";
   auto I = [&](int i) { return static_cast<uint32_t>(std::strtoul(argv[i], nullptr, 10)); };
   const char* why = "";

@@ -8,13 +8,12 @@
 // channels): the slot tiles of kvp and scp [slots, group] arrive through double-buffered VECIN queues with
 // DataCopyPad (strided rows, ragged channel tails padded), then max / exp / sum / weighted sum run on the vector
 // unit in float32; the pooled row y[c] is normalised once all groups are done.
-#ifndef AV4_CPU_EMULATOR   // ascendc/tests/kernel_emu.cc supplies its own AscendC emulation
 #include "kernel_operator.h"
-#endif
-#include "attention_pipe_sync.h"
 #include "attention_tiling_data.h"
+#include "pipe_sync.h"
 
 using namespace AscendC;
+using av4_common::PipeSync;
 using av4_tiling::CompressTiling;
 
 namespace av4 {

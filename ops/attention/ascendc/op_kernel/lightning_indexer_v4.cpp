@@ -20,13 +20,13 @@
 // Ties: the reference keeps the lower id among equal scores. Sort32 keeps input order among equal scores and
 // MrgSort takes the lower-numbered list first (the running list, i.e. earlier = lower ids): an assumption about the
 // hardware sort to verify on a chip (docs/ascendc.md).
-#ifndef AV4_CPU_EMULATOR
 #include "kernel_operator.h"
-#endif
-#include "attention_pipe_sync.h"
 #include "attention_tiling_data.h"
+#include "cube_tiles.h"
+#include "pipe_sync.h"
 
 using namespace AscendC;
+using namespace av4_common;
 using av4_tiling::IndexerTiling;
 
 namespace av4 {
@@ -122,16 +122,7 @@ class IndexerCube {
   __aicore__ inline void LoadQuery(const IndexerPair& pr) {
     LocalTensor<T> q = qL1_.Get<T>();
     WaitFlag<HardEvent::MTE1_MTE2>(qFree_);   // the previous pair's L0A loads are done with it
-    Nd2NzParams nz;
-    nz.ndNum = 1;
-    nz.nValue = static_cast<uint16_t>(pr.rows * t_.H);
-    nz.dValue = static_cast<uint16_t>(t_.d);
-    nz.srcDValue = static_cast<uint16_t>(t_.d);
-    nz.dstNzC0Stride = static_cast<uint16_t>(t_.mAlign);
-    nz.dstNzNStride = 1;
-    nz.srcNdMatrixStride = 0;
-    nz.dstNzMatrixStride = 0;
-    DataCopy(q, qGm_[static_cast<uint64_t>(pr.row0) * t_.H * t_.d], nz);
+    DataCopy(q, qGm_[static_cast<uint64_t>(pr.row0) * t_.H * t_.d], NdToNz(pr.rows * t_.H, t_.d, t_.d, t_.mAlign));
   }
 
   __aicore__ inline void ScoreBlock(const IndexerPair& pr, uint32_t blk, uint32_t step) {
@@ -141,20 +132,11 @@ class IndexerCube {
     LocalTensor<T> kL1 = kL1_.Get<T>()[kbuf * kBlockElems_];
     // keys j0 .. j0+nj-1 of the pair's batch -> L1 NZ (fractal (n, k) at (k*keyBlock + n*16) * C0)
     WaitFlag<HardEvent::MTE1_MTE2>(kFree_[kbuf]);
-    Nd2NzParams nz;
-    nz.ndNum = 1;
-    nz.nValue = static_cast<uint16_t>(nj);
-    nz.dValue = static_cast<uint16_t>(t_.d);
-    nz.srcDValue = static_cast<uint16_t>(t_.d);
-    nz.dstNzC0Stride = static_cast<uint16_t>(kb);
-    nz.dstNzNStride = 1;
-    nz.srcNdMatrixStride = 0;
-    nz.dstNzMatrixStride = 0;
     const uint64_t batch = pr.row0 / t_.S;
-    DataCopy(kL1, kGm_[(batch * t_.N + j0) * t_.d], nz);
+    DataCopy(kL1, kGm_[(batch * t_.N + j0) * t_.d], NdToNz(nj, t_.d, t_.d, kb));
     PipeSync<HardEvent::MTE2_MTE1>();
 
-    const uint32_t c0 = 32 / sizeof(T), mBlocks = t_.mAlign / 16, nBlocks = kb / 16;
+    const uint32_t c0 = kC0<T>, mBlocks = t_.mAlign / 16, nBlocks = kb / 16;
     const uint32_t passes = (t_.dAlign + t_.kTile - 1) / t_.kTile;
     LocalTensor<float> c = cL0_.Get<float>()[slot * cTileElems_];
     WaitFlag<HardEvent::FIX_M>(cFree_[slot]);   // the Fixpipe of two steps ago has drained this L0C buffer
@@ -164,37 +146,17 @@ class IndexerCube {
       const uint32_t kBlocks = kLen / c0, kStart = k0 / c0, l0 = (step * passes + ps) % 2;
       LocalTensor<T> a = aL0_.Get<T>()[l0 * aTileElems_], b = bL0_.Get<T>()[l0 * bTileElems_];
       WaitFlag<HardEvent::M_MTE1>(l0Free_[l0]);
-      // L0A (zZ): per 16-row block m, its kBlocks fractals; in L1 consecutive k fractals are mBlocks apart
-      for (uint32_t m = 0; m < mBlocks; ++m)
-        LoadData(a[m * kBlocks * 16 * c0], qL1,
-                 LoadData2DParams(static_cast<uint16_t>(kStart * mBlocks + m), static_cast<uint8_t>(kBlocks),
-                                  static_cast<uint16_t>(mBlocks), 0, 0, false, 0));
-      // L0B (zN): the key block's fractals for these k, already in order
-      LoadData(b, kL1, LoadData2DParams(static_cast<uint16_t>(kStart * nBlocks),
-                                        static_cast<uint8_t>(kBlocks * nBlocks), 1, 0, 0, false, 0));
+      LoadL0A(a, qL1, mBlocks, kStart, kBlocks);
+      LoadL0BFromRows(b, kL1, nBlocks, kStart, kBlocks);   // key rows: already L0B's fractals
       if (ps + 1 == passes) SetFlag<HardEvent::MTE1_MTE2>(kFree_[kbuf]);   // key block fully in L0B
       PipeSync<HardEvent::MTE1_M>();
-      MmadParams mm;
-      mm.m = static_cast<uint16_t>(pr.rows * t_.H);
-      mm.n = static_cast<uint16_t>(kb);
-      mm.k = static_cast<uint16_t>(kLen);
-      mm.cmatrixInitVal = ps == 0;
-      mm.cmatrixSource = false;
-      Mmad(c, a, b, mm);
+      Mmad(c, a, b, MmadShape(pr.rows * t_.H, kb, kLen, ps == 0));
       SetFlag<HardEvent::M_MTE1>(l0Free_[l0]);
     }
     PipeSync<HardEvent::M_FIX>();
     if (step >= 2) CrossCoreWaitFlag<kSyncMode, PIPE_FIX>(kFlagFree + slot);   // both vector cores read the slot
-    FixpipeParamsV220 fp;
-    fp.nSize = static_cast<uint16_t>(kb);
-    fp.mSize = static_cast<uint16_t>(pr.rows * t_.H);
-    fp.srcStride = static_cast<uint16_t>(t_.mAlign);
-    fp.dstStride = kb;
-    fp.ndNum = 1;
-    fp.srcNdStride = 0;
-    fp.dstNdStride = 0;
-    Fixpipe<float, float, CFG_ROW_MAJOR>(wsGm_[(static_cast<uint64_t>(GetBlockIdx()) * 2 + slot) * cTileElems_], c,
-                                         fp);
+    Fixpipe(wsGm_[(static_cast<uint64_t>(GetBlockIdx()) * 2 + slot) * cTileElems_], c,
+            FixpipeToNd<float>(kb, pr.rows * t_.H, t_.mAlign, kb));
     SetFlag<HardEvent::FIX_M>(cFree_[slot]);
     CrossCoreSetFlag<kSyncMode, PIPE_FIX>(kFlagReady + slot);
   }

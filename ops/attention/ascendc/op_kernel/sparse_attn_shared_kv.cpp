@@ -11,13 +11,13 @@
 // the input dtype, lse [B·S, H] float32 (the backward's softmax statistics).
 // Key 0's dot products use Mul + ReduceSum per (head, row) on the vector unit (float32 only: the Cube's float32 P·V
 // would need transposed 32-bit fractal loads).
-#ifndef AV4_CPU_EMULATOR   // ascendc/tests/kernel_emu.cc supplies its own AscendC emulation
 #include "kernel_operator.h"
-#endif
-#include "attention_pipe_sync.h"
 #include "attention_tiling_data.h"
+#include "cube_tiles.h"
+#include "pipe_sync.h"
 
 using namespace AscendC;
+using namespace av4_common;
 using av4_tiling::SparseAttnTiling;
 
 namespace av4 {
@@ -26,6 +26,66 @@ constexpr float kNegInf = -3.0e38f;   // finite "minus infinity": exp(x - m) sta
 constexpr uint32_t kBlockBytes = 32;
 
 __aicore__ inline uint32_t AlignBytes(uint32_t b) { return (b + kBlockBytes - 1) / kBlockBytes * kBlockBytes; }
+
+// A row's candidate id lists in GM: the window ids [B·S, W] and, when the op has one (K > 0), the compressed list
+// [B·S, K] (cmp_idx is an optional input).
+struct IdListsGm {
+  __aicore__ inline void Bind(GM_ADDR widx, GM_ADDR cidx, const SparseAttnTiling& t) {
+    win.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
+    hasList = t.K > 0;
+    if (hasList) cmp.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+  }
+  GlobalTensor<int32_t> win, cmp;
+  bool hasList = false;
+};
+
+// HCA (cmp_ratio > 0): the compressed entries query row `row` sees, all of them attended without an index list;
+// 0 otherwise
+__aicore__ inline uint32_t HcaRange(const SparseAttnTiling& t, uint32_t row) {
+  if (t.ratio == 0) return 0;
+  const uint32_t vis = (t.startPos + row % t.S + 1) / t.ratio;
+  return vis < t.nCmp ? vis : t.nCmp;
+}
+
+// The row's window ids, and its compressed ids when there is a list, GM -> raw (UB): window ids from 0 on, the list
+// from the returned (32-byte aligned) offset on. -1 entries are kept (the caller skips them); when this returns the
+// scalar unit may read raw.
+__aicore__ inline uint32_t LoadIdLists(const LocalTensor<int32_t>& raw, const IdListsGm& ids, const SparseAttnTiling& t,
+                                       uint32_t row) {
+  const uint32_t wA = AlignBytes(t.W * 4) / 4;
+  DataCopyPad(raw, ids.win[static_cast<uint64_t>(row) * t.W], DataCopyExtParams(1, t.W * 4, 0, 0, 0),
+              DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
+  if (ids.hasList)
+    DataCopyPad(raw[wA], ids.cmp[static_cast<uint64_t>(row) * t.K], DataCopyExtParams(1, t.K * 4, 0, 0, 0),
+                DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
+  PipeSync<HardEvent::MTE2_S>();
+  return wA;
+}
+
+// The end of a row's online softmax, the attention sink in the denominator only: for each of the nh heads (acc rows
+// dA apart, D used) with mf = max(m, sink) and a = e^(m-mf), acc *= a / (l·a + e^(sink-mf)) in place and l becomes
+// lse = mf + ln(l·a + e^(sink-mf)). Waits for the vector unit first; afterwards l may be stored (MTE3) and acc read.
+__aicore__ inline void ApplySink(const LocalTensor<float>& acc, const LocalTensor<float>& m,
+                                 const LocalTensor<float>& l, const LocalTensor<float>& sink,
+                                 const LocalTensor<float>& tiny, uint32_t nh, uint32_t dA, uint32_t D) {
+  PipeSync<HardEvent::V_S>();
+  for (uint32_t h = 0; h < nh; ++h) {
+    const float mh = m.GetValue(h), s = sink.GetValue(h), mf = mh > s ? mh : s;
+    tiny.SetValue(0, mh - mf);
+    tiny.SetValue(1, s - mf);
+    PipeSync<HardEvent::S_V>();
+    Exp(tiny, tiny, 8);
+    PipeSync<HardEvent::V_S>();
+    const float a = tiny.GetValue(0), den = l.GetValue(h) * a + tiny.GetValue(1);
+    tiny.SetValue(0, den);
+    PipeSync<HardEvent::S_V>();
+    Ln(tiny, tiny, 8);
+    Muls(acc[h * dA], acc[h * dA], a / den, static_cast<int32_t>(D));
+    PipeSync<HardEvent::V_S>();
+    l.SetValue(h, mf + tiny.GetValue(0));   // l now holds lse
+  }
+  PipeSync<HardEvent::S_MTE3>();
+}
 
 template <typename T>
 class SparseAttnKernel {
@@ -36,9 +96,7 @@ class SparseAttnKernel {
     qGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
     kvGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(kv));
     sinkGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(sinks));
-    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
-    hasList_ = t.K > 0;
-    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    ids_.Bind(widx, cidx, t);
     outGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
     lseGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
     const uint32_t hg = t.headGroup, dA = t.dAlign, jb = t.entryBlock;
@@ -68,12 +126,7 @@ class SparseAttnKernel {
     if (core >= static_cast<int64_t>(t_.usedCores)) return;
     for (uint32_t row = t_.rowSplit[core]; row < t_.rowSplit[core + 1]; ++row) {
       nWin_ = CollectIds(row);
-      const uint32_t pos = t_.startPos + row % t_.S;
-      nRange_ = 0;
-      if (t_.ratio > 0) {   // HCA: every visible compressed entry, never materialised as a list
-        const uint32_t vis = (pos + 1) / t_.ratio;
-        nRange_ = vis < t_.nCmp ? vis : t_.nCmp;
-      }
+      nRange_ = HcaRange(t_, row);   // HCA: every visible compressed entry, never materialised as a list
       for (uint32_t g = 0; g < t_.numHeadGroups; ++g) {
         const uint32_t h0 = g * t_.headGroup;
         const uint32_t nh = h0 + t_.headGroup <= t_.H ? t_.headGroup : t_.H - h0;
@@ -89,13 +142,7 @@ class SparseAttnKernel {
   __aicore__ inline uint32_t CollectIds(uint32_t row) {
     LocalTensor<int32_t> raw = rawIdxBuf_.Get<int32_t>();
     LocalTensor<int32_t> ids = idsBuf_.Get<int32_t>();
-    const uint32_t wA = (t_.W * 4 + kBlockBytes - 1) / kBlockBytes * kBlockBytes / 4;
-    DataCopyPad(raw, widxGm_[static_cast<uint64_t>(row) * t_.W], DataCopyExtParams(1, t_.W * 4, 0, 0, 0),
-                DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-    if (hasList_)
-      DataCopyPad(raw[wA], cidxGm_[static_cast<uint64_t>(row) * t_.K], DataCopyExtParams(1, t_.K * 4, 0, 0, 0),
-                  DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-    PipeSync<HardEvent::MTE2_S>();
+    const uint32_t wA = LoadIdLists(raw, ids_, t_, row);
     uint32_t n = 0;
     for (uint32_t j = 0; j < t_.W; ++j) {
       const int32_t id = raw.GetValue(j);
@@ -229,29 +276,11 @@ class SparseAttnKernel {
     }
   }
 
-  // Sink in the denominator only: out = acc·e^(m-mf) / (l·e^(m-mf) + e^(sink-mf)), lse = mf + ln(den).
+  // Sink in the denominator only (ApplySink), then lse and the output rows to GM.
   __aicore__ inline void Finish(uint32_t row, uint32_t h0, uint32_t nh) {
-    LocalTensor<float> acc = accBuf_.Get<float>(), tiny = tinyBuf_.Get<float>();
-    LocalTensor<float> m = mBuf_.Get<float>(), l = lBuf_.Get<float>(), sk = sinkBuf_.Get<float>();
-    PipeSync<HardEvent::V_S>();
+    LocalTensor<float> acc = accBuf_.Get<float>(), l = lBuf_.Get<float>();
     const uint32_t dA = t_.dAlign;
-    for (uint32_t h = 0; h < nh; ++h) {
-      const float mh = m.GetValue(h), s = sk.GetValue(h);
-      const float mf = mh > s ? mh : s;
-      tiny.SetValue(0, mh - mf);
-      tiny.SetValue(1, s - mf);
-      PipeSync<HardEvent::S_V>();
-      Exp(tiny, tiny, 8);
-      PipeSync<HardEvent::V_S>();
-      const float a = tiny.GetValue(0), den = l.GetValue(h) * a + tiny.GetValue(1);
-      tiny.SetValue(0, den);
-      PipeSync<HardEvent::S_V>();
-      Ln(tiny, tiny, 8);
-      Muls(acc[h * dA], acc[h * dA], a / den, static_cast<int32_t>(t_.D));
-      PipeSync<HardEvent::V_S>();
-      l.SetValue(h, mf + tiny.GetValue(0));   // l now holds lse for the store below
-    }
-    PipeSync<HardEvent::S_MTE3>();
+    ApplySink(acc, mBuf_.Get<float>(), l, sinkBuf_.Get<float>(), tinyBuf_.Get<float>(), nh, dA, t_.D);
     DataCopyPad(lseGm_[static_cast<uint64_t>(row) * t_.H + h0], l, DataCopyExtParams(1, nh * 4, 0, 0, 0));
     PipeSync<HardEvent::V_MTE3>();
     const uint32_t padBlocks = (dA - t_.D) * sizeof(T) / kBlockBytes;
@@ -271,7 +300,7 @@ class SparseAttnKernel {
   }
 
   SparseAttnTiling t_;
-  bool hasList_ = false;
+  IdListsGm ids_;
   uint32_t nWin_ = 0, nRange_ = 0;
   TPipe pipe_;
   TQue<TPosition::VECIN, 2> kvQue_;
@@ -279,7 +308,6 @@ class SparseAttnKernel {
   TBuf<TPosition::VECCALC> mBuf_, lBuf_, sinkBuf_, prodBuf_, redBuf_, tinyBuf_, workBuf_;
   GlobalTensor<T> qGm_, kvGm_, outGm_;
   GlobalTensor<float> sinkGm_, lseGm_;
-  GlobalTensor<int32_t> widxGm_, cidxGm_;
 };
 
 
@@ -299,33 +327,27 @@ constexpr uint32_t kEntryTile = 128;
 
 // Valid candidate ids of a row in order: window ids, then the compressed list or the HCA range (-1 skipped).
 struct CandidateCursor {
-  __aicore__ inline void Reset(const SparseAttnTiling& t, const GlobalTensor<int32_t>& w, const GlobalTensor<int32_t>& c,
-                               bool hasList, uint32_t row) {
-    t_ = &t, w_ = w, c_ = c, hasList_ = hasList, row_ = row, raw_ = 0, range_ = 0;
-    const uint32_t pos = t.startPos + row % t.S;
-    nRange_ = 0;
-    if (t.ratio > 0) {
-      const uint32_t vis = (pos + 1) / t.ratio;
-      nRange_ = vis < t.nCmp ? vis : t.nCmp;
-    }
+  __aicore__ inline void Reset(const SparseAttnTiling& t, const IdListsGm& ids, uint32_t row) {
+    t_ = &t, ids_ = &ids, row_ = row, raw_ = 0, range_ = 0;
+    nRange_ = HcaRange(t, row);
   }
   // count of valid candidates (scans the lists once)
   __aicore__ inline uint32_t Count() {
     uint32_t n = nRange_;
-    for (uint32_t j = 0; j < t_->W; ++j) n += w_.GetValue(static_cast<uint64_t>(row_) * t_->W + j) >= 0;
-    if (hasList_)
-      for (uint32_t j = 0; j < t_->K; ++j) n += c_.GetValue(static_cast<uint64_t>(row_) * t_->K + j) >= 0;
+    for (uint32_t j = 0; j < t_->W; ++j) n += ids_->win.GetValue(static_cast<uint64_t>(row_) * t_->W + j) >= 0;
+    if (ids_->hasList)
+      for (uint32_t j = 0; j < t_->K; ++j) n += ids_->cmp.GetValue(static_cast<uint64_t>(row_) * t_->K + j) >= 0;
     return n;
   }
   // next valid id, in candidate order
   __aicore__ inline int32_t Next() {
     while (raw_ < t_->W) {
-      const int32_t id = w_.GetValue(static_cast<uint64_t>(row_) * t_->W + raw_++);
+      const int32_t id = ids_->win.GetValue(static_cast<uint64_t>(row_) * t_->W + raw_++);
       if (id >= 0) return id;
     }
-    if (hasList_) {
+    if (ids_->hasList) {
       while (raw_ < t_->W + t_->K) {
-        const int32_t id = c_.GetValue(static_cast<uint64_t>(row_) * t_->K + (raw_++ - t_->W));
+        const int32_t id = ids_->cmp.GetValue(static_cast<uint64_t>(row_) * t_->K + (raw_++ - t_->W));
         if (id >= 0) return id;
       }
       return -1;
@@ -333,8 +355,7 @@ struct CandidateCursor {
     return range_ < nRange_ ? static_cast<int32_t>(t_->cmpOffset + range_++) : -1;
   }
   const SparseAttnTiling* t_ = nullptr;
-  GlobalTensor<int32_t> w_, c_;
-  bool hasList_ = false;
+  const IdListsGm* ids_ = nullptr;
   uint32_t row_ = 0, raw_ = 0, range_ = 0, nRange_ = 0;
 };
 
@@ -347,9 +368,7 @@ class SparseAttnCube {
     t_ = t;
     qGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(q));
     kvGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(kv));
-    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
-    hasList_ = t.K > 0;
-    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    ids_.Bind(widx, cidx, t);
     const uint64_t base = static_cast<uint64_t>(GetBlockIdx()) * t.wsPerGroup;
     sGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(ws + base));
     pGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(ws + base + 2ull * t.mAlign * kEntryTile * 4));
@@ -412,12 +431,12 @@ class SparseAttnCube {
   __aicore__ inline uint32_t Heads(uint32_t h0) const { return h0 + t_.headGroup <= t_.H ? t_.headGroup : t_.H - h0; }
 
   __aicore__ inline void Unit(uint32_t row, uint32_t h0) {
-    cur_.Reset(t_, widxGm_, cidxGm_, hasList_, row);
+    cur_.Reset(t_, ids_, row);
     const uint32_t n = cur_.Count(), nBlk = BlocksOf(n), hg = Heads(h0);
     if (nBlk == 0) return;
     LocalTensor<T> q = qL1_.Get<T>();
     WaitFlag<HardEvent::MTE1_MTE2>(qFree_);   // the previous unit's L0A loads are done with it
-    DataCopy(q, qGm_[(static_cast<uint64_t>(row) * t_.H + h0) * t_.D], NzParams(hg, t_.D, t_.mAlign));
+    DataCopy(q, qGm_[(static_cast<uint64_t>(row) * t_.H + h0) * t_.D], NdToNz(hg, t_.D, t_.D, t_.mAlign));
     for (uint32_t i = 0; i <= nBlk; ++i) {
       if (i < nBlk) {
         const uint32_t nj = i + 1 < nBlk ? kEntryTile : n - i * kEntryTile;
@@ -429,23 +448,10 @@ class SparseAttnCube {
     SetFlag<HardEvent::MTE1_MTE2>(qFree_);
   }
 
-  __aicore__ inline Nd2NzParams NzParams(uint32_t rows, uint32_t cols, uint32_t c0Stride) const {
-    Nd2NzParams nz;
-    nz.ndNum = 1;
-    nz.nValue = static_cast<uint16_t>(rows);
-    nz.dValue = static_cast<uint16_t>(cols);
-    nz.srcDValue = static_cast<uint16_t>(cols);
-    nz.dstNzC0Stride = static_cast<uint16_t>(c0Stride);
-    nz.dstNzNStride = 1;
-    nz.srcNdMatrixStride = 0;
-    nz.dstNzMatrixStride = 0;
-    return nz;
-  }
-
   // the next nj valid candidates' kv rows -> kv L1 buffer (sSeq_ % 2) as NZ rows 0 .. nj-1; runs of consecutive ids
   // move in one copy
   __aicore__ inline void Gather(uint32_t row, uint32_t nj) {
-    const uint32_t buf = sSeq_ % 2, c0 = 32 / sizeof(T);
+    const uint32_t buf = sSeq_ % 2, c0 = kC0<T>;
     LocalTensor<T> kv = kvL1_.Get<T>()[buf * kvElems_];
     const uint64_t base = static_cast<uint64_t>(row / t_.S) * t_.N;
     WaitFlag<HardEvent::MTE1_MTE2>(kvFree_[buf]);   // P·V of two blocks ago has loaded this buffer into L0B
@@ -458,7 +464,7 @@ class SparseAttnCube {
         ++run;
         nxt = jj + run < nj ? cur_.Next() : -1;
       }
-      DataCopy(kv[jj * c0], kvGm_[(base + static_cast<uint32_t>(id)) * t_.D], NzParams(run, t_.D, kEntryTile));
+      DataCopy(kv[jj * c0], kvGm_[(base + static_cast<uint32_t>(id)) * t_.D], NdToNz(run, t_.D, t_.D, kEntryTile));
       jj += run;
       id = nxt;
     }
@@ -467,7 +473,7 @@ class SparseAttnCube {
 
   // S = Q·Kᵀ over the block: [hg, dAlign] x [dAlign, 128] in kTile passes, -> S slot
   __aicore__ inline void QK(uint32_t hg) {
-    const uint32_t buf = sSeq_ % 2, c0 = 32 / sizeof(T), mBlocks = t_.mAlign / 16, nBlocks = kEntryTile / 16;
+    const uint32_t buf = sSeq_ % 2, c0 = kC0<T>, mBlocks = t_.mAlign / 16, nBlocks = kEntryTile / 16;
     const uint32_t kTile = tileElems_ / (t_.mAlign > kEntryTile ? t_.mAlign : kEntryTile) / c0 * c0;
     const uint32_t passes = (t_.dAlign + kTile - 1) / kTile;
     LocalTensor<T> q = qL1_.Get<T>(), kv = kvL1_.Get<T>()[buf * kvElems_];
@@ -479,27 +485,15 @@ class SparseAttnCube {
       const uint32_t kBlocks = kLen / c0, kStart = k0 / c0, l0 = l0Seq_++ % 2;
       LocalTensor<T> a = aL0_.Get<T>()[l0 * tileElems_], b = bL0_.Get<T>()[l0 * tileElems_];
       WaitFlag<HardEvent::M_MTE1>(l0Free_[l0]);
-      for (uint32_t m = 0; m < mBlocks; ++m)   // L0A (zZ): row block m's k fractals, mBlocks apart in L1
-        LoadData(a[m * kBlocks * 16 * c0], q,
-                 LoadData2DParams(static_cast<uint16_t>(kStart * mBlocks + m), static_cast<uint8_t>(kBlocks),
-                                  static_cast<uint16_t>(mBlocks), 0, 0, false, 0));
-      LoadData(b, kv, LoadData2DParams(static_cast<uint16_t>(kStart * nBlocks), static_cast<uint8_t>(kBlocks * nBlocks),
-                                       1, 0, 0, false, 0));   // L0B: the rows' fractals, already in order
+      LoadL0A(a, q, mBlocks, kStart, kBlocks);
+      LoadL0BFromRows(b, kv, nBlocks, kStart, kBlocks);   // kv rows: already L0B's fractals
       PipeSync<HardEvent::MTE1_M>();
-      MmadParams mm;
-      mm.m = static_cast<uint16_t>(hg);
-      mm.n = static_cast<uint16_t>(kEntryTile);
-      mm.k = static_cast<uint16_t>(kLen);
-      mm.cmatrixInitVal = ps == 0;
-      mm.cmatrixSource = false;
-      Mmad(c, a, b, mm);
+      Mmad(c, a, b, MmadShape(hg, kEntryTile, kLen, ps == 0));
       SetFlag<HardEvent::M_MTE1>(l0Free_[l0]);
     }
     PipeSync<HardEvent::M_FIX>();
     if (sSeq_ >= 2) CrossCoreWaitFlag<kAttnSyncMode, PIPE_FIX>(kSFree);   // both vector cores read S(i-2)
-    Fixpipe<float, float, CFG_ROW_MAJOR>(sGm_[static_cast<uint64_t>(buf) * cElems_], c,
-                                         FixpipeParamsV220(static_cast<uint16_t>(kEntryTile), static_cast<uint16_t>(hg),
-                                                           static_cast<uint16_t>(t_.mAlign), kEntryTile, false));
+    Fixpipe(sGm_[static_cast<uint64_t>(buf) * cElems_], c, FixpipeToNd<float>(kEntryTile, hg, t_.mAlign, kEntryTile));
     SetFlag<HardEvent::FIX_M>(cFree_[cb]);
     CrossCoreSetFlag<kAttnSyncMode, PIPE_FIX>(kSReady);
     ++sSeq_;
@@ -507,11 +501,11 @@ class SparseAttnCube {
 
   // O = P·V of the oldest block not yet multiplied: [hg, 128] x [128, dAlign] in 128-column tiles, -> O slot
   __aicore__ inline void PV(uint32_t hg) {
-    const uint32_t slot = oSeq_ % 2, c0 = 32 / sizeof(T), mBlocks = t_.mAlign / 16, eBlocks = kEntryTile / 16;
+    const uint32_t slot = oSeq_ % 2, mBlocks = t_.mAlign / 16, eBlocks = kEntryTile / 16;
     LocalTensor<T> p = pL1_.Get<T>(), kv = kvL1_.Get<T>()[slot * kvElems_];
     CrossCoreWaitFlag<kAttnSyncMode, PIPE_MTE2>(kPReady);
     WaitFlag<HardEvent::MTE1_MTE2>(pFree_);
-    DataCopy(p, pGm_[static_cast<uint64_t>(slot) * cElems_], NzParams(hg, kEntryTile, t_.mAlign));
+    DataCopy(p, pGm_[static_cast<uint64_t>(slot) * cElems_], NdToNz(hg, kEntryTile, kEntryTile, t_.mAlign));
     CrossCoreSetFlag<kAttnSyncMode, PIPE_MTE2>(kPFree);   // issued after the copy on MTE2: the P slot is read
     PipeSync<HardEvent::MTE2_MTE1>();
     for (uint32_t dt = 0; dt < t_.dTiles; ++dt) {
@@ -519,14 +513,8 @@ class SparseAttnCube {
       const uint32_t l0 = l0Seq_++ % 2;
       LocalTensor<T> a = aL0_.Get<T>()[l0 * tileElems_], b = bL0_.Get<T>()[l0 * tileElems_];
       WaitFlag<HardEvent::M_MTE1>(l0Free_[l0]);
-      for (uint32_t m = 0; m < mBlocks; ++m)   // L0A: P's row block m, its 8 entry fractals
-        LoadData(a[m * eBlocks * 16 * c0], p,
-                 LoadData2DParams(static_cast<uint16_t>(m), static_cast<uint8_t>(eBlocks),
-                                  static_cast<uint16_t>(mBlocks), 0, 0, false, 0));
-      for (uint32_t e = 0; e < eBlocks; ++e)   // L0B: V's (entry block e, column block) fractals, transposed
-        LoadData(b[e * tb * 16 * c0], kv,
-                 LoadData2DParams(static_cast<uint16_t>((col0 / c0) * eBlocks + e), static_cast<uint8_t>(tb),
-                                  static_cast<uint16_t>(eBlocks), 0, 0, true, 0));
+      LoadL0A(a, p, mBlocks, 0, eBlocks);                 // P: its row blocks' 8 entry fractals
+      LoadL0BTransposed(b, kv, eBlocks, col0 / 16, tb);   // V = the kv rows: each fractal transposed
       if (dt + 1 == t_.dTiles) {
         SetFlag<HardEvent::MTE1_MTE2>(kvFree_[slot]);
         SetFlag<HardEvent::MTE1_MTE2>(pFree_);
@@ -535,19 +523,12 @@ class SparseAttnCube {
       const uint32_t cb = cSeq_++ % 2;
       LocalTensor<float> c = cL0_.Get<float>()[cb * cElems_];
       WaitFlag<HardEvent::FIX_M>(cFree_[cb]);
-      MmadParams mm;
-      mm.m = static_cast<uint16_t>(hg);
-      mm.n = static_cast<uint16_t>(cols);
-      mm.k = static_cast<uint16_t>(kEntryTile);
-      mm.cmatrixInitVal = true;
-      mm.cmatrixSource = false;
-      Mmad(c, a, b, mm);
+      Mmad(c, a, b, MmadShape(hg, cols, kEntryTile, true));
       SetFlag<HardEvent::M_MTE1>(l0Free_[l0]);
       PipeSync<HardEvent::M_FIX>();
       if (dt == 0 && oSeq_ >= 2) CrossCoreWaitFlag<kAttnSyncMode, PIPE_FIX>(kOFree);   // O(j-2) folded in
-      Fixpipe<float, float, CFG_ROW_MAJOR>(oGm_[static_cast<uint64_t>(slot) * t_.mAlign * t_.dAlign + col0], c,
-                                           FixpipeParamsV220(static_cast<uint16_t>(cols), static_cast<uint16_t>(hg),
-                                                             static_cast<uint16_t>(t_.mAlign), t_.dAlign, false));
+      Fixpipe(oGm_[static_cast<uint64_t>(slot) * t_.mAlign * t_.dAlign + col0], c,
+              FixpipeToNd<float>(cols, hg, t_.mAlign, t_.dAlign));
       SetFlag<HardEvent::FIX_M>(cFree_[cb]);
     }
     CrossCoreSetFlag<kAttnSyncMode, PIPE_FIX>(kOReady);
@@ -555,7 +536,7 @@ class SparseAttnCube {
   }
 
   SparseAttnTiling t_;
-  bool hasList_ = false;
+  IdListsGm ids_;
   CandidateCursor cur_;
   uint32_t kvElems_ = 0, tileElems_ = 0, cElems_ = 0;
   uint64_t sSeq_ = 0, oSeq_ = 0, l0Seq_ = 0, cSeq_ = 0;
@@ -568,7 +549,6 @@ class SparseAttnCube {
   TEventID kvFree_[2], l0Free_[2], cFree_[2], qFree_, pFree_;
   GlobalTensor<T> qGm_, kvGm_, pGm_;
   GlobalTensor<float> sGm_, oGm_;
-  GlobalTensor<int32_t> widxGm_, cidxGm_;
 };
 
 // The vector side of key 1: online softmax of this sub-block's heads, P to the Cube, O folded into the accumulator.
@@ -579,9 +559,7 @@ class SparseAttnVector {
                               const SparseAttnTiling& t) {
     t_ = t;
     sinkGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(sinks));
-    widxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(widx));
-    hasList_ = t.K > 0;
-    if (hasList_) cidxGm_.SetGlobalBuffer(reinterpret_cast<__gm__ int32_t*>(cidx));
+    ids_.Bind(widx, cidx, t);
     outGm_.SetGlobalBuffer(reinterpret_cast<__gm__ T*>(out));
     lseGm_.SetGlobalBuffer(reinterpret_cast<__gm__ float*>(lse));
     const uint64_t base = static_cast<uint64_t>(GetBlockIdx() / 2) * t.wsPerGroup;
@@ -624,21 +602,11 @@ class SparseAttnVector {
   // valid candidates of the row (the Cube's CandidateCursor counts the same lists)
   __aicore__ inline uint32_t CountValid(uint32_t row) {
     LocalTensor<int32_t> raw = rawIdxBuf_.Get<int32_t>();
-    const uint32_t wA = (t_.W * 4 + kBlockBytes - 1) / kBlockBytes * kBlockBytes / 4;
-    PipeSync<HardEvent::S_MTE2>();
-    DataCopyPad(raw, widxGm_[static_cast<uint64_t>(row) * t_.W], DataCopyExtParams(1, t_.W * 4, 0, 0, 0),
-                DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-    if (hasList_)
-      DataCopyPad(raw[wA], cidxGm_[static_cast<uint64_t>(row) * t_.K], DataCopyExtParams(1, t_.K * 4, 0, 0, 0),
-                  DataCopyPadExtParams<int32_t>(false, 0, 0, 0));
-    PipeSync<HardEvent::MTE2_S>();
-    uint32_t n = 0;
+    PipeSync<HardEvent::S_MTE2>();   // the previous row's scalar reads of raw are done
+    const uint32_t wA = LoadIdLists(raw, ids_, t_, row);
+    uint32_t n = HcaRange(t_, row);
     for (uint32_t j = 0; j < t_.W; ++j) n += raw.GetValue(j) >= 0;
     for (uint32_t j = 0; j < t_.K; ++j) n += raw.GetValue(wA + j) >= 0;
-    if (t_.ratio > 0) {
-      const uint32_t vis = (t_.startPos + row % t_.S + 1) / t_.ratio;
-      n += vis < t_.nCmp ? vis : t_.nCmp;
-    }
     return n;
   }
 
@@ -752,28 +720,11 @@ class SparseAttnVector {
     ++oSeq_;
   }
 
-  // Sink in the denominator only (as the vector kernel's Finish): out = acc·a / (l·a + e^(sink-mf)), lse.
+  // Sink in the denominator only (ApplySink, as the vector kernel's Finish), then lse and the output rows to GM.
   __aicore__ inline void Finish(uint32_t row, uint32_t hs, uint32_t nh) {
-    LocalTensor<float> acc = accBuf_.Get<float>(), tiny = tinyBuf_.Get<float>();
-    LocalTensor<float> m = mBuf_.Get<float>(), l = lBuf_.Get<float>(), sk = sinkBuf_.Get<float>();
+    LocalTensor<float> acc = accBuf_.Get<float>(), l = lBuf_.Get<float>();
     const uint32_t dA = t_.dAlign;
-    PipeSync<HardEvent::V_S>();
-    for (uint32_t h = 0; h < nh; ++h) {
-      const float mh = m.GetValue(h), sv = sk.GetValue(h), mf = mh > sv ? mh : sv;
-      tiny.SetValue(0, mh - mf);
-      tiny.SetValue(1, sv - mf);
-      PipeSync<HardEvent::S_V>();
-      Exp(tiny, tiny, 8);
-      PipeSync<HardEvent::V_S>();
-      const float a = tiny.GetValue(0), den = l.GetValue(h) * a + tiny.GetValue(1);
-      tiny.SetValue(0, den);
-      PipeSync<HardEvent::S_V>();
-      Ln(tiny, tiny, 8);
-      Muls(acc[h * dA], acc[h * dA], a / den, static_cast<int32_t>(t_.D));
-      PipeSync<HardEvent::V_S>();
-      l.SetValue(h, mf + tiny.GetValue(0));   // l now holds lse for the store below
-    }
-    PipeSync<HardEvent::S_MTE3>();
+    ApplySink(acc, mBuf_.Get<float>(), l, sinkBuf_.Get<float>(), tinyBuf_.Get<float>(), nh, dA, t_.D);
     DataCopyPad(lseGm_[static_cast<uint64_t>(row) * t_.H + hs], l, DataCopyExtParams(1, nh * 4, 0, 0, 0));
     LocalTensor<T> st = outStage_.Get<T>();
     const uint64_t dst = (static_cast<uint64_t>(row) * t_.H + hs) * t_.D;
@@ -787,7 +738,7 @@ class SparseAttnVector {
   }
 
   SparseAttnTiling t_;
-  bool hasList_ = false;
+  IdListsGm ids_;
   uint64_t pSeq_ = 0, oSeq_ = 0;
   TPipe pipe_;
   TQue<TPosition::VECIN, 2> sQue_, oQue_;
@@ -795,7 +746,6 @@ class SparseAttnVector {
   TBuf<TPosition::VECCALC> rawIdxBuf_, outStage_;
   GlobalTensor<T> outGm_, pGm_;
   GlobalTensor<float> sinkGm_, lseGm_, sGm_, oGm_;
-  GlobalTensor<int32_t> widxGm_, cidxGm_;
 };
 
 }  // namespace av4

@@ -12,15 +12,17 @@
 // The K tail of a step is zero-filled in L1 first: Mmad reads whole C0 columns, and 0 * garbage may be NaN.
 #define ASCENDC_CUBE_ONLY
 #include "kernel_operator.h"
+#include "cube_tiles.h"
 #include "moe_tiling_data.h"
 
 namespace moe_av4 {
 using namespace AscendC;
+using namespace av4_common;
 
 template <typename T>
 class GroupedMatmulKernel {
  public:
-  static constexpr int64_t kC0 = 32 / sizeof(T);    // fractal: 16 rows x C0 elements (512 bytes)
+  static constexpr int64_t kC0 = av4_common::kC0<T>;   // fractal: 16 rows x C0 elements (512 bytes)
 
   __aicore__ inline GroupedMatmulKernel() {}
 
@@ -42,24 +44,13 @@ class GroupedMatmulKernel {
     pipe->InitBuffer(c_, static_cast<uint32_t>(g.baseM * g.baseN * sizeof(float)));   // L0C
     aHalf_ = g.baseM * g.baseK;
     bHalf_ = g.baseK * g.baseN;
-    for (int i = 0; i < 2; ++i) {
-      l1Free_[i] = pipe->AllocEventID<HardEvent::MTE1_MTE2>();
-      l1Ready_[i] = pipe->AllocEventID<HardEvent::MTE2_MTE1>();
-      l0Free_[i] = pipe->AllocEventID<HardEvent::M_MTE1>();
-      l0Ready_[i] = pipe->AllocEventID<HardEvent::MTE1_M>();
-    }
-    cReady_ = pipe->AllocEventID<HardEvent::M_FIX>();
-    cFree_ = pipe->AllocEventID<HardEvent::FIX_M>();
+    ev_.Alloc(pipe);
   }
 
   __aicore__ inline void Process() {
     const GroupedMatmulTilingData& g = *td_;
     const int64_t core = GetBlockIdx(), cores = g.usedCores;
-    for (int i = 0; i < 2; ++i) {           // every buffer starts free
-      SetFlag<HardEvent::MTE1_MTE2>(l1Free_[i]);
-      SetFlag<HardEvent::M_MTE1>(l0Free_[i]);
-    }
-    SetFlag<HardEvent::FIX_M>(cFree_);
+    ev_.Start();                            // every buffer starts free
     int64_t tile = 0, row0 = 0;
     for (int64_t e = 0; e < g.groups; ++e) {
       const int64_t v = glGm_.GetValue(static_cast<uint64_t>(e));
@@ -77,11 +68,7 @@ class GroupedMatmulKernel {
       row0 = end;
     }
     ZeroTail(row0);
-    for (int i = 0; i < 2; ++i) {
-      WaitFlag<HardEvent::MTE1_MTE2>(l1Free_[i]);
-      WaitFlag<HardEvent::M_MTE1>(l0Free_[i]);
-    }
-    WaitFlag<HardEvent::FIX_M>(cFree_);
+    ev_.Drain();
   }
 
  private:
@@ -90,7 +77,7 @@ class GroupedMatmulKernel {
     const GroupedMatmulTilingData& g = *td_;
     const int64_t m16 = RoundUp(mr, 16), n16 = RoundUp(nc, 16);
     LocalTensor<float> c = c_.Get<float>();
-    WaitFlag<HardEvent::FIX_M>(cFree_);     // the previous tile's Fixpipe has read L0C
+    WaitFlag<HardEvent::FIX_M>(ev_.cFree);     // the previous tile's Fixpipe has read L0C
     for (int64_t k0 = 0; k0 < g.k; k0 += g.baseK) {
       const int64_t kc = g.k - k0 < g.baseK ? g.k - k0 : g.baseK;
       const int64_t kp = RoundUp(kc, g.transposeW ? kC0 : 16);   // [K, N] weights: 16 x 16 transposing loads
@@ -98,48 +85,40 @@ class GroupedMatmulKernel {
       LocalTensor<T> a1 = a1_.Get<T>()[b * aHalf_], b1 = b1_.Get<T>()[b * bHalf_];
       LocalTensor<T> a2 = a2_.Get<T>()[b * aHalf_], b2 = b2_.Get<T>()[b * bHalf_];
       // GM -> L1 (MTE2), once MTE1 has read this L1 buffer two steps ago
-      WaitFlag<HardEvent::MTE1_MTE2>(l1Free_[b]);
+      WaitFlag<HardEvent::MTE1_MTE2>(ev_.l1Free[b]);
       if (kc != kp) {
         Fill(a1, InitConstValueParams<T>(1, static_cast<uint16_t>(m16 * kp * sizeof(T) / 32), 0, static_cast<T>(0)));
         Fill(b1, InitConstValueParams<T>(1, static_cast<uint16_t>(n16 * kp * sizeof(T) / 32), 0, static_cast<T>(0)));
       }
-      DataCopy(a1, xGm_[row * g.k + k0], Nd2Nz(mr, kc, g.k, m16));
+      DataCopy(a1, xGm_[row * g.k + k0], NdToNz(mr, kc, g.k, m16));
       if (g.transposeW) {
-        DataCopy(b1, wGm_[e * g.n * g.k + col * g.k + k0], Nd2Nz(nc, kc, g.k, n16));    // [n][k]: NZ [k1][n16][C0]
+        DataCopy(b1, wGm_[e * g.n * g.k + col * g.k + k0], NdToNz(nc, kc, g.k, n16));   // [n][k]: NZ [k1][n16][C0]
       } else {
-        DataCopy(b1, wGm_[e * g.k * g.n + k0 * g.n + col], Nd2Nz(kc, nc, g.n, kp));     // [k][n]: NZ [n1][kp][16]
+        DataCopy(b1, wGm_[e * g.k * g.n + k0 * g.n + col], NdToNz(kc, nc, g.n, kp));    // [k][n]: NZ [n1][kp][16]
       }
-      SetFlag<HardEvent::MTE2_MTE1>(l1Ready_[b]);
-      WaitFlag<HardEvent::MTE2_MTE1>(l1Ready_[b]);
+      SetFlag<HardEvent::MTE2_MTE1>(ev_.l1Ready[b]);
+      WaitFlag<HardEvent::MTE2_MTE1>(ev_.l1Ready[b]);
       // L1 -> L0A / L0B (MTE1), once the Mmad two steps ago has read this L0 buffer
-      WaitFlag<HardEvent::M_MTE1>(l0Free_[b]);
-      for (int64_t i = 0; i < m16 / 16; ++i)   // A: fractal (m1, k1) sits at k1 * m16/16 + m1 in L1, Zz in L0A
-        LoadData(a2[i * 16 * kp], a1[i * 16 * kC0], Load2D(kp / kC0, m16 / 16, false));
+      WaitFlag<HardEvent::M_MTE1>(ev_.l0Free[b]);
+      LoadL0A(a2, a1, m16 / 16, 0, kp / kC0);
       if (g.transposeW) {
-        for (int64_t j = 0; j < kp / kC0; ++j)   // already n-rows x k-columns fractals, in (k1, n1) order
-          LoadData(b2[j * n16 * kC0], b1[j * n16 * kC0], Load2D(n16 / 16, 1, false));
+        LoadL0BFromRows(b2, b1, n16 / 16, 0, kp / kC0);    // [n][k] rows: already L0B's fractals
       } else {
-        for (int64_t j = 0; j < kp / 16; ++j)    // fractal (k1, n1) at n1 * kp/16 + k1: transpose each
-          LoadData(b2[j * n16 * 16], b1[j * 16 * 16], Load2D(n16 / 16, kp / 16, true));
+        LoadL0BTransposed(b2, b1, kp / 16, 0, n16 / 16);   // [k][n] rows: each 16 x 16 fractal transposed
       }
-      SetFlag<HardEvent::MTE1_MTE2>(l1Free_[b]);
-      SetFlag<HardEvent::MTE1_M>(l0Ready_[b]);
-      WaitFlag<HardEvent::MTE1_M>(l0Ready_[b]);
+      SetFlag<HardEvent::MTE1_MTE2>(ev_.l1Free[b]);
+      SetFlag<HardEvent::MTE1_M>(ev_.l0Ready[b]);
+      WaitFlag<HardEvent::MTE1_M>(ev_.l0Ready[b]);
       // Mmad (M): the first K step initialises L0C, the others accumulate
-      MmadParams mp;
-      mp.m = static_cast<uint16_t>(mr);
-      mp.n = static_cast<uint16_t>(nc);
-      mp.k = static_cast<uint16_t>(kc);
-      mp.cmatrixInitVal = k0 == 0;
-      Mmad(c, a2, b2, mp);
-      SetFlag<HardEvent::M_MTE1>(l0Free_[b]);
+      Mmad(c, a2, b2, MmadShape(mr, nc, kc, k0 == 0));
+      SetFlag<HardEvent::M_MTE1>(ev_.l0Free[b]);
       ++step_;
     }
     // L0C -> GM (FIX): NZ -> ND rows of N, float32 -> T
-    SetFlag<HardEvent::M_FIX>(cReady_);
-    WaitFlag<HardEvent::M_FIX>(cReady_);
-    Fixpipe(yGm_[row * g.n + col], c, FixOut(nc, mr, m16));
-    SetFlag<HardEvent::FIX_M>(cFree_);
+    SetFlag<HardEvent::M_FIX>(ev_.cReady);
+    WaitFlag<HardEvent::M_FIX>(ev_.cReady);
+    Fixpipe(yGm_[row * g.n + col], c, FixpipeToNd<T>(nc, mr, m16, g.n));
+    SetFlag<HardEvent::FIX_M>(ev_.cFree);
   }
 
   // y rows [firstRow, m) belong to no group: a zero baseM x baseN tile in L0C (Mmad of zero fractals) is written
@@ -154,72 +133,31 @@ class GroupedMatmulKernel {
     LocalTensor<T> z1 = zero1_.Get<T>();
     LocalTensor<T> a2 = a2_.Get<T>(), b2 = b2_.Get<T>();
     LocalTensor<float> c = c_.Get<float>();
-    WaitFlag<HardEvent::MTE1_MTE2>(l1Free_[0]);   // (z1 is not shared, but the flag pairs stay balanced)
+    WaitFlag<HardEvent::MTE1_MTE2>(ev_.l1Free[0]);   // (z1 is not shared, but the flag pairs stay balanced)
     Fill(z1, InitConstValueParams<T>(1, 16, 0, static_cast<T>(0)));   // one 512-byte zero fractal
-    SetFlag<HardEvent::MTE2_MTE1>(l1Ready_[0]);
-    WaitFlag<HardEvent::MTE2_MTE1>(l1Ready_[0]);
-    WaitFlag<HardEvent::M_MTE1>(l0Free_[0]);
-    LoadData(a2, z1, Load2D(g.baseM / 16, 0, false));   // the same zero fractal, repeated
-    LoadData(b2, z1, Load2D(g.baseN / 16, 0, false));
-    SetFlag<HardEvent::MTE1_MTE2>(l1Free_[0]);
-    SetFlag<HardEvent::MTE1_M>(l0Ready_[0]);
-    WaitFlag<HardEvent::MTE1_M>(l0Ready_[0]);
-    WaitFlag<HardEvent::FIX_M>(cFree_);
-    MmadParams mp;
-    mp.m = static_cast<uint16_t>(g.baseM);
-    mp.n = static_cast<uint16_t>(g.baseN);
-    mp.k = static_cast<uint16_t>(kC0);
-    mp.cmatrixInitVal = true;
-    Mmad(c, a2, b2, mp);
-    SetFlag<HardEvent::M_MTE1>(l0Free_[0]);
-    SetFlag<HardEvent::M_FIX>(cReady_);
-    WaitFlag<HardEvent::M_FIX>(cReady_);
+    SetFlag<HardEvent::MTE2_MTE1>(ev_.l1Ready[0]);
+    WaitFlag<HardEvent::MTE2_MTE1>(ev_.l1Ready[0]);
+    WaitFlag<HardEvent::M_MTE1>(ev_.l0Free[0]);
+    LoadData(a2, z1, Load2D(0, g.baseM / 16, 0));   // the same zero fractal, repeated
+    LoadData(b2, z1, Load2D(0, g.baseN / 16, 0));
+    SetFlag<HardEvent::MTE1_MTE2>(ev_.l1Free[0]);
+    SetFlag<HardEvent::MTE1_M>(ev_.l0Ready[0]);
+    WaitFlag<HardEvent::MTE1_M>(ev_.l0Ready[0]);
+    WaitFlag<HardEvent::FIX_M>(ev_.cFree);
+    Mmad(c, a2, b2, MmadShape(g.baseM, g.baseN, kC0, true));
+    SetFlag<HardEvent::M_MTE1>(ev_.l0Free[0]);
+    SetFlag<HardEvent::M_FIX>(ev_.cReady);
+    WaitFlag<HardEvent::M_FIX>(ev_.cReady);
     for (int64_t t = core; t < tiles; t += cores) {
       const int64_t r = firstRow + t / nTiles * g.baseM, col = t % nTiles * g.baseN;
       const int64_t mr = g.m - r < g.baseM ? g.m - r : g.baseM, nc = g.n - col < g.baseN ? g.n - col : g.baseN;
-      Fixpipe(yGm_[r * g.n + col], c, FixOut(nc, mr, g.baseM));
+      Fixpipe(yGm_[r * g.n + col], c, FixpipeToNd<T>(nc, mr, g.baseM, g.n));
     }
-    SetFlag<HardEvent::FIX_M>(cFree_);
+    SetFlag<HardEvent::FIX_M>(ev_.cFree);
   }
 
   __aicore__ static inline int64_t RoundUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
   __aicore__ static inline int64_t CeilDivI(int64_t v, int64_t a) { return (v + a - 1) / a; }
-  // one ND matrix of rows x cols (row stride srcCols) -> NZ with rowsPad rows per C0 column
-  __aicore__ static inline Nd2NzParams Nd2Nz(int64_t rows, int64_t cols, int64_t srcCols, int64_t rowsPad) {
-    Nd2NzParams p;
-    p.ndNum = 1;
-    p.nValue = static_cast<uint16_t>(rows);
-    p.dValue = static_cast<uint16_t>(cols);
-    p.srcNdMatrixStride = 0;
-    p.srcDValue = static_cast<uint16_t>(srcCols);
-    p.dstNzC0Stride = static_cast<uint16_t>(rowsPad);
-    p.dstNzNStride = 1;
-    p.dstNzMatrixStride = 0;
-    return p;
-  }
-  __aicore__ static inline LoadData2DParams Load2D(int64_t repeat, int64_t srcStride, bool transpose) {
-    LoadData2DParams p;
-    p.startIndex = 0;
-    p.repeatTimes = static_cast<uint8_t>(repeat);
-    p.srcStride = static_cast<uint16_t>(srcStride);
-    p.dstGap = 0;
-    p.ifTranspose = transpose;
-    return p;
-  }
-  __aicore__ inline FixpipeParamsV220 FixOut(int64_t nc, int64_t mr, int64_t m16) const {
-    FixpipeParamsV220 p;
-    p.nSize = static_cast<uint16_t>(nc);
-    p.mSize = static_cast<uint16_t>(mr);
-    p.srcStride = static_cast<uint16_t>(m16);
-    p.dstStride = static_cast<uint32_t>(td_->n);
-    p.ndNum = 1;
-    p.srcNdStride = 0;
-    p.dstNdStride = 0;
-    if constexpr (sizeof(T) == 4) p.quantPre = QuantMode_t::NoQuant;
-    else if constexpr (IsSameType<T, bfloat16_t>::value) p.quantPre = QuantMode_t::F322BF16;
-    else p.quantPre = QuantMode_t::F322F16;
-    return p;
-  }
 
   const GroupedMatmulTilingData* td_ = nullptr;
   GlobalTensor<T> xGm_, wGm_, yGm_;
@@ -230,7 +168,7 @@ class GroupedMatmulKernel {
   TBuf<TPosition::B2> b2_;
   TBuf<TPosition::CO1> c_;
   int64_t aHalf_ = 0, bHalf_ = 0, step_ = 0;
-  TEventID l1Free_[2], l1Ready_[2], l0Free_[2], l0Ready_[2], cReady_, cFree_;
+  CubeEvents ev_;
 };
 
 }  // namespace moe_av4

@@ -14,11 +14,12 @@
 #ifdef AV4_ASCENDC_STANDIN
 #include "decls_moe.h"
 #endif
-#include "moe_pipe_sync.h"
 #include "moe_tiling_data.h"
+#include "pipe_sync.h"
 
 namespace moe_av4 {
 using namespace AscendC;
+using av4_common::PipeSync;
 
 constexpr float kNegInf = -3.0e38f;
 constexpr float kPadKey = -3.4028235e38f;   // -FLT_MAX: sorts after every real (or group-masked) key

@@ -16,11 +16,12 @@
 #ifdef AV4_ASCENDC_STANDIN
 #include "decls_moe.h"
 #endif
-#include "moe_pipe_sync.h"
 #include "moe_tiling_data.h"
+#include "pipe_sync.h"
 
 namespace moe_av4 {
 using namespace AscendC;
+using av4_common::PipeSync;
 
 __aicore__ inline void InitRowRange(const MoeRowSplit& s, int64_t core, int64_t* begin, int64_t* count) {
   *count = s.rowsSmall + (core < s.bigCores ? 1 : 0);

@@ -1,10 +1,10 @@
 // Cross-pipe hand-over with an event ID the pipe hands out (TPipe::FetchEventID), never a literal: event IDs are a
-// per-core resource shared with the queues and the library APIs' own syncs. Kept per family because each family's
-// op_kernel/ directory ships on its own in the source package (the attention family has the same helper).
+// per-core resource shared with the queues and the library APIs' own syncs. Shared by the kernels of every family:
+// av4_opp_kernels (ops/ascendc_common/cmake/av4_opp.cmake) stages this directory next to each family's op_kernel/.
 #pragma once
 #include "kernel_operator.h"
 
-namespace moe_av4 {
+namespace av4_common {
 
 template <AscendC::HardEvent evt>
 __aicore__ inline void PipeSync() {
@@ -13,4 +13,4 @@ __aicore__ inline void PipeSync() {
   AscendC::WaitFlag<evt>(id);
 }
 
-}  // namespace moe_av4
+}  // namespace av4_common
