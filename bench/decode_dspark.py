@@ -211,15 +211,20 @@ def main():
         max_len *= 2
     eng = Engine(cfg, weights, max_batch=a.batch, max_len=max_len, prefill_chunk=max(16, a.prompt),
                  ctx_min=min(256, max_len), threads=a.threads, dspark=True)
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)   # noqa: E731
+    log("plain vs DSpark (random drafter)")
     runs, same = compare(eng, prompts, a.new, a.reps)
     plain_tps = statistics.median(s["decode_tokens_per_s"] for s in runs["plain"])
     rows = [summarise("plain", runs["plain"], plain_tps, a.batch, True),
             summarise("dspark (random drafter)", runs["dspark"], plain_tps, a.batch, same)]
+    log("host-snapshot rollback cost")
     old_ms = host_snapshot_rollback_ms(eng, prompts)
     distil = None
     if a.distil_steps:
+        log(f"self-distillation ({a.distil_steps} steps)")
         trained, losses, secs = self_distil(cfg, weights, eng, a)
         load_into(eng.model, trained, strict=False)          # the engine's graphs read these Parameters
+        log("plain vs DSpark (self-distilled drafter)")
         runs_d, same_d = compare(eng, prompts, a.new, a.reps)
         plain_d = statistics.median(s["decode_tokens_per_s"] for s in runs_d["plain"])
         rows.append(summarise("dspark (self-distilled)", runs_d["dspark"], plain_d, a.batch, same_d))
