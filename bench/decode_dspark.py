@@ -14,9 +14,11 @@ Two drafters:
 * random: the drafter of the random weights. Its drafts are almost never the target's tokens (acceptance ~1%), so
   this row shows the overhead side: a draft and a (block + 1)-token verify per emitted token.
 * self-distilled: the same target, frozen; the DSpark stages trained for --distil-steps Adam steps on the target's
-  own greedy continuations of --distil-seqs other prompts, with the V4.1 trainer's drafter loss (train/v41.py
-  V41Loss: block-drafting CE + confidence BCE, teacher-forced Markov tokens; loss mask = the generated tokens).
-  This is what a drafter that has learned its target looks like to the verify/accept loop.
+  own greedy continuations of --distil-seqs other 16-token prompts (--distil-new tokens each), with the V4.1
+  trainer's drafter loss (train/v41.py V41Loss: block-drafting CE + confidence BCE, teacher-forced Markov tokens;
+  loss mask = the generated tokens). Measured twice: on the held-out prompts above (does it generalise?) and on
+  the first training prompts (a drafter that has fitted the target's continuations there: what the verify/accept
+  loop and its rollback do at high acceptance).
 
 Per row: decode tokens/s (graph compiles excluded) and its ratio to plain greedy, verify steps, acceptance rate
 (accepted drafts / drafted tokens), mean accepted length (accepted drafts per row and step), tokens per step, the
@@ -48,17 +50,24 @@ def parse():
     ap.add_argument("--prompt", type=int, default=48)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--distil-steps", type=int, default=300, help="Adam steps of drafter self-distillation (0: skip)")
-    ap.add_argument("--distil-seqs", type=int, default=16, help="prompts whose greedy continuations train it")
+    ap.add_argument("--distil-steps", type=int, default=None,
+                    help="Adam steps of drafter self-distillation (0: skip; default 300, --quick 150)")
+    ap.add_argument("--distil-seqs", type=int, default=None,
+                    help="prompts whose greedy continuations train it (default 16, --quick 8)")
     ap.add_argument("--distil-new", type=int, default=48, help="generated tokens per training sequence")
     ap.add_argument("--distil-lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
-                    help="16 new tokens, 2 reps, 150 distillation steps on 8 sequences; results in bench/results/quick/")
+                    help="16 new tokens, 2 reps, 150 distillation steps on 8 sequences (unless given); results in "
+                         "bench/results/quick/")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.quick:
-        a.new, a.reps, a.distil_steps, a.distil_seqs = 16, 2, 150, 8
+        a.new, a.reps = 16, 2
+    if a.distil_steps is None:
+        a.distil_steps = 150 if a.quick else 300
+    if a.distil_seqs is None:
+        a.distil_seqs = 8 if a.quick else 16
     for k in ("batch", "prompt", "new", "reps", "distil_seqs", "distil_new"):
         if getattr(a, k) < 1:
             sys.exit(f"error: --{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
@@ -223,12 +232,20 @@ def main():
     if a.distil_steps:
         log(f"self-distillation ({a.distil_steps} steps)")
         trained, losses, secs = self_distil(cfg, weights, eng, a)
+        missing = [p.name for p in eng.model.get_parameters() if p.name.startswith("mtp.") and p.name not in trained]
+        if missing:
+            sys.exit(f"error: the distilled drafter lacks {len(missing)} DSpark parameters ({missing[0]}, ...)")
         load_into(eng.model, trained, strict=False)          # the engine's graphs read these Parameters
-        log("plain vs DSpark (self-distilled drafter)")
-        runs_d, same_d = compare(eng, prompts, a.new, a.reps)
-        plain_d = statistics.median(s["decode_tokens_per_s"] for s in runs_d["plain"])
-        rows.append(summarise("dspark (self-distilled)", runs_d["dspark"], plain_d, a.batch, same_d))
-        same = same and same_d
+        # held-out prompts (the measured ones), then the first training prompts, whose continuations it has fitted
+        seen = _prompts(cfg, a.distil_seqs, 16, seed=1)[:a.batch]
+        plain_d = {}
+        for label, ps, new in (("held-out prompts", prompts, a.new), ("training prompts", seen, a.new)):
+            log(f"plain vs DSpark (self-distilled drafter, {label})")
+            runs_d, same_d = compare(eng, ps, new, a.reps)
+            plain_d[label] = statistics.median(s["decode_tokens_per_s"] for s in runs_d["plain"])
+            rows.append(summarise(f"dspark (distilled, {label.split()[0]})", runs_d["dspark"], plain_d[label],
+                                  a.batch, same_d))
+            same = same and same_d
         k = max(1, len(losses) // 10)
         distil = {"steps": a.distil_steps, "sequences": a.distil_seqs, "generated_per_sequence": a.distil_new,
                   "lr": a.distil_lr, "draft_loss_first": float(np.mean(losses[:k])),
@@ -240,12 +257,12 @@ def main():
         r["host_snapshot_rollback_share"] = extra / (step_now + extra)
     print(f"{a.config}, batch {a.batch}, prompt {a.prompt}, {a.new} new tokens, block {cfg.dspark_block_size}, "
           f"median of {a.reps}; host-snapshot rollback (previous mechanism) {old_ms:.1f} ms per rejecting step")
-    hdr = (f"{'mode':<24} {'tok/s':>7} {'vs plain':>8} {'steps':>5} {'accept':>7} {'acc.len':>7} {'tok/step':>8} "
+    hdr = (f"{'mode':<30} {'tok/s':>7} {'vs plain':>8} {'steps':>5} {'accept':>7} {'acc.len':>7} {'tok/step':>8} "
            f"{'draft':>6} {'verify':>6} {'rollbk':>6} {'rollbk(old)':>11} {'==greedy':>8}")
     print(hdr)
     nan = float("nan")
     for r in rows:
-        print(f"{r['mode']:<24} {r['decode_tokens_per_s']:>7.1f} {r['over_plain']:>7.2f}x {r['steps']:>5} "
+        print(f"{r['mode']:<30} {r['decode_tokens_per_s']:>7.1f} {r['over_plain']:>7.2f}x {r['steps']:>5} "
               f"{r.get('acceptance_rate', nan):>7.1%} {r.get('mean_accepted_length', nan):>7.2f} "
               f"{r.get('tokens_per_step', 1.0):>8.2f} {r.get('draft_share', nan):>6.1%} "
               f"{r.get('verify_share', nan):>6.1%} {r.get('rollback_share', nan):>6.2%} "
