@@ -186,3 +186,10 @@ def test_rejected_draft_leaves_the_cache_as_a_run_that_never_saw_it(ms_graph):
         x, z = outs[0][1][e.name], outs[1][1][e.name]
         last = e.shape[1] - 1 if base in ("win", "ent", "ckv", "csc", "ikey") else e.shape[1]
         np.testing.assert_array_equal(x[:, :last], z[:, :last], err_msg=e.name)
+
+
+def test_dspark_refuses_the_shipped_decode_index_keys():
+    """The shipped decode indexer decides its publisher per step, which a block verify cannot reproduce."""
+    from ascend_v4.serve.engine import Engine, ServeError
+    with pytest.raises(ServeError, match="index_keys='own'"):
+        Engine(CFG, {}, dspark=True, index_keys="shipped")
