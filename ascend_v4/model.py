@@ -132,11 +132,13 @@ _bmm_nt = ops.BatchMatMul(transpose_b=True)
 # Cached step: every Cell gets `cache` (the tuple of Parameters), `ctx` (per-step tensors from
 # Transformer.step_context: positions, RoPE multipliers, index lists, write plans) and `step`, a plain tuple of
 # constants (graph mode takes tuples, nested at most 6 deep):
-#   step = (max_len, ctx_cap, shadow, slots, experts, shared_slots)
+#   step = (max_len, ctx_cap, slack, slots, experts, shared_slots)
 #   max_len  cache capacity in tokens; ctx_cap the context bucket (a step reads ctx_cap // ratio entries)
-#   shadow   also write the compressor state as of each row's second-to-last token (speculative verify)
-#   slots    per block (main layers, then MTP): (window KV ids, entries KV ids, (ckv, csc, ckv_sh, csc_sh),
-#            (ikey, ikv, isc, ikv_sh, isc_sh), index of the block's ratio in ctx) — flat cache ids, () / -1 absent
+#   slack    extra slots of every position-addressed ring (window: W + slack, compressor state: coff·r + slack):
+#            a speculative verify of up to slack + 2 tokens is rolled back by rewinding the row's length alone
+#            (docs/design.md, "speculative rollback"; ascend_v4/serve/cache.py, CacheLayout)
+#   slots    per block (main layers, then MTP): (window KV ids, entries KV ids, (ckv, csc), (ikey, ikv, isc),
+#            index of the block's ratio in ctx) — flat cache ids, () / -1 absent
 #   experts  per block the pre-stacked routed experts (w1, w2, w3), or None
 #   shared_slots  V4.1: (index-key buffer ids of the kv sources, publisher row id) for index_keys="shipped"
 
@@ -314,21 +316,21 @@ class Compressor(nn.Cell):
 
     def step(self, x, cache, ctx, step, st, ent_ids, plan, keys=None):
         """Feed this step's tokens: write the entries of every block completed inside the valid tokens and the new
-        state, in place. st = cache ids (kv state, score state, kv shadow, score shadow); ent_ids = the entry
+        state, in place. st = cache ids (kv state, score state); ent_ids = the entry
         buffer's ids; plan = this ratio's decode plan from step_context. -> the updated entry buffers.
         keys = (V4.1 indexer, index-key buffer id): also write each new entry's index keys (from the entry before
         RoPE) to the same rows -> (entry buffers, (key buffer,))."""
-        max_len, shadow = step[0], step[2]
+        max_len, slack = step[0], step[2]
         P, last = ctx[0], ctx[1]
         pos0 = P[:, 0]
         r, B, T, c = self.ratio, x.shape[0], x.shape[1], self.head_dim
         coff = 2 if self.overlap else 1
-        n_s = coff * r
+        n_s = coff * r + slack               # state slots (the slack keeps a rejected draft's writes unread)
         xf = ops.cast(x, ms.float32)
         kvp = linear(xf, ops.cast(self.wkv.weight, ms.float32))
         scp = linear(xf, ops.cast(self.gate_weight(), ms.float32)) + ops.gather(
             ops.cast(self.ape, ms.float32), (P % r).reshape(-1), 0).reshape(B, T, coff * c)
-        if T == 1 and not shadow:
+        if T == 1:
             return self._step1(cache, st, ent_ids, kvp, scp, plan, keys)
         kv_state = cache[st[0]].reshape(B, n_s + 1, -1)
         sc_state = cache[st[1]].reshape(B, n_s + 1, -1)
@@ -339,7 +341,7 @@ class Compressor(nn.Cell):
 
         def row_of(a):
             """positions a [B, K] -> rows of E: this step's rows for a >= pos0, else the state slot (which still
-            holds a: every position read is among the n_s before pos0; a < 0 finds a never-written slot)."""
+            holds a: every position read is among the coff·r before pos0; a < 0 finds a never-written slot)."""
             return ops.clip(ops.where(a >= p0, n_s + 1 + (a - p0), a % n_s), 0, n_e - 1)
 
         # blocks ending inside this step
@@ -371,9 +373,6 @@ class Compressor(nn.Cell):
             bufs = (bufs, (_scatter_rows(cache[kid], flat_rows(row, nmax + 1), k.reshape(B * M, -1)),))
         # the new state: slot s keeps the latest position <= last congruent to s
         rows = B * (n_s + 1)
-        if shadow:
-            ops.assign(cache[st[2]], self._state_after(kv_state, kvp, last - 1, p0, n_s).reshape(rows, -1))
-            ops.assign(cache[st[3]], self._state_after(sc_state, scp, last - 1, p0, n_s).reshape(rows, -1))
         ops.assign(cache[st[0]], self._state_after(kv_state, kvp, last, p0, n_s).reshape(rows, -1))
         ops.assign(cache[st[1]], self._state_after(sc_state, scp, last, p0, n_s).reshape(rows, -1))
         return bufs
@@ -681,15 +680,16 @@ class Attention(nn.Cell):
             return self.tp_out(self.wo_b(o))
         return self.wo_b(o)
 
-    def _step_qkv(self, x, cache, ctx, win_ids):
+    def _step_qkv(self, x, cache, ctx, win_ids, R):
         """The start of a cached step (step, step_v41): queries and kv RoPE'd at the step's positions (ctx from
         Transformer.step_context), the kv fake-quantised as the ring will read it back, and the window ring as
-        stored. -> (qr, q, kv, ring [B, W+1, hd], (index-width, kv-width) head-broadcast RoPE multipliers)."""
-        B, W = x.shape[0], self.window
+        stored (R = W + slack slots + scratch). -> (qr, q, kv, ring [B, R+1, hd], (index-width, kv-width)
+        head-broadcast RoPE multipliers)."""
+        B = x.shape[0]
         C, S, Ci, Si, C4, S4, Ci4, Si4 = ctx[2][1 if self.ratio else 0]  # (kv, index width) x (rows, heads)
         qr, q, kv = self._qkv(x, C, S, C4, S4)
         kv = kv_fake_quant(kv, win_ids, self.nope)
-        ring = kv_read(kv_buffers(cache, win_ids), B, W + 1, W + 1)
+        ring = kv_read(kv_buffers(cache, win_ids), B, R + 1, R + 1)
         return qr, q, kv, ring, (Ci4, Si4, C4, S4)
 
     def step(self, x, cache, ctx, step, slots):
@@ -697,9 +697,9 @@ class Attention(nn.Cell):
         step's kv | entries], then write this step's kv into the ring and new entries / state in place."""
         max_len, ctx_cap = step[0], step[1]
         win_idx, ring_plan, per_ratio = ctx[3], ctx[4], ctx[5]
-        B, T, W = x.shape[0], x.shape[1], self.window
+        B, T, R = x.shape[0], x.shape[1], self.window + step[2]
         win_ids, ent_ids, st, ist, r_i = slots
-        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids)
+        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids, R)
         kv_all = ops.concat([ring, kv], 1)
         cmp_idx = None
         writes = ()
@@ -711,7 +711,7 @@ class Attention(nn.Cell):
             kcap = min(ctx_cap, max_len) // self.ratio                     # entries the context bucket can hold
             # rows read: the whole buffer when the bucket covers it (the scratch row is never visible): no copy
             ncap = nmax + 1 if kcap == nmax else kcap
-            base = W + 1 + T
+            base = R + 1 + T
             e = ops.arange(ncap, dtype=ms.int32).reshape(1, 1, ncap)
             if self.has_indexer:
                 idx = self.indexer
@@ -754,9 +754,9 @@ class Attention(nn.Cell):
         the tuples their writes returned (so after the writes) -> (output, shared)."""
         max_len, ctx_cap = step[0], step[1]
         win_idx, ring_plan, per_ratio = ctx[3], ctx[4], ctx[5]
-        B, T, W = x.shape[0], x.shape[1], self.window
+        B, T, R = x.shape[0], x.shape[1], self.window + step[2]
         win_ids, ent_ids, st, ist, r_i = slots
-        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids)
+        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids, R)
         kv_all = ops.concat([ring, kv], 1)
         cmp_idx = None
         writes = ()
@@ -788,7 +788,7 @@ class Attention(nn.Cell):
                     if idx.cand_source:
                         cand = idx._candidates(scores, vis, idx.cand_blocks, idx.cand_block)
                 kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
-                cmp_idx = ops.where(topk >= 0, topk + (W + 1 + T), topk)
+                cmp_idx = ops.where(topk >= 0, topk + (R + 1 + T), topk)
         o = self._attend(q, kv_all, self.attn_sink, win_idx, cmp_idx, self.scale)
         o = after(o, writes)        # a step with no readable entry still advances the compressor
         self._ring_update(cache, win_ids, ring, kv, ring_plan, o)
@@ -815,12 +815,12 @@ class Attention(nn.Cell):
     def _ring_update(self, cache, ids, ring, kv, plan, done):
         """Each ring slot keeps its latest valid position. The write waits for `done` (the attention output), so no
         read of the old ring can see the new one."""
-        B, T, W = kv.shape[0], kv.shape[1], self.window
+        B, T, R = kv.shape[0], kv.shape[1], ring.shape[1] - 1
         if T == 1:              # in place: one row per sequence
             kv_scatter(cache, ids, plan[0], ops.depend(kv.reshape(B, -1), done), self.nope)
         else:
-            new = ops.where(plan[0], take_rows(kv, plan[1]), ring[:, :W])
-            kv_assign(cache, ids, ops.depend(ops.concat([new, ring[:, W:]], 1), done), self.nope)
+            new = ops.where(plan[0], take_rows(kv, plan[1]), ring[:, :R])
+            kv_assign(cache, ids, ops.depend(ops.concat([new, ring[:, R:]], 1), done), self.nope)
 
 
 # --------------------------------------------------------------------------------------------------- MoE
@@ -1286,14 +1286,16 @@ class Transformer(nn.Cell):
         return self.hc_head(x, blk.hc_head_fn, blk.hc_head_scale, blk.hc_head_base, blk.norm, self.head.weight)
 
     # ---------------------------------------------------------------------------------------- cached steps
-    def step_context(self, pos0, nvalid, T: int, max_len: int, shadow: bool):
+    def step_context(self, pos0, nvalid, T: int, max_len: int, slack: int = 0):
         """Per-step constants every layer shares, computed once per step. Row b processes T tokens at positions
         P[b] = pos0[b] + 0..T-1, of which the first nvalid[b] are real (the rest: padding, computed, never written).
         -> ctx = (P [B,T], last valid position [B], RoPE multipliers per table kind (plain, yarn) as (kv width,
         index width) x (rows, head-broadcast), window index lists [B,T,W], ring update plan, per compression ratio
-        (visible entries [B,T], decode write plan), yarn tables for entry RoPE)."""
+        (visible entries [B,T], decode write plan), yarn tables for entry RoPE). slack: the cache's extra ring slots
+        (the window ring has W + slack, a compressor state coff·r + slack; see the `step` tuple above)."""
         cfg = self.cfg
         B, W, hd, di = pos0.shape[0], cfg.window_size, cfg.head_dim, cfg.index_head_dim
+        R = W + slack                                                 # window ring slots (position mod R)
         P = pos0.reshape(-1, 1) + ops.arange(T, dtype=ms.int32).reshape(1, T)
         last = pos0 + nvalid - 1
         (pc, ps), (yc, ys) = self.rope_plain, self.rope_yarn
@@ -1306,25 +1308,25 @@ class Transformer(nn.Cell):
         e2 = ops.expand_dims                                                        # + head-broadcast versions
         tabs = ((tabs[0] + (e2(tabs[0][0], 2), e2(tabs[0][1], 2), e2(tabs[0][2], 2), e2(tabs[0][3], 2))),
                 (tabs[1] + (e2(tabs[1][0], 2), e2(tabs[1][1], 2), e2(tabs[1][2], 2), e2(tabs[1][3], 2))))
-        # window: indices into [ring (W slots + scratch) | step kv (T rows)] per query; -1 before position 0
+        # window: indices into [ring (R slots + scratch) | step kv (T rows)] per query; -1 before position 0
         a = ops.expand_dims(P, -1) - (W - 1) + ops.arange(W, dtype=ms.int32).reshape(1, 1, W)
         local = a - pos0.reshape(-1, 1, 1)
-        win = ops.where(a >= 0, ops.where(local >= 0, W + 1 + local, a % W), -ops.ones_like(a))
+        win = ops.where(a >= 0, ops.where(local >= 0, R + 1 + local, a % R), -ops.ones_like(a))
         # ring update: each slot keeps its latest valid position <= last
-        s = ops.arange(W, dtype=ms.int32).reshape(1, W)
+        s = ops.arange(R, dtype=ms.int32).reshape(1, R)
         active = (last >= pos0).reshape(-1, 1)
-        if T == 1:              # one row per sequence: slot pos0 mod W, or the scratch row W when inactive
-            slot = ops.where(active, (pos0 % W).reshape(-1, 1), ops.full_like(active, W, dtype=ms.int32))
-            ring = (flat_rows(slot, W + 1), s)
+        if T == 1:              # one row per sequence: slot pos0 mod R, or the scratch row R when inactive
+            slot = ops.where(active, (pos0 % R).reshape(-1, 1), ops.full_like(active, R, dtype=ms.int32))
+            ring = (flat_rows(slot, R + 1), s)
         else:
             L = last.reshape(-1, 1)
-            al = L - ((L - s) % W)
+            al = L - ((L - s) % R)
             ring = (ops.expand_dims(al >= pos0.reshape(-1, 1), -1), ops.clip(al - pos0.reshape(-1, 1), 0, T - 1))
         per_ratio = ()
         for r in self.ratios:
             vis = (P + 1) // r
             plan = ()
-            if T == 1 and not shadow:
+            if T == 1:
                 # decode: the state slot of this token, the rows of the block it would end (and, overlap, the
                 # block before), the entry row (scratch unless the token ends its block), the entry's RoPE
                 p1 = (pos0 + 1).reshape(-1, 1)
@@ -1336,7 +1338,7 @@ class Transformer(nn.Cell):
                 rt = full_width(ce, se, hd) + full_width(ce, se, di)          # entry RoPE, both widths
                 blk0 = (pos0 // r * r).reshape(-1, 1) + ops.arange(r, dtype=ms.int32).reshape(1, r)   # block tokens
                 plans = ()
-                for n_s in (2 * r, r):                 # overlap layout (2r slots) / plain (r slots)
+                for n_s in (2 * r + slack, r + slack):   # overlap layout (2r slots) / plain (r slots), + slack
                     slot = ops.where(active, (pos0 % n_s).reshape(-1, 1), ops.full_like(p1, n_s))
                     flat = bcol * (n_s + 1)
                     plans = plans + (((flat + slot).reshape(-1), (flat + blk0 % n_s).reshape(-1),

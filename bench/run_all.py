@@ -193,11 +193,12 @@ def engram_prefetch(d):
 
 
 def decode_dspark(d):
-    plain, ds = d["rows"][0], d["rows"][1]
-    return [_row("decode_dspark", f"{d['config']} DSpark decode (acceptance {ds['acceptance_rate']:.0%}, "
-                 f"{d['weights']})", ds["decode_tokens_per_s"], plain["decode_tokens_per_s"], "ours, plain decode",
-                 d["dspark_over_plain"], unit="tok/s"),
-            _row("decode_dspark", "DSpark tokens == plain greedy tokens", None, None, "plain greedy", None, "equal",
+    plain = d["rows"][0]
+    out = [_row("decode_dspark", f"{d['config']} {r['mode']} decode (acceptance {r['acceptance_rate']:.0%}, mean "
+                f"accepted {r['mean_accepted_length']:.2f}, rollback {r['rollback_share']:.1%} of decode)",
+                r["decode_tokens_per_s"], plain["decode_tokens_per_s"], "ours, plain decode", r["over_plain"],
+                unit="tok/s") for r in d["rows"][1:]]
+    return out + [_row("decode_dspark", "DSpark tokens == plain greedy tokens", None, None, "plain greedy", None, "equal",
                  bool(d["equals_plain_greedy"]))]
 
 

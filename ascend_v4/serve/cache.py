@@ -7,16 +7,21 @@ score -1e30 — the reference never resets it; we must, or a second sequence poo
 first entry; docs/design.md, "conventions").
 
 Per main layer i (ratio r; W = window, hd = head_dim, c_I = index_head_dim, Nmax = max_len // r,
-coff = 2 if r == 4 else 1), stored 2-D as [B·rows, width]:
-  L{i}.win                       [B, W+1, hd]          window ring, slot = position mod W; row W is scratch
+coff = 2 if r == 4 else 1, S = the slack below), stored 2-D as [B·rows, width]:
+  L{i}.win                       [B, W+S+1, hd]        window ring, slot = position mod (W+S); last row is scratch
                                                        (int8: .win_q [.., hd-rope] i8, .win_r [.., rope], .win_s [.., 1])
   L{i}.ent            (r > 0)    [B, Nmax+1, hd]       compressed entries (int8 split likewise; row Nmax is scratch)
-  L{i}.ckv / L{i}.csc (r > 0)    [B, coff·r+1, coff·hd] compressor state (kv 0 / score -1e30 at sequence start),
-                                                       position a in slot a mod coff·r; last row scratch
+  L{i}.ckv / L{i}.csc (r > 0)    [B, coff·r+S+1, coff·hd] compressor state (kv 0 / score -1e30 at sequence
+                                                       start), position a in slot a mod (coff·r+S); last row scratch
   L{i}.ikey           (r == 4)   [B, Nmax+1, c_I]      indexer keys
-  L{i}.ikv / L{i}.isc (r == 4)   [B, 2r+1, 2c_I]       indexer compressor state
-  *_sh                (mtp)      shadow copies of the four state buffers (speculative verify)
-MTP block j: M{j}.win (SWA ring of the draft block).
+  L{i}.ikv / L{i}.isc (r == 4)   [B, 2r+S+1, 2c_I]     indexer compressor state
+MTP block j: M{j}.win (SWA ring of the draft block, W+S+1 rows).
+Speculative rollback (docs/design.md, "speculative rollback"): every buffer is addressed by position, so a verify
+step of up to V = verify_tokens tokens whose tail is rejected is undone by rewinding the row's length — no copy.
+The slack S = max(0, V - 2) extra ring / state slots make that exact: a rejected position x is at most V - 2 past
+the row's new length q, and the oldest position a later step reads from a ring is > q - W (window) or
+> q - coff·r (compressor state), so x's slot is one nothing reads before x is written again. Entries and indexer
+keys are rows by group, read only below the visible count, and rewritten when their group completes for real.
 DeepSeek-V4.1 (docs/deepseek-v4.1.md, "serving"): every layer has its ring; only the kv sources (kv_source_layers)
 have .ent, .ckv/.csc (r slots, no overlap) and .ikey (index keys derived from the compressor latent) — the other
 compressed layers read their kv source's buffers, so the cache holds 4 compressed layers for Flash, not 38.
@@ -45,7 +50,7 @@ class CacheEntry:
     dtype: str            # numpy dtype name
     fill: float           # value at sequence start
     kind: str             # SWA / CSA / HCA / MTP
-    role: str             # ring / entries / index_keys / state / shadow
+    role: str             # ring / entries / index_keys / state
     per_row_tokens: int   # how many token positions a row of this buffer covers (bytes-per-token accounting)
 
     @property
@@ -60,13 +65,17 @@ class CacheLayout:
     finds its buffers in the flat tuple."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, kv_int8: bool = False, mtp: bool = False,
-                 shadow: bool = False):
+                 verify_tokens: int = 1):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.cfg, self.batch, self.max_len = cfg, batch, max_len
-        self.kv_int8, self.mtp, self.shadow = kv_int8, bool(mtp and cfg.n_mtp_layers > 0), shadow
+        if verify_tokens < 1:
+            raise ValueError(f"verify_tokens must be >= 1, got {verify_tokens}")
+        self.kv_int8, self.mtp = kv_int8, bool(mtp and cfg.n_mtp_layers > 0)
+        self.verify_tokens = int(verify_tokens)
+        self.slack = S = max(0, self.verify_tokens - 2)        # extra ring / state slots (see the module docstring)
         self.entries: List[CacheEntry] = []
         self.index: Dict[str, int] = {}
         B, W, hd, rd = batch, cfg.window_size, cfg.head_dim, cfg.rope_head_dim
@@ -74,36 +83,30 @@ class CacheLayout:
         for i in range(cfg.n_layers):
             r = cfg.ratio(i)
             kind = cfg.layer_kind(i)
-            self._kv(f"L{i}.win", (B, W + 1), kind, "ring", 0)
+            self._kv(f"L{i}.win", (B, W + S + 1), kind, "ring", 0)
             if self.v41:
                 if i in cfg.kv_source_layers:
                     nmax = max_len // r
                     self._kv(f"L{i}.ent", (B, nmax + 1), kind, "entries", r)
-                    self._add(f"L{i}.ckv", (B, r + 1, hd), "float32", 0.0, kind, "state", 0)
-                    self._add(f"L{i}.csc", (B, r + 1, hd), "float32", NEG_INF, kind, "state", 0)
+                    self._add(f"L{i}.ckv", (B, r + S + 1, hd), "float32", 0.0, kind, "state", 0)
+                    self._add(f"L{i}.csc", (B, r + S + 1, hd), "float32", NEG_INF, kind, "state", 0)
                     self._add(f"L{i}.ikey", (B, nmax + 1, cfg.index_head_dim), "float32", 0.0, kind, "index_keys", r)
             elif r:
                 nmax = max_len // r
                 coff = 2 if r == 4 else 1
                 self._kv(f"L{i}.ent", (B, nmax + 1), kind, "entries", r)
-                self._add(f"L{i}.ckv", (B, coff * r + 1, coff * hd), "float32", 0.0, kind, "state", 0)
-                self._add(f"L{i}.csc", (B, coff * r + 1, coff * hd), "float32", NEG_INF, kind, "state", 0)
-                if shadow:
-                    self._add(f"L{i}.ckv_sh", (B, coff * r + 1, coff * hd), "float32", 0.0, kind, "shadow", 0)
-                    self._add(f"L{i}.csc_sh", (B, coff * r + 1, coff * hd), "float32", NEG_INF, kind, "shadow", 0)
+                self._add(f"L{i}.ckv", (B, coff * r + S + 1, coff * hd), "float32", 0.0, kind, "state", 0)
+                self._add(f"L{i}.csc", (B, coff * r + S + 1, coff * hd), "float32", NEG_INF, kind, "state", 0)
                 if r == 4:
                     ci = cfg.index_head_dim
                     self._add(f"L{i}.ikey", (B, nmax + 1, ci), "float32", 0.0, kind, "index_keys", r)
-                    self._add(f"L{i}.ikv", (B, 2 * r + 1, 2 * ci), "float32", 0.0, kind, "state", 0)
-                    self._add(f"L{i}.isc", (B, 2 * r + 1, 2 * ci), "float32", NEG_INF, kind, "state", 0)
-                    if shadow:
-                        self._add(f"L{i}.ikv_sh", (B, 2 * r + 1, 2 * ci), "float32", 0.0, kind, "shadow", 0)
-                        self._add(f"L{i}.isc_sh", (B, 2 * r + 1, 2 * ci), "float32", NEG_INF, kind, "shadow", 0)
+                    self._add(f"L{i}.ikv", (B, 2 * r + S + 1, 2 * ci), "float32", 0.0, kind, "state", 0)
+                    self._add(f"L{i}.isc", (B, 2 * r + S + 1, 2 * ci), "float32", NEG_INF, kind, "state", 0)
         if self.v41:    # the last kv source that published index keys (index_keys="shipped" decode), -1: none
             self._add("V41.pub", (B, 1, 1), "float32", -1.0, "SWA", "state", 0)
         if self.mtp:
             for j in range(cfg.n_mtp_layers):
-                self._kv(f"M{j}.win", (B, W + 1), "MTP", "ring", 0)
+                self._kv(f"M{j}.win", (B, W + S + 1), "MTP", "ring", 0)
         del hd, rd
 
     def _add(self, name, shape, dtype, fill, kind, role, ratio):
@@ -138,8 +141,7 @@ class CacheLayout:
 
     def block_slots(self, model) -> tuple:
         """Per block (main layers, then MTP blocks) the flat cache indices the model's cached step reads and writes:
-        (window KV ids, entries KV ids, (ckv, csc, ckv_sh, csc_sh), (ikey, ikv, isc, ikv_sh, isc_sh), index of the
-        block's ratio in model.ratios) — () / -1 when absent (see ascend_v4/model.py, "cached step")."""
+        (window KV ids, entries KV ids, (ckv, csc), (ikey, ikv, isc), index of the block's ratio in model.ratios) — () / -1 when absent (see ascend_v4/model.py, "cached step")."""
         cfg = self.cfg
         out = []
         for i in range(cfg.n_total_blocks):
@@ -148,12 +150,12 @@ class CacheLayout:
             if self.v41 and r and i < cfg.n_layers:       # entries and keys of the layer's kv source
                 src = "L%d" % cfg.kv_source(i)
                 out.append((self.kv_ids(n + ".win"), self.kv_ids(src + ".ent"),
-                            tuple(self.ids(n + s) for s in (".ckv", ".csc", ".ckv_sh", ".csc_sh")),
-                            (self.ids(src + ".ikey"), -1, -1, -1, -1), model.ratios.index(r)))
+                            tuple(self.ids(n + s) for s in (".ckv", ".csc")),
+                            (self.ids(src + ".ikey"), -1, -1), model.ratios.index(r)))
                 continue
             out.append((self.kv_ids(n + ".win"), self.kv_ids(n + ".ent"),
-                        tuple(self.ids(n + s) for s in (".ckv", ".csc", ".ckv_sh", ".csc_sh")),
-                        tuple(self.ids(n + s) for s in (".ikey", ".ikv", ".isc", ".ikv_sh", ".isc_sh")),
+                        tuple(self.ids(n + s) for s in (".ckv", ".csc")),
+                        tuple(self.ids(n + s) for s in (".ikey", ".ikv", ".isc")),
                         model.ratios.index(r) if r else -1))
         return tuple(out)
 
@@ -167,12 +169,13 @@ def ctx_bucket(n: int, max_len: int, minimum: int = 256) -> int:
 
 
 class KVCache:
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, kv_int8: bool = False, mtp: bool = False):
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, kv_int8: bool = False, mtp: bool = False,
+                 verify_tokens: int = 1):
         import mindspore as ms
         from mindspore import Parameter, Tensor
 
         self.cfg = cfg
-        self.layout = CacheLayout(cfg, batch, max_len, kv_int8=kv_int8, mtp=mtp, shadow=mtp)
+        self.layout = CacheLayout(cfg, batch, max_len, kv_int8=kv_int8, mtp=mtp, verify_tokens=verify_tokens)
         self.batch, self.max_len, self.kv_int8, self.mtp = batch, max_len, kv_int8, self.layout.mtp
         uid = next(_UID)
         self.params = tuple(
@@ -183,7 +186,7 @@ class KVCache:
 
     # ------------------------------------------------------------------------------------------ reset
     def reset(self, rows: Optional[Iterable[int]] = None, full: bool = False) -> None:
-        """Start new sequences in `rows` (default: all). Resets the compressor state (and shadows); with
+        """Start new sequences in `rows` (default: all). Resets the compressor state; with
         full=True also zeroes rings, entries and indexer keys (never needed for correctness: every read is
         masked by position, so stale rows are invisible)."""
         from mindspore import Tensor
@@ -194,7 +197,7 @@ class KVCache:
         if not rows:
             return
         for e, p in zip(self.layout.entries, self.params):
-            if e.role in ("state", "shadow") or full:
+            if e.role == "state" or full:
                 a = p.asnumpy().reshape(e.shape).copy()
                 a[rows] = e.fill
                 p.set_data(Tensor(a.reshape(e.param_shape)))

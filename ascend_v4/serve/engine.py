@@ -9,10 +9,12 @@ Which graphs compile when (each is compiled once per Engine, on first use; all s
                                              16 and at most `prefill_chunk`; positions are tensors, so a chunk
                                              at any start position reuses the same graph
   decode    StepGraph(T = 1, ctx)            every decode step of every sequence
-  verify    StepGraph(T = 2, ctx, shadow)    speculative decoding only
+  verify    StepGraph(T = 2, ctx)            speculative decoding only
   draft     MTPStepGraph(T = 2) + MTPStepGraph(T = prefill bucket)   speculative decoding only
-  DSpark    DSparkDraftGraph + StepGraph(T = block + 1, ctx)    DeepSeek-V4.1 speculative decoding (dspark=True);
-            a rejected draft restores the cache from a host snapshot and re-runs the kept tokens
+  DSpark    DSparkDraftGraph + StepGraph(T = block + 1, ctx)    DeepSeek-V4.1 speculative decoding (dspark=True)
+Rollback (MTP and DSpark alike): the cache is addressed by position and built with spare ring / state slots for
+the verify length (KVCache(verify_tokens=...), ascend_v4/serve/cache.py), so a rejected tail is undone by
+rewinding the row's length (and, V4.1, its Engram n-gram state on the host) — no copy, no second step.
 `ctx` is the context bucket (power of two >= the longest row's end position, at least `ctx_min`, at most
 max_len): a step reads ctx // ratio compressed entries, so short contexts do not pay for the cache's capacity.
 Crossing a bucket compiles that graph once more (a 1K -> 32K run sees 6 decode compiles).
@@ -73,6 +75,10 @@ class Engine:
                              f"(V4 drafts with its MTP block: mtp=True)")
         if dspark and cfg.n_mtp_layers == 0:
             raise ServeError(f"config '{cfg.name}' has no DSpark stages; run without speculative decoding")
+        if dspark and index_keys == "shipped":
+            raise ServeError("DSpark verifies a block in one step, which the shipped decode indexer (index_keys="
+                             "'shipped': keys of the last publisher, decided per step) cannot reproduce token for "
+                             "token; use index_keys='own'")
         if mtp and cfg.n_mtp_layers == 0:
             raise ServeError(f"config '{cfg.name}' has no MTP block; run without speculative decoding")
         self.engram = None
@@ -100,12 +106,13 @@ class Engine:
         self.model = model
         from .graphs import stack_experts
         self.experts = stack_experts(model) if stacked_experts else None
-        self.cache = KVCache(cfg, self.max_batch, self.max_len, kv_int8=kv_int8, mtp=self.mtp)
+        # the longest verify step: its rejected tail is rolled back by rewinding the length (cache.py)
+        verify = 2 if self.mtp else cfg.dspark_block_size + 1 if self.dspark else 1
+        self.cache = KVCache(cfg, self.max_batch, self.max_len, kv_int8=kv_int8, mtp=self.mtp, verify_tokens=verify)
         self.kv_int8 = kv_int8
         self.pos = np.zeros(self.max_batch, np.int64)      # tokens held in the cache per row
         self._graphs: Dict[tuple, object] = {}
         self.compile_seconds: Dict[tuple, float] = {}
-        self._restore = None
         self.engram_wait_s = 0.0       # time steps waited for their Engram rows (0 when the prefetch kept up)
         # MTP: the main model's last hidden streams per row (input of the first draft after a prefill)
         self._h_last = np.zeros((self.max_batch, cfg.hc_mult, cfg.dim), np.float32)
@@ -123,9 +130,9 @@ class Engine:
         if g is None:
             from .graphs import MTPStepGraph, StepGraph
             if key[0] == "main":
-                _, T, ctx, logits, streams, shadow, dspark = key
+                _, T, ctx, logits, streams, dspark = key
                 g = StepGraph(self.model, self.cache.layout, self.cache.params, T, ctx, logits=logits,
-                              return_streams=streams, shadow=shadow, experts=self.experts, dspark=dspark)
+                              return_streams=streams, experts=self.experts, dspark=dspark)
             else:
                 _, T = key
                 g = MTPStepGraph(self.model, self.cache.layout, self.cache.params, T, experts=self.experts)
@@ -145,7 +152,7 @@ class Engine:
         return out
 
     def run_main(self, ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray, logits: str = "last",
-                 streams: bool = False, shadow: bool = False, engram=None, dspark: bool = False):
+                 streams: bool = False, engram=None, dspark: bool = False):
         """One StepGraph call on the whole batch: ids [B, T]; returns the graph outputs (MindSpore tensors).
         V4.1: `engram` is the EngramFeed future of these ids (submitted ahead), or None to submit and wait now;
         dspark=True adds DSpark's main KV of the step's positions [stages, B, T, hd] as the last output."""
@@ -154,7 +161,7 @@ class Engine:
         end = int(np.max(np.where(nvalid > 0, pos0 + nvalid, 0)))
         if end > self.max_len:
             raise ServeError(f"position {end} exceeds the cache capacity max_len={self.max_len}")
-        key = ("main", T, self._ctx(end), logits, streams, shadow, bool(dspark))
+        key = ("main", T, self._ctx(end), logits, streams, bool(dspark))
         args = (ids.astype(np.int32), np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
         if self.engram is not None:
             import mindspore as ms
@@ -440,37 +447,32 @@ class Engine:
             self.compile_seconds[("draft",)] = time.perf_counter() - t0
         return res[0].astype(np.int64), res[1], res[2]
 
-    def _snapshot(self):
-        """The cache buffers and the Engram n-gram state (what a verify step changes), copied to the host."""
-        eng = None if self.engram is None else [(s.history.copy(), s.length.copy()) for s in self.engram.states]
-        return [p.asnumpy().copy() for p in self.cache.params], eng
-
-    def _restore_snapshot(self, snap) -> None:
-        import mindspore as ms
-        bufs, eng = snap
-        for p, a in zip(self.cache.params, bufs):
-            p.set_data(ms.Tensor(a))
-        if eng is not None:
-            for s, (hist, length) in zip(self.engram.states, eng):
-                s.history, s.length = hist, length
-
     def _dspark_generate(self, n, pend, emit, live, stats):
         """DSpark speculative decoding, greedy: draft a block [o_1 .. o_bs] after the pending token y, verify
         [y, o_1 .. o_bs] with the target in one cached step, accept the longest prefix of drafts equal to the
-        target's greedy tokens plus the target's next token. A row that rejects any draft has its cache (window
-        ring, compressor state, entries, index keys) and Engram n-gram state rolled back to before the verify and
-        the kept tokens written again by the same step graph, so the result equals plain greedy decoding."""
+        target's greedy tokens plus the target's next token. A row that rejects drafts keeps the verify's writes
+        of its kept positions and rewinds its length past the rest (the cache's spare slots keep them unread;
+        ascend_v4/serve/cache.py) and its Engram n-gram state to the kept tokens, so the result equals plain
+        greedy decoding. stats gain draft_s / verify_s / rollback_s (wall time of each phase, steps that compiled a
+        graph left out), row_steps and rejected_steps (steps where some row rejected a draft)."""
         bs = self.cfg.dspark_block_size
         B = self.max_batch
+        for k in ("draft_s", "verify_s", "rollback_s"):
+            stats.setdefault(k, 0.0)
+        stats.setdefault("row_steps", 0)
+        stats.setdefault("rejected_steps", 0)
         while live.any():
             act = np.zeros(B, bool)
             act[:n] = live
             pos0 = self.pos.copy()
+            t0 = time.perf_counter()
+            c0 = sum(self.compile_seconds.values())
             draft = self.dspark_draft(pend)[0]
             ids = np.concatenate([pend[:, None], draft], 1) * act[:, None]
-            snap = self._snapshot()
+            t1 = time.perf_counter()
             out = self.run_main(ids, pos0, (bs + 1) * act, logits="all", dspark=True)
             lg, dkv = out[0].asnumpy(), out[1].asnumpy()
+            t2 = time.perf_counter()
             target = lg.argmax(-1)
             stats["steps"] += 1
             keep = np.zeros(B, np.int64)
@@ -480,28 +482,41 @@ class Engine:
                     k += 1
                 stats["drafts"] += bs
                 stats["accepted"] += k
+                stats["row_steps"] += 1
                 keep[r] = k + 1
                 for j in range(k + 1):              # the k accepted drafts, then the target's own next token
                     if not live[r]:
                         break
                     emit(r, int(target[r, j]), lg[r, j])
                 pend[r] = target[r, k]
-                self.pos[r] = pos0[r] + k + 1
             self._dspark_observe(dkv, pos0, keep)
-            if np.any(keep[act] < bs + 1):           # roll back, then write only the kept tokens
-                self._restore_snapshot(snap)
-                self.run_main(ids, pos0, keep, logits="all", dspark=True)      # the verify's graph
+            stats["rejected_steps"] += int(np.any(keep[act] < bs + 1))
+            t3 = time.perf_counter()
+            self._rollback(pos0, keep, bs + 1)
+            t4 = time.perf_counter()
+            if c0 == sum(self.compile_seconds.values()):   # a step that compiled a graph stays out of the phases
+                stats["draft_s"] += t1 - t0
+                stats["verify_s"] += t2 - t1
+                stats["rollback_s"] += t4 - t3
+
+    def _rollback(self, pos0: np.ndarray, keep: np.ndarray, written: int) -> None:
+        """After a verify step that wrote `written` tokens per active row from pos0: keep the first keep[r] of row
+        r (0: an inactive row, untouched). The cache needs nothing but the new length (position-addressed, with
+        spare slots for the rejected tail: ascend_v4/serve/cache.py); the Engram n-gram state forgets the rest."""
+        rows = np.nonzero(keep > 0)[0]
+        self.pos[rows] = pos0[rows] + keep[rows]
+        if self.engram is not None:
+            short = {int(r): int(keep[r]) for r in rows if keep[r] < written}
+            if short:
+                self.engram.rewind(short)
 
     def _speculate(self, n, pend, sampler, emit, live, stats):
-        """MTP draft -> main verify of [pending, draft] -> accept (2 tokens) or reject (1 token, roll back)."""
+        """MTP draft -> main verify of [pending, draft] -> accept (2 tokens) or reject (1 token, roll back:
+        _rollback, as for DSpark)."""
         import mindspore as ms
-        from .graphs import RestoreShadow
         B, hc, D = self.max_batch, self.cfg.hc_mult, self.cfg.dim
         # pending draft-block pairs per row: (position t, h_t, token t+1); after prefill: (L-1, h_{L-1}, x_L)
         pairs = {r: [(int(self.pos[r]) - 1, self._h_last[r].copy(), int(pend[r]))] for r in range(n)}
-        if self._restore is None:
-            self._restore = RestoreShadow(self.cache.layout, self.cache.params)
-            self._restore.set_train(False)
         while live.any():
             h = np.zeros((B, 2, hc, D), np.float32)
             nxt = np.zeros((B, 2), np.int64)
@@ -519,10 +534,10 @@ class Engine:
             act = np.zeros(B, bool)
             act[:n] = live
             pos0 = self.pos.copy()
-            lg, hs = self.run_main(ids * act[:, None], pos0, 2 * act, logits="all", streams=True, shadow=True)
+            lg, hs = self.run_main(ids * act[:, None], pos0, 2 * act, logits="all", streams=True)
             lg, hs = lg.asnumpy(), hs.asnumpy()
             stats["steps"] += 1
-            reject = np.zeros(B, bool)
+            keep = np.zeros(B, np.int64)
             for r in np.nonzero(live)[0]:
                 stats["drafts"] += 1
                 d = int(draft[r])
@@ -531,21 +546,16 @@ class Engine:
                 if repl is None:
                     stats["accepted"] += 1
                     emit(r, d, lg[r, 0])
+                    keep[r] = 2
                     if not live[r]:
                         continue
                     t1 = sampler.sample(r, lg[r, 1])
                     emit(r, t1, lg[r, 1])
-                    self.pos[r] = p + 2
                     pend[r] = t1
                     pairs[r] = [(p, hs[r, 0], d), (p + 1, hs[r, 1], t1)]
                 else:
                     emit(r, repl, lg[r, 0])
-                    reject[r] = True
-                    self.pos[r] = p + 1
+                    keep[r] = 1
                     pend[r] = repl
                     pairs[r] = [(p, hs[r, 0], repl)]
-            if reject.any():
-                t0 = time.perf_counter()
-                self._restore(ms.Tensor(reject))
-                if ("restore",) not in self.compile_seconds:     # first call compiles: keep it out of decode time
-                    self.compile_seconds[("restore",)] = time.perf_counter() - t0
+            self._rollback(pos0, keep, 2)

@@ -5,7 +5,9 @@ and gathers them on one background thread: the engine submits a prefill chunk's 
 graph runs, and picks the finished rows up when it calls the graph (a decode step's token is known only when the
 previous step ends, so decode submits and waits at once). Each cache row has its own n-gram state
 (ops/engram/reference.NgramHashState, batch 1), advanced only by that row's valid tokens, so chunked prefill,
-decode and a one-shot prefill hash alike; `reset(rows)` starts new sequences. Tables: ops/engram/host.py.
+decode and a one-shot prefill hash alike; `reset(rows)` starts new sequences, `rewind({row: keep})` takes back
+all but the first `keep` tokens of a row's last submission (a speculative verify's rejected tail). Tables:
+ops/engram/host.py.
 """
 from __future__ import annotations
 
@@ -56,11 +58,13 @@ class EngramFeed:
         self.cfg, self.tables = cfg, tables
         self.width = cfg.engram_n_columns * tables.row_dim
         self.states = [NgramHashState.for_config(cfg, 1, token_map) for _ in range(batch)]
+        self._last: List[Optional[tuple]] = [None] * batch   # per row: (history, length) before its last ids, ids
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-feed")
 
     def reset(self, rows: Sequence[int]) -> None:
         for r in rows:
             self.states[int(r)].reset()
+            self._last[int(r)] = None
 
     def _work(self, ids: np.ndarray, nvalid: np.ndarray) -> Tuple[np.ndarray, ...]:
         B, T = ids.shape
@@ -70,13 +74,31 @@ class EngramFeed:
             n = int(nvalid[r])
             if n == 0:
                 continue
-            h = self.states[r](ids[r:r + 1, :n])                     # [1, n, layers, columns]
+            st = self.states[r]
+            self._last[r] = (st.history.copy(), st.length.copy(), ids[r:r + 1, :n])
+            h = st(ids[r:r + 1, :n])                                 # [1, n, layers, columns]
             for k in range(n_layers):
                 out[k][r, :n] = self.tables.gather(k, h[0, :, k])
         return tuple(out)
 
     def submit(self, ids: np.ndarray, nvalid: np.ndarray) -> Future:
         return self._pool.submit(self._work, np.array(ids, np.int64), np.array(nvalid, np.int64))
+
+    def _rewind(self, keep: Dict[int, int]) -> None:
+        for r, k in keep.items():
+            hist, length, ids = self._last[r]
+            if not 0 <= k <= ids.shape[1]:
+                raise ValueError(f"row {r}: cannot keep {k} of the {ids.shape[1]} tokens last submitted")
+            st = self.states[r]
+            st.history, st.length = hist.copy(), length.copy()
+            if k:
+                st(ids[:, :k])
+            self._last[r] = (hist, length, ids[:, :k])
+
+    def rewind(self, keep: Dict[int, int]) -> Future:
+        """Per row r: keep only the first keep[r] tokens of its last submission (the hash state as if only those had
+        been submitted). Runs on the feed's thread after every earlier submission, like a submit."""
+        return self._pool.submit(self._rewind, {int(r): int(k) for r, k in keep.items()})
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

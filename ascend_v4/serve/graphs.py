@@ -3,15 +3,16 @@
     StepGraph(model, layout, cache, T, ctx_cap, ...)(ids [B,T] i32, pos0 [B] i32, nvalid [B] i32[, engram rows])
         -> logits (, streams)           (DeepSeek-V4.1: engram rows = per Engram layer [B, T, columns·head_dim])
     MTPStepGraph(model, layout, cache, T)(h_main [B,T,hc,D], next_ids [B,T] i32, pos0, nvalid) -> draft logits [B, V]
-    RestoreShadow(layout, cache)(mask [B] bool)        speculative rejection: compressor state <- shadow
     DSparkDraftGraph(model)(y [B] i32, ctx_kv [K,B,W,hd], idx [B,bs,W+bs] i32, pos0 [B] i32)
         -> (draft tokens [B, bs], logits [B, bs, V], confidence)      DeepSeek-V4.1 (StepGraph(dspark=True) adds
                                                                      the main KV [K, B, T, hd] the drafter reads)
 
 Row b processes ids[b, :nvalid[b]] at absolute positions pos0[b] .. pos0[b]+nvalid[b]-1; the rest of the row is
-padding (computed, never written), and nvalid = 0 leaves a row untouched. Positions are TENSORS, so one compile
+padding (computed, never written), and nvalid = 0 leaves a row untouched. A speculative verify's rejected tail
+needs no undo: the cache is addressed by position with `layout.slack` spare ring / state slots, so the engine only
+rewinds the row's length (ascend_v4/serve/cache.py; docs/design.md, "speculative rollback"). Positions are TENSORS, so one compile
 serves every step of every sequence: the static shape is (B, T) plus the context bucket `ctx_cap` (a step reads
-ctx_cap // ratio compressed entries). T = 1 is the decode step, T = 2 the speculative verify step, T = C a
+ctx_cap // ratio compressed entries). T = 1 is the decode step, T = 2 / block + 1 the speculative verify step (MTP / DSpark), T = C a
 prefill chunk (one-shot prefill = one chunk at pos0 = 0). Every formula is the model's: these Cells only hold the
 cache (a tuple of Parameters — held, not passed per call, which costs ~0.5 ms per step on CPU), pick each row's
 last valid position and apply the head.
@@ -27,7 +28,7 @@ from .cache import CacheLayout
 
 
 class _Step(nn.Cell):
-    def __init__(self, model, layout: CacheLayout, cache, T: int, ctx_cap: int, shadow: bool, experts):
+    def __init__(self, model, layout: CacheLayout, cache, T: int, ctx_cap: int, experts):
         super().__init__()
         if len(cache) != len(layout.entries):
             raise ValueError(f"cache has {len(cache)} buffers, the layout {len(layout.entries)}")
@@ -36,16 +37,16 @@ class _Step(nn.Cell):
         self.T, self.B = int(T), layout.batch
         self.max_len = layout.max_len
         self.ctx_cap = int(min(ctx_cap, layout.max_len))
-        self.shadow = bool(shadow)
+        self.slack = layout.slack
         self.slots = layout.block_slots(model)
         self.shared_slots = layout.shared_slots()
         self.experts = experts
 
     def _ctx(self, pos0, nvalid):
-        return self.model.step_context(pos0, nvalid, self.T, self.max_len, self.shadow)
+        return self.model.step_context(pos0, nvalid, self.T, self.max_len, self.slack)
 
     def _static(self):
-        return (self.max_len, self.ctx_cap, self.shadow, self.slots, self.experts, self.shared_slots)
+        return (self.max_len, self.ctx_cap, self.slack, self.slots, self.experts, self.shared_slots)
 
     def _last(self, h, nvalid):
         """Each row's last valid position -> [B, 1, ...]."""
@@ -56,18 +57,15 @@ class _Step(nn.Cell):
 
 class StepGraph(_Step):
     """The main model over T tokens per row. logits: 'last' -> [B, V] at each row's last valid token,
-    'all' -> [B, T, V]. return_streams adds the final 4-stream hidden state [B, T, hc, D] (the MTP input).
-    shadow: also keep the compressor state as of each row's second-to-last token (speculative verify)."""
+    'all' -> [B, T, V]. return_streams adds the final 4-stream hidden state [B, T, hc, D] (the MTP input)."""
 
     def __init__(self, model, layout: CacheLayout, cache, T: int, ctx_cap: int, logits: str = "last",
-                 return_streams: bool = False, shadow: bool = False, experts=None, dspark: bool = False):
+                 return_streams: bool = False, experts=None, dspark: bool = False):
         if logits not in ("last", "all"):
             raise ValueError(f"logits must be 'last' or 'all', got {logits!r}")
-        if shadow and not layout.shadow:
-            raise ValueError("shadow=True needs a cache layout built with shadow buffers")
         if dspark and not getattr(model, "with_dspark", False):
             raise ValueError("dspark=True needs a V4.1 model built with_dspark=True")
-        super().__init__(model, layout, cache, T, ctx_cap, shadow, experts)
+        super().__init__(model, layout, cache, T, ctx_cap, experts)
         self.all_logits = logits == "all"
         self.return_streams = return_streams
         self.dspark = bool(dspark)
@@ -103,7 +101,7 @@ class MTPStepGraph(_Step):
     def __init__(self, model, layout: CacheLayout, cache, T: int, experts=None):
         if not layout.mtp:
             raise ValueError("the cache layout has no MTP ring; build it with mtp=True")
-        super().__init__(model, layout, cache, T, layout.max_len, False, experts)
+        super().__init__(model, layout, cache, T, layout.max_len, experts)
 
     def construct(self, h_main, next_ids, pos0, nvalid):
         x = self.model.mtp_step_streams(h_main, next_ids, self.cache, self._ctx(pos0, nvalid), self._static())
@@ -126,23 +124,6 @@ class DSparkDraftGraph(nn.Cell):
         P = pos0.reshape(-1, 1) + ops.arange(self.bs, dtype=ms.int32).reshape(1, -1)
         (pc, ps) = self.model.rope_dspark
         return self.model.dspark_draft(y, ctx_kv, idx, table_at(pc, P), table_at(ps, P))
-
-
-class RestoreShadow(nn.Cell):
-    """state[b] <- shadow[b] for rows where mask[b] (speculative rejection)."""
-
-    def __init__(self, layout: CacheLayout, cache):
-        super().__init__()
-        self.cache = ms.ParameterTuple(cache)
-        self.pairs = tuple((layout.index[e.name[:-3]], layout.index[e.name], e.shape[1])
-                           for e in layout.entries if e.role == "shadow")
-
-    def construct(self, mask):
-        cache = self.cache
-        for live, sh, R in self.pairs:
-            m = ops.broadcast_to(mask.reshape(-1, 1), (mask.shape[0], R)).reshape(-1, 1)
-            ops.assign(cache[live], ops.where(m, cache[sh], cache[live]))
-        return mask
 
 
 def stack_experts(model):
