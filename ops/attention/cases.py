@@ -114,7 +114,7 @@ CASES = [
     Case("lightning_indexer", "exact_decode_start_pos", _indexer(1, 1, 4, 32, 4, 5, start_pos=41, fp4=False)),
     Case("lightning_indexer", "exact_chunk_start_pos", _indexer(1, 6, 4, 32, 4, 5, start_pos=18, fp4=False)),
     Case("lightning_indexer", "exact_per_row_start_pos",
-         _indexer(3, 2, 4, 32, 4, 5, start_pos=(41, 6, 17), fp4=False, extra_keys=9)),
+         _indexer(3, 2, 4, 32, 4, 5, start_pos=(541, 6, 17), fp4=False, extra_keys=9)),
     # the default: Hadamard + FP4 q/k as DeepSeek's indexer (head dim a power of two, >= 32)
     Case("lightning_indexer", "fp4_S32_topk4", _indexer(2, 32, 4, 64, 4, 4)),
     Case("lightning_indexer", "fp4_spread_S40", _indexer(1, 40, 2, 128, 4, 6, scale_spread=True)),
@@ -123,7 +123,7 @@ CASES = [
     Case("lightning_indexer", "fp4_first_tokens_S3", _indexer(1, 3, 2, 32, 4, 4)),
     Case("lightning_indexer", "fp4_decode_start_pos", _indexer(1, 1, 4, 128, 4, 5, start_pos=41)),
     Case("lightning_indexer", "fp4_chunk_start_pos", _indexer(1, 6, 4, 128, 4, 5, start_pos=18)),
-    Case("lightning_indexer", "fp4_per_row_start_pos", _indexer(2, 1, 4, 128, 4, 5, start_pos=(130, 9), extra_keys=7)),
+    Case("lightning_indexer", "fp4_per_row_start_pos", _indexer(2, 1, 4, 128, 4, 5, start_pos=(300, 9), extra_keys=7)),
     Case("sparse_attention", "window_only", _attend(2, 12, 3, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "first_tokens", _attend(1, 3, 2, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "hca_dense", _attend(1, 40, 2, 16, 8, ratio=8), grad_args=(0, 1, 2)),
