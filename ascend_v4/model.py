@@ -28,16 +28,13 @@ from mindspore.common.initializer import initializer
 from . import ops as v4ops
 from . import precision
 from .config import ModelConfig
-from .ops.attention.composite import (compressed_indices, fp4_quant, fp4_rotate, mask_to_ids, topk_mask,
-                                      window_indices)
+from .ops.attention.composite import compressed_indices, fp4_quant, fp4_rotate, window_indices
 from .ops.attention.rope import layer_rope_table
 from .ops.common import NEG_INF, linear, rms_norm
 from .ops.mhc.composite import hc_collapse
 from .ops.moe.layer import MoeExperts
 
 INT8_MAX = 127.0
-# CSA decode: attend through a -1-masked list over every readable entry (no gather) up to this many entries
-MASK_PATH_MAX = 512
 
 
 def _param(shape, dtype=ms.float32, init="zeros", requires_grad=True):
@@ -126,7 +123,6 @@ def table_at(tab, P):
 # [B·R, width] (row r of sequence b at b·R + r): ScatterUpdate writes rows in place in O(rows written).
 # A KV buffer is one float32 buffer, or in INT8 mode three: int8 non-RoPE dims, float32 RoPE dims, float32 scale.
 _scatter_rows = ops.ScatterUpdate()
-_bmm_nt = ops.BatchMatMul(transpose_b=True)
 
 
 # Cached step: every Cell gets `cache` (the tuple of Parameters), `ctx` (per-step tensors from
@@ -291,6 +287,13 @@ class Compressor(nn.Cell):
         self.norm = RMSNorm(head_dim, cfg.norm_eps, dtype)
         self.rope = Rope(head_dim, cfg.rope_head_dim)
         self._compress = v4ops.resolve("compress_kv").fn
+        # V4 indexer keys in a serving cache: stored as the indexer scores them (Hadamard + FP4, Indexer sets it),
+        # so a cached step rotates each key once, when it is written, instead of every key at every step
+        self.rotate_stored = False
+
+    def stored(self, ent):
+        """An entry as its cache buffer holds it."""
+        return fp4_rotate(ent) if self.rotate_stored else ent
 
     def gate_weight(self):
         return self.wgate.weight if self.gated else self.wkv.weight
@@ -366,7 +369,7 @@ class Compressor(nn.Cell):
         ent = self.rope(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), c))
         nmax = max_len // r
         row = ops.where(emit, blk, ops.full_like(blk, nmax))                  # non-ending blocks -> scratch row
-        bufs = kv_scatter(cache, ent_ids, flat_rows(row, nmax + 1), ent.reshape(B * M, c), self.nope)
+        bufs = kv_scatter(cache, ent_ids, flat_rows(row, nmax + 1), self.stored(ent.reshape(B * M, c)), self.nope)
         if keys is not None:
             idx, kid = keys
             k = idx.key_rows(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), idx.head_dim))
@@ -406,7 +409,7 @@ class Compressor(nn.Cell):
             pool_sc = ops.gather(fsc, cur_rows, 0).reshape(B, r, c)
         latent = self.pool(pool_kv, pool_sc, 1)                                              # [B, c]
         ent = self.rope(latent, c_hd, s_hd) if self.tab == 0 else self.rope(latent, c_di, s_di)
-        bufs = kv_scatter(cache, ent_ids, index, ent, self.nope)
+        bufs = kv_scatter(cache, ent_ids, index, self.stored(ent), self.nope)
         if keys is None:
             return bufs
         idx, kid = keys
@@ -446,6 +449,8 @@ class Indexer(nn.Cell):
         self.weight_scale = float(cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5)
         # V4: Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md); V4.1: FP4 q/k, no rotation
         self.fp4 = bool(cfg.indexer_fp4)
+        if not self.v41:
+            self.compressor.rotate_stored = self.fp4
 
     def keys(self, latent, cos, sin):
         """V4.1 kv source: index keys [B, n, d] of the un-rotated compressor latents [B, n, head_dim] (cos/sin the
@@ -484,23 +489,13 @@ class Indexer(nn.Cell):
         k = self.compressor(x, cos, sin)
         return self._indexer(q, k, w, self.ratio, self.topk, fp4=self.fp4)
 
-    def select(self, q, w, keys, vis, k):
-        """Cached step: the same score and selection with tensor visibility (entries < vis [B, T] are visible)
-        over keys [B, N, d] -> bool [B, T, N], True on the top-k visible entries (ties to the lower id)."""
-        B, T = q.shape[0], q.shape[1]
-        if self.fp4:            # the lightning_indexer op's Hadamard + FP4 fake-quant of q and k (docs/numerics.md)
-            q, keys = fp4_rotate(q), fp4_rotate(keys)
-        s = ops.relu(_bmm_nt(ops.cast(q, ms.float32).reshape(B, T * self.n_heads, self.head_dim),
-                             keys)).reshape(B, T, self.n_heads, -1)
-        score = ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2)                 # [B, T, N]
-        return select_mask(ops.stop_gradient(score), vis, k)
-
-
-def select_mask(score, vis, k):
-    """score [B,T,N], vis [B,T] (entries < vis are visible) -> bool [B,T,N]: the top-k visible entries, exactly the
-    lightning_indexer op's set (ops/attention/composite.py topk_mask)."""
-    N = score.shape[-1]
-    return topk_mask(score, ops.arange(N, dtype=ms.int32).reshape(1, 1, N) < ops.expand_dims(vis, -1), k)
+    def select(self, q, w, keys, start, k):
+        """Cached step: the same score and selection through the lightning_indexer op, over keys [B, N, d] as the
+        cache stores them (already Hadamard-rotated and FP4-QDQ'd, Compressor.stored) for a step whose rows start
+        at positions start [B, 1] -> top-k ids [B, T, k] (ascending, -1 padded, ties to the lower id)."""
+        if self.fp4:            # the op's Hadamard + FP4 fake-quant of q (docs/numerics.md); keys were at write
+            q = fp4_rotate(q)
+        return self._indexer(q, keys, w, self.ratio, k, start, fp4=False)
 
 
 class Attention(nn.Cell):
@@ -720,21 +715,16 @@ class Attention(nn.Cell):
                 if kcap > 0:
                     qi, wi = idx.queries(x, qr, Ci4, Si4)
                     k = min(idx.topk, kcap)
-                    take = idx.select(qi, wi, prefix_rows(keys[0], B, nmax + 1, ncap), vis, k)   # [B, T, ncap]
-                    if T <= 2 and ncap <= MASK_PATH_MAX:
-                        # short-context decode: the picked set as a -1-masked list over all entries (no gather)
-                        kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
-                        cmp_idx = ops.where(take, e + base, -ops.ones((B, T, ncap), ms.int32))
-                    elif T * k <= ncap:
+                    # the op reads keys only up to each row's last visible entry: O(context), not O(bucket)
+                    sel = idx.select(qi, wi, prefix_rows(keys[0], B, nmax + 1, ncap), ctx[0][:, :1], k)   # [B, T, k]
+                    if T * k <= ncap:
                         # long-context decode: gather only the picked rows
-                        sel = mask_to_ids(take, k)
                         picked = kv_gather(ent, nmax + 1, ops.clip(sel, 0, ncap - 1).reshape(B, T * k))
                         kv_all = ops.concat([kv_all, picked], 1)
                         slot = base + ops.arange(T * k, dtype=ms.int32).reshape(1, T, k)
                         cmp_idx = ops.where(sel >= 0, ops.broadcast_to(slot, (B, T, k)), -ops.ones_like(sel))
                     else:
                         kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)
-                        sel = mask_to_ids(take, k)
                         cmp_idx = ops.where(sel >= 0, sel + base, -ops.ones_like(sel))
             elif kcap > 0:
                 kv_all = ops.concat([kv_all, kv_read(ent, B, nmax + 1, ncap)], 1)

@@ -149,7 +149,7 @@ def throughput(cfg, weights, batch, rows):
             res[name + "_decode"].append(batch * N / dd)
             cpu[name + "_decode"].append(batch * N / (time.process_time() - c1))
     r = {"config": cfg.name, "batch": batch, "prompt": S, "decode_steps": N, "ours_compile_s": compile_s,
-         "raw_tok_s": res, "backends": __import__("ascend_v4.ops", fromlist=["selected"]).selected()}
+         "compile_s_per_graph": graph_compiles(ours.eng), "raw_tok_s": res, "backends": __import__("ascend_v4.ops", fromlist=["selected"]).selected()}
     for k, v in res.items():
         r[k + "_tok_s"] = med(v)              # median over repetitions (wall clock)
         r[k + "_tok_s_best"] = max(v)         # best repetition (least disturbed by other processes)
@@ -166,6 +166,55 @@ def throughput(cfg, weights, batch, rows):
           f"{r['decode_speedup_cpu_time']:.2f}x   [compile {compile_s:.0f} s]", flush=True)
     del hf
     return r
+
+
+def graph_compiles(eng, before=()):
+    """{graph: seconds of its first call (compile + one run)} for the engine's graphs not in `before`."""
+    return {f"T={k[1]} ctx={k[2]}" if k[0] == "main" else "/".join(map(str, k)): v
+            for k, v in eng.compile_seconds.items() if k not in before}
+
+
+def indexer_ms(cfg, eng, ctx, reps=7, calls=9):
+    """The decode step's indexer part at this context, measured alone: the lightning_indexer op as the step calls it
+    (q [1, 1, H, d] already rotated, the bucket's key rows, this position), ms of process CPU per token (one call per
+    indexer layer; with one thread this is its compute time, robust to other processes on a shared host). A graph
+    of `calls` independent calls minus a graph of one, so the graph launch is not counted."""
+    import mindspore as ms
+    from mindspore import nn
+    from ascend_v4 import ops as v4ops
+    layers = [r for r in cfg.compress_ratios[:cfg.n_layers] if r == 4]
+    if not layers:
+        return 0.0
+    n = eng._ctx(ctx + 1) // 4
+    fn = v4ops.resolve("lightning_indexer").fn
+    rng = np.random.default_rng(0)
+    q = ms.Tensor(rng.standard_normal((calls, 1, 1, cfg.index_n_heads, cfg.index_head_dim)).astype(np.float32))
+    k = ms.Tensor(rng.standard_normal((1, n + 1, cfg.index_head_dim)).astype(np.float32))
+    w = ms.Tensor(rng.standard_normal((1, 1, cfg.index_n_heads)).astype(np.float32))
+    start = ms.Tensor(np.full((1, 1), ctx, np.int32))
+
+    class Calls(nn.Cell):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def construct(self, q, k, w, start):
+            out = fn(q[0], k, w, 4, min(cfg.index_topk, n), start, fp4=False)
+            for i in range(1, self.m):      # distinct queries: no call is merged with another
+                out = out + fn(q[i], k, w, 4, min(cfg.index_topk, n), start, fp4=False)
+            return out
+
+    def cpu_ms(cell):
+        cell(q, k, w, start).asnumpy()
+        ts = []
+        for _ in range(reps):
+            t0 = time.process_time()
+            cell(q, k, w, start).asnumpy()
+            ts.append(time.process_time() - t0)
+        return 1e3 * med(ts)
+
+    per_call = max(cpu_ms(Calls(calls)) - cpu_ms(Calls(1)), 0.0) / (calls - 1)
+    return per_call * len(layers)
 
 
 def hf_decode_at(cfg, weights, toks, steps=8):
@@ -197,6 +246,7 @@ def context_sweep(cfg, weights, contexts, steps=16):
     for ctx in contexts:
         n = ctx - cur
         toks = rng.integers(2, cfg.vocab_size, n)
+        before = set(eng.compile_seconds)
         c0 = sum(eng.compile_seconds.values())
         t0 = time.perf_counter()
         lg = eng.prefill([toks], reset=(cur == 0))
@@ -205,23 +255,30 @@ def context_sweep(cfg, weights, contexts, steps=16):
         tok = np.argmax(lg, -1)
         tok = np.argmax(eng.decode_step(tok), -1)           # compiles this bucket's decode graph
         c2 = sum(eng.compile_seconds.values())
-        ts = []
+        ts, cs = [], []
         for _ in range(steps):
-            t0 = time.perf_counter()
+            t0, p0 = time.perf_counter(), time.process_time()
             tok = np.argmax(eng.decode_step(tok), -1)
             ts.append(time.perf_counter() - t0)
+            cs.append(time.process_time() - p0)
         cur = int(eng.pos[0])
         hist.append(toks)
         r = {"context": ctx, "decode_ms_per_token": 1e3 * med(ts), "decode_ms_min": 1e3 * min(ts),
+             "decode_cpu_ms_per_token": 1e3 * med(cs),
              "prefill_tok_s_excl_compile": n / max(pre_s - (c1 - c0), 1e-9), "prefill_compile_s": c1 - c0,
-             "decode_compile_s": c2 - c1, "cache_bytes_per_token": eng.cache.bytes_per_token_formula()["total"],
+             "decode_compile_s": c2 - c1, "compile_s_per_graph": graph_compiles(eng, before),
+             "cache_bytes_per_token": eng.cache.bytes_per_token_formula()["total"],
              "cache_bytes_at_context": ctx * eng.cache.bytes_per_token_formula()["total"]}
-        hf_txt = ""
+        # decomposition of the CPU time per token: the indexer (O(context / ratio) by design) vs the rest
+        r["indexer_cpu_ms_per_token"] = indexer_ms(cfg, eng, ctx)
+        r["rest_cpu_ms_per_token"] = r["decode_cpu_ms_per_token"] - r["indexer_cpu_ms_per_token"]
+        hf_txt = f"   [CPU: indexer {r['indexer_cpu_ms_per_token']:.2f} ms + rest {r['rest_cpu_ms_per_token']:.1f} ms]"
         if ctx <= ARGS.hf_context_max:
             r["hf_decode_ms_per_token"], r["hf_decode_ms_min"] = hf_decode_at(cfg, weights, np.concatenate(hist))
-            hf_txt = f"   transformers {r['hf_decode_ms_per_token']:7.1f} ms/token (min {r['hf_decode_ms_min']:.1f})"
+            hf_txt += f"   transformers {r['hf_decode_ms_per_token']:7.1f} ms/token (min {r['hf_decode_ms_min']:.1f})"
         out.append(r)
-        print(f"  ctx {ctx:>6}: decode {r['decode_ms_per_token']:7.1f} ms/token (min {r['decode_ms_min']:.1f}), "
+        print(f"  ctx {ctx:>6}: decode {r['decode_ms_per_token']:7.1f} ms/token (min {r['decode_ms_min']:.1f}, CPU "
+              f"{r['decode_cpu_ms_per_token']:.1f}), "
               f"prefill {r['prefill_tok_s_excl_compile']:7.0f} tok/s  [compiles {c1 - c0:.0f}+{c2 - c1:.0f} s]"
               + hf_txt, flush=True)
     return out

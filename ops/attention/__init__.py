@@ -6,6 +6,7 @@ Ops and backends (float64 NumPy `reference`, MindSpore `composite`, CPU C++ `cpp
         -> (entries, kv_state, score_state)                                      decode-state form (docs/numerics.md)
     lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True)                ascending ids, -1 padded
         fp4=True: Hadamard + FP4 q/k as DeepSeek's indexer (default); fp4=False: exact scores
+        start_pos: an int, or a cached step's first positions [B, 1] int32 (keys may hold more rows than visible)
     sparse_attention(q, kv, sink, window_idx, compressed_idx | None, scale)       CSA / SWA
     hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_pos=0)
         HCA without an index list: window + every visible compressed entry (kv rows cmp_offset..)

@@ -25,6 +25,7 @@ from ..ascend_call import Attr, Contract, In, primitive
 from ..common import NEG_INF, linear
 from ..registry import on_target_change
 from . import reference as R
+from . import composite
 from .composite import fp4_rotate
 
 FAMILY = "attention"
@@ -278,6 +279,8 @@ def hca_attention(q, kv, sink, window_idx, ratio, scale, cmp_offset=None, start_
 
 
 def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
+    if not isinstance(start_pos, int):   # per-row positions of a cached step: the kernel takes one scalar start
+        return composite.lightning_indexer(q, k, w, ratio, topk, start_pos, fp4)
     if fp4:   # Hadamard + FP4 QDQ is the kernel's input quantisation; the composite's fp4_rotate runs it on the cube
         q, k = fp4_rotate(q), fp4_rotate(k)
     return _indexer(int(topk), int(ratio), int(start_pos))(q, k, ops.cast(w, q.dtype))

@@ -30,16 +30,20 @@ def _compress(B, S, D, c, ratio):
     return make
 
 
-def _indexer(B, S, H, d, ratio, topk, start_pos=0, fp4=True, scale_spread=False):
+def _indexer(B, S, H, d, ratio, topk, start_pos=0, fp4=True, scale_spread=False, extra_keys=0):
+    """start_pos: an int, or per-row first positions (a cached step: int32 [B, 1]); extra_keys: key rows past the
+    last visible one (a cached step reads its context bucket, which holds more rows than are visible)."""
     def make(rng):
-        N = (start_pos + S) // ratio
+        N = (int(np.max(start_pos)) + S) // ratio + extra_keys
         q = rng.standard_normal((B, S, H, d))
         k = rng.standard_normal((B, max(N, 1), d))
         if scale_spread:   # per-row magnitudes over many binades: exercises the E8M0 scale choice
             q = q * np.exp2(rng.integers(-6, 7, (B, S, H, 1)))
             k = k * np.exp2(rng.integers(-6, 7, (B, k.shape[1], 1)))
         kw = {"ratio": ratio, "topk": topk}
-        if start_pos:
+        if np.ndim(start_pos):
+            kw["start_pos"] = np.asarray(start_pos, np.int32).reshape(B, 1)
+        elif start_pos:
             kw["start_pos"] = start_pos
         if not fp4:
             kw["fp4"] = False      # exact scoring; without the key the op's default (FP4 simulation) runs
@@ -109,6 +113,8 @@ CASES = [
     Case("lightning_indexer", "exact_block_boundary_S16", _indexer(2, 16, 2, 16, 4, 3, fp4=False)),
     Case("lightning_indexer", "exact_decode_start_pos", _indexer(1, 1, 4, 32, 4, 5, start_pos=41, fp4=False)),
     Case("lightning_indexer", "exact_chunk_start_pos", _indexer(1, 6, 4, 32, 4, 5, start_pos=18, fp4=False)),
+    Case("lightning_indexer", "exact_per_row_start_pos",
+         _indexer(3, 2, 4, 32, 4, 5, start_pos=(541, 6, 17), fp4=False, extra_keys=9)),
     # the default: Hadamard + FP4 q/k as DeepSeek's indexer (head dim a power of two, >= 32)
     Case("lightning_indexer", "fp4_S32_topk4", _indexer(2, 32, 4, 64, 4, 4)),
     Case("lightning_indexer", "fp4_spread_S40", _indexer(1, 40, 2, 128, 4, 6, scale_spread=True)),
@@ -117,6 +123,7 @@ CASES = [
     Case("lightning_indexer", "fp4_first_tokens_S3", _indexer(1, 3, 2, 32, 4, 4)),
     Case("lightning_indexer", "fp4_decode_start_pos", _indexer(1, 1, 4, 128, 4, 5, start_pos=41)),
     Case("lightning_indexer", "fp4_chunk_start_pos", _indexer(1, 6, 4, 128, 4, 5, start_pos=18)),
+    Case("lightning_indexer", "fp4_per_row_start_pos", _indexer(2, 1, 4, 128, 4, 5, start_pos=(300, 9), extra_keys=7)),
     Case("sparse_attention", "window_only", _attend(2, 12, 3, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "first_tokens", _attend(1, 3, 2, 16, 8), grad_args=(0, 1, 2)),
     Case("sparse_attention", "hca_dense", _attend(1, 40, 2, 16, 8, ratio=8), grad_args=(0, 1, 2)),

@@ -114,7 +114,7 @@ def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
     # [B, S, H, N] -> weighted head sum -> [B, S, N]
     s = ops.relu(ops.matmul(qf, ops.expand_dims(kf, 1).swapaxes(-1, -2)))
     score = ops.sum(s * ops.expand_dims(ops.cast(w, ms.float32), -1), 2)
-    vis = visible_count(S, ratio, start_pos).reshape(1, S, 1)
+    vis = visible_count(S, ratio, start_pos).reshape(-1, S, 1)
     ent = ops.arange(N, dtype=ms.int32).reshape(1, 1, N)
     visible = ent < vis
     k = min(topk, N)

@@ -73,6 +73,15 @@ def _make_prims():
     P["indexer"] = ops.Custom(fn("IndexerFwd"), out_shape=lambda q, k, w, cfg, sel: (q[0], q[1], sel[0]),
                               out_dtype=lambda q, k, w, cfg, sel: ms.int32, func_type="aot", bprop=bprop_idx)
 
+    def bprop_idx_p(q, k, w, start, cfg, sel, out, dout):
+        return (ops.zeros_like(q), ops.zeros_like(k), ops.zeros_like(w), ops.zeros_like(start), ops.zeros_like(cfg),
+                ops.zeros_like(sel))
+
+    # cached step: per-row first positions as an int32 [B] input instead of cfg's start_pos
+    P["indexer_p"] = ops.Custom(fn("IndexerFwdP"), out_shape=lambda q, k, w, st, cfg, sel: (q[0], q[1], sel[0]),
+                                out_dtype=lambda q, k, w, st, cfg, sel: ms.int32, func_type="aot",
+                                bprop=bprop_idx_p)
+
     # ---- compressor pooling + RMSNorm (projections stay MindSpore matmuls, differentiated by autodiff) ----
     P["pool_bwd"] = ops.Custom(fn("CompressPoolBwd"),
                                out_shape=lambda kv, sc, ape, nw, cfg, do: (kv, sc, ape, nw),
@@ -171,8 +180,11 @@ def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
     if fp4 and (d & (d - 1) or d % 32):   # the kernel's fwht / fp4_quant would read past the row
         raise ValueError(f"fp4 indexer needs a power-of-two head dim >= 32 (Hadamard + FP4 blocks of 32), got {d}")
     kk = min(topk, k.shape[1])
-    cfg = ms.Tensor([float(ratio), float(start_pos), 1.0 if fp4 else 0.0, 0.0], ms.float32)
-    return _PRIMS["indexer"](q, k, w, cfg, ops.zeros((kk,), ms.int32))
+    if isinstance(start_pos, int):
+        cfg = ms.Tensor([float(ratio), float(start_pos), 1.0 if fp4 else 0.0, 0.0], ms.float32)
+        return _PRIMS["indexer"](q, k, w, cfg, ops.zeros((kk,), ms.int32))
+    cfg = ms.Tensor([float(ratio), 0.0, 1.0 if fp4 else 0.0, 0.0], ms.float32)
+    return _PRIMS["indexer_p"](q, k, w, ops.cast(start_pos, ms.int32).reshape(-1), cfg, ops.zeros((kk,), ms.int32))
 
 
 def compress_kv(x, wkv, wgate, ape, norm_w, ratio, overlap, norm_eps=1e-6):

@@ -186,17 +186,18 @@ def lightning_indexer_stream(q, k, w, ratio, topk, start_pos=0, fp4=True, chunk=
     for s0 in range(0, S, chunk):
         s1 = min(S, s0 + chunk)
         I = indexer_scores(q[:, s0:s1], k, w[:, s0:s1])
-        out[:, s0:s1] = select_topk(I, (start_pos + np.arange(s0, s1) + 1) // ratio, kk)
+        out[:, s0:s1] = select_topk(I, (np.reshape(start_pos, (-1, 1)) + np.arange(s0, s1) + 1) // ratio, kk)
     return out
 
 
 def select_topk(I, vis, kk):
-    """I [B, S, N] scores, vis [S] visible entries per query -> [B, S, kk] int32: the kk best visible entries in
-    ascending id order, -1 padded; equal scores go to the lower id (stable sort)."""
+    """I [B, S, N] scores, vis [S] (or [B, S]) visible entries per query -> [B, S, kk] int32: the kk best visible
+    entries in ascending id order, -1 padded; equal scores go to the lower id (stable sort)."""
     N = I.shape[-1]
-    I = np.where(np.arange(N)[None, None, :] < vis[None, :, None], I, NEG)
+    vis = np.asarray(vis).reshape(-1, I.shape[1])[:, :, None]
+    I = np.where(np.arange(N)[None, None, :] < vis, I, NEG)
     idx = np.sort(np.argsort(-I, axis=-1, kind="stable")[..., :kk], axis=-1)
-    idx = np.sort(np.where(idx < vis[None, :, None], idx, N + idx), axis=-1)
+    idx = np.sort(np.where(idx < vis, idx, N + idx), axis=-1)
     return np.where(idx < N, idx, -1).astype(np.int32)
 
 

@@ -247,7 +247,8 @@ def test_emulated_indexer_matches_reference(emu, tmp_path, case, dt):
     _check_indexer(got, ref, R.indexer_scores(q, k, w), info)
 
 
-INDEXER_PARITY = [c for c in CASES if c.op == "lightning_indexer"]
+# per-row start positions (a cached step) take the binding's composite path: the kernel has one scalar start
+INDEXER_PARITY = [c for c in CASES if c.op == "lightning_indexer" and "per_row" not in c.name]
 
 
 @needs_real

@@ -502,14 +502,14 @@ extern "C" {
 
 // q[B,S,H,d], k[B,N,d], w[B,S,H] (f32/bf16), cfg f32[4] = {ratio, start_pos, fp4, 0}, sel[kk] (shape only)
 // -> idx[B,S,kk] int32: top-kk visible entries by Σ_h w·ReLU(q_h·k), ascending ids, -1 padded, ties to the
-// lower id. Streaming: one score row per query of the current tile; never an [S, N] matrix.
-int IndexerFwd(int, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
+// lower id. Streaming: one score row per query of the current tile; never an [S, N] matrix; key blocks past the
+// tile's last visible entry are never read, so a cached step costs O(visible entries), not O(N).
+// start (nullable): int32[B] first position of each row (a cached step), replacing cfg's start_pos.
+static int indexer_run(void** params, int64_t** shapes, const char** dtypes, const float* cfg, const int32_t* start,
+                       int64_t kk, int32_t* idx) {
   const int64_t B = shapes[0][0], S = shapes[0][1], H = shapes[0][2], d = shapes[0][3], N = shapes[1][1];
-  const float* cfg = static_cast<const float*>(params[3]);
-  const int64_t ratio = static_cast<int64_t>(cfg[0]), start_pos = static_cast<int64_t>(cfg[1]);
+  const int64_t ratio = static_cast<int64_t>(cfg[0]), start_cfg = static_cast<int64_t>(cfg[1]);
   const bool fp4 = cfg[2] != 0.f;
-  const int64_t kk = shapes[4][0];
-  int32_t* idx = static_cast<int32_t*>(params[5]);
   F32View kview(params[1], dtypes[1], B * N * d);
   const float* k = kview.p;
   std::vector<float> krot;
@@ -532,6 +532,7 @@ int IndexerFwd(int, void** params, int*, int64_t** shapes, const char** dtypes, 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < B * ntile; ++task) {
       const int64_t b = task / ntile, t0 = (task % ntile) * TQ, nq = std::min<int64_t>(TQ, S - t0);
+      const int64_t start_pos = start ? static_cast<int64_t>(start[b]) : start_cfg;
       int64_t vis[TQ], vmax = 0;
       for (int64_t i = 0; i < nq; ++i) {
         const int64_t r = b * S + t0 + i;
@@ -542,7 +543,7 @@ int IndexerFwd(int, void** params, int*, int64_t** shapes, const char** dtypes, 
             fwht(qt.data() + (i * H + h) * d, static_cast<int>(d));
             fp4_quant(qt.data() + (i * H + h) * d, static_cast<int>(d));
           }
-        vis[i] = std::min<int64_t>(N, (start_pos + t0 + i + 1) / ratio);
+        vis[i] = std::max<int64_t>(0, std::min<int64_t>(N, (start_pos + t0 + i + 1) / ratio));
         vmax = std::max(vmax, vis[i]);
       }
       const float* kb = k + b * N * d;
@@ -582,6 +583,17 @@ int IndexerFwd(int, void** params, int*, int64_t** shapes, const char** dtypes, 
     }
   }
   return 0;
+}
+
+int IndexerFwd(int, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
+  return indexer_run(params, shapes, dtypes, static_cast<const float*>(params[3]), nullptr, shapes[4][0],
+                     static_cast<int32_t*>(params[5]));
+}
+
+// The cached-step form: q, k, w as IndexerFwd, start int32[B] (row b's first position), cfg, sel -> idx.
+int IndexerFwdP(int, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
+  return indexer_run(params, shapes, dtypes, static_cast<const float*>(params[4]),
+                     static_cast<const int32_t*>(params[3]), shapes[5][0], static_cast<int32_t*>(params[6]));
 }
 
 }  // extern "C"
