@@ -86,9 +86,10 @@ def segment_sum(x, seg, n):
     return ops.matmul(onehot.swapaxes(0, 1), x)
 
 
+@ops.constexpr
 def _on_cpu():
-    """True when the kernels run on the host CPU (the CPU backend, or the emulated Ascend resolution); evaluated
-    once at graph compile time."""
+    """True when the kernels run on the host CPU (the CPU backend, or the emulated Ascend resolution); a
+    compile-time constant (graph mode must not trace target(): it may ask MindSpore's context)."""
     t = target()
     return t.device != "Ascend" or t.emulated
 
