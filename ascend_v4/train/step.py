@@ -102,7 +102,7 @@ class TrainStep:
                 loss = self.allreduce(loss) / data_parallel
             if sharded:
                 grads, gnorm = clip(grads)
-                self.optimizer(grads)
+                self.optimizer(grads, None, (loss, lm, mtp, bal, loads, dropped))
             elif fused:
                 # the clip's scale is applied inside the fused optimiser kernels; the update must not start
                 # before every output of the forward is computed (the kernels write the weights in place)
