@@ -196,6 +196,7 @@ def test_muon_and_adamw_steps_match_numpy(ms_graph):
     np.testing.assert_array_equal(params[-1].asnumpy(), frozen_before)
 
 
+@pytest.mark.slow      # compiles two optimisers: 59 s on the loaded shared host; in .ci/run's slower proofs
 def test_fused_cpu_kernels_equal_the_graph_ops_bitwise(ms_graph):
     """The in-place C++ update (ops/muon/cpu/optim_fused.cc) against the graph-op form on the same parameters,
     gradients and clip scale: weights and every state tensor identical bit for bit, three steps."""
