@@ -105,7 +105,22 @@ def mean_square(x):
     return ops.mean(x * x, -1, True)
 
 
+# The one-pass C++ RMS norm (ops/attention/cpu/rms_norm.cc, forward and backward one kernel each), installed by
+# ops/attention/cpp.py when its library is built; used for float32 on CPU with the native formulation.
+_CPU_RMS_NORM = None
+
+
+def use_cpu_rms_norm(fn):
+    """Install fn(x, weight or None, eps) as the CPU float32 RMS norm (ops/attention/cpp.py does, at import)."""
+    global _CPU_RMS_NORM
+    _CPU_RMS_NORM = fn
+
+
 def rms_norm(x, weight, eps):
+    """x · rsqrt(mean(x², -1) + eps) (· weight), computed in float32, returned in x's dtype."""
+    if _CPU_RMS_NORM is not None and _FORMULATION[0] == "native" and _on_cpu() and x.dtype == ms.float32 and \
+            (weight is None or weight.dtype == ms.float32):
+        return _CPU_RMS_NORM(x, weight, eps)
     xf = ops.cast(x, ms.float32)
     y = xf * rsqrt(mean_square(xf) + eps)
     if weight is not None:

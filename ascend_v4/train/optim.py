@@ -66,6 +66,9 @@ from ascend_v4.ops import resolve as _resolve_op
 from ascend_v4.precision import round_bf16 as _round_bf16
 from ascend_v4.ops.muon.composite import newton_schulz as _ns_composite
 from ascend_v4.ops.muon.reference import NS_COEFFS as _NS_COEFFS, NS_EPS as _NS_EPS
+from ascend_v4.ops.muon import cpp as _fused_ops
+
+_FUSED = _fused_ops.fused_available()      # the in-place optimiser kernels are built (read once: graphs use it)
 
 from . import param_groups as pg
 from .schedule import as_table, lookup
@@ -108,6 +111,17 @@ _hyper_map = C.HyperMap()
 def global_norm(grads):
     """sqrt(Σ‖g‖²) over a tuple of gradients, accumulated in float32."""
     return ops.sqrt(ops.addn(_hyper_map(sq_sum, grads)))
+
+
+def clip_scale(grads, max_norm: float, eps: float = 1e-6):
+    """(scale, norm) of clip_by_global_norm without applying it: MuonAdamW(fused) multiplies each gradient by the
+    scale inside its kernels. The sum of squares is one C++ kernel (accumulated in double) when the fused optimiser
+    kernels are built, else the graph-op global_norm."""
+    if _FUSED:
+        norm = ops.sqrt(_fused_ops.sum_squares(grads))
+    else:
+        norm = global_norm(grads)
+    return ops.minimum(max_norm / (norm + eps), ops.ones((), ms.float32)), norm
 
 
 def clip_by_global_norm(grads, max_norm: float, eps: float = 1e-6):
@@ -277,6 +291,11 @@ class MuonAdamW(nn.Cell):
                   Muon input of each sliced matrix is gathered to the full matrix before Newton–Schulz (bucketed
                   and scaled by its full shape) and the rank keeps its own slice of the result, so the update
                   equals the single-process one. Momentum and AdamW state stay sliced (elementwise).
+    fused         run the elementwise parts (momentum, update, AdamW) as a few in-place C++ kernels per step
+                  (ops/muon/cpu/optim_fused.cc; bitwise the graph ops' results) when they apply: the cpp
+                  Newton–Schulz backend, float32 parameters, no masters, no tensor parallelism, no ZeRO.
+                  `self.fused` tells whether they are used. On CPU the graph-op form issued ~10 kernels per Muon
+                  matrix and ~15 per AdamW tensor, whose runtime overhead dominated the optimiser's time.
     bf16_storage  names of float32 parameters that emulate bf16 storage (precision policy bf16-emulated): they get
                   an fp32 master like a bf16 parameter, and receive the master rounded to bf16 after each update.
     shard         ascend_v4.parallel.OptimizerShard or None: ZeRO-1. This rank keeps state (momentum, moments,
@@ -291,7 +310,7 @@ class MuonAdamW(nn.Cell):
                  ns_coeffs: Sequence[Tuple[float, float, float]] = NS_COEFFS, ns_eps: float = NS_EPS,
                  ns_bf16: bool = False, betas: Tuple[float, float] = (0.9, 0.95), eps: float = 1e-20,
                  adam_weight_decay: float = 0.1, master_weights: bool = True, bucket_numel: int = 1 << 24,
-                 classify=None, tensor_parallel=None, ns_backend=None, shard=None, bf16_storage=()):
+                 classify=None, tensor_parallel=None, ns_backend=None, shard=None, bf16_storage=(), fused=True):
         super().__init__(auto_prefix=False)
         if hasattr(params, "get_parameters"):
             params = params.get_parameters()
@@ -429,8 +448,22 @@ class MuonAdamW(nn.Cell):
                 setattr(self, f"zero{z}_op", self.shard.all_reduce(kind))
                 self.n_zero = z + 1
 
+        # the fused in-place kernels (see `fused` above)
+        self.fused = bool(fused) and self.ns_backend.name == "cpp" and self.shard is None and not self.tp_sliced \
+            and not any(has_master) and all(p.dtype == ms.float32 for p in ps) and _FUSED
+        if self.fused:
+            self.fused_scales = tuple(_fused_ops.scales_tensor(self.muon_scale[a:e])
+                                      for a, e in zip(self.b_start, self.b_end))
+            self.fused_momentum_cfg = _fused_ops.momentum_cfg(self.momentum, self.nesterov)
+            self.fused_adamw_cfg = _fused_ops.adamw_cfg(self.beta1, self.beta2, self.eps)
+        self.ones = Tensor(1.0, ms.float32)
+
     # ------------------------------------------------------------------ graph
-    def construct(self, grads):
+    def construct(self, grads, grad_scale=None, after=None):
+        """grad_scale: optional float32 scalar every gradient is multiplied by first (the clip's scale). after:
+        optional values (e.g. the step's losses) the fused in-place update must wait for: it writes the weights
+        in place, so a train step passes every output that reads them (the clip's scale, if given, may carry
+        that dependency instead)."""
         hm = self.hyper_map
         if len(grads) != self.n_train and len(grads) != self.n_all:
             raise ValueError("MuonAdamW: grads must match opt.parameters or the full params list given")
@@ -441,9 +474,21 @@ class MuonAdamW(nn.Cell):
             g_muon = hm(F.partial(_pick, grads), self.muon_src_all)
             g_adam = hm(F.partial(_pick, grads), self.adam_src_all)
         step = self.step + 1
-        ops.assign(self.step, step)
         lr = lookup(self.lr_table, step)
         t = ops.cast(step, ms.float32)
+        if self.fused:
+            gscale = self.ones if grad_scale is None else grad_scale
+            if after is not None:
+                gscale = ops.depend(gscale, after)
+            tokens = self._fused_update(g_muon, g_adam, lr, t, gscale)
+            # the kernels declare no side effect: the step counter's write (one) depends on them, so a caller
+            # that drops the returned lr cannot make the compiler drop the update
+            ops.assign(self.step, ops.depend(step, tokens))
+            return ops.depend(lr, tokens)
+        ops.assign(self.step, step)
+        if grad_scale is not None:
+            g_muon = hm(F.partial(_scale, grad_scale), g_muon)
+            g_adam = hm(F.partial(_scale, grad_scale), g_adam)
 
         new_muon, new_adam = (), ()
         if self.muon_src:
@@ -478,6 +523,27 @@ class MuonAdamW(nn.Cell):
             lr = self._zero_gather(new_muon, new_adam, lr, self.zero1_params, self.zero1_mine, self.zero1_start,
                                    self.zero1_stop, self.zero1_src, self.zero1_idx, self.zero1_size, self.zero1_op)
         return lr
+
+    def _fused_update(self, g_muon, g_adam, lr, t, gscale):
+        """The update through the in-place kernels: per NS bucket momentum+stack, Newton–Schulz, apply; then one
+        AdamW kernel over every AdamW tensor. Returns the kernels' tokens (results to depend on)."""
+        tokens = ()
+        if self.muon_src:
+            decay = 1.0 - lr * self.muon_wd
+            for b in range(self.n_buckets):
+                a, e = self.b_start[b], self.b_end[b]
+                x = _fused_ops.muon_momentum_stack(self.muon_m[a:e], g_muon[a:e], self.fused_momentum_cfg, gscale,
+                                                   self.b_rows[b], self.b_cols[b])
+                o = self._ns(x, self.ns_coeffs, self.ns_eps, False)
+                tokens = tokens + (_fused_ops.muon_apply(o, lr, decay, self.fused_scales[b],
+                                                         self.muon_params[a:e]),)
+        if self.adam_src:
+            bc1 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta1, ms.float32), t)
+            bc2 = 1.0 - ops.pow(ops.scalar_to_tensor(self.beta2, ms.float32), t)
+            tokens = tokens + (_fused_ops.adamw_apply(self.adam_params, self.adam_m, self.adam_v, g_adam, lr,
+                                                      1.0 - lr * self.adam_wd, bc1, bc2, gscale,
+                                                      self.fused_adamw_cfg),)
+        return tokens
 
     def _zero_gather(self, new_muon, new_adam, after, params, mine, start, stop, src, idx, size, op):
         if op is None:           # simulated context: no communication, the other ranks' tensors stay as they were
@@ -556,4 +622,4 @@ def _buckets(shapes: Sequence[Tuple[int, ...]], bucket_numel: int) -> Tuple[Tupl
     return tuple(out)
 
 
-__all__ = ["MuonAdamW", "newton_schulz", "clip_by_global_norm", "global_norm", "NS_COEFFS", "NS_EPS"]
+__all__ = ["MuonAdamW", "newton_schulz", "clip_by_global_norm", "clip_scale", "global_norm", "NS_COEFFS", "NS_EPS"]

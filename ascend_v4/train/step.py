@@ -51,7 +51,7 @@ class TrainStep:
 
     def __init__(self, loss_net, optimizer, max_grad_norm: float = 1.0, bias_speed: float = 1e-3,
                  data_parallel: int = 1, parallel=None):
-        from .optim import clip_by_global_norm
+        from .optim import clip_by_global_norm, clip_scale
         self.loss_net = loss_net
         self.optimizer = optimizer
         self.params = optimizer.parameters
@@ -74,6 +74,8 @@ class TrainStep:
         elif data_parallel > 1:
             self.reducer = nn.DistributedGradReducer(self.params, mean=True, degree=data_parallel)
             self.allreduce = ops.AllReduce()
+
+        fused = bool(getattr(optimizer, "fused", False))
 
         def step(input_ids, targets, segment_ids, loss_mask, mtp_weight, lm_denom, mtp_denom):
             (loss, lm, mtp, bal, loads, dropped), grads = self.grad_fn(input_ids, targets, segment_ids, loss_mask, mtp_weight,
@@ -100,9 +102,15 @@ class TrainStep:
                 loss = self.allreduce(loss) / data_parallel
             if sharded:
                 grads, gnorm = clip(grads)
+                self.optimizer(grads, None, (loss, lm, mtp, bal, loads, dropped))
+            elif fused:
+                # the clip's scale is applied inside the fused optimiser kernels; the update must not start
+                # before every output of the forward is computed (the kernels write the weights in place)
+                scale, gnorm = clip_scale(grads, self.max_norm)
+                self.optimizer(grads, ops.depend(scale, (loss, lm, mtp, bal, loads, dropped)))
             else:
                 grads, gnorm = clip(grads, self.max_norm)
-            self.optimizer(grads)
+                self.optimizer(grads)
             self.balancer(loads)
             return loss, lm, mtp, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32), layer_imbalance(loads)
 

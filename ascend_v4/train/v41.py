@@ -233,7 +233,7 @@ class V41TrainStep:
                                                 lm_denom, draft_denom)
             loss, lm, draft, conf, bal, loads, dloads, dropped = out
             both, gnorm = clip_by_global_norm(tuple(grads) + (g_rows,), max_grad_norm)
-            self.optimizer(both[:n_params])
+            self.optimizer(both[:n_params], None, out)     # out: the fused (in-place) update waits for it
             per = tuple(loads[i] for i in range(n_back)) + tuple(dloads[k] for k in range(n_stage))
             self.balancer(per)
             return (loss, lm, draft, conf, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32),

@@ -109,10 +109,35 @@ def _make_prims():
 
     P["rope"] = ops.Custom(fn("RopeFwd"), out_shape=lambda x, c, s, cfg: x, out_dtype=lambda x, c, s, cfg: x,
                            func_type="aot", bprop=bprop_rope)
+    # ---- RMS norm (cpu/rms_norm.cc): one kernel each way; ops/common.py rms_norm calls it on CPU ----
+    P["rms_bwd"] = ops.Custom(fn("RmsNormBwd"), out_shape=lambda x, w, r, dy, cfg: (x, w),
+                              out_dtype=lambda x, w, r, dy, cfg: (ms.float32, ms.float32), func_type="aot")
+
+    def bprop_rms(x, w, cfg, out, dout):
+        dx, dw = P["rms_bwd"](x, w, out[1], dout[0], cfg)
+        return dx, dw, ops.zeros_like(cfg)
+
+    P["rms"] = ops.Custom(fn("RmsNormFwd"), out_shape=lambda x, w, cfg: (x, x[:-1]),
+                          out_dtype=lambda x, w, cfg: (ms.float32, ms.float32), func_type="aot", bprop=bprop_rms)
     return P
 
 
 _PRIMS = _make_prims()
+
+
+def rms_norm(x, weight, eps):
+    """x [..., D] float32 normalised by its RMS over D, times weight [D] (None: no gain) -> float32, in one C++
+    kernel (backward: one more). ops/common.py `rms_norm` routes float32 CPU calls here."""
+    if weight is None:
+        cfg = ops.stack((ops.scalar_to_tensor(eps, ms.float32), ops.zeros((), ms.float32)))
+        return _PRIMS["rms"](x, ops.zeros((1,), ms.float32), cfg)[0]
+    cfg = ops.stack((ops.scalar_to_tensor(eps, ms.float32), ops.ones((), ms.float32)))
+    return _PRIMS["rms"](x, weight, cfg)[0]
+
+
+if _PRIMS is not None:
+    from .. import common as _common
+    _common.use_cpu_rms_norm(rms_norm)
 
 
 def _rope_layout(xs, cs):

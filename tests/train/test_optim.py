@@ -196,6 +196,55 @@ def test_muon_and_adamw_steps_match_numpy(ms_graph):
     np.testing.assert_array_equal(params[-1].asnumpy(), frozen_before)
 
 
+@pytest.mark.slow      # compiles two optimisers: 59 s on the loaded shared host; in .ci/run's slower proofs
+def test_fused_cpu_kernels_equal_the_graph_ops_bitwise(ms_graph):
+    """The in-place C++ update (ops/muon/cpu/optim_fused.cc) against the graph-op form on the same parameters,
+    gradients and clip scale: weights and every state tensor identical bit for bit, three steps."""
+    import mindspore as ms
+    from ascend_v4.ops.muon import cpp
+    from ascend_v4.train.optim import MuonAdamW
+    from ascend_v4.train.schedule import Schedule
+    if not cpp.fused_available():
+        pytest.skip("ops/muon C++ library not built (python ops/build.py muon)")
+    sched = Schedule(peak_lr=0.02, total_steps=10, warmup_steps=2, min_lr=0.002)
+    pa, pb = make_params(), make_params()
+    fused, plain = MuonAdamW(pa, sched), MuonAdamW(pb, sched, fused=False)
+    assert fused.fused and not plain.fused
+    rng = np.random.default_rng(5)
+    for step, scale in ((1, 1.0), (2, 0.37), (3, 1e-3)):
+        g = [ms.Tensor(x) for x, p in zip(random_grads(pa, rng), pa) if p.requires_grad]
+        s = ms.Tensor(np.float32(scale))
+        la, lb = fused(tuple(g), s), plain(tuple(g), s)
+        assert float(la.asnumpy()) == float(lb.asnumpy())
+        for a, b in zip(pa, pb):
+            np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=f"{a.name} step {step}")
+        sa, sb = fused.state_dict(), plain.state_dict()
+        assert sorted(sa) == sorted(sb)
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k], err_msg=f"{k} step {step}")
+    # the scale really reached the gradients: a step without it moves the weights differently
+    assert not np.array_equal(pa[0].asnumpy(), make_params()[0].asnumpy())
+
+
+def test_clip_scale_is_the_clip_of_clip_by_global_norm(ms_graph):
+    import mindspore as ms
+    from ascend_v4.train.optim import clip_by_global_norm, clip_scale
+    rng = np.random.default_rng(3)
+    g = tuple(ms.Tensor(rng.normal(size=s).astype(np.float32) * 3) for s in ((7, 5), (11,), (2, 3, 4)))
+
+    @ms.jit
+    def f(gs):
+        scale, norm = clip_scale(gs, 1.0)
+        clipped, norm2 = clip_by_global_norm(gs, 1.0)
+        return scale, norm, clipped[0], norm2
+
+    scale, norm, c0, norm2 = f(g)
+    ref = math.sqrt(sum(float((x.asnumpy().astype(np.float64) ** 2).sum()) for x in g))
+    assert abs(float(norm.asnumpy()) - ref) <= 2e-7 * ref
+    assert abs(float(norm.asnumpy()) - float(norm2.asnumpy())) <= 2e-7 * ref
+    np.testing.assert_allclose(g[0].asnumpy() * float(scale.asnumpy()), c0.asnumpy(), rtol=1e-6)
+
+
 def test_muon_update_rms_is_0_18_and_experts_are_independent(ms_graph):
     import mindspore as ms
     from mindspore import Parameter, Tensor
