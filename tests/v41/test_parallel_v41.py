@@ -153,3 +153,34 @@ def test_tensor_parallel_dspark_attention_math(ms_graph, cfg):
         return _grads(cell, fwd, x, cot)
 
     _tp_check(cfg, lambda ctx: Attention(layer, cfg, parallel=ctx), run, "mtp.0.attn.", 2)
+
+
+def test_init_from_a_v41_release_loads_only_this_ranks_slices(cfg, tmp_path):
+    """init_from on rank 3 of dp2·tp2·ep2 (tp_rank 1, ep_rank 1): every parameter is this rank's slice of the
+    release tensor (decoded from FP8 / MXFP4), the backbone's experts 4-7 and the drafter's 2-3 only, and only those
+    tensors are read."""
+    from click.testing import CliRunner
+    from mindspore import nn
+    from ascend_v4.checkpoint import load_official_weights
+    from ascend_v4.cli import main
+    from ascend_v4.config import MODEL_VERSIONS, ModelConfig
+    from ascend_v4.model import Transformer
+    from ascend_v4.train.init_from import load_initial_weights
+    rel = str(tmp_path / "rel")
+    res = CliRunner().invoke(main, ["make-checkpoint", rel, "--config", "v4.1-tiny"])
+    assert res.exit_code == 0, res.output
+    rcfg = ModelConfig.from_json(rel, versions=MODEL_VERSIONS)
+    ctx = ParallelContext.simulated_rank(rcfg, dp=2, tp=2, ep=2, rank=3)
+    ctx.routed_experts = lambda c, capacity_factor: nn.Cell()       # construction only: no tokens dispatched
+    assert (ctx.tp_rank, ctx.ep_rank) == (1, 1)
+    model = Transformer(rcfg, max_seq_len=16, parallel=ctx, with_dspark=True)
+    read = []
+    rep = load_initial_weights(model, rcfg, rel, ctx, log=lambda m: None, on_read=read.append)
+    params = {p.name: p.asnumpy() for p in model.get_parameters()}
+    assert rep["random"] == [] and rep["loaded"] == len(params) and sorted(read) == sorted(params)
+    experts = {n.split(".experts.")[0] + "." + n.split(".experts.")[1].split(".")[0] for n in params if ".experts." in n}
+    assert {e for e in experts if e.startswith("mtp.0.")} == {"mtp.0.ffn.2", "mtp.0.ffn.3"}
+    assert {e for e in experts if e.startswith("layers.3.")} == {f"layers.3.ffn.{e}" for e in range(4, 8)}
+    ref = load_official_weights(rel, rcfg)
+    for n, v in params.items():
+        np.testing.assert_array_equal(v, ctx.shard(n, ref[n]).astype(v.dtype), err_msg=n)
