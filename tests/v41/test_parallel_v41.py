@@ -184,3 +184,13 @@ def test_init_from_a_v41_release_loads_only_this_ranks_slices(cfg, tmp_path):
     ref = load_official_weights(rel, rcfg)
     for n, v in params.items():
         np.testing.assert_array_equal(v, ctx.shard(n, ref[n]).astype(v.dtype), err_msg=n)
+
+
+def test_cluster_dry_run_names_the_drafter_expert_split(cfg):
+    from ascend_v4.train.cluster import dry_run
+    from ascend_v4.train.run_config import TrainConfig
+    tc = TrainConfig.from_dict({"model": "v4.1-tiny", "parallel": {"dp": 8, "ep": 8}})
+    rep = dry_run(cfg, tc, "910b")
+    assert any("dspark_n_routed_experts 4 is not divisible by ep 8" in e for e in rep.errors), rep.errors
+    tc = TrainConfig.from_dict({"model": "v4.1-tiny", "parallel": {"dp": 4, "ep": 4}})
+    assert not any("dspark" in e for e in dry_run(cfg, tc, "910b").errors)
