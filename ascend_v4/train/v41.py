@@ -1,4 +1,5 @@
-"""Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): one process, the model's own Cells.
+"""Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): the model's own Cells, on one process or under
+msrun with dp / tp / ep (V41TrainStep; pp, micro-batches and ZeRO-1 are refused by check_v41_run).
 
     loss = lm + dspark_weight · (draft + confidence_weight · confidence) + balance_alpha · Σ_layers balance
 
