@@ -75,7 +75,10 @@ def _msrun(tmp_path, cfg_path, out, workers=2):
     msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     if msrun is None:
         pytest.skip("msrun not installed")
-    port = 20000 + (os.getpid() * 13 + len(str(out)) + 7) % 20000
+    import socket
+    with socket.socket() as sock:           # a port nobody holds now (parallel test runs share the host)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     logs = tmp_path / f"logs_{os.path.basename(out)}"
     t0 = time.time()
     p = subprocess.run(["timeout", "1500", msrun, f"--worker_num={workers}", f"--local_worker_num={workers}",
