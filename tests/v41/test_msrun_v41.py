@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]     # dp2 + resume: ~30 min on the loaded host
 
 STEPS = 2
 
