@@ -636,9 +636,9 @@ class Attention(nn.Cell):
                 topk, cand = self.indexer.select_v41(x, qr, cos, sin, keys, cand)
             cmp_idx = ops.where(topk >= 0, topk + S, topk)                # entries follow the S window rows
             kv = ops.concat([kv, ops.cast(entries, kv.dtype)], 1)
-            o = self._attend(q, kv, self.attn_sink, win_idx, cmp_idx, self.scale)
+            o = self._attend(q, self._tp_kv(kv), self.attn_sink, win_idx, cmp_idx, self.scale)
         else:                   # window-only layer, or no complete group yet
-            o = self._attend(q, kv, self.attn_sink, win_idx, None, self.scale)
+            o = self._attend(q, self._tp_kv(kv), self.attn_sink, win_idx, None, self.scale)
         return self._output(o, cs, sn), (entries, keys, topk, cand, pubs)
 
     def dspark_kv(self, main_x, cos, sin):
@@ -654,8 +654,14 @@ class Attention(nn.Cell):
         ctx_kv, idx = ctx
         cs, sn = ops.expand_dims(cos, 2), ops.expand_dims(sin, 2)
         _, q, kv = self._qkv(x, cos, sin, cs, sn)
-        o = self._attend(q, ops.concat([ops.cast(ctx_kv, kv.dtype), kv], 1), self.attn_sink, idx, None, self.scale)
+        kv = self._tp_kv(ops.concat([ops.cast(ctx_kv, kv.dtype), kv], 1))
+        o = self._attend(q, kv, self.attn_sink, idx, None, self.scale)
         return self._output(o, cs, sn), ctx
+
+    def _tp_kv(self, kv):
+        """The replicated KV rows (window, compressed entries) entering the head-split region: under tensor
+        parallelism each rank's heads give a partial gradient, summed over tp in the backward."""
+        return self.tp_in_kv(kv) if self.tp > 1 else kv
 
     def _output(self, o, cos_h, sin_h):
         B, S = o.shape[0], o.shape[1]
@@ -1144,8 +1150,9 @@ class DSparkStage(Block):
     with window-only attention over [main_x window ‖ the drafting block] (Attention.forward_dspark); stage 0 adds
     main_proj / main_norm (the target features), the last stage norm, the Markov head and the confidence head."""
 
-    def __init__(self, k: int, cfg: ModelConfig, dtype=ms.float32, moe_capacity_factor: Optional[float] = None):
-        super().__init__(cfg.n_layers + k, cfg, dtype, moe_capacity_factor)
+    def __init__(self, k: int, cfg: ModelConfig, dtype=ms.float32, moe_capacity_factor: Optional[float] = None,
+                 parallel=None):
+        super().__init__(cfg.n_layers + k, cfg, dtype, moe_capacity_factor, parallel)
         D = cfg.dim
         if k == 0:
             self.main_proj = Linear(len(cfg.dspark_target_layer_ids) * D, D, dtype)
@@ -1178,14 +1185,14 @@ class Transformer(nn.Cell):
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
         # DeepSeek-V4.1 (docs/deepseek-v4.1.md): pipelined mHC with no learned head collapse, Engram, CSA-v2
-        # sharing. Its DSpark drafter is built with with_dspark (with_mtp is off), and there are no
-        # pipeline/tensor parallel runs.
+        # sharing. Its DSpark drafter is built with with_dspark (with_mtp is off); dp / tp / ep shard it like V4,
+        # pipeline stages are not implemented (docs/training.md, "DeepSeek-V4.1").
         self.v41 = cfg.version == "v4.1"
         self.with_dspark = self.v41 and with_dspark and cfg.n_mtp_layers > 0
         if self.v41:
             with_mtp = False
-            if parallel is not None:
-                raise ValueError("DeepSeek-V4.1 runs on one process here (no tensor / expert / pipeline parallel)")
+            if parallel is not None and parallel.pp > 1:
+                raise ValueError("DeepSeek-V4.1 has no pipeline-parallel runs here (pp must be 1)")
             self.engram_layers = tuple(cfg.engram_layer_ids)
         # a pipeline stage (parallel.pp > 1) builds only its layers; the others stay empty Cells so every layer keeps
         # its official name. The first stage embeds, the last holds the head and MTP (and an embedding copy for it).
@@ -1218,7 +1225,7 @@ class Transformer(nn.Cell):
         if self.with_dspark:
             # DeepSeek-V4.1's DSpark drafter under its release names mtp.0..n-1, for training (dspark_forward) and
             # serving (dspark_draft); a block reaches dspark_block_size positions past the sequence
-            self.mtp = nn.CellList([DSparkStage(k, cfg, param_dtype, moe_capacity_factor)
+            self.mtp = nn.CellList([DSparkStage(k, cfg, param_dtype, moe_capacity_factor, parallel)
                                     for k in range(cfg.n_mtp_layers)])
             self.rope_dspark = RopeTables(cfg, max_seq_len + cfg.dspark_block_size).plain
         # one (cos, sin) pair per block, chosen by its ratio

@@ -108,6 +108,22 @@ def _expert_name(name: str, e: int) -> str:
     return f"{m.group(1)}{e}{m.group(3)}"
 
 
+def routed_experts_of(cfg) -> Callable[[str], int]:
+    """name -> the number of routed experts of the MoE layer holding expert matrix `name` (or its optimiser
+    state): DeepSeek-V4.1's DSpark stages (mtp.k) have their own count (model.moe_sizes)."""
+    from .model import moe_sizes
+
+    def count(name: str) -> int:
+        m = re.match(r"^(layers|mtp)\.(\d+)\.", _OPT_PREFIX.sub("", name))
+        layer = 0 if m is None else int(m.group(2)) + (cfg.n_layers if m.group(1) == "mtp" else 0)
+        return moe_sizes(cfg, layer)[0]
+    return count
+
+
+def _count(n_experts, name: str) -> int:
+    return n_experts(name) if callable(n_experts) else n_experts
+
+
 # ------------------------------------------------------------------------------------------------ context
 @dataclass
 class ParallelContext:
@@ -213,6 +229,9 @@ class ParallelContext:
             raise ParallelConfigError(f"moe_inter_dim {cfg.moe_inter_dim} is not divisible by tp {tp}")
         if cfg.n_routed_experts % ep:
             raise ParallelConfigError(f"n_routed_experts {cfg.n_routed_experts} is not divisible by ep {ep}")
+        if cfg.version == "v4.1" and cfg.n_mtp_layers and cfg.dspark_n_routed_experts % ep:
+            raise ParallelConfigError(f"dspark_n_routed_experts {cfg.dspark_n_routed_experts} is not divisible by "
+                                      f"ep {ep}")
         if dp % ep:
             raise ParallelConfigError(f"ep {ep} must divide dp {dp}: the trainer splits experts across data-parallel "
                                       f"ranks (ep over tensor-parallel ranks is not implemented)")
@@ -322,10 +341,11 @@ class ParallelContext:
         return tuple(range(self.ep_rank * n, (self.ep_rank + 1) * n))
 
     # ---------------------------------------------------------------- weights
-    def owns(self, name: str, n_experts: int) -> bool:
-        """Whether this rank holds (a slice of) the full tensor `name`."""
+    def owns(self, name: str, n_experts) -> bool:
+        """Whether this rank holds (a slice of) the full tensor `name`. n_experts: the routed-expert count, or
+        name -> count (routed_experts_of) when layers differ."""
         e = expert_index(name)
-        return e is None or self.ep == 1 or e in self.local_experts(n_experts)
+        return e is None or self.ep == 1 or e in self.local_experts(_count(n_experts, name))
 
     def shard(self, name: str, full: np.ndarray) -> np.ndarray:
         """This rank's tensor-parallel slice of the full tensor `name` (the tensor itself when replicated)."""
@@ -345,12 +365,13 @@ class ParallelContext:
         (the caller's strict loader reports it)."""
         return {n: self.shard(n, full[n]) for n in names if n in full}
 
-    def full_names(self, local_names: Iterable[str], n_experts: int) -> List[str]:
-        """The full (all ranks') names behind this rank's `local_names`: local experts expand to every expert."""
+    def full_names(self, local_names: Iterable[str], n_experts) -> List[str]:
+        """The full (all ranks') names behind this rank's `local_names`: local experts expand to every expert
+        (n_experts as for `owns`)."""
         out = set()
         for n in local_names:
             if expert_index(n) is not None and self.ep > 1:
-                out.update(_expert_name(n, e) for e in range(n_experts))
+                out.update(_expert_name(n, e) for e in range(_count(n_experts, n)))
             else:
                 out.add(n)
         return sorted(out)
@@ -368,16 +389,27 @@ class ParallelContext:
                 out[n] = np.ascontiguousarray(np.moveaxis(full0, 0, tp_dim(n)))
         if self.ep > 1:
             mine = [n for n in out if expert_index(n) is not None]
-            experts = sorted({expert_index(n) for n in mine})
-            first, per_rank = (experts[0], len(experts)) if experts else (0, 0)
+            # per MoE layer (experts.{e}.w* of one module; DeepSeek-V4.1's drafter has fewer experts than its
+            # backbone): this rank holds a contiguous block of per_rank experts starting at first
+            blocks: Dict[str, List[int]] = {}
+            for n in mine:
+                blocks.setdefault(_expert_name(n, 0), []).append(expert_index(n))
+            first = {k: min(v) for k, v in blocks.items()}
+            per_rank = {k: len(v) for k, v in blocks.items()}
             # the same order on every ep rank: by name with the expert's local position
-            local = {n: _expert_name(n, expert_index(n) - first) for n in mine}
+            local = {n: _expert_name(n, expert_index(n) - first[_expert_name(n, 0)]) for n in mine}
             names = sorted(mine, key=lambda n: local[n])
             gathered = self._host_gather([out.pop(n) for n in names], "ep")
             for r in range(self.ep):
                 for i, n in enumerate(names):
-                    out[_expert_name(n, r * per_rank + expert_index(local[n]))] = gathered[r][i]
+                    k = _expert_name(n, 0)
+                    out[_expert_name(n, r * per_rank[k] + expert_index(local[n]))] = gathered[r][i]
         return out
+
+    def host_gather(self, arrays: List[np.ndarray], kind: str) -> List[List[np.ndarray]]:
+        """Collective (every member of group `kind` calls it): float32 `arrays` of the same shapes on every
+        member -> [member][i], in the group's rank order."""
+        return self._host_gather(arrays, kind)
 
     def _host_gather(self, arrays: List[np.ndarray], kind: str) -> List[List[np.ndarray]]:
         """Eager gather over group `kind` of float32 arrays (the same shapes on every member) -> [member][i]."""
@@ -607,8 +639,12 @@ class ShardedClip(nn.Cell):
     def _sum(self, grads, idx):
         return ops.addn(self.hyper_map(sq_sum, self.hyper_map(F.partial(_pick, grads), idx)))
 
-    def construct(self, grads):
+    def construct(self, grads, extra_sq=None):
+        """extra_sq: a squared norm outside the parameters that the clip counts too, already summed over every
+        rank that holds a distinct part of it (DeepSeek-V4.1's Engram row gradients, train/v41.py)."""
         total = ops.zeros((), ms.float32)
+        if extra_sq is not None:
+            total = total + extra_sq
         if self.loc:
             total = total + self._sum(grads, self.loc)
         if self.tp:

@@ -93,6 +93,9 @@ def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None
         err(f"moe_inter_dim {cfg.moe_inter_dim} is not divisible by tp {p.tp}")
     if cfg.n_routed_experts % p.ep:
         err(f"n_routed_experts {cfg.n_routed_experts} is not divisible by ep {p.ep}")
+    if cfg.version == "v4.1" and cfg.n_mtp_layers and cfg.dspark_n_routed_experts % p.ep:
+        err(f"dspark_n_routed_experts {cfg.dspark_n_routed_experts} is not divisible by ep {p.ep} (the DSpark "
+            f"drafter's experts split over ep too)")
     if (p.dp * p.tp) % p.ep:
         err(f"dp·tp = {p.dp * p.tp} must be divisible by ep {p.ep}: experts are sharded inside the data×tensor group")
     # what `ascend-v4 train` itself runs (ascend_v4/parallel.py): experts split across dp ranks

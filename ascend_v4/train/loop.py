@@ -196,7 +196,7 @@ class Trainer:
             self.cfg = source_config(tc.init_from)       # the source's config.json, validated by config.py
         else:
             self.cfg = load_config(tc.model_spec(), versions=MODEL_VERSIONS)
-        # DeepSeek-V4.1 (train/v41.py): one process, the DSpark drafter for `mtp`, Engram tables on the host
+        # DeepSeek-V4.1 (train/v41.py): the DSpark drafter for `mtp`, Engram tables on the host (replicated)
         self.v41 = self.cfg.version == "v4.1"
         if self.v41:
             from .v41 import check_v41_run
@@ -322,7 +322,7 @@ class Trainer:
                                                 weight_decay=tc.engram_weight_decay, token_map=self.engram_map)
             self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
             self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
-                                        bias_speed, tc.engram_lr_scale)
+                                        bias_speed, tc.engram_lr_scale, parallel=self.parallel)
         elif self.pipelined:
             from .pipeline import PipelineTrainStep
             self.step_fn = PipelineTrainStep(self.model, self.opt, p.micro_batches, tc.balance_alpha,
@@ -458,8 +458,10 @@ class Trainer:
                 if t_compiled is None:
                     self.log("compiling the train step graph (the first step; can take minutes on a large model)...")
                 t0 = time.perf_counter()
+                extra = {"full": full} if self.v41 else {}        # V4.1: Engram rows of the whole global batch
                 loss, lm, mtp, bal, gnorm, imb, dropped = (float(o.asnumpy() if hasattr(o, "asnumpy") else o)
-                                                           for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom))
+                                                           for o in self.step_fn(batch, mtp_w, lm_denom, mtp_denom,
+                                                                                 **extra))
                 t1 = time.perf_counter()
                 dt = t1 - t0
                 if t_compiled is None:

@@ -39,7 +39,7 @@ def _save_tensors(path: str, arrays: Dict[str, np.ndarray]) -> None:
     save_arrays(path, arrays)
 
 
-def _load_tensors(path: str, params, what: str, parallel=None, n_experts: int = 0, stage_keep=None,
+def _load_tensors(path: str, params, what: str, parallel=None, n_experts=0, stage_keep=None,
                   expected_names=None) -> None:
     """Fill `params` from the file, which must hold exactly `expected_names` (default: the params' names; a ZeRO-1
     rank holds a subset of the state it checks for) as full tensors."""
@@ -156,7 +156,10 @@ def load(ckpt_dir: str, model, optimizer, parallel=None) -> Dict:
         if not os.path.exists(os.path.join(ckpt_dir, f)):
             raise TrainStateError(f"{ckpt_dir} lacks {f}: an incomplete or foreign checkpoint")
     st = read_trainer_state(ckpt_dir)
-    n_experts = model.cfg.n_routed_experts if hasattr(model, "cfg") else 0
+    n_experts = 0
+    if hasattr(model, "cfg"):
+        from ascend_v4.parallel import routed_experts_of
+        n_experts = routed_experts_of(model.cfg)
     keep = None
     if parallel is not None and parallel.pp > 1:
         from ascend_v4.parallel import stages_holding

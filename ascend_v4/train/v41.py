@@ -1,4 +1,5 @@
-"""Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): one process, the model's own Cells.
+"""Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): the model's own Cells, on one process or under
+msrun with dp / tp / ep (V41TrainStep; pp, micro-batches and ZeRO-1 are refused by check_v41_run).
 
     loss = lm + dspark_weight · (draft + confidence_weight · confidence) + balance_alpha · Σ_layers balance
 
@@ -212,11 +213,20 @@ class V41TrainStep:
     """step(batch, dspark_weight, lm_denom) -> (loss, lm, draft, balance, grad_norm, imbalance, dropped),
     the tuple train/loop.py logs (its `mtp_loss` column holds the drafter loss). The graph computes the loss, the
     gradients of the parameters and of the gathered Engram rows, clips them by one global norm, runs Muon/AdamW and
-    the router-bias update; the host then updates the Engram rows (EngramSparseAdamW) with the step's lr."""
+    the router-bias update; the host then updates the Engram rows (EngramSparseAdamW) with the step's lr.
+
+    With a ParallelContext (msrun dp / tp / ep; docs/training.md, "DeepSeek-V4.1"), as train/step.py's TrainStep:
+    parameter gradients through GradReducer, losses / expert loads / drops all-reduced over dp (the router-bias
+    update sees the global load), the clip norm counting every shard once (ShardedClip). Each rank's loss share
+    is normalised by the global batch's counts / dp, so a position's gradient in the global loss is its rank's
+    Engram row gradient / dp: the clip counts Σ_dp ‖g_rows / dp‖², and after the step every rank gathers the dp
+    ranks' clipped row gradients (ParallelContext.host_gather) and applies the same sparse update to the rows of
+    the whole global batch (which every rank hashes), so the replicated tables stay identical on every rank."""
 
     def __init__(self, loss_net: V41Loss, optimizer, engram: Optional[EngramSparseAdamW], schedule,
-                 max_grad_norm: float = 1.0, bias_speed: float = 1e-3, engram_lr_scale: float = 1.0):
-        from .optim import clip_by_global_norm
+                 max_grad_norm: float = 1.0, bias_speed: float = 1e-3, engram_lr_scale: float = 1.0,
+                 parallel=None):
+        from .optim import clip_by_global_norm, sq_sum
         from .step import BiasBalancer, imbalance, layer_imbalance
         self.loss_net, self.optimizer, self.engram = loss_net, optimizer, engram
         self.schedule, self.engram_lr_scale = schedule, float(engram_lr_scale)
@@ -227,44 +237,77 @@ class V41TrainStep:
         n_stage = model.cfg.n_mtp_layers if model.with_dspark else 0
         self.grad_fn = ms.value_and_grad(loss_net, 1, self.params, has_aux=True)
         n_params = len(self.params)
+        self.parallel = parallel if parallel is not None and parallel.world > 1 else None
+        self.dp = self.parallel.dp if self.parallel is not None else 1
+        reducer = allreduce = None
+        clip = None
+        if self.parallel is not None:
+            from ascend_v4.parallel import GradReducer, ShardedClip
+            reducer = GradReducer(self.parallel, self.params)
+            if self.parallel.group("dp") is not None:
+                allreduce = ops.AllReduce(ops.ReduceOp.SUM, self.parallel.group("dp"))
+            clip = ShardedClip(self.parallel, self.params, max_grad_norm)
+        dp = float(self.dp)
 
         def step(input_ids, rows, targets, loss_mask, markov, labels, dmask, w, lm_denom, draft_denom):
             out, (g_rows, grads) = self.grad_fn(input_ids, rows, targets, loss_mask, markov, labels, dmask, w,
                                                 lm_denom, draft_denom)
             loss, lm, draft, conf, bal, loads, dloads, dropped = out
-            both, gnorm = clip_by_global_norm(tuple(grads) + (g_rows,), max_grad_norm)
+            dropped = ops.cast(dropped, ms.float32)
+            if reducer is not None:
+                grads = reducer(grads)
+                g_rows = g_rows / dp                   # this rank's positions' share of the global gradient
+                esq = sq_sum(g_rows)
+                if allreduce is not None:
+                    loads, dloads, dropped = allreduce(loads), allreduce(dloads), allreduce(dropped)
+                    loss, lm, draft = allreduce(loss) / dp, allreduce(lm) / dp, allreduce(draft) / dp
+                    conf, bal = allreduce(conf) / dp, allreduce(bal) / dp
+                    esq = allreduce(esq)
+                # the rows ride along to be scaled; ShardedClip counts them through esq only
+                both, gnorm = clip(tuple(grads) + (g_rows,), esq)
+            else:
+                both, gnorm = clip_by_global_norm(tuple(grads) + (g_rows,), max_grad_norm)
             self.optimizer(both[:n_params], None, out)     # out: the fused (in-place) update waits for it
             per = tuple(loads[i] for i in range(n_back)) + tuple(dloads[k] for k in range(n_stage))
             self.balancer(per)
-            return (loss, lm, draft, conf, bal, gnorm, imbalance(loads), ops.cast(dropped, ms.float32),
+            return (loss, lm, draft, conf, bal, gnorm, imbalance(loads), dropped,
                     layer_imbalance(loads), both[n_params])
 
         self._step = ms.jit(step)
         self._eval = ms.jit(loss_net)
 
-    def _inputs(self, batch, lm_denom):
+    def _inputs(self, batch, lm_denom, full=None):
+        """full: the global batch (every dp rank reads it; `batch` is this rank's slice of it) -> (the global
+        batch's hashed Engram rows or None, graph inputs, lm_denom, draft_denom)."""
         cfg = self.loss_net.model.cfg
+        full = batch if full is None else full
+        b, r = batch["input_ids"].shape[0], (self.parallel.dp_rank if self.parallel is not None else 0)
+        mine = slice(r * b, (r + 1) * b) if full is not batch else slice(None)
         ids = batch["input_ids"].astype(np.int64)
-        hashed = self.engram.hash(ids) if self.engram is not None else None
-        rows = ms.Tensor(np.stack(self.engram.rows(hashed)) if self.engram is not None
+        hashed = self.engram.hash(full["input_ids"].astype(np.int64)) if self.engram is not None else None
+        rows = ms.Tensor(np.stack(self.engram.rows(hashed[mine])) if self.engram is not None
                          else np.zeros((1, 1, 1, 1), np.float32))
-        o, lab, dm = dspark_batch(batch["targets"], batch["loss_mask"], batch["segment_ids"],
+        o, lab, dm = dspark_batch(full["targets"], full["loss_mask"], full["segment_ids"],
                                   cfg.dspark_block_size if cfg.n_mtp_layers else 1)
-        draft_denom = max(float(dm.sum()), 1.0)          # the drafter rows that count (one process: the batch's)
+        # the drafter rows that count in the global batch, shared by its dp ranks (as lm_denom)
+        draft_denom = max(float(dm.sum()), 1.0) / (self.dp if full is not batch else 1)
         t = ms.Tensor
         args = (t(ids.astype(np.int32)), rows, t(batch["targets"].astype(np.int32)),
-                t(batch["loss_mask"].astype(np.float32)), t(o), t(lab), t(dm))
+                t(batch["loss_mask"].astype(np.float32)), t(o[mine]), t(lab[mine]), t(dm[mine]))
         return hashed, args, t(np.float32(lm_denom)), t(np.float32(draft_denom))
 
-    def __call__(self, batch, dspark_weight: float, lm_denom: float, mtp_denom: Optional[float] = None):
+    def __call__(self, batch, dspark_weight: float, lm_denom: float, mtp_denom: Optional[float] = None,
+                 full=None):
         """mtp_denom (V4's MTP mask count, which train/loop.py passes) is not used: the drafter's rows are counted
-        from its own mask (dspark_batch)."""
-        hashed, args, lmd, dd = self._inputs(batch, lm_denom)
+        from its own mask (dspark_batch). full: the global batch of a dp run (see _inputs)."""
+        hashed, args, lmd, dd = self._inputs(batch, lm_denom, full)
         t = int(self.optimizer.step.asnumpy()) + 1           # the update the optimiser is about to make
         *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
         if self.engram is not None:
-            self.engram.update(hashed, list(g_rows.asnumpy()),
-                               float(self.schedule.lr_at(t)) * self.engram_lr_scale)
+            g = g_rows.asnumpy()
+            if self.parallel is not None and self.parallel.group("dp") is not None:   # every dp rank's positions
+                g = np.concatenate([part[0] for part in self.parallel.host_gather([g], "dp")], 1)
+            self.engram.update(hashed, list(g), float(self.schedule.lr_at(t)) * self.engram_lr_scale)
         self.last_layer_imbalance = layers.asnumpy()
         loss, lm, draft, conf, bal, gnorm, imb, dropped = out
         self.last_confidence_loss = float(conf.asnumpy())
@@ -285,9 +328,13 @@ def check_v41_run(tc, world: int) -> None:
     """What a V4.1 run does not do yet, refused with one line each (docs/training.md, "DeepSeek-V4.1")."""
     from .run_config import TrainConfigError
     p = tc.parallel
-    if world > 1 or p.dp * p.tp * p.pp > 1 or p.micro_batches > 1:
-        raise TrainConfigError("DeepSeek-V4.1 trains on one process here (no dp / tp / ep / pp or micro_batches "
-                               "yet); set parallel dp, tp, pp and micro_batches to 1 and launch without msrun")
+    if p.pp > 1 or p.micro_batches > 1:
+        raise TrainConfigError("DeepSeek-V4.1 has no pipeline stages or micro-batches here (its blocks hand the "
+                               "CSA-v2 shared KV / top-k and the mHC pre down the layers); set parallel pp and "
+                               "micro_batches to 1 (dp, tp and ep run)")
+    if p.optimizer_shard and p.dp > 1:
+        raise TrainConfigError("parallel.optimizer_shard (ZeRO-1) is not implemented for DeepSeek-V4.1; set "
+                               "optimizer_shard: false")
     if tc.recompute:
         raise TrainConfigError("recompute: not implemented for DeepSeek-V4.1 yet (its blocks run through "
                                "Block.forward_v41, which Cell.recompute does not wrap); set recompute: false")

@@ -1,0 +1,189 @@
+"""DeepSeek-V4.1 training under msrun (dp, tp, dp·ep) against one process training the same global batch
+(docs/training.md, "DeepSeek-V4.1"), on v4.1-tiny: 2 steps of a global batch of 2 x 16 tokens, the DSpark drafter
+and both Engram layers trained, no eval (each compile of the 10-layer + 3-stage model costs minutes on CPU).
+
+Each run's per-step loss / lm / drafter / balance / grad-norm / expert-imbalance, its step-2 model.safetensors (full
+release tensors, gathered on save) and every rank's Engram tables (weights, moments, row counts) are compared with
+the single-process run; the Engram tables and their row state must be bit-identical across the ranks of a run
+(every rank applies the same sparse update to the rows of the whole global batch). The dp=2 run is then relaunched
+from its step-1 checkpoint and must reach its own step-2 state bit for bit (model, optimiser, Engram state).
+
+Tolerances (float32 summation order over dp / tp / ep partial sums; adam_eps 1e-4 for the reason given in
+tests/train/test_msrun_parallel.py): losses 2e-5 relative (observed <= 3.3e-6, the tp=2 drafter loss at step 2),
+grad norm 1e-4 relative (observed <= 2.6e-5, tp=2), weights 1e-4 absolute + 1e-4 relative (observed <= 1.7e-5, in
+layers.5.hc_ffn_fn), Engram tables 5e-6 absolute (observed <= 5.4e-7). Expert imbalance and the rows each step
+touches are exact. Measured on the loaded 2-core host: one process 12.5 min, each 2-worker msrun 8-9.5 min.
+
+The msrun entry is this file (`v41-worker CONFIG OUT`): the `ascend-v4 train` sequence (distributed, Trainer,
+resume, run) plus a dump of this rank's Engram state, which only rank 0 writes into checkpoints.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]     # dp2 + resume: ~30 min on the loaded host
+
+STEPS = 2
+
+
+def _yaml(path, batch, parallel):
+    path.write_text(f"model: v4.1-tiny\nseq_len: 16\nbatch_size: {batch}\nsteps: {STEPS}\nwarmup_steps: 1\n"
+                    f"lr: 3.0e-3\neval_every: 1000\nsave_every: 1\nadam_eps: 1.0e-4\ntensorboard: false\n"
+                    f"data: {{eval_fraction: 0.0}}\nparallel: {parallel}\n")
+
+
+def _env():
+    bindir = os.path.dirname(sys.executable)
+    return dict(os.environ, GLOG_v="3", OMP_WAIT_POLICY="PASSIVE", PATH=bindir + os.pathsep + os.environ["PATH"])
+
+
+def _worker(cfg_path, out):
+    from ascend_v4.runtime import setup
+    setup(None, "graph", None, training=True)
+    from ascend_v4.train.loop import TrainConfig, Trainer, distributed
+    tc = TrainConfig.from_yaml(cfg_path)
+    rank, world = distributed(tc)
+    tr = Trainer(tc, out, rank, world)
+    tr.maybe_resume()
+    tr.run()
+    np.savez(os.path.join(out, f"engram_rank{rank}.npz"), **tr.engram.state_dict())
+
+
+def _single(tmp_path, name="one"):
+    _yaml(tmp_path / f"{name}.yaml", 2, "{dp: 1}")
+    t0 = time.time()
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "v41-worker", str(tmp_path / f"{name}.yaml"),
+                        str(tmp_path / name)], env=_env(), capture_output=True, text=True, timeout=1500,
+                       cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    print(f"single-process reference: {time.time() - t0:.0f}s")
+    return str(tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    return _single(tmp_path_factory.mktemp("v41single"))
+
+
+def _msrun(tmp_path, cfg_path, out, workers=2):
+    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if msrun is None:
+        pytest.skip("msrun not installed")
+    import socket
+    with socket.socket() as sock:           # a port nobody holds now (parallel test runs share the host)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    logs = tmp_path / f"logs_{os.path.basename(out)}"
+    t0 = time.time()
+    p = subprocess.run(["timeout", "1500", msrun, f"--worker_num={workers}", f"--local_worker_num={workers}",
+                        f"--master_port={port}", f"--log_dir={logs}", "--join=True", os.path.abspath(__file__),
+                        "v41-worker", str(cfg_path), str(out)],
+                       env=_env(), capture_output=True, text=True, timeout=1560, cwd=str(tmp_path))
+    text = ""
+    for f in sorted(logs.glob("*.log")) if logs.exists() else []:
+        text += f"\n--- {f.name}\n" + f.read_text()[-3000:]
+    assert p.returncode == 0, f"msrun rc={p.returncode} after {time.time() - t0:.0f}s\n{p.stdout[-2000:]}{text}"
+    print(f"msrun {cfg_path.name}: {time.time() - t0:.0f}s")
+
+
+def _metrics(out):
+    return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def _weights(out, step, what="model"):
+    from safetensors.numpy import load_file
+    return load_file(os.path.join(out, f"ckpt-{step:08d}", f"{what}.safetensors"))
+
+
+def _engram(out, rank):
+    with np.load(os.path.join(out, f"engram_rank{rank}.npz")) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _compare_runs(ref, par, workers=2):
+    """-> (max |dw| of the model, max |d table| of the Engram tables) against the single-process run."""
+    a, b = _metrics(ref), _metrics(par)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, STEPS + 1))
+    for ra, rb in zip(a, b):
+        for k in ("loss", "lm_loss", "mtp_loss", "balance_loss"):
+            np.testing.assert_allclose(rb[k], ra[k], rtol=2e-5, err_msg=f"step {ra['step']} {k}")
+        assert ra["mtp_loss"] > 0                           # the drafter trains
+        np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-4, err_msg=f"step {ra['step']}")
+        np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
+    wa, wb = _weights(ref, STEPS), _weights(par, STEPS)
+    assert wa.keys() == wb.keys() and any(k.startswith("mtp.2.markov_head") for k in wa)
+    for k in wa:
+        assert wb[k].shape == wa[k].shape, k              # full release tensors, not a rank's slice
+        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=1e-4, err_msg=k)
+    dw = max(float(np.abs(wa[k].astype(np.float64) - wb[k]).max()) for k in wa)
+    ea = _engram(ref, 0)
+    e0 = _engram(par, 0)
+    for r in range(1, workers):                          # replicated tables: the same bits on every rank
+        er = _engram(par, r)
+        for k in e0:
+            np.testing.assert_array_equal(er[k], e0[k], err_msg=f"rank {r} {k}")
+    de = 0.0
+    for k in ea:
+        if k.endswith(".count"):                          # rows touched per step: the same rows as one process
+            np.testing.assert_array_equal(e0[k], ea[k], err_msg=k)
+            assert (ea[k] > 0).any()
+        elif k.endswith(".weight"):
+            np.testing.assert_allclose(e0[k], ea[k], rtol=0, atol=5e-6, err_msg=k)
+            de = max(de, float(np.abs(e0[k].astype(np.float64) - ea[k]).max()))
+    # the step-2 checkpoint's Engram state is rank 0's
+    with np.load(os.path.join(par, f"ckpt-{STEPS:08d}", "engram_state.npz")) as z:
+        for k in e0:
+            np.testing.assert_array_equal(z[k], e0[k], err_msg=k)
+    return dw, de
+
+
+def test_v41_dp2_trains_like_one_process_and_resumes(single_run, tmp_path):
+    _yaml(tmp_path / "dp2.yaml", 1, "{dp: 2}")
+    out = tmp_path / "dp2"
+    _msrun(tmp_path, tmp_path / "dp2.yaml", out)
+    print("dp2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
+    # relaunch from the step-1 checkpoint: the same step-2 state, bit for bit
+    first = {w: _weights(str(out), STEPS, w) for w in ("model", "optimizer")}
+    eng = _engram(str(out), 0)
+    rows = _metrics(str(out))
+    shutil.rmtree(out / f"ckpt-{STEPS:08d}")
+    (out / "latest").write_text("ckpt-00000001\n")
+    _msrun(tmp_path, tmp_path / "dp2.yaml", out)
+    again = _metrics(str(out))
+    assert [r["step"] for r in again] == [1, 2] and again[0] == rows[0]      # step 1 kept, step 2 re-run
+    for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "grad_norm", "expert_imbalance"):
+        assert again[1][k] == rows[1][k], k
+    for w, ref in first.items():
+        got = _weights(str(out), STEPS, w)
+        assert got.keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{w} {k}")
+    for r in range(2):
+        e = _engram(str(out), r)
+        for k in eng:
+            np.testing.assert_array_equal(e[k], eng[k], err_msg=f"rank {r} {k}")
+
+
+def test_v41_tp2_trains_like_one_process(single_run, tmp_path):
+    _yaml(tmp_path / "tp2.yaml", 2, "{tp: 2}")
+    out = tmp_path / "tp2"
+    _msrun(tmp_path, tmp_path / "tp2.yaml", out)
+    print("tp2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
+
+
+def test_v41_dp2_ep2_trains_like_one_process(single_run, tmp_path):
+    """The backbone's 8 experts and the drafter's 4 split over 2 ranks (4 + 2 each)."""
+    _yaml(tmp_path / "ep2.yaml", 1, "{dp: 2, ep: 2}")
+    out = tmp_path / "ep2"
+    _msrun(tmp_path, tmp_path / "ep2.yaml", out)
+    print("dp2 ep2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
+
+
+if __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "v41-worker":
+    _worker(sys.argv[2], sys.argv[3])
