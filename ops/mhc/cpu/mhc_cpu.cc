@@ -563,8 +563,22 @@ Cfg read_cfg(const Args& a, int i, bool head) {
   return c;
 }
 
-// Inputs: x [T,hc,D], fn [M,K], scale, base [M], cfg.  Shape checks mirror the Python wrapper's contract.
-int pre_shape(const Args& a, bool head, PreShape* s) {
+// f(X{}) with X the element type of x (input 0), float or bf16; any other dtype is BAD_DTYPE.
+template <typename F>
+int by_x_dtype(const Args& a, F&& f) {
+  if (a.f32(0))
+    f(float{});
+  else if (a.bf(0))
+    f(bf16{});
+  else
+    return BAD_DTYPE;
+  return OK;
+}
+
+// Inputs: x [T,hc,D], fn [M,K], scale, base [M], cfg; `arity` counts inputs and outputs.  Shape checks mirror the
+// Python wrapper's contract.
+int pre_shape(const Args& a, bool head, int arity, PreShape* s) {
+  if (a.n != arity) return BAD_ARITY;
   if (a.nd[0] != 3 || a.nd[1] != 2) return BAD_SHAPE;
   s->T = a.dim(0, 0);
   s->hc = static_cast<int>(a.dim(0, 1));
@@ -580,46 +594,50 @@ int pre_shape(const Args& a, bool head, PreShape* s) {
 
 int pre_fwd(const Args& a, bool head) {
   // in: x fn scale base cfg | out: y (post comb) mix rstd
-  if (a.n != (head ? 8 : 10)) return BAD_ARITY;
   PreShape s;
-  if (int e = pre_shape(a, head, &s)) return e;
+  if (int e = pre_shape(a, head, head ? 8 : 10, &s)) return e;
   const Cfg c = read_cfg(a, 4, head);
   const int o = 5;
   float* post = head ? nullptr : a.ptr<float>(o + 1);
   float* comb = head ? nullptr : a.ptr<float>(o + 2);
   float* mix = a.ptr<float>(head ? o + 1 : o + 3);
   float* rstd = a.ptr<float>(head ? o + 2 : o + 4);
-  if (a.f32(0))
-    pre_forward<float>(s, c, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3),
-                       a.ptr<float>(o), post, comb, mix, rstd);
-  else if (a.bf(0))
-    pre_forward<bf16>(s, c, a.ptr<bf16>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<bf16>(o),
-                      post, comb, mix, rstd);
-  else
-    return BAD_DTYPE;
-  return OK;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    pre_forward<X>(s, c, a.ptr<X>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<X>(o), post, comb,
+                   mix, rstd);
+  });
 }
 
 int pre_bwd(const Args& a, bool head) {
   // in: x fn scale base cfg mix rstd gy (gpost gcomb) | out: gx gfn gscale gbase
-  if (a.n != (head ? 12 : 14)) return BAD_ARITY;
   PreShape s;
-  if (int e = pre_shape(a, head, &s)) return e;
+  if (int e = pre_shape(a, head, head ? 12 : 14, &s)) return e;
   const Cfg c = read_cfg(a, 4, head);
   const int gi = 7, o = head ? 8 : 10;
   if (!a.f32(5) || !a.f32(6) || std::string(a.dt[gi]) != a.dt[0]) return BAD_DTYPE;
   const float* gpost = head ? nullptr : a.ptr<float>(8);
   const float* gcomb = head ? nullptr : a.ptr<float>(9);
-  if (a.f32(0))
-    pre_backward<float>(s, c, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(5),
-                        a.ptr<float>(6), a.ptr<float>(gi), gpost, gcomb, a.ptr<float>(o), a.ptr<float>(o + 1),
-                        a.ptr<float>(o + 2), a.ptr<float>(o + 3));
-  else if (a.bf(0))
-    pre_backward<bf16>(s, c, a.ptr<bf16>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(5),
-                       a.ptr<float>(6), a.ptr<bf16>(gi), gpost, gcomb, a.ptr<bf16>(o), a.ptr<float>(o + 1),
-                       a.ptr<float>(o + 2), a.ptr<float>(o + 3));
-  else
-    return BAD_DTYPE;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    pre_backward<X>(s, c, a.ptr<X>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(5),
+                    a.ptr<float>(6), a.ptr<X>(gi), gpost, gcomb, a.ptr<X>(o), a.ptr<float>(o + 1),
+                    a.ptr<float>(o + 2), a.ptr<float>(o + 3));
+  });
+}
+
+// HcPost*: f [T,D] and residual [T,hc,D] of x's dtype, post [T,hc] and comb [T,hc,hc] float32.
+struct PostShape {
+  int64_t T, D;
+  int hc;
+};
+
+int post_shape(const Args& a, PostShape* s) {
+  if (a.nd[1] != 3 || !a.f32(2) || !a.f32(3) || std::string(a.dt[0]) != a.dt[1]) return BAD_DTYPE;
+  s->T = a.dim(1, 0);
+  s->D = a.dim(1, 2);
+  s->hc = static_cast<int>(a.dim(1, 1));
+  if (s->hc < 1 || s->hc > HC_MAX) return BAD_SHAPE;
   return OK;
 }
 
@@ -653,20 +671,13 @@ int HcPostFwd(int n, void** p, int* nd, int64_t** sh, const char** dt, void*, vo
   using namespace mhc;
   if (n != 5) return BAD_ARITY;
   const Args a{n, p, nd, sh, dt};
-  if (nd[1] != 3 || !a.f32(2) || !a.f32(3) || std::string(dt[0]) != dt[1]) return BAD_DTYPE;
-  const int64_t T = a.dim(1, 0), D = a.dim(1, 2);
-  const int hc = static_cast<int>(a.dim(1, 1));
-  if (hc < 1 || hc > HC_MAX) return BAD_SHAPE;
-  if (a.f32(0)) {
-    auto run = hc == 4 ? post_forward<float, 4> : post_forward<float, 0>;
-    run(T, hc, D, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(4));
-  } else if (a.bf(0)) {
-    auto run = hc == 4 ? post_forward<bf16, 4> : post_forward<bf16, 0>;
-    run(T, hc, D, a.ptr<bf16>(0), a.ptr<bf16>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<bf16>(4));
-  } else {
-    return BAD_DTYPE;
-  }
-  return OK;
+  PostShape s;
+  if (int e = post_shape(a, &s)) return e;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    auto run = s.hc == 4 ? post_forward<X, 4> : post_forward<X, 0>;
+    run(s.T, s.hc, s.D, a.ptr<X>(0), a.ptr<X>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<X>(4));
+  });
 }
 
 // HcPostBwd(f, residual, post, comb, gout) -> gf, gresidual, gpost, gcomb
@@ -674,23 +685,15 @@ int HcPostBwd(int n, void** p, int* nd, int64_t** sh, const char** dt, void*, vo
   using namespace mhc;
   if (n != 9) return BAD_ARITY;
   const Args a{n, p, nd, sh, dt};
-  if (nd[1] != 3 || !a.f32(2) || !a.f32(3) || std::string(dt[0]) != dt[1] || std::string(dt[0]) != dt[4])
-    return BAD_DTYPE;
-  const int64_t T = a.dim(1, 0), D = a.dim(1, 2);
-  const int hc = static_cast<int>(a.dim(1, 1));
-  if (hc < 1 || hc > HC_MAX) return BAD_SHAPE;
-  if (a.f32(0)) {
-    auto run = hc == 4 ? post_backward<float, 4> : post_backward<float, 0>;
-    run(T, hc, D, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(4),
-        a.ptr<float>(5), a.ptr<float>(6), a.ptr<float>(7), a.ptr<float>(8));
-  } else if (a.bf(0)) {
-    auto run = hc == 4 ? post_backward<bf16, 4> : post_backward<bf16, 0>;
-    run(T, hc, D, a.ptr<bf16>(0), a.ptr<bf16>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<bf16>(4),
-        a.ptr<bf16>(5), a.ptr<bf16>(6), a.ptr<float>(7), a.ptr<float>(8));
-  } else {
-    return BAD_DTYPE;
-  }
-  return OK;
+  if (std::string(dt[0]) != dt[4]) return BAD_DTYPE;
+  PostShape s;
+  if (int e = post_shape(a, &s)) return e;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    auto run = s.hc == 4 ? post_backward<X, 4> : post_backward<X, 0>;
+    run(s.T, s.hc, s.D, a.ptr<X>(0), a.ptr<X>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<X>(4), a.ptr<X>(5),
+        a.ptr<X>(6), a.ptr<float>(7), a.ptr<float>(8));
+  });
 }
 
 }  // extern "C"

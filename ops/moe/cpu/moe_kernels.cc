@@ -646,80 +646,90 @@ inline void ffn_backward(const float* x, const float* w1, const float* w2, const
   moe::run_jobs(second);
 }
 
-inline FfnShape ffn_shape(int64_t** shapes) { return FfnShape{shapes[1][0], shapes[1][1], shapes[1][2]}; }
-
 inline bool ffn_dtypes_ok(const char** dtypes) {
   for (int i = 0; i < 4; ++i)
     if (!av4::is_f32(dtypes[i])) return false;
   return true;
 }
 
-// params (float32[2]): swiglu_limit, group_list_type
-// inputs: x [M, D], w1 [E, I, D], w2 [E, D, I], w3 [E, I, D], group_list [E] int, params  ->  y [M, D]
-extern "C" int GroupedFfn(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 7) return 1;
+// The operands of the four FFN entry points: x, w1 [E, I, D], w2 [E, D, I], w3 [E, I, D], then
+//   grouped: x [M, D], group_list [E] int, params float32[2] {swiglu_limit, group_list_type};
+//   padded:  x [E, C, D] (group e = its rows up to the last nonzero one), params float32[1] {swiglu_limit}.
+// `next` is the index of the first parameter after them (y forward; dy, dx, dw1, dw2, dw3 backward).
+struct FfnCall {
+  const float *x, *w1, *w2, *w3;
+  FfnShape s;
+  int64_t M;
+  float L;
+  Groups g;
+  int next;
+};
+
+inline FfnCall ffn_call(void** params, int64_t** shapes, const char** dtypes, bool padded) {
+  FfnCall c;
+  c.x = static_cast<const float*>(params[0]);
+  c.w1 = static_cast<const float*>(params[1]);
+  c.w2 = static_cast<const float*>(params[2]);
+  c.w3 = static_cast<const float*>(params[3]);
+  c.s = FfnShape{shapes[1][0], shapes[1][1], shapes[1][2]};
+  if (padded) {
+    const int64_t C = shapes[0][1];
+    c.M = c.s.E * C;
+    c.L = static_cast<const float*>(params[4])[0];
+    c.g = padded_groups(c.x, c.s.E, C, c.s.D);
+    c.next = 5;
+  } else {
+    const float* p = static_cast<const float*>(params[5]);
+    c.M = shapes[0][0];
+    c.L = p[0];
+    c.g = make_groups(idx_of(params[4], dtypes[4]), c.s.E, int(p[1]), c.M);
+    c.next = 6;
+  }
+  return c;
+}
+
+// -> y; rows outside the groups are 0.
+inline int ffn_entry(int nparam, void** params, int64_t** shapes, const char** dtypes, bool padded) {
+  if (nparam != (padded ? 6 : 7)) return 1;
   if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* p = static_cast<const float*>(params[5]);
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t M = shapes[0][0];
-  const Groups g = make_groups(idx_of(params[4], dtypes[4]), s.E, int(p[1]), M);
-  std::vector<float> H(size_t(g.covered) * s.I);   // groups are contiguous from row 0: rows past covered unused
-  float* y = static_cast<float*>(params[6]);
-  ffn_forward(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-              static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), g, s, p[0], y, H.data());
-  zero_uncovered(y, M, s.D, g);
+  const FfnCall c = ffn_call(params, shapes, dtypes, padded);
+  std::vector<float> H(size_t(c.g.covered) * c.s.I);   // groups are contiguous from row 0: rows past covered unused
+  float* y = static_cast<float*>(params[c.next]);
+  ffn_forward(c.x, c.w1, c.w2, c.w3, c.g, c.s, c.L, y, H.data());
+  zero_uncovered(y, c.M, c.s.D, c.g);
   return 0;
+}
+
+// dy -> dx, dw1, dw2, dw3; dx rows outside the groups are 0.
+inline int ffn_grad_entry(int nparam, void** params, int64_t** shapes, const char** dtypes, bool padded) {
+  if (nparam != (padded ? 10 : 11)) return 1;
+  if (!ffn_dtypes_ok(dtypes)) return 2;
+  const FfnCall c = ffn_call(params, shapes, dtypes, padded);
+  auto d = [&](int k) { return static_cast<float*>(params[c.next + 1 + k]); };   // dx, dw1, dw2, dw3
+  ffn_backward(c.x, c.w1, c.w2, c.w3, c.g, c.s, c.L, static_cast<const float*>(params[c.next]), c.M, d(0), d(1),
+               d(2), d(3));
+  zero_uncovered(d(0), c.M, c.s.D, c.g);
+  return 0;
+}
+
+// inputs: x [M, D], w1, w2, w3, group_list [E] int, params  ->  y [M, D]
+extern "C" int GroupedFfn(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
+  return ffn_entry(nparam, params, shapes, dtypes, false);
 }
 
 // inputs: x, w1, w2, w3, group_list, params, dy  ->  dx, dw1, dw2, dw3
 extern "C" int GroupedFfnGrad(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 11) return 1;
-  if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* p = static_cast<const float*>(params[5]);
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t M = shapes[0][0];
-  const Groups g = make_groups(idx_of(params[4], dtypes[4]), s.E, int(p[1]), M);
-  float* dx = static_cast<float*>(params[7]);
-  ffn_backward(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-               static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), g, s, p[0],
-               static_cast<const float*>(params[6]), M, dx, static_cast<float*>(params[8]),
-               static_cast<float*>(params[9]), static_cast<float*>(params[10]));
-  zero_uncovered(dx, M, s.D, g);
-  return 0;
+  return ffn_grad_entry(nparam, params, shapes, dtypes, false);
 }
 
-// params (float32[1]): swiglu_limit.  inputs: x [E, C, D], w1, w2, w3, params  ->  y [E, C, D]
+// inputs: x [E, C, D], w1, w2, w3, params  ->  y [E, C, D]
 extern "C" int PaddedFfn(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 6) return 1;
-  if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* x = static_cast<const float*>(params[0]);
-  const float L = static_cast<const float*>(params[4])[0];
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t C = shapes[0][1], M = s.E * C;
-  const Groups g = padded_groups(x, s.E, C, s.D);
-  std::vector<float> H(size_t(M) * s.I);
-  float* y = static_cast<float*>(params[5]);
-  ffn_forward(x, static_cast<const float*>(params[1]), static_cast<const float*>(params[2]),
-              static_cast<const float*>(params[3]), g, s, L, y, H.data());
-  zero_uncovered(y, M, s.D, g);
-  return 0;
+  return ffn_entry(nparam, params, shapes, dtypes, true);
 }
 
 // inputs: x, w1, w2, w3, params, dy  ->  dx, dw1, dw2, dw3
 extern "C" int PaddedFfnGrad(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 10) return 1;
-  if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* x = static_cast<const float*>(params[0]);
-  const float L = static_cast<const float*>(params[4])[0];
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t C = shapes[0][1], M = s.E * C;
-  const Groups g = padded_groups(x, s.E, C, s.D);
-  float* dx = static_cast<float*>(params[6]);
-  ffn_backward(x, static_cast<const float*>(params[1]), static_cast<const float*>(params[2]),
-               static_cast<const float*>(params[3]), g, s, L, static_cast<const float*>(params[5]), M, dx,
-               static_cast<float*>(params[7]), static_cast<float*>(params[8]), static_cast<float*>(params[9]));
-  zero_uncovered(dx, M, s.D, g);
-  return 0;
+  return ffn_grad_entry(nparam, params, shapes, dtypes, true);
 }
 
 // Introspection for tests/bench: 1 when the AVX-512 micro-kernel is in use, 0 for AVX2.
