@@ -437,39 +437,43 @@ void pre_backward(const PreShape& s, const Cfg& c, const XT* x, const float* fn,
 }
 
 // ------------------------------------------------------------------------------------------- hc_post
+// body(t, f_t, residual_t, post_t, comb_t) for every token t, in parallel when T·hc·D is large enough.
+template <typename XT, typename Body>
+void post_tokens(int64_t T, int hc, int64_t D, const XT* f, const XT* res, const float* post, const float* comb,
+                 Body&& body) {
+#pragma omp parallel if (T * hc * D >= kParallelMinWork)
+  {
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t t = 0; t < T; ++t) body(t, f + t * D, res + t * hc * D, post + t * hc, comb + t * hc * hc);
+  }
+}
+
 // out[k, d] = post[k] * f[d] + sum_j comb[j, k] * residual[j, d]   (stream k takes column k of comb)
 template <typename XT, int HCT>
 void post_forward(int64_t T, int hc_rt, int64_t D, const XT* f, const XT* res, const float* post,
                   const float* comb, XT* out) {
   const int hc = HCT ? HCT : hc_rt;
-#pragma omp parallel if (T * hc * D >= kParallelMinWork)
-  {
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t t = 0; t < T; ++t) {
-      const XT* ft = f + t * D;
-      const XT* rt = res + t * hc * D;
-      const float* pt = post + t * hc;
-      const float* ct = comb + t * hc * hc;
-      XT* ot = out + t * hc * D;
-      int64_t d = 0;
-      for (; d + 8 <= D; d += 8) {
-        const V8 fv = ld8(ft + d);
-        V8 rv[HC_MAX];
-        for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
-        for (int k = 0; k < hc; ++k) {
-          V8 a = mul8(bcast(pt[k]), fv);
-          for (int j = 0; j < hc; ++j) a = fma8(bcast(ct[j * hc + k]), rv[j], a);
-          st8(ot + k * D + d, a);
-        }
+  post_tokens(T, hc, D, f, res, post, comb,
+              [&](int64_t t, const XT* ft, const XT* rt, const float* pt, const float* ct) {
+    XT* ot = out + t * hc * D;
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+      const V8 fv = ld8(ft + d);
+      V8 rv[HC_MAX];
+      for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
+      for (int k = 0; k < hc; ++k) {
+        V8 a = mul8(bcast(pt[k]), fv);
+        for (int j = 0; j < hc; ++j) a = fma8(bcast(ct[j * hc + k]), rv[j], a);
+        st8(ot + k * D + d, a);
       }
-      for (; d < D; ++d)
-        for (int k = 0; k < hc; ++k) {
-          float a = pt[k] * ld1(ft + d);
-          for (int j = 0; j < hc; ++j) a = std::fma(ct[j * hc + k], ld1(rt + j * D + d), a);
-          st1(ot + k * D + d, a);
-        }
     }
-  }
+    for (; d < D; ++d)
+      for (int k = 0; k < hc; ++k) {
+        float a = pt[k] * ld1(ft + d);
+        for (int j = 0; j < hc; ++j) a = std::fma(ct[j * hc + k], ld1(rt + j * D + d), a);
+        st1(ot + k * D + d, a);
+      }
+  });
 }
 
 
@@ -477,66 +481,59 @@ template <typename XT, int HCT>
 void post_backward(int64_t T, int hc_rt, int64_t D, const XT* f, const XT* res, const float* post,
                    const float* comb, const XT* gout, XT* gf, XT* gres, float* gpost, float* gcomb) {
   const int hc = HCT ? HCT : hc_rt;
-#pragma omp parallel if (T * hc * D >= kParallelMinWork)
-  {
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t t = 0; t < T; ++t) {
-      const XT* ft = f + t * D;
-      const XT* rt = res + t * hc * D;
-      const XT* gt = gout + t * hc * D;
-      const float* pt = post + t * hc;
-      const float* ct = comb + t * hc * hc;
-      V8 ap[HC_MAX], ac[HC_MAX * HC_MAX];
-      for (int i = 0; i < hc; ++i) ap[i] = zero8();
-      for (int i = 0; i < hc * hc; ++i) ac[i] = zero8();
-      int64_t d = 0;
-      for (; d + 8 <= D; d += 8) {
-        const V8 fv = ld8(ft + d);
-        V8 gv[HC_MAX], rv[HC_MAX];
-        for (int k = 0; k < hc; ++k) gv[k] = ld8(gt + k * D + d);
-        for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
-        V8 a = zero8();
-        for (int k = 0; k < hc; ++k) {
-          a = fma8(bcast(pt[k]), gv[k], a);
-          ap[k] = fma8(gv[k], fv, ap[k]);
-        }
-        st8(gf + t * D + d, a);
-        for (int j = 0; j < hc; ++j) {
-          V8 r = zero8();
-          for (int k = 0; k < hc; ++k) {
-            r = fma8(bcast(ct[j * hc + k]), gv[k], r);
-            ac[j * hc + k] = fma8(rv[j], gv[k], ac[j * hc + k]);
-          }
-          st8(gres + t * hc * D + j * D + d, r);
-        }
+  post_tokens(T, hc, D, f, res, post, comb,
+              [&](int64_t t, const XT* ft, const XT* rt, const float* pt, const float* ct) {
+    const XT* gt = gout + t * hc * D;
+    V8 ap[HC_MAX], ac[HC_MAX * HC_MAX];
+    for (int i = 0; i < hc; ++i) ap[i] = zero8();
+    for (int i = 0; i < hc * hc; ++i) ac[i] = zero8();
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+      const V8 fv = ld8(ft + d);
+      V8 gv[HC_MAX], rv[HC_MAX];
+      for (int k = 0; k < hc; ++k) gv[k] = ld8(gt + k * D + d);
+      for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
+      V8 a = zero8();
+      for (int k = 0; k < hc; ++k) {
+        a = fma8(bcast(pt[k]), gv[k], a);
+        ap[k] = fma8(gv[k], fv, ap[k]);
       }
-      double sp[HC_MAX], sc[HC_MAX * HC_MAX];
-      for (int k = 0; k < hc; ++k) sp[k] = hsum8(ap[k]);
-      for (int i = 0; i < hc * hc; ++i) sc[i] = hsum8(ac[i]);
-      for (; d < D; ++d) {
-        const float fd = ld1(ft + d);
-        float a = 0.f;
+      st8(gf + t * D + d, a);
+      for (int j = 0; j < hc; ++j) {
+        V8 r = zero8();
+        for (int k = 0; k < hc; ++k) {
+          r = fma8(bcast(ct[j * hc + k]), gv[k], r);
+          ac[j * hc + k] = fma8(rv[j], gv[k], ac[j * hc + k]);
+        }
+        st8(gres + t * hc * D + j * D + d, r);
+      }
+    }
+    double sp[HC_MAX], sc[HC_MAX * HC_MAX];
+    for (int k = 0; k < hc; ++k) sp[k] = hsum8(ap[k]);
+    for (int i = 0; i < hc * hc; ++i) sc[i] = hsum8(ac[i]);
+    for (; d < D; ++d) {
+      const float fd = ld1(ft + d);
+      float a = 0.f;
+      for (int k = 0; k < hc; ++k) {
+        const float g = ld1(gt + k * D + d);
+        a = std::fma(pt[k], g, a);
+        sp[k] += static_cast<double>(g) * fd;
+      }
+      st1(gf + t * D + d, a);
+      for (int j = 0; j < hc; ++j) {
+        const float rj = ld1(rt + j * D + d);
+        float r = 0.f;
         for (int k = 0; k < hc; ++k) {
           const float g = ld1(gt + k * D + d);
-          a = std::fma(pt[k], g, a);
-          sp[k] += static_cast<double>(g) * fd;
+          r = std::fma(ct[j * hc + k], g, r);
+          sc[j * hc + k] += static_cast<double>(rj) * g;
         }
-        st1(gf + t * D + d, a);
-        for (int j = 0; j < hc; ++j) {
-          const float rj = ld1(rt + j * D + d);
-          float r = 0.f;
-          for (int k = 0; k < hc; ++k) {
-            const float g = ld1(gt + k * D + d);
-            r = std::fma(ct[j * hc + k], g, r);
-            sc[j * hc + k] += static_cast<double>(rj) * g;
-          }
-          st1(gres + t * hc * D + j * D + d, r);
-        }
+        st1(gres + t * hc * D + j * D + d, r);
       }
-      for (int k = 0; k < hc; ++k) gpost[t * hc + k] = static_cast<float>(sp[k]);
-      for (int i = 0; i < hc * hc; ++i) gcomb[t * hc * hc + i] = static_cast<float>(sc[i]);
     }
-  }
+    for (int k = 0; k < hc; ++k) gpost[t * hc + k] = static_cast<float>(sp[k]);
+    for (int i = 0; i < hc * hc; ++i) gcomb[t * hc * hc + i] = static_cast<float>(sc[i]);
+  });
 }
 
 

@@ -547,31 +547,51 @@ struct FfnShape {
 
 inline float silu(float g) { return g / (1.f + std::exp(-g)); }
 
+// A tile of the gate/up projections: expert e, columns [n0, n0 + NB) of I.
+struct FfnTile {
+  int64_t e, n0;
+};
+
+// The tiles of every expert that has rows, largest groups first (the longest tasks start first).
+inline std::vector<FfnTile> ffn_tiles(const Groups& g, const FfnShape& s) {
+  std::vector<FfnTile> tiles;
+  for (int64_t e = 0; e < s.E; ++e)
+    if (g.cnt[e] > 0)
+      for (int64_t n0 = 0; n0 < s.I; n0 += moe::NB) tiles.push_back({e, n0});
+  std::stable_sort(tiles.begin(), tiles.end(),
+                   [&](const FfnTile& a, const FfnTile& b) { return g.cnt[a.e] > g.cnt[b.e]; });
+  return tiles;
+}
+
+// G = X_e W1[e, n0:n0+nb]ᵀ and U = X_e W3[e, n0:n0+nb]ᵀ, [m, nb] each, in the calling thread's scratch t0, t1.
+struct GateUp {
+  int64_t e, n0, nb, m, r0;
+  float *G, *U;
+};
+
+inline GateUp gate_up(const float* x, const float* w1, const float* w3, const Groups& g, const FfnShape& s,
+                      const FfnTile& tile) {
+  GateUp t{tile.e, tile.n0, std::min(moe::NB, s.I - tile.n0), g.cnt[tile.e], g.start[tile.e], nullptr, nullptr};
+  moe::Scratch& ws = moe::scratch();
+  t.G = ws.t0.get(size_t(t.m) * t.nb);
+  t.U = ws.t1.get(size_t(t.m) * t.nb);
+  moe::gemm_block_dual(t.m, t.nb, s.D, View{x + t.r0 * s.D, s.D, 1}, View{w1 + (t.e * s.I + t.n0) * s.D, 1, s.D},
+                       View{w3 + (t.e * s.I + t.n0) * s.D, 1, s.D}, t.G, t.U, t.nb);
+  return t;
+}
+
 // Forward; optionally keeps G, U (pre-clamp) and H for the backward pass.
 inline void ffn_forward(const float* x, const float* w1, const float* w2, const float* w3, const Groups& g,
                         const FfnShape& s, float L, float* y, float* H) {
-  using moe::NB;
   // Phase 1: per (expert, column block of I): G, U tiles -> H.
-  struct Task {
-    int64_t e, n0;
-  };
-  std::vector<Task> tasks;
-  for (int64_t e = 0; e < s.E; ++e)
-    if (g.cnt[e] > 0)
-      for (int64_t n0 = 0; n0 < s.I; n0 += NB) tasks.push_back({e, n0});
-  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) { return g.cnt[a.e] > g.cnt[b.e]; });
-  moe::parallel_tasks(int64_t(tasks.size()), [&](int64_t ti) {
-    const int64_t e = tasks[ti].e, n0 = tasks[ti].n0, nb = std::min(NB, s.I - n0), m = g.cnt[e];
-    const View X{x + g.start[e] * s.D, s.D, 1};
-    moe::Scratch& ws = moe::scratch();
-    float* Gt = ws.t0.get(size_t(m) * nb);
-    float* Ut = ws.t1.get(size_t(m) * nb);
-    moe::gemm_block_dual(m, nb, s.D, X, View{w1 + (e * s.I + n0) * s.D, 1, s.D},
-                         View{w3 + (e * s.I + n0) * s.D, 1, s.D}, Gt, Ut, nb);
-    for (int64_t i = 0; i < m; ++i) {
-      float* h = H + (g.start[e] + i) * s.I + n0;
-      const float* gr = Gt + i * nb;
-      const float* ur = Ut + i * nb;
+  const std::vector<FfnTile> tiles = ffn_tiles(g, s);
+  moe::parallel_tasks(int64_t(tiles.size()), [&](int64_t ti) {
+    const GateUp t = gate_up(x, w1, w3, g, s, tiles[ti]);
+    const int64_t nb = t.nb;
+    for (int64_t i = 0; i < t.m; ++i) {
+      float* h = H + (t.r0 + i) * s.I + t.n0;
+      const float* gr = t.G + i * nb;
+      const float* ur = t.U + i * nb;
       if (L > 0.f) {
         for (int64_t j = 0; j < nb; ++j) h[j] = silu(std::min(gr[j], L)) * std::min(std::max(ur[j], -L), L);
       } else {
@@ -591,31 +611,20 @@ inline void ffn_forward(const float* x, const float* w1, const float* w2, const 
 inline void ffn_backward(const float* x, const float* w1, const float* w2, const float* w3, const Groups& g,
                          const FfnShape& s, float L, const float* dy, int64_t M, float* dx, float* dw1, float* dw2,
                          float* dw3) {
-  using moe::NB;
   const size_t rows = size_t(std::min<int64_t>(M, g.covered));     // groups are contiguous from row 0
   std::vector<float> H(rows * s.I), dG(rows * s.I), dU(rows * s.I);
-  struct Task {
-    int64_t e, n0;
-  };
-  std::vector<Task> tasks;
-  for (int64_t e = 0; e < s.E; ++e)
-    if (g.cnt[e] > 0)
-      for (int64_t n0 = 0; n0 < s.I; n0 += NB) tasks.push_back({e, n0});
   // Phase 1: recompute G, U; dH = dY W2 (W2_e [D, I] is the (k=D, n=I) row-major view); then H, dG, dU.
-  moe::parallel_tasks(int64_t(tasks.size()), [&](int64_t ti) {
-    const int64_t e = tasks[ti].e, n0 = tasks[ti].n0, nb = std::min(NB, s.I - n0), m = g.cnt[e], r0 = g.start[e];
-    const View X{x + r0 * s.D, s.D, 1};
-    moe::Scratch& ws = moe::scratch();
-    float* Gt = ws.t0.get(size_t(m) * nb);
-    float* Ut = ws.t1.get(size_t(m) * nb);
-    float* dHt = ws.t2.get(size_t(m) * nb);
-    moe::gemm_block_dual(m, nb, s.D, X, View{w1 + (e * s.I + n0) * s.D, 1, s.D},
-                         View{w3 + (e * s.I + n0) * s.D, 1, s.D}, Gt, Ut, nb);
-    moe::gemm_block(m, nb, s.D, View{dy + r0 * s.D, s.D, 1}, View{w2 + e * s.D * s.I + n0, s.I, 1}, dHt, nb, false);
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t o = (r0 + i) * s.I + n0;
+  const std::vector<FfnTile> tiles = ffn_tiles(g, s);
+  moe::parallel_tasks(int64_t(tiles.size()), [&](int64_t ti) {
+    const GateUp t = gate_up(x, w1, w3, g, s, tiles[ti]);
+    const int64_t nb = t.nb;
+    float* dHt = moe::scratch().t2.get(size_t(t.m) * nb);
+    moe::gemm_block(t.m, nb, s.D, View{dy + t.r0 * s.D, s.D, 1}, View{w2 + t.e * s.D * s.I + t.n0, s.I, 1}, dHt, nb,
+                    false);
+    for (int64_t i = 0; i < t.m; ++i) {
+      const int64_t o = (t.r0 + i) * s.I + t.n0;
       for (int64_t j = 0; j < nb; ++j) {
-        const float gv = Gt[i * nb + j], uv = Ut[i * nb + j], dh = dHt[i * nb + j];
+        const float gv = t.G[i * nb + j], uv = t.U[i * nb + j], dh = dHt[i * nb + j];
         const bool gin = !(L > 0.f) || gv < L;
         const bool uin = !(L > 0.f) || (uv > -L && uv < L);
         const float gc = gin ? gv : L;
