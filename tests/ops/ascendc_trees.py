@@ -1,6 +1,7 @@
-"""Shared by the AscendC tests that need the open CANN source trees: the project's real-header checker
-(ops/ascendc_common/real_headers_check.py, loaded from its file), the compiler, and the skip marks that say how to
-get the trees when they are absent."""
+"""Shared by the AscendC tests: the compiler (g++, or $CXX) with the strict flags the stand-in builds use and its
+skip mark; for the tests that need the open CANN source trees, the project's real-header checker
+(ops/ascendc_common/real_headers_check.py, loaded from its file) and the skip marks that say how to get the trees
+when they are absent."""
 import importlib.util
 import os
 import shutil
@@ -13,13 +14,16 @@ _spec = importlib.util.spec_from_file_location("real_headers_check", SCRIPT)
 rhc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(rhc)
 
-GXX = shutil.which(os.environ.get("CXX", "g++"))
+COMMON = os.path.join(ROOT, "ops", "ascendc_common")
+GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ not installed")
+CXX = [GXX or "g++", "-std=c++17", "-Wall", "-Wextra", "-Werror"]
 
 
 def needs_trees(purpose: str):
     """pytestmark for a module that compiles against the trees; `purpose` ends the skip reason."""
     return [
-        pytest.mark.skipif(GXX is None, reason="g++ not installed"),
+        needs_gxx,
         pytest.mark.skipif(rhc.find_trees() is None,
                            reason=f"CANN source trees not in {rhc.cache_dir()}: run `python "
                                   f"ops/ascendc_common/real_headers_check.py --setup [--clone]` {purpose}"),

@@ -4,17 +4,13 @@ declarations stand-in (ops/ascendc_common) for hc_post (hc_pre / hc_head use the
 the real headers in test_ascendc_real_headers.py). Skips cleanly when g++ is missing; needs no MindSpore."""
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ascendc_trees import COMMON, CXX, GXX, ROOT, needs_gxx
+
 ASC = os.path.join(ROOT, "ops", "mhc", "ascendc")
-COMMON = os.path.join(ROOT, "ops", "ascendc_common")
-GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
-needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ not installed")
-CXX = [GXX or "g++", "-std=c++17", "-Wall", "-Wextra", "-Werror"]
 
 UB = 196608                                     # 192 KB UB per AIV core on 910B / 910C
 PLATFORMS = [(48, UB), (40, UB), (48, 196352), (24, UB), (1, UB)]   # 910B1/B2/910C die, 910B3/B4, usable-UB variant
