@@ -31,7 +31,7 @@ from .config import ModelConfig
 from .ops.attention.composite import (compressed_indices, fp4_quant, fp4_rotate, mask_to_ids, topk_mask,
                                       window_indices)
 from .ops.attention.rope import layer_rope_table
-from .ops.common import NEG_INF, linear, rms_norm
+from .ops.common import linear, rms_norm
 from .ops.mhc.composite import hc_collapse
 from .ops.moe.layer import MoeExperts
 
@@ -629,7 +629,7 @@ class Attention(nn.Cell):
         before the first) -> (output, shared after this layer)."""
         if self.dspark:
             return self.forward_dspark(x, cos, sin, shared)
-        B, S = x.shape[0], x.shape[1]
+        S = x.shape[1]
         qr, q, kv, win_idx, (cs, sn) = self._full_qkv(x, cos, sin)
         entries, keys, topk, cand, pubs = shared
         n = S // self.ratio if self.ratio else 0

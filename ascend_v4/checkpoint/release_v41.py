@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 

@@ -14,7 +14,6 @@ it then keeps its random init and the run says so.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Dict, List, Optional, Set
 
