@@ -147,8 +147,4 @@ def official_inventory(cfg: ModelConfig) -> Dict[str, TensorSpec]:
 
 def stored_inventory(cfg: ModelConfig) -> Dict[str, StoredEntry]:
     """All safetensors entries of the checkpoint, keyed by entry name."""
-    out: Dict[str, StoredEntry] = {}
-    for name, spec in official_inventory(cfg).items():
-        for e in stored_entries(name, spec):
-            out[e.name] = e
-    return out
+    return {e.name: e for name, spec in official_inventory(cfg).items() for e in stored_entries(name, spec)}

@@ -125,11 +125,7 @@ def v41_stored_entries(name: str, spec: TensorSpec) -> List[StoredEntry]:
 
 def v41_stored_inventory(cfg: ModelConfigV41) -> Dict[str, StoredEntry]:
     """Every safetensors entry of the release, keyed by entry name (what `info` counts)."""
-    out: Dict[str, StoredEntry] = {}
-    for name, spec in v41_inventory(cfg).items():
-        for e in v41_stored_entries(name, spec):
-            out[e.name] = e
-    return out
+    return {e.name: e for name, spec in v41_inventory(cfg).items() for e in v41_stored_entries(name, spec)}
 
 
 # ------------------------------------------------------------------------------------ random weights ----
