@@ -30,7 +30,7 @@ from . import precision
 from .config import ModelConfig
 from .ops.attention.composite import compressed_indices, fp4_quant, fp4_rotate, window_indices
 from .ops.attention.rope import layer_rope_table
-from .ops.common import NEG_INF, linear, rms_norm
+from .ops.common import linear, rms_norm
 from .ops.mhc.composite import hc_collapse
 from .ops.moe.layer import MoeExperts
 
@@ -623,7 +623,7 @@ class Attention(nn.Cell):
         before the first) -> (output, shared after this layer)."""
         if self.dspark:
             return self.forward_dspark(x, cos, sin, shared)
-        B, S = x.shape[0], x.shape[1]
+        S = x.shape[1]
         qr, q, kv, win_idx, (cs, sn) = self._full_qkv(x, cos, sin)
         entries, keys, topk, cand, pubs = shared
         n = S // self.ratio if self.ratio else 0
@@ -684,34 +684,38 @@ class Attention(nn.Cell):
     def _step_qkv(self, x, cache, ctx, win_ids, R):
         """The start of a cached step (step, step_v41): queries and kv RoPE'd at the step's positions (ctx from
         Transformer.step_context), the kv fake-quantised as the ring will read it back, and the window ring as
-        stored (R = W + slack slots + scratch). -> (qr, q, kv, ring [B, R+1, hd], (index-width, kv-width)
-        head-broadcast RoPE multipliers)."""
+        stored (R = W + slack slots + scratch). -> (qr, q, kv, ring [B, R+1, hd], [ring | kv] (what the step attends
+        to before its entries), (index-width, kv-width) head-broadcast RoPE multipliers)."""
         B = x.shape[0]
         C, S, Ci, Si, C4, S4, Ci4, Si4 = ctx[2][1 if self.ratio else 0]  # (kv, index width) x (rows, heads)
         qr, q, kv = self._qkv(x, C, S, C4, S4)
         kv = kv_fake_quant(kv, win_ids, self.nope)
         ring = kv_read(kv_buffers(cache, win_ids), B, R + 1, R + 1)
-        return qr, q, kv, ring, (Ci4, Si4, C4, S4)
+        return qr, q, kv, ring, ops.concat([ring, kv], 1), (Ci4, Si4, C4, S4)
+
+    def _entry_caps(self, step):
+        """(nmax, kcap, ncap): the entry buffer's rows (its scratch row excluded), the entries the context bucket can
+        hold, and the rows a step reads -- the whole buffer when the bucket covers it (the scratch row is never
+        visible; no copy)."""
+        max_len, ctx_cap = step[0], step[1]
+        nmax = max_len // self.ratio
+        kcap = min(ctx_cap, max_len) // self.ratio
+        return nmax, kcap, nmax + 1 if kcap == nmax else kcap
 
     def step(self, x, cache, ctx, step, slots):
         """Cached step over T tokens per row (positions from step_context): attend over [window ring | this
         step's kv | entries], then write this step's kv into the ring and new entries / state in place."""
-        max_len, ctx_cap = step[0], step[1]
         win_idx, ring_plan, per_ratio = ctx[3], ctx[4], ctx[5]
         B, T, R = x.shape[0], x.shape[1], self.window + step[2]
         win_ids, ent_ids, st, ist, r_i = slots
-        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids, R)
-        kv_all = ops.concat([ring, kv], 1)
+        qr, q, kv, ring, kv_all, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids, R)
         cmp_idx = None
         writes = ()
         if self.ratio:
             vis, plan = per_ratio[r_i]                                     # vis [B, T]: visible entries per query
             ent = self.compressor.step(x, cache, ctx, step, st, ent_ids, plan)
             writes = ent
-            nmax = max_len // self.ratio
-            kcap = min(ctx_cap, max_len) // self.ratio                     # entries the context bucket can hold
-            # rows read: the whole buffer when the bucket covers it (the scratch row is never visible): no copy
-            ncap = nmax + 1 if kcap == nmax else kcap
+            nmax, kcap, ncap = self._entry_caps(step)
             base = R + 1 + T
             e = ops.arange(ncap, dtype=ms.int32).reshape(1, 1, ncap)
             if self.has_indexer:
@@ -748,15 +752,13 @@ class Attention(nn.Cell):
         the fix of DeepSeek's decode, docs/deepseek-v4.1.md) through index_topk_v2 / candidate_mask; the others
         reuse. shared = (entry buffers, key buffers, top-k ids, candidate mask) of the latest sources, read through
         the tuples their writes returned (so after the writes) -> (output, shared)."""
-        max_len, ctx_cap = step[0], step[1]
         win_idx, ring_plan, per_ratio = ctx[3], ctx[4], ctx[5]
         B, T, R = x.shape[0], x.shape[1], self.window + step[2]
         win_ids, ent_ids, st, ist, r_i = slots
-        qr, q, kv, ring, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids, R)
-        kv_all = ops.concat([ring, kv], 1)
+        ent, keys, topk, cand, pubs = shared
+        qr, q, kv, ring, kv_all, (Ci4, Si4, C4, S4) = self._step_qkv(x, cache, ctx, win_ids, R)
         cmp_idx = None
         writes = ()
-        ent, keys, topk, cand, pubs = shared
         if self.ratio:
             vis, plan = per_ratio[r_i]
             if self.kv_source:
@@ -765,9 +767,7 @@ class Attention(nn.Cell):
                 if self.shipped:        # rows where this source completed a group publish its keys
                     pos0, last = ctx[0][:, 0], ctx[1]
                     pubs = pubs + ((self.layer_id, keys, (last + 1) // self.ratio > pos0 // self.ratio),)
-            nmax = max_len // self.ratio
-            kcap = min(ctx_cap, max_len) // self.ratio                     # entries the context bucket can hold
-            ncap = nmax + 1 if kcap == nmax else kcap
+            nmax, kcap, ncap = self._entry_caps(step)
             if kcap > 0:
                 if self.has_indexer:
                     idx = self.indexer

@@ -25,7 +25,6 @@ bench/results/ascend_projection.json.
   python bench/ascend_projection.py [--json PATH]
 """
 import argparse
-import json
 import math
 import os
 import sys

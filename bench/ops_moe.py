@@ -118,7 +118,7 @@ def main(argv=None):
     # MindSpore's CPU kernel pool defaults to 25 threads; on a small host that oversubscribes the cores the OpenMP
     # (C++) and OpenBLAS (NumPy) paths use. One pool thread per core for every path.
     ms.device_context.cpu.op_tuning.threads_num(os.cpu_count())
-    from ascend_v4.ops.moe import composite, cpp, reference
+    from ascend_v4.ops.moe import composite, cpp
     assert cpp.available(), "build the C++ kernels first: python ops/build.py moe"
     import ctypes
     isa = "avx512" if ctypes.CDLL(cpp.LIB).MoeCpuIsaIsAvx512() else "avx2"
@@ -276,12 +276,15 @@ def main(argv=None):
         w_np = wts.asnumpy()
         mm_nt = ops.MatMul(transpose_b=True)              # x @ wᵀ as nn.Linear does, no transposed copy
 
-        def naive_ms():
-            out = ops.zeros((T, D), ms.float32)
+        def expert_rows():      # (expert, its tokens, their top-k slots) for every resident expert with tokens
             for e in range(R):
                 t, k = np.nonzero(ids_np == e)
-                if t.size == 0:
-                    continue
+                if t.size:
+                    yield e, t, k
+
+        def naive_ms():
+            out = ops.zeros((T, D), ms.float32)
+            for e, t, k in expert_rows():
                 ti = ms.Tensor(t.astype(np.int32))
                 xe = ops.gather(X, ti, 0)
                 g = mm_nt(xe, W1[e])
@@ -297,10 +300,7 @@ def main(argv=None):
         # ---------------- naive per-expert loop, NumPy / OpenBLAS
         def naive_np():
             out = np.zeros((T, D), np.float32)
-            for e in range(R):
-                t, k = np.nonzero(ids_np == e)
-                if t.size == 0:
-                    continue
+            for e, t, k in expert_rows():
                 xe = x[t]
                 g = np.minimum(xe @ w1[e].T, LIMIT)
                 u = np.clip(xe @ w3[e].T, -LIMIT, LIMIT)
@@ -319,7 +319,7 @@ def main(argv=None):
                 p["speedup_of_cpp_dropless"] = p["median_s"] / base
         results["runs"].append(run)
         _print_run(run, rates)
-        del X, ids, wts
+        X = ids = wts = None      # the closures above hold them: drop the tensors before the next T
         import gc
         gc.collect()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

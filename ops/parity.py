@@ -8,7 +8,7 @@ differences of the reference (2 random directions per differentiable input), so 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np

@@ -196,6 +196,23 @@ def _quiet_transformers():
         lg.setLevel(old)
 
 
+# DeepseekV4Config argument <- ModelConfig field: the values transformers takes as they are, and the float ones.
+_HF_AS_IS = {
+    "vocab_size": "vocab_size", "hidden_size": "dim", "moe_intermediate_size": "moe_inter_dim",
+    "num_attention_heads": "n_heads", "head_dim": "head_dim", "q_lora_rank": "q_lora_rank",
+    "num_experts_per_tok": "n_activated_experts", "n_routed_experts": "n_routed_experts",
+    "n_shared_experts": "n_shared_experts", "scoring_func": "score_func",
+    "max_position_embeddings": "max_position_embeddings", "hc_mult": "hc_mult", "hc_sinkhorn_iters": "hc_sinkhorn_iters",
+    "sliding_window": "window_size", "o_groups": "o_groups", "o_lora_rank": "o_lora_rank",
+    "index_n_heads": "index_n_heads", "index_head_dim": "index_head_dim", "index_topk": "index_topk",
+    "num_nextn_predict_layers": "n_mtp_layers", "bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+}
+_HF_FLOAT = {
+    "routed_scaling_factor": "route_scale", "rope_theta": "rope_theta", "compress_rope_theta": "compress_rope_theta",
+    "hc_eps": "hc_eps", "swiglu_limit": "swiglu_limit", "rms_norm_eps": "norm_eps",
+}
+
+
 def hf_config(cfg: ModelConfig, *, include_mtp_layers: bool = False) -> DeepseekV4Config:
     """DeepseekV4Config for `cfg`. Passes explicit `layer_types` + `compress_rates` (transformers' legacy
     `compress_ratios` path only knows 0/4/128 and raises KeyError for e.g. 16). With include_mtp_layers the
@@ -216,49 +233,19 @@ def hf_config(cfg: ModelConfig, *, include_mtp_layers: bool = False) -> Deepseek
     mlp_layer_types = ["hash_moe" if (i < cfg.n_layers and cfg.is_hash_layer(i)) else "moe" for i in range(n_blocks)]
     with _quiet_transformers():
         c = DeepseekV4Config(
-            vocab_size=cfg.vocab_size,
-            hidden_size=cfg.dim,
-            moe_intermediate_size=cfg.moe_inter_dim,
+            **{hf: getattr(cfg, ours) for hf, ours in _HF_AS_IS.items()},
+            **{hf: float(getattr(cfg, ours)) for hf, ours in _HF_FLOAT.items()},
             num_hidden_layers=n_blocks,
-            num_attention_heads=cfg.n_heads,
             num_key_value_heads=1,
-            head_dim=cfg.head_dim,
-            q_lora_rank=cfg.q_lora_rank,
-            num_experts_per_tok=cfg.n_activated_experts,
-            n_routed_experts=cfg.n_routed_experts,
-            n_shared_experts=cfg.n_shared_experts,
-            scoring_func=cfg.score_func,
             norm_topk_prob=True,
-            routed_scaling_factor=float(cfg.route_scale),
-            max_position_embeddings=cfg.max_position_embeddings,
-            rope_theta=float(cfg.rope_theta),
             layer_types=layer_types,
             compress_rates={_CSA: 4, _HCA: hca[0] if hca else 128},
-            compress_rope_theta=float(cfg.compress_rope_theta),
-            hc_mult=cfg.hc_mult,
-            hc_sinkhorn_iters=cfg.hc_sinkhorn_iters,
-            hc_eps=float(cfg.hc_eps),
             mlp_layer_types=mlp_layer_types,
-            swiglu_limit=float(cfg.swiglu_limit),
-            sliding_window=cfg.window_size,
-            o_groups=cfg.o_groups,
-            o_lora_rank=cfg.o_lora_rank,
-            index_n_heads=cfg.index_n_heads,
-            index_head_dim=cfg.index_head_dim,
-            index_topk=cfg.index_topk,
-            num_nextn_predict_layers=cfg.n_mtp_layers,
-            rms_norm_eps=float(cfg.norm_eps),
             partial_rotary_factor=cfg.rope_head_dim / cfg.head_dim,
-            rope_parameters={
-                "rope_type": "yarn",
-                "factor": float(cfg.rope_factor),
-                "original_max_position_embeddings": int(cfg.original_seq_len),
-                "beta_fast": float(cfg.beta_fast),
-                "beta_slow": float(cfg.beta_slow),
-            },
+            rope_parameters={"rope_type": "yarn", "factor": float(cfg.rope_factor),
+                             "original_max_position_embeddings": int(cfg.original_seq_len),
+                             "beta_fast": float(cfg.beta_fast), "beta_slow": float(cfg.beta_slow)},
             tie_word_embeddings=False,
-            bos_token_id=cfg.bos_token_id,
-            eos_token_id=cfg.eos_token_id,
             attn_implementation="eager",
             experts_implementation="eager",
         )

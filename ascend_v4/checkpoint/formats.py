@@ -128,25 +128,37 @@ def e2m1_encode(x) -> np.ndarray:
     return mag | (np.signbit(x).astype(np.uint8) << 3)
 
 
-def fp4_pack(codes: np.ndarray) -> np.ndarray:
-    """[..., 2n] codes -> int8 [..., n]: low nibble = even column, high nibble = odd column."""
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """[..., 2n] 4-bit codes (their low nibbles) -> int8 [..., n]: low nibble = even column, high nibble = odd
+    column. The byte layout of MXFP4 weights and of int4 weights."""
     codes = np.asarray(codes)
     if codes.shape[-1] % 2:
-        raise ValueError(f"fp4_pack needs an even last dimension, got shape {codes.shape}")
-    c = codes.astype(np.uint8) & 0xF
-    return (c[..., 0::2] | (c[..., 1::2] << 4)).view(np.int8)
+        raise ValueError(f"4-bit packing needs an even last dimension, got shape {codes.shape}")
+    c = codes.view(np.uint8) if codes.dtype == np.int8 else codes.astype(np.uint8)
+    c = c & np.uint8(0xF)
+    return (c[..., 0::2] | (c[..., 1::2] << np.uint8(4))).view(np.int8)
+
+
+def unpack_nibbles(packed: np.ndarray) -> np.ndarray:
+    """int8/uint8 [..., n] -> uint8 nibbles [..., 2n] (inverse of pack_nibbles)."""
+    p = np.asarray(packed)
+    if p.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"4-bit unpacking wants int8/uint8 bytes, got {p.dtype}")
+    p = p.view(np.uint8)
+    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), np.uint8)
+    out[..., 0::2] = p & np.uint8(0xF)
+    out[..., 1::2] = p >> np.uint8(4)
+    return out
+
+
+def fp4_pack(codes: np.ndarray) -> np.ndarray:
+    """[..., 2n] E2M1 codes -> int8 [..., n] (pack_nibbles)."""
+    return pack_nibbles(codes)
 
 
 def fp4_unpack(packed: np.ndarray) -> np.ndarray:
     """int8/uint8 [..., n] -> uint8 codes [..., 2n] (inverse of fp4_pack)."""
-    p = np.asarray(packed)
-    if p.dtype not in (np.int8, np.uint8):
-        raise TypeError(f"fp4_unpack wants int8/uint8 bytes, got {p.dtype}")
-    p = p.view(np.uint8)
-    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), np.uint8)
-    out[..., 0::2] = p & 0xF
-    out[..., 1::2] = p >> 4
-    return out
+    return unpack_nibbles(packed)
 
 
 # ----------------------------------------------------------------------------------- BF16 ----

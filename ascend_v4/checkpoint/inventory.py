@@ -32,20 +32,26 @@ def scale_name(weight_name: str) -> str:
     return weight_name[: -len("weight")] + "scale"
 
 
-def stored_entries(name: str, spec: TensorSpec) -> List[StoredEntry]:
+def stored_entries(name: str, spec: TensorSpec, fp8_block: int = FP8_BLOCK,
+                   formats: Tuple[str, ...] = FORMATS) -> List[StoredEntry]:
+    """The safetensors entries holding one logical tensor (weight + sibling `.scale` when quantised): FP8 weights
+    with fp8_block × fp8_block scale blocks (V4 128, V4.1 32), MXFP4 weights two codes a byte with 1×32 scale groups,
+    FP8 rows (V4.1's Engram tables) with 1×32 groups; `formats` are the ones the release holds."""
     shape = tuple(spec.shape)
+    if spec.fmt not in formats:
+        raise ValueError(f"unknown tensor format {spec.fmt!r} for {name}; expected one of {formats}")
     if spec.fmt == "fp8":
         out, inp = shape
         return [StoredEntry(name, "F8_E4M3", shape),
-                StoredEntry(scale_name(name), "F8_E8M0", (-(-out // FP8_BLOCK), -(-inp // FP8_BLOCK)))]
+                StoredEntry(scale_name(name), "F8_E8M0", (-(-out // fp8_block), -(-inp // fp8_block)))]
     if spec.fmt == "fp4":
         out, inp = shape
         return [StoredEntry(name, "I8", (out, inp // 2)),
                 StoredEntry(scale_name(name), "F8_E8M0", (out, inp // FP4_BLOCK))]
-    tag = {"bf16": "BF16", "f32": "F32", "i64": "I64"}.get(spec.fmt)
-    if tag is None:
-        raise ValueError(f"unknown tensor format {spec.fmt!r} for {name}; expected one of {FORMATS}")
-    return [StoredEntry(name, tag, shape)]
+    if spec.fmt == "fp8_row":
+        rows, d = shape
+        return [StoredEntry(name, "F8_E4M3", shape), StoredEntry(scale_name(name), "F8_E8M0", (rows, d // FP4_BLOCK))]
+    return [StoredEntry(name, {"bf16": "BF16", "f32": "F32", "i64": "I64"}[spec.fmt], shape)]
 
 
 def _block(inv: Dict[str, TensorSpec], cfg: ModelConfig, prefix: str, layer_id: int, lin: str, expert: str) -> None:
@@ -141,8 +147,4 @@ def official_inventory(cfg: ModelConfig) -> Dict[str, TensorSpec]:
 
 def stored_inventory(cfg: ModelConfig) -> Dict[str, StoredEntry]:
     """All safetensors entries of the checkpoint, keyed by entry name."""
-    out: Dict[str, StoredEntry] = {}
-    for name, spec in official_inventory(cfg).items():
-        for e in stored_entries(name, spec):
-            out[e.name] = e
-    return out
+    return {e.name: e for name, spec in official_inventory(cfg).items() for e in stored_entries(name, spec)}

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
 from ascend_v4.config import ModelConfigV41
 from . import formats as F
-from .inventory import StoredEntry, TensorSpec, scale_name
+from .inventory import StoredEntry, TensorSpec, scale_name, stored_entries
 
 BLOCK = 32                    # FP8 weight blocks 32×32; MXFP4 and Engram row scale groups 1×32
 V41_FORMATS = ("fp8", "fp4", "fp8_row", "bf16", "f32")
@@ -120,30 +120,12 @@ def v41_inventory(cfg: ModelConfigV41) -> Dict[str, TensorSpec]:
 
 def v41_stored_entries(name: str, spec: TensorSpec) -> List[StoredEntry]:
     """The safetensors entries holding one logical tensor (weight + sibling `.scale` when quantised)."""
-    shape = tuple(spec.shape)
-    if spec.fmt == "fp8":
-        out, inp = shape
-        return [StoredEntry(name, "F8_E4M3", shape),
-                StoredEntry(scale_name(name), "F8_E8M0", (-(-out // BLOCK), -(-inp // BLOCK)))]
-    if spec.fmt == "fp4":
-        out, inp = shape
-        return [StoredEntry(name, "I8", (out, inp // 2)), StoredEntry(scale_name(name), "F8_E8M0", (out, inp // BLOCK))]
-    if spec.fmt == "fp8_row":
-        rows, d = shape
-        return [StoredEntry(name, "F8_E4M3", shape), StoredEntry(scale_name(name), "F8_E8M0", (rows, d // BLOCK))]
-    tag = {"bf16": "BF16", "f32": "F32"}.get(spec.fmt)
-    if tag is None:
-        raise ValueError(f"unknown V4.1 tensor format {spec.fmt!r} for {name}; expected one of {V41_FORMATS}")
-    return [StoredEntry(name, tag, shape)]
+    return stored_entries(name, spec, fp8_block=BLOCK, formats=V41_FORMATS)
 
 
 def v41_stored_inventory(cfg: ModelConfigV41) -> Dict[str, StoredEntry]:
     """Every safetensors entry of the release, keyed by entry name (what `info` counts)."""
-    out: Dict[str, StoredEntry] = {}
-    for name, spec in v41_inventory(cfg).items():
-        for e in v41_stored_entries(name, spec):
-            out[e.name] = e
-    return out
+    return {e.name: e for name, spec in v41_inventory(cfg).items() for e in v41_stored_entries(name, spec)}
 
 
 # ------------------------------------------------------------------------------------ random weights ----

@@ -69,25 +69,14 @@ def dequant_int8(q: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:
-    """int values in [-8, 7], [..., 2n] -> int8 [..., n]: low nibble = even column, high = odd."""
-    q = np.asarray(q)
-    if q.shape[-1] % 2:
-        raise ValueError(f"pack_int4 needs an even last dimension, got shape {q.shape}")
-    u = q.astype(np.int8).view(np.uint8) & np.uint8(0xF)
-    return (u[..., 0::2] | (u[..., 1::2] << np.uint8(4))).view(np.int8)
+    """int values in [-8, 7], [..., 2n] -> int8 [..., n]: two's-complement nibbles, low = even column, high = odd."""
+    return F.pack_nibbles(np.asarray(q).astype(np.int8))
 
 
 def unpack_int4(packed: np.ndarray) -> np.ndarray:
     """int8 [..., n] -> int8 [..., 2n] with values in [-8, 7] (inverse of pack_int4)."""
-    p = np.asarray(packed)
-    if p.dtype not in (np.int8, np.uint8):
-        raise TypeError(f"unpack_int4 wants int8 bytes, got {p.dtype}")
-    p = p.view(np.int8)
-    out = np.empty(p.shape[:-1] + (2 * p.shape[-1],), np.int8)
-    lo = (p.view(np.uint8) & np.uint8(0xF)).view(np.int8)
-    out[..., 0::2] = (lo ^ np.int8(8)) - np.int8(8)
-    out[..., 1::2] = p >> np.int8(4)              # arithmetic shift keeps the sign
-    return out
+    u = F.unpack_nibbles(packed).view(np.int8)
+    return (u ^ np.int8(8)) - np.int8(8)          # sign-extend the 4-bit value
 
 
 def quant_int4(w, scale=None) -> Tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,8 @@ from .loader import SOURCE_CONFIG, SOURCE_INDEX, SOURCE_ROOT_CONFIG, ConvertedDa
 from .manifest import read_manifest
 from .plan import QUANTISED_FORMATS, DestEntry, Group, OutFile, Plan
 from .run import Summary
-from .writer import STATE_DIR, Journal, fsync_dir, remove_tmp_files, run_jobs, write_bytes_atomic, write_file
+from .writer import (STATE_DIR, Journal, free_bytes, fsync_dir, remove_tmp_files, run_jobs, write_bytes_atomic,
+                     write_file)
 
 CHUNK_ELEMS = 1 << 18
 
@@ -156,17 +157,10 @@ def to_official(conv_dir: str, out_dir: str, workers: int = 1, progress: Optiona
     files = _official_files(plan)
     dirs = sorted({os.path.dirname(f[0].path) for f in files} | {""})
     journal = Journal(state)
-    done: Dict[str, Tuple[str, int]] = {}
-    if mode == "resume":
-        remove_tmp_files(out_dir, dirs)
-        for rel, (sha, size) in journal.load().items():
-            p = os.path.join(out_dir, rel)
-            if os.path.isfile(p) and os.path.getsize(p) == size:
-                done[rel] = (sha, size)
+    done = journal.resume(out_dir, dirs) if mode == "resume" else {}
     todo = [i for i, f in enumerate(files) if f[0].path not in done]
     need = sum(files[i][3] for i in todo) + (16 << 20)
-    probe = out_dir if os.path.isdir(out_dir) else (os.path.dirname(os.path.abspath(out_dir)) or ".")
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(out_dir)
     if need > free:
         raise ConvertError(f"not enough disk space for {out_dir}: needs {need / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
     os.makedirs(state, exist_ok=True)

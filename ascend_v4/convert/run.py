@@ -36,7 +36,8 @@ from .plan import DEFAULT_SHARD_BYTES, PRECISIONS, SIDECAR_DIR, Plan, build_plan
 from .sharding import Layout
 from .source import CONVERSION_KEY, SourceLayout, layout_record, open_source
 from .transform import SourceData, produce
-from .writer import STATE_DIR, Journal, fsync_dir, remove_tmp_files, run_jobs, write_bytes_atomic, write_file, write_json_atomic
+from .writer import (STATE_DIR, Journal, free_bytes, fsync_dir, remove_tmp_files, run_jobs, write_bytes_atomic,
+                     write_file, write_json_atomic)
 
 SOURCE_RECORD = f"{SIDECAR_DIR}/source.json"
 SOURCE_CONFIG = f"{SIDECAR_DIR}/config.json"
@@ -364,18 +365,11 @@ def convert_checkpoint(src: str, dst: str, precision: str = "bf16", tp: int = 1,
     state = os.path.join(dst, STATE_DIR)
     dirs = sorted({os.path.dirname(f.path) for f in plan.files} | {"", SIDECAR_DIR})
     journal = Journal(state)
-    done: Dict[str, Tuple[str, int]] = {}
     qstats = _load_qstats(state) if mode == "resume" else {}
-    if mode == "resume":
-        remove_tmp_files(dst, dirs)
-        for rel, (sha, size) in journal.load().items():
-            p = os.path.join(dst, rel)
-            if os.path.isfile(p) and os.path.getsize(p) == size:
-                done[rel] = (sha, size)
+    done = journal.resume(dst, dirs) if mode == "resume" else {}
     todo = [i for i, f in enumerate(plan.files) if f.path not in done]
     need = sum(plan.files[i].size for i in todo)
-    probe = dst if os.path.isdir(dst) else (os.path.dirname(os.path.abspath(dst)) or ".")
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(dst)
     if need + META_SLACK_BYTES > free:
         raise ConvertError(f"not enough disk space for {dst}: the conversion needs {_fmt(need)} more "
                            f"({_fmt(plan.total_size())} in all) plus a {_fmt(META_SLACK_BYTES)} margin, "

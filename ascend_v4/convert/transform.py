@@ -160,13 +160,18 @@ def _decoder(group: Group, src: SourceData):
     raise ConvertError(f"internal: cannot decode {name} of format {spec.fmt}")
 
 
-def _to_bf16(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
+def _source_rows(group: Group, src: SourceData):
+    """How the bf16 and int writers read group's source tensor: (name, shape, decoder, source bytes per row, its row
+    range (r0, r1) and column range (None: all) in this group's split, rows per decoded chunk)."""
     name = group.source
     shape = src.layout.inventory[name].shape
     dec, per_row = _decoder(group, src)
-    r0, r1 = _row_range(shape, group.split)
-    cols = _col_range(shape, group.split)
-    step = _rows_per_chunk(shape, DECODE_CHUNK_ELEMS)
+    return (name, shape, dec, per_row, _row_range(shape, group.split), _col_range(shape, group.split),
+            _rows_per_chunk(shape, DECODE_CHUNK_ELEMS))
+
+
+def _to_bf16(group: Group, src: SourceData, progress) -> Iterator[Chunk]:
+    name, shape, dec, per_row, (r0, r1), cols, step = _source_rows(group, src)
     out_row = (cols[1] - cols[0] if cols else shape[1]) * 2
     counts = Q.Counts()
     for a in range(r0, r1, step):
@@ -189,12 +194,7 @@ def _int4_groups(name: str, src: SourceData, a: int, b: int, w: np.ndarray, grou
 
 
 def _to_int(group: Group, src: SourceData, progress, stats: dict, int4_group=0) -> Iterator[Chunk]:
-    name = group.source
-    shape = src.layout.inventory[name].shape
-    dec, per_row = _decoder(group, src)
-    r0, r1 = _row_range(shape, group.split)
-    cols = _col_range(shape, group.split)
-    step = _rows_per_chunk(shape, DECODE_CHUNK_ELEMS)
+    name, shape, dec, per_row, (r0, r1), cols, step = _source_rows(group, src)
     qmax = Q.INT4_QMAX if group.kind == "int4" else Q.INT8_QMAX
     out_row = group.entries[0].nbytes // max(1, r1 - r0)
     counts = Q.Counts()

@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 import signal
+import shutil
 import sys
 import threading
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -311,10 +312,27 @@ def remove_tmp_files(root: str, dirs: Iterable[str]) -> int:
     return n
 
 
+def free_bytes(dest: str) -> int:
+    """Free disk space where dest is, or will be created."""
+    probe = dest if os.path.isdir(dest) else (os.path.dirname(os.path.abspath(dest)) or ".")
+    return shutil.disk_usage(probe).free
+
+
 # ------------------------------------------------------------------------------ journal -----------
 class Journal:
     def __init__(self, state_dir: str):
         self.path = os.path.join(state_dir, JOURNAL)
+
+    def resume(self, root: str, dirs: Iterable[str]) -> Dict[str, Tuple[str, int]]:
+        """Resuming a run into root: removes the interrupted run's temporary files in dirs, then -> the journal's
+        files still on disk at their recorded size {relative path: (sha256, size)} (the ones not written again)."""
+        remove_tmp_files(root, dirs)
+        done: Dict[str, Tuple[str, int]] = {}
+        for rel, (sha, size) in self.load().items():
+            p = os.path.join(root, rel)
+            if os.path.isfile(p) and os.path.getsize(p) == size:
+                done[rel] = (sha, size)
+        return done
 
     def load(self) -> Dict[str, Tuple[str, int]]:
         out: Dict[str, Tuple[str, int]] = {}

@@ -14,7 +14,6 @@ it then keeps its random init and the run says so.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable, Dict, List, Optional, Set
 
@@ -26,6 +25,13 @@ from .state import TrainStateError, read_trainer_state
 _STORAGE_FIELDS = ("name", "dtype", "expert_dtype", "scale_fmt", "n_mtp_layers")
 
 
+def _finite(w: np.ndarray, error, what: str, problem: str) -> np.ndarray:
+    """w, when its float values are all finite; else error("{what} has {count} {problem}")."""
+    if w.dtype.kind == "f" and not np.isfinite(w).all():
+        raise error(f"{what} has {int((~np.isfinite(w)).sum())} {problem}")
+    return w
+
+
 class WeightSource:
     """One tensor at a time, by official name, as float32 (int64 for tid2eid)."""
     kind = "?"
@@ -34,7 +40,7 @@ class WeightSource:
         self.path, self.cfg = path, cfg
 
     def names(self) -> Set[str]:
-        raise NotImplementedError
+        return set(self.inv)        # the readers that know their inventory (inv: {name: TensorSpec})
 
     def read(self, name: str) -> np.ndarray:
         raise NotImplementedError
@@ -57,18 +63,13 @@ class ReleaseSource(WeightSource):
         self.inv, self.entries_of, self.fp8_block = release_layout(cfg)
         self.ck = ShardedCheckpoint(path)
 
-    def names(self) -> Set[str]:
-        return set(self.inv)
-
     def read(self, name: str) -> np.ndarray:
         from ascend_v4.checkpoint import CheckpointError, decode_tensor
         spec = self.inv[name]
         w = decode_tensor(name, spec, {e.name: self.ck.raw(e.name) for e in self.entries_of(name, spec)},
                           self.fp8_block)
-        if w.dtype.kind == "f" and not np.isfinite(w).all():
-            raise CheckpointError(f"{self.ck.file_of(name)}: tensor '{name}' has {int((~np.isfinite(w)).sum())} "
-                                  f"non-finite values after dequantisation; the file is corrupt")
-        return w
+        return _finite(w, CheckpointError, f"{self.ck.file_of(name)}: tensor '{name}'",
+                       "non-finite values after dequantisation; the file is corrupt")
 
     def close(self) -> None:
         self.ck.close()
@@ -91,9 +92,6 @@ class ConvertedSource(WeightSource):
         self.inv = self.plan.source.inventory
         self.data = ConvertedData(path, self.plan)
 
-    def names(self) -> Set[str]:
-        return set(self.inv)
-
     def read(self, name: str) -> np.ndarray:
         from ascend_v4.convert.errors import ConvertError
         spec = self.inv[name]
@@ -101,10 +99,8 @@ class ConvertedSource(WeightSource):
         if spec.fmt == "i64":
             return np.array(self.data.rows(name, 0, rows), np.int64).reshape(spec.shape)
         w = np.array(self.data.rows_f32(name, 0, rows), np.float32).reshape(spec.shape)
-        if not np.isfinite(w).all():
-            raise ConvertError(f"{self.path}: tensor '{name}' has {int((~np.isfinite(w)).sum())} non-finite values; "
-                               f"the directory is damaged - `ascend-v4 verify` it")
-        return w
+        return _finite(w, ConvertError, f"{self.path}: tensor '{name}'",
+                       "non-finite values; the directory is damaged - `ascend-v4 verify` it")
 
     def close(self) -> None:
         self.data.close()
@@ -136,11 +132,8 @@ class RunSource(WeightSource):
         return set(self._names)
 
     def read(self, name: str) -> np.ndarray:
-        a = np.array(self.fh.raw(name))
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise TrainStateError(f"{self.path}/model.safetensors: '{name}' has {int((~np.isfinite(a)).sum())} "
-                                  f"NaN/Inf values; start from an earlier checkpoint")
-        return a
+        return _finite(np.array(self.fh.raw(name)), TrainStateError, f"{self.path}/model.safetensors: '{name}'",
+                       "NaN/Inf values; start from an earlier checkpoint")
 
 
 def open_source(path: str) -> WeightSource:

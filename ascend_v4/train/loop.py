@@ -270,7 +270,6 @@ class Trainer:
             self.log(f"init_from: {self.init_report['loaded']} tensors from the {self.init_report['kind']} "
                      f"{self.init_report['path']} (optimiser state fresh)")
         if random_names:
-            from ascend_v4.checkpoint import official_inventory
             from ascend_v4.checkpoint.official import release_layout
             inv = release_layout(self.cfg)[0]
             init = random_weights(self.cfg, seed=tc.seed, names=[n for n in random_names if n in inv])

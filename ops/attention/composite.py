@@ -104,7 +104,7 @@ def fp4_rotate(x):
 
 
 def lightning_indexer(q, k, w, ratio, topk, start_pos=0, fp4=True):
-    B, S = q.shape[0], q.shape[1]
+    S = q.shape[1]
     N = k.shape[1]
     qf = ops.cast(q, ms.float32)
     kf = ops.cast(k, ms.float32)

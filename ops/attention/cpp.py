@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import mindspore as ms
 from mindspore import ops
 

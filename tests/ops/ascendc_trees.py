@@ -23,7 +23,7 @@ needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ not installed")
 def needs_trees(purpose: str):
     """pytestmark for a module that compiles against the trees; `purpose` ends the skip reason."""
     return [
-        pytest.mark.skipif(GXX is None, reason="g++ not installed"),
+        needs_gxx,
         pytest.mark.skipif(rhc.find_trees() is None,
                            reason=f"CANN source trees not in {rhc.cache_dir()}: run `python "
                                   f"ops/ascendc_common/real_headers_check.py --setup [--clone]` {purpose}"),

@@ -11,7 +11,9 @@ OPS = sorted({c.op for c in CASES})
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_parity(op):
+def test_parity(op, ms_graph):
+    # ms_graph: the runtime as the model runs it (graph mode, target set): the composites' backward is compiled,
+    # and without a set target ops.common._on_cpu would reach registry._mindspore_device, which graph mode cannot
     rows = parity.run(op=op, cases=CASES)
     print("\n" + parity.format_table(rows))
     bad = [r for r in rows if not r.ok]

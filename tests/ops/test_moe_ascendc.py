@@ -16,18 +16,14 @@
 Skips cleanly when g++ is missing."""
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ascendc_trees import COMMON, CXX, ROOT, needs_gxx
+
 ASC = os.path.join(ROOT, "ops", "moe", "ascendc")
-COMMON = os.path.join(ROOT, "ops", "ascendc_common")
 SHARED_KERNEL = os.path.join(COMMON, "op_kernel")   # pipe_sync.h, cube_tiles.h
-GXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
-needs_gxx = pytest.mark.skipif(GXX is None, reason="g++ not installed")
-CXX = [GXX or "g++", "-std=c++17", "-Wall", "-Wextra", "-Werror"]
 KERNELS = ["grouped_matmul_av4.cpp", "moe_finalize_routing_av4.cpp", "moe_gating_topk_av4.cpp",
            "moe_init_routing_av4.cpp"]
 

@@ -3,7 +3,6 @@ no 'Exception ignored' from a half-closed archive. Each write path is tested wit
 call (runs everywhere) and, where the machine lets us mount a tmpfs, on a real small filesystem."""
 import errno
 import gc
-import json
 import os
 import subprocess
 import sys

@@ -17,7 +17,6 @@ import struct
 import tempfile
 
 import numpy as np
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 

@@ -4,8 +4,6 @@ Expected values are independent of the trainer: the first step's loss is recompu
 model on the dequantised release weights (read by the checkpoint package's loader), and per-rank streaming is
 checked against ParallelContext's slicing of those same full tensors.
 """
-import json
-import os
 
 import numpy as np
 import pytest

@@ -161,8 +161,17 @@ def _value_and_grads(cell, fn, x, cot):
     return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}
 
 
-def _check_tp_parts(full_cell, parts, prefix, full_out, full_gx, full_g, tp, rtol=2e-5):
-    """parts: [(out, gx, grads)] per simulated rank."""
+def _check_tp_ranks(cfg, tp, full_cell, w, prefix, run, rank_cell, rtol=2e-5):
+    """The tp simulated ranks' cells (rank_cell(ctx), loaded with their slices of the full cell's parameters w) run
+    on the same input: their outputs and input gradients add up to the full cell's, their parameter gradients are
+    the full ones' (replicated: summed; sliced: concatenated). run(cell) -> (out, gx, {param: grad})."""
+    full_out, full_gx, full_g = run(full_cell)
+    parts = []
+    for r in range(tp):
+        ctx = ParallelContext.simulated_rank(cfg, tp=tp, rank=r)
+        cell = rank_cell(ctx)
+        _load_slices(cell, w, prefix, ctx)
+        parts.append(run(cell))
     scale = np.abs(full_out).max()
     np.testing.assert_allclose(sum(p[0] for p in parts), full_out, rtol=rtol, atol=rtol * scale)
     np.testing.assert_allclose(sum(p[1] for p in parts), full_gx, rtol=rtol, atol=rtol * np.abs(full_gx).max())
@@ -195,25 +204,19 @@ def test_tensor_parallel_attention_math(ms_graph, tiny_cfg, layer, with_seg):
             return cell(xv, cos, sin, seg)
         return _value_and_grads(cell, fwd, x, cot)
 
-    fy, fgx, fg = run(full)
-    prefix = f"layers.{layer}.attn."
-    parts = []
-    for r in range(tp):
-        ctx = ParallelContext.simulated_rank(cfg, tp=tp, rank=r)
+    def rank_cell(ctx):
         cell = Attention(layer, cfg, parallel=ctx)
         assert cell.n_heads == cfg.n_heads // tp and tuple(cell.attn_sink.shape) == (cfg.n_heads // tp,)
-        _load_slices(cell, w, prefix, ctx)
-        parts.append(run(cell))
-    _check_tp_parts(full, parts, prefix, fy, fgx, fg, tp)
+        return cell
+    _check_tp_ranks(cfg, tp, full, w, f"layers.{layer}.attn.", run, rank_cell)
 
 
-@pytest.mark.parametrize("layer", [0, 1])
-def test_tensor_parallel_moe_math(ms_graph, tiny_cfg, layer):
-    """Hash (layer 0) and routed (layer 1) MoE layers: tp=2 simulated ranks (inter-dim slices of every expert)."""
+def _moe_layer_case(cfg, layer, rng, T):
+    """A full MoE layer with random parameters (and a random token -> experts table on a hash layer), and T random
+    tokens, ids and output cotangents -> (full, its parameters {name: array}, run): run(cell) = (y, dx, grads) of
+    cell on those tokens."""
     import mindspore as ms
     from ascend_v4.model import MoE
-    cfg, T, tp = tiny_cfg, 48, 2
-    rng = np.random.default_rng(10 + layer)
     full = MoE(layer, cfg)
     w = _rand_params(full, rng)
     if cfg.is_hash_layer(layer):
@@ -227,20 +230,24 @@ def test_tensor_parallel_moe_math(ms_graph, tiny_cfg, layer):
         def fwd(xv):
             return cell(xv, ids)
         return _value_and_grads(cell, fwd, x, cot)
+    return full, w, run
 
-    fy, fgx, fg = run(full)
-    prefix = f"layers.{layer}.ffn."
-    parts = []
-    for r in range(tp):
-        ctx = ParallelContext.simulated_rank(cfg, tp=tp, rank=r)
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_tensor_parallel_moe_math(ms_graph, tiny_cfg, layer):
+    """Hash (layer 0) and routed (layer 1) MoE layers: tp=2 simulated ranks (inter-dim slices of every expert)."""
+    import mindspore as ms
+    from ascend_v4.model import MoE
+    cfg, T, tp = tiny_cfg, 48, 2
+    full, w, run = _moe_layer_case(cfg, layer, np.random.default_rng(10 + layer), T)
+    def rank_cell(ctx):
         cell = MoE(layer, cfg, parallel=ctx)
-        _load_slices(cell, w, prefix, ctx)
         if cfg.is_hash_layer(layer):
             cell.gate.tid2eid.set_data(ms.Tensor(full.gate.tid2eid.asnumpy()))
         assert tuple(cell.experts[0].w1.weight.shape) == (cfg.moe_inter_dim // tp, cfg.dim)
         assert tuple(cell.shared_experts.w2.weight.shape) == (cfg.dim, cfg.moe_inter_dim // tp)
-        parts.append(run(cell))
-    _check_tp_parts(full, parts, prefix, fy, fgx, fg, tp)
+        return cell
+    _check_tp_ranks(cfg, tp, full, w, f"layers.{layer}.ffn.", run, rank_cell)
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -255,26 +262,12 @@ def test_expert_parallel_rank_holds_global_experts(ms_graph, tiny_cfg, layer, si
     names = {p.name for p in Transformer(cfg, max_seq_len=16, parallel=ctx1).get_parameters()}
     assert "layers.0.ffn.experts.5.w1.weight" in names and "mtp.0.ffn.experts.7.w2.weight" in names
     assert not any(f"ffn.experts.{e}." in n for n in names for e in range(4))
-    rng = np.random.default_rng(5)
-    full = MoE(layer, cfg)
-    w = _rand_params(full, rng)
-    if cfg.is_hash_layer(layer):
-        full.gate.tid2eid.set_data(ms.Tensor(np.stack([rng.permutation(cfg.n_routed_experts)[:cfg.n_activated_experts]
-                                                       for _ in range(cfg.vocab_size)]).astype(np.int32)))
-    else:        # the aux-loss-free bias shifts the selection only: a bias as large as the scores' spread
+    full, w, run = _moe_layer_case(cfg, layer, np.random.default_rng(5), T)
+    if not cfg.is_hash_layer(layer):     # the aux-loss-free bias shifts the selection only: as large as the scores' spread
         assert np.abs(w["gate.bias"]).max() > 0.1
     for k in ("w1", "w2", "w3"):
         getattr(full.shared_experts, k).weight.set_data(ms.Tensor(np.zeros_like(w[f"shared_experts.{k}.weight"])))
         w[f"shared_experts.{k}.weight"] = np.zeros_like(w[f"shared_experts.{k}.weight"])
-    x = ms.Tensor(rng.standard_normal((T, cfg.dim)).astype(np.float32))
-    ids = ms.Tensor(rng.integers(0, cfg.vocab_size, (T,)).astype(np.int32))
-    cot = ms.Tensor(rng.standard_normal((T, cfg.dim)).astype(np.float32))
-
-    def run(cell):
-        def fwd(xv):
-            return cell(xv, ids)
-        return _value_and_grads(cell, fwd, x, cot)
-
     fy, fgx, fg = run(full)
     ys = []
     for r in range(ep):

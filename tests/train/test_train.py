@@ -1,10 +1,11 @@
 """Training end to end on the tiny preset and the embedded corpus: loss goes down, resume is bit-exact."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
+
+from run_dirs import fork_run
 
 
 def _tc(**kw):
@@ -43,11 +44,7 @@ def test_resume_is_bit_exact(ms_graph, tmp_path):
     a = Trainer(tc, a_dir)
     a.run()
     # B starts from A's step-3 checkpoint and runs the remaining 3 steps
-    os.makedirs(b_dir)
-    shutil.copytree(os.path.join(a_dir, "ckpt-00000003"), os.path.join(b_dir, "ckpt-00000003"))
-    shutil.copytree(os.path.join(a_dir, "tokenizer"), os.path.join(b_dir, "tokenizer"))
-    with open(os.path.join(b_dir, "latest"), "w") as fh:
-        fh.write("ckpt-00000003\n")
+    fork_run(a_dir, 3, b_dir)
     b = Trainer(tc, b_dir)
     assert b.maybe_resume() and b.step == 3
     b.run()

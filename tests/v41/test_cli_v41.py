@@ -13,14 +13,6 @@ from ascend_v4.config import MODEL_VERSIONS, V41_PRESETS
 CFG = V41_PRESETS["v4.1-tiny"]
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("v41cli") / "ck")
-    r = CliRunner().invoke(main, ["make-checkpoint", d, "--config", "v4.1-tiny", "--seed", "4"])
-    assert r.exit_code == 0, r.output
-    return d
-
-
 def _tokens(tmp_path, ids, name="t.npy"):
     p = str(tmp_path / name)
     np.save(p, np.asarray(ids, np.int64))

@@ -9,6 +9,8 @@ from ascend_v4.ops.engram.reference import (DEAD, NgramHashState, column_offsets
                                              compressed_token_map_from_tokenizer, engram_primes, hash_multipliers,
                                              normalize_token_text)
 
+from .engram_hand import hand_rows
+
 # Hand-copied from the V4.1 model description (its Engram layout, multipliers and test vectors sections; values
 # were produced there by running DeepSeek's official EngramLayout / NgramHashState with numpy's PCG64).
 PRIMES_L1 = [16000057, 16000079, 16000081, 16000097, 16000121, 16000129, 16000133, 16000183,
@@ -56,32 +58,14 @@ def test_published_vectors():
     assert dead[0, 3, 0, :2].tolist() == VEC_DEAD2_POS3
 
 
-def _hand_hash(c, p, layer_primes, mult, pad=2):
-    """Python-int hash of position p of compressed ids c (None = dead), written from the definition."""
-    tok, blocked = [], False
-    for s in range(4):
-        blocked = blocked or p - s < 0 or c[p - s] is None
-        tok.append(pad if blocked else c[p - s])
-    ids, off = [], 0
-    for n in (2, 3, 4):
-        v = 0
-        for s in range(n):
-            v ^= tok[s] * mult[s]
-        for h in range(8):
-            P = layer_primes[(n - 2) * 8 + h]
-            ids.append(v % P + off)
-            off += P
-    return ids
-
-
 @pytest.mark.parametrize("seq", [[7, 99091, 0, 5, 5, 5], [1, None, 3, 4, None, 6, 7, 8], [None, 2, 99000]])
 def test_hash_equals_a_hand_computation(seq):
     ids = np.array([[0 if t is None else t for t in seq]])
     mask = np.array([[t is not None for t in seq]])
     out = flash_state()(ids, text_mask=mask)
     for p in range(len(seq)):
-        assert out[0, p, 0].tolist() == _hand_hash(seq, p, PRIMES_L1, MULT_L1)
-        assert out[0, p, 1].tolist() == _hand_hash(seq, p, PRIMES_L14, MULT_L14)
+        assert out[0, p, 0].tolist() == hand_rows(seq, p, PRIMES_L1, MULT_L1, pad=2)
+        assert out[0, p, 1].tolist() == hand_rows(seq, p, PRIMES_L14, MULT_L14, pad=2)
     dead_cols = [p for p, t in enumerate(seq) if t is None]
     assert all(out[0, p].min() >= 0 for p in dead_cols)      # a dead position still hashes (its gate is 0)
 

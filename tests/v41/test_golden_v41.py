@@ -11,6 +11,8 @@ from ascend_v4.config import V41_PRESETS
 from ascend_v4.numpy_model_v41 import NumpyV41, forward_v41
 from ascend_v4.ops.attention.reference import candidate_mask
 
+from .engram_hand import hand_rows
+
 CFG = V41_PRESETS["v4.1-tiny"].validate()
 S = 23
 
@@ -52,23 +54,6 @@ def _hand_layout():
     return layers
 
 
-def _hand_rows(c, p, primes, mult, pad):
-    tok, blocked = [], False
-    for s in range(4):
-        blocked = blocked or p - s < 0 or c[p - s] is None
-        tok.append(pad if blocked else c[p - s])
-    rows, off = [], 0
-    for n in (2, 3, 4):
-        v = 0
-        for s in range(n):
-            v ^= tok[s] * mult[s]
-        for h in range(CFG.engram_n_heads):
-            P = primes[(n - 2) * CFG.engram_n_heads + h]
-            rows.append(v % P + off)
-            off += P
-    return rows
-
-
 def test_engram_rows_and_gated_read_match_a_hand_derivation(weights, ids):
     layout = _hand_layout()
     assert [sum(p) for p in layout] == list(CFG.engram_num_embeddings)      # the preset's table sizes
@@ -85,7 +70,7 @@ def test_engram_rows_and_gated_read_match_a_hand_derivation(weights, ids):
         for b in range(2):
             seq = [int(t) if mask[b, p] else None for p, t in enumerate(ids[b])]
             for p in range(S):
-                rows = _hand_rows(seq, p, layout[k], mult, CFG.engram_pad_id)
+                rows = hand_rows(seq, p, layout[k], mult, CFG.engram_pad_id)
                 assert out[f"engram_rows{L}"][b, p].tolist() == rows
                 kv = wkv @ np.concatenate([table[r] for r in rows])
                 value = kv[hc * D:]

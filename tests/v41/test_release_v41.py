@@ -99,14 +99,6 @@ def test_inventory_names_and_shapes_as_released():
     assert len(st) == 96085
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("v41") / "ck")
-    r = CliRunner().invoke(main, ["make-checkpoint", d, "--config", "v4.1-tiny", "--seed", "5"])
-    assert r.exit_code == 0, r.output
-    return d
-
-
 def test_make_checkpoint_layout_and_the_one_loader(release, tmp_path):
     assert sorted(os.listdir(release)) == ["config.json", "inference", "model-00001-of-00001.safetensors",
                                            "model.safetensors.index.json", "tokenizer.json"]
@@ -117,6 +109,7 @@ def test_make_checkpoint_layout_and_the_one_loader(release, tmp_path):
     tmap = release_token_map(release, cfg)          # the config names its tokenizer's compressed vocabulary
     assert len(tmap) == cfg.vocab_size and tmap.max() + 1 == cfg.engram_compressed_vocab_size
     # what the loader returns is exactly what the writer stored (the writer's own decode of its bytes)
+    # the release fixture's weights (conftest.py: seed 5) written again
     again = write_official_checkpoint(cfg, random_weights_v41(cfg, 5), str(tmp_path / "again"))
     for k in w:
         np.testing.assert_array_equal(w[k], again[k])

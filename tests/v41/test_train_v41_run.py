@@ -4,10 +4,11 @@ state, per-step losses); V4.1 layouts it does not run (pp, micro-batches, ZeRO-1
 directory loads every tensor (Engram tables included) decoded from its FP8 / MXFP4 storage."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
+
+from run_dirs import fork_run
 
 
 def _tc(**kw):
@@ -36,11 +37,7 @@ def test_v41_resume_is_bit_exact(ms_graph, tmp_path):
     rows_a = a.run()
     assert os.path.isfile(os.path.join(a_dir, "ckpt-00000002", "engram_state.npz"))
     assert all(np.isfinite(r["loss"]) and r["mtp_loss"] > 0 for r in rows_a)
-    os.makedirs(b_dir)
-    shutil.copytree(os.path.join(a_dir, "ckpt-00000002"), os.path.join(b_dir, "ckpt-00000002"))
-    shutil.copytree(os.path.join(a_dir, "tokenizer"), os.path.join(b_dir, "tokenizer"))
-    with open(os.path.join(b_dir, "latest"), "w") as fh:
-        fh.write("ckpt-00000002\n")
+    fork_run(a_dir, 2, b_dir)
     b = Trainer(tc, b_dir)
     assert b.maybe_resume() and b.step == 2
     rows_b = b.run()

@@ -6,7 +6,6 @@ line, or a usage error (click), 3 ``--fail-on`` threshold reached.
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import click

@@ -148,7 +148,7 @@ def _md(s: str) -> str:
 
 
 def render_md(result: ScanResult) -> str:
-    out = [f"# CUDA -> Ascend migration report", "", f"`{TOOL} {result.root}`", "",
+    out = ["# CUDA -> Ascend migration report", "", f"`{TOOL} {result.root}`", "",
            f"**{summary_line(result)}**", "", effort_line(result), ""]
     if result.findings:
         out += ["## Summary by rule", "", "| severity | rule | category | count | replacement |",

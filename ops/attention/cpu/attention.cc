@@ -162,6 +162,16 @@ inline void axpy(float* y, float a, const float* x, int n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+// out[e] = Σ_threads part[th][e] for e < n, summed in part's type, thread 0 first.
+template <typename A>
+void sum_threads(const std::vector<std::vector<A>>& part, int64_t n, float* out) {
+  for (int64_t e = 0; e < n; ++e) {
+    A s = 0;
+    for (const auto& t : part) s += t[e];
+    out[e] = static_cast<float>(s);
+  }
+}
+
 // A float32 view of a float32 or bf16 tensor (bf16 is widened once into an owned buffer).
 struct F32View {
   const float* p = nullptr;
@@ -419,11 +429,7 @@ int SparseAttnBwd(int nparam, void** params, int* ndims, int64_t** shapes, const
     acc[i] = s;
   }
   store_row(dkv_p, dtypes[1], 0, acc.data(), B * N * D);
-  for (int64_t h = 0; h < H; ++h) {
-    float s = 0.f;
-    for (int th = 0; th < nt; ++th) s += dsink_t[th][h];
-    dsink[h] = s;
-  }
+  sum_threads(dsink_t, H, dsink);
   return 0;
 }
 
@@ -603,6 +609,7 @@ namespace {
 
 struct PoolArgs {
   int64_t B, S, W, m, c, n;  // W = coff·c
+  int64_t L;                 // slots per block: 2m overlapping, m otherwise
   bool overlap;
   float eps;
 };
@@ -627,9 +634,37 @@ PoolArgs pool_args(int64_t** shapes, const float* cfg) {
   a.B = shapes[0][0], a.S = shapes[0][1], a.W = shapes[0][2];
   a.m = shapes[2][0], a.c = shapes[3][0];
   a.overlap = a.W == 2 * a.c;
+  a.L = a.overlap ? 2 * a.m : a.m;
   a.n = a.S / a.m;
   a.eps = cfg[0];
   return a;
+}
+
+// Block i of batch b before its RMSNorm: y = Σ_slots softmax_slots(scp + ape) ⊙ kvp per channel, leaving the slot max
+// mx and the denominator den for the backward; returns Σ y².  y, mx, den hold c floats each.
+double pool_block(const PoolArgs& a, const float* kvp, const float* scp, const float* ape, int64_t b, int64_t i,
+                  float* y, float* mx, float* den) {
+  std::fill(mx, mx + a.c, kNegInf);
+  std::fill(den, den + a.c, 0.f);
+  std::fill(y, y + a.c, 0.f);
+  int64_t tok, ch, ao;
+  for (int64_t s = 0; s < a.L; ++s) {
+    if (!slot(a, i, s, tok, ch, ao)) continue;
+    const float* sc = scp + (b * a.S + tok) * a.W + ch;
+    for (int64_t e = 0; e < a.c; ++e) mx[e] = std::max(mx[e], sc[e] + ape[ao + e]);
+  }
+  for (int64_t s = 0; s < a.L; ++s) {
+    if (!slot(a, i, s, tok, ch, ao)) continue;
+    const float* sc = scp + (b * a.S + tok) * a.W + ch;
+    const float* kv = kvp + (b * a.S + tok) * a.W + ch;
+    for (int64_t e = 0; e < a.c; ++e) {
+      const float p = std::exp(sc[e] + ape[ao + e] - mx[e]);
+      den[e] += p, y[e] += p * kv[e];
+    }
+  }
+  double ss = 0;
+  for (int64_t e = 0; e < a.c; ++e) y[e] /= den[e], ss += static_cast<double>(y[e]) * y[e];
+  return ss;
 }
 
 }  // namespace
@@ -643,33 +678,13 @@ int CompressPoolFwd(int, void** params, int*, int64_t** shapes, const char** dty
   F32View kvp(params[0], dtypes[0], a.B * a.S * a.W), scp(params[1], dtypes[1], a.B * a.S * a.W);
   const float* ape = static_cast<const float*>(params[2]);
   const float* nw = static_cast<const float*>(params[3]);
-  const int64_t L = a.overlap ? 2 * a.m : a.m;
 #pragma omp parallel
   {
     std::vector<float> y(a.c), mx(a.c), den(a.c);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < a.B * a.n; ++r) {
       const int64_t b = r / a.n, i = r % a.n;
-      std::fill(mx.begin(), mx.end(), kNegInf);
-      std::fill(den.begin(), den.end(), 0.f);
-      std::fill(y.begin(), y.end(), 0.f);
-      int64_t tok, ch, ao;
-      for (int64_t s = 0; s < L; ++s) {
-        if (!slot(a, i, s, tok, ch, ao)) continue;
-        const float* sc = scp.p + (b * a.S + tok) * a.W + ch;
-        for (int64_t e = 0; e < a.c; ++e) mx[e] = std::max(mx[e], sc[e] + ape[ao + e]);
-      }
-      for (int64_t s = 0; s < L; ++s) {
-        if (!slot(a, i, s, tok, ch, ao)) continue;
-        const float* sc = scp.p + (b * a.S + tok) * a.W + ch;
-        const float* kv = kvp.p + (b * a.S + tok) * a.W + ch;
-        for (int64_t e = 0; e < a.c; ++e) {
-          const float p = std::exp(sc[e] + ape[ao + e] - mx[e]);
-          den[e] += p, y[e] += p * kv[e];
-        }
-      }
-      double ss = 0;
-      for (int64_t e = 0; e < a.c; ++e) y[e] /= den[e], ss += static_cast<double>(y[e]) * y[e];
+      const double ss = pool_block(a, kvp.p, scp.p, ape, b, i, y.data(), mx.data(), den.data());
       const float rs = static_cast<float>(1.0 / std::sqrt(ss / a.c + a.eps));
       for (int64_t e = 0; e < a.c; ++e) y[e] = y[e] * rs * nw[e];
       store_row(params[5], dtypes[0], r * a.c, y.data(), a.c);
@@ -685,7 +700,6 @@ int CompressPoolBwd(int, void** params, int*, int64_t** shapes, const char** dty
   const float* ape = static_cast<const float*>(params[2]);
   const float* nw = static_cast<const float*>(params[3]);
   F32View dout(params[5], dtypes[5], a.B * a.n * a.c);
-  const int64_t L = a.overlap ? 2 * a.m : a.m;
   std::vector<float> dkvp(a.B * a.S * a.W, 0.f), dscp(a.B * a.S * a.W, 0.f);  // tail tokens stay 0
   const int nt = omp_get_max_threads();
   std::vector<std::vector<double>> dape_t(nt, std::vector<double>(a.m * a.W, 0.0)), dnw_t(nt, std::vector<double>(a.c, 0.0));
@@ -696,26 +710,7 @@ int CompressPoolBwd(int, void** params, int*, int64_t** shapes, const char** dty
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < a.B * a.n; ++r) {
       const int64_t b = r / a.n, i = r % a.n;
-      std::fill(mx.begin(), mx.end(), kNegInf);
-      std::fill(den.begin(), den.end(), 0.f);
-      std::fill(y.begin(), y.end(), 0.f);
-      int64_t tok, ch, ao;
-      for (int64_t s = 0; s < L; ++s) {
-        if (!slot(a, i, s, tok, ch, ao)) continue;
-        const float* sc = scp.p + (b * a.S + tok) * a.W + ch;
-        for (int64_t e = 0; e < a.c; ++e) mx[e] = std::max(mx[e], sc[e] + ape[ao + e]);
-      }
-      for (int64_t s = 0; s < L; ++s) {
-        if (!slot(a, i, s, tok, ch, ao)) continue;
-        const float* sc = scp.p + (b * a.S + tok) * a.W + ch;
-        const float* kv = kvp.p + (b * a.S + tok) * a.W + ch;
-        for (int64_t e = 0; e < a.c; ++e) {
-          const float p = std::exp(sc[e] + ape[ao + e] - mx[e]);
-          den[e] += p, y[e] += p * kv[e];
-        }
-      }
-      double ss = 0;
-      for (int64_t e = 0; e < a.c; ++e) y[e] /= den[e], ss += static_cast<double>(y[e]) * y[e];
+      const double ss = pool_block(a, kvp.p, scp.p, ape, b, i, y.data(), mx.data(), den.data());
       const double rs = 1.0 / std::sqrt(ss / a.c + a.eps);
       // RMSNorm backward: out = w·y·rs; dy = rs·(w⊙dout) - y·rs³·Σ(w⊙dout⊙y)/c
       const float* dor = dout.p + r * a.c;
@@ -727,7 +722,8 @@ int CompressPoolBwd(int, void** params, int*, int64_t** shapes, const char** dty
       }
       for (int64_t e = 0; e < a.c; ++e) g[e] = static_cast<float>(rs * g[e] - y[e] * rs * rs * rs * gy / a.c);
       // softmax pooling backward: dkv_s = p_s·dy, dsc_s = p_s·(kv_s - y)·dy
-      for (int64_t s = 0; s < L; ++s) {
+      int64_t tok, ch, ao;
+      for (int64_t s = 0; s < a.L; ++s) {
         if (!slot(a, i, s, tok, ch, ao)) continue;
         const int64_t off = (b * a.S + tok) * a.W + ch;
         const float* sc = scp.p + off;
@@ -746,16 +742,8 @@ int CompressPoolBwd(int, void** params, int*, int64_t** shapes, const char** dty
   store_row(params[7], dtypes[1], 0, dscp.data(), a.B * a.S * a.W);
   float* dape = static_cast<float*>(params[8]);
   float* dnw = static_cast<float*>(params[9]);
-  for (int64_t e = 0; e < a.m * a.W; ++e) {
-    double s = 0;
-    for (int th = 0; th < nt; ++th) s += dape_t[th][e];
-    dape[e] = static_cast<float>(s);
-  }
-  for (int64_t e = 0; e < a.c; ++e) {
-    double s = 0;
-    for (int th = 0; th < nt; ++th) s += dnw_t[th][e];
-    dnw[e] = static_cast<float>(s);
-  }
+  sum_threads(dape_t, a.m * a.W, dape);
+  sum_threads(dnw_t, a.c, dnw);
   return 0;
 }
 

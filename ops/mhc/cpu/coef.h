@@ -42,25 +42,19 @@ inline void sinkhorn_forward(const double* c0, int n, int iters, double eps, dou
   }
   record(den);
   ++step;
-  for (int it = 0; it < iters; ++it) {
-    if (it > 0) {  // row normalisation (the first one is the softmax above)
-      for (int j = 0; j < n; ++j) {
-        double s = eps;
-        for (int k = 0; k < n; ++k) s += c[j * n + k];
-        for (int k = 0; k < n; ++k) c[j * n + k] /= s;
-        den[j] = s;
-      }
-      record(den);
-      ++step;
-    }
-    for (int k = 0; k < n; ++k) {  // column normalisation
+  auto normalise = [&](bool column) {  // each row (column) divided by eps + its sum; den[a] = that divisor
+    for (int a = 0; a < n; ++a) {
       double s = eps;
-      for (int j = 0; j < n; ++j) s += c[j * n + k];
-      for (int j = 0; j < n; ++j) c[j * n + k] /= s;
-      den[k] = s;
+      for (int b = 0; b < n; ++b) s += c[column ? b * n + a : a * n + b];
+      for (int b = 0; b < n; ++b) c[column ? b * n + a : a * n + b] /= s;
+      den[a] = s;
     }
     record(den);
     ++step;
+  };
+  for (int it = 0; it < iters; ++it) {
+    if (it > 0) normalise(false);  // row normalisation (the first one is the softmax above)
+    normalise(true);
   }
   for (int i = 0; i < nn; ++i) out[i] = c[i];
 }

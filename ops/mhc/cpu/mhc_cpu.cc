@@ -437,39 +437,43 @@ void pre_backward(const PreShape& s, const Cfg& c, const XT* x, const float* fn,
 }
 
 // ------------------------------------------------------------------------------------------- hc_post
+// body(t, f_t, residual_t, post_t, comb_t) for every token t, in parallel when T·hc·D is large enough.
+template <typename XT, typename Body>
+void post_tokens(int64_t T, int hc, int64_t D, const XT* f, const XT* res, const float* post, const float* comb,
+                 Body&& body) {
+#pragma omp parallel if (T * hc * D >= kParallelMinWork)
+  {
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t t = 0; t < T; ++t) body(t, f + t * D, res + t * hc * D, post + t * hc, comb + t * hc * hc);
+  }
+}
+
 // out[k, d] = post[k] * f[d] + sum_j comb[j, k] * residual[j, d]   (stream k takes column k of comb)
 template <typename XT, int HCT>
 void post_forward(int64_t T, int hc_rt, int64_t D, const XT* f, const XT* res, const float* post,
                   const float* comb, XT* out) {
   const int hc = HCT ? HCT : hc_rt;
-#pragma omp parallel if (T * hc * D >= kParallelMinWork)
-  {
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t t = 0; t < T; ++t) {
-      const XT* ft = f + t * D;
-      const XT* rt = res + t * hc * D;
-      const float* pt = post + t * hc;
-      const float* ct = comb + t * hc * hc;
-      XT* ot = out + t * hc * D;
-      int64_t d = 0;
-      for (; d + 8 <= D; d += 8) {
-        const V8 fv = ld8(ft + d);
-        V8 rv[HC_MAX];
-        for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
-        for (int k = 0; k < hc; ++k) {
-          V8 a = mul8(bcast(pt[k]), fv);
-          for (int j = 0; j < hc; ++j) a = fma8(bcast(ct[j * hc + k]), rv[j], a);
-          st8(ot + k * D + d, a);
-        }
+  post_tokens(T, hc, D, f, res, post, comb,
+              [&](int64_t t, const XT* ft, const XT* rt, const float* pt, const float* ct) {
+    XT* ot = out + t * hc * D;
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+      const V8 fv = ld8(ft + d);
+      V8 rv[HC_MAX];
+      for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
+      for (int k = 0; k < hc; ++k) {
+        V8 a = mul8(bcast(pt[k]), fv);
+        for (int j = 0; j < hc; ++j) a = fma8(bcast(ct[j * hc + k]), rv[j], a);
+        st8(ot + k * D + d, a);
       }
-      for (; d < D; ++d)
-        for (int k = 0; k < hc; ++k) {
-          float a = pt[k] * ld1(ft + d);
-          for (int j = 0; j < hc; ++j) a = std::fma(ct[j * hc + k], ld1(rt + j * D + d), a);
-          st1(ot + k * D + d, a);
-        }
     }
-  }
+    for (; d < D; ++d)
+      for (int k = 0; k < hc; ++k) {
+        float a = pt[k] * ld1(ft + d);
+        for (int j = 0; j < hc; ++j) a = std::fma(ct[j * hc + k], ld1(rt + j * D + d), a);
+        st1(ot + k * D + d, a);
+      }
+  });
 }
 
 
@@ -477,66 +481,59 @@ template <typename XT, int HCT>
 void post_backward(int64_t T, int hc_rt, int64_t D, const XT* f, const XT* res, const float* post,
                    const float* comb, const XT* gout, XT* gf, XT* gres, float* gpost, float* gcomb) {
   const int hc = HCT ? HCT : hc_rt;
-#pragma omp parallel if (T * hc * D >= kParallelMinWork)
-  {
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t t = 0; t < T; ++t) {
-      const XT* ft = f + t * D;
-      const XT* rt = res + t * hc * D;
-      const XT* gt = gout + t * hc * D;
-      const float* pt = post + t * hc;
-      const float* ct = comb + t * hc * hc;
-      V8 ap[HC_MAX], ac[HC_MAX * HC_MAX];
-      for (int i = 0; i < hc; ++i) ap[i] = zero8();
-      for (int i = 0; i < hc * hc; ++i) ac[i] = zero8();
-      int64_t d = 0;
-      for (; d + 8 <= D; d += 8) {
-        const V8 fv = ld8(ft + d);
-        V8 gv[HC_MAX], rv[HC_MAX];
-        for (int k = 0; k < hc; ++k) gv[k] = ld8(gt + k * D + d);
-        for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
-        V8 a = zero8();
-        for (int k = 0; k < hc; ++k) {
-          a = fma8(bcast(pt[k]), gv[k], a);
-          ap[k] = fma8(gv[k], fv, ap[k]);
-        }
-        st8(gf + t * D + d, a);
-        for (int j = 0; j < hc; ++j) {
-          V8 r = zero8();
-          for (int k = 0; k < hc; ++k) {
-            r = fma8(bcast(ct[j * hc + k]), gv[k], r);
-            ac[j * hc + k] = fma8(rv[j], gv[k], ac[j * hc + k]);
-          }
-          st8(gres + t * hc * D + j * D + d, r);
-        }
+  post_tokens(T, hc, D, f, res, post, comb,
+              [&](int64_t t, const XT* ft, const XT* rt, const float* pt, const float* ct) {
+    const XT* gt = gout + t * hc * D;
+    V8 ap[HC_MAX], ac[HC_MAX * HC_MAX];
+    for (int i = 0; i < hc; ++i) ap[i] = zero8();
+    for (int i = 0; i < hc * hc; ++i) ac[i] = zero8();
+    int64_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+      const V8 fv = ld8(ft + d);
+      V8 gv[HC_MAX], rv[HC_MAX];
+      for (int k = 0; k < hc; ++k) gv[k] = ld8(gt + k * D + d);
+      for (int j = 0; j < hc; ++j) rv[j] = ld8(rt + j * D + d);
+      V8 a = zero8();
+      for (int k = 0; k < hc; ++k) {
+        a = fma8(bcast(pt[k]), gv[k], a);
+        ap[k] = fma8(gv[k], fv, ap[k]);
       }
-      double sp[HC_MAX], sc[HC_MAX * HC_MAX];
-      for (int k = 0; k < hc; ++k) sp[k] = hsum8(ap[k]);
-      for (int i = 0; i < hc * hc; ++i) sc[i] = hsum8(ac[i]);
-      for (; d < D; ++d) {
-        const float fd = ld1(ft + d);
-        float a = 0.f;
+      st8(gf + t * D + d, a);
+      for (int j = 0; j < hc; ++j) {
+        V8 r = zero8();
+        for (int k = 0; k < hc; ++k) {
+          r = fma8(bcast(ct[j * hc + k]), gv[k], r);
+          ac[j * hc + k] = fma8(rv[j], gv[k], ac[j * hc + k]);
+        }
+        st8(gres + t * hc * D + j * D + d, r);
+      }
+    }
+    double sp[HC_MAX], sc[HC_MAX * HC_MAX];
+    for (int k = 0; k < hc; ++k) sp[k] = hsum8(ap[k]);
+    for (int i = 0; i < hc * hc; ++i) sc[i] = hsum8(ac[i]);
+    for (; d < D; ++d) {
+      const float fd = ld1(ft + d);
+      float a = 0.f;
+      for (int k = 0; k < hc; ++k) {
+        const float g = ld1(gt + k * D + d);
+        a = std::fma(pt[k], g, a);
+        sp[k] += static_cast<double>(g) * fd;
+      }
+      st1(gf + t * D + d, a);
+      for (int j = 0; j < hc; ++j) {
+        const float rj = ld1(rt + j * D + d);
+        float r = 0.f;
         for (int k = 0; k < hc; ++k) {
           const float g = ld1(gt + k * D + d);
-          a = std::fma(pt[k], g, a);
-          sp[k] += static_cast<double>(g) * fd;
+          r = std::fma(ct[j * hc + k], g, r);
+          sc[j * hc + k] += static_cast<double>(rj) * g;
         }
-        st1(gf + t * D + d, a);
-        for (int j = 0; j < hc; ++j) {
-          const float rj = ld1(rt + j * D + d);
-          float r = 0.f;
-          for (int k = 0; k < hc; ++k) {
-            const float g = ld1(gt + k * D + d);
-            r = std::fma(ct[j * hc + k], g, r);
-            sc[j * hc + k] += static_cast<double>(rj) * g;
-          }
-          st1(gres + t * hc * D + j * D + d, r);
-        }
+        st1(gres + t * hc * D + j * D + d, r);
       }
-      for (int k = 0; k < hc; ++k) gpost[t * hc + k] = static_cast<float>(sp[k]);
-      for (int i = 0; i < hc * hc; ++i) gcomb[t * hc * hc + i] = static_cast<float>(sc[i]);
     }
-  }
+    for (int k = 0; k < hc; ++k) gpost[t * hc + k] = static_cast<float>(sp[k]);
+    for (int i = 0; i < hc * hc; ++i) gcomb[t * hc * hc + i] = static_cast<float>(sc[i]);
+  });
 }
 
 
@@ -563,8 +560,22 @@ Cfg read_cfg(const Args& a, int i, bool head) {
   return c;
 }
 
-// Inputs: x [T,hc,D], fn [M,K], scale, base [M], cfg.  Shape checks mirror the Python wrapper's contract.
-int pre_shape(const Args& a, bool head, PreShape* s) {
+// f(X{}) with X the element type of x (input 0), float or bf16; any other dtype is BAD_DTYPE.
+template <typename F>
+int by_x_dtype(const Args& a, F&& f) {
+  if (a.f32(0))
+    f(float{});
+  else if (a.bf(0))
+    f(bf16{});
+  else
+    return BAD_DTYPE;
+  return OK;
+}
+
+// Inputs: x [T,hc,D], fn [M,K], scale, base [M], cfg; `arity` counts inputs and outputs.  Shape checks mirror the
+// Python wrapper's contract.
+int pre_shape(const Args& a, bool head, int arity, PreShape* s) {
+  if (a.n != arity) return BAD_ARITY;
   if (a.nd[0] != 3 || a.nd[1] != 2) return BAD_SHAPE;
   s->T = a.dim(0, 0);
   s->hc = static_cast<int>(a.dim(0, 1));
@@ -580,46 +591,50 @@ int pre_shape(const Args& a, bool head, PreShape* s) {
 
 int pre_fwd(const Args& a, bool head) {
   // in: x fn scale base cfg | out: y (post comb) mix rstd
-  if (a.n != (head ? 8 : 10)) return BAD_ARITY;
   PreShape s;
-  if (int e = pre_shape(a, head, &s)) return e;
+  if (int e = pre_shape(a, head, head ? 8 : 10, &s)) return e;
   const Cfg c = read_cfg(a, 4, head);
   const int o = 5;
   float* post = head ? nullptr : a.ptr<float>(o + 1);
   float* comb = head ? nullptr : a.ptr<float>(o + 2);
   float* mix = a.ptr<float>(head ? o + 1 : o + 3);
   float* rstd = a.ptr<float>(head ? o + 2 : o + 4);
-  if (a.f32(0))
-    pre_forward<float>(s, c, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3),
-                       a.ptr<float>(o), post, comb, mix, rstd);
-  else if (a.bf(0))
-    pre_forward<bf16>(s, c, a.ptr<bf16>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<bf16>(o),
-                      post, comb, mix, rstd);
-  else
-    return BAD_DTYPE;
-  return OK;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    pre_forward<X>(s, c, a.ptr<X>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<X>(o), post, comb,
+                   mix, rstd);
+  });
 }
 
 int pre_bwd(const Args& a, bool head) {
   // in: x fn scale base cfg mix rstd gy (gpost gcomb) | out: gx gfn gscale gbase
-  if (a.n != (head ? 12 : 14)) return BAD_ARITY;
   PreShape s;
-  if (int e = pre_shape(a, head, &s)) return e;
+  if (int e = pre_shape(a, head, head ? 12 : 14, &s)) return e;
   const Cfg c = read_cfg(a, 4, head);
   const int gi = 7, o = head ? 8 : 10;
   if (!a.f32(5) || !a.f32(6) || std::string(a.dt[gi]) != a.dt[0]) return BAD_DTYPE;
   const float* gpost = head ? nullptr : a.ptr<float>(8);
   const float* gcomb = head ? nullptr : a.ptr<float>(9);
-  if (a.f32(0))
-    pre_backward<float>(s, c, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(5),
-                        a.ptr<float>(6), a.ptr<float>(gi), gpost, gcomb, a.ptr<float>(o), a.ptr<float>(o + 1),
-                        a.ptr<float>(o + 2), a.ptr<float>(o + 3));
-  else if (a.bf(0))
-    pre_backward<bf16>(s, c, a.ptr<bf16>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(5),
-                       a.ptr<float>(6), a.ptr<bf16>(gi), gpost, gcomb, a.ptr<bf16>(o), a.ptr<float>(o + 1),
-                       a.ptr<float>(o + 2), a.ptr<float>(o + 3));
-  else
-    return BAD_DTYPE;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    pre_backward<X>(s, c, a.ptr<X>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(5),
+                    a.ptr<float>(6), a.ptr<X>(gi), gpost, gcomb, a.ptr<X>(o), a.ptr<float>(o + 1),
+                    a.ptr<float>(o + 2), a.ptr<float>(o + 3));
+  });
+}
+
+// HcPost*: f [T,D] and residual [T,hc,D] of x's dtype, post [T,hc] and comb [T,hc,hc] float32.
+struct PostShape {
+  int64_t T, D;
+  int hc;
+};
+
+int post_shape(const Args& a, PostShape* s) {
+  if (a.nd[1] != 3 || !a.f32(2) || !a.f32(3) || std::string(a.dt[0]) != a.dt[1]) return BAD_DTYPE;
+  s->T = a.dim(1, 0);
+  s->D = a.dim(1, 2);
+  s->hc = static_cast<int>(a.dim(1, 1));
+  if (s->hc < 1 || s->hc > HC_MAX) return BAD_SHAPE;
   return OK;
 }
 
@@ -653,20 +668,13 @@ int HcPostFwd(int n, void** p, int* nd, int64_t** sh, const char** dt, void*, vo
   using namespace mhc;
   if (n != 5) return BAD_ARITY;
   const Args a{n, p, nd, sh, dt};
-  if (nd[1] != 3 || !a.f32(2) || !a.f32(3) || std::string(dt[0]) != dt[1]) return BAD_DTYPE;
-  const int64_t T = a.dim(1, 0), D = a.dim(1, 2);
-  const int hc = static_cast<int>(a.dim(1, 1));
-  if (hc < 1 || hc > HC_MAX) return BAD_SHAPE;
-  if (a.f32(0)) {
-    auto run = hc == 4 ? post_forward<float, 4> : post_forward<float, 0>;
-    run(T, hc, D, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(4));
-  } else if (a.bf(0)) {
-    auto run = hc == 4 ? post_forward<bf16, 4> : post_forward<bf16, 0>;
-    run(T, hc, D, a.ptr<bf16>(0), a.ptr<bf16>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<bf16>(4));
-  } else {
-    return BAD_DTYPE;
-  }
-  return OK;
+  PostShape s;
+  if (int e = post_shape(a, &s)) return e;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    auto run = s.hc == 4 ? post_forward<X, 4> : post_forward<X, 0>;
+    run(s.T, s.hc, s.D, a.ptr<X>(0), a.ptr<X>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<X>(4));
+  });
 }
 
 // HcPostBwd(f, residual, post, comb, gout) -> gf, gresidual, gpost, gcomb
@@ -674,23 +682,15 @@ int HcPostBwd(int n, void** p, int* nd, int64_t** sh, const char** dt, void*, vo
   using namespace mhc;
   if (n != 9) return BAD_ARITY;
   const Args a{n, p, nd, sh, dt};
-  if (nd[1] != 3 || !a.f32(2) || !a.f32(3) || std::string(dt[0]) != dt[1] || std::string(dt[0]) != dt[4])
-    return BAD_DTYPE;
-  const int64_t T = a.dim(1, 0), D = a.dim(1, 2);
-  const int hc = static_cast<int>(a.dim(1, 1));
-  if (hc < 1 || hc > HC_MAX) return BAD_SHAPE;
-  if (a.f32(0)) {
-    auto run = hc == 4 ? post_backward<float, 4> : post_backward<float, 0>;
-    run(T, hc, D, a.ptr<float>(0), a.ptr<float>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<float>(4),
-        a.ptr<float>(5), a.ptr<float>(6), a.ptr<float>(7), a.ptr<float>(8));
-  } else if (a.bf(0)) {
-    auto run = hc == 4 ? post_backward<bf16, 4> : post_backward<bf16, 0>;
-    run(T, hc, D, a.ptr<bf16>(0), a.ptr<bf16>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<bf16>(4),
-        a.ptr<bf16>(5), a.ptr<bf16>(6), a.ptr<float>(7), a.ptr<float>(8));
-  } else {
-    return BAD_DTYPE;
-  }
-  return OK;
+  if (std::string(dt[0]) != dt[4]) return BAD_DTYPE;
+  PostShape s;
+  if (int e = post_shape(a, &s)) return e;
+  return by_x_dtype(a, [&](auto t) {
+    using X = decltype(t);
+    auto run = s.hc == 4 ? post_backward<X, 4> : post_backward<X, 0>;
+    run(s.T, s.hc, s.D, a.ptr<X>(0), a.ptr<X>(1), a.ptr<float>(2), a.ptr<float>(3), a.ptr<X>(4), a.ptr<X>(5),
+        a.ptr<X>(6), a.ptr<float>(7), a.ptr<float>(8));
+  });
 }
 
 }  // extern "C"

@@ -547,31 +547,51 @@ struct FfnShape {
 
 inline float silu(float g) { return g / (1.f + std::exp(-g)); }
 
+// A tile of the gate/up projections: expert e, columns [n0, n0 + NB) of I.
+struct FfnTile {
+  int64_t e, n0;
+};
+
+// The tiles of every expert that has rows, largest groups first (the longest tasks start first).
+inline std::vector<FfnTile> ffn_tiles(const Groups& g, const FfnShape& s) {
+  std::vector<FfnTile> tiles;
+  for (int64_t e = 0; e < s.E; ++e)
+    if (g.cnt[e] > 0)
+      for (int64_t n0 = 0; n0 < s.I; n0 += moe::NB) tiles.push_back({e, n0});
+  std::stable_sort(tiles.begin(), tiles.end(),
+                   [&](const FfnTile& a, const FfnTile& b) { return g.cnt[a.e] > g.cnt[b.e]; });
+  return tiles;
+}
+
+// G = X_e W1[e, n0:n0+nb]ᵀ and U = X_e W3[e, n0:n0+nb]ᵀ, [m, nb] each, in the calling thread's scratch t0, t1.
+struct GateUp {
+  int64_t e, n0, nb, m, r0;
+  float *G, *U;
+};
+
+inline GateUp gate_up(const float* x, const float* w1, const float* w3, const Groups& g, const FfnShape& s,
+                      const FfnTile& tile) {
+  GateUp t{tile.e, tile.n0, std::min(moe::NB, s.I - tile.n0), g.cnt[tile.e], g.start[tile.e], nullptr, nullptr};
+  moe::Scratch& ws = moe::scratch();
+  t.G = ws.t0.get(size_t(t.m) * t.nb);
+  t.U = ws.t1.get(size_t(t.m) * t.nb);
+  moe::gemm_block_dual(t.m, t.nb, s.D, View{x + t.r0 * s.D, s.D, 1}, View{w1 + (t.e * s.I + t.n0) * s.D, 1, s.D},
+                       View{w3 + (t.e * s.I + t.n0) * s.D, 1, s.D}, t.G, t.U, t.nb);
+  return t;
+}
+
 // Forward; optionally keeps G, U (pre-clamp) and H for the backward pass.
 inline void ffn_forward(const float* x, const float* w1, const float* w2, const float* w3, const Groups& g,
                         const FfnShape& s, float L, float* y, float* H) {
-  using moe::NB;
   // Phase 1: per (expert, column block of I): G, U tiles -> H.
-  struct Task {
-    int64_t e, n0;
-  };
-  std::vector<Task> tasks;
-  for (int64_t e = 0; e < s.E; ++e)
-    if (g.cnt[e] > 0)
-      for (int64_t n0 = 0; n0 < s.I; n0 += NB) tasks.push_back({e, n0});
-  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) { return g.cnt[a.e] > g.cnt[b.e]; });
-  moe::parallel_tasks(int64_t(tasks.size()), [&](int64_t ti) {
-    const int64_t e = tasks[ti].e, n0 = tasks[ti].n0, nb = std::min(NB, s.I - n0), m = g.cnt[e];
-    const View X{x + g.start[e] * s.D, s.D, 1};
-    moe::Scratch& ws = moe::scratch();
-    float* Gt = ws.t0.get(size_t(m) * nb);
-    float* Ut = ws.t1.get(size_t(m) * nb);
-    moe::gemm_block_dual(m, nb, s.D, X, View{w1 + (e * s.I + n0) * s.D, 1, s.D},
-                         View{w3 + (e * s.I + n0) * s.D, 1, s.D}, Gt, Ut, nb);
-    for (int64_t i = 0; i < m; ++i) {
-      float* h = H + (g.start[e] + i) * s.I + n0;
-      const float* gr = Gt + i * nb;
-      const float* ur = Ut + i * nb;
+  const std::vector<FfnTile> tiles = ffn_tiles(g, s);
+  moe::parallel_tasks(int64_t(tiles.size()), [&](int64_t ti) {
+    const GateUp t = gate_up(x, w1, w3, g, s, tiles[ti]);
+    const int64_t nb = t.nb;
+    for (int64_t i = 0; i < t.m; ++i) {
+      float* h = H + (t.r0 + i) * s.I + t.n0;
+      const float* gr = t.G + i * nb;
+      const float* ur = t.U + i * nb;
       if (L > 0.f) {
         for (int64_t j = 0; j < nb; ++j) h[j] = silu(std::min(gr[j], L)) * std::min(std::max(ur[j], -L), L);
       } else {
@@ -591,31 +611,20 @@ inline void ffn_forward(const float* x, const float* w1, const float* w2, const 
 inline void ffn_backward(const float* x, const float* w1, const float* w2, const float* w3, const Groups& g,
                          const FfnShape& s, float L, const float* dy, int64_t M, float* dx, float* dw1, float* dw2,
                          float* dw3) {
-  using moe::NB;
   const size_t rows = size_t(std::min<int64_t>(M, g.covered));     // groups are contiguous from row 0
   std::vector<float> H(rows * s.I), dG(rows * s.I), dU(rows * s.I);
-  struct Task {
-    int64_t e, n0;
-  };
-  std::vector<Task> tasks;
-  for (int64_t e = 0; e < s.E; ++e)
-    if (g.cnt[e] > 0)
-      for (int64_t n0 = 0; n0 < s.I; n0 += NB) tasks.push_back({e, n0});
   // Phase 1: recompute G, U; dH = dY W2 (W2_e [D, I] is the (k=D, n=I) row-major view); then H, dG, dU.
-  moe::parallel_tasks(int64_t(tasks.size()), [&](int64_t ti) {
-    const int64_t e = tasks[ti].e, n0 = tasks[ti].n0, nb = std::min(NB, s.I - n0), m = g.cnt[e], r0 = g.start[e];
-    const View X{x + r0 * s.D, s.D, 1};
-    moe::Scratch& ws = moe::scratch();
-    float* Gt = ws.t0.get(size_t(m) * nb);
-    float* Ut = ws.t1.get(size_t(m) * nb);
-    float* dHt = ws.t2.get(size_t(m) * nb);
-    moe::gemm_block_dual(m, nb, s.D, X, View{w1 + (e * s.I + n0) * s.D, 1, s.D},
-                         View{w3 + (e * s.I + n0) * s.D, 1, s.D}, Gt, Ut, nb);
-    moe::gemm_block(m, nb, s.D, View{dy + r0 * s.D, s.D, 1}, View{w2 + e * s.D * s.I + n0, s.I, 1}, dHt, nb, false);
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t o = (r0 + i) * s.I + n0;
+  const std::vector<FfnTile> tiles = ffn_tiles(g, s);
+  moe::parallel_tasks(int64_t(tiles.size()), [&](int64_t ti) {
+    const GateUp t = gate_up(x, w1, w3, g, s, tiles[ti]);
+    const int64_t nb = t.nb;
+    float* dHt = moe::scratch().t2.get(size_t(t.m) * nb);
+    moe::gemm_block(t.m, nb, s.D, View{dy + t.r0 * s.D, s.D, 1}, View{w2 + t.e * s.D * s.I + t.n0, s.I, 1}, dHt, nb,
+                    false);
+    for (int64_t i = 0; i < t.m; ++i) {
+      const int64_t o = (t.r0 + i) * s.I + t.n0;
       for (int64_t j = 0; j < nb; ++j) {
-        const float gv = Gt[i * nb + j], uv = Ut[i * nb + j], dh = dHt[i * nb + j];
+        const float gv = t.G[i * nb + j], uv = t.U[i * nb + j], dh = dHt[i * nb + j];
         const bool gin = !(L > 0.f) || gv < L;
         const bool uin = !(L > 0.f) || (uv > -L && uv < L);
         const float gc = gin ? gv : L;
@@ -646,80 +655,90 @@ inline void ffn_backward(const float* x, const float* w1, const float* w2, const
   moe::run_jobs(second);
 }
 
-inline FfnShape ffn_shape(int64_t** shapes) { return FfnShape{shapes[1][0], shapes[1][1], shapes[1][2]}; }
-
 inline bool ffn_dtypes_ok(const char** dtypes) {
   for (int i = 0; i < 4; ++i)
     if (!av4::is_f32(dtypes[i])) return false;
   return true;
 }
 
-// params (float32[2]): swiglu_limit, group_list_type
-// inputs: x [M, D], w1 [E, I, D], w2 [E, D, I], w3 [E, I, D], group_list [E] int, params  ->  y [M, D]
-extern "C" int GroupedFfn(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 7) return 1;
+// The operands of the four FFN entry points: x, w1 [E, I, D], w2 [E, D, I], w3 [E, I, D], then
+//   grouped: x [M, D], group_list [E] int, params float32[2] {swiglu_limit, group_list_type};
+//   padded:  x [E, C, D] (group e = its rows up to the last nonzero one), params float32[1] {swiglu_limit}.
+// `next` is the index of the first parameter after them (y forward; dy, dx, dw1, dw2, dw3 backward).
+struct FfnCall {
+  const float *x, *w1, *w2, *w3;
+  FfnShape s;
+  int64_t M;
+  float L;
+  Groups g;
+  int next;
+};
+
+inline FfnCall ffn_call(void** params, int64_t** shapes, const char** dtypes, bool padded) {
+  FfnCall c;
+  c.x = static_cast<const float*>(params[0]);
+  c.w1 = static_cast<const float*>(params[1]);
+  c.w2 = static_cast<const float*>(params[2]);
+  c.w3 = static_cast<const float*>(params[3]);
+  c.s = FfnShape{shapes[1][0], shapes[1][1], shapes[1][2]};
+  if (padded) {
+    const int64_t C = shapes[0][1];
+    c.M = c.s.E * C;
+    c.L = static_cast<const float*>(params[4])[0];
+    c.g = padded_groups(c.x, c.s.E, C, c.s.D);
+    c.next = 5;
+  } else {
+    const float* p = static_cast<const float*>(params[5]);
+    c.M = shapes[0][0];
+    c.L = p[0];
+    c.g = make_groups(idx_of(params[4], dtypes[4]), c.s.E, int(p[1]), c.M);
+    c.next = 6;
+  }
+  return c;
+}
+
+// -> y; rows outside the groups are 0.
+inline int ffn_entry(int nparam, void** params, int64_t** shapes, const char** dtypes, bool padded) {
+  if (nparam != (padded ? 6 : 7)) return 1;
   if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* p = static_cast<const float*>(params[5]);
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t M = shapes[0][0];
-  const Groups g = make_groups(idx_of(params[4], dtypes[4]), s.E, int(p[1]), M);
-  std::vector<float> H(size_t(g.covered) * s.I);   // groups are contiguous from row 0: rows past covered unused
-  float* y = static_cast<float*>(params[6]);
-  ffn_forward(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-              static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), g, s, p[0], y, H.data());
-  zero_uncovered(y, M, s.D, g);
+  const FfnCall c = ffn_call(params, shapes, dtypes, padded);
+  std::vector<float> H(size_t(c.g.covered) * c.s.I);   // groups are contiguous from row 0: rows past covered unused
+  float* y = static_cast<float*>(params[c.next]);
+  ffn_forward(c.x, c.w1, c.w2, c.w3, c.g, c.s, c.L, y, H.data());
+  zero_uncovered(y, c.M, c.s.D, c.g);
   return 0;
+}
+
+// dy -> dx, dw1, dw2, dw3; dx rows outside the groups are 0.
+inline int ffn_grad_entry(int nparam, void** params, int64_t** shapes, const char** dtypes, bool padded) {
+  if (nparam != (padded ? 10 : 11)) return 1;
+  if (!ffn_dtypes_ok(dtypes)) return 2;
+  const FfnCall c = ffn_call(params, shapes, dtypes, padded);
+  auto d = [&](int k) { return static_cast<float*>(params[c.next + 1 + k]); };   // dx, dw1, dw2, dw3
+  ffn_backward(c.x, c.w1, c.w2, c.w3, c.g, c.s, c.L, static_cast<const float*>(params[c.next]), c.M, d(0), d(1),
+               d(2), d(3));
+  zero_uncovered(d(0), c.M, c.s.D, c.g);
+  return 0;
+}
+
+// inputs: x [M, D], w1, w2, w3, group_list [E] int, params  ->  y [M, D]
+extern "C" int GroupedFfn(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
+  return ffn_entry(nparam, params, shapes, dtypes, false);
 }
 
 // inputs: x, w1, w2, w3, group_list, params, dy  ->  dx, dw1, dw2, dw3
 extern "C" int GroupedFfnGrad(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 11) return 1;
-  if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* p = static_cast<const float*>(params[5]);
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t M = shapes[0][0];
-  const Groups g = make_groups(idx_of(params[4], dtypes[4]), s.E, int(p[1]), M);
-  float* dx = static_cast<float*>(params[7]);
-  ffn_backward(static_cast<const float*>(params[0]), static_cast<const float*>(params[1]),
-               static_cast<const float*>(params[2]), static_cast<const float*>(params[3]), g, s, p[0],
-               static_cast<const float*>(params[6]), M, dx, static_cast<float*>(params[8]),
-               static_cast<float*>(params[9]), static_cast<float*>(params[10]));
-  zero_uncovered(dx, M, s.D, g);
-  return 0;
+  return ffn_grad_entry(nparam, params, shapes, dtypes, false);
 }
 
-// params (float32[1]): swiglu_limit.  inputs: x [E, C, D], w1, w2, w3, params  ->  y [E, C, D]
+// inputs: x [E, C, D], w1, w2, w3, params  ->  y [E, C, D]
 extern "C" int PaddedFfn(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 6) return 1;
-  if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* x = static_cast<const float*>(params[0]);
-  const float L = static_cast<const float*>(params[4])[0];
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t C = shapes[0][1], M = s.E * C;
-  const Groups g = padded_groups(x, s.E, C, s.D);
-  std::vector<float> H(size_t(M) * s.I);
-  float* y = static_cast<float*>(params[5]);
-  ffn_forward(x, static_cast<const float*>(params[1]), static_cast<const float*>(params[2]),
-              static_cast<const float*>(params[3]), g, s, L, y, H.data());
-  zero_uncovered(y, M, s.D, g);
-  return 0;
+  return ffn_entry(nparam, params, shapes, dtypes, true);
 }
 
 // inputs: x, w1, w2, w3, params, dy  ->  dx, dw1, dw2, dw3
 extern "C" int PaddedFfnGrad(int nparam, void** params, int*, int64_t** shapes, const char** dtypes, void*, void*) {
-  if (nparam != 10) return 1;
-  if (!ffn_dtypes_ok(dtypes)) return 2;
-  const float* x = static_cast<const float*>(params[0]);
-  const float L = static_cast<const float*>(params[4])[0];
-  const FfnShape s = ffn_shape(shapes);
-  const int64_t C = shapes[0][1], M = s.E * C;
-  const Groups g = padded_groups(x, s.E, C, s.D);
-  float* dx = static_cast<float*>(params[6]);
-  ffn_backward(x, static_cast<const float*>(params[1]), static_cast<const float*>(params[2]),
-               static_cast<const float*>(params[3]), g, s, L, static_cast<const float*>(params[5]), M, dx,
-               static_cast<float*>(params[7]), static_cast<float*>(params[8]), static_cast<float*>(params[9]));
-  zero_uncovered(dx, M, s.D, g);
-  return 0;
+  return ffn_grad_entry(nparam, params, shapes, dtypes, true);
 }
 
 // Introspection for tests/bench: 1 when the AVX-512 micro-kernel is in use, 0 for AVX2.

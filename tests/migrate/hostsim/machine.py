@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 
 import torch
 import torch.distributed as dist
