@@ -288,12 +288,6 @@ def check_v41_run(tc, world: int) -> None:
     if world > 1 or p.dp * p.tp * p.pp > 1 or p.micro_batches > 1:
         raise TrainConfigError("DeepSeek-V4.1 trains on one process here (no dp / tp / ep / pp or micro_batches "
                                "yet); set parallel dp, tp, pp and micro_batches to 1 and launch without msrun")
-    if tc.recompute:
-        raise TrainConfigError("recompute: not implemented for DeepSeek-V4.1 yet (its blocks run through "
-                               "Block.forward_v41, which Cell.recompute does not wrap); set recompute: false")
-    if tc.precision not in (None, "fp32"):
-        raise TrainConfigError(f"precision: {tc.precision} is not implemented for DeepSeek-V4.1 yet (its block "
-                               f"path has no bf16 rounding points); use precision: fp32 (or null on CPU)")
 
 
 def engram_table_names(cfg) -> List[str]:
