@@ -12,6 +12,12 @@
 * balance: V3's sequence-wise balance loss over the backbone's and the drafter's routed layers (train/losses.py);
   the aux-loss-free router biases move from the expert loads as for V4 (train/step.py BiasBalancer).
 
+Packed rows (docs/training.md, "DeepSeek-V4.1"): the step runs each document piece of a packed batch as its own
+sequence (`document_rows`): its tokens at positions 0.., its Engram n-grams hashed from its own start (the
+lookback of its first tokens is blocked, pad-filled, exactly as at position 0 of a sequence), its compressed KV,
+indexer candidates and DSpark windows from its own tokens only. The result equals the model run on each document
+alone; the balance loss is per document (`seq_rows`).
+
 Engram tables live in host memory, as in serving (`EngramSparseAdamW`): the step hashes the ids, gathers the rows
 on the host and feeds them to the graph, the graph returns the gradient w.r.t. those rows, and the host applies a
 row-sparse AdamW: only rows hashed in the step move, each with its own moments and its own update count for the
@@ -58,11 +64,42 @@ def dspark_batch(targets: np.ndarray, loss_mask: np.ndarray, segment_ids: np.nda
     return o, lab, mask
 
 
+def document_rows(batch: Dict[str, np.ndarray], pad_id: int):
+    """A packed batch [B, S] -> (the batch with one document piece per row, number of pieces). Piece k (row b,
+    segment s >= 0, in row-major order) becomes row k: its tokens, targets and loss mask at columns 0 .. n-1,
+    segment id 0 and positions 0 .. n-1 there; the rest of the row is padding (token pad_id, loss mask 0, segment
+    -1). The row count is B times a power of two (at least the number of pieces), so the compiled step sees few
+    distinct shapes; rows past the pieces are all padding. A row's padding follows its tokens and the model is
+    causal: nothing a piece computes reads it."""
+    seg = np.asarray(batch["segment_ids"])
+    B, S = seg.shape
+    pieces = []
+    for b in range(B):
+        for s_id in np.unique(seg[b]):
+            if s_id >= 0:
+                pieces.append(np.nonzero(seg[b] == s_id)[0] + b * S)
+    R = B
+    while R < len(pieces):
+        R *= 2
+    out = {"input_ids": np.full((R, S), pad_id, np.int64), "targets": np.full((R, S), pad_id, np.int64),
+           "loss_mask": np.zeros((R, S), np.float32), "segment_ids": np.full((R, S), -1, np.int32),
+           "positions": np.zeros((R, S), np.int32)}
+    for r, cols in enumerate(pieces):
+        n = cols.size
+        for key in ("input_ids", "targets", "loss_mask"):
+            out[key][r, :n] = np.asarray(batch[key]).reshape(-1)[cols]
+        out["segment_ids"][r, :n] = 0
+        out["positions"][r, :n] = np.arange(n)
+    return out, len(pieces)
+
+
 class V41Loss(nn.Cell):
     """construct(input_ids, engram_rows [n_engram_layers, B, S, columns·d] (one tensor: its gradient is the rows'),
     targets, loss_mask, markov_ids, draft_labels, draft_mask, dspark_weight,
-    lm_denom, draft_denom) -> (loss, lm, draft, confidence, balance, backbone loads [L, E], drafter loads
-    [stages, E_d], dropped). auto_prefix=False keeps the release names in gradients and optimiser state."""
+    lm_denom, draft_denom, seq_rows) -> (loss, lm, draft, confidence, balance, backbone loads [L, E], drafter loads
+    [stages, E_d], dropped). auto_prefix=False keeps the release names in gradients and optimiser state.
+    seq_rows: how many rows are sequences (document_rows' piece count; the rest are all padding): the balance loss
+    is averaged over those (None: every row)."""
 
     def __init__(self, model, balance_alpha: float = 1e-4, confidence_weight: float = 0.1):
         super().__init__(auto_prefix=False)
@@ -76,7 +113,7 @@ class V41Loss(nn.Cell):
         self.n_engram = len(cfg.engram_layer_ids)
 
     def construct(self, input_ids, engram_rows, targets, loss_mask, markov_ids, draft_labels, draft_mask,
-                  dspark_weight, lm_denom=None, draft_denom=None):
+                  dspark_weight, lm_denom=None, draft_denom=None, seq_rows=None):
         B = input_ids.shape[0]
         _, h = self.model.embed_streams(input_ids)
         rows = tuple(engram_rows[k] for k in range(self.n_engram))
@@ -107,6 +144,8 @@ class V41Loss(nn.Cell):
                 dl = dl + (expert_load(ids, self.Ed, dmask),)
                 dropped = dropped + drop
             dloads = ops.stack(dl)
+        if seq_rows is not None:          # seq_balance averages over all B rows; all-padding rows add 0
+            balance = balance * (B / ops.maximum(seq_rows, 1.0))
         loss = lm + dspark_weight * (draft + self.conf_w * conf) + self.alpha * balance
         return loss, lm, draft, conf, balance, ops.stack(loads), dloads, dropped
 
@@ -142,16 +181,23 @@ class EngramSparseAdamW:
         B, S = hashed.shape[:2]
         return [self.tables[k][hashed[:, :, k].reshape(-1)].reshape(B, S, -1) for k in range(len(self.tables))]
 
-    def update(self, hashed: np.ndarray, grads: Sequence[np.ndarray], lr: float) -> int:
+    def update(self, hashed: np.ndarray, grads: Sequence[np.ndarray], lr: float,
+               valid: Optional[np.ndarray] = None) -> int:
         """One AdamW step on the rows hashed in the step; grads: d loss / d rows per layer [B, S, columns·d]
-        (a row read at several places sums their gradients). Returns the number of rows moved."""
+        (a row read at several places sums their gradients). valid [B, S] bool: the positions that count (None:
+        all; padding is left out, so the rows only padding hashed to are not touched). Returns the number of rows
+        moved."""
         d = self.cfg.engram_head_dim
         moved = 0
         for k, t in enumerate(self.tables):
-            ids = hashed[:, :, k].reshape(-1)
+            ids = hashed[:, :, k]
+            gk = np.asarray(grads[k], np.float64).reshape(ids.shape[:2] + (-1,))
+            if valid is not None:
+                ids, gk = ids[valid], gk[valid]
+            ids = ids.reshape(-1)
             uniq, inv = np.unique(ids, return_inverse=True)
             g = np.zeros((uniq.size, d), np.float64)
-            np.add.at(g, inv, np.asarray(grads[k], np.float64).reshape(-1, d))
+            np.add.at(g, inv, gk.reshape(-1, d))
             g = g.astype(np.float32)
             m = self.m[k][uniq] * np.float32(self.b1) + np.float32(1 - self.b1) * g
             v = self.v[k][uniq] * np.float32(self.b2) + np.float32(1 - self.b2) * g * g
@@ -228,9 +274,9 @@ class V41TrainStep:
         self.grad_fn = ms.value_and_grad(loss_net, 1, self.params, has_aux=True)
         n_params = len(self.params)
 
-        def step(input_ids, rows, targets, loss_mask, markov, labels, dmask, w, lm_denom, draft_denom):
+        def step(input_ids, rows, targets, loss_mask, markov, labels, dmask, w, lm_denom, draft_denom, seq_rows):
             out, (g_rows, grads) = self.grad_fn(input_ids, rows, targets, loss_mask, markov, labels, dmask, w,
-                                                lm_denom, draft_denom)
+                                                lm_denom, draft_denom, seq_rows)
             loss, lm, draft, conf, bal, loads, dloads, dropped = out
             both, gnorm = clip_by_global_norm(tuple(grads) + (g_rows,), max_grad_norm)
             self.optimizer(both[:n_params])
@@ -243,7 +289,10 @@ class V41TrainStep:
         self._eval = ms.jit(loss_net)
 
     def _inputs(self, batch, lm_denom):
+        """A packed batch -> (Engram hashes, graph inputs, lm / draft denominators, piece count, valid positions)
+        of its document rows (document_rows)."""
         cfg = self.loss_net.model.cfg
+        batch, n_seq = document_rows(batch, cfg.engram_pad_id)
         ids = batch["input_ids"].astype(np.int64)
         hashed = self.engram.hash(ids) if self.engram is not None else None
         rows = ms.Tensor(np.stack(self.engram.rows(hashed)) if self.engram is not None
@@ -254,17 +303,18 @@ class V41TrainStep:
         t = ms.Tensor
         args = (t(ids.astype(np.int32)), rows, t(batch["targets"].astype(np.int32)),
                 t(batch["loss_mask"].astype(np.float32)), t(o), t(lab), t(dm))
-        return hashed, args, t(np.float32(lm_denom)), t(np.float32(draft_denom))
+        return (hashed, args, t(np.float32(lm_denom)), t(np.float32(draft_denom)), t(np.float32(n_seq)),
+                batch["segment_ids"] >= 0)
 
     def __call__(self, batch, dspark_weight: float, lm_denom: float, mtp_denom: Optional[float] = None):
         """mtp_denom (V4's MTP mask count, which train/loop.py passes) is not used: the drafter's rows are counted
         from its own mask (dspark_batch)."""
-        hashed, args, lmd, dd = self._inputs(batch, lm_denom)
+        hashed, args, lmd, dd, n_seq, valid = self._inputs(batch, lm_denom)
         t = int(self.optimizer.step.asnumpy()) + 1           # the update the optimiser is about to make
-        *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
+        *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd, n_seq)
         if self.engram is not None:
             self.engram.update(hashed, list(g_rows.asnumpy()),
-                               float(self.schedule.lr_at(t)) * self.engram_lr_scale)
+                               float(self.schedule.lr_at(t)) * self.engram_lr_scale, valid)
         self.last_layer_imbalance = layers.asnumpy()
         loss, lm, draft, conf, bal, gnorm, imb, dropped = out
         self.last_confidence_loss = float(conf.asnumpy())
@@ -272,8 +322,8 @@ class V41TrainStep:
 
     def losses(self, batch, dspark_weight: float, lm_denom: float):
         """The loss terms of a batch without a step (eval): (loss, lm, draft, confidence, balance) as floats."""
-        _, args, lmd, dd = self._inputs(batch, lm_denom)
-        out = self._eval(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
+        _, args, lmd, dd, n_seq, _ = self._inputs(batch, lm_denom)
+        out = self._eval(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd, n_seq)
         return tuple(float(x.asnumpy()) for x in out[:5])
 
     def eval_lm(self, batch, lm_denom: float) -> float:
