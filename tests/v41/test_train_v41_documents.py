@@ -138,17 +138,17 @@ def test_each_document_row_equals_the_golden_on_that_document_alone(ms_graph, go
     assert n == 4 and rows["input_ids"].shape == (4, S)
     got = logits(rows)
     scale = max(np.abs(p[0]).max() for p in per)
-    for r, p in enumerate(per):
-        m = p[0].shape[0]
-        err = np.abs(got[r, :m] - p[0]).max() / scale
-        assert err < 1e-4, (r, err)
+    errs = [np.abs(got[r, :p[0].shape[0]] - p[0]).max() / scale for r, p in enumerate(per)]
     # control: the packed rows themselves (padded to the same shape) see across the boundary
     packed = {k: np.concatenate([v, np.full_like(v, CFG.engram_pad_id)]) for k, v in batch.items()}
     got = logits(packed)
-    for b in range(2):
-        n0 = DOCS[b][0]
-        assert np.abs(got[b, :n0] - per[2 * b][0]).max() / scale < 1e-4            # the first document: alike
-        assert np.abs(got[b, n0:S] - per[2 * b + 1][0]).max() / scale > 1e-2        # the second: not
+    first = [np.abs(got[b, :DOCS[b][0]] - per[2 * b][0]).max() / scale for b in range(2)]
+    second = [np.abs(got[b, DOCS[b][0]:S] - per[2 * b + 1][0]).max() / scale for b in range(2)]
+    print(f"document rows vs golden alone: max rel {max(errs):.1e}; packed rows: first documents {max(first):.1e}, "
+          f"second documents {min(second):.1e}")
+    assert max(errs) < 1e-4, errs
+    assert max(first) < 1e-4, first                  # the first document of a packed row: causal, alike
+    assert min(second) > 1e-2, second                # the second: it sees the first
 
 
 @pytest.mark.slow     # one loss compile (forward with the drafter) + the golden's per-anchor drafts
@@ -165,6 +165,9 @@ def test_step_loss_terms_equal_the_golden_summed_over_documents_alone(ms_graph, 
     d_count = sum(p[4] for p in per)
     ref = {"lm": sum(p[1] for p in per) / lm_denom, "draft": sum(p[2] for p in per) / d_count,
            "confidence": sum(p[3] for p in per) / d_count}
-    for k, v in (("lm", lm), ("draft", draft), ("confidence", conf)):
-        assert abs(v - ref[k]) < 2e-5 * abs(ref[k]), (k, v, ref[k])
+    rel = {k: abs(v - ref[k]) / abs(ref[k]) for k, v in (("lm", lm), ("draft", draft), ("confidence", conf))}
+    print("step loss terms vs golden over documents alone (relative): "
+          + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()))
+    for k, v in rel.items():
+        assert v < 2e-5, (k, v)
     assert abs(loss - (ref["lm"] + DSPARK_W * (ref["draft"] + CONF_W * ref["confidence"]))) < 2e-5 * loss
