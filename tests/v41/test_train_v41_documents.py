@@ -3,7 +3,8 @@ every document piece of a packed batch computes exactly what the float64 golden 
 computes on that document alone — positions from 0, Engram n-grams hashed from the document's own start, compressed
 KV / indexer candidates / DSpark windows from its own tokens.
 
-* document_rows by hand (row layout, padding, the power-of-two row count).
+* document_rows by hand (row layout, padding, the power-of-two row count); padding positions touch no Engram row
+  in the sparse update.
 * The model's logits of each piece's row equal the golden's forward of the document alone (float32 vs float64,
   ~5e-7 median relative as in tests/v41/test_model_v41.py; bound 1e-4 max relative to the logits' scale); the
   packed rows themselves (no document_rows) miss that bound on the second documents — the test can fail.
@@ -39,6 +40,30 @@ def test_document_rows_by_hand():
     assert out["segment_ids"][4].tolist() == [0, 0, 0, 0, -1, -1] and out["positions"][4].tolist() == [0, 1, 2, 3, 0, 0]
     assert np.all(out["segment_ids"][5:] == -1) and not out["loss_mask"][5:].any()
     assert document_rows(batch | {"segment_ids": np.zeros((2, 6), int)}, 2)[0]["input_ids"].shape == (2, 6)
+
+
+def test_padding_positions_touch_no_engram_row():
+    """EngramSparseAdamW.update(valid=...): rows hashed only at left-out (padding) positions keep their values,
+    moments and counts; the others move with the gradient summed over their valid positions."""
+    from ascend_v4.train.v41 import EngramSparseAdamW
+    rng = np.random.default_rng(0)
+    tables = [rng.standard_normal((n, CFG.engram_head_dim)).astype(np.float32) for n in CFG.engram_num_embeddings]
+    eng = EngramSparseAdamW(CFG, [t.copy() for t in tables])
+    ids = rng.integers(3, CFG.engram_compressed_vocab_size, (1, 8))
+    hashed = eng.hash(ids)
+    valid = np.zeros((1, 8), bool)
+    valid[0, :5] = True
+    grads = [rng.standard_normal((1, 8, hashed.shape[-1] * CFG.engram_head_dim)).astype(np.float32)
+             for _ in tables]
+    eng.update(hashed, grads, 1e-2, valid)
+    for k, (t0, t1) in enumerate(zip(tables, eng.tables)):
+        used = np.unique(hashed[0, :5, k])
+        pad_only = np.setdiff1d(np.unique(hashed[0, 5:, k]), used)
+        assert pad_only.size > 0
+        assert np.array_equal(t1[pad_only], t0[pad_only]) and not eng.count[k][pad_only].any()
+        assert np.all(np.any(t1[used] != t0[used], 1)) and np.all(eng.count[k][used] == 1)
+        untouched = np.setdiff1d(np.arange(t0.shape[0]), used)
+        assert np.array_equal(t1[untouched], t0[untouched])
 
 
 def _packed(seed=11):

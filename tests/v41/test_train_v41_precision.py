@@ -3,6 +3,7 @@ train `precision` / `recompute`), on v4.1-tiny:
 
 * The parameters the bf16 emulation keeps bf16-representable are exactly those a bf16 V4.1 model (with the DSpark
   drafter) builds in bf16.
+* The pipelined mHC mixes stay a float32 island under bf16-emulated (and the check fails when they are rounded).
 * Recompute: Cell.recompute() on every V4.1 block leaves the loss and every gradient (parameters and gathered
   Engram rows) bit-identical, on a batch with two packed documents.
 * bf16-emulated vs fp32 (slow): the whole V4.1 loss (lm + DSpark draft + confidence + balance) and its gradient
@@ -35,6 +36,38 @@ def test_emulated_storage_is_what_the_bf16_v41_model_builds(ms_graph, policy):
             if p.dtype in (ms.bfloat16, ms.float32)]
     assert any("engram.q_weight" in r[0] and r[1] for r in rows) and any(r[0].startswith("mtp.") for r in rows)
     assert [r[0] for r in rows if r[1] != r[2]] == []
+
+
+def test_v41_pipelined_mhc_mixes_stay_an_fp32_island(ms_graph, policy):
+    """Block._hc_mixes (pre, post, comb of V4.1's pipelined mHC, rms_norm_eps 1e-20) under bf16-emulated still
+    match the float64 reference at float32 accuracy; rounded as bf16 (island dropped) they miss by ~bf16 ulps."""
+    import mindspore as ms
+    from ascend_v4.model import Block
+    from ops.mhc.reference import hc_mixes
+    policy.set_policy("bf16-emulated")
+    rng = np.random.default_rng(1)
+    blk = Block(2, CFG)
+    D, hc, mix = CFG.dim, CFG.hc_mult, CFG.hc_mix_dim
+    fn = (rng.normal(size=(mix, hc * D)) * 0.05).astype(np.float32)
+    scale = np.array([0.5, 0.8, 1.1], np.float32)
+    base = (rng.normal(size=mix) * 0.1).astype(np.float32)
+    h = policy.round_bf16_np(rng.normal(size=(2, 8, hc, D)).astype(np.float32))
+    ref = hc_mixes(h.astype(np.float64), fn.astype(np.float64), scale.astype(np.float64), base.astype(np.float64),
+                   blk.iters, blk.hc_eps, blk.norm_eps)
+    args = (ms.Tensor(h), ms.Tensor(fn), ms.Tensor(scale), ms.Tensor(base))
+
+    def mixes(x, f, sc, b):
+        return blk._hc_mixes(x, f, sc, b)
+
+    def errs(dropped):
+        with policy.drop_islands(dropped):
+            got = ms.jit(mixes)(*args)
+        return [np.abs(g.asnumpy() - r).max() / np.abs(r).max() for g, r in zip(got, ref)]
+
+    kept = errs(())
+    assert max(kept) < 5e-6, kept
+    dropped = errs(("mhc",))
+    assert min(dropped) > 50 * 5e-6, dropped
 
 
 def _batch(seed=7):
