@@ -5,11 +5,11 @@ KV / indexer candidates / DSpark windows from its own tokens.
 
 * document_rows by hand (row layout, padding, the power-of-two row count); padding positions touch no Engram row
   in the sparse update.
-* The model's logits of each piece's row equal the golden's forward of the document alone (float32 vs float64,
-  ~5e-7 median relative as in tests/v41/test_model_v41.py; bound 1e-4 max relative to the logits' scale); the
-  packed rows themselves (no document_rows) miss that bound on the second documents — the test can fail.
+* The model's logits of each piece's row equal the golden's forward of the document alone (float32 vs float64:
+  measured 4.7e-6 max error relative to the logits' largest magnitude; bound 2e-5); the packed rows themselves
+  (no document_rows) miss that bound on the second documents (measured 1.3) — the test can fail.
 * The train step's loss terms (V41TrainStep.losses: lm, DSpark draft, confidence) equal the float64 loss summed
-  over the documents run alone (2e-5 relative, as tests/v41/test_train_v41.py).
+  over the documents run alone (measured <= 6.1e-7 relative; bound 5e-6).
 """
 import numpy as np
 import pytest
@@ -171,8 +171,8 @@ def test_each_document_row_equals_the_golden_on_that_document_alone(ms_graph, go
     second = [np.abs(got[b, DOCS[b][0]:S] - per[2 * b + 1][0]).max() / scale for b in range(2)]
     print(f"document rows vs golden alone: max rel {max(errs):.1e}; packed rows: first documents {max(first):.1e}, "
           f"second documents {min(second):.1e}")
-    assert max(errs) < 1e-4, errs
-    assert max(first) < 1e-4, first                  # the first document of a packed row: causal, alike
+    assert max(errs) < 2e-5, errs
+    assert max(first) < 2e-5, first                  # the first document of a packed row: causal, alike
     assert min(second) > 1e-2, second                # the second: it sees the first
 
 
@@ -194,5 +194,5 @@ def test_step_loss_terms_equal_the_golden_summed_over_documents_alone(ms_graph, 
     print("step loss terms vs golden over documents alone (relative): "
           + ", ".join(f"{k} {v:.1e}" for k, v in rel.items()))
     for k, v in rel.items():
-        assert v < 2e-5, (k, v)
-    assert abs(loss - (ref["lm"] + DSPARK_W * (ref["draft"] + CONF_W * ref["confidence"]))) < 2e-5 * loss
+        assert v < 5e-6, (k, v)
+    assert abs(loss - (ref["lm"] + DSPARK_W * (ref["draft"] + CONF_W * ref["confidence"]))) < 5e-6 * loss
