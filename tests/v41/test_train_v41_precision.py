@@ -124,7 +124,8 @@ def _weights(seed=3):
     return rest, [np.asarray(t, np.float32) for t in tables.tables]
 
 
-@pytest.mark.slow     # two backward compiles of the 10-layer model
+@pytest.mark.slow     # two backward compiles of the 10-layer model: > 900 s on the loaded shared host
+@pytest.mark.timeout(3000)
 def test_v41_recompute_leaves_loss_and_gradients_bit_identical(ms_graph, policy):
     w, tables = _weights()
     batch = _batch()
@@ -145,6 +146,7 @@ def _rel(g, ref):
 
 
 @pytest.mark.slow     # two backward compiles of the 10-layer model + 3 DSpark stages
+@pytest.mark.timeout(3000)
 def test_v41_bf16_emulated_loss_and_grads_within_bound_of_fp32(ms_graph, policy):
     """Same bf16-representable weights and Engram rows, fp32 vs bf16-emulated, with the DSpark drafter.
     Bounds as for V4: the loss within 2 u; the gradient (every parameter and the Engram rows, one global relative
