@@ -189,6 +189,7 @@ def test_engram_row_gradient_matches_finite_difference_of_golden_loss(setup):
 
 
 @pytest.mark.slow     # one train-step compile: 432 s on the loaded host (runs last: it trains the shared model)
+@pytest.mark.timeout(3000)       # 4 document rows per step (document_rows): > 900 s on a heavily loaded host
 def test_step_moves_only_hashed_rows_and_loss_falls_on_a_repeated_batch(setup):
     import mindspore as ms
     from ascend_v4.train.optim import MuonAdamW
