@@ -1000,7 +1000,10 @@ class Engram(nn.Cell):
         self._gate = v4ops.resolve("engram_gate").fn
 
     def construct(self, h, rows, alive):
-        return self._gate(h, self.wkv(ops.cast(rows, h.dtype)), self.q_weight, self.k_weight, alive, self.eps)
+        # precision.act: the gathered rows enter as bf16 (h's dtype) and the new streams are bf16 under the bf16
+        # policy; the gate's dot products and sigmoid are float32 inside the engram_gate op
+        rows = precision.act(ops.cast(rows, h.dtype))
+        return precision.act(self._gate(h, self.wkv(rows), self.q_weight, self.k_weight, alive, self.eps))
 
 
 class Block(nn.Cell):
@@ -1028,9 +1031,13 @@ class Block(nn.Cell):
             if layer_id in cfg.engram_layer_ids:
                 self.engram = Engram(cfg, dtype)
 
-    def construct(self, h, input_ids, cos, sin, seg=None, stats=False):
+    def construct(self, h, input_ids, cos, sin, seg=None, stats=False, pre=None, shared=None, rows=None,
+                  alive=None):
         # stats=True: forward_stats' tuple. Calling the Cell (not the method) is what MindSpore's Cell.recompute()
-        # acts on (train `recompute: true`).
+        # acts on (train `recompute: true`); a V4.1 block's full forward comes through here too (pre, shared,
+        # rows, alive: forward_v41's arguments; Transformer.run_layers_v41).
+        if self.v41:
+            return self.forward_v41(h, pre, input_ids, cos, sin, shared, rows, alive, stats=stats)
         out = self.forward_stats(h, input_ids, cos, sin, seg)
         return out if stats else out[0]
 
@@ -1064,24 +1071,31 @@ class Block(nn.Cell):
         step (cache, ctx, step; attention over the serving cache, see Attention.step_v41).
         -> (streams, this block's FFN pre [B, S, hc], shared CSA state), with stats=True also the MoE's (router
         affinities, expert ids, dropped assignments) (training)."""
+        # precision: the same rounding points as forward_stats (the sublayer input, its output, the new streams)
+        # and mHC's float32 mixes as an island; pre/post/comb stay float32 from one sublayer to the next
         if rows is not None:
             h = self.engram(h, rows, alive)
-        a_pre, post, comb = self._hc_mix(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base,
-                                         self.iters, self.hc_eps, self.norm_eps)
-        x = self.attn_norm(hc_collapse(h, pre_in))
+        a_pre, post, comb = self._hc_mixes(h, self.hc_attn_fn, self.hc_attn_scale, self.hc_attn_base)
+        x = self.attn_norm(precision.act(hc_collapse(h, pre_in)))
         experts = None
         if cache is None:
             a, shared = self.attn.forward_v41(x, cos, sin, shared)
         else:
             a, shared = self.attn.step_v41(x, cache, ctx, step, step[3][self.layer_id], shared)
             experts = None if step[4] is None else step[4][self.layer_id]
-        h = self._hc_post(a, h, post, comb)
-        f_pre, post, comb = self._hc_mix(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base,
-                                         self.iters, self.hc_eps, self.norm_eps)
-        f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(hc_collapse(h, a_pre)), input_ids, experts)
+        h = precision.act(self._hc_post(precision.act(a), h, post, comb))
+        f_pre, post, comb = self._hc_mixes(h, self.hc_ffn_fn, self.hc_ffn_scale, self.hc_ffn_base)
+        f, aff, ids, dropped = self.ffn.forward_stats(self.ffn_norm(precision.act(hc_collapse(h, a_pre))),
+                                                      input_ids, experts)
+        out = precision.act(self._hc_post(precision.act(f), h, post, comb))
         if stats:
-            return self._hc_post(f, h, post, comb), f_pre, shared, (aff, ids, dropped)
-        return self._hc_post(f, h, post, comb), f_pre, shared
+            return out, f_pre, shared, (aff, ids, dropped)
+        return out, f_pre, shared
+
+    def _hc_mixes(self, h, fn, scale, base):
+        """V4.1's pipelined mHC mixes (pre, post, comb), float32 islands."""
+        pre, post, comb = self._hc_mix(h, fn, scale, base, self.iters, self.hc_eps, self.norm_eps)
+        return precision.island("mhc", pre), precision.island("mhc", post), precision.island("mhc", comb)
 
 
 class HcHead(nn.Cell):
@@ -1377,10 +1391,13 @@ class Transformer(nn.Cell):
             if targets and i in self.cfg.dspark_target_layer_ids:
                 if rows is not None:
                     h, rows = self.layers[i].engram(h, rows, alive), None
-                tg = tg + (ops.mean(h, 2),)
-            cos, sin = (self.rope_cos[i], self.rope_sin[i]) if cache is None else (None, None)
-            out = self.layers[i].forward_v41(h, pre, input_ids, cos, sin, shared, rows, alive, cache, ctx, step,
-                                             stats)
+                tg = tg + (precision.act(ops.mean(h, 2)),)
+            if cache is None:     # through the Cell: what Cell.recompute acts on (train `recompute: true`)
+                out = self.layers[i](h, input_ids, self.rope_cos[i], self.rope_sin[i], None, stats, pre, shared,
+                                     rows, alive)
+            else:
+                out = self.layers[i].forward_v41(h, pre, input_ids, None, None, shared, rows, alive, cache, ctx,
+                                                 step, stats)
             h, pre, shared = out[0], out[1], out[2]
             if stats:
                 routes = routes + (out[3],)
@@ -1410,11 +1427,11 @@ class Transformer(nn.Cell):
 
     def logits_v41(self, h, pre):
         """The last block's FFN pre collapses the streams (no hc_head in V4.1) -> norm -> head."""
-        return self._vocab(self.norm(hc_collapse(h, pre)))
+        return self._vocab(self.norm(precision.act(hc_collapse(h, pre))))
 
     def _vocab(self, x):
-        """The shared output head in float32: normed hidden [..., D] -> logits [..., V]."""
-        return linear(ops.cast(x, ms.float32), ops.cast(self.head.weight, ms.float32))
+        """The shared output head in float32 (the logits island): normed hidden [..., D] -> logits [..., V]."""
+        return precision.island("logits", linear(ops.cast(x, ms.float32), ops.cast(self.head.weight, ms.float32)))
 
     # ------------------------------------------------------------------------------------- DSpark (V4.1)
     # One drafter for training (dspark_forward: every anchor of a sequence, teacher-forced) and serving
@@ -1445,7 +1462,7 @@ class Transformer(nn.Cell):
             if stats:
                 routes = routes + (out[3],)
         last = self.mtp[c.n_mtp_layers - 1]
-        x = hc_collapse(h, pre)
+        x = precision.act(hc_collapse(h, pre))
         return x, self._vocab(last.norm(x)), routes
 
     def dspark_draft(self, y, ctx_kv, idx, cos, sin):
@@ -1488,8 +1505,9 @@ class Transformer(nn.Cell):
         sin = ops.tile(ops.gather(ps, posT, 0).reshape(1, A, bs, -1), (B, 1, 1, 1)).reshape(B * A, bs, -1)
         x, logits, routes = self.dspark_blocks(markov_ids[:, :, 0].reshape(B * A), ctx_kv, idx, cos, sin, True)
         emb, bias = self.mtp[cfg.n_mtp_layers - 1].markov_head(markov_ids.reshape(B * A, bs))
-        conf = self.mtp[cfg.n_mtp_layers - 1].confidence_head(x, emb)
-        return (logits + bias).reshape(B, S, bs, -1), conf.reshape(B, S, bs), routes
+        conf = precision.island("logits", self.mtp[cfg.n_mtp_layers - 1].confidence_head(x, emb))
+        logits = precision.island("logits", logits + bias)
+        return logits.reshape(B, S, bs, -1), conf.reshape(B, S, bs), routes
 
     def construct(self, input_ids, engram_rows=None):
         if self.v41:

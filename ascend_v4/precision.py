@@ -10,7 +10,9 @@ Policies (train YAML `precision`, `set_policy`):
   bf16-emulated  CPU: float32 arithmetic rounded to bf16 (round to nearest even) at the points where the Ascend
                  policy holds a bf16 tensor — the same model code, so the bf16 recipe's numerics can be tested
                  without a chip. Rounding points (`act`): every Linear output, RMSNorm output, the embedding, the
-                 mHC sublayer input and the new streams, each sublayer's output; parameters Ascend stores in bf16
+                 mHC sublayer input and the new streams, each sublayer's output (DeepSeek-V4.1's block path:
+                 the same points, plus the gathered Engram rows and the streams after the Engram read, and the
+                 DSpark target features); parameters Ascend stores in bf16
                  (`stored_bf16`) hold bf16-representable values (rounded at load and after every optimiser update,
                  from an fp32 master). Not emulated: roundings inside fused operators (attention, expert FFN, the
                  compressor) whose intermediates Ascend keeps in fp32 or in bf16 depending on the kernel.
@@ -71,9 +73,10 @@ def param_dtype():
 
 def stored_bf16(name: str) -> bool:
     """Whether parameter `name` is bf16 under the bf16 policy: the weights of Linear, RMSNorm, Embedding and the
-    router (`*.weight`, model.py builds them with param_dtype()); mHC parameters, sinks, `ape`, router biases and
-    the hash table stay float32 / int32."""
-    return name.endswith(".weight")
+    router (`*.weight`, model.py builds them with param_dtype()) and DeepSeek-V4.1's Engram gains
+    (`engram.q_weight` / `engram.k_weight`, BF16 in the release); mHC parameters, sinks, `ape`, router biases and
+    the hash table stay float32 / int32. (V4.1's Engram tables are not model parameters: train/v41.py.)"""
+    return name.endswith((".weight", "engram.q_weight", "engram.k_weight"))
 
 
 @contextmanager

@@ -13,6 +13,12 @@ msrun with dp / tp / ep (V41TrainStep; pp, micro-batches and ZeRO-1 are refused 
 * balance: V3's sequence-wise balance loss over the backbone's and the drafter's routed layers (train/losses.py);
   the aux-loss-free router biases move from the expert loads as for V4 (train/step.py BiasBalancer).
 
+Packed rows (docs/training.md, "DeepSeek-V4.1"): the step runs each document piece of a packed batch as its own
+sequence (`document_rows`): its tokens at positions 0.., its Engram n-grams hashed from its own start (the
+lookback of its first tokens is blocked, pad-filled, exactly as at position 0 of a sequence), its compressed KV,
+indexer candidates and DSpark windows from its own tokens only. The result equals the model run on each document
+alone; the balance loss is per document (`seq_rows`).
+
 Engram tables live in host memory, as in serving (`EngramSparseAdamW`): the step hashes the ids, gathers the rows
 on the host and feeds them to the graph, the graph returns the gradient w.r.t. those rows, and the host applies a
 row-sparse AdamW: only rows hashed in the step move, each with its own moments and its own update count for the
@@ -59,11 +65,42 @@ def dspark_batch(targets: np.ndarray, loss_mask: np.ndarray, segment_ids: np.nda
     return o, lab, mask
 
 
+def document_rows(batch: Dict[str, np.ndarray], pad_id: int, min_rows: int = 0):
+    """A packed batch [B, S] -> (the batch with one document piece per row, number of pieces). Piece k (row b,
+    segment s >= 0, in row-major order) becomes row k: its tokens, targets and loss mask at columns 0 .. n-1,
+    segment id 0 and positions 0 .. n-1 there; the rest of the row is padding (token pad_id, loss mask 0, segment
+    -1). The row count is B times a power of two (at least the number of pieces and min_rows), so the compiled step sees few
+    distinct shapes; rows past the pieces are all padding. A row's padding follows its tokens and the model is
+    causal: nothing a piece computes reads it."""
+    seg = np.asarray(batch["segment_ids"])
+    B, S = seg.shape
+    pieces = []
+    for b in range(B):
+        for s_id in np.unique(seg[b]):
+            if s_id >= 0:
+                pieces.append(np.nonzero(seg[b] == s_id)[0] + b * S)
+    R = B
+    while R < max(len(pieces), min_rows):
+        R *= 2
+    out = {"input_ids": np.full((R, S), pad_id, np.int64), "targets": np.full((R, S), pad_id, np.int64),
+           "loss_mask": np.zeros((R, S), np.float32), "segment_ids": np.full((R, S), -1, np.int32),
+           "positions": np.zeros((R, S), np.int32)}
+    for r, cols in enumerate(pieces):
+        n = cols.size
+        for key in ("input_ids", "targets", "loss_mask"):
+            out[key][r, :n] = np.asarray(batch[key]).reshape(-1)[cols]
+        out["segment_ids"][r, :n] = 0
+        out["positions"][r, :n] = np.arange(n)
+    return out, len(pieces)
+
+
 class V41Loss(nn.Cell):
     """construct(input_ids, engram_rows [n_engram_layers, B, S, columns·d] (one tensor: its gradient is the rows'),
     targets, loss_mask, markov_ids, draft_labels, draft_mask, dspark_weight,
-    lm_denom, draft_denom) -> (loss, lm, draft, confidence, balance, backbone loads [L, E], drafter loads
-    [stages, E_d], dropped). auto_prefix=False keeps the release names in gradients and optimiser state."""
+    lm_denom, draft_denom, seq_rows) -> (loss, lm, draft, confidence, balance, backbone loads [L, E], drafter loads
+    [stages, E_d], dropped). auto_prefix=False keeps the release names in gradients and optimiser state.
+    seq_rows: how many rows are sequences (document_rows' piece count; the rest are all padding): the balance loss
+    is averaged over those (None: every row)."""
 
     def __init__(self, model, balance_alpha: float = 1e-4, confidence_weight: float = 0.1):
         super().__init__(auto_prefix=False)
@@ -77,7 +114,7 @@ class V41Loss(nn.Cell):
         self.n_engram = len(cfg.engram_layer_ids)
 
     def construct(self, input_ids, engram_rows, targets, loss_mask, markov_ids, draft_labels, draft_mask,
-                  dspark_weight, lm_denom=None, draft_denom=None):
+                  dspark_weight, lm_denom=None, draft_denom=None, seq_rows=None):
         B = input_ids.shape[0]
         _, h = self.model.embed_streams(input_ids)
         rows = tuple(engram_rows[k] for k in range(self.n_engram))
@@ -108,6 +145,8 @@ class V41Loss(nn.Cell):
                 dl = dl + (expert_load(ids, self.Ed, dmask),)
                 dropped = dropped + drop
             dloads = ops.stack(dl)
+        if seq_rows is not None:          # seq_balance averages over all B rows; all-padding rows add 0
+            balance = balance * (B / ops.maximum(seq_rows, 1.0))
         loss = lm + dspark_weight * (draft + self.conf_w * conf) + self.alpha * balance
         return loss, lm, draft, conf, balance, ops.stack(loads), dloads, dropped
 
@@ -143,16 +182,23 @@ class EngramSparseAdamW:
         B, S = hashed.shape[:2]
         return [self.tables[k][hashed[:, :, k].reshape(-1)].reshape(B, S, -1) for k in range(len(self.tables))]
 
-    def update(self, hashed: np.ndarray, grads: Sequence[np.ndarray], lr: float) -> int:
+    def update(self, hashed: np.ndarray, grads: Sequence[np.ndarray], lr: float,
+               valid: Optional[np.ndarray] = None) -> int:
         """One AdamW step on the rows hashed in the step; grads: d loss / d rows per layer [B, S, columns·d]
-        (a row read at several places sums their gradients). Returns the number of rows moved."""
+        (a row read at several places sums their gradients). valid [B, S] bool: the positions that count (None:
+        all; padding is left out, so the rows only padding hashed to are not touched). Returns the number of rows
+        moved."""
         d = self.cfg.engram_head_dim
         moved = 0
         for k, t in enumerate(self.tables):
-            ids = hashed[:, :, k].reshape(-1)
+            ids = hashed[:, :, k]
+            gk = np.asarray(grads[k], np.float64).reshape(ids.shape[:2] + (-1,))
+            if valid is not None:
+                ids, gk = ids[valid], gk[valid]
+            ids = ids.reshape(-1)
             uniq, inv = np.unique(ids, return_inverse=True)
             g = np.zeros((uniq.size, d), np.float64)
-            np.add.at(g, inv, np.asarray(grads[k], np.float64).reshape(-1, d))
+            np.add.at(g, inv, gk.reshape(-1, d))
             g = g.astype(np.float32)
             m = self.m[k][uniq] * np.float32(self.b1) + np.float32(1 - self.b1) * g
             v = self.v[k][uniq] * np.float32(self.b2) + np.float32(1 - self.b2) * g * g
@@ -249,9 +295,9 @@ class V41TrainStep:
             clip = ShardedClip(self.parallel, self.params, max_grad_norm)
         dp = float(self.dp)
 
-        def step(input_ids, rows, targets, loss_mask, markov, labels, dmask, w, lm_denom, draft_denom):
+        def step(input_ids, rows, targets, loss_mask, markov, labels, dmask, w, lm_denom, draft_denom, seq_rows):
             out, (g_rows, grads) = self.grad_fn(input_ids, rows, targets, loss_mask, markov, labels, dmask, w,
-                                                lm_denom, draft_denom)
+                                                lm_denom, draft_denom, seq_rows)
             loss, lm, draft, conf, bal, loads, dloads, dropped = out
             dropped = ops.cast(dropped, ms.float32)
             if reducer is not None:
@@ -277,37 +323,50 @@ class V41TrainStep:
         self._eval = ms.jit(loss_net)
 
     def _inputs(self, batch, lm_denom, full=None):
-        """full: the global batch (every dp rank reads it; `batch` is this rank's slice of it) -> (the global
-        batch's hashed Engram rows or None, graph inputs, lm_denom, draft_denom)."""
+        """A packed batch -> (Engram hashes, graph inputs, lm / draft denominators, sequence rows, valid positions)
+        of its document rows (document_rows). full: the global batch of a dp run (`batch` is this rank's slice of
+        it): every rank lays out every dp rank's slice the same way (deterministic, one row count for all, so the
+        shapes agree) and hashes all of them, so it can apply every rank's Engram row gradients; hashes and valid
+        positions are then the global batch's, graph inputs this rank's."""
         cfg = self.loss_net.model.cfg
-        full = batch if full is None else full
-        b, r = batch["input_ids"].shape[0], (self.parallel.dp_rank if self.parallel is not None else 0)
-        mine = slice(r * b, (r + 1) * b) if full is not batch else slice(None)
+        dp = self.dp if full is not None and full is not batch else 1
+        b, r = batch["input_ids"].shape[0], (self.parallel.dp_rank if dp > 1 else 0)
+        src = full if dp > 1 else batch
+        parts = [{k: v[q * b:(q + 1) * b] for k, v in src.items()} for q in range(dp)]
+        laid = [document_rows(part, cfg.engram_pad_id) for part in parts]
+        R = max(d["input_ids"].shape[0] for d, _ in laid)
+        laid = [document_rows(part, cfg.engram_pad_id, R) for part in parts]
+        n_seq = sum(n for _, n in laid)
+        every = {k: np.concatenate([d[k] for d, _ in laid]) for k in laid[0][0]}
+        mine = slice(r * R, (r + 1) * R)
+        batch = laid[r][0]
         ids = batch["input_ids"].astype(np.int64)
-        hashed = self.engram.hash(full["input_ids"].astype(np.int64)) if self.engram is not None else None
+        hashed = self.engram.hash(every["input_ids"].astype(np.int64)) if self.engram is not None else None
         rows = ms.Tensor(np.stack(self.engram.rows(hashed[mine])) if self.engram is not None
                          else np.zeros((1, 1, 1, 1), np.float32))
-        o, lab, dm = dspark_batch(full["targets"], full["loss_mask"], full["segment_ids"],
+        o, lab, dm = dspark_batch(every["targets"], every["loss_mask"], every["segment_ids"],
                                   cfg.dspark_block_size if cfg.n_mtp_layers else 1)
         # the drafter rows that count in the global batch, shared by its dp ranks (as lm_denom)
-        draft_denom = max(float(dm.sum()), 1.0) / (self.dp if full is not batch else 1)
+        draft_denom = max(float(dm.sum()), 1.0) / dp
         t = ms.Tensor
         args = (t(ids.astype(np.int32)), rows, t(batch["targets"].astype(np.int32)),
                 t(batch["loss_mask"].astype(np.float32)), t(o[mine]), t(lab[mine]), t(dm[mine]))
-        return hashed, args, t(np.float32(lm_denom)), t(np.float32(draft_denom))
+        # sequence rows per rank such that the dp mean of the balance loss is the global batch's (as lm_denom)
+        return (hashed, args, t(np.float32(lm_denom)), t(np.float32(draft_denom)), t(np.float32(n_seq / dp)),
+                every["segment_ids"] >= 0)
 
     def __call__(self, batch, dspark_weight: float, lm_denom: float, mtp_denom: Optional[float] = None,
                  full=None):
         """mtp_denom (V4's MTP mask count, which train/loop.py passes) is not used: the drafter's rows are counted
         from its own mask (dspark_batch). full: the global batch of a dp run (see _inputs)."""
-        hashed, args, lmd, dd = self._inputs(batch, lm_denom, full)
+        hashed, args, lmd, dd, n_seq, valid = self._inputs(batch, lm_denom, full)
         t = int(self.optimizer.step.asnumpy()) + 1           # the update the optimiser is about to make
-        *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
+        *out, layers, g_rows = self._step(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd, n_seq)
         if self.engram is not None:
             g = g_rows.asnumpy()
             if self.parallel is not None and self.parallel.group("dp") is not None:   # every dp rank's positions
                 g = np.concatenate([part[0] for part in self.parallel.host_gather([g], "dp")], 1)
-            self.engram.update(hashed, list(g), float(self.schedule.lr_at(t)) * self.engram_lr_scale)
+            self.engram.update(hashed, list(g), float(self.schedule.lr_at(t)) * self.engram_lr_scale, valid)
         self.last_layer_imbalance = layers.asnumpy()
         loss, lm, draft, conf, bal, gnorm, imb, dropped = out
         self.last_confidence_loss = float(conf.asnumpy())
@@ -315,8 +374,8 @@ class V41TrainStep:
 
     def losses(self, batch, dspark_weight: float, lm_denom: float):
         """The loss terms of a batch without a step (eval): (loss, lm, draft, confidence, balance) as floats."""
-        _, args, lmd, dd = self._inputs(batch, lm_denom)
-        out = self._eval(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd)
+        _, args, lmd, dd, n_seq, _ = self._inputs(batch, lm_denom)
+        out = self._eval(*args, ms.Tensor(np.float32(dspark_weight)), lmd, dd, n_seq)
         return tuple(float(x.asnumpy()) for x in out[:5])
 
     def eval_lm(self, batch, lm_denom: float) -> float:
@@ -335,12 +394,6 @@ def check_v41_run(tc, world: int) -> None:
     if p.optimizer_shard and p.dp > 1:
         raise TrainConfigError("parallel.optimizer_shard (ZeRO-1) is not implemented for DeepSeek-V4.1; set "
                                "optimizer_shard: false")
-    if tc.recompute:
-        raise TrainConfigError("recompute: not implemented for DeepSeek-V4.1 yet (its blocks run through "
-                               "Block.forward_v41, which Cell.recompute does not wrap); set recompute: false")
-    if tc.precision not in (None, "fp32"):
-        raise TrainConfigError(f"precision: {tc.precision} is not implemented for DeepSeek-V4.1 yet (its block "
-                               f"path has no bf16 rounding points); use precision: fp32 (or null on CPU)")
 
 
 def engram_table_names(cfg) -> List[str]:

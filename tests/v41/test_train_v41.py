@@ -2,7 +2,8 @@
 (ascend_v4/numpy_model_v41.py): the loss terms equal a NumPy float64 loss built from the golden's forward and its
 DSpark draft (teacher-forced Markov bias and the losses computed here), the graph's gradient w.r.t. gathered Engram
 rows equals a central finite difference of that float64 loss w.r.t. table rows, a step moves only the hashed
-rows (untouched rows bit-identical) and the loss falls on a repeated batch (resume: test_train_v41_run.py).
+rows (untouched rows bit-identical; the step runs each packed document as its own row, document_rows; per-document
+equality with the golden: test_train_v41_documents.py) and the loss falls on a repeated batch (resume: test_train_v41_run.py).
 
 Tolerances: the loss terms within 2e-5 relative (float32 graph vs float64 golden; the V4.1 forward's per-position
 logits agree to ~5e-7, tests/v41/test_model_v41.py); the directional derivative within 2e-3 relative of the central
@@ -15,7 +16,7 @@ import pytest
 from ascend_v4.checkpoint.release_v41 import random_weights_v41
 from ascend_v4.config import V41_PRESETS
 from ascend_v4.numpy_model_v41 import NumpyV41
-from ascend_v4.train.v41 import dspark_batch
+from ascend_v4.train.v41 import document_rows, dspark_batch
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
 S = 20
@@ -188,6 +189,7 @@ def test_engram_row_gradient_matches_finite_difference_of_golden_loss(setup):
 
 
 @pytest.mark.slow     # one train-step compile: 432 s on the loaded host (runs last: it trains the shared model)
+@pytest.mark.timeout(3000)       # 4 document rows per step (document_rows): > 900 s on a heavily loaded host
 def test_step_moves_only_hashed_rows_and_loss_falls_on_a_repeated_batch(setup):
     import mindspore as ms
     from ascend_v4.train.optim import MuonAdamW
@@ -198,22 +200,26 @@ def test_step_moves_only_hashed_rows_and_loss_falls_on_a_repeated_batch(setup):
     step = V41TrainStep(loss, MuonAdamW(model.get_parameters(), sched), engram, sched, 1.0, 1e-3)
     bias0 = model.layers[3].ffn.gate.bias.asnumpy().copy()
     before = [t.copy() for t in engram.tables]
-    hashed = engram.hash(batch["input_ids"])
+    # the step runs each document piece as its own row (document_rows): row 0's two pieces, then row 1
+    rows, n_pieces = document_rows(batch, CFG.engram_pad_id)
+    assert n_pieces == 3
+    hashed = engram.hash(rows["input_ids"])
+    valid = rows["segment_ids"] >= 0                       # padding positions touch no row
     lm_denom = float(batch["loss_mask"].sum())
     first = float(step(batch, DSPARK_W, lm_denom)[0].asnumpy())
     # row 1's positions 15.. have no loss of their own and nothing later reads them: their rows get a zero
     # gradient (and no decay), so only rows hashed at some other position must move
-    live = np.ones(hashed.shape[:2], bool)
-    live[1, 15:] = False
+    live = valid.copy()
+    live[2, 15:] = False
     for k, (t0, t1) in enumerate(zip(before, engram.tables)):
         touched = np.zeros(t0.shape[0], bool)
-        touched[hashed[:, :, k].reshape(-1)] = True
+        touched[hashed[:, :, k][valid]] = True
         used = np.zeros(t0.shape[0], bool)
         used[hashed[:, :, k][live]] = True
         assert np.array_equal(t0[~used], t1[~used])                       # bit-identical
         assert np.all(np.any(t0[used] != t1[used], axis=1))              # every row with a gradient moved
         assert np.array_equal(engram.count[k], touched.astype(np.int64))
-    assert engram.last_touched == sum(len(np.unique(hashed[:, :, k])) for k in range(hashed.shape[2]))
+    assert engram.last_touched == sum(len(np.unique(hashed[:, :, k][valid])) for k in range(hashed.shape[2]))
     assert not np.array_equal(bias0, model.layers[3].ffn.gate.bias.asnumpy())   # aux-free balancing moved it
     losses = [first] + [float(step(batch, DSPARK_W, lm_denom)[0].asnumpy()) for _ in range(5)]
     assert losses[-1] < 0.8 * losses[0], losses

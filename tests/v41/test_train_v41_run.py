@@ -21,8 +21,7 @@ def _tc(**kw):
 
 def test_unsupported_v41_layouts_are_refused(tmp_path):
     from ascend_v4.train.loop import TrainConfigError, Trainer
-    for kw, what in (({"recompute": True}, "recompute"), ({"parallel": {"micro_batches": 2}}, "micro-batches"),
-                     ({"parallel": {"pp": 2}}, "no pipeline stages"),
+    for kw, what in (({"parallel": {"micro_batches": 2}}, "micro-batches"), ({"parallel": {"pp": 2}}, "no pipeline stages"),
                      ({"parallel": {"dp": 2, "optimizer_shard": True}}, "optimizer_shard")):
         with pytest.raises(TrainConfigError, match=what):
             Trainer(_tc(**kw), str(tmp_path / "r"))
