@@ -126,7 +126,7 @@ def _weights(seed=3):
 
 @pytest.mark.slow     # two backward compiles of the 10-layer model: 374 s, > 900 s on a heavily loaded host
 @pytest.mark.timeout(3000)
-def test_v41_recompute_leaves_loss_and_gradients_bit_identical(ms_graph, policy):
+def test_v41_recompute_leaves_loss_bit_identical_and_gradients_within_float32_noise(ms_graph, policy):
     w, tables = _weights()
     batch = _batch()
     l0, g0, _ = _loss_and_grads(w, tables, batch, with_dspark=False)
@@ -138,7 +138,7 @@ def test_v41_recompute_leaves_loss_and_gradients_bit_identical(ms_graph, policy)
         # gradients: equal up to (presumably) float32 summation order: measured 48 of 472 tensors bit-identical,
         # the others within 4.6e-6 of their largest value (a V4 block's recompute is bit-identical)
         err = float(np.abs(g1[k] - g0[k]).max() / max(np.abs(g0[k]).max(), 1e-30))
-        assert err < 1e-4, (k, err)
+        assert err < 2e-5, (k, err)
         worst, same = max(worst, err), same + bool(np.array_equal(g1[k], g0[k]))
         nonzero += bool(np.any(g0[k]))
     print(f"V4.1 recompute: {same}/{len(g0)} gradients bit-identical, worst relative difference {worst:.1e}")
