@@ -1,6 +1,9 @@
-"""Test helper: a training run directory that resumes from another run's checkpoint."""
+"""Test helpers for training runs: a run directory that resumes from another run's checkpoint, an msrun launch's
+environment, a run's metrics and checkpoint tensors, and the value-and-gradients of a cell for the tp math tests."""
+import json
 import os
 import shutil
+import sys
 
 
 def fork_run(src_dir, step: int, dst_dir) -> None:
@@ -12,3 +15,34 @@ def fork_run(src_dir, step: int, dst_dir) -> None:
     shutil.copytree(os.path.join(src_dir, "tokenizer"), os.path.join(dst_dir, "tokenizer"))
     with open(os.path.join(dst_dir, "latest"), "w") as fh:
         fh.write(name + "\n")
+
+
+def msrun_env():
+    """The environment of an msrun launch from the tests: quiet logs, this venv's msrun / ascend-v4 on PATH, and
+    passive OpenMP waits (two ranks share the host's cores)."""
+    bindir = os.path.dirname(sys.executable)
+    return dict(os.environ, GLOG_v="3", OMP_WAIT_POLICY="PASSIVE", PATH=bindir + os.pathsep + os.environ["PATH"])
+
+
+def run_metrics(out):
+    """A run directory's metrics.jsonl as a list of dicts."""
+    return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def run_weights(out, step, what="model"):
+    """The tensors of a run's checkpoint file `what` at `step`."""
+    from safetensors.numpy import load_file
+    return load_file(os.path.join(out, f"ckpt-{step:08d}", f"{what}.safetensors"))
+
+
+def value_and_grads(cell, fn, x, cot):
+    """(y, dL/dx, {param: dL/dparam}) of L = sum(fn(x) * cot), in one compiled graph (the tp math tests)."""
+    import mindspore as ms
+    params = cell.trainable_params()
+
+    def loss(xv):
+        y = fn(xv)
+        return (y * cot).sum(), y
+
+    (_, y), (gx, gp) = ms.value_and_grad(loss, grad_position=0, weights=params, has_aux=True)(x)
+    return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}

@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 
 from ascend_v4.parallel import ParallelContext, expert_index, tp_dim
+from run_dirs import msrun_env, run_metrics, run_weights, value_and_grads
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -148,19 +149,6 @@ def _load_slices(cell, full, prefix, ctx):
             p.set_data(ms.Tensor(ctx.shard(prefix + p.name, full[p.name])))
 
 
-def _value_and_grads(cell, fn, x, cot):
-    """(y, dL/dx, {param: dL/dparam}) of L = sum(fn(x) * cot), in one compiled graph."""
-    import mindspore as ms
-    params = cell.trainable_params()
-
-    def loss(xv):
-        y = fn(xv)
-        return (y * cot).sum(), y
-
-    (_, y), (gx, gp) = ms.value_and_grad(loss, grad_position=0, weights=params, has_aux=True)(x)
-    return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}
-
-
 def _check_tp_ranks(cfg, tp, full_cell, w, prefix, run, rank_cell, rtol=2e-5):
     """The tp simulated ranks' cells (rank_cell(ctx), loaded with their slices of the full cell's parameters w) run
     on the same input: their outputs and input gradients add up to the full cell's, their parameter gradients are
@@ -202,7 +190,7 @@ def test_tensor_parallel_attention_math(ms_graph, tiny_cfg, layer, with_seg):
     def run(cell):
         def fwd(xv):
             return cell(xv, cos, sin, seg)
-        return _value_and_grads(cell, fwd, x, cot)
+        return value_and_grads(cell, fwd, x, cot)
 
     def rank_cell(ctx):
         cell = Attention(layer, cfg, parallel=ctx)
@@ -229,7 +217,7 @@ def _moe_layer_case(cfg, layer, rng, T):
     def run(cell):
         def fwd(xv):
             return cell(xv, ids)
-        return _value_and_grads(cell, fwd, x, cot)
+        return value_and_grads(cell, fwd, x, cot)
     return full, w, run
 
 
@@ -332,20 +320,6 @@ def _yaml(path, batch, parallel, save_every=1000, steps=4):
                     f"parallel: {parallel}\n")
 
 
-def _env():
-    bindir = os.path.dirname(sys.executable)
-    return dict(os.environ, GLOG_v="3", OMP_WAIT_POLICY="PASSIVE", PATH=bindir + os.pathsep + os.environ["PATH"])
-
-
-def _metrics(out):
-    return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-
-
-def _weights(out, step, what="model"):
-    from safetensors.numpy import load_file
-    return load_file(os.path.join(out, f"ckpt-{step:08d}", f"{what}.safetensors"))
-
-
 @pytest.fixture(scope="module")
 def single_run(tmp_path_factory):
     """One process, global batch 4, 4 steps: the reference of every parallel run."""
@@ -353,7 +327,7 @@ def single_run(tmp_path_factory):
     _yaml(d / "one.yaml", 4, "{dp: 1}", save_every=2)
     t0 = time.time()
     p = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "train", "--config", str(d / "one.yaml"), "--out",
-                        str(d / "out")], env=_env(), capture_output=True, text=True, timeout=900, cwd=str(d))
+                        str(d / "out")], env=msrun_env(), capture_output=True, text=True, timeout=900, cwd=str(d))
     assert p.returncode == 0, p.stderr[-3000:]
     print(f"single-process reference: {time.time() - t0:.0f}s")
     return str(d / "out")
@@ -372,7 +346,7 @@ def _msrun(tmp_path, cfg_path, out, workers=2):
     p = subprocess.run(["timeout", "600", msrun, f"--worker_num={workers}", f"--local_worker_num={workers}",
                         f"--master_port={port}", f"--log_dir={logs}", "--join=True", entry, "train", "--config",
                         str(cfg_path), "--out", str(out)],
-                       env=_env(), capture_output=True, text=True, timeout=660, cwd=str(tmp_path))
+                       env=msrun_env(), capture_output=True, text=True, timeout=660, cwd=str(tmp_path))
     text = ""
     for f in sorted(logs.glob("*.log")) if logs.exists() else []:
         text += f"\n--- {f.name}\n" + f.read_text()[-3000:]
@@ -383,7 +357,7 @@ def _msrun(tmp_path, cfg_path, out, workers=2):
 
 
 def _compare_runs(ref, par, step=4):
-    a, b = _metrics(ref), _metrics(par)
+    a, b = run_metrics(ref), run_metrics(par)
     assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, step + 1))
     for ra, rb in zip(a, b):
         for k in ("loss", "lm_loss", "mtp_loss", "balance_loss"):
@@ -392,7 +366,7 @@ def _compare_runs(ref, par, step=4):
         np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
     assert "eval_loss" in a[-1] and "eval_loss" in b[-1]          # evaluated at the last step, over every rank
     np.testing.assert_allclose(b[-1]["eval_loss"], a[-1]["eval_loss"], rtol=2e-5)
-    wa, wb = _weights(ref, step), _weights(par, step)
+    wa, wb = run_weights(ref, step), run_weights(par, step)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert wb[k].shape == wa[k].shape, k              # full official tensors, not a rank's slice
@@ -418,7 +392,7 @@ def test_tp2_trains_like_one_process(ms_graph, single_run, tmp_path):
     tr = Trainer(tc, str(res))
     assert tr.maybe_resume() and tr.step == 2
     tr.run()
-    wa, wb = _weights(single_run, 4), _weights(str(res), 4)
+    wa, wb = run_weights(single_run, 4), run_weights(str(res), 4)
     for k in wa:
         np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=3e-4, err_msg=k)
 
@@ -456,14 +430,14 @@ def test_pipeline_pp2_trains_and_resumes_like_one_process(single_run, tmp_path):
     out = tmp_path / "pp2"
     _msrun(tmp_path, tmp_path / "pp2.yaml", out)
     print("pp2 max |dw|", _compare_runs(single_run, str(out)))
-    oa, ob = _weights(single_run, 2, "optimizer"), _weights(str(out), 2, "optimizer")
+    oa, ob = run_weights(single_run, 2, "optimizer"), run_weights(str(out), 2, "optimizer")
     assert oa.keys() == ob.keys()
     for k in oa:
         np.testing.assert_allclose(ob[k], oa[k], rtol=1e-4, atol=3e-4, err_msg=k)
     shutil.rmtree(out / "ckpt-00000004")
     (out / "latest").write_text("ckpt-00000002\n")
     _msrun(tmp_path, tmp_path / "pp2.yaml", out)
-    wa, wb = _weights(single_run, 4), _weights(str(out), 4)
+    wa, wb = run_weights(single_run, 4), run_weights(str(out), 4)
     for k in wa:
         np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=3e-4, err_msg=k)
 
@@ -477,11 +451,11 @@ def test_pipeline_without_mtp_trains_like_one_process(tmp_path):
             fh.write("mtp: false\n")
     ref = tmp_path / "one"
     p = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "train", "--config", str(tmp_path / "one.yaml"),
-                        "--out", str(ref)], env=_env(), capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+                        "--out", str(ref)], env=msrun_env(), capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
     out = tmp_path / "pp2"
     _msrun(tmp_path, tmp_path / "pp2.yaml", out)
-    assert "embed.weight" in _weights(str(out), 4) and not any(k.startswith("mtp.") for k in _weights(str(out), 4))
+    assert "embed.weight" in run_weights(str(out), 4) and not any(k.startswith("mtp.") for k in run_weights(str(out), 4))
     print("pp2 no-MTP max |dw|", _compare_runs(str(ref), str(out)))
 
 
@@ -502,12 +476,12 @@ def test_dp2_ep2_finetune_from_release_like_one_process(tmp_path, tiny_cfg, rout
     for f in ("one.yaml", "ep2.yaml"):
         (tmp_path / f).write_text((tmp_path / f).read_text() + extra)
     p = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "train", "--config", str(tmp_path / "one.yaml"),
-                        "--out", str(tmp_path / "one")], env=_env(), capture_output=True, text=True, timeout=900,
+                        "--out", str(tmp_path / "one")], env=msrun_env(), capture_output=True, text=True, timeout=900,
                        cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
     _msrun(tmp_path, tmp_path / "ep2.yaml", tmp_path / "ep2")
     print("ep2 fine-tune max |dw|", _compare_runs(str(tmp_path / "one"), str(tmp_path / "ep2")))
-    w, rw = _weights(str(tmp_path / "ep2"), 4), load_official_weights(str(rel))
+    w, rw = run_weights(str(tmp_path / "ep2"), 4), load_official_weights(str(rel))
     for n in ["embed.weight"] + [k for k in w if k.endswith("ffn.gate.weight")]:
         np.testing.assert_array_equal(w[n], rw[n], err_msg=n)        # frozen: still the release's values
 
@@ -572,7 +546,7 @@ def test_expert_parallel_moe_layers_with_router_bias_two_processes(tmp_path):
     port = 20000 + (os.getpid() * 17) % 20000
     p = subprocess.run(["timeout", "300", msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
                         f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.abspath(__file__), "ep-moe-worker",
-                        str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=360, cwd=str(tmp_path))
+                        str(tmp_path)], env=msrun_env(), capture_output=True, text=True, timeout=360, cwd=str(tmp_path))
     logs = "".join(f"\n--- {f.name}\n" + f.read_text()[-3000:] for f in sorted((tmp_path / "logs").glob("*.log")))
     assert p.returncode == 0, f"msrun rc={p.returncode}\n{p.stdout[-2000:]}{logs}"
     for r in range(2):

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from run_dirs import msrun_env
 
 # three 2-worker msrun runs and one single-process run, each compiling the train step: beyond pytest.ini's 900 s
 # default on a loaded 2-core machine
@@ -27,10 +28,6 @@ def _yaml(path, dp, batch, shard, save_every=1000):
     return str(path)
 
 
-def _env():
-    return dict(os.environ, GLOG_v="3", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-
-
 def _msrun(tmp_path, cfg, out, tag):
     msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     assert msrun is not None, "msrun is part of mindspore: the venv is broken"
@@ -39,7 +36,7 @@ def _msrun(tmp_path, cfg, out, tag):
     entry = os.path.join(os.path.dirname(sys.executable), "ascend-v4")
     r = subprocess.run(["timeout", "1500", msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
                         f"--log_dir={logs}", "--join=True", entry, "train", "--config", cfg, "--out", str(out)],
-                       env=_env(), capture_output=True, text=True, timeout=1600, cwd=str(tmp_path))
+                       env=msrun_env(), capture_output=True, text=True, timeout=1600, cwd=str(tmp_path))
     text = "".join(open(os.path.join(logs, f)).read() for f in sorted(os.listdir(logs)))
     assert r.returncode == 0, text[-3000:]
     return text
@@ -100,7 +97,7 @@ def test_zero1_dp2_is_bit_identical_and_resumes(tmp_path, tiny_cfg):
     (one / "latest").write_text("ckpt-00000002\n")
     r = subprocess.run([sys.executable, "-m", "ascend_v4.cli", "train", "--config",
                         _yaml(tmp_path / "one.yaml", 1, 4, True), "--out", str(one)],
-                       env=_env(), capture_output=True, text=True, timeout=1200)
+                       env=msrun_env(), capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     (wa, oa), (wb, ob) = _ckpt(zero, 3), _ckpt(one, 3)
     assert wa.keys() == wb.keys() and oa.keys() == ob.keys()

@@ -17,7 +17,6 @@ touches are exact. Measured on the loaded 2-core host: one process 12.5 min, eac
 The msrun entry is this file (`v41-worker CONFIG OUT`): the `ascend-v4 train` sequence (distributed, Trainer,
 resume, run) plus a dump of this rank's Engram state, which only rank 0 writes into checkpoints.
 """
-import json
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import time
 
 import numpy as np
 import pytest
+from run_dirs import msrun_env, run_metrics, run_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]     # dp2 + resume: ~30 min on the loaded host
 
@@ -36,11 +36,6 @@ def _yaml(path, batch, parallel):
     path.write_text(f"model: v4.1-tiny\nseq_len: 16\nbatch_size: {batch}\nsteps: {STEPS}\nwarmup_steps: 1\n"
                     f"lr: 3.0e-3\neval_every: 1000\nsave_every: 1\nadam_eps: 1.0e-4\ntensorboard: false\n"
                     f"data: {{eval_fraction: 0.0}}\nparallel: {parallel}\n")
-
-
-def _env():
-    bindir = os.path.dirname(sys.executable)
-    return dict(os.environ, GLOG_v="3", OMP_WAIT_POLICY="PASSIVE", PATH=bindir + os.pathsep + os.environ["PATH"])
 
 
 def _worker(cfg_path, out):
@@ -59,7 +54,7 @@ def _single(tmp_path, name="one"):
     _yaml(tmp_path / f"{name}.yaml", 2, "{dp: 1}")
     t0 = time.time()
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "v41-worker", str(tmp_path / f"{name}.yaml"),
-                        str(tmp_path / name)], env=_env(), capture_output=True, text=True, timeout=1500,
+                        str(tmp_path / name)], env=msrun_env(), capture_output=True, text=True, timeout=1500,
                        cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
     print(f"single-process reference: {time.time() - t0:.0f}s")
@@ -84,21 +79,12 @@ def _msrun(tmp_path, cfg_path, out, workers=2):
     p = subprocess.run(["timeout", "1500", msrun, f"--worker_num={workers}", f"--local_worker_num={workers}",
                         f"--master_port={port}", f"--log_dir={logs}", "--join=True", os.path.abspath(__file__),
                         "v41-worker", str(cfg_path), str(out)],
-                       env=_env(), capture_output=True, text=True, timeout=1560, cwd=str(tmp_path))
+                       env=msrun_env(), capture_output=True, text=True, timeout=1560, cwd=str(tmp_path))
     text = ""
     for f in sorted(logs.glob("*.log")) if logs.exists() else []:
         text += f"\n--- {f.name}\n" + f.read_text()[-3000:]
     assert p.returncode == 0, f"msrun rc={p.returncode} after {time.time() - t0:.0f}s\n{p.stdout[-2000:]}{text}"
     print(f"msrun {cfg_path.name}: {time.time() - t0:.0f}s")
-
-
-def _metrics(out):
-    return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
-
-
-def _weights(out, step, what="model"):
-    from safetensors.numpy import load_file
-    return load_file(os.path.join(out, f"ckpt-{step:08d}", f"{what}.safetensors"))
 
 
 def _engram(out, rank):
@@ -108,7 +94,7 @@ def _engram(out, rank):
 
 def _compare_runs(ref, par, workers=2):
     """-> (max |dw| of the model, max |d table| of the Engram tables) against the single-process run."""
-    a, b = _metrics(ref), _metrics(par)
+    a, b = run_metrics(ref), run_metrics(par)
     assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, STEPS + 1))
     for ra, rb in zip(a, b):
         for k in ("loss", "lm_loss", "mtp_loss", "balance_loss"):
@@ -116,7 +102,7 @@ def _compare_runs(ref, par, workers=2):
         assert ra["mtp_loss"] > 0                           # the drafter trains
         np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-4, err_msg=f"step {ra['step']}")
         np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
-    wa, wb = _weights(ref, STEPS), _weights(par, STEPS)
+    wa, wb = run_weights(ref, STEPS), run_weights(par, STEPS)
     assert wa.keys() == wb.keys() and any(k.startswith("mtp.2.markov_head") for k in wa)
     for k in wa:
         assert wb[k].shape == wa[k].shape, k              # full release tensors, not a rank's slice
@@ -149,18 +135,18 @@ def test_v41_dp2_trains_like_one_process_and_resumes(single_run, tmp_path):
     _msrun(tmp_path, tmp_path / "dp2.yaml", out)
     print("dp2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
     # relaunch from the step-1 checkpoint: the same step-2 state, bit for bit
-    first = {w: _weights(str(out), STEPS, w) for w in ("model", "optimizer")}
+    first = {w: run_weights(str(out), STEPS, w) for w in ("model", "optimizer")}
     eng = _engram(str(out), 0)
-    rows = _metrics(str(out))
+    rows = run_metrics(str(out))
     shutil.rmtree(out / f"ckpt-{STEPS:08d}")
     (out / "latest").write_text("ckpt-00000001\n")
     _msrun(tmp_path, tmp_path / "dp2.yaml", out)
-    again = _metrics(str(out))
+    again = run_metrics(str(out))
     assert [r["step"] for r in again] == [1, 2] and again[0] == rows[0]      # step 1 kept, step 2 re-run
     for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "grad_norm", "expert_imbalance"):
         assert again[1][k] == rows[1][k], k
     for w, ref in first.items():
-        got = _weights(str(out), STEPS, w)
+        got = run_weights(str(out), STEPS, w)
         assert got.keys() == ref.keys()
         for k in ref:
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{w} {k}")
