@@ -18,10 +18,14 @@ def fork_run(src_dir, step: int, dst_dir) -> None:
 
 
 def msrun_env():
-    """The environment of an msrun launch from the tests: quiet logs, this venv's msrun / ascend-v4 on PATH, and
-    passive OpenMP waits (two ranks share the host's cores)."""
+    """The environment of an msrun launch from the tests: quiet logs, this venv's msrun / ascend-v4 on PATH, the
+    test helpers importable (workers that run a test file import them as pytest does), and passive OpenMP waits
+    (two ranks share the host's cores)."""
     bindir = os.path.dirname(sys.executable)
-    return dict(os.environ, GLOG_v="3", OMP_WAIT_POLICY="PASSIVE", PATH=bindir + os.pathsep + os.environ["PATH"])
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, GLOG_v="3", OMP_WAIT_POLICY="PASSIVE", PATH=bindir + os.pathsep + os.environ["PATH"],
+                PYTHONPATH=path)
 
 
 def run_metrics(out):
