@@ -1,5 +1,5 @@
 """Test helpers for training runs: a run directory that resumes from another run's checkpoint, an msrun launch's
-environment, a run's metrics and checkpoint tensors, and the value-and-gradients of a cell for the tp math tests."""
+environment, a run's metrics and checkpoint tensors."""
 import json
 import os
 import shutil
@@ -38,15 +38,3 @@ def run_weights(out, step, what="model"):
     from safetensors.numpy import load_file
     return load_file(os.path.join(out, f"ckpt-{step:08d}", f"{what}.safetensors"))
 
-
-def value_and_grads(cell, fn, x, cot):
-    """(y, dL/dx, {param: dL/dparam}) of L = sum(fn(x) * cot), in one compiled graph (the tp math tests)."""
-    import mindspore as ms
-    params = cell.trainable_params()
-
-    def loss(xv):
-        y = fn(xv)
-        return (y * cot).sum(), y
-
-    (_, y), (gx, gp) = ms.value_and_grad(loss, grad_position=0, weights=params, has_aux=True)(x)
-    return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}

@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 from ascend_v4.parallel import ParallelContext, expert_index, tp_dim
-from run_dirs import msrun_env, run_metrics, run_weights, value_and_grads
+from run_dirs import msrun_env, run_metrics, run_weights
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -149,6 +149,19 @@ def _load_slices(cell, full, prefix, ctx):
             p.set_data(ms.Tensor(ctx.shard(prefix + p.name, full[p.name])))
 
 
+def _value_and_grads(cell, fn, x, cot):
+    """(y, dL/dx, {param: dL/dparam}) of L = sum(fn(x) * cot), in one compiled graph."""
+    import mindspore as ms
+    params = cell.trainable_params()
+
+    def loss(xv):
+        y = fn(xv)
+        return (y * cot).sum(), y
+
+    (_, y), (gx, gp) = ms.value_and_grad(loss, grad_position=0, weights=params, has_aux=True)(x)
+    return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}
+
+
 def _check_tp_ranks(cfg, tp, full_cell, w, prefix, run, rank_cell, rtol=2e-5):
     """The tp simulated ranks' cells (rank_cell(ctx), loaded with their slices of the full cell's parameters w) run
     on the same input: their outputs and input gradients add up to the full cell's, their parameter gradients are
@@ -190,7 +203,7 @@ def test_tensor_parallel_attention_math(ms_graph, tiny_cfg, layer, with_seg):
     def run(cell):
         def fwd(xv):
             return cell(xv, cos, sin, seg)
-        return value_and_grads(cell, fwd, x, cot)
+        return _value_and_grads(cell, fwd, x, cot)
 
     def rank_cell(ctx):
         cell = Attention(layer, cfg, parallel=ctx)
@@ -217,7 +230,7 @@ def _moe_layer_case(cfg, layer, rng, T):
     def run(cell):
         def fwd(xv):
             return cell(xv, ids)
-        return value_and_grads(cell, fwd, x, cot)
+        return _value_and_grads(cell, fwd, x, cot)
     return full, w, run
 
 

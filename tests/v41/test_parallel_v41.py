@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from ascend_v4.parallel import ParallelConfigError, ParallelContext, routed_experts_of, tp_dim
-from run_dirs import value_and_grads
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +99,19 @@ def _tp_check(cfg, make, run, prefix, tp, rtol=2e-5):
     assert sliced >= 4                    # wq_b, attn_sink, wo_a, wo_b
 
 
+def _grads(cell, fn, x, cot):
+    """(y, dL/dx, {param: dL/dparam}) of L = sum(fn(x) * cot), in one compiled graph."""
+    import mindspore as ms
+    params = cell.trainable_params()
+
+    def loss(xv):
+        y = fn(xv)
+        return (y * cot).sum(), y
+
+    (_, y), (gx, gp) = ms.value_and_grad(loss, grad_position=0, weights=params, has_aux=True)(x)
+    return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}
+
+
 @pytest.mark.slow
 def test_tensor_parallel_v41_source_layer_math(ms_graph, cfg):
     """Layer 2: a ratio-2 kv source and index source (compressor, indexer keys, two-level candidate indexer)."""
@@ -115,7 +127,7 @@ def test_tensor_parallel_v41_source_layer_math(ms_graph, cfg):
     def run(cell):
         def fwd(xv):
             return cell.forward_v41(xv, cos, sin, (None, None, None, None, ()))[0]
-        return value_and_grads(cell, fwd, x, cot)
+        return _grads(cell, fwd, x, cot)
 
     _tp_check(cfg, lambda ctx: Attention(layer, cfg, parallel=ctx), run, f"layers.{layer}.attn.", 2)
 
@@ -139,7 +151,7 @@ def test_tensor_parallel_dspark_attention_math(ms_graph, cfg):
     def run(cell):
         def fwd(xv):
             return cell.forward_dspark(xv, cos, sin, (ctx_kv, idx))[0]
-        return value_and_grads(cell, fwd, x, cot)
+        return _grads(cell, fwd, x, cot)
 
     _tp_check(cfg, lambda ctx: Attention(layer, cfg, parallel=ctx), run, "mtp.0.attn.", 2)
 
