@@ -38,3 +38,17 @@ def run_weights(out, step, what="model"):
     from safetensors.numpy import load_file
     return load_file(os.path.join(out, f"ckpt-{step:08d}", f"{what}.safetensors"))
 
+
+
+def assert_runs_match(ref, par, steps):
+    """A parallel run's logged steps equal the single-process run's: loss terms to 2e-5, grad norm to 1e-4,
+    expert imbalance to 1e-6 (float32 summation order) -> (ref rows, par rows)."""
+    import numpy as np
+    a, b = run_metrics(ref), run_metrics(par)
+    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, steps + 1))
+    for ra, rb in zip(a, b):
+        for k in ("loss", "lm_loss", "mtp_loss", "balance_loss"):
+            np.testing.assert_allclose(rb[k], ra[k], rtol=2e-5, err_msg=f"step {ra['step']} {k}")
+        np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-4, err_msg=f"step {ra['step']}")
+        np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
+    return a, b

@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 from ascend_v4.parallel import ParallelContext, expert_index, tp_dim
-from run_dirs import msrun_env, run_metrics, run_weights
+from run_dirs import assert_runs_match, msrun_env, run_weights
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -370,13 +370,7 @@ def _msrun(tmp_path, cfg_path, out, workers=2):
 
 
 def _compare_runs(ref, par, step=4):
-    a, b = run_metrics(ref), run_metrics(par)
-    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, step + 1))
-    for ra, rb in zip(a, b):
-        for k in ("loss", "lm_loss", "mtp_loss", "balance_loss"):
-            np.testing.assert_allclose(rb[k], ra[k], rtol=2e-5, err_msg=f"step {ra['step']} {k}")
-        np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-4, err_msg=f"step {ra['step']}")
-        np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
+    a, b = assert_runs_match(ref, par, step)
     assert "eval_loss" in a[-1] and "eval_loss" in b[-1]          # evaluated at the last step, over every rank
     np.testing.assert_allclose(b[-1]["eval_loss"], a[-1]["eval_loss"], rtol=2e-5)
     wa, wb = run_weights(ref, step), run_weights(par, step)

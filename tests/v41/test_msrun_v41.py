@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 import pytest
-from run_dirs import msrun_env, run_metrics, run_weights
+from run_dirs import assert_runs_match, msrun_env, run_metrics, run_weights
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]     # dp2 + resume: ~30 min on the loaded host
 
@@ -94,14 +94,8 @@ def _engram(out, rank):
 
 def _compare_runs(ref, par, workers=2):
     """-> (max |dw| of the model, max |d table| of the Engram tables) against the single-process run."""
-    a, b = run_metrics(ref), run_metrics(par)
-    assert [r["step"] for r in b] == [r["step"] for r in a] == list(range(1, STEPS + 1))
-    for ra, rb in zip(a, b):
-        for k in ("loss", "lm_loss", "mtp_loss", "balance_loss"):
-            np.testing.assert_allclose(rb[k], ra[k], rtol=2e-5, err_msg=f"step {ra['step']} {k}")
-        assert ra["mtp_loss"] > 0                           # the drafter trains
-        np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-4, err_msg=f"step {ra['step']}")
-        np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
+    a, _ = assert_runs_match(ref, par, STEPS)
+    assert all(r["mtp_loss"] > 0 for r in a)               # the drafter trains
     wa, wb = run_weights(ref, STEPS), run_weights(par, STEPS)
     assert wa.keys() == wb.keys() and any(k.startswith("mtp.2.markov_head") for k in wa)
     for k in wa:
