@@ -67,7 +67,8 @@ def export(cfg, weights: Dict[str, np.ndarray], batch: int, seq: int, out_path: 
         raise ExportError(f"output for {fmt} must end in {want}, got {out_path}")
     tmp_stem = stem + ".partial"
     ids = ms.Tensor(np.zeros((batch, seq), np.int64))
-    with formulation("onnx" if fmt == "ONNX" else "native"):
+    # the pin holds through compilation too: ops that choose their kernel at trace time (the C++ RMS norm) read it
+    with formulation("onnx" if fmt == "ONNX" else "native"), _pinned_backends(backends):
         model = _build(cfg, weights, seq, backends)
         try:
             if fmt == "ONNX":

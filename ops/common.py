@@ -4,7 +4,7 @@ import contextlib
 import mindspore as ms
 from mindspore import ops
 
-from .registry import target
+from .registry import pinned, target
 
 NEG_INF = -1e30   # finite "minus infinity": masked logits stay finite so autodiff never sees inf - inf
 
@@ -116,10 +116,17 @@ def use_cpu_rms_norm(fn):
     _CPU_RMS_NORM = fn
 
 
+@ops.constexpr
+def _cpp_rms_norm_allowed():
+    """The C++ RMS norm is a CPU-local Custom op: a pin of "rms_norm" (or "*") to another backend, e.g. the
+    portable composite graph `export` builds, keeps it out (read when the graph is compiled)."""
+    return pinned("rms_norm") in (None, "cpp")
+
+
 def rms_norm(x, weight, eps):
     """x · rsqrt(mean(x², -1) + eps) (· weight), computed in float32, returned in x's dtype."""
-    if _CPU_RMS_NORM is not None and _FORMULATION[0] == "native" and _on_cpu() and x.dtype == ms.float32 and \
-            (weight is None or weight.dtype == ms.float32):
+    if _CPU_RMS_NORM is not None and _FORMULATION[0] == "native" and _on_cpu() and _cpp_rms_norm_allowed() and \
+            x.dtype == ms.float32 and (weight is None or weight.dtype == ms.float32):
         return _CPU_RMS_NORM(x, weight, eps)
     xf = ops.cast(x, ms.float32)
     y = xf * rsqrt(mean_square(xf) + eps)

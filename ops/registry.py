@@ -111,7 +111,8 @@ def backends(op: str) -> List[Backend]:
     return sorted(_REGISTRY[op].values(), key=lambda b: -b.priority)
 
 
-def _pinned(op: str) -> Optional[str]:
+def pinned(op: str) -> Optional[str]:
+    """The backend the user pinned for `op` (ASCEND_V4_BACKENDS, "op=name" or "*=name"), or None."""
     spec = os.environ.get("ASCEND_V4_BACKENDS", "")
     pins = dict(kv.split("=", 1) for kv in spec.split(",") if "=" in kv)
     return pins.get(op, pins.get("*"))
@@ -204,7 +205,7 @@ def _explain(op: str, t: Target) -> List[Verdict]:
 def resolve(op: str, backend: Optional[str] = None, device: Optional[str] = None) -> Backend:
     """The backend that runs `op` for the current target (or `device`, overriding only the device)."""
     t = target() if device is None else replace(target(), device=device)
-    want = backend or _pinned(op)
+    want = backend or pinned(op)
     cands = backends(op)
     if want:
         for b in cands:
