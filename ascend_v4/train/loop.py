@@ -322,9 +322,16 @@ class Trainer:
                 tables = engram_tables if engram_tables is not None else engram_table_init(self.cfg, tc.seed)
                 self.engram = EngramSparseAdamW(self.cfg, tables, eps=tc.adam_eps,
                                                 weight_decay=tc.engram_weight_decay, token_map=self.engram_map)
-            self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
-            self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
-                                        bias_speed, tc.engram_lr_scale, parallel=self.parallel)
+            if self.pipelined:       # stages / micro-batches (train/pipeline.py)
+                from .pipeline import V41PipelineTrainStep, V41StageLoss
+                self.loss_net = V41StageLoss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
+                self.step_fn = V41PipelineTrainStep(self.loss_net, self.opt, self.engram, self.schedule,
+                                                    p.micro_batches, tc.max_grad_norm, bias_speed,
+                                                    tc.engram_lr_scale, parallel=self.parallel)
+            else:
+                self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
+                self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
+                                            bias_speed, tc.engram_lr_scale, parallel=self.parallel)
         elif self.pipelined:
             from .pipeline import PipelineTrainStep
             self.step_fn = PipelineTrainStep(self.model, self.opt, p.micro_batches, tc.balance_alpha,
