@@ -200,7 +200,7 @@ class Trainer:
         self.v41 = self.cfg.version == "v4.1"
         if self.v41:
             from .v41 import check_v41_run
-            check_v41_run(tc, world)
+            check_v41_run(tc, world, self.cfg)
         p = tc.parallel
         if p.dp * p.tp * p.pp != world:
             raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {p.dp * p.tp * p.pp} but {world} "

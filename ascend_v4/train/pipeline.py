@@ -441,10 +441,10 @@ class V41PipelineTrainStep:
                     sums = ar_dp(ops.depend(sums, dloads))
                     esq = ar_dp(ops.depend(esq, sums))
                     sums = ops.concat([sums[:5] / dp, sums[5:]])
-                # the stages run different graphs: the cross-stage collectives (emb, then ShardedClip's pp sum,
-                # then the stats) are chained with depend into one order
+                # the stages run different graphs: the cross-stage collectives (emb, then ShardedClip's pp sum over
+                # every gradient, then the stats after the clip) follow one order through their data dependencies
                 if ar_emb is not None:
-                    grads = hyper_map(F.partial(_emb, ar_emb), emb_flags, ops.depend(grads, esq))
+                    grads = hyper_map(F.partial(_emb, ar_emb), emb_flags, grads)
                 both, gnorm = clip(tuple(grads) + (g_rows,), esq)
             else:
                 both, gnorm = clip_by_global_norm(tuple(grads) + (g_rows,), max_norm)

@@ -1,5 +1,6 @@
 """Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): the model's own Cells, on one process or under
-msrun with dp / tp / ep (V41TrainStep; pp, micro-batches and ZeRO-1 are refused by check_v41_run).
+msrun with dp / tp / ep (V41TrainStep) and pp / micro-batches (train/pipeline.py V41PipelineTrainStep); ZeRO-1 is
+refused by check_v41_run.
 
     loss = lm + dspark_weight · (draft + confidence_weight · confidence) + balance_alpha · Σ_layers balance
 
@@ -401,10 +402,17 @@ class V41TrainStep:
 
 
 # ------------------------------------------------------------------------------------ run set-up (train/loop.py)
-def check_v41_run(tc, world: int) -> None:
-    """What a V4.1 run does not do yet, refused with one line each (docs/training.md, "DeepSeek-V4.1")."""
+def check_v41_run(tc, world: int, cfg=None) -> None:
+    """What a V4.1 run does not do yet, refused with one line each (docs/training.md, "DeepSeek-V4.1"); cfg: the
+    run's model config (a pp split with too few stage starts, parallel.v41_stage_starts)."""
     from .run_config import TrainConfigError
     p = tc.parallel
+    if cfg is not None and p.pp > 1:
+        from ascend_v4.parallel import ParallelConfigError, v41_stage_starts
+        try:
+            v41_stage_starts(cfg, p.pp)
+        except ParallelConfigError as e:
+            raise TrainConfigError(f"parallel: {e}") from None
     if p.optimizer_shard and p.dp > 1:
         raise TrainConfigError("parallel.optimizer_shard (ZeRO-1) is not implemented for DeepSeek-V4.1; set "
                                "optimizer_shard: false")

@@ -165,5 +165,34 @@ def test_v41_dp2_ep2_trains_like_one_process(single_run, tmp_path):
     print("dp2 ep2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
 
 
+def test_v41_pp2_micro2_trains_like_one_process_and_resumes(single_run, tmp_path):
+    """Two pipeline stages (layers 0-5 | 6-9 + head + drafter; parallel.v41_stage_starts) and two micro-batches of
+    one row each (gradient accumulation through the GPipe schedule), then a relaunch from the step-1 checkpoint
+    that must reach the same step-2 state bit for bit (model, optimiser, Engram state on both ranks)."""
+    _yaml(tmp_path / "pp2.yaml", 2, "{pp: 2, micro_batches: 2}")
+    out = tmp_path / "pp2"
+    _msrun(tmp_path, tmp_path / "pp2.yaml", out)
+    print("pp2 micro2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
+    first = {w: run_weights(str(out), STEPS, w) for w in ("model", "optimizer")}
+    eng = _engram(str(out), 0)
+    rows = run_metrics(str(out))
+    shutil.rmtree(out / f"ckpt-{STEPS:08d}")
+    (out / "latest").write_text("ckpt-00000001\n")
+    _msrun(tmp_path, tmp_path / "pp2.yaml", out)
+    again = run_metrics(str(out))
+    assert [r["step"] for r in again] == [1, 2] and again[0] == rows[0]
+    for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "grad_norm", "expert_imbalance"):
+        assert again[1][k] == rows[1][k], k
+    for w, ref in first.items():
+        got = run_weights(str(out), STEPS, w)
+        assert got.keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{w} {k}")
+    for r in range(2):
+        e = _engram(str(out), r)
+        for k in eng:
+            np.testing.assert_array_equal(e[k], eng[k], err_msg=f"rank {r} {k}")
+
+
 if __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "v41-worker":
     _worker(sys.argv[2], sys.argv[3])
