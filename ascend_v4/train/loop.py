@@ -72,6 +72,11 @@ def distributed(tc: TrainConfig):
                                    f"launch with `msrun --worker_num {need} --local_worker_num {need} "
                                    f"$(which ascend-v4) train ...` or set parallel dp, tp and pp to 1")
         return 0, 1
+    if p.pp > 1:
+        # pipeline stages compile different graphs: a stage waits in the first stage transfer while its neighbour
+        # still compiles (minutes for a V4.1 stage on a loaded CPU host), past MindSpore-CPU's collective timeout
+        # (MS_CPU_COMM_OP_TIMEOUT, seconds); HCCL's own exec timeout applies on Ascend
+        os.environ.setdefault("MS_CPU_COMM_OP_TIMEOUT", "1800")
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
     init()
