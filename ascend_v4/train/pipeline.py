@@ -24,6 +24,12 @@ Stage-to-stage transfer: an AllReduce over the pp group of a [P, activation] buf
 own slot (exact: one non-zero contributor per slot). MindSpore 2.10 has no point-to-point Send/Receive on CPU; on
 Ascend this costs P x the bytes of a Send/Receive pair — replacing it with HCCL P2P is the next step for large P.
 The gradient clip norm is summed over stages (ShardedClip); metrics are all-reduced over pp and dp.
+
+DeepSeek-V4.1 (V41StageLoss, V41PipelineTrainStep; docs/training.md, "DeepSeek-V4.1") runs the same schedule
+(gpipe) and transfer (stage_exchange) with two activations per boundary, the streams and pipelined mHC's FFN `pre`,
+at the stage starts of parallel.v41_stage_starts (no CSA-v2 state crosses a boundary; DSpark on the last stage), the
+host-resident Engram rows fed to the stage holding each Engram layer and their gradients gathered over dp and pp
+for the replicated tables (tests/v41/test_pipeline_v41.py; msrun pp=2 in tests/v41/test_msrun_v41.py -m slow).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DeepSeek-V4.1 training under msrun (dp, tp, dp·ep) against one process training the same global batch
+"""DeepSeek-V4.1 training under msrun (dp, tp, dp·ep, pp·micro-batches) against one process training the same global batch
 (docs/training.md, "DeepSeek-V4.1"), on v4.1-tiny: 2 steps of a global batch of 2 x 16 tokens, the DSpark drafter
 and both Engram layers trained, no eval (each compile of the 10-layer + 3-stage model costs minutes on CPU).
 
@@ -6,7 +6,10 @@ Each run's per-step loss / lm / drafter / balance / grad-norm / expert-imbalance
 release tensors, gathered on save) and every rank's Engram tables (weights, moments, row counts) are compared with
 the single-process run; the Engram tables and their row state must be bit-identical across the ranks of a run
 (every rank applies the same sparse update to the rows of the whole global batch). The dp=2 run is then relaunched
-from its step-1 checkpoint and must reach its own step-2 state bit for bit (model, optimiser, Engram state).
+from its step-1 checkpoint and must reach its own step-2 state bit for bit (model, optimiser, Engram state); so is the
+pp=2 · micro_batches=2 run (train/pipeline.py V41PipelineTrainStep; observed: weights 1.5e-5, Engram rows 4.8e-7,
+drafter loss 1.4e-7 relative; 9 + 6.5 min for its two launches). Not in .ci/run; docs/training.md ("DeepSeek-V4.1")
+says how to run it.
 
 Tolerances (float32 summation order over dp / tp / ep partial sums; adam_eps 1e-4 for the reason given in
 tests/train/test_msrun_parallel.py): losses 2e-5 relative (observed <= 3.3e-6, the tp=2 drafter loss at step 2),
