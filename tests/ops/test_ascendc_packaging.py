@@ -32,9 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DRIVER = os.path.join(ROOT, "ops", "ascendc_common", "build_opp.sh")
 CMAKE_MODULE = os.path.join(ROOT, "ops", "ascendc_common", "cmake", "av4_opp.cmake")
 DOCKERFILE = os.path.join(ROOT, "docker", "Dockerfile.ascend")
-FAMILIES = ("mhc", "moe", "attention")
+FAMILIES = ("mhc", "moe", "attention", "engram")
 BINDINGS = {"mhc": "ops/mhc/ascendc/binding.py", "moe": "ops/moe/ascendc/binding.py",
-            "attention": "ops/attention/ascendc.py"}
+            "attention": "ops/attention/ascendc.py", "engram": "ops/engram/ascendc/binding.py"}
 SYSTEM_CANN = [p for p in ("/usr/local/Ascend/cann/set_env.sh", "/usr/local/Ascend/ascend-toolkit/set_env.sh")
                if os.path.exists(p)]
 no_system_cann = pytest.mark.skipif(bool(SYSTEM_CANN), reason="a CANN toolkit is installed on this machine")
@@ -275,7 +275,7 @@ def test_socs_and_vendor_names_agree_everywhere():
         assert f"av4_opp_package({family})" in top and "ascendc_common/cmake/av4_opp.cmake" in top
         assert pkg.vendor_name(family) == f"ascend_v4_{family}"
     assert "set(vendor_name ascend_v4_${family})" in cmake
-    assert re.search(r"FAMILIES=\(mhc moe attention\)", driver) and pkg.FAMILIES == FAMILIES
+    assert re.search(r"FAMILIES=\(mhc moe attention engram\)", driver) and pkg.FAMILIES == FAMILIES
     assert 'VENDOR="ascend_v4_$fam"' in driver
 
 
