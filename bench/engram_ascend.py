@@ -7,7 +7,7 @@ device time of the two AscendC kernels (EngramDequantAv4, EngramGateAv4: HBM byt
 the HBM bandwidth, no launch latency), against a lower bound of the step itself: the active weights read once from
 HBM (bf16) for decode, the active matmul FLOPs at the Cube peak for a prefill chunk. Formats:
 
-  bf16       FP8 release rows decoded on the host (E4M3 x E8M0 is exact in bf16): 2 bytes per value
+  bf16       FP8 release rows decoded on the host (E4M3 x E8M0 is exact in bf16 down to 2^-133): 2 bytes per value
   int8       what `convert` writes, INT8 + one float32 scale per 32 values, decoded by EngramDequantAv4: 1.125
   fp8-raw    the release's E4M3 + E8M0 bytes as stored (1.03125): NOT implemented (910B/910C have no FP8
              arithmetic; a bit-level decode kernel would be needed), listed for comparison

@@ -15,7 +15,7 @@ the device computes), and `DeviceRowStager` moves them to the device without blo
 
 The rows travel in their stored form when the device decodes them (INT8 + group scales: `engram_dequant`, the
 AscendC EngramDequantAv4 kernel), a quarter of float32's bytes; FP8 release tables are decoded to bf16 on the host
-(910B/910C have no FP8 arithmetic; E4M3 × E8M0 is exact in bf16). Bytes per step and the link time:
+(910B/910C have no FP8 arithmetic; E4M3 × E8M0 is exact in bf16 down to 2^-133). Bytes per step and the link time:
 docs/ascendc.md, "Engram on Ascend".
 
 On a CPU host (and for the emulated Ascend resolution) the same code runs with `HostTransport`: no pinned memory,
