@@ -13,6 +13,7 @@ ASC = os.path.join(ROOT, "ops", "engram", "ascendc")
 
 
 @needs_gxx
+@pytest.mark.slow       # ~9 s of g++ -O1 on a loaded 2-core host
 def test_op_host_and_tiling_sweep(tmp_path):
     srcs = [os.path.join(ASC, "tiling", "host_check.cc"), os.path.join(ASC, "tiling", "engram_tiling.cc"),
             os.path.join(ASC, "op_host", "engram_av4_def.cpp"), os.path.join(ASC, "op_host", "engram_av4_tiling.cpp")]

@@ -110,3 +110,52 @@ def test_plan_shows_engram_on_ascend_for_v41():
             assert "EngramGateAv4" in rows["engram_gate"]["runs"] and "hc_mixes" in rows and "hc_pre" not in rows
         train = {r["op"]: r for r in p["phases"]["train"]["calls"]}
         assert train["engram_gate"]["backend"] == "ascendc" and "engram_lookup" not in train
+
+
+@pytest.fixture
+def emulated():
+    from ascend_v4.ops import registry
+    registry.set_target(registry.Target(device="Ascend", emulated=True))
+    yield registry
+    registry.set_target(None)
+
+
+@pytest.mark.slow       # ~6 s: two graph compiles
+def test_gate_binding_in_graph_mode_with_its_bprop_matches_the_composite(emulated):
+    """The engram_gate Ascend binding (contract stand-in + the hand-written VJP as bprop) inside a graph-mode Cell
+    with batch dims and float32 inputs: values and gradients of every input equal the composite's
+    autodiff; the contract refuses a ragged D (the kernel's 32-byte bf16 rows) at compile time."""
+    import mindspore as ms
+    from mindspore import nn
+    from ascend_v4.ops.ascend_call import ContractError
+    from ascend_v4.ops.engram import composite as C
+    ms.set_context(mode=ms.GRAPH_MODE)
+    b = emulated.resolve("engram_gate")
+    assert b.name == "ascendc"
+
+    class Net(nn.Cell):
+        def __init__(self, f):
+            super().__init__()
+            self.f = f
+
+        def construct(self, h, kv, q, k, alive):
+            out = self.f(h, kv, q, k, alive, 1e-20)
+            return (out * out).sum() + out.sum()
+
+    rng = np.random.default_rng(3)
+    hc, D = 4, 32
+    alive = np.ones((2, 3), np.float32)
+    alive[1, 2] = 0
+    args = [ms.Tensor(rng.standard_normal((2, 3, hc, D)).astype(np.float32)),
+            ms.Tensor(rng.standard_normal((2, 3, (hc + 1) * D)).astype(np.float32)),
+            ms.Tensor((1 + 0.3 * rng.standard_normal((hc, D))).astype(np.float32)),
+            ms.Tensor((1 + 0.3 * rng.standard_normal((hc, D))).astype(np.float32)), ms.Tensor(alive)]
+    got = ms.grad(Net(b.fn), (0, 1, 2, 3))(*args)
+    want = ms.grad(Net(C.engram_gate), (0, 1, 2, 3))(*args)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.asnumpy(), w.asnumpy(), rtol=1e-4, atol=2e-5)
+    ragged = [ms.Tensor(np.zeros((3, hc, 40), np.float32)), ms.Tensor(np.zeros((3, (hc + 1) * 40), np.float32)),
+              ms.Tensor(np.ones((hc, 40), np.float32)), ms.Tensor(np.ones((hc, 40), np.float32)),
+              ms.Tensor(np.ones(3, np.float32))]
+    with pytest.raises((ContractError, RuntimeError, ValueError), match="multiple of 16"):
+        Net(b.fn)(*ragged)
