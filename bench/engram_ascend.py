@@ -7,6 +7,7 @@ device time of the two AscendC kernels (EngramDequantAv4, EngramGateAv4: HBM byt
 the HBM bandwidth, no launch latency), against a lower bound of the step itself: the active weights read once from
 HBM (bf16) for decode, the active matmul FLOPs at the Cube peak for a prefill chunk. Formats:
 
+  float32    what the serving feed ships today (ascend_v4/serve/engram.py: rows decoded to float32 on the host)
   bf16       FP8 release rows decoded on the host (E4M3 x E8M0 is exact in bf16 down to 2^-133): 2 bytes per value
   int8       what `convert` writes, INT8 + one float32 scale per 32 values, decoded by EngramDequantAv4: 1.125
   fp8-raw    the release's E4M3 + E8M0 bytes as stored (1.03125): NOT implemented (910B/910C have no FP8
@@ -30,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LINKS = {"910B": {"link": "PCIe 4.0 x16", "raw_gbps": 32.0, "eff_gbps": 25.0, "hbm_tbps": 1.6, "cube_tflops": 320.0},
          "910C-die": {"link": "PCIe 5.0 x16", "raw_gbps": 64.0, "eff_gbps": 50.0, "hbm_tbps": 1.6,
                       "cube_tflops": 400.0}}
-FORMATS = {"bf16": 2.0, "int8": 1.0 + 4.0 / 32, "fp8-raw": 1.0 + 1.0 / 32}
+FORMATS = {"float32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 32, "fp8-raw": 1.0 + 1.0 / 32}
 PHASES = [("decode", 1), ("decode", 32), ("decode", 128), ("decode", 256), ("prefill", 4096)]
 MFU = 0.5                      # assumed prefill matmul efficiency for the step's lower bound
 
