@@ -19,7 +19,7 @@ and copy precede the step (the graph waits for them before block 0: "exposed"). 
 from public PCIe rates (edit LINKS): 910B (Atlas A2) PCIe 4.0 x16, 910C (Atlas A3) PCIe 5.0 x16, effective ~78% of
 the raw rate; the host gather itself is measured on CPU by bench/engram_prefetch.py, not here.
 
-  python bench/engram_ascend.py [--json PATH]
+  python bench/engram_ascend.py [--json PATH]   (--out PATH: the same; --quick: accepted, no effect)
 """
 import argparse
 import os
@@ -65,7 +65,8 @@ def project(cfg):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "engram_ascend.json"))
+    ap.add_argument("--json", "--out", dest="json", default=os.path.join(HERE, "results", "engram_ascend.json"))
+    ap.add_argument("--quick", action="store_true", help="accepted for bench/run_all.py; the projection is instant")
     a = ap.parse_args(argv)
     cfg = load_config("v4.1-flash", versions=MODEL_VERSIONS)
     rows = project(cfg)
