@@ -26,7 +26,7 @@ stream need an Ascend device context; on CPU pin_memory raises).
 from __future__ import annotations
 
 import threading
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
