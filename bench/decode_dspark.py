@@ -209,7 +209,6 @@ def main():
     from ascend_v4.checkpoint.release_v41 import random_weights_v41
     from ascend_v4.config import V41_PRESETS
     from ascend_v4.serve.engine import Engine
-    from ascend_v4.weights import load_into
     if a.config not in V41_PRESETS:
         sys.exit(f"error: --config {a.config} is not a DeepSeek-V4.1 preset; choose one of {sorted(V41_PRESETS)}")
     cfg = V41_PRESETS[a.config].validate()
@@ -232,10 +231,7 @@ def main():
     if a.distil_steps:
         log(f"self-distillation ({a.distil_steps} steps)")
         trained, losses, secs = self_distil(cfg, weights, eng, a)
-        missing = [p.name for p in eng.model.get_parameters() if p.name.startswith("mtp.") and p.name not in trained]
-        if missing:
-            sys.exit(f"error: the distilled drafter lacks {len(missing)} DSpark parameters ({missing[0]}, ...)")
-        load_into(eng.model, trained, strict=False)          # the engine's graphs read these Parameters
+        eng.load_dspark(trained)          # exactly the drafter's tensors; the compiled graphs read these Parameters
         # held-out prompts (the measured ones), then the first training prompts, whose continuations it has fitted
         seen = _prompts(cfg, a.distil_seqs, 16, seed=1)[:a.batch]
         plain_d = {}
