@@ -104,3 +104,28 @@ def test_drafter_loaded_after_compile_drafts_like_golden_and_training_forward(ms
     assert e_tr < 1e-4 and e_tc < 1e-4, (e_tr, e_tc)
     print(f"new drafter: engine draft logits max rel L2 {e_srv:.1e} (confidence {e_conf:.1e}); training forward "
           f"{e_tr:.1e} ({e_tc:.1e}); stale drafter {_rel(stale['logits'][0], ref['logits'][0]).min():.2f}")
+
+
+def test_graph_wrappers_keep_release_names_and_load_dspark_checks_names(ms_graph):
+    """Wrapping the model in the serving graphs (built, not compiled) leaves its Parameter names alone, so
+    Engine.load_dspark finds the drafter by release name; it refuses a partial or foreign set."""
+    from ascend_v4.serve.engine import Engine, ServeError
+    from ascend_v4.serve.graphs import DSparkDraftGraph, StepGraph
+    target = random_weights_v41(CFG, seed=7)
+    drafter = {k: v for k, v in random_weights_v41(CFG, seed=23).items() if k.startswith("mtp.")}
+    eng = Engine(CFG, target, max_batch=1, max_len=64, prefill_chunk=16, ctx_min=16, dspark=True)
+    before = [p.name for p in eng.model.get_parameters()]
+    StepGraph(eng.model, eng.cache.layout, eng.cache.params, 1, 16, logits="last", experts=eng.experts, dspark=True)
+    DSparkDraftGraph(eng.model)
+    assert [p.name for p in eng.model.get_parameters()] == before
+    first = next(iter(drafter))
+    with pytest.raises(ServeError, match="1 missing"):
+        eng.load_dspark({k: v for k, v in drafter.items() if k != first})
+    with pytest.raises(ServeError, match="1 unknown"):
+        eng.load_dspark({**drafter, "layers.0.attn.wq_a.weight": target["layers.0.attn.wq_a.weight"]})
+    eng.load_dspark(drafter)
+    got = {p.name: p.asnumpy() for p in eng.model.get_parameters()}
+    for k, v in drafter.items():
+        np.testing.assert_array_equal(got[k], np.asarray(v, np.float32), err_msg=k)
+    for k in ("embed.weight", "layers.0.attn.wkv.weight"):
+        np.testing.assert_array_equal(got[k], np.asarray(target[k], np.float32), err_msg=k)
