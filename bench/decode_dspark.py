@@ -2,7 +2,7 @@
 random drafter and with a drafter self-distilled on the target's own greedy continuations.
 
     GLOG_v=3 python bench/decode_dspark.py [--config v4.1-tiny] [--batch 1] [--prompt 48] [--new 32] [--reps 3]
-                                           [--distil-steps 300] [--distil-seqs 16]
+                                           [--distil-steps 300] [--distil-seqs 16] [--distil-probes 3]
     GLOG_v=3 python bench/decode_dspark.py --quick
 
 One Engine (graph mode, float32, Engram tables in host memory) built with dspark=True on random release-format
@@ -18,7 +18,9 @@ Two drafters:
   trainer's drafter loss (train/v41.py V41Loss: block-drafting CE + confidence BCE, teacher-forced Markov tokens;
   loss mask = the generated tokens). Measured twice: on the held-out prompts above (does it generalise?) and on
   the first training prompts (a drafter that has fitted the target's continuations there: what the verify/accept
-  loop and its rollback do at high acceptance).
+  loop and its rollback do at high acceptance). The trained drafter reaches the engine's compiled graphs through
+  Engine.load_dspark. During distillation, at --distil-probes + 1 evenly spaced steps (step 0 = the random
+  drafter), the drafter so far is loaded and one DSpark generation on each prompt set gives the acceptance curve.
 
 Per row: decode tokens/s (graph compiles excluded) and its ratio to plain greedy, verify steps, acceptance rate
 (accepted drafts / drafted tokens), mean accepted length (accepted drafts per row and step), tokens per step, the
