@@ -164,12 +164,11 @@ class Engine:
         key = ("main", T, self._ctx(end), logits, streams, bool(dspark))
         args = (ids.astype(np.int32), np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
         if self.engram is not None:
-            import mindspore as ms
             fut = engram if engram is not None else self.engram.submit(ids, nvalid)
             t0 = time.perf_counter()
             rows = fut.result()
             self.engram_wait_s += time.perf_counter() - t0
-            args = args + (tuple(ms.Tensor(r) for r in rows),)
+            args = args + (self.engram.device_rows(rows),)      # Ascend: staged H2D copies, stream-ordered
         return self._call(key, *args)
 
     def run_mtp(self, h, next_ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray):

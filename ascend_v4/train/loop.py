@@ -72,6 +72,11 @@ def distributed(tc: TrainConfig):
                                    f"launch with `msrun --worker_num {need} --local_worker_num {need} "
                                    f"$(which ascend-v4) train ...` or set parallel dp, tp and pp to 1")
         return 0, 1
+    if p.pp > 1:
+        # pipeline stages compile different graphs: a stage waits in the first stage transfer while its neighbour
+        # still compiles (minutes for a V4.1 stage on a loaded CPU host), past MindSpore-CPU's collective timeout
+        # (MS_CPU_COMM_OP_TIMEOUT, seconds); HCCL's own exec timeout applies on Ascend
+        os.environ.setdefault("MS_CPU_COMM_OP_TIMEOUT", "1800")
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
     init()
@@ -200,7 +205,7 @@ class Trainer:
         self.v41 = self.cfg.version == "v4.1"
         if self.v41:
             from .v41 import check_v41_run
-            check_v41_run(tc, world)
+            check_v41_run(tc, world, self.cfg)
         p = tc.parallel
         if p.dp * p.tp * p.pp != world:
             raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {p.dp * p.tp * p.pp} but {world} "
@@ -322,9 +327,16 @@ class Trainer:
                 tables = engram_tables if engram_tables is not None else engram_table_init(self.cfg, tc.seed)
                 self.engram = EngramSparseAdamW(self.cfg, tables, eps=tc.adam_eps,
                                                 weight_decay=tc.engram_weight_decay, token_map=self.engram_map)
-            self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
-            self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
-                                        bias_speed, tc.engram_lr_scale, parallel=self.parallel)
+            if self.pipelined:       # stages / micro-batches (train/pipeline.py)
+                from .pipeline import V41PipelineTrainStep, V41StageLoss
+                self.loss_net = V41StageLoss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
+                self.step_fn = V41PipelineTrainStep(self.loss_net, self.opt, self.engram, self.schedule,
+                                                    p.micro_batches, tc.max_grad_norm, bias_speed,
+                                                    tc.engram_lr_scale, parallel=self.parallel)
+            else:
+                self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
+                self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
+                                            bias_speed, tc.engram_lr_scale, parallel=self.parallel)
         elif self.pipelined:
             from .pipeline import PipelineTrainStep
             self.step_fn = PipelineTrainStep(self.model, self.opt, p.micro_batches, tc.balance_alpha,
