@@ -427,6 +427,23 @@ class Engine:
                 idx[r, :, W - n:W] = np.arange(W - n, W, dtype=np.int32)
         return ctx, idx
 
+    def load_dspark(self, weights: Dict[str, np.ndarray]) -> None:
+        """Replace the DSpark drafter's weights (every `mtp.*` tensor by release name, e.g. a drafter trained
+        with the target frozen) in place: the draft graph reads the model's Parameters, so the next draft uses
+        them, compiled graphs included. The names must be exactly the drafter's (no target tensor, none missing)."""
+        from ..weights import WeightError, load_into
+        if not self.dspark:
+            raise ServeError("loading DSpark drafter weights needs an Engine built with dspark=True")
+        have = {p.name for p in self.model.get_parameters() if p.name.startswith("mtp.")}
+        missing, extra = sorted(have - set(weights)), sorted(set(weights) - have)
+        if not have or missing or extra:
+            raise ServeError(f"DSpark drafter weights must name exactly the engine's {len(have)} mtp.* tensors: "
+                             f"{len(missing)} missing ({missing[:2]}), {len(extra)} unknown ({extra[:2]})")
+        try:
+            load_into(self.model, weights, strict=False)
+        except WeightError as e:
+            raise ServeError(str(e)) from None
+
     def dspark_draft(self, tokens: np.ndarray):
         """Draft one DSpark block per row after the target produced tokens [B] (not yet in the cache, at each
         row's next position) -> (draft tokens [B, bs] int64, logits [B, bs, V], confidence [B, bs])."""
