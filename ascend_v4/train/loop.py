@@ -307,11 +307,8 @@ class Trainer:
             from .param_groups import FROZEN, classify_param
             shard = OptimizerShard(self.parallel, [q for q in self.model.get_parameters()
                                                    if classify_param(q)[0] != FROZEN])
-        # the fused in-place CPU update is not used under expert parallelism: with ep=2 it diverged from one
-        # process at the first update (step-2 loss 1-2% off, V4 and V4.1 msrun proofs); cause not isolated yet
-        fused = self.parallel is None or self.parallel.ep == 1
         self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps, tensor_parallel=muon_tp,
-                             shard=shard, bf16_storage=bf16_storage, fused=fused)
+                             shard=shard, bf16_storage=bf16_storage)
         if shard is not None:
             mine = sum(int(np.prod(q.shape)) for q in self.opt.state_parameters().values())
             full = sum(int(np.prod(sh)) for _, sh in self.opt.state_specs.values())
