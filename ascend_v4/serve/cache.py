@@ -9,7 +9,8 @@ first entry; docs/design.md, "conventions").
 Per main layer i (ratio r; W = window, hd = head_dim, c_I = index_head_dim, Nmax = max_len // r,
 coff = 2 if r == 4 else 1, S = the slack below), stored 2-D as [B·rows, width]:
   L{i}.win                       [B, W+S+1, hd]        window ring, slot = position mod (W+S); last row is scratch
-                                                       (int8: .win_q [.., hd-rope] i8, .win_r [.., rope], .win_s [.., 1])
+                                                       (int8: .win_q [.., hd-rope] i8, .win_r [.., rope], .win_s [.., 1];
+                                                       reference: .win_c [.., hd] u8, .win_s [.., hd/32] u8)
   L{i}.ent            (r > 0)    [B, Nmax+1, hd]       compressed entries (int8 split likewise; row Nmax is scratch)
   L{i}.ckv / L{i}.csc (r > 0)    [B, coff·r+S+1, coff·hd] compressor state (kv 0 / score -1e30 at sequence
                                                        start), position a in slot a mod (coff·r+S); last row scratch
@@ -25,9 +26,16 @@ keys are rows by group, read only below the visible count, and rewritten when th
 DeepSeek-V4.1 (docs/deepseek-v4.1.md, "serving"): every layer has its ring; only the kv sources (kv_source_layers)
 have .ent, .ckv/.csc (r slots, no overlap) and .ikey (index keys derived from the compressor latent) — the other
 compressed layers read their kv source's buffers, so the cache holds 4 compressed layers for Flash, not 38.
-INT8 KV: the head_dim - rope_head_dim non-RoPE dims of every KV row (ring and entries) are stored int8 with one
-float32 scale per row (amax / 127), RoPE dims float32; a step's own kv and new entries are read back the same
-way, so chunked == one-shot == decode also holds in INT8 mode.
+Stored formats (kv_format, KV_FORMATS; the codecs are ascend_v4/kv_formats.py; docs/deepseek-v4.1.md, "KV cache
+formats"): every KV buffer (rings, entries, and V4.1's index keys) is one float32 buffer ("float32"), or its
+stored parts:
+  "int8"       (V4 and V4.1) the non-RoPE dims int8 with one float32 scale per row (amax / 127), RoPE dims float32:
+               name_q / name_r / name_s (V4.1's index keys too, with index_head_dim - rope_head_dim int8 dims;
+               V4's index keys stay float32)
+  "reference"  (V4.1) DeepSeek-V4.1's own formats: window rings FP8 E4M3 codes + E8M0 scale per 32 (name_c /
+               name_s), compressed entries FP4 E2M1 (two per byte) + E4M3 scale per 16, index keys FP4 + E8M0 per 32
+A step's own kv rows and new entries / keys are read back through the same encoding, and a ring keeps each row
+as stored (never re-encoded), so chunked == one-shot == decode and speculative rollback hold in every format.
 """
 from __future__ import annotations
 
