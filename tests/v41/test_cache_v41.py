@@ -124,26 +124,23 @@ def test_int8_scheme_is_v4s(codec):
     assert (np.abs(dec[:, :48] - x[:, :48]) <= 0.5 * s * (1 + 1e-5)).all()
 
 
-def test_layout_bytes_per_token_and_info(ms_graph):
+def test_layout_bytes_per_token(ms_graph):
     """Flash: the reference format stores 890 B per token (the release's figure: FP4 + E4M3 KV, FP4 + E8M0 keys
-    of the 4 kv sources, ratio 2 counted per 2 tokens); INT8 and float32 by hand; `info v4.1-flash` prints all."""
-    from click.testing import CliRunner
-    from ascend_v4.cli import main
+    of the 4 kv sources, ratio 2 counted per 2 tokens); INT8 and float32 by hand. `info v4.1-flash` prints them
+    (tests/v41/test_info_v41.py)."""
+    from ascend_v4.info import v41_kv_bytes_per_token
     from ascend_v4.serve.cache import CacheLayout
     c = FLASH
     hand = {"float32": (512 * 4, 128 * 4), "int8": (448 + 64 * 4 + 4, 64 + 64 * 4 + 4),
             "reference": (256 + 32, 64 + 4)}
     srcs = [c.ratio(s) for s in c.kv_source_layers]
     assert srcs == [2, 2, 2, 1]
+    info = v41_kv_bytes_per_token(c)
     for fmt, (ent, key) in hand.items():
         lay = CacheLayout(c, 1, 256, kv_format=fmt)
-        assert lay.bytes_per_token()["total"] == sum((ent + key) / r for r in srcs), fmt
-    assert CacheLayout(c, 1, 256, kv_format="reference").bytes_per_token()["total"] == 890
-    assert CacheLayout(c, 1, 256, kv_format="reference").ring_bytes_per_seq() == c.n_layers * 128 * (512 + 16)
-    r = CliRunner().invoke(main, ["info", "v4.1-flash"])
-    assert r.exit_code == 0, r.output
-    line = [ln for ln in r.output.splitlines() if "serving cache" in ln]
-    assert line and "reference 890 B, int8 2580 B, float32 6400 B" in line[0], r.output
+        assert lay.bytes_per_token()["total"] == sum((ent + key) / r for r in srcs) == info[f"serve_{fmt}"], fmt
+    assert info["serve_reference"] == 890
+    assert info["serve_reference_rings"] == c.n_layers * 128 * (512 + 16)
 
 
 def test_reference_format_refused_for_v4(tiny_cfg):
