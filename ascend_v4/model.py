@@ -131,10 +131,11 @@ _scatter_rows = ops.ScatterUpdate()
 #   slack    extra slots of every position-addressed ring (window: W + slack, compressor state: coff·r + slack):
 #            a speculative verify of up to slack + 2 tokens is rolled back by rewinding the row's length alone
 #            (docs/design.md, "speculative rollback"; ascend_v4/serve/cache.py, CacheLayout)
-#   slots    per block (main layers, then MTP): (window KV ids, entries KV ids, (ckv, csc), (ikey, ikv, isc),
-#            index of the block's ratio in ctx) — flat cache ids, () / -1 absent
+#   slots    per block (main layers, then MTP): (window KV handle, entries KV handle, (ckv, csc), (ikey, ikv,
+#            isc), index of the block's ratio in ctx) — a KV handle is (format, flat cache ids...), see below;
+#            V4.1's ikey is a KV handle too, V4's a flat id; () / -1 absent
 #   experts  per block the pre-stacked routed experts (w1, w2, w3), or None
-#   shared_slots  V4.1: (index-key buffer ids of the kv sources, publisher row id) for index_keys="shipped"
+#   shared_slots  V4.1: (index-key KV handles of the kv sources, publisher row id) for index_keys="shipped"
 
 
 def flat_rows(idx, R):
