@@ -1,10 +1,12 @@
 """DeepSeek-V4.1's serving cache formats (ascend_v4/kv_formats.py, ascend_v4/serve/cache.py; docs/deepseek-v4.1.md,
 "KV cache formats").
 
-Fast: the graph-mode encoders against an independent NumPy encoding (ascend_v4/checkpoint/formats.py's bit-trick
+Fast: the cache encoders (run eagerly) against an independent NumPy encoding (ascend_v4/checkpoint/formats.py's bit-trick
 E4M3 encoder, E2M1 comparisons, frexp exponents), bit for bit, on random rows and on every rounding tie; the
 decoded rows against the golden's QDQs (act_quant_fp8, act_quant_fp4_e4m3) and the indexer's fp4_quant; the
-layout's bytes per token and `info v4.1-flash`.
+layout's bytes per token (== `info v4.1-flash`).
+Slow: the engine with the `reference` and `int8` caches (chunked + decode == one-shot, the golden gaps, the stored
+rows vs the golden's; ~4-8 min each on the shared host) and test_dspark.py's rollback proof with each format.
 """
 import numpy as np
 import pytest
@@ -69,7 +71,7 @@ def _rows(seed):
 
 @pytest.fixture(scope="module")
 def codec(ms_graph):
-    """One compiled graph: encode + decode of each format (float32 in) -> a dict of NumPy arrays."""
+    """Encode + decode of each format (float32 in) -> a dict of NumPy arrays."""
     import mindspore as ms
     from mindspore import nn
     from ascend_v4 import kv_formats as K
@@ -86,7 +88,13 @@ def codec(ms_graph):
     net = Codec()
 
     def run(x):
-        o = net(ms.Tensor(x))
+        # PyNative (same CPU kernels, no compile: the default suite stays fast); the graph-mode encoders are
+        # checked through the engine (slow test below: stored rows == the golden's)
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            o = net(ms.Tensor(x))
+        finally:
+            ms.set_context(mode=ms.GRAPH_MODE)
         names = ("fp8", "fp4_e4m3", "fp4_e8m0", "int8")
         res = {n: ([p.asnumpy() for p in o[2 * i]], o[2 * i + 1].asnumpy()) for i, n in enumerate(names)}
         res["fp4_quant"] = o[-1].asnumpy()
@@ -257,7 +265,7 @@ def test_quantised_cache_decode_equals_recompute_and_golden_gap(ms_graph, tiny_v
         flips.append(_flip(win.reshape(2, W, -1), st.kv[i][:, pos]))
     frac = np.mean(flips)
     print(f"stored rows differing from the golden's QDQ (float32 vs float64 pre-quantisation): {frac:.2e}")
-    assert frac < 2e-3, frac
+    assert frac < 1e-3, frac          # measured 0: every stored value equals the golden's
 
 
 def _flip(got, want):
