@@ -9,7 +9,8 @@ first entry; docs/design.md, "conventions").
 Per main layer i (ratio r; W = window, hd = head_dim, c_I = index_head_dim, Nmax = max_len // r,
 coff = 2 if r == 4 else 1, S = the slack below), stored 2-D as [B·rows, width]:
   L{i}.win                       [B, W+S+1, hd]        window ring, slot = position mod (W+S); last row is scratch
-                                                       (int8: .win_q [.., hd-rope] i8, .win_r [.., rope], .win_s [.., 1];
+                                                       (int8: .win_q [.., hd-rope] i8, .win_r [.., rope],
+                                                       .win_s [.., 1];
                                                        reference: .win_c [.., hd] u8, .win_s [.., hd/32] u8)
   L{i}.ent            (r > 0)    [B, Nmax+1, hd]       compressed entries (int8 split likewise; row Nmax is scratch)
   L{i}.ckv / L{i}.csc (r > 0)    [B, coff·r+S+1, coff·hd] compressor state (kv 0 / score -1e30 at sequence

@@ -1,8 +1,8 @@
 """DeepSeek-V4.1's serving cache formats (ascend_v4/kv_formats.py, ascend_v4/serve/cache.py; docs/deepseek-v4.1.md,
 "KV cache formats").
 
-Fast: the cache encoders (run eagerly) against an independent NumPy encoding (ascend_v4/checkpoint/formats.py's bit-trick
-E4M3 encoder, E2M1 comparisons, frexp exponents), bit for bit, on random rows and on every rounding tie; the
+Fast: the cache encoders (run eagerly) against an independent NumPy encoding (ascend_v4/checkpoint/formats.py's
+bit-trick E4M3 encoder, E2M1 comparisons, frexp exponents), bit for bit, on random rows and on every rounding tie; the
 decoded rows against the golden's QDQs (act_quant_fp8, act_quant_fp4_e4m3) and the indexer's fp4_quant; the
 layout's bytes per token (== `info v4.1-flash`).
 Slow: the engine with the `reference` and `int8` caches (chunked + decode == one-shot, the golden gaps, the stored
