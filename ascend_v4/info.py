@@ -265,6 +265,12 @@ def v41_kv_bytes_per_token(cfg) -> Dict[str, float]:
         out["ascend_bf16"] += 2 * (cfg.head_dim + cfg.index_head_dim) / r
     # window rings: every layer incl. DSpark, FP8 codes + one E8M0 scale per 32 values
     out["window_bytes_fp8"] = float(cfg.n_total_blocks * cfg.window_size * (cfg.head_dim + cfg.head_dim // 32))
+    # the serving cache (generate --kv-format): bytes per token of context and window-ring bytes per sequence
+    from .serve.cache import KV_FORMATS, CacheLayout
+    for fmt in KV_FORMATS:
+        lay = CacheLayout(cfg, 1, 2 * cfg.window_size, kv_format=fmt)
+        out[f"serve_{fmt}"] = lay.bytes_per_token()["total"]
+        out[f"serve_{fmt}_rings"] = float(lay.ring_bytes_per_seq())
     return out
 
 
@@ -300,6 +306,10 @@ def format_describe_v41(d: Dict) -> str:
              f"release: {p['tensors']:,} tensors, {p['release_bytes']:,} bytes (Engram {p['engram_bytes']:,})",
              f"KV cache per token: {kv['release']:.0f} B (release FP4 layout, kv sources only), "
              f"{kv['ascend_bf16']:.0f} B (BF16); + fixed window rings {kv['window_bytes_fp8'] / 2**20:.2f} MiB/sequence (FP8)",
+             "serving cache (generate --kv-format) per token: " + ", ".join(
+                 f"{f} {kv[f'serve_{f}']:.0f} B" for f in ("reference", "int8", "float32")) + "; window rings per "
+             "sequence: " + ", ".join(f"{f} {kv[f'serve_{f}_rings'] / 2**20:.2f} MiB" for f in ("reference", "int8",
+                                                                                              "float32")),
              "status: make-checkpoint, convert (bf16/w8a8/w4a8, ranks layout), dump (graph-mode Cells or the float64 "
              "golden), generate (--dspark --greedy: DSpark drafting), demo --model v4.1 and train (one process) take "
              "V4.1 (README 'DeepSeek-V4.1 (in progress)')"]

@@ -26,6 +26,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from . import ops as v4ops
+from . import kv_formats
 from . import precision
 from .config import ModelConfig
 from .ops.attention.composite import compressed_indices, fp4_quant, fp4_rotate, window_indices
@@ -33,9 +34,6 @@ from .ops.attention.rope import layer_rope_table
 from .ops.common import linear, rms_norm
 from .ops.mhc.composite import hc_collapse
 from .ops.moe.layer import MoeExperts
-
-INT8_MAX = 127.0
-
 
 def _param(shape, dtype=ms.float32, init="zeros", requires_grad=True):
     return Parameter(initializer(init, tuple(shape), dtype), requires_grad=requires_grad)
@@ -121,7 +119,7 @@ def table_at(tab, P):
 # -------------------------------------------------------------------------------------------- cache rows
 # The serving cache (ascend_v4/serve/cache.py, CacheLayout) is a tuple of Parameters, each stored 2-D
 # [B·R, width] (row r of sequence b at b·R + r): ScatterUpdate writes rows in place in O(rows written).
-# A KV buffer is one float32 buffer, or in INT8 mode three: int8 non-RoPE dims, float32 RoPE dims, float32 scale.
+# A KV buffer is a handle (fmt, ids...): one float32 buffer, or the parts of a stored format (ascend_v4/kv_formats.py).
 _scatter_rows = ops.ScatterUpdate()
 
 
@@ -133,10 +131,11 @@ _scatter_rows = ops.ScatterUpdate()
 #   slack    extra slots of every position-addressed ring (window: W + slack, compressor state: coff·r + slack):
 #            a speculative verify of up to slack + 2 tokens is rolled back by rewinding the row's length alone
 #            (docs/design.md, "speculative rollback"; ascend_v4/serve/cache.py, CacheLayout)
-#   slots    per block (main layers, then MTP): (window KV ids, entries KV ids, (ckv, csc), (ikey, ikv, isc),
-#            index of the block's ratio in ctx) — flat cache ids, () / -1 absent
+#   slots    per block (main layers, then MTP): (window KV handle, entries KV handle, (ckv, csc), (ikey, ikv,
+#            isc), index of the block's ratio in ctx) — a KV handle is (format, flat cache ids...), see below;
+#            V4.1's ikey is a KV handle too, V4's a flat id; () / -1 absent
 #   experts  per block the pre-stacked routed experts (w1, w2, w3), or None
-#   shared_slots  V4.1: (index-key buffer ids of the kv sources, publisher row id) for index_keys="shipped"
+#   shared_slots  V4.1: (index-key KV handles of the kv sources, publisher row id) for index_keys="shipped"
 
 
 def flat_rows(idx, R):
@@ -165,79 +164,60 @@ def prefix_rows(buf, B, R, n):
     return gather_rows(buf, R, ops.broadcast_to(ops.arange(n, dtype=ms.int32).reshape(1, n), (B, n)))
 
 
-def kv_quant(x, nope):
-    """[..., hd] float32 -> (int8 [..., nope], rope float32 [..., hd-nope], scale float32 [..., 1] = amax / 127)."""
-    head = x[..., :nope]
-    amax = ops.amax(ops.abs(head), -1, True)
-    scale = ops.maximum(amax, ops.full_like(amax, 1e-12)) / INT8_MAX
-    q = ops.clamp(ops.round(head / scale), -INT8_MAX, INT8_MAX)
-    return ops.cast(q, ms.int8), x[..., nope:], scale
-
-
-def kv_dequant(q, rope, scale):
-    return ops.concat([ops.cast(q, ms.float32) * scale, rope], -1)
-
-
 def kv_fake_quant(x, ids, nope):
-    """What a KV row reads back as from buffers `ids` (identity for a float32 cache)."""
-    if len(ids) == 3:
-        q, r, s = kv_quant(x, nope)
-        return kv_dequant(q, r, s)
-    return x
+    """What a KV row reads back as from the buffer `ids` (identity for a float32 cache)."""
+    return kv_formats.fake_quant(x, ids[0], nope)
 
 
 def kv_buffers(cache, ids):
-    """The Parameters of a KV buffer (one, or three in INT8 mode)."""
-    if len(ids) == 3:
-        return (cache[ids[0]], cache[ids[1]], cache[ids[2]])
-    return (cache[ids[0]],)
+    """A KV buffer handle (fmt, ids...) -> (fmt, its Parameters...)."""
+    return (ids[0],) + tuple(cache[i] for i in ids[1:])
 
 
 def kv_read(bufs, B, R, n):
-    """First n rows per sequence of a KV buffer (cache entries or a scatter's result) -> [B, n, hd] float32."""
-    if len(bufs) == 3:
-        return kv_dequant(prefix_rows(bufs[0], B, R, n), prefix_rows(bufs[1], B, R, n), prefix_rows(bufs[2], B, R, n))
-    return prefix_rows(bufs[0], B, R, n)
+    """First n rows per sequence of a KV buffer (fmt, parts...) (cache entries or a scatter's result) -> [B, n, w]
+    float32."""
+    return kv_formats.decode(tuple(prefix_rows(b, B, R, n) for b in bufs[1:]), bufs[0])
 
 
 def kv_gather(bufs, R, idx):
-    if len(bufs) == 3:
-        return kv_dequant(gather_rows(bufs[0], R, idx), gather_rows(bufs[1], R, idx), gather_rows(bufs[2], R, idx))
-    return gather_rows(bufs[0], R, idx)
+    return kv_formats.decode(tuple(gather_rows(b, R, idx) for b in bufs[1:]), bufs[0])
 
 
-def kv_assign(cache, ids, value, nope):
-    """value [B, R, hd] -> the whole buffer."""
-    rows = value.shape[0] * value.shape[1]
-    if len(ids) == 3:
-        q, r, s = kv_quant(value, nope)
-        ops.assign(cache[ids[0]], q.reshape(rows, -1))
-        ops.assign(cache[ids[1]], r.reshape(rows, -1))
-        ops.assign(cache[ids[2]], s.reshape(rows, -1))
-    else:
-        ops.assign(cache[ids[0]], value.reshape(rows, -1))
+def kv_stored(bufs, B, R):
+    """The stored parts of a whole KV buffer as [B, R, part width] views."""
+    return tuple(b.reshape(B, R, -1) for b in bufs[1:])
+
+
+def kv_assign_stored(cache, ids, parts):
+    """parts [B, R, part width] (stored form) -> the whole buffer."""
+    for i, v in zip(ids[1:], parts):
+        ops.assign(cache[i], v.reshape(v.shape[0] * v.shape[1], -1))
 
 
 def kv_scatter(cache, ids, flat, value, nope):
-    """flat [K] buffer rows, value [K, hd] -> the updated buffers (in place, O(K)). Reads through the returned
-    tuple are ordered after the write (a read of the raw Parameter is not)."""
-    if len(ids) == 3:
-        q, r, s = kv_quant(value, nope)
-        return (_scatter_rows(cache[ids[0]], flat, q), _scatter_rows(cache[ids[1]], flat, r),
-                _scatter_rows(cache[ids[2]], flat, s))
-    return (_scatter_rows(cache[ids[0]], flat, value),)
+    """flat [K] buffer rows, value [K, w] float32 -> (fmt, the updated buffers...) (in place, O(K)). Reads through
+    the returned tuple are ordered after the write (a read of the raw Parameter is not)."""
+    return kv_scatter_parts(cache, ids, flat, kv_formats.encode(value, ids[0], nope))
+
+
+def kv_scatter_parts(cache, ids, flat, parts):
+    """kv_scatter of rows already in stored form (parts [K, part width])."""
+    return (ids[0],) + tuple(_scatter_rows(cache[i], flat, v) for i, v in zip(ids[1:], parts))
 
 
 def after(x, bufs):
-    """x, ordered after every write in bufs (a write nobody reads would otherwise be pruned from the graph)."""
+    """x, ordered after every write in bufs (a write nobody reads would otherwise be pruned from the graph); the
+    format tags of KV handles in bufs are skipped."""
     for b in bufs:
-        x = ops.depend(x, b)
+        if not isinstance(b, int):
+            x = ops.depend(x, b)
     return x
 
 
-def _prefix_padded(buf, B, R, n):
-    """The first n rows per sequence of a [B·R, w] buffer, zero rows past R."""
-    rows = prefix_rows(buf, B, R, min(n, R))
+def _prefix_padded(bufs, B, R, n):
+    """The first n rows per sequence of a KV buffer (fmt, parts...) with R rows per sequence, zero rows past R."""
+    rows = kv_read(bufs, B, R, min(n, R))
     if R < n:
         rows = ops.concat([rows, ops.zeros((B, n - R, rows.shape[-1]), rows.dtype)], 1)
     return rows
@@ -372,8 +352,9 @@ class Compressor(nn.Cell):
         bufs = kv_scatter(cache, ent_ids, flat_rows(row, nmax + 1), self.stored(ent.reshape(B * M, c)), self.nope)
         if keys is not None:
             idx, kid = keys
-            k = idx.key_rows(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), idx.head_dim))
-            bufs = (bufs, (_scatter_rows(cache[kid], flat_rows(row, nmax + 1), k.reshape(B * M, -1)),))
+            k = idx.key_rows(latent, *full_width(table_at(yc, pos_e), table_at(ys, pos_e), idx.head_dim),
+                             qdq=kid[0] != kv_formats.FP4_E8M0)
+            bufs = (bufs, kv_scatter(cache, kid, flat_rows(row, nmax + 1), k.reshape(B * M, -1), idx.nope))
         # the new state: slot s keeps the latest position <= last congruent to s
         rows = B * (n_s + 1)
         ops.assign(cache[st[0]], self._state_after(kv_state, kvp, last, p0, n_s).reshape(rows, -1))
@@ -413,7 +394,8 @@ class Compressor(nn.Cell):
         if keys is None:
             return bufs
         idx, kid = keys
-        return bufs, (_scatter_rows(cache[kid], index, idx.key_rows(latent, c_di, s_di)),)
+        return bufs, kv_scatter(cache, kid, index, idx.key_rows(latent, c_di, s_di, qdq=kid[0] != kv_formats.FP4_E8M0),
+                                idx.nope)
 
 
 class Indexer(nn.Cell):
@@ -446,6 +428,7 @@ class Indexer(nn.Cell):
             self.compressor = Compressor(cfg, ratio, cfg.index_head_dim, dtype)
             self._indexer = v4ops.resolve("lightning_indexer").fn
         self.rope = Rope(cfg.index_head_dim, cfg.rope_head_dim)
+        self.nope = cfg.index_head_dim - cfg.rope_head_dim           # an INT8 key cache's int8 dims
         self.weight_scale = float(cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5)
         # V4: Hadamard + FP4 q/k as DeepSeek's indexer (docs/numerics.md); V4.1: FP4 q/k, no rotation
         self.fp4 = bool(cfg.indexer_fp4)
@@ -459,10 +442,12 @@ class Indexer(nn.Cell):
         r = self.ratio
         return self.key_rows(latent, cos[:n * r:r].reshape(1, n, -1), sin[:n * r:r].reshape(1, n, -1))
 
-    def key_rows(self, latent, cos, sin):
-        """k_norm(wk(latent)) RoPE'd by the given multipliers, FP4-QDQ'd as the key cache holds it."""
+    def key_rows(self, latent, cos, sin, qdq=True):
+        """k_norm(wk(latent)) RoPE'd by the given multipliers, FP4-QDQ'd as the key cache holds it (qdq=False: not
+        yet, for a cache that stores the FP4 codes: ascend_v4/kv_formats.py, FP4_E8M0, decodes to the same
+        values)."""
         k = self.rope(self.k_norm(self.wk(latent)), cos, sin)
-        return fp4_quant(k) if self.fp4 else k
+        return fp4_quant(k) if self.fp4 and qdq else k
 
     def select_v41(self, x, qr, cos, sin, keys, candidates):
         """V4.1 full forward over the kv source's keys -> (top-k ids [B, S, k] (-1 padded), the candidate mask
@@ -689,9 +674,12 @@ class Attention(nn.Cell):
         B = x.shape[0]
         C, S, Ci, Si, C4, S4, Ci4, Si4 = ctx[2][1 if self.ratio else 0]  # (kv, index width) x (rows, heads)
         qr, q, kv = self._qkv(x, C, S, C4, S4)
-        kv = kv_fake_quant(kv, win_ids, self.nope)
-        ring = kv_read(kv_buffers(cache, win_ids), B, R + 1, R + 1)
-        return qr, q, kv, ring, ops.concat([ring, kv], 1), (Ci4, Si4, C4, S4)
+        fmt = win_ids[0]
+        kv_parts = kv_formats.encode(kv, fmt, self.nope)                 # as the ring stores it
+        kv = kv_formats.decode(kv_parts, fmt)
+        bufs = kv_buffers(cache, win_ids)
+        ring = kv_read(bufs, B, R + 1, R + 1)
+        return qr, q, (kv_parts, kv_stored(bufs, B, R + 1)), ring, ops.concat([ring, kv], 1), (Ci4, Si4, C4, S4)
 
     def _entry_caps(self, step):
         """(nmax, kcap, ncap): the entry buffer's rows (its scratch row excluded), the entries the context bucket can
@@ -720,13 +708,13 @@ class Attention(nn.Cell):
             e = ops.arange(ncap, dtype=ms.int32).reshape(1, 1, ncap)
             if self.has_indexer:
                 idx = self.indexer
-                keys = idx.compressor.step(x, cache, ctx, step, ist[1:], (ist[0],), plan)
+                keys = idx.compressor.step(x, cache, ctx, step, ist[1:], (kv_formats.F32, ist[0]), plan)
                 writes = writes + keys
                 if kcap > 0:
                     qi, wi = idx.queries(x, qr, Ci4, Si4)
                     k = min(idx.topk, kcap)
                     # the op reads keys only up to each row's last visible entry: O(context), not O(bucket)
-                    sel = idx.select(qi, wi, prefix_rows(keys[0], B, nmax + 1, ncap), ctx[0][:, :1], k)   # [B, T, k]
+                    sel = idx.select(qi, wi, kv_read(keys, B, nmax + 1, ncap), ctx[0][:, :1], k)   # [B, T, k]
                     if T * k <= ncap:
                         # long-context decode: gather only the picked rows
                         picked = kv_gather(ent, nmax + 1, ops.clip(sel, 0, ncap - 1).reshape(B, T * k))
@@ -779,7 +767,7 @@ class Attention(nn.Cell):
                     if self.shipped:
                         kk = self._shipped_keys(cache, step, pubs, B, ncap)
                     else:
-                        kk = prefix_rows(keys[0], B, nmax + 1, ncap)
+                        kk = kv_read(keys, B, nmax + 1, ncap)
                     topk, scores = idx._topk(qi, kk, wi, self.ratio, k, p0, cand if idx.cand_use else None)
                     if idx.cand_source:
                         cand = idx._candidates(scores, vis, idx.cand_blocks, idx.cand_block)
@@ -801,22 +789,25 @@ class Attention(nn.Cell):
             done[s_id] = bufs
         sel = ops.zeros((B, ncap, self.indexer.head_dim), ms.float32)
         for (s_id, r), kid in zip(self.sources, key_ids):
-            buf = done[s_id][0] if s_id in done else cache[kid]
-            sel = ops.where(carried == float(s_id), _prefix_padded(buf, B, max_len // r + 1, ncap), sel)
+            bufs = done[s_id] if s_id in done else kv_buffers(cache, kid)
+            sel = ops.where(carried == float(s_id), _prefix_padded(bufs, B, max_len // r + 1, ncap), sel)
         for s_id, bufs, emitted in pubs:
             r = dict(self.sources)[s_id]
-            sel = ops.where(emitted.reshape(B, 1, 1), _prefix_padded(bufs[0], B, max_len // r + 1, ncap), sel)
+            sel = ops.where(emitted.reshape(B, 1, 1), _prefix_padded(bufs, B, max_len // r + 1, ncap), sel)
         return sel
 
     def _ring_update(self, cache, ids, ring, kv, plan, done):
-        """Each ring slot keeps its latest valid position. The write waits for `done` (the attention output), so no
-        read of the old ring can see the new one."""
-        B, T, R = kv.shape[0], kv.shape[1], ring.shape[1] - 1
+        """Each ring slot keeps its latest valid position, in stored form (kv = (this step's rows, the ring) as
+        stored parts, from _step_qkv: a kept row is never re-encoded). The write waits for `done` (the attention
+        output), so no read of the old ring can see the new one."""
+        new_parts, ring_parts = kv
+        B, T, R = ring.shape[0], new_parts[0].shape[1], ring.shape[1] - 1
         if T == 1:              # in place: one row per sequence
-            kv_scatter(cache, ids, plan[0], ops.depend(kv.reshape(B, -1), done), self.nope)
+            kv_scatter_parts(cache, ids, plan[0], tuple(ops.depend(p.reshape(B, -1), done) for p in new_parts))
         else:
-            new = ops.where(plan[0], take_rows(kv, plan[1]), ring[:, :R])
-            kv_assign(cache, ids, ops.depend(ops.concat([new, ring[:, R:]], 1), done), self.nope)
+            kv_assign_stored(cache, ids, tuple(
+                ops.depend(ops.concat([ops.where(plan[0], take_rows(n, plan[1]), o[:, :R]), o[:, R:]], 1), done)
+                for n, o in zip(new_parts, ring_parts)))
 
 
 # --------------------------------------------------------------------------------------------------- MoE

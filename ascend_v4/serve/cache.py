@@ -9,7 +9,9 @@ first entry; docs/design.md, "conventions").
 Per main layer i (ratio r; W = window, hd = head_dim, c_I = index_head_dim, Nmax = max_len // r,
 coff = 2 if r == 4 else 1, S = the slack below), stored 2-D as [B·rows, width]:
   L{i}.win                       [B, W+S+1, hd]        window ring, slot = position mod (W+S); last row is scratch
-                                                       (int8: .win_q [.., hd-rope] i8, .win_r [.., rope], .win_s [.., 1])
+                                                       (int8: .win_q [.., hd-rope] i8, .win_r [.., rope],
+                                                       .win_s [.., 1];
+                                                       reference: .win_c [.., hd] u8, .win_s [.., hd/32] u8)
   L{i}.ent            (r > 0)    [B, Nmax+1, hd]       compressed entries (int8 split likewise; row Nmax is scratch)
   L{i}.ckv / L{i}.csc (r > 0)    [B, coff·r+S+1, coff·hd] compressor state (kv 0 / score -1e30 at sequence
                                                        start), position a in slot a mod (coff·r+S); last row scratch
@@ -25,9 +27,16 @@ keys are rows by group, read only below the visible count, and rewritten when th
 DeepSeek-V4.1 (docs/deepseek-v4.1.md, "serving"): every layer has its ring; only the kv sources (kv_source_layers)
 have .ent, .ckv/.csc (r slots, no overlap) and .ikey (index keys derived from the compressor latent) — the other
 compressed layers read their kv source's buffers, so the cache holds 4 compressed layers for Flash, not 38.
-INT8 KV: the head_dim - rope_head_dim non-RoPE dims of every KV row (ring and entries) are stored int8 with one
-float32 scale per row (amax / 127), RoPE dims float32; a step's own kv and new entries are read back the same
-way, so chunked == one-shot == decode also holds in INT8 mode.
+Stored formats (kv_format, KV_FORMATS; the codecs are ascend_v4/kv_formats.py; docs/deepseek-v4.1.md, "KV cache
+formats"): every KV buffer (rings, entries, and V4.1's index keys) is one float32 buffer ("float32"), or its
+stored parts:
+  "int8"       (V4 and V4.1) the non-RoPE dims int8 with one float32 scale per row (amax / 127), RoPE dims float32:
+               name_q / name_r / name_s (V4.1's index keys too, with index_head_dim - rope_head_dim int8 dims;
+               V4's index keys stay float32)
+  "reference"  (V4.1) DeepSeek-V4.1's own formats: window rings FP8 E4M3 codes + E8M0 scale per 32 (name_c /
+               name_s), compressed entries FP4 E2M1 (two per byte) + E4M3 scale per 16, index keys FP4 + E8M0 per 32
+A step's own kv rows and new entries / keys are read back through the same encoding, and a ring keeps each row
+as stored (never re-encoded), so chunked == one-shot == decode and speculative rollback hold in every format.
 """
 from __future__ import annotations
 
@@ -37,10 +46,31 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from .. import kv_formats as kvf
 from ..config import ModelConfig
 from ..ops.common import NEG_INF
 
 _UID = itertools.count()
+KV_FORMATS = ("float32", "int8", "reference")
+
+
+def check_kv_format(cfg: ModelConfig, kv_format: str) -> str:
+    """The cache format by name (KV_FORMATS); 'reference' is DeepSeek-V4.1's only."""
+    if kv_format not in KV_FORMATS:
+        raise ValueError(f"kv_format must be one of {', '.join(KV_FORMATS)}, got {kv_format!r}")
+    if kv_format == "reference" and cfg.version != "v4.1":
+        raise ValueError(f"kv_format 'reference' (FP8 window / FP4 compressed KV) is DeepSeek-V4.1's storage; config "
+                         f"'{cfg.name}' is V4: use 'int8' or 'float32'")
+    return kv_format
+
+
+def role_format(kv_format: str, role: str) -> int:
+    """The ascend_v4/kv_formats.py format of a KV buffer of `role` (ring / entries / index_keys)."""
+    if kv_format == "int8":
+        return kvf.INT8
+    if kv_format == "reference":
+        return {"ring": kvf.FP8, "entries": kvf.FP4_E4M3, "index_keys": kvf.FP4_E8M0}[role]
+    return kvf.F32
 
 
 @dataclass(frozen=True)
@@ -65,7 +95,7 @@ class CacheLayout:
     finds its buffers in the flat tuple."""
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, kv_int8: bool = False, mtp: bool = False,
-                 verify_tokens: int = 1):
+                 verify_tokens: int = 1, kv_format: Optional[str] = None):
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if max_len < 1:
@@ -73,11 +103,17 @@ class CacheLayout:
         self.cfg, self.batch, self.max_len = cfg, batch, max_len
         if verify_tokens < 1:
             raise ValueError(f"verify_tokens must be >= 1, got {verify_tokens}")
-        self.kv_int8, self.mtp = kv_int8, bool(mtp and cfg.n_mtp_layers > 0)
+        if kv_format is None:
+            kv_format = "int8" if kv_int8 else "float32"
+        elif kv_int8 and kv_format != "int8":
+            raise ValueError(f"kv_int8=True contradicts kv_format={kv_format!r}")
+        self.kv_format = check_kv_format(cfg, kv_format)
+        self.kv_int8, self.mtp = kv_format == "int8", bool(mtp and cfg.n_mtp_layers > 0)
         self.verify_tokens = int(verify_tokens)
         self.slack = S = max(0, self.verify_tokens - 2)        # extra ring / state slots (see the module docstring)
         self.entries: List[CacheEntry] = []
         self.index: Dict[str, int] = {}
+        self.kv_handles: Dict[str, Tuple[int, ...]] = {}
         B, W, hd, rd = batch, cfg.window_size, cfg.head_dim, cfg.rope_head_dim
         self.v41 = cfg.version == "v4.1"
         for i in range(cfg.n_layers):
@@ -90,7 +126,7 @@ class CacheLayout:
                     self._kv(f"L{i}.ent", (B, nmax + 1), kind, "entries", r)
                     self._add(f"L{i}.ckv", (B, r + S + 1, hd), "float32", 0.0, kind, "state", 0)
                     self._add(f"L{i}.csc", (B, r + S + 1, hd), "float32", NEG_INF, kind, "state", 0)
-                    self._add(f"L{i}.ikey", (B, nmax + 1, cfg.index_head_dim), "float32", 0.0, kind, "index_keys", r)
+                    self._kv(f"L{i}.ikey", (B, nmax + 1), kind, "index_keys", r)
             elif r:
                 nmax = max_len // r
                 coff = 2 if r == 4 else 1
@@ -113,22 +149,62 @@ class CacheLayout:
         self.index[name] = len(self.entries)
         self.entries.append(CacheEntry(name, tuple(int(s) for s in shape), dtype, float(fill), kind, role, ratio))
 
+    def row_format(self, role: str) -> Tuple[int, int, int]:
+        """(ascend_v4/kv_formats.py format, row width, INT8 int8 width) of a KV buffer of `role`."""
+        c = self.cfg
+        w = c.index_head_dim if role == "index_keys" else c.head_dim
+        return role_format(self.kv_format, role), w, w - c.rope_head_dim
+
     def _kv(self, name, lead, kind, role, ratio):
-        hd, rd = self.cfg.head_dim, self.cfg.rope_head_dim
-        if self.kv_int8:
-            self._add(name + "_q", lead + (hd - rd,), "int8", 0.0, kind, role, ratio)
-            self._add(name + "_r", lead + (rd,), "float32", 0.0, kind, role, ratio)
-            self._add(name + "_s", lead + (1,), "float32", 0.0, kind, role, ratio)
+        """A KV buffer: one float32 buffer `name`, or the parts of its stored format (INT8: name_q int8 non-RoPE
+        dims, name_r float32 RoPE dims, name_s scale; FP8 / FP4: name_c codes, name_s scales)."""
+        fmt, w, nope = self.row_format(role)
+        parts = kvf.part_shapes(fmt, w, nope)
+        if fmt == kvf.F32:
+            names = ("",)
+        elif fmt == kvf.INT8:
+            names = ("_q", "_r", "_s")
         else:
-            self._add(name, lead + (hd,), "float32", 0.0, kind, role, ratio)
+            names = ("_c", "_s")
+        for suffix, (dtype, width) in zip(names, parts):
+            self._add(name + suffix, lead + (width,), dtype, 0.0, kind, role, ratio)
+        self.kv_handles[name] = (fmt,) + tuple(self.index[name + s] for s in names)
 
     def kv_ids(self, name: str) -> Tuple[int, ...]:
-        """Flat indices of a KV buffer: (i,) float32, or (q, rope, scale) in INT8 mode; () if absent."""
-        if self.kv_int8:
-            if name + "_q" not in self.index:
-                return ()
-            return (self.index[name + "_q"], self.index[name + "_r"], self.index[name + "_s"])
-        return (self.index[name],) if name in self.index else ()
+        """A KV buffer's handle (format, flat indices of its parts...) (ascend_v4/model.py, kv_read); () if
+        absent."""
+        return self.kv_handles.get(name, ())
+
+    def row_bytes(self, role: str) -> int:
+        """Bytes of one stored row of a KV buffer of `role` (V4's index keys are float32 in every format)."""
+        if role == "index_keys" and not self.v41:
+            return self.cfg.index_head_dim * 4
+        fmt, w, nope = self.row_format(role)
+        return kvf.row_bytes(fmt, w, nope)
+
+    def bytes_per_token(self) -> Dict[str, float]:
+        """Cache bytes per token of context for ONE sequence, by layer kind (the window rings and the compressor
+        state are fixed per sequence): V4 CSA (entry + indexer key) / 4, HCA entry / 128; V4.1 each kv source's
+        (entry + index key) / ratio; SWA and MTP 0."""
+        c = self.cfg
+        kinds = (["SWA"] + [f"C{r}" for r in sorted({r for r in c.compress_ratios if r}, reverse=True)] + ["MTP"]
+                 if self.v41 else ["SWA", "CSA", "HCA", "MTP"])
+        out = {k: 0.0 for k in kinds}
+        ent, key = self.row_bytes("entries"), self.row_bytes("index_keys")
+        for i in range(c.n_layers):
+            r = c.ratio(i)
+            if self.v41:         # only kv sources store entries and keys
+                if i in c.kv_source_layers:
+                    out[c.layer_kind(i)] += (ent + key) / r
+            elif r:
+                out[c.layer_kind(i)] += ent / r + (key / r if r == 4 else 0.0)
+        out["total"] = sum(out.values())
+        return out
+
+    def ring_bytes_per_seq(self) -> int:
+        """Bytes of the window rings of one sequence (W slots per main layer, and per MTP block when held)."""
+        n = self.cfg.n_layers + (self.cfg.n_mtp_layers if self.mtp else 0)
+        return n * self.cfg.window_size * self.row_bytes("ring")
 
     def ids(self, name: str) -> int:
         return self.index.get(name, -1)
@@ -137,7 +213,7 @@ class CacheLayout:
         """V4.1: (index-key buffer id of every kv source, publisher row id); () for V4."""
         if not self.v41:
             return ()
-        return (tuple(self.ids(f"L{s}.ikey") for s in self.cfg.kv_source_layers), self.ids("V41.pub"))
+        return (tuple(self.kv_ids(f"L{s}.ikey") for s in self.cfg.kv_source_layers), self.ids("V41.pub"))
 
     def block_slots(self, model) -> tuple:
         """Per block (main layers, then MTP blocks) the flat cache indices the model's cached step reads and writes:
@@ -151,7 +227,7 @@ class CacheLayout:
                 src = "L%d" % cfg.kv_source(i)
                 out.append((self.kv_ids(n + ".win"), self.kv_ids(src + ".ent"),
                             tuple(self.ids(n + s) for s in (".ckv", ".csc")),
-                            (self.ids(src + ".ikey"), -1, -1), model.ratios.index(r)))
+                            (self.kv_ids(src + ".ikey"), -1, -1), model.ratios.index(r)))
                 continue
             out.append((self.kv_ids(n + ".win"), self.kv_ids(n + ".ent"),
                         tuple(self.ids(n + s) for s in (".ckv", ".csc")),
@@ -170,13 +246,15 @@ def ctx_bucket(n: int, max_len: int, minimum: int = 256) -> int:
 
 class KVCache:
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, kv_int8: bool = False, mtp: bool = False,
-                 verify_tokens: int = 1):
+                 verify_tokens: int = 1, kv_format: Optional[str] = None):
         import mindspore as ms
         from mindspore import Parameter, Tensor
 
         self.cfg = cfg
-        self.layout = CacheLayout(cfg, batch, max_len, kv_int8=kv_int8, mtp=mtp, verify_tokens=verify_tokens)
-        self.batch, self.max_len, self.kv_int8, self.mtp = batch, max_len, kv_int8, self.layout.mtp
+        self.layout = CacheLayout(cfg, batch, max_len, kv_int8=kv_int8, mtp=mtp, verify_tokens=verify_tokens,
+                                  kv_format=kv_format)
+        self.kv_format = self.layout.kv_format
+        self.batch, self.max_len, self.kv_int8, self.mtp = batch, max_len, self.layout.kv_int8, self.layout.mtp
         uid = next(_UID)
         self.params = tuple(
             Parameter(Tensor(np.full(e.param_shape, e.fill, dtype=e.dtype)), name=f"kvcache{uid}.{e.name}",
@@ -207,28 +285,12 @@ class KVCache:
         return {e.name: p.asnumpy().reshape(e.shape) for e, p in zip(self.layout.entries, self.params)}
 
     # ------------------------------------------------------------------------------------------ sizes
-    def entry_bytes(self) -> int:
-        """Bytes of one stored KV row (window or compressed entry) in this cache's format."""
-        c = self.cfg
-        if self.kv_int8:
-            return (c.head_dim - c.rope_head_dim) * 1 + c.rope_head_dim * 4 + 4
-        return c.head_dim * 4
+    def entry_bytes(self, role: str = "entries") -> int:
+        """Bytes of one stored KV row of `role` (ring / entries / index_keys) in this cache's format."""
+        return self.layout.row_bytes(role)
 
     def bytes_per_token_formula(self) -> Dict[str, float]:
-        """Cache bytes per token of context for ONE sequence, by layer kind (the window and the compressor state
-        are fixed per sequence): CSA (entry + indexer key) / 4, HCA entry / 128, SWA and MTP 0."""
-        c = self.cfg
-        out = {k: 0.0 for k in self._kinds()}
-        key = c.index_head_dim * 4
-        for i in range(c.n_layers):
-            r = c.ratio(i)
-            if self.layout.v41:         # only kv sources store entries and keys
-                if i in c.kv_source_layers:
-                    out[c.layer_kind(i)] += (self.entry_bytes() + key) / r
-            elif r:
-                out[c.layer_kind(i)] += self.entry_bytes() / r + (key / r if r == 4 else 0.0)
-        out["total"] = sum(out.values())
-        return out
+        return self.layout.bytes_per_token()
 
     def report(self) -> Dict[str, Dict[str, float]]:
         """Per layer kind: layers, bytes per token (formula), fixed bytes per sequence, and the bytes actually
@@ -253,14 +315,12 @@ class KVCache:
         total = {"bytes_per_token": per_tok["total"],
                  "fixed_bytes_per_seq": sum(v["fixed_bytes_per_seq"] for v in kinds.values()),
                  "allocated_bytes": sum(v["allocated_bytes"] for v in kinds.values()),
-                 "batch": self.batch, "max_len": self.max_len, "kv_format": "int8" if self.kv_int8 else "float32"}
+                 "batch": self.batch, "max_len": self.max_len, "kv_format": self.kv_format}
         return {"kinds": kinds, "total": total}
 
     def _kinds(self) -> List[str]:
-        """Layer kinds in report order: SWA/CSA/HCA/MTP (V4), SWA/C2/C1/... (V4.1, by ratio)."""
-        if self.layout.v41:
-            return ["SWA"] + [f"C{r}" for r in sorted({r for r in self.cfg.compress_ratios if r}, reverse=True)] + ["MTP"]
-        return ["SWA", "CSA", "HCA", "MTP"]
+        """Layer kinds in report order: SWA/CSA/HCA/MTP (V4), SWA/C2/C1/.../MTP (V4.1, by ratio)."""
+        return [k for k in self.layout.bytes_per_token() if k != "total"]
 
     def allocated_bytes(self) -> int:
         return int(sum(int(np.prod(e.shape)) * np.dtype(e.dtype).itemsize for e in self.layout.entries))

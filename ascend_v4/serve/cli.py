@@ -1,7 +1,8 @@
 """`ascend-v4 generate` and the demo's generation step.
 
     ascend-v4 generate CHECKPOINT (--prompt TEXT [--prompt TEXT ...] | --tokens TOKENS.npy) [--max-new-tokens N]
-                       [--greedy | --temperature T --top-k K --top-p P --seed S] [--mtp] [--int8-kv] [--out GEN.npz]
+                       [--greedy | --temperature T --top-k K --top-p P --seed S] [--mtp | --dspark]
+                       [--int8-kv | --kv-format float32|int8|reference] [--out GEN.npz]
 
 Text goes through CHECKPOINT/tokenizer.json (tokenizers) or a sentencepiece *.model (or --tokenizer FILE).
 TOKENS.npy is an integer [S] or [B, S] array; -1 right-padding gives rows of different lengths. One sequence
@@ -113,7 +114,12 @@ def _refuse_images(cfg, rows: List[np.ndarray]) -> None:
 @click.option("--mtp", "speculative", is_flag=True, help="speculative decoding with the MTP block as draft")
 @click.option("--dspark", is_flag=True, help="DeepSeek-V4.1: speculative decoding with the DSpark drafter "
               "(a block per step, verified greedily; needs --greedy)")
-@click.option("--int8-kv", is_flag=True, help="INT8 KV cache (448 non-RoPE dims int8 + per-entry scale)")
+@click.option("--int8-kv", is_flag=True, help="INT8 KV cache (448 non-RoPE dims int8 + per-entry scale); "
+              "= --kv-format int8")
+@click.option("--kv-format", default=None, type=click.Choice(["float32", "int8", "reference"]),
+              help="KV cache storage (default float32): int8 = the INT8 layout of --int8-kv (V4 and V4.1); "
+              "reference = DeepSeek-V4.1's own formats: FP8 E4M3 window KV (E8M0 scale per 32), FP4 E2M1 compressed "
+              "KV (E4M3 scale per 16) and index keys (E8M0 scale per 32)")
 @click.option("--no-eos", is_flag=True, help="do not stop at the EOS token")
 @click.option("--chunk", default=256, show_default=True, type=int, help="prefill chunk (tokens per graph call)")
 @click.option("--tokenizer", "tokenizer_path", default=None, help="tokenizer.json or sentencepiece .model")
@@ -124,7 +130,8 @@ def _refuse_images(cfg, rows: List[np.ndarray]) -> None:
 @_friendly
 @device_option
 def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperature, top_k, top_p, seed,
-             speculative, dspark, int8_kv, no_eos, chunk, tokenizer_path, out_path, threads, quiet, images):
+             speculative, dspark, int8_kv, kv_format, no_eos, chunk, tokenizer_path, out_path, threads, quiet,
+             images):
     """Generate from CHECKPOINT: prefill the prompt(s), decode token by token over the window ring, the
     compressed entries and the indexer keys; greedy or temperature/top-k/top-p sampling with a seed."""
     from .sampling import SamplingParams
@@ -150,9 +157,12 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
         raise GenerateError("give --dspark or --mtp, not both")
     if dspark and not greedy:
         raise GenerateError("--dspark verifies drafts greedily: add --greedy (or drop --dspark to sample)")
-    if v41 and int8_kv:
-        raise GenerateError("--int8-kv is not available for DeepSeek-V4.1 yet (its serving cache is float32); "
-                            "drop --int8-kv")
+    if int8_kv and kv_format not in (None, "int8"):
+        raise GenerateError(f"--int8-kv contradicts --kv-format {kv_format}; give one of them")
+    kv_format = "int8" if int8_kv else (kv_format or "float32")
+    if kv_format == "reference" and not v41:
+        raise GenerateError(f"--kv-format reference is DeepSeek-V4.1's storage (FP8 window / FP4 compressed KV) and "
+                            f"{checkpoint} is {cfg.version}; use --kv-format int8 or float32")
     if bool(prompts) == bool(tokens_path):
         raise GenerateError("give either --prompt TEXT or --tokens FILE.npy (exactly one)")
     if max_new_tokens < 1:
@@ -212,7 +222,7 @@ def generate(checkpoint, prompts, tokens_path, max_new_tokens, greedy, temperatu
     else:
         cfg, weights = load_checkpoint(checkpoint, versions=MODEL_VERSIONS)
     t0 = time.perf_counter()
-    eng = Engine(cfg, weights, max_batch=len(rows), max_len=max_len, kv_int8=int8_kv, mtp=speculative,
+    eng = Engine(cfg, weights, max_batch=len(rows), max_len=max_len, kv_format=kv_format, mtp=speculative,
                  prefill_chunk=chunk, threads=threads, token_map=token_map, engram_tables=tables, dspark=dspark)
     stream = _Streamer(tok, enabled=not quiet and len(rows) == 1)
     gen = eng.generate(rows, max_new_tokens=max_new_tokens, sampling=sampling, eos_id=None if no_eos else -1,

@@ -60,7 +60,7 @@ class Engine:
     def __init__(self, cfg: ModelConfig, weights: Dict[str, np.ndarray], *, max_batch: int = 1, max_len: int = 1024,
                  kv_int8: bool = False, mtp: bool = False, prefill_chunk: int = 256, ctx_min: int = 256,
                  threads: int = 0, model=None, stacked_experts: bool = True, token_map=None, engram_tables=None,
-                 index_keys: str = "own", dspark: bool = False):
+                 index_keys: str = "own", dspark: bool = False, kv_format: Optional[str] = None):
         from ..runtime import setup
         setup(None, "graph", threads)
         from ..model import Transformer
@@ -108,8 +108,10 @@ class Engine:
         self.experts = stack_experts(model) if stacked_experts else None
         # the longest verify step: its rejected tail is rolled back by rewinding the length (cache.py)
         verify = 2 if self.mtp else cfg.dspark_block_size + 1 if self.dspark else 1
-        self.cache = KVCache(cfg, self.max_batch, self.max_len, kv_int8=kv_int8, mtp=self.mtp, verify_tokens=verify)
-        self.kv_int8 = kv_int8
+        # kv_format (ascend_v4/serve/cache.py, KV_FORMATS): float32 / int8 / reference (V4.1); kv_int8 = 'int8'
+        self.cache = KVCache(cfg, self.max_batch, self.max_len, kv_int8=kv_int8, mtp=self.mtp, verify_tokens=verify,
+                             kv_format=kv_format)
+        self.kv_int8, self.kv_format = self.cache.kv_int8, self.cache.kv_format
         self.pos = np.zeros(self.max_batch, np.int64)      # tokens held in the cache per row
         self._graphs: Dict[tuple, object] = {}
         self.compile_seconds: Dict[tuple, float] = {}

@@ -49,10 +49,10 @@ def test_int8_cache_quantisation_error_and_consistency(int8_engine, tiny_cfg, ti
 
 def test_kv_quant_roundtrip_error_is_half_a_step(ms_graph):
     import mindspore as ms
-    from ascend_v4.model import kv_dequant, kv_quant
+    from ascend_v4.kv_formats import INT8, decode, encode
     x = (np.random.default_rng(0).normal(size=(3, 5, 512)) * np.array([0.01, 1, 100])[:, None, None]).astype(np.float32)
-    q, r, s = kv_quant(ms.Tensor(x), 448)
-    y = kv_dequant(q, r, s).asnumpy()
+    q, r, s = encode(ms.Tensor(x), INT8, 448)
+    y = decode((q, r, s), INT8).asnumpy()
     s = s.asnumpy()
     assert q.asnumpy().dtype == np.int8 and np.abs(q.asnumpy()).max() == 127
     np.testing.assert_array_equal(y[..., 448:], x[..., 448:])                    # RoPE dims untouched

@@ -40,8 +40,8 @@ def test_image_inputs_and_unsupported_options_are_refused(release, tmp_path):
                                                 "--dspark", "--out", out]))
     assert "--greedy" in line
     line = _one_error(CliRunner().invoke(main, ["generate", release, "--tokens", _tokens(tmp_path, [3, 4, 5]),
-                                                "--int8-kv", "--out", out]))
-    assert "--int8-kv" in line
+                                                "--int8-kv", "--kv-format", "reference", "--out", out]))
+    assert "--int8-kv contradicts --kv-format reference" in line
     dump_out = str(tmp_path / "d.npz")
     line = _one_error(CliRunner().invoke(main, ["dump", release, "--tokens",
                                                 _tokens(tmp_path, [[3, CFG.image_token_id]], "img2.npy"),

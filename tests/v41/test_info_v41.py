@@ -60,5 +60,6 @@ def test_info_cli_prints_and_json():
     p = run("v4.1-flash")
     assert p.returncode == 0, p.stderr
     assert "510,286,023,000 bytes" in p.stdout and "890 B" in p.stdout and "96,085 tensors" in p.stdout
+    assert "serving cache (generate --kv-format) per token: reference 890 B, int8 2580 B, float32 6400 B" in p.stdout
     d = json.loads(run("v4.1-tiny", "--json").stdout)
     assert d["version"] == "v4.1" and d["params"]["tensors"] == len(v41_release_inventory(V41_PRESETS["v4.1-tiny"]))
