@@ -62,6 +62,28 @@ class HostEngramTables:
     def row_dim(self) -> int:
         return self.tables[0].shape[1]
 
+    @property
+    def device_dequant(self) -> bool:
+        """True when every table is INT8 with group scales and the default decode: the rows then travel in that
+        stored form (`gather_raw`, a quarter of float32's bytes) and the model decodes them on the device through
+        the `engram_dequant` op. Float/BF16 tables, and FP8 ones (decoded by the checkpoint codec: 910B/910C have
+        no FP8 arithmetic), travel as float32 (`gather`)."""
+        return (bool(self.tables) and self.decode == self._default_decode
+                and all(t.dtype == np.int8 and s is not None for t, s in zip(self.tables, self.scales)))
+
+    @property
+    def group_count(self) -> int:
+        """Scales per row (INT8 tables with group scales; 0 without scales)."""
+        return 0 if self.scales[0] is None else self.scales[0].shape[1]
+
+    def gather_device(self, k: int, ids: np.ndarray):
+        """What the step graph's Engram read takes for layer k: the (INT8 rows, float32 scales) pair when
+        `device_dequant`, else the float32 rows decoded on the host."""
+        if not self.device_dequant:
+            return self.gather(k, ids)
+        rows, sc = self.gather_raw(k, ids)
+        return rows, sc.astype(np.float32, copy=False)
+
     def gather_raw(self, k: int, ids: np.ndarray):
         """Rows of layer k's ids in their stored format: ([..., C·d] stored dtype, [..., C·d/g] scales or None).
         What a device that dequantises itself (`engram_dequant`) is sent: INT8 rows are a quarter of float32."""
