@@ -6,7 +6,9 @@ and gathers them on a background thread while the device computes (the preceding
 and the step only picks up a finished buffer. Tables are numpy arrays (np.memmap works: a release shard is
 memory-mapped in place by `ascend_v4.checkpoint.SafeTensorFile(path).raw(name)`). Rows are decoded after the gather by `decode`, so storage stays
 in its compact format: float (BF16 as uint16 bits handled by the caller's decode), INT8 with per-group scales
-(what `convert` writes), or the release's FP8 codes with a decode the checkpoint codec provides.
+(what `convert` writes), or the release's FP8 codes with a decode the checkpoint codec provides. What a step
+graph takes (`gather_device`): INT8 tables' rows + scales as stored (the model decodes them with `engram_dequant`),
+every other format decoded to float32 here.
 """
 from __future__ import annotations
 
