@@ -66,9 +66,18 @@ def test_int8_tables_ship_stored_rows_other_formats_decode_on_host():
         assert isinstance(dev[k], tuple) and str(dev[k][0].dtype).lower() == "int8"
 
 
-def test_engram_cell_decodes_the_pair_bit_identically(ms_graph):
+@pytest.fixture(params=["CPU", "Ascend-emulated"])
+def target(request):
+    from ascend_v4.ops import registry
+    if request.param != "CPU":
+        registry.set_target(registry.Target(device="Ascend", emulated=True))
+    yield {"CPU": "composite", "Ascend-emulated": "ascendc"}[request.param]
+    registry.set_target(None)
+
+
+def test_engram_cell_decodes_the_pair_bit_identically(ms_graph, target):
     """The model's Engram read on (int8 rows, scales) == on the host-decoded float32 rows, bit for bit, and its
-    dequant equals NumPy's."""
+    dequant equals NumPy's; the registry picks the composite on CPU, the AscendC binding on (emulated) Ascend."""
     import mindspore as ms
     from ascend_v4.model import Engram
     from ascend_v4.ops import resolve
@@ -77,8 +86,9 @@ def test_engram_cell_decodes_the_pair_bit_identically(ms_graph):
     q = rng.integers(-127, 128, (2, 5, w), dtype=np.int8)
     s = (rng.random((2, 5, w // G)) * 0.1).astype(np.float32)
     want = (q.astype(np.float64).reshape(2, 5, -1, G) * s.astype(np.float64)[..., None]).reshape(2, 5, w)
-    assert resolve("engram_dequant").name == "composite"
+    assert resolve("engram_dequant").name == target
     cell = Engram(CFG)
+    assert cell._dequant is resolve("engram_dequant").fn
     cell.set_train(False)
     for p in cell.get_parameters():
         p.set_data(ms.Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.3))
