@@ -129,7 +129,7 @@ def tables():
     return _model_tables(random_weights_v41(CFG, seed=5))
 
 
-@pytest.mark.slow      # two 10-layer graph compiles: ~2 min on the shared 2-core host
+@pytest.mark.slow      # two 10-layer graph compiles + the golden: ~3.5 min on the shared 2-core host
 def test_one_shot_forward_int8_device_dequant_equals_host_decode(ms_graph, tables):
     from ascend_v4.graph.forward import build_forward
     from ascend_v4.numpy_model_v41 import NumpyV41
@@ -142,7 +142,7 @@ def test_one_shot_forward_int8_device_dequant_equals_host_decode(ms_graph, table
     assert np.median(r) < 1e-5 and r.max() < 1e-4, (float(np.median(r)), float(r.max()))
 
 
-@pytest.mark.slow      # two engines (prefill chunk + decode graphs each): ~4 min on the shared host
+@pytest.mark.slow      # two engines (prefill + decode graphs each): 14.5 min on the shared host at load ~7
 def test_engine_int8_device_dequant_equals_host_decode(ms_graph, tables):
     """Chunked prefill (chunks of 8, rows of different lengths) and decode steps, INT8 tables vs the host-decoded
     float32 tables: every logit bit-identical, and near the float64 golden."""
