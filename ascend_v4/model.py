@@ -980,7 +980,10 @@ class MoE(nn.Cell):
 class Engram(nn.Cell):
     """DeepSeek-V4.1's Engram before a block (docs/deepseek-v4.1.md, "Engram"): the rows of the token's hashed
     n-grams (gathered on the host from tables in host memory: `rows` [B, S, columns·engram_head_dim]) -> wkv ->
-    the gated read into each mHC stream (engram_gate op). The table itself is not a parameter of the model."""
+    the gated read into each mHC stream (engram_gate op). The table itself is not a parameter of the model.
+    `rows` is float32 decoded on the host, or with INT8 tables the stored (int8 rows, float32 group scales
+    [B, S, columns·engram_head_dim / group]) pair, decoded here by the engram_dequant op (docs/ascendc.md,
+    "Engram on Ascend")."""
 
     def __init__(self, cfg: ModelConfig, dtype=ms.float32):
         super().__init__()
@@ -989,8 +992,11 @@ class Engram(nn.Cell):
         self.q_weight = _param((cfg.hc_mult, cfg.dim), dtype)
         self.k_weight = _param((cfg.hc_mult, cfg.dim), dtype)
         self._gate = v4ops.resolve("engram_gate").fn
+        self._dequant = v4ops.resolve("engram_dequant").fn
 
     def construct(self, h, rows, alive):
+        if isinstance(rows, tuple):     # INT8 rows + group scales from the host: decoded on the device
+            rows = self._dequant(rows[0], rows[1])
         # precision.act: the gathered rows enter as bf16 (h's dtype) and the new streams are bf16 under the bf16
         # policy; the gate's dot products and sigmoid are float32 inside the engram_gate op
         rows = precision.act(ops.cast(rows, h.dtype))

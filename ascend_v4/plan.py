@@ -33,10 +33,11 @@ DTYPES = {
     "expert_ffn": "x bf16, weights bf16 -> bf16 (shared expert)",
     "newton_schulz": "update matrices bf16 matmuls, fp32 master weights",
     "hc_mixes": "streams bf16 -> pre, post, comb fp32 (pipelined mHC)",
-    "engram_lookup": "tables in host memory (INT8 + fp32 group scales, FP8 or BF16) -> rows decoded to fp32 on the "
-                     "host, [tokens, C·d] copied H2D (INT8 rows for the AscendC engram_dequant: not in the step "
-                     "graph yet)",
-    "engram_dequant": "rows int8, scales fp32 -> fp32 (cast to bf16 by the model)",
+    "engram_lookup": "tables in host memory (INT8 + fp32 group scales, FP8 or BF16) -> [tokens, C·d] copied H2D: "
+                     "INT8 tables as stored (int8 rows + fp32 scales, a quarter of fp32's bytes), FP8/BF16 rows "
+                     "decoded to fp32 on the host (910B/910C have no FP8 arithmetic)",
+    "engram_dequant": "rows int8, scales fp32 -> fp32 (cast to bf16 by the model); INT8 tables only (convert "
+                      "--engram-dtype int8, the w8a8/w4a8 default), FP8/BF16 tables skip it",
     "engram_gate": "streams bf16, wkv(rows) bf16, q·k weight fp32; norms, dot, sigmoid fp32 -> bf16",
 }
 
@@ -54,13 +55,14 @@ def _calls(cfg: ModelConfig, phase: str) -> Dict[str, int]:
     v41 = getattr(cfg, "version", "v4") == "v4.1"
     engram = len(getattr(cfg, "engram_layer_ids", ()) or ())
     if engram:
-        # DeepSeek-V4.1 Engram (docs/ascendc.md, "Engram on Ascend"): serving gathers and decodes each Engram
-        # layer's rows on the host and copies them H2D (engram_lookup), the device reads them into the streams
-        # (engram_gate); training feeds the gathered rows as a graph input and scatter-adds their gradient into the
-        # host tables (row-sparse optimiser), so only the gate runs on the device. engram_dequant (INT8 rows decoded
-        # on the device) is not in the step graph yet
+        # DeepSeek-V4.1 Engram (docs/ascendc.md, "Engram on Ascend"): serving gathers each Engram layer's rows on
+        # the host and copies them H2D (engram_lookup), INT8 tables as stored, decoded on the device
+        # (engram_dequant), then the device reads them into the streams (engram_gate); training feeds the gathered
+        # rows as a graph input and scatter-adds their gradient into the host tables (row-sparse optimiser), so
+        # only the gate runs on the device
         if phase != "train":
             add("engram_lookup", engram)
+            add("engram_dequant", engram)
         add("engram_gate", engram)
     for r in blocks:
         add("hc_mixes" if v41 else "hc_pre", 2)

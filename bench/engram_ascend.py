@@ -7,9 +7,13 @@ device time of the two AscendC kernels (EngramDequantAv4, EngramGateAv4: HBM byt
 the HBM bandwidth, no launch latency), against a lower bound of the step itself: the active weights read once from
 HBM (bf16) for decode, the active matmul FLOPs at the Cube peak for a prefill chunk. Formats:
 
-  float32    what the serving feed ships today (ascend_v4/serve/engram.py: rows decoded to float32 on the host)
-  bf16       FP8 release rows decoded on the host (E4M3 x E8M0 is exact in bf16 down to 2^-133): 2 bytes per value
-  int8       what `convert` writes, INT8 + one float32 scale per 32 values, decoded by EngramDequantAv4: 1.125
+  float32    what the serving feed ships today for float, BF16 and FP8 tables (ascend_v4/serve/engram.py: rows
+             decoded to float32 on the host; FP8 must be: 910B/910C have no FP8 arithmetic)
+  bf16       FP8 release rows decoded on the host to bf16 (E4M3 x E8M0 is exact in bf16 down to 2^-133): 2 bytes
+             per value; NOT implemented (the feed ships float32), listed for comparison
+  int8       what the serving feed ships today for INT8 tables (`convert --engram-dtype int8`, the w8a8/w4a8
+             default): INT8 + one float32 scale per 32 values as stored, decoded in the step graph by the
+             `engram_dequant` op (EngramDequantAv4 on Ascend): 1.125
   fp8-raw    the release's E4M3 + E8M0 bytes as stored (1.03125): NOT implemented (910B/910C have no FP8
              arithmetic; a bit-level decode kernel would be needed), listed for comparison
 
@@ -32,6 +36,8 @@ LINKS = {"910B": {"link": "PCIe 4.0 x16", "raw_gbps": 32.0, "eff_gbps": 25.0, "h
          "910C-die": {"link": "PCIe 5.0 x16", "raw_gbps": 64.0, "eff_gbps": 50.0, "hbm_tbps": 1.6,
                       "cube_tflops": 400.0}}
 FORMATS = {"float32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / 32, "fp8-raw": 1.0 + 1.0 / 32}
+# the table formats whose rows travel in this form today (ascend_v4/serve/engram.py EngramFeed); "-": not implemented
+TODAY = {"float32": "float/BF16/FP8 tables", "bf16": "-", "int8": "INT8 tables", "fp8-raw": "-"}
 PHASES = [("decode", 1), ("decode", 32), ("decode", 128), ("decode", 256), ("prefill", 4096)]
 MFU = 0.5                      # assumed prefill matmul efficiency for the step's lower bound
 
@@ -57,6 +63,7 @@ def project(cfg):
                 dev_s = (gate_b + (deq_b if fmt == "int8" else 0)) / (p["hbm_tbps"] * 1e12)
                 exposed = copy_s if phase == "decode" else max(0.0, copy_s - step_s)
                 rows.append({"soc": soc, "link": p["link"], "phase": phase, "tokens": T, "format": fmt,
+                             "today": TODAY[fmt],
                              "h2d_mb": nbytes / 1e6, "copy_us": copy_s * 1e6, "kernels_us": dev_s * 1e6,
                              "step_bound_ms": step_s * 1e3,
                              "engram_share": (exposed + dev_s) / step_s, "copy_hidden": exposed == 0.0})
@@ -73,12 +80,13 @@ def main(argv=None):
     print(f"PROJECTION, not measured: Engram of {cfg.name} ({len(cfg.engram_layer_ids)} layers x "
           f"{cfg.engram_n_columns} x {cfg.engram_head_dim} values per token) with host tables")
     print(f"{'soc':<9}{'phase':<8}{'tokens':>7} {'format':<8}{'H2D MB':>9}{'copy us':>10}{'kernels us':>11}"
-          f"{'step>= ms':>10}{'share':>8}  copy")
+          f"{'step>= ms':>10}{'share':>8}  copy     today")
     for r in rows:
         print(f"{r['soc']:<9}{r['phase']:<8}{r['tokens']:>7} {r['format']:<8}{r['h2d_mb']:>9.3f}{r['copy_us']:>10.1f}"
               f"{r['kernels_us']:>11.1f}{r['step_bound_ms']:>10.2f}{100 * r['engram_share']:>7.2f}%  "
-              f"{'hidden' if r['copy_hidden'] else 'exposed'}")
+              f"{'hidden' if r['copy_hidden'] else 'exposed':<9}{r['today']}")
     write_json(a.json, {"kind": "projection", "config": cfg.name, "links": LINKS, "formats_bytes_per_value": FORMATS,
+                        "shipped_today": TODAY,
                         "prefill_mfu_assumed": MFU, "rows": rows,
                         "unverified": "host link rates, copy-stream overlap, launch and event latencies (not "
                                       "modelled: ~10-50 us per copy and kernel launch on the device)"})

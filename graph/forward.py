@@ -49,7 +49,8 @@ class CompiledForward:
     def _engram_rows(self, ids: np.ndarray):
         from ascend_v4.ops.engram.reference import NgramHashState
         h = NgramHashState.for_config(self.cfg, ids.shape[0], self.token_map)(ids)
-        return tuple(ms.Tensor(self.tables.gather(k, h[:, :, k])) for k in range(h.shape[2]))
+        got = [self.tables.gather_device(k, h[:, :, k]) for k in range(h.shape[2])]   # INT8: (rows, scales)
+        return tuple(tuple(ms.Tensor(x) for x in g) if isinstance(g, tuple) else ms.Tensor(g) for g in got)
 
     def __call__(self, ids: np.ndarray) -> Dict[str, np.ndarray]:
         ids = np.asarray(ids)

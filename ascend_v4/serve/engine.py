@@ -145,7 +145,8 @@ class Engine:
     def _call(self, key, *args):
         import mindspore as ms
         g = self._graph(key)
-        targs = [a if isinstance(a, ms.Tensor) else ms.Tensor(np.ascontiguousarray(a)) for a in args]
+        # a tuple is the Engram rows (EngramFeed.device_rows: tensors, or (int8 rows, scales) pairs): passed as is
+        targs = [a if isinstance(a, (ms.Tensor, tuple)) else ms.Tensor(np.ascontiguousarray(a)) for a in args]
         t0 = time.perf_counter()
         out = g(*targs)
         if key not in self.compile_seconds:

@@ -72,7 +72,7 @@ class EngramFeed:
         if self.stagers is not None:
             return tuple(self.stagers.ready(list(rows)))
         import mindspore as ms
-        return tuple(ms.Tensor(r) for r in rows)
+        return tuple(tuple(ms.Tensor(x) for x in r) if isinstance(r, tuple) else ms.Tensor(r) for r in rows)
 
     def reset(self, rows: Sequence[int]) -> None:
         for r in rows:
@@ -82,7 +82,12 @@ class EngramFeed:
     def _work(self, ids: np.ndarray, nvalid: np.ndarray) -> Tuple[np.ndarray, ...]:
         B, T = ids.shape
         n_layers = len(self.cfg.engram_layer_ids)
-        out = [np.zeros((B, T, self.width), np.float32) for _ in range(n_layers)]
+        if self.tables.device_dequant:      # INT8 tables: rows + group scales as stored, engram_dequant on device
+            ng = self.cfg.engram_n_columns * self.tables.group_count
+            out = [(np.zeros((B, T, self.width), np.int8), np.zeros((B, T, ng), np.float32))
+                   for _ in range(n_layers)]
+        else:
+            out = [np.zeros((B, T, self.width), np.float32) for _ in range(n_layers)]
         for r in range(B):
             n = int(nvalid[r])
             if n == 0:
@@ -91,7 +96,11 @@ class EngramFeed:
             self._last[r] = (st.history.copy(), st.length.copy(), ids[r:r + 1, :n])
             h = st(ids[r:r + 1, :n])                                 # [1, n, layers, columns]
             for k in range(n_layers):
-                out[k][r, :n] = self.tables.gather(k, h[0, :, k])
+                got = self.tables.gather_device(k, h[0, :, k])
+                if isinstance(got, tuple):
+                    out[k][0][r, :n], out[k][1][r, :n] = got
+                else:
+                    out[k][r, :n] = got
         return tuple(out) if self.stagers is None else tuple(self.stagers.stage(out))
 
     def submit(self, ids: np.ndarray, nvalid: np.ndarray) -> Future:

@@ -13,9 +13,9 @@ the device computes), and `DeviceRowStager` moves them to the device without blo
   4. a staging buffer is reused only after its previous copy finished (`Event.synchronize()` on the feed's
      background thread, never on the step's).
 
-The rows travel in their stored form when the device decodes them (INT8 + group scales: `engram_dequant`, the
-AscendC EngramDequantAv4 kernel), a quarter of float32's bytes; FP8 release tables are decoded to bf16 on the host
-(910B/910C have no FP8 arithmetic; E4M3 × E8M0 is exact in bf16 down to 2^-133). Bytes per step and the link time:
+The rows of INT8 tables travel in their stored form (INT8 + group scales, `HostEngramTables.gather_device`; the
+model decodes them with `engram_dequant`, the AscendC EngramDequantAv4 kernel), a quarter of float32's bytes; FP8
+release tables are decoded to float32 on the host (910B/910C have no FP8 arithmetic), as are BF16 and float ones. Bytes per step and the link time:
 docs/ascendc.md, "Engram on Ascend".
 
 On a CPU host (and for the emulated Ascend resolution) the same code runs with `HostTransport`: no pinned memory,

@@ -6,7 +6,9 @@ and gathers them on a background thread while the device computes (the preceding
 and the step only picks up a finished buffer. Tables are numpy arrays (np.memmap works: a release shard is
 memory-mapped in place by `ascend_v4.checkpoint.SafeTensorFile(path).raw(name)`). Rows are decoded after the gather by `decode`, so storage stays
 in its compact format: float (BF16 as uint16 bits handled by the caller's decode), INT8 with per-group scales
-(what `convert` writes), or the release's FP8 codes with a decode the checkpoint codec provides.
+(what `convert` writes), or the release's FP8 codes with a decode the checkpoint codec provides. What a step
+graph takes (`gather_device`): INT8 tables' rows + scales as stored (the model decodes them with `engram_dequant`),
+every other format decoded to float32 here.
 """
 from __future__ import annotations
 
@@ -61,6 +63,28 @@ class HostEngramTables:
     @property
     def row_dim(self) -> int:
         return self.tables[0].shape[1]
+
+    @property
+    def device_dequant(self) -> bool:
+        """True when every table is INT8 with group scales and the default decode: the rows then travel in that
+        stored form (`gather_raw`, a quarter of float32's bytes) and the model decodes them on the device through
+        the `engram_dequant` op. Float/BF16 tables, and FP8 ones (decoded by the checkpoint codec: 910B/910C have
+        no FP8 arithmetic), travel as float32 (`gather`)."""
+        return (bool(self.tables) and self.decode == self._default_decode
+                and all(t.dtype == np.int8 and s is not None for t, s in zip(self.tables, self.scales)))
+
+    @property
+    def group_count(self) -> int:
+        """Scales per row (INT8 tables with group scales; 0 without scales)."""
+        return 0 if self.scales[0] is None else self.scales[0].shape[1]
+
+    def gather_device(self, k: int, ids: np.ndarray):
+        """What the step graph's Engram read takes for layer k: the (INT8 rows, float32 scales) pair when
+        `device_dequant`, else the float32 rows decoded on the host."""
+        if not self.device_dequant:
+            return self.gather(k, ids)
+        rows, sc = self.gather_raw(k, ids)
+        return rows, sc.astype(np.float32, copy=False)
 
     def gather_raw(self, k: int, ids: np.ndarray):
         """Rows of layer k's ids in their stored format: ([..., C·d] stored dtype, [..., C·d/g] scales or None).

@@ -103,13 +103,16 @@ def test_plan_shows_engram_on_ascend_for_v41():
         p = plan(cfg, soc, "8.5")
         for phase in ("prefill", "decode"):
             rows = {r["op"]: r for r in p["phases"][phase]["calls"]}
-            assert {op: (rows[op]["calls"], rows[op]["backend"]) for op in ("engram_lookup", "engram_gate")} == \
-                {"engram_lookup": (n, "host"), "engram_gate": (n, "ascendc")}
-            assert "engram_dequant" not in rows          # not in the step graph yet: the plan lists what runs
+            ops_ = ("engram_lookup", "engram_dequant", "engram_gate")
+            assert {op: (rows[op]["calls"], rows[op]["backend"]) for op in ops_} == \
+                {"engram_lookup": (n, "host"), "engram_dequant": (n, "ascendc"), "engram_gate": (n, "ascendc")}
+            assert "EngramDequantAv4" in rows["engram_dequant"]["runs"]
+            assert "INT8 tables only" in rows["engram_dequant"]["dtypes"]
             assert "pin_memory" in rows["engram_lookup"]["runs"] and "move_to" in rows["engram_lookup"]["runs"]
             assert "EngramGateAv4" in rows["engram_gate"]["runs"] and "hc_mixes" in rows and "hc_pre" not in rows
         train = {r["op"]: r for r in p["phases"]["train"]["calls"]}
         assert train["engram_gate"]["backend"] == "ascendc" and "engram_lookup" not in train
+        assert "engram_dequant" not in train
 
 
 @pytest.fixture
