@@ -212,11 +212,11 @@ def test_sharded_update_equals_one_process_bit_for_bit(dp, tp, zero):
 
 @pytest.mark.parametrize("dp,tp,zero", [(2, 2, True), (1, 2, False)])
 def test_checkpoint_gathers_full_state_and_resumes_bit_exactly(dp, tp, zero, tmp_path, monkeypatch):
-    """state_dict() gathers the unsharded state (root_only: rank 0 only; in chunks, here of 8 rows); load() takes
+    """state_dict() gathers the unsharded state (root_only: rank 0 only; in chunks, here of 64 rows); load() takes
     each rank's rows of it (in another layout too) and training continues bit for bit like the uninterrupted
     run."""
     from ascend_v4.train.v41 import EngramSparseAdamW
-    monkeypatch.setattr(EngramSparseAdamW, "CHUNK_BYTES", 8 * D * 4)
+    monkeypatch.setattr(EngramSparseAdamW, "CHUNK_BYTES", 64 * D * 4)
     steps = _steps(n=4)
     one = EngramSparseAdamW(CFG, _tables(), betas=(B1, B2), eps=EPS, weight_decay=WD)
     for s in steps[:2]:
@@ -253,3 +253,34 @@ def test_checkpoint_gathers_full_state_and_resumes_bit_exactly(dp, tp, zero, tmp
         for full in got:
             for k, a in one.state_dict().items():
                 np.testing.assert_array_equal(full[k], a, err_msg=k)
+
+
+def test_dry_run_counts_the_engram_tables_per_process():
+    """--dry-run's host-memory line for V4.1-Flash: 2 tables of 384,006,168 + 384,016,682 = 768,022,850 rows of
+    256 float32 (786.2 GB in all); tp 8 splits the rows, ZeRO-1 over dp 16 the two moments (2·256·4 B) and the
+    int64 count (8 B) of each row further."""
+    from ascend_v4 import load_config
+    from ascend_v4.config import MODEL_VERSIONS
+    from ascend_v4.train.cluster import dry_run, engram_host_memory
+    from ascend_v4.train.loop import TrainConfig
+    cfg = load_config("v4.1-flash", versions=MODEL_VERSIONS)
+    gib = 2 ** 30
+
+    def tc(**par):
+        return TrainConfig.from_dict({"model": "v4.1-flash", "seq_len": 4096, "batch_size": 1, "parallel": par})
+
+    one = engram_host_memory(cfg, tc())
+    assert one["engram_tables"] == pytest.approx(196_613_849_600 * 4 / gib)          # 768,022,850 × 256 × 4 B
+    assert one["engram_state"] == pytest.approx(1_579_054_979_600 / gib)              # × (2·256·4 + 8) B
+    sharded = engram_host_memory(cfg, tc(dp=16, tp=8, ep=16, optimizer_shard=True))
+    assert sharded["engram_tables"] == pytest.approx(98_306_924_800 / gib)            # / 8
+    assert sharded["engram_state"] == pytest.approx(1_579_054_979_600 / 128 / gib)    # / (8·16)
+    assert engram_host_memory(cfg, tc(dp=16, tp=8, ep=16))["engram_state"] == pytest.approx(
+        1_579_054_979_600 / 8 / gib)                                                   # no ZeRO: / tp only
+    par = tc(dp=2, tp=2, optimizer_shard=True)
+    par.model = "v4.1-tiny"
+    small = engram_host_memory(CFG, par)          # the line itself, on the tiny model (a quick estimate)
+    text = dry_run(CFG, par, "910b").format()
+    assert f"engram_tables {small['engram_tables']:.2f}, engram_state {small['engram_state']:.2f}" in text
+    assert "rows split over tp 2, their moments and counts over tp·dp = 4 ranks" in text
+    assert engram_host_memory(load_config("v4-flash"), tc()) == {}
