@@ -310,7 +310,9 @@ class EngramSparseAdamW:
                 buf = np.zeros((held.size, d), np.float32)
                 buf[np.searchsorted(held, u)] = new
                 sent.append((held, buf))
-        if self.zdp > 1:        # every dp rank's updated rows to every dp rank
+        # every dp rank's updated rows to every dp rank (the dp ranks hold the same rows and hash the same ids, so
+        # they agree on the sizes, and all skip when none of their rows was touched)
+        if self.zdp > 1 and any(h.size for h, _ in sent):
             got = self.comm.gather([b for _, b in sent], "dp")
             for k, (held, _) in enumerate(sent):
                 t = self.tables[k]
