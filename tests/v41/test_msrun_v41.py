@@ -4,9 +4,13 @@ and both Engram layers trained, no eval (each compile of the 10-layer + 3-stage 
 
 Each run's per-step loss / lm / drafter / balance / grad-norm / expert-imbalance, its step-2 model.safetensors (full
 release tensors, gathered on save) and every rank's Engram tables (weights, moments, row counts) are compared with
-the single-process run; the Engram tables and their row state must be bit-identical across the ranks of a run
-(every rank applies the same sparse update to the rows of the whole global batch). The dp=2 run is then relaunched
-from its step-1 checkpoint and must reach its own step-2 state bit for bit (model, optimiser, Engram state).
+the single-process run; the Engram tables and their row state (each rank's rows, gathered: under tp a rank holds
+a row range, under ZeRO-1 a dp share of the rows' state) must be bit-identical across the ranks of a run (every
+rank applies the same sparse update to the rows of the whole global batch that it holds). The dp=2 run is then
+relaunched from its step-1 checkpoint and must reach its own step-2 state bit for bit (model, optimiser, Engram
+state). ZeRO-1 over dp=2 is compared with the unsharded dp=2 run bit for bit (and resumed).
+
+Run: `GLOG_v=3 .venv/bin/python -m pytest -m slow tests/v41/test_msrun_v41.py` (not in .ci/run).
 
 Tolerances (float32 summation order over dp / tp / ep partial sums; adam_eps 1e-4 for the reason given in
 tests/train/test_msrun_parallel.py): losses 2e-5 relative (observed <= 3.3e-6, the tp=2 drafter loss at step 2),
@@ -15,7 +19,7 @@ layers.5.hc_ffn_fn), Engram tables 5e-6 absolute (observed <= 5.4e-7). Expert im
 touches are exact. Measured on the loaded 2-core host: one process 12.5 min, each 2-worker msrun 8-9.5 min.
 
 The msrun entry is this file (`v41-worker CONFIG OUT`): the `ascend-v4 train` sequence (distributed, Trainer,
-resume, run) plus a dump of this rank's Engram state, which only rank 0 writes into checkpoints.
+resume, run) plus dumps of the Engram state (gathered, a collective) and of this rank's own rows.
 """
 import os
 import shutil
@@ -105,7 +109,7 @@ def _compare_runs(ref, par, workers=2):
     dw = max(float(np.abs(wa[k].astype(np.float64) - wb[k]).max()) for k in wa)
     ea = _engram(ref, 0)
     e0 = _engram(par, 0)
-    for r in range(1, workers):                          # replicated tables: the same bits on every rank
+    for r in range(1, workers):                          # the gathered state: the same bits on every rank
         er = _engram(par, r)
         for k in e0:
             np.testing.assert_array_equal(er[k], e0[k], err_msg=f"rank {r} {k}")
