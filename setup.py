@@ -54,7 +54,7 @@ setup(
         "matplotlib>=3.7",       # `ascend-v4 plot`
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0",
+        "test": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3", "hypothesis>=6.100", "ml_dtypes>=0.4", "torch==2.13.0", "transformers==5.24.0",
                  "safetensors>=0.4",             # checks our reader/writer (checkpoint/safetensors_io.py) against the package
                  "onnxruntime==1.32.0",          # runs `export --format onnx` output
                  "mindstudio-probe==26.2.0",     # msprobe: `dump --format msprobe` + scripts/msprobe_reference_dump.py

@@ -440,9 +440,10 @@ def _demo_generate(cfg, weights, fallback_prompt, new_tokens: int) -> bool:
 def plan_cmd(device, soc, cann, config, parallel, seq, batch, as_json):
     """For every operator call of prefill, decode and a train step on a 910B/910C: the backend that runs (CANN
     vendor operator, our AscendC kernel or composite), why, dtypes and per-device memory. Config only: no weights."""
+    from .config import MODEL_VERSIONS
     from .plan import format_plan, plan
     from .train.loop import TrainConfig
-    cfg = load_config(config)
+    cfg = load_config(config, versions=MODEL_VERSIONS)
     try:
         par = {k: int(v) for k, v in (kv.split("=", 1) for kv in parallel.split(",") if kv)}
     except ValueError:

@@ -1199,26 +1199,26 @@ class Transformer(nn.Cell):
         self.hc_mult = cfg.hc_mult
         self.return_hidden = return_hidden
         # DeepSeek-V4.1 (docs/deepseek-v4.1.md): pipelined mHC with no learned head collapse, Engram, CSA-v2
-        # sharing. Its DSpark drafter is built with with_dspark (with_mtp is off); dp / tp / ep shard it like V4,
-        # pipeline stages are not implemented (docs/training.md, "DeepSeek-V4.1").
+        # sharing. Its DSpark drafter is built with with_dspark (with_mtp is off); dp / tp / ep shard it like V4.
         self.v41 = cfg.version == "v4.1"
-        self.with_dspark = self.v41 and with_dspark and cfg.n_mtp_layers > 0
-        if self.v41:
-            with_mtp = False
-            if parallel is not None and parallel.pp > 1:
-                raise ValueError("DeepSeek-V4.1 has no pipeline-parallel runs here (pp must be 1)")
-            self.engram_layers = tuple(cfg.engram_layer_ids)
         # a pipeline stage (parallel.pp > 1) builds only its layers; the others stay empty Cells so every layer keeps
-        # its official name. The first stage embeds, the last holds the head and MTP (and an embedding copy for it).
+        # its official name. The first stage embeds, the last holds the head and MTP / DSpark (and an embedding copy
+        # for it). A V4.1 stage split passes only the streams and the FFN `pre` (parallel.v41_stage_starts).
         pp = parallel.pp if parallel is not None else 1
-        stage = parallel.stage_layers(cfg.n_layers) if pp > 1 else range(cfg.n_layers)
+        stage = parallel.stage_layers(cfg.n_layers, cfg) if pp > 1 else range(cfg.n_layers)
         self.first_stage = pp == 1 or parallel.first_stage
         self.last_stage = pp == 1 or parallel.last_stage
         self.local_layers = tuple(stage)
+        with_dspark = self.v41 and with_dspark and cfg.n_mtp_layers > 0
+        self.with_dspark = with_dspark and self.last_stage
+        if self.v41:
+            with_mtp = False
+            # the Engram layers this process holds (engram_rows of run_layers_v41 are theirs, in this order)
+            self.engram_layers = tuple(i for i in cfg.engram_layer_ids if i in stage)
         self.with_mtp = with_mtp and cfg.n_mtp_layers > 0
         # whether the first and the last stage both hold the embedding (their gradients must be summed)
-        self.shared_embed = pp > 1 and self.with_mtp
-        if self.first_stage or (self.last_stage and self.with_mtp):
+        self.shared_embed = pp > 1 and (self.with_mtp or with_dspark)
+        if self.first_stage or (self.last_stage and (self.with_mtp or self.with_dspark)):
             self.embed = Embedding(cfg.vocab_size, cfg.dim, param_dtype)
         self.layers = nn.CellList([Block(i, cfg, param_dtype, moe_capacity_factor, parallel) if i in stage
                                    else nn.Cell() for i in range(cfg.n_layers)])
@@ -1372,15 +1372,18 @@ class Transformer(nn.Cell):
 
     # ---------------------------------------------------------------------------------------- DeepSeek-V4.1
     def run_layers_v41(self, h, input_ids, engram_rows, cache=None, ctx=None, step=None, stats=False,
-                       targets=False):
-        """V4.1 blocks over the whole sequence (cache None) or a cached step -> (final streams, the last block's
-        FFN pre, per-block streams), then with stats=True (full forward) per-block (affinities, expert ids,
-        dropped), then with targets=True DSpark's target hidden states [B, S, targets·D] (the stream means of the
-        dspark_target_layer_ids blocks' inputs, after their Engram). engram_rows: per Engram layer
-        (engram_layer_ids order) its rows [B, S, columns·engram_head_dim], gathered on the host."""
+                       targets=False, pre=None):
+        """V4.1 blocks (this process's: all unless a pipeline stage) over the whole sequence (cache None) or a cached
+        step -> (final streams, the last block's FFN pre, per-block streams), then with stats=True (full forward)
+        per-block (affinities, expert ids, dropped), then with targets=True DSpark's target hidden states
+        [B, S, targets·D] (the stream means of the dspark_target_layer_ids blocks' inputs, after their Engram).
+        engram_rows: per Engram layer this process holds (self.engram_layers) its rows [B, S,
+        columns·engram_head_dim], gathered on the host. pre: the FFN pre of the block before the first local one
+        (a later pipeline stage; None: block 0's, one-hot on stream 0)."""
         B, S = input_ids.shape
-        pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
-                               (B, S, self.hc_mult))                              # block 0: stream 0
+        if pre is None:
+            pre = ops.broadcast_to(Tensor(np.eye(1, self.hc_mult, dtype=np.float32)).reshape(1, 1, -1),
+                                   (B, S, self.hc_mult))                          # block 0: stream 0
         alive = ops.ones((B, S), ms.float32)                                      # text only (vision refused)
         shared = (None, None, None, None, ())
         hidden = ()

@@ -61,24 +61,74 @@ _OPT_PREFIX = re.compile(r"^(?:muon_m|adam_m|adam_v|master)\.")
 _LAYER = re.compile(r"^layers\.(\d+)\.")
 
 
-def stage_layers(n_layers: int, pp: int, stage: int) -> range:
+def stage_layers(n_layers: int, pp: int, stage: int, cfg=None) -> range:
     """Main-model layers of pipeline stage `stage`: contiguous, the first n_layers mod pp stages one larger (the
-    last stage also holds the final norm, head and MTP, so it gets the smaller share)."""
+    last stage also holds the final norm, head and MTP, so it gets the smaller share). A DeepSeek-V4.1 cfg: the
+    split of v41_stage_starts."""
+    if cfg is not None and cfg.version == "v4.1" and pp > 1:
+        starts = v41_stage_starts(cfg, pp) + (n_layers,)
+        return range(starts[stage], starts[stage + 1])
     base, extra = divmod(n_layers, pp)
     start = stage * base + min(stage, extra)
     return range(start, start + base + (1 if stage < extra else 0))
 
 
-def stages_holding(name: str, n_layers: int, pp: int, with_mtp: bool) -> Tuple[int, ...]:
+def v41_stage_cuts(cfg) -> Tuple[int, ...]:
+    """The layers a DeepSeek-V4.1 pipeline stage may start at (docs/training.md, "DeepSeek-V4.1"): only the mHC
+    streams and the last block's FFN `pre` cross a stage boundary, so no layer at or after the cut may read CSA-v2
+    state of a layer before it (the compressed KV / index keys of its kv source, the top-k of its index source, the
+    level-1 candidate mask of candidate_source_layer), and the DSpark target layers stay on the last stage (the
+    drafter runs there). Engram needs only the token ids, which every stage has."""
+    c = cfg.candidate_source_layer
+    index_after = lambda b: any(s >= b for s in cfg.index_source_layers)     # noqa: E731
+    cuts = []
+    for b in range(1, cfg.n_layers):
+        if cfg.n_mtp_layers and any(t < b for t in cfg.dspark_target_layer_ids):
+            continue
+        if any(cfg.ratio(i) and min(cfg.kv_source(i), cfg.index_source(i)) < b for i in range(b, cfg.n_layers)):
+            continue
+        if 0 <= c < b and index_after(b):
+            continue
+        cuts.append(b)
+    return tuple(cuts)
+
+
+def v41_stage_starts(cfg, pp: int) -> Tuple[int, ...]:
+    """First layer of each of the pp stages of a DeepSeek-V4.1 model: pp - 1 of v41_stage_cuts, chosen so the
+    largest stage is as small as possible (ties: the later stages smaller, as stage_layers does). Raises
+    ParallelConfigError when there are not enough cuts."""
+    cuts = v41_stage_cuts(cfg)
+    if pp - 1 > len(cuts):
+        raise ParallelConfigError(
+            f"DeepSeek-V4.1 {cfg.name} splits into at most {len(cuts) + 1} pipeline stage(s): a stage may start "
+            f"only at layer(s) {list(cuts)} (a boundary cannot separate a CSA-v2 kv / index / candidate source from "
+            f"the layers reusing its state, and the DSpark target layers {list(cfg.dspark_target_layer_ids)} stay "
+            f"on the last stage); set parallel.pp <= {len(cuts) + 1}")
+    n = cfg.n_layers
+    pos = (0,) + cuts
+    # best[k][j]: the smallest largest-stage size splitting layers pos[j].. into k stages (k - 1 cuts after pos[j])
+    best = {(1, j): (n - pos[j], ()) for j in range(len(pos))}
+    for k in range(2, pp + 1):
+        for j in range(len(pos)):
+            opts = [(max(pos[i] - pos[j], best[(k - 1, i)][0]), -pos[i], (pos[i],) + best[(k - 1, i)][1])
+                    for i in range(j + 1, len(pos)) if (k - 1, i) in best]
+            if opts:
+                size, _, rest = min(opts)
+                best[(k, j)] = (size, rest)
+    return (0,) + best[(pp, 0)][1]
+
+
+def stages_holding(name: str, n_layers: int, pp: int, with_mtp: bool, cfg=None) -> Tuple[int, ...]:
     """The pipeline stages holding parameter (or optimiser-state) `name`. The embedding lives on the first stage
-    and, when MTP is trained, a copy on the last (MTP embeds the next tokens; the copies' gradients are summed so
-    they stay equal). Names outside the model (the optimiser's step counter) are on every stage."""
+    and, when MTP (DeepSeek-V4.1: the DSpark drafter) is trained, a copy on the last (it embeds tokens too; the
+    copies' gradients are summed so they stay equal). Names outside the model (the optimiser's step counter) are
+    on every stage. cfg: the model's config (DeepSeek-V4.1's stage split)."""
     n = _OPT_PREFIX.sub("", name)
     last = pp - 1
     m = _LAYER.match(n)
     if m:
         i = int(m.group(1))
-        return tuple(s for s in range(pp) if i in stage_layers(n_layers, pp, s))
+        return tuple(s for s in range(pp) if i in stage_layers(n_layers, pp, s, cfg))
     if n.startswith("mtp."):
         return (last,)
     if n.startswith("embed."):
@@ -220,6 +270,8 @@ class ParallelContext:
                                       f"launch `msrun --worker_num {dp * tp * pp}` or change parallel.dp/tp/pp")
         if pp > cfg.n_layers:
             raise ParallelConfigError(f"pp {pp} exceeds n_layers {cfg.n_layers}: every pipeline stage needs a layer")
+        if cfg.version == "v4.1" and pp > 1:
+            v41_stage_starts(cfg, pp)
         if cfg.n_heads % tp:
             raise ParallelConfigError(f"n_heads {cfg.n_heads} is not divisible by tp {tp}")
         if cfg.o_groups % tp:
@@ -288,8 +340,8 @@ class ParallelContext:
     def last_stage(self) -> bool:
         return self.pp_rank == self.pp - 1
 
-    def stage_layers(self, n_layers: int) -> range:
-        return stage_layers(n_layers, self.pp, self.pp_rank)
+    def stage_layers(self, n_layers: int, cfg=None) -> range:
+        return stage_layers(n_layers, self.pp, self.pp_rank, cfg)
 
     def gather_stages(self, local: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """Collective over the pp group (every member calls it with its stage's tensors: float32, or int32 below

@@ -32,6 +32,12 @@ DTYPES = {
     "moe_finalize_routing": "rows bf16, scales fp32 -> bf16",
     "expert_ffn": "x bf16, weights bf16 -> bf16 (shared expert)",
     "newton_schulz": "update matrices bf16 matmuls, fp32 master weights",
+    "hc_mixes": "streams bf16 -> pre, post, comb fp32 (pipelined mHC)",
+    "engram_lookup": "tables in host memory (INT8 + fp32 group scales, FP8 or BF16) -> rows decoded to fp32 on the "
+                     "host, [tokens, C·d] copied H2D (INT8 rows for the AscendC engram_dequant: not in the step "
+                     "graph yet)",
+    "engram_dequant": "rows int8, scales fp32 -> fp32 (cast to bf16 by the model)",
+    "engram_gate": "streams bf16, wkv(rows) bf16, q·k weight fp32; norms, dot, sigmoid fp32 -> bf16",
 }
 
 
@@ -45,8 +51,19 @@ def _calls(cfg: ModelConfig, phase: str) -> Dict[str, int]:
         calls[op] = calls.get(op, 0) + n
 
     blocks = [cfg.ratio(i) for i in range(cfg.n_layers)] + [0] * cfg.n_mtp_layers
+    v41 = getattr(cfg, "version", "v4") == "v4.1"
+    engram = len(getattr(cfg, "engram_layer_ids", ()) or ())
+    if engram:
+        # DeepSeek-V4.1 Engram (docs/ascendc.md, "Engram on Ascend"): serving gathers and decodes each Engram
+        # layer's rows on the host and copies them H2D (engram_lookup), the device reads them into the streams
+        # (engram_gate); training feeds the gathered rows as a graph input and scatter-adds their gradient into the
+        # host tables (row-sparse optimiser), so only the gate runs on the device. engram_dequant (INT8 rows decoded
+        # on the device) is not in the step graph yet
+        if phase != "train":
+            add("engram_lookup", engram)
+        add("engram_gate", engram)
     for r in blocks:
-        add("hc_pre", 2)
+        add("hc_mixes" if v41 else "hc_pre", 2)
         if phase == "decode":
             if r:      # compressor state step (and the indexer's), then one attention call
                 add("compress_kv_step", 2 if r == 4 else 1)

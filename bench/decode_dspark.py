@@ -2,7 +2,7 @@
 random drafter and with a drafter self-distilled on the target's own greedy continuations.
 
     GLOG_v=3 python bench/decode_dspark.py [--config v4.1-tiny] [--batch 1] [--prompt 48] [--new 32] [--reps 3]
-                                           [--distil-steps 300] [--distil-seqs 16]
+                                           [--distil-steps 300] [--distil-seqs 16] [--distil-probes 3]
     GLOG_v=3 python bench/decode_dspark.py --quick
 
 One Engine (graph mode, float32, Engram tables in host memory) built with dspark=True on random release-format
@@ -18,7 +18,9 @@ Two drafters:
   trainer's drafter loss (train/v41.py V41Loss: block-drafting CE + confidence BCE, teacher-forced Markov tokens;
   loss mask = the generated tokens). Measured twice: on the held-out prompts above (does it generalise?) and on
   the first training prompts (a drafter that has fitted the target's continuations there: what the verify/accept
-  loop and its rollback do at high acceptance).
+  loop and its rollback do at high acceptance). The trained drafter reaches the engine's compiled graphs through
+  Engine.load_dspark. During distillation, at --distil-probes + 1 evenly spaced steps (step 0 = the random
+  drafter), the drafter so far is loaded and one DSpark generation on each prompt set gives the acceptance curve.
 
 Per row: decode tokens/s (graph compiles excluded) and its ratio to plain greedy, verify steps, acceptance rate
 (accepted drafts / drafted tokens), mean accepted length (accepted drafts per row and step), tokens per step, the
@@ -56,6 +58,8 @@ def parse():
                     help="prompts whose greedy continuations train it (default 16, --quick 8)")
     ap.add_argument("--distil-new", type=int, default=48, help="generated tokens per training sequence")
     ap.add_argument("--distil-lr", type=float, default=3e-3)
+    ap.add_argument("--distil-probes", type=int, default=3,
+                    help="acceptance measured at this many + 1 evenly spaced distillation steps (the first: step 0)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
                     help="16 new tokens, 2 reps, 150 distillation steps on 8 sequences (unless given); results in "
@@ -68,7 +72,7 @@ def parse():
         a.distil_steps = 150 if a.quick else 300
     if a.distil_seqs is None:
         a.distil_seqs = 8 if a.quick else 16
-    for k in ("batch", "prompt", "new", "reps", "distil_seqs", "distil_new"):
+    for k in ("batch", "prompt", "new", "reps", "distil_seqs", "distil_new", "distil_probes"):
         if getattr(a, k) < 1:
             sys.exit(f"error: --{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
     if a.distil_steps < 0:
@@ -145,9 +149,11 @@ def host_snapshot_rollback_ms(eng, prompts, reps=5):
     return 1e3 * statistics.median(times[1:])
 
 
-def self_distil(cfg, weights, eng, a):
+def self_distil(cfg, weights, eng, a, held_out):
     """Train the DSpark stages (target frozen) on the target's greedy continuations -> (drafter weights by release
-    name, per-step drafter loss [first, last], seconds)."""
+    name (every mtp.* tensor: the trained ones and the untouched router biases), per-step drafter loss, the
+    acceptance curve: at --distil-probes + 1 evenly spaced steps the drafter so far is loaded into the engine and
+    one DSpark generation runs on the held-out and on the first training prompts, seconds)."""
     import mindspore as ms
     import numpy as np
     from mindspore import nn
@@ -187,18 +193,35 @@ def self_distil(cfg, weights, eng, a):
         opt(grads)
         return out[2]
 
+    drafter = lambda: {p.name: p.asnumpy() for p in model.get_parameters() if p.name.startswith("mtp.")}  # noqa: E731
+    seen = train_prompts[:a.batch]
+    at = sorted({round(a.distil_steps * k / a.distil_probes) for k in range(a.distil_probes + 1)})
+
+    def probe(step):
+        # acceptance of the engine's drafts with the drafter as trained so far (one untimed DSpark generation)
+        tp = time.perf_counter()
+        eng.load_dspark(drafter())
+        row = {"step": step, "draft_loss": float(np.mean(losses[-5:])) if losses else None}
+        for label, ps in (("held_out", held_out), ("training", seen)):
+            g = eng.generate(ps, max_new_tokens=a.new, eos_id=None, speculative=True, keep_logits=False)
+            row[f"acceptance_{label}"] = g.stats["acceptance_rate"]
+        row["seconds"] = time.perf_counter() - tp
+        curve.append(row)
+
     t = ms.Tensor
     B = min(4, len(seqs))
     rng = np.random.default_rng(2)
-    losses = []
-    for _ in range(a.distil_steps):
+    losses, curve = [], []
+    for i in range(a.distil_steps):
+        if i in at:
+            probe(i)
         b = rng.choice(len(seqs), B, replace=False)
         args = (t(ids[b].astype(np.int32)), t(rows[:, b] if feed is not None else rows), t(tgt[b].astype(np.int32)),
                 t(mask[b]), t(markov[b]), t(labels[b]), t(dmask[b]), t(np.float32(1.0)),
                 t(np.float32(max(mask[b].sum(), 1.0))), t(np.float32(max(dmask[b].sum(), 1.0))))
         losses.append(float(step(*args).asnumpy()))
-    trained = {p.name: p.asnumpy() for p in params}
-    return trained, losses, time.perf_counter() - t0
+    probe(a.distil_steps)
+    return drafter(), losses, curve, time.perf_counter() - t0 - sum(r.pop("seconds", 0) for r in curve)
 
 
 def main():
@@ -209,7 +232,6 @@ def main():
     from ascend_v4.checkpoint.release_v41 import random_weights_v41
     from ascend_v4.config import V41_PRESETS
     from ascend_v4.serve.engine import Engine
-    from ascend_v4.weights import load_into
     if a.config not in V41_PRESETS:
         sys.exit(f"error: --config {a.config} is not a DeepSeek-V4.1 preset; choose one of {sorted(V41_PRESETS)}")
     cfg = V41_PRESETS[a.config].validate()
@@ -231,11 +253,8 @@ def main():
     distil = None
     if a.distil_steps:
         log(f"self-distillation ({a.distil_steps} steps)")
-        trained, losses, secs = self_distil(cfg, weights, eng, a)
-        missing = [p.name for p in eng.model.get_parameters() if p.name.startswith("mtp.") and p.name not in trained]
-        if missing:
-            sys.exit(f"error: the distilled drafter lacks {len(missing)} DSpark parameters ({missing[0]}, ...)")
-        load_into(eng.model, trained, strict=False)          # the engine's graphs read these Parameters
+        trained, losses, curve, secs = self_distil(cfg, weights, eng, a, prompts)
+        eng.load_dspark(trained)          # exactly the drafter's tensors; the compiled graphs read these Parameters
         # held-out prompts (the measured ones), then the first training prompts, whose continuations it has fitted
         seen = _prompts(cfg, a.distil_seqs, 16, seed=1)[:a.batch]
         plain_d = {}
@@ -249,7 +268,7 @@ def main():
         k = max(1, len(losses) // 10)
         distil = {"steps": a.distil_steps, "sequences": a.distil_seqs, "generated_per_sequence": a.distil_new,
                   "lr": a.distil_lr, "draft_loss_first": float(np.mean(losses[:k])),
-                  "draft_loss_last": float(np.mean(losses[-k:])), "seconds": secs,
+                  "draft_loss_last": float(np.mean(losses[-k:])), "seconds": secs, "acceptance_curve": curve,
                   "plain_tokens_per_s_same_run": plain_d}
     for r in rows[1:]:      # the previous mechanism at this acceptance: a snapshot + re-run per rejecting step
         step_now = r["step_ms"] * (1 - r["rollback_share"])
@@ -270,6 +289,11 @@ def main():
     if distil:
         print(f"self-distillation: {distil['steps']} steps on {distil['sequences']} greedy continuations, drafter "
               f"loss {distil['draft_loss_first']:.2f} -> {distil['draft_loss_last']:.2f}, {distil['seconds']:.0f} s")
+        print("acceptance of the engine's drafts during distillation (one DSpark generation per point):")
+        for r in distil["acceptance_curve"]:
+            loss = "" if r["draft_loss"] is None else f"{r['draft_loss']:.2f}"
+            print(f"  step {r['step']:>4}  drafter loss {loss:>5}  held-out {r['acceptance_held_out']:>6.1%}  "
+                  f"training prompts {r['acceptance_training']:>6.1%}")
     print(f"tokens equal plain greedy: {same}")
     report = {"bench": "decode_dspark", "config": a.config, "batch": a.batch, "prompt": a.prompt, "new": a.new,
               "reps": a.reps, "block_size": cfg.dspark_block_size, "machine": platform.platform(),

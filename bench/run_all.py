@@ -22,6 +22,7 @@ The table reads every bench's JSON. `ratio` is always oriented so that > 1 means
   w4a8                         mean relative weight error ≤ 8% (the serving default, int4 groups of 32)
   migrate_eval                 precision ≥ 98%, recall ≥ 95%, no unsafe rewrite            (README)
   ascend_projection            kernel efficiency (roofline / projected time) ≥ 50%          (README; a projection)
+  engram_ascend                Engram ≤ 3% of a V4.1-Flash step bound on 910B/910C, host tables (issue 18; a projection)
 Rows without a stated goal (train, train_memory, ops_mhc, attention_long, convert) show the ratio and "-";
 train_memory compares each memory / precision switch with the default train step (its own baseline).
 Writes bench/results/summary.json (mode, per-bench status and seconds, rows).
@@ -268,9 +269,19 @@ def ascend_projection(d):
             for (chip, kernel), r in sorted(worst.items())]
 
 
+def engram_ascend(d):
+    """The Engram share of a step bound on 910B/910C with host tables (a projection), for the float32 rows the
+    serving feed ships today; goal: issue 18's <= 3% of the step."""
+    return [_row("engram_ascend", f"{r['soc']} {r['phase']} {r['tokens']} tokens, {r['format']} rows (projection)",
+                 100 * r["engram_share"], 3.0, "goal (% of the step)",
+                 3.0 / (100 * r["engram_share"]) if r["engram_share"] else None, "≤ 3% of the step",
+                 bool(r["engram_share"] <= 0.03), "% of step")
+            for r in d["rows"] if r["format"] == "float32"]
+
+
 # name -> reader; the run order puts the short benches first
 BENCHES: Dict[str, Callable[[dict], List[dict]]] = {
-    "ascend_projection": ascend_projection, "w4a8": w4a8, "migrate_eval": migrate_eval,
+    "ascend_projection": ascend_projection, "engram_ascend": engram_ascend, "w4a8": w4a8, "migrate_eval": migrate_eval,
     "engram_prefetch": engram_prefetch, "ops_mhc": ops_mhc, "attention_long": attention_long,
     "forward_cpu": forward_cpu, "ops_moe": ops_moe, "train": train, "train_memory": train_memory, "decode": decode,
     "convert": convert, "decode_dspark": decode_dspark,

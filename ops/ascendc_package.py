@@ -28,7 +28,7 @@ import sys
 from typing import Iterable, List, Optional
 
 VENDOR_PREFIX = "ascend_v4"
-FAMILIES = ("mhc", "moe", "attention")
+FAMILIES = ("mhc", "moe", "attention", "engram")
 OPS_INFO_GLOB = os.path.join("op_impl", "ai_core", "tbe", "config", "*", "aic-*-ops-info*.json")
 
 

@@ -76,6 +76,14 @@ CANDIDATES: Dict[str, List[Candidate]] = {
     "expert_ffn": [],
     "newton_schulz": [],
     "compress_kv_step": [],
+    # DeepSeek-V4.1 Engram (docs/ascendc.md, "Engram on Ascend"): the tables stay in host memory, no device gather
+    "engram_lookup": [],
+    "engram_dequant": [
+        _cann("aclnnAscendAntiQuant", None, "8.0", False,
+              "scale is 1-D (one per column of x, or one for all); Engram rows carry one scale per 32 values of each "
+              "row, and its output is fp16/bf16 only"),
+    ],
+    "engram_gate": [],
 }
 
 

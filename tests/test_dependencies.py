@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-REQUIRED_MODULES = ["mindspore", "numpy", "safetensors", "yaml", "torch", "transformers", "ml_dtypes"]
+REQUIRED_MODULES = ["mindspore", "numpy", "safetensors", "yaml", "torch", "transformers", "ml_dtypes", "xdist"]
 REQUIRED_TOOLS = ["g++", "make", "cmake"]
 
 
@@ -25,7 +25,7 @@ def test_required_system_tool_is_installed(tool):
     assert shutil.which(tool), f"{tool} is not installed; run `bash .ci/setup` (it apt-get installs it)"
 
 
-@pytest.mark.parametrize("family", ["mhc", "moe", "attention", "muon"])
+@pytest.mark.parametrize("family", ["mhc", "moe", "attention", "muon", "engram"])
 def test_cpu_kernels_are_built(family):
     cpp = importlib.import_module(f"ascend_v4.ops.{family}.cpp")
     assert cpp.available(), f"{family} C++ kernels not built: run `.venv/bin/python ops/build.py {family}`"

@@ -164,12 +164,11 @@ class Engine:
         key = ("main", T, self._ctx(end), logits, streams, bool(dspark))
         args = (ids.astype(np.int32), np.asarray(pos0, np.int32), np.asarray(nvalid, np.int32))
         if self.engram is not None:
-            import mindspore as ms
             fut = engram if engram is not None else self.engram.submit(ids, nvalid)
             t0 = time.perf_counter()
             rows = fut.result()
             self.engram_wait_s += time.perf_counter() - t0
-            args = args + (tuple(ms.Tensor(r) for r in rows),)
+            args = args + (self.engram.device_rows(rows),)      # Ascend: staged H2D copies, stream-ordered
         return self._call(key, *args)
 
     def run_mtp(self, h, next_ids: np.ndarray, pos0: np.ndarray, nvalid: np.ndarray):
@@ -427,6 +426,23 @@ class Engine:
                 ctx[:, r, W - n:] = self._dkv[:, r, p - n:p]
                 idx[r, :, W - n:W] = np.arange(W - n, W, dtype=np.int32)
         return ctx, idx
+
+    def load_dspark(self, weights: Dict[str, np.ndarray]) -> None:
+        """Replace the DSpark drafter's weights (every `mtp.*` tensor by release name, e.g. a drafter trained
+        with the target frozen) in place: the draft graph reads the model's Parameters, so the next draft uses
+        them, compiled graphs included. The names must be exactly the drafter's (no target tensor, none missing)."""
+        from ..weights import WeightError, load_into
+        if not self.dspark:
+            raise ServeError("loading DSpark drafter weights needs an Engine built with dspark=True")
+        have = {p.name for p in self.model.get_parameters() if p.name.startswith("mtp.")}
+        missing, extra = sorted(have - set(weights)), sorted(set(weights) - have)
+        if not have or missing or extra:
+            raise ServeError(f"DSpark drafter weights must name exactly the engine's {len(have)} mtp.* tensors: "
+                             f"{len(missing)} missing ({missing[:2]}), {len(extra)} unknown ({extra[:2]})")
+        try:
+            load_into(self.model, weights, strict=False)
+        except WeightError as e:
+            raise ServeError(str(e)) from None
 
     def dspark_draft(self, tokens: np.ndarray):
         """Draft one DSpark block per row after the target produced tokens [B] (not yet in the cache, at each

@@ -60,6 +60,19 @@ class EngramFeed:
         self.states = [NgramHashState.for_config(cfg, 1, token_map) for _ in range(batch)]
         self._last: List[Optional[tuple]] = [None] * batch   # per row: (history, length) before its last ids, ids
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-feed")
+        # on an Ascend device the feed thread also stages the rows in pinned buffers and issues their H2D copies on
+        # a copy stream (ops/engram/ascend_host.py; docs/ascendc.md, "Engram on Ascend"); on CPU: host arrays
+        from ..ops.engram.ascend_host import AscendTransport, LayerStagers, default_transport
+        tr = default_transport()
+        self.stagers = LayerStagers(transport=tr) if isinstance(tr, AscendTransport) else None
+
+    def device_rows(self, rows) -> tuple:
+        """The graph's Engram input from a finished submission: on Ascend the staged device tensors, after ordering
+        the compute stream behind their copies; else MindSpore tensors of the host arrays."""
+        if self.stagers is not None:
+            return tuple(self.stagers.ready(list(rows)))
+        import mindspore as ms
+        return tuple(ms.Tensor(r) for r in rows)
 
     def reset(self, rows: Sequence[int]) -> None:
         for r in rows:
@@ -79,7 +92,7 @@ class EngramFeed:
             h = st(ids[r:r + 1, :n])                                 # [1, n, layers, columns]
             for k in range(n_layers):
                 out[k][r, :n] = self.tables.gather(k, h[0, :, k])
-        return tuple(out)
+        return tuple(out) if self.stagers is None else tuple(self.stagers.stage(out))
 
     def submit(self, ids: np.ndarray, nvalid: np.ndarray) -> Future:
         return self._pool.submit(self._work, np.array(ids, np.int64), np.array(nvalid, np.int64))

@@ -29,7 +29,7 @@ from .cache import CacheLayout
 
 class _Step(nn.Cell):
     def __init__(self, model, layout: CacheLayout, cache, T: int, ctx_cap: int, experts):
-        super().__init__()
+        super().__init__(auto_prefix=False)      # the model's Parameters keep their release names (Engine.load_dspark)
         if len(cache) != len(layout.entries):
             raise ValueError(f"cache has {len(cache)} buffers, the layout {len(layout.entries)}")
         self.model = model
@@ -114,7 +114,7 @@ class DSparkDraftGraph(nn.Cell):
     [B, bs, W + bs] -> (draft tokens [B, bs] for positions pos0+1 .. pos0+bs, logits [B, bs, V], confidence)."""
 
     def __init__(self, model):
-        super().__init__()
+        super().__init__(auto_prefix=False)      # the model's Parameters keep their release names (Engine.load_dspark)
         if not getattr(model, "with_dspark", False):
             raise ValueError("the model was built without DSpark (Transformer(..., with_dspark=True))")
         self.model = model

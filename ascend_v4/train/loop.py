@@ -72,6 +72,11 @@ def distributed(tc: TrainConfig):
                                    f"launch with `msrun --worker_num {need} --local_worker_num {need} "
                                    f"$(which ascend-v4) train ...` or set parallel dp, tp and pp to 1")
         return 0, 1
+    if p.pp > 1:
+        # pipeline stages compile different graphs: a stage waits in the first stage transfer while its neighbour
+        # still compiles (minutes for a V4.1 stage on a loaded CPU host), past MindSpore-CPU's collective timeout
+        # (MS_CPU_COMM_OP_TIMEOUT, seconds); HCCL's own exec timeout applies on Ascend
+        os.environ.setdefault("MS_CPU_COMM_OP_TIMEOUT", "1800")
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
     init()
@@ -200,7 +205,7 @@ class Trainer:
         self.v41 = self.cfg.version == "v4.1"
         if self.v41:
             from .v41 import check_v41_run
-            check_v41_run(tc, world)
+            check_v41_run(tc, world, self.cfg)
         p = tc.parallel
         if p.dp * p.tp * p.pp != world:
             raise TrainConfigError(f"parallel dp·tp·pp = {p.dp}·{p.tp}·{p.pp} = {p.dp * p.tp * p.pp} but {world} "
@@ -304,11 +309,8 @@ class Trainer:
             from .param_groups import FROZEN, classify_param
             shard = OptimizerShard(self.parallel, [q for q in self.model.get_parameters()
                                                    if classify_param(q)[0] != FROZEN])
-        # the fused in-place CPU update is not used under expert parallelism: with ep=2 it diverged from one
-        # process at the first update (step-2 loss 1-2% off, V4 and V4.1 msrun proofs); cause not isolated yet
-        fused = self.parallel is None or self.parallel.ep == 1
         self.opt = MuonAdamW(self.model.get_parameters(), self.schedule, eps=tc.adam_eps, tensor_parallel=muon_tp,
-                             shard=shard, bf16_storage=bf16_storage, fused=fused)
+                             shard=shard, bf16_storage=bf16_storage)
         if shard is not None:
             mine = sum(int(np.prod(q.shape)) for q in self.opt.state_parameters().values())
             full = sum(int(np.prod(sh)) for _, sh in self.opt.state_specs.values())
@@ -329,9 +331,16 @@ class Trainer:
                     self.log(f"engram: rank 0 holds {self.engram.host_bytes() / 2 ** 20:,.1f} MiB of tables and "
                              f"optimiser state (rows split over tp {p.tp}"
                              f"{f', state over dp {p.dp}' if shard is not None else ''})")
-            self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
-            self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
-                                        bias_speed, tc.engram_lr_scale, parallel=self.parallel)
+            if self.pipelined:       # stages / micro-batches (train/pipeline.py)
+                from .pipeline import V41PipelineTrainStep, V41StageLoss
+                self.loss_net = V41StageLoss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
+                self.step_fn = V41PipelineTrainStep(self.loss_net, self.opt, self.engram, self.schedule,
+                                                    p.micro_batches, tc.max_grad_norm, bias_speed,
+                                                    tc.engram_lr_scale, parallel=self.parallel)
+            else:
+                self.loss_net = V41Loss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
+                self.step_fn = V41TrainStep(self.loss_net, self.opt, self.engram, self.schedule, tc.max_grad_norm,
+                                            bias_speed, tc.engram_lr_scale, parallel=self.parallel)
         elif self.pipelined:
             from .pipeline import PipelineTrainStep
             self.step_fn = PipelineTrainStep(self.model, self.opt, p.micro_batches, tc.balance_alpha,

@@ -463,7 +463,7 @@ class MuonAdamW(nn.Cell):
         """grad_scale: optional float32 scalar every gradient is multiplied by first (the clip's scale). after:
         optional values (e.g. the step's losses) the fused in-place update must wait for: it writes the weights
         in place, so a train step passes every output that reads them (the clip's scale, if given, may carry
-        that dependency instead)."""
+        that dependency instead; the kernels' declared writes order them after the weights' reads as well)."""
         hm = self.hyper_map
         if len(grads) != self.n_train and len(grads) != self.n_all:
             raise ValueError("MuonAdamW: grads must match opt.parameters or the full params list given")
@@ -481,8 +481,8 @@ class MuonAdamW(nn.Cell):
             if after is not None:
                 gscale = ops.depend(gscale, after)
             tokens = self._fused_update(g_muon, g_adam, lr, t, gscale)
-            # the kernels declare no side effect: the step counter's write (one) depends on them, so a caller
-            # that drops the returned lr cannot make the compiler drop the update
+            # the kernels declare their in-place writes (ops/muon/cpp.py), which orders them after every read of
+            # the weights; the step counter's write also depends on their tokens, and so does the returned lr
             ops.assign(self.step, ops.depend(step, tokens))
             return ops.depend(lr, tokens)
         ops.assign(self.step, step)

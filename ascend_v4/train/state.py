@@ -163,8 +163,9 @@ def load(ckpt_dir: str, model, optimizer, parallel=None) -> Dict:
     keep = None
     if parallel is not None and parallel.pp > 1:
         from ascend_v4.parallel import stages_holding
-        n_layers, pp, me, mtp = model.cfg.n_layers, parallel.pp, parallel.pp_rank, model.with_mtp
-        keep = lambda name: me in stages_holding(name, n_layers, pp, mtp)     # noqa: E731
+        n_layers, pp, me, cfg = model.cfg.n_layers, parallel.pp, parallel.pp_rank, model.cfg
+        mtp = model.with_mtp or getattr(model, "with_dspark", False)          # the last stage's embedding copy
+        keep = lambda name: me in stages_holding(name, n_layers, pp, mtp, cfg)     # noqa: E731
     _load_tensors(os.path.join(ckpt_dir, "model.safetensors"), _params(model), "model", parallel, n_experts, keep)
     opt_params = {n: p for n, p in _params(optimizer).items() if n not in _params(model)}
     zero = getattr(optimizer, "shard", None) is not None

@@ -1,5 +1,6 @@
 """Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): the model's own Cells, on one process or under
-msrun with dp / tp / ep and ZeRO-1 (V41TrainStep; pp and micro-batches are refused by check_v41_run).
+msrun with dp / tp / ep and ZeRO-1 (V41TrainStep) and pp / micro-batches (train/pipeline.py
+V41PipelineTrainStep; ZeRO-1 is not combined with the pipeline schedule, as for V4).
 
     loss = lm + dspark_weight · (draft + confidence_weight · confidence) + balance_alpha · Σ_layers balance
 
@@ -112,24 +113,37 @@ class V41Loss(nn.Cell):
         self.alpha, self.conf_w = balance_alpha, confidence_weight
         self.with_dspark = model.with_dspark
         self.n_stages = cfg.n_mtp_layers
-        self.n_engram = len(cfg.engram_layer_ids)
+        self.n_engram = len(model.engram_layers)              # the Engram layers this process holds
 
     def construct(self, input_ids, engram_rows, targets, loss_mask, markov_ids, draft_labels, draft_mask,
                   dspark_weight, lm_denom=None, draft_denom=None, seq_rows=None):
-        B = input_ids.shape[0]
         _, h = self.model.embed_streams(input_ids)
+        out = self.layers(h, None, input_ids, engram_rows)
+        return self.terms(out, input_ids.shape[0], targets, loss_mask, markov_ids, draft_labels, draft_mask,
+                          dspark_weight, lm_denom, draft_denom, seq_rows)
+
+    def layers(self, h, pre, input_ids, engram_rows):
+        """run_layers_v41 of this process's blocks with the MoE stats (and DSpark's targets where it runs)."""
         rows = tuple(engram_rows[k] for k in range(self.n_engram))
-        out = self.model.run_layers_v41(h, input_ids, rows, stats=True, targets=self.with_dspark)
+        return self.model.run_layers_v41(h, input_ids, rows, stats=True, targets=self.with_dspark, pre=pre)
+
+    def terms(self, out, B, targets, loss_mask, markov_ids, draft_labels, draft_mask, dspark_weight, lm_denom,
+              draft_denom, seq_rows):
+        """The loss terms of run_layers_v41's `out`: the lm term where this process holds the head (a pipeline's
+        last stage), the drafter's where it holds DSpark, the balance of its own routed layers. -> construct's
+        tuple (a stage's share: the terms of the stages add up to the whole model's)."""
         h, pre, routes = out[0], out[1], out[3]
-        lm = masked_ce(self.model.logits_v41(h, pre), targets, loss_mask, lm_denom)
-        balance = ops.zeros((), ms.float32)
+        zero = ops.zeros((), ms.float32)
+        lm = zero
+        if self.model.last_stage:
+            lm = masked_ce(self.model.logits_v41(h, pre), targets, loss_mask, lm_denom)
+        balance = zero
         dropped = ops.zeros((), ms.int32)
         loads = ()
         for aff, ids, drop in routes:
             balance = balance + seq_balance(aff, ids, self.E, self.K, B, loss_mask)
             loads = loads + (expert_load(ids, self.E, loss_mask),)
             dropped = dropped + drop
-        zero = ops.zeros((), ms.float32)
         draft, conf = zero, zero
         dloads = ops.zeros((max(self.n_stages, 1), self.Ed), ms.float32)
         if self.with_dspark:
@@ -204,11 +218,11 @@ class EngramSparseAdamW:
         for k, (L, t) in enumerate(zip(cfg.engram_layer_ids, tables)):
             full = (cfg.engram_num_embeddings[k], cfg.engram_head_dim)
             mine = (self.hi[k] - self.lo[k], cfg.engram_head_dim)
-            if tuple(t.shape) == full:
-                t = t[self.lo[k]:self.hi[k]]
+            if tuple(t.shape) == full and mine != full:      # a copy of this rank's rows: the full table can go
+                t = np.array(t[self.lo[k]:self.hi[k]], np.float32, order="C")
             elif tuple(t.shape) != mine:
                 raise ValueError(f"Engram table of layer {L} has shape {tuple(t.shape)}, the config needs {full}")
-            self.tables.append(np.array(t, np.float32, order="C"))
+            self.tables.append(np.ascontiguousarray(t, np.float32))
         self.m = [np.zeros((h - l, cfg.engram_head_dim), np.float32) for l, h in zip(self.slo, self.shi)]
         self.v = [np.zeros_like(m) for m in self.m]
         self.count = [np.zeros(h - l, np.int64) for l, h in zip(self.slo, self.shi)]
@@ -538,8 +552,13 @@ class V41TrainStep:
         batch = laid[r][0]
         ids = batch["input_ids"].astype(np.int64)
         hashed = self.engram.hash(every["input_ids"].astype(np.int64)) if self.engram is not None else None
-        rows = ms.Tensor(np.stack(self.engram.rows(hashed[mine])) if self.engram is not None
-                         else np.zeros((1, 1, 1, 1), np.float32))
+        # the rows of the Engram layers this process holds (a pipeline stage: its own; all of them otherwise)
+        local = [list(cfg.engram_layer_ids).index(L) for L in self.loss_net.model.engram_layers]
+        rows = np.zeros((1, 1, 1, 1), np.float32)
+        if self.engram is not None and local:
+            every_layer = self.engram.rows(hashed[mine])
+            rows = np.stack([every_layer[k] for k in local])
+        rows = ms.Tensor(rows)
         o, lab, dm = dspark_batch(every["targets"], every["loss_mask"], every["segment_ids"],
                                   cfg.dspark_block_size if cfg.n_mtp_layers else 1)
         # the drafter rows that count in the global batch, shared by its dp ranks (as lm_denom)
@@ -579,14 +598,17 @@ class V41TrainStep:
 
 
 # ------------------------------------------------------------------------------------ run set-up (train/loop.py)
-def check_v41_run(tc, world: int) -> None:
-    """What a V4.1 run does not do yet, refused with one line each (docs/training.md, "DeepSeek-V4.1")."""
+def check_v41_run(tc, world: int, cfg=None) -> None:
+    """What a V4.1 run does not do yet, refused with one line each (docs/training.md, "DeepSeek-V4.1"); cfg: the
+    run's model config (a pp split with too few stage starts, parallel.v41_stage_starts)."""
     from .run_config import TrainConfigError
     p = tc.parallel
-    if p.pp > 1 or p.micro_batches > 1:
-        raise TrainConfigError("DeepSeek-V4.1 has no pipeline stages or micro-batches here (its blocks hand the "
-                               "CSA-v2 shared KV / top-k and the mHC pre down the layers); set parallel pp and "
-                               "micro_batches to 1 (dp, tp and ep run)")
+    if cfg is not None and p.pp > 1:
+        from ascend_v4.parallel import ParallelConfigError, v41_stage_starts
+        try:
+            v41_stage_starts(cfg, p.pp)
+        except ParallelConfigError as e:
+            raise TrainConfigError(f"parallel: {e}") from None
 
 
 def engram_table_names(cfg) -> List[str]:

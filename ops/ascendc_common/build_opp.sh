@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Build, install or check the CANN custom-op package of one AscendC op family (or all three). One mechanism for
+# Build, install or check the CANN custom-op package of one AscendC op family (or all of them). One mechanism for
 # every family: CMake + the ASC package of the CANN toolkit, shared logic in ops/ascendc_common/cmake/av4_opp.cmake.
 # ops/<family>/ascendc/build.sh is a thin wrapper around this script.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-FAMILIES=(mhc moe attention)
+FAMILIES=(mhc moe attention engram)
 SUPPORTED_SOCS=(ascend910b ascend910_93)          # what every OpDef declares with AICore().AddConfig(...)
 DEFAULT_SOCS="ascend910b;ascend910_93"
 
@@ -14,7 +14,7 @@ usage() {
 usage: ops/ascendc_common/build_opp.sh FAMILY [--soc SOC[;SOC]] [--install [DIR]] [--jobs N]
        ops/ascendc_common/build_opp.sh FAMILY --check
 
-FAMILY      mhc | moe | attention | all        (package "ascend_v4_<family>"; all = the three, one after another)
+FAMILY      mhc | moe | attention | engram | all (package "ascend_v4_<family>"; all = the four, one after another)
 --soc SOCS  SoCs to compile kernels for, separated by ';' or ',': ascend910b (910B), ascend910_93 (910C);
             default "ascend910b;ascend910_93"
 --install [DIR]
@@ -125,6 +125,7 @@ if ((CHECK)); then
       mhc) TESTS+=(tests/ops/test_mhc_ascendc.py tests/ops/test_mhc_ascendc_ms.py tests/ops/test_mhc_ascendc_emu.py) ;;
       moe) TESTS+=(tests/ops/test_moe_ascendc.py tests/ops/test_moe_ascendc_emu.py) ;;
       attention) TESTS+=(tests/ops/test_attention_ascendc.py) ;;
+      engram) TESTS+=(tests/ops/test_engram_ascendc.py tests/ops/test_engram_ascendc_emu.py) ;;
     esac
   done
   cd "$ROOT"

@@ -7,3 +7,4 @@
 #include "decls_mhc.h"
 #include "decls_moe.h"
 #include "decls_attention.h"
+#include "decls_engram.h"

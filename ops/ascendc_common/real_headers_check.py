@@ -30,6 +30,7 @@ and the tree commits, so unchanged sources are not recompiled.
 """
 import argparse
 import concurrent.futures
+import fcntl
 import functools
 import glob
 import hashlib
@@ -390,6 +391,20 @@ def _digest(path, cmd, commits):
     return h.hexdigest()
 
 
+def _exclusive(fn):
+    """Run fn holding this checkout's build lock: test processes running side by side (pytest -n 2) share the
+    generated workspace (shim headers the builds learn, emulator binaries), so one builds at a time."""
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        d = generated_dir()
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, ".build.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return fn(*args, **kwargs)
+    return locked
+
+
+@_exclusive
 def run(files, dtypes, cxx="g++", use_cache=True, jobs=1, verbose=False, log=print):
     """compile the given sources; returns [(label, ok, nerrors, first_error)]"""
     root = find_trees()
@@ -454,6 +469,7 @@ def run(files, dtypes, cxx="g++", use_cache=True, jobs=1, verbose=False, log=pri
     return results
 
 
+@_exclusive
 def build_emulator(driver, defines, exe, cxx="g++", core="AIV"):
     """compile a kernel driver (includes op_kernel sources + emu/emu_runtime.h) into an executable that runs the
     kernel bodies on the CPU through the intrinsic emulator; rebuilt only when a source it depends on changed"""

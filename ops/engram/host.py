@@ -87,7 +87,9 @@ class HostEngramTables:
 
 class EngramPrefetch:
     """What a step picks up: the hash ids [B, S, n_layers, C] and each Engram layer's rows: float32 [B, S, C·d],
-    or with decode_on_host=False the stored (rows, scales) pair for the device to dequantise."""
+    or with decode_on_host=False the stored (rows, scales) pair for the device to dequantise. With a device stager
+    (Ascend: ops/engram/ascend_host.py LayerStagers) `rows` are device tensors whose copies the step's stream waits
+    for (`EngramPrefetcher.result` orders it), else host arrays."""
 
     def __init__(self, ids: np.ndarray, rows: List[np.ndarray], seconds: float):
         self.ids, self.rows, self.seconds = ids, rows, seconds
@@ -104,8 +106,9 @@ class EngramPrefetcher:
     `wait_seconds` / `gather_seconds` accumulate how long steps waited and how long the background work took; a
     step never waits when wait_seconds stays ~0."""
 
-    def __init__(self, tables: HostEngramTables, state: NgramHashState, decode_on_host: bool = True):
+    def __init__(self, tables: HostEngramTables, state: NgramHashState, decode_on_host: bool = True, stagers=None):
         self.tables, self.state, self.decode_on_host = tables, state, decode_on_host
+        self.stagers = stagers            # LayerStagers: the background thread also issues the H2D copies
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engram-prefetch")
         self._lock = threading.Lock()
         self.wait_seconds = 0.0
@@ -118,6 +121,8 @@ class EngramPrefetcher:
         h = self.state(ids, text_mask)
         get = self.tables.gather if self.decode_on_host else self.tables.gather_raw
         rows = [get(k, h[:, :, k]) for k in range(h.shape[2])]
+        if self.stagers is not None:      # pinned staging + async H2D on the copy stream (ascend_host.py)
+            rows = self.stagers.stage(rows)
         dt = time.perf_counter() - t0
         with self._lock:
             self.gather_seconds += dt
@@ -130,6 +135,8 @@ class EngramPrefetcher:
     def result(self, fut: Future) -> EngramPrefetch:
         t0 = time.perf_counter()
         got = fut.result()
+        if self.stagers is not None:      # the compute stream waits for the copies (a device-side wait)
+            got.rows = self.stagers.ready(got.rows)
         with self._lock:
             self.wait_seconds += time.perf_counter() - t0
             self.steps += 1

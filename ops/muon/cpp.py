@@ -15,6 +15,7 @@ import os
 import numpy as np
 import mindspore as ms
 from mindspore import ops
+from mindspore.ops import signature as sig
 
 from ..build import library_path
 from ..registry import register
@@ -84,6 +85,10 @@ def _token_dtype(*dtypes):
     return ms.float32
 
 
+# Which inputs each kernel writes in place: (leading read-only inputs, written groups of n, trailing groups of n).
+_WRITES = {"MuonMomentumStack": (2, 1, 1), "MuonApply": (4, 1, 0), "AdamWApply": (2, 3, 1)}
+
+
 @functools.lru_cache(None)
 def _fused(name, n, rows=0, cols=0):
     if name == "MuonMomentumStack":
@@ -94,6 +99,18 @@ def _fused(name, n, rows=0, cols=0):
         prim = ops.Custom(f"{LIB}:{name}", out_shape=_token_shape, out_dtype=_token_dtype, func_type="aot")
     # shape inference is cached per (kernel, attributes): one attribute per static configuration
     prim.add_prim_attr("fused_cfg", repr((n, rows, cols)))
+    if name in _WRITES:
+        # The kernel writes these inputs (Parameters) in place, so the graph must know: inputs declared
+        # RW_WRITE reach the kernel as the Parameters themselves, and the call is ordered after every read of
+        # them (side_effect_mem), as for ops.assign. Undeclared, a Parameter input is a Load (a value): when
+        # the graph reads that Parameter at two side-effect states, MindSpore's order enforcement hands the
+        # kernel a TensorMove copy and the update is written to the copy, silently lost (the expert-parallel
+        # train step was such a graph, docs/performance.md).
+        lead, written, tail = _WRITES[name]
+        kinds = [False] * lead + [True] * (written * n) + [False] * (tail * n)
+        prim.set_signatures(tuple(sig.make_sig(f"x{i}", sig.sig_rw.RW_WRITE if w else sig.sig_rw.RW_READ)
+                                  for i, w in enumerate(kinds)))
+        prim.add_prim_attr("side_effect_mem", True)
     return prim
 
 

@@ -32,9 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DRIVER = os.path.join(ROOT, "ops", "ascendc_common", "build_opp.sh")
 CMAKE_MODULE = os.path.join(ROOT, "ops", "ascendc_common", "cmake", "av4_opp.cmake")
 DOCKERFILE = os.path.join(ROOT, "docker", "Dockerfile.ascend")
-FAMILIES = ("mhc", "moe", "attention")
+FAMILIES = ("mhc", "moe", "attention", "engram")
 BINDINGS = {"mhc": "ops/mhc/ascendc/binding.py", "moe": "ops/moe/ascendc/binding.py",
-            "attention": "ops/attention/ascendc.py"}
+            "attention": "ops/attention/ascendc.py", "engram": "ops/engram/ascendc/binding.py"}
 SYSTEM_CANN = [p for p in ("/usr/local/Ascend/cann/set_env.sh", "/usr/local/Ascend/ascend-toolkit/set_env.sh")
                if os.path.exists(p)]
 no_system_cann = pytest.mark.skipif(bool(SYSTEM_CANN), reason="a CANN toolkit is installed on this machine")
@@ -149,8 +149,10 @@ def _fake_python(tmp_path, import_ok=True):
     ("mhc", ["test_mhc_ascendc.py", "test_mhc_ascendc_ms.py", "test_mhc_ascendc_emu.py"]),
     ("moe", ["test_moe_ascendc.py", "test_moe_ascendc_emu.py"]),
     ("attention", ["test_attention_ascendc.py"]),
+    ("engram", ["test_engram_ascendc.py", "test_engram_ascendc_emu.py"]),
     ("all", ["test_mhc_ascendc.py", "test_mhc_ascendc_ms.py", "test_mhc_ascendc_emu.py", "test_moe_ascendc.py",
-             "test_moe_ascendc_emu.py", "test_attention_ascendc.py"]),
+             "test_moe_ascendc_emu.py", "test_attention_ascendc.py", "test_engram_ascendc.py",
+             "test_engram_ascendc_emu.py"]),
 ])
 def test_check_runs_the_family_pytest_files(tmp_path, family, tests):
     exe, log = _fake_python(tmp_path)
@@ -275,7 +277,7 @@ def test_socs_and_vendor_names_agree_everywhere():
         assert f"av4_opp_package({family})" in top and "ascendc_common/cmake/av4_opp.cmake" in top
         assert pkg.vendor_name(family) == f"ascend_v4_{family}"
     assert "set(vendor_name ascend_v4_${family})" in cmake
-    assert re.search(r"FAMILIES=\(mhc moe attention\)", driver) and pkg.FAMILIES == FAMILIES
+    assert re.search(r"FAMILIES=\(mhc moe attention engram\)", driver) and pkg.FAMILIES == FAMILIES
     assert 'VENDOR="ascend_v4_$fam"' in driver
 
 
@@ -542,7 +544,7 @@ def test_driver_end_to_end_with_stub_asc_package(tmp_path, stub_cann):
     for attempt in (1, 2):                                   # the second run replaces the first install
         res = _drive(["all", "--soc", "ascend910b,ascend910_93", "--jobs", "1", "--install", str(opp)], tmp_path, **kw)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert (opp / "install.log").read_text().count("--install-path=") == 6
+    assert (opp / "install.log").read_text().count("--install-path=") == 2 * len(FAMILIES)
     assert sorted((opp / "uninstall.log").read_text().split()) == sorted(pkg.vendor_name(f) for f in FAMILIES)
     export = [ln for ln in res.stdout.splitlines() if "export ASCEND_CUSTOM_OPP_PATH=" in ln][0]
     value = export.split("=", 1)[1]

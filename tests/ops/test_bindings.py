@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BINDING_SOURCES = ["ops/mhc/ascendc/binding.py", "ops/moe/ascendc/binding.py", "ops/attention/ascendc.py",
-                   "ops/moe/aclnn.py"]
+                   "ops/moe/aclnn.py", "ops/engram/ascendc/binding.py"]
 
 
 def _opdefs():
@@ -33,14 +33,15 @@ def _opdefs():
 def _contracts():
     from ascend_v4.ops.attention import ascendc as att
     from ascend_v4.ops.mhc.ascendc import binding as mhc
+    from ascend_v4.ops.engram.ascendc import binding as engram
     from ascend_v4.ops.moe.ascendc import binding as moe
-    return {**mhc.CONTRACTS, **moe.CONTRACTS, **att.CONTRACTS}
+    return {**mhc.CONTRACTS, **moe.CONTRACTS, **att.CONTRACTS, **engram.CONTRACTS}
 
 
 def test_contracts_equal_the_opdefs_in_the_op_host_sources():
     defs = _opdefs()
     contracts = _contracts()
-    assert len(defs) == 10 and sorted(defs) == sorted(contracts)
+    assert len(defs) == 12 and sorted(defs) == sorted(contracts)
     for op, (ins, outs, attrs) in defs.items():
         c = contracts[op]
         assert [(i.name, i.optional) for i in c.inputs] == ins, op

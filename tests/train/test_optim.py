@@ -226,6 +226,51 @@ def test_fused_cpu_kernels_equal_the_graph_ops_bitwise(ms_graph):
     assert not np.array_equal(pa[0].asnumpy(), make_params()[0].asnumpy())
 
 
+def test_fused_update_writes_parameters_read_at_two_side_effect_states(ms_graph):
+    """The fused kernels write their Parameters in place. A train step that reads a weight at two side-effect
+    states (here the forward reads it and an assign writes it before the update; the expert-parallel train step
+    splits its reads the same way) gets each read as a TensorMove copy from MindSpore: a kernel not declaring its
+    writes then updated the copy and the weight never moved (the ep2 msrun proofs left the first update out). The
+    kernels declare their written inputs, so weights and state follow the float64 reference over two steps."""
+    import mindspore as ms
+    from mindspore import nn, ops, ParameterTuple
+    from ascend_v4.train.optim import MuonAdamW
+    from ascend_v4.train.param_groups import classify_param
+
+    params = make_params(seed=7, names=SMALL)
+    moved = [p for p in params if p.requires_grad]
+    opt = MuonAdamW(params, 0.01)
+    if not opt.fused:
+        pytest.skip("ops/muon C++ library not built (python ops/build.py muon)")
+
+    class Cube(nn.Cell):                        # loss = sum(w^3): gradient 3 w^2
+        def __init__(self):
+            super().__init__(auto_prefix=False)
+            self.ws = ParameterTuple(moved)
+
+        def construct(self):
+            t = ops.zeros((), ms.float32)
+            for w in self.ws:
+                t = t + ops.sum(w * w * w)
+            return t
+
+    grad_fn = ms.value_and_grad(Cube(), None, opt.parameters)
+    first = moved[0]
+
+    @ms.jit
+    def step(one):
+        loss, grads = grad_fn()
+        ops.assign(first, first * one)          # one = 1: the value stays, the write splits the reads
+        return opt(grads, None, loss)
+
+    ref = RefMuonAdamW({p.name: p.asnumpy() for p in params}, {p.name: classify_param(p)[0] for p in params},
+                       lambda t: 0.01)
+    for _ in range(2):
+        ref.step({p.name: 3.0 * p.asnumpy().astype(np.float64) ** 2 for p in params})
+        step(ms.Tensor(np.float32(1.0)))
+        _check_against_ref(opt, params, ref)
+
+
 def test_clip_scale_is_the_clip_of_clip_by_global_norm(ms_graph):
     import mindspore as ms
     from ascend_v4.train.optim import clip_by_global_norm, clip_scale

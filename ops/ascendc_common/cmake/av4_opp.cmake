@@ -11,7 +11,7 @@
 # tests/ops/test_ascendc_packaging.py checks the op lists against the OpDefs and the Python bindings.
 include_guard(GLOBAL)
 
-set(AV4_OPP_FAMILIES mhc moe attention)
+set(AV4_OPP_FAMILIES mhc moe attention engram)
 set(AV4_OPP_SOCS "ascend910b;ascend910_93")   # the AddConfig(...) of every OpDef
 # headers the kernels of every family include (pipe_sync.h, cube_tiles.h): staged next to each family's kernels
 set(AV4_OPP_SHARED_KERNEL_DIR ${CMAKE_CURRENT_LIST_DIR}/../op_kernel)

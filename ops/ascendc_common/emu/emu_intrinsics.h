@@ -425,6 +425,7 @@ AV4_EMU_UNARY(vconv_bf162f32, x)
 AV4_EMU_UNARY(vconv_f162f32, x)
 AV4_EMU_UNARY(vconv_f322f16, x)
 AV4_EMU_UNARY(vconv_s322f32, x)   // int32 -> float (exact below 2^24: ids, counts)
+AV4_EMU_UNARY(vconv_s82f16, x)    // int8 -> half (exact; Engram dequant)
 #undef AV4_EMU_UNARY
 
 template <class D, class A, class... R>
@@ -438,6 +439,24 @@ inline void vconv_f322bf16r(D* dst, A* a, uint64_t repeat, uint64_t db, uint64_t
     const uint16_t b = av4_emu::F32ToBf16(*reinterpret_cast<const float*>(pa), 'r');
     std::memcpy(pd, &b, 2);
   });
+}
+
+// vbrcb(dst, src, dstBlk, dstRep, repeat) (Brcb): per repeat r, element i < 8 of src[8 r ...] fills the 32-byte
+// block of dst at (r * dstRep + i * dstBlk) blocks (bits copied: 16- or 32-bit elements)
+template <class D, class A>
+inline void vbrcb(D* dst, A* src, uint64_t db, uint64_t dr, uint64_t repeat) {
+  static_assert(sizeof(D) == sizeof(A), "vbrcb: source and destination elements have one width");
+  const uint64_t s = av4_emu::Issue(av4_emu::P_V);
+  for (uint64_t r = 0; r < repeat; ++r)
+    for (uint64_t i = 0; i < 8; ++i) {
+      A* pa = src + r * 8 + i;
+      av4_emu::Access(pa, sizeof(A), av4_emu::P_V, s, false, "vbrcb");
+      D* blk = reinterpret_cast<D*>(reinterpret_cast<uint8_t*>(dst) + (r * dr + i * db) * 32);
+      for (uint64_t k = 0; k < 32 / sizeof(D); ++k) {
+        av4_emu::Access(blk + k, sizeof(D), av4_emu::P_V, s, true, "vbrcb");
+        std::memcpy(blk + k, pa, sizeof(D));
+      }
+    }
 }
 
 // vector_dup(dst, scalar, repeat, dstBlk, srcBlk, dstRep, srcRep)

@@ -6,9 +6,10 @@
 // far more than its arithmetic (docs/performance.md, "Training step"). Here one kernel covers a whole Newton–Schulz
 // bucket (momentum in, update out) and one all AdamW tensors, and one the global gradient norm.
 //
-// In place: the kernels write through the input pointers of the parameters / state tensors (MindSpore passes a
-// Parameter's own buffer to a CPU kernel) and return a 1-element token that the caller makes its result depend
-// on. Every formula is the graph-op one (ascend_v4/train/optim.py) in the same float32 operation order, built
+// In place: the kernels write through the input pointers of the parameters / state tensors and return a
+// 1-element token that the caller makes its result depend on. MindSpore passes a Parameter's own buffer only to
+// an input declared written (ops/muon/cpp.py declares them RW_WRITE, side_effect_mem); an undeclared one may be a
+// TensorMove copy of it, and the write would be lost. Every formula is the graph-op one (ascend_v4/train/optim.py) in the same float32 operation order, built
 // with -ffp-contract=off, so the results are bitwise those of the graph ops.
 //
 //   MuonMomentumStack(cfg f32[2] = (mu, nesterov), gscale f32[1], m_1..m_n, g_1..g_n) -> x [K, r, c]

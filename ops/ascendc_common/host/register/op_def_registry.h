@@ -29,7 +29,7 @@ struct PlatFormInfos {     // the stand-in platform: filled by tests (real one c
 }  // namespace fe
 
 namespace ge {
-enum DataType { DT_FLOAT = 0, DT_FLOAT16 = 1, DT_INT32 = 3, DT_BF16 = 27 };
+enum DataType { DT_FLOAT = 0, DT_FLOAT16 = 1, DT_INT8 = 2, DT_INT32 = 3, DT_BF16 = 27 };
 enum Format { FORMAT_ND = 2 };
 using graphStatus = uint32_t;
 constexpr graphStatus GRAPH_SUCCESS = 0;
@@ -120,12 +120,14 @@ class InferShapeContext {
 class InferDataTypeContext {
  public:
   ge::DataType GetInputDataType(size_t i) const { return inputs_[i]; }
+  const RuntimeAttrs* GetAttrs() const { return &attrs_; }   // ExtendedKernelContext::GetAttrs (dtype attributes)
   ge::graphStatus SetOutputDataType(size_t i, ge::DataType dt) {
     if (outputs_.size() <= i) outputs_.resize(i + 1);
     outputs_[i] = dt;
     return ge::GRAPH_SUCCESS;
   }
   std::vector<ge::DataType> inputs_, outputs_;
+  RuntimeAttrs attrs_;
 };
 class TilingData {
  public:
