@@ -54,6 +54,7 @@ class Report:
     errors: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     memory: Dict[str, float] = field(default_factory=dict)
+    host: Dict[str, float] = field(default_factory=dict)       # per-process host memory (V4.1's Engram tables)
     notes: List[str] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
 
@@ -61,6 +62,9 @@ class Report:
         lines = []
         if self.memory:
             lines.append("per-device memory estimate (GiB): " + ", ".join(f"{k} {v:.2f}" for k, v in self.memory.items()))
+        if self.host:
+            lines.append("per-process host memory estimate (GiB): " + ", ".join(f"{k} {v:.2f}"
+                                                                            for k, v in self.host.items()))
         lines += [f"  {n}" for n in self.notes]
         for k, v in self.env.items():
             lines.append(f"set {k}={v}")
@@ -162,6 +166,12 @@ def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None
                        f"parallel.optimizer_shard: true makes it {_optimiser_state_gib(alt):.2f} "
                        f"(total {alt['total']:.2f})")
         shard_hint = ", set parallel.optimizer_shard: true"
+    r.host = engram_host_memory(cfg, tc)
+    if r.host:
+        z = p.dp if p.optimizer_shard and p.dp > 1 else 1
+        r.notes.append(f"Engram tables (host memory, float32): rows split over tp {p.tp}, their moments and counts "
+                       f"over tp·{'dp' if z > 1 else '1'} = {p.tp * z} ranks; a checkpoint save assembles the full "
+                       f"state ({_engram_full_gib(cfg):.1f} GiB) on rank 0")
     if not getattr(tc, "recompute", False):
         shard_hint += ", enable recompute"
     hbm = hbm_gib or info["hbm_gib"]
@@ -172,6 +182,28 @@ def dry_run(cfg: ModelConfig, tc, soc: str = "910b", world: Optional[int] = None
     elif total > 0.8 * hbm:
         warn(f"estimated {total:.1f} GiB of {hbm} GiB: little headroom for fragmentation")
     return r
+
+
+def engram_host_memory(cfg: ModelConfig, tc) -> Dict[str, float]:
+    """GiB of host memory per process for DeepSeek-V4.1's Engram tables as `ascend-v4 train` places them
+    (train/v41.py EngramSparseAdamW): float32 rows split over tp; their row-sparse AdamW state (two float32
+    moments and an int64 update count per row) split over tp, and over dp with parallel.optimizer_shard (ZeRO-1).
+    Empty for a model without Engram."""
+    if getattr(cfg, "version", "v4") != "v4.1" or not cfg.engram_layer_ids:
+        return {}
+    p = tc.parallel
+    rows = sum(int(n) for n in cfg.engram_num_embeddings)
+    d = cfg.engram_head_dim
+    z = p.dp if p.optimizer_shard and p.dp > 1 else 1
+    gib = 2 ** 30
+    out = {"engram_tables": 4 * rows * d / p.tp / gib, "engram_state": (8 * d + 8) * rows / (p.tp * z) / gib}
+    out["total"] = out["engram_tables"] + out["engram_state"]
+    return out
+
+
+def _engram_full_gib(cfg: ModelConfig) -> float:
+    rows = sum(int(n) for n in cfg.engram_num_embeddings)
+    return (12 * cfg.engram_head_dim + 8) * rows / 2 ** 30
 
 
 def _optimiser_state_gib(memory: Dict[str, float]) -> float:

@@ -201,7 +201,7 @@ class Trainer:
             self.cfg = source_config(tc.init_from)       # the source's config.json, validated by config.py
         else:
             self.cfg = load_config(tc.model_spec(), versions=MODEL_VERSIONS)
-        # DeepSeek-V4.1 (train/v41.py): the DSpark drafter for `mtp`, Engram tables on the host (replicated)
+        # DeepSeek-V4.1 (train/v41.py): the DSpark drafter for `mtp`, Engram tables on the host (rows split over tp)
         self.v41 = self.cfg.version == "v4.1"
         if self.v41:
             from .v41 import check_v41_run
@@ -271,7 +271,9 @@ class Trainer:
             random_names = self.init_report["random"]
             if self.v41 and self.cfg.engram_layer_ids:      # host-resident tables, outside the model's parameters
                 from .v41 import load_engram_tables
-                engram_tables = load_engram_tables(self.cfg, tc.init_from)
+                from .v41 import EngramSparseAdamW
+                lo, hi = EngramSparseAdamW.ranges(self.cfg, self.parallel)[:2]
+                engram_tables = load_engram_tables(self.cfg, tc.init_from, list(zip(lo, hi)))   # this rank's rows
             self.log(f"init_from: {self.init_report['loaded']} tensors from the {self.init_report['kind']} "
                      f"{self.init_report['path']} (optimiser state fresh)")
         if random_names:
@@ -323,7 +325,12 @@ class Trainer:
             if self.cfg.engram_layer_ids:
                 tables = engram_tables if engram_tables is not None else engram_table_init(self.cfg, tc.seed)
                 self.engram = EngramSparseAdamW(self.cfg, tables, eps=tc.adam_eps,
-                                                weight_decay=tc.engram_weight_decay, token_map=self.engram_map)
+                                                weight_decay=tc.engram_weight_decay, token_map=self.engram_map,
+                                                parallel=self.parallel, zero=shard is not None)
+                if self.parallel is not None and (p.tp > 1 or shard is not None):
+                    self.log(f"engram: rank 0 holds {self.engram.host_bytes() / 2 ** 20:,.1f} MiB of tables and "
+                             f"optimiser state (rows split over tp {p.tp}"
+                             f"{f', state over dp {p.dp}' if shard is not None else ''})")
             if self.pipelined:       # stages / micro-batches (train/pipeline.py)
                 from .pipeline import V41PipelineTrainStep, V41StageLoss
                 self.loss_net = V41StageLoss(self.model, tc.balance_alpha, tc.dspark_confidence_weight)
@@ -365,8 +372,9 @@ class Trainer:
 
     def save(self) -> str:
         from . import state
+        # the Engram state is gathered to rank 0 by every rank (a collective when its rows are split)
         path = state.save(self.out_dir, self.step, self.model, self.opt, self.trainer_state(), self.parallel,
-                          extra=self.engram.save if self.engram is not None else None)
+                          extra=self.engram.checkpoint_writer() if self.engram is not None else None)
         if self.rank == 0:
             group_readable_tree(path)
             group_readable(os.path.join(self.out_dir, "latest"))

@@ -1,6 +1,6 @@
 """Training DeepSeek-V4.1 (docs/training.md, "DeepSeek-V4.1"): the model's own Cells, on one process or under
-msrun with dp / tp / ep (V41TrainStep) and pp / micro-batches (train/pipeline.py V41PipelineTrainStep); ZeRO-1 is
-refused by check_v41_run.
+msrun with dp / tp / ep and ZeRO-1 (V41TrainStep) and pp / micro-batches (train/pipeline.py
+V41PipelineTrainStep; ZeRO-1 is not combined with the pipeline schedule, as for V4).
 
     loss = lm + dspark_weight · (draft + confidence_weight · confidence) + balance_alpha · Σ_layers balance
 
@@ -25,7 +25,8 @@ on the host and feeds them to the graph, the graph returns the gradient w.r.t. t
 row-sparse AdamW: only rows hashed in the step move, each with its own moments and its own update count for the
 bias correction (a row touched in 10 of 1000 steps is corrected as a 10-step Adam, not decayed by 990 missed
 steps). Gradient clipping counts the Engram row gradients in the global norm. Weight decay applies to touched rows
-only (decoupled, scaled by lr).
+only (decoupled, scaled by lr). Under tp the tables' rows are split over the tp ranks, and with ZeRO-1 their
+optimiser state over dp (EngramSparseAdamW); checkpoints hold the full tables.
 """
 from __future__ import annotations
 
@@ -165,45 +166,134 @@ class V41Loss(nn.Cell):
         return loss, lm, draft, conf, balance, ops.stack(loads), dloads, dropped
 
 
+def row_range(n: int, parts: int, i: int):
+    """Rows [lo, hi) of part i when n rows are cut into `parts` contiguous ranges: [i·n/parts, (i+1)·n/parts)."""
+    return n * i // parts, n * (i + 1) // parts
+
+
+class EngramComm:
+    """The host collectives a sharded EngramSparseAdamW uses (ParallelContext groups, eager): `tp_sum` (AllReduce
+    sum over tp of a float32 buffer: the lookup), `gather(arrays, kind)` (ParallelContext.host_gather over "dp" or
+    "tp": the ZeRO row exchange and the checkpoint gather). Tests replace it with simulated ranks."""
+
+    def __init__(self, parallel):
+        self.parallel = parallel
+
+    def tp_sum(self, buf: np.ndarray) -> np.ndarray:
+        group = self.parallel.group("tp")
+        if group is None:
+            return buf
+        return ops.AllReduce(ops.ReduceOp.SUM, group)(ms.Tensor(buf)).asnumpy()
+
+    def gather(self, arrays: List[np.ndarray], kind: str) -> List[List[np.ndarray]]:
+        return self.parallel.host_gather(arrays, kind)
+
+
 class EngramSparseAdamW:
     """The Engram tables of a V4.1 model in host memory (float32 [rows, engram_head_dim] per Engram layer) and
     their row-sparse AdamW (module docstring). `rows(hash_ids)` gathers a step's rows; `update(hash_ids, grads,
-    lr)` moves only the rows hashed in that step."""
+    lr)` moves only the rows hashed in that step.
+
+    Placement (docs/training.md, "DeepSeek-V4.1"). tp ranks (tp > 1) split each table's rows: tp rank t holds rows
+    [t·R/tp, (t+1)·R/tp) (`lo`, `hi`); a lookup reads its own rows, zeros for the others, and an all-reduce (sum)
+    over tp gives every tp rank the full rows (one contributor per value: exact); in the update each tp rank moves
+    only its own rows (the row gradients are the same on every tp rank). ZeRO-1 (`zero`, dp > 1): the optimiser
+    state (moments, counts) of the rank's rows is split over dp, dp rank r owning the r-th of dp contiguous ranges
+    of them (`slo`, `shi`); each owner updates the touched rows it owns, and the dp ranks all-gather the updated
+    rows so every rank's table stays identical. Each row's update is the unsharded one (elementwise, the same
+    operations), so the tables are bit-identical to one process's. `tables`, `m`, `v`, `count` hold this rank's
+    rows; `state_dict()` gathers the full state (a collective), `load` takes this rank's rows of a full state."""
 
     def __init__(self, cfg, tables: Sequence[np.ndarray], betas=(0.9, 0.95), eps: float = 1e-20,
-                 weight_decay: float = 0.0, token_map: Optional[np.ndarray] = None):
+                 weight_decay: float = 0.0, token_map: Optional[np.ndarray] = None, parallel=None,
+                 zero: bool = False, comm=None):
         self.cfg = cfg
-        self.tables = [np.ascontiguousarray(t, np.float32) for t in tables]
-        for k, (L, t) in enumerate(zip(cfg.engram_layer_ids, self.tables)):
-            want = (cfg.engram_num_embeddings[k], cfg.engram_head_dim)
-            if t.shape != want:
-                raise ValueError(f"Engram table of layer {L} has shape {t.shape}, the config needs {want}")
-        self.m = [np.zeros_like(t) for t in self.tables]
-        self.v = [np.zeros_like(t) for t in self.tables]
-        self.count = [np.zeros(t.shape[0], np.int64) for t in self.tables]
+        self.tp, self.tp_rank = (parallel.tp, parallel.tp_rank) if parallel is not None else (1, 0)
+        self.rank, self.dp_rank = (parallel.rank, parallel.dp_rank) if parallel is not None else (0, 0)
+        zero = bool(zero) and parallel is not None and parallel.dp > 1
+        self.zdp, self.zrank = (parallel.dp, parallel.dp_rank) if zero else (1, 0)
+        self.comm = comm if comm is not None else (EngramComm(parallel) if parallel is not None else None)
+        self.lo, self.hi, self.slo, self.shi = self.ranges(cfg, parallel, zero)
+        self.tables = []
+        for k, (L, t) in enumerate(zip(cfg.engram_layer_ids, tables)):
+            full = (cfg.engram_num_embeddings[k], cfg.engram_head_dim)
+            mine = (self.hi[k] - self.lo[k], cfg.engram_head_dim)
+            if tuple(t.shape) == full and mine != full:      # a copy of this rank's rows: the full table can go
+                t = np.array(t[self.lo[k]:self.hi[k]], np.float32, order="C")
+            elif tuple(t.shape) != mine:
+                raise ValueError(f"Engram table of layer {L} has shape {tuple(t.shape)}, the config needs {full}")
+            self.tables.append(np.ascontiguousarray(t, np.float32))
+        self.m = [np.zeros((h - l, cfg.engram_head_dim), np.float32) for l, h in zip(self.slo, self.shi)]
+        self.v = [np.zeros_like(m) for m in self.m]
+        self.count = [np.zeros(h - l, np.int64) for l, h in zip(self.slo, self.shi)]
         self.b1, self.b2 = float(betas[0]), float(betas[1])
         self.eps, self.wd = float(eps), float(weight_decay)
         self.token_map = token_map
         self.last_touched = 0
+
+    @staticmethod
+    def ranges(cfg, parallel=None, zero: bool = False):
+        """(lo, hi, slo, shi) per Engram layer: the table rows this rank holds and the rows whose optimiser state
+        it owns (see the class docstring)."""
+        tp, t = (parallel.tp, parallel.tp_rank) if parallel is not None else (1, 0)
+        zdp, z = (parallel.dp, parallel.dp_rank) if zero and parallel is not None and parallel.dp > 1 else (1, 0)
+        lo, hi, slo, shi = [], [], [], []
+        for n in cfg.engram_num_embeddings:
+            a, b = row_range(int(n), tp, t)
+            c, d = row_range(b - a, zdp, z)
+            lo.append(a)
+            hi.append(b)
+            slo.append(a + c)
+            shi.append(a + d)
+        return lo, hi, slo, shi
+
+    def host_bytes(self) -> int:
+        """Bytes of this rank's tables and optimiser state."""
+        return sum(a.nbytes for a in self.tables + self.m + self.v + self.count)
 
     def hash(self, ids: np.ndarray) -> np.ndarray:
         """Row ids [B, S, n_engram_layers, columns] of full sequences from position 0."""
         from ascend_v4.ops.engram.reference import NgramHashState
         return NgramHashState.for_config(self.cfg, ids.shape[0], self.token_map)(np.asarray(ids, np.int64))
 
-    def rows(self, hashed: np.ndarray) -> List[np.ndarray]:
-        """Per Engram layer the rows [B, S, columns·d] in column order (the layout the model reads)."""
+    def local_rows(self, hashed: np.ndarray) -> List[np.ndarray]:
+        """Per Engram layer [B, S, columns·d]: the rows this rank holds, zeros for the others (the whole lookup
+        when the tables are not split)."""
         B, S = hashed.shape[:2]
-        return [self.tables[k][hashed[:, :, k].reshape(-1)].reshape(B, S, -1) for k in range(len(self.tables))]
+        out = []
+        for k, t in enumerate(self.tables):
+            ids = hashed[:, :, k]
+            if self.tp == 1:
+                out.append(t[ids.reshape(-1)].reshape(B, S, -1))
+                continue
+            r = np.zeros(ids.shape + (t.shape[1],), np.float32)
+            own = (ids >= self.lo[k]) & (ids < self.hi[k])
+            r[own] = t[ids[own] - self.lo[k]]
+            out.append(r.reshape(B, S, -1))
+        return out
+
+    def rows(self, hashed: np.ndarray) -> List[np.ndarray]:
+        """Per Engram layer the rows [B, S, columns·d] in column order (the layout the model reads). With the
+        tables split over tp a collective: every tp rank calls it with the same ids."""
+        parts = self.local_rows(hashed)
+        if self.tp == 1:
+            return parts
+        flat = self.comm.tp_sum(np.concatenate([p.reshape(-1) for p in parts]))
+        out, o = [], 0
+        for p in parts:
+            out.append(flat[o:o + p.size].reshape(p.shape))
+            o += p.size
+        return out
 
     def update(self, hashed: np.ndarray, grads: Sequence[np.ndarray], lr: float,
                valid: Optional[np.ndarray] = None) -> int:
         """One AdamW step on the rows hashed in the step; grads: d loss / d rows per layer [B, S, columns·d]
         (a row read at several places sums their gradients). valid [B, S] bool: the positions that count (None:
         all; padding is left out, so the rows only padding hashed to are not touched). Returns the number of rows
-        moved."""
+        moved (over all ranks). With ZeRO-1 a collective over dp (the exchange of the updated rows)."""
         d = self.cfg.engram_head_dim
         moved = 0
+        sent = []
         for k, t in enumerate(self.tables):
             ids = hashed[:, :, k]
             gk = np.asarray(grads[k], np.float64).reshape(ids.shape[:2] + (-1,))
@@ -211,24 +301,45 @@ class EngramSparseAdamW:
                 ids, gk = ids[valid], gk[valid]
             ids = ids.reshape(-1)
             uniq, inv = np.unique(ids, return_inverse=True)
+            moved += uniq.size
             g = np.zeros((uniq.size, d), np.float64)
             np.add.at(g, inv, gk.reshape(-1, d))
             g = g.astype(np.float32)
-            m = self.m[k][uniq] * np.float32(self.b1) + np.float32(1 - self.b1) * g
-            v = self.v[k][uniq] * np.float32(self.b2) + np.float32(1 - self.b2) * g * g
-            n = self.count[k][uniq] + 1
+            own = (uniq >= self.slo[k]) & (uniq < self.shi[k])
+            u, g = uniq[own], g[own]
+            j = u - self.slo[k]
+            m = self.m[k][j] * np.float32(self.b1) + np.float32(1 - self.b1) * g
+            v = self.v[k][j] * np.float32(self.b2) + np.float32(1 - self.b2) * g * g
+            n = self.count[k][j] + 1
             c1 = (1.0 - self.b1 ** n).astype(np.float32)[:, None]
             c2 = (1.0 - self.b2 ** n).astype(np.float32)[:, None]
-            w = t[uniq]
+            w = t[u - self.lo[k]]
             upd = (m / c1) / (np.sqrt(v / c2) + np.float32(self.eps)) + np.float32(self.wd) * w
-            t[uniq] = w - np.float32(lr) * upd
-            self.m[k][uniq], self.v[k][uniq], self.count[k][uniq] = m, v, n
-            moved += uniq.size
+            new = w - np.float32(lr) * upd
+            self.m[k][j], self.v[k][j], self.count[k][j] = m, v, n
+            if self.zdp == 1:
+                t[u - self.lo[k]] = new
+            else:       # this rank's share of the touched rows it holds, in their order, zeros for the others
+                held = uniq[(uniq >= self.lo[k]) & (uniq < self.hi[k])]
+                buf = np.zeros((held.size, d), np.float32)
+                buf[np.searchsorted(held, u)] = new
+                sent.append((held, buf))
+        # every dp rank's updated rows to every dp rank (the dp ranks hold the same rows and hash the same ids, so
+        # they agree on the sizes, and all skip when none of their rows was touched)
+        if self.zdp > 1 and any(h.size for h, _ in sent):
+            got = self.comm.gather([b for _, b in sent], "dp")
+            for k, (held, _) in enumerate(sent):
+                t = self.tables[k]
+                for q in range(self.zdp):
+                    a, b = row_range(self.hi[k] - self.lo[k], self.zdp, q)
+                    sel = (held >= self.lo[k] + a) & (held < self.lo[k] + b)
+                    t[held[sel] - self.lo[k]] = got[q][k][sel]
         self.last_touched = moved
         return moved
 
     # ------------------------------------------------------------------ state (resume bit-exact)
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def local_state(self) -> Dict[str, np.ndarray]:
+        """This rank's rows (tables) and owned rows (moments, counts) under the checkpoint names."""
         out = {}
         for k, L in enumerate(self.cfg.engram_layer_ids):
             p = f"layers.{L}.engram.embed."
@@ -236,14 +347,76 @@ class EngramSparseAdamW:
             out[p + "exp_avg_sq"], out[p + "count"] = self.v[k], self.count[k]
         return out
 
-    def save(self, ckpt_dir: str) -> str:
+    def state_dict(self, root_only: bool = False) -> Optional[Dict[str, np.ndarray]]:
+        """The full tables and optimiser state (every row), as one process holds them. A collective over tp and dp
+        when they are split (every rank calls it); root_only: only rank 0 keeps the result (the others get None and
+        hold one chunk at a time, CHUNK_BYTES; the tables, the same on every dp rank, travel over dp rank 0's tp
+        group only)."""
+        if self.tp == 1 and self.zdp == 1:
+            return self.local_state()
+        first = self.dp_rank == 0           # this rank's tp group gathers (root_only)
+        out = {} if self.rank == 0 or not root_only else None
+        for k, L in enumerate(self.cfg.engram_layer_ids):
+            p = f"layers.{L}.engram.embed."
+            R = int(self.cfg.engram_num_embeddings[k])
+            if first or not root_only:
+                t = self._gather_rows(self.tables[k], "tp", R, self.tp, keep=out is not None)
+                if out is not None:
+                    out[p + "weight"] = t
+            for key, a in (("exp_avg", self.m[k]), ("exp_avg_sq", self.v[k]), ("count", self.count[k])):
+                is_count = a.dtype == np.int64
+                if is_count:
+                    if a.size and a.max() >= 1 << 24:
+                        raise ValueError("an Engram row count exceeds 2^24: it cannot travel as float32")
+                    a = a.astype(np.float32)
+                held = self._gather_rows(a, "dp", self.hi[k] - self.lo[k], self.zdp, keep=first or not root_only)
+                if first or not root_only:
+                    full = self._gather_rows(held, "tp", R, self.tp, keep=out is not None)
+                    if out is not None:
+                        out[p + key] = full.astype(np.int64) if is_count else full
+        return out
+
+    CHUNK_BYTES = 64 << 20
+
+    def _gather_rows(self, local: np.ndarray, kind: str, total: int, parts: int, keep: bool):
+        """Collective over `kind` (parts members, member i holding rows row_range(total, parts, i) as `local`):
+        the `total` rows in order (keep) or None, gathered in chunks of CHUNK_BYTES per member."""
+        if parts == 1:
+            return local
+        width = local.shape[1:] if local.ndim > 1 else ()
+        per_row = int(np.prod(width, dtype=np.int64)) * 4 if width else 4
+        most = max(b - a for a, b in (row_range(total, parts, i) for i in range(parts)))
+        step = max(1, self.CHUNK_BYTES // per_row)
+        out = np.zeros((total,) + tuple(width), np.float32) if keep else None
+        for c in range(0, most, step):
+            piece = np.zeros((min(step, most - c),) + tuple(width), np.float32)
+            mine = local[c:c + piece.shape[0]]
+            piece[:mine.shape[0]] = mine
+            got = self.comm.gather([piece], kind)
+            if keep:
+                for i in range(parts):
+                    a, b = row_range(total, parts, i)
+                    n = max(0, min(piece.shape[0], b - a - c))
+                    out[a + c:a + c + n] = got[i][0][:n]
+        return out
+
+    def save(self, ckpt_dir: str, state: Optional[Dict[str, np.ndarray]] = None) -> str:
+        """Write the full state (state_dict(), or `state` gathered before) as ckpt_dir/engram_state.npz."""
         from ascend_v4.atomic import atomic_write
         path = os.path.join(ckpt_dir, ENGRAM_STATE)
         with atomic_write(path, "wb") as fh:
-            np.savez(fh, **self.state_dict())
+            np.savez(fh, **(state if state is not None else self.state_dict()))
         return path
 
+    def checkpoint_writer(self):
+        """A collective (every rank calls it before train/state.py's save): gathers the full state to rank 0 and
+        returns the function that writes it into the checkpoint directory (state.save's `extra`; only rank 0
+        calls it)."""
+        state = self.state_dict(root_only=True)
+        return lambda ckpt_dir: self.save(ckpt_dir, state)
+
     def load(self, ckpt_dir: str) -> None:
+        """This rank's rows of a checkpoint's full state (any layout wrote it: the file holds every row)."""
         from .state import TrainStateError
         path = os.path.join(ckpt_dir, ENGRAM_STATE)
         if not os.path.isfile(path):
@@ -252,13 +425,17 @@ class EngramSparseAdamW:
         with np.load(path) as z:
             for k, L in enumerate(self.cfg.engram_layer_ids):
                 p = f"layers.{L}.engram.embed."
-                for dst, key in ((self.tables, "weight"), (self.m, "exp_avg"), (self.v, "exp_avg_sq"),
-                                 (self.count, "count")):
+                R, d = int(self.cfg.engram_num_embeddings[k]), self.cfg.engram_head_dim
+                for dst, key, a, b in ((self.tables, "weight", self.lo[k], self.hi[k]),
+                                       (self.m, "exp_avg", self.slo[k], self.shi[k]),
+                                       (self.v, "exp_avg_sq", self.slo[k], self.shi[k]),
+                                       (self.count, "count", self.slo[k], self.shi[k])):
                     arr = z[p + key]
-                    if arr.shape != dst[k].shape:
+                    want = (R,) if key == "count" else (R, d)
+                    if arr.shape != want:
                         raise TrainStateError(f"{path}: {p + key} has shape {arr.shape}, this run needs "
-                                              f"{dst[k].shape}; the checkpoint was written for another config")
-                    dst[k][...] = arr
+                                              f"{want}; the checkpoint was written for another config")
+                    dst[k][...] = arr[a:b]
 
 
 def stage_biases(model) -> list:
@@ -281,7 +458,9 @@ class V41TrainStep:
     is normalised by the global batch's counts / dp, so a position's gradient in the global loss is its rank's
     Engram row gradient / dp: the clip counts Σ_dp ‖g_rows / dp‖², and after the step every rank gathers the dp
     ranks' clipped row gradients (ParallelContext.host_gather) and applies the same sparse update to the rows of
-    the whole global batch (which every rank hashes), so the replicated tables stay identical on every rank."""
+    the whole global batch (which every rank hashes) that it holds (its tp row range; with ZeRO-1 its dp share of
+    them, then the dp exchange: EngramSparseAdamW), so every rank's rows equal one process's. With ZeRO-1
+    (optimizer.shard) the gradients and the step's statistics go through one FlatGradReducer collective."""
 
     def __init__(self, loss_net: V41Loss, optimizer, engram: Optional[EngramSparseAdamW], schedule,
                  max_grad_norm: float = 1.0, bias_speed: float = 1e-3, engram_lr_scale: float = 1.0,
@@ -301,9 +480,12 @@ class V41TrainStep:
         self.dp = self.parallel.dp if self.parallel is not None else 1
         reducer = allreduce = None
         clip = None
+        # ZeRO-1: the dp ranks compile different graphs (each updates its own parameters); one collective for the
+        # gradients and the step's statistics (FlatGradReducer), as train/step.py's TrainStep
+        flat = self.parallel is not None and getattr(optimizer, "shard", None) is not None
         if self.parallel is not None:
-            from ascend_v4.parallel import GradReducer, ShardedClip
-            reducer = GradReducer(self.parallel, self.params)
+            from ascend_v4.parallel import FlatGradReducer, GradReducer, ShardedClip
+            reducer = (FlatGradReducer if flat else GradReducer)(self.parallel, self.params)
             if self.parallel.group("dp") is not None:
                 allreduce = ops.AllReduce(ops.ReduceOp.SUM, self.parallel.group("dp"))
             clip = ShardedClip(self.parallel, self.params, max_grad_norm)
@@ -315,10 +497,24 @@ class V41TrainStep:
             loss, lm, draft, conf, bal, loads, dloads, dropped = out
             dropped = ops.cast(dropped, ms.float32)
             if reducer is not None:
-                grads = reducer(grads)
                 g_rows = g_rows / dp                   # this rank's positions' share of the global gradient
                 esq = sq_sum(g_rows)
-                if allreduce is not None:
+                if flat:          # losses, loads, drops and the rows' squared norm summed in the gradients' buffer
+                    one = (1,)
+                    stats = ops.concat((ops.reshape(loads, (-1,)), ops.reshape(dloads, (-1,)),
+                                        ops.reshape(dropped, one), ops.reshape(loss, one), ops.reshape(lm, one),
+                                        ops.reshape(draft, one), ops.reshape(conf, one), ops.reshape(bal, one),
+                                        ops.reshape(esq, one)), 0)
+                    grads, stats = reducer(grads, stats)
+                    n, nd = loads.size, dloads.size
+                    loads = ops.reshape(stats[:n], loads.shape)
+                    dloads = ops.reshape(stats[n:n + nd], dloads.shape)
+                    n += nd
+                    dropped, loss, lm, draft = stats[n], stats[n + 1] / dp, stats[n + 2] / dp, stats[n + 3] / dp
+                    conf, bal, esq = stats[n + 4] / dp, stats[n + 5] / dp, stats[n + 6]
+                else:
+                    grads = reducer(grads)
+                if allreduce is not None and not flat:
                     loads, dloads, dropped = allreduce(loads), allreduce(dloads), allreduce(dropped)
                     loss, lm, draft = allreduce(loss) / dp, allreduce(lm) / dp, allreduce(draft) / dp
                     conf, bal = allreduce(conf) / dp, allreduce(bal) / dp
@@ -413,9 +609,6 @@ def check_v41_run(tc, world: int, cfg=None) -> None:
             v41_stage_starts(cfg, p.pp)
         except ParallelConfigError as e:
             raise TrainConfigError(f"parallel: {e}") from None
-    if p.optimizer_shard and p.dp > 1:
-        raise TrainConfigError("parallel.optimizer_shard (ZeRO-1) is not implemented for DeepSeek-V4.1; set "
-                               "optimizer_shard: false")
 
 
 def engram_table_names(cfg) -> List[str]:
@@ -429,9 +622,11 @@ def engram_table_init(cfg, seed: int) -> List[np.ndarray]:
     return [w[n] for n in engram_table_names(cfg)]
 
 
-def load_engram_tables(cfg, path: str) -> List[np.ndarray]:
+def load_engram_tables(cfg, path: str, rows: Optional[Sequence] = None) -> List[np.ndarray]:
     """The Engram tables of an init_from source as float32 host arrays: a release / converted directory (its FP8 /
-    INT8 / BF16 rows decoded one table at a time) or a V4.1 training run (its engram_state.npz)."""
+    INT8 / BF16 rows decoded one table at a time) or a V4.1 training run (its engram_state.npz). rows: per table
+    the (lo, hi) row range to keep (a tensor-parallel rank's rows, EngramSparseAdamW.ranges); None: every row."""
+    keep = (lambda k, a: a) if rows is None else (lambda k, a: np.array(a[rows[k][0]:rows[k][1]], np.float32))
     from .init_from import RunSource, open_source
     from .state import TrainStateError
     src = open_source(path)
@@ -441,11 +636,11 @@ def load_engram_tables(cfg, path: str) -> List[np.ndarray]:
             if not os.path.isfile(p):
                 raise TrainStateError(f"init_from: {src.path} has no {ENGRAM_STATE}; it is not a DeepSeek-V4.1 run")
             with np.load(p) as z:
-                return [np.array(z[n], np.float32) for n in engram_table_names(cfg)]
+                return [keep(k, np.array(z[n], np.float32)) for k, n in enumerate(engram_table_names(cfg))]
         missing = [n for n in engram_table_names(cfg) if n not in src.names()]
         if missing:
             raise TrainStateError(f"init_from: {src.path} lacks the Engram table(s) {', '.join(missing)}")
-        return [np.asarray(src.read(n), np.float32) for n in engram_table_names(cfg)]
+        return [keep(k, np.asarray(src.read(n), np.float32)) for k, n in enumerate(engram_table_names(cfg))]
     finally:
         src.close()
 
