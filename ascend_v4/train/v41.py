@@ -459,8 +459,8 @@ class V41TrainStep:
     Engram row gradient / dp: the clip counts Σ_dp ‖g_rows / dp‖², and after the step every rank gathers the dp
     ranks' clipped row gradients (ParallelContext.host_gather) and applies the same sparse update to the rows of
     the whole global batch (which every rank hashes) that it holds (its tp row range; with ZeRO-1 its dp share of
-    them, then the dp exchange: EngramSparseAdamW), so every rank's rows equal one process's. With ZeRO-1
-    (optimizer.shard) the gradients and the step's statistics go through one FlatGradReducer collective."""
+    them, then the dp exchange: EngramSparseAdamW), so every rank's rows equal one process's. With dp > 1 (ZeRO-1
+    or not) the gradients and the step's statistics go through one FlatGradReducer collective."""
 
     def __init__(self, loss_net: V41Loss, optimizer, engram: Optional[EngramSparseAdamW], schedule,
                  max_grad_norm: float = 1.0, bias_speed: float = 1e-3, engram_lr_scale: float = 1.0,
@@ -480,9 +480,13 @@ class V41TrainStep:
         self.dp = self.parallel.dp if self.parallel is not None else 1
         reducer = allreduce = None
         clip = None
-        # ZeRO-1: the dp ranks compile different graphs (each updates its own parameters); one collective for the
-        # gradients and the step's statistics (FlatGradReducer), as train/step.py's TrainStep
-        flat = self.parallel is not None and getattr(optimizer, "shard", None) is not None
+        # dp > 1: one collective for the gradients and the step's statistics (FlatGradReducer), sharded (ZeRO-1)
+        # or not. ZeRO-1 needs it (its dp ranks compile different graphs, each updating its own parameters). The
+        # unsharded run takes the same path so both compile the same loss and backward: with the per-gradient
+        # reducer MindSpore's autodiff summed some multi-use activations' gradients in another float32 order (step-1
+        # gradients of the layers below the last FFN differed by ~1e-8, docs/training.md "DeepSeek-V4.1").
+        flat = self.parallel is not None and (getattr(optimizer, "shard", None) is not None
+                                              or self.parallel.group("dp") is not None)
         if self.parallel is not None:
             from ascend_v4.parallel import FlatGradReducer, GradReducer, ShardedClip
             reducer = (FlatGradReducer if flat else GradReducer)(self.parallel, self.params)
