@@ -16,7 +16,7 @@ with the unsharded dp=2 run bit for bit (and resumed; 3 launches, ~26 min). Not 
 Tolerances (float32 summation order over dp / tp / ep partial sums; adam_eps 1e-4 for the reason given in
 tests/train/test_msrun_parallel.py): losses 2e-5 relative (observed <= 3.3e-6, the tp=2 drafter loss at step 2),
 grad norm 1e-4 relative (observed <= 2.6e-5, tp=2), weights 1e-4 absolute + 1e-4 relative (observed <= 1.7e-5, in
-layers.5.hc_ffn_fn), Engram tables 5e-6 absolute (observed <= 7.7e-7, tp=2). Expert imbalance and the rows each step
+layers.5.hc_ffn_fn), Engram tables 5e-6 absolute (observed <= 8.9e-7, dp=2). Expert imbalance and the rows each step
 touches are exact. Measured on the loaded 2-core host: one process 12.5 min, each 2-worker msrun 8-9.5 min.
 
 The msrun entry is this file (`v41-worker CONFIG OUT`): the `ascend-v4 train` sequence (distributed, Trainer,
