@@ -482,9 +482,9 @@ class V41TrainStep:
         clip = None
         # dp > 1: one collective for the gradients and the step's statistics (FlatGradReducer), sharded (ZeRO-1)
         # or not. ZeRO-1 needs it (its dp ranks compile different graphs, each updating its own parameters). The
-        # unsharded run takes the same path so both compile the same loss and backward: with the per-gradient
-        # reducer MindSpore's autodiff summed some multi-use activations' gradients in another float32 order (step-1
-        # gradients of the layers below the last FFN differed by ~1e-8, docs/training.md "DeepSeek-V4.1").
+        # unsharded run takes the same path so both compile the same graph: with the per-gradient reducer the
+        # compiled backward summed in another float32 order (step-1 gradients of the layers below the last block's
+        # FFN differed by ~1e-8; docs/training.md "DeepSeek-V4.1").
         flat = self.parallel is not None and (getattr(optimizer, "shard", None) is not None
                                               or self.parallel.group("dp") is not None)
         if self.parallel is not None:
