@@ -1,5 +1,5 @@
-"""Test helpers for training runs: a run directory that resumes from another run's checkpoint, an msrun launch's
-environment, a run's metrics and checkpoint tensors."""
+"""Test helpers for training runs: a run directory that resumes from another run's checkpoint, an msrun launch and
+its environment, a run's metrics and checkpoint tensors, and the comparisons of two runs."""
 import json
 import os
 import shutil
@@ -28,6 +28,30 @@ def msrun_env():
                 PYTHONPATH=path)
 
 
+def launch_msrun(cwd, args, logs, workers=2, timeout=1500):
+    """Runs `msrun` with `workers` local workers on a free port (parallel test runs share the host), each worker
+    running `args` (a script and its arguments: msrun runs `python SCRIPT args`), the workers' logs under `logs`,
+    msrun_env()'s environment, at most `timeout` seconds. Fails the test with msrun's output and the tail of every
+    worker log unless every worker exits 0. -> every log file under `logs`, concatenated."""
+    import socket
+    import subprocess
+    import time
+    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert msrun is not None, "msrun is part of mindspore: the venv is broken"
+    with socket.socket() as sock:           # a port nobody holds now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.time()
+    p = subprocess.run(["timeout", str(timeout), msrun, f"--worker_num={workers}", f"--local_worker_num={workers}",
+                        f"--master_port={port}", f"--log_dir={logs}", "--join=True", *map(str, args)],
+                       env=msrun_env(), capture_output=True, text=True, timeout=timeout + 60, cwd=str(cwd))
+    texts = [(f, open(os.path.join(logs, f)).read()) for f in sorted(os.listdir(logs))] if os.path.isdir(logs) else []
+    tails = "".join(f"\n--- {f}\n" + t[-3000:] for f, t in texts)
+    assert p.returncode == 0, f"msrun rc={p.returncode} after {time.time() - t0:.0f}s\n{p.stdout[-2000:]}{tails}"
+    print(f"msrun {os.path.basename(str(logs))}: {time.time() - t0:.0f}s")
+    return "".join(t for _, t in texts)
+
+
 def run_metrics(out):
     """A run directory's metrics.jsonl as a list of dicts."""
     return [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
@@ -52,3 +76,24 @@ def assert_runs_match(ref, par, steps):
         np.testing.assert_allclose(rb["grad_norm"], ra["grad_norm"], rtol=1e-4, err_msg=f"step {ra['step']}")
         np.testing.assert_allclose(rb["expert_imbalance"], ra["expert_imbalance"], rtol=1e-6)
     return a, b
+
+
+def assert_weights_match(ref, par, step, atol):
+    """A parallel run's model.safetensors at `step` holds the single-process run's tensors, full shapes (gathered
+    on save, not a rank's slice), to 1e-4 relative + `atol` -> max |dw|."""
+    import numpy as np
+    wa, wb = run_weights(ref, step), run_weights(par, step)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert wb[k].shape == wa[k].shape, k
+        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=atol, err_msg=k)
+    return max(float(np.abs(wa[k].astype(np.float64) - wb[k]).max()) for k in wa)
+
+
+def assert_same_tensors(a, b, what=""):
+    """Two {name: array} dicts hold the same names, dtypes, shapes and bits."""
+    import numpy as np
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, (what, k)
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what} {k}")

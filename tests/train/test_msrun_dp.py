@@ -1,11 +1,11 @@
 """Data parallelism under msrun on CPU: dp=2 must give the weights of one process with the doubled batch."""
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from run_dirs import launch_msrun, msrun_env
 
 pytestmark = pytest.mark.slow
 
@@ -25,25 +25,15 @@ def _final(out):
 
 
 def test_dp2_equals_single_process_with_double_batch(tmp_path):
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if msrun is None:
-        pytest.skip("msrun not installed")
-    env = dict(os.environ, GLOG_v="3", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-               ASCEND_V4_BACKENDS=os.environ.get("ASCEND_V4_BACKENDS", ""))
     _yaml(tmp_path / "dp2.yaml", 2, 2)
     _yaml(tmp_path / "dp1.yaml", 1, 4)
     cli = [sys.executable, "-m", "ascend_v4.cli", "train"]
     single = subprocess.run(cli + ["--config", str(tmp_path / "dp1.yaml"), "--out", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=1200)
+                            env=msrun_env(), capture_output=True, text=True, timeout=1200)
     assert single.returncode == 0, single.stderr[-2000:]
-    port = 20000 + os.getpid() % 20000
     entry = os.path.join(os.path.dirname(sys.executable), "ascend-v4")     # msrun runs `python SCRIPT args`
-    dist = subprocess.run(["timeout", "1500", msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
-                           f"--log_dir={tmp_path / 'logs'}", "--join=True", entry, "train", "--config",
-                           str(tmp_path / "dp2.yaml"), "--out", str(tmp_path / "two")],
-                          env=env, capture_output=True, text=True, timeout=1600, cwd=str(tmp_path))
-    logs = "".join(open(os.path.join(tmp_path / "logs", f)).read()[-1500:] for f in os.listdir(tmp_path / "logs"))
-    assert dist.returncode == 0, logs
+    launch_msrun(tmp_path, [entry, "train", "--config", tmp_path / "dp2.yaml", "--out", tmp_path / "two"],
+                 tmp_path / "logs")
     import json
     la = [json.loads(x)["loss"] for x in open(tmp_path / "one" / "metrics.jsonl")]
     lb = [json.loads(x)["loss"] for x in open(tmp_path / "two" / "metrics.jsonl")]

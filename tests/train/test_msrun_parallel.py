@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 from ascend_v4.parallel import ParallelContext, expert_index, tp_dim
-from run_dirs import assert_runs_match, msrun_env, run_weights
+from run_dirs import assert_runs_match, assert_weights_match, fork_run, launch_msrun, msrun_env, run_weights
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -347,24 +347,11 @@ def single_run(tmp_path_factory):
 
 
 def _msrun(tmp_path, cfg_path, out, workers=2):
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if msrun is None:
-        pytest.skip("msrun not installed")
-    port = 20000 + (os.getpid() * 13 + len(str(out))) % 20000
     entry = os.path.join(os.path.dirname(sys.executable), "ascend-v4")      # msrun runs `python SCRIPT args`
-    logs = tmp_path / f"logs_{os.path.basename(out)}"
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     before = set(os.listdir(repo))
-    t0 = time.time()
-    p = subprocess.run(["timeout", "600", msrun, f"--worker_num={workers}", f"--local_worker_num={workers}",
-                        f"--master_port={port}", f"--log_dir={logs}", "--join=True", entry, "train", "--config",
-                        str(cfg_path), "--out", str(out)],
-                       env=msrun_env(), capture_output=True, text=True, timeout=660, cwd=str(tmp_path))
-    text = ""
-    for f in sorted(logs.glob("*.log")) if logs.exists() else []:
-        text += f"\n--- {f.name}\n" + f.read_text()[-3000:]
-    assert p.returncode == 0, f"msrun rc={p.returncode} after {time.time() - t0:.0f}s\n{p.stdout[-2000:]}{text}"
-    print(f"msrun {cfg_path.name}: {time.time() - t0:.0f}s")
+    launch_msrun(tmp_path, [entry, "train", "--config", cfg_path, "--out", out],
+                 tmp_path / f"logs_{os.path.basename(out)}", workers=workers, timeout=600)
     junk = {d for d in set(os.listdir(repo)) - before if d.startswith("rank_") or d == "kernel_meta"}
     assert not junk, f"msrun left {junk} in the repository"
 
@@ -373,12 +360,7 @@ def _compare_runs(ref, par, step=4):
     a, b = assert_runs_match(ref, par, step)
     assert "eval_loss" in a[-1] and "eval_loss" in b[-1]          # evaluated at the last step, over every rank
     np.testing.assert_allclose(b[-1]["eval_loss"], a[-1]["eval_loss"], rtol=2e-5)
-    wa, wb = run_weights(ref, step), run_weights(par, step)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert wb[k].shape == wa[k].shape, k              # full official tensors, not a rank's slice
-        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=3e-4, err_msg=k)
-    return max(float(np.abs(wa[k].astype(np.float64) - wb[k]).max()) for k in wa)
+    return assert_weights_match(ref, par, step, atol=3e-4)      # full official tensors, not a rank's slice
 
 
 @pytest.mark.slow
@@ -390,10 +372,7 @@ def test_tp2_trains_like_one_process(ms_graph, single_run, tmp_path):
     # the optimiser state was gathered to full tensors too: one process resumes the tp run's step-2 checkpoint
     from ascend_v4.train.loop import TrainConfig, Trainer
     res = tmp_path / "resumed"
-    os.makedirs(res)
-    shutil.copytree(out / "ckpt-00000002", res / "ckpt-00000002")
-    shutil.copytree(out / "tokenizer", res / "tokenizer")
-    (res / "latest").write_text("ckpt-00000002\n")
+    fork_run(str(out), 2, str(res))
     tc = TrainConfig.from_yaml(str(tmp_path / "tp2.yaml"))
     tc.parallel.tp = 1
     tr = Trainer(tc, str(res))
@@ -547,15 +526,7 @@ def test_expert_parallel_moe_layers_with_router_bias_two_processes(tmp_path):
     release's non-zero router bias and the hash layer's tid2eid equals the layer on one process and the float64
     NumPy MoE: the same experts per token, outputs to float32 noise. The data keeps every selection at least 1e-5
     from a tie, so float32 summation order cannot flip an expert (a near-tie would, legitimately)."""
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if msrun is None:
-        pytest.skip("msrun not installed")
-    port = 20000 + (os.getpid() * 17) % 20000
-    p = subprocess.run(["timeout", "300", msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
-                        f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.abspath(__file__), "ep-moe-worker",
-                        str(tmp_path)], env=msrun_env(), capture_output=True, text=True, timeout=360, cwd=str(tmp_path))
-    logs = "".join(f"\n--- {f.name}\n" + f.read_text()[-3000:] for f in sorted((tmp_path / "logs").glob("*.log")))
-    assert p.returncode == 0, f"msrun rc={p.returncode}\n{p.stdout[-2000:]}{logs}"
+    launch_msrun(tmp_path, [os.path.abspath(__file__), "ep-moe-worker", tmp_path], tmp_path / "logs", timeout=300)
     for r in range(2):
         res = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert len(res) == 4 and res["0"]["bias"] == 0.0 and all(res[k]["bias"] > 0.01 for k in ("1", "2", "3"))

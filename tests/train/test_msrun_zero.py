@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from run_dirs import msrun_env
+from run_dirs import assert_same_tensors, launch_msrun, msrun_env
 
 # three 2-worker msrun runs and one single-process run, each compiling the train step: beyond pytest.ini's 900 s
 # default on a loaded 2-core machine
@@ -29,17 +29,9 @@ def _yaml(path, dp, batch, shard, save_every=1000):
 
 
 def _msrun(tmp_path, cfg, out, tag):
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    assert msrun is not None, "msrun is part of mindspore: the venv is broken"
-    port = 20000 + (os.getpid() * 7 + len(tag)) % 20000
-    logs = tmp_path / f"logs_{tag}"
+    """-> the workers' logs."""
     entry = os.path.join(os.path.dirname(sys.executable), "ascend-v4")
-    r = subprocess.run(["timeout", "1500", msrun, "--worker_num=2", "--local_worker_num=2", f"--master_port={port}",
-                        f"--log_dir={logs}", "--join=True", entry, "train", "--config", cfg, "--out", str(out)],
-                       env=msrun_env(), capture_output=True, text=True, timeout=1600, cwd=str(tmp_path))
-    text = "".join(open(os.path.join(logs, f)).read() for f in sorted(os.listdir(logs)))
-    assert r.returncode == 0, text[-3000:]
-    return text
+    return launch_msrun(tmp_path, [entry, "train", "--config", cfg, "--out", out], tmp_path / f"logs_{tag}")
 
 
 def _ckpt(out, step):
@@ -53,13 +45,6 @@ def _losses(out):
             (json.loads(x) for x in open(os.path.join(out, "metrics.jsonl")))]
 
 
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
 def test_zero1_dp2_is_bit_identical_and_resumes(tmp_path, tiny_cfg):
     from ascend_v4.checkpoint import load_official_weights, random_weights, write_official_checkpoint
     write_official_checkpoint(tiny_cfg, random_weights(tiny_cfg, seed=21), str(tmp_path / "release"))
@@ -71,7 +56,7 @@ def test_zero1_dp2_is_bit_identical_and_resumes(tmp_path, tiny_cfg):
     assert 0.3 * full < mine < 0.7 * full, (mine, full)       # about half: the state really is split
     assert _losses(zero) == _losses(plain)                    # every logged float identical
     for a, b in zip(_ckpt(plain, 3), _ckpt(zero, 3)):         # weights AND the gathered optimiser state
-        _same(a, b)
+        assert_same_tensors(a, b)
     w, o = _ckpt(zero, 3)
     rw = load_official_weights(str(tmp_path / "release"))
     np.testing.assert_array_equal(w["embed.weight"], rw["embed.weight"])       # frozen: the release's values
@@ -89,7 +74,7 @@ def test_zero1_dp2_is_bit_identical_and_resumes(tmp_path, tiny_cfg):
     (again / "latest").write_text("ckpt-00000002\n")
     _msrun(tmp_path, str(tmp_path / "zero.yaml"), again, "again")
     for a, b in zip(_ckpt(zero, 3), _ckpt(again, 3)):
-        _same(a, b)
+        assert_same_tensors(a, b)
     # a different dp: one process (the same global batch) resumes the ZeRO checkpoint
     one = tmp_path / "one"
     os.makedirs(one)

@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 import pytest
-from run_dirs import assert_runs_match, msrun_env, run_metrics, run_weights
+from run_dirs import (assert_runs_match, assert_same_tensors, assert_weights_match, launch_msrun, msrun_env,
+                      run_metrics, run_weights)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]     # dp2 + resume: ~30 min on the loaded host
 
@@ -72,25 +73,10 @@ def single_run(tmp_path_factory):
     return _single(tmp_path_factory.mktemp("v41single"))
 
 
-def _msrun(tmp_path, cfg_path, out, workers=2):
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if msrun is None:
-        pytest.skip("msrun not installed")
-    import socket
-    with socket.socket() as sock:           # a port nobody holds now (parallel test runs share the host)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    logs = tmp_path / f"logs_{os.path.basename(out)}"
-    t0 = time.time()
-    p = subprocess.run(["timeout", "1500", msrun, f"--worker_num={workers}", f"--local_worker_num={workers}",
-                        f"--master_port={port}", f"--log_dir={logs}", "--join=True", os.path.abspath(__file__),
-                        "v41-worker", str(cfg_path), str(out)],
-                       env=msrun_env(), capture_output=True, text=True, timeout=1560, cwd=str(tmp_path))
-    text = ""
-    for f in sorted(logs.glob("*.log")) if logs.exists() else []:
-        text += f"\n--- {f.name}\n" + f.read_text()[-3000:]
-    assert p.returncode == 0, f"msrun rc={p.returncode} after {time.time() - t0:.0f}s\n{p.stdout[-2000:]}{text}"
-    print(f"msrun {cfg_path.name}: {time.time() - t0:.0f}s")
+def _msrun(tmp_path, cfg_path, out):
+    """-> the workers' logs."""
+    return launch_msrun(tmp_path, [os.path.abspath(__file__), "v41-worker", cfg_path, out],
+                        tmp_path / f"logs_{os.path.basename(out)}")
 
 
 def _engram(out, rank):
@@ -102,12 +88,8 @@ def _compare_runs(ref, par, workers=2):
     """-> (max |dw| of the model, max |d table| of the Engram tables) against the single-process run."""
     a, _ = assert_runs_match(ref, par, STEPS)
     assert all(r["mtp_loss"] > 0 for r in a)               # the drafter trains
-    wa, wb = run_weights(ref, STEPS), run_weights(par, STEPS)
-    assert wa.keys() == wb.keys() and any(k.startswith("mtp.2.markov_head") for k in wa)
-    for k in wa:
-        assert wb[k].shape == wa[k].shape, k              # full release tensors, not a rank's slice
-        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=1e-4, err_msg=k)
-    dw = max(float(np.abs(wa[k].astype(np.float64) - wb[k]).max()) for k in wa)
+    assert any(k.startswith("mtp.2.markov_head") for k in run_weights(ref, STEPS))
+    dw = assert_weights_match(ref, par, STEPS, atol=1e-4)       # full release tensors, not a rank's slice
     ea = _engram(ref, 0)
     e0 = _engram(par, 0)
     for r in range(1, workers):                          # the gathered state: the same bits on every rank
@@ -134,26 +116,7 @@ def test_v41_dp2_trains_like_one_process_and_resumes(single_run, tmp_path):
     out = tmp_path / "dp2"
     _msrun(tmp_path, tmp_path / "dp2.yaml", out)
     print("dp2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
-    # relaunch from the step-1 checkpoint: the same step-2 state, bit for bit
-    first = {w: run_weights(str(out), STEPS, w) for w in ("model", "optimizer")}
-    eng = _engram(str(out), 0)
-    rows = run_metrics(str(out))
-    shutil.rmtree(out / f"ckpt-{STEPS:08d}")
-    (out / "latest").write_text("ckpt-00000001\n")
-    _msrun(tmp_path, tmp_path / "dp2.yaml", out)
-    again = run_metrics(str(out))
-    assert [r["step"] for r in again] == [1, 2] and again[0] == rows[0]      # step 1 kept, step 2 re-run
-    for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "grad_norm", "expert_imbalance"):
-        assert again[1][k] == rows[1][k], k
-    for w, ref in first.items():
-        got = run_weights(str(out), STEPS, w)
-        assert got.keys() == ref.keys()
-        for k in ref:
-            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{w} {k}")
-    for r in range(2):
-        e = _engram(str(out), r)
-        for k in eng:
-            np.testing.assert_array_equal(e[k], eng[k], err_msg=f"rank {r} {k}")
+    _relaunch_reaches_the_same_step2(tmp_path, tmp_path / "dp2.yaml", out)
 
 
 def test_v41_tp2_trains_like_one_process(single_run, tmp_path):
@@ -172,11 +135,23 @@ def test_v41_tp2_trains_like_one_process(single_run, tmp_path):
                 np.testing.assert_array_equal(z[k], full[k][r * R // 2:(r + 1) * R // 2], err_msg=k)
 
 
-def _same_files(a, b, what):
-    assert a.keys() == b.keys(), what
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, (what, k)
-        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{what} {k}")
+def _relaunch_reaches_the_same_step2(tmp_path, cfg_path, out):
+    """Relaunched from its step-1 checkpoint, the msrun run in `out` keeps its step-1 metrics and reaches its own
+    step-2 state bit for bit: the logged step-2 floats, the model, the optimiser and every rank's Engram state."""
+    first = {w: run_weights(str(out), STEPS, w) for w in ("model", "optimizer")}
+    eng = _engram(str(out), 0)
+    rows = run_metrics(str(out))
+    shutil.rmtree(out / f"ckpt-{STEPS:08d}")
+    (out / "latest").write_text("ckpt-00000001\n")
+    _msrun(tmp_path, cfg_path, out)
+    again = run_metrics(str(out))
+    assert [r["step"] for r in again] == [1, 2] and again[0] == rows[0]      # step 1 kept, step 2 re-run
+    for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "grad_norm", "expert_imbalance"):
+        assert again[1][k] == rows[1][k], k
+    for w, ref in first.items():
+        assert_same_tensors(ref, run_weights(str(out), STEPS, w), f"resumed {w}")
+    for r in range(2):
+        assert_same_tensors(eng, _engram(str(out), r), f"resumed engram rank {r}")
 
 
 def test_v41_zero1_dp2_is_bit_identical_and_resumes(tmp_path):
@@ -189,8 +164,7 @@ def test_v41_zero1_dp2_is_bit_identical_and_resumes(tmp_path):
     _yaml(tmp_path / "zero.yaml", 1, "{dp: 2, optimizer_shard: true}")
     plain, zero = tmp_path / "plain", tmp_path / "zero"
     _msrun(tmp_path, tmp_path / "plain.yaml", plain)
-    _msrun(tmp_path, tmp_path / "zero.yaml", zero)
-    log = "".join(f.read_text() for f in sorted((tmp_path / "logs_zero").glob("*.log")))
+    log = _msrun(tmp_path, tmp_path / "zero.yaml", zero)
     held = re.search(r"optimizer_shard: ZeRO-1 over dp 2: rank 0 holds ([\d,]+) of ([\d,]+) optimiser state", log)
     mine, full = (int(g.replace(",", "")) for g in held.groups())
     assert 0.3 * full < mine < 0.7 * full, (mine, full)
@@ -198,29 +172,18 @@ def test_v41_zero1_dp2_is_bit_identical_and_resumes(tmp_path):
     assert rows == [dict(r, time=x["time"], elapsed_s=x["elapsed_s"], tokens_per_s=x["tokens_per_s"])
                     for r, x in zip(run_metrics(str(plain)), rows)]       # every logged float (not the clock)
     for w in ("model", "optimizer"):
-        _same_files(run_weights(str(plain), STEPS, w), run_weights(str(zero), STEPS, w), w)
+        assert_same_tensors(run_weights(str(plain), STEPS, w), run_weights(str(zero), STEPS, w), w)
     eng = _engram(str(plain), 0)
     for r in range(2):
-        _same_files(eng, _engram(str(zero), r), f"engram rank {r}")
+        assert_same_tensors(eng, _engram(str(zero), r), f"engram rank {r}")
         with np.load(os.path.join(zero, f"engram_local_rank{r}.npz")) as z:
             for k in eng:
                 R = eng[k].shape[0]
                 lo, hi = (0, R) if k.endswith(".weight") else (r * R // 2, (r + 1) * R // 2)
                 np.testing.assert_array_equal(z[k], eng[k][lo:hi], err_msg=k)
     with np.load(os.path.join(zero, f"ckpt-{STEPS:08d}", "engram_state.npz")) as z:
-        _same_files(eng, {k: z[k] for k in z.files}, "engram checkpoint")
-    # relaunch from the step-1 checkpoint
-    first = {w: run_weights(str(zero), STEPS, w) for w in ("model", "optimizer")}
-    shutil.rmtree(zero / f"ckpt-{STEPS:08d}")
-    (zero / "latest").write_text("ckpt-00000001\n")
-    _msrun(tmp_path, tmp_path / "zero.yaml", zero)
-    again = run_metrics(str(zero))
-    for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "grad_norm", "expert_imbalance"):
-        assert again[1][k] == rows[1][k], k
-    for w, ref in first.items():
-        _same_files(ref, run_weights(str(zero), STEPS, w), f"resumed {w}")
-    for r in range(2):
-        _same_files(eng, _engram(str(zero), r), f"resumed engram rank {r}")
+        assert_same_tensors(eng, {k: z[k] for k in z.files}, "engram checkpoint")
+    _relaunch_reaches_the_same_step2(tmp_path, tmp_path / "zero.yaml", zero)
 
 
 def test_v41_dp2_ep2_trains_like_one_process(single_run, tmp_path):
@@ -239,25 +202,7 @@ def test_v41_pp2_micro2_trains_like_one_process_and_resumes(single_run, tmp_path
     out = tmp_path / "pp2"
     _msrun(tmp_path, tmp_path / "pp2.yaml", out)
     print("pp2 micro2 max |dw|, |d engram|", _compare_runs(single_run, str(out)))
-    first = {w: run_weights(str(out), STEPS, w) for w in ("model", "optimizer")}
-    eng = _engram(str(out), 0)
-    rows = run_metrics(str(out))
-    shutil.rmtree(out / f"ckpt-{STEPS:08d}")
-    (out / "latest").write_text("ckpt-00000001\n")
-    _msrun(tmp_path, tmp_path / "pp2.yaml", out)
-    again = run_metrics(str(out))
-    assert [r["step"] for r in again] == [1, 2] and again[0] == rows[0]
-    for k in ("loss", "lm_loss", "mtp_loss", "balance_loss", "grad_norm", "expert_imbalance"):
-        assert again[1][k] == rows[1][k], k
-    for w, ref in first.items():
-        got = run_weights(str(out), STEPS, w)
-        assert got.keys() == ref.keys()
-        for k in ref:
-            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{w} {k}")
-    for r in range(2):
-        e = _engram(str(out), r)
-        for k in eng:
-            np.testing.assert_array_equal(e[k], eng[k], err_msg=f"rank {r} {k}")
+    _relaunch_reaches_the_same_step2(tmp_path, tmp_path / "pp2.yaml", out)
 
 
 if __name__ == "__main__" and len(sys.argv) > 3 and sys.argv[1] == "v41-worker":
