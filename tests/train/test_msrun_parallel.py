@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 
 from ascend_v4.parallel import ParallelContext, expert_index, tp_dim
+from helpers import check_tp_ranks, load_slices, rand_params, value_and_grads
 from run_dirs import assert_runs_match, assert_weights_match, fork_run, launch_msrun, msrun_env, run_weights
 
 
@@ -128,64 +129,6 @@ def test_shard_then_gather_is_identity(dp, tp, ep, thread_ranks):
 
 
 # ------------------------------------------------------------------------------------------------ TP math
-def _rand_params(cell, rng, scale=0.3):
-    import mindspore as ms
-    out = {}
-    for p in cell.get_parameters():
-        if p.dtype != ms.float32:
-            continue
-        a = (rng.standard_normal(tuple(p.shape)) * scale).astype(np.float32)
-        if p.name.endswith("norm.weight"):
-            a = 1.0 + a
-        p.set_data(ms.Tensor(a))
-        out[p.name] = a
-    return out
-
-
-def _load_slices(cell, full, prefix, ctx):
-    import mindspore as ms
-    for p in cell.get_parameters():
-        if p.name in full:
-            p.set_data(ms.Tensor(ctx.shard(prefix + p.name, full[p.name])))
-
-
-def _value_and_grads(cell, fn, x, cot):
-    """(y, dL/dx, {param: dL/dparam}) of L = sum(fn(x) * cot), in one compiled graph."""
-    import mindspore as ms
-    params = cell.trainable_params()
-
-    def loss(xv):
-        y = fn(xv)
-        return (y * cot).sum(), y
-
-    (_, y), (gx, gp) = ms.value_and_grad(loss, grad_position=0, weights=params, has_aux=True)(x)
-    return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}
-
-
-def _check_tp_ranks(cfg, tp, full_cell, w, prefix, run, rank_cell, rtol=2e-5):
-    """The tp simulated ranks' cells (rank_cell(ctx), loaded with their slices of the full cell's parameters w) run
-    on the same input: their outputs and input gradients add up to the full cell's, their parameter gradients are
-    the full ones' (replicated: summed; sliced: concatenated). run(cell) -> (out, gx, {param: grad})."""
-    full_out, full_gx, full_g = run(full_cell)
-    parts = []
-    for r in range(tp):
-        ctx = ParallelContext.simulated_rank(cfg, tp=tp, rank=r)
-        cell = rank_cell(ctx)
-        _load_slices(cell, w, prefix, ctx)
-        parts.append(run(cell))
-    scale = np.abs(full_out).max()
-    np.testing.assert_allclose(sum(p[0] for p in parts), full_out, rtol=rtol, atol=rtol * scale)
-    np.testing.assert_allclose(sum(p[1] for p in parts), full_gx, rtol=rtol, atol=rtol * np.abs(full_gx).max())
-    for name, g in full_g.items():
-        d = tp_dim(prefix + name)
-        tol = rtol * max(np.abs(g).max(), 1e-6)
-        if d is None:        # replicated: the tp ranks' partial gradients add up (CopyToTensorParallel's AllReduce)
-            np.testing.assert_allclose(sum(p[2][name] for p in parts), g, rtol=rtol, atol=tol, err_msg=name)
-        else:                # sliced: each rank holds the slice of the full gradient
-            np.testing.assert_allclose(np.concatenate([p[2][name] for p in parts], d), g, rtol=rtol, atol=tol,
-                                       err_msg=name)
-
-
 @pytest.mark.parametrize("layer,with_seg", [(1, True), (2, False)])
 def test_tensor_parallel_attention_math(ms_graph, tiny_cfg, layer, with_seg):
     """CSA (indexer, document mask) and HCA layers: tp=2 simulated ranks vs the full Attention."""
@@ -194,7 +137,7 @@ def test_tensor_parallel_attention_math(ms_graph, tiny_cfg, layer, with_seg):
     cfg, B, S, tp = tiny_cfg, 2, 32, 2
     rng = np.random.default_rng(layer)
     full = Attention(layer, cfg)
-    w = _rand_params(full, rng)
+    w = rand_params(full, rng)
     cos, sin = RopeTables(cfg, S).for_ratio(cfg.ratio(layer))
     x = ms.Tensor(rng.standard_normal((B, S, cfg.dim)).astype(np.float32))
     cot = ms.Tensor(rng.standard_normal((B, S, cfg.dim)).astype(np.float32))
@@ -203,13 +146,13 @@ def test_tensor_parallel_attention_math(ms_graph, tiny_cfg, layer, with_seg):
     def run(cell):
         def fwd(xv):
             return cell(xv, cos, sin, seg)
-        return _value_and_grads(cell, fwd, x, cot)
+        return value_and_grads(cell, fwd, x, cot)
 
     def rank_cell(ctx):
         cell = Attention(layer, cfg, parallel=ctx)
         assert cell.n_heads == cfg.n_heads // tp and tuple(cell.attn_sink.shape) == (cfg.n_heads // tp,)
         return cell
-    _check_tp_ranks(cfg, tp, full, w, f"layers.{layer}.attn.", run, rank_cell)
+    check_tp_ranks(cfg, tp, full, w, f"layers.{layer}.attn.", run, rank_cell)
 
 
 def _moe_layer_case(cfg, layer, rng, T):
@@ -219,7 +162,7 @@ def _moe_layer_case(cfg, layer, rng, T):
     import mindspore as ms
     from ascend_v4.model import MoE
     full = MoE(layer, cfg)
-    w = _rand_params(full, rng)
+    w = rand_params(full, rng)
     if cfg.is_hash_layer(layer):
         full.gate.tid2eid.set_data(ms.Tensor(np.stack([rng.permutation(cfg.n_routed_experts)[:cfg.n_activated_experts]
                                                        for _ in range(cfg.vocab_size)]).astype(np.int32)))
@@ -230,7 +173,7 @@ def _moe_layer_case(cfg, layer, rng, T):
     def run(cell):
         def fwd(xv):
             return cell(xv, ids)
-        return _value_and_grads(cell, fwd, x, cot)
+        return value_and_grads(cell, fwd, x, cot)
     return full, w, run
 
 
@@ -248,7 +191,7 @@ def test_tensor_parallel_moe_math(ms_graph, tiny_cfg, layer):
         assert tuple(cell.experts[0].w1.weight.shape) == (cfg.moe_inter_dim // tp, cfg.dim)
         assert tuple(cell.shared_experts.w2.weight.shape) == (cfg.dim, cfg.moe_inter_dim // tp)
         return cell
-    _check_tp_ranks(cfg, tp, full, w, f"layers.{layer}.ffn.", run, rank_cell)
+    check_tp_ranks(cfg, tp, full, w, f"layers.{layer}.ffn.", run, rank_cell)
 
 
 @pytest.mark.parametrize("layer", [0, 1])
@@ -276,7 +219,7 @@ def test_expert_parallel_rank_holds_global_experts(ms_graph, tiny_cfg, layer, si
         cell = MoE(layer, cfg, parallel=ctx)
         local = {p.name for p in cell.get_parameters() if p.name.startswith("experts.")}
         assert {expert_index("ffn." + n) for n in local} == set(range(r * 4, r * 4 + 4))
-        _load_slices(cell, w, f"layers.{layer}.ffn.", ctx)
+        load_slices(cell, w, f"layers.{layer}.ffn.", ctx)
         if cfg.is_hash_layer(layer):
             cell.gate.tid2eid.set_data(ms.Tensor(full.gate.tid2eid.asnumpy()))
         y, gx, g = run(cell)

@@ -12,7 +12,8 @@ The msrun proofs (dp=2, tp=2, dp2·ep2 training against one process, resume): te
 import numpy as np
 import pytest
 
-from ascend_v4.parallel import ParallelConfigError, ParallelContext, routed_experts_of, tp_dim
+from ascend_v4.parallel import ParallelConfigError, ParallelContext, routed_experts_of
+from helpers import check_tp_ranks, rand_params, value_and_grads
 
 
 @pytest.fixture(scope="module")
@@ -62,54 +63,12 @@ def test_shard_then_gather_is_identity_v41(cfg, thread_ranks, dp, tp, ep):
             np.testing.assert_array_equal(results[r][k], full[k], err_msg=f"rank {r} {k}")
 
 
-def _tp_check(cfg, make, run, prefix, tp, rtol=2e-5):
-    """run(cell) -> (y, dL/dx, {param: grad}) of the full cell and of each simulated tp rank's cell (its slices)."""
-    import mindspore as ms
-    rng = np.random.default_rng(7)
+def _tp_check(cfg, make, run, prefix, tp):
+    """check_tp_ranks on the cells make(None) (the full one, random parameters) and make(ctx) (a simulated rank's):
+    at least wq_b, attn_sink, wo_a and wo_b are sliced."""
     full = make(None)
-    w = {}
-    for p in full.get_parameters():
-        if p.dtype == ms.float32:
-            a = (rng.standard_normal(tuple(p.shape)) * 0.3).astype(np.float32)
-            if p.name.endswith("norm.weight"):
-                a = 1.0 + a
-            p.set_data(ms.Tensor(a))
-            w[p.name] = a
-    fy, fgx, fg = run(full)
-    parts = []
-    for r in range(tp):
-        ctx = ParallelContext.simulated_rank(cfg, tp=tp, rank=r)
-        cell = make(ctx)
-        for p in cell.get_parameters():
-            if p.name in w:
-                p.set_data(ms.Tensor(ctx.shard(prefix + p.name, w[p.name])))
-        parts.append(run(cell))
-    np.testing.assert_allclose(sum(p[0] for p in parts), fy, rtol=rtol, atol=rtol * np.abs(fy).max())
-    np.testing.assert_allclose(sum(p[1] for p in parts), fgx, rtol=rtol, atol=rtol * np.abs(fgx).max())
-    sliced = 0
-    for name, g in fg.items():
-        d = tp_dim(prefix + name)
-        tol = rtol * max(np.abs(g).max(), 1e-6)
-        if d is None:
-            np.testing.assert_allclose(sum(p[2][name] for p in parts), g, rtol=rtol, atol=tol, err_msg=name)
-        else:
-            sliced += 1
-            np.testing.assert_allclose(np.concatenate([p[2][name] for p in parts], d), g, rtol=rtol, atol=tol,
-                                       err_msg=name)
-    assert sliced >= 4                    # wq_b, attn_sink, wo_a, wo_b
-
-
-def _grads(cell, fn, x, cot):
-    """(y, dL/dx, {param: dL/dparam}) of L = sum(fn(x) * cot), in one compiled graph."""
-    import mindspore as ms
-    params = cell.trainable_params()
-
-    def loss(xv):
-        y = fn(xv)
-        return (y * cot).sum(), y
-
-    (_, y), (gx, gp) = ms.value_and_grad(loss, grad_position=0, weights=params, has_aux=True)(x)
-    return y.asnumpy(), gx.asnumpy(), {p.name: g.asnumpy() for p, g in zip(params, gp)}
+    w = rand_params(full, np.random.default_rng(7))
+    assert check_tp_ranks(cfg, tp, full, w, prefix, run, make) >= 4
 
 
 @pytest.mark.slow
@@ -127,7 +86,7 @@ def test_tensor_parallel_v41_source_layer_math(ms_graph, cfg):
     def run(cell):
         def fwd(xv):
             return cell.forward_v41(xv, cos, sin, (None, None, None, None, ()))[0]
-        return _grads(cell, fwd, x, cot)
+        return value_and_grads(cell, fwd, x, cot)
 
     _tp_check(cfg, lambda ctx: Attention(layer, cfg, parallel=ctx), run, f"layers.{layer}.attn.", 2)
 
@@ -151,7 +110,7 @@ def test_tensor_parallel_dspark_attention_math(ms_graph, cfg):
     def run(cell):
         def fwd(xv):
             return cell.forward_dspark(xv, cos, sin, (ctx_kv, idx))[0]
-        return _grads(cell, fwd, x, cot)
+        return value_and_grads(cell, fwd, x, cot)
 
     _tp_check(cfg, lambda ctx: Attention(layer, cfg, parallel=ctx), run, "mtp.0.attn.", 2)
 
