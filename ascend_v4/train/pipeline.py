@@ -110,6 +110,28 @@ def _emb_fn(all_reduce, flag, g):
     return g
 
 
+def _accumulator():
+    """The compiled sum of two gradient tuples (micro-batch accumulation)."""
+    def accumulate(acc, grads):
+        return C.HyperMap()(_add, acc, grads)
+
+    return ms.jit(accumulate)
+
+
+def _stage_collectives(parallel, params, max_grad_norm: float, model, holds_embed: bool):
+    """(gradient reducer, sharded clip, AllReduce over dp, over pp, over the embedding copies) of a stage: all None
+    for one process; the embedding AllReduce only where the model shares its embedding and the stage holds a copy
+    (first / last)."""
+    if parallel is None:
+        return None, None, None, None, None
+    from ascend_v4.parallel import GradReducer, ShardedClip
+
+    def all_reduce(kind):
+        return ops.AllReduce(ops.ReduceOp.SUM, parallel.group(kind)) if parallel.group(kind) is not None else None
+    return (GradReducer(parallel, params), ShardedClip(parallel, params, max_grad_norm), all_reduce("dp"),
+            all_reduce("pp"), all_reduce("emb") if model.shared_embed and holds_embed else None)
+
+
 def gpipe(P: int, M: int, s: int, last: bool, forward, backward, exchange) -> None:
     """Stage s's part of the GPipe schedule of the module docstring (every stage calls it with its own s).
     forward(m, x_in) -> x_out (stages before the last); backward(m, x_in, dy) -> dx (accumulates the weight
@@ -195,24 +217,10 @@ class PipelineTrainStep:
 
         self._fwd = ms.jit(fwd)
         self._eval = ms.jit(evaluate)
-
-        def accumulate(acc, grads):
-            return C.HyperMap()(_add, acc, grads)
-
-        self._acc = ms.jit(accumulate)
-
-        sharded = parallel is not None and parallel.world > 1
-        reducer = clip = ar_dp = ar_pp = ar_emb = None
-        if sharded:
-            from ascend_v4.parallel import GradReducer, ShardedClip
-            reducer = GradReducer(parallel, self.params)
-            clip = ShardedClip(parallel, self.params, max_grad_norm)
-            if parallel.group("dp") is not None:
-                ar_dp = ops.AllReduce(ops.ReduceOp.SUM, parallel.group("dp"))
-            if parallel.group("pp") is not None:
-                ar_pp = ops.AllReduce(ops.ReduceOp.SUM, parallel.group("pp"))
-            if parallel.group("emb") is not None and model.shared_embed and (self.first or self.last):
-                ar_emb = ops.AllReduce(ops.ReduceOp.SUM, parallel.group("emb"))
+        self._acc = _accumulator()
+        reducer, clip, ar_dp, ar_pp, ar_emb = _stage_collectives(
+            parallel if parallel is not None and parallel.world > 1 else None, self.params, max_grad_norm, model,
+            self.first or self.last)
         emb_flags = tuple(p.name.startswith("embed.") for p in self.params)
         balancer, max_norm, dp = self.balancer, float(max_grad_norm), float(self.dp)
         n_loads, has_loads = float(self.n_loads), 1.0 if self.n_loads else 0.0
@@ -410,24 +418,9 @@ class V41PipelineTrainStep:
 
         self._fwd = ms.jit(fwd)
         self._eval = ms.jit(loss_net)
-
-        def accumulate(acc, grads):
-            return C.HyperMap()(_add, acc, grads)
-
-        self._acc = ms.jit(accumulate)
-
-        reducer = clip = ar_dp = ar_pp = ar_emb = None
-        par = self.parallel
-        if par is not None:
-            from ascend_v4.parallel import GradReducer, ShardedClip
-            reducer = GradReducer(par, self.params)
-            clip = ShardedClip(par, self.params, max_grad_norm)
-            if par.group("dp") is not None:
-                ar_dp = ops.AllReduce(ops.ReduceOp.SUM, par.group("dp"))
-            if par.group("pp") is not None:
-                ar_pp = ops.AllReduce(ops.ReduceOp.SUM, par.group("pp"))
-            if par.group("emb") is not None and model.shared_embed and (self.first or self.last):
-                ar_emb = ops.AllReduce(ops.ReduceOp.SUM, par.group("emb"))
+        self._acc = _accumulator()
+        reducer, clip, ar_dp, ar_pp, ar_emb = _stage_collectives(self.parallel, self.params, max_grad_norm, model,
+                                                                 self.first or self.last)
         emb_flags = tuple(p.name.startswith("embed.") for p in self.params)
         balancer, dp, hyper_map = self.balancer, float(self.dp), C.HyperMap()
         L, lo = cfg.n_layers, model.local_layers[0]
