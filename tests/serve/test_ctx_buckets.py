@@ -12,15 +12,11 @@ graphs (prefill_chunk=1): six compiles in all.
 """
 import numpy as np
 import pytest
+from helpers import rel_l2_rows
 
 pytestmark = pytest.mark.slow          # six decode-graph compiles (~45 s on a quiet 2-core machine)
 
 S, PROMPT = 24, 2
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +36,7 @@ def test_every_short_ctx_min_matches_full_recompute(tiny_cfg, tiny_weights, seq_
         got = [eng.prefill([seq[:PROMPT]])[0]]
         for t in range(PROMPT, S):
             got.append(eng.decode_step(np.array([seq[t]]))[0])
-        rel = _rel(np.stack(got), recompute[PROMPT - 1:])
+        rel = rel_l2_rows(np.stack(got), recompute[PROMPT - 1:])
         assert rel.max() < 2e-5, (ctx_min, int(np.argmax(rel)), float(rel.max()))
     # the buckets crossed (1 and 2 read no entry at all, 4 and 8 no HCA entry)
     assert sorted(k[2] for k in eng._graphs) == [1, 2, 4, 8, 16, 32]

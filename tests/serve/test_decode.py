@@ -7,14 +7,10 @@ One Engine (one cache, so each graph compiles once) serves the whole module.
 """
 import numpy as np
 import pytest
+from helpers import rel_l2_rows
 
 S = 64                 # 64 tokens: window 16 wraps 4x, 16 CSA and 4 HCA block boundaries
 LENS = (5, 11)         # per-sequence prompt lengths (different on purpose)
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +51,7 @@ def test_decode_matches_full_recompute_across_window_and_block_boundaries(engine
     got = _teacher_forced(engine, seqs, LENS)
     for r in range(2):
         assert got[r].shape == (S, recompute.shape[-1])
-        rel = _rel(got[r], recompute[r])
+        rel = rel_l2_rows(got[r], recompute[r])
         assert rel.max() < 2e-5, (r, np.argmax(rel), rel.max())
         assert np.abs(got[r] - recompute[r]).max() < 2e-4
         assert np.array_equal(got[r].argmax(-1), recompute[r].argmax(-1))
@@ -69,8 +65,8 @@ def test_chunked_prefill_equals_one_shot(engine, seqs, recompute):
     one = engine.prefill([seqs[0, :L], seqs[1, :L - 7]], chunk=64, return_all=True)
     state_o = engine.cache.arrays()
     for r, n in enumerate((L, L - 7)):
-        assert _rel(chunked[r], one[r]).max() < 1e-5
-        assert _rel(one[r], recompute[r, :n]).max() < 2e-5
+        assert rel_l2_rows(chunked[r], one[r]).max() < 1e-5
+        assert rel_l2_rows(one[r], recompute[r, :n]).max() < 2e-5
     for name in state_c:                    # the caches a decode step reads are the same too
         np.testing.assert_allclose(state_c[name], state_o[name], rtol=1e-5, atol=1e-5, err_msg=name)
     # ... and so is the next decode step

@@ -13,6 +13,7 @@ import pytest
 
 from ascend_v4.checkpoint import formats as F
 from ascend_v4.config import V41_PRESETS
+from helpers import rel_l2_rows, v41_ids
 
 FLASH = V41_PRESETS["v4.1-flash"].validate()
 
@@ -167,16 +168,6 @@ def test_reference_format_refused_for_v4(tiny_cfg):
 S0, ND = 21, 6
 
 
-def _ids(seed, shape):
-    ids = np.random.default_rng(seed).integers(0, CFG.engram_compressed_vocab_size, shape)
-    return np.where(ids == CFG.image_token_id, 0, ids)
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
 CFG = V41_PRESETS["v4.1-tiny"].validate()
 
 
@@ -185,7 +176,7 @@ def tiny_v41():
     from ascend_v4.checkpoint.release_v41 import random_weights_v41
     from ascend_v4.numpy_model_v41 import NumpyV41
     w = random_weights_v41(CFG, seed=5)
-    ids = _ids(1, (2, S0 + ND))
+    ids = v41_ids(CFG, 1, (2, S0 + ND))
     gold = {q: NumpyV41(CFG, w, kv_quant=q) for q in (False, True)}
     st = gold[True].new_state(2)
     ref_q = gold[True].forward(ids, st)["logits"]
@@ -221,10 +212,10 @@ def test_quantised_cache_decode_equals_recompute_and_golden_gap(ms_graph, tiny_v
     from ascend_v4.kv_formats import FP4_E4M3, FP4_E8M0, FP8, INT8
     eng, step, full, arr = _engine_run(tiny_v41, fmt)
     # consistency inside the format: chunked + decode == one-shot (measured: see docs/deepseek-v4.1.md)
-    cons = _rel(step, full)
+    cons = rel_l2_rows(step, full)
     # the golden: the reference format against the golden's own cache QDQs; both against the exact golden
-    gap_q = _rel(step, tiny_v41["ref_q"])
-    gap_f = _rel(step, tiny_v41["ref"])
+    gap_q = rel_l2_rows(step, tiny_v41["ref_q"])
+    gap_f = rel_l2_rows(step, tiny_v41["ref"])
     print(f"\n{fmt}: chunked/decode vs one-shot median {np.median(cons):.2e} max {cons.max():.2e}; vs golden "
           f"kv_quant median {np.median(gap_q):.2e} max {gap_q.max():.2e}; vs exact golden median "
           f"{np.median(gap_f):.2e} max {gap_f.max():.2e}")

@@ -18,18 +18,9 @@ import pytest
 from ascend_v4.checkpoint.release_v41 import random_weights_v41
 from ascend_v4.config import V41_PRESETS
 from ascend_v4.numpy_model_v41 import NumpyV41
+from helpers import rel_l2_rows, v41_ids
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def _ids(seed, n):
-    ids = np.random.default_rng(seed).integers(0, CFG.engram_compressed_vocab_size, n)
-    return np.where(ids == CFG.image_token_id, 0, ids)
 
 
 @pytest.mark.slow      # prefill, decode, draft and verify graphs: ~140 s on a quiet 2-core host (18 min under load)
@@ -38,7 +29,7 @@ def test_dspark_draft_matches_golden_and_generate_equals_greedy(ms_graph):
     from ascend_v4.serve.engine import Engine, ServeError
     from ascend_v4.serve.sampling import SamplingParams
     weights = random_weights_v41(CFG, seed=7)
-    prompts = [_ids(11, 21), _ids(12, 9)]
+    prompts = [v41_ids(CFG, 11, 21), v41_ids(CFG, 12, 9)]
     eng = Engine(CFG, weights, max_batch=2, max_len=64, prefill_chunk=32, ctx_min=16, dspark=True)
 
     # the first draft after a prefill vs the golden
@@ -53,18 +44,18 @@ def test_dspark_draft_matches_golden_and_generate_equals_greedy(ms_graph):
         gold.dspark_observe(out, st)
         ref = gold.dspark_draft(np.array([y[r]]), st)
         np.testing.assert_array_equal(tok[r], ref["tokens"][0])
-        assert _rel(lg[r], ref["logits"][0]).max() < 1e-4, _rel(lg[r], ref["logits"][0])
-        assert _rel(conf[r], ref["confidence"][0]) < 1e-4, (conf[r], ref["confidence"][0])
-        print(f"row {r}: draft logits max rel L2 {_rel(lg[r], ref['logits'][0]).max():.1e}, confidence rel "
-              f"{float(_rel(conf[r], ref['confidence'][0])):.1e}")
+        assert rel_l2_rows(lg[r], ref["logits"][0]).max() < 1e-4, rel_l2_rows(lg[r], ref["logits"][0])
+        assert rel_l2_rows(conf[r], ref["confidence"][0]) < 1e-4, (conf[r], ref["confidence"][0])
+        print(f"row {r}: draft logits max rel L2 {rel_l2_rows(lg[r], ref['logits'][0]).max():.1e}, confidence rel "
+              f"{float(rel_l2_rows(conf[r], ref['confidence'][0])):.1e}")
 
     # speculative (DSpark) generation == plain greedy generation
     n_new = 24
     plain = eng.generate(prompts, max_new_tokens=n_new, eos_id=None)
     spec = eng.generate(prompts, max_new_tokens=n_new, eos_id=None, speculative=True)
     np.testing.assert_array_equal(spec.tokens, plain.tokens)
-    assert _rel(spec.logits, plain.logits).max() < 1e-4
-    print(f"DSpark verify logits vs decode logits: max rel L2 {_rel(spec.logits, plain.logits).max():.1e}")
+    assert rel_l2_rows(spec.logits, plain.logits).max() < 1e-4
+    print(f"DSpark verify logits vs decode logits: max rel L2 {rel_l2_rows(spec.logits, plain.logits).max():.1e}")
     s = spec.stats
     bs = CFG.dspark_block_size
     row_steps = s["drafts"] // bs                    # (row, step) pairs that drafted a block
@@ -115,7 +106,7 @@ def test_rejected_draft_leaves_the_cache_as_a_run_that_never_saw_it(ms_graph):
     bit-identical logits, and every buffer bit-identical except the scratch rows."""
     from ascend_v4.serve.engine import Engine
     weights = random_weights_v41(CFG, seed=7)
-    prompts = [_ids(11, 21), _ids(12, 9)]
+    prompts = [v41_ids(CFG, 11, 21), v41_ids(CFG, 12, 9)]
     eng = Engine(CFG, weights, max_batch=2, max_len=64, prefill_chunk=32, ctx_min=16, dspark=True)
     bs, W = CFG.dspark_block_size, CFG.window_size
     S = eng.cache.layout.slack

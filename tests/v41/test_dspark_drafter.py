@@ -17,18 +17,9 @@ import pytest
 from ascend_v4.checkpoint.release_v41 import random_weights_v41
 from ascend_v4.config import V41_PRESETS
 from ascend_v4.numpy_model_v41 import NumpyV41
+from helpers import rel_l2_rows, v41_ids
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
-
-
-def _ids(seed, n):
-    ids = np.random.default_rng(seed).integers(0, CFG.engram_compressed_vocab_size, n)
-    return np.where(ids == CFG.image_token_id, 0, ids)
 
 
 @pytest.mark.slow      # prefill, decode, draft, verify and one training-forward graph: ~2-4 min on the 2-core host
@@ -45,7 +36,7 @@ def test_drafter_loaded_after_compile_drafts_like_golden_and_training_forward(ms
     target = random_weights_v41(CFG, seed=7)
     drafter = {k: v for k, v in random_weights_v41(CFG, seed=23).items() if k.startswith("mtp.")}
     assert drafter and all(not np.array_equal(v, target[k]) for k, v in drafter.items() if v.size > 1)
-    prompt = _ids(31, 21)                                       # longer than the window (16)
+    prompt = v41_ids(CFG, 31, 21)                                       # longer than the window (16)
 
     eng = Engine(CFG, target, max_batch=1, max_len=64, prefill_chunk=32, ctx_min=16, dspark=True)
     eng.generate([prompt], max_new_tokens=3, eos_id=None, speculative=True)   # every serving graph built
@@ -70,10 +61,10 @@ def test_drafter_loaded_after_compile_drafts_like_golden_and_training_forward(ms
     out_o = old.forward(prompt[None], st_o)
     old.dspark_observe(out_o, st_o)
     stale = old.dspark_draft(np.array([y]), st_o)
-    assert _rel(stale["logits"][0], ref["logits"][0]).min() > 0.1      # the two drafters are far apart
+    assert rel_l2_rows(stale["logits"][0], ref["logits"][0]).min() > 0.1      # the two drafters are far apart
     np.testing.assert_array_equal(tok[0], ref["tokens"][0])
-    e_srv = _rel(lg[0], ref["logits"][0]).max()
-    e_conf = float(_rel(conf[0], ref["confidence"][0]))
+    e_srv = rel_l2_rows(lg[0], ref["logits"][0]).max()
+    e_conf = float(rel_l2_rows(conf[0], ref["confidence"][0]))
     assert e_srv < 1e-4 and e_conf < 1e-4, (e_srv, e_conf)
 
     # the training forward at the same anchor: the sequence prompt + [y, o_1 .. o_bs-1] (the golden's drafts), so
@@ -99,11 +90,11 @@ def test_drafter_loaded_after_compile_drafts_like_golden_and_training_forward(ms
 
     tl, tc = (x.asnumpy() for x in train_forward(ms.Tensor(ids.astype(np.int32)), rows, ms.Tensor(markov)))
     np.testing.assert_array_equal(tl[0, p].argmax(-1), ref["tokens"][0])
-    e_tr = _rel(tl[0, p], ref["logits"][0]).max()
-    e_tc = float(_rel(tc[0, p], ref["confidence"][0]))
+    e_tr = rel_l2_rows(tl[0, p], ref["logits"][0]).max()
+    e_tc = float(rel_l2_rows(tc[0, p], ref["confidence"][0]))
     assert e_tr < 1e-4 and e_tc < 1e-4, (e_tr, e_tc)
     print(f"new drafter: engine draft logits max rel L2 {e_srv:.1e} (confidence {e_conf:.1e}); training forward "
-          f"{e_tr:.1e} ({e_tc:.1e}); stale drafter {_rel(stale['logits'][0], ref['logits'][0]).min():.2f}")
+          f"{e_tr:.1e} ({e_tc:.1e}); stale drafter {rel_l2_rows(stale['logits'][0], ref['logits'][0]).min():.2f}")
 
 
 def test_graph_wrappers_keep_release_names_and_load_dspark_checks_names(ms_graph):

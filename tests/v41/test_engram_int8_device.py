@@ -10,6 +10,7 @@ import pytest
 from ascend_v4.config import V41_PRESETS
 from ascend_v4.ops.engram.host import HostEngramTables
 from ascend_v4.ops.engram.reference import NgramHashState
+from helpers import v41_ids
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
 G = 16                                          # group size: two scales per 32-wide row
@@ -112,11 +113,6 @@ def _model_tables(weights):
             {**rest, **dict(zip(names, deq))})
 
 
-def _ids(seed, shape):
-    ids = np.random.default_rng(seed).integers(0, CFG.engram_compressed_vocab_size, shape)
-    return np.where(ids == CFG.image_token_id, 0, ids)
-
-
 def _rel(a, b):
     a = np.asarray(a, np.float64).reshape(-1, np.shape(b)[-1])
     b = np.asarray(b, np.float64).reshape(a.shape)
@@ -134,7 +130,7 @@ def test_one_shot_forward_int8_device_dequant_equals_host_decode(ms_graph, table
     from ascend_v4.graph.forward import build_forward
     from ascend_v4.numpy_model_v41 import NumpyV41
     rest, t8, tf, golden_w = tables
-    ids = _ids(0, (2, 19))
+    ids = v41_ids(CFG, 0, (2, 19))
     a = build_forward(CFG, rest, max_seq_len=32, engram_tables=t8)(ids)["logits"]
     b = build_forward(CFG, rest, max_seq_len=32, engram_tables=tf)(ids)["logits"]
     np.testing.assert_array_equal(a, b)
@@ -150,7 +146,7 @@ def test_engine_int8_device_dequant_equals_host_decode(ms_graph, tables):
     from ascend_v4.serve.engine import Engine
     rest, t8, tf, golden_w = tables
     S, ND = 13, 3
-    ids = _ids(1, (2, S + ND))
+    ids = v41_ids(CFG, 1, (2, S + ND))
     outs = []
     for t in (t8, tf):
         eng = Engine(CFG, rest, max_batch=2, max_len=32, prefill_chunk=8, ctx_min=16, engram_tables=t)

@@ -14,6 +14,7 @@ import pytest
 from ascend_v4.checkpoint.release_v41 import random_weights_v41
 from ascend_v4.config import V41_PRESETS
 from ascend_v4.numpy_model_v41 import NumpyV41
+from helpers import v41_ids
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
 MEDIAN, WORST = 1e-5, 1e-4
@@ -35,18 +36,12 @@ def _close(a, b, what):
     assert np.median(r) < MEDIAN and r.max() < WORST, (what, float(np.median(r)), float(r.max()))
 
 
-def _ids(seed, shape):
-    """Ids below the compressed vocabulary (the golden's identity token map) and never the image id."""
-    ids = np.random.default_rng(seed).integers(0, CFG.engram_compressed_vocab_size, shape)
-    return np.where(ids == CFG.image_token_id, 0, ids)
-
-
 @pytest.mark.slow      # one 10-layer graph compile: ~50 s on the shared 2-core host
 def test_graph_forward_matches_golden_every_block_and_position(ms_graph, weights):
     from ascend_v4.graph.forward import build_forward
     # S = 37 with window 16, ratio-2 groups (odd tail), ratio 1, 4-position candidate blocks (2 kept): the window
     # wraps twice, the indexers select 4 of up to 37 entries, level 2 runs inside the candidates
-    ids = _ids(0, (2, 37))
+    ids = v41_ids(CFG, 0, (2, 37))
     out = build_forward(CFG, weights, max_seq_len=64)(ids)
     ref = NumpyV41(CFG, weights).forward(ids)
     assert out["logits"].shape == (2, 37, CFG.vocab_size)
@@ -65,7 +60,7 @@ def test_engine_chunked_prefill_and_decode_equal_recompute(ms_graph, weights):
     golden's one-shot forward over the same prefix."""
     from ascend_v4.serve.engine import Engine
     S, ND = 21, 6
-    ids = _ids(1, (2, S + ND))
+    ids = v41_ids(CFG, 1, (2, S + ND))
     ref = NumpyV41(CFG, weights).forward(ids)["logits"]
     eng = Engine(CFG, weights, max_batch=2, max_len=64, prefill_chunk=8, ctx_min=16)
     lg = eng.prefill([ids[0, :S], ids[1, :S - 3]], return_all=True)
@@ -86,7 +81,7 @@ def test_shipped_decode_index_keys_behind_the_flag(ms_graph, weights):
     even positions where a ratio-2 source emits nothing); the default equals recompute."""
     from ascend_v4.serve.engine import Engine
     S, ND = 17, 6
-    ids = _ids(2, (1, S + ND))
+    ids = v41_ids(CFG, 2, (1, S + ND))
     for mode in ("shipped", "own"):
         gold = NumpyV41(CFG, weights, index_keys=mode)
         st = gold.new_state(1)

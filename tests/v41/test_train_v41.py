@@ -17,15 +17,11 @@ from ascend_v4.checkpoint.release_v41 import random_weights_v41
 from ascend_v4.config import V41_PRESETS
 from ascend_v4.numpy_model_v41 import NumpyV41
 from ascend_v4.train.v41 import document_rows, dspark_batch
+from helpers import v41_ids
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
 S = 20
 ALPHA, CONF_W, DSPARK_W = 1e-2, 0.1, 0.3
-
-
-def _ids(seed, shape):
-    ids = np.random.default_rng(seed).integers(0, CFG.engram_compressed_vocab_size, shape)
-    return np.where(ids == CFG.image_token_id, 0, ids)
 
 
 def test_dspark_batch_by_hand():
@@ -107,7 +103,7 @@ def setup(ms_graph):
     load_into(model, rest)
     loss = V41Loss(model, ALPHA, CONF_W)
     engram = EngramSparseAdamW(CFG, tables.tables)
-    ids = _ids(7, (2, S + 1))
+    ids = v41_ids(CFG, 7, (2, S + 1))
     batch = {"input_ids": ids[:, :S], "targets": ids[:, 1:], "loss_mask": np.ones((2, S), np.float32),
              "segment_ids": np.zeros((2, S), np.int32)}
     batch["loss_mask"][1, 15:] = 0
