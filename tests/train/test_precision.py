@@ -11,6 +11,7 @@
 """
 import numpy as np
 import pytest
+from helpers import mhc_mix_inputs, rel_l2_total
 
 U = 2.0 ** -8            # bf16 unit roundoff: 8 significant bits, round to nearest: 2^-8 = 3.9e-3
 
@@ -111,11 +112,7 @@ def test_mhc_mixes_stay_an_fp32_island(ms_graph, tiny_cfg, policy):
     rng = np.random.default_rng(1)
     precision.set_policy("bf16-emulated")
     blk = Block(0, tiny_cfg)
-    D, hc, mix = tiny_cfg.dim, tiny_cfg.hc_mult, tiny_cfg.hc_mix_dim
-    fn = (rng.normal(size=(mix, hc * D)) * 0.05).astype(np.float32)
-    scale = np.array([0.5, 0.8, 1.1], np.float32)
-    base = (rng.normal(size=mix) * 0.1).astype(np.float32)
-    h = precision.round_bf16_np(rng.normal(size=(2, 8, hc, D)).astype(np.float32))
+    fn, scale, base, h = mhc_mix_inputs(tiny_cfg, rng, precision.round_bf16_np)
 
     def pre(hh, f, s, bb):
         x, post, comb = blk._hc_pre(hh, f, s, bb, blk.iters, blk.hc_eps, blk.norm_eps)
@@ -154,11 +151,6 @@ def _loss_and_grads(cfg, weights, batch, emulate):
     return float(lm.asnumpy()), {p.name: g.asnumpy() for p, g in zip(params, grads)}
 
 
-def _rel(g, ref):
-    num = np.sqrt(sum(float(((g[k] - ref[k]).astype(np.float64) ** 2).sum()) for k in ref))
-    return num / np.sqrt(sum(float((ref[k].astype(np.float64) ** 2).sum()) for k in ref))
-
-
 @pytest.mark.slow
 def test_bf16_emulated_loss_and_grads_within_bound_of_fp32(ms_graph, tiny_cfg, tiny_weights, policy):
     """Same bf16-representable weights, fp32 vs bf16-emulated. Measured on the tiny preset (4 layers + MTP, random
@@ -186,7 +178,7 @@ def test_bf16_emulated_loss_and_grads_within_bound_of_fp32(ms_graph, tiny_cfg, t
     l16, g16 = _loss_and_grads(tiny_cfg, w, batch, True)
     lnz, gnz = _loss_and_grads(tiny_cfg, noisy, batch, False)
     assert np.isfinite(l16)
-    rel_loss, rel_grad, sens = abs(l16 - l32) / abs(l32), _rel(g16, g32), _rel(gnz, g32)
+    rel_loss, rel_grad, sens = abs(l16 - l32) / abs(l32), rel_l2_total(g16, g32), rel_l2_total(gnz, g32)
     print(f"bf16-emulated vs fp32: lm loss rel {rel_loss:.2e} ({rel_loss / U:.2f} u), grad rel L2 {rel_grad:.3f}; "
           f"fp32 with bf16-sized weight noise: loss {abs(lnz - l32) / abs(l32) / U:.2f} u, grad {sens:.3f}")
     assert rel_loss > 0 and rel_grad > 0          # the emulation does round

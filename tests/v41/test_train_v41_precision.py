@@ -15,6 +15,7 @@ import pytest
 
 from ascend_v4.checkpoint.release_v41 import random_weights_v41
 from ascend_v4.config import V41_PRESETS
+from helpers import mhc_mix_inputs, rel_l2_total
 
 CFG = V41_PRESETS["v4.1-tiny"].validate()
 S = 20
@@ -47,11 +48,7 @@ def test_v41_pipelined_mhc_mixes_stay_an_fp32_island(ms_graph, policy):
     policy.set_policy("bf16-emulated")
     rng = np.random.default_rng(1)
     blk = Block(2, CFG)
-    D, hc, mix = CFG.dim, CFG.hc_mult, CFG.hc_mix_dim
-    fn = (rng.normal(size=(mix, hc * D)) * 0.05).astype(np.float32)
-    scale = np.array([0.5, 0.8, 1.1], np.float32)
-    base = (rng.normal(size=mix) * 0.1).astype(np.float32)
-    h = policy.round_bf16_np(rng.normal(size=(2, 8, hc, D)).astype(np.float32))
+    fn, scale, base, h = mhc_mix_inputs(CFG, rng, policy.round_bf16_np)
     ref = hc_mixes(h.astype(np.float64), fn.astype(np.float64), scale.astype(np.float64), base.astype(np.float64),
                    blk.iters, blk.hc_eps, blk.norm_eps)
     args = (ms.Tensor(h), ms.Tensor(fn), ms.Tensor(scale), ms.Tensor(base))
@@ -145,11 +142,6 @@ def test_v41_recompute_leaves_loss_bit_identical_and_gradients_within_float32_no
     assert nonzero > 0.8 * len(g0), (nonzero, len(g0))
 
 
-def _rel(g, ref):
-    num = np.sqrt(sum(float(((g[k] - ref[k]).astype(np.float64) ** 2).sum()) for k in ref))
-    return num / np.sqrt(sum(float((ref[k].astype(np.float64) ** 2).sum()) for k in ref))
-
-
 @pytest.mark.slow     # two backward compiles of the 10-layer model + 3 DSpark stages
 @pytest.mark.timeout(3000)
 def test_v41_bf16_emulated_loss_and_grads_within_bound_of_fp32(ms_graph, policy):
@@ -179,7 +171,7 @@ def test_v41_bf16_emulated_loss_and_grads_within_bound_of_fp32(ms_graph, policy)
     assert all(np.isfinite(l16))
     rel = [abs(a - b) / abs(b) for a, b in zip(l16, l32)]
     rel_nz = [abs(a - b) / abs(b) for a, b in zip(lnz, l32)]
-    rel_grad, sens = _rel(g16, g32), _rel(gnz, g32)
+    rel_grad, sens = rel_l2_total(g16, g32), rel_l2_total(gnz, g32)
     print(f"V4.1 bf16-emulated vs fp32: loss rel {rel[0]:.2e} ({rel[0] / U:.2f} u), lm {rel[1] / U:.2f} u, "
           f"draft {rel[2] / U:.2f} u, confidence {rel[3] / U:.2f} u; grad rel L2 {rel_grad:.3f}; fp32 with "
           f"bf16-sized noise: loss {rel_nz[0] / U:.2f} u, grad {sens:.3f}")
