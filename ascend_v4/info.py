@@ -54,14 +54,8 @@ def kv_bytes_per_token(cfg: ModelConfig) -> Dict[str, float]:
         "ascend_bf16": (2 * cfg.head_dim, 2 * idx),
         "ascend_int8": (nope + 2 * rope + 4, idx + 4),
     }
-    out = {}
-    for name, (entry, key) in layouts.items():
-        b = 0.0
-        for i in range(cfg.n_layers):
-            r = cfg.ratio(i)
-            if r:
-                b += entry / r + (key / r if r == 4 else 0.0)
-        out[name] = b
+    from .serve.cache import compressed_bytes_per_token
+    out = {name: sum(compressed_bytes_per_token(cfg, entry, key).values()) for name, (entry, key) in layouts.items()}
     out["window_bytes_bf16"] = float(cfg.n_total_blocks * cfg.window_size * cfg.head_dim * 2)
     return out
 
@@ -72,6 +66,11 @@ def describe(cfg: ModelConfig) -> Dict:
                 "params": v41_parameter_counts(cfg), "kv_bytes_per_token": v41_kv_bytes_per_token(cfg)}
     return {"config": cfg.to_dict(), "schedule": layer_schedule(cfg), "params": parameter_counts(cfg),
             "kv_bytes_per_token": kv_bytes_per_token(cfg)}
+
+
+def _human_count(n: float) -> str:
+    """A parameter count as 1.23B / 4.56M / 7.8K."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else (f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K")
 
 
 def format_describe(d: Dict) -> str:
@@ -89,12 +88,9 @@ def format_describe(d: Dict) -> str:
                  "   (S=sliding window, C=CSA ratio 4 + indexer, H=HCA)")
     hashed = [r["block"] for r in d["schedule"] if r["router"] == "hash"]
     lines.append(f"hash-routed layers: {', '.join(hashed) if hashed else 'none'}")
-    p = d["params"]
-
-    def human(n):
-        return f"{n / 1e9:.2f}B" if n >= 1e9 else (f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K")
-    lines.append(f"parameters: total {human(p['total'])} (+{human(p['mtp'])} MTP), active per token "
-                 f"{human(p['active_per_token'])} ({human(p['active_per_token_excl_embed'])} without the embedding table)")
+    p, n = d["params"], _human_count
+    lines.append(f"parameters: total {n(p['total'])} (+{n(p['mtp'])} MTP), active per token "
+                 f"{n(p['active_per_token'])} ({n(p['active_per_token_excl_embed'])} without the embedding table)")
     kv = d["kv_bytes_per_token"]
     lines.append(f"KV cache per token: {kv['cuda_fp8']:.0f} B (CUDA FP8 layout), {kv['ascend_int8']:.0f} B (Ascend INT8), "
                  f"{kv['ascend_bf16']:.0f} B (Ascend BF16); + fixed window state {kv['window_bytes_bf16'] / 2**20:.2f} MiB/sequence")
@@ -256,17 +252,14 @@ def v41_kv_bytes_per_token(cfg) -> Dict[str, float]:
     """Cache bytes per token of context: only kv-source layers store compressed KV and index keys (the others
     read them). release: FP4 payload + per-16 E4M3 scales for KV, FP4 + per-32 E8M0 scales for index keys (what
     the reference's QDQ implies for a deployment storing codes); ascend_bf16: the BF16 values."""
+    from .serve.cache import KV_FORMATS, CacheLayout, compressed_bytes_per_token
     kv_fp4 = cfg.head_dim // 2 + cfg.head_dim // 16
     key_fp4 = cfg.index_head_dim // 2 + cfg.index_head_dim // 32
-    out = {"release": 0.0, "ascend_bf16": 0.0}
-    for s in cfg.kv_source_layers:
-        r = cfg.ratio(s)
-        out["release"] += (kv_fp4 + key_fp4) / r
-        out["ascend_bf16"] += 2 * (cfg.head_dim + cfg.index_head_dim) / r
+    out = {name: sum(compressed_bytes_per_token(cfg, entry, key).values()) for name, (entry, key) in
+           (("release", (kv_fp4, key_fp4)), ("ascend_bf16", (2 * cfg.head_dim, 2 * cfg.index_head_dim)))}
     # window rings: every layer incl. DSpark, FP8 codes + one E8M0 scale per 32 values
     out["window_bytes_fp8"] = float(cfg.n_total_blocks * cfg.window_size * (cfg.head_dim + cfg.head_dim // 32))
     # the serving cache (generate --kv-format): bytes per token of context and window-ring bytes per sequence
-    from .serve.cache import KV_FORMATS, CacheLayout
     for fmt in KV_FORMATS:
         lay = CacheLayout(cfg, 1, 2 * cfg.window_size, kv_format=fmt)
         out[f"serve_{fmt}"] = lay.bytes_per_token()["total"]
@@ -286,10 +279,7 @@ def v41_schedule(cfg) -> list:
 
 
 def format_describe_v41(d: Dict) -> str:
-    c, p, kv = d["config"], d["params"], d["kv_bytes_per_token"]
-
-    def human(n):
-        return f"{n / 1e9:.2f}B" if n >= 1e9 else (f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K")
+    c, p, kv, n = d["config"], d["params"], d["kv_bytes_per_token"], _human_count
     sched = d["schedule"]
     sym = {"window": "S", "full": "F", "reindex": "R", "reuse": "u", "dspark": "D"}
     lines = [f"config '{c['name']}' (DeepSeek-V4.1): dim {c['dim']}, {c['n_layers']} layers + {c['n_mtp_layers']} "
@@ -301,8 +291,8 @@ def format_describe_v41(d: Dict) -> str:
              f"kv sources {c['kv_source_layers']}, index sources {c['index_source_layers']}, candidate source "
              f"{c['candidate_source_layer']}; Engram before layers {c['engram_layer_ids']} "
              f"({sum(c['engram_num_embeddings']):,} table rows of {c['engram_head_dim']})",
-             f"parameters: backbone {human(p['backbone'])} + Engram {human(p['engram'])} = {human(p['total'])} "
-             f"(+{human(p['dspark'])} DSpark, +{human(p['vision'])} vision), active per token {human(p['active_per_token'])}",
+             f"parameters: backbone {n(p['backbone'])} + Engram {n(p['engram'])} = {n(p['total'])} "
+             f"(+{n(p['dspark'])} DSpark, +{n(p['vision'])} vision), active per token {n(p['active_per_token'])}",
              f"release: {p['tensors']:,} tensors, {p['release_bytes']:,} bytes (Engram {p['engram_bytes']:,})",
              f"KV cache per token: {kv['release']:.0f} B (release FP4 layout, kv sources only), "
              f"{kv['ascend_bf16']:.0f} B (BF16); + fixed window rings {kv['window_bytes_fp8'] / 2**20:.2f} MiB/sequence (FP8)",

@@ -54,6 +54,25 @@ _UID = itertools.count()
 KV_FORMATS = ("float32", "int8", "reference")
 
 
+def compressed_bytes_per_token(cfg: ModelConfig, entry: float, key: float) -> Dict[str, float]:
+    """Steady-state cache bytes per token of context, by layer kind (cfg.layer_kind), of the layers that store
+    compressed KV, given the bytes of one stored entry and of one index key: a DeepSeek-V4 layer of ratio r stores
+    an entry per r tokens and, CSA (r = 4) only, an indexer key per r tokens; a V4.1 kv source stores an entry and an
+    index key per r tokens (the layers that reuse its cache store none). Window rings are fixed per sequence."""
+    v41 = cfg.version == "v4.1"
+    out: Dict[str, float] = {}
+    for i in range(cfg.n_layers):
+        r = cfg.ratio(i)
+        if v41 and i in cfg.kv_source_layers:
+            b = (entry + key) / r
+        elif not v41 and r:
+            b = entry / r + (key / r if r == 4 else 0.0)
+        else:
+            continue
+        out[cfg.layer_kind(i)] = out.get(cfg.layer_kind(i), 0.0) + b
+    return out
+
+
 def check_kv_format(cfg: ModelConfig, kv_format: str) -> str:
     """The cache format by name (KV_FORMATS); 'reference' is DeepSeek-V4.1's only."""
     if kv_format not in KV_FORMATS:
@@ -190,14 +209,8 @@ class CacheLayout:
         kinds = (["SWA"] + [f"C{r}" for r in sorted({r for r in c.compress_ratios if r}, reverse=True)] + ["MTP"]
                  if self.v41 else ["SWA", "CSA", "HCA", "MTP"])
         out = {k: 0.0 for k in kinds}
-        ent, key = self.row_bytes("entries"), self.row_bytes("index_keys")
-        for i in range(c.n_layers):
-            r = c.ratio(i)
-            if self.v41:         # only kv sources store entries and keys
-                if i in c.kv_source_layers:
-                    out[c.layer_kind(i)] += (ent + key) / r
-            elif r:
-                out[c.layer_kind(i)] += ent / r + (key / r if r == 4 else 0.0)
+        for k, b in compressed_bytes_per_token(c, self.row_bytes("entries"), self.row_bytes("index_keys")).items():
+            out[k] += b
         out["total"] = sum(out.values())
         return out
 
