@@ -101,3 +101,36 @@ def check_tp_ranks(cfg, tp, full_cell, w, prefix, run, rank_cell, rtol=2e-5):
             np.testing.assert_allclose(np.concatenate([p[2][name] for p in parts], d), g, rtol=rtol, atol=tol,
                                        err_msg=name)
     return sliced
+
+
+def assert_shard_gather_identity(cfg, thread_ranks, full, dp, tp, ep, n_experts, check_names=None):
+    """Every rank of dp·tp (ep over dp; ranks played by threads, thread_ranks: the conftest fixture) shards the
+    float tensors full {name: float32 array} plus a Muon state tensor per matrix (muon_m.<name>, added to full), its
+    tp-split tensors are 1/tp of the full dim, and ctx.gather_full of its shards is full again, bit for bit.
+    n_experts: ParallelContext.owns's expert count (an int, or a name -> count); check_names(ctx, names): a check of
+    the names a rank owns."""
+    from ascend_v4.parallel import ParallelContext, tp_dim
+    for n in [k for k in full if k.endswith(".weight") or k.endswith("attn_sink")]:
+        full["muon_m." + n] = full[n] * 2          # optimiser-state names follow their parameters
+    world = dp * tp
+    comm = thread_ranks(world)
+
+    def run(r):
+        ctx = ParallelContext.simulated_rank(cfg, dp=dp, tp=tp, ep=ep, rank=r)
+        ctx._host_gather = lambda arrays, kind: comm.exchange(r, list(arrays), ctx.group_ranks(kind))
+        names = [n for n in full if ctx.owns(n, n_experts)]
+        if check_names is not None:
+            check_names(ctx, names)
+        local = ctx.shard_weights(full, names)
+        for n in local:
+            d = tp_dim(n)
+            if d is not None:
+                assert local[n].shape[d] * tp == full[n].shape[d], n
+        assert set(ctx.full_names(local, n_experts)) == set(full)
+        return ctx.gather_full(local)
+
+    results = comm.run(run)
+    for r in range(world):
+        assert results[r].keys() == full.keys()
+        for n in full:
+            np.testing.assert_array_equal(results[r][n], full[n], err_msg=f"rank {r} {n}")

@@ -46,7 +46,7 @@ import numpy as np
 import pytest
 
 from ascend_v4.parallel import ParallelContext, expert_index, tp_dim
-from helpers import check_tp_ranks, load_slices, rand_params, value_and_grads
+from helpers import assert_shard_gather_identity, check_tp_ranks, load_slices, rand_params, value_and_grads
 from run_dirs import assert_runs_match, assert_weights_match, fork_run, launch_msrun, msrun_env, run_weights
 
 
@@ -103,29 +103,7 @@ def test_shard_then_gather_is_identity(dp, tp, ep, thread_ranks):
     if cfg.o_groups % tp:
         cfg = dataclasses.replace(cfg, o_groups=tp).validate()
     full = {n: a.astype(np.float32) for n, a in random_weights(cfg, seed=3).items() if a.dtype.kind == "f"}
-    # optimiser-state names follow their parameters
-    for n in [k for k in full if k.endswith(".weight") or k.endswith("attn_sink")]:
-        full["muon_m." + n] = full[n] * 2
-    world = dp * tp
-    comm = thread_ranks(world)
-
-    def run(r):
-        ctx = ParallelContext.simulated_rank(cfg, dp=dp, tp=tp, ep=ep, rank=r)
-        ctx._host_gather = lambda arrays, kind: comm.exchange(r, list(arrays), ctx.group_ranks(kind))
-        names = [n for n in full if ctx.owns(n, cfg.n_routed_experts)]
-        local = ctx.shard_weights(full, names)
-        for n in local:
-            d = tp_dim(n)
-            if d is not None:
-                assert local[n].shape[d] * tp == full[n].shape[d]
-        assert set(ctx.full_names(local, cfg.n_routed_experts)) == set(full)
-        return ctx.gather_full(local)
-
-    results = comm.run(run)
-    for r in range(world):
-        assert results[r].keys() == full.keys()
-        for n in full:
-            np.testing.assert_array_equal(results[r][n], full[n], err_msg=f"rank {r} {n}")
+    assert_shard_gather_identity(cfg, thread_ranks, full, dp, tp, ep, cfg.n_routed_experts)
 
 
 # ------------------------------------------------------------------------------------------------ TP math
