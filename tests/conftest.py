@@ -30,6 +30,14 @@ def ms_graph():
     return ms
 
 
+@pytest.fixture
+def policy():
+    """ascend_v4.precision, its mixed-precision policy reset to none (fp32) after the test."""
+    from ascend_v4 import precision
+    yield precision
+    precision.set_policy(None)
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     from ascend_v4 import load_config

@@ -16,13 +16,6 @@ from helpers import mhc_mix_inputs, rel_l2_total
 U = 2.0 ** -8            # bf16 unit roundoff: 8 significant bits, round to nearest: 2^-8 = 3.9e-3
 
 
-@pytest.fixture
-def policy():
-    from ascend_v4 import precision
-    yield precision
-    precision.set_policy(None)
-
-
 def test_round_bf16_is_nearest_even(ms_graph, policy):
     import mindspore as ms
     one = 1.0

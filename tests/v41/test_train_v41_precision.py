@@ -22,13 +22,6 @@ S = 20
 U = 2.0 ** -8            # bf16 unit roundoff
 
 
-@pytest.fixture
-def policy():
-    from ascend_v4 import precision
-    yield precision
-    precision.set_policy(None)
-
-
 def test_emulated_storage_is_what_the_bf16_v41_model_builds(ms_graph, policy):
     import mindspore as ms
     from ascend_v4.model import Transformer
