@@ -132,6 +132,17 @@ def _stage_collectives(parallel, params, max_grad_norm: float, model, holds_embe
             all_reduce("pp"), all_reduce("emb") if model.shared_embed and holds_embed else None)
 
 
+def _exchange_graph(ar_pp):
+    """The stage-to-stage transfer (stage_exchange): the pp AllReduce as its own compiled graph; None without pp."""
+    if ar_pp is None:
+        return None
+
+    def exchange(buf):
+        return ar_pp(buf)
+
+    return ms.jit(exchange)
+
+
 def gpipe(P: int, M: int, s: int, last: bool, forward, backward, exchange) -> None:
     """Stage s's part of the GPipe schedule of the module docstring (every stage calls it with its own s).
     forward(m, x_in) -> x_out (stages before the last); backward(m, x_in, dy) -> dx (accumulates the weight
@@ -253,10 +264,7 @@ class PipelineTrainStep:
             return gnorm, stats
 
         self._apply = ms.jit(apply)
-        if ar_pp is not None:
-            def exchange(buf):
-                return ar_pp(buf)
-            self._exchange_fn = ms.jit(exchange)
+        self._exchange_fn = _exchange_graph(ar_pp)
 
     # ---------------------------------------------------------------- helpers
     def _micro(self, batch) -> List[Dict[str, Tensor]]:
@@ -461,10 +469,7 @@ class V41PipelineTrainStep:
             return gnorm, stats, both[n_params]
 
         self._apply = ms.jit(apply)
-        if ar_pp is not None:
-            def exchange(buf):
-                return ar_pp(buf)
-            self._exchange_fn = ms.jit(exchange)
+        self._exchange_fn = _exchange_graph(ar_pp)
 
     def _stage_shapes(self, rows: int, seq: int):
         cfg = self.model.cfg
