@@ -17,7 +17,7 @@ using namespace engram_av4;
 
 namespace {
 
-void CheckGateSweep(const EngramPlatform& p) {
+void CheckGateSweep(const AivPlatform& p) {
   for (int64_t T : {1, 2, 15, 16, 17, 47, 48, 49, 100, 777, 4096, 65537})
     for (int64_t D : {16, 48, 64, 80, 1024, 4096, 5120, 7168})
       for (int32_t hc : {1, 4, 8})
@@ -41,7 +41,7 @@ void CheckGateSweep(const EngramPlatform& p) {
         }
 }
 
-void CheckDequantSweep(const EngramPlatform& p) {
+void CheckDequantSweep(const AivPlatform& p) {
   for (int64_t N : {1, 3, 37, 512, 4096, 65536})
     for (int64_t L : {192, 6144, 256 * 24 * 2})
       for (int64_t g : {8, 16, 32, 64})
