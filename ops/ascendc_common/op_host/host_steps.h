@@ -1,5 +1,5 @@
-// Steps the op_host code of every family (ops/<family>/ascendc/op_host/*.cpp) shares: shape / dtype inference, reading
-// the platform and writing a tiling. Header-only over CANN's register/op_def_registry.h and
+// Steps the op_host code of every family (ops/<family>/ascendc/op_host/*.cpp) shares: tensor declarations, shape /
+// dtype inference, reading the platform and writing a tiling. Header-only over CANN's register/op_def_registry.h and
 // tiling/platform/platform_ascendc.h (or their stand-ins, ops/ascendc_common/host).
 // An op's InferShape / InferDataType / tiling function stays in its family's file (the OpDef names it, the rule
 // checks read it); these are the steps it is made of.
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <vector>
 
 #include "aiv_platform.h"
 #include "register/op_def_registry.h"
@@ -28,6 +29,12 @@ inline ge::graphStatus InferDtypes(gert::InferDataTypeContext* context, size_t o
   context->SetOutputDataType(0, context->GetInputDataType(0));
   for (size_t i = 1; i < outputs; ++i) context->SetOutputDataType(i, rest);
   return ge::GRAPH_SUCCESS;
+}
+
+// A REQUIRED ND tensor of an OpDef with its dtype in each of the op's two kernel variants (float32 / bfloat16 streams).
+inline void RequiredNd(ops::OpParamDef& p, const std::vector<ge::DataType>& types) {
+  const std::vector<ge::Format> nd = {ge::FORMAT_ND, ge::FORMAT_ND};
+  p.ParamType(ops::REQUIRED).DataType(types).Format(nd).UnknownShapeFormat(nd);
 }
 
 // *p = the AIV core count and UB size of the platform the tiling runs for (never hard-coded: 910B3/B4 have 40 AIV
