@@ -110,8 +110,8 @@ class EngramGateKernel {
         LocalTensor<T> hIn = hQue_.template DeQue<T>();
         LocalTensor<T> kIn = kQue_.template DeQue<T>();
         LocalTensor<float> hf, kf;
-        const uint32_t rows = static_cast<uint32_t>(hc * dc);
-        FloatViews(hIn, rows, kIn, rows, castBuf_, rows, &hf, &kf);
+        const uint32_t hcElems = static_cast<uint32_t>(hc * dc);
+        FloatViews(hIn, hcElems, kIn, hcElems, castBuf_, hcElems, &hf, &kf);
         for (int32_t s = 0; s < hc; ++s) {
           Mul(tmp, hf[s * dc], hf[s * dc], dLen);
           Mul(tmp[dc], kf[s * dc], kf[s * dc], dLen);
