@@ -26,8 +26,8 @@ Rules (name: what is checked):
                   without a queue nothing stops MTE2 overwriting the buffer while the last vector op still reads it.
   v-barrier       a vector instruction that reads a tensor written by an earlier vector instruction (no queue in
                   between) is separated from it by PipeBarrier<PIPE_V> (or a V-side SetFlag/WaitFlag). Checked in
-                  program order within a function and through calls of the family's own functions; loop-carried
-                  dependences are not followed.
+                  program order within a function and through calls of the family's own functions and of the
+                  shared kernel headers' (ops/ascendc_common/op_kernel); loop-carried dependences are not followed.
 """
 import os
 import re
@@ -91,8 +91,9 @@ def split_args(s):
 
 
 def base_name(expr):
-    """the tensor an argument names: `sc[s0 * cg]` -> sc, `work_.ReinterpretCast<uint32_t>()` -> work_"""
-    m = re.match(r"\s*(?:\(\s*\w[\w:<>\s]*\)\s*)?&?\s*([A-Za-z_]\w*)", expr)
+    """the tensor an argument names: `sc[s0 * cg]` -> sc, `work_.ReinterpretCast<uint32_t>()` -> work_, `&hf` / `*af`
+    (a tensor passed or written through a pointer) -> hf / af"""
+    m = re.match(r"\s*(?:\(\s*\w[\w:<>\s]*\)\s*)?[&*]?\s*([A-Za-z_]\w*)", expr)
     return m.group(1) if m else None
 
 
@@ -153,7 +154,8 @@ class Family:
         # the shared kernel headers (ops/ascendc_common/op_kernel, staged next to every family's kernels) are part of
         # each family's kernel code
         shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(root))), "ascendc_common", "op_kernel")
-        self.kernel_files = self._files("op_kernel") + self._files(shared)
+        self.shared_files = self._files(shared)
+        self.kernel_files = self._files("op_kernel") + self.shared_files
         self.text = {p: strip_comments(open(p, encoding="utf-8").read()) for p in self.host_files + self.kernel_files}
         self.host_funcs = {}
         for p in self.host_files:
@@ -163,6 +165,11 @@ class Family:
         for p in self.kernel_files:
             for f in functions(p, self.text[p]):
                 self.kernel_funcs.setdefault((p, f.name), f)
+        # helpers of the shared headers, callable from every kernel file (the file's own function of a name wins)
+        self.shared_keys = {}
+        for p in self.shared_files:
+            for f in functions(p, self.text[p]):
+                self.shared_keys.setdefault(f.name, (p, f.name))
 
     def _files(self, sub):
         d = os.path.join(self.root, sub)
@@ -452,6 +459,8 @@ def _events(fam, path, body, summary):
             out.append(("op", reads, writes, m.start()))
             continue
         key = (path, name)
+        if key not in fam.kernel_funcs:
+            key = fam.shared_keys.get(name, key)
         if key in fam.kernel_funcs and name not in KEYWORDS:
             f = fam.kernel_funcs[key]
             args = split_args(body[m.end():match_brace(body, m.end() - 1) - 1])

@@ -43,7 +43,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = os.path.dirname(HERE)
-# headers every family's kernels may include (pipe_sync.h, cube_tiles.h): CMake stages them next to each family's
+# headers every family's kernels may include (pipe_sync.h, cube_tiles.h, stream_rows.h): CMake stages them next to each family's
 # op_kernel/ sources (cmake/av4_opp.cmake av4_opp_kernels); here they are one more include directory
 SHARED_KERNEL = os.path.join(HERE, "op_kernel")
 TREES = {"asc-devkit": "mirror-cann/asc-devkit", "asc-tools": "hicann/asc-tools", "metadef": "hicann/metadef",

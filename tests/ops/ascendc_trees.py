@@ -28,3 +28,15 @@ def needs_trees(purpose: str):
                            reason=f"CANN source trees not in {rhc.cache_dir()}: run `python "
                                   f"ops/ascendc_common/real_headers_check.py --setup [--clone]` {purpose}"),
     ]
+
+
+def mutant_copy(family: str, name: str):
+    """A fresh copy of ops/<family>/ascendc to mutate, at a stable path (the emulator build is cached by it): it keeps
+    the tree's layout (ops/<family>/ascendc next to ops/ascendc_common, linked), so the relative includes of the
+    family's sources into ops/ascendc_common resolve as in the repository. Returns the copy's ascendc directory."""
+    base = os.path.join(rhc.generated_dir(), "emu_mutants", name)
+    shutil.rmtree(base, ignore_errors=True)
+    dst = os.path.join(base, "ops", family, "ascendc")
+    shutil.copytree(os.path.join(ROOT, "ops", family, "ascendc"), dst, ignore=shutil.ignore_patterns("__pycache__"))
+    os.symlink(COMMON, os.path.join(base, "ops", "ascendc_common"))
+    return dst

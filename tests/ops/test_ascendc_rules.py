@@ -163,6 +163,22 @@ def test_rule_fires_on_the_defect(tmp_path, name):
     assert _rules_found(_family(tmp_path, host, kernel)) == [name.replace("-kind", "").replace("-call", "")]
 
 
+@pytest.mark.parametrize("barrier", [True, False])
+def test_v_barrier_follows_calls_into_the_shared_headers(tmp_path, barrier):
+    """A helper of ops/ascendc_common/op_kernel (staged next to every family's kernels) that casts into a tensor it
+    returns through a pointer: the caller's read of it needs the helper's closing barrier."""
+    kernel = _KERNEL.replace("    Abs(tmp_, in, n);\n", "    LocalTensor<float> f;\n    ToF(in, n, &f);\n    Abs(tmp_, f, n);\n")
+    ops = _family(tmp_path, kernel_body=kernel)
+    shared = tmp_path / "ops" / "ascendc_common" / "op_kernel"
+    shared.mkdir(parents=True)
+    sync = "  PipeBarrier<PIPE_V>();\n" if barrier else ""
+    (shared / "to_f.h").write_text("template <typename T>\n__aicore__ inline void ToF(const LocalTensor<T>& a, int32_t n, "
+                                   "LocalTensor<float>* af) {\n  Cast(*af, a, RoundMode::CAST_NONE, n);\n" + sync + "}\n")
+    found = rules.check(ops)
+    assert [(os.path.basename(p), r) for p, _, r, _ in found] == ([] if barrier else [("foo_av4.cpp", "v-barrier")])
+    assert barrier or "'f' is read by a vector op" in found[0][3]
+
+
 def test_matmul_transpose_needs_istrans(tmp_path):
     mm = """
     #include "kernel_operator.h"

@@ -7,7 +7,6 @@ How: the real asc-devkit headers in their CPU-debug mode over the project's intr
 (ops/engram/ascendc/emu/engram_emu.cc); a race between pipes fails the run. Needs the CANN source trees in the cache
 (see test_ascendc_real_headers.py); skipped otherwise, saying so. Marked slow (CI budget): run with -m slow."""
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from ascend_v4.ops.engram import reference as R
 from ascend_v4.ops.engram.cases import CASES
-from ascendc_trees import GXX, ROOT, needs_trees, rhc
+from ascendc_trees import GXX, ROOT, mutant_copy, needs_trees, rhc
 
 DRIVER = os.path.join(ROOT, "ops", "engram", "ascendc", "emu", "engram_emu.cc")
 # slow: building the two emulator binaries takes ~1.5 min uncached (the runs themselves ~5 s); `pytest -m slow`
@@ -145,10 +144,7 @@ def test_dequant_refuses_unsupported_groups(emu, tmp_path):
 def test_emulator_reports_a_missing_vector_barrier(tmp_path):
     """The pipe model has teeth on this kernel: the gate's output without the PipeBarrier<PIPE_V> between the Muls
     producing g * value and the Add reading it fails with a race report."""
-    mutants = os.path.join(rhc.generated_dir(), "emu_mutants", "engram_no_barrier")
-    shutil.rmtree(mutants, ignore_errors=True)
-    dst = Path(mutants) / "ascendc"
-    shutil.copytree(os.path.join(ROOT, "ops", "engram", "ascendc"), dst, ignore=shutil.ignore_patterns("__pycache__"))
+    dst = Path(mutant_copy("engram", "engram_no_barrier"))
     k = dst / "op_kernel" / "engram_gate_av4.cpp"
     text = k.read_text()
     old = "      Muls(acc, vf, gate_[j * hc + s], dLen);\n      PipeBarrier<PIPE_V>();\n"

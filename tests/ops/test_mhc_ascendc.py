@@ -128,7 +128,7 @@ def test_op_host_runs_against_standin(tmp_path):
 
 def _syntax(src, defines=(), includes=()):
     cmd = CXX + ["-fsyntax-only", "-DAV4_ASCENDC_STANDIN", *[f"-D{d}" for d in defines],
-                 f"-I{COMMON}", *[f"-I{i}" for i in includes], src]
+                 f"-I{COMMON}", f"-I{os.path.join(COMMON, 'op_kernel')}", *[f"-I{i}" for i in includes], src]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 

@@ -8,7 +8,6 @@ pipe model fails the run on a race (a vector op reading a result of another with
 reading UB that another pipe wrote with no SetFlag/WaitFlag). Needs the CANN source trees in the cache (see
 test_ascendc_real_headers.py); skipped otherwise, saying so."""
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from ascend_v4.ops.mhc import reference as R
 from ascend_v4.ops.mhc.cases import CASES
-from ascendc_trees import GXX, ROOT, needs_trees, rhc
+from ascendc_trees import GXX, ROOT, mutant_copy, needs_trees, rhc
 
 DRIVER = os.path.join(ROOT, "ops", "mhc", "ascendc", "emu", "mhc_emu.cc")
 pytestmark = needs_trees("to run kernels on CPU")
@@ -104,11 +103,7 @@ def test_kernel_matches_reference(emu, tmp_path, case):
 def test_emulator_reports_a_missing_vector_barrier(tmp_path):
     """The pipe model has teeth: hc_post without the PipeBarrier<PIPE_V> between Muls and the Axpy that reads its
     result fails with a race report (and the unmodified kernel passes the same inputs above)."""
-    src = os.path.join(ROOT, "ops", "mhc", "ascendc")
-    mutants = os.path.join(rhc.generated_dir(), "emu_mutants", "mhc_no_barrier")   # stable path: cached build
-    shutil.rmtree(mutants, ignore_errors=True)
-    dst = Path(mutants) / "ascendc"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    dst = Path(mutant_copy("mhc", "mhc_no_barrier"))
     k = dst / "op_kernel" / "hc_post_kernel.h"
     text = k.read_text()
     old = "      Muls(acc, ff, post_[k], dLen);\n      PipeBarrier<PIPE_V>();\n"
@@ -135,10 +130,7 @@ CUBE_MUTANTS = {
 @pytest.mark.parametrize("name", sorted(CUBE_MUTANTS))
 def test_hc_pre_cube_sync_removed_is_a_race(tmp_path, name):
     cut, message = CUBE_MUTANTS[name]
-    mutants = os.path.join(rhc.generated_dir(), "emu_mutants", f"mhc_cube_{name}")
-    shutil.rmtree(mutants, ignore_errors=True)
-    dst = Path(mutants) / "ascendc"
-    shutil.copytree(os.path.join(ROOT, "ops", "mhc", "ascendc"), dst, ignore=shutil.ignore_patterns("__pycache__"))
+    dst = Path(mutant_copy("mhc", f"mhc_cube_{name}"))
     k = dst / "op_kernel" / "hc_pre_cube.h"
     text = k.read_text()
     assert text.count(cut) == 1, name

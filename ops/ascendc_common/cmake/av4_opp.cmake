@@ -13,7 +13,7 @@ include_guard(GLOBAL)
 
 set(AV4_OPP_FAMILIES mhc moe attention engram)
 set(AV4_OPP_SOCS "ascend910b;ascend910_93")   # the AddConfig(...) of every OpDef
-# headers the kernels of every family include (pipe_sync.h, cube_tiles.h): staged next to each family's kernels
+# headers the kernels of every family include (pipe_sync.h, cube_tiles.h, stream_rows.h): staged next to each family's kernels
 set(AV4_OPP_SHARED_KERNEL_DIR ${CMAKE_CURRENT_LIST_DIR}/../op_kernel)
 
 # av4_opp_package(<family>): check the family, find CANN's ASC package (one clear error when it is missing) and

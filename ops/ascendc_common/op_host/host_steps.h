@@ -1,5 +1,6 @@
-// Steps the op_host code of every family (ops/<family>/ascendc/op_host/*.cpp) shares: shape / dtype inference and
-// writing a tiling. Header-only over CANN's register/op_def_registry.h (or its stand-in, ops/ascendc_common/host).
+// Steps the op_host code of every family (ops/<family>/ascendc/op_host/*.cpp) shares: tensor declarations, shape /
+// dtype inference, reading the platform and writing a tiling. Header-only over CANN's register/op_def_registry.h and
+// tiling/platform/platform_ascendc.h (or their stand-ins, ops/ascendc_common/host).
 // An op's InferShape / InferDataType / tiling function stays in its family's file (the OpDef names it, the rule
 // checks read it); these are the steps it is made of.
 #pragma once
@@ -7,8 +8,11 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <vector>
 
+#include "aiv_platform.h"
 #include "register/op_def_registry.h"
+#include "tiling/platform/platform_ascendc.h"
 
 namespace av4_host {
 
@@ -26,6 +30,26 @@ inline ge::graphStatus InferDtypes(gert::InferDataTypeContext* context, size_t o
   for (size_t i = 1; i < outputs; ++i) context->SetOutputDataType(i, rest);
   return ge::GRAPH_SUCCESS;
 }
+
+// A REQUIRED ND tensor of an OpDef with its dtype in each of the op's two kernel variants (float32 / bfloat16 streams).
+inline void RequiredNd(ops::OpParamDef& p, const std::vector<ge::DataType>& types) {
+  const std::vector<ge::Format> nd = {ge::FORMAT_ND, ge::FORMAT_ND};
+  p.ParamType(ops::REQUIRED).DataType(types).Format(nd).UnknownShapeFormat(nd);
+}
+
+// *p = the AIV core count and UB size of the platform the tiling runs for (never hard-coded: 910B3/B4 have 40 AIV
+// cores, B1/B2 and 910C dies 48); false when the context has no platform or it reports none.
+inline bool ReadAivPlatform(gert::TilingContext* context, AivPlatform* p) {
+  auto* info = context->GetPlatformInfo();
+  if (info == nullptr) return false;
+  platform_ascendc::PlatformAscendC ascendc(info);
+  p->aivCores = ascendc.GetCoreNumAiv();
+  ascendc.GetCoreMemSize(platform_ascendc::CoreMemType::UB, p->ubBytes);
+  return p->aivCores > 0 && p->ubBytes > 0;
+}
+
+// Bytes of a float32 / bfloat16 stream element; 0 for any other dtype (the plain tiling then refuses the shape).
+inline int32_t StreamElemBytes(ge::DataType dt) { return dt == ge::DT_FLOAT ? 4 : (dt == ge::DT_BF16 ? 2 : 0); }
 
 // Writes a launch's tiling: the struct (fails when the framework's buffer is smaller), the block dim (AIV cores, or
 // AIC + 2 AIV groups of a mixed kernel), the tiling key and the one workspace size in bytes.

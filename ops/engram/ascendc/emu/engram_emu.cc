@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
     const int64_t T = std::atoll(argv[3]), D = std::atoll(argv[4]);
     const int32_t hc = std::atoi(argv[5]);
     const float eps = std::strtof(argv[6], nullptr);
-    const engram_av4::EngramPlatform plat{static_cast<uint32_t>(std::atoi(argv[7])),
+    const av4_host::AivPlatform plat{static_cast<uint32_t>(std::atoi(argv[7])),
                                           std::strtoull(argv[8], nullptr, 10)};
     using X = DTYPE_H;
     engram_av4::EngramGateTilingData td{};
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   if (op == "dequant" && argc == 8) {
     const std::string dir = argv[2];
     const int64_t N = std::atoll(argv[3]), L = std::atoll(argv[4]), S = std::atoll(argv[5]);
-    const engram_av4::EngramPlatform plat{static_cast<uint32_t>(std::atoi(argv[6])),
+    const av4_host::AivPlatform plat{static_cast<uint32_t>(std::atoi(argv[6])),
                                           std::strtoull(argv[7], nullptr, 10)};
     using Y = DTYPE_Y;
     engram_av4::EngramDequantTilingData td{};

@@ -45,20 +45,16 @@ graphStatus InferDataTypeDequant(gert::InferDataTypeContext* context) {
 
 namespace ops {
 
-static const std::vector<ge::Format> kND = {ge::FORMAT_ND, ge::FORMAT_ND};
-
-static void Tensor(OpParamDef& p, const std::vector<ge::DataType>& types) {
-  p.ParamType(REQUIRED).DataType(types).Format(kND).UnknownShapeFormat(kND);
-}
+using av4_host::RequiredNd;
 
 class EngramGateAv4 : public OpDef {
  public:
   explicit EngramGateAv4(const char* name) : OpDef(name) {
-    Tensor(this->Input("h"), {ge::DT_FLOAT, ge::DT_BF16});
-    Tensor(this->Input("kv"), {ge::DT_FLOAT, ge::DT_BF16});
-    Tensor(this->Input("weight"), {ge::DT_FLOAT, ge::DT_FLOAT});
-    Tensor(this->Input("alive"), {ge::DT_FLOAT, ge::DT_FLOAT});
-    Tensor(this->Output("out"), {ge::DT_FLOAT, ge::DT_BF16});
+    RequiredNd(this->Input("h"), {ge::DT_FLOAT, ge::DT_BF16});
+    RequiredNd(this->Input("kv"), {ge::DT_FLOAT, ge::DT_BF16});
+    RequiredNd(this->Input("weight"), {ge::DT_FLOAT, ge::DT_FLOAT});
+    RequiredNd(this->Input("alive"), {ge::DT_FLOAT, ge::DT_FLOAT});
+    RequiredNd(this->Output("out"), {ge::DT_FLOAT, ge::DT_BF16});
     this->Attr("eps").AttrType(OPTIONAL).Float(1e-20f);
     this->SetInferShape(ge::InferShapeGate).SetInferDataType(ge::InferDataTypeGate);
     this->AICore().SetTiling(optiling::EngramGateAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");
@@ -68,9 +64,9 @@ class EngramGateAv4 : public OpDef {
 class EngramDequantAv4 : public OpDef {
  public:
   explicit EngramDequantAv4(const char* name) : OpDef(name) {
-    Tensor(this->Input("rows"), {ge::DT_INT8, ge::DT_INT8});
-    Tensor(this->Input("scales"), {ge::DT_FLOAT, ge::DT_FLOAT});
-    Tensor(this->Output("y"), {ge::DT_FLOAT, ge::DT_BF16});
+    RequiredNd(this->Input("rows"), {ge::DT_INT8, ge::DT_INT8});
+    RequiredNd(this->Input("scales"), {ge::DT_FLOAT, ge::DT_FLOAT});
+    RequiredNd(this->Output("y"), {ge::DT_FLOAT, ge::DT_BF16});
     this->Attr("dst_type").AttrType(OPTIONAL).Int(1);
     this->SetInferShape(ge::InferShapeDequant).SetInferDataType(ge::InferDataTypeDequant);
     this->AICore().SetTiling(optiling::EngramDequantAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");

@@ -14,10 +14,16 @@
 #include "kernel_operator.h"
 #include "engram_tiling_data.h"
 #include "pipe_sync.h"
+#include "stream_rows.h"
 
 namespace engram_av4 {
 using namespace AscendC;
+using av4_common::AccRow;
+using av4_common::CopyInRows;
+using av4_common::CopyOutRows;
+using av4_common::FloatViews;
 using av4_common::PipeSync;
+using av4_common::StoreRow;
 
 template <typename T>
 class EngramGateKernel {
@@ -56,7 +62,7 @@ class EngramGateKernel {
         for (int32_t c = 0; c < td_->dChunks; ++c) {
           const int32_t dLen = c == td_->dChunks - 1 ? td_->dTail : td_->dChunk;
           const int64_t d0 = static_cast<int64_t>(c) * td_->dChunk;
-          CopyInRows(hQue_, hGm_, (t0 + j) * td_->hc * td_->D + d0, dLen);
+          EnQueRows(hQue_, hGm_, (t0 + j) * td_->hc * td_->D + d0, dLen);
           CopyInValue(t0 + j, d0, dLen);
           Output(j, dLen);
           CopyOut(t0 + j, d0, dLen);
@@ -67,13 +73,10 @@ class EngramGateKernel {
 
  private:
   // hc rows of dLen elements, D apart in GM, dChunk apart in UB
-  __aicore__ inline void CopyInRows(TQue<QuePosition::VECIN, 1>& que, const GlobalTensor<T>& gm, int64_t offset,
-                                    int32_t dLen) {
+  __aicore__ inline void EnQueRows(TQue<QuePosition::VECIN, 1>& que, const GlobalTensor<T>& gm, int64_t offset,
+                                   int32_t dLen) {
     LocalTensor<T> x = que.template AllocTensor<T>();
-    DataCopyExtParams p(static_cast<uint16_t>(td_->hc), static_cast<uint32_t>(dLen * sizeof(T)),
-                        static_cast<uint32_t>((td_->D - dLen) * sizeof(T)),
-                        static_cast<uint32_t>((td_->dChunk - dLen) * sizeof(T) / kUbAlign), 0);
-    DataCopyPad(x, gm[offset], p, DataCopyPadExtParams<T>(false, 0, 0, 0));
+    CopyInRows(x, gm, offset, td_->hc, td_->D, td_->dChunk, dLen);
     que.EnQue(x);
   }
 
@@ -102,22 +105,13 @@ class EngramGateKernel {
       PipeSync<HardEvent::MTE2_V>();
       for (int32_t j = 0; j < n; ++j) {
         const int64_t tok = t0 + j;
-        CopyInRows(hQue_, hGm_, tok * hc * td_->D + d0, dLen);
-        CopyInRows(kQue_, kvGm_, tok * (hc + 1) * td_->D + d0, dLen);
+        EnQueRows(hQue_, hGm_, tok * hc * td_->D + d0, dLen);
+        EnQueRows(kQue_, kvGm_, tok * (hc + 1) * td_->D + d0, dLen);
         LocalTensor<T> hIn = hQue_.template DeQue<T>();
         LocalTensor<T> kIn = kQue_.template DeQue<T>();
         LocalTensor<float> hf, kf;
-        if constexpr (sizeof(T) == sizeof(float)) {
-          hf = hIn.template ReinterpretCast<float>();
-          kf = kIn.template ReinterpretCast<float>();
-        } else {
-          LocalTensor<float> cast = castBuf_.Get<float>();
-          hf = cast;
-          kf = cast[hc * dc];
-          Cast(hf, hIn, RoundMode::CAST_NONE, static_cast<uint32_t>(hc * dc));
-          Cast(kf, kIn, RoundMode::CAST_NONE, static_cast<uint32_t>(hc * dc));
-          PipeBarrier<PIPE_V>();
-        }
+        const uint32_t hcElems = static_cast<uint32_t>(hc * dc);
+        FloatViews(hIn, hcElems, kIn, hcElems, castBuf_, hcElems, &hf, &kf);
         for (int32_t s = 0; s < hc; ++s) {
           Mul(tmp, hf[s * dc], hf[s * dc], dLen);
           Mul(tmp[dc], kf[s * dc], kf[s * dc], dLen);
@@ -183,32 +177,15 @@ class EngramGateKernel {
     LocalTensor<T> vIn = vQue_.template DeQue<T>();
     LocalTensor<T> out = outQue_.template AllocTensor<T>();
     LocalTensor<float> hf, vf;
-    if constexpr (sizeof(T) == sizeof(float)) {
-      hf = hIn.template ReinterpretCast<float>();
-      vf = vIn.template ReinterpretCast<float>();
-    } else {
-      LocalTensor<float> cast = castBuf_.Get<float>();
-      hf = cast;
-      vf = cast[hc * dc];
-      Cast(hf, hIn, RoundMode::CAST_NONE, static_cast<uint32_t>(hc * dc));
-      Cast(vf, vIn, RoundMode::CAST_NONE, static_cast<uint32_t>(dLen));
-      PipeBarrier<PIPE_V>();
-    }
+    FloatViews(hIn, static_cast<uint32_t>(hc * dc), vIn, static_cast<uint32_t>(dLen), castBuf_,
+               static_cast<uint32_t>(hc * dc), &hf, &vf);
     for (int32_t s = 0; s < hc; ++s) {
-      LocalTensor<float> acc;
-      if constexpr (sizeof(T) == sizeof(float)) {
-        acc = out.template ReinterpretCast<float>()[s * dc];
-      } else {
-        acc = tmpBuf_.Get<float>();
-      }
+      LocalTensor<float> acc = AccRow(out, s * dc, tmpBuf_.Get<float>());
       Muls(acc, vf, gate_[j * hc + s], dLen);
       PipeBarrier<PIPE_V>();
       Add(acc, acc, hf[s * dc], dLen);
       PipeBarrier<PIPE_V>();
-      if constexpr (sizeof(T) != sizeof(float)) {
-        Cast(out[s * dc], acc, RoundMode::CAST_RINT, static_cast<uint32_t>(dLen));
-        PipeBarrier<PIPE_V>();   // the next stream reuses acc
-      }
+      StoreRow(out, s * dc, acc, dLen);   // bf16: rounded into out; the next stream reuses acc
     }
     outQue_.EnQue(out);
     hQue_.FreeTensor(hIn);
@@ -217,10 +194,7 @@ class EngramGateKernel {
 
   __aicore__ inline void CopyOut(int64_t tok, int64_t d0, int32_t dLen) {
     LocalTensor<T> out = outQue_.template DeQue<T>();
-    DataCopyExtParams p(static_cast<uint16_t>(td_->hc), static_cast<uint32_t>(dLen * sizeof(T)),
-                        static_cast<uint32_t>((td_->dChunk - dLen) * sizeof(T) / kUbAlign),
-                        static_cast<uint32_t>((td_->D - dLen) * sizeof(T)), 0);
-    DataCopyPad(outGm_[tok * td_->hc * td_->D + d0], out, p);
+    CopyOutRows(outGm_, tok * td_->hc * td_->D + d0, out, td_->hc, td_->D, td_->dChunk, dLen);
     outQue_.FreeTensor(out);
   }
 

@@ -49,7 +49,7 @@ uint64_t EngramDequantUbBytes(const EngramDequantTilingData& td) {
          2ull * td.outBytes;
 }
 
-bool EngramGateTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, float eps, const EngramPlatform& p,
+bool EngramGateTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, float eps, const AivPlatform& p,
                       EngramGateTilingData* td, const char** why) {
   *td = EngramGateTilingData{};
   if (T < 1) return *why = "no tokens (T must be >= 1)", false;
@@ -86,7 +86,7 @@ bool EngramGateTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, float ep
   return true;
 }
 
-bool EngramDequantTiling(int64_t N, int64_t L, int64_t nScales, int32_t yBytes, const EngramPlatform& p,
+bool EngramDequantTiling(int64_t N, int64_t L, int64_t nScales, int32_t yBytes, const AivPlatform& p,
                          EngramDequantTilingData* td, const char** why) {
   *td = EngramDequantTilingData{};
   if (N < 1 || L < 1) return *why = "no rows (N and L must be >= 1)", false;

@@ -4,23 +4,21 @@
 #pragma once
 #include <cstdint>
 
+#include "../../../ascendc_common/op_host/aiv_platform.h"
 #include "../op_kernel/engram_tiling_data.h"
 
 namespace engram_av4 {
 
-struct EngramPlatform {
-  uint32_t aivCores;   // PlatformAscendC::GetCoreNumAiv()
-  uint64_t ubBytes;    // PlatformAscendC::GetCoreMemSize(CoreMemType::UB, ...)
-};
+using av4_host::AivPlatform;   // the AIV core count and UB size op_host reads from the platform
 
 // UB bytes the kernels allocate for a tiling (recomputed from the buffer fields).
 uint64_t EngramGateUbBytes(const EngramGateTilingData& td);
 uint64_t EngramDequantUbBytes(const EngramDequantTilingData& td);
 
 // false (and *why set) when the shape is outside what the kernels support; never exceeds p.ubBytes.
-bool EngramGateTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, float eps, const EngramPlatform& p,
+bool EngramGateTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, float eps, const AivPlatform& p,
                       EngramGateTilingData* td, const char** why);
-bool EngramDequantTiling(int64_t N, int64_t L, int64_t nScales, int32_t yBytes, const EngramPlatform& p,
+bool EngramDequantTiling(int64_t N, int64_t L, int64_t nScales, int32_t yBytes, const AivPlatform& p,
                          EngramDequantTilingData* td, const char** why);
 
 }  // namespace engram_av4

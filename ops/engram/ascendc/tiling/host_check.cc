@@ -17,7 +17,19 @@ using namespace engram_av4;
 
 namespace {
 
-void CheckGateSweep(const EngramPlatform& p) {
+// The cores' EngramRange items follow one another without gap or overlap, none empty; returns where the last ends.
+int64_t RangesEnd(int32_t usedCores, int32_t frontCores, int64_t base) {
+  int64_t next = 0;
+  for (int32_t b = 0; b < usedCores; ++b) {
+    int64_t s = 0, n = 0;
+    EngramRange(b, frontCores, base, &s, &n);
+    CHECK(s == next && n >= 1);
+    next = s + n;
+  }
+  return next;
+}
+
+void CheckGateSweep(const AivPlatform& p) {
   for (int64_t T : {1, 2, 15, 16, 17, 47, 48, 49, 100, 777, 4096, 65537})
     for (int64_t D : {16, 48, 64, 80, 1024, 4096, 5120, 7168})
       for (int32_t hc : {1, 4, 8})
@@ -30,18 +42,11 @@ void CheckGateSweep(const EngramPlatform& p) {
           CHECK(static_cast<int64_t>(td.dChunks - 1) * td.dChunk + td.dTail == D);
           CHECK(td.tileT >= 1 && td.tileT <= kMaxTileT && td.usedCores >= 1 &&
                 static_cast<uint32_t>(td.usedCores) <= p.aivCores);
-          int64_t next = 0;
-          for (int32_t b = 0; b < td.usedCores; ++b) {
-            int64_t s = 0, n = 0;
-            EngramRange(b, td.frontCores, td.baseTokens, &s, &n);
-            CHECK(s == next && n >= 1);
-            next = s + n;
-          }
-          CHECK(next == T);
+          CHECK(RangesEnd(td.usedCores, td.frontCores, td.baseTokens) == T);
         }
 }
 
-void CheckDequantSweep(const EngramPlatform& p) {
+void CheckDequantSweep(const AivPlatform& p) {
   for (int64_t N : {1, 3, 37, 512, 4096, 65536})
     for (int64_t L : {192, 6144, 256 * 24 * 2})
       for (int64_t g : {8, 16, 32, 64})
@@ -52,14 +57,8 @@ void CheckDequantSweep(const EngramPlatform& p) {
           CHECK(EngramDequantTiling(N, L, L / g, yb, p, &td, &why));
           CHECK(td.ubBytes == EngramDequantUbBytes(td) && td.ubBytes <= p.ubBytes);
           CHECK(td.chunkGroups % kBrcbGroups == 0 && td.chunkGroups / kBrcbGroups <= 255 && td.g == g);
-          int64_t next = 0;
-          for (int32_t b = 0; b < td.usedCores; ++b) {
-            int64_t s = 0, n = 0;
-            EngramRange(b, td.frontCores, td.baseBlocks, &s, &n);
-            CHECK(s == next && n >= 1);
-            next = s + n;
-          }
-          CHECK(next * kBrcbGroups >= td.groups && (next - 1) * kBrcbGroups < td.groups);
+          const int64_t blocks = RangesEnd(td.usedCores, td.frontCores, td.baseBlocks);
+          CHECK(blocks * kBrcbGroups >= td.groups && (blocks - 1) * kBrcbGroups < td.groups);
         }
   EngramDequantTilingData td{};
   const char* why = "";

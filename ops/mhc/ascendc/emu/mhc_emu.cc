@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
   const std::string op = argv[1], dir = argv[2];
   const int64_t T = std::atoll(argv[3]), D = std::atoll(argv[4]);
   const int32_t hc = std::atoi(argv[5]);
-  const mhc_av4::HcPlatform plat{static_cast<uint32_t>(std::atoi(argv[6])), std::strtoull(argv[7], nullptr, 10)};
+  const av4_host::AivPlatform plat{static_cast<uint32_t>(std::atoi(argv[6])), std::strtoull(argv[7], nullptr, 10)};
   using X = DTYPE_F;
   const char* why = "";
   if (op == "post") {

@@ -52,28 +52,25 @@ graphStatus InferDataTypePost(gert::InferDataTypeContext* context) { return av4_
 
 namespace ops {
 
+using av4_host::RequiredNd;
+
 // Streams in float32 or bfloat16 (two kernel variants), everything else float32.
 static const std::vector<ge::DataType> kStream = {ge::DT_FLOAT, ge::DT_BF16};
 static const std::vector<ge::DataType> kF32 = {ge::DT_FLOAT, ge::DT_FLOAT};
-static const std::vector<ge::Format> kND = {ge::FORMAT_ND, ge::FORMAT_ND};
-
-static void Tensor(OpParamDef& p, const std::vector<ge::DataType>& types) {
-  p.ParamType(REQUIRED).DataType(types).Format(kND).UnknownShapeFormat(kND);
-}
 
 class HcPreAv4 : public OpDef {
  public:
   explicit HcPreAv4(const char* name) : OpDef(name) {
-    Tensor(this->Input("x"), kStream);
-    Tensor(this->Input("fn"), kF32);
-    Tensor(this->Input("scale"), kF32);
-    Tensor(this->Input("base"), kF32);
-    Tensor(this->Input("cfg"), kF32);
-    Tensor(this->Output("y"), kStream);
-    Tensor(this->Output("post"), kF32);
-    Tensor(this->Output("comb"), kF32);
-    Tensor(this->Output("mix"), kF32);
-    Tensor(this->Output("rstd"), kF32);
+    RequiredNd(this->Input("x"), kStream);
+    RequiredNd(this->Input("fn"), kF32);
+    RequiredNd(this->Input("scale"), kF32);
+    RequiredNd(this->Input("base"), kF32);
+    RequiredNd(this->Input("cfg"), kF32);
+    RequiredNd(this->Output("y"), kStream);
+    RequiredNd(this->Output("post"), kF32);
+    RequiredNd(this->Output("comb"), kF32);
+    RequiredNd(this->Output("mix"), kF32);
+    RequiredNd(this->Output("rstd"), kF32);
     this->SetInferShape(ge::InferShapePre).SetInferDataType(ge::InferDataTypePre);
     this->AICore().SetTiling(optiling::HcPreAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");
   }
@@ -82,14 +79,14 @@ class HcPreAv4 : public OpDef {
 class HcHeadAv4 : public OpDef {
  public:
   explicit HcHeadAv4(const char* name) : OpDef(name) {
-    Tensor(this->Input("x"), kStream);
-    Tensor(this->Input("fn"), kF32);
-    Tensor(this->Input("scale"), kF32);
-    Tensor(this->Input("base"), kF32);
-    Tensor(this->Input("cfg"), kF32);
-    Tensor(this->Output("y"), kStream);
-    Tensor(this->Output("mix"), kF32);
-    Tensor(this->Output("rstd"), kF32);
+    RequiredNd(this->Input("x"), kStream);
+    RequiredNd(this->Input("fn"), kF32);
+    RequiredNd(this->Input("scale"), kF32);
+    RequiredNd(this->Input("base"), kF32);
+    RequiredNd(this->Input("cfg"), kF32);
+    RequiredNd(this->Output("y"), kStream);
+    RequiredNd(this->Output("mix"), kF32);
+    RequiredNd(this->Output("rstd"), kF32);
     this->SetInferShape(ge::InferShapeHead).SetInferDataType(ge::InferDataTypeHead);
     this->AICore().SetTiling(optiling::HcHeadAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");
   }
@@ -98,11 +95,11 @@ class HcHeadAv4 : public OpDef {
 class HcPostAv4 : public OpDef {
  public:
   explicit HcPostAv4(const char* name) : OpDef(name) {
-    Tensor(this->Input("f"), kStream);
-    Tensor(this->Input("residual"), kStream);
-    Tensor(this->Input("post"), kF32);
-    Tensor(this->Input("comb"), kF32);
-    Tensor(this->Output("out"), kStream);
+    RequiredNd(this->Input("f"), kStream);
+    RequiredNd(this->Input("residual"), kStream);
+    RequiredNd(this->Input("post"), kF32);
+    RequiredNd(this->Input("comb"), kF32);
+    RequiredNd(this->Output("out"), kStream);
     this->SetInferShape(ge::InferShapePost).SetInferDataType(ge::InferDataTypePost);
     this->AICore().SetTiling(optiling::HcPostAv4Tiling).AddConfig("ascend910b").AddConfig("ascend910_93");
   }

@@ -1,6 +1,6 @@
 // Host tiling of HcPreAv4 / HcHeadAv4 / HcPostAv4: reads the AIV core count and the UB size from the platform
-// (never hard-coded: 910B3/B4 have 40 AIV cores, B1/B2 and 910C dies 48), shapes and dtypes from the context, and
-// delegates the decisions to the plain-C++ tiling in ../tiling/hc_tiling.cc (unit-tested with g++).
+// (av4_host::ReadAivPlatform), shapes and dtypes from the context, and delegates the decisions to the plain-C++
+// tiling in ../tiling/hc_tiling.cc (unit-tested with g++).
 #include "mhc_av4_tiling.h"
 
 #include "../../../ascendc_common/op_host/host_steps.h"
@@ -9,17 +9,6 @@
 
 namespace optiling {
 namespace {
-
-bool Platform(gert::TilingContext* context, mhc_av4::HcPlatform* p) {
-  auto* info = context->GetPlatformInfo();
-  if (info == nullptr) return false;
-  platform_ascendc::PlatformAscendC ascendc(info);
-  p->aivCores = ascendc.GetCoreNumAiv();
-  ascendc.GetCoreMemSize(platform_ascendc::CoreMemType::UB, p->ubBytes);
-  return p->aivCores > 0 && p->ubBytes > 0;
-}
-
-int32_t ElemBytes(ge::DataType dt) { return dt == ge::DT_FLOAT ? 4 : (dt == ge::DT_BF16 ? 2 : 0); }
 
 // blockDim: AIV cores (hc_post) or core groups of one AIC + two AIV (the mixed hc_pre / hc_head); workspace: the
 // libraries' system workspace + the kernel's own (fn split, partial projections), 0 + 0 for hc_post
@@ -34,11 +23,11 @@ ge::graphStatus Commit(gert::TilingContext* context, const Data& td, int32_t blo
 }
 
 ge::graphStatus PreOrHead(gert::TilingContext* context, bool head) {
-  mhc_av4::HcPlatform p{};
-  if (!Platform(context, &p)) return ge::GRAPH_FAILED;
+  av4_host::AivPlatform p{};
+  if (!av4_host::ReadAivPlatform(context, &p)) return ge::GRAPH_FAILED;
   const gert::Shape& x = context->GetInputShape(0)->GetStorageShape();  // [T, hc, D]
   if (x.GetDimNum() != 3) return ge::GRAPH_FAILED;
-  const int32_t xBytes = ElemBytes(context->GetInputDesc(0)->GetDataType());
+  const int32_t xBytes = av4_host::StreamElemBytes(context->GetInputDesc(0)->GetDataType());
   mhc_av4::HcPreTilingData td{};
   const char* why = "";
   if (!mhc_av4::HcPreTiling(x.GetDim(0), x.GetDim(2), static_cast<int32_t>(x.GetDim(1)), xBytes, head, p, &td, &why))
@@ -52,11 +41,11 @@ ge::graphStatus HcPreAv4Tiling(gert::TilingContext* context) { return PreOrHead(
 ge::graphStatus HcHeadAv4Tiling(gert::TilingContext* context) { return PreOrHead(context, true); }
 
 ge::graphStatus HcPostAv4Tiling(gert::TilingContext* context) {
-  mhc_av4::HcPlatform p{};
-  if (!Platform(context, &p)) return ge::GRAPH_FAILED;
+  av4_host::AivPlatform p{};
+  if (!av4_host::ReadAivPlatform(context, &p)) return ge::GRAPH_FAILED;
   const gert::Shape& res = context->GetInputShape(1)->GetStorageShape();  // residual [T, hc, D]
   if (res.GetDimNum() != 3) return ge::GRAPH_FAILED;
-  const int32_t xBytes = ElemBytes(context->GetInputDesc(0)->GetDataType());
+  const int32_t xBytes = av4_host::StreamElemBytes(context->GetInputDesc(0)->GetDataType());
   mhc_av4::HcPostTilingData td{};
   const char* why = "";
   if (!mhc_av4::HcPostTiling(res.GetDim(0), res.GetDim(2), static_cast<int32_t>(res.GetDim(1)), xBytes, p, &td, &why))

@@ -5,9 +5,15 @@
 #pragma once
 #include "kernel_operator.h"
 #include "mhc_tiling_data.h"
+#include "stream_rows.h"
 
 namespace mhc_av4 {
 using namespace AscendC;
+using av4_common::AccRow;
+using av4_common::CopyInRows;
+using av4_common::CopyOutRows;
+using av4_common::FloatViews;
+using av4_common::StoreRow;
 
 template <typename T>
 class HcPostKernel {
@@ -51,10 +57,7 @@ class HcPostKernel {
                 DataCopyPadExtParams<T>(false, 0, 0, 0));
     fQue_.EnQue(fIn);
     LocalTensor<T> rIn = resQue_.AllocTensor<T>();
-    DataCopyExtParams p(static_cast<uint16_t>(td_->hc), static_cast<uint32_t>(dLen * sizeof(T)),
-                        static_cast<uint32_t>((td_->D - dLen) * sizeof(T)),
-                        static_cast<uint32_t>((td_->dChunk - dLen) * sizeof(T) / kUbAlign), 0);
-    DataCopyPad(rIn, resGm_[tok * td_->hc * td_->D + d0], p, DataCopyPadExtParams<T>(false, 0, 0, 0));
+    CopyInRows(rIn, resGm_, tok * td_->hc * td_->D + d0, td_->hc, td_->D, td_->dChunk, dLen);
     resQue_.EnQue(rIn);
   }
 
@@ -65,33 +68,17 @@ class HcPostKernel {
     LocalTensor<T> out = outQue_.AllocTensor<T>();
     LocalTensor<float> cast = castBuf_.Get<float>();  // rows: f, residual[0..hc), one output row
     LocalTensor<float> ff, rf;
-    if constexpr (sizeof(T) == sizeof(float)) {
-      ff = fIn.template ReinterpretCast<float>();
-      rf = rIn.template ReinterpretCast<float>();
-    } else {
-      ff = cast;
-      rf = cast[dc];
-      Cast(ff, fIn, RoundMode::CAST_NONE, static_cast<uint32_t>(dLen));
-      Cast(rf, rIn, RoundMode::CAST_NONE, static_cast<uint32_t>(hc * dc));
-      PipeBarrier<PIPE_V>();
-    }
+    FloatViews(fIn, static_cast<uint32_t>(dLen), rIn, static_cast<uint32_t>(hc * dc), castBuf_,
+               static_cast<uint32_t>(dc), &ff, &rf);
     for (int32_t k = 0; k < hc; ++k) {
-      LocalTensor<float> acc;
-      if constexpr (sizeof(T) == sizeof(float)) {
-        acc = out.template ReinterpretCast<float>()[k * dc];
-      } else {
-        acc = cast[(hc + 1) * dc];
-      }
+      LocalTensor<float> acc = AccRow(out, k * dc, cast[(hc + 1) * dc]);
       Muls(acc, ff, post_[k], dLen);
       PipeBarrier<PIPE_V>();
       for (int32_t j = 0; j < hc; ++j) {
         Axpy(acc, rf[j * dc], comb_[j * hc + k], dLen);
         PipeBarrier<PIPE_V>();
       }
-      if constexpr (sizeof(T) != sizeof(float)) {
-        Cast(out[k * dc], acc, RoundMode::CAST_RINT, static_cast<uint32_t>(dLen));
-        PipeBarrier<PIPE_V>();  // the next stream reuses acc
-      }
+      StoreRow(out, k * dc, acc, dLen);   // bf16: rounded into out; the next stream reuses acc
     }
     outQue_.EnQue(out);
     fQue_.FreeTensor(fIn);
@@ -100,10 +87,7 @@ class HcPostKernel {
 
   __aicore__ inline void CopyOut(int64_t tok, int64_t d0, int32_t dLen) {
     LocalTensor<T> out = outQue_.DeQue<T>();
-    DataCopyExtParams p(static_cast<uint16_t>(td_->hc), static_cast<uint32_t>(dLen * sizeof(T)),
-                        static_cast<uint32_t>((td_->dChunk - dLen) * sizeof(T) / kUbAlign),
-                        static_cast<uint32_t>((td_->D - dLen) * sizeof(T)), 0);
-    DataCopyPad(outGm_[tok * td_->hc * td_->D + d0], out, p);
+    CopyOutRows(outGm_, tok * td_->hc * td_->D + d0, out, td_->hc, td_->D, td_->dChunk, dLen);
     outQue_.FreeTensor(out);
   }
 

@@ -16,6 +16,7 @@
 #include "kernel_operator.h"
 #include "hc_pre_cube.h"
 #include "mhc_tiling_data.h"
+#include "stream_rows.h"
 
 namespace mhc_av4 {
 using namespace AscendC;
@@ -361,10 +362,7 @@ class HcPreKernel {
       const int32_t dLen = c == td_->dChunks - 1 ? td_->dTail : td_->dChunk;
       const int64_t d0 = static_cast<int64_t>(c) * td_->dChunk;
       LocalTensor<T> xIn = yInQue_.AllocTensor<T>();
-      DataCopyExtParams p(static_cast<uint16_t>(td_->hc), static_cast<uint32_t>(dLen * sizeof(T)),
-                          static_cast<uint32_t>((td_->D - dLen) * sizeof(T)),
-                          static_cast<uint32_t>((td_->dChunk - dLen) * sizeof(T) / kUbAlign), 0);
-      DataCopyPad(xIn, xGm_[tok * td_->K + d0], p, DataCopyPadExtParams<T>(false, 0, 0, 0));
+      av4_common::CopyInRows(xIn, xGm_, tok * td_->K + d0, td_->hc, td_->D, td_->dChunk, dLen);
       yInQue_.EnQue(xIn);
 
       xIn = yInQue_.DeQue<T>();

@@ -87,7 +87,7 @@ uint64_t HcPostUbBytes(const HcPostTilingData& td) {
   return 2ull * td.fInBytes + 2ull * td.resInBytes + td.castBytes + 2ull * td.outBytes;
 }
 
-bool HcPreTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, bool head, const HcPlatform& p,
+bool HcPreTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, bool head, const AivPlatform& p,
                  HcPreTilingData* td, const char** why) {
   *why = "";
   if (T < 1 || D < 1 || hc < 1 || hc > kMaxHc || (xBytes != 2 && xBytes != 4) || p.aivCores == 0) {
@@ -138,7 +138,7 @@ bool HcPreTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, bool head, co
   return false;
 }
 
-bool HcPostTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, const HcPlatform& p, HcPostTilingData* td,
+bool HcPostTiling(int64_t T, int64_t D, int32_t hc, int32_t xBytes, const AivPlatform& p, HcPostTilingData* td,
                   const char** why) {
   *why = "";
   if (T < 1 || D < 1 || hc < 1 || hc > kMaxHc || (xBytes != 2 && xBytes != 4) || p.aivCores == 0) {

@@ -29,7 +29,7 @@ int main() {
   std::string op;
   long long T, D, hc, xBytes, cores, ub;
   while (std::cin >> op >> T >> D >> hc >> xBytes >> cores >> ub) {
-    const HcPlatform p{static_cast<uint32_t>(cores), static_cast<uint64_t>(ub)};
+    const AivPlatform p{static_cast<uint32_t>(cores), static_cast<uint64_t>(ub)};
     const char* why = "";
     std::printf("{\"op\": \"%s\", ", op.c_str());
     if (op == "post") {
