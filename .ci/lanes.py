@@ -11,6 +11,7 @@ Prints one line per finished job (status, seconds, args), the whole output of a 
 exits 1 if any job failed or the budget ran out (the jobs still running are interrupted and named).
 """
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -45,12 +46,14 @@ def main(lanes, budget, jobs_file):
     py = sys.executable
     t0 = time.monotonic()
     running, done = [], []          # running: (proc, args, log, start)
+    started = 0
     logdir = tempfile.mkdtemp(prefix="ci-lanes-")
     print(f"{len(queue)} jobs on {lanes} lanes, budget {budget:.0f} s, logs in {logdir}", flush=True)
     while queue or running:
         while queue and len(running) < lanes:
             est, args = queue.pop(0)
-            log = open(os.path.join(logdir, f"job{len(done) + len(running) + len(queue)}.log"), "w+")
+            started += 1
+            log = open(os.path.join(logdir, f"job{started:02d}.log"), "w+")
             p = subprocess.Popen([py, "-m", "pytest", "-q", *args], stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
             running.append((p, args, log, time.monotonic()))
@@ -68,10 +71,11 @@ def main(lanes, budget, jobs_file):
             text = log.read()
             if status != "PASS":
                 print(text, flush=True)
-            else:                                  # the one-line pytest summary and any skip reasons
-                for line in text.splitlines():
-                    if line.startswith("SKIPPED") or " passed" in line:
-                        print("      " + line, flush=True)
+            else:                  # skip reasons, the five slowest phases (pytest --durations), the summary line
+                lines = text.splitlines()
+                slowest = [x for x in lines if re.match(r"\d+\.\d+s (call|setup|teardown) ", x)][:5]
+                for line in [x for x in lines if x.startswith("SKIPPED")] + slowest + lines[-1:]:
+                    print("      " + line, flush=True)
             log.close()
         if time.monotonic() - t0 > budget and running:
             for p, args, log, start in running:
