@@ -38,7 +38,7 @@ def _jobs(path):
 
 
 @click.command()
-@click.option("--lanes", default=2, show_default=True, help="Jobs that run at once.")
+@click.option("--lanes", type=click.IntRange(min=1), default=2, show_default=True, help="Jobs that run at once.")
 @click.option("--budget", type=float, required=True, help="Wall-clock seconds for all jobs.")
 @click.argument("jobs_file", type=click.Path(exists=True, dir_okay=False))
 def main(lanes, budget, jobs_file):
@@ -96,7 +96,7 @@ def main(lanes, budget, jobs_file):
     print(f"\n{'status':8} {'seconds':>8}  job")
     for status, secs, args in sorted(done, key=lambda d: -d[1]):
         print(f"{status:8} {secs:8.0f}  {shlex.join(args)}")
-    bad = [d for d in done if d[0] not in ("PASS",)]
+    bad = [d for d in done if d[0] != "PASS"]
     print(f"{len(done) - len(bad)} of {len(done)} jobs passed in {wall:.0f} s wall on {lanes} lanes")
     sys.exit(1 if bad else 0)
 
